@@ -1,0 +1,58 @@
+"""The `nodecompat` command: one sub-command module per job, each registering itself here.
+
+Exit status follows grep's convention wherever a yes/no answer is asked: 0 yes (compatible, clean),
+1 no, 2 error (with the error on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Each module has register(subparsers) and sets `func` on its parser: func(args) -> exit code.
+COMMAND_MODULES = (
+    "nodecompat.clients.cmd_serve",
+    "nodecompat.clients.cmd_features",
+    "nodecompat.clients.cmd_validate",
+    "nodecompat.clients.cmd_lint",
+    "nodecompat.clients.cmd_attach",
+    "nodecompat.clients.cmd_aggregator",
+    "nodecompat.clients.cmd_fleet",
+)
+
+EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nodecompat",
+        description="Will this container image run well on that machine, and on which machines of a fleet?",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # sub-command not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

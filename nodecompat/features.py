@@ -1,0 +1,175 @@
+"""The feature model: NFD's three kinds of feature and NFD's JSON wire format.
+
+NFD (api/nfd/v1alpha1) keeps a node's facts as flags (name sets), attributes (name -> string maps)
+and instances (lists of attribute maps), keyed by "<source>.<feature>". We keep exactly that shape so
+that a spec written for NFD sees the same facts here, and so that `nodecompat features -o json`
+prints what `nfd export features` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FlagFeature:
+    """A set of names, e.g. kernel.loadedmodule (module names) or cpu.cpuid (CPU flags)."""
+
+    elements: set[str] = field(default_factory=set)
+
+
+@dataclass
+class AttributeFeature:
+    """A name -> value map, e.g. kernel.version {major: "6", ...}."""
+
+    elements: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Instance:
+    """One instance of an instance feature, e.g. one PCI device."""
+
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class InstanceFeature:
+    """A list of instances, e.g. pci.device."""
+
+    elements: list[Instance] = field(default_factory=list)
+
+
+@dataclass
+class Features:
+    """All facts of one node (or the part one probe found)."""
+
+    flags: dict[str, FlagFeature] = field(default_factory=dict)
+    attributes: dict[str, AttributeFeature] = field(default_factory=dict)
+    instances: dict[str, InstanceFeature] = field(default_factory=dict)
+
+    # -- building -------------------------------------------------------------------------------
+    def add_flags(self, name: str, elements: Iterable[str]) -> None:
+        self.flags.setdefault(name, FlagFeature()).elements.update(elements)
+
+    def add_attributes(self, name: str, elements: Mapping[str, str]) -> None:
+        self.attributes.setdefault(name, AttributeFeature()).elements.update(
+            {k: str(v) for k, v in elements.items()}
+        )
+
+    def add_instance(self, name: str, attributes: Mapping[str, str]) -> None:
+        self.instances.setdefault(name, InstanceFeature()).elements.append(
+            Instance({k: str(v) for k, v in attributes.items()})
+        )
+
+    def set_instances(self, name: str, instances: Iterable[Mapping[str, str]]) -> None:
+        """Declare an instance feature (present even when it has no instances)."""
+        feat = self.instances.setdefault(name, InstanceFeature())
+        for attrs in instances:
+            feat.elements.append(Instance({k: str(v) for k, v in attrs.items()}))
+
+    def merge(self, other: Features) -> None:
+        """Add every fact of `other` (later facts win for attribute values)."""
+        for n, f in other.flags.items():
+            self.add_flags(n, f.elements)
+        for n, a in other.attributes.items():
+            self.add_attributes(n, a.elements)
+        for n, i in other.instances.items():
+            self.set_instances(n, (inst.attributes for inst in i.elements))
+
+    # -- querying -------------------------------------------------------------------------------
+    def names(self) -> set[str]:
+        """Every feature name present in any kind."""
+        return set(self.flags) | set(self.attributes) | set(self.instances)
+
+    def filtered(self, prefixes: Iterable[str]) -> Features:
+        """A copy keeping only features whose name starts with one of `prefixes` (all if none)."""
+        pre = tuple(prefixes)
+        if not pre:
+            return self.copy()
+
+        def keep(n: str) -> bool:
+            return n.startswith(pre)
+
+        return Features(
+            flags={n: FlagFeature(set(f.elements)) for n, f in self.flags.items() if keep(n)},
+            attributes={n: AttributeFeature(dict(a.elements)) for n, a in self.attributes.items() if keep(n)},
+            instances={
+                n: InstanceFeature([Instance(dict(x.attributes)) for x in i.elements])
+                for n, i in self.instances.items()
+                if keep(n)
+            },
+        )
+
+    def copy(self) -> Features:
+        out = Features()
+        out.merge(self)
+        return out
+
+    # -- NFD wire format ------------------------------------------------------------------------
+    def to_nfd(self) -> dict[str, Any]:
+        """NFD's JSON wire format (`nfd export features`), with sorted keys for stable output."""
+        return {
+            "flags": {
+                n: {"elements": {e: {} for e in sorted(f.elements)}} for n, f in sorted(self.flags.items())
+            },
+            "attributes": {
+                n: {"elements": dict(sorted(a.elements.items()))} for n, a in sorted(self.attributes.items())
+            },
+            "instances": {
+                n: {"elements": [{"attributes": dict(sorted(x.attributes.items()))} for x in i.elements]}
+                for n, i in sorted(self.instances.items())
+            },
+        }
+
+    @classmethod
+    def from_nfd(cls, data: Mapping[str, Any]) -> Features:
+        """Parse NFD's wire format (as printed by `nfd export features` or `nodecompat features`).
+
+        Raises ValueError with the offending path when the shape is wrong.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError("features: expected an object with flags/attributes/instances")
+        out = cls()
+        for kind in ("flags", "attributes", "instances"):
+            section = data.get(kind) or {}
+            if not isinstance(section, Mapping):
+                raise ValueError(f"features.{kind}: expected an object")
+            for name, feat in section.items():
+                elements = (feat or {}).get("elements") if isinstance(feat, Mapping) else None
+                where = f"features.{kind}.{name}.elements"
+                if kind == "flags":
+                    if elements is None:
+                        elements = {}
+                    if not isinstance(elements, Mapping | list):
+                        raise ValueError(f"{where}: expected an object of names")
+                    out.add_flags(name, (str(e) for e in elements))
+                elif kind == "attributes":
+                    if elements is None:
+                        elements = {}
+                    if not isinstance(elements, Mapping):
+                        raise ValueError(f"{where}: expected an object of name: value")
+                    out.add_attributes(name, {str(k): _wire_str(v) for k, v in elements.items()})
+                else:
+                    if elements is None:
+                        elements = []
+                    if not isinstance(elements, list):
+                        raise ValueError(f"{where}: expected a list of instances")
+                    insts = []
+                    for i, inst in enumerate(elements):
+                        attrs = inst.get("attributes") if isinstance(inst, Mapping) else None
+                        if attrs is None:
+                            attrs = {}
+                        if not isinstance(attrs, Mapping):
+                            raise ValueError(f"{where}[{i}].attributes: expected an object")
+                        insts.append({str(k): _wire_str(v) for k, v in attrs.items()})
+                    out.set_instances(name, insts)
+        return out
+
+
+def _wire_str(v: Any) -> str:
+    """Render a JSON value the way Go's %v renders it in NFD (bools lower-case)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)

@@ -1,0 +1,1 @@
+"""OCI registry client: resolve images, find and fetch compatibility artifacts, attach them."""
