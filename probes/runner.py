@@ -148,3 +148,11 @@ class ProbeRunner:
             statuses[le.name] = ProbeStatus(le.name, ok=False, error=le.error)
         ordered = [statuses[k] for k in sorted(statuses)]
         return ProbeRound(features=features, statuses=ordered, probed_at=datetime.now(UTC))
+
+
+def probe_once(host: HostRoot, only: Iterable[str] | None = None, timeout: float | None = None) -> ProbeRound:
+    """Load the registered probes (or only the named ones) and run one round against `host`."""
+    from nodecompat.probes.registry import load_probes
+
+    probes, errors = load_probes(only)
+    return ProbeRunner(probes, host, errors, timeout=timeout).run()
