@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from nodecompat.features import Features
@@ -60,11 +61,14 @@ class _Call:
         self.error: BaseException | None = None
         self.started = time.monotonic()
         self.finished: float | None = None
+        # Carry the caller's trace context into the probe thread so probe spans nest under the RPC span.
+        self._otel_ctx = otel_context.get_current()
         self.thread = threading.Thread(
             target=self._run, args=(host,), name=f"probe-{probe.name}", daemon=True
         )
 
     def _run(self, host: HostRoot) -> None:
+        otel_context.attach(self._otel_ctx)
         with _tracer.start_as_current_span(f"probe {self.probe.name}") as span:
             span.set_attribute("nodecompat.probe", self.probe.name)
             try:

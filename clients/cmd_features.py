@@ -1,0 +1,97 @@
+"""`nodecompat features`: what this machine (or a daemon's node) has, as NFD's JSON or a table.
+
+`-o json` prints NFD's wire format (what `nfd export features` prints) with one extra top-level key,
+`probes`, holding each probe's status, so a saved snapshot also says which facts are unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nodecompat.probes.runner import ProbeRound
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="show the node's features (local probe, or --node a daemon)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--host-root", default="/", help="probe the host under this root (default /)")
+    src.add_argument("--node", metavar="HOST:PORT", help="ask a node daemon instead of probing locally")
+    p.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    p.add_argument("--prefix", action="append", default=[], help="only features starting with this (repeatable)")
+    p.add_argument("--refresh", action="store_true", help="with --node: make the daemon re-probe first")
+    p.set_defaults(func=run)
+
+
+def snapshot_json(rnd: ProbeRound, node_name: str = "") -> dict[str, object]:
+    """NFD's wire format plus `probes`, `node_name` and `probed_at` (readable by `validate --features`)."""
+    from nodecompat import wire
+
+    out: dict[str, object] = rnd.features.to_nfd()
+    out["probes"] = wire.statuses_to_json(rnd.statuses)
+    out["node_name"] = node_name
+    out["probed_at"] = rnd.probed_at.isoformat()
+    return out
+
+
+def load_round(args: argparse.Namespace) -> tuple[str, ProbeRound]:
+    if args.node:
+        from nodecompat.clients.node_client import NodeClient
+
+        with NodeClient(args.node) as client:
+            return client.get_features(refresh=args.refresh, prefixes=args.prefix)
+    from nodecompat.clients.cmd_serve import node_name_default
+    from nodecompat.hostroot import HostRoot
+    from nodecompat.probes.runner import probe_once
+
+    root = Path(args.host_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--host-root {root} is not a directory")
+    rnd = probe_once(HostRoot(root))
+    rnd.features = rnd.features.filtered(args.prefix)
+    return node_name_default(), rnd
+
+
+def render_table(rnd: ProbeRound) -> str:
+    lines: list[str] = []
+    f = rnd.features
+    for name in sorted(f.names()):
+        if name in f.flags:
+            elems = sorted(f.flags[name].elements)
+            lines.append(f"{name}  (flags, {len(elems)})")
+            lines.append("    " + " ".join(elems) if elems else "    -")
+        if name in f.attributes:
+            lines.append(f"{name}  (attributes)")
+            for k, v in sorted(f.attributes[name].elements.items()):
+                lines.append(f"    {k} = {v}")
+        if name in f.instances:
+            insts = f.instances[name].elements
+            lines.append(f"{name}  (instances, {len(insts)})")
+            for i, inst in enumerate(insts):
+                attrs = " ".join(f"{k}={v}" for k, v in sorted(inst.attributes.items()))
+                lines.append(f"    [{i}] {attrs}")
+    lines.append("")
+    lines.append("probes:")
+    for st in rnd.statuses:
+        state = "ok" if st.ok else ("TIMEOUT" if st.timed_out else "FAILED")
+        extra = f"  {st.error}" if st.error else ""
+        lines.append(f"    {st.name:<10} {state:<8} {st.duration_seconds * 1000:8.1f} ms{extra}")
+        for note in st.notes:
+            lines.append(f"        note: {note}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        node_name, rnd = load_round(args)
+    except Exception as exc:
+        print(f"nodecompat features: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        json.dump(snapshot_json(rnd, node_name), sys.stdout, indent=2, sort_keys=False)
+        sys.stdout.write("\n")
+    else:
+        print(render_table(rnd))
+    return 0

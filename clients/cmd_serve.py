@@ -1,0 +1,100 @@
+"""`nodecompat serve`: run the node daemon.
+
+Defaults are the embedded ones a newcomer needs: this machine's own /sys and /proc, loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the node daemon (gRPC NodeService)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})")
+    p.add_argument("--host-root", default="/", help="read the host under this root (default /)")
+    p.add_argument("--node-name", default="", help="node name (default $NODE_NAME or the hostname)")
+    p.add_argument("--refresh-interval", type=float, default=60.0, help="seconds between probe rounds")
+    p.add_argument("--probe-timeout", type=float, default=None, help="override every probe's timeout (s)")
+    p.add_argument("--probes", default=None, help="comma-separated probe names to run (default all)")
+    p.add_argument("--no-hotplug", action="store_true", help="do not re-probe on device hot-plug events")
+    p.add_argument("--ca-file", default=None, help="CA bundle for registries (ValidateImage by reference)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run)
+    _add_optional_args(p)
+
+
+def _add_optional_args(p: argparse.ArgumentParser) -> None:
+    """Fleet flags (TLS, registration), when the fleet modules are present."""
+    try:
+        from nodecompat.server import tls  # noqa: F401
+    except ImportError:
+        return
+    p.add_argument("--tls-cert", default=None, help="server certificate (PEM); enables TLS")
+    p.add_argument("--tls-key", default=None, help="server private key (PEM)")
+    p.add_argument("--tls-ca", default=None, help="CA (PEM) clients must be signed by: enables mutual TLS")
+    p.add_argument("--register", default=None, metavar="AGGREGATOR", help="keep a lease with this aggregator")
+    p.add_argument("--advertise", default=None, help="HOST:PORT the aggregator should dial (default: --listen)")
+    p.add_argument("--labels", default="", help="comma-separated k=v labels announced on registration")
+
+
+def node_name_default() -> str:
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def run(args: argparse.Namespace) -> int:
+    from nodecompat.server import telemetry
+    from nodecompat.server.daemon import DaemonConfig, NodeDaemon, run_until_signal
+    from nodecompat.server.node_service import RegistryOptions
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    provider = telemetry.init_tracing("nodecompat-node")
+    name = args.node_name or node_name_default()
+    creds = None
+    if getattr(args, "tls_cert", None):
+        from nodecompat.server import tls
+
+        creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
+    config = DaemonConfig(
+        listen=args.listen,
+        host_root=args.host_root,
+        node_name=name,
+        refresh_interval=args.refresh_interval,
+        probe_timeout=args.probe_timeout,
+        probes=args.probes.split(",") if args.probes else None,
+        hotplug=not args.no_hotplug,
+        registry=RegistryOptions(ca_file=args.ca_file),
+        server_credentials=creds,
+    )
+    try:
+        daemon = NodeDaemon(config)
+        port = daemon.start()
+    except Exception as exc:
+        print(f"nodecompat serve: {exc}", file=sys.stderr)
+        return 2
+    host = args.listen.rpartition(":")[0]
+    print(f"nodecompat: node {name} serving on {host}:{port}", file=sys.stderr, flush=True)
+    if getattr(args, "register", None):
+        from nodecompat.server.registration import LeaseKeeper
+
+        labels = dict(kv.split("=", 1) for kv in args.labels.split(",") if "=" in kv)
+        keeper = LeaseKeeper(
+            args.register,
+            name=name,
+            address=args.advertise or f"{host}:{port}",
+            labels=labels,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+        )
+        keeper.start()
+        daemon.on_stop.append(keeper.stop)
+    run_until_signal(daemon.stop, daemon.wait)
+    if provider is not None:
+        provider.shutdown()
+    return 0

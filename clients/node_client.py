@@ -1,0 +1,102 @@
+"""A Python client for the node daemon: features and validation as core objects, errors as exceptions.
+
+Other services use this instead of the raw stubs: it returns the feature model and verdict dataclasses
+and turns gRPC failures into NodeCallError carrying the status code name and the server's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from nodecompat import wire
+from nodecompat.probes.runner import ProbeRound
+from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
+
+
+class NodeCallError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class ValidationResult:
+    """ValidateImage's answer: the verdict plus where the spec came from."""
+
+    verdict: object  # nodecompat.verdict.Verdict
+    image: str = ""
+    image_digest: str = ""
+    artifact_digest: str = ""
+    node_name: str = ""
+
+
+class NodeClient:
+    def __init__(
+        self, address: str, *, credentials: grpc.ChannelCredentials | None = None, timeout: float = 60.0
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = (
+            grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
+        )
+        self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method, request):  # type: ignore[no-untyped-def]
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise NodeCallError(exc.code().name, exc.details() or "") from None  # type: ignore[attr-defined]
+
+    def get_features(self, *, refresh: bool = False, prefixes: Sequence[str] = ()) -> tuple[str, ProbeRound]:
+        """(node name, probe round) as the daemon has it."""
+        resp = self._call(
+            self.stub.GetFeatures, features_pb2.GetFeaturesRequest(refresh=refresh, prefixes=list(prefixes))
+        )
+        return resp.node_name, wire.round_from_response(resp)
+
+    def validate(
+        self,
+        *,
+        spec_text: str | None = None,
+        image: str | None = None,
+        tags: Sequence[str] = (),
+        platform: str = "",
+        plain_http: bool = False,
+        nfd_compat: bool = False,
+    ) -> ValidationResult:
+        from nodecompat.verdict import Verdict
+
+        req = node_pb2.ValidateImageRequest(
+            tags=list(tags), platform=platform, plain_http=plain_http, nfd_compat=nfd_compat
+        )
+        if spec_text is not None:
+            req.spec = spec_text
+        elif image is not None:
+            req.image = image
+        else:
+            raise ValueError("give spec_text or image")
+        resp = self._call(self.stub.ValidateImage, req)
+        verdict = report_to_verdict(resp, Verdict)
+        r = resp.report
+        return ValidationResult(verdict, r.image, r.image_digest, r.artifact_digest, r.node_name)
+
+    def validate_spec(self, spec_text: str, *, tags: Sequence[str] = (), nfd_compat: bool = False) -> object:
+        """The Verdict for an inline spec."""
+        return self.validate(spec_text=spec_text, tags=tags, nfd_compat=nfd_compat).verdict
+
+
+def report_to_verdict(resp: node_pb2.ValidateImageResponse, verdict_cls: type) -> object:
+    return wire.from_message(resp.report, verdict_cls, compatible=resp.compatible, score=resp.score)

@@ -1,0 +1,144 @@
+"""Conversions between the core's dataclasses and the nodecompat.v1 protobuf messages.
+
+The verdict dataclasses mirror validation.proto field for field, so one generic converter serves them
+all; the feature model needs its own because NFD's flag sets are maps of empty objects on NFD's wire
+but repeated strings in our proto.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from nodecompat.features import AttributeFeature, FlagFeature, Features, Instance, InstanceFeature
+from nodecompat.probes.runner import ProbeRound, ProbeStatus
+from nodecompat.v1 import features_pb2
+
+M = TypeVar("M", bound=Message)
+
+
+def features_to_proto(f: Features) -> features_pb2.Features:
+    msg = features_pb2.Features()
+    for name, flag in f.flags.items():
+        msg.flags[name].elements.extend(sorted(flag.elements))
+    for name, attr in f.attributes.items():
+        msg.attributes[name].elements.update(attr.elements)
+    for name, inst in f.instances.items():
+        target = msg.instances[name]
+        for x in inst.elements:
+            target.elements.add().attributes.update(x.attributes)
+    return msg
+
+
+def features_from_proto(msg: features_pb2.Features) -> Features:
+    return Features(
+        flags={n: FlagFeature(set(v.elements)) for n, v in msg.flags.items()},
+        attributes={n: AttributeFeature(dict(v.elements)) for n, v in msg.attributes.items()},
+        instances={
+            n: InstanceFeature([Instance(dict(x.attributes)) for x in v.elements]) for n, v in msg.instances.items()
+        },
+    )
+
+
+def status_to_proto(st: ProbeStatus) -> features_pb2.ProbeStatus:
+    return features_pb2.ProbeStatus(
+        name=st.name,
+        ok=st.ok,
+        error=st.error,
+        duration_seconds=st.duration_seconds,
+        features=st.features,
+        notes=st.notes,
+        timed_out=st.timed_out,
+    )
+
+
+def status_from_proto(msg: features_pb2.ProbeStatus) -> ProbeStatus:
+    return ProbeStatus(
+        name=msg.name,
+        ok=msg.ok,
+        error=msg.error,
+        duration_seconds=msg.duration_seconds,
+        features=list(msg.features),
+        notes=list(msg.notes),
+        timed_out=msg.timed_out,
+    )
+
+
+def round_from_response(msg: features_pb2.GetFeaturesResponse) -> ProbeRound:
+    probed_at = msg.probed_at.ToDatetime(tzinfo=UTC) if msg.HasField("probed_at") else datetime.now(UTC)
+    return ProbeRound(
+        features=features_from_proto(msg.features),
+        statuses=[status_from_proto(s) for s in msg.probes],
+        probed_at=probed_at,
+    )
+
+
+def statuses_to_json(statuses: Iterable[ProbeStatus]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(s) for s in statuses]
+
+
+def statuses_from_json(data: Iterable[Mapping[str, Any]]) -> list[ProbeStatus]:
+    fields = {f.name for f in dataclasses.fields(ProbeStatus)}
+    return [ProbeStatus(**{k: v for k, v in d.items() if k in fields}) for d in data]
+
+
+# -- generic dataclass <-> message (verdicts) ------------------------------------------------------
+def to_message(obj: Any, msg_cls: type[M]) -> M:
+    """Fill a message from a dataclass whose fields carry the message's field names."""
+    msg = msg_cls()
+    for fd in msg.DESCRIPTOR.fields:
+        if not hasattr(obj, fd.name):
+            continue
+        value = getattr(obj, fd.name)
+        if value is None:
+            continue
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            getattr(msg, fd.name).update(value)
+        elif fd.message_type is not None:
+            sub_cls = GetMessageClass(fd.message_type)
+            if _is_repeated(fd):
+                getattr(msg, fd.name).extend(to_message(item, sub_cls) for item in value)
+            else:
+                getattr(msg, fd.name).CopyFrom(to_message(value, sub_cls))
+        elif _is_repeated(fd):
+            getattr(msg, fd.name).extend(value)
+        else:
+            setattr(msg, fd.name, value)
+    return msg
+
+
+def _is_repeated(fd: Any) -> bool:
+    return bool(getattr(fd, "is_repeated", fd.label == fd.LABEL_REPEATED))
+
+
+def from_message(msg: Message, cls: type[Any], **extra: Any) -> Any:
+    """Build a dataclass `cls` from a message, recursing into dataclass-typed fields by their annotations.
+
+    Fields the message lacks come from `extra` (or the dataclass defaults)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = dict(extra)
+    for f in dataclasses.fields(cls):
+        if f.name in extra or not hasattr(msg, f.name):
+            continue
+        value = getattr(msg, f.name)
+        hint = hints.get(f.name)
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if origin is list and args and dataclasses.is_dataclass(args[0]):
+            kwargs[f.name] = [from_message(v, args[0]) for v in value]
+        elif dataclasses.is_dataclass(hint):
+            kwargs[f.name] = from_message(value, hint)  # type: ignore[arg-type]
+        elif origin is dict:
+            kwargs[f.name] = dict(value)
+        elif origin is list:
+            kwargs[f.name] = list(value)
+        else:
+            kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,157 @@
+"""The node daemon process: gRPC server with NodeService, health, reflection, tracing and clean shutdown.
+
+Health is NOT_SERVING until the first probe round is done, then SERVING; on SIGTERM it flips back to
+NOT_SERVING (so load balancers stop sending), in-flight RPCs drain for a grace period, and the process
+exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.registry import load_probes
+from nodecompat.probes.runner import ProbeRunner
+from nodecompat.server import telemetry
+from nodecompat.server.feature_cache import FeatureCache
+from nodecompat.server.node_service import NodeService, RegistryOptions
+from nodecompat.v1 import node_pb2, node_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+MAX_MESSAGE_BYTES = 16 << 20  # above the spec limit, so oversized specs get our INVALID_ARGUMENT
+
+
+@dataclass
+class DaemonConfig:
+    listen: str = "127.0.0.1:50051"
+    host_root: str = "/"
+    node_name: str = ""
+    refresh_interval: float = 60.0
+    probe_timeout: float | None = None
+    probes: list[str] | None = None
+    workers: int = 16
+    grace: float = 10.0
+    hotplug: bool = True
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    server_credentials: grpc.ServerCredentials | None = None
+
+
+def add_standard_services(server: grpc.Server, service_names: list[str]) -> health.HealthServicer:
+    """Health (initially NOT_SERVING) and reflection for the given services."""
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    return health_servicer
+
+
+def set_health(health_servicer: health.HealthServicer, service_names: list[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *service_names]:
+        health_servicer.set(name, status)
+
+
+class NodeDaemon:
+    """A running node daemon. start() binds and begins probing; stop() drains and stops."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        probes, errors = load_probes(config.probes)
+        self.host = HostRoot(Path(config.host_root))
+        for p in probes:  # the system probe reports the daemon's node name as system.name.nodename
+            if hasattr(p, "node_name") and config.node_name:
+                p.node_name = config.node_name
+        self.runner = ProbeRunner(probes, self.host, errors, timeout=config.probe_timeout)
+        self.cache = FeatureCache(self.runner, config.refresh_interval)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+            interceptors=telemetry.server_interceptors(),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.service = NodeService(self.cache, config.node_name, config.registry)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(self.service, self.server)
+        self.health = add_standard_services(self.server, [NODE_SERVICE])
+        self.port = 0
+        self._watcher: object | None = None
+        self._stopped = threading.Event()
+        self.on_stop: list[Callable[[], None]] = []
+
+    def start(self) -> int:
+        host, _, _ = self.config.listen.rpartition(":")
+        if self.config.server_credentials is not None:
+            self.port = self.server.add_secure_port(self.config.listen, self.config.server_credentials)
+        else:
+            self.port = self.server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        self.server.start()
+        self.cache.on_round.append(lambda _r: set_health(self.health, [NODE_SERVICE], True))
+        self.cache.start()
+        if self.config.hotplug:
+            self._start_hotplug()
+        log.info("node daemon %s serving on %s:%d", self.config.node_name, host, self.port)
+        return self.port
+
+    def _start_hotplug(self) -> None:
+        try:
+            from nodecompat.probes.hotplug import HotplugWatcher
+        except ImportError:
+            return
+        watcher = HotplugWatcher(self.cache.poke)
+        if watcher.start():
+            self._watcher = watcher
+
+    def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        set_health(self.health, [NODE_SERVICE], False)
+        self.health.enter_graceful_shutdown()
+        for cb in self.on_stop:
+            try:
+                cb()
+            except Exception:
+                log.exception("stop hook failed")
+        self.cache.stop()
+        if self._watcher is not None:
+            self._watcher.stop()  # type: ignore[attr-defined]
+        self.server.stop(self.config.grace if grace is None else grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def run_until_signal(stop: Callable[[], None], wait: Callable[[], None]) -> None:
+    """Block until SIGTERM/SIGINT, then call stop() (which drains) and return."""
+    done = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not done.wait(0.5):
+        pass
+    stop()
+    wait()

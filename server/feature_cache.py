@@ -1,0 +1,85 @@
+"""The daemon's view of the node: the latest probe round, refreshed on an interval and on request.
+
+Probing reads hundreds of sysfs files, so RPCs serve the cached round. Concurrent refresh requests are
+coalesced: a caller that asks while a round is running waits for that round instead of starting
+another, so a burst of `refresh=true` calls costs one probe round.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from nodecompat.probes.runner import ProbeRound, ProbeRunner
+
+log = logging.getLogger(__name__)
+
+
+class FeatureCache:
+    def __init__(self, runner: ProbeRunner, interval: float = 60.0) -> None:
+        self.runner = runner
+        self.interval = interval
+        self._round: ProbeRound | None = None
+        self._cond = threading.Condition()
+        self._running = False
+        self._generation = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_round: list[Callable[[ProbeRound], None]] = []
+
+    def start(self) -> None:
+        """Run the first round and then refresh every `interval` seconds, in a background thread."""
+        self._thread = threading.Thread(target=self._loop, name="feature-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self, reason: str = "") -> None:
+        """Ask for a refresh soon (e.g. on a hot-plug event), without waiting for it."""
+        log.info("refresh requested: %s", reason)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # keep refreshing; the runner already isolates probes
+                log.exception("probe round failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def refresh(self) -> ProbeRound:
+        """Run a probe round now, or join the one already running; return its result."""
+        with self._cond:
+            if self._running:
+                gen = self._generation
+                while self._running and self._generation == gen:
+                    self._cond.wait()
+                if self._round is None:
+                    raise RuntimeError("the probe round this call joined failed")
+                return self._round
+            self._running = True
+        rnd: ProbeRound | None = None
+        try:
+            rnd = self.runner.run()
+        finally:
+            with self._cond:
+                self._running = False
+                self._generation += 1
+                if rnd is not None:
+                    self._round = rnd
+                self._cond.notify_all()
+        for cb in self.on_round:
+            cb(rnd)
+        return rnd
+
+    def current(self, timeout: float | None = None) -> ProbeRound | None:
+        """The latest round; waits up to `timeout` for the first one. None if there is none yet."""
+        with self._cond:
+            if self._round is None:
+                self._cond.wait_for(lambda: self._round is not None, timeout)
+            return self._round

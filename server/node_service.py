@@ -1,0 +1,127 @@
+"""NodeService: GetFeatures and ValidateImage over the daemon's cached probe round.
+
+Thin on purpose: convert messages, call the core (feature cache, spec parser, rule engine, OCI client)
+and map domain errors to status codes (server/errors.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nodecompat import wire
+from nodecompat.server.errors import registry_status, spec_error_message
+from nodecompat.server.feature_cache import FeatureCache
+from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RPC_BUDGET = 60.0  # NFD's validate-node runs under a fixed 1-minute timeout
+
+
+@dataclass
+class RegistryOptions:
+    """How the daemon reaches registries (credentials, CA) for ValidateImage by reference."""
+
+    ca_file: str | None = None
+    auth: object | None = None  # nodecompat.oci.auth.RegistryAuth
+    max_spec_bytes: int = 1 << 20
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class NodeService(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, cache: FeatureCache, node_name: str, registry: RegistryOptions | None = None) -> None:
+        self.cache = cache
+        self.node_name = node_name
+        self.registry = registry or RegistryOptions()
+        self._spec_cache: object | None = None
+
+    # -- GetFeatures ------------------------------------------------------------------------------
+    def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):  # noqa: N802
+        budget = _remaining(context)
+        rnd = self.cache.refresh() if request.refresh else self.cache.current(timeout=budget)
+        if rnd is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the first probe round has not finished yet; retry shortly")
+        assert rnd is not None
+        ts = Timestamp()
+        ts.FromDatetime(rnd.probed_at)
+        return features_pb2.GetFeaturesResponse(
+            node_name=self.node_name,
+            features=wire.features_to_proto(rnd.features.filtered(request.prefixes)),
+            probes=[wire.status_to_proto(s) for s in rnd.statuses],
+            probed_at=ts,
+        )
+
+    # -- ValidateImage ----------------------------------------------------------------------------
+    def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):  # noqa: N802
+        from nodecompat.evaluate import evaluate
+        from nodecompat.spec import SpecError, parse_spec
+
+        source = request.WhichOneof("source")
+        if source is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)")
+        budget = _remaining(context)
+        rnd = self.cache.current(timeout=budget)
+        if rnd is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the first probe round has not finished yet; retry shortly")
+        assert rnd is not None
+
+        report_extra: dict[str, str] = {}
+        warnings: list[str] = []
+        origin = "inline spec"
+        if source == "spec":
+            text: str = request.spec
+        else:
+            fetched = self._fetch(request, context)
+            text = fetched.text
+            warnings.extend(fetched.warnings)
+            origin = f"artifact {fetched.artifact_digest} of {fetched.reference}"
+            report_extra = {
+                "image": fetched.reference,
+                "image_digest": fetched.image_digest,
+                "artifact_digest": fetched.artifact_digest,
+            }
+        try:
+            spec = parse_spec(text, nfd_compat=request.nfd_compat, max_bytes=self.registry.max_spec_bytes)
+        except SpecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
+            raise  # unreachable: abort raises
+        verdict = evaluate(spec, rnd.features, tags=list(request.tags), unknown=rnd.unknown_features())
+        report = wire.to_message(verdict, validation_pb2.ValidationReport)
+        report.warnings[:] = [*getattr(spec, "warnings", []), *warnings, *verdict.warnings]
+        report.node_name = self.node_name
+        for k, v in report_extra.items():
+            setattr(report, k, v)
+        return node_pb2.ValidateImageResponse(compatible=verdict.compatible, score=verdict.score, report=report)
+
+    def _fetch(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
+        from nodecompat.oci.cache import SpecCache
+        from nodecompat.oci.errors import RegistryError
+
+        if self._spec_cache is None:
+            self._spec_cache = SpecCache()
+        cache = self._spec_cache
+        assert isinstance(cache, SpecCache)
+        try:
+            return cache.fetch(
+                request.image,
+                platform=request.platform or None,
+                plain_http=request.plain_http,
+                auth=self.registry.auth,  # type: ignore[arg-type]
+                ca_file=self.registry.ca_file,
+                timeout=_remaining(context),
+                max_bytes=self.registry.max_spec_bytes,
+            )
+        except RegistryError as exc:
+            context.abort(registry_status(exc.code), str(exc))
+            raise
+
+
+def _remaining(context: grpc.ServicerContext) -> float:
+    left = context.time_remaining()
+    if left is None or left > DEFAULT_RPC_BUDGET:
+        return DEFAULT_RPC_BUDGET
+    return max(0.0, left)
