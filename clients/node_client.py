@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -54,11 +55,11 @@ class NodeClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method, request):  # type: ignore[no-untyped-def]
+    def _call(self, method: Any, request: Any) -> Any:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise NodeCallError(exc.code().name, exc.details() or "") from None  # type: ignore[attr-defined]
+            raise NodeCallError(exc.code().name, exc.details() or "") from None
 
     def get_features(self, *, refresh: bool = False, prefixes: Sequence[str] = ()) -> tuple[str, ProbeRound]:
         """(node name, probe round) as the daemon has it."""

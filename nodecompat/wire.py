@@ -100,7 +100,7 @@ def to_message(obj: Any, msg_cls: type[M]) -> M:
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             getattr(msg, fd.name).update(value)
         elif fd.message_type is not None:
-            sub_cls = GetMessageClass(fd.message_type)
+            sub_cls = GetMessageClass(fd.message_type)  # type: ignore[arg-type]
             if _is_repeated(fd):
                 getattr(msg, fd.name).extend(to_message(item, sub_cls) for item in value)
             else:
@@ -132,7 +132,7 @@ def from_message(msg: Message, cls: type[Any], **extra: Any) -> Any:
         origin = typing.get_origin(hint)
         args = typing.get_args(hint)
         if origin is list and args and dataclasses.is_dataclass(args[0]):
-            kwargs[f.name] = [from_message(v, args[0]) for v in value]
+            kwargs[f.name] = [from_message(v, args[0]) for v in value]  # type: ignore[arg-type]
         elif dataclasses.is_dataclass(hint):
             kwargs[f.name] = from_message(value, hint)  # type: ignore[arg-type]
         elif origin is dict:

@@ -110,7 +110,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 request.image,
                 platform=request.platform or None,
                 plain_http=request.plain_http,
-                auth=self.registry.auth,  # type: ignore[arg-type]
+                auth=self.registry.auth,
                 ca_file=self.registry.ca_file,
                 timeout=_remaining(context),
                 max_bytes=self.registry.max_spec_bytes,

@@ -1,0 +1,114 @@
+"""Real node daemons for tests: `nodecompat serve` subprocesses on free loopback ports.
+
+Also: third-party probe plugins made on the fly (a dist-info with an entry point in the
+`nodecompat.probes` group on PYTHONPATH), so plugin loading is tested through the real mechanism.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health_status(address: str, timeout: float = 1.0) -> str:
+    with grpc.insecure_channel(address) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen[str]
+    address: str
+    log: Path
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log.read_text()}")
+            if health_status(self.address) == "SERVING":
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not SERVING after {timeout}s: {self.log.read_text()}")
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def start_daemon(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    name: str = "test-node",
+    wait: bool = True,
+) -> DaemonProcess:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = tmp_path / f"daemon-{port}.log"
+    cmd = [
+        sys.executable, "-m", "nodecompat.clients.cli", "serve", "--listen", address,
+        "--node-name", name, "--no-hotplug", "--refresh-interval", "3600", *args,
+    ]
+    full_env = {**os.environ, **(env or {})}
+    fh = log.open("w")
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env, text=True)
+    d = DaemonProcess(proc, address, log)
+    if wait:
+        d.wait_serving()
+    return d
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[object]:
+    started: list[DaemonProcess] = []
+
+    def factory(*args: str, **kw: object) -> DaemonProcess:
+        d = start_daemon(tmp_path, *args, **kw)  # type: ignore[arg-type]
+        started.append(d)
+        return d
+
+    yield factory
+    for d in started:
+        d.terminate()
+
+
+def make_plugin(tmp_path: Path, module: str, body: str, entry_points: dict[str, str]) -> Path:
+    """Write a third-party probe distribution (module + dist-info) under tmp_path; return the dir for PYTHONPATH."""
+    site = tmp_path / "plugins"
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(body))
+    dist = site / f"{module}-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    eps = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (dist / "entry_points.txt").write_text(f"[nodecompat.probes]\n{eps}\n")
+    return site

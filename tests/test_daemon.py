@@ -1,0 +1,223 @@
+"""The node daemon as a user meets it: a real `nodecompat serve` process, real ports, real grpcurl."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from support_daemon import health_status, make_plugin, start_daemon
+
+from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
+
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+PLUGINS = """
+import time
+from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
+
+class GoodProbe(Probe):
+    name = "acme"
+    features = (FeatureInfo("acme.widget", frozenset({"attribute"})),)
+    def discover(self, host):
+        out = ProbeOutput()
+        out.features.add_attributes("acme.widget", {"count": "3"})
+        out.notes.append("acme widgets counted")
+        return out
+
+class RaisingProbe(Probe):
+    name = "broken"
+    features = (FeatureInfo("broken.thing", frozenset({"flag"})),)
+    def discover(self, host):
+        raise RuntimeError("sensor on fire")
+
+class HangingProbe(Probe):
+    name = "stuck"
+    timeout = 0.5
+    features = (FeatureInfo("stuck.thing", frozenset({"flag"})),)
+    def discover(self, host):
+        time.sleep(3600)
+
+class SlowProbe(Probe):
+    name = "slow"
+    timeout = 30
+    features = (FeatureInfo("slow.thing", frozenset({"attribute"})),)
+    def discover(self, host):
+        time.sleep(float(open("/tmp/nodecompat-test-slow").read()) if __import__("os").path.exists("/tmp/nodecompat-test-slow") else 0)
+        out = ProbeOutput()
+        out.features.add_attributes("slow.thing", {"t": str(time.time())})
+        return out
+"""
+
+
+def _plugin_env(tmp_path: Path, names: dict[str, str]) -> dict[str, str]:
+    site = make_plugin(tmp_path, "acmeprobes", PLUGINS, names)
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def _grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_grpcurl_lists_services_checks_health_and_gets_features(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, name="grpcurl-node")
+    try:
+        listed = _grpcurl(d.address, "list")
+        assert listed.returncode == 0, listed.stderr
+        services = set(listed.stdout.split())
+        assert {"nodecompat.v1.NodeService", "grpc.health.v1.Health"} <= services
+        assert any("reflection" in s for s in services)
+
+        desc = _grpcurl(d.address, "describe", "nodecompat.v1.NodeService")
+        assert "rpc GetFeatures" in desc.stdout and "rpc ValidateImage" in desc.stdout
+
+        health = _grpcurl(d.address, "grpc.health.v1.Health/Check")
+        assert json.loads(health.stdout) == {"status": "SERVING"}
+
+        got = _grpcurl("-d", "{}", d.address, "nodecompat.v1.NodeService/GetFeatures")
+        assert got.returncode == 0, got.stderr
+        body = json.loads(got.stdout)
+        assert body["node_name"] == "grpcurl-node"
+        assert "probed_at" in body
+        probe_names = {p["name"] for p in body["probes"]}
+        assert {"pci", "kernel", "cpu"} <= probe_names
+        # The PCI devices the daemon reports are the ones this machine has.
+        pci = body["features"].get("instances", {}).get("pci.device", {}).get("elements", [])
+        reported = sorted(e["attributes"]["address"] for e in pci)
+        assert reported == sorted(os.listdir("/sys/bus/pci/devices"))
+    finally:
+        assert d.terminate() == 0
+
+
+def test_get_features_prefix_filter_and_refresh(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        with grpc.insecure_channel(d.address) as ch:
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            full = stub.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10)
+            assert "kernel.version" in full.features.attributes
+            only = stub.GetFeatures(features_pb2.GetFeaturesRequest(prefixes=["kernel.version"]), timeout=10)
+            names = set(only.features.flags) | set(only.features.attributes) | set(only.features.instances)
+            assert names == {"kernel.version"}
+            assert only.features.attributes["kernel.version"].elements["full"]
+            again = stub.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10)
+            assert again.probed_at == full.probed_at  # cached
+            fresh = stub.GetFeatures(features_pb2.GetFeaturesRequest(refresh=True), timeout=10)
+            assert fresh.probed_at.ToDatetime() > full.probed_at.ToDatetime()
+    finally:
+        d.terminate()
+
+
+def test_third_party_probes_raising_and_hanging_are_isolated(tmp_path: Path) -> None:
+    env = _plugin_env(
+        tmp_path,
+        {"acme": "acmeprobes:GoodProbe", "broken": "acmeprobes:RaisingProbe", "stuck": "acmeprobes:HangingProbe"},
+    )
+    d = start_daemon(tmp_path, env=env)
+    try:
+        with grpc.insecure_channel(d.address) as ch:
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            resp = stub.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10)
+            statuses = {s.name: s for s in resp.probes}
+            assert statuses["acme"].ok and statuses["acme"].notes == ["acme widgets counted"]
+            assert dict(resp.features.attributes["acme.widget"].elements) == {"count": "3"}
+            assert not statuses["broken"].ok
+            assert "sensor on fire" in statuses["broken"].error
+            assert list(statuses["broken"].features) == ["broken.thing"]
+            assert not statuses["stuck"].ok and statuses["stuck"].timed_out
+            assert "timed out" in statuses["stuck"].error
+            # Built-in probes still delivered.
+            assert statuses["kernel"].ok and "kernel.version" in resp.features.attributes
+            # A refresh while the hung call is still running reports it without starting another.
+            again = stub.GetFeatures(features_pb2.GetFeaturesRequest(refresh=True), timeout=10)
+            stuck = {s.name: s for s in again.probes}["stuck"]
+            assert stuck.timed_out and "still hung" in stuck.error
+    finally:
+        assert d.terminate() == 0
+
+
+def test_health_not_serving_until_first_round_then_sigterm_drains(tmp_path: Path) -> None:
+    slow_file = Path("/tmp/nodecompat-test-slow")
+    slow_file.write_text("2")
+    try:
+        env = _plugin_env(tmp_path, {"slow": "acmeprobes:SlowProbe"})
+        d = start_daemon(tmp_path, env=env, wait=False)
+        # Before the first (slow) round is done the daemon answers health, but NOT_SERVING.
+        deadline = time.monotonic() + 20
+        seen = set()
+        while time.monotonic() < deadline:
+            st = health_status(d.address)
+            seen.add(st)
+            if st == "SERVING":
+                break
+            time.sleep(0.05)
+        assert "NOT_SERVING" in seen and "SERVING" in seen, seen
+
+        # An in-flight refresh (2 s) survives SIGTERM: it completes, then the process exits 0.
+        result: dict[str, object] = {}
+
+        def call() -> None:
+            with grpc.insecure_channel(d.address) as ch:
+                stub = node_pb2_grpc.NodeServiceStub(ch)
+                try:
+                    r = stub.GetFeatures(features_pb2.GetFeaturesRequest(refresh=True), timeout=20)
+                    result["ok"] = "slow.thing" in r.features.attributes
+                except grpc.RpcError as exc:
+                    result["error"] = exc.code().name
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(0.5)
+        rc = d.terminate(timeout=20)
+        t.join(20)
+        assert result == {"ok": True}
+        assert rc == 0
+    finally:
+        slow_file.unlink(missing_ok=True)
+
+
+def test_validate_image_without_source_is_invalid_argument(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        with grpc.insecure_channel(d.address) as ch:
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ValidateImage(node_pb2.ValidateImageRequest(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "image" in (err.value.details() or "")
+    finally:
+        d.terminate()
+
+
+def test_cli_features_local_and_from_daemon_agree(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        cli = [sys.executable, "-m", "nodecompat.clients.cli", "features", "-o", "json", "--prefix", "pci."]
+        local = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+        remote = subprocess.run([*cli, "--node", d.address], capture_output=True, text=True, timeout=60)
+        assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
+        lj, rj = json.loads(local.stdout), json.loads(remote.stdout)
+        assert lj["instances"]["pci.device"] == rj["instances"]["pci.device"]
+        assert {p["name"] for p in rj["probes"]} >= {"pci", "kernel"}
+        table = subprocess.run(
+            [sys.executable, "-m", "nodecompat.clients.cli", "features", "--node", d.address],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert "pci.device  (instances" in table.stdout and "probes:" in table.stdout
+    finally:
+        d.terminate()
+
+
+def test_cli_features_errors_are_exit_2(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "nodecompat.clients.cli", "features", "--host-root", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2 and "not a directory" in bad.stderr and bad.stdout == ""
