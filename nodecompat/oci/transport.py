@@ -1,0 +1,306 @@
+"""HTTP to one registry host: an overall time budget, retries with backoff, and the auth handshake.
+
+Hand-written on `requests` rather than on oras-py because oras-py has no referrers/discovery call,
+no overall deadline, re-serializes manifests (wrong subject digests), and cannot set artifactType.
+What this module owns:
+- Budget: one deadline for a whole operation (the daemon passes the caller's remaining gRPC
+  deadline); each request gets min(per-request timeout, remaining); an exhausted budget is
+  DEADLINE_EXCEEDED, never a hang.
+- Retries with exponential backoff on 429/5xx and connection errors while the budget lasts
+  (Retry-After honoured when it fits).
+- Auth: anonymous first; on a 401 challenge, `Bearer realm=..,service=..,scope=..` fetches a token
+  (with basic credentials when we have them, or uses a given token directly, like oras-go's
+  AccessToken), `Basic` sends credentials. Tokens are cached per host/scope until they expire.
+- SessionPool: one requests.Session per (thread, host) for keep-alive; sessions are not shared
+  between threads because requests does not promise that is safe.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from nodecompat.oci.auth import RegistryAuth
+from nodecompat.oci.errors import (
+    DeadlineExceededError,
+    PermissionDeniedError,
+    RegistryError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 4
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 2.0
+PER_REQUEST_TIMEOUT = 10.0
+USER_AGENT = "nodecompat-oci/0.1"
+_PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+class Budget:
+    """A monotonic deadline shared by every request of one operation."""
+
+    def __init__(self, timeout: float) -> None:
+        if not timeout or timeout <= 0:
+            raise DeadlineExceededError("no time left for the registry operation (timeout <= 0)")
+        self.timeout = float(timeout)
+        self.deadline = time.monotonic() + self.timeout
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def check(self, what: str) -> float:
+        left = self.remaining()
+        if left <= 0:
+            raise DeadlineExceededError(
+                f"registry operation exceeded its {self.timeout:g}s budget while {what}"
+            )
+        return left
+
+
+@dataclass
+class _Token:
+    header: str
+    expires: float
+
+
+@dataclass
+class SessionPool:
+    """Keep-alive sessions and auth tokens, shareable across calls and threads (e.g. by SpecCache)."""
+
+    _local: threading.local = field(default_factory=threading.local)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _tokens: dict[tuple[str, ...], _Token] = field(default_factory=dict)
+
+    def session(self, host: str) -> requests.Session:
+        sessions: dict[str, requests.Session] | None = getattr(self._local, "sessions", None)
+        if sessions is None:
+            sessions = self._local.sessions = {}
+        sess = sessions.get(host)
+        if sess is None:
+            sess = requests.Session()
+            sess.headers["User-Agent"] = USER_AGENT
+            sess.trust_env = False  # no proxies or netrc from the environment behind our back
+            sessions[host] = sess
+        return sess
+
+    def get_token(self, key: tuple[str, ...]) -> str | None:
+        with self._lock:
+            tok = self._tokens.get(key)
+            if tok is None:
+                return None
+            if tok.expires < time.monotonic():
+                del self._tokens[key]
+                return None
+            return tok.header
+
+    def put_token(self, key: tuple[str, ...], header: str, ttl: float) -> None:
+        with self._lock:
+            if len(self._tokens) > 1024:
+                self._tokens.clear()
+            self._tokens[key] = _Token(header, time.monotonic() + max(ttl - 5.0, 1.0))
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """Split `Bearer realm="..",service=".."` into ("bearer", {...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+              for m in _PARAM_RE.finditer(rest)}
+    return scheme.lower(), params
+
+
+class Transport:
+    """Requests to one registry host within one Budget."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        plain_http: bool,
+        auth: RegistryAuth | None,
+        ca_file: str | None,
+        budget: Budget,
+        pool: SessionPool | None = None,
+        per_request_timeout: float = PER_REQUEST_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.base = f"{'http' if plain_http else 'https'}://{host}"
+        self.auth = auth or RegistryAuth()
+        ca = ca_file or self.auth.ca_file
+        self.verify: bool | str = ca if ca else True
+        self.budget = budget
+        self.pool = pool or SessionPool()
+        self.per_request_timeout = per_request_timeout
+
+    def _timeout(self, what: str) -> float:
+        return min(self.per_request_timeout, self.budget.check(what))
+
+    def _token_key(self, scope: str) -> tuple[str, ...]:
+        return (self.host, self.auth.identity(), scope)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        scope: str,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        stream: bool = False,
+        what: str = "",
+    ) -> requests.Response:
+        """Send one request (path or absolute URL), handling auth, retries and the budget.
+
+        Returns the response for any status but 401 and exhausted retryable ones; the caller
+        interprets 404 and friends.
+        """
+        if url.startswith("/"):
+            url = self.base + url
+        what = what or f"{method} {url}"
+        session = self.pool.session(self.host)
+        auth_tried = False
+        attempt = 0
+        while True:
+            hdrs = dict(headers or {})
+            cached = self.pool.get_token(self._token_key(scope))
+            if cached:
+                hdrs["Authorization"] = cached
+            timeout = self._timeout(what)
+            try:
+                resp = session.request(method, url, headers=hdrs, data=data, stream=stream,
+                                       timeout=timeout, verify=self.verify, allow_redirects=True)
+            except requests.exceptions.SSLError as exc:
+                raise UnavailableError(
+                    f"TLS to {self.host} failed ({_short(exc)}); pass a CA file (--ca-file) "
+                    f"or use --plain-http for a plain-HTTP registry"
+                ) from exc
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                if self.budget.remaining() <= 0.001:
+                    raise DeadlineExceededError(
+                        f"registry {self.host} did not answer within the {self.budget.timeout:g}s "
+                        f"budget ({what})"
+                    ) from exc
+                attempt += 1
+                if attempt >= MAX_ATTEMPTS:
+                    raise UnavailableError(
+                        f"registry {self.host} is unreachable ({what}): {_short(exc)}"
+                    ) from exc
+                self._backoff(attempt, None, what)
+                continue
+            if resp.status_code == 401:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                resp.close()
+                if auth_tried:
+                    raise UnauthenticatedError(
+                        f"registry {self.host} rejected the credentials ({what})"
+                        + ("" if self._has_credentials() else
+                           ": it needs credentials (--registry-username/--registry-password-stdin, "
+                           "--registry-token-stdin or docker config)")
+                    )
+                auth_tried = True
+                self._authenticate(challenge, scope)
+                continue
+            if resp.status_code == 403:
+                resp.close()
+                raise PermissionDeniedError(
+                    f"registry {self.host} denied access ({what}); check the credentials' permissions"
+                )
+            if resp.status_code in RETRY_STATUSES:
+                attempt += 1
+                if attempt < MAX_ATTEMPTS:
+                    retry_after = resp.headers.get("Retry-After")
+                    resp.close()
+                    self._backoff(attempt, retry_after, what)
+                    continue
+                code = resp.status_code
+                resp.close()
+                raise UnavailableError(
+                    f"registry {self.host} kept answering HTTP {code} ({what}) after {attempt} attempts"
+                )
+            return resp
+
+    def _has_credentials(self) -> bool:
+        return bool(self.auth.token or self.auth.credential_for(self.host))
+
+    def _backoff(self, attempt: int, retry_after: str | None, what: str) -> None:
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1)))
+        if retry_after and retry_after.strip().isdigit():
+            delay = max(delay, float(retry_after.strip()))
+        left = self.budget.check(what)
+        if delay >= left:
+            raise DeadlineExceededError(
+                f"registry operation would exceed its {self.budget.timeout:g}s budget while "
+                f"retrying ({what})"
+            )
+        time.sleep(delay)
+
+    def _authenticate(self, challenge: str, scope: str) -> None:
+        scheme, params = parse_challenge(challenge)
+        cred = self.auth.credential_for(self.host)
+        key = self._token_key(scope)
+        if scheme == "basic":
+            if cred is None:
+                raise UnauthenticatedError(
+                    f"registry {self.host} needs credentials: pass --registry-username with "
+                    f"--registry-password-stdin, or log in via docker config"
+                )
+            basic = requests.auth._basic_auth_str(cred.username, cred.password)
+            self.pool.put_token(key, basic, 3600.0)
+            return
+        if scheme != "bearer":
+            raise UnauthenticatedError(
+                f"registry {self.host} asked for unsupported auth scheme {scheme or '(none)'!r}"
+            )
+        if self.auth.token:
+            self.pool.put_token(key, f"Bearer {self.auth.token}", 3600.0)
+            return
+        realm = params.get("realm")
+        if not realm or not realm.startswith(("http://", "https://")):
+            raise UnauthenticatedError(f"registry {self.host} sent a Bearer challenge without a realm")
+        query: list[tuple[str, str]] = []
+        if params.get("service"):
+            query.append(("service", params["service"]))
+        scopes = [scope]
+        if params.get("scope") and params["scope"] != scope:
+            scopes.append(params["scope"])
+        query.extend(("scope", s) for s in scopes)
+        basic_auth = (cred.username, cred.password) if cred else None
+        try:
+            resp = self.pool.session(self.host).get(
+                realm, params=query, auth=basic_auth, timeout=self._timeout("fetching a token"),
+                verify=self.verify,
+            )
+        except requests.exceptions.RequestException as exc:
+            if self.budget.remaining() <= 0:
+                raise DeadlineExceededError(f"token request to {realm} ran out of time") from exc
+            raise UnavailableError(f"token server {realm} unreachable: {_short(exc)}") from exc
+        if resp.status_code in (401, 403):
+            raise UnauthenticatedError(
+                f"token server {realm} refused the credentials for {self.host} (HTTP {resp.status_code})"
+            )
+        if resp.status_code != 200:
+            raise UnavailableError(f"token server {realm} answered HTTP {resp.status_code}")
+        try:
+            body: Any = resp.json()
+        except ValueError as exc:
+            raise UnavailableError(f"token server {realm} sent no JSON") from exc
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise UnavailableError(f"token server {realm} sent no token")
+        ttl = body.get("expires_in", 60)
+        self.pool.put_token(key, f"Bearer {token}", float(ttl) if isinstance(ttl, int | float) else 60.0)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+__all__ = ["Budget", "RegistryError", "SessionPool", "Transport", "parse_challenge"]
