@@ -1,0 +1,132 @@
+"""RPC figures for the node daemon: GetFeatures and ValidateImage against an empty RPC on the same server.
+
+The "empty RPC" is grpc.health.v1.Health/Check on the same daemon: same server, same channel, same
+interceptors, almost no work, so the difference is what our handlers cost. Each figure is measured
+serially (one call in flight) and with 16 calls in flight on one channel. Prints figures; asserts nothing.
+
+Usage: .venv/bin/python bench/bench_rpc.py [--seconds S] [--image REF --plain-http]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support_daemon import start_daemon  # noqa: E402
+
+from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc  # noqa: E402
+
+SPEC = """
+version: v1alpha1
+compatibilities:
+- description: realistic
+  weight: 10
+  rules:
+  - name: kernel
+    matchFeatures:
+    - feature: kernel.version
+      matchExpressions:
+        major: {op: Ge, value: ["5"]}
+  - name: cpu
+    matchFeatures:
+    - feature: cpu.cpuid
+      matchName: {op: InRegexp, value: ["^AVX"]}
+    - feature: cpu.model
+      matchExpressions:
+        vendor_id: {op: In, value: [Intel, AMD]}
+  - name: virtio net or mellanox
+    matchAny:
+    - matchFeatures:
+      - feature: pci.device
+        matchExpressions:
+          vendor: {op: In, value: ["1af4"]}
+          class: {op: InRegexp, value: ["^02"]}
+    - matchFeatures:
+      - feature: pci.device
+        matchExpressions:
+          vendor: {op: In, value: ["15b3"]}
+"""
+
+
+def measure(call, seconds: float, inflight: int) -> tuple[float, float, float]:
+    """(calls/s, p50 ms, p99 ms) of `call()` for `seconds`, with `inflight` concurrent callers."""
+    lat: list[float] = []
+    stop = time.monotonic() + seconds
+
+    def worker() -> list[float]:
+        mine = []
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            call()
+            mine.append(time.perf_counter() - t0)
+        return mine
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(inflight) as ex:
+        for part in ex.map(lambda _: worker(), range(inflight)):
+            lat.extend(part)
+    wall = time.monotonic() - t0
+    lat.sort()
+    return len(lat) / wall, statistics.median(lat) * 1e3, lat[int(len(lat) * 0.99) - 1] * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--image", default=None, help="also measure ValidateImage by reference (cold and warm)")
+    ap.add_argument("--plain-http", action="store_true")
+    args = ap.parse_args()
+    tmp = Path("/tmp/nodecompat-bench")
+    tmp.mkdir(exist_ok=True)
+    d = start_daemon(tmp, name="bench")
+    try:
+        ch = grpc.insecure_channel(d.address)
+        health = health_pb2_grpc.HealthStub(ch)
+        node = node_pb2_grpc.NodeServiceStub(ch)
+        calls = {
+            "empty RPC (Health/Check)": lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10),
+            "GetFeatures (cached)": lambda: node.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10),
+            "ValidateImage (inline spec)": lambda: node.ValidateImage(
+                node_pb2.ValidateImageRequest(spec=SPEC), timeout=10
+            ),
+        }
+        size = node.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10).ByteSize()
+        print(f"daemon on this machine; GetFeatures response {size} bytes; {args.seconds:g}s per figure")
+        print(f"{'call':<32} {'in flight':>9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        for name, call in calls.items():
+            call()  # warm
+            for inflight in (1, 16):
+                rate, p50, p99 = measure(call, args.seconds, inflight)
+                print(f"{name:<32} {inflight:>9} {rate:>9.0f} {p50:>8.2f} {p99:>8.2f}")
+        if args.image:
+            req = node_pb2.ValidateImageRequest(image=args.image, plain_http=args.plain_http)
+            t0 = time.perf_counter()
+            node.ValidateImage(req, timeout=30)
+            cold = (time.perf_counter() - t0) * 1e3
+            warm = [0.0] * 50
+            for i in range(50):
+                t0 = time.perf_counter()
+                node.ValidateImage(req, timeout=30)
+                warm[i] = (time.perf_counter() - t0) * 1e3
+            inline = []
+            for _ in range(50):
+                t0 = time.perf_counter()
+                node.ValidateImage(node_pb2.ValidateImageRequest(spec=SPEC), timeout=30)
+                inline.append((time.perf_counter() - t0) * 1e3)
+            print(f"ValidateImage by reference: cold {cold:.2f} ms, warm (cached) median "
+                  f"{statistics.median(warm):.2f} ms; inline spec median {statistics.median(inline):.2f} ms")
+        ch.close()
+    finally:
+        d.terminate()
+
+
+if __name__ == "__main__":
+    main()
