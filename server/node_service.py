@@ -7,12 +7,14 @@ and map domain errors to status codes (server/errors.py).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat import wire
+from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
@@ -38,6 +40,11 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self.node_name = node_name
         self.registry = registry or RegistryOptions()
         self._spec_cache: object | None = None
+        # Converting a round's features (kernel.config alone has thousands of entries) costs more than
+        # the RPC itself, so the converted message is kept per (round, prefixes) for the round's life.
+        self._proto_cache: dict[tuple[int, tuple[str, ...]], features_pb2.Features] = {}
+        self._proto_round: object | None = None
+        self._proto_lock = threading.Lock()
 
     # -- GetFeatures ------------------------------------------------------------------------------
     def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):  # noqa: N802
@@ -50,10 +57,24 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         ts.FromDatetime(rnd.probed_at)
         return features_pb2.GetFeaturesResponse(
             node_name=self.node_name,
-            features=wire.features_to_proto(rnd.features.filtered(request.prefixes)),
+            features=self._features_proto(rnd, tuple(request.prefixes)),
             probes=[wire.status_to_proto(s) for s in rnd.statuses],
             probed_at=ts,
         )
+
+    def _features_proto(self, rnd: ProbeRound, prefixes: tuple[str, ...]) -> features_pb2.Features:
+        with self._proto_lock:
+            if self._proto_round is not rnd:
+                self._proto_cache.clear()
+                self._proto_round = rnd
+            key = (id(rnd), prefixes)
+            msg = self._proto_cache.get(key)
+            if msg is None:
+                if len(self._proto_cache) >= 32:
+                    self._proto_cache.clear()
+                msg = wire.features_to_proto(rnd.features.filtered(prefixes))
+                self._proto_cache[key] = msg
+            return msg
 
     # -- ValidateImage ----------------------------------------------------------------------------
     def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):  # noqa: N802
