@@ -1,0 +1,310 @@
+"""One match expression against one element: NFD's `evaluateMatchExpression`, quirks included.
+
+NFD (pkg/apis/nfd/nodefeaturerule/expression.go) checks an expression lazily: a bad value count,
+regex or number is only noticed when the expression meets a *present* element, and a missing
+element simply does not match. `CompiledExpression.evaluate` keeps exactly that order so NFD
+compatibility mode behaves like NFD; `static_problems` finds the same problems up front for the
+strict parser. Regexes are compiled once per expression with RE2 (google-re2), the engine Go's
+`regexp` implements, so patterns mean the same thing and cannot backtrack catastrophically.
+
+`type: version` follows Masterminds/semver `NewVersion` (lenient: `1`, `1.2`, `v1.2.3`, `-pre`,
+`+build`), written out here because no Python semver package parses the same set; the
+pre-release part is dropped before comparing, as NFD does, so `5.15.0-91-generic` is `5.15.0`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import re2
+
+ANY = ""
+IN = "In"
+NOT_IN = "NotIn"
+IN_REGEXP = "InRegexp"
+EXISTS = "Exists"
+DOES_NOT_EXIST = "DoesNotExist"
+GT = "Gt"
+GE = "Ge"
+LT = "Lt"
+LE = "Le"
+GT_LT = "GtLt"
+GE_LE = "GeLe"
+IS_TRUE = "IsTrue"
+IS_FALSE = "IsFalse"
+
+OPS: tuple[str, ...] = (
+    ANY, IN, NOT_IN, IN_REGEXP, EXISTS, DOES_NOT_EXIST, GT, GE, LT, LE, GT_LT, GE_LE, IS_TRUE, IS_FALSE,
+)
+NO_VALUE_OPS = frozenset({ANY, EXISTS, DOES_NOT_EXIST, IS_TRUE, IS_FALSE})
+LIST_OPS = frozenset({IN, NOT_IN, IN_REGEXP})
+ONE_VALUE_OPS = frozenset({GT, GE, LT, LE})
+TWO_VALUE_OPS = frozenset({GT_LT, GE_LE})
+NUMERIC_OPS = ONE_VALUE_OPS | TWO_VALUE_OPS
+# Ops that can only ever be true on an element that has a value (never on a flag).
+VALUE_OPS = LIST_OPS | NUMERIC_OPS | {IS_TRUE, IS_FALSE}
+
+TYPE_VERSION = "version"
+TYPES = ("", TYPE_VERSION)
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_SEMVER_RE = re.compile(
+    r"v?([0-9]+)(\.[0-9]+)?(\.[0-9]+)?"
+    r"(-([0-9A-Za-z\-]+(\.[0-9A-Za-z\-]+)*))?"
+    r"(\+([0-9A-Za-z\-]+(\.[0-9A-Za-z\-]+)*))?"
+)
+_UINT64_MAX = (1 << 64) - 1
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are reported to the user, not logged to stderr by C++
+
+
+class ExpressionError(ValueError):
+    """The expression cannot be evaluated (bad op, value count, regex, number or version)."""
+
+
+@dataclass
+class MatchExpression:
+    """`{op, value, type}` as written in a spec. `values` keeps the user's order."""
+
+    op: str = ""
+    values: list[str] = field(default_factory=list)
+    type: str = ""
+    _compiled: CompiledExpression | None = field(default=None, init=False, repr=False, compare=False)
+
+    def compiled(self) -> CompiledExpression:
+        """The evaluator for this expression, built once (regexes and numbers parsed once)."""
+        if self._compiled is None:
+            self._compiled = CompiledExpression(self)
+        return self._compiled
+
+    def describe(self) -> str:
+        """Short human form, e.g. `In [10de, 1af4]` or `Ge [5.4] (version)`."""
+        text = self.op or "(any)"
+        if self.values:
+            text += " [" + ", ".join(self.values) + "]"
+        if self.type and self.op in NUMERIC_OPS:
+            text += f" ({self.type})"
+        return text
+
+
+def go_atoi(s: str) -> int:
+    """Go's strconv.Atoi: optional sign, ASCII digits only, int64 range."""
+    if not _INT_RE.fullmatch(s):
+        raise ValueError(s)
+    v = int(s)
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise ValueError(s)
+    return v
+
+
+def parse_version(s: str) -> tuple[int, int, int]:
+    """Masterminds/semver NewVersion, keeping only (major, minor, patch): pre-release is dropped."""
+    m = _SEMVER_RE.fullmatch(s)
+    if m is None:
+        raise ValueError(f"invalid semantic version {s!r}")
+    parts = [int(m.group(1)), int((m.group(2) or ".0")[1:]), int((m.group(3) or ".0")[1:])]
+    if any(p > _UINT64_MAX for p in parts):
+        raise ValueError(f"invalid semantic version {s!r}: segment out of range")
+    pre = m.group(5)
+    if pre:
+        for ident in pre.split("."):
+            if ident.isdigit() and len(ident) > 1 and ident.startswith("0"):
+                raise ValueError(f"invalid semantic version {s!r}: pre-release segment starts with 0")
+    return parts[0], parts[1], parts[2]
+
+
+def _values_repr(values: list[str]) -> str:
+    """Go's `%v` of a []string, as NFD prints it in error messages."""
+    return "[" + " ".join(values) + "]"
+
+
+class CompiledExpression:
+    """An expression ready to evaluate; raises ExpressionError exactly where NFD returns an error."""
+
+    __slots__ = ("_num", "_num_error", "_regexes", "_regex_error", "expr")
+
+    def __init__(self, expr: MatchExpression) -> None:
+        self.expr = expr
+        self._regexes: list[Any] | None = None
+        self._regex_error: str | None = None
+        self._num: tuple[Any, ...] | None = None
+        self._num_error: str | None = None
+        if expr.op == IN_REGEXP and expr.values:
+            try:
+                self._regexes = [re2.compile(v, options=_RE2_OPTIONS) for v in expr.values]
+            except re2.error as exc:
+                detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+                self._regex_error = (
+                    f"invalid expression, 'value' field must only contain valid regexps for Op {expr.op!r}"
+                    f" (have {_values_repr(expr.values)}): {detail}"
+                )
+        if expr.op in NUMERIC_OPS:
+            self._prepare_numbers()
+
+    def _prepare_numbers(self) -> None:
+        e = self.expr
+        want = 1 if e.op in ONE_VALUE_OPS else 2
+        if len(e.values) != want:
+            count = "exactly one element" if want == 1 else "exactly two elements"
+            self._num_error = (
+                f"invalid expression, 'value' field must contain {count} for Op {e.op!r} "
+                f"(have {_values_repr(e.values)})"
+            )
+            return
+        if e.type == TYPE_VERSION:
+            try:
+                self._num = tuple(parse_version(v) for v in e.values)
+            except ValueError as exc:
+                self._num_error = f"{exc} in {e.op} {_values_repr(e.values)}"
+            return
+        if e.type != "":
+            self._num_error = f"unsupported value type {e.type!r} for Op {e.op!r} (only \"version\")"
+            return
+        nums = []
+        for v in e.values:
+            try:
+                nums.append(go_atoi(v))
+            except ValueError:
+                self._num_error = f"not a number {_go_quote(v)} in {e.op} {_values_repr(e.values)}"
+                return
+        if want == 2 and nums[0] >= nums[1]:
+            self._num_error = (
+                f"invalid expression, value[0] must be less than Value[1] for Op {e.op!r} "
+                f"(have {_values_repr(e.values)})"
+            )
+            return
+        self._num = tuple(nums)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def static_problems(self) -> list[str]:
+        """Every problem NFD would hit when this expression meets a present element."""
+        e = self.expr
+        if e.op not in OPS:
+            return [f"unknown op {e.op!r} (one of {', '.join(o for o in OPS if o)}, or empty for any)"]
+        problems: list[str] = []
+        if e.op in NO_VALUE_OPS and e.values:
+            problems.append(f"{e.op or 'the any op'} takes no values (have {len(e.values)})")
+        if e.op in LIST_OPS and not e.values:
+            problems.append(f"{e.op} needs at least one value")
+        if self._regex_error:
+            problems.append(self._regex_error)
+        if self._num_error:
+            problems.append(self._num_error)
+        if e.type not in TYPES and e.op not in NUMERIC_OPS:
+            problems.append(f"unknown type {e.type!r} (only \"version\" or empty)")
+        return problems
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, present: bool, value: str | None) -> bool:
+        """NFD's evaluateMatchExpression(valid=present, value). `value=None` is a flag (no value)."""
+        e = self.expr
+        op = e.op
+        if op not in OPS:
+            raise ExpressionError(f"invalid Op {_go_quote(op)}")
+        if op in (ANY, EXISTS, DOES_NOT_EXIST):
+            if e.values:
+                raise ExpressionError(
+                    f"invalid expression, 'value' field must be empty for Op {_go_quote(op)} "
+                    f"(have {_values_repr(e.values)})"
+                )
+            if op == ANY:
+                return True
+            return present if op == EXISTS else not present
+        if not present or value is None:
+            return False
+        if op == IN or op == NOT_IN:
+            if not e.values:
+                raise ExpressionError(f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}")
+            found = value in e.values
+            return found if op == IN else not found
+        if op == IN_REGEXP:
+            if not e.values:
+                raise ExpressionError(f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}")
+            if self._regex_error:
+                raise ExpressionError(self._regex_error)
+            assert self._regexes is not None
+            return any(r.search(value) is not None for r in self._regexes)
+        if op in NUMERIC_OPS:
+            return self._compare(value)
+        # IsTrue / IsFalse
+        if e.values:
+            raise ExpressionError(
+                f"invalid expression, 'value' field must be empty for Op {_go_quote(op)} "
+                f"(have {_values_repr(e.values)})"
+            )
+        return value == ("true" if op == IS_TRUE else "false")
+
+    def _compare(self, value: str) -> bool:
+        e = self.expr
+        op = e.op
+        count_error = self._num_error is not None and self._num_error.startswith("invalid expression, 'value'")
+        if count_error:
+            raise ExpressionError(self._num_error)
+        lhs: Any
+        if e.type == TYPE_VERSION:
+            try:
+                lhs = parse_version(value)
+            except ValueError as exc:
+                raise ExpressionError(f"{exc} (node value under {op} with type version)") from None
+        elif e.type != "":
+            raise ExpressionError(self._num_error or f"unsupported value type {e.type!r}")
+        else:
+            try:
+                lhs = go_atoi(value)
+            except ValueError:
+                raise ExpressionError(f"not a number {_go_quote(value)}") from None
+        if self._num_error:
+            raise ExpressionError(self._num_error)
+        assert self._num is not None
+        r = self._num
+        if op == GT:
+            return bool(lhs > r[0])
+        if op == GE:
+            return bool(lhs >= r[0])
+        if op == LT:
+            return bool(lhs < r[0])
+        if op == LE:
+            return bool(lhs <= r[0])
+        if op == GT_LT:
+            return bool(r[0] < lhs < r[1])
+        return bool(r[0] <= lhs <= r[1])
+
+
+def _go_quote(s: str) -> str:
+    """Go's %q of a string (strconv.Quote), for messages that match NFD's."""
+    out = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\a":
+            out.append("\\a")
+        elif ch == "\b":
+            out.append("\\b")
+        elif ch == "\f":
+            out.append("\\f")
+        elif ch == "\v":
+            out.append("\\v")
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\x{o:02x}")
+        elif not ch.isprintable():
+            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+go_quote = _go_quote

@@ -1,0 +1,543 @@
+"""The image compatibility spec (NFD v1alpha1): safe loading, the model, and up-front validation.
+
+NFD decodes a spec with sigs.k8s.io/yaml into Go structs and validates nothing: unknown fields are
+dropped, a bad op or regex surfaces only when that expression meets a present element, and then
+the whole run aborts. We check the whole spec before evaluating and report *every* problem with
+its location (strict mode). `nfd_compat=True` accepts what NFD accepts: unknown fields and lazily
+detected expression problems are listed in `Spec.warnings` ("tolerated: ...") and the lazy ones
+error only when evaluated, exactly as in NFD.
+
+Loading is defensive because specs come from registries: the size is checked before parsing, YAML
+aliases and anchors are refused (billion laughs), and nesting depth is enforced while composing
+(PyYAML's composer recurses, so a 10,000-deep `[[[[` must be stopped early, not by RecursionError).
+Scalars keep their YAML spelling so that `value: [1.10]`, which Go's YAML layer turns into the
+string "1.1", can be flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from nodecompat.expressions import MatchExpression
+from nodecompat.limits import MAX_DEPTH, MAX_SPEC_BYTES
+
+SPEC_VERSION = "v1alpha1"
+
+
+class SpecError(ValueError):
+    """The spec cannot be used; `problems` lists every problem found, each with its location."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems) if self.problems else "invalid spec")
+
+
+# -- model ---------------------------------------------------------------------------------------
+@dataclass
+class FeatureTerm:
+    feature: str
+    # None when absent (NFD's nil map); {} is an explicit empty set, which matches any present feature.
+    match_expressions: dict[str, MatchExpression] | None = None
+    match_name: MatchExpression | None = None
+
+
+@dataclass
+class MatchAnyElem:
+    match_features: list[FeatureTerm] = field(default_factory=list)
+
+
+@dataclass
+class Rule:
+    name: str = ""
+    match_features: list[FeatureTerm] = field(default_factory=list)
+    match_any: list[MatchAnyElem] = field(default_factory=list)
+    vars: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Compatibility:
+    rules: list[Rule] = field(default_factory=list)
+    weight: int = 0
+    tag: str = ""
+    description: str = ""
+
+
+@dataclass
+class Spec:
+    version: str = ""
+    compatibilities: list[Compatibility] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    nfd_compat: bool = False
+
+
+# -- safe YAML -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scalar:
+    """A non-string YAML/JSON scalar with its original spelling (`raw`)."""
+
+    value: Any
+    raw: str
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without aliases/anchors, with a depth limit, keeping scalars' spelling."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            raise SpecError([f"line {ev.start_mark.line + 1}: YAML aliases (*{ev.anchor}) are not accepted"])
+        ev = self.peek_event()
+        if getattr(ev, "anchor", None):
+            raise SpecError([f"line {ev.start_mark.line + 1}: YAML anchors (&{ev.anchor}) are not accepted"])
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise SpecError([f"line {ev.start_mark.line + 1}: nesting deeper than {MAX_DEPTH} levels"])
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep)
+        out: dict[Any, Any] = {}
+        dups: list[str] = []
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            key = _go_string(key) if not isinstance(key, str) else key
+            if key in out:
+                dups.append(key)
+            out[key] = self.construct_object(value_node, deep=deep)
+        if dups:
+            out[_DUPS] = dups
+        return out
+
+
+_DUPS = "\x00duplicate keys"
+
+
+def _scalar_constructor(loader: _Loader, node: Any) -> Scalar:
+    tag = node.tag.rsplit(":", 1)[-1]
+    method = {
+        "int": yaml.SafeLoader.construct_yaml_int,
+        "float": yaml.SafeLoader.construct_yaml_float,
+        "bool": yaml.SafeLoader.construct_yaml_bool,
+        "null": yaml.SafeLoader.construct_yaml_null,
+    }[tag]
+    return Scalar(method(loader, node), node.value)
+
+
+for _t in ("int", "float", "bool", "null"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_t}", _scalar_constructor)
+# Timestamps stay strings: Go's YAML layer does the same for string fields.
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _go_float32(f: float) -> str:
+    """strconv.FormatFloat(f, 'g', -1, 32): what sigs.k8s.io/yaml makes of a YAML float in a string field."""
+    if math.isnan(f):
+        return ".nan"
+    if math.isinf(f):
+        return ".inf" if f > 0 else "-.inf"
+    try:
+        f32 = struct.unpack("f", struct.pack("f", f))[0]
+    except OverflowError:
+        return ".inf" if f > 0 else "-.inf"
+    digits = ""
+    for p in range(1, 10):
+        s = f"{f32:.{p}e}"
+        if struct.unpack("f", struct.pack("f", float(s)))[0] == f32:
+            digits = s
+            break
+    mant, exp_s = digits.split("e")
+    exp = int(exp_s)
+    mant = mant.rstrip("0").rstrip(".") if "." in mant else mant
+    if exp < -4 or exp >= 6:
+        return f"{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    neg = mant.startswith("-")
+    ds = mant.lstrip("-").replace(".", "")
+    if exp >= 0:
+        whole = (ds + "0" * (exp + 1 - len(ds)))[: exp + 1]
+        frac = ds[exp + 1 :]
+        text = whole + ("." + frac if frac else "")
+    else:
+        text = "0." + "0" * (-exp - 1) + ds
+    return ("-" if neg else "") + text
+
+
+def _go_string(v: Any) -> str:
+    """A scalar as Go's YAML layer renders it into a string field."""
+    if isinstance(v, Scalar):
+        v = v.value
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return _go_float32(v)
+    return str(v)
+
+
+def _max_depth(obj: Any) -> int:
+    depth = 0
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict | list):
+            depth = max(depth, d)
+            stack.extend((c, d + 1) for c in (o.values() if isinstance(o, dict) else o))
+    return depth
+
+
+def _wrap_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _wrap_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_wrap_json(v) for v in obj]
+    if obj is None or isinstance(obj, bool):
+        return Scalar(obj, json.dumps(obj))
+    return obj
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    dups = []
+    for k, v in pairs:
+        if k in out:
+            dups.append(k)
+        out[k] = v
+    if dups:
+        out[_DUPS] = dups
+    return out
+
+
+def load_document(text: str | bytes, max_bytes: int = MAX_SPEC_BYTES) -> Any:
+    """Parse YAML or JSON text safely into plain data (non-string scalars as `Scalar`)."""
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise SpecError([f"spec is {size} bytes, over the {max_bytes}-byte limit"])
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SpecError([f"spec is not UTF-8 text: {exc}"]) from None
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(
+                text,
+                object_pairs_hook=_json_pairs,
+                parse_float=lambda s: Scalar(float(s), s),
+                parse_int=lambda s: Scalar(int(s), s),
+            )
+        except RecursionError:
+            raise SpecError([f"nesting deeper than {MAX_DEPTH} levels"]) from None
+        except ValueError:
+            data = _NOT_JSON
+        if data is not _NOT_JSON:
+            if _max_depth(data) > MAX_DEPTH:
+                raise SpecError([f"nesting deeper than {MAX_DEPTH} levels"])
+            return _wrap_json(data)
+    loader = _Loader(text)
+    try:
+        if not loader.check_node():
+            return None
+        node = loader.get_node()
+        if loader.check_node():
+            raise SpecError(["the spec holds more than one YAML document; put one spec per file"])
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise SpecError([f"not valid YAML or JSON: {exc}".replace("\n", " ")]) from None
+    except RecursionError:
+        raise SpecError([f"nesting deeper than {MAX_DEPTH} levels"]) from None
+    finally:
+        loader.dispose()
+
+
+_NOT_JSON = object()
+
+
+# -- validation ----------------------------------------------------------------------------------
+_PATH_SAFE = re.compile(r"[A-Za-z0-9_\-/]+")
+
+
+def _key_path(path: str, key: str) -> str:
+    if not path:
+        return key if _PATH_SAFE.fullmatch(key) else json.dumps(key)
+    return f"{path}.{key}" if _PATH_SAFE.fullmatch(key) else f"{path}[{json.dumps(key)}]"
+
+
+class _Builder:
+    def __init__(self, nfd_compat: bool) -> None:
+        self.compat = nfd_compat
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def error(self, path: str, msg: str) -> None:
+        self.errors.append(f"{path}: {msg}" if path else msg)
+
+    def lazy(self, path: str, msg: str) -> None:
+        """A problem NFD only hits when the expression is evaluated against a present element."""
+        if self.compat:
+            self.warnings.append(
+                f"tolerated: {path}: {msg} (NFD reports this only when the expression meets a present element)"
+            )
+        else:
+            self.error(path, msg)
+
+    def fields(self, path: str, obj: Any, known: tuple[str, ...], what: str) -> dict[str, Any] | None:
+        """Check `obj` is a mapping; map keys to known field names (Go matches them case-insensitively)."""
+        if isinstance(obj, Scalar) and obj.value is None:
+            return {}
+        if not isinstance(obj, dict):
+            self.error(path, f"{what} must be a mapping, not {_kind(obj)}")
+            return None
+        out: dict[str, Any] = {}
+        lower = {k.lower(): k for k in known}
+        for dup in obj.get(_DUPS, []):
+            if self.compat:
+                self.warnings.append(f"tolerated: {_key_path(path, dup)}: duplicate key (the last one wins)")
+            else:
+                self.error(_key_path(path, dup), "duplicate key")
+        for k, v in obj.items():
+            if k == _DUPS:
+                continue
+            if k in known:
+                out[k] = v
+            elif k.lower() in lower:
+                want = lower[k.lower()]
+                if self.compat:
+                    self.warnings.append(f"tolerated: {_key_path(path, k)}: read as {want!r} (Go ignores case)")
+                    out[want] = v
+                else:
+                    self.error(_key_path(path, k), f"unknown field {k!r}; did you mean {want!r}?")
+            else:
+                hint = f"; the fields of {what} are {', '.join(known)}"
+                if self.compat:
+                    self.warnings.append(f"tolerated: {_key_path(path, k)}: unknown field {k!r} ignored{hint}")
+                else:
+                    self.error(_key_path(path, k), f"unknown field {k!r}{hint}")
+        return out
+
+    def string(self, path: str, v: Any, *, warn_lossy: bool = False) -> str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, Scalar):
+            s = _go_string(v)
+            if warn_lossy and v.value is not None and s != v.raw and not isinstance(v.value, bool):
+                self.warnings.append(
+                    f"{path}: {v.raw} is a YAML number and is read as {json.dumps(s)}; quote it to keep it as written"
+                )
+            return s
+        self.error(path, f"expected a string, not {_kind(v)}")
+        return ""
+
+    def listing(self, path: str, v: Any) -> list[Any]:
+        if v is None or (isinstance(v, Scalar) and v.value is None):
+            return []
+        if not isinstance(v, list):
+            self.error(path, f"expected a list, not {_kind(v)}")
+            return []
+        return v
+
+    # -- spec parts ------------------------------------------------------------------------------
+    def spec(self, data: Any) -> Spec:
+        spec = Spec(nfd_compat=self.compat)
+        if data is None or (isinstance(data, Scalar) and data.value is None):
+            if self.compat:
+                self.warnings.append("tolerated: the spec is empty")
+            else:
+                self.error("", "the spec is empty")
+            return spec
+        top = self.fields("", data, ("version", "compatibilities"), "a spec")
+        if top is None:
+            return spec
+        if "version" in top:
+            spec.version = self.string("version", top["version"])
+            if spec.version != SPEC_VERSION:
+                self.warnings.append(f"version: {spec.version!r} is not {SPEC_VERSION!r}; reading it as {SPEC_VERSION}")
+        else:
+            self.warnings.append(f"version: missing; reading the spec as {SPEC_VERSION}")
+        for i, c in enumerate(self.listing("compatibilities", top.get("compatibilities"))):
+            spec.compatibilities.append(self.compatibility(f"compatibilities[{i}]", c))
+        if not spec.compatibilities:
+            self.warnings.append("compatibilities: no compatibility sets; no node can be compatible")
+        return spec
+
+    def compatibility(self, path: str, obj: Any) -> Compatibility:
+        c = Compatibility()
+        f = self.fields(path, obj, ("rules", "weight", "tag", "description"), "a compatibility set")
+        if f is None:
+            return c
+        for i, r in enumerate(self.listing(f"{path}.rules", f.get("rules"))):
+            c.rules.append(self.rule(f"{path}.rules[{i}]", r))
+        if "weight" in f:
+            c.weight = self.weight(f"{path}.weight", f["weight"])
+        if "tag" in f:
+            c.tag = self.string(f"{path}.tag", f["tag"])
+        if "description" in f:
+            c.description = self.string(f"{path}.description", f["description"])
+        return c
+
+    def weight(self, path: str, v: Any) -> int:
+        value = v.value if isinstance(v, Scalar) else v
+        if isinstance(value, bool) or not isinstance(value, int | float) or value is None:
+            self.error(path, f"weight must be an integer, not {_kind(v)}")
+            return 0
+        if isinstance(value, float):
+            if not value.is_integer():
+                self.error(path, f"weight must be an integer, not {value}")
+                return 0
+            value = int(value)
+        if not -(1 << 31) <= value < (1 << 31):
+            self.error(path, "weight must fit in 32 bits")
+            return 0
+        return int(value)
+
+    def rule(self, path: str, obj: Any) -> Rule:
+        r = Rule()
+        f = self.fields(path, obj, ("name", "matchFeatures", "matchAny", "vars", "varsTemplate"), "a rule")
+        if f is None:
+            return r
+        if "name" in f:
+            r.name = self.string(f"{path}.name", f["name"])
+        if "varsTemplate" in f:
+            self.error(
+                f"{path}.varsTemplate",
+                f"varsTemplate is not supported (rule {r.name!r}); set fixed values with `vars` instead",
+            )
+        r.match_features = self.terms(f"{path}.matchFeatures", f.get("matchFeatures"))
+        for i, el in enumerate(self.listing(f"{path}.matchAny", f.get("matchAny"))):
+            ep = f"{path}.matchAny[{i}]"
+            ef = self.fields(ep, el, ("matchFeatures",), "a matchAny element")
+            r.match_any.append(MatchAnyElem(self.terms(f"{ep}.matchFeatures", (ef or {}).get("matchFeatures"))))
+        if "vars" in f:
+            vf = f["vars"]
+            if isinstance(vf, Scalar) and vf.value is None:
+                vf = {}
+            if not isinstance(vf, dict):
+                self.error(f"{path}.vars", f"vars must be a mapping of name: value, not {_kind(vf)}")
+            else:
+                for k, v in vf.items():
+                    if k != _DUPS:
+                        r.vars[k] = self.string(_key_path(f"{path}.vars", k), v)
+        return r
+
+    def terms(self, path: str, v: Any) -> list[FeatureTerm]:
+        return [self.term(f"{path}[{i}]", t) for i, t in enumerate(self.listing(path, v))]
+
+    def term(self, path: str, obj: Any) -> FeatureTerm:
+        t = FeatureTerm(feature="")
+        f = self.fields(path, obj, ("feature", "matchExpressions", "matchName"), "a feature term")
+        if f is None:
+            return t
+        t.feature = self.string(f"{path}.feature", f.get("feature", ""))
+        if not t.feature:
+            if self.compat:
+                self.warnings.append(f"tolerated: {path}.feature: empty; this term can never match")
+            else:
+                self.error(f"{path}.feature", "feature is required (e.g. pci.device)")
+        elif t.feature != t.feature.lower():
+            self.warnings.append(
+                f"{path}.feature: {t.feature!r} is looked up as {t.feature.lower()!r} (feature names ignore case)"
+            )
+        me = f.get("matchExpressions")
+        if me is not None and not (isinstance(me, Scalar) and me.value is None):
+            mp = f"{path}.matchExpressions"
+            if not isinstance(me, dict):
+                self.error(mp, f"matchExpressions must be a mapping of element name: expression, not {_kind(me)}")
+            else:
+                t.match_expressions = {}
+                for dup in me.get(_DUPS, []):
+                    if self.compat:
+                        self.warnings.append(f"tolerated: {_key_path(mp, dup)}: duplicate key (the last one wins)")
+                    else:
+                        self.error(_key_path(mp, dup), "duplicate key")
+                for name, e in me.items():
+                    if name != _DUPS:
+                        t.match_expressions[name] = self.expression(_key_path(mp, name), e)
+        mn = f.get("matchName")
+        if mn is not None and not (isinstance(mn, Scalar) and mn.value is None):
+            t.match_name = self.expression(f"{path}.matchName", mn)
+        return t
+
+    def expression(self, path: str, obj: Any) -> MatchExpression:
+        e = MatchExpression()
+        if isinstance(obj, Scalar) and obj.value is None:
+            self.error(path, "the expression is empty (null); write e.g. {op: Exists}")
+            return e
+        f = self.fields(path, obj, ("op", "value", "type"), "an expression")
+        if f is None:
+            return e
+        e.op = self.string(f"{path}.op", f.get("op", ""))
+        if "value" in f:
+            raw = f["value"]
+            if not isinstance(raw, list) and not (isinstance(raw, Scalar) and raw.value is None):
+                self.error(f"{path}.value", f"value must be a list (write value: [{_plain(raw)}]), not {_kind(raw)}")
+            else:
+                for i, item in enumerate(self.listing(f"{path}.value", raw)):
+                    if isinstance(item, Scalar) and item.value is None:
+                        if self.compat:
+                            self.warnings.append(f"tolerated: {path}.value[{i}]: null read as an empty string")
+                        else:
+                            self.error(f"{path}.value[{i}]", "null is not a value; quote it or remove it")
+                    e.values.append(self.string(f"{path}.value[{i}]", item, warn_lossy=True))
+        if "type" in f:
+            e.type = self.string(f"{path}.type", f["type"])
+        for problem in e.compiled().static_problems():
+            self.lazy(path, problem)
+        if e.type == "version" and e.op and e.op in ("In", "NotIn", "InRegexp", "Exists", "DoesNotExist",
+                                                      "IsTrue", "IsFalse"):
+            self.warnings.append(f"{path}.type: 'version' has no effect on op {e.op}")
+        return e
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, Scalar):
+        v = v.value
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, Mapping):
+        return "a mapping"
+    return type(v).__name__
+
+
+def _plain(v: Any) -> str:
+    return _go_string(v) if isinstance(v, Scalar | str) else "..."
+
+
+def parse_spec(text: str | bytes, *, nfd_compat: bool = False, max_bytes: int = MAX_SPEC_BYTES) -> Spec:
+    """Parse and check a spec; raise SpecError listing every problem (each located)."""
+    data = load_document(text, max_bytes=max_bytes)
+    b = _Builder(nfd_compat)
+    spec = b.spec(data)
+    if b.errors:
+        raise SpecError(b.errors)
+    spec.warnings = b.warnings
+    return spec
