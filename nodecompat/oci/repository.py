@@ -46,6 +46,11 @@ def _hasher(digest: str) -> Any:
     return hashlib.new(algo)
 
 
+def _is_digest(target: str) -> bool:
+    """Tags cannot contain ':', digests always do."""
+    return ":" in target
+
+
 def digest_of(data: bytes, algo: str = "sha256") -> str:
     return f"{algo}:{hashlib.new(algo, data).hexdigest()}"
 
@@ -78,7 +83,7 @@ class Repository:
             length = resp.headers.get("Content-Length")
         if not digest or not length or not length.isdigit() or media_type not in mt.MANIFEST_TYPES:
             return None
-        if target.startswith("sha") and digest != target:
+        if _is_digest(target) and digest != target:
             raise InvalidArgumentError(f"registry answered digest {digest} for {self.ref}")
         return Descriptor(media_type, digest, int(length))
 
@@ -93,7 +98,7 @@ class Repository:
             media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             header_digest = resp.headers.get("Docker-Content-Digest")
             body = self._read_limited(resp, MAX_MANIFEST_BYTES, label)
-        want = expected.digest if expected else target if target.startswith("sha") else header_digest
+        want = expected.digest if expected else target if _is_digest(target) else header_digest
         algo = want.split(":", 1)[0] if want else "sha256"
         got = digest_of(body, algo if algo in ("sha256", "sha512") else "sha256")
         if want and got != want:
