@@ -1,0 +1,319 @@
+"""Evaluating a spec against one node's features: NFD's semantics, with reasons and an overall answer.
+
+Semantics follow `nfd compat validate-node` (ExecuteGroupRule with failFast=false): every term and
+every matchAny element is evaluated, a rule matches when its matchAny (if any) has a matching
+element and all its matchFeatures terms match, and after each rule its `vars` are published to
+the attribute feature `rule.matched` for later rules and sets. NFD's quirk is kept: vars are
+published whenever matchFeatures is empty or matched, even if matchAny failed.
+
+What NFD leaves out, we add: a set passes when all its rules match; the node is compatible when
+an evaluated set passes; `score` is the largest weight of a passing set. A term on a feature whose
+probe failed is *unknown*, never a silent mismatch, and rules/sets whose outcome hinges on it say
+so. Evaluation errors (non-numeric node data under Gt, or a malformed expression tolerated in
+NFD compatibility mode) mark that expression as not matched, with a warning, instead of aborting.
+
+Instance terms are reported against the instance that satisfied the whole term; when none did,
+against the closest one (most expressions held; ties go to the lowest index, and the
+flag/attribute part of a mixed feature wins ties over instances).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from nodecompat.expressions import ANY, DOES_NOT_EXIST, EXISTS, MatchExpression
+from nodecompat.features import Features
+from nodecompat.limits import MAX_ACTUAL_NAMES
+from nodecompat.matcher import MultiResult, NamesResult, Outcome, match_multi, match_names_multi
+from nodecompat.nfd_output import NfdRule, NfdSet, TermEval, nfd_json
+from nodecompat.spec import FeatureTerm, Rule, Spec
+from nodecompat.verdict import (
+    ExpressionVerdict,
+    MatchAnyVerdict,
+    RuleVerdict,
+    SetVerdict,
+    TermVerdict,
+    Verdict,
+)
+
+RULE_BACKREF_FEATURE = "rule.matched"
+_LABEL_KEYS = ("address", "name", "bdf", "pci_address", "serial", "id")
+
+
+class _View:
+    """The node's facts as plain containers, plus the `rule.matched` vars published so far."""
+
+    def __init__(self, features: Features) -> None:
+        self.flags = {n: f.elements for n, f in features.flags.items()}
+        self.attrs = {n: a.elements for n, a in features.attributes.items()}
+        self.insts = {n: [i.attributes for i in f.elements] for n, f in features.instances.items()}
+
+    def publish(self, values: Mapping[str, str]) -> None:
+        merged = dict(self.attrs.get(RULE_BACKREF_FEATURE, {}))
+        merged.update(values)
+        self.attrs[RULE_BACKREF_FEATURE] = merged
+
+
+class _Run:
+    def __init__(self, features: Features, unknown: Mapping[str, str]) -> None:
+        self.view = _View(features)
+        self.unknown = {k.lower(): v for k, v in unknown.items()}
+        self.unknown_used: set[str] = set()
+        self.warnings: list[str] = []
+
+    # -- terms -----------------------------------------------------------------------------------
+    def term(self, term: FeatureTerm, path: str) -> tuple[TermVerdict, TermEval]:
+        name = term.feature.lower()
+        v = self.view
+        flags = v.flags.get(name)
+        attrs = v.attrs.get(name)
+        insts = v.insts.get(name)
+        present = flags is not None or attrs is not None or insts is not None
+        te = TermEval(term, present)
+        if present:
+            if term.match_expressions is not None:
+                te.multi = match_multi(term.match_expressions, flags, attrs, insts)
+                for err in te.multi.errors:
+                    self.warnings.append(f"{path}.matchExpressions: cannot evaluate on this node: {err}")
+            if term.match_name is not None:
+                te.names = match_names_multi(term.match_name, flags, attrs, insts)
+                for err in te.names.errors:
+                    self.warnings.append(f"{path}.matchName: cannot evaluate on this node: {err}")
+        tv = TermVerdict(feature=term.feature, matched=te.matched, feature_present=present)
+        if name in self.unknown:
+            reason = self.unknown[name]
+            self.unknown_used.add(name)
+            tv.matched = False
+            tv.unknown = True
+            tv.expressions = [
+                _expr_verdict(term.feature, el, mt, e, matched=False, unknown=True, detail=f"unknown: {reason}")
+                for el, mt, e in _expressions_of(term)
+            ]
+            return tv, te
+        if not present:
+            tv.expressions = [
+                _expr_verdict(term.feature, el, mt, e, matched=False, detail=f"feature {name} not present on this node")
+                for el, mt, e in _expressions_of(term)
+            ]
+            return tv, te
+        if te.multi is not None:
+            tv.expressions.extend(_report_multi(term.feature, name, te.multi, insts or []))
+        if te.names is not None:
+            assert term.match_name is not None
+            tv.expressions.append(_report_names(term.feature, name, term.match_name, te.names, insts or []))
+        return tv, te
+
+    def terms(self, terms: list[FeatureTerm], path: str) -> tuple[list[TermVerdict], list[TermEval]]:
+        tvs, tes = [], []
+        for i, t in enumerate(terms):
+            tv, te = self.term(t, f"{path}[{i}]")
+            tvs.append(tv)
+            tes.append(te)
+        return tvs, tes
+
+    # -- rules -----------------------------------------------------------------------------------
+    def rule(self, rule: Rule, path: str) -> tuple[RuleVerdict, NfdRule]:
+        nr = NfdRule(rule.name, has_match_any=bool(rule.match_any))
+        rv = RuleVerdict(name=rule.name)
+        for i, el in enumerate(rule.match_any):
+            tvs, tes = self.terms(el.match_features, f"{path}.matchAny[{i}].matchFeatures")
+            rv.match_any.append(MatchAnyVerdict(matched=all(t.matched for t in tvs), terms=tvs))
+            nr.match_any.append(tes)
+        rv.match_features, nr.match_features = self.terms(rule.match_features, f"{path}.matchFeatures")
+
+        def ok(t: TermVerdict, optimistic: bool) -> bool:
+            return t.matched or (optimistic and t.unknown)
+
+        def outcome(optimistic: bool) -> tuple[bool, bool]:
+            mf = all(ok(t, optimistic) for t in rv.match_features)
+            ma = not rv.match_any or any(all(ok(t, optimistic) for t in el.terms) for el in rv.match_any)
+            return mf, ma
+
+        mf, ma = outcome(False)
+        rv.matched = mf and ma
+        rv.unknown = not rv.matched and all(outcome(True))
+        # NFD publishes vars when matchFeatures is empty or matched, even if matchAny failed.
+        published = dict(rule.vars) if mf else {}
+        self.view.publish(published)
+        rv.vars = published
+        return rv, nr
+
+
+def _expressions_of(term: FeatureTerm) -> list[tuple[str, str, MatchExpression]]:
+    out = [(n, "matchExpression", e) for n, e in (term.match_expressions or {}).items()]
+    if term.match_name is not None:
+        out.append(("", "matchName", term.match_name))
+    return out
+
+
+def _expr_verdict(
+    feature: str,
+    element: str,
+    matcher_type: str,
+    e: MatchExpression,
+    *,
+    matched: bool,
+    unknown: bool = False,
+    actual: list[str] | None = None,
+    instance: str = "",
+    detail: str = "",
+) -> ExpressionVerdict:
+    return ExpressionVerdict(
+        feature=feature,
+        element=element,
+        matcher_type=matcher_type,
+        op=e.op,
+        values=list(e.values),
+        type=e.type,
+        matched=matched,
+        unknown=unknown,
+        actual=actual or [],
+        instance=instance,
+        detail=detail,
+    )
+
+
+def instance_label(feature: str, index: int, attrs: Mapping[str, str]) -> str:
+    """`pci.device[3] address=0000:17:00.0`: the index plus a name-like attribute when there is one."""
+    for k in _LABEL_KEYS:
+        if k in attrs:
+            return f"{feature}[{index}] {k}={attrs[k]}"
+    return f"{feature}[{index}]"
+
+
+def _detail(
+    e: MatchExpression, element: str, matched: bool, present: bool, value: str | None, error: str | None
+) -> str:
+    want = e.describe()
+    if error:
+        return f"cannot evaluate {want}: {error}"
+    if e.op == ANY:
+        return "any value accepted"
+    if e.op == DOES_NOT_EXIST:
+        if matched:
+            return f"element {element} absent, as wanted"
+        return f"wanted {element} absent, but it is present" + (f" ({value})" if value is not None else "")
+    if e.op == EXISTS:
+        return f"element {element} present" if matched else f"wanted {element} present, element {element} absent"
+    if not present:
+        return f"wanted {want}, element {element} absent"
+    if value is None:
+        return f"wanted {want}, but {element} is a flag and has no value"
+    return f"{want}: node has {value}" if matched else f"wanted {want}, node has {value}"
+
+
+def _fa_outcome(m: MultiResult, i: int) -> tuple[bool, bool, str | None, str | None]:
+    """(matched, present, value, error) of expression i on the flag/attribute union."""
+    fo: Outcome | None = m.flag[i] if m.flag is not None else None
+    ao: Outcome | None = m.attr[i] if m.attr is not None else None
+    value = ao.value if ao is not None and ao.present else None
+    present = bool((fo and fo.present) or (ao and ao.present))
+    error = (fo.error if fo else None) or (ao.error if ao else None)
+    return m.fa[i], present, value, error
+
+
+def _report_multi(
+    feature: str, name: str, m: MultiResult, insts: Sequence[Mapping[str, str]]
+) -> list[ExpressionVerdict]:
+    has_fa = m.flag is not None or m.attr is not None
+    place: int | None = None  # None = flag/attribute part, k = instance k
+    if m.fa_matched:
+        place = None
+    elif any(m.instance_matched):
+        place = m.instance_matched.index(True)
+    else:
+        best = sum(m.fa) if has_fa else -1
+        for k, row in enumerate(m.instances):
+            score = sum(o.matched for o in row)
+            if score > best:
+                best, place = score, k
+        if not has_fa and place is None:
+            return [
+                _expr_verdict(feature, n, "matchExpression", e, matched=False,
+                              detail=f"{name} has no instances on this node")
+                for n, e in zip(m.names, m.exprs, strict=True)
+            ]
+    out = []
+    for i, (n, e) in enumerate(zip(m.names, m.exprs, strict=True)):
+        if place is None:
+            matched, present, value, error = _fa_outcome(m, i)
+            label = ""
+        else:
+            o = m.instances[place][i]
+            matched, present, value, error = o.matched, o.present, o.value, o.error
+            label = instance_label(name, place, insts[place])
+        out.append(
+            _expr_verdict(
+                feature, n, "matchExpression", e,
+                matched=matched,
+                actual=[value] if value is not None else [],
+                instance=label,
+                detail=_detail(e, n, matched, present, value, error),
+            )
+        )
+    return out
+
+
+def _report_names(
+    feature: str, name: str, e: MatchExpression, r: NamesResult, insts: Sequence[Mapping[str, str]]
+) -> ExpressionVerdict:
+    want = e.describe()
+    label = ""
+    if r.matched_instances:
+        k = r.matched_instances[0]
+        label = instance_label(name, k, insts[k])
+    shown = ", ".join(r.matched_names[:10] if r.matched else r.names[:10])
+    more = "" if len(r.matched_names if r.matched else r.names) <= 10 else ", ..."
+    if r.errors:
+        detail = f"cannot evaluate name {want}: {r.errors[0]}"
+    elif r.matched:
+        detail = f"names matching {want}: {shown}{more}"
+    elif not r.names:
+        detail = f"wanted a name {want}, {name} has no elements"
+    else:
+        detail = f"wanted a name {want}, node has {shown}{more}"
+    return _expr_verdict(
+        feature, "", "matchName", e, matched=r.matched, actual=r.names[:MAX_ACTUAL_NAMES], instance=label,
+        detail=detail,
+    )
+
+
+def evaluate(
+    spec: Spec,
+    features: Features,
+    *,
+    tags: Sequence[str] = (),
+    unknown: Mapping[str, str] | None = None,
+) -> Verdict:
+    """Evaluate `spec` against `features`; `unknown` maps feature name -> why its facts are unknown."""
+    run = _Run(features, unknown or {})
+    verdict = Verdict()
+    nfd_sets: list[NfdSet] = []
+    tag_list = [t for t in tags if t]
+    for idx, c in enumerate(spec.compatibilities):
+        if tag_list and c.tag not in tag_list:
+            continue
+        sv = SetVerdict(index=idx, description=c.description, tag=c.tag, weight=c.weight)
+        ns = NfdSet(c)
+        for ri, rule in enumerate(c.rules):
+            rv, nr = run.rule(rule, f"compatibilities[{idx}].rules[{ri}]")
+            sv.rules.append(rv)
+            ns.rules.append(nr)
+        sv.rules_total = len(sv.rules)
+        sv.rules_matched = sum(r.matched for r in sv.rules)
+        sv.passed = all(r.matched for r in sv.rules)
+        sv.unknown = not sv.passed and all(r.matched or r.unknown for r in sv.rules)
+        verdict.sets.append(sv)
+        nfd_sets.append(ns)
+    if tag_list and not verdict.sets:
+        run.warnings.append(f"no compatibility set has a tag in {', '.join(tag_list)}; nothing was evaluated")
+    passing = [s.weight for s in verdict.sets if s.passed]
+    verdict.compatible = bool(passing)
+    verdict.score = max(passing) if passing else 0
+    verdict.unknown_facts = [f"{n}: {run.unknown[n]}" for n in sorted(run.unknown_used)]
+    text, err = nfd_json(nfd_sets)
+    verdict.nfd_json = text
+    if err is not None:
+        run.warnings.append(f"nfd compat validate-node would stop here with: {err}")
+    verdict.warnings = run.warnings
+    return verdict
