@@ -1,0 +1,106 @@
+"""`nodecompat aggregator`: run the fleet aggregator (FleetService) in front of node daemons."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nodecompat.server.aggregator import AggregatorConfig
+
+DEFAULT_LISTEN = "127.0.0.1:50050"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("aggregator", help="run the fleet aggregator (gRPC FleetService)")
+    p.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})"
+    )
+    p.add_argument(
+        "--nodes-file", default=None, help="YAML/JSON list of {name, address, labels}; re-read on change"
+    )
+    p.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="NAME:PORT",
+        help="discover daemons from all A/AAAA records of NAME (repeatable)",
+    )
+    p.add_argument("--dns-interval", type=float, default=30.0, help="seconds between DNS re-resolutions")
+    p.add_argument("--lease-ttl", type=float, default=30.0, help="default lease of registered nodes (s)")
+    p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
+    p.add_argument(
+        "--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one"
+    )
+    p.add_argument(
+        "--default-timeout", type=float, default=30.0, help="overall deadline when the request sets none"
+    )
+    p.add_argument("--tls-cert", default=None, help="certificate (PEM): served, and presented to daemons")
+    p.add_argument("--tls-key", default=None, help="private key (PEM) of --tls-cert")
+    p.add_argument(
+        "--tls-ca",
+        default=None,
+        help="CA (PEM): clients must present a certificate it signed, and daemons are verified with it",
+    )
+    p.add_argument(
+        "--ca-file", default=None, help="CA bundle for registries (ValidateFleet by image reference)"
+    )
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> AggregatorConfig:
+    """AggregatorConfig from the flags; ValueError/TlsConfigError with a message naming the flag."""
+    from nodecompat.server import tls
+    from nodecompat.server.aggregator import AggregatorConfig
+    from nodecompat.server.fleet_nodes import parse_dns_target
+    from nodecompat.server.node_service import RegistryOptions
+
+    if args.concurrency < 1:
+        raise ValueError("--concurrency must be >= 1")
+    for flag in ("node_timeout", "default_timeout", "lease_ttl", "dns_interval"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0")
+    server_creds = node_creds = None
+    if args.tls_cert or args.tls_key:
+        server_creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
+    if args.tls_ca or args.tls_cert:
+        node_creds = tls.channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    return AggregatorConfig(
+        listen=args.listen,
+        nodes_file=args.nodes_file,
+        dns=[parse_dns_target(d) for d in args.dns],
+        dns_interval=args.dns_interval,
+        lease_ttl=args.lease_ttl,
+        concurrency=args.concurrency,
+        node_timeout=args.node_timeout,
+        default_timeout=args.default_timeout,
+        server_credentials=server_creds,
+        node_credentials=node_creds,
+        registry=RegistryOptions(ca_file=args.ca_file),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from nodecompat.server import telemetry
+    from nodecompat.server.aggregator import AggregatorDaemon
+    from nodecompat.server.daemon import run_until_signal
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    provider = telemetry.init_tracing("nodecompat-aggregator")
+    try:
+        daemon = AggregatorDaemon(build_config(args))
+        port = daemon.start()
+    except (ValueError, OSError) as exc:
+        print(f"nodecompat aggregator: {exc}", file=sys.stderr)
+        return 2
+    host = args.listen.rpartition(":")[0]
+    print(f"nodecompat: aggregator serving on {host}:{port}", file=sys.stderr, flush=True)
+    run_until_signal(daemon.stop, daemon.wait)
+    if provider is not None:
+        provider.shutdown()
+    return 0

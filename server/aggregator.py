@@ -1,0 +1,391 @@
+"""The fleet aggregator: FleetService (ValidateFleet, ListNodes, node registration) and its process object.
+
+ValidateFleet resolves the image's compatibility artifact once (the registry is hit once per call, not
+once per node), checks the spec once (one clear INVALID_ARGUMENT instead of N identical node errors),
+sends the spec inline to the selected daemons through server/fanout.py, streams one NodeResult per
+node as it completes, and ends with one FleetSummary that is never later than the deadline:
+min(the request's timeout or the default, the caller's own gRPC deadline minus a small margin).
+Like the node service this is a thin edge: membership is server/fleet_nodes.py, fan-out is
+server/fanout.py, and verdicts come from the daemons.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2
+from nodecompat.server import telemetry
+from nodecompat.server.daemon import add_standard_services, set_health
+from nodecompat.server.errors import registry_status, spec_error_message
+from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
+from nodecompat.server.fleet_nodes import SOURCE_DNS, NodeInventory
+from nodecompat.server.node_service import RegistryOptions
+from opentelemetry import trace
+
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+FLEET_SERVICE = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
+MAX_MESSAGE_BYTES = 16 << 20
+MAX_TIMEOUT = 3600.0
+HEALTH_STALE_AFTER = 10.0  # ListNodes health-checks nodes not heard from for this long
+
+
+def deadline_margin(left: float) -> float:
+    """How much earlier than the caller's deadline the summary is sent (transit time for it)."""
+    return min(1.0, max(0.05, 0.1 * left))
+
+
+def failure_reasons(report: validation_pb2.ValidationReport) -> list[str]:
+    """One line per failed expression of the best failing set (most rules matched, weight, order)."""
+    if any(s.passed for s in report.sets):
+        return []
+    if not report.sets:
+        return ["no compatibility set was evaluated (do the --tags select any set?)"]
+    best = max(
+        report.sets,
+        key=lambda s: (s.rules_matched / s.rules_total if s.rules_total else 0.0, s.weight, -s.index),
+    )
+    label = f"set {best.index}" + (f" ({best.description})" if best.description else "")
+    lines: list[str] = []
+    for rule in best.rules:
+        if rule.matched:
+            continue
+        where = f"{label}, rule {rule.name or '?'}"
+        for term in rule.match_features:
+            lines.extend(f"{where}: {r}" for r in _term_reasons(term))
+        failed_any = [m for m in rule.match_any if not m.matched]
+        if rule.match_any and len(failed_any) == len(rule.match_any):
+            for i, alt in enumerate(rule.match_any):
+                for term in alt.terms:
+                    lines.extend(f"{where}, matchAny[{i}]: {r}" for r in _term_reasons(term))
+        if not any(line.startswith(where) for line in lines):
+            lines.append(f"{where}: did not match" + (" (facts unknown)" if rule.unknown else ""))
+    return lines
+
+
+def _term_reasons(term: validation_pb2.TermVerdict) -> list[str]:
+    if term.matched:
+        return []
+    out = []
+    for e in term.expressions:
+        if e.matched:
+            continue
+        element = f".{e.element}" if e.element else ""
+        text = e.detail or f"{e.feature}{element} {e.op} {list(e.values)}, node has {list(e.actual)}"
+        out.append(text + (" (unknown: the probe failed)" if e.unknown and "unknown" not in text else ""))
+    if not out:
+        out.append(
+            f"{term.feature}: feature not present on the node"
+            if not term.feature_present
+            else f"{term.feature}: no element matched"
+        )
+    return out
+
+
+@dataclass
+class AggregatorOptions:
+    default_timeout: float = 30.0
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    health_timeout: float = 1.0
+
+
+class FleetService(fleet_pb2_grpc.FleetServiceServicer):
+    def __init__(
+        self, inventory: NodeInventory, fanout: FanOut, options: AggregatorOptions | None = None
+    ) -> None:
+        self.inventory = inventory
+        self.fanout = fanout
+        self.options = options or AggregatorOptions()
+        self._spec_cache: object | None = None
+        self._spec_cache_lock = threading.Lock()
+
+    # -- ValidateFleet -----------------------------------------------------------------------------
+    def ValidateFleet(
+        self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext
+    ) -> Iterator[fleet_pb2.ValidateFleetResponse]:
+        started = time.monotonic()
+        source = request.WhichOneof("source")
+        if source is None:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)"
+            )
+        t = request.timeout_seconds
+        if math.isnan(t) or t < 0 or t > MAX_TIMEOUT:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"timeout_seconds must be in [0, {MAX_TIMEOUT:g}], got {t}"
+            )
+        budget = t or self.options.default_timeout
+        left = context.time_remaining()
+        if left is not None:
+            budget = min(budget, left - deadline_margin(left))
+        deadline = started + max(0.0, budget)
+
+        span = tracer.start_span(
+            "fleet.validate",
+            attributes={"nodecompat.fleet.source": source or "", "nodecompat.fleet.budget_s": budget},
+        )
+        parent = trace.set_span_in_context(span)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                spec_text, image_digest, artifact_digest = self._resolve(request, context, deadline)
+                self._check_spec(spec_text, context, request.image or "inline spec")
+            nodes = self.inventory.nodes(dict(request.selector))
+            span.set_attribute("nodecompat.fleet.nodes", len(nodes))
+            node_request = node_pb2.ValidateImageRequest(spec=spec_text, tags=list(request.tags))
+            results: list[fleet_pb2.NodeResult] = []
+            for outcome in self.fanout.run(nodes, node_request, deadline, parent):
+                result = self._node_result(outcome)
+                results.append(result)
+                yield fleet_pb2.ValidateFleetResponse(node=result)
+            summary = summarize(results, image_digest, artifact_digest, time.monotonic() - started)
+            span.set_attribute("nodecompat.fleet.compatible", summary.compatible)
+            yield fleet_pb2.ValidateFleetResponse(summary=summary)
+        finally:
+            span.end()
+
+    def _resolve(
+        self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext, deadline: float
+    ) -> tuple[str, str, str]:
+        if request.WhichOneof("source") == "spec":
+            return request.spec, "", ""
+        from nodecompat.oci.cache import SpecCache
+        from nodecompat.oci.errors import RegistryError
+
+        with self._spec_cache_lock:
+            if self._spec_cache is None:
+                self._spec_cache = SpecCache()
+        cache = self._spec_cache
+        assert isinstance(cache, SpecCache)
+        reg = self.options.registry
+        try:
+            fetched = cache.fetch(
+                request.image,
+                platform=request.platform or None,
+                plain_http=request.plain_http,
+                auth=reg.auth,  # type: ignore[arg-type]
+                ca_file=reg.ca_file,
+                timeout=max(0.05, deadline - time.monotonic()),
+                max_bytes=reg.max_spec_bytes,
+            )
+        except RegistryError as exc:
+            context.abort(registry_status(exc.code), f"{request.image}: {exc}")
+            raise
+        return fetched.text, fetched.image_digest, fetched.artifact_digest
+
+    def _check_spec(self, text: str, context: grpc.ServicerContext, origin: str) -> None:
+        try:
+            from nodecompat.spec import SpecError, parse_spec
+        except ImportError:  # no local parser: each daemon reports its own INVALID_ARGUMENT
+            return
+        try:
+            parse_spec(text, nfd_compat=False, max_bytes=self.options.registry.max_spec_bytes)
+        except SpecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
+
+    def _node_result(self, outcome: NodeOutcome) -> fleet_pb2.NodeResult:
+        node = outcome.node
+        resp = outcome.response
+        reported = resp.report.node_name if resp is not None else ""
+        self.inventory.record_contact(
+            node.address, "SERVING" if outcome.status == "OK" else outcome.status, reported
+        )
+        name = reported if node.source == SOURCE_DNS and reported else node.name
+        result = fleet_pb2.NodeResult(
+            node_name=name,
+            address=node.address,
+            labels=dict(node.labels),
+            status=outcome.status,
+            error=outcome.error,
+            latency_seconds=outcome.latency,
+            attempts=outcome.attempts,
+        )
+        if resp is not None:
+            result.compatible = resp.compatible
+            result.score = resp.score
+            if not resp.compatible:
+                result.reasons.extend(failure_reasons(resp.report))
+        return result
+
+    # -- ListNodes ---------------------------------------------------------------------------------
+    def ListNodes(
+        self, request: fleet_pb2.ListNodesRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.ListNodesResponse:
+        selector = dict(request.selector)
+        self._refresh_health(selector, context)
+        out = fleet_pb2.ListNodesResponse()
+        for view in self.inventory.views(selector):
+            info = out.nodes.add(
+                name=view.node.name,
+                address=view.node.address,
+                labels=dict(view.node.labels),
+                source=view.node.source,
+                health=view.health,
+            )
+            if view.last_contact is not None:
+                ts = Timestamp()
+                ts.FromDatetime(view.last_contact)
+                info.last_contact.CopyFrom(ts)
+        return out
+
+    def _refresh_health(self, selector: dict[str, str], context: grpc.ServicerContext) -> None:
+        """Health-check, concurrently and briefly, the nodes with no recent contact."""
+        now = time.time()
+        stale = [
+            v.node.address
+            for v in self.inventory.views(selector)
+            if v.last_contact is None
+            or now - v.last_contact.timestamp() > HEALTH_STALE_AFTER
+            or v.health == "UNKNOWN"
+        ]
+        if not stale:
+            return
+        left = context.time_remaining()
+        timeout = self.options.health_timeout if left is None else min(self.options.health_timeout, left / 2)
+        calls = []
+        for address in stale:
+            try:
+                stub = self.fanout.pool.health_stub(address)
+                calls.append((address, stub.Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)))
+            except Exception as exc:
+                self.inventory.record_contact(address, "INTERNAL")
+                log.warning("health check of %s: %s", address, exc)
+        for address, fut in calls:
+            try:
+                resp = fut.result()
+                health = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.RpcError as exc:
+                health = exc.code().name
+            self.inventory.record_contact(address, health)
+
+    # -- registration ------------------------------------------------------------------------------
+    def RegisterNode(
+        self, request: fleet_pb2.RegisterNodeRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.RegisterNodeResponse:
+        try:
+            ttl = self.inventory.register(
+                request.name, request.address, dict(request.labels), request.ttl_seconds
+            )
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name!r}: {exc}")
+            raise
+        return fleet_pb2.RegisterNodeResponse(ttl_seconds=ttl)
+
+    def DeregisterNode(
+        self, request: fleet_pb2.DeregisterNodeRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.DeregisterNodeResponse:
+        if not request.name:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "DeregisterNode: `name` is required")
+        self.inventory.deregister(request.name)
+        return fleet_pb2.DeregisterNodeResponse()
+
+
+def summarize(
+    results: list[fleet_pb2.NodeResult], image_digest: str, artifact_digest: str, wall: float
+) -> fleet_pb2.FleetSummary:
+    ok = [r for r in results if r.status == "OK"]
+    ranked = sorted(results, key=lambda r: (not r.compatible, -r.score, r.node_name, r.address))
+    return fleet_pb2.FleetSummary(
+        compatible=sum(1 for r in ok if r.compatible),
+        incompatible=sum(1 for r in ok if not r.compatible),
+        failed=len(results) - len(ok),
+        ranking=[
+            fleet_pb2.RankedNode(
+                node_name=r.node_name, compatible=r.compatible, score=r.score, status=r.status
+            )
+            for r in ranked
+        ],
+        image_digest=image_digest,
+        artifact_digest=artifact_digest,
+        wall_seconds=wall,
+    )
+
+
+@dataclass
+class AggregatorConfig:
+    listen: str = "127.0.0.1:50050"
+    nodes_file: str | None = None
+    dns: list[tuple[str, int]] = field(default_factory=list)
+    dns_interval: float = 30.0
+    lease_ttl: float = 30.0
+    concurrency: int = 64
+    node_timeout: float = 10.0
+    default_timeout: float = 30.0
+    workers: int = 16
+    grace: float = 5.0
+    server_credentials: grpc.ServerCredentials | None = None
+    # Credentials the aggregator uses to reach the daemons (mTLS: with its client certificate).
+    node_credentials: grpc.ChannelCredentials | None = None
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+
+
+class AggregatorDaemon:
+    """A running aggregator. start() loads the inventory (NodesFileError on a bad file), binds, serves."""
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.config = config
+        self.inventory = NodeInventory(
+            nodes_file=config.nodes_file,
+            dns=config.dns,
+            dns_interval=config.dns_interval,
+            lease_ttl=config.lease_ttl,
+        )
+        self.pool = ChannelPool(config.node_credentials)
+        self.fanout = FanOut(
+            self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout)
+        )
+        self.service = FleetService(
+            self.inventory,
+            self.fanout,
+            AggregatorOptions(default_timeout=config.default_timeout, registry=config.registry),
+        )
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="fleet-rpc"),
+            interceptors=telemetry.server_interceptors(),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(self.service, self.server)
+        self.health = add_standard_services(self.server, [FLEET_SERVICE])
+        self.port = 0
+        self._stopped = threading.Event()
+
+    def start(self) -> int:
+        self.inventory.load()
+        if self.config.server_credentials is not None:
+            self.port = self.server.add_secure_port(self.config.listen, self.config.server_credentials)
+        else:
+            self.port = self.server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        self.server.start()
+        self.inventory.start()
+        set_health(self.health, [FLEET_SERVICE], True)
+        log.info("aggregator serving on %s (port %d)", self.config.listen, self.port)
+        return self.port
+
+    def stop(self, grace: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        set_health(self.health, [FLEET_SERVICE], False)
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.config.grace if grace is None else grace).wait()
+        self.inventory.stop()
+        self.pool.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
