@@ -1,0 +1,271 @@
+"""gpu probe: `gpu.device` instances and the `gpu.driver` attribute feature (not in NFD).
+
+NFD has no GPU source; GPU facts come from NVIDIA's GFD as labels that `nfd compat validate-node`
+cannot see (nfd.md §e). We find GPUs as PCI functions of a display (03xx), processing-accelerator
+(1200) or co-processor (0b40) class from NVIDIA (10de), AMD (1002) or Intel (8086), then add what
+the host tells about them:
+- NVML (nvidia-ml-py) when probing the real root "/" and libnvidia-ml loads: product name, memory,
+  compute capability, MIG mode, driver and CUDA versions, exactly as GFD gets them;
+- otherwise files: /sys/module/nvidia/version or /proc/driver/nvidia/version (driver version),
+  /proc/driver/nvidia/gpus/<bdf>/information (Model), amdgpu's mem_info_vram_total (bytes) and
+  product_name, /sys/module/amdgpu/version (out-of-tree amdgpu only), and pci.ids for names.
+  The CUDA version and compute capability are then derived (nvidia_info.py); memory of NVIDIA GPUs
+  is not in any file and is left out.
+NVML is never used for another root: it would describe this machine, not the tree being probed.
+No GPU -> gpu.device with zero instances and no gpu.driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.nvidia_info import (
+    compute_capability,
+    cuda_for_driver,
+    cuda_from_nvml,
+    parse_information,
+    parse_nvrm_version,
+    split_version,
+)
+from nodecompat.probes.pci_ids import lookup, marketing_name, read_pci_ids
+from nodecompat.probes.sysfs_pci import PCI_DEVICES, PciDevice, list_pci_devices
+
+log = logging.getLogger(__name__)
+
+GPU_VENDORS = {"10de": "nvidia", "1002": "amd", "8086": "intel"}
+NV_MODULE_VERSION = "/sys/module/nvidia/version"
+NV_PROC_VERSION = "/proc/driver/nvidia/version"
+NV_GPUS = "/proc/driver/nvidia/gpus"
+AMDGPU_VERSION = "/sys/module/amdgpu/version"
+MIB = 1 << 20
+
+
+def is_gpu(dev: PciDevice) -> bool:
+    c = dev.pci_class.lower()
+    return dev.vendor.lower() in GPU_VENDORS and (c.startswith("03") or c in ("1200", "0b40"))
+
+
+@dataclass
+class NvmlData:
+    """What NVML said: driver/CUDA versions and per-device facts keyed by PCI address."""
+
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    devices: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def nvml_bus_id(bus_id: str | bytes) -> str:
+    """NVML's '00000000:18:00.0' -> sysfs '0000:18:00.0'."""
+    s = bus_id.decode() if isinstance(bus_id, bytes) else bus_id
+    domain, _, rest = s.strip().lower().partition(":")
+    try:
+        return f"{int(domain, 16):04x}:{rest}"
+    except ValueError:
+        return s.lower()
+
+
+def read_nvml() -> tuple[NvmlData | None, str | None]:
+    """(data, None) from NVML, or (None, why) when the library is missing or fails."""
+    try:
+        import pynvml
+    except ImportError as exc:  # nvidia-ml-py is a dependency, but be robust
+        return None, f"pynvml not importable: {exc}"
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return None, f"NVML unavailable ({exc}); using sysfs/procfs"
+    try:
+        data = NvmlData()
+        data.driver_version = _s(pynvml.nvmlSystemGetDriverVersion())
+        try:
+            data.cuda_version = cuda_from_nvml(pynvml.nvmlSystemGetCudaDriverVersion())
+        except Exception:
+            data.cuda_version = None
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            attrs = {"product": _s(pynvml.nvmlDeviceGetName(h))}
+            attrs["memory"] = str(pynvml.nvmlDeviceGetMemoryInfo(h).total // MIB)
+            try:
+                major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+                attrs["compute_major"], attrs["compute_minor"] = str(major), str(minor)
+            except Exception:
+                pass
+            try:
+                current, _pending = pynvml.nvmlDeviceGetMigMode(h)
+                attrs["mig_mode"] = "enabled" if current == pynvml.NVML_DEVICE_MIG_ENABLE else "disabled"
+            except Exception:
+                pass  # not MIG-capable
+            data.devices[nvml_bus_id(pynvml.nvmlDeviceGetPciInfo(h).busId)] = attrs
+        return data, None
+    except Exception as exc:
+        return None, f"NVML query failed ({exc}); using sysfs/procfs"
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def nvidia_driver_version(host: HostRoot) -> str | None:
+    v = host.read_line(NV_MODULE_VERSION)
+    if v:
+        return v
+    text = host.read_text(NV_PROC_VERSION)
+    return parse_nvrm_version(text) if text else None
+
+
+_D = PCI_DEVICES + "/<bdf>/"
+
+
+class GpuProbe(Probe):
+    name = "gpu"
+    timeout = 20.0  # NVML init can take seconds on a big box
+    features = (
+        FeatureInfo(
+            "gpu.device",
+            frozenset({"instance"}),
+            attributes=(
+                AttributeInfo("vendor", "string", _D + "vendor", nfd=False, description="nvidia, amd or intel"),
+                AttributeInfo("vendor_id", "hex", _D + "vendor", nfd=False),
+                AttributeInfo("device_id", "hex", _D + "device", nfd=False),
+                AttributeInfo("class", "hex", _D + "class", nfd=False),
+                AttributeInfo("address", "string", PCI_DEVICES + "/<bdf>", nfd=False),
+                AttributeInfo("numa_node", "int", _D + "numa_node", nfd=False),
+                AttributeInfo("product", "string", f"NVML, {NV_GPUS}/<bdf>/information Model, "
+                              f"{_D}product_name, pci.ids", nfd=False),
+                AttributeInfo("memory", "int", f"NVML, {_D}mem_info_vram_total", nfd=False,
+                              description="MiB; absent for NVIDIA without NVML"),
+                AttributeInfo("driver", "string", _D + "driver", nfd=False),
+                AttributeInfo("driver_version", "version", f"NVML, {NV_MODULE_VERSION}, {AMDGPU_VERSION}",
+                              nfd=False),
+                AttributeInfo("compute_major", "int", "NVML, else derived from product", nfd=False),
+                AttributeInfo("compute_minor", "int", "NVML, else derived from product", nfd=False),
+                AttributeInfo("mig_mode", "string", "NVML", nfd=False, description="enabled/disabled"),
+            ),
+            nfd=False,
+            source=PCI_DEVICES,
+            description="GPUs (PCI class 03xx/1200/0b40 from NVIDIA, AMD, Intel)",
+        ),
+        FeatureInfo(
+            "gpu.driver",
+            frozenset({"attribute"}),
+            attributes=(
+                AttributeInfo("name", "string", _D + "driver", nfd=False, description="nvidia, amdgpu ..."),
+                AttributeInfo("version", "version", f"NVML, {NV_MODULE_VERSION}, {NV_PROC_VERSION}",
+                              nfd=False),
+                AttributeInfo("major", "int", "version", nfd=False),
+                AttributeInfo("minor", "int", "version", nfd=False),
+                AttributeInfo("revision", "string", "version", nfd=False, description="leading zeros kept"),
+                AttributeInfo("cuda_version", "version", "NVML, else derived from driver version", nfd=False),
+                AttributeInfo("cuda_major", "int", "cuda_version", nfd=False),
+                AttributeInfo("cuda_minor", "int", "cuda_version", nfd=False),
+            ),
+            nfd=False,
+            source=NV_MODULE_VERSION,
+            description="present only when a GPU is found",
+        ),
+    )
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput(Features())
+        gpus = [d for d in list_pci_devices(host) if is_gpu(d)]
+        if not gpus:
+            out.features.set_instances("gpu.device", [])
+            out.notes.append("no GPU found (no NVIDIA/AMD/Intel PCI display, 3D or accelerator device)")
+            return out
+
+        nvml: NvmlData | None = None
+        if any(d.vendor == "10de" for d in gpus):
+            if host.root == Path("/"):
+                nvml, why = read_nvml()
+                if why:
+                    out.notes.append(why)
+            else:
+                out.notes.append("host root is not /: NVML not used, NVIDIA facts from sysfs/procfs")
+
+        nv_version = (nvml.driver_version if nvml else None) or nvidia_driver_version(host)
+        amd_version = host.read_line(AMDGPU_VERSION) or None
+        pci_ids: str | None = None
+        instances = []
+        for dev in gpus:
+            attrs = self._base(dev)
+            if dev.vendor == "10de":
+                if nv_version and dev.driver == "nvidia":
+                    attrs["driver_version"] = nv_version
+                info_text = host.read_text(f"{NV_GPUS}/{dev.address}/information")
+                if info_text:
+                    model = parse_information(info_text).get("Model")
+                    if model:
+                        attrs["product"] = model
+                if nvml and dev.address in nvml.devices:
+                    attrs.update(nvml.devices[dev.address])
+            elif dev.vendor == "1002":
+                if amd_version and dev.driver == "amdgpu":
+                    attrs["driver_version"] = amd_version
+                vram = host.read_line(f"{PCI_DEVICES}/{dev.address}/mem_info_vram_total")
+                if vram and vram.isdigit():
+                    attrs["memory"] = str(int(vram) // MIB)
+                pname = host.read_line(f"{PCI_DEVICES}/{dev.address}/product_name")
+                if pname:
+                    attrs["product"] = pname
+            if "product" not in attrs:
+                if pci_ids is None:
+                    pci_ids = read_pci_ids(host) or ""
+                name = lookup(pci_ids, dev.vendor, dev.device, dev.nfd["subsystem_vendor"],
+                              dev.nfd["subsystem_device"])
+                if name.subsystem or name.device:
+                    attrs["product"] = marketing_name(name.subsystem or name.device or "")
+            if dev.vendor == "10de" and "compute_major" not in attrs and "product" in attrs:
+                cc = compute_capability(attrs["product"])
+                if cc:
+                    attrs["compute_major"], attrs["compute_minor"] = str(cc[0]), str(cc[1])
+            instances.append(attrs)
+        out.features.set_instances("gpu.device", instances)
+
+        driver = self._driver(gpus, nv_version, amd_version, nvml)
+        if driver:
+            out.features.add_attributes("gpu.driver", driver)
+        else:
+            out.notes.append("GPU driver version unknown: gpu.driver left out")
+        return out
+
+    @staticmethod
+    def _base(dev: PciDevice) -> dict[str, str]:
+        attrs = {
+            "vendor": GPU_VENDORS[dev.vendor.lower()],
+            "vendor_id": dev.vendor,
+            "device_id": dev.device,
+            "class": dev.pci_class,
+            "address": dev.address,
+        }
+        if dev.numa_node is not None:
+            attrs["numa_node"] = dev.numa_node
+        if dev.driver is not None:
+            attrs["driver"] = dev.driver
+        return attrs
+
+    @staticmethod
+    def _driver(
+        gpus: list[PciDevice], nv_version: str | None, amd_version: str | None, nvml: NvmlData | None
+    ) -> dict[str, str]:
+        """gpu.driver for the first GPU vendor (NVIDIA, then AMD) whose driver version is known."""
+        if nv_version and any(d.vendor == "10de" and d.driver == "nvidia" for d in gpus):
+            out = {"name": "nvidia", "version": nv_version, **split_version(nv_version)}
+            cuda = (nvml.cuda_version if nvml else None) or cuda_for_driver(nv_version)
+            if cuda:
+                major, _, minor = cuda.partition(".")
+                out.update({"cuda_version": cuda, "cuda_major": major, "cuda_minor": minor})
+            return out
+        if amd_version and any(d.vendor == "1002" and d.driver == "amdgpu" for d in gpus):
+            return {"name": "amdgpu", "version": amd_version, **split_version(amd_version)}
+        return {}

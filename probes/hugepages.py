@@ -1,0 +1,122 @@
+"""hugepages probe: NFD's `memory.hugepages`, plus free counts and per-NUMA-node pools.
+
+NFD reports only `enabled` and `hugepages-<size>` (nr_hugepages, with the size written as a
+Kubernetes quantity: 2048kB -> 2Mi, 1048576kB -> 1Gi). A job that needs 1 GiB pages on the NUMA
+node of its GPU needs more, so we add `hugepages-<size>.total` / `.free` attributes (nfd False) and
+one `memory.hugepages.node` instance per (node, size) with `node`, `size`, `total`, `free`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+
+GLOBAL = "/sys/kernel/mm/hugepages"
+NODES = "/sys/devices/system/node"
+_POOL = re.compile(r"^hugepages-(\d+)kB$")
+_NODE = re.compile(r"^node(\d+)$")
+_UNITS = (("Ei", 1 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10))
+
+
+def quantity_name(size_kb: int) -> str:
+    """Page size in kB -> Kubernetes binary quantity: 2048 -> '2Mi', 1048576 -> '1Gi', 1536 -> '1536Ki'."""
+    size = size_kb * 1024
+    for suffix, unit in _UNITS:
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def read_pools(host: HostRoot, base: str) -> list[tuple[str, str | None, str | None]]:
+    """(size name, nr_hugepages, free_hugepages) of each hugepages-<n>kB dir under `base`."""
+    pools = []
+    for name, path in host.iterdir(base):
+        m = _POOL.match(name)
+        if not m:
+            continue
+        total = host.read_line(f"{path}/nr_hugepages")
+        free = host.read_line(f"{path}/free_hugepages")
+        pools.append((quantity_name(int(m.group(1))), _int_or_none(total), _int_or_none(free)))
+    return pools
+
+
+def _int_or_none(v: str | None) -> str | None:
+    if v is None:
+        return None
+    try:
+        return str(int(v))
+    except ValueError:
+        return None
+
+
+class HugepagesProbe(Probe):
+    name = "hugepages"
+    features = (
+        FeatureInfo(
+            "memory.hugepages",
+            frozenset({"attribute"}),
+            attributes=(
+                AttributeInfo("enabled", "bool", GLOBAL + "/hugepages-*kB/nr_hugepages",
+                              description="true if any pool has pages"),
+                AttributeInfo("hugepages-<size>", "int", GLOBAL + "/hugepages-<n>kB/nr_hugepages",
+                              description="pages in the pool; size as a k8s quantity (2Mi, 1Gi)"),
+                AttributeInfo("hugepages-<size>.total", "int", GLOBAL + "/hugepages-<n>kB/nr_hugepages",
+                              nfd=False),
+                AttributeInfo("hugepages-<size>.free", "int", GLOBAL + "/hugepages-<n>kB/free_hugepages",
+                              nfd=False),
+            ),
+            source=GLOBAL,
+        ),
+        FeatureInfo(
+            "memory.hugepages.node",
+            frozenset({"instance"}),
+            attributes=(
+                AttributeInfo("node", "int", NODES + "/node<N>", nfd=False),
+                AttributeInfo("size", "string", NODES + "/node<N>/hugepages/hugepages-<n>kB", nfd=False,
+                              description="k8s quantity, e.g. 1Gi"),
+                AttributeInfo("total", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/nr_hugepages",
+                              nfd=False),
+                AttributeInfo("free", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/free_hugepages",
+                              nfd=False),
+            ),
+            nfd=False,
+            source=NODES,
+            description="one instance per NUMA node and page size",
+        ),
+    )
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput(Features())
+        if not host.path(GLOBAL).is_dir():
+            out.notes.append(f"{GLOBAL} is missing: no hugepages support, memory.hugepages left out")
+        else:
+            attrs: dict[str, str] = {}
+            enabled = False
+            for size, total, free in read_pools(host, GLOBAL):
+                if total is None:
+                    continue  # NFD skips a pool whose nr_hugepages is unreadable
+                enabled = enabled or int(total) > 0
+                attrs[f"hugepages-{size}"] = total
+                attrs[f"hugepages-{size}.total"] = total
+                if free is not None:
+                    attrs[f"hugepages-{size}.free"] = free
+            attrs["enabled"] = str(enabled).lower()
+            out.features.add_attributes("memory.hugepages", attrs)
+
+        nodes = sorted(
+            (int(m.group(1)), path) for name, path in host.iterdir(NODES) if (m := _NODE.match(name))
+        )
+        instances = []
+        for node, path in nodes:
+            for size, total, free in read_pools(host, f"{path}/hugepages"):
+                inst = {"node": str(node), "size": size}
+                if total is not None:
+                    inst["total"] = total
+                if free is not None:
+                    inst["free"] = free
+                instances.append(inst)
+        out.features.set_instances("memory.hugepages.node", instances)
+        return out

@@ -1,0 +1,200 @@
+"""kernel probe: NFD's kernel.version, kernel.config, kernel.loadedmodule, kernel.enabledmodule,
+kernel.selinux and kernel.kvm, derived exactly as NFD's source/kernel derives them.
+
+Monolithic kernels (CONFIG_MODULES unset, like this sandbox's) have no /proc/modules. NFD logs the
+read error and leaves kernel.loadedmodule out; we do the same and say so in a probe note, rather
+than fail the probe or invent an empty module set that a rule would read as "nothing loaded".
+kernel.enabledmodule follows NFD too: loaded modules plus the basenames in
+/lib/modules/<version>/modules.builtin, and absent when that file cannot be read (on such a kernel
+/sys/module still lists built-ins, but NFD does not look there, so neither do we).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+
+OSRELEASE = "/proc/sys/kernel/osrelease"
+MODULES = "/proc/modules"
+SELINUX_ENFORCE = "/sys/fs/selinux/enforce"
+KVM_DEVICE = "/sys/devices/virtual/misc/kvm"
+
+_FORBIDDEN = re.compile(r"[^-A-Za-z0-9_.]")
+_VERSION = re.compile(r"^(?P<major>\d+)(\.(?P<minor>\d+))?(\.(?P<revision>\d+))?(-.*)?$")
+
+
+def parse_kernel_version(osrelease: str) -> dict[str, str]:
+    """NFD's kernel.version: sanitised `full`, and major/minor/revision ("" when a part is missing).
+
+    >>> parse_kernel_version("6.8")["revision"]
+    ''
+    """
+    full = _FORBIDDEN.sub("_", osrelease.strip()).strip("-_.")
+    out = {"full": full}
+    m = _VERSION.match(full)
+    if m:
+        out.update({k: v or "" for k, v in m.groupdict().items()})
+    return out
+
+
+def kconfig_search_paths(version: str | None) -> list[str]:
+    """NFD's kernel config search order (after a configured kconfigFile)."""
+    if not version:
+        return ["/proc/config.gz", "/usr/src/linux/.config"]
+    v = version
+    return [
+        "/proc/config.gz",
+        f"/usr/src/linux-{v}/.config",
+        f"/usr/src/linux-rt-{v}/.config",
+        "/usr/src/linux/.config",
+        f"/usr/lib/modules/{v}/config",
+        f"/usr/lib/ostree-boot/config-{v}",
+        f"/usr/lib/kernel/config-{v}",
+        f"/usr/src/linux-headers-{v}/.config",
+        f"/lib/modules/{v}/build/.config",
+        f"/usr/src/linux-rt-headers-{v}/.config",
+        f"/boot/config-{v}",
+    ]
+
+
+def parse_kconfig(text: str) -> dict[str, str]:
+    """`CONFIG_X=val` lines -> {X: val} with surrounding double quotes stripped (NFD's realKconfig).
+
+    `# CONFIG_X is not set` lines do not start with CONFIG_ and so are skipped (X stays absent).
+    """
+    out: dict[str, str] = {}
+    for line in text.split("\n"):
+        if not line.startswith("CONFIG_"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            continue
+        out[name[len("CONFIG_"):]] = value.strip('"')
+    return out
+
+
+def read_kconfig(host: HostRoot, version: str | None, config_file: str | None = None) -> tuple[str, str] | None:
+    """(host path, text) of the first readable kernel config, or None."""
+    paths = ([config_file] if config_file else []) + kconfig_search_paths(version)
+    for p in paths:
+        if p.endswith(".gz"):
+            raw = host.read_bytes(p)
+            if raw is None:
+                continue
+            try:
+                return p, gzip.decompress(raw).decode(errors="replace")
+            except (OSError, EOFError, zlib.error):
+                continue
+        else:
+            text = host.read_text(p)
+            if text is not None and host.path(p).is_file():
+                return p, text
+    return None
+
+
+def parse_modules(text: str) -> set[str]:
+    """Module names: the first column of each /proc/modules line."""
+    return {line.split()[0] for line in text.splitlines() if line.strip()}
+
+
+def parse_builtin_modules(text: str) -> set[str]:
+    """modules.builtin lines (kernel/drivers/.../vfio-pci.ko) -> basenames without .ko."""
+    out = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        base = line.rsplit("/", 1)[-1]
+        out.add(base[: -len(".ko")] if base.endswith(".ko") else base)
+    return out
+
+
+class KernelProbe(Probe):
+    """Kernel facts, from procfs/sysfs/config files under the host root."""
+
+    name = "kernel"
+    features = (
+        FeatureInfo(
+            "kernel.version",
+            frozenset({"attribute"}),
+            attributes=(
+                AttributeInfo("full", "string", OSRELEASE, description="sanitised release string"),
+                AttributeInfo("major", "int", OSRELEASE, description='"" when absent'),
+                AttributeInfo("minor", "int", OSRELEASE, description='"" when absent'),
+                AttributeInfo("revision", "int", OSRELEASE, description='"" when absent'),
+            ),
+            source=OSRELEASE,
+        ),
+        FeatureInfo(
+            "kernel.config",
+            frozenset({"attribute"}),
+            attributes=None,
+            source="/proc/config.gz, /boot/config-<version>, ...",
+            description="every CONFIG_X=val as X: val (y, m, number or unquoted string)",
+        ),
+        FeatureInfo("kernel.loadedmodule", frozenset({"flag"}), source=MODULES,
+                    description="module names; absent on kernels without /proc/modules"),
+        FeatureInfo("kernel.enabledmodule", frozenset({"flag"}),
+                    source=MODULES + " + /lib/modules/<version>/modules.builtin",
+                    description="loaded plus built-in; absent when modules.builtin is unreadable"),
+        FeatureInfo(
+            "kernel.selinux",
+            frozenset({"attribute"}),
+            attributes=(AttributeInfo("enabled", "bool", SELINUX_ENFORCE),),
+            source=SELINUX_ENFORCE,
+        ),
+        FeatureInfo(
+            "kernel.kvm",
+            frozenset({"attribute"}),
+            attributes=(AttributeInfo("enabled", "bool", KVM_DEVICE),),
+            source=KVM_DEVICE,
+        ),
+    )
+
+    def __init__(self, kconfig_file: str | None = None) -> None:
+        self.kconfig_file = kconfig_file
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput(Features())
+        f = out.features
+        release = host.read_line(OSRELEASE)
+        version: str | None = None
+        if release:
+            version = release.strip()
+            f.add_attributes("kernel.version", parse_kernel_version(version))
+        else:
+            out.notes.append(f"{OSRELEASE} unreadable: kernel.version unknown")
+
+        found = read_kconfig(host, version, self.kconfig_file)
+        if found is None:
+            out.notes.append("no readable kernel config (/proc/config.gz, /boot/config-<v>, ...)")
+        else:
+            f.add_attributes("kernel.config", parse_kconfig(found[1]))
+
+        loaded: set[str] = set()
+        modules = host.read_text(MODULES)
+        if modules is None:
+            out.notes.append(
+                f"{MODULES} is missing (monolithic kernel without CONFIG_MODULES?): "
+                "kernel.loadedmodule left out, as NFD does"
+            )
+        else:
+            loaded = parse_modules(modules)
+            f.add_flags("kernel.loadedmodule", loaded)
+
+        builtin_path = f"/lib/modules/{version}/modules.builtin"
+        builtin = host.read_text(builtin_path) if version else None
+        if builtin is None:
+            out.notes.append(f"{builtin_path} unreadable: kernel.enabledmodule left out, as NFD does")
+        else:
+            f.add_flags("kernel.enabledmodule", loaded | parse_builtin_modules(builtin))
+
+        enforce = host.read_line(SELINUX_ENFORCE)
+        f.add_attributes("kernel.selinux", {"enabled": str(bool(enforce and enforce.startswith("1"))).lower()})
+        f.add_attributes("kernel.kvm", {"enabled": str(host.exists(KVM_DEVICE)).lower()})
+        return out

@@ -1,0 +1,129 @@
+"""local probe: NFD's local.feature and local.label, from feature files in features.d.
+
+Same file format and rules as NFD's source/local (hooks are gone upstream, so none here):
+- every non-empty, non-comment line is `key[=value]`; the value defaults to "true";
+- `# +no-feature` / `# +no-label` keep the NEXT key out of local.feature / local.label (and remove
+  an earlier value of that key from the same file);
+- `# +expiry-time=<RFC3339>` makes the following lines of that file count only until then;
+- an unknown or malformed directive is reported (file:line) and parsing goes on, as in NFD;
+- dot-files, non-regular files and files over 64 KiB are ignored; later files (by name) win.
+This is also where NVIDIA GFD writes its labels (features.d/gfd), so GFD data is visible here.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
+
+MAX_FILE_SIZE = 64 * 1024
+DIRECTIVE_PREFIX = "# +"
+
+
+@dataclass
+class FeatureFile:
+    """What one feature file declares."""
+
+    features: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _parse_rfc3339(value: str) -> datetime:
+    v = value.strip()
+    if "T" not in v.upper():
+        raise ValueError(f"not an RFC3339 time: {v!r}")
+    t = datetime.fromisoformat(v)
+    if t.tzinfo is None:
+        raise ValueError(f"RFC3339 time without a zone offset: {v!r}")
+    return t
+
+
+def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = None) -> FeatureFile:
+    """Parse one features.d file (NFD's parseFeatureFile semantics)."""
+    now = now or datetime.now(UTC)
+    out = FeatureFile()
+    expiry: datetime | None = None
+    skip_feature = skip_label = False
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            if line.startswith(DIRECTIVE_PREFIX):
+                key, sep, value = line[len(DIRECTIVE_PREFIX):].partition("=")
+                if key == "expiry-time":
+                    if not sep:
+                        out.errors.append(f"{name}:{lineno}: expiry-time directive needs a value")
+                        continue
+                    try:
+                        expiry = _parse_rfc3339(value)
+                    except ValueError as exc:
+                        out.errors.append(f"{name}:{lineno}: bad expiry-time: {exc}")
+                elif key == "no-feature":
+                    skip_feature = True
+                elif key == "no-label":
+                    skip_label = True
+                else:
+                    out.errors.append(f"{name}:{lineno}: unknown feature file directive {key!r}")
+            continue
+        if expiry is not None and expiry < now:
+            continue
+        k, sep, v = line.partition("=")
+        value = v if sep else "true"
+        if skip_feature:
+            out.features.pop(k, None)
+        else:
+            out.features[k] = value
+        if skip_label:
+            out.labels.pop(k, None)
+        else:
+            out.labels[k] = value
+        skip_feature = skip_label = False
+    return out
+
+
+class LocalProbe(Probe):
+    name = "local"
+    features = (
+        FeatureInfo("local.feature", frozenset({"attribute"}), attributes=None,
+                    source="<features.d>/*", description="key=value lines of feature files"),
+        FeatureInfo("local.label", frozenset({"attribute"}), attributes=None,
+                    source="<features.d>/*", description="the same, minus keys marked # +no-label"),
+    )
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput(Features())
+        features: dict[str, str] = {}
+        labels: dict[str, str] = {}
+        base = host.features_d.rstrip("/")
+        if not host.path(base).is_dir():
+            out.notes.append(f"feature file directory {base} does not exist")
+        for name, path in host.iterdir(base):
+            if name.startswith("."):
+                continue
+            try:
+                st = host.path(path).stat()
+            except OSError as exc:
+                out.notes.append(f"{path}: cannot stat: {exc.strerror}")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if st.st_size > MAX_FILE_SIZE:
+                out.notes.append(f"{path}: ignored, {st.st_size} bytes > {MAX_FILE_SIZE}")
+                continue
+            text = host.read_text(path)
+            if text is None:
+                out.notes.append(f"{path}: unreadable")
+                continue
+            parsed = parse_feature_file(text, path)
+            out.notes.extend(parsed.errors)
+            features.update(parsed.features)
+            labels.update(parsed.labels)
+        out.features.add_attributes("local.feature", features)
+        out.features.add_attributes("local.label", labels)
+        return out

@@ -1,0 +1,147 @@
+"""memory probe: NFD's memory.numa, memory.swap and memory.nv, plus memory sizes (memory.size).
+
+NFD has no memory size at all; "needs 64 GiB" is the commonest requirement, so memory.size
+(nfd False) gives total/available/swap bytes. On the real root we ask psutil (the maintained
+reading of /proc/meminfo, including its fallbacks for old kernels); for any other root psutil would
+read the wrong /proc, so /proc/meminfo under the root is parsed directly. Both report the kernel's
+MemTotal, which on a virtio-mem VM (like this sandbox) is larger than the per-node sums.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+
+NODE_BUS = "/sys/bus/node/devices"
+NODE_SYSTEM = "/sys/devices/system/node"
+SWAPS = "/proc/swaps"
+MEMINFO = "/proc/meminfo"
+ND_DEVICES = "/sys/bus/nd/devices"
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo -> {key: bytes} (values given in kB are multiplied; bad lines skipped)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if not sep or not parts:
+            continue
+        try:
+            value = int(parts[0])
+        except ValueError:
+            continue
+        if len(parts) > 1 and parts[1] == "kB":
+            value *= 1024
+        out[key.strip()] = value
+    return out
+
+
+def swap_enabled(text: str) -> bool:
+    """NFD: swap is enabled when /proc/swaps has more than one non-empty line (header + entries)."""
+    return len([line for line in text.splitlines() if line.strip()]) > 1
+
+
+def node_names(host: HostRoot) -> list[str]:
+    """NUMA node entries: /sys/bus/node/devices (NFD), else node<N> in /sys/devices/system/node."""
+    nodes = host.listdir(NODE_BUS)
+    if nodes:
+        return nodes
+    return [n for n in host.listdir(NODE_SYSTEM) if n.startswith("node") and n[4:].isdigit()]
+
+
+class MemoryProbe(Probe):
+    name = "memory"
+    features = (
+        FeatureInfo(
+            "memory.numa",
+            frozenset({"attribute"}),
+            attributes=(
+                AttributeInfo("is_numa", "bool", NODE_BUS, description="more than one node"),
+                AttributeInfo("node_count", "int", NODE_BUS),
+            ),
+            source=f"{NODE_BUS} (or {NODE_SYSTEM})",
+        ),
+        FeatureInfo(
+            "memory.swap",
+            frozenset({"attribute"}),
+            attributes=(AttributeInfo("enabled", "bool", SWAPS),),
+            source=SWAPS,
+        ),
+        FeatureInfo(
+            "memory.nv",
+            frozenset({"instance"}),
+            attributes=(
+                AttributeInfo("name", "string", ND_DEVICES + "/<dev>"),
+                AttributeInfo("devtype", "string", ND_DEVICES + "/<dev>/devtype"),
+                AttributeInfo("mode", "string", ND_DEVICES + "/<dev>/mode"),
+            ),
+            source=ND_DEVICES,
+            description="non-volatile memory (NVDIMM) devices",
+        ),
+        FeatureInfo(
+            "memory.size",
+            frozenset({"attribute"}),
+            attributes=(
+                AttributeInfo("total_bytes", "int", MEMINFO + " MemTotal", nfd=False),
+                AttributeInfo("available_bytes", "int", MEMINFO + " MemAvailable", nfd=False),
+                AttributeInfo("swap_total_bytes", "int", MEMINFO + " SwapTotal", nfd=False),
+            ),
+            nfd=False,
+            source=MEMINFO,
+        ),
+    )
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput(Features())
+        f = out.features
+        nodes = node_names(host)
+        if nodes:
+            f.add_attributes("memory.numa", {"is_numa": str(len(nodes) > 1).lower(), "node_count": str(len(nodes))})
+        else:
+            out.notes.append(f"no NUMA nodes listed in {NODE_BUS} or {NODE_SYSTEM}: memory.numa left out")
+
+        swaps = host.read_text(SWAPS)
+        if swaps is None:
+            out.notes.append(f"{SWAPS} unreadable: memory.swap left out")
+        else:
+            f.add_attributes("memory.swap", {"enabled": str(swap_enabled(swaps)).lower()})
+
+        nv = []
+        for name, path in host.iterdir(ND_DEVICES):
+            inst = {"name": name}
+            for attr in ("devtype", "mode"):
+                v = host.read_line(f"{path}/{attr}")
+                if v:
+                    inst[attr] = v
+            nv.append(inst)
+        f.set_instances("memory.nv", nv)
+
+        size = self._size(host)
+        if size:
+            f.add_attributes("memory.size", size)
+        else:
+            out.notes.append(f"{MEMINFO} unreadable: memory.size left out")
+        return out
+
+    @staticmethod
+    def _size(host: HostRoot) -> dict[str, str]:
+        if host.root == Path("/"):
+            vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+            return {"total_bytes": str(vm.total), "available_bytes": str(vm.available),
+                    "swap_total_bytes": str(sw.total)}
+        text = host.read_text(MEMINFO)
+        if text is None:
+            return {}
+        mi = parse_meminfo(text)
+        out = {}
+        for attr, key in (("total_bytes", "MemTotal"), ("available_bytes", "MemAvailable"),
+                          ("swap_total_bytes", "SwapTotal")):
+            if key in mi:
+                out[attr] = str(mi[key])
+        return out

@@ -1,0 +1,53 @@
+"""pci probe: NFD's `pci.device` instances, plus the BDF address, driver and NUMA node.
+
+NFD's instances carry no address, so two identical GPUs cannot be told apart and a rule cannot ask
+"a GPU and a NIC on the same NUMA node"; we add `address`, `driver` and `numa_node` (NFD ignores
+unknown attributes, and a spec written for NFD still sees every attribute it expects). `numa_node`
+is kept exactly as the kernel prints it, so "-1" means "no NUMA affinity".
+"""
+
+from __future__ import annotations
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.sysfs_pci import PCI_DEVICES, list_pci_devices
+
+_D = PCI_DEVICES + "/<bdf>/"
+
+
+class PciProbe(Probe):
+    name = "pci"
+    features = (
+        FeatureInfo(
+            "pci.device",
+            frozenset({"instance"}),
+            attributes=(
+                AttributeInfo("class", "hex", _D + "class", description="first 4 hex digits, e.g. 0302"),
+                AttributeInfo("vendor", "hex", _D + "vendor"),
+                AttributeInfo("device", "hex", _D + "device"),
+                AttributeInfo("subsystem_vendor", "hex", _D + "subsystem_vendor"),
+                AttributeInfo("subsystem_device", "hex", _D + "subsystem_device"),
+                AttributeInfo("sriov_totalvfs", "int", _D + "sriov_totalvfs"),
+                AttributeInfo("iommu_group/type", "string", _D + "iommu_group/type"),
+                AttributeInfo("iommu/intel-iommu/version", "string", _D + "iommu/intel-iommu/version"),
+                AttributeInfo("address", "string", PCI_DEVICES + "/<bdf>", nfd=False,
+                              description="PCI address (domain:bus:device.function)"),
+                AttributeInfo("driver", "string", _D + "driver", nfd=False,
+                              description="bound driver (symlink target name)"),
+                AttributeInfo("numa_node", "int", _D + "numa_node", nfd=False,
+                              description="-1 when the device has no NUMA affinity"),
+            ),
+            source=PCI_DEVICES,
+            description="one instance per PCI function",
+        ),
+    )
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput(Features())
+        devices = list_pci_devices(host)
+        out.features.set_instances("pci.device", (d.attributes() for d in devices))
+        skipped = len(host.listdir(PCI_DEVICES)) - len(devices)
+        if skipped:
+            out.notes.append(f"{skipped} PCI device(s) skipped: a mandatory sysfs file was unreadable")
+        return out

@@ -1,0 +1,119 @@
+"""Reading one PCI device from sysfs the way NFD's pci source does, plus what NFD leaves out.
+
+pci, gpu and nic all need the same facts about a PCI function (class, IDs, driver, NUMA node), so
+they are read here once. NFD (source/pci) requires class/vendor/device/subsystem_vendor/
+subsystem_device and skips a device when any of them is unreadable; it strips the "0x" prefix and
+keeps only the first 4 hex digits of the class. We read sysfs directly instead of through pyudev:
+on hosts without a udev database (like containers and this sandbox) pyudev only re-reads the same
+sysfs files, and under a fixture root it cannot be pointed at a different tree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from nodecompat.hostroot import HostRoot
+
+PCI_DEVICES = "/sys/bus/pci/devices"
+
+# A PCI "BDF" address with domain, e.g. 0000:17:00.0.
+BDF_RE = re.compile(r"^[0-9a-fA-F]{4,}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+
+MANDATORY = ("class", "vendor", "device", "subsystem_vendor", "subsystem_device")
+# Optional NFD attributes: attribute name -> file under the device directory.
+OPTIONAL = {
+    "sriov_totalvfs": "sriov_totalvfs",
+    "iommu_group/type": "iommu_group/type",
+    "iommu/intel-iommu/version": "iommu/intel-iommu/version",
+}
+
+
+@dataclass
+class PciDevice:
+    """One PCI function: NFD's attributes plus the BDF address, driver and NUMA node."""
+
+    address: str
+    nfd: dict[str, str]
+    driver: str | None = None
+    numa_node: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def vendor(self) -> str:
+        return self.nfd["vendor"]
+
+    @property
+    def device(self) -> str:
+        return self.nfd["device"]
+
+    @property
+    def pci_class(self) -> str:
+        return self.nfd["class"]
+
+    def attributes(self) -> dict[str, str]:
+        """The pci.device instance attributes: NFD's plus address, driver, numa_node when known."""
+        out = dict(self.nfd)
+        out["address"] = self.address
+        if self.driver is not None:
+            out["driver"] = self.driver
+        if self.numa_node is not None:
+            out["numa_node"] = self.numa_node
+        return out
+
+
+def strip_hex(value: str) -> str:
+    """'0x10de' -> '10de' (NFD strips the prefix and keeps the case the kernel printed)."""
+    v = value.strip()
+    return v[2:] if v.lower().startswith("0x") else v
+
+
+def class_code(value: str) -> str:
+    """'0x030200' -> '0302': NFD keeps the first 4 hex digits (base class and subclass)."""
+    return strip_hex(value)[:4]
+
+
+def read_pci_device(host: HostRoot, address: str) -> PciDevice | None:
+    """Read one device under /sys/bus/pci/devices/<address>; None if a mandatory file is unreadable."""
+    base = f"{PCI_DEVICES}/{address}"
+    nfd: dict[str, str] = {}
+    for name in MANDATORY:
+        raw = host.read_line(f"{base}/{name}")
+        if raw is None or raw == "":
+            return None
+        nfd[name] = class_code(raw) if name == "class" else strip_hex(raw)
+    for attr, rel in OPTIONAL.items():
+        raw = host.read_line(f"{base}/{rel}")
+        if raw is not None and raw != "":
+            nfd[attr] = raw
+    driver = host.link_target_name(f"{base}/driver")
+    numa = host.read_line(f"{base}/numa_node")
+    return PciDevice(address=address, nfd=nfd, driver=driver, numa_node=numa or None)
+
+
+def list_pci_devices(host: HostRoot) -> list[PciDevice]:
+    """Every readable PCI device, sorted by address."""
+    out = []
+    for name in host.listdir(PCI_DEVICES):
+        dev = read_pci_device(host, name)
+        if dev is not None:
+            out.append(dev)
+    return out
+
+
+def pci_address_of(host: HostRoot, host_path: str) -> str | None:
+    """The PCI address a sysfs device link leads to (walking up from e.g. a virtio child), or None.
+
+    /sys/class/net/eth0/device may point at the PCI function itself (mlx5) or at a child bus
+    device (virtio-net: .../0000:00:03.0/virtio2), so we resolve the link within the host root and
+    take the nearest path component that looks like a BDF.
+    """
+    try:
+        real = host.path(host_path).resolve(strict=True)
+    except OSError:
+        return None
+    for part in reversed(PurePosixPath(real).parts):
+        if BDF_RE.match(part):
+            return part
+    return None

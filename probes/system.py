@@ -1,0 +1,107 @@
+"""system probe: NFD's system.osrelease, system.dmiid and system.name.
+
+system.name.nodename is the Kubernetes node name. NFD takes it from $NODE_NAME (set from the pod's
+spec.nodeName); the daemon may pass one explicitly (`node_name`), which wins. When neither is set
+we fall back to the host's kernel hostname (/proc/sys/kernel/hostname under the root), which is the
+node name on most clusters, and say so in a note.
+os-release is read from /etc/os-release, and from /usr/lib/os-release when that is unreadable (the
+os-release(5) fallback; under a host root an absolute /etc/os-release symlink cannot be followed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+
+OS_RELEASE = "/etc/os-release"
+OS_RELEASE_FALLBACK = "/usr/lib/os-release"
+DMI_ID = "/sys/devices/virtual/dmi/id"
+HOSTNAME = "/proc/sys/kernel/hostname"
+DMI_ATTRS = (
+    "bios_date", "bios_vendor", "bios_version", "board_asset_tag", "board_name", "board_vendor",
+    "board_version", "chassis_asset_tag", "chassis_type", "chassis_vendor", "chassis_version",
+    "product_family", "product_name", "product_sku", "product_version", "sys_vendor",
+)  # fmt: skip
+
+_LINE = re.compile(r"^(\w+)=(.+)$")
+_VERSION = re.compile(r"^(?P<major>\d+)(\.(?P<minor>\d+))?(\.(?P<revision>\d+))?")
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """Every `KEY=value` line (quotes trimmed), plus VERSION_ID.major/.minor when numeric.
+
+    Like NFD: lines that are not `\\w+=.+` (comments, empty values, indented) are skipped.
+    """
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m:
+            out[m.group(1)] = m.group(2).strip().strip("\"'")
+    vid = out.get("VERSION_ID")
+    if vid:
+        m2 = _VERSION.match(vid)
+        if m2:
+            for part in ("major", "minor"):
+                if m2.group(part):
+                    out[f"VERSION_ID.{part}"] = m2.group(part)
+    return out
+
+
+class SystemProbe(Probe):
+    name = "system"
+    features = (
+        FeatureInfo(
+            "system.osrelease",
+            frozenset({"attribute"}),
+            attributes=None,
+            source=OS_RELEASE,
+            description="every KEY=value (ID, VERSION_ID, ...) plus VERSION_ID.major/.minor",
+        ),
+        FeatureInfo(
+            "system.dmiid",
+            frozenset({"attribute"}),
+            attributes=tuple(AttributeInfo(a, "string", f"{DMI_ID}/{a}") for a in DMI_ATTRS),
+            source=DMI_ID,
+            description="absent when no DMI file is readable (VMs without SMBIOS)",
+        ),
+        FeatureInfo(
+            "system.name",
+            frozenset({"attribute"}),
+            attributes=(AttributeInfo("nodename", "string", "$NODE_NAME",
+                                      description="node name (argument, $NODE_NAME, else hostname)"),),
+            source="$NODE_NAME",
+        ),
+    )
+
+    def __init__(self, node_name: str | None = None) -> None:
+        self.node_name = node_name
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput(Features())
+        f = out.features
+        text = host.read_text(OS_RELEASE)
+        if text is None:
+            text = host.read_text(OS_RELEASE_FALLBACK)
+        if text is None:
+            out.notes.append(f"{OS_RELEASE} unreadable: system.osrelease left out")
+        else:
+            f.add_attributes("system.osrelease", parse_os_release(text))
+
+        dmi = {}
+        for a in DMI_ATTRS:
+            v = host.read_line(f"{DMI_ID}/{a}")
+            if v is not None:
+                dmi[a] = v
+        if dmi:
+            f.add_attributes("system.dmiid", dmi)
+
+        name = self.node_name or os.environ.get("NODE_NAME")
+        if not name:
+            name = host.read_line(HOSTNAME) or ""
+            out.notes.append(f"NODE_NAME not set: nodename taken from {HOSTNAME}")
+        f.add_attributes("system.name", {"nodename": name})
+        return out
