@@ -11,7 +11,11 @@ unchanged, and optionally:
   distribution spec describes, including "artifactType = config.mediaType when the manifest has
   none";
 - `delay=S`: sleeps S seconds before forwarding (a slow registry; the kernel here has no netem);
-- `tamper_blobs=True`: flips the last byte of every blob it returns (a corrupting registry/cache).
+- `tamper_blobs=True`: flips the last byte of every blob it returns (a corrupting registry/cache);
+- `bearer_users={user: password}`: demands `Authorization: Bearer` on /v2/ with a Docker-style
+  challenge and serves the token endpoint at /token (basic credentials checked there; `static_tokens`
+  are accepted too, like a pre-issued OAuth token). Distribution's htpasswd mode only does Basic,
+  and the Bearer flow is what Docker Hub, GHCR and Harbor use.
 The registry itself stays real: storage, uploads, tags, auth.
 """
 
@@ -260,8 +264,13 @@ class RegistryProxy:
     """Forwards to a real registry; optionally adds the referrers API, delay or blob tampering."""
 
     def __init__(self, upstream: str, *, referrers: bool = False, delay: float = 0.0,
-                 tamper_blobs: bool = False) -> None:
+                 tamper_blobs: bool = False, bearer_users: dict[str, str] | None = None,
+                 static_tokens: frozenset[str] = frozenset()) -> None:
         self.upstream = upstream
+        self.bearer_users = bearer_users
+        self.static_tokens = static_tokens
+        self.issued: set[str] = set()
+        self.token_requests = 0
         self.referrers = referrers
         self.delay = delay
         self.tamper_blobs = tamper_blobs
@@ -277,7 +286,10 @@ class RegistryProxy:
                 pass
 
             def do_GET(self) -> None:
-                proxy.handle(self)
+                try:
+                    proxy.handle(self)
+                except OSError:  # upstream gone (e.g. a delayed request outliving its test): drop it
+                    self.close_connection = True
 
             do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET
 
@@ -304,6 +316,11 @@ class RegistryProxy:
         url = urlsplit(req.path)
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length) if length else b""
+        if self.bearer_users is not None and url.path == "/token":
+            self._serve_token(req, parse_qs(url.query))
+            return
+        if self.bearer_users is not None and not self._bearer_ok(req, url.path):
+            return
         match = _REFERRERS_RE.match(url.path)
         if self.referrers and match and req.command == "GET":
             self._serve_referrers(req, match["repo"], match["digest"], parse_qs(url.query))
@@ -328,6 +345,38 @@ class RegistryProxy:
         req.end_headers()
         if data:
             req.wfile.write(data)
+
+    def _bearer_ok(self, req: BaseHTTPRequestHandler, path: str) -> bool:
+        header = req.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else None
+        with self.lock:
+            ok = token is not None and (token in self.issued or token in self.static_tokens)
+        if ok:
+            return True
+        repo = _MANIFEST_RE.match(path) or re.match(r"^/v2/(?P<repo>.+)/(blobs|referrers|tags)/", path)
+        scope = f',scope="repository:{repo["repo"]}:pull"' if repo else ""
+        _send(req, 401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
+              [("WWW-Authenticate", f'Bearer realm="http://{self.host}/token",service="nc-test"{scope}'),
+               ("Content-Type", "application/json")])
+        return False
+
+    def _serve_token(self, req: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> None:
+        header = req.headers.get("Authorization", "")
+        with self.lock:
+            self.token_requests += 1
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            user = password = ""
+        assert self.bearer_users is not None
+        if not header.startswith("Basic ") or self.bearer_users.get(user) != password or not query.get("service"):
+            _send(req, 401, b'{"details":"bad credentials"}', [("Content-Type", "application/json")])
+            return
+        token = uuid.uuid4().hex
+        with self.lock:
+            self.issued.add(token)
+        body = json.dumps({"token": token, "expires_in": 300}).encode()
+        _send(req, 200, body, [("Content-Type", "application/json")])
 
     def _record(self, repo: str, body: bytes, headers: dict[str, str]) -> str | None:
         try:
@@ -365,6 +414,78 @@ class RegistryProxy:
             req.send_header("OCI-Filters-Applied", "artifactType")
         req.end_headers()
         req.wfile.write(body)
+
+
+def _send(req: BaseHTTPRequestHandler, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+    req.send_response(status)
+    for key, value in headers:
+        req.send_header(key, value)
+    req.send_header("Content-Length", str(len(body)))
+    req.end_headers()
+    req.wfile.write(body)
+
+
+def push_raw_artifact(host: str, repo: str, subject: dict[str, Any], *, layers: list[bytes | tuple[bytes, str]],
+                      annotations: dict[str, str] | None = None, artifact_type: str | None = mt.ARTIFACT_TYPE,
+                      config_media_type: str = mt.OCI_EMPTY, index_entry: dict[str, Any] | None = None,
+                      size_override: int | None = None) -> str:
+    """Push a hand-made artifact manifest (for cases attach_spec would never produce) with plain
+    requests, and add it to the referrers tag index. `index_entry` overrides the index descriptor
+    fields; `size_override` lies about the first layer's size in the manifest."""
+    base = f"http://{host}/v2/{repo}"
+
+    def blob(data: bytes) -> str:
+        digest = sha256(data)
+        loc = requests.post(f"{base}/blobs/uploads/", timeout=10).headers["Location"]
+        url = loc if loc.startswith("http") else f"http://{host}{loc}"
+        sep = "&" if "?" in url else "?"
+        requests.put(f"{url}{sep}digest={digest}", data=data, timeout=10).raise_for_status()
+        return digest
+
+    config_digest = blob(b"{}")
+    layer_descs = []
+    for item in layers:
+        data, media = (item, mt.SPEC_MEDIA_TYPE) if isinstance(item, bytes) else item
+        layer_descs.append({"mediaType": media, "digest": blob(data), "size": len(data)})
+    if size_override is not None and layer_descs:
+        layer_descs[0]["size"] = size_override
+    manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+                                "config": {"mediaType": config_media_type, "digest": config_digest, "size": 2},
+                                "layers": layer_descs, "subject": subject}
+    if artifact_type:
+        manifest["artifactType"] = artifact_type
+    if annotations:
+        manifest["annotations"] = annotations
+    body = json.dumps(manifest).encode()
+    digest = sha256(body)
+    requests.put(f"{base}/manifests/{digest}", data=body, headers={"Content-Type": mt.OCI_MANIFEST},
+                 timeout=10).raise_for_status()
+    entry: dict[str, Any] = {"mediaType": mt.OCI_MANIFEST, "digest": digest, "size": len(body)}
+    if artifact_type:
+        entry["artifactType"] = artifact_type
+    if annotations:
+        entry["annotations"] = annotations
+    entry.update(index_entry or {})
+    entry = {k: v for k, v in entry.items() if v is not None}
+    tag = subject["digest"].replace(":", "-")
+    got = requests.get(f"{base}/manifests/{tag}", headers={"Accept": mt.OCI_INDEX}, timeout=10)
+    index = got.json() if got.status_code == 200 else {"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+                                                       "manifests": []}
+    index["manifests"].append(entry)
+    requests.put(f"{base}/manifests/{tag}", data=json.dumps(index).encode(),
+                 headers={"Content-Type": mt.OCI_INDEX}, timeout=10).raise_for_status()
+    return digest
+
+
+def subject_of(image: PushedImage, digest: str | None = None) -> dict[str, Any]:
+    """The descriptor of an image (or one of its platform manifests) as the registry reports it."""
+    host, _, rest = image.reference.partition("/")
+    repo = rest.rsplit(":", 1)[0]
+    resp = requests.head(f"http://{host}/v2/{repo}/manifests/{digest or image.digest}",
+                         headers={"Accept": mt.MANIFEST_ACCEPT}, timeout=10)
+    resp.raise_for_status()
+    return {"mediaType": resp.headers["Content-Type"], "digest": resp.headers["Docker-Content-Digest"],
+            "size": int(resp.headers["Content-Length"])}
 
 
 def spec_yaml(tag: str = "default", note: str = "") -> str:
