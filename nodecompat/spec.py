@@ -488,6 +488,7 @@ class _Builder:
         if f is None:
             return e
         e.op = self.string(f"{path}.op", f.get("op", ""))
+        errors_before = len(self.errors)
         if "value" in f:
             raw = f["value"]
             if not isinstance(raw, list) and not (isinstance(raw, Scalar) and raw.value is None):
@@ -502,8 +503,9 @@ class _Builder:
                     e.values.append(self.string(f"{path}.value[{i}]", item, warn_lossy=True))
         if "type" in f:
             e.type = self.string(f"{path}.type", f["type"])
-        for problem in e.compiled().static_problems():
-            self.lazy(path, problem)
+        if len(self.errors) == errors_before:  # no follow-on errors from a malformed value list
+            for problem in e.compiled().static_problems():
+                self.lazy(path, problem)
         if e.type == "version" and e.op and e.op in ("In", "NotIn", "InRegexp", "Exists", "DoesNotExist",
                                                       "IsTrue", "IsFalse"):
             self.warnings.append(f"{path}.type: 'version' has no effect on op {e.op}")
