@@ -50,7 +50,8 @@ from nodecompat.oci import mediatypes as mt
 
 HAVE_TOOLS = bool(shutil.which("docker-registry") and shutil.which("skopeo"))
 needs_registry = pytest.mark.skipif(
-    not HAVE_TOOLS, reason="needs Debian's docker-registry and skopeo on PATH (apt-get install docker-registry skopeo)"
+    not HAVE_TOOLS,
+    reason="needs Debian's docker-registry and skopeo on PATH (apt-get install docker-registry skopeo)",
 )
 USER = "tester"
 PASSWORD = "s3cret-pw"
@@ -90,9 +91,9 @@ class RegistryProcess:
         config.write_text(
             "version: 0.1\n"
             "log:\n  level: error\n  accesslog:\n    disabled: true\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.host}\n  secret: nodecompat-test-secret\n"
-            + auth
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n  secret: nodecompat-test-secret\n" + auth
         )
         log = open(self.root / "registry.log", "wb")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
@@ -188,16 +189,22 @@ class LayoutWriter:
     def image(self, os_name: str, arch: str, payload: bytes) -> dict[str, Any]:
         layer_bytes = _layer(payload)
         diff_id = sha256(gzip.decompress(layer_bytes))
-        config = json.dumps({
-            "architecture": arch, "os": os_name,
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "config": {"Cmd": ["/hello"]},
-        }).encode()
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-            "config": self.blob(config, mt.OCI_CONFIG),
-            "layers": [self.blob(layer_bytes, mt.OCI_LAYER_TAR_GZIP)],
-        }).encode()
+        config = json.dumps(
+            {
+                "architecture": arch,
+                "os": os_name,
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                "config": {"Cmd": ["/hello"]},
+            }
+        ).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_MANIFEST,
+                "config": self.blob(config, mt.OCI_CONFIG),
+                "layers": [self.blob(layer_bytes, mt.OCI_LAYER_TAR_GZIP)],
+            }
+        ).encode()
         return self.blob(manifest, mt.OCI_MANIFEST)
 
 
@@ -220,15 +227,27 @@ def build_layout(path: Path, tag: str, platforms: list[str] | None = None) -> Pu
         index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}).encode()
         top = writer.blob(index, mt.OCI_INDEX)
         info = PushedImage("", top["digest"], mt.OCI_INDEX, plats)
-    (path / "index.json").write_text(json.dumps({
-        "schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-        "manifests": [{**top, "annotations": tag_ann}],
-    }))
+    (path / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_INDEX,
+                "manifests": [{**top, "annotations": tag_ann}],
+            }
+        )
+    )
     return info
 
 
-def push_image(host: str, repo: str, tmp: Path, *, tag: str = "v1", platforms: list[str] | None = None,
-               creds: str | None = None) -> PushedImage:
+def push_image(
+    host: str,
+    repo: str,
+    tmp: Path,
+    *,
+    tag: str = "v1",
+    platforms: list[str] | None = None,
+    creds: str | None = None,
+) -> PushedImage:
     """Build an image layout and `skopeo copy` it to host/repo:tag keeping its digests."""
     layout = tmp / f"layout-{uuid.uuid4().hex[:8]}"
     info = build_layout(layout, tag, platforms)
@@ -263,9 +282,16 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-authenticate", "
 class RegistryProxy:
     """Forwards to a real registry; optionally adds the referrers API, delay or blob tampering."""
 
-    def __init__(self, upstream: str, *, referrers: bool = False, delay: float = 0.0,
-                 tamper_blobs: bool = False, bearer_users: dict[str, str] | None = None,
-                 static_tokens: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        referrers: bool = False,
+        delay: float = 0.0,
+        tamper_blobs: bool = False,
+        bearer_users: dict[str, str] | None = None,
+        static_tokens: frozenset[str] = frozenset(),
+    ) -> None:
         self.upstream = upstream
         self.bearer_users = bearer_users
         self.static_tokens = static_tokens
@@ -282,7 +308,7 @@ class RegistryProxy:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def do_GET(self) -> None:
@@ -295,7 +321,7 @@ class RegistryProxy:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.server.block_on_close = False  # type: ignore[attr-defined]
+        self.server.block_on_close = False
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -332,7 +358,13 @@ class RegistryProxy:
         data = resp.read() if req.command != "HEAD" else b""
         out_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP]
         conn.close()
-        if self.tamper_blobs and req.command == "GET" and "/blobs/" in url.path and resp.status == 200 and data:
+        if (
+            self.tamper_blobs
+            and req.command == "GET"
+            and "/blobs/" in url.path
+            and resp.status == 200
+            and data
+        ):
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         manifest = _MANIFEST_RE.match(url.path)
         if self.referrers and manifest and req.command == "PUT" and resp.status == 201:
@@ -355,9 +387,15 @@ class RegistryProxy:
             return True
         repo = _MANIFEST_RE.match(path) or re.match(r"^/v2/(?P<repo>.+)/(blobs|referrers|tags)/", path)
         scope = f',scope="repository:{repo["repo"]}:pull"' if repo else ""
-        _send(req, 401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
-              [("WWW-Authenticate", f'Bearer realm="http://{self.host}/token",service="nc-test"{scope}'),
-               ("Content-Type", "application/json")])
+        _send(
+            req,
+            401,
+            b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
+            [
+                ("WWW-Authenticate", f'Bearer realm="http://{self.host}/token",service="nc-test"{scope}'),
+                ("Content-Type", "application/json"),
+            ],
+        )
         return False
 
     def _serve_token(self, req: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> None:
@@ -369,7 +407,11 @@ class RegistryProxy:
         except (ValueError, UnicodeDecodeError):
             user = password = ""
         assert self.bearer_users is not None
-        if not header.startswith("Basic ") or self.bearer_users.get(user) != password or not query.get("service"):
+        if (
+            not header.startswith("Basic ")
+            or self.bearer_users.get(user) != password
+            or not query.get("service")
+        ):
             _send(req, 401, b'{"details":"bad credentials"}', [("Content-Type", "application/json")])
             return
         token = uuid.uuid4().hex
@@ -398,8 +440,9 @@ class RegistryProxy:
                 entries.append(desc)
         return str(subject["digest"])
 
-    def _serve_referrers(self, req: BaseHTTPRequestHandler, repo: str, digest: str,
-                         query: dict[str, list[str]]) -> None:
+    def _serve_referrers(
+        self, req: BaseHTTPRequestHandler, repo: str, digest: str, query: dict[str, list[str]]
+    ) -> None:
         with self.lock:
             self.referrers_calls += 1
             entries = list(self.index.get((repo, digest), []))
@@ -422,13 +465,22 @@ def _send(req: BaseHTTPRequestHandler, status: int, body: bytes, headers: list[t
         req.send_header(key, value)
     req.send_header("Content-Length", str(len(body)))
     req.end_headers()
-    req.wfile.write(body)
+    if req.command != "HEAD":
+        req.wfile.write(body)
 
 
-def push_raw_artifact(host: str, repo: str, subject: dict[str, Any], *, layers: list[bytes | tuple[bytes, str]],
-                      annotations: dict[str, str] | None = None, artifact_type: str | None = mt.ARTIFACT_TYPE,
-                      config_media_type: str = mt.OCI_EMPTY, index_entry: dict[str, Any] | None = None,
-                      size_override: int | None = None) -> str:
+def push_raw_artifact(
+    host: str,
+    repo: str,
+    subject: dict[str, Any],
+    *,
+    layers: list[bytes | tuple[bytes, str]],
+    annotations: dict[str, str] | None = None,
+    artifact_type: str | None = mt.ARTIFACT_TYPE,
+    config_media_type: str = mt.OCI_EMPTY,
+    index_entry: dict[str, Any] | None = None,
+    size_override: int | None = None,
+) -> str:
     """Push a hand-made artifact manifest (for cases attach_spec would never produce) with plain
     requests, and add it to the referrers tag index. `index_entry` overrides the index descriptor
     fields; `size_override` lies about the first layer's size in the manifest."""
@@ -449,17 +501,22 @@ def push_raw_artifact(host: str, repo: str, subject: dict[str, Any], *, layers: 
         layer_descs.append({"mediaType": media, "digest": blob(data), "size": len(data)})
     if size_override is not None and layer_descs:
         layer_descs[0]["size"] = size_override
-    manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
-                                "config": {"mediaType": config_media_type, "digest": config_digest, "size": 2},
-                                "layers": layer_descs, "subject": subject}
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": config_media_type, "digest": config_digest, "size": 2},
+        "layers": layer_descs,
+        "subject": subject,
+    }
     if artifact_type:
         manifest["artifactType"] = artifact_type
     if annotations:
         manifest["annotations"] = annotations
     body = json.dumps(manifest).encode()
     digest = sha256(body)
-    requests.put(f"{base}/manifests/{digest}", data=body, headers={"Content-Type": mt.OCI_MANIFEST},
-                 timeout=10).raise_for_status()
+    requests.put(
+        f"{base}/manifests/{digest}", data=body, headers={"Content-Type": mt.OCI_MANIFEST}, timeout=10
+    ).raise_for_status()
     entry: dict[str, Any] = {"mediaType": mt.OCI_MANIFEST, "digest": digest, "size": len(body)}
     if artifact_type:
         entry["artifactType"] = artifact_type
@@ -469,11 +526,18 @@ def push_raw_artifact(host: str, repo: str, subject: dict[str, Any], *, layers: 
     entry = {k: v for k, v in entry.items() if v is not None}
     tag = subject["digest"].replace(":", "-")
     got = requests.get(f"{base}/manifests/{tag}", headers={"Accept": mt.OCI_INDEX}, timeout=10)
-    index = got.json() if got.status_code == 200 else {"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-                                                       "manifests": []}
+    index: dict[str, Any] = (
+        got.json()
+        if got.status_code == 200
+        else {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
+    )
     index["manifests"].append(entry)
-    requests.put(f"{base}/manifests/{tag}", data=json.dumps(index).encode(),
-                 headers={"Content-Type": mt.OCI_INDEX}, timeout=10).raise_for_status()
+    requests.put(
+        f"{base}/manifests/{tag}",
+        data=json.dumps(index).encode(),
+        headers={"Content-Type": mt.OCI_INDEX},
+        timeout=10,
+    ).raise_for_status()
     return digest
 
 
@@ -481,11 +545,17 @@ def subject_of(image: PushedImage, digest: str | None = None) -> dict[str, Any]:
     """The descriptor of an image (or one of its platform manifests) as the registry reports it."""
     host, _, rest = image.reference.partition("/")
     repo = rest.rsplit(":", 1)[0]
-    resp = requests.head(f"http://{host}/v2/{repo}/manifests/{digest or image.digest}",
-                         headers={"Accept": mt.MANIFEST_ACCEPT}, timeout=10)
+    resp = requests.head(
+        f"http://{host}/v2/{repo}/manifests/{digest or image.digest}",
+        headers={"Accept": mt.MANIFEST_ACCEPT},
+        timeout=10,
+    )
     resp.raise_for_status()
-    return {"mediaType": resp.headers["Content-Type"], "digest": resp.headers["Docker-Content-Digest"],
-            "size": int(resp.headers["Content-Length"])}
+    return {
+        "mediaType": resp.headers["Content-Type"],
+        "digest": resp.headers["Docker-Content-Digest"],
+        "size": int(resp.headers["Content-Length"]),
+    }
 
 
 def spec_yaml(tag: str = "default", note: str = "") -> str:
@@ -500,7 +570,7 @@ def spec_yaml(tag: str = "default", note: str = "") -> str:
         "    matchFeatures:\n"
         "    - feature: kernel.version\n"
         "      matchExpressions:\n"
-        "        major: {op: Gt, value: [\"2\"]}\n"
+        '        major: {op: Gt, value: ["2"]}\n'
     )
 
 

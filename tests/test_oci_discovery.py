@@ -45,8 +45,9 @@ def test_tag_and_digest_references(registry: sr.RegistryProcess, repo_name: str,
         assert got.warnings == []
 
 
-def test_multi_platform_index_has_no_fallback(registry: sr.RegistryProcess, repo_name: str,
-                                              tmp_path: Path) -> None:
+def test_multi_platform_index_has_no_fallback(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path, platforms=["linux/amd64", "linux/arm64"])
     index_spec = sr.spec_yaml(note="index")
     attach_spec(img.reference, index_spec, plain_http=True)
@@ -67,11 +68,14 @@ def test_multi_platform_index_has_no_fallback(registry: sr.RegistryProcess, repo
     assert _code(info) == "NOT_FOUND"
 
 
-def test_single_manifest_platform_is_checked_against_its_config(registry: sr.RegistryProcess, repo_name: str,
-                                                                tmp_path: Path) -> None:
+def test_single_manifest_platform_is_checked_against_its_config(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path)  # linux/amd64
     attach_spec(img.reference, sr.spec_yaml(), plain_http=True)
-    assert fetch_compat_spec(img.reference, plain_http=True, platform="linux/amd64").image_digest == img.digest
+    assert (
+        fetch_compat_spec(img.reference, plain_http=True, platform="linux/amd64").image_digest == img.digest
+    )
     with pytest.raises(RegistryError, match="not built for platform linux/arm64") as info:
         fetch_compat_spec(img.reference, plain_http=True, platform="linux/arm64")
     assert _code(info) == "NOT_FOUND"
@@ -79,10 +83,17 @@ def test_single_manifest_platform_is_checked_against_its_config(registry: sr.Reg
 
 def test_newest_artifact_wins(registry: sr.RegistryProcess, repo_name: str, tmp_path: Path) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path)
-    newer = attach_spec(img.reference, sr.spec_yaml(note="new"), plain_http=True, created="2025-06-01T00:00:00Z")
+    newer = attach_spec(
+        img.reference, sr.spec_yaml(note="new"), plain_http=True, created="2025-06-01T00:00:00Z"
+    )
     attach_spec(img.reference, sr.spec_yaml(note="old"), plain_http=True, created="2025-01-01T00:00:00Z")
-    sr.push_raw_artifact(registry.host, repo_name, sr.subject_of(img), layers=[b"typo: newest but ignored\n"],
-                         annotations={mt.CREATED_ANNOTATION_TYPO: "2030-01-01T00:00:00Z"})
+    sr.push_raw_artifact(
+        registry.host,
+        repo_name,
+        sr.subject_of(img),
+        layers=[b"typo: newest but ignored\n"],
+        annotations={mt.CREATED_ANNOTATION_TYPO: "2030-01-01T00:00:00Z"},
+    )
     got = fetch_compat_spec(img.reference, plain_http=True)
     assert got.artifact_digest == newer.artifact_digest
     assert "test spec new" in got.text
@@ -90,7 +101,9 @@ def test_newest_artifact_wins(registry: sr.RegistryProcess, repo_name: str, tmp_
     assert any(mt.CREATED_ANNOTATION_TYPO in w for w in got.warnings)
 
 
-def test_missing_image_and_missing_artifact(registry: sr.RegistryProcess, repo_name: str, tmp_path: Path) -> None:
+def test_missing_image_and_missing_artifact(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     ref = f"{registry.host}/{repo_name}:nope"
     with pytest.raises(RegistryError) as info:
         fetch_compat_spec(ref, plain_http=True)
@@ -116,8 +129,9 @@ def test_https_to_plain_http_registry_says_what_to_do(registry: sr.RegistryProce
     assert _code(info) == "UNAVAILABLE"
 
 
-def test_oversized_artifact_is_refused_before_download(registry: sr.RegistryProcess, repo_name: str,
-                                                       tmp_path: Path) -> None:
+def test_oversized_artifact_is_refused_before_download(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path)
     big = sr.spec_yaml() + "# " + "x" * 5000 + "\n"
     attach_spec(img.reference, big, plain_http=True)
@@ -127,10 +141,13 @@ def test_oversized_artifact_is_refused_before_download(registry: sr.RegistryProc
     assert fetch_compat_spec(img.reference, plain_http=True).text == big
 
 
-def test_layer_larger_than_its_descriptor_is_cut_off(registry: sr.RegistryProcess, repo_name: str,
-                                                    tmp_path: Path) -> None:
+def test_layer_larger_than_its_descriptor_is_cut_off(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path)
-    sr.push_raw_artifact(registry.host, repo_name, sr.subject_of(img), layers=[b"a: 1\n" * 100], size_override=10)
+    sr.push_raw_artifact(
+        registry.host, repo_name, sr.subject_of(img), layers=[b"a: 1\n" * 100], size_override=10
+    )
     with pytest.raises(RegistryError) as info:
         fetch_compat_spec(img.reference, plain_http=True)
     assert _code(info) == "INVALID_ARGUMENT"
@@ -147,8 +164,9 @@ def test_digest_mismatch_is_detected(registry: sr.RegistryProcess, repo_name: st
     assert _code(info) == "INVALID_ARGUMENT"
 
 
-def test_slow_registry_hits_the_overall_budget(registry: sr.RegistryProcess, repo_name: str,
-                                               tmp_path: Path) -> None:
+def test_slow_registry_hits_the_overall_budget(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path)
     with sr.RegistryProxy(registry.host, delay=3.0) as proxy:
         ref = img.reference.replace(registry.host, proxy.host)
@@ -174,8 +192,9 @@ def test_referrers_api_path(registry: sr.RegistryProcess, repo_name: str, tmp_pa
         fetch_compat_spec(img.reference.replace(proxy.host, registry.host), plain_http=True)
 
 
-def test_oras_py_artifact_is_found_via_config_media_type(registry: sr.RegistryProcess, repo_name: str,
-                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oras_py_artifact_is_found_via_config_media_type(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """oras-py cannot set artifactType. It can set the config media type (`manifest_config`), which
     is how pre-OCI-1.1 tools typed artifacts and what both the referrers API and our discovery fall
     back to. oras-py never writes the referrers tag index, so only a registry with the referrers API
@@ -198,28 +217,43 @@ def test_oras_py_artifact_is_found_via_config_media_type(registry: sr.RegistryPr
             files=[f"spec.yaml:{mt.SPEC_MEDIA_TYPE}"],
             manifest_config=f"config.json:{mt.ARTIFACT_TYPE}",
             manifest_annotations={mt.CREATED_ANNOTATION: "2025-02-02T00:00:00Z"},
-            subject=oras.oci.Subject(mediaType=subject["mediaType"], digest=subject["digest"],
-                                     size=subject["size"]),
+            subject=oras.oci.Subject(
+                mediaType=subject["mediaType"], digest=subject["digest"], size=subject["size"]
+            ),
         )
         got = fetch_compat_spec(img.reference, plain_http=True)
         assert "oras-py" in got.text and got.created == "2025-02-02T00:00:00Z"
 
 
-def test_tag_index_entry_without_artifact_type(registry: sr.RegistryProcess, repo_name: str,
-                                               tmp_path: Path) -> None:
+def test_tag_index_entry_without_artifact_type(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path)
-    sr.push_raw_artifact(registry.host, repo_name, sr.subject_of(img), layers=[(b"a: 1\n", "text/yaml")],
-                         artifact_type=None, config_media_type=mt.ARTIFACT_TYPE)
-    sr.push_raw_artifact(registry.host, repo_name, sr.subject_of(img), layers=[b"other\n"],
-                         artifact_type=None, config_media_type="application/vnd.other+json",
-                         annotations={mt.CREATED_ANNOTATION: "2031-01-01T00:00:00Z"})
+    sr.push_raw_artifact(
+        registry.host,
+        repo_name,
+        sr.subject_of(img),
+        layers=[(b"a: 1\n", "text/yaml")],
+        artifact_type=None,
+        config_media_type=mt.ARTIFACT_TYPE,
+    )
+    sr.push_raw_artifact(
+        registry.host,
+        repo_name,
+        sr.subject_of(img),
+        layers=[b"other\n"],
+        artifact_type=None,
+        config_media_type="application/vnd.other+json",
+        annotations={mt.CREATED_ANNOTATION: "2031-01-01T00:00:00Z"},
+    )
     got = fetch_compat_spec(img.reference, plain_http=True)
     assert got.text == "a: 1\n"
     assert any("text/yaml" in w for w in got.warnings)  # layer media type is not SPEC_MEDIA_TYPE
 
 
-def test_artifact_without_layers_is_invalid(registry: sr.RegistryProcess, repo_name: str,
-                                            tmp_path: Path) -> None:
+def test_artifact_without_layers_is_invalid(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path)
     sr.push_raw_artifact(registry.host, repo_name, sr.subject_of(img), layers=[])
     with pytest.raises(RegistryError, match="compatibility layer not found") as info:
@@ -227,17 +261,30 @@ def test_artifact_without_layers_is_invalid(registry: sr.RegistryProcess, repo_n
     assert _code(info) == "INVALID_ARGUMENT"
 
 
-def test_broken_referrers_tag_is_a_clear_error_not_a_crash(registry: sr.RegistryProcess, repo_name: str,
-                                                           tmp_path: Path) -> None:
+def test_broken_referrers_tag_is_a_clear_error_not_a_crash(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
     """NFD panics when the referrers lookup fails; we name the failure."""
     img = sr.push_image(registry.host, repo_name, tmp_path)
     # Put a plain image manifest where the referrers index should be.
     other = sr.push_image(registry.host, repo_name, tmp_path, tag="other")
-    sr.subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
-                       "--dest-tls-verify=false", "--preserve-digests", f"docker://{other.reference}",
-                       f"docker://{registry.host}/{repo_name}:{img.digest.replace(':', '-')}"],
-                      check=True, capture_output=True, timeout=60)
-    with pytest.raises(RegistryError, match="referrers lookup .* failed: .*not an index") as info:
+    sr.subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+            f"docker://{other.reference}",
+            f"docker://{registry.host}/{repo_name}:{img.digest.replace(':', '-')}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    with pytest.raises(RegistryError, match=r"referrers lookup .* failed: .*not an index") as info:
         fetch_compat_spec(img.reference, plain_http=True)
     assert _code(info) == "INVALID_ARGUMENT"
 

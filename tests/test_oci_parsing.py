@@ -69,8 +69,12 @@ def test_parse_platform_follows_nfd() -> None:
     assert parse_platform("linux") == Platform("linux", host_goarch())
     assert parse_platform("linux/arm64/v8:10.0") == Platform("linux", "arm64", "v8", "10.0")
     assert parse_platform("windows/amd64:10.0.17763") == Platform("windows", "amd64", "", "10.0.17763")
-    for bad, why in [("linux/a/b/c", "expected os"), ("/amd64", "os cannot be empty"),
-                     ("linux/", "architecture cannot be empty"), ("", "empty")]:
+    for bad, why in [
+        ("linux/a/b/c", "expected os"),
+        ("/amd64", "os cannot be empty"),
+        ("linux/", "architecture cannot be empty"),
+        ("", "empty"),
+    ]:
         with pytest.raises(RegistryError, match=why) as info:
             parse_platform(bad)
         assert info.value.code == INVALID_ARGUMENT
@@ -81,17 +85,24 @@ def test_platform_matching_like_oras() -> None:
     assert want.matches({"os": "linux", "architecture": "arm64", "variant": "v8"})
     assert not want.matches({"os": "linux", "architecture": "amd64"})
     assert not want.matches(None)
-    assert not Platform("linux", "arm64", "v7").matches({"os": "linux", "architecture": "arm64", "variant": "v8"})
+    assert not Platform("linux", "arm64", "v7").matches(
+        {"os": "linux", "architecture": "arm64", "variant": "v8"}
+    )
     assert not Platform("windows", "amd64", "", "10.1").matches(
-        {"os": "windows", "architecture": "amd64", "os.version": "10.0"})
+        {"os": "windows", "architecture": "amd64", "os.version": "10.0"}
+    )
 
 
 def test_parse_challenge() -> None:
     scheme, params = parse_challenge(
-        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"')
+        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"'
+    )
     assert scheme == "bearer"
-    assert params == {"realm": "https://auth.example/token", "service": "registry.example",
-                      "scope": "repository:a/b:pull,push"}
+    assert params == {
+        "realm": "https://auth.example/token",
+        "service": "registry.example",
+        "scope": "repository:a/b:pull,push",
+    }
     assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
 
 
@@ -106,10 +117,19 @@ def test_created_parsing_and_newest_rule() -> None:
     assert parse_created("2025-01-02T03:04:05.123+02:00") is not None
     assert parse_created("yesterday") is None
     assert parse_created("2025-01-02T03:04:05") is None  # no offset: not RFC 3339
-    old = Descriptor(mt.OCI_MANIFEST, D2, 1, mt.ARTIFACT_TYPE, {mt.CREATED_ANNOTATION: "2024-01-01T00:00:00Z"})
-    new = Descriptor(mt.OCI_MANIFEST, D1, 1, mt.ARTIFACT_TYPE, {mt.CREATED_ANNOTATION: "2025-01-01T00:00:00Z"})
-    typo = Descriptor(mt.OCI_MANIFEST, "sha256:" + "f" * 64, 1, mt.ARTIFACT_TYPE,
-                      {mt.CREATED_ANNOTATION_TYPO: "2030-01-01T00:00:00Z"})
+    old = Descriptor(
+        mt.OCI_MANIFEST, D2, 1, mt.ARTIFACT_TYPE, {mt.CREATED_ANNOTATION: "2024-01-01T00:00:00Z"}
+    )
+    new = Descriptor(
+        mt.OCI_MANIFEST, D1, 1, mt.ARTIFACT_TYPE, {mt.CREATED_ANNOTATION: "2025-01-01T00:00:00Z"}
+    )
+    typo = Descriptor(
+        mt.OCI_MANIFEST,
+        "sha256:" + "f" * 64,
+        1,
+        mt.ARTIFACT_TYPE,
+        {mt.CREATED_ANNOTATION_TYPO: "2030-01-01T00:00:00Z"},
+    )
     warnings: list[str] = []
     assert newest([old, typo, new], warnings) == new
     assert any(mt.CREATED_ANNOTATION_TYPO in w for w in warnings)
@@ -123,12 +143,20 @@ def test_created_parsing_and_newest_rule() -> None:
 def test_docker_config_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "config.json").write_text(json.dumps({"auths": {
-        "https://reg.example.com/v1/": {"auth": base64.b64encode(b"alice:pw:with:colons").decode()},
-        "127.0.0.1:5000": {"username": "bob", "password": "pw2"},
-        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:hubpw").decode()},
-        "empty.example": {},
-    }}))
+    (cfg / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://reg.example.com/v1/": {
+                        "auth": base64.b64encode(b"alice:pw:with:colons").decode()
+                    },
+                    "127.0.0.1:5000": {"username": "bob", "password": "pw2"},
+                    "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:hubpw").decode()},
+                    "empty.example": {},
+                }
+            }
+        )
+    )
     monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
     auth = RegistryAuth.from_sources()
     cred = auth.credential_for("reg.example.com")
