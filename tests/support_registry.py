@@ -307,6 +307,7 @@ class RegistryProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # header and body go out in two writes
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
