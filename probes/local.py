@@ -12,6 +12,7 @@ This is also where NVIDIA GFD writes its labels (features.d/gfd), so GFD data is
 
 from __future__ import annotations
 
+import re
 import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,14 +34,18 @@ class FeatureFile:
     errors: list[str] = field(default_factory=list)
 
 
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
+
+
 def _parse_rfc3339(value: str) -> datetime:
+    """Go's time.RFC3339 layout (2006-01-02T15:04:05Z07:00); the zone offset is mandatory."""
     v = value.strip()
-    if "T" not in v.upper():
+    m = _RFC3339.match(v)
+    if not m:
         raise ValueError(f"not an RFC3339 time: {v!r}")
-    t = datetime.fromisoformat(v)
-    if t.tzinfo is None:
+    if m.group(2) is None:
         raise ValueError(f"RFC3339 time without a zone offset: {v!r}")
-    return t
+    return datetime.fromisoformat(v.upper().replace("Z", "+00:00"))
 
 
 def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = None) -> FeatureFile:

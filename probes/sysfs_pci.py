@@ -111,7 +111,7 @@ def pci_address_of(host: HostRoot, host_path: str) -> str | None:
     """
     try:
         real = host.path(host_path).resolve(strict=True)
-    except OSError:
+    except (OSError, RuntimeError):  # missing, or a symlink loop (RuntimeError before 3.13)
         return None
     for part in reversed(PurePosixPath(real).parts):
         if BDF_RE.match(part):
