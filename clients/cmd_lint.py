@@ -1,4 +1,7 @@
-"""`nodecompat lint FILE`: every problem of a spec, each with its path. Exit 0 clean, 1 problems, 2 unreadable."""
+"""`nodecompat lint FILE`: every problem of a spec, each with its path.
+
+Exit 0 clean, 1 problems, 2 unreadable.
+"""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nodecompat.clients.render import render_table
+
 from nodecompat.features import Features
 from nodecompat.spec import SpecError, parse_spec
 from nodecompat.verdict import Verdict
@@ -38,11 +39,18 @@ def register(subparsers: Any) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--features", metavar="SNAPSHOT.json", help="NFD features JSON instead of probing")
     where.add_argument("--node", metavar="HOST:PORT", help="ask a nodecompat daemon to evaluate")
-    p.add_argument("--tags", default=None, help="only evaluate sets with these tags (comma-separated, repeatable)",
-                   action="append")
+    p.add_argument(
+        "--tags",
+        default=None,
+        help="only evaluate sets with these tags (comma-separated, repeatable)",
+        action="append",
+    )
     p.add_argument("-o", "--output", choices=("table", "json", "nfd-json"), default="table")
-    p.add_argument("--nfd-compat", action="store_true",
-                   help="accept what NFD accepts (unknown fields, lazily-checked expressions) with warnings")
+    p.add_argument(
+        "--nfd-compat",
+        action="store_true",
+        help="accept what NFD accepts (unknown fields, lazily-checked expressions) with warnings",
+    )
     p.add_argument("--host-root", default="/", help="host file tree to probe (default /)")
     p.set_defaults(func=run)
 
@@ -101,8 +109,9 @@ def obtain_verdict(args: argparse.Namespace, text: str) -> Verdict:
     if args.features:
         features, unknown = load_snapshot(args.features)
     else:
-        from nodecompat.hostroot import HostRoot
         from nodecompat.probes.runner import probe_once
+
+        from nodecompat.hostroot import HostRoot
 
         rnd = probe_once(HostRoot(Path(args.host_root)))
         features, unknown = rnd.features, rnd.unknown_features()
@@ -116,7 +125,9 @@ def render(args: argparse.Namespace, verdict: Verdict) -> str:
         return json.dumps(verdict.to_dict(), indent=2) + "\n"
     if args.output == "nfd-json":
         if not verdict.nfd_json:
-            stop = next((w for w in verdict.warnings if w.startswith("nfd compat validate-node would stop")), "")
+            stop = next(
+                (w for w in verdict.warnings if w.startswith("nfd compat validate-node would stop")), ""
+            )
             raise CommandError(stop or "no nfd-json output")
         return verdict.nfd_json
     return render_table(verdict, colour=sys.stdout.isatty())

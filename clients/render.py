@@ -63,8 +63,10 @@ def render_set(s: SetVerdict, colour: bool = False) -> str:
     meta = [f"weight {s.weight}"]
     if s.tag:
         meta.insert(0, f"tag {s.tag}")
-    header = f"{_c(head, 'bold', colour)} ({', '.join(meta)}): {_c(status, status, colour)} " \
-             f"{s.rules_matched}/{s.rules_total} rules"
+    header = (
+        f"{_c(head, 'bold', colour)} ({', '.join(meta)}): {_c(status, status, colour)} "
+        f"{s.rules_matched}/{s.rules_total} rules"
+    )
     return "\n".join([header, *(line for r in s.rules for line in _rule_lines(r, colour))])
 
 

@@ -86,13 +86,17 @@ class _Run:
             tv.matched = False
             tv.unknown = True
             tv.expressions = [
-                _expr_verdict(term.feature, el, mt, e, matched=False, unknown=True, detail=f"unknown: {reason}")
+                _expr_verdict(
+                    term.feature, el, mt, e, matched=False, unknown=True, detail=f"unknown: {reason}"
+                )
                 for el, mt, e in _expressions_of(term)
             ]
             return tv, te
         if not present:
             tv.expressions = [
-                _expr_verdict(term.feature, el, mt, e, matched=False, detail=f"feature {name} not present on this node")
+                _expr_verdict(
+                    term.feature, el, mt, e, matched=False, detail=f"feature {name} not present on this node"
+                )
                 for el, mt, e in _expressions_of(term)
             ]
             return tv, te
@@ -194,7 +198,9 @@ def _detail(
             return f"element {element} absent, as wanted"
         return f"wanted {element} absent, but it is present" + (f" ({value})" if value is not None else "")
     if e.op == EXISTS:
-        return f"element {element} present" if matched else f"wanted {element} present, element {element} absent"
+        return (
+            f"element {element} present" if matched else f"wanted {element} present, element {element} absent"
+        )
     if not present:
         return f"wanted {want}, element {element} absent"
     if value is None:
@@ -229,8 +235,14 @@ def _report_multi(
                 best, place = score, k
         if not has_fa and place is None:
             return [
-                _expr_verdict(feature, n, "matchExpression", e, matched=False,
-                              detail=f"{name} has no instances on this node")
+                _expr_verdict(
+                    feature,
+                    n,
+                    "matchExpression",
+                    e,
+                    matched=False,
+                    detail=f"{name} has no instances on this node",
+                )
                 for n, e in zip(m.names, m.exprs, strict=True)
             ]
     out = []
@@ -244,7 +256,10 @@ def _report_multi(
             label = instance_label(name, place, insts[place])
         out.append(
             _expr_verdict(
-                feature, n, "matchExpression", e,
+                feature,
+                n,
+                "matchExpression",
+                e,
                 matched=matched,
                 actual=[value] if value is not None else [],
                 instance=label,
@@ -273,7 +288,13 @@ def _report_names(
     else:
         detail = f"wanted a name {want}, node has {shown}{more}"
     return _expr_verdict(
-        feature, "", "matchName", e, matched=r.matched, actual=r.names[:MAX_ACTUAL_NAMES], instance=label,
+        feature,
+        "",
+        "matchName",
+        e,
+        matched=r.matched,
+        actual=r.names[:MAX_ACTUAL_NAMES],
+        instance=label,
         detail=detail,
     )
 

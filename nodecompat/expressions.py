@@ -36,7 +36,20 @@ IS_TRUE = "IsTrue"
 IS_FALSE = "IsFalse"
 
 OPS: tuple[str, ...] = (
-    ANY, IN, NOT_IN, IN_REGEXP, EXISTS, DOES_NOT_EXIST, GT, GE, LT, LE, GT_LT, GE_LE, IS_TRUE, IS_FALSE,
+    ANY,
+    IN,
+    NOT_IN,
+    IN_REGEXP,
+    EXISTS,
+    DOES_NOT_EXIST,
+    GT,
+    GE,
+    LT,
+    LE,
+    GT_LT,
+    GE_LE,
+    IS_TRUE,
+    IS_FALSE,
 )
 NO_VALUE_OPS = frozenset({ANY, EXISTS, DOES_NOT_EXIST, IS_TRUE, IS_FALSE})
 LIST_OPS = frozenset({IN, NOT_IN, IN_REGEXP})
@@ -125,7 +138,7 @@ def _values_repr(values: list[str]) -> str:
 class CompiledExpression:
     """An expression ready to evaluate; raises ExpressionError exactly where NFD returns an error."""
 
-    __slots__ = ("_num", "_num_error", "_regexes", "_regex_error", "expr")
+    __slots__ = ("_num", "_num_error", "_regex_error", "_regexes", "expr")
 
     def __init__(self, expr: MatchExpression) -> None:
         self.expr = expr
@@ -162,7 +175,7 @@ class CompiledExpression:
                 self._num_error = f"{exc} in {e.op} {_values_repr(e.values)}"
             return
         if e.type != "":
-            self._num_error = f"unsupported value type {e.type!r} for Op {e.op!r} (only \"version\")"
+            self._num_error = f'unsupported value type {e.type!r} for Op {e.op!r} (only "version")'
             return
         nums = []
         for v in e.values:
@@ -195,7 +208,7 @@ class CompiledExpression:
         if self._num_error:
             problems.append(self._num_error)
         if e.type not in TYPES and e.op not in NUMERIC_OPS:
-            problems.append(f"unknown type {e.type!r} (only \"version\" or empty)")
+            problems.append(f'unknown type {e.type!r} (only "version" or empty)')
         return problems
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -216,14 +229,18 @@ class CompiledExpression:
             return present if op == EXISTS else not present
         if not present or value is None:
             return False
-        if op == IN or op == NOT_IN:
+        if op in (IN, NOT_IN):
             if not e.values:
-                raise ExpressionError(f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}")
+                raise ExpressionError(
+                    f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}"
+                )
             found = value in e.values
             return found if op == IN else not found
         if op == IN_REGEXP:
             if not e.values:
-                raise ExpressionError(f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}")
+                raise ExpressionError(
+                    f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}"
+                )
             if self._regex_error:
                 raise ExpressionError(self._regex_error)
             assert self._regexes is not None
@@ -241,7 +258,9 @@ class CompiledExpression:
     def _compare(self, value: str) -> bool:
         e = self.expr
         op = e.op
-        count_error = self._num_error is not None and self._num_error.startswith("invalid expression, 'value'")
+        count_error = self._num_error is not None and self._num_error.startswith(
+            "invalid expression, 'value'"
+        )
         if count_error:
             raise ExpressionError(self._num_error)
         lhs: Any

@@ -25,7 +25,11 @@ class LintProblem:
     severity: str = "error"  # "error" or "warning"
 
     def __str__(self) -> str:
-        return f"{self.severity}: {self.path}: {self.message}" if self.path else f"{self.severity}: {self.message}"
+        return (
+            f"{self.severity}: {self.path}: {self.message}"
+            if self.path
+            else f"{self.severity}: {self.message}"
+        )
 
 
 def _split(problem: str) -> tuple[str, str]:
@@ -54,7 +58,10 @@ def lint_spec(text: str | bytes, known: Mapping[str, object] | None = None) -> l
         for ri, rule in enumerate(c.rules):
             rp = f"compatibilities[{ci}].rules[{ri}]"
             groups = [(f"{rp}.matchFeatures", rule.match_features)]
-            groups += [(f"{rp}.matchAny[{i}].matchFeatures", el.match_features) for i, el in enumerate(rule.match_any)]
+            groups += [
+                (f"{rp}.matchAny[{i}].matchFeatures", el.match_features)
+                for i, el in enumerate(rule.match_any)
+            ]
             for gp, terms in groups:
                 for ti, t in enumerate(terms):
                     out.extend(_lint_term(f"{gp}[{ti}]", t, known))
@@ -72,16 +79,22 @@ def _lint_term(path: str, t: FeatureTerm, known: Mapping[str, object]) -> list[L
         return []
     info = known.get(name)
     if info is None:
-        return [LintProblem(f"{path}.feature", f"unknown feature {t.feature!r}: no registered probe provides it")]
+        return [
+            LintProblem(f"{path}.feature", f"unknown feature {t.feature!r}: no registered probe provides it")
+        ]
     out: list[LintProblem] = []
     kinds = _kinds(info)
     attr_names = info.attribute_names() if hasattr(info, "attribute_names") else None
     for el, e in (t.match_expressions or {}).items():
         ep = f"{path}.matchExpressions.{el}"
         if kinds == {"flag"} and e.op in VALUE_OPS:
-            out.append(LintProblem(ep, f"{e.op} can never hold on {name}: it is a flag feature (names, no values)"))
+            out.append(
+                LintProblem(ep, f"{e.op} can never hold on {name}: it is a flag feature (names, no values)")
+            )
         if "flag" not in kinds and attr_names is not None and el not in attr_names and e.op != DOES_NOT_EXIST:
-            out.append(LintProblem(ep, f"{name} has no attribute {el!r} (known: {', '.join(sorted(attr_names))})"))
+            out.append(
+                LintProblem(ep, f"{name} has no attribute {el!r} (known: {', '.join(sorted(attr_names))})")
+            )
     return out
 
 
@@ -99,15 +112,20 @@ def _never_both(a: MatchExpression, b: MatchExpression) -> str | None:
     return None
 
 
-def _contradictions(path: str, terms: list[FeatureTerm], known: Mapping[str, object], ci: int) -> list[LintProblem]:
+def _contradictions(
+    path: str, terms: list[FeatureTerm], known: Mapping[str, object], ci: int
+) -> list[LintProblem]:
     """Terms ANDed in one list on the same attribute-only feature that cannot all hold."""
     seen: dict[tuple[str, str], tuple[int, MatchExpression]] = {}
     out: list[LintProblem] = []
     for ti, t in enumerate(terms):
         name = t.feature.lower()
         info = known.get(name)
-        kinds = _kinds(info) if info is not None else (frozenset({"attribute"}) if name == RULE_BACKREF_FEATURE
-                                                       else frozenset())
+        kinds = (
+            _kinds(info)
+            if info is not None
+            else (frozenset({"attribute"}) if name == RULE_BACKREF_FEATURE else frozenset())
+        )
         if kinds != {"attribute"}:
             continue  # instance terms may be met by different instances; flags only know Exists
         for el, e in (t.match_expressions or {}).items():
@@ -115,11 +133,13 @@ def _contradictions(path: str, terms: list[FeatureTerm], known: Mapping[str, obj
             if prev is not None:
                 why = _never_both(prev[1], e)
                 if why:
-                    out.append(LintProblem(
-                        f"{path}[{ti}].matchExpressions.{el}",
-                        f"can never match together with {path}[{prev[0]}] ({why}), "
-                        f"so compatibility set #{ci + 1} can never pass",
-                    ))
+                    out.append(
+                        LintProblem(
+                            f"{path}[{ti}].matchExpressions.{el}",
+                            f"can never match together with {path}[{prev[0]}] ({why}), "
+                            f"so compatibility set #{ci + 1} can never pass",
+                        )
+                    )
             else:
                 seen[(name, el)] = (ti, e)
     return out

@@ -97,7 +97,11 @@ def match_multi(
                     kv_elems.append({"Name": n, "Value": attrs.get(n, "")})
                     nfd_matched.add(n)
         if e.op == DOES_NOT_EXIST:
-            ok = (flag_set is None or mk) and (attrs is None or mv) and (flag_set is not None or attrs is not None)
+            ok = (
+                (flag_set is None or mk)
+                and (attrs is None or mv)
+                and (flag_set is not None or attrs is not None)
+            )
         else:
             ok = mk or mv
         fa.append(ok)

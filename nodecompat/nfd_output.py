@@ -142,7 +142,9 @@ def _entries(terms: list[TermEval], processed: list[_Processed]) -> list[dict[st
             for p in processed:
                 if p.feature != t.feature or p.match_name is None:
                     continue
-                hit = p.match_name.op == t.match_name.op and list(p.match_name.values) == list(t.match_name.values)
+                hit = p.match_name.op == t.match_name.op and list(p.match_name.values) == list(
+                    t.match_name.values
+                )
                 if hit:
                     break
             entry = {
@@ -180,7 +182,8 @@ def build(sets: list[NfdSet]) -> tuple[list[dict[str, Any]] | None, str | None]:
                 rj["matchedExpressions"] = mexp
             if r.match_any:
                 rj["matchedAny"] = [
-                    {"matchedExpressions": _entries(el, p)} for el, p in zip(r.match_any, any_processed, strict=True)
+                    {"matchedExpressions": _entries(el, p)}
+                    for el, p in zip(r.match_any, any_processed, strict=True)
                 ]
             assert rules is not None
             rules.append(rj)

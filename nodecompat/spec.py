@@ -298,7 +298,8 @@ class _Builder:
         """A problem NFD only hits when the expression is evaluated against a present element."""
         if self.compat:
             self.warnings.append(
-                f"tolerated: {path}: {msg} (NFD reports this only when the expression meets a present element)"
+                f"tolerated: {path}: {msg} "
+                "(NFD reports this only when the expression meets a present element)"
             )
         else:
             self.error(path, msg)
@@ -325,14 +326,18 @@ class _Builder:
             elif k.lower() in lower:
                 want = lower[k.lower()]
                 if self.compat:
-                    self.warnings.append(f"tolerated: {_key_path(path, k)}: read as {want!r} (Go ignores case)")
+                    self.warnings.append(
+                        f"tolerated: {_key_path(path, k)}: read as {want!r} (Go ignores case)"
+                    )
                     out[want] = v
                 else:
                     self.error(_key_path(path, k), f"unknown field {k!r}; did you mean {want!r}?")
             else:
                 hint = f"; the fields of {what} are {', '.join(known)}"
                 if self.compat:
-                    self.warnings.append(f"tolerated: {_key_path(path, k)}: unknown field {k!r} ignored{hint}")
+                    self.warnings.append(
+                        f"tolerated: {_key_path(path, k)}: unknown field {k!r} ignored{hint}"
+                    )
                 else:
                     self.error(_key_path(path, k), f"unknown field {k!r}{hint}")
         return out
@@ -344,7 +349,8 @@ class _Builder:
             s = _go_string(v)
             if warn_lossy and v.value is not None and s != v.raw and not isinstance(v.value, bool):
                 self.warnings.append(
-                    f"{path}: {v.raw} is a YAML number and is read as {json.dumps(s)}; quote it to keep it as written"
+                    f"{path}: {v.raw} is a YAML number and is read as {json.dumps(s)}; "
+                    "quote it to keep it as written"
                 )
             return s
         self.error(path, f"expected a string, not {_kind(v)}")
@@ -373,7 +379,9 @@ class _Builder:
         if "version" in top:
             spec.version = self.string("version", top["version"])
             if spec.version != SPEC_VERSION:
-                self.warnings.append(f"version: {spec.version!r} is not {SPEC_VERSION!r}; reading it as {SPEC_VERSION}")
+                self.warnings.append(
+                    f"version: {spec.version!r} is not {SPEC_VERSION!r}; reading it as {SPEC_VERSION}"
+                )
         else:
             self.warnings.append(f"version: missing; reading the spec as {SPEC_VERSION}")
         for i, c in enumerate(self.listing("compatibilities", top.get("compatibilities"))):
@@ -428,7 +436,9 @@ class _Builder:
         for i, el in enumerate(self.listing(f"{path}.matchAny", f.get("matchAny"))):
             ep = f"{path}.matchAny[{i}]"
             ef = self.fields(ep, el, ("matchFeatures",), "a matchAny element")
-            r.match_any.append(MatchAnyElem(self.terms(f"{ep}.matchFeatures", (ef or {}).get("matchFeatures"))))
+            r.match_any.append(
+                MatchAnyElem(self.terms(f"{ep}.matchFeatures", (ef or {}).get("matchFeatures")))
+            )
         if "vars" in f:
             vf = f["vars"]
             if isinstance(vf, Scalar) and vf.value is None:
@@ -457,18 +467,23 @@ class _Builder:
                 self.error(f"{path}.feature", "feature is required (e.g. pci.device)")
         elif t.feature != t.feature.lower():
             self.warnings.append(
-                f"{path}.feature: {t.feature!r} is looked up as {t.feature.lower()!r} (feature names ignore case)"
+                f"{path}.feature: {t.feature!r} is looked up as {t.feature.lower()!r} "
+                "(feature names ignore case)"
             )
         me = f.get("matchExpressions")
         if me is not None and not (isinstance(me, Scalar) and me.value is None):
             mp = f"{path}.matchExpressions"
             if not isinstance(me, dict):
-                self.error(mp, f"matchExpressions must be a mapping of element name: expression, not {_kind(me)}")
+                self.error(
+                    mp, f"matchExpressions must be a mapping of element name: expression, not {_kind(me)}"
+                )
             else:
                 t.match_expressions = {}
                 for dup in me.get(_DUPS, []):
                     if self.compat:
-                        self.warnings.append(f"tolerated: {_key_path(mp, dup)}: duplicate key (the last one wins)")
+                        self.warnings.append(
+                            f"tolerated: {_key_path(mp, dup)}: duplicate key (the last one wins)"
+                        )
                     else:
                         self.error(_key_path(mp, dup), "duplicate key")
                 for name, e in me.items():
@@ -492,12 +507,16 @@ class _Builder:
         if "value" in f:
             raw = f["value"]
             if not isinstance(raw, list) and not (isinstance(raw, Scalar) and raw.value is None):
-                self.error(f"{path}.value", f"value must be a list (write value: [{_plain(raw)}]), not {_kind(raw)}")
+                self.error(
+                    f"{path}.value", f"value must be a list (write value: [{_plain(raw)}]), not {_kind(raw)}"
+                )
             else:
                 for i, item in enumerate(self.listing(f"{path}.value", raw)):
                     if isinstance(item, Scalar) and item.value is None:
                         if self.compat:
-                            self.warnings.append(f"tolerated: {path}.value[{i}]: null read as an empty string")
+                            self.warnings.append(
+                                f"tolerated: {path}.value[{i}]: null read as an empty string"
+                            )
                         else:
                             self.error(f"{path}.value[{i}]", "null is not a value; quote it or remove it")
                     e.values.append(self.string(f"{path}.value[{i}]", item, warn_lossy=True))
@@ -506,8 +525,11 @@ class _Builder:
         if len(self.errors) == errors_before:  # no follow-on errors from a malformed value list
             for problem in e.compiled().static_problems():
                 self.lazy(path, problem)
-        if e.type == "version" and e.op and e.op in ("In", "NotIn", "InRegexp", "Exists", "DoesNotExist",
-                                                      "IsTrue", "IsFalse"):
+        if (
+            e.type == "version"
+            and e.op
+            and e.op in ("In", "NotIn", "InRegexp", "Exists", "DoesNotExist", "IsTrue", "IsFalse")
+        ):
             self.warnings.append(f"{path}.type: 'version' has no effect on op {e.op}")
         return e
 

@@ -88,13 +88,7 @@ class Verdict:
 def _build(cls: type[Any], data: Any) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    nested = {
-        Verdict: {"sets": SetVerdict},
-        SetVerdict: {"rules": RuleVerdict},
-        RuleVerdict: {"match_features": TermVerdict, "match_any": MatchAnyVerdict},
-        MatchAnyVerdict: {"terms": TermVerdict},
-        TermVerdict: {"expressions": ExpressionVerdict},
-    }.get(cls, {})
+    nested = _NESTED.get(cls, {})
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -109,3 +103,12 @@ def _build(cls: type[Any], data: Any) -> Any:
         else:
             kwargs[f.name] = v
     return cls(**kwargs)
+
+
+_NESTED: dict[type[Any], dict[str, type[Any]]] = {
+    Verdict: {"sets": SetVerdict},
+    SetVerdict: {"rules": RuleVerdict},
+    RuleVerdict: {"match_features": TermVerdict, "match_any": MatchAnyVerdict},
+    MatchAnyVerdict: {"terms": TermVerdict},
+    TermVerdict: {"expressions": ExpressionVerdict},
+}

@@ -41,16 +41,22 @@ def fake_features() -> Features:
 def gpu_node(n_devices: int = 4, nvidia_at: int = 2) -> Features:
     """A plausible node: kernel facts, loaded modules, and PCI devices with one NVIDIA GPU."""
     f = Features()
-    f.add_attributes("kernel.version", {"full": "5.15.0-91-generic", "major": "5", "minor": "15", "revision": "0"})
+    f.add_attributes(
+        "kernel.version", {"full": "5.15.0-91-generic", "major": "5", "minor": "15", "revision": "0"}
+    )
     f.add_flags("kernel.loadedmodule", ["nvidia", "nvidia_uvm", "vfio_pci"])
     f.add_flags("cpu.cpuid", ["AVX", "AVX2", "SSE4"])
     f.add_attributes("cpu.model", {"vendor_id": "Intel", "family": "6", "id": "85"})
     insts = []
     for i in range(n_devices):
         if i == nvidia_at:
-            insts.append({"address": f"0000:{i:02x}:00.0", "class": "0302", "vendor": "10de", "device": "2330"})
+            insts.append(
+                {"address": f"0000:{i:02x}:00.0", "class": "0302", "vendor": "10de", "device": "2330"}
+            )
         else:
-            insts.append({"address": f"0000:{i:02x}:00.0", "class": "0200", "vendor": "1af4", "device": "1000"})
+            insts.append(
+                {"address": f"0000:{i:02x}:00.0", "class": "0200", "vendor": "1af4", "device": "1000"}
+            )
     f.set_instances("pci.device", insts)
     return f
 

@@ -40,7 +40,9 @@ def test_not_compatible_exit_1_with_reason(files: dict[str, Path]) -> None:
     r = _run("validate", "--spec", str(bad), "--features", str(files["node"]), "--tags", "gpu")
     assert r.returncode == 1
     assert "FAIL 1/2 rules" in r.stdout
-    assert "pci.device.class: wanted In [0300], node has 0302 on pci.device[2] address=0000:02:00.0" in r.stdout
+    assert (
+        "pci.device.class: wanted In [0300], node has 0302 on pci.device[2] address=0000:02:00.0" in r.stdout
+    )
 
 
 def test_failed_probe_in_snapshot_makes_facts_unknown(files: dict[str, Path]) -> None:
@@ -81,8 +83,10 @@ def test_nfd_json_exact_for_a_conformance_case(tmp_path: Path) -> None:
 
 def test_lint_exit_codes(files: dict[str, Path]) -> None:
     bad = files["dir"] / "bad.yaml"
-    bad.write_text("compatibilities:\n- rules:\n  - matchFeatures:\n    - feature: x.y\n"
-                   "      matchExpressions: {a: {op: Nope}}\n")
+    bad.write_text(
+        "compatibilities:\n- rules:\n  - matchFeatures:\n    - feature: x.y\n"
+        "      matchExpressions: {a: {op: Nope}}\n"
+    )
     r = _run("lint", str(bad))
     assert r.returncode == 1
     assert "compatibilities[0].rules[0].matchFeatures[0].matchExpressions.a: unknown op 'Nope'" in r.stdout

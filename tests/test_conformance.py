@@ -15,8 +15,9 @@ from nodecompat.spec import parse_spec
 
 
 def _expr(d: dict[str, Any]) -> MatchExpression:
-    return MatchExpression(op=d.get("op", ""), values=list(d.get("value") or d.get("values") or []),
-                           type=d.get("type", ""))
+    return MatchExpression(
+        op=d.get("op", ""), values=list(d.get("value") or d.get("values") or []), type=d.get("type", "")
+    )
 
 
 def _run_expression_case(c: dict[str, Any]) -> bool:
@@ -111,7 +112,11 @@ def test_instances_mismatch_reports_the_closest_instance() -> None:
 
 
 def test_matcher_keeps_per_instance_outcomes() -> None:
-    r = match_multi({"name": _expr({"op": "In", "value": ["instance_2"]})}, None, None,
-                    [{"name": "instance_1"}, {"name": "instance_2"}])
+    r = match_multi(
+        {"name": _expr({"op": "In", "value": ["instance_2"]})},
+        None,
+        None,
+        [{"name": "instance_1"}, {"name": "instance_2"}],
+    )
     assert r.instance_matched == [False, True]
     assert r.nfd_matched == {"name"}

@@ -38,7 +38,10 @@ def test_version_type_drops_prerelease() -> None:
     v = evaluate(parse_spec(GPU_SPEC), f, tags=["gpu"])
     kernel = v.sets[0].rules[1]
     assert not kernel.matched
-    assert kernel.match_features[0].expressions[0].detail == "wanted Ge [5.4] (version), node has 5.3.18-150300-default"
+    assert (
+        kernel.match_features[0].expressions[0].detail
+        == "wanted Ge [5.4] (version), node has 5.3.18-150300-default"
+    )
 
 
 def test_unknown_feature_is_not_a_silent_mismatch() -> None:
@@ -48,8 +51,10 @@ def test_unknown_feature_is_not_a_silent_mismatch() -> None:
     s = v.sets[0]
     assert not s.passed and s.unknown
     assert s.rules[0].unknown and not s.rules[0].matched
-    assert all(e.unknown and e.detail == "unknown: probe pci failed: EACCES"
-               for e in s.rules[0].match_features[0].expressions)
+    assert all(
+        e.unknown and e.detail == "unknown: probe pci failed: EACCES"
+        for e in s.rules[0].match_features[0].expressions
+    )
     assert v.unknown_facts == ["pci.device: probe pci failed: EACCES"]
 
 
@@ -62,8 +67,10 @@ def test_unknown_does_not_mark_a_set_that_fails_anyway() -> None:
 
 
 def test_non_numeric_node_data_is_a_warning_not_a_crash() -> None:
-    spec = parse_spec("compatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n"
-                      "    - feature: kernel.version\n      matchExpressions:\n        major: {op: Gt, value: ['4']}\n")
+    spec = parse_spec(
+        "compatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n"
+        "    - feature: kernel.version\n      matchExpressions:\n        major: {op: Gt, value: ['4']}\n"
+    )
     f = Features()
     f.add_attributes("kernel.version", {"major": "six"})
     v = evaluate(spec, f)
@@ -76,23 +83,52 @@ def test_non_numeric_node_data_is_a_warning_not_a_crash() -> None:
 
 
 def test_lazy_spec_problem_in_compat_mode_errors_only_on_present_element() -> None:
-    text = ("compatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n"
-            "    - feature: cpu.model\n      matchExpressions:\n        {el}: {{op: In}}\n")
+    text = (
+        "compatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n"
+        "    - feature: cpu.model\n      matchExpressions:\n        {el}: {{op: In}}\n"
+    )
     f = Features()
     f.add_attributes("cpu.model", {"vendor_id": "Intel"})
     absent = evaluate(parse_spec(text.format(el="missing"), nfd_compat=True), f)
     assert absent.nfd_json.startswith('[{"rules":[{"name":"r","isMatch":false')
     present = evaluate(parse_spec(text.format(el="vendor_id"), nfd_compat=True), f)
-    assert present.nfd_json == "" and "must be non-empty" in present.sets[0].rules[0].match_features[0].expressions[0].detail
+    assert (
+        present.nfd_json == ""
+        and "must be non-empty" in present.sets[0].rules[0].match_features[0].expressions[0].detail
+    )
 
 
 def test_vars_published_to_rule_matched_even_when_match_any_fails() -> None:
-    spec = parse_spec(json.dumps({"compatibilities": [{"rules": [
-        {"name": "a", "vars": {"x": "true"}, "matchAny": [{"matchFeatures": [{"feature": "no.such"}]}]},
-        {"name": "b", "matchFeatures": [{"feature": "rule.matched", "matchExpressions": {"x": {"op": "IsTrue"}}}]},
-        {"name": "c", "vars": {"y": "true"}, "matchFeatures": [{"feature": "no.such"}]},
-        {"name": "d", "matchFeatures": [{"feature": "rule.matched", "matchExpressions": {"y": {"op": "Exists"}}}]},
-    ]}]}))
+    spec = parse_spec(
+        json.dumps(
+            {
+                "compatibilities": [
+                    {
+                        "rules": [
+                            {
+                                "name": "a",
+                                "vars": {"x": "true"},
+                                "matchAny": [{"matchFeatures": [{"feature": "no.such"}]}],
+                            },
+                            {
+                                "name": "b",
+                                "matchFeatures": [
+                                    {"feature": "rule.matched", "matchExpressions": {"x": {"op": "IsTrue"}}}
+                                ],
+                            },
+                            {"name": "c", "vars": {"y": "true"}, "matchFeatures": [{"feature": "no.such"}]},
+                            {
+                                "name": "d",
+                                "matchFeatures": [
+                                    {"feature": "rule.matched", "matchExpressions": {"y": {"op": "Exists"}}}
+                                ],
+                            },
+                        ]
+                    }
+                ]
+            }
+        )
+    )
     v = evaluate(spec, Features())
     assert [r.matched for r in v.sets[0].rules] == [False, True, False, False]
     assert v.sets[0].rules[0].vars == {"x": "true"} and v.sets[0].rules[2].vars == {}
@@ -105,9 +141,11 @@ def test_tags_filter_and_empty_result() -> None:
 
 
 def test_missing_feature_and_match_name_details() -> None:
-    spec = parse_spec("compatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n"
-                      "    - feature: cpu.cpuid\n      matchName: {op: InRegexp, value: ['^AVX512']}\n"
-                      "    - feature: usb.device\n      matchExpressions: {class: {op: Exists}}\n")
+    spec = parse_spec(
+        "compatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n"
+        "    - feature: cpu.cpuid\n      matchName: {op: InRegexp, value: ['^AVX512']}\n"
+        "    - feature: usb.device\n      matchExpressions: {class: {op: Exists}}\n"
+    )
     v = evaluate(spec, gpu_node())
     name_e, usb_e = (t.expressions[0] for t in v.sets[0].rules[0].match_features)
     assert name_e.matcher_type == "matchName" and name_e.actual == ["AVX", "AVX2", "SSE4"]

@@ -38,8 +38,10 @@ def test_ten_mib_spec_is_refused_before_parsing() -> None:
     assert dt < SANITY_SECONDS
 
 
-@pytest.mark.parametrize("text", ["[" * 10_000 + "]" * 10_000, "{a: " * 10_000 + "}" * 10_000,
-                                  '{"a":' * 10_000 + "1" + "}" * 10_000])
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 10_000 + "]" * 10_000, "{a: " * 10_000 + "}" * 10_000, '{"a":' * 10_000 + "1" + "}" * 10_000],
+)
 def test_deep_nesting_is_refused(text: str) -> None:
     out, dt = _timed(lambda: parse_spec(text))
     print(f"10,000-deep nesting refused in {dt:.4f}s")
@@ -51,7 +53,9 @@ def test_billion_laughs_is_refused() -> None:
     lol = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
     for i in "bcdefghi":
         prev = chr(ord(i) - 1)
-        lol += f"{i}: &{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        lol += (
+            f"{i}: &{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        )
     out, dt = _timed(lambda: parse_spec(lol))
     print(f"billion laughs refused in {dt:.4f}s")
     assert isinstance(out, SpecError) and "anchors" in out.problems[0]
@@ -59,8 +63,10 @@ def test_billion_laughs_is_refused() -> None:
 
 
 def test_catastrophic_regex_is_linear_with_re2() -> None:
-    spec = parse_spec("compatibilities:\n- rules:\n  - matchFeatures:\n    - feature: x.y\n"
-                      "      matchExpressions: {v: {op: InRegexp, value: ['(a+)+$']}}\n")
+    spec = parse_spec(
+        "compatibilities:\n- rules:\n  - matchFeatures:\n    - feature: x.y\n"
+        "      matchExpressions: {v: {op: InRegexp, value: ['(a+)+$']}}\n"
+    )
     f = Features()
     f.add_attributes("x.y", {"v": "a" * 100_000 + "b"})
     v, dt = _timed(lambda: evaluate(spec, f))
@@ -71,7 +77,9 @@ def test_catastrophic_regex_is_linear_with_re2() -> None:
 
 # -- property tests --------------------------------------------------------------------------------
 _names = st.sampled_from(["a", "b", "vendor", "class", "AVX", "x"])
-_vals = st.lists(st.sampled_from(["1", "2", "10de", "true", "false", "1.2.3", "v2", "(", "-3", "x"]), max_size=3)
+_vals = st.lists(
+    st.sampled_from(["1", "2", "10de", "true", "false", "1.2.3", "v2", "(", "-3", "x"]), max_size=3
+)
 _expr = st.fixed_dictionaries(
     {"op": st.sampled_from([*OPS, "Bogus"])},
     optional={"value": _vals, "type": st.sampled_from(["", "version", "odd"])},
@@ -84,20 +92,31 @@ _rule = st.fixed_dictionaries(
     {"name": st.sampled_from(["r1", "r2"])},
     optional={
         "matchFeatures": st.lists(_term, max_size=3),
-        "matchAny": st.lists(st.fixed_dictionaries({"matchFeatures": st.lists(_term, max_size=2)}), max_size=2),
+        "matchAny": st.lists(
+            st.fixed_dictionaries({"matchFeatures": st.lists(_term, max_size=2)}), max_size=2
+        ),
         "vars": st.dictionaries(_names, st.sampled_from(["true", "false", "1"]), max_size=2),
     },
 )
-_spec = st.fixed_dictionaries({"compatibilities": st.lists(
-    st.fixed_dictionaries({"rules": st.lists(_rule, max_size=3)},
-                          optional={"tag": st.sampled_from(["a", "b"]), "weight": st.integers(-5, 50)}),
-    max_size=3)})
+_spec = st.fixed_dictionaries(
+    {
+        "compatibilities": st.lists(
+            st.fixed_dictionaries(
+                {"rules": st.lists(_rule, max_size=3)},
+                optional={"tag": st.sampled_from(["a", "b"]), "weight": st.integers(-5, 50)},
+            ),
+            max_size=3,
+        )
+    }
+)
 _feature_values = st.sampled_from(["1", "2", "10de", "true", "abc", "1.2.3", "", "-7"])
-_features = st.fixed_dictionaries({
-    "flags": st.lists(_names, max_size=4),
-    "attrs": st.dictionaries(_names, _feature_values, max_size=4),
-    "insts": st.lists(st.dictionaries(_names, _feature_values, max_size=3), max_size=3),
-})
+_features = st.fixed_dictionaries(
+    {
+        "flags": st.lists(_names, max_size=4),
+        "attrs": st.dictionaries(_names, _feature_values, max_size=4),
+        "insts": st.lists(st.dictionaries(_names, _feature_values, max_size=3), max_size=3),
+    }
+)
 
 
 def _build(fd: dict[str, Any]) -> Features:

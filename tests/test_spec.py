@@ -6,7 +6,10 @@ import pytest
 
 from nodecompat.spec import SpecError, parse_spec
 
-HEAD = "version: v1alpha1\ncompatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n    - feature: pci.device\n"
+HEAD = (
+    "version: v1alpha1\ncompatibilities:\n- rules:\n  - name: r\n"
+    "    matchFeatures:\n    - feature: pci.device\n"
+)
 
 
 def _spec(expressions: str) -> str:
@@ -40,7 +43,9 @@ def test_every_problem_is_reported_with_its_location() -> None:
 def test_nfd_compat_tolerates_lazy_problems_and_lists_them() -> None:
     spec = parse_spec(_spec("        vendor: {op: In}\n"), nfd_compat=True)
     assert spec.compatibilities[0].rules[0].match_features[0].match_expressions["vendor"].op == "In"
-    assert any(w.startswith("tolerated: ") and "vendor: In needs at least one value" in w for w in spec.warnings)
+    assert any(
+        w.startswith("tolerated: ") and "vendor: In needs at least one value" in w for w in spec.warnings
+    )
 
 
 def test_unknown_fields_strict_error_compat_warning() -> None:
@@ -65,8 +70,8 @@ def test_scalar_value_is_an_error_in_both_modes() -> None:
     for compat in (False, True):
         probs = _problems(text, nfd_compat=compat)
         assert probs == [
-            "compatibilities[0].rules[0].matchFeatures[0].matchExpressions.vendor.value: value must be a list "
-            "(write value: [10de]), not a string"
+            "compatibilities[0].rules[0].matchFeatures[0].matchExpressions.vendor.value: "
+            "value must be a list (write value: [10de]), not a string"
         ]
 
 
@@ -95,7 +100,9 @@ def test_vars_template_is_rejected_naming_the_rule() -> None:
 
 
 def test_json_text_and_empty_match_expressions() -> None:
-    spec = parse_spec('{"compatibilities": [{"rules": [{"matchFeatures": [{"feature": "a.b", "matchExpressions": {}}]}]}]}')
+    spec = parse_spec(
+        '{"compatibilities": [{"rules": [{"matchFeatures": [{"feature": "a.b", "matchExpressions": {}}]}]}]}'
+    )
     t = spec.compatibilities[0].rules[0].match_features[0]
     assert t.match_expressions == {} and t.match_name is None
     assert any("version: missing" in w for w in spec.warnings)
