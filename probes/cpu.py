@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodecompat.features import Features
-from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.cpuid_names import nfd_arm64_cpuid, nfd_x86_cpuid
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
 
 CPUINFO = "/proc/cpuinfo"
 CPU_DEVICES = "/sys/bus/cpu/devices"
@@ -176,8 +177,12 @@ class CpuProbe(Probe):
                 AttributeInfo("vendor_id", "string", CPUINFO, description="Intel, AMD, ARM, Ampere ..."),
                 AttributeInfo("family", "int", CPUINFO),
                 AttributeInfo("id", "int", CPUINFO, description="model number"),
-                AttributeInfo("hypervisor", "string", f"{CPUINFO}, {HYPERVISOR_TYPE}, {DMI_SYS_VENDOR}",
-                              description="none on bare metal, else kvm, vmware, msvm, xenhvm ..."),
+                AttributeInfo(
+                    "hypervisor",
+                    "string",
+                    f"{CPUINFO}, {HYPERVISOR_TYPE}, {DMI_SYS_VENDOR}",
+                    description="none on bare metal, else kvm, vmware, msvm, xenhvm ...",
+                ),
             ),
             source=CPUINFO,
         ),
@@ -185,8 +190,9 @@ class CpuProbe(Probe):
             "cpu.topology",
             frozenset({"attribute"}),
             attributes=(
-                AttributeInfo("hardware_multithreading", "bool",
-                              CPU_DEVICES + "/cpu*/topology/thread_siblings_list"),
+                AttributeInfo(
+                    "hardware_multithreading", "bool", CPU_DEVICES + "/cpu*/topology/thread_siblings_list"
+                ),
                 AttributeInfo("socket_count", "int", CPU_DEVICES + "/cpu*/topology/physical_package_id"),
             ),
             source=CPU_DEVICES,

@@ -17,13 +17,12 @@ No GPU -> gpu.device with zero instances and no gpu.driver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodecompat.features import Features
-from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.nvidia_info import (
     compute_capability,
@@ -35,6 +34,9 @@ from nodecompat.probes.nvidia_info import (
 )
 from nodecompat.probes.pci_ids import lookup, marketing_name, read_pci_ids
 from nodecompat.probes.sysfs_pci import PCI_DEVICES, PciDevice, list_pci_devices
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +98,16 @@ def read_nvml() -> tuple[NvmlData | None, str | None]:
                 attrs["compute_major"], attrs["compute_minor"] = str(major), str(minor)
             except Exception:
                 pass
-            try:
+            with contextlib.suppress(Exception):  # not MIG-capable
                 current, _pending = pynvml.nvmlDeviceGetMigMode(h)
                 attrs["mig_mode"] = "enabled" if current == pynvml.NVML_DEVICE_MIG_ENABLE else "disabled"
-            except Exception:
-                pass  # not MIG-capable
             data.devices[nvml_bus_id(pynvml.nvmlDeviceGetPciInfo(h).busId)] = attrs
         return data, None
     except Exception as exc:
         return None, f"NVML query failed ({exc}); using sysfs/procfs"
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def _s(v: Any) -> str:
@@ -135,19 +133,31 @@ class GpuProbe(Probe):
             "gpu.device",
             frozenset({"instance"}),
             attributes=(
-                AttributeInfo("vendor", "string", _D + "vendor", nfd=False, description="nvidia, amd or intel"),
+                AttributeInfo(
+                    "vendor", "string", _D + "vendor", nfd=False, description="nvidia, amd or intel"
+                ),
                 AttributeInfo("vendor_id", "hex", _D + "vendor", nfd=False),
                 AttributeInfo("device_id", "hex", _D + "device", nfd=False),
                 AttributeInfo("class", "hex", _D + "class", nfd=False),
                 AttributeInfo("address", "string", PCI_DEVICES + "/<bdf>", nfd=False),
                 AttributeInfo("numa_node", "int", _D + "numa_node", nfd=False),
-                AttributeInfo("product", "string", f"NVML, {NV_GPUS}/<bdf>/information Model, "
-                              f"{_D}product_name, pci.ids", nfd=False),
-                AttributeInfo("memory", "int", f"NVML, {_D}mem_info_vram_total", nfd=False,
-                              description="MiB; absent for NVIDIA without NVML"),
+                AttributeInfo(
+                    "product",
+                    "string",
+                    f"NVML, {NV_GPUS}/<bdf>/information Model, {_D}product_name, pci.ids",
+                    nfd=False,
+                ),
+                AttributeInfo(
+                    "memory",
+                    "int",
+                    f"NVML, {_D}mem_info_vram_total",
+                    nfd=False,
+                    description="MiB; absent for NVIDIA without NVML",
+                ),
                 AttributeInfo("driver", "string", _D + "driver", nfd=False),
-                AttributeInfo("driver_version", "version", f"NVML, {NV_MODULE_VERSION}, {AMDGPU_VERSION}",
-                              nfd=False),
+                AttributeInfo(
+                    "driver_version", "version", f"NVML, {NV_MODULE_VERSION}, {AMDGPU_VERSION}", nfd=False
+                ),
                 AttributeInfo("compute_major", "int", "NVML, else derived from product", nfd=False),
                 AttributeInfo("compute_minor", "int", "NVML, else derived from product", nfd=False),
                 AttributeInfo("mig_mode", "string", "NVML", nfd=False, description="enabled/disabled"),
@@ -161,8 +171,9 @@ class GpuProbe(Probe):
             frozenset({"attribute"}),
             attributes=(
                 AttributeInfo("name", "string", _D + "driver", nfd=False, description="nvidia, amdgpu ..."),
-                AttributeInfo("version", "version", f"NVML, {NV_MODULE_VERSION}, {NV_PROC_VERSION}",
-                              nfd=False),
+                AttributeInfo(
+                    "version", "version", f"NVML, {NV_MODULE_VERSION}, {NV_PROC_VERSION}", nfd=False
+                ),
                 AttributeInfo("major", "int", "version", nfd=False),
                 AttributeInfo("minor", "int", "version", nfd=False),
                 AttributeInfo("revision", "string", "version", nfd=False, description="leading zeros kept"),
@@ -221,8 +232,9 @@ class GpuProbe(Probe):
             if "product" not in attrs:
                 if pci_ids is None:
                     pci_ids = read_pci_ids(host) or ""
-                name = lookup(pci_ids, dev.vendor, dev.device, dev.nfd["subsystem_vendor"],
-                              dev.nfd["subsystem_device"])
+                name = lookup(
+                    pci_ids, dev.vendor, dev.device, dev.nfd["subsystem_vendor"], dev.nfd["subsystem_device"]
+                )
                 if name.subsystem or name.device:
                     attrs["product"] = marketing_name(name.subsystem or name.device or "")
             if dev.vendor == "10de" and "compute_major" not in attrs and "product" in attrs:

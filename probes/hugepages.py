@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import re
 
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 GLOBAL = "/sys/kernel/mm/hugepages"
 NODES = "/sys/devices/system/node"
 _POOL = re.compile(r"^hugepages-(\d+)kB$")
 _NODE = re.compile(r"^node(\d+)$")
-_UNITS = (("Ei", 1 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10))
+_UNITS = (
+    ("Ei", 1 << 60),
+    ("Pi", 1 << 50),
+    ("Ti", 1 << 40),
+    ("Gi", 1 << 30),
+    ("Mi", 1 << 20),
+    ("Ki", 1 << 10),
+)
 
 
 def quantity_name(size_kb: int) -> str:
@@ -59,14 +67,24 @@ class HugepagesProbe(Probe):
             "memory.hugepages",
             frozenset({"attribute"}),
             attributes=(
-                AttributeInfo("enabled", "bool", GLOBAL + "/hugepages-*kB/nr_hugepages",
-                              description="true if any pool has pages"),
-                AttributeInfo("hugepages-<size>", "int", GLOBAL + "/hugepages-<n>kB/nr_hugepages",
-                              description="pages in the pool; size as a k8s quantity (2Mi, 1Gi)"),
-                AttributeInfo("hugepages-<size>.total", "int", GLOBAL + "/hugepages-<n>kB/nr_hugepages",
-                              nfd=False),
-                AttributeInfo("hugepages-<size>.free", "int", GLOBAL + "/hugepages-<n>kB/free_hugepages",
-                              nfd=False),
+                AttributeInfo(
+                    "enabled",
+                    "bool",
+                    GLOBAL + "/hugepages-*kB/nr_hugepages",
+                    description="true if any pool has pages",
+                ),
+                AttributeInfo(
+                    "hugepages-<size>",
+                    "int",
+                    GLOBAL + "/hugepages-<n>kB/nr_hugepages",
+                    description="pages in the pool; size as a k8s quantity (2Mi, 1Gi)",
+                ),
+                AttributeInfo(
+                    "hugepages-<size>.total", "int", GLOBAL + "/hugepages-<n>kB/nr_hugepages", nfd=False
+                ),
+                AttributeInfo(
+                    "hugepages-<size>.free", "int", GLOBAL + "/hugepages-<n>kB/free_hugepages", nfd=False
+                ),
             ),
             source=GLOBAL,
         ),
@@ -75,12 +93,19 @@ class HugepagesProbe(Probe):
             frozenset({"instance"}),
             attributes=(
                 AttributeInfo("node", "int", NODES + "/node<N>", nfd=False),
-                AttributeInfo("size", "string", NODES + "/node<N>/hugepages/hugepages-<n>kB", nfd=False,
-                              description="k8s quantity, e.g. 1Gi"),
-                AttributeInfo("total", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/nr_hugepages",
-                              nfd=False),
-                AttributeInfo("free", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/free_hugepages",
-                              nfd=False),
+                AttributeInfo(
+                    "size",
+                    "string",
+                    NODES + "/node<N>/hugepages/hugepages-<n>kB",
+                    nfd=False,
+                    description="k8s quantity, e.g. 1Gi",
+                ),
+                AttributeInfo(
+                    "total", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/nr_hugepages", nfd=False
+                ),
+                AttributeInfo(
+                    "free", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/free_hugepages", nfd=False
+                ),
             ),
             nfd=False,
             source=NODES,

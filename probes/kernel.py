@@ -15,9 +15,10 @@ import gzip
 import re
 import zlib
 
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 OSRELEASE = "/proc/sys/kernel/osrelease"
 MODULES = "/proc/modules"
@@ -74,11 +75,13 @@ def parse_kconfig(text: str) -> dict[str, str]:
         name, sep, value = line.partition("=")
         if not sep:
             continue
-        out[name[len("CONFIG_"):]] = value.strip('"')
+        out[name[len("CONFIG_") :]] = value.strip('"')
     return out
 
 
-def read_kconfig(host: HostRoot, version: str | None, config_file: str | None = None) -> tuple[str, str] | None:
+def read_kconfig(
+    host: HostRoot, version: str | None, config_file: str | None = None
+) -> tuple[str, str] | None:
     """(host path, text) of the first readable kernel config, or None."""
     paths = ([config_file] if config_file else []) + kconfig_search_paths(version)
     for p in paths:
@@ -137,11 +140,18 @@ class KernelProbe(Probe):
             source="/proc/config.gz, /boot/config-<version>, ...",
             description="every CONFIG_X=val as X: val (y, m, number or unquoted string)",
         ),
-        FeatureInfo("kernel.loadedmodule", frozenset({"flag"}), source=MODULES,
-                    description="module names; absent on kernels without /proc/modules"),
-        FeatureInfo("kernel.enabledmodule", frozenset({"flag"}),
-                    source=MODULES + " + /lib/modules/<version>/modules.builtin",
-                    description="loaded plus built-in; absent when modules.builtin is unreadable"),
+        FeatureInfo(
+            "kernel.loadedmodule",
+            frozenset({"flag"}),
+            source=MODULES,
+            description="module names; absent on kernels without /proc/modules",
+        ),
+        FeatureInfo(
+            "kernel.enabledmodule",
+            frozenset({"flag"}),
+            source=MODULES + " + /lib/modules/<version>/modules.builtin",
+            description="loaded plus built-in; absent when modules.builtin is unreadable",
+        ),
         FeatureInfo(
             "kernel.selinux",
             frozenset({"attribute"}),
@@ -195,6 +205,8 @@ class KernelProbe(Probe):
             f.add_flags("kernel.enabledmodule", loaded | parse_builtin_modules(builtin))
 
         enforce = host.read_line(SELINUX_ENFORCE)
-        f.add_attributes("kernel.selinux", {"enabled": str(bool(enforce and enforce.startswith("1"))).lower()})
+        f.add_attributes(
+            "kernel.selinux", {"enabled": str(bool(enforce and enforce.startswith("1"))).lower()}
+        )
         f.add_attributes("kernel.kvm", {"enabled": str(host.exists(KVM_DEVICE)).lower()})
         return out

@@ -17,9 +17,10 @@ import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
+
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
 
 MAX_FILE_SIZE = 64 * 1024
 DIRECTIVE_PREFIX = "# +"
@@ -60,7 +61,7 @@ def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = N
             continue
         if line.startswith("#"):
             if line.startswith(DIRECTIVE_PREFIX):
-                key, sep, value = line[len(DIRECTIVE_PREFIX):].partition("=")
+                key, sep, value = line[len(DIRECTIVE_PREFIX) :].partition("=")
                 if key == "expiry-time":
                     if not sep:
                         out.errors.append(f"{name}:{lineno}: expiry-time directive needs a value")
@@ -95,10 +96,20 @@ def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = N
 class LocalProbe(Probe):
     name = "local"
     features = (
-        FeatureInfo("local.feature", frozenset({"attribute"}), attributes=None,
-                    source="<features.d>/*", description="key=value lines of feature files"),
-        FeatureInfo("local.label", frozenset({"attribute"}), attributes=None,
-                    source="<features.d>/*", description="the same, minus keys marked # +no-label"),
+        FeatureInfo(
+            "local.feature",
+            frozenset({"attribute"}),
+            attributes=None,
+            source="<features.d>/*",
+            description="key=value lines of feature files",
+        ),
+        FeatureInfo(
+            "local.label",
+            frozenset({"attribute"}),
+            attributes=None,
+            source="<features.d>/*",
+            description="the same, minus keys marked # +no-label",
+        ),
     )
 
     def discover(self, host: HostRoot) -> ProbeOutput:

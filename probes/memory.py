@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 NODE_BUS = "/sys/bus/node/devices"
 NODE_SYSTEM = "/sys/devices/system/node"
@@ -102,7 +102,9 @@ class MemoryProbe(Probe):
         f = out.features
         nodes = node_names(host)
         if nodes:
-            f.add_attributes("memory.numa", {"is_numa": str(len(nodes) > 1).lower(), "node_count": str(len(nodes))})
+            f.add_attributes(
+                "memory.numa", {"is_numa": str(len(nodes) > 1).lower(), "node_count": str(len(nodes))}
+            )
         else:
             out.notes.append(f"no NUMA nodes listed in {NODE_BUS} or {NODE_SYSTEM}: memory.numa left out")
 
@@ -133,15 +135,21 @@ class MemoryProbe(Probe):
     def _size(host: HostRoot) -> dict[str, str]:
         if host.root == Path("/"):
             vm, sw = psutil.virtual_memory(), psutil.swap_memory()
-            return {"total_bytes": str(vm.total), "available_bytes": str(vm.available),
-                    "swap_total_bytes": str(sw.total)}
+            return {
+                "total_bytes": str(vm.total),
+                "available_bytes": str(vm.available),
+                "swap_total_bytes": str(sw.total),
+            }
         text = host.read_text(MEMINFO)
         if text is None:
             return {}
         mi = parse_meminfo(text)
         out = {}
-        for attr, key in (("total_bytes", "MemTotal"), ("available_bytes", "MemAvailable"),
-                          ("swap_total_bytes", "SwapTotal")):
+        for attr, key in (
+            ("total_bytes", "MemTotal"),
+            ("available_bytes", "MemAvailable"),
+            ("swap_total_bytes", "SwapTotal"),
+        ):
             if key in mi:
                 out[attr] = str(mi[key])
         return out

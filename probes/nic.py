@@ -11,10 +11,11 @@ We read sysfs rather than psutil.net_if_stats(): psutil reports speed 0 for both
 
 from __future__ import annotations
 
-from nodecompat.features import Features
-from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.sysfs_pci import PCI_DEVICES, pci_address_of
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
 
 NET = "/sys/class/net"
 _I = NET + "/<if>/"
@@ -40,8 +41,13 @@ class NicProbe(Probe):
                 AttributeInfo("sriov_numvfs", "int", _I + "device/sriov_numvfs"),
                 AttributeInfo("sriov_totalvfs", "int", _I + "device/sriov_totalvfs"),
                 AttributeInfo("driver", "string", _I + "device/driver", nfd=False),
-                AttributeInfo("address", "string", _I + "device", nfd=False,
-                              description="PCI address of the function behind the interface"),
+                AttributeInfo(
+                    "address",
+                    "string",
+                    _I + "device",
+                    nfd=False,
+                    description="PCI address of the function behind the interface",
+                ),
                 AttributeInfo("numa_node", "int", PCI_DEVICES + "/<bdf>/numa_node", nfd=False),
             ),
             source=NET,

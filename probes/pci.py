@@ -8,10 +8,11 @@ is kept exactly as the kernel prints it, so "-1" means "no NUMA affinity".
 
 from __future__ import annotations
 
-from nodecompat.features import Features
-from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.sysfs_pci import PCI_DEVICES, list_pci_devices
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
 
 _D = PCI_DEVICES + "/<bdf>/"
 
@@ -31,12 +32,27 @@ class PciProbe(Probe):
                 AttributeInfo("sriov_totalvfs", "int", _D + "sriov_totalvfs"),
                 AttributeInfo("iommu_group/type", "string", _D + "iommu_group/type"),
                 AttributeInfo("iommu/intel-iommu/version", "string", _D + "iommu/intel-iommu/version"),
-                AttributeInfo("address", "string", PCI_DEVICES + "/<bdf>", nfd=False,
-                              description="PCI address (domain:bus:device.function)"),
-                AttributeInfo("driver", "string", _D + "driver", nfd=False,
-                              description="bound driver (symlink target name)"),
-                AttributeInfo("numa_node", "int", _D + "numa_node", nfd=False,
-                              description="-1 when the device has no NUMA affinity"),
+                AttributeInfo(
+                    "address",
+                    "string",
+                    PCI_DEVICES + "/<bdf>",
+                    nfd=False,
+                    description="PCI address (domain:bus:device.function)",
+                ),
+                AttributeInfo(
+                    "driver",
+                    "string",
+                    _D + "driver",
+                    nfd=False,
+                    description="bound driver (symlink target name)",
+                ),
+                AttributeInfo(
+                    "numa_node",
+                    "int",
+                    _D + "numa_node",
+                    nfd=False,
+                    description="-1 when the device has no NUMA affinity",
+                ),
             ),
             source=PCI_DEVICES,
             description="one instance per PCI function",

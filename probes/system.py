@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import re
 
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 OS_RELEASE = "/etc/os-release"
 OS_RELEASE_FALLBACK = "/usr/lib/os-release"
@@ -71,8 +72,14 @@ class SystemProbe(Probe):
         FeatureInfo(
             "system.name",
             frozenset({"attribute"}),
-            attributes=(AttributeInfo("nodename", "string", "$NODE_NAME",
-                                      description="node name (argument, $NODE_NAME, else hostname)"),),
+            attributes=(
+                AttributeInfo(
+                    "nodename",
+                    "string",
+                    "$NODE_NAME",
+                    description="node name (argument, $NODE_NAME, else hostname)",
+                ),
+            ),
             source="$NODE_NAME",
         ),
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from support_hosts import REAL, attrs, copy_fixture, fixture_host, flags, make_unreadable, run
-
 from nodecompat.probes.cpu import CpuProbe, hypervisor_name, parse_cpuinfo
 from nodecompat.probes.cpuid_names import (
     LINUX_TO_KLAUSPOST,
@@ -15,33 +13,251 @@ from nodecompat.probes.cpuid_names import (
     x64_level,
     x86_flags,
 )
+from support_hosts import REAL, attrs, copy_fixture, fixture_host, flags, make_unreadable, run
 
-SPR = set("""X87 SYSEE CMPXCHG8 CMOV MMX FXSR SSE SSE2 HTT SYSCALL NX RDTSCP SSE3 CLMUL VMX SSSE3 FMA3 CX16
-SSE4 SSE42 MOVBE POPCNT AESNI XSAVE AVX F16C RDRAND LAHF LZCNT PPIN IBRS IBPB STIBP BMI1 AVX2 BMI2 ERMS
-AVX512F AVX512DQ RDSEED ADX AVX512IFMA AVX512CD SHA AVX512BW AVX512VL XSAVEOPT XSAVEC XGETBV1 XSAVES AVXVNNI
-AVX512BF16 WBNOINVD AVX512VBMI WAITPKG AVX512VBMI2 GFNI VAES VPCLMULQDQ AVX512VNNI AVX512BITALG TME
-AVX512VPOPCNTDQ CLDEMOTE MOVDIRI MOVDIR64B ENQCMD FSRM MD_CLEAR SERIALIZE TSXLDTRK PCONFIG CETIBT AMXBF16
-AVX512FP16 AMXTILE AMXINT8 FLUSH_L1D IA32_ARCH_CAP OSXSAVE MMXEXT
-X86_64_V1 X86_64_V2 X86_64_V3 X86_64_V4""".split())
+SPR = {
+    "X87",
+    "SYSEE",
+    "CMPXCHG8",
+    "CMOV",
+    "MMX",
+    "FXSR",
+    "SSE",
+    "SSE2",
+    "HTT",
+    "SYSCALL",
+    "NX",
+    "RDTSCP",
+    "SSE3",
+    "CLMUL",
+    "VMX",
+    "SSSE3",
+    "FMA3",
+    "CX16",
+    "SSE4",
+    "SSE42",
+    "MOVBE",
+    "POPCNT",
+    "AESNI",
+    "XSAVE",
+    "AVX",
+    "F16C",
+    "RDRAND",
+    "LAHF",
+    "LZCNT",
+    "PPIN",
+    "IBRS",
+    "IBPB",
+    "STIBP",
+    "BMI1",
+    "AVX2",
+    "BMI2",
+    "ERMS",
+    "AVX512F",
+    "AVX512DQ",
+    "RDSEED",
+    "ADX",
+    "AVX512IFMA",
+    "AVX512CD",
+    "SHA",
+    "AVX512BW",
+    "AVX512VL",
+    "XSAVEOPT",
+    "XSAVEC",
+    "XGETBV1",
+    "XSAVES",
+    "AVXVNNI",
+    "AVX512BF16",
+    "WBNOINVD",
+    "AVX512VBMI",
+    "WAITPKG",
+    "AVX512VBMI2",
+    "GFNI",
+    "VAES",
+    "VPCLMULQDQ",
+    "AVX512VNNI",
+    "AVX512BITALG",
+    "TME",
+    "AVX512VPOPCNTDQ",
+    "CLDEMOTE",
+    "MOVDIRI",
+    "MOVDIR64B",
+    "ENQCMD",
+    "FSRM",
+    "MD_CLEAR",
+    "SERIALIZE",
+    "TSXLDTRK",
+    "PCONFIG",
+    "CETIBT",
+    "AMXBF16",
+    "AVX512FP16",
+    "AMXTILE",
+    "AMXINT8",
+    "FLUSH_L1D",
+    "IA32_ARCH_CAP",
+    "OSXSAVE",
+    "MMXEXT",
+    "X86_64_V1",
+    "X86_64_V2",
+    "X86_64_V3",
+    "X86_64_V4",
+}
 
-GENOA = set("""X87 SYSEE CMPXCHG8 CMOV MMX FXSR SSE SSE2 HTT SYSCALL NX MMXEXT FXSROPT RDTSCP SSE3 CLMUL
-SSSE3 FMA3 CX16 SSE4 SSE42 MOVBE POPCNT AESNI XSAVE AVX F16C RDRAND LAHF SVM LZCNT SSE4A IBS TOPEXT CPBOOST
-IBRS IBPB STIBP BMI1 AVX2 BMI2 ERMS AVX512F AVX512DQ RDSEED ADX AVX512IFMA AVX512CD SHA AVX512BW AVX512VL
-XSAVEOPT XSAVEC XGETBV1 XSAVES AVX512BF16 CLZERO RDPRU WBNOINVD PPIN CPPC SVMNP LBRVIRT NRIPS TSCRATEMSR
-VMCBCLEAN SVMFBASID SVMDA SVMPF SVMPFT AVX512VBMI AVX512VBMI2 GFNI VAES VPCLMULQDQ AVX512VNNI AVX512BITALG
-AVX512VPOPCNTDQ MCAOVERFLOW SUCCOR FSRM FLUSH_L1D OSXSAVE
-X86_64_V1 X86_64_V2 X86_64_V3 X86_64_V4""".split())
+GENOA = {
+    "X87",
+    "SYSEE",
+    "CMPXCHG8",
+    "CMOV",
+    "MMX",
+    "FXSR",
+    "SSE",
+    "SSE2",
+    "HTT",
+    "SYSCALL",
+    "NX",
+    "MMXEXT",
+    "FXSROPT",
+    "RDTSCP",
+    "SSE3",
+    "CLMUL",
+    "SSSE3",
+    "FMA3",
+    "CX16",
+    "SSE4",
+    "SSE42",
+    "MOVBE",
+    "POPCNT",
+    "AESNI",
+    "XSAVE",
+    "AVX",
+    "F16C",
+    "RDRAND",
+    "LAHF",
+    "SVM",
+    "LZCNT",
+    "SSE4A",
+    "IBS",
+    "TOPEXT",
+    "CPBOOST",
+    "IBRS",
+    "IBPB",
+    "STIBP",
+    "BMI1",
+    "AVX2",
+    "BMI2",
+    "ERMS",
+    "AVX512F",
+    "AVX512DQ",
+    "RDSEED",
+    "ADX",
+    "AVX512IFMA",
+    "AVX512CD",
+    "SHA",
+    "AVX512BW",
+    "AVX512VL",
+    "XSAVEOPT",
+    "XSAVEC",
+    "XGETBV1",
+    "XSAVES",
+    "AVX512BF16",
+    "CLZERO",
+    "RDPRU",
+    "WBNOINVD",
+    "PPIN",
+    "CPPC",
+    "SVMNP",
+    "LBRVIRT",
+    "NRIPS",
+    "TSCRATEMSR",
+    "VMCBCLEAN",
+    "SVMFBASID",
+    "SVMDA",
+    "SVMPF",
+    "SVMPFT",
+    "AVX512VBMI",
+    "AVX512VBMI2",
+    "GFNI",
+    "VAES",
+    "VPCLMULQDQ",
+    "AVX512VNNI",
+    "AVX512BITALG",
+    "AVX512VPOPCNTDQ",
+    "MCAOVERFLOW",
+    "SUCCOR",
+    "FSRM",
+    "FLUSH_L1D",
+    "OSXSAVE",
+    "X86_64_V1",
+    "X86_64_V2",
+    "X86_64_V3",
+    "X86_64_V4",
+}
 
-VM = set("""X87 SYSEE CMPXCHG8 CMOV MMX FXSR SSE SSE2 HTT SYSCALL NX MMXEXT FXSROPT RDTSCP SSE3 CLMUL SSSE3
-FMA3 CX16 SSE4 SSE42 MOVBE POPCNT AESNI XSAVE AVX F16C RDRAND HYPERVISOR LAHF LZCNT SSE4A TOPEXT BMI1 AVX2
-BMI2 ERMS RDSEED ADX SHA XSAVEOPT XSAVEC XGETBV1 XSAVES CLZERO VAES VPCLMULQDQ FSRM OSXSAVE
-X86_64_V1 X86_64_V2 X86_64_V3""".split())
+VM = {
+    "X87",
+    "SYSEE",
+    "CMPXCHG8",
+    "CMOV",
+    "MMX",
+    "FXSR",
+    "SSE",
+    "SSE2",
+    "HTT",
+    "SYSCALL",
+    "NX",
+    "MMXEXT",
+    "FXSROPT",
+    "RDTSCP",
+    "SSE3",
+    "CLMUL",
+    "SSSE3",
+    "FMA3",
+    "CX16",
+    "SSE4",
+    "SSE42",
+    "MOVBE",
+    "POPCNT",
+    "AESNI",
+    "XSAVE",
+    "AVX",
+    "F16C",
+    "RDRAND",
+    "HYPERVISOR",
+    "LAHF",
+    "LZCNT",
+    "SSE4A",
+    "TOPEXT",
+    "BMI1",
+    "AVX2",
+    "BMI2",
+    "ERMS",
+    "RDSEED",
+    "ADX",
+    "SHA",
+    "XSAVEOPT",
+    "XSAVEC",
+    "XGETBV1",
+    "XSAVES",
+    "CLZERO",
+    "VAES",
+    "VPCLMULQDQ",
+    "FSRM",
+    "OSXSAVE",
+    "X86_64_V1",
+    "X86_64_V2",
+    "X86_64_V3",
+}
 
 
 def test_h100_exact():
     wire, out = run(CpuProbe(), fixture_host("h100-server"))
     assert flags(wire, "cpu.cpuid") == SPR
-    assert attrs(wire, "cpu.model") == {"vendor_id": "Intel", "family": "6", "id": "143", "hypervisor": "none"}
+    assert attrs(wire, "cpu.model") == {
+        "vendor_id": "Intel",
+        "family": "6",
+        "id": "143",
+        "hypervisor": "none",
+    }
     assert attrs(wire, "cpu.topology") == {"hardware_multithreading": "false", "socket_count": "2"}
     assert out.notes == []
 
@@ -64,7 +280,7 @@ def test_plain_vm_exact():
 def test_real_host_matches_cpuinfo():
     with open("/proc/cpuinfo") as f:
         text = f.read()
-    linux = set()
+    linux: set[str] = set()
     fields: dict[str, str] = {}
     for line in text.splitlines():
         k, _, v = line.partition(":")
@@ -119,19 +335,61 @@ def test_levels():
 
 
 def test_mapping_examples_from_the_brief():
-    got = x86_flags({"avx2", "sse4_1", "sse4_2", "pclmulqdq", "aes", "sha_ni", "fma", "hypervisor", "avx512f",
-                     "vmx", "svm", "not_a_flag"})
-    assert got == {"AVX2", "SSE4", "SSE42", "CLMUL", "AESNI", "SHA", "FMA3", "HYPERVISOR", "AVX512F", "VMX", "SVM"}
+    got = x86_flags(
+        {
+            "avx2",
+            "sse4_1",
+            "sse4_2",
+            "pclmulqdq",
+            "aes",
+            "sha_ni",
+            "fma",
+            "hypervisor",
+            "avx512f",
+            "vmx",
+            "svm",
+            "not_a_flag",
+        }
+    )
+    assert got == {
+        "AVX2",
+        "SSE4",
+        "SSE42",
+        "CLMUL",
+        "AESNI",
+        "SHA",
+        "FMA3",
+        "HYPERVISOR",
+        "AVX512F",
+        "VMX",
+        "SVM",
+    }
 
 
 def test_arm64_cpuinfo():
-    text = ("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
-            "sve sve2 i8mm bf16 smei16i64 unknownfeat\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
-            "CPU variant\t: 0x0\nCPU part\t: 0xd4f\n\nprocessor\t: 1\nFeatures\t: fp\nCPU implementer\t: 0x41\n")
+    text = (
+        "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+        "sve sve2 i8mm bf16 smei16i64 unknownfeat\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+        "CPU variant\t: 0x0\nCPU part\t: 0xd4f\n\nprocessor\t: 1\nFeatures\t: fp\nCPU implementer\t: 0x41\n"
+    )
     info = parse_cpuinfo(text)
     assert info.processors == 2 and info.arm_implementer == 0x41
-    assert nfd_arm64_cpuid(info.arm_features) == {"FP", "ASIMD", "EVTSTRM", "AES", "PMULL", "SHA1", "SHA2",
-                                                  "CRC32", "ATOMICS", "SVE", "SVE2", "I8MM", "BF16", "SMEI16I64"}
+    assert nfd_arm64_cpuid(info.arm_features) == {
+        "FP",
+        "ASIMD",
+        "EVTSTRM",
+        "AES",
+        "PMULL",
+        "SHA1",
+        "SHA2",
+        "CRC32",
+        "ATOMICS",
+        "SVE",
+        "SVE2",
+        "I8MM",
+        "BF16",
+        "SMEI16I64",
+    }
 
 
 def test_arm64_host(tmp_path):
@@ -139,14 +397,17 @@ def test_arm64_host(tmp_path):
 
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/cpuinfo").write_text(
-        "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0xc0\nCPU part\t: 0xac3\n")
+        "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0xc0\nCPU part\t: 0xac3\n"
+    )
     wire, _ = run(CpuProbe(), HostRoot(tmp_path))
     assert flags(wire, "cpu.cpuid") == {"FP", "ASIMD"}
     assert attrs(wire, "cpu.model") == {"vendor_id": "Ampere"}
     assert attrs(wire, "cpu.topology") is None
 
 
-@pytest.mark.parametrize("junk", ["", "\n\n\n", "flags: avx\n", "processor: 0\nvendor_id\n::::\n", "\x00\xff"])
+@pytest.mark.parametrize(
+    "junk", ["", "\n\n\n", "flags: avx\n", "processor: 0\nvendor_id\n::::\n", "\x00\xff"]
+)
 def test_parse_cpuinfo_tolerates_junk(junk):
     info = parse_cpuinfo(junk)
     assert info.processors <= 1

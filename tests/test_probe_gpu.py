@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from support_hosts import REAL, attrs, copy_fixture, fixture_host, instances, make_unreadable, run
-
 from nodecompat.probes.gpu import GpuProbe, nvml_bus_id
 from nodecompat.probes.nvidia_info import (
     compute_capability,
@@ -17,17 +15,44 @@ from nodecompat.probes.nvidia_info import (
     split_version,
 )
 from nodecompat.probes.pci_ids import lookup, marketing_name
+from support_hosts import REAL, attrs, copy_fixture, fixture_host, instances, make_unreadable, run
 
-H100_ADDRS = [("0000:18:00.0", "0"), ("0000:2a:00.0", "0"), ("0000:3a:00.0", "0"), ("0000:5d:00.0", "0"),
-              ("0000:9a:00.0", "1"), ("0000:ab:00.0", "1"), ("0000:ba:00.0", "1"), ("0000:db:00.0", "1")]
-H100_DRIVER = {"name": "nvidia", "version": "550.54.15", "major": "550", "minor": "54", "revision": "15",
-               "cuda_version": "12.4", "cuda_major": "12", "cuda_minor": "4"}
+H100_ADDRS = [
+    ("0000:18:00.0", "0"),
+    ("0000:2a:00.0", "0"),
+    ("0000:3a:00.0", "0"),
+    ("0000:5d:00.0", "0"),
+    ("0000:9a:00.0", "1"),
+    ("0000:ab:00.0", "1"),
+    ("0000:ba:00.0", "1"),
+    ("0000:db:00.0", "1"),
+]
+H100_DRIVER = {
+    "name": "nvidia",
+    "version": "550.54.15",
+    "major": "550",
+    "minor": "54",
+    "revision": "15",
+    "cuda_version": "12.4",
+    "cuda_major": "12",
+    "cuda_minor": "4",
+}
 
 
 def _h100(addr: str, numa: str, product: str = "NVIDIA H100 80GB HBM3") -> dict[str, str]:
-    return {"vendor": "nvidia", "vendor_id": "10de", "device_id": "2330", "class": "0302", "address": addr,
-            "numa_node": numa, "driver": "nvidia", "driver_version": "550.54.15", "product": product,
-            "compute_major": "9", "compute_minor": "0"}
+    return {
+        "vendor": "nvidia",
+        "vendor_id": "10de",
+        "device_id": "2330",
+        "class": "0302",
+        "address": addr,
+        "numa_node": numa,
+        "driver": "nvidia",
+        "driver_version": "550.54.15",
+        "product": product,
+        "compute_major": "9",
+        "compute_minor": "0",
+    }
 
 
 def test_h100_exact():
@@ -40,14 +65,27 @@ def test_h100_exact():
 
 def test_mi300_exact():
     wire, out = run(GpuProbe(), fixture_host("amd-mi300"))
-    base = {"vendor": "amd", "vendor_id": "1002", "device_id": "74a1", "class": "1200", "driver": "amdgpu",
-            "driver_version": "6.3.6", "memory": "196608", "product": "Instinct MI300X"}
+    base = {
+        "vendor": "amd",
+        "vendor_id": "1002",
+        "device_id": "74a1",
+        "class": "1200",
+        "driver": "amdgpu",
+        "driver_version": "6.3.6",
+        "memory": "196608",
+        "product": "Instinct MI300X",
+    }
     assert instances(wire, "gpu.device") == [
         {**base, "address": "0000:05:00.0", "numa_node": "0"},
         {**base, "address": "0000:85:00.0", "numa_node": "1"},
     ]
-    assert attrs(wire, "gpu.driver") == {"name": "amdgpu", "version": "6.3.6", "major": "6", "minor": "3",
-                                         "revision": "6"}
+    assert attrs(wire, "gpu.driver") == {
+        "name": "amdgpu",
+        "version": "6.3.6",
+        "major": "6",
+        "minor": "3",
+        "revision": "6",
+    }
     assert out.notes == []
 
 
@@ -117,10 +155,18 @@ def test_gpu_bound_to_vfio_gets_no_driver_version(tmp_path):
 
 
 def test_nvrm_banner_parsing():
-    assert parse_nvrm_version(
-        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n") == "550.54.15"
-    assert parse_nvrm_version(
-        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.104.05  Release Build\n") == "535.104.05"
+    assert (
+        parse_nvrm_version(
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n"
+        )
+        == "550.54.15"
+    )
+    assert (
+        parse_nvrm_version(
+            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.104.05  Release Build\n"
+        )
+        == "535.104.05"
+    )
     assert parse_nvrm_version("garbage\n") is None
 
 
@@ -129,21 +175,32 @@ def test_information_parsing():
     assert info == {"Model": "NVIDIA A100-SXM4-80GB", "Bus Location": "0000:07:00.0"}
 
 
-@pytest.mark.parametrize(("version", "expected"), [
-    ("550.54.15", {"major": "550", "minor": "54", "revision": "15"}),
-    ("535.104.05", {"major": "535", "minor": "104", "revision": "05"}),
-    ("470.82", {"major": "470", "minor": "82"}),
-    ("6.3.6-rc1", {"major": "6", "minor": "3"}),
-    ("", {}),
-])
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("550.54.15", {"major": "550", "minor": "54", "revision": "15"}),
+        ("535.104.05", {"major": "535", "minor": "104", "revision": "05"}),
+        ("470.82", {"major": "470", "minor": "82"}),
+        ("6.3.6-rc1", {"major": "6", "minor": "3"}),
+        ("", {}),
+    ],
+)
 def test_split_version(version, expected):
     assert split_version(version) == expected
 
 
-@pytest.mark.parametrize(("driver", "cuda"), [
-    ("550.54.15", "12.4"), ("550.54.14", "12.4"), ("550.40.07", "12.3"), ("535.104.05", "12.2"),
-    ("580.65.06", "13.0"), ("440.33.01", None), ("bogus", None),
-])
+@pytest.mark.parametrize(
+    ("driver", "cuda"),
+    [
+        ("550.54.15", "12.4"),
+        ("550.54.14", "12.4"),
+        ("550.40.07", "12.3"),
+        ("535.104.05", "12.2"),
+        ("580.65.06", "13.0"),
+        ("440.33.01", None),
+        ("bogus", None),
+    ],
+)
 def test_cuda_for_driver(driver, cuda):
     assert cuda_for_driver(driver) == cuda
 
@@ -159,10 +216,16 @@ def test_compute_capability_and_nvml_helpers():
 
 
 def test_pci_ids_lookup():
-    text = ("10de  NVIDIA Corporation\n\t2330  GH100 [H100 SXM5 80GB]\n\t\t10de 16c1  H100 SXM5 80GB\n"
-            "\t2331  GH100 [H100 PCIe]\n1002  AMD\nC 03  Display controller\n")
+    text = (
+        "10de  NVIDIA Corporation\n\t2330  GH100 [H100 SXM5 80GB]\n\t\t10de 16c1  H100 SXM5 80GB\n"
+        "\t2331  GH100 [H100 PCIe]\n1002  AMD\nC 03  Display controller\n"
+    )
     n = lookup(text, "10DE", "2330", "10de", "16c1")
-    assert (n.vendor, n.device, n.subsystem) == ("NVIDIA Corporation", "GH100 [H100 SXM5 80GB]", "H100 SXM5 80GB")
+    assert (n.vendor, n.device, n.subsystem) == (
+        "NVIDIA Corporation",
+        "GH100 [H100 SXM5 80GB]",
+        "H100 SXM5 80GB",
+    )
     n = lookup(text, "10de", "2331", "10de", "0000")
     assert (n.device, n.subsystem) == ("GH100 [H100 PCIe]", None)
     assert lookup(text, "abcd", "0001") == lookup("", "10de", "2330")

@@ -9,7 +9,6 @@ import threading
 import uuid
 
 import pytest
-
 from nodecompat.probes.hotplug import HotplugWatcher, _summarise
 
 
@@ -30,8 +29,9 @@ def _can_watch() -> bool:
     return ok
 
 
-needs_netlink = pytest.mark.skipif(os.geteuid() != 0 or not _can_watch(),
-                                   reason="needs root and a uevent netlink socket")
+needs_netlink = pytest.mark.skipif(
+    os.geteuid() != 0 or not _can_watch(), reason="needs root and a uevent netlink socket"
+)
 
 
 @needs_netlink
@@ -117,11 +117,15 @@ def test_start_without_netlink_returns_false(monkeypatch):
     w = HotplugWatcher(lambda _d: None)
     assert w.start() is False
     assert not w.running
-    assert w.why_unavailable == "uevent netlink monitor unavailable: PermissionError: [Errno 1] Operation not permitted"
+    assert (
+        w.why_unavailable
+        == "uevent netlink monitor unavailable: PermissionError: [Errno 1] Operation not permitted"
+    )
     w.stop()  # harmless
 
 
 def test_summarise():
     assert _summarise(["add net a", "add net a", "remove net b"]) == "add net a, remove net b"
     assert _summarise([f"add pci {i}" for i in range(7)]) == (
-        "add pci 0, add pci 1, add pci 2, add pci 3, add pci 4 (+2 more)")
+        "add pci 0, add pci 1, add pci 2, add pci 3, add pci 4 (+2 more)"
+    )

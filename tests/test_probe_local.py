@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
+from nodecompat.probes.local import MAX_FILE_SIZE, LocalProbe, parse_feature_file
 from support_hosts import attrs, copy_fixture, fixture_host, run
 
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.local import MAX_FILE_SIZE, LocalProbe, parse_feature_file
 
-GFD = {"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-       "nvidia.com/gpu.memory": "81559", "nvidia.com/cuda.driver-version.full": "550.54.15"}
+GFD = {
+    "nvidia.com/gpu.count": "8",
+    "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+    "nvidia.com/gpu.memory": "81559",
+    "nvidia.com/cuda.driver-version.full": "550.54.15",
+}
 
 
 def test_h100_exact():
@@ -27,7 +31,9 @@ def test_other_fixtures_have_no_features_d():
     for name in ("amd-mi300", "plain-vm"):
         wire, out = run(LocalProbe(), fixture_host(name))
         assert attrs(wire, "local.feature") == {} and attrs(wire, "local.label") == {}
-        assert out.notes == ["feature file directory /etc/kubernetes/node-feature-discovery/features.d does not exist"]
+        assert out.notes == [
+            "feature file directory /etc/kubernetes/node-feature-discovery/features.d does not exist"
+        ]
 
 
 def test_custom_features_d_location(tmp_path):
@@ -57,11 +63,27 @@ def test_file_rules(tmp_path):
 
 def test_directives():
     now = datetime(2025, 6, 1, tzinfo=UTC)
-    text = "\n".join([
-        "a", "b=2", "# plain comment", "# +no-feature", "c=3", "d=4", "# +no-label", "a=label-gone",
-        "# +expiry-time=2030-01-01T00:00:00Z", "e=5", "# +expiry-time=2020-01-01T00:00:00+02:00", "f=6",
-        "# +bogus", "# +expiry-time=yesterday", "# +expiry-time", "  g = 7  ", "",
-    ])
+    text = "\n".join(
+        [
+            "a",
+            "b=2",
+            "# plain comment",
+            "# +no-feature",
+            "c=3",
+            "d=4",
+            "# +no-label",
+            "a=label-gone",
+            "# +expiry-time=2030-01-01T00:00:00Z",
+            "e=5",
+            "# +expiry-time=2020-01-01T00:00:00+02:00",
+            "f=6",
+            "# +bogus",
+            "# +expiry-time=yesterday",
+            "# +expiry-time",
+            "  g = 7  ",
+            "",
+        ]
+    )
     parsed = parse_feature_file(text, "t", now=now)
     # expiry 2020 stays in force after the bad directives, so g is dropped too.
     assert parsed.features == {"a": "label-gone", "b": "2", "d": "4", "e": "5"}
@@ -81,4 +103,6 @@ def test_value_edge_cases():
 def test_expiry_without_zone_is_an_error():
     parsed = parse_feature_file("# +expiry-time=2030-01-01T00:00:00\nk=1\n", "f")
     assert parsed.features == {"k": "1"}
-    assert parsed.errors == ["f:1: bad expiry-time: RFC3339 time without a zone offset: '2030-01-01T00:00:00'"]
+    assert parsed.errors == [
+        "f:1: bad expiry-time: RFC3339 time without a zone offset: '2030-01-01T00:00:00'"
+    ]

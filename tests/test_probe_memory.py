@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
+from nodecompat.probes.memory import MemoryProbe, parse_meminfo, swap_enabled
 from support_hosts import REAL, attrs, copy_fixture, fixture_host, instances, make_unreadable, run
 
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.memory import MemoryProbe, parse_meminfo, swap_enabled
 
 
 def test_h100_exact():
@@ -15,8 +15,13 @@ def test_h100_exact():
     assert wire["attributes"] == {
         "memory.numa": {"elements": {"is_numa": "true", "node_count": "2"}},
         "memory.swap": {"elements": {"enabled": "false"}},
-        "memory.size": {"elements": {"available_bytes": str(1990341764 * 1024), "swap_total_bytes": "0",
-                                     "total_bytes": str(2113628360 * 1024)}},
+        "memory.size": {
+            "elements": {
+                "available_bytes": str(1990341764 * 1024),
+                "swap_total_bytes": "0",
+                "total_bytes": str(2113628360 * 1024),
+            }
+        },
     }
     assert instances(wire, "memory.nv") == []
     assert out.notes == []
@@ -26,23 +31,31 @@ def test_mi300_exact():
     wire, _ = run(MemoryProbe(), fixture_host("amd-mi300"))
     assert attrs(wire, "memory.numa") == {"is_numa": "true", "node_count": "2"}
     assert attrs(wire, "memory.swap") == {"enabled": "true"}
-    assert attrs(wire, "memory.size") == {"total_bytes": str(1584842752 * 1024),
-                                          "available_bytes": str(1501234567 * 1024),
-                                          "swap_total_bytes": str(4194300 * 1024)}
+    assert attrs(wire, "memory.size") == {
+        "total_bytes": str(1584842752 * 1024),
+        "available_bytes": str(1501234567 * 1024),
+        "swap_total_bytes": str(4194300 * 1024),
+    }
 
 
 def test_plain_vm_exact():
     wire, _ = run(MemoryProbe(), fixture_host("plain-vm"))
     assert attrs(wire, "memory.numa") == {"is_numa": "false", "node_count": "1"}
     assert attrs(wire, "memory.swap") == {"enabled": "false"}
-    assert attrs(wire, "memory.size") == {"total_bytes": str(24117248 * 1024),
-                                          "available_bytes": str(23000000 * 1024), "swap_total_bytes": "0"}
+    assert attrs(wire, "memory.size") == {
+        "total_bytes": str(24117248 * 1024),
+        "available_bytes": str(23000000 * 1024),
+        "swap_total_bytes": "0",
+    }
 
 
 def test_real_host():
     wire, _ = run(MemoryProbe(), REAL)
     nodes = os.listdir("/sys/bus/node/devices")
-    assert attrs(wire, "memory.numa") == {"is_numa": str(len(nodes) > 1).lower(), "node_count": str(len(nodes))}
+    assert attrs(wire, "memory.numa") == {
+        "is_numa": str(len(nodes) > 1).lower(),
+        "node_count": str(len(nodes)),
+    }
     with open("/proc/swaps") as f:
         swap_lines = [ln for ln in f.read().splitlines() if ln.strip()]
     assert attrs(wire, "memory.swap") == {"enabled": str(len(swap_lines) > 1).lower()}
@@ -60,7 +73,10 @@ def test_unreadable_files(tmp_path):
     wire, out = run(MemoryProbe(), host)
     assert attrs(wire, "memory.swap") is None and attrs(wire, "memory.size") is None
     assert attrs(wire, "memory.numa") == {"is_numa": "true", "node_count": "2"}
-    assert out.notes == ["/proc/swaps unreadable: memory.swap left out", "/proc/meminfo unreadable: memory.size left out"]
+    assert out.notes == [
+        "/proc/swaps unreadable: memory.swap left out",
+        "/proc/meminfo unreadable: memory.size left out",
+    ]
 
 
 def test_numa_fallback_and_nvdimm(tmp_path):
@@ -73,9 +89,14 @@ def test_numa_fallback_and_nvdimm(tmp_path):
     (nd / "dax0.0/devtype").write_text("nd_dax\n")
     (nd / "dax0.0/mode").write_text("devdax\n")
     wire, _ = run(MemoryProbe(), host)
-    assert attrs(wire, "memory.numa") == {"is_numa": "false", "node_count": "1"}  # from /sys/devices/system/node
-    assert instances(wire, "memory.nv") == [{"name": "dax0.0", "devtype": "nd_dax", "mode": "devdax"},
-                                            {"name": "region0", "devtype": "nd_region"}]
+    assert attrs(wire, "memory.numa") == {
+        "is_numa": "false",
+        "node_count": "1",
+    }  # from /sys/devices/system/node
+    assert instances(wire, "memory.nv") == [
+        {"name": "dax0.0", "devtype": "nd_dax", "mode": "devdax"},
+        {"name": "region0", "devtype": "nd_region"},
+    ]
 
 
 def test_empty_root(tmp_path):
@@ -86,7 +107,9 @@ def test_empty_root(tmp_path):
 
 def test_parsers():
     assert parse_meminfo("MemTotal:  100 kB\nHugePages_Total:   4\nbad line\nX: notanumber kB\n") == {
-        "MemTotal": 102400, "HugePages_Total": 4}
+        "MemTotal": 102400,
+        "HugePages_Total": 4,
+    }
     assert swap_enabled("Filename Type Size Used Priority\n") is False
     assert swap_enabled("Filename Type\n/swapfile file 100 0 -2\n\n") is True
     assert swap_enabled("") is False

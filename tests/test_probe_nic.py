@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import os
 
-from support_hosts import REAL, copy_fixture, fixture_host, instances, make_unreadable, run
-
 from nodecompat.probes.nic import NicProbe
+from support_hosts import REAL, copy_fixture, fixture_host, instances, make_unreadable, run
 
 
 def _cx7(name: str, addr: str, numa: str) -> dict[str, str]:
-    return {"name": name, "operstate": "up", "speed": "400000", "mtu": "9000", "sriov_numvfs": "8",
-            "sriov_totalvfs": "16", "driver": "mlx5_core", "address": addr, "numa_node": numa}
+    return {
+        "name": name,
+        "operstate": "up",
+        "speed": "400000",
+        "mtu": "9000",
+        "sriov_numvfs": "8",
+        "sriov_totalvfs": "16",
+        "driver": "mlx5_core",
+        "address": addr,
+        "numa_node": numa,
+    }
 
 
 def test_h100_exact():
     wire, out = run(NicProbe(), fixture_host("h100-server"))
-    assert instances(wire, "network.device") == [_cx7("ens1f0np0", "0000:1a:00.0", "0"),
-                                                 _cx7("ens2f0np0", "0000:9c:00.0", "1")]
+    assert instances(wire, "network.device") == [
+        _cx7("ens1f0np0", "0000:1a:00.0", "0"),
+        _cx7("ens2f0np0", "0000:9c:00.0", "1"),
+    ]
     # bonding_masters is skipped; virtual interfaces have no speed file here.
     assert instances(wire, "network.virtual") == [
         {"name": "docker0", "operstate": "down", "mtu": "1500"},
@@ -29,8 +39,16 @@ def test_h100_exact():
 def test_mi300_exact():
     wire, _ = run(NicProbe(), fixture_host("amd-mi300"))
     assert instances(wire, "network.device") == [
-        {"name": "ens10f0np0", "operstate": "up", "speed": "100000", "mtu": "1500", "driver": "bnxt_en",
-         "address": "0000:41:00.0", "numa_node": "0"}]
+        {
+            "name": "ens10f0np0",
+            "operstate": "up",
+            "speed": "100000",
+            "mtu": "1500",
+            "driver": "bnxt_en",
+            "address": "0000:41:00.0",
+            "numa_node": "0",
+        }
+    ]
     assert instances(wire, "network.virtual") == [{"name": "lo", "operstate": "unknown", "mtu": "65536"}]
 
 
@@ -38,8 +56,16 @@ def test_plain_vm_exact():
     wire, _ = run(NicProbe(), fixture_host("plain-vm"))
     # virtio-net: speed -1 kept as the file says; driver from the virtio child; BDF from its parent.
     assert instances(wire, "network.device") == [
-        {"name": "eth0", "operstate": "up", "speed": "-1", "mtu": "1400", "driver": "virtio_net",
-         "address": "0000:00:03.0", "numa_node": "-1"}]
+        {
+            "name": "eth0",
+            "operstate": "up",
+            "speed": "-1",
+            "mtu": "1400",
+            "driver": "virtio_net",
+            "address": "0000:00:03.0",
+            "numa_node": "-1",
+        }
+    ]
     assert instances(wire, "network.virtual") == [
         {"name": "ifb0", "operstate": "down", "mtu": "1500"},
         {"name": "ifb1", "operstate": "down", "mtu": "1500"},
@@ -79,8 +105,14 @@ def test_unreadable_values_omitted(tmp_path):
     os.unlink(host.path(f"{base}/mtu"))
     wire, _ = run(NicProbe(), host)
     first = (instances(wire, "network.device") or [])[0]
-    assert first == {"name": "ens1f0np0", "operstate": "up", "sriov_totalvfs": "16", "driver": "mlx5_core",
-                     "address": "0000:1a:00.0", "numa_node": "0"}
+    assert first == {
+        "name": "ens1f0np0",
+        "operstate": "up",
+        "sriov_totalvfs": "16",
+        "driver": "mlx5_core",
+        "address": "0000:1a:00.0",
+        "numa_node": "0",
+    }
 
 
 def test_no_net_dir(tmp_path):

@@ -4,35 +4,68 @@ from __future__ import annotations
 
 import os
 
+from nodecompat.probes.pci import PciProbe
+from nodecompat.probes.sysfs_pci import class_code, pci_address_of, strip_hex
 from support_hosts import REAL, copy_fixture, fixture_host, instances, make_unreadable, run
 
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.pci import PciProbe
-from nodecompat.probes.sysfs_pci import class_code, pci_address_of, strip_hex
 
 H100_GPUS = [
-    ("0000:18:00.0", "0"), ("0000:2a:00.0", "0"), ("0000:3a:00.0", "0"), ("0000:5d:00.0", "0"),
-    ("0000:9a:00.0", "1"), ("0000:ab:00.0", "1"), ("0000:ba:00.0", "1"), ("0000:db:00.0", "1"),
+    ("0000:18:00.0", "0"),
+    ("0000:2a:00.0", "0"),
+    ("0000:3a:00.0", "0"),
+    ("0000:5d:00.0", "0"),
+    ("0000:9a:00.0", "1"),
+    ("0000:ab:00.0", "1"),
+    ("0000:ba:00.0", "1"),
+    ("0000:db:00.0", "1"),
 ]
 
 
 def _h100_gpu(addr: str, numa: str) -> dict[str, str]:
-    return {"address": addr, "class": "0302", "vendor": "10de", "device": "2330", "subsystem_vendor": "10de",
-            "subsystem_device": "16c1", "driver": "nvidia", "iommu_group/type": "identity", "numa_node": numa}
+    return {
+        "address": addr,
+        "class": "0302",
+        "vendor": "10de",
+        "device": "2330",
+        "subsystem_vendor": "10de",
+        "subsystem_device": "16c1",
+        "driver": "nvidia",
+        "iommu_group/type": "identity",
+        "numa_node": numa,
+    }
 
 
 def _cx7(addr: str, numa: str) -> dict[str, str]:
-    return {"address": addr, "class": "0200", "vendor": "15b3", "device": "1021", "subsystem_vendor": "15b3",
-            "subsystem_device": "0041", "driver": "mlx5_core", "iommu_group/type": "identity",
-            "sriov_totalvfs": "16", "numa_node": numa}
+    return {
+        "address": addr,
+        "class": "0200",
+        "vendor": "15b3",
+        "device": "1021",
+        "subsystem_vendor": "15b3",
+        "subsystem_device": "0041",
+        "driver": "mlx5_core",
+        "iommu_group/type": "identity",
+        "sriov_totalvfs": "16",
+        "numa_node": numa,
+    }
 
 
 def test_h100_exact():
     wire, out = run(PciProbe(), fixture_host("h100-server"))
     gpus = {a: _h100_gpu(a, n) for a, n in H100_GPUS}
     nics = {"0000:1a:00.0": _cx7("0000:1a:00.0", "0"), "0000:9c:00.0": _cx7("0000:9c:00.0", "1")}
-    bridge = {"0000:00:00.0": {"address": "0000:00:00.0", "class": "0880", "vendor": "8086", "device": "09a2",
-                               "subsystem_vendor": "15d9", "subsystem_device": "1d4c", "numa_node": "0"}}
+    bridge = {
+        "0000:00:00.0": {
+            "address": "0000:00:00.0",
+            "class": "0880",
+            "vendor": "8086",
+            "device": "09a2",
+            "subsystem_vendor": "15d9",
+            "subsystem_device": "1d4c",
+            "numa_node": "0",
+        }
+    }
     expected = [v for _, v in sorted({**gpus, **nics, **bridge}.items())]
     assert instances(wire, "pci.device") == expected
     assert out.notes == []
@@ -41,12 +74,27 @@ def test_h100_exact():
 
 def test_mi300_exact():
     wire, _ = run(PciProbe(), fixture_host("amd-mi300"))
-    mi300 = {"class": "1200", "vendor": "1002", "device": "74a1", "subsystem_vendor": "1002",
-             "subsystem_device": "74a1", "driver": "amdgpu", "iommu_group/type": "DMA-FQ"}
+    mi300 = {
+        "class": "1200",
+        "vendor": "1002",
+        "device": "74a1",
+        "subsystem_vendor": "1002",
+        "subsystem_device": "74a1",
+        "driver": "amdgpu",
+        "iommu_group/type": "DMA-FQ",
+    }
     assert instances(wire, "pci.device") == [
         {**mi300, "address": "0000:05:00.0", "numa_node": "0"},
-        {"address": "0000:41:00.0", "class": "0200", "vendor": "14e4", "device": "1750", "subsystem_vendor": "14e4",
-         "subsystem_device": "2100", "driver": "bnxt_en", "numa_node": "0"},
+        {
+            "address": "0000:41:00.0",
+            "class": "0200",
+            "vendor": "14e4",
+            "device": "1750",
+            "subsystem_vendor": "14e4",
+            "subsystem_device": "2100",
+            "driver": "bnxt_en",
+            "numa_node": "0",
+        },
         {**mi300, "address": "0000:85:00.0", "numa_node": "1"},
     ]
 
@@ -55,12 +103,27 @@ def test_plain_vm_exact():
     wire, _ = run(PciProbe(), fixture_host("plain-vm"))
 
     def virtio(addr: str, dev: str, cls: str) -> dict[str, str]:
-        return {"address": addr, "class": cls, "vendor": "1af4", "device": dev, "subsystem_vendor": "1af4",
-                "subsystem_device": dev, "driver": "virtio-pci", "numa_node": "-1"}
+        return {
+            "address": addr,
+            "class": cls,
+            "vendor": "1af4",
+            "device": dev,
+            "subsystem_vendor": "1af4",
+            "subsystem_device": dev,
+            "driver": "virtio-pci",
+            "numa_node": "-1",
+        }
 
     assert instances(wire, "pci.device") == [
-        {"address": "0000:00:00.0", "class": "0600", "vendor": "8086", "device": "0d57",
-         "subsystem_vendor": "0000", "subsystem_device": "0000", "numa_node": "-1"},
+        {
+            "address": "0000:00:00.0",
+            "class": "0600",
+            "vendor": "8086",
+            "device": "0d57",
+            "subsystem_vendor": "0000",
+            "subsystem_device": "0000",
+            "numa_node": "-1",
+        },
         virtio("0000:00:01.0", "1045", "ffff"),
         virtio("0000:00:02.0", "1042", "0180"),
         virtio("0000:00:03.0", "1041", "0200"),
@@ -92,7 +155,11 @@ def test_device_skipped_when_mandatory_file_unreadable(tmp_path):
     os.unlink(host.path("/sys/bus/pci/devices/0000:00:04.0/vendor"))
     wire, out = run(PciProbe(), host)
     assert [i["address"] for i in instances(wire, "pci.device") or []] == [
-        "0000:00:00.0", "0000:00:01.0", "0000:00:03.0", "0000:00:05.0"]
+        "0000:00:00.0",
+        "0000:00:01.0",
+        "0000:00:03.0",
+        "0000:00:05.0",
+    ]
     assert out.notes == ["2 PCI device(s) skipped: a mandatory sysfs file was unreadable"]
 
 
@@ -104,8 +171,15 @@ def test_optional_values_omitted_when_unreadable(tmp_path):
     os.unlink(host.path(f"{dev}/driver"))
     wire, _ = run(PciProbe(), host)
     nic = next(i for i in instances(wire, "pci.device") or [] if i["address"] == "0000:1a:00.0")
-    assert nic == {"address": "0000:1a:00.0", "class": "0200", "vendor": "15b3", "device": "1021",
-                   "subsystem_vendor": "15b3", "subsystem_device": "0041", "iommu_group/type": "identity"}
+    assert nic == {
+        "address": "0000:1a:00.0",
+        "class": "0200",
+        "vendor": "15b3",
+        "device": "1021",
+        "subsystem_vendor": "15b3",
+        "subsystem_device": "0041",
+        "iommu_group/type": "identity",
+    }
 
 
 def test_missing_sysfs_gives_empty_feature(tmp_path):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from support_hosts import REAL, attrs, copy_fixture, fixture_host, make_unreadable, run
-
 from nodecompat.probes.system import SystemProbe, parse_os_release
+from support_hosts import REAL, attrs, copy_fixture, fixture_host, make_unreadable, run
 
 
 @pytest.fixture(autouse=True)
@@ -16,13 +15,24 @@ def _no_node_name_env(monkeypatch):
 def test_h100_exact():
     wire, out = run(SystemProbe(node_name="gpu-node-01.example"), fixture_host("h100-server"))
     assert wire["attributes"] == {
-        "system.osrelease": {"elements": {
-            "HOME_URL": "https://www.ubuntu.com/", "ID": "ubuntu", "ID_LIKE": "debian", "NAME": "Ubuntu",
-            "PRETTY_NAME": "Ubuntu 22.04.3 LTS", "UBUNTU_CODENAME": "jammy",
-            "VERSION": "22.04.3 LTS (Jammy Jellyfish)", "VERSION_CODENAME": "jammy", "VERSION_ID": "22.04",
-            "VERSION_ID.major": "22", "VERSION_ID.minor": "04"}},
-        "system.dmiid": {"elements": {"bios_version": "2.1", "product_name": "SYS-821GE-TNHR",
-                                      "sys_vendor": "Supermicro"}},
+        "system.osrelease": {
+            "elements": {
+                "HOME_URL": "https://www.ubuntu.com/",
+                "ID": "ubuntu",
+                "ID_LIKE": "debian",
+                "NAME": "Ubuntu",
+                "PRETTY_NAME": "Ubuntu 22.04.3 LTS",
+                "UBUNTU_CODENAME": "jammy",
+                "VERSION": "22.04.3 LTS (Jammy Jellyfish)",
+                "VERSION_CODENAME": "jammy",
+                "VERSION_ID": "22.04",
+                "VERSION_ID.major": "22",
+                "VERSION_ID.minor": "04",
+            }
+        },
+        "system.dmiid": {
+            "elements": {"bios_version": "2.1", "product_name": "SYS-821GE-TNHR", "sys_vendor": "Supermicro"}
+        },
         "system.name": {"elements": {"nodename": "gpu-node-01.example"}},
     }
     assert out.notes == []
@@ -32,10 +42,18 @@ def test_mi300_exact_and_env_node_name(monkeypatch):
     monkeypatch.setenv("NODE_NAME", "mi300-node")
     wire, _ = run(SystemProbe(), fixture_host("amd-mi300"))
     assert attrs(wire, "system.osrelease") == {
-        "NAME": "Red Hat Enterprise Linux", "VERSION": "9.3 (Plow)", "ID": "rhel", "ID_LIKE": "fedora",
-        "VERSION_ID": "9.3", "PLATFORM_ID": "platform:el9", "PRETTY_NAME": "Red Hat Enterprise Linux 9.3 (Plow)",
-        "ANSI_COLOR": "0;31", "CPE_NAME": "cpe:/o:redhat:enterprise_linux:9::baseos",
-        "VERSION_ID.major": "9", "VERSION_ID.minor": "3"}
+        "NAME": "Red Hat Enterprise Linux",
+        "VERSION": "9.3 (Plow)",
+        "ID": "rhel",
+        "ID_LIKE": "fedora",
+        "VERSION_ID": "9.3",
+        "PLATFORM_ID": "platform:el9",
+        "PRETTY_NAME": "Red Hat Enterprise Linux 9.3 (Plow)",
+        "ANSI_COLOR": "0;31",
+        "CPE_NAME": "cpe:/o:redhat:enterprise_linux:9::baseos",
+        "VERSION_ID.major": "9",
+        "VERSION_ID.minor": "3",
+    }
     assert attrs(wire, "system.dmiid") is None
     assert attrs(wire, "system.name") == {"nodename": "mi300-node"}
 
@@ -43,10 +61,17 @@ def test_mi300_exact_and_env_node_name(monkeypatch):
 def test_plain_vm_exact_hostname_fallback():
     wire, out = run(SystemProbe(), fixture_host("plain-vm"))
     assert attrs(wire, "system.osrelease") == {
-        "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)", "NAME": "Debian GNU/Linux", "VERSION_ID": "12",
-        "VERSION": "12 (bookworm)", "VERSION_CODENAME": "bookworm", "ID": "debian",
-        "HOME_URL": "https://www.debian.org/", "SUPPORT_URL": "https://www.debian.org/support",
-        "BUG_REPORT_URL": "https://bugs.debian.org/", "VERSION_ID.major": "12"}
+        "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)",
+        "NAME": "Debian GNU/Linux",
+        "VERSION_ID": "12",
+        "VERSION": "12 (bookworm)",
+        "VERSION_CODENAME": "bookworm",
+        "ID": "debian",
+        "HOME_URL": "https://www.debian.org/",
+        "SUPPORT_URL": "https://www.debian.org/support",
+        "BUG_REPORT_URL": "https://bugs.debian.org/",
+        "VERSION_ID.major": "12",
+    }
     assert attrs(wire, "system.name") == {"nodename": "sandbox"}
     assert out.notes == ["NODE_NAME not set: nodename taken from /proc/sys/kernel/hostname"]
 
@@ -70,8 +95,12 @@ def test_os_release_unreadable_uses_usr_lib_then_omits(tmp_path):
     host.path("/usr/lib").mkdir(parents=True)
     host.path("/usr/lib/os-release").write_text('ID=fallback\nVERSION_ID="1.2.3"\n')
     wire, _ = run(SystemProbe(node_name="x"), host)
-    assert attrs(wire, "system.osrelease") == {"ID": "fallback", "VERSION_ID": "1.2.3", "VERSION_ID.major": "1",
-                                               "VERSION_ID.minor": "2"}
+    assert attrs(wire, "system.osrelease") == {
+        "ID": "fallback",
+        "VERSION_ID": "1.2.3",
+        "VERSION_ID.major": "1",
+        "VERSION_ID.minor": "2",
+    }
     host.path("/usr/lib/os-release").unlink()
     wire, out = run(SystemProbe(node_name="x"), host)
     assert attrs(wire, "system.osrelease") is None
@@ -79,8 +108,10 @@ def test_os_release_unreadable_uses_usr_lib_then_omits(tmp_path):
 
 
 def test_parse_os_release_edge_cases():
-    text = ("# comment\nID='single'\nEMPTY=\n  INDENTED=x\nVERSION_ID=rolling\nBAD-KEY=1\n"
-            'QUOTED="a \\"b\\""\nNOEQUALS\n')
+    text = (
+        "# comment\nID='single'\nEMPTY=\n  INDENTED=x\nVERSION_ID=rolling\nBAD-KEY=1\n"
+        'QUOTED="a \\"b\\""\nNOEQUALS\n'
+    )
     assert parse_os_release(text) == {"ID": "single", "VERSION_ID": "rolling", "QUOTED": 'a \\"b\\'}
     assert parse_os_release('VERSION_ID="22.04"\n')["VERSION_ID.minor"] == "04"
     assert parse_os_release("") == {}
