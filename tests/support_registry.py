@@ -74,6 +74,7 @@ def sha256(data: bytes) -> str:
 class RegistryProcess:
     root: Path
     htpasswd: Path | None = None
+    tls: tuple[Path, Path, Path] | None = None  # (ca.pem, cert.pem, key.pem)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -87,13 +88,16 @@ class RegistryProcess:
         auth = ""
         if self.htpasswd is not None:
             auth = f"auth:\n  htpasswd:\n    realm: nodecompat-test\n    path: {self.htpasswd}\n"
+        tls = ""
+        if self.tls is not None:
+            tls = f"  tls:\n    certificate: {self.tls[1]}\n    key: {self.tls[2]}\n"
         config = self.root / "config.yml"
         config.write_text(
             "version: 0.1\n"
             "log:\n  level: error\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
             "  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.host}\n  secret: nodecompat-test-secret\n" + auth
+            f"http:\n  addr: {self.host}\n  secret: nodecompat-test-secret\n" + tls + auth
         )
         log = open(self.root / "registry.log", "wb")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
@@ -102,7 +106,12 @@ class RegistryProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {(self.root / 'registry.log').read_text()}")
             try:
-                if requests.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
+                scheme = "https" if self.tls else "http"
+                verify = str(self.tls[0]) if self.tls else True
+                if requests.get(f"{scheme}://{self.host}/v2/", timeout=1, verify=verify).status_code in (
+                    200,
+                    401,
+                ):
                     return self
             except requests.ConnectionError:
                 time.sleep(0.05)
@@ -142,6 +151,68 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     root = tmp_path_factory.mktemp("auth-registry")
     write_htpasswd(root / "htpasswd", USER, PASSWORD)
     reg = RegistryProcess(root / "reg", htpasswd=root / "htpasswd").start()
+    yield reg
+    reg.stop()
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for IP 127.0.0.1, made with the openssl CLI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    cert, key, csr = directory / "server.pem", directory / "server.key", directory / "server.csr"
+    ext = directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = [
+        [
+            "openssl",
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=nc-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+        ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
+    ]
+    for cmd in run:
+        subprocess.run([str(c) for c in cmd], check=True, capture_output=True, timeout=30)
+    return ca, cert, key
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    if not HAVE_TOOLS or not shutil.which("openssl"):
+        pytest.skip("needs docker-registry, skopeo and openssl on PATH")
+    root = tmp_path_factory.mktemp("tls-registry")
+    reg = RegistryProcess(root / "reg", tls=make_tls_files(root / "pki")).start()
     yield reg
     reg.stop()
 

@@ -106,3 +106,23 @@ def test_bearer_token_flow(registry: sr.RegistryProcess, repo_name: str, tmp_pat
                 ref, plain_http=True, auth=RegistryAuth.from_sources(token="forged", docker_config=False)
             )
         assert info.value.code == "UNAUTHENTICATED"
+
+
+tls_registry = sr.tls_registry
+
+
+def test_https_with_ca_file(tls_registry: sr.RegistryProcess, repo_name: str, tmp_path: Path) -> None:
+    """HTTPS is the default; a private CA is trusted only when given (ca_file or RegistryAuth.ca_file)."""
+    assert tls_registry.tls is not None
+    ca = str(tls_registry.tls[0])
+    img = sr.push_image(tls_registry.host, repo_name, tmp_path)  # skopeo: --dest-tls-verify=false
+    attach_spec(img.reference, sr.spec_yaml(note="tls"), ca_file=ca)
+    assert "tls" in fetch_compat_spec(img.reference, ca_file=ca).text
+    with_ca = RegistryAuth.from_sources(docker_config=False, ca_file=ca)
+    assert "tls" in fetch_compat_spec(img.reference, auth=with_ca).text
+    with pytest.raises(RegistryError, match="--ca-file") as info:
+        fetch_compat_spec(img.reference, timeout=10)
+    assert info.value.code == "UNAVAILABLE"
+    with pytest.raises(RegistryError, match="drop --plain-http") as info:
+        fetch_compat_spec(img.reference, plain_http=True, timeout=10)  # HTTP to an HTTPS port
+    assert info.value.code == "UNAVAILABLE"

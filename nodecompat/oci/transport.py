@@ -181,6 +181,8 @@ class Transport:
                     f"TLS to {self.host} failed ({_short(exc)}); pass a CA file (--ca-file) "
                     f"or use --plain-http for a plain-HTTP registry"
                 ) from exc
+            except requests.exceptions.TooManyRedirects as exc:
+                raise UnavailableError(f"registry {self.host} redirected in a loop ({what})") from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 if self.budget.remaining() <= 0.001:
                     raise DeadlineExceededError(
@@ -194,6 +196,8 @@ class Transport:
                     ) from exc
                 self._backoff(attempt, None, what)
                 continue
+            except requests.exceptions.RequestException as exc:  # invalid URL/header from the registry
+                raise UnavailableError(f"request to {self.host} failed ({what}): {_short(exc)}") from exc
             if resp.status_code == 401:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.close()
@@ -207,6 +211,13 @@ class Transport:
                 auth_tried = True
                 self._authenticate(challenge, scope)
                 continue
+            if (resp.status_code == 400 and self.base.startswith("http:")
+                    and "Docker-Distribution-Api-Version" not in resp.headers):
+                resp.close()
+                raise UnavailableError(
+                    f"{self.host} answered plain HTTP with HTTP 400 and no registry headers: it probably "
+                    f"speaks HTTPS; drop --plain-http"
+                )
             if resp.status_code == 403:
                 resp.close()
                 raise PermissionDeniedError(
