@@ -113,7 +113,7 @@ def to_message(obj: Any, msg_cls: type[M]) -> M:
 
 
 def _is_repeated(fd: Any) -> bool:
-    return bool(getattr(fd, "is_repeated", fd.label == fd.LABEL_REPEATED))
+    return bool(fd.is_repeated)
 
 
 def from_message(msg: Message, cls: type[Any], **extra: Any) -> Any:

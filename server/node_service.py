@@ -6,6 +6,7 @@ and map domain errors to status codes (server/errors.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat import wire
 from nodecompat.probes.runner import ProbeRound
+from nodecompat.spec import Spec, parse_spec
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
@@ -45,6 +47,9 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self._proto_cache: dict[tuple[int, tuple[str, ...]], features_pb2.Features] = {}
         self._proto_round: object | None = None
         self._proto_lock = threading.Lock()
+        # Callers validate the same few specs over and over (one image, many calls); YAML parsing is
+        # pure Python and dominates a call, so parsed specs are kept (they are never mutated).
+        self._parse = functools.lru_cache(maxsize=128)(self._parse_uncached)
 
     # -- GetFeatures ------------------------------------------------------------------------------
     def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):  # noqa: N802
@@ -79,7 +84,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     # -- ValidateImage ----------------------------------------------------------------------------
     def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):  # noqa: N802
         from nodecompat.evaluate import evaluate
-        from nodecompat.spec import SpecError, parse_spec
+        from nodecompat.spec import SpecError
 
         source = request.WhichOneof("source")
         if source is None:
@@ -106,7 +111,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 "artifact_digest": fetched.artifact_digest,
             }
         try:
-            spec = parse_spec(text, nfd_compat=request.nfd_compat, max_bytes=self.registry.max_spec_bytes)
+            spec = self._parse(text, request.nfd_compat)
         except SpecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
             raise  # unreachable: abort raises
@@ -117,6 +122,9 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         for k, v in report_extra.items():
             setattr(report, k, v)
         return node_pb2.ValidateImageResponse(compatible=verdict.compatible, score=verdict.score, report=report)
+
+    def _parse_uncached(self, text: str, nfd_compat: bool) -> Spec:
+        return parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.registry.max_spec_bytes)
 
     def _fetch(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
         from nodecompat.oci.cache import SpecCache
