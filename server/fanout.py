@@ -41,9 +41,10 @@ MAX_MESSAGE_BYTES = 16 << 20
 CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # A daemon that restarts must be reachable again quickly through the reused channel.
+    # A daemon that restarts must be reachable again quickly through the reused channel. (Not
+    # grpc.min_reconnect_backoff_ms: gRPC core also uses it as the connect timeout, so a slow peer's
+    # handshake would fail as UNAVAILABLE after that long instead of running into the node deadline.)
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 MAX_ATTEMPTS = 2
@@ -89,7 +90,7 @@ class ChannelPool:
             entry = self._channels.get(address)
             if entry is None:
                 raw = tls.open_channel(address, self.credentials, CHANNEL_OPTIONS)
-                entry = (raw, telemetry.instrument_channel(raw))
+                entry = (raw, instrument(raw))
                 self._channels[address] = entry
             return entry[1]
 
@@ -113,6 +114,22 @@ class ChannelPool:
 
     def close(self) -> None:
         self.prune(set())
+
+
+def instrument(channel: grpc.Channel) -> grpc.Channel:
+    """telemetry.instrument_channel, or the same interceptor through OpenTelemetry's own grpcext.
+
+    The OpenTelemetry client interceptor implements grpcext's interfaces, which grpc.intercept_channel
+    rejects (TypeError); grpcext.intercept_channel accepts it and supports .future(), which we need.
+    """
+    try:
+        return telemetry.instrument_channel(channel)
+    except TypeError:
+        from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
+
+        return grpcext.intercept_channel(
+            channel, client_interceptor(tracer_provider=trace.get_tracer_provider())
+        )
 
 
 @dataclass
