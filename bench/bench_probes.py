@@ -1,0 +1,137 @@
+"""Probe cost against the floor: a full probe round vs. just reading the same host files.
+
+For the real host (/) and the h100-server fixture tree this prints, as medians of N runs:
+- the cold full round: new probe instances + probe_once(HostRoot(root)) (threads, spans, merge);
+- each probe's discover() alone, with new instances;
+- the bare cost of the I/O: every path the probes touched (recorded on a first run through a
+  recording HostRoot) replayed with plain os.listdir / os.readlink / open().read(), no parsing;
+- once per root, a fresh interpreter doing the same round (imports included), for scale.
+Figures only; nothing is asserted.
+
+Usage: .venv/bin/python bench/bench_probes.py [--runs N] [--no-subprocess]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodecompat.probes.registry import load_probes
+from nodecompat.probes.runner import ProbeRunner, probe_once
+
+from nodecompat.hostroot import HostRoot
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "hosts" / "h100-server"
+
+
+@dataclass(frozen=True)
+class RecordingHostRoot(HostRoot):
+    """A HostRoot that remembers every host path a probe asked for (in order, once each)."""
+
+    seen: dict[str, None] = field(default_factory=dict, compare=False)
+
+    def path(self, host_path: str | os.PathLike[str]) -> Path:
+        p = super().path(host_path)
+        self.seen.setdefault(str(p), None)
+        return p
+
+
+def replay(paths: list[str]) -> None:
+    """Touch every recorded path the cheapest way: list dirs, read links and files, no parsing."""
+    for p in paths:
+        try:
+            if os.path.islink(p):
+                os.readlink(p)
+            if os.path.isdir(p):
+                os.listdir(p)
+            else:
+                with open(p, "rb") as f:
+                    f.read()
+        except OSError:
+            pass
+
+
+def median_ms(fn: Callable[[], object], runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
+def fresh_process_ms(root: Path, runs: int) -> float:
+    code = (
+        "import sys,time; t=time.perf_counter(); from pathlib import Path; "
+        "from nodecompat.hostroot import HostRoot; from nodecompat.probes.runner import probe_once; "
+        f"r=probe_once(HostRoot(Path({str(root)!r}))); assert all(s.ok for s in r.statuses); "
+        "print((time.perf_counter()-t)*1000)"
+    )
+    samples = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        samples.append(float(out.stdout.strip()))
+    return statistics.median(samples)
+
+
+def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
+    probes, errors = load_probes()
+    if errors:
+        print(f"  load errors: {errors}")
+    names = sorted(p.name for p in probes)
+    factories = {p.name: type(p) for p in probes}
+
+    per_probe_paths: dict[str, list[str]] = {}
+    for name in names:
+        rec = RecordingHostRoot(root)
+        factories[name]().discover(rec)
+        per_probe_paths[name] = list(rec.seen)
+    all_paths = list(dict.fromkeys(p for ps in per_probe_paths.values() for p in ps))
+
+    host = HostRoot(root)
+    full = median_ms(lambda: probe_once(host), runs)
+    bare = median_ms(lambda: replay(all_paths), runs)
+    load = median_ms(load_probes, runs)
+    warm = median_ms(lambda: ProbeRunner([factories[n]() for n in names], host).run(), runs)
+    print(f"\n== {label}: {root}  ({len(all_paths)} paths touched, median of {runs} runs)")
+    print(f"  full round  probe_once (new instances, threads)  {full:8.2f} ms")
+    print(f"    of which  registry load_probes() (entry points) {load:8.2f} ms")
+    print(f"    of which  ProbeRunner.run(), probes preloaded   {warm:8.2f} ms")
+    print(f"  bare I/O    same paths, open/read/listdir only   {bare:8.2f} ms")
+    print(
+        f"  overhead    round / bare                         {full / bare if bare else float('nan'):8.1f} x"
+    )
+    print(f"  {'probe':<10} {'discover ms':>12} {'bare I/O ms':>12} {'paths':>6}")
+    for name in names:
+        t = median_ms(functools.partial(lambda c: c().discover(host), factories[name]), runs)
+        b = median_ms(functools.partial(replay, per_probe_paths[name]), runs)
+        print(f"  {name:<10} {t:12.3f} {b:12.3f} {len(per_probe_paths[name]):6d}")
+    if subprocess_runs:
+        fp = fresh_process_ms(root, subprocess_runs)
+        print(f"  fresh interpreter: imports + first round, median of {subprocess_runs}: {fp:8.1f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="probe round cost vs bare file reads")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--subprocess-runs", type=int, default=3)
+    parser.add_argument("--no-subprocess", action="store_true")
+    args = parser.parse_args()
+    sp = 0 if args.no_subprocess else args.subprocess_runs
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    bench_root("real host", Path("/"), args.runs, sp)
+    bench_root("fixture h100-server", FIXTURE, args.runs, sp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
