@@ -32,6 +32,8 @@ _UNITS = (
 def quantity_name(size_kb: int) -> str:
     """Page size in kB -> Kubernetes binary quantity: 2048 -> '2Mi', 1048576 -> '1Gi', 1536 -> '1536Ki'."""
     size = size_kb * 1024
+    if size == 0:
+        return "0"
     for suffix, unit in _UNITS:
         if size % unit == 0:
             return f"{size // unit}{suffix}"

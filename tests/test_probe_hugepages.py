@@ -116,6 +116,7 @@ def test_no_hugepage_support(tmp_path):
         (16777216, "16Gi"),
         (1536, "1536Ki"),
         (524288, "512Mi"),
+        (0, "0"),
     ],
 )
 def test_quantity_name(kb, name):
