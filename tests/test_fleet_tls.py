@@ -1,0 +1,136 @@
+"""The fleet with mutual TLS everywhere: daemons and aggregator require client certificates from the
+test CA (made with the openssl CLI), the aggregator presents its own to the daemons, a daemon registers
+over mTLS, and clients without a valid certificate are refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from nodecompat.clients.fleet_client import FleetCallError, FleetClient
+from nodecompat.clients.node_client import NodeCallError, NodeClient
+from nodecompat.server import tls
+from support_fleet import (
+    SPEC_NVIDIA,
+    aggregator,
+    make_certs,
+    start_aggregator_process,
+    start_node,
+    write_nodes_file,
+)
+
+CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
+
+
+def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "pki")
+    flags = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-ca", str(certs.ca)]
+    good = tls.channel_credentials(certs.ca, certs.cert, certs.key)
+    nodes_path = tmp_path / "nodes.json"
+    procs = [
+        start_node(tmp_path, name, host, args=flags, credentials=good, wait=False)
+        for name, host in (("h100", "h100-server"), ("mi300", "amd-mi300"))
+    ]
+    write_nodes_file(nodes_path, procs)
+    agg = start_aggregator_process(
+        tmp_path, "--nodes-file", str(nodes_path), "--lease-ttl", "5", *flags, credentials=good
+    )
+    procs.append(
+        start_node(
+            tmp_path, "vm", "plain-vm", args=[*flags, "--register", agg.address], credentials=good, wait=False
+        )
+    )
+    try:
+        for p in procs:
+            p.wait_serving()
+        with FleetClient(agg.address, credentials=good) as client:
+            listed: list[str] = []
+            for _ in range(100):  # the registered node appears after its first heartbeat
+                listed = sorted(n.name for n in client.list_nodes())
+                if listed == ["h100", "mi300", "vm"]:
+                    break
+                time.sleep(0.1)
+            assert listed == ["h100", "mi300", "vm"]
+        run = subprocess.run(
+            [
+                *CLI,
+                "fleet",
+                "validate",
+                "--aggregator",
+                agg.address,
+                "--spec",
+                "-",
+                "-o",
+                "json",
+                "--timeout",
+                "20",
+                "--tls-ca",
+                str(certs.ca),
+                "--tls-cert",
+                str(certs.cert),
+                "--tls-key",
+                str(certs.key),
+            ],
+            input=SPEC_NVIDIA,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        doc = json.loads(run.stdout)
+        assert {n["name"]: (n["status"], n["compatible"]) for n in doc["nodes"]} == {
+            "h100": ("OK", True),
+            "mi300": ("OK", False),
+            "vm": ("OK", False),
+        }
+
+        refused = {
+            "no client certificate": tls.channel_credentials(certs.ca),
+            "certificate from another CA": tls.channel_credentials(
+                certs.ca, certs.rogue_cert, certs.rogue_key
+            ),
+        }
+        for what, creds in refused.items():
+            with FleetClient(agg.address, credentials=creds) as client, pytest.raises(FleetCallError) as err:
+                client.validate(spec_text=SPEC_NVIDIA, timeout=5)
+            assert err.value.code == "UNAVAILABLE", what
+            with (
+                NodeClient(procs[0].address, credentials=creds, timeout=5) as node,
+                pytest.raises(NodeCallError),
+            ):
+                node.validate_spec(SPEC_NVIDIA)
+        plain = subprocess.run(
+            [*CLI, "fleet", "nodes", "--aggregator", agg.address], capture_output=True, text=True, timeout=60
+        )
+        assert plain.returncode == 2 and "UNAVAILABLE" in plain.stderr
+
+        # An aggregator that cannot present a client certificate is refused by every daemon.
+        with (
+            aggregator(
+                nodes_file=str(nodes_path), node_credentials=tls.channel_credentials(certs.ca)
+            ) as anon,
+            FleetClient(anon.address) as client,
+        ):
+            answer = client.validate(spec_text=SPEC_NVIDIA, timeout=10)
+        assert {n.name: n.status for n in answer.nodes} == {"h100": "UNAVAILABLE", "mi300": "UNAVAILABLE"}
+    finally:
+        for p in procs:
+            p.terminate()
+        agg.terminate()
+
+
+def test_tls_configuration_errors_name_the_flag(tmp_path: Path) -> None:
+    not_pem = tmp_path / "x.crt"
+    not_pem.write_text("hello")
+    with pytest.raises(tls.TlsConfigError, match=r"--tls-cert .*x.crt: not a PEM"):
+        tls.server_credentials(not_pem, not_pem)
+    with pytest.raises(tls.TlsConfigError, match=r"--tls-key .*nope.key: cannot read"):
+        tls.channel_credentials(None, not_pem, tmp_path / "nope.key")
+    with pytest.raises(tls.TlsConfigError, match="both --tls-cert and --tls-key"):
+        tls.channel_credentials(None, not_pem, None)
+    with pytest.raises(tls.TlsConfigError, match="both --tls-cert and --tls-key"):
+        tls.server_credentials(not_pem, None)
