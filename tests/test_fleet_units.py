@@ -1,0 +1,291 @@
+"""Fleet building blocks on their own: nodes-file parsing, inventory (leases, DNS, priorities), the
+reasons picked from a report, the summary's ranking, and the CLI's selector and table."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nodecompat.clients.cmd_fleet import parse_selector, render_table
+from nodecompat.clients.fleet_client import FleetAnswer, FleetSummary, NodeVerdict
+from nodecompat.server.aggregator import deadline_margin, failure_reasons, summarize
+from nodecompat.server.fanout import FanoutConfig
+from nodecompat.server.fleet_nodes import (
+    NodeInventory,
+    NodesFileError,
+    parse_nodes_file,
+    split_address,
+    system_resolver,
+)
+
+from nodecompat.v1 import fleet_pb2, validation_pb2
+
+
+def test_nodes_file_forms() -> None:
+    yaml_list = (
+        "- {name: a, address: '10.0.0.1:50051', labels: {gpu: nvidia, count: 8, ok: true}}\n- address: h:1\n"
+    )
+    nodes = parse_nodes_file(yaml_list, "nodes.yaml")
+    assert [(n.name, n.address, dict(n.labels)) for n in nodes] == [
+        ("a", "10.0.0.1:50051", {"gpu": "nvidia", "count": "8", "ok": "true"}),
+        ("h:1", "h:1", {}),  # name defaults to the address
+    ]
+    wrapped = parse_nodes_file('{"nodes": [{"name": "b", "address": "[::1]:7"}]}', "nodes.json")
+    assert [(n.name, n.address) for n in wrapped] == [("b", "[::1]:7")]
+    assert parse_nodes_file("", "empty.yaml") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- {name: a, address: x:1\n", "nodes.yaml:2:1: not valid YAML"),
+        ("nodes: 3", "expected a list of nodes"),
+        ("{other: []}", "a mapping with only `nodes`"),
+        ("- 42", "entry 0: expected a mapping"),
+        ("- {name: a}", "entry 0: `address` (HOST:PORT) is required"),
+        ("- {name: a, address: 'h:0'}", "entry 0: address 'h:0': port must be 1-65535"),
+        ("- {name: a, address: 'fe80::1:80'}", "IPv6 as [ADDR]:PORT"),
+        (
+            "- {name: a, address: 'h:1'}\n- {name: a, address: 'h:2'}",
+            "entry 1: name 'a' already used by entry 0",
+        ),
+        ("- {name: a, address: 'h:1', labels: [x]}", "entry 0: `labels` must be a mapping"),
+        ("- {name: a, address: 'h:1', labls: {}}", "entry 0: unknown field(s) labls"),
+        ("- {name: a, address: 'h:1', labels: {k: [1]}}", "label 'k': keys and values must be strings"),
+    ],
+)
+def test_nodes_file_errors_are_located(text: str, message: str) -> None:
+    with pytest.raises(NodesFileError) as err:
+        parse_nodes_file(text, "nodes.yaml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("nodes.yaml")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_nodes_file_parser_never_crashes(text: str) -> None:
+    with contextlib.suppress(NodesFileError):  # anything else (TypeError, RecursionError...) fails the test
+        parse_nodes_file(text, "fuzz.yaml")
+
+
+def test_split_address() -> None:
+    assert split_address("node-1.example:50051") == ("node-1.example", 50051)
+    assert split_address("[2001:db8::1]:443") == ("2001:db8::1", 443)
+    for bad in ("nohost", ":80", "h:", "h:x", "[::1]80", "h:70000"):
+        with pytest.raises(ValueError):
+            split_address(bad)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_leases_lapse_and_renew() -> None:
+    clock = Clock()
+    inv = NodeInventory(lease_ttl=10.0, clock=clock)
+    assert inv.register("n1", "10.0.0.1:1", {"site": "edge"}, 0) == 10.0  # 0: the default lease
+    assert inv.register("n2", "10.0.0.2:1", {}, 0.01) == 1.0  # clamped to the minimum
+    clock.now += 5
+    inv.register("n1", "10.0.0.1:1", {"site": "edge"}, 0)  # heartbeat renews
+    assert [n.name for n in inv.nodes()] == ["n1"]  # n2 lapsed
+    assert inv.nodes()[0].source == "registered" and inv.nodes({"site": "edge"})[0].name == "n1"
+    clock.now += 9.9
+    assert [n.name for n in inv.nodes()] == ["n1"]
+    clock.now += 0.2
+    assert inv.nodes() == []
+    inv.register("n3", "10.0.0.3:1", {}, 30)
+    assert inv.deregister("n3") and not inv.deregister("n3") and inv.nodes() == []
+    for bad in (("", "h:1"), ("x", "no-port"), ("x", "h:0")):
+        with pytest.raises(ValueError):
+            inv.register(bad[0], bad[1], {}, 0)
+
+
+def test_dns_is_re_resolved_and_a_failed_lookup_keeps_the_last_answer(tmp_path: Path) -> None:
+    answers: list[list[str] | OSError] = [
+        ["10.0.0.1:5", "10.0.0.2:5"],
+        ["10.0.0.2:5", "10.0.0.3:5"],
+        OSError("SERVFAIL"),
+    ]
+
+    def resolver(host: str, port: int) -> list[str]:
+        assert (host, port) == ("daemons.svc", 5)
+        a = answers.pop(0)
+        if isinstance(a, OSError):
+            raise a
+        return a
+
+    nodes_file = tmp_path / "nodes.yaml"
+    nodes_file.write_text("- {name: pinned, address: '10.0.0.2:5', labels: {from: file}}\n")
+    inv = NodeInventory(nodes_file=nodes_file, dns=[("daemons.svc", 5)], resolver=resolver)
+    inv.load()
+    assert [(n.name, n.source) for n in inv.nodes()] == [
+        ("10.0.0.1:5", "dns"),
+        ("pinned", "file"),
+    ]  # file wins
+    inv.resolve_dns()
+    assert [n.address for n in inv.nodes()] == ["10.0.0.3:5", "10.0.0.2:5"]
+    inv.resolve_dns()  # resolver failure: keep the previous records
+    assert [n.address for n in inv.nodes()] == ["10.0.0.3:5", "10.0.0.2:5"]
+    inv.record_contact("10.0.0.3:5", "SERVING", reported_name="gpu-node-7")
+    assert [n.name for n in inv.nodes()] == ["gpu-node-7", "pinned"]  # DNS nodes take their reported name
+
+
+def test_missing_or_bad_nodes_file_fails_startup(tmp_path: Path) -> None:
+    with pytest.raises(NodesFileError, match="cannot read"):
+        NodeInventory(nodes_file=tmp_path / "absent.yaml").load()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {address: nope}")
+    with pytest.raises(NodesFileError, match="entry 0"):
+        NodeInventory(nodes_file=bad).load()
+
+
+def test_system_resolver_finds_localhost() -> None:
+    assert "127.0.0.1:4000" in system_resolver("localhost", 4000)
+
+
+def _expr(detail: str, matched: bool = False) -> validation_pb2.ExpressionVerdict:
+    return validation_pb2.ExpressionVerdict(
+        feature="pci.device", element="vendor", op="In", matched=matched, detail=detail
+    )
+
+
+def test_failure_reasons_come_from_the_best_failing_set() -> None:
+    near = validation_pb2.SetVerdict(
+        index=1,
+        description="gpu",
+        rules_matched=1,
+        rules_total=2,
+        rules=[
+            validation_pb2.RuleVerdict(name="kernel", matched=True),
+            validation_pb2.RuleVerdict(
+                name="gpu",
+                match_features=[
+                    validation_pb2.TermVerdict(
+                        feature="pci.device",
+                        feature_present=True,
+                        expressions=[_expr("wanted In [10de], node has 1af4"), _expr("ok", True)],
+                    ),
+                ],
+            ),
+        ],
+    )
+    far = validation_pb2.SetVerdict(
+        index=0,
+        weight=50,
+        rules_matched=0,
+        rules_total=1,
+        rules=[
+            validation_pb2.RuleVerdict(
+                name="fpga", match_features=[validation_pb2.TermVerdict(feature="fpga.device")]
+            ),
+        ],
+    )
+    report = validation_pb2.ValidationReport(sets=[far, near])
+    assert failure_reasons(report) == ["set 1 (gpu), rule gpu: wanted In [10de], node has 1af4"]
+    only_far = validation_pb2.ValidationReport(sets=[far])
+    assert failure_reasons(only_far) == ["set 0, rule fpga: fpga.device: feature not present on the node"]
+    any_rule = validation_pb2.ValidationReport(
+        sets=[
+            validation_pb2.SetVerdict(
+                rules_total=1,
+                rules=[
+                    validation_pb2.RuleVerdict(
+                        name="nic",
+                        match_any=[
+                            validation_pb2.MatchAnyVerdict(
+                                terms=[
+                                    validation_pb2.TermVerdict(
+                                        feature="network.device",
+                                        feature_present=True,
+                                        expressions=[_expr("wanted mlx5_core")],
+                                    )
+                                ]
+                            ),
+                            validation_pb2.MatchAnyVerdict(
+                                terms=[validation_pb2.TermVerdict(feature="rdma.device")]
+                            ),
+                        ],
+                    ),
+                ],
+            )
+        ]
+    )
+    assert failure_reasons(any_rule) == [
+        "set 0, rule nic, matchAny[0]: wanted mlx5_core",
+        "set 0, rule nic, matchAny[1]: rdma.device: feature not present on the node",
+    ]
+    assert failure_reasons(validation_pb2.ValidationReport()) == [
+        "no compatibility set was evaluated (do the --tags select any set?)"
+    ]
+    passed = validation_pb2.ValidationReport(sets=[far, validation_pb2.SetVerdict(passed=True)])
+    assert failure_reasons(passed) == []
+
+
+def test_summary_counts_and_ranking() -> None:
+    results = [
+        fleet_pb2.NodeResult(node_name="c", status="OK", compatible=True, score=1),
+        fleet_pb2.NodeResult(node_name="b", status="OK", compatible=True, score=9),
+        fleet_pb2.NodeResult(node_name="a", status="OK", compatible=True, score=1),
+        fleet_pb2.NodeResult(node_name="d", status="OK"),
+        fleet_pb2.NodeResult(node_name="0", status="UNAVAILABLE"),
+    ]
+    s = summarize(results, "sha256:i", "sha256:a", 0.5)
+    assert (s.compatible, s.incompatible, s.failed) == (3, 1, 1)
+    assert [r.node_name for r in s.ranking] == ["b", "a", "c", "0", "d"]
+    assert s.ranking[3].status == "UNAVAILABLE" and s.image_digest == "sha256:i"
+
+
+def test_deadline_margin_is_small_and_bounded() -> None:
+    assert deadline_margin(0.2) == pytest.approx(0.05)
+    assert deadline_margin(3.0) == pytest.approx(0.3)
+    assert deadline_margin(600) == 1.0
+
+
+def test_fanout_config_is_checked() -> None:
+    with pytest.raises(ValueError):
+        FanoutConfig(concurrency=0)
+    with pytest.raises(ValueError):
+        FanoutConfig(node_timeout=0)
+
+
+def test_selector_parsing() -> None:
+    assert parse_selector(["gpu=nvidia", "zone=a,tier = 2"]) == {"gpu": "nvidia", "zone": "a", "tier": "2"}
+    assert parse_selector(["empty="]) == {"empty": ""}
+    for bad in (["novalue"], ["=v"]):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_selector(bad)
+
+
+def test_table_lists_every_reason_and_error_in_rank_order() -> None:
+    def node(
+        name: str,
+        status: str = "OK",
+        compatible: bool = False,
+        reasons: list[str] | None = None,
+        error: str = "",
+    ) -> NodeVerdict:
+        return NodeVerdict(
+            name, f"{name}:1", {}, compatible, 5 if compatible else 0, status, error, 0.01, 1, reasons or []
+        )
+
+    answer = FleetAnswer(
+        [
+            node("vm", reasons=["no GPU", "kernel too old"]),
+            node("gone", "UNAVAILABLE", error="refused"),
+            node("h100", compatible=True),
+        ],
+        FleetSummary(1, 1, 1, ["h100", "gone", "vm"], "", "", 0.2),
+    )
+    lines = render_table(answer).splitlines()
+    assert [ln.split()[1] for ln in lines[1:4]] == ["h100", "gone", "vm"]
+    assert lines[2].endswith("refused") and "UNAVAILABLE" in lines[2]
+    assert lines[3].endswith("no GPU") and lines[4].strip() == "kernel too old"
+    assert lines[4].index("kernel") == lines[3].index("no GPU")  # continuation lines stay in the column
+    assert lines[-1] == "1 of 3 node(s) fit, 1 do not, 1 failed (0.20s)"
