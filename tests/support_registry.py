@@ -373,6 +373,7 @@ class RegistryProxy:
         self.tamper_blobs = tamper_blobs
         self.index: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.referrers_calls = 0
+        self.seen: list[str] = []  # "METHOD path" of every request, in order
         self.lock = threading.Lock()
         proxy = self
 
@@ -412,6 +413,8 @@ class RegistryProxy:
         if self.delay:
             time.sleep(self.delay)
         url = urlsplit(req.path)
+        with self.lock:
+            self.seen.append(f"{req.command} {url.path}")
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length) if length else b""
         if self.bearer_users is not None and url.path == "/token":

@@ -339,3 +339,39 @@ def test_cache_is_thread_safe(registry: sr.RegistryProcess, repo_name: str, tmp_
     assert stats.tag_hits + stats.tag_misses == 30
     assert stats.spec_hits + stats.spec_misses == 30
     assert stats.tag_entries == 1 and stats.spec_entries == 1
+
+
+def test_index_without_annotations_each_document_fetched_once(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
+    """Listings that carry artifactType but no annotations: one candidate is used without fetching
+    its manifest twice; among several, dates come from their manifests."""
+    img = sr.push_image(registry.host, repo_name, tmp_path)
+    subject = sr.subject_of(img)
+    no_ann = {"annotations": None}
+    older = sr.push_raw_artifact(
+        registry.host,
+        repo_name,
+        subject,
+        layers=[b"older\n"],
+        index_entry=no_ann,
+        annotations={mt.CREATED_ANNOTATION: "2025-01-01T00:00:00Z"},
+    )
+    with sr.RegistryProxy(registry.host) as proxy:
+        ref = img.reference.replace(registry.host, proxy.host)
+        got = fetch_compat_spec(ref, plain_http=True)
+        assert got.text == "older\n" and got.created == "2025-01-01T00:00:00Z"
+        assert proxy.seen.count(f"GET /v2/{repo_name}/manifests/{older}") == 1
+        newer = sr.push_raw_artifact(
+            registry.host,
+            repo_name,
+            subject,
+            layers=[b"newer\n"],
+            index_entry=no_ann,
+            annotations={mt.CREATED_ANNOTATION: "2026-01-01T00:00:00Z"},
+        )
+        proxy.seen.clear()
+        got = fetch_compat_spec(ref, plain_http=True)
+        assert got.text == "newer\n" and got.artifact_digest == newer
+        for digest in (older, newer):
+            assert proxy.seen.count(f"GET /v2/{repo_name}/manifests/{digest}") == 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from nodecompat.oci.auth import RegistryAuth
@@ -29,7 +29,7 @@ from nodecompat.oci.transport import Budget, SessionPool
 
 K = TypeVar("K")
 V = TypeVar("V")
-_SpecEntry = tuple[str, tuple[str, ...]]  # spec text, warnings found while fetching it
+_SpecEntry = tuple[str, tuple[str, ...], str | None]  # spec text, warnings while fetching, created
 
 
 class _TTLMap(Generic[K, V]):
@@ -116,8 +116,8 @@ class SpecCache:
                 self.tag_hits += 1
         if found is None:
             found = discover(repo, plat)
-            with self._lock:
-                self._tags.put(tag_key, found)
+            with self._lock:  # the manifest body is only needed right now; don't hold it for tag_ttl
+                self._tags.put(tag_key, replace(found, manifest_body=None))
         warnings = list(found.warnings)
         spec_key = (ref.registry, ref.repository, found.artifact.digest)
         with self._lock:
@@ -128,11 +128,13 @@ class SpecCache:
                 self.spec_hits += 1
         if cached is None:
             spec_warnings: list[str] = []
-            text = fetch_artifact_spec(repo, found.artifact, max_bytes=max_bytes, warnings=spec_warnings)
+            content = fetch_artifact_spec(repo, found.artifact, max_bytes=max_bytes, warnings=spec_warnings,
+                                          manifest_body=found.manifest_body)
+            text, created = content.text, content.created
             with self._lock:
-                self._specs.put(spec_key, (text, tuple(spec_warnings)))
+                self._specs.put(spec_key, (text, tuple(spec_warnings), created))
         else:
-            text, spec_warnings_t = cached
+            text, spec_warnings_t, created = cached
             spec_warnings = list(spec_warnings_t)
             size = len(text.encode("utf-8"))
             if size > max_bytes:
@@ -140,5 +142,5 @@ class SpecCache:
                     f"compatibility spec of {ref} is {size} bytes, over the {max_bytes}-byte limit"
                 )
         warnings.extend(spec_warnings)
-        return FetchedSpec(text, str(ref), found.image.digest, found.artifact.digest, found.created,
-                           warnings)
+        return FetchedSpec(text, str(ref), found.image.digest, found.artifact.digest,
+                           found.created or created, warnings)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from nodecompat.oci import mediatypes as mt
 from nodecompat.oci.auth import RegistryAuth
@@ -54,6 +55,7 @@ class Discovered:
     artifact: Descriptor
     created: str | None
     warnings: list[str]
+    manifest_body: bytes | None = None  # the chosen artifact's manifest, if discovery fetched it
 
 
 def open_repository(ref: Reference, *, plain_http: bool, auth: RegistryAuth | None, ca_file: str | None,
@@ -107,38 +109,68 @@ def parse_created(value: str | None) -> datetime | None:
     return parsed
 
 
+def _load_manifest(repo: Repository, desc: Descriptor, seen: dict[str, bytes]) -> dict[str, Any] | None:
+    """Fetch (once per discovery) a referrer's manifest; None if the registry no longer has it."""
+    if desc.digest not in seen:
+        try:
+            seen[desc.digest] = repo.get_manifest(desc.digest, expected=desc,
+                                                  what=f"referrer {desc.digest}").body
+        except NotFoundError:
+            return None
+    return parse_json_object(seen[desc.digest], f"referrer {desc.digest}")
+
+
+def _string_annotations(data: dict[str, Any]) -> dict[str, str]:
+    raw = data.get("annotations")
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def classify_referrers(repo: Repository, referrers: list[Descriptor], artifact_type: str | None,
-                       warnings: list[str]) -> list[Descriptor]:
-    """Referrers whose artifact type is `artifact_type` (None = all), with annotations filled in
-    from the manifest when the listing lacks them (an artifact type learnt that way is set too)."""
+                       warnings: list[str], seen: dict[str, bytes] | None = None) -> list[Descriptor]:
+    """Referrers whose artifact type is `artifact_type` (None = all). A descriptor without an
+    artifactType costs a manifest fetch (its artifactType or config mediaType decides, as in oras);
+    its annotations are filled in from that manifest too. Fetched bodies are kept in `seen`."""
+    seen = {} if seen is None else seen
     out: list[Descriptor] = []
-    fetched = 0
     for desc in referrers:
         at = desc.artifact_type
         annotations = desc.annotations
-        if at is None or not annotations:
+        if at is None:
             if desc.media_type not in mt.IMAGE_MANIFEST_TYPES:
                 continue
-            fetched += 1
-            if fetched > MAX_CANDIDATES:
+            if len(seen) >= MAX_CANDIDATES:
                 warnings.append(
                     f"more than {MAX_CANDIDATES} referrers lack an artifactType; the rest were skipped"
                 )
                 break
-            try:
-                manifest = repo.get_manifest(desc.digest, expected=desc, what=f"referrer {desc.digest}")
-                data = manifest.json(f"referrer {desc.digest}")
-            except NotFoundError:
+            data = _load_manifest(repo, desc, seen)
+            if data is None:
                 warnings.append(f"referrer {desc.digest} is listed but missing from the registry; skipped")
                 continue
-            at = at or manifest_artifact_type(data)
-            if not annotations:
-                raw = data.get("annotations")
-                if isinstance(raw, dict):
-                    annotations = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+            at = manifest_artifact_type(data)
+            annotations = annotations or _string_annotations(data)
         if artifact_type is not None and at != artifact_type:
             continue
         out.append(Descriptor(desc.media_type, desc.digest, desc.size, at, annotations, desc.platform))
+    return out
+
+
+def fill_annotations(repo: Repository, candidates: list[Descriptor], seen: dict[str, bytes],
+                     warnings: list[str]) -> list[Descriptor]:
+    """Annotations from the manifests of candidates whose listing had none (needed to rank them)."""
+    out: list[Descriptor] = []
+    for desc in candidates:
+        if desc.annotations or len(seen) >= MAX_CANDIDATES:
+            out.append(desc)
+            continue
+        data = _load_manifest(repo, desc, seen)
+        if data is None:
+            warnings.append(f"referrer {desc.digest} is listed but missing from the registry; skipped")
+            continue
+        out.append(Descriptor(desc.media_type, desc.digest, desc.size, desc.artifact_type,
+                              _string_annotations(data), desc.platform))
     return out
 
 
@@ -175,41 +207,49 @@ def discover(repo: Repository, platform: Platform | None) -> Discovered:
     except (NotFoundError, InvalidArgumentError, UnavailableError) as exc:
         # NFD panics here (nil spec); we say what failed.
         raise type(exc)(f"referrers lookup for {ref} ({image.digest}) failed: {exc}", exc.code) from exc
-    candidates = classify_referrers(repo, referrers, mt.ARTIFACT_TYPE, warnings)
+    seen: dict[str, bytes] = {}
+    candidates = classify_referrers(repo, referrers, mt.ARTIFACT_TYPE, warnings, seen)
+    if len(candidates) > 1:
+        candidates = fill_annotations(repo, candidates, seen, warnings)
     if not candidates:
         hint = "" if platform is None else (
-            f" (looked at the {platform} manifest; an artifact attached to the index is not used, as in NFD)")
+            f"; looked at the {platform} manifest: an artifact attached to the index is not used, as in NFD")
         raise NotFoundError(
-            f"no compatibility artifact ({mt.ARTIFACT_TYPE}) is attached to {ref} ({image.digest}){hint}"
+            f"no compatibility artifact ({mt.ARTIFACT_TYPE}) is attached to {ref} ({image.digest}{hint})"
         )
     chosen = newest(candidates, warnings)
-    return Discovered(ref, image, chosen, chosen.annotations.get(mt.CREATED_ANNOTATION), warnings)
+    return Discovered(ref, image, chosen, chosen.annotations.get(mt.CREATED_ANNOTATION), warnings,
+                      seen.get(chosen.digest))
 
 
-def fetch_artifact_spec(repo: Repository, artifact: Descriptor, *, max_bytes: int,
-                        warnings: list[str]) -> str:
-    """Download the artifact manifest and its first layer; return the spec text."""
-    manifest = repo.get_manifest(artifact.digest, expected=artifact,
-                                 what=f"compatibility artifact {artifact.digest}")
-    data = manifest.json(f"compatibility artifact {artifact.digest}")
-    layers = parse_descriptor_list(data, "layers", f"compatibility artifact {artifact.digest}")
+@dataclass(frozen=True)
+class ArtifactContent:
+    text: str
+    created: str | None  # from the artifact manifest itself
+
+
+def fetch_artifact_spec(repo: Repository, artifact: Descriptor, *, max_bytes: int, warnings: list[str],
+                        manifest_body: bytes | None = None) -> ArtifactContent:
+    """Read the artifact manifest (fetched now unless discovery already has it) and its first layer."""
+    label = f"compatibility artifact {artifact.digest}"
+    if manifest_body is None:
+        manifest_body = repo.get_manifest(artifact.digest, expected=artifact, what=label).body
+    data = parse_json_object(manifest_body, label)
+    layers = parse_descriptor_list(data, "layers", label)
     if not layers:
-        raise InvalidArgumentError(
-            f"compatibility artifact {artifact.digest} of {repo.ref} has no layer "
-            f"(compatibility layer not found)"
-        )
+        raise InvalidArgumentError(f"{label} of {repo.ref} has no layer (compatibility layer not found)")
     layer = layers[0]
     if layer.media_type != mt.SPEC_MEDIA_TYPE:
         warnings.append(
             f"spec layer of {artifact.digest} has media type {layer.media_type!r}, "
-            f"not {mt.SPEC_MEDIA_TYPE!r}; "
-            f"read anyway, as NFD does"
+            f"not {mt.SPEC_MEDIA_TYPE!r}; read anyway, as NFD does"
         )
     blob = repo.get_blob(layer, max_bytes=max_bytes, label=f"spec layer {layer.digest} of {repo.ref}")
     try:
-        return blob.decode("utf-8")
+        text = blob.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidArgumentError(f"spec layer {layer.digest} of {repo.ref} is not UTF-8 text") from exc
+    return ArtifactContent(text, _string_annotations(data).get(mt.CREATED_ANNOTATION))
 
 
 def fetch_compat_spec(
@@ -231,7 +271,9 @@ def fetch_compat_spec(
     budget = Budget(timeout)
     repo = open_repository(ref, plain_http=plain_http, auth=auth, ca_file=ca_file, budget=budget, pool=pool)
     found = discover(repo, plat)
-    text = fetch_artifact_spec(repo, found.artifact, max_bytes=max_bytes, warnings=found.warnings)
-    return FetchedSpec(text, str(ref), found.image.digest, found.artifact.digest, found.created,
-                       list(found.warnings))
+    warnings = list(found.warnings)
+    content = fetch_artifact_spec(repo, found.artifact, max_bytes=max_bytes, warnings=warnings,
+                                  manifest_body=found.manifest_body)
+    return FetchedSpec(content.text, str(ref), found.image.digest, found.artifact.digest,
+                       found.created or content.created, warnings)
 
