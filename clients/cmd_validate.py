@@ -1,7 +1,8 @@
 """`nodecompat validate`: evaluate a spec against this machine, a features snapshot or a node daemon.
 
-Structured as obtain_spec -> obtain_verdict -> render so the integrator can add `--image REF`
-(fetching the spec from a registry) in obtain_spec without touching the rest.
+Structured as obtain_spec (a file, stdin, or the image's artifact in a registry) -> obtain_verdict
+(locally, or by a daemon; with --node and --image and no credentials of our own, the daemon fetches
+the artifact itself, so its cache and its registry access are what is exercised) -> render.
 Exit status: 0 compatible, 1 not compatible, 2 error (message on stderr, nothing on stdout).
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.clients.render import render_table
 
 from nodecompat.features import Features
@@ -35,7 +38,7 @@ def register(subparsers: Any) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--spec", metavar="FILE", help="spec file (YAML or JSON; - for stdin)")
-    # INTEGRATOR: add `--image REF` to this group and handle it in obtain_spec().
+    src.add_argument("--image", metavar="REF", help="registry/repo[:tag|@digest] carrying the spec artifact")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--features", metavar="SNAPSHOT.json", help="NFD features JSON instead of probing")
     where.add_argument("--node", metavar="HOST:PORT", help="ask a nodecompat daemon to evaluate")
@@ -52,6 +55,8 @@ def register(subparsers: Any) -> None:
         help="accept what NFD accepts (unknown fields, lazily-checked expressions) with warnings",
     )
     p.add_argument("--host-root", default="/", help="host file tree to probe (default /)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for the registry/daemon (default 60)")
+    add_registry_args(p)
     p.set_defaults(func=run)
 
 
@@ -60,8 +65,45 @@ def _tags(args: argparse.Namespace) -> list[str]:
     return [t.strip() for chunk in raw if chunk for t in chunk.split(",") if t.strip()]
 
 
-def obtain_spec(args: argparse.Namespace) -> str:
-    """The spec text. (The integrator adds --image here.)"""
+@dataclass
+class SpecSource:
+    text: str
+    image: str = ""
+    image_digest: str = ""
+    artifact_digest: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def _explicit_credentials(args: argparse.Namespace) -> bool:
+    return bool(args.registry_username or args.registry_password_stdin or args.registry_token_stdin)
+
+
+def daemon_fetches(args: argparse.Namespace) -> bool:
+    """With --node and no credentials of our own, the daemon fetches the artifact itself."""
+    return bool(args.image and args.node and not _explicit_credentials(args) and not args.ca_file)
+
+
+def obtain_spec(args: argparse.Namespace) -> SpecSource:
+    """The spec text, from a file, stdin or the image's compatibility artifact in a registry."""
+    if args.image:
+        if daemon_fetches(args):
+            return SpecSource(text="")
+        from nodecompat.oci.discovery import fetch_compat_spec
+        from nodecompat.oci.errors import RegistryError
+
+        try:
+            auth = registry_auth_from_args(args)
+            got = fetch_compat_spec(
+                args.image, platform=args.platform, plain_http=args.plain_http, auth=auth,
+                ca_file=args.ca_file, timeout=args.timeout,
+            )
+        except RegistryError as exc:
+            raise CommandError(f"{exc.code}: {exc}") from None
+        return SpecSource(got.text, got.reference, got.image_digest, got.artifact_digest, list(got.warnings))
+    return SpecSource(_read_spec_file(args))
+
+
+def _read_spec_file(args: argparse.Namespace) -> str:
     try:
         if args.spec == "-":
             return sys.stdin.read()
@@ -89,17 +131,33 @@ def load_snapshot(path: str) -> tuple[Features, dict[str, str]]:
     return features, unknown
 
 
-def obtain_verdict(args: argparse.Namespace, text: str) -> Verdict:
+def obtain_verdict(args: argparse.Namespace, source: SpecSource) -> Verdict:
+    verdict = _verdict(args, source.text)
+    if source.image:
+        verdict.image, verdict.image_digest = source.image, source.image_digest
+        verdict.artifact_digest = source.artifact_digest
+    verdict.warnings = [*source.warnings, *verdict.warnings]
+    return verdict
+
+
+def _verdict(args: argparse.Namespace, text: str) -> Verdict:
     tags = _tags(args)
     if args.node:
+        from nodecompat.clients.node_client import NodeCallError, NodeClient
+
         try:
-            from nodecompat.clients.node_client import NodeClient
-        except ImportError as exc:
-            raise CommandError(f"--node is not available in this build: {exc}") from None
-        try:
-            return NodeClient(args.node).validate_spec(text, tags=tags, nfd_compat=args.nfd_compat)
-        except Exception as exc:  # the client maps gRPC errors; anything here is the user's answer
+            with NodeClient(args.node, timeout=args.timeout) as client:
+                if daemon_fetches(args):
+                    result = client.validate(
+                        image=args.image, tags=tags, platform=args.platform or "",
+                        plain_http=args.plain_http, nfd_compat=args.nfd_compat,
+                    )
+                else:
+                    result = client.validate(spec_text=text, tags=tags, nfd_compat=args.nfd_compat)
+        except NodeCallError as exc:
             raise CommandError(f"node {args.node}: {exc}") from None
+        assert isinstance(result.verdict, Verdict)
+        return result.verdict
     try:
         spec = parse_spec(text, nfd_compat=args.nfd_compat)
     except SpecError as exc:
@@ -135,8 +193,8 @@ def render(args: argparse.Namespace, verdict: Verdict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        text = obtain_spec(args)
-        verdict = obtain_verdict(args, text)
+        source = obtain_spec(args)
+        verdict = obtain_verdict(args, source)
         out = render(args, verdict)
     except CommandError as exc:
         print(f"nodecompat validate: {exc}", file=sys.stderr)

@@ -79,6 +79,11 @@ def render_table(verdict: Verdict, colour: bool = False) -> str:
     key = "PASS" if verdict.compatible else ("UNKNOWN" if any(s.unknown for s in verdict.sets) else "FAIL")
     summary = f"{_c(answer, key, colour)} (score {verdict.score})"
     tail = [summary]
+    if verdict.node_name:
+        tail.append(f"node: {verdict.node_name}")
+    if verdict.image:
+        tail.append(f"image: {verdict.image} ({verdict.image_digest})")
+        tail.append(f"spec artifact: {verdict.artifact_digest}")
     if verdict.unknown_facts:
         tail.append("unknown facts:")
         tail.extend(f"  {u}" for u in verdict.unknown_facts)

@@ -75,6 +75,11 @@ class Verdict:
     warnings: list[str] = field(default_factory=list)
     # Exactly what `nfd compat validate-node --output-json` prints; "" when NFD would stop with an error.
     nfd_json: str = ""
+    # Where the spec came from (set when it was fetched from a registry) and which node was checked.
+    image: str = ""
+    image_digest: str = ""
+    artifact_digest: str = ""
+    node_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,165 @@
+"""ValidateImage by image reference through a real daemon and a real registry, and `validate --image`.
+
+The daemon runs on the plain-vm fixture host (kernel 6.18), the registry is Debian's docker-registry
+(tests/support_registry.py), images are pushed by skopeo and specs attached by our own attach.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import support_registry as sr
+from support_daemon import free_port, start_daemon
+
+from nodecompat.oci.attach import attach_spec
+from nodecompat.v1 import node_pb2, node_pb2_grpc
+
+registry = sr.registry
+auth_registry = sr.auth_registry
+repo_name = sr.repo_name
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN_VM = str(REPO / "tests" / "fixtures" / "hosts" / "plain-vm")
+
+pytestmark = [pytest.mark.registry, sr.needs_registry]
+
+NEEDS_KERNEL_7 = sr.spec_yaml(note="kernel>7").replace('Gt, value: ["2"]', 'Gt, value: ["7"]')
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    d = start_daemon(tmp_path, "--host-root", PLAIN_VM, name="vm-1", env=sr.env_without_docker(tmp_path))
+    yield d
+    d.terminate()
+
+
+def _validate(address: str, timeout: float = 30, **kw: object) -> node_pb2.ValidateImageResponse:
+    with grpc.insecure_channel(address) as ch:
+        return node_pb2_grpc.NodeServiceStub(ch).ValidateImage(node_pb2.ValidateImageRequest(**kw), timeout=timeout)
+
+
+def _code(address: str, timeout: float = 30, **kw: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        _validate(address, timeout=timeout, **kw)
+    return err.value.code(), err.value.details() or ""
+
+
+def test_by_tag_and_by_digest_with_digests_in_the_report(registry, repo_name, tmp_path, daemon) -> None:
+    img = sr.push_image(registry.host, repo_name, tmp_path)
+    art = attach_spec(img.reference, sr.spec_yaml(note="ok"), plain_http=True)
+    resp = _validate(daemon.address, image=img.reference, plain_http=True)
+    assert resp.compatible and resp.report.node_name == "vm-1"
+    assert resp.report.image_digest == img.digest
+    assert resp.report.artifact_digest == art.artifact_digest
+    assert resp.report.sets[0].rules[0].matched
+    by_digest = _validate(daemon.address, image=img.by_digest(), plain_http=True)
+    assert by_digest.compatible and by_digest.report.artifact_digest == art.artifact_digest
+
+    # Two artifacts on one image: the newest wins (kernel 6 is not > 7). A fresh image, because the
+    # daemon caches what a reference resolved to for a while (tag_ttl).
+    img2 = sr.push_image(registry.host, repo_name, tmp_path, tag="v2")
+    attach_spec(img2.reference, NEEDS_KERNEL_7, plain_http=True, created="2099-01-01T00:00:00Z")
+    attach_spec(img2.reference, sr.spec_yaml(note="older"), plain_http=True, created="2020-01-01T00:00:00Z")
+    newer = _validate(daemon.address, image=img2.reference, plain_http=True)
+    assert not newer.compatible
+    detail = newer.report.sets[0].rules[0].match_features[0].expressions[0]
+    assert list(detail.actual) == ["6"]
+
+
+def test_repeated_calls_are_served_from_the_daemon_cache(registry, repo_name, tmp_path, daemon) -> None:
+    img = sr.push_image(registry.host, repo_name, tmp_path)
+    with sr.RegistryProxy(registry.host, referrers=True) as proxy:
+        ref = img.reference.replace(registry.host, proxy.host)
+        attach_spec(ref, sr.spec_yaml(note="cached"), plain_http=True)
+        first = _validate(daemon.address, image=ref, plain_http=True)
+        calls_after_first = proxy.referrers_calls
+        for _ in range(5):
+            assert _validate(daemon.address, image=ref, plain_http=True).compatible
+        assert first.compatible and calls_after_first >= 1
+        assert proxy.referrers_calls == calls_after_first, "cached calls went back to the registry"
+
+
+def test_missing_image_and_missing_artifact_are_not_found(registry, repo_name, tmp_path, daemon) -> None:
+    missing = f"{registry.host}/{repo_name}:nope"
+    code, msg = _code(daemon.address, image=missing, plain_http=True)
+    assert code == grpc.StatusCode.NOT_FOUND and missing in msg
+    img = sr.push_image(registry.host, repo_name, tmp_path)
+    code, msg = _code(daemon.address, image=img.reference, plain_http=True)
+    assert code == grpc.StatusCode.NOT_FOUND and img.reference in msg
+
+
+def test_unreachable_registry_is_unavailable(daemon) -> None:
+    code, msg = _code(daemon.address, image=f"127.0.0.1:{free_port()}/x/y:v1", plain_http=True)
+    assert code == grpc.StatusCode.UNAVAILABLE, msg
+
+
+def test_slow_registry_gives_deadline_exceeded_within_the_callers_deadline(
+    registry, repo_name, tmp_path, daemon
+) -> None:
+    img = sr.push_image(registry.host, repo_name, tmp_path)
+    attach_spec(img.reference, sr.spec_yaml(), plain_http=True)
+    with sr.RegistryProxy(registry.host, delay=5.0) as slow:
+        t0 = time.monotonic()
+        code, _ = _code(daemon.address, timeout=1.5, image=img.reference.replace(registry.host, slow.host),
+                        plain_http=True)
+        elapsed = time.monotonic() - t0
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed < 4.5, f"answered after {elapsed:.1f}s, past the caller's 1.5 s deadline"
+    # The daemon is still fine afterwards.
+    assert _validate(daemon.address, spec=sr.spec_yaml()).compatible
+
+
+def test_refused_credentials_are_unauthenticated(auth_registry, repo_name, tmp_path, daemon) -> None:
+    code, msg = _code(daemon.address, image=f"{auth_registry.host}/{repo_name}:v1", plain_http=True)
+    assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), msg
+
+
+def test_oversized_and_malformed_artifacts_are_invalid_argument(registry, repo_name, tmp_path, daemon) -> None:
+    img = sr.push_image(registry.host, repo_name, tmp_path)
+    sr.push_raw_artifact(registry.host, repo_name, sr.subject_of(img), layers=[b"x" * (2 << 20)],
+                         annotations={"org.opencontainers.image.created": "2030-01-01T00:00:00Z"})
+    code, msg = _code(daemon.address, image=img.reference, plain_http=True)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "byte" in msg.lower()
+
+    img2 = sr.push_image(registry.host, repo_name, tmp_path, tag="v2")
+    sr.push_raw_artifact(registry.host, repo_name, sr.subject_of(img2),
+                         layers=[b"compatibilities:\n- rules:\n  - matchFeatures:\n    - feature: pci.device\n"
+                                 b"      matchExpressions: {vendor: {op: Bogus}}\n"])
+    code, msg = _code(daemon.address, image=img2.reference, plain_http=True)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "artifact sha256:" in msg and "matchExpressions.vendor" in msg
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nodecompat.clients.cli", *args], capture_output=True,
+                          text=True, timeout=90, env=sr.env_without_docker(tmp_path))
+
+
+def test_cli_validate_image_locally_and_through_the_daemon(registry, repo_name, tmp_path, daemon) -> None:
+    img = sr.push_image(registry.host, repo_name, tmp_path)
+    art = attach_spec(img.reference, sr.spec_yaml(note="cli"), plain_http=True)
+    local = _cli(tmp_path, "validate", "--image", img.reference, "--plain-http", "--host-root", PLAIN_VM,
+                 "-o", "json")
+    assert local.returncode == 0, local.stderr
+    body = json.loads(local.stdout)
+    assert body["compatible"] and body["image_digest"] == img.digest
+    assert body["artifact_digest"] == art.artifact_digest
+
+    remote = _cli(tmp_path, "validate", "--image", img.reference, "--plain-http", "--node", daemon.address)
+    assert remote.returncode == 0, remote.stderr
+    assert art.artifact_digest in remote.stdout and "node: vm-1" in remote.stdout
+
+    nfd = _cli(tmp_path, "validate", "--image", img.reference, "--plain-http", "--node", daemon.address,
+               "-o", "nfd-json")
+    assert nfd.returncode == 0
+    assert json.loads(nfd.stdout)[0]["rules"][0]["isMatch"] is True and not nfd.stdout.endswith("\n")
+
+    missing = _cli(tmp_path, "validate", "--image", f"{registry.host}/{repo_name}:gone", "--plain-http",
+                   "--host-root", PLAIN_VM)
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr and missing.stdout == ""
