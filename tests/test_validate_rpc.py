@@ -1,0 +1,169 @@
+"""ValidateImage with inline specs through a real daemon: verdicts, located errors, hostile input,
+unknown facts. The daemon runs on fixture hosts so that verdicts are exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support_daemon import make_plugin, start_daemon
+
+from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+HOSTS = REPO / "tests" / "fixtures" / "hosts"
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+EXAMPLE = (REPO / "examples" / "gpu-node.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def h100(tmp_path_factory: pytest.TempPathFactory):
+    d = start_daemon(tmp_path_factory.mktemp("h100"), "--host-root", str(HOSTS / "h100-server"), name="h100")
+    yield d
+    d.terminate()
+
+
+def _stub(address: str) -> node_pb2_grpc.NodeServiceStub:
+    return node_pb2_grpc.NodeServiceStub(grpc.insecure_channel(address))
+
+
+def test_grpcurl_validates_an_inline_spec(h100) -> None:
+    out = subprocess.run(
+        [GRPCURL, "-plaintext", "-d", json.dumps({"spec": EXAMPLE, "tags": ["gpu"]}), h100.address,
+         "nodecompat.v1.NodeService/ValidateImage"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["compatible"] is True and body["score"] == 100
+    [gpu_set] = body["report"]["sets"]  # --tags gpu keeps only the GPU set
+    assert gpu_set["passed"] and gpu_set["rules_matched"] == gpu_set["rules_total"] == 2
+
+
+def test_verdict_says_what_the_node_has(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "--host-root", str(HOSTS / "plain-vm"), name="vm")
+    try:
+        resp = _stub(d.address).ValidateImage(node_pb2.ValidateImageRequest(spec=EXAMPLE), timeout=30)
+    finally:
+        d.terminate()
+    gpu_set = resp.report.sets[0]
+    assert not gpu_set.passed and gpu_set.description == "GPU training node"
+    vendor = next(e for t in gpu_set.rules[0].match_features for e in t.expressions if e.element == "vendor")
+    assert not vendor.matched and vendor.instance.startswith("pci.device[")
+    assert vendor.actual and vendor.actual[0] in vendor.detail and "10de" in vendor.detail
+    assert resp.report.nfd_json.startswith("[{")
+
+
+def test_malformed_spec_is_invalid_argument_with_every_problem_located(h100) -> None:
+    bad = """
+version: v1alpha1
+compatibilities:
+- rules:
+  - name: r0
+    matchFeatures:
+    - feature: pci.device
+      matchExpressions:
+        vendor: {op: In}
+        class: {op: Gt, value: ["a", "b"]}
+        device: {op: InRegexp, value: ["(unclosed"]}
+"""
+    with pytest.raises(grpc.RpcError) as err:
+        _stub(h100.address).ValidateImage(node_pb2.ValidateImageRequest(spec=bad), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    msg = err.value.details() or ""
+    base = "compatibilities[0].rules[0].matchFeatures[0].matchExpressions"
+    for where in (f"{base}.vendor", f"{base}.class", f"{base}.device"):
+        assert where in msg, msg
+
+
+HOSTILE = {
+    "10 MiB": "version: v1alpha1\n# " + "x" * (10 << 20),
+    "10,000-deep": "[" * 10_000 + "]" * 10_000,
+    "billion laughs": "a: &a [x,x,x,x,x,x,x,x,x]\n"
+    + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]\n"
+              for i in range(9)),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_specs_are_refused_while_other_calls_are_served(h100, name: str) -> None:
+    stub = _stub(h100.address)
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(h100.address))
+    served: list[float] = []
+    stop = threading.Event()
+
+    def other_calls() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            stub.GetFeatures(features_pb2.GetFeaturesRequest(prefixes=["kernel.version"]), timeout=5)
+            served.append(time.monotonic() - t0)
+
+    t = threading.Thread(target=other_calls)
+    t.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ValidateImage(node_pb2.ValidateImageRequest(spec=HOSTILE[name]), timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    print(f"{name}: refused in {took * 1000:.0f} ms; {len(served)} other call pairs meanwhile")
+    assert took < 5, "a sanity bound: a hang fails, a slow machine does not"
+    assert served, "other calls were served meanwhile"
+
+
+def test_catastrophic_regex_is_evaluated_in_linear_time(h100) -> None:
+    spec = """
+compatibilities:
+- rules:
+  - matchFeatures:
+    - feature: kernel.version
+      matchExpressions:
+        full: {op: InRegexp, value: ["(a+)+$", "^(a|aa)+$"]}
+"""
+    resp = _stub(h100.address).ValidateImage(node_pb2.ValidateImageRequest(spec=spec), timeout=10)
+    assert not resp.compatible
+
+
+FAILING_PLUGIN = """
+from nodecompat.probes.base import FeatureInfo, Probe
+
+class BrokenGpu(Probe):
+    name = "brokengpu"
+    features = (FeatureInfo("gpu.device", frozenset({"instance"})), FeatureInfo("gpu.driver", frozenset({"attribute"})))
+    def discover(self, host):
+        raise OSError("NVML: driver/library version mismatch")
+"""
+
+
+def test_facts_of_a_failed_probe_are_unknown_not_a_silent_mismatch(tmp_path: Path) -> None:
+    site = make_plugin(tmp_path, "brokengpu", FAILING_PLUGIN, {"brokengpu": "brokengpu:BrokenGpu"})
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    # A third-party GPU probe that fails, run instead of the built-in one.
+    probes = "pci,kernel,hugepages,cpu,memory,system,brokengpu"
+    d = start_daemon(tmp_path, "--host-root", str(HOSTS / "h100-server"), "--probes", probes, env=env)
+    try:
+        resp = _stub(d.address).ValidateImage(node_pb2.ValidateImageRequest(spec=EXAMPLE, tags=["gpu"]),
+                                              timeout=30)
+        statuses = {s.name: s for s in _stub(d.address).GetFeatures(features_pb2.GetFeaturesRequest(),
+                                                                     timeout=30).probes}
+    finally:
+        d.terminate()
+    assert not statuses["brokengpu"].ok
+    assert not resp.compatible
+    assert resp.report.sets[0].unknown
+    assert any("gpu.driver" in u and "mismatch" in u for u in resp.report.unknown_facts)
+    term = next(t for t in resp.report.sets[0].rules[0].match_features if t.feature == "gpu.driver")
+    assert term.unknown and not term.matched
