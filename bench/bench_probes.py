@@ -24,10 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodecompat.hostroot import HostRoot
 from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner, probe_once
-
-from nodecompat.hostroot import HostRoot
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "hosts" / "h100-server"

@@ -20,9 +20,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support_daemon import start_daemon  # noqa: E402
+from support_daemon import start_daemon
 
-from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc  # noqa: E402
+from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
 SPEC = """
 version: v1alpha1

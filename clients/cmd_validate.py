@@ -17,7 +17,6 @@ from typing import Any
 
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.clients.render import render_table
-
 from nodecompat.features import Features
 from nodecompat.spec import SpecError, parse_spec
 from nodecompat.verdict import Verdict
@@ -167,9 +166,8 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
     if args.features:
         features, unknown = load_snapshot(args.features)
     else:
-        from nodecompat.probes.runner import probe_once
-
         from nodecompat.hostroot import HostRoot
+        from nodecompat.probes.runner import probe_once
 
         rnd = probe_once(HostRoot(Path(args.host_root)))
         features, unknown = rnd.features, rnd.unknown_features()

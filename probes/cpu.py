@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
-from nodecompat.probes.cpuid_names import nfd_arm64_cpuid, nfd_x86_cpuid
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.cpuid_names import nfd_arm64_cpuid, nfd_x86_cpuid
 
 CPUINFO = "/proc/cpuinfo"
 CPU_DEVICES = "/sys/bus/cpu/devices"

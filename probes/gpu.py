@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.nvidia_info import (
     compute_capability,
@@ -34,9 +36,6 @@ from nodecompat.probes.nvidia_info import (
 )
 from nodecompat.probes.pci_ids import lookup, marketing_name, read_pci_ids
 from nodecompat.probes.sysfs_pci import PCI_DEVICES, PciDevice, list_pci_devices
-
-from nodecompat.features import Features
-from nodecompat.hostroot import HostRoot
 
 log = logging.getLogger(__name__)
 

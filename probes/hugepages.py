@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 GLOBAL = "/sys/kernel/mm/hugepages"
 NODES = "/sys/devices/system/node"

@@ -15,10 +15,9 @@ import gzip
 import re
 import zlib
 
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 OSRELEASE = "/proc/sys/kernel/osrelease"
 MODULES = "/proc/modules"

@@ -17,10 +17,9 @@ import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
 
 MAX_FILE_SIZE = 64 * 1024
 DIRECTIVE_PREFIX = "# +"

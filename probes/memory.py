@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 NODE_BUS = "/sys/bus/node/devices"
 NODE_SYSTEM = "/sys/devices/system/node"

@@ -11,11 +11,10 @@ We read sysfs rather than psutil.net_if_stats(): psutil reports speed 0 for both
 
 from __future__ import annotations
 
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
-from nodecompat.probes.sysfs_pci import PCI_DEVICES, pci_address_of
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.sysfs_pci import PCI_DEVICES, pci_address_of
 
 NET = "/sys/class/net"
 _I = NET + "/<if>/"

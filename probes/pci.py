@@ -8,11 +8,10 @@ is kept exactly as the kernel prints it, so "-1" means "no NUMA affinity".
 
 from __future__ import annotations
 
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
-from nodecompat.probes.sysfs_pci import PCI_DEVICES, list_pci_devices
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.sysfs_pci import PCI_DEVICES, list_pci_devices
 
 _D = PCI_DEVICES + "/<bdf>/"
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 import re
 
-from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 OS_RELEASE = "/etc/os-release"
 OS_RELEASE_FALLBACK = "/usr/lib/os-release"

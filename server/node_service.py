@@ -16,9 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat import wire
 from nodecompat.probes.runner import ProbeRound
-from nodecompat.spec import Spec, parse_spec
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.feature_cache import FeatureCache
+from nodecompat.spec import Spec, parse_spec
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self._parse = functools.lru_cache(maxsize=128)(self._parse_uncached)
 
     # -- GetFeatures ------------------------------------------------------------------------------
-    def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):  # noqa: N802
+    def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):
         budget = _remaining(context)
         rnd = self.cache.refresh() if request.refresh else self.cache.current(timeout=budget)
         if rnd is None:
@@ -82,7 +82,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             return msg
 
     # -- ValidateImage ----------------------------------------------------------------------------
-    def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):  # noqa: N802
+    def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
         from nodecompat.evaluate import evaluate
         from nodecompat.spec import SpecError
 

@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nodecompat.probes.base import Probe, ProbeOutput
-
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import Probe, ProbeOutput
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hosts"
 HOST_NAMES = ("h100-server", "amd-mi300", "plain-vm")

@@ -33,7 +33,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans: list[ReceivedSpan] = []
         self.lock = threading.Lock()
 
-    def Export(self, request, context):  # noqa: N802 (gRPC method name)
+    def Export(self, request, context):
         with self.lock:
             for rs in request.resource_spans:
                 service = ""

@@ -50,7 +50,8 @@ class SlowProbe(Probe):
     timeout = 30
     features = (FeatureInfo("slow.thing", frozenset({"attribute"})),)
     def discover(self, host):
-        time.sleep(float(open("/tmp/nodecompat-test-slow").read()) if __import__("os").path.exists("/tmp/nodecompat-test-slow") else 0)
+        knob = "/tmp/nodecompat-test-slow"
+        time.sleep(float(open(knob).read()) if __import__("os").path.exists(knob) else 0)
         out = ProbeOutput()
         out.features.add_attributes("slow.thing", {"t": str(time.time())})
         return out

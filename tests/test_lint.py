@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from nodecompat.probes.base import AttributeInfo, FeatureInfo
 
 from nodecompat.lint import lint_spec
+from nodecompat.probes.base import AttributeInfo, FeatureInfo
 
 KNOWN = {
     "pci.device": FeatureInfo(

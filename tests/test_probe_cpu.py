@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from support_hosts import REAL, attrs, copy_fixture, fixture_host, flags, make_unreadable, run
+
 from nodecompat.probes.cpu import CpuProbe, hypervisor_name, parse_cpuinfo
 from nodecompat.probes.cpuid_names import (
     LINUX_TO_KLAUSPOST,
@@ -13,7 +15,6 @@ from nodecompat.probes.cpuid_names import (
     x64_level,
     x86_flags,
 )
-from support_hosts import REAL, attrs, copy_fixture, fixture_host, flags, make_unreadable, run
 
 SPR = {
     "X87",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from support_hosts import REAL, attrs, copy_fixture, fixture_host, instances, make_unreadable, run
+
 from nodecompat.probes.gpu import GpuProbe, nvml_bus_id
 from nodecompat.probes.nvidia_info import (
     compute_capability,
@@ -15,7 +17,6 @@ from nodecompat.probes.nvidia_info import (
     split_version,
 )
 from nodecompat.probes.pci_ids import lookup, marketing_name
-from support_hosts import REAL, attrs, copy_fixture, fixture_host, instances, make_unreadable, run
 
 H100_ADDRS = [
     ("0000:18:00.0", "0"),

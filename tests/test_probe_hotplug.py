@@ -9,6 +9,7 @@ import threading
 import uuid
 
 import pytest
+
 from nodecompat.probes.hotplug import HotplugWatcher, _summarise
 
 

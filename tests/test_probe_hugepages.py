@@ -6,10 +6,10 @@ import glob
 import os
 
 import pytest
-from nodecompat.probes.hugepages import HugepagesProbe, quantity_name
 from support_hosts import REAL, attrs, copy_fixture, fixture_host, instances, make_unreadable, run
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.hugepages import HugepagesProbe, quantity_name
 
 
 def test_h100_exact():

@@ -6,6 +6,8 @@ import gzip
 import os
 
 import pytest
+from support_hosts import REAL, attrs, copy_fixture, fixture_host, flags, make_unreadable, run
+
 from nodecompat.probes.kernel import (
     KernelProbe,
     kconfig_search_paths,
@@ -15,7 +17,6 @@ from nodecompat.probes.kernel import (
     parse_modules,
     read_kconfig,
 )
-from support_hosts import REAL, attrs, copy_fixture, fixture_host, flags, make_unreadable, run
 
 H100_LOADED = {
     "nvidia_uvm",

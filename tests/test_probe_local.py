@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
-from nodecompat.probes.local import MAX_FILE_SIZE, LocalProbe, parse_feature_file
 from support_hosts import attrs, copy_fixture, fixture_host, run
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.local import MAX_FILE_SIZE, LocalProbe, parse_feature_file
 
 GFD = {
     "nvidia.com/gpu.count": "8",

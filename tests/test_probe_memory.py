@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from nodecompat.probes.memory import MemoryProbe, parse_meminfo, swap_enabled
 from support_hosts import REAL, attrs, copy_fixture, fixture_host, instances, make_unreadable, run
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.memory import MemoryProbe, parse_meminfo, swap_enabled
 
 
 def test_h100_exact():

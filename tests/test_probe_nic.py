@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from nodecompat.probes.nic import NicProbe
 from support_hosts import REAL, copy_fixture, fixture_host, instances, make_unreadable, run
+
+from nodecompat.probes.nic import NicProbe
 
 
 def _cx7(name: str, addr: str, numa: str) -> dict[str, str]:

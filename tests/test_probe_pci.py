@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from nodecompat.probes.pci import PciProbe
-from nodecompat.probes.sysfs_pci import class_code, pci_address_of, strip_hex
 from support_hosts import REAL, copy_fixture, fixture_host, instances, make_unreadable, run
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.pci import PciProbe
+from nodecompat.probes.sysfs_pci import class_code, pci_address_of, strip_hex
 
 H100_GPUS = [
     ("0000:18:00.0", "0"),

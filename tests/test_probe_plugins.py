@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from nodecompat.probes.base import FeatureInfo, Probe
-from nodecompat.probes.registry import load_probes
-from nodecompat.probes.runner import probe_once
 from support_hosts import HOST_NAMES, REAL, fixture_host
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import FeatureInfo, Probe
+from nodecompat.probes.registry import load_probes
+from nodecompat.probes.runner import probe_once
 
 BUILTIN = {"pci", "gpu", "nic", "kernel", "hugepages", "cpu", "memory", "system", "local"}
 

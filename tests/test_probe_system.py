@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from nodecompat.probes.system import SystemProbe, parse_os_release
 from support_hosts import REAL, attrs, copy_fixture, fixture_host, make_unreadable, run
+
+from nodecompat.probes.system import SystemProbe, parse_os_release
 
 
 @pytest.fixture(autouse=True)
