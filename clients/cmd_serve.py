@@ -55,6 +55,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = telemetry.init_tracing("nodecompat-node")
     name = args.node_name or node_name_default()
+    from nodecompat.oci.auth import RegistryAuth
+    from nodecompat.oci.errors import RegistryError
+
+    try:  # registry credentials for ValidateImage by reference: the docker config's `auths`
+        registry_auth = RegistryAuth.from_sources(ca_file=args.ca_file)
+    except RegistryError as exc:
+        print(f"nodecompat serve: registry credentials: {exc}", file=sys.stderr)
+        return 2
     creds = None
     if getattr(args, "tls_cert", None):
         from nodecompat.server import tls
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         probe_timeout=args.probe_timeout,
         probes=args.probes.split(",") if args.probes else None,
         hotplug=not args.no_hotplug,
-        registry=RegistryOptions(ca_file=args.ca_file),
+        registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth),
         server_credentials=creds,
     )
     try:

@@ -10,6 +10,7 @@ import functools
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,6 +22,9 @@ from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.spec import Spec, parse_spec
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
 
+if TYPE_CHECKING:
+    from nodecompat.oci.auth import RegistryAuth
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RPC_BUDGET = 60.0  # NFD's validate-node runs under a fixed 1-minute timeout
@@ -31,7 +35,7 @@ class RegistryOptions:
     """How the daemon reaches registries (credentials, CA) for ValidateImage by reference."""
 
     ca_file: str | None = None
-    auth: object | None = None  # nodecompat.oci.auth.RegistryAuth
+    auth: RegistryAuth | None = None
     max_spec_bytes: int = 1 << 20
     extra: dict[str, object] = field(default_factory=dict)
 
