@@ -4,6 +4,10 @@ The "empty RPC" is grpc.health.v1.Health/Check on the same daemon: same server, 
 interceptors, almost no work, so the difference is what our handlers cost. Each figure is measured
 serially (one call in flight) and with 16 calls in flight on one channel. Prints figures; asserts nothing.
 
+ValidateImage by reference: unless --image is given, the bench starts Debian's docker-registry on a
+loopback port (as the tests do), pushes an image with skopeo and attaches a spec, then prints the first
+(cold: registry round trips) call and the warm (daemon-cached) ones against inline-spec calls.
+
 Usage: .venv/bin/python bench/bench_rpc.py [--seconds S] [--image REF --plain-http]
 """
 
@@ -106,8 +110,12 @@ def main() -> None:
             for inflight in (1, 16):
                 rate, p50, p99 = measure(call, args.seconds, inflight)
                 print(f"{name:<32} {inflight:>9} {rate:>9.0f} {p50:>8.2f} {p99:>8.2f}")
-        if args.image:
-            req = node_pb2.ValidateImageRequest(image=args.image, plain_http=args.plain_http)
+        image, plain_http, reg = args.image, args.plain_http, None
+        if not image:
+            image, reg = _local_image(tmp)
+            plain_http = True
+        if image:
+            req = node_pb2.ValidateImageRequest(image=image, plain_http=plain_http)
             t0 = time.perf_counter()
             node.ValidateImage(req, timeout=30)
             cold = (time.perf_counter() - t0) * 1e3
@@ -124,8 +132,28 @@ def main() -> None:
             print(f"ValidateImage by reference: cold {cold:.2f} ms, warm (cached) median "
                   f"{statistics.median(warm):.2f} ms; inline spec median {statistics.median(inline):.2f} ms")
         ch.close()
+        if reg is not None:
+            reg.stop()
     finally:
         d.terminate()
+
+
+def _local_image(tmp: Path):  # type: ignore[no-untyped-def]
+    """Start a registry, push an image and attach SPEC; (reference, registry) or (None, None)."""
+    import shutil
+    import uuid
+
+    if not (shutil.which("docker-registry") and shutil.which("skopeo")):
+        print("(no docker-registry/skopeo: skipping ValidateImage by reference)")
+        return None, None
+    import support_registry as sr
+
+    from nodecompat.oci.attach import attach_spec
+
+    reg = sr.RegistryProcess(tmp / f"registry-{uuid.uuid4().hex[:6]}").start()
+    img = sr.push_image(reg.host, "bench/app", tmp)
+    attach_spec(img.reference, SPEC, plain_http=True)
+    return img.reference, reg
 
 
 if __name__ == "__main__":
