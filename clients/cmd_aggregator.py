@@ -15,12 +15,8 @@ DEFAULT_LISTEN = "127.0.0.1:50050"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("aggregator", help="run the fleet aggregator (gRPC FleetService)")
-    p.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})"
-    )
-    p.add_argument(
-        "--nodes-file", default=None, help="YAML/JSON list of {name, address, labels}; re-read on change"
-    )
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})")
+    p.add_argument("--nodes-file", default=None, help="YAML/JSON list of {name, address, labels}; re-read on change")
     p.add_argument(
         "--dns",
         action="append",
@@ -31,12 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dns-interval", type=float, default=30.0, help="seconds between DNS re-resolutions")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="default lease of registered nodes (s)")
     p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
-    p.add_argument(
-        "--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one"
-    )
-    p.add_argument(
-        "--default-timeout", type=float, default=30.0, help="overall deadline when the request sets none"
-    )
+    p.add_argument("--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one")
+    p.add_argument("--default-timeout", type=float, default=30.0, help="overall deadline when the request sets none")
     p.add_argument("--tls-cert", default=None, help="certificate (PEM): served, and presented to daemons")
     p.add_argument("--tls-key", default=None, help="private key (PEM) of --tls-cert")
     p.add_argument(
@@ -44,9 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="CA (PEM): clients must present a certificate it signed, and daemons are verified with it",
     )
-    p.add_argument(
-        "--ca-file", default=None, help="CA bundle for registries (ValidateFleet by image reference)"
-    )
+    p.add_argument("--ca-file", default=None, help="CA bundle for registries (ValidateFleet by image reference)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -68,6 +58,13 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         server_creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
     if args.tls_ca or args.tls_cert:
         node_creds = tls.channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    from nodecompat.oci.auth import RegistryAuth
+    from nodecompat.oci.errors import RegistryError
+
+    try:  # registry credentials for ValidateFleet by reference: the docker config's `auths`, as the daemon
+        registry_auth = RegistryAuth.from_sources(ca_file=args.ca_file)
+    except RegistryError as exc:
+        raise ValueError(f"registry credentials: {exc}") from None
     return AggregatorConfig(
         listen=args.listen,
         nodes_file=args.nodes_file,
@@ -79,7 +76,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         default_timeout=args.default_timeout,
         server_credentials=server_creds,
         node_credentials=node_creds,
-        registry=RegistryOptions(ca_file=args.ca_file),
+        registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth),
     )
 
 
@@ -88,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from nodecompat.server.aggregator import AggregatorDaemon
     from nodecompat.server.daemon import run_until_signal
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = telemetry.init_tracing("nodecompat-aggregator")
     try:
         daemon = AggregatorDaemon(build_config(args))

@@ -27,28 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = fsub.add_parser("validate", help="which nodes of the fleet can run this image (or spec)?")
     _common(v)
     src = v.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--image", help="image reference; its compatibility artifact is fetched once, by the aggregator"
-    )
-    src.add_argument(
-        "--spec", metavar="FILE", help="image compatibility spec (YAML/JSON) to send inline; - for stdin"
-    )
-    v.add_argument(
-        "--selector", action="append", default=[], metavar="K=V", help="only nodes with this label"
-    )
+    src.add_argument("--image", help="image reference; its compatibility artifact is fetched once, by the aggregator")
+    src.add_argument("--spec", metavar="FILE", help="image compatibility spec (YAML/JSON) to send inline; - for stdin")
+    v.add_argument("--selector", action="append", default=[], metavar="K=V", help="only nodes with this label")
     v.add_argument("--tags", action="append", default=[], help="only compatibility sets with these tags")
     v.add_argument("--platform", default="", help="os/arch[/variant] of an image index to use")
     v.add_argument("--plain-http", action="store_true", help="reach the registry over plain HTTP")
-    v.add_argument(
-        "--timeout", type=float, default=0.0, help="overall deadline in seconds (0: aggregator default)"
-    )
+    v.add_argument("--timeout", type=float, default=0.0, help="overall deadline in seconds (0: aggregator default)")
     v.set_defaults(func=run_validate)
 
     n = fsub.add_parser("nodes", help="list the fleet's nodes with their health")
     _common(n)
-    n.add_argument(
-        "--selector", action="append", default=[], metavar="K=V", help="only nodes with this label"
-    )
+    n.add_argument("--selector", action="append", default=[], metavar="K=V", help="only nodes with this label")
     n.set_defaults(func=run_nodes)
 
 
@@ -75,9 +65,7 @@ def _client(args: argparse.Namespace) -> FleetClient:
     from nodecompat.clients.fleet_client import FleetClient
     from nodecompat.server.tls import ClientTls
 
-    return FleetClient(
-        args.aggregator, credentials=ClientTls(args.tls_ca, args.tls_cert, args.tls_key).credentials()
-    )
+    return FleetClient(args.aggregator, credentials=ClientTls(args.tls_ca, args.tls_cert, args.tls_key).credentials())
 
 
 def _error(msg: str) -> int:

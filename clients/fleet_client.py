@@ -10,8 +10,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import grpc
-from nodecompat.server import tls
 
+from nodecompat.server import tls
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 DEADLINE_SLACK = 2.0  # the client's own gRPC deadline is this much beyond the fleet timeout
@@ -165,9 +165,7 @@ class FleetClient:
 
     def list_nodes(self, selector: Mapping[str, str] | None = None, timeout: float = 10.0) -> list[NodeEntry]:
         try:
-            resp = self.stub.ListNodes(
-                fleet_pb2.ListNodesRequest(selector=dict(selector or {})), timeout=timeout
-            )
+            resp = self.stub.ListNodes(fleet_pb2.ListNodesRequest(selector=dict(selector or {})), timeout=timeout)
         except grpc.RpcError as exc:
             raise FleetCallError(exc.code().name, exc.details() or "") from None
         return [

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
+from opentelemetry import trace
+
 from nodecompat.server import telemetry
 from nodecompat.server.daemon import add_standard_services, set_health
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.fleet_nodes import SOURCE_DNS, NodeInventory
 from nodecompat.server.node_service import RegistryOptions
-from opentelemetry import trace
-
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,7 @@ class AggregatorOptions:
 
 
 class FleetService(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(
-        self, inventory: NodeInventory, fanout: FanOut, options: AggregatorOptions | None = None
-    ) -> None:
+    def __init__(self, inventory: NodeInventory, fanout: FanOut, options: AggregatorOptions | None = None) -> None:
         self.inventory = inventory
         self.fanout = fanout
         self.options = options or AggregatorOptions()
@@ -117,14 +115,10 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         started = time.monotonic()
         source = request.WhichOneof("source")
         if source is None:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)"
-            )
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)")
         t = request.timeout_seconds
         if math.isnan(t) or t < 0 or t > MAX_TIMEOUT:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"timeout_seconds must be in [0, {MAX_TIMEOUT:g}], got {t}"
-            )
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"timeout_seconds must be in [0, {MAX_TIMEOUT:g}], got {t}")
         budget = t or self.options.default_timeout
         left = context.time_remaining()
         if left is not None:
@@ -173,7 +167,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 request.image,
                 platform=request.platform or None,
                 plain_http=request.plain_http,
-                auth=reg.auth,  # type: ignore[arg-type]
+                auth=reg.auth,
                 ca_file=reg.ca_file,
                 timeout=max(0.05, deadline - time.monotonic()),
                 max_bytes=reg.max_spec_bytes,
@@ -197,9 +191,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         node = outcome.node
         resp = outcome.response
         reported = resp.report.node_name if resp is not None else ""
-        self.inventory.record_contact(
-            node.address, "SERVING" if outcome.status == "OK" else outcome.status, reported
-        )
+        self.inventory.record_contact(node.address, "SERVING" if outcome.status == "OK" else outcome.status, reported)
         name = reported if node.source == SOURCE_DNS and reported else node.name
         result = fleet_pb2.NodeResult(
             node_name=name,
@@ -244,9 +236,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         stale = [
             v.node.address
             for v in self.inventory.views(selector)
-            if v.last_contact is None
-            or now - v.last_contact.timestamp() > HEALTH_STALE_AFTER
-            or v.health == "UNKNOWN"
+            if v.last_contact is None or now - v.last_contact.timestamp() > HEALTH_STALE_AFTER or v.health == "UNKNOWN"
         ]
         if not stale:
             return
@@ -273,9 +263,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.RegisterNodeRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.RegisterNodeResponse:
         try:
-            ttl = self.inventory.register(
-                request.name, request.address, dict(request.labels), request.ttl_seconds
-            )
+            ttl = self.inventory.register(request.name, request.address, dict(request.labels), request.ttl_seconds)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name!r}: {exc}")
             raise
@@ -300,9 +288,7 @@ def summarize(
         incompatible=sum(1 for r in ok if not r.compatible),
         failed=len(results) - len(ok),
         ranking=[
-            fleet_pb2.RankedNode(
-                node_name=r.node_name, compatible=r.compatible, score=r.score, status=r.status
-            )
+            fleet_pb2.RankedNode(node_name=r.node_name, compatible=r.compatible, score=r.score, status=r.status)
             for r in ranked
         ],
         image_digest=image_digest,
@@ -341,9 +327,7 @@ class AggregatorDaemon:
             lease_ttl=config.lease_ttl,
         )
         self.pool = ChannelPool(config.node_credentials)
-        self.fanout = FanOut(
-            self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout)
-        )
+        self.fanout = FanOut(self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout))
         self.service = FleetService(
             self.inventory,
             self.fanout,

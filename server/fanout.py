@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from nodecompat.server import telemetry, tls
-from nodecompat.server.fleet_nodes import FleetNode
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from nodecompat.server import telemetry, tls
+from nodecompat.server.fleet_nodes import FleetNode
 from nodecompat.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,7 @@ def instrument(channel: grpc.Channel) -> grpc.Channel:
     except TypeError:
         from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 
-        return grpcext.intercept_channel(
-            channel, client_interceptor(tracer_provider=trace.get_tracer_provider())
-        )
+        return grpcext.intercept_channel(channel, client_interceptor(tracer_provider=trace.get_tracer_provider()))
 
 
 @dataclass
@@ -202,10 +200,8 @@ class FanOut:
                 if now >= deadline:
                     break
                 while len(inflight) < cfg.concurrency and ((backoff and backoff[0][0] <= now) or pending):
-                    if backoff and backoff[0][0] <= now:
-                        call = heapq.heappop(backoff)[2]
-                    else:
-                        call = pending.popleft()
+                    due_retry = bool(backoff) and backoff[0][0] <= now  # retries go before new nodes
+                    call = heapq.heappop(backoff)[2] if due_retry else pending.popleft()
                     finished = launch(call, now)
                     if finished is not None:
                         remaining -= 1
@@ -230,9 +226,7 @@ class FanOut:
                     call.future.cancel()
                 msg = "the fleet deadline passed before this node answered"
                 if call.attempts == 0:
-                    msg = (
-                        "the fleet deadline passed before this node's turn (raise --concurrency or --timeout)"
-                    )
+                    msg = "the fleet deadline passed before this node's turn (raise --concurrency or --timeout)"
                 elif call.last_error[0]:
                     msg += f" (previous attempt: {call.last_error[0]}: {call.last_error[1]})"
                 yield self._finish(call, now, "DEADLINE_EXCEEDED", msg, None)
@@ -255,9 +249,7 @@ class FanOut:
         exc = fut.exception()
         if exc is None:
             return self._finish(call, now, "OK", "", fut.result())
-        code = (
-            exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-        )
+        code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
         call.last_error = (code.name, details)
         retry_at = now + self.config.retry_backoff
@@ -267,9 +259,7 @@ class FanOut:
             and call.node_deadline - retry_at >= self.config.min_attempt
         ):
             if call.span is not None:
-                call.span.add_event(
-                    "retry", {"after_status": code.name, "backoff_s": self.config.retry_backoff}
-                )
+                call.span.add_event("retry", {"after_status": code.name, "backoff_s": self.config.retry_backoff})
             heapq.heappush(backoff, (retry_at, call.seq, call))
             return None
         return self._finish(call, now, code.name, details, None)

@@ -156,9 +156,7 @@ def parse_nodes_file(text: str, origin: str) -> list[FleetNode]:
             raise NodesFileError(f"{where}: address {exc}") from None
         name = entry.get("name", address)
         if not isinstance(name, str) or not name or len(name) > MAX_FIELD:
-            raise NodesFileError(
-                f"{where}: `name` must be a non-empty string of at most {MAX_FIELD} characters"
-            )
+            raise NodesFileError(f"{where}: `name` must be a non-empty string of at most {MAX_FIELD} characters")
         if name in seen:
             raise NodesFileError(f"{where}: name {name!r} already used by entry {seen[name]}")
         seen[name] = i
@@ -291,12 +289,8 @@ class NodeInventory:
         clean = _check_labels(dict(labels), "labels")
         granted = self.grant_ttl(ttl)
         with self._lock:
-            self._leases[name] = _Lease(
-                FleetNode(name, address, clean, SOURCE_REGISTERED), self._clock() + granted
-            )
-            self._contacts[address] = replace(
-                self._contacts.get(address) or Contact(_now(), "UNKNOWN"), at=_now()
-            )
+            self._leases[name] = _Lease(FleetNode(name, address, clean, SOURCE_REGISTERED), self._clock() + granted)
+            self._contacts[address] = replace(self._contacts.get(address) or Contact(_now(), "UNKNOWN"), at=_now())
         return granted
 
     def deregister(self, name: str) -> bool:
@@ -335,26 +329,20 @@ class NodeInventory:
         nodes = self.nodes(selector)
         with self._lock:
             return [
-                NodeView(
-                    n, c.at if (c := self._contacts.get(n.address)) else None, c.health if c else "UNKNOWN"
-                )
+                NodeView(n, c.at if (c := self._contacts.get(n.address)) else None, c.health if c else "UNKNOWN")
                 for n in nodes
             ]
 
     def record_contact(self, address: str, health: str, reported_name: str = "") -> None:
         with self._lock:
             prev = self._contacts.get(address)
-            self._contacts[address] = Contact(
-                _now(), health, reported_name or (prev.reported_name if prev else "")
-            )
+            self._contacts[address] = Contact(_now(), health, reported_name or (prev.reported_name if prev else ""))
 
     # -- background refresh ------------------------------------------------------------------------
     def start(self, file_interval: float = 2.0) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(
-            target=self._loop, args=(file_interval,), name="fleet-inventory", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, args=(file_interval,), name="fleet-inventory", daemon=True)
         self._thread.start()
 
     def _loop(self, file_interval: float) -> None:

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Mapping
 
 import grpc
-from nodecompat.server import tls
 
+from nodecompat.server import tls
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)

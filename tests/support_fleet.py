@@ -22,9 +22,10 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 from support_daemon import free_port
 from support_otlp import OtlpReceiver
+
+from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = REPO / "tests" / "fixtures" / "hosts"
@@ -268,9 +269,7 @@ def make_certs(directory: Path, ips: Sequence[str] = ()) -> Certs:
         f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"
     )
     for leaf, ca in (("leaf", "ca"), ("rogue", "rogue-ca")):
-        _openssl(
-            "req", *ec, "-keyout", f"{leaf}.key", "-out", f"{leaf}.csr", "-subj", f"/CN={leaf}", cwd=directory
-        )
+        _openssl("req", *ec, "-keyout", f"{leaf}.key", "-out", f"{leaf}.csr", "-subj", f"/CN={leaf}", cwd=directory)
         _openssl(
             "x509",
             "-req",

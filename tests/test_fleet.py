@@ -17,8 +17,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from nodecompat.clients.fleet_client import FleetCallError, FleetClient, NodeEntry, NodeVerdict
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 from support_daemon import free_port
 from support_fleet import (
     SPEC_ANY,
@@ -35,6 +33,8 @@ from support_fleet import (
 from support_proxy import TcpProxy, tcp_proxy  # noqa: F401 (fixture)
 from support_registry import registry  # noqa: F401 (fixture)
 
+from nodecompat.clients.fleet_client import FleetCallError, FleetClient, NodeEntry, NodeVerdict
+from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
@@ -94,11 +94,7 @@ def test_bad_requests_are_refused_with_a_reason(fleet: Fleet, tmp_path: Path) ->
         with pytest.raises(grpc.RpcError) as no_source:
             list(stub.ValidateFleet(fleet_pb2.ValidateFleetRequest(), timeout=5))
         with pytest.raises(grpc.RpcError) as bad_timeout:
-            list(
-                stub.ValidateFleet(
-                    fleet_pb2.ValidateFleetRequest(spec=SPEC_ANY, timeout_seconds=-1), timeout=5
-                )
-            )
+            list(stub.ValidateFleet(fleet_pb2.ValidateFleetRequest(spec=SPEC_ANY, timeout_seconds=-1), timeout=5))
     assert bad_spec.value.code == "INVALID_ARGUMENT" and "matchFeatures" in bad_spec.value.message
     assert no_source.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_timeout.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -171,9 +167,7 @@ def test_concurrency_bound_leaves_queued_nodes_reported(fleet: Fleet, tmp_path: 
     proxy: TcpProxy = tcp_proxy(fleet.by_name("vm").address, delay=30.0)
     extra = [{"name": "a-stuck", "address": proxy.address}]  # sorts first
     with (
-        aggregator(
-            nodes_file=str(nodes_file(fleet, tmp_path, extra)), concurrency=1, node_timeout=60.0
-        ) as agg,
+        aggregator(nodes_file=str(nodes_file(fleet, tmp_path, extra)), concurrency=1, node_timeout=60.0) as agg,
         FleetClient(agg.address) as client,
     ):
         answer = client.validate(spec_text=SPEC_ANY, timeout=1.5)
@@ -255,9 +249,7 @@ def wait_listed(client: FleetClient, pred, what: str, timeout: float = 15.0) -> 
 def test_registered_node_survives_aggregator_restart_and_lapses_when_killed(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     agg = aggregator_at(address)
-    node = start_node(
-        tmp_path, "edge1", "plain-vm", args=["--register", address, "--labels", "site=edge,tier=2"]
-    )
+    node = start_node(tmp_path, "edge1", "plain-vm", args=["--register", address, "--labels", "site=edge,tier=2"])
 
     def present(ns: list[NodeEntry]) -> bool:
         return any(n.name == "edge1" for n in ns)

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodecompat.clients.fleet_client import FleetClient
 from support_fleet import FLEET, SPEC_NVIDIA, Proc, aggregator, start_node, write_nodes_file
+
+from nodecompat.clients.fleet_client import FleetClient
 
 pytestmark = pytest.mark.root
 DAEMON_PORT = 50051  # the same port in every namespace: each daemon has its own address
@@ -83,9 +84,7 @@ def test_fleet_across_network_namespaces(namespaces: list[tuple[str, str]], tmp_
         assert {v.address for v in got.values()} == {f"{a}:{DAEMON_PORT}" for _, a in namespaces}
         assert {n.health for n in listed} == {"SERVING"}
         # Loopback of the root namespace does not reach them: they really live in their namespaces.
-        r = subprocess.run(
-            ["ss", "-ltn", f"sport = :{DAEMON_PORT}"], capture_output=True, text=True, timeout=10
-        )
+        r = subprocess.run(["ss", "-ltn", f"sport = :{DAEMON_PORT}"], capture_output=True, text=True, timeout=10)
         assert all(addr not in r.stdout for _, addr in namespaces)
     finally:
         for p in procs:

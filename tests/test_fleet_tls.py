@@ -11,9 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from nodecompat.clients.fleet_client import FleetCallError, FleetClient
-from nodecompat.clients.node_client import NodeCallError, NodeClient
-from nodecompat.server import tls
 from support_fleet import (
     SPEC_NVIDIA,
     aggregator,
@@ -22,6 +19,10 @@ from support_fleet import (
     start_node,
     write_nodes_file,
 )
+
+from nodecompat.clients.fleet_client import FleetCallError, FleetClient
+from nodecompat.clients.node_client import NodeCallError, NodeClient
+from nodecompat.server import tls
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
 
@@ -40,9 +41,7 @@ def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path:
         tmp_path, "--nodes-file", str(nodes_path), "--lease-ttl", "5", *flags, credentials=good
     )
     procs.append(
-        start_node(
-            tmp_path, "vm", "plain-vm", args=[*flags, "--register", agg.address], credentials=good, wait=False
-        )
+        start_node(tmp_path, "vm", "plain-vm", args=[*flags, "--register", agg.address], credentials=good, wait=False)
     )
     try:
         for p in procs:
@@ -90,9 +89,7 @@ def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path:
 
         refused = {
             "no client certificate": tls.channel_credentials(certs.ca),
-            "certificate from another CA": tls.channel_credentials(
-                certs.ca, certs.rogue_cert, certs.rogue_key
-            ),
+            "certificate from another CA": tls.channel_credentials(certs.ca, certs.rogue_cert, certs.rogue_key),
         }
         for what, creds in refused.items():
             with FleetClient(agg.address, credentials=creds) as client, pytest.raises(FleetCallError) as err:
@@ -110,9 +107,7 @@ def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path:
 
         # An aggregator that cannot present a client certificate is refused by every daemon.
         with (
-            aggregator(
-                nodes_file=str(nodes_path), node_credentials=tls.channel_credentials(certs.ca)
-            ) as anon,
+            aggregator(nodes_file=str(nodes_path), node_credentials=tls.channel_credentials(certs.ca)) as anon,
             FleetClient(anon.address) as client,
         ):
             answer = client.validate(spec_text=SPEC_NVIDIA, timeout=10)

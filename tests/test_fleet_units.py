@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from nodecompat.clients.cmd_fleet import parse_selector, render_table
 from nodecompat.clients.fleet_client import FleetAnswer, FleetSummary, NodeVerdict
 from nodecompat.server.aggregator import deadline_margin, failure_reasons, summarize
@@ -20,14 +21,11 @@ from nodecompat.server.fleet_nodes import (
     split_address,
     system_resolver,
 )
-
 from nodecompat.v1 import fleet_pb2, validation_pb2
 
 
 def test_nodes_file_forms() -> None:
-    yaml_list = (
-        "- {name: a, address: '10.0.0.1:50051', labels: {gpu: nvidia, count: 8, ok: true}}\n- address: h:1\n"
-    )
+    yaml_list = "- {name: a, address: '10.0.0.1:50051', labels: {gpu: nvidia, count: 8, ok: true}}\n- address: h:1\n"
     nodes = parse_nodes_file(yaml_list, "nodes.yaml")
     assert [(n.name, n.address, dict(n.labels)) for n in nodes] == [
         ("a", "10.0.0.1:50051", {"gpu": "nvidia", "count": "8", "ok": "true"}),
@@ -182,9 +180,7 @@ def test_failure_reasons_come_from_the_best_failing_set() -> None:
         rules_matched=0,
         rules_total=1,
         rules=[
-            validation_pb2.RuleVerdict(
-                name="fpga", match_features=[validation_pb2.TermVerdict(feature="fpga.device")]
-            ),
+            validation_pb2.RuleVerdict(name="fpga", match_features=[validation_pb2.TermVerdict(feature="fpga.device")]),
         ],
     )
     report = validation_pb2.ValidationReport(sets=[far, near])
@@ -208,9 +204,7 @@ def test_failure_reasons_come_from_the_best_failing_set() -> None:
                                     )
                                 ]
                             ),
-                            validation_pb2.MatchAnyVerdict(
-                                terms=[validation_pb2.TermVerdict(feature="rdma.device")]
-                            ),
+                            validation_pb2.MatchAnyVerdict(terms=[validation_pb2.TermVerdict(feature="rdma.device")]),
                         ],
                     ),
                 ],
