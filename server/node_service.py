@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
 
 from nodecompat import wire
 from nodecompat.probes.runner import ProbeRound
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from nodecompat.oci.auth import RegistryAuth
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("nodecompat.server")
 
 DEFAULT_RPC_BUDGET = 60.0  # NFD's validate-node runs under a fixed 1-minute timeout
 
@@ -105,7 +107,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         if source == "spec":
             text: str = request.spec
         else:
-            fetched = self._fetch(request, context)
+            with _tracer.start_as_current_span("fetch compatibility artifact") as span:
+                span.set_attribute("nodecompat.image", request.image)
+                fetched = self._fetch(request, context)
+                span.set_attribute("nodecompat.artifact_digest", fetched.artifact_digest)
             text = fetched.text
             warnings.extend(fetched.warnings)
             origin = f"artifact {fetched.artifact_digest} of {fetched.reference}"
@@ -114,12 +119,15 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 "image_digest": fetched.image_digest,
                 "artifact_digest": fetched.artifact_digest,
             }
-        try:
-            spec = self._parse(text, request.nfd_compat)
-        except SpecError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
-            raise  # unreachable: abort raises
-        verdict = evaluate(spec, rnd.features, tags=list(request.tags), unknown=rnd.unknown_features())
+        with _tracer.start_as_current_span("evaluate spec") as span:
+            try:
+                spec = self._parse(text, request.nfd_compat)
+            except SpecError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
+                raise  # unreachable: abort raises
+            verdict = evaluate(spec, rnd.features, tags=list(request.tags), unknown=rnd.unknown_features())
+            span.set_attribute("nodecompat.compatible", verdict.compatible)
+            span.set_attribute("nodecompat.score", verdict.score)
         report = wire.to_message(verdict, validation_pb2.ValidationReport)
         report.warnings[:] = [*getattr(spec, "warnings", []), *warnings, *verdict.warnings]
         report.node_name = self.node_name

@@ -163,3 +163,27 @@ def test_cli_validate_image_locally_and_through_the_daemon(registry, repo_name, 
     missing = _cli(tmp_path, "validate", "--image", f"{registry.host}/{repo_name}:gone", "--plain-http",
                    "--host-root", PLAIN_VM)
     assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr and missing.stdout == ""
+
+
+def test_trace_of_validate_by_reference_has_fetch_and_registry_spans(registry, repo_name, tmp_path) -> None:
+    from support_otlp import OtlpReceiver
+
+    receiver = OtlpReceiver()
+    img = sr.push_image(registry.host, repo_name, tmp_path)
+    attach_spec(img.reference, sr.spec_yaml(note="traced"), plain_http=True)
+    env = {**sr.env_without_docker(tmp_path), **receiver.env("traced-node")}
+    d = start_daemon(tmp_path, "--host-root", PLAIN_VM, env=env)
+    try:
+        assert _validate(d.address, image=img.reference, plain_http=True).compatible
+        spans = receiver.wait_for(lambda ss: any(s.name == "evaluate spec" for s in ss))
+    finally:
+        d.terminate()
+        receiver.stop()
+    server = next(s for s in spans if s.name == "/nodecompat.v1.NodeService/ValidateImage")
+    fetch = next(s for s in spans if s.name == "fetch compatibility artifact")
+    assert fetch.parent_span_id == server.span_id
+    registry_spans = [s for s in spans if s.name.startswith("registry ") and s.parent_span_id == fetch.span_id]
+    assert len(registry_spans) >= 3  # resolve, referrers, manifest, blob
+    assert all(s.trace_id == server.trace_id for s in registry_spans)
+    evaluate_span = next(s for s in spans if s.name == "evaluate spec")
+    assert evaluate_span.parent_span_id == server.span_id and evaluate_span.attributes["nodecompat.compatible"]

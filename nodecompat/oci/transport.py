@@ -23,8 +23,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+from opentelemetry import trace
 
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.errors import (
@@ -42,6 +44,8 @@ BACKOFF_CAP = 2.0
 PER_REQUEST_TIMEOUT = 10.0
 USER_AGENT = "nodecompat-oci/0.1"
 _PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+_tracer = trace.get_tracer("nodecompat.oci")
 
 
 class Budget:
@@ -174,8 +178,14 @@ class Transport:
                 hdrs["Authorization"] = cached
             timeout = self._timeout(what)
             try:
-                resp = session.request(method, url, headers=hdrs, data=data, stream=stream,
-                                       timeout=timeout, verify=self.verify, allow_redirects=True)
+                with _tracer.start_as_current_span(f"registry {method}", kind=trace.SpanKind.CLIENT) as span:
+                    span.set_attribute("http.request.method", method)
+                    span.set_attribute("server.address", self.host)
+                    span.set_attribute("url.path", urlsplit(url).path)
+                    span.set_attribute("nodecompat.registry.what", what)
+                    resp = session.request(method, url, headers=hdrs, data=data, stream=stream,
+                                           timeout=timeout, verify=self.verify, allow_redirects=True)
+                    span.set_attribute("http.response.status_code", resp.status_code)
             except requests.exceptions.SSLError as exc:
                 raise UnavailableError(
                     f"TLS to {self.host} failed ({_short(exc)}); pass a CA file (--ca-file) "
