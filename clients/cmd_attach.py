@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
-
 from nodecompat.oci.attach import attach_spec, list_artifacts
 from nodecompat.oci.errors import RegistryError
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import support_registry as sr
-from nodecompat.clients.registry_args import add_registry_args, read_secret, registry_auth_from_args
 
+from nodecompat.clients.registry_args import add_registry_args, read_secret, registry_auth_from_args
 from nodecompat.oci.discovery import fetch_compat_spec
 from nodecompat.oci.errors import RegistryError
 
