@@ -8,8 +8,10 @@ Daemons are `nodecompat serve` subprocesses (module-scoped, shared); aggregators
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -95,6 +97,16 @@ def test_bad_requests_are_refused_with_a_reason(fleet: Fleet, tmp_path: Path) ->
             list(stub.ValidateFleet(fleet_pb2.ValidateFleetRequest(), timeout=5))
         with pytest.raises(grpc.RpcError) as bad_timeout:
             list(stub.ValidateFleet(fleet_pb2.ValidateFleetRequest(spec=SPEC_ANY, timeout_seconds=-1), timeout=5))
+        bad_registrations = [
+            fleet_pb2.RegisterNodeRequest(name="x", address="no-port"),
+            fleet_pb2.RegisterNodeRequest(name="", address="h:1"),
+            fleet_pb2.RegisterNodeRequest(name="x", address="h:1", labels={f"k{i}": "v" for i in range(65)}),
+        ]
+        for req in bad_registrations:
+            with pytest.raises(grpc.RpcError) as bad_reg:
+                stub.RegisterNode(req, timeout=5)
+            assert bad_reg.value.code() == grpc.StatusCode.INVALID_ARGUMENT, req
+        assert [n.name for n in client.list_nodes()] == ["h100", "mi300", "vm"]  # nothing half-registered
     assert bad_spec.value.code == "INVALID_ARGUMENT" and "matchFeatures" in bad_spec.value.message
     assert no_source.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_timeout.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -323,6 +335,30 @@ def test_cli_validate_table_json_and_exit_codes(fleet: Fleet, tmp_path: Path) ->
     assert doc["summary"]["compatible"] == 1 and doc["summary"]["failed"] == 0
     assert none.returncode == 1 and "0 of 1 node(s) fit" in none.stdout
     assert nodes.returncode == 0 and len(json.loads(nodes.stdout)["nodes"]) == 3
+
+
+def test_cli_draws_a_progress_bar_on_a_terminal_only(fleet: Fleet, tmp_path: Path) -> None:
+    spec = tmp_path / "any.yaml"
+    spec.write_text(SPEC_ANY)
+    primary, secondary = os.openpty()
+    try:
+        with aggregator(nodes_file=str(nodes_file(fleet, tmp_path))) as agg:
+            run = subprocess.run(
+                [*CLI, "fleet", "validate", "--aggregator", agg.address, "--spec", str(spec), "-o", "json"],
+                stdout=subprocess.PIPE,
+                stderr=secondary,
+                timeout=60,
+            )
+        os.close(secondary)
+        tty_bytes = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal is drained
+            while chunk := os.read(primary, 4096):
+                tty_bytes += chunk
+    finally:
+        os.close(primary)
+    assert run.returncode == 0 and json.loads(run.stdout)["summary"]["compatible"] == 3
+    assert b"] 3/3 nodes, 3 fit, 0 failed" in tty_bytes  # the bar, redrawn in place
+    assert tty_bytes.endswith(b"\r\x1b[K")  # and erased before the JSON (on stdout) is printed
 
 
 def test_cli_errors_exit_2(tmp_path: Path) -> None:
