@@ -90,7 +90,7 @@ class ChannelPool:
             entry = self._channels.get(address)
             if entry is None:
                 raw = tls.open_channel(address, self.credentials, CHANNEL_OPTIONS)
-                entry = (raw, instrument(raw))
+                entry = (raw, telemetry.instrument_channel(raw))
                 self._channels[address] = entry
             return entry[1]
 
@@ -114,20 +114,6 @@ class ChannelPool:
 
     def close(self) -> None:
         self.prune(set())
-
-
-def instrument(channel: grpc.Channel) -> grpc.Channel:
-    """telemetry.instrument_channel, or the same interceptor through OpenTelemetry's own grpcext.
-
-    The OpenTelemetry client interceptor implements grpcext's interfaces, which grpc.intercept_channel
-    rejects (TypeError); grpcext.intercept_channel accepts it and supports .future(), which we need.
-    """
-    try:
-        return telemetry.instrument_channel(channel)
-    except TypeError:
-        from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
-
-        return grpcext.intercept_channel(channel, client_interceptor(tracer_provider=trace.get_tracer_provider()))
 
 
 @dataclass

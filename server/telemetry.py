@@ -80,7 +80,13 @@ def server_interceptors() -> list[grpc.ServerInterceptor]:
 
 
 def instrument_channel(channel: grpc.Channel) -> grpc.Channel:
-    """Wrap a client channel so each call opens a CLIENT span and sends W3C trace context."""
-    from opentelemetry.instrumentation.grpc import client_interceptor
+    """Wrap a client channel so each call opens a CLIENT span and sends W3C trace context.
 
-    return grpc.intercept_channel(channel, client_interceptor(tracer_provider=trace.get_tracer_provider()))
+    The OpenTelemetry client interceptor implements OpenTelemetry's own `grpcext` interfaces, which
+    grpc.intercept_channel rejects; grpcext.intercept_channel takes it and keeps `.future()` calls.
+    """
+    from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
+
+    return grpcext.intercept_channel(
+        channel, client_interceptor(tracer_provider=trace.get_tracer_provider())
+    )
