@@ -83,7 +83,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
 def run(args: argparse.Namespace) -> int:
     from nodecompat.server import telemetry
     from nodecompat.server.aggregator import AggregatorDaemon
-    from nodecompat.server.daemon import run_until_signal
+    from nodecompat.server.grpc_server import run_until_signal
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = telemetry.init_tracing("nodecompat-aggregator")

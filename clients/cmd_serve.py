@@ -49,7 +49,8 @@ def node_name_default() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from nodecompat.server import telemetry
-    from nodecompat.server.daemon import DaemonConfig, NodeDaemon, run_until_signal
+    from nodecompat.server.daemon import DaemonConfig, NodeDaemon
+    from nodecompat.server.grpc_server import run_until_signal
     from nodecompat.server.node_service import RegistryOptions
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

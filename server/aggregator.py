@@ -16,7 +16,6 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,11 +23,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
-from nodecompat.server import telemetry
-from nodecompat.server.daemon import add_standard_services, set_health
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.fleet_nodes import SOURCE_DNS, NodeInventory
+from nodecompat.server.grpc_server import add_standard_services, new_server, set_health
 from nodecompat.server.node_service import RegistryOptions
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
 
@@ -36,7 +34,6 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 FLEET_SERVICE = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
-MAX_MESSAGE_BYTES = 16 << 20
 MAX_TIMEOUT = 3600.0
 HEALTH_STALE_AFTER = 10.0  # ListNodes health-checks nodes not heard from for this long
 
@@ -333,15 +330,7 @@ class AggregatorDaemon:
             self.fanout,
             AggregatorOptions(default_timeout=config.default_timeout, registry=config.registry),
         )
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="fleet-rpc"),
-            interceptors=telemetry.server_interceptors(),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        self.server = new_server(config.workers, "fleet-rpc")
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(self.service, self.server)
         self.health = add_standard_services(self.server, [FLEET_SERVICE])
         self.port = 0

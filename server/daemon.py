@@ -8,29 +8,24 @@ exits 0.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
-from nodecompat.server import telemetry
 from nodecompat.server.feature_cache import FeatureCache
+from nodecompat.server.grpc_server import add_standard_services, new_server, set_health
 from nodecompat.server.node_service import NodeService, RegistryOptions
 from nodecompat.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
-MAX_MESSAGE_BYTES = 16 << 20  # above the spec limit, so oversized specs get our INVALID_ARGUMENT
 
 
 @dataclass
@@ -48,25 +43,6 @@ class DaemonConfig:
     server_credentials: grpc.ServerCredentials | None = None
 
 
-def add_standard_services(server: grpc.Server, service_names: list[str]) -> health.HealthServicer:
-    """Health (initially NOT_SERVING) and reflection for the given services."""
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ["", *service_names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
-    return health_servicer
-
-
-def set_health(health_servicer: health.HealthServicer, service_names: list[str], serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ["", *service_names]:
-        health_servicer.set(name, status)
-
-
 class NodeDaemon:
     """A running node daemon. start() binds and begins probing; stop() drains and stops."""
 
@@ -79,15 +55,7 @@ class NodeDaemon:
                 p.node_name = config.node_name
         self.runner = ProbeRunner(probes, self.host, errors, timeout=config.probe_timeout)
         self.cache = FeatureCache(self.runner, config.refresh_interval)
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-            interceptors=telemetry.server_interceptors(),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        self.server = new_server(config.workers, "rpc")
         self.service = NodeService(self.cache, config.node_name, config.registry)
         node_pb2_grpc.add_NodeServiceServicer_to_server(self.service, self.server)
         self.health = add_standard_services(self.server, [NODE_SERVICE])
@@ -139,19 +107,3 @@ class NodeDaemon:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
-
-
-def run_until_signal(stop: Callable[[], None], wait: Callable[[], None]) -> None:
-    """Block until SIGTERM/SIGINT, then call stop() (which drains) and return."""
-    done = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal %d: draining", signum)
-        done.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    while not done.wait(0.5):
-        pass
-    stop()
-    wait()

@@ -33,14 +33,13 @@ from opentelemetry import trace
 
 from nodecompat.server import telemetry, tls
 from nodecompat.server.fleet_nodes import FleetNode
+from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
 from nodecompat.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 << 20
 CHANNEL_OPTIONS: list[tuple[str, object]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    *MESSAGE_SIZE_OPTIONS,
     # A daemon that restarts must be reachable again quickly through the reused channel. (Not
     # grpc.min_reconnect_backoff_ms: gRPC core also uses it as the connect timeout, so a slow peer's
     # handshake would fail as UNAVAILABLE after that long instead of running into the node deadline.)

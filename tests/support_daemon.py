@@ -28,8 +28,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def health_status(address: str, timeout: float = 1.0) -> str:
-    with grpc.insecure_channel(address) as ch:
+def health_status(address: str, timeout: float = 1.0, credentials: grpc.ChannelCredentials | None = None) -> str:
+    """The grpc.health.v1 status name of a server, or the gRPC error code name when the check fails."""
+    ch = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as exc:

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support_daemon import free_port
+from support_daemon import free_port, health_status
 from support_otlp import OtlpReceiver
 
 from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
@@ -69,13 +68,7 @@ compatibilities:
 
 
 def health(address: str, credentials: grpc.ChannelCredentials | None = None, timeout: float = 1.0) -> str:
-    ch = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
-    with ch:
-        try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            return exc.code().name
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return health_status(address, timeout, credentials)
 
 
 @dataclass
