@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--platform", default="", help="os/arch[/variant] of an image index to use")
     v.add_argument("--plain-http", action="store_true", help="reach the registry over plain HTTP")
     v.add_argument("--timeout", type=float, default=0.0, help="overall deadline in seconds (0: aggregator default)")
+    v.add_argument("--nfd-compat", action="store_true", help="accept what NFD accepts (see `validate --nfd-compat`)")
     v.set_defaults(func=run_validate)
 
     n = fsub.add_parser("nodes", help="list the fleet's nodes with their health")
@@ -134,6 +135,7 @@ def run_validate(args: argparse.Namespace) -> int:
                 plain_http=args.plain_http,
                 selector=selector,
                 timeout=args.timeout,
+                nfd_compat=args.nfd_compat,
             ):
                 if isinstance(item, NodeVerdict):
                     nodes.append(item)

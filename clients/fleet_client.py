@@ -125,6 +125,7 @@ class FleetClient:
         plain_http: bool = False,
         selector: Mapping[str, str] | None = None,
         timeout: float = 0.0,
+        nfd_compat: bool = False,
     ) -> Iterator[NodeVerdict | FleetSummary]:
         """Node verdicts as they arrive, then the summary. timeout 0: the aggregator's default."""
         req = fleet_pb2.ValidateFleetRequest(
@@ -133,6 +134,7 @@ class FleetClient:
             plain_http=plain_http,
             selector=dict(selector or {}),
             timeout_seconds=timeout,
+            nfd_compat=nfd_compat,
         )
         if image is not None:
             req.image = image

@@ -130,10 +130,12 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         try:
             with trace.use_span(span, end_on_exit=False):
                 spec_text, image_digest, artifact_digest = self._resolve(request, context, deadline)
-                self._check_spec(spec_text, context, request.image or "inline spec")
+                self._check_spec(spec_text, context, request.image or "inline spec", request.nfd_compat)
             nodes = self.inventory.nodes(dict(request.selector))
             span.set_attribute("nodecompat.fleet.nodes", len(nodes))
-            node_request = node_pb2.ValidateImageRequest(spec=spec_text, tags=list(request.tags))
+            node_request = node_pb2.ValidateImageRequest(
+                spec=spec_text, tags=list(request.tags), nfd_compat=request.nfd_compat
+            )
             results: list[fleet_pb2.NodeResult] = []
             for outcome in self.fanout.run(nodes, node_request, deadline, parent):
                 result = self._node_result(outcome)
@@ -174,13 +176,13 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             raise
         return fetched.text, fetched.image_digest, fetched.artifact_digest
 
-    def _check_spec(self, text: str, context: grpc.ServicerContext, origin: str) -> None:
+    def _check_spec(self, text: str, context: grpc.ServicerContext, origin: str, nfd_compat: bool) -> None:
         try:
             from nodecompat.spec import SpecError, parse_spec
         except ImportError:  # no local parser: each daemon reports its own INVALID_ARGUMENT
             return
         try:
-            parse_spec(text, nfd_compat=False, max_bytes=self.options.registry.max_spec_bytes)
+            parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.options.registry.max_spec_bytes)
         except SpecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
 

@@ -482,3 +482,15 @@ def test_image_is_resolved_once_per_call(fleet: Fleet, tmp_path: Path, registry)
     layer = "sha256:" + hashlib.sha256(SPEC_NVIDIA.encode()).hexdigest()
     assert [p for p in fleet_call if p.endswith(f"/blobs/{layer}")] == [f"GET /v2/fleet/app/blobs/{layer}"]
     assert missing.value.code == "NOT_FOUND"
+
+
+def test_nfd_compat_reaches_the_daemons(fleet: Fleet, tmp_path: Path) -> None:
+    """A spec with a field NFD ignores: refused strictly, evaluated on every node in NFD compatibility mode."""
+    lenient = SPEC_ANY.replace("version: v1alpha1", "version: v1alpha1\nx-team: infra")
+    with aggregator(nodes_file=str(nodes_file(fleet, tmp_path))) as agg, FleetClient(agg.address) as client:
+        with pytest.raises(FleetCallError) as err:
+            client.validate(spec_text=lenient, timeout=15)
+        assert err.value.code == "INVALID_ARGUMENT" and "x-team" in err.value.message
+        answer = client.validate(spec_text=lenient, timeout=15, nfd_compat=True)
+    assert {n.name: n.status for n in answer.nodes} == {"h100": "OK", "mi300": "OK", "vm": "OK"}
+    assert answer.summary.compatible == 3

@@ -50,12 +50,15 @@ class ValidateFleetRequest(_message.Message):
     PLAIN_HTTP_FIELD_NUMBER: _builtins.int
     SELECTOR_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    NFD_COMPAT_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     spec: _builtins.str
     platform: _builtins.str
     plain_http: _builtins.bool
     timeout_seconds: _builtins.float
     """Overall deadline for the answer; 0 means the aggregator's default."""
+    nfd_compat: _builtins.bool
+    """Tolerate what NFD tolerates (see ValidateImageRequest.nfd_compat)."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -72,10 +75,11 @@ class ValidateFleetRequest(_message.Message):
         plain_http: _builtins.bool = ...,
         selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_seconds: _builtins.float = ...,
+        nfd_compat: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "source", b"source", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "plain_http", b"plain_http", "platform", b"platform", "selector", b"selector", "source", b"source", "spec", b"spec", "tags", b"tags", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "nfd_compat", b"nfd_compat", "plain_http", b"plain_http", "platform", b"platform", "selector", b"selector", "source", b"source", "spec", b"spec", "tags", b"tags", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["image", "spec"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
