@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from nodecompat.expressions import DOES_NOT_EXIST, ExpressionError, MatchExpression
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """One expression against one place (the flag part, the attribute part or one instance)."""
 
