@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from nodecompat.server.grpc_server import run_until_signal
     from nodecompat.server.node_service import RegistryOptions
 
+    if not Path(args.host_root).is_dir():
+        print(f"nodecompat serve: --host-root {args.host_root} is not a directory", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = telemetry.init_tracing("nodecompat-node")
     name = args.node_name or node_name_default()

@@ -198,7 +198,9 @@ class KernelProbe(Probe):
 
         builtin_path = f"/lib/modules/{version}/modules.builtin"
         builtin = host.read_text(builtin_path) if version else None
-        if builtin is None:
+        if not version:
+            out.notes.append("kernel version unknown: modules.builtin not read, kernel.enabledmodule left out")
+        elif builtin is None:
             out.notes.append(f"{builtin_path} unreadable: kernel.enabledmodule left out, as NFD does")
         else:
             f.add_flags("kernel.enabledmodule", loaded | parse_builtin_modules(builtin))

@@ -26,7 +26,7 @@ from opentelemetry import trace
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.fleet_nodes import SOURCE_DNS, NodeInventory
-from nodecompat.server.grpc_server import add_standard_services, new_server, set_health
+from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
 from nodecompat.server.node_service import RegistryOptions
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
 
@@ -340,12 +340,7 @@ class AggregatorDaemon:
 
     def start(self) -> int:
         self.inventory.load()
-        if self.config.server_credentials is not None:
-            self.port = self.server.add_secure_port(self.config.listen, self.config.server_credentials)
-        else:
-            self.port = self.server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        self.port = bind(self.server, self.config.listen, self.config.server_credentials)
         self.server.start()
         self.inventory.start()
         set_health(self.health, [FLEET_SERVICE], True)

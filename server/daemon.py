@@ -19,7 +19,7 @@ from nodecompat.hostroot import HostRoot
 from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
 from nodecompat.server.feature_cache import FeatureCache
-from nodecompat.server.grpc_server import add_standard_services, new_server, set_health
+from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
 from nodecompat.server.node_service import NodeService, RegistryOptions
 from nodecompat.v1 import node_pb2, node_pb2_grpc
 
@@ -66,12 +66,7 @@ class NodeDaemon:
 
     def start(self) -> int:
         host, _, _ = self.config.listen.rpartition(":")
-        if self.config.server_credentials is not None:
-            self.port = self.server.add_secure_port(self.config.listen, self.config.server_credentials)
-        else:
-            self.port = self.server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        self.port = bind(self.server, self.config.listen, self.config.server_credentials)
         self.server.start()
         self.cache.on_round.append(lambda _r: set_health(self.health, [NODE_SERVICE], True))
         self.cache.start()

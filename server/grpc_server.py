@@ -38,6 +38,23 @@ def new_server(workers: int, thread_prefix: str) -> grpc.Server:
     )
 
 
+def bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Add the listening port; an OSError a person can act on when it cannot be bound."""
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(listen, credentials)
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"cannot listen on {listen!r}: the port is in use or the host does not resolve "
+            "(expected HOST:PORT, e.g. 127.0.0.1:50051 or 0.0.0.0:50051)"
+        )
+    return port
+
+
 def add_standard_services(server: grpc.Server, service_names: list[str]) -> health.HealthServicer:
     """Health (initially NOT_SERVING) and reflection for the given services."""
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -222,3 +222,16 @@ def test_cli_features_errors_are_exit_2(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and "not a directory" in bad.stderr and bad.stdout == ""
+
+
+def test_serve_refuses_a_busy_port_and_a_missing_host_root(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        cli = [sys.executable, "-m", "nodecompat.clients.cli", "serve", "--no-hotplug"]
+        busy = subprocess.run([*cli, "--listen", d.address], capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 2 and f"cannot listen on '{d.address}'" in busy.stderr
+        assert health_status(d.address) == "SERVING"  # the first daemon is unharmed (no SO_REUSEPORT)
+    finally:
+        d.terminate()
+    missing = subprocess.run([*cli, "--host-root", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
