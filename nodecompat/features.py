@@ -102,6 +102,19 @@ class Features:
             },
         )
 
+    def subset(self, names: Iterable[str]) -> Features:
+        """A copy keeping only the features named exactly."""
+        keep = set(names)
+        out = Features()
+        out.merge(
+            Features(
+                flags={n: f for n, f in self.flags.items() if n in keep},
+                attributes={n: a for n, a in self.attributes.items() if n in keep},
+                instances={n: i for n, i in self.instances.items() if n in keep},
+            )
+        )
+        return out
+
     def copy(self) -> Features:
         out = Features()
         out.merge(self)

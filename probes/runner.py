@@ -142,16 +142,36 @@ class ProbeRunner:
                 st.duration_seconds = (call.finished or time.monotonic()) - call.started
                 st.error = f"{type(call.error).__name__}: {call.error}"
             else:
-                assert call.output is not None
-                st.ok = True
                 st.duration_seconds = (call.finished or time.monotonic()) - call.started
-                st.notes = list(call.output.notes)
-                features.merge(call.output.features)
+                problem = _check_output(p, call.output)
+                if problem:
+                    st.error = problem
+                else:
+                    assert isinstance(call.output, ProbeOutput)
+                    st.ok = True
+                    st.notes = list(call.output.notes)
+                    undeclared = call.output.features.names() - set(p.feature_names())
+                    if undeclared:
+                        st.notes.append(
+                            f"dropped features the probe does not declare: {', '.join(sorted(undeclared))}"
+                        )
+                    features.merge(call.output.features.subset(p.feature_names()))
             statuses[p.name] = st
         for le in self.load_errors:
             statuses[le.name] = ProbeStatus(le.name, ok=False, error=le.error)
         ordered = [statuses[k] for k in sorted(statuses)]
         return ProbeRound(features=features, statuses=ordered, probed_at=datetime.now(UTC))
+
+
+def _check_output(probe: Probe, output: object) -> str:
+    """Why a probe's return value is unusable ("" when it is fine): plugins are not trusted."""
+    if not isinstance(output, ProbeOutput):
+        return f"discover() returned {type(output).__name__}, not a ProbeOutput"
+    if not isinstance(output.features, Features):
+        return f"discover() returned features of type {type(output.features).__name__}, not Features"
+    if not all(isinstance(n, str) for n in output.notes):
+        return "discover() returned notes that are not strings"
+    return ""
 
 
 def probe_once(host: HostRoot, only: Iterable[str] | None = None, timeout: float | None = None) -> ProbeRound:

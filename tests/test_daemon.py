@@ -235,3 +235,48 @@ def test_serve_refuses_a_busy_port_and_a_missing_host_root(tmp_path: Path) -> No
         d.terminate()
     missing = subprocess.run([*cli, "--host-root", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
+
+
+MISBEHAVING = """
+from nodecompat.features import Features
+from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
+
+class ReturnsNone(Probe):
+    name = "none"
+    features = (FeatureInfo("none.thing", frozenset({"flag"})),)
+    def discover(self, host):
+        return None
+
+class ReturnsDict(Probe):
+    name = "dict"
+    features = (FeatureInfo("dict.thing", frozenset({"flag"})),)
+    def discover(self, host):
+        return {"flags": {}}
+
+class Squatter(Probe):
+    name = "squatter"
+    features = (FeatureInfo("squatter.thing", frozenset({"attribute"})),)
+    def discover(self, host):
+        out = ProbeOutput()
+        out.features.add_attributes("squatter.thing", {"ok": "true"})
+        out.features.add_attributes("kernel.version", {"major": "99"})
+        return out
+"""
+
+
+def test_probes_returning_garbage_or_undeclared_features_do_not_spoil_the_round(tmp_path: Path) -> None:
+    site = make_plugin(tmp_path, "badprobes", MISBEHAVING, {
+        "none": "badprobes:ReturnsNone", "dict": "badprobes:ReturnsDict", "squatter": "badprobes:Squatter"})
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    d = start_daemon(tmp_path, "--host-root", str(Path(__file__).parent / "fixtures" / "hosts" / "plain-vm"), env=env)
+    try:
+        with grpc.insecure_channel(d.address) as ch:
+            resp = node_pb2_grpc.NodeServiceStub(ch).GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10)
+    finally:
+        d.terminate()
+    st = {s.name: s for s in resp.probes}
+    assert not st["none"].ok and "returned NoneType, not a ProbeOutput" in st["none"].error
+    assert not st["dict"].ok and "returned dict" in st["dict"].error
+    assert st["squatter"].ok and any("kernel.version" in n for n in st["squatter"].notes)
+    assert resp.features.attributes["kernel.version"].elements["major"] == "6"  # not overwritten with 99
+    assert dict(resp.features.attributes["squatter.thing"].elements) == {"ok": "true"}
