@@ -12,7 +12,10 @@ import socket
 import sys
 from pathlib import Path
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
+from nodecompat.server import DEFAULT_NODE_LISTEN as DEFAULT_LISTEN
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,28 +23,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})")
     p.add_argument("--host-root", default="/", help="read the host under this root (default /)")
     p.add_argument("--node-name", default="", help="node name (default $NODE_NAME or the hostname)")
-    p.add_argument("--refresh-interval", type=float, default=60.0, help="seconds between probe rounds")
-    p.add_argument("--probe-timeout", type=float, default=None, help="override every probe's timeout (s)")
+    p.add_argument("--refresh-interval", type=_positive, default=60.0, help="seconds between probe rounds (>= 1)")
+    p.add_argument("--probe-timeout", type=_positive, default=None, help="override every probe's timeout (s)")
     p.add_argument("--probes", default=None, help="comma-separated probe names to run (default all)")
     p.add_argument("--no-hotplug", action="store_true", help="do not re-probe on device hot-plug events")
     p.add_argument("--ca-file", default=None, help="CA bundle for registries (ValidateImage by reference)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     p.set_defaults(func=run)
-    _add_optional_args(p)
-
-
-def _add_optional_args(p: argparse.ArgumentParser) -> None:
-    """Fleet flags (TLS, registration), when the fleet modules are present."""
-    try:
-        from nodecompat.server import tls  # noqa: F401
-    except ImportError:
-        return
     p.add_argument("--tls-cert", default=None, help="server certificate (PEM); enables TLS")
     p.add_argument("--tls-key", default=None, help="server private key (PEM)")
     p.add_argument("--tls-ca", default=None, help="CA (PEM) clients must be signed by: enables mutual TLS")
     p.add_argument("--register", default=None, metavar="AGGREGATOR", help="keep a lease with this aggregator")
     p.add_argument("--advertise", default=None, help="HOST:PORT the aggregator should dial (default: --listen)")
     p.add_argument("--labels", default="", help="comma-separated k=v labels announced on registration")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be greater than 0")
+    return value
+
+
+def check_args(args: argparse.Namespace) -> str:
+    """What is wrong with the flags, or "" (checked before anything starts)."""
+    from nodecompat.probes.registry import load_probes
+    from nodecompat.server.fleet_nodes import split_address
+
+    if not Path(args.host_root).is_dir():
+        return f"--host-root {args.host_root} is not a directory"
+    if args.refresh_interval < 1:
+        return "--refresh-interval must be at least 1 second"
+    try:
+        host, _port = split_address(args.listen)
+    except ValueError as exc:
+        return f"--listen {exc}"
+    if args.probes:
+        _, errors = load_probes(args.probes.split(","))
+        if errors:
+            return "--probes: " + "; ".join(e.error for e in errors)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    if args.tls_ca and not args.tls_cert:
+        return "--tls-ca (mutual TLS) needs --tls-cert and --tls-key"
+    if args.register:
+        if host in WILDCARD_HOSTS and not args.advertise:
+            return (f"--listen {args.listen} is a wildcard address the aggregator cannot dial: "
+                    "give --advertise HOST:PORT (this node's reachable address)")
+        if args.advertise:
+            try:
+                split_address(args.advertise)
+            except ValueError as exc:
+                return f"--advertise {exc}"
+    bad = [kv for kv in args.labels.split(",") if kv.strip() and "=" not in kv]
+    if bad:
+        return f"--labels: expected k=v, got {', '.join(bad)}"
+    return ""
 
 
 def node_name_default() -> str:
@@ -54,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
     from nodecompat.server.grpc_server import run_until_signal
     from nodecompat.server.node_service import RegistryOptions
 
-    if not Path(args.host_root).is_dir():
-        print(f"nodecompat serve: --host-root {args.host_root} is not a directory", file=sys.stderr)
+    problem = check_args(args)
+    if problem:
+        print(f"nodecompat serve: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     provider = telemetry.init_tracing("nodecompat-node")
     name = args.node_name or node_name_default()
     from nodecompat.oci.auth import RegistryAuth
@@ -69,10 +110,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"nodecompat serve: registry credentials: {exc}", file=sys.stderr)
         return 2
     creds = None
-    if getattr(args, "tls_cert", None):
+    if args.tls_cert:
         from nodecompat.server import tls
 
-        creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
+        try:
+            creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
+        except (tls.TlsConfigError, OSError) as exc:
+            print(f"nodecompat serve: {exc}", file=sys.stderr)
+            return 2
     config = DaemonConfig(
         listen=args.listen,
         host_root=args.host_root,
@@ -92,10 +137,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     host = args.listen.rpartition(":")[0]
     print(f"nodecompat: node {name} serving on {host}:{port}", file=sys.stderr, flush=True)
-    if getattr(args, "register", None):
+    if args.register:
         from nodecompat.server.registration import LeaseKeeper
 
-        labels = dict(kv.split("=", 1) for kv in args.labels.split(",") if "=" in kv)
+        labels = dict(kv.strip().split("=", 1) for kv in args.labels.split(",") if kv.strip())
         keeper = LeaseKeeper(
             args.register,
             name=name,

@@ -18,6 +18,7 @@ import grpc
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
+from nodecompat.server import DEFAULT_NODE_LISTEN
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
 from nodecompat.server.node_service import NodeService, RegistryOptions
@@ -30,7 +31,7 @@ NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 
 @dataclass
 class DaemonConfig:
-    listen: str = "127.0.0.1:50051"
+    listen: str = DEFAULT_NODE_LISTEN
     host_root: str = "/"
     node_name: str = ""
     refresh_interval: float = 60.0

@@ -280,3 +280,25 @@ def test_probes_returning_garbage_or_undeclared_features_do_not_spoil_the_round(
     assert st["squatter"].ok and any("kernel.version" in n for n in st["squatter"].notes)
     assert resp.features.attributes["kernel.version"].elements["major"] == "6"  # not overwritten with 99
     assert dict(resp.features.attributes["squatter.thing"].elements) == {"ok": "true"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--refresh-interval", "0"], "must be greater than 0"),
+        (["--refresh-interval", "0.5"], "at least 1 second"),
+        (["--probes", "pci,nosuch"], "no probe named 'nosuch'"),
+        (["--listen", "127.0.0.1:99999"], "port must be 1-65535"),
+        (["--listen", "nocolon"], "expected HOST:PORT"),
+        (["--log-level", "bogus"], "invalid choice"),
+        (["--tls-cert", "/etc/hostname"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"], "not a PEM file"),
+        (["--listen", "0.0.0.0:50999", "--register", "127.0.0.1:1"], "give --advertise"),
+        (["--register", "127.0.0.1:1", "--labels", "a,b=c"], "expected k=v, got a"),
+    ],
+)
+def test_serve_flags_are_checked_before_anything_starts(flags: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "nodecompat.clients.cli", "serve", *flags],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
