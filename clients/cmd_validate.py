@@ -121,12 +121,21 @@ def load_snapshot(path: str) -> tuple[Features, dict[str, str]]:
         features = Features.from_nfd(data)
     except ValueError as exc:
         raise CommandError(f"features snapshot {path}: {exc}") from None
+    probes = data.get("probes", [])
+    if not isinstance(probes, list) or not all(
+        isinstance(st, dict) and isinstance(st.get("name"), str) and isinstance(st.get("ok"), bool)
+        and isinstance(st.get("features", []), list)
+        for st in probes
+    ):
+        raise CommandError(
+            f"features snapshot {path}: `probes` must be a list of probe statuses "
+            "({name, ok, error, features}) as `nodecompat features -o json` writes them"
+        )
     unknown: dict[str, str] = {}
-    probes = data.get("probes") if isinstance(data, dict) else None
-    for st in probes or []:
-        if isinstance(st, dict) and not st.get("ok", True):
-            for name in st.get("features") or []:
-                unknown[str(name)] = f"probe {st.get('name', '?')} failed: {st.get('error', '')}"
+    for st in probes:
+        if not st["ok"]:
+            for name in st.get("features", []):
+                unknown[str(name)] = f"probe {st['name']} failed: {st.get('error', '')}"
     return features, unknown
 
 

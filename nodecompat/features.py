@@ -140,22 +140,29 @@ class Features:
     def from_nfd(cls, data: Mapping[str, Any]) -> Features:
         """Parse NFD's wire format (as printed by `nfd export features` or `nodecompat features`).
 
-        Raises ValueError with the offending path when the shape is wrong.
+        Strict about shape, because a snapshot decides verdicts: every feature is an object, elements of the
+        right kind, values strings (numbers and booleans are taken as Go's %v renders them), never null.
+        Raises ValueError naming the offending path.
         """
         if not isinstance(data, Mapping):
             raise ValueError("features: expected an object with flags/attributes/instances")
         out = cls()
         for kind in ("flags", "attributes", "instances"):
-            section = data.get(kind) or {}
+            section = data.get(kind)
+            if section is None:
+                continue
             if not isinstance(section, Mapping):
                 raise ValueError(f"features.{kind}: expected an object")
             for name, feat in section.items():
-                elements = (feat or {}).get("elements") if isinstance(feat, Mapping) else None
-                where = f"features.{kind}.{name}.elements"
+                where = f"features.{kind}.{name}"
+                if not isinstance(feat, Mapping):
+                    raise ValueError(f"{where}: expected an object with `elements`")
+                elements = feat.get("elements")
+                where += ".elements"
                 if kind == "flags":
                     if elements is None:
                         elements = {}
-                    if not isinstance(elements, Mapping | list):
+                    if not isinstance(elements, Mapping):
                         raise ValueError(f"{where}: expected an object of names")
                     out.add_flags(name, (str(e) for e in elements))
                 elif kind == "attributes":
@@ -163,7 +170,7 @@ class Features:
                         elements = {}
                     if not isinstance(elements, Mapping):
                         raise ValueError(f"{where}: expected an object of name: value")
-                    out.add_attributes(name, {str(k): _wire_str(v) for k, v in elements.items()})
+                    out.add_attributes(name, {str(k): _wire_str(v, f"{where}.{k}") for k, v in elements.items()})
                 else:
                     if elements is None:
                         elements = []
@@ -171,18 +178,24 @@ class Features:
                         raise ValueError(f"{where}: expected a list of instances")
                     insts = []
                     for i, inst in enumerate(elements):
-                        attrs = inst.get("attributes") if isinstance(inst, Mapping) else None
+                        if not isinstance(inst, Mapping):
+                            raise ValueError(f"{where}[{i}]: expected an object with `attributes`")
+                        attrs = inst.get("attributes")
                         if attrs is None:
                             attrs = {}
                         if not isinstance(attrs, Mapping):
                             raise ValueError(f"{where}[{i}].attributes: expected an object")
-                        insts.append({str(k): _wire_str(v) for k, v in attrs.items()})
+                        insts.append({str(k): _wire_str(v, f"{where}[{i}].attributes.{k}") for k, v in attrs.items()})
                     out.set_instances(name, insts)
         return out
 
 
-def _wire_str(v: Any) -> str:
-    """Render a JSON value the way Go's %v renders it in NFD (bools lower-case)."""
+def _wire_str(v: Any, where: str) -> str:
+    """A wire value as NFD holds it: a string; numbers and booleans as Go's %v renders them."""
+    if isinstance(v, str):
+        return v
     if isinstance(v, bool):
         return "true" if v else "false"
-    return str(v)
+    if isinstance(v, int | float):
+        return str(v)
+    raise ValueError(f"{where}: expected a string value, got {'null' if v is None else type(v).__name__}")
