@@ -17,6 +17,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
 from nodecompat import wire
+from nodecompat.oci.cache import SpecCache
+from nodecompat.oci.errors import RegistryError
+from nodecompat.oci.platform import parse_platform
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.feature_cache import FeatureCache
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nodecompat.server")
 
+MAX_TAGS = 256
 DEFAULT_RPC_BUDGET = 60.0  # NFD's validate-node runs under a fixed 1-minute timeout
 
 
@@ -47,7 +51,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self.cache = cache
         self.node_name = node_name
         self.registry = registry or RegistryOptions()
-        self._spec_cache: object | None = None
+        self._spec_cache = SpecCache()
         # Converting a round's features (kernel.config alone has thousands of entries) costs more than
         # the RPC itself, so the converted message is kept per (round, prefixes) for the round's life.
         self._proto_cache: dict[tuple[int, tuple[str, ...]], features_pb2.Features] = {}
@@ -95,6 +99,13 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         source = request.WhichOneof("source")
         if source is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)")
+        if request.platform:
+            try:
+                parse_platform(request.platform)
+            except RegistryError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"platform: {exc}")
+        if len(request.tags) > MAX_TAGS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_TAGS} tags, got {len(request.tags)}")
         budget = _remaining(context)
         rnd = self.cache.current(timeout=budget)
         if rnd is None:
@@ -139,15 +150,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         return parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.registry.max_spec_bytes)
 
     def _fetch(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
-        from nodecompat.oci.cache import SpecCache
         from nodecompat.oci.errors import RegistryError
 
-        if self._spec_cache is None:
-            self._spec_cache = SpecCache()
-        cache = self._spec_cache
-        assert isinstance(cache, SpecCache)
         try:
-            return cache.fetch(
+            return self._spec_cache.fetch(
                 request.image,
                 platform=request.platform or None,
                 plain_http=request.plain_http,

@@ -167,3 +167,16 @@ def test_facts_of_a_failed_probe_are_unknown_not_a_silent_mismatch(tmp_path: Pat
     assert any("gpu.driver" in u and "mismatch" in u for u in resp.report.unknown_facts)
     term = next(t for t in resp.report.sets[0].rules[0].match_features if t.feature == "gpu.driver")
     assert term.unknown and not term.matched
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "words"),
+    [
+        ({"platform": "linux/amd64/v3/extra/x"}, "platform:"),
+        ({"tags": [f"t{i}" for i in range(1000)]}, "at most 256 tags"),
+    ],
+)
+def test_malformed_request_fields_are_invalid_argument(h100, request_fields: dict, words: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        _stub(h100.address).ValidateImage(node_pb2.ValidateImageRequest(spec=EXAMPLE, **request_fields), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in (err.value.details() or "")
