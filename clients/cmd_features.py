@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from nodecompat.clients.tls_args import (
+    add_tls_client_args,
+    channel_credentials_from_args,
+    tls_flags_given,
+    unavailable_hint,
+)
 from nodecompat.probes.runner import ProbeRound
 
 
@@ -22,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=("json", "table"), default="table")
     p.add_argument("--prefix", action="append", default=[], help="only features starting with this (repeatable)")
     p.add_argument("--refresh", action="store_true", help="with --node: make the daemon re-probe first")
+    add_tls_client_args(p, "the --node daemon")
     p.set_defaults(func=run)
 
 
@@ -38,18 +44,21 @@ def snapshot_json(rnd: ProbeRound, node_name: str = "") -> dict[str, object]:
 
 def load_round(args: argparse.Namespace) -> tuple[str, ProbeRound]:
     if args.node:
-        from nodecompat.clients.node_client import NodeClient
+        from nodecompat.clients.node_client import NodeCallError, NodeClient
 
-        with NodeClient(args.node) as client:
-            return client.get_features(refresh=args.refresh, prefixes=args.prefix)
+        with NodeClient(args.node, credentials=channel_credentials_from_args(args)) as client:
+            try:
+                return client.get_features(refresh=args.refresh, prefixes=args.prefix)
+            except NodeCallError as exc:
+                hint = unavailable_hint(args) if exc.code == "UNAVAILABLE" else ""
+                raise NodeCallError(exc.code, f"node {args.node}: {exc.message}{hint}") from None
+    if tls_flags_given(args):
+        raise ValueError("--tls-ca/--tls-cert/--tls-key apply to --node only")
     from nodecompat.clients.cmd_serve import node_name_default
     from nodecompat.hostroot import HostRoot
     from nodecompat.probes.runner import probe_once
 
-    root = Path(args.host_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--host-root {root} is not a directory")
-    rnd = probe_once(HostRoot(root))
+    rnd = probe_once(HostRoot.checked(args.host_root))
     rnd.features = rnd.features.filtered(args.prefix)
     return node_name_default(), rnd
 

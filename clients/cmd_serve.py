@@ -10,7 +10,6 @@ import logging
 import os
 import socket
 import sys
-from pathlib import Path
 
 from nodecompat.server import DEFAULT_NODE_LISTEN as DEFAULT_LISTEN
 
@@ -50,11 +49,14 @@ def _positive(text: str) -> float:
 
 def check_args(args: argparse.Namespace) -> str:
     """What is wrong with the flags, or "" (checked before anything starts)."""
+    from nodecompat.hostroot import HostRoot
     from nodecompat.probes.registry import load_probes
     from nodecompat.server.fleet_nodes import split_address
 
-    if not Path(args.host_root).is_dir():
-        return f"--host-root {args.host_root} is not a directory"
+    try:
+        HostRoot.checked(args.host_root)
+    except ValueError as exc:
+        return str(exc)
     if args.refresh_interval < 1:
         return "--refresh-interval must be at least 1 second"
     try:

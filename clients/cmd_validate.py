@@ -17,6 +17,12 @@ from typing import Any
 
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.clients.render import render_table
+from nodecompat.clients.tls_args import (
+    add_tls_client_args,
+    channel_credentials_from_args,
+    tls_flags_given,
+    unavailable_hint,
+)
 from nodecompat.features import Features
 from nodecompat.spec import SpecError, parse_spec
 from nodecompat.verdict import Verdict
@@ -56,6 +62,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host-root", default="/", help="host file tree to probe (default /)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for the registry/daemon (default 60)")
     add_registry_args(p)
+    add_tls_client_args(p, "the --node daemon")
     p.set_defaults(func=run)
 
 
@@ -152,9 +159,14 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
     tags = _tags(args)
     if args.node:
         from nodecompat.clients.node_client import NodeCallError, NodeClient
+        from nodecompat.server.tls import TlsConfigError
 
         try:
-            with NodeClient(args.node, timeout=args.timeout) as client:
+            credentials = channel_credentials_from_args(args)
+        except TlsConfigError as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            with NodeClient(args.node, credentials=credentials, timeout=args.timeout) as client:
                 if daemon_fetches(args):
                     result = client.validate(
                         image=args.image, tags=tags, platform=args.platform or "",
@@ -163,9 +175,12 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
                 else:
                     result = client.validate(spec_text=text, tags=tags, nfd_compat=args.nfd_compat)
         except NodeCallError as exc:
-            raise CommandError(f"node {args.node}: {exc}") from None
+            hint = unavailable_hint(args) if exc.code == "UNAVAILABLE" else ""
+            raise CommandError(f"node {args.node}: {exc}{hint}") from None
         assert isinstance(result.verdict, Verdict)
         return result.verdict
+    if tls_flags_given(args):
+        raise CommandError("--tls-ca/--tls-cert/--tls-key apply to --node only")
     try:
         spec = parse_spec(text, nfd_compat=args.nfd_compat)
     except SpecError as exc:
@@ -178,7 +193,11 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
         from nodecompat.hostroot import HostRoot
         from nodecompat.probes.runner import probe_once
 
-        rnd = probe_once(HostRoot(Path(args.host_root)))
+        try:
+            host = HostRoot.checked(args.host_root)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        rnd = probe_once(host)
         features, unknown = rnd.features, rnd.unknown_features()
     verdict = evaluate(spec, features, tags=tags, unknown=unknown)
     verdict.warnings = [*spec.warnings, *verdict.warnings]

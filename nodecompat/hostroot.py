@@ -24,6 +24,13 @@ class HostRoot:
     root: Path = Path("/")
     features_d: str = DEFAULT_FEATURES_D
 
+    @classmethod
+    def checked(cls, root: str | os.PathLike[str]) -> HostRoot:
+        """A HostRoot for a directory given by a person; ValueError naming the flag when it is not one."""
+        if not Path(root).is_dir():
+            raise ValueError(f"--host-root {os.fspath(root)} is not a directory")
+        return cls(Path(root))
+
     def path(self, host_path: str | os.PathLike[str]) -> Path:
         p = os.fspath(host_path)
         return self.root / p.lstrip("/")

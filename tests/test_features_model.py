@@ -74,3 +74,15 @@ def test_validate_refuses_a_malformed_snapshot_with_exit_2(tmp_path) -> None:  #
             capture_output=True, text=True, timeout=60,
         )
         assert done.returncode == 2 and words in done.stderr and done.stdout == ""
+
+
+def test_validate_with_a_missing_host_root_is_an_error_not_a_verdict(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parents[1] / "examples" / "gpu-node.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "nodecompat.clients.cli", "validate", "--spec", str(spec), "--host-root",
+         str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "is not a directory" in done.stderr and done.stdout == ""
