@@ -7,13 +7,12 @@ The spec is linted first so a broken spec never reaches a registry where every n
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
+from nodecompat.lint import lint_spec
 from nodecompat.oci.attach import attach_spec, list_artifacts
 from nodecompat.oci.errors import RegistryError
 
@@ -47,33 +46,14 @@ def _err(message: str) -> int:
     return EXIT_ERROR
 
 
-def _linter() -> Callable[[str], Any] | None:
-    """nodecompat.lint.lint_spec if it is importable (it is written in parallel), else None."""
-    try:
-        lint = importlib.import_module("nodecompat.lint")
-    except ImportError:
-        return None
-    fn = getattr(lint, "lint_spec", None)
-    return fn if callable(fn) else None
-
-
 def spec_problems(text: str) -> tuple[list[str], list[str]]:
-    """(errors, warnings) from the linter, or from the spec parser if the linter is not available."""
-    lint_spec = _linter()
-    if lint_spec is not None:
-        errors: list[str] = []
-        warnings: list[str] = []
-        for problem in lint_spec(text):
-            line = f"{problem.path}: {problem.message}" if problem.path else str(problem.message)
-            (errors if str(problem.severity).lower() == "error" else warnings).append(line)
-        return errors, warnings
-    from nodecompat.spec import SpecError, parse_spec
-
-    try:
-        spec = parse_spec(text)
-    except SpecError as exc:
-        return list(exc.problems) or [str(exc)], []
-    return [], list(getattr(spec, "warnings", []))
+    """(errors, warnings) from the linter; only errors stop an attach."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    for problem in lint_spec(text):
+        line = f"{problem.path}: {problem.message}" if problem.path else str(problem.message)
+        (errors if str(problem.severity).lower() == "error" else warnings).append(line)
+    return errors, warnings
 
 
 def run(args: argparse.Namespace) -> int:
