@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from nodecompat.clients.tls_args import add_tls_client_args, channel_credentials_from_args, unavailable_hint
+
 if TYPE_CHECKING:
-    from nodecompat.clients.fleet_client import FleetAnswer, FleetClient
+    from nodecompat.clients.fleet_client import FleetAnswer, FleetCallError, FleetClient
 
 EXIT_FIT, EXIT_NONE, EXIT_ERROR = 0, 1, 2
 
@@ -46,9 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregator", required=True, metavar="HOST:PORT", help="the aggregator's address")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    p.add_argument("--tls-ca", default=None, help="CA (PEM) to verify the aggregator; enables TLS")
-    p.add_argument("--tls-cert", default=None, help="client certificate (PEM) for mutual TLS")
-    p.add_argument("--tls-key", default=None, help="client private key (PEM)")
+    add_tls_client_args(p, "the aggregator")
 
 
 def parse_selector(items: Sequence[str]) -> dict[str, str]:
@@ -64,9 +64,27 @@ def parse_selector(items: Sequence[str]) -> dict[str, str]:
 
 def _client(args: argparse.Namespace) -> FleetClient:
     from nodecompat.clients.fleet_client import FleetClient
-    from nodecompat.server.tls import ClientTls
 
-    return FleetClient(args.aggregator, credentials=ClientTls(args.tls_ca, args.tls_cert, args.tls_key).credentials())
+    return FleetClient(args.aggregator, credentials=channel_credentials_from_args(args))
+
+
+def _call_error(args: argparse.Namespace, exc: FleetCallError) -> int:
+    hint = unavailable_hint(args) if exc.code == "UNAVAILABLE" else ""
+    return _error(f"{args.aggregator}: {exc}{hint}")
+
+
+def read_spec(path: str) -> str:
+    """The spec text of --spec (a file or - for stdin); ValueError naming the file when it cannot be read."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"--spec {path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); a spec is YAML or JSON"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"--spec {path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _error(msg: str) -> int:
@@ -110,9 +128,7 @@ def run_validate(args: argparse.Namespace) -> int:
         selector = parse_selector(args.selector)
         if not 0 <= args.timeout <= 3600:
             raise ValueError("--timeout must be between 0 and 3600 seconds")
-        spec_text = None
-        if args.spec is not None:
-            spec_text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text(encoding="utf-8")
+        spec_text = read_spec(args.spec) if args.spec is not None else None
         client = _client(args)
     except (OSError, UnicodeDecodeError, ValueError, TlsConfigError) as exc:
         return _error(str(exc))
@@ -144,7 +160,7 @@ def run_validate(args: argparse.Namespace) -> int:
                     summary = item
         except FleetCallError as exc:
             progress.close()
-            return _error(f"{args.aggregator}: {exc}")
+            return _call_error(args, exc)
         progress.close()
     if summary is None:
         return _error("the aggregator ended the stream without a summary")
@@ -208,7 +224,7 @@ def run_nodes(args: argparse.Namespace) -> int:
     except (ValueError, TlsConfigError) as exc:
         return _error(str(exc))
     except FleetCallError as exc:
-        return _error(f"{args.aggregator}: {exc}")
+        return _call_error(args, exc)
     if args.output == "json":
         json.dump({"nodes": [asdict(n) for n in nodes]}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -179,8 +179,6 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
             raise CommandError(f"node {args.node}: {exc}{hint}") from None
         assert isinstance(result.verdict, Verdict)
         return result.verdict
-    if tls_flags_given(args):
-        raise CommandError("--tls-ca/--tls-cert/--tls-key apply to --node only")
     try:
         spec = parse_spec(text, nfd_compat=args.nfd_compat)
     except SpecError as exc:
@@ -219,6 +217,8 @@ def render(args: argparse.Namespace, verdict: Verdict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if tls_flags_given(args) and not args.node:
+            raise CommandError("--tls-ca/--tls-cert/--tls-key apply to --node only")
         source = obtain_spec(args)
         verdict = obtain_verdict(args, source)
         out = render(args, verdict)

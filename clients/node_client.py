@@ -14,6 +14,7 @@ import grpc
 
 from nodecompat import wire
 from nodecompat.probes.runner import ProbeRound
+from nodecompat.server import tls
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
 
@@ -41,9 +42,8 @@ class NodeClient:
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = (
-            grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
-        )
+        """credentials: TLS (see nodecompat.server.tls / clients.tls_args); None is plaintext."""
+        self.channel = tls.open_channel(address, credentials)
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
 
     def close(self) -> None:

@@ -23,11 +23,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
+from nodecompat.oci.cache import SpecCache
+from nodecompat.oci.errors import RegistryError
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
-from nodecompat.server.fleet_nodes import SOURCE_DNS, NodeInventory
+from nodecompat.server.fleet_nodes import (
+    MAX_REGISTRATIONS,
+    SOURCE_DNS,
+    AddressInUse,
+    NodeInventory,
+    RegistrationsFull,
+)
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
 from nodecompat.server.node_service import RegistryOptions
+from nodecompat.spec import SpecError, parse_spec
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
 
 log = logging.getLogger(__name__)
@@ -102,7 +111,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self.inventory = inventory
         self.fanout = fanout
         self.options = options or AggregatorOptions()
-        self._spec_cache: object | None = None
+        self._spec_cache: SpecCache | None = None
         self._spec_cache_lock = threading.Lock()
 
     # -- ValidateFleet -----------------------------------------------------------------------------
@@ -131,6 +140,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             with trace.use_span(span, end_on_exit=False):
                 spec_text, image_digest, artifact_digest = self._resolve(request, context, deadline)
                 self._check_spec(spec_text, context, request.image or "inline spec", request.nfd_compat)
+            self.prune_channels()
             nodes = self.inventory.nodes(dict(request.selector))
             span.set_attribute("nodecompat.fleet.nodes", len(nodes))
             node_request = node_pb2.ValidateImageRequest(
@@ -152,14 +162,10 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     ) -> tuple[str, str, str]:
         if request.WhichOneof("source") == "spec":
             return request.spec, "", ""
-        from nodecompat.oci.cache import SpecCache
-        from nodecompat.oci.errors import RegistryError
-
         with self._spec_cache_lock:
             if self._spec_cache is None:
                 self._spec_cache = SpecCache()
-        cache = self._spec_cache
-        assert isinstance(cache, SpecCache)
+            cache = self._spec_cache
         reg = self.options.registry
         try:
             fetched = cache.fetch(
@@ -177,10 +183,6 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         return fetched.text, fetched.image_digest, fetched.artifact_digest
 
     def _check_spec(self, text: str, context: grpc.ServicerContext, origin: str, nfd_compat: bool) -> None:
-        try:
-            from nodecompat.spec import SpecError, parse_spec
-        except ImportError:  # no local parser: each daemon reports its own INVALID_ARGUMENT
-            return
         try:
             parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.options.registry.max_spec_bytes)
         except SpecError as exc:
@@ -213,6 +215,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.ListNodesRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.ListNodesResponse:
         selector = dict(request.selector)
+        self.prune_channels()
         self._refresh_health(selector, context)
         out = fleet_pb2.ListNodesResponse()
         for view in self.inventory.views(selector):
@@ -229,6 +232,11 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 info.last_contact.CopyFrom(ts)
         return out
 
+    def prune_channels(self) -> None:
+        """Close the pooled channels of nodes that left the fleet (a long-running aggregator must not keep
+        a connection to every address it ever saw); channels a call in progress uses are kept."""
+        self.fanout.pool.prune({n.address for n in self.inventory.nodes()})
+
     def _refresh_health(self, selector: dict[str, str], context: grpc.ServicerContext) -> None:
         """Health-check, concurrently and briefly, the nodes with no recent contact."""
         now = time.time()
@@ -242,20 +250,21 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         left = context.time_remaining()
         timeout = self.options.health_timeout if left is None else min(self.options.health_timeout, left / 2)
         calls = []
-        for address in stale:
-            try:
-                stub = self.fanout.pool.health_stub(address)
-                calls.append((address, stub.Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)))
-            except Exception as exc:
-                self.inventory.record_contact(address, "INTERNAL")
-                log.warning("health check of %s: %s", address, exc)
-        for address, fut in calls:
-            try:
-                resp = fut.result()
-                health = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-            except grpc.RpcError as exc:
-                health = exc.code().name
-            self.inventory.record_contact(address, health)
+        with self.fanout.pool.in_use(stale):
+            for address in stale:
+                try:
+                    stub = self.fanout.pool.health_stub(address)
+                    calls.append((address, stub.Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)))
+                except Exception as exc:
+                    self.inventory.record_contact(address, "INTERNAL")
+                    log.warning("health check of %s: %s", address, exc)
+            for address, fut in calls:
+                try:
+                    resp = fut.result()
+                    health = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+                except grpc.RpcError as exc:
+                    health = exc.code().name
+                self.inventory.record_contact(address, health)
 
     # -- registration ------------------------------------------------------------------------------
     def RegisterNode(
@@ -264,7 +273,13 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         try:
             ttl = self.inventory.register(request.name, request.address, dict(request.labels), request.ttl_seconds)
         except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name!r}: {exc}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name[:80]!r}: {exc}")
+            raise
+        except AddressInUse as exc:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"RegisterNode {request.name!r}: {exc}")
+            raise
+        except RegistrationsFull as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"RegisterNode {request.name!r}: {exc}")
             raise
         return fleet_pb2.RegisterNodeResponse(ttl_seconds=ttl)
 
@@ -303,6 +318,7 @@ class AggregatorConfig:
     dns: list[tuple[str, int]] = field(default_factory=list)
     dns_interval: float = 30.0
     lease_ttl: float = 30.0
+    max_registrations: int = MAX_REGISTRATIONS
     concurrency: int = 64
     node_timeout: float = 10.0
     default_timeout: float = 30.0
@@ -324,6 +340,7 @@ class AggregatorDaemon:
             dns=config.dns,
             dns_interval=config.dns_interval,
             lease_ttl=config.lease_ttl,
+            max_registrations=config.max_registrations,
         )
         self.pool = ChannelPool(config.node_credentials)
         self.fanout = FanOut(self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout))

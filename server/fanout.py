@@ -9,7 +9,10 @@ deadline comes, everything still queued, backing off or in flight is cancelled a
 DEADLINE_EXCEEDED, so the caller is never late and no node is silently dropped.
 
 Channels live in a ChannelPool keyed by address and are reused between calls (connection set-up is
-most of the cost of a small RPC). Each channel is wrapped by telemetry.instrument_channel, so every
+most of the cost of a small RPC). The aggregator prunes the pool on every ValidateFleet and ListNodes
+so channels to nodes that left the fleet are closed; an address a call in progress still uses
+(`in_use`) is kept until a later prune, so a node leaving never cancels a call already under way.
+Each channel is wrapped by telemetry.instrument_channel, so every
 attempt opens a CLIENT span and carries W3C trace context; attempts of one node sit under a
 `fleet.node` span that is a child of the caller's span.
 """
@@ -22,8 +25,9 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -83,6 +87,7 @@ class ChannelPool:
         self.credentials = credentials
         self._lock = threading.Lock()
         self._channels: dict[str, tuple[grpc.Channel, grpc.Channel]] = {}
+        self._busy: Counter[str] = Counter()
 
     def channel(self, address: str) -> grpc.Channel:
         with self._lock:
@@ -103,16 +108,38 @@ class ChannelPool:
         with self._lock:
             return len(self._channels)
 
-    def prune(self, keep: set[str]) -> None:
-        """Close channels to addresses no longer in the fleet."""
+    def addresses(self) -> set[str]:
         with self._lock:
-            gone = [a for a in self._channels if a not in keep]
+            return set(self._channels)
+
+    @contextmanager
+    def in_use(self, addresses: Iterable[str]) -> Iterator[None]:
+        """Mark addresses as used by a call in progress: prune() keeps their channels meanwhile."""
+        held = list(addresses)
+        with self._lock:
+            self._busy.update(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.subtract(held)
+                self._busy += Counter()  # drop zero counts
+
+    def prune(self, keep: set[str]) -> int:
+        """Close channels to addresses not in `keep` (and not in use); returns how many were closed."""
+        with self._lock:
+            gone = [a for a in self._channels if a not in keep and not self._busy[a]]
             closing = [self._channels.pop(a)[0] for a in gone]
         for ch in closing:
             ch.close()
+        return len(closing)
 
     def close(self) -> None:
-        self.prune(set())
+        with self._lock:
+            closing = [raw for raw, _ in self._channels.values()]
+            self._channels.clear()
+        for ch in closing:
+            ch.close()
 
 
 @dataclass
@@ -143,6 +170,16 @@ class FanOut:
         parent: otel_context.Context | None = None,
     ) -> Iterator[NodeOutcome]:
         """Yield one NodeOutcome per node, in completion order, all by `deadline` (time.monotonic())."""
+        with self.pool.in_use(n.address for n in nodes):
+            yield from self._run(nodes, request, deadline, parent)
+
+    def _run(
+        self,
+        nodes: Sequence[FleetNode],
+        request: node_pb2.ValidateImageRequest,
+        deadline: float,
+        parent: otel_context.Context | None,
+    ) -> Iterator[NodeOutcome]:
         cfg = self.config
         parent = parent if parent is not None else otel_context.get_current()
         events: queue.SimpleQueue[tuple[_NodeCall, grpc.Future]] = queue.SimpleQueue()

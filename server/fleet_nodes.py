@@ -5,14 +5,33 @@ stat signature changes, checked on every lookup (a stat is cheap) and by the bac
 edit is logged and the last good list kept, so a typo never empties the fleet. DNS names are resolved
 with socket.getaddrinfo (all A/AAAA records: a Kubernetes headless Service lists one per daemon pod)
 every `dns_interval` seconds in the background, so a lookup never waits on a resolver. Registered nodes
-hold a lease that lapses unless renewed. When one address comes from several sources it is one node,
-preferring file over registration over DNS (the richer the metadata, the better).
+hold a lease that lapses unless renewed.
 
-The inventory also remembers, per address, the last contact and health seen by calls, for ListNodes.
+One address is one node (it is one daemon), and no node may vanish silently because another claims its
+address, so address collisions are settled by these rules:
+- registration vs registration: a RegisterNode for an address held by a different name with a live lease
+  is refused (AddressInUse, ALREADY_EXISTS on the wire) naming the holder; once that lease lapses or is
+  deregistered the address is free. Renewing under the same name may move the node to a new address.
+- registration vs nodes file: the file is the operator's word, so a registration of a file node's address
+  under a different name is refused the same way, naming the file entry. (Refused rather than listed twice:
+  ListNodes has no field to say "same daemon as", and two names for one daemon would be validated twice.)
+  A registration with the file node's own name is accepted and changes nothing visible. If the file is
+  later edited to claim a registered node's address, that lease is dropped with a warning and its next
+  heartbeat is refused, so the daemon's log says which file entry took its address.
+- registration vs DNS: a DNS record knows only an address, so the registration (a name and labels for
+  that same daemon) describes it; nothing is lost. A file entry likewise describes a DNS address.
+
+Registrations are capped (`max_registrations`, RESOURCE_EXHAUSTED past it) and names, addresses and
+labels are size-checked, so a misbehaving client cannot grow a long-running aggregator without bound; a
+registered address must be one others can dial (a wildcard host such as 0.0.0.0 or :: is refused).
+
+The inventory also remembers, per address, the last contact and health seen by calls, for ListNodes;
+entries of addresses that left the fleet are dropped on each lookup.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import socket
@@ -35,13 +54,25 @@ _PRIORITY = {SOURCE_FILE: 0, SOURCE_REGISTERED: 1, SOURCE_DNS: 2}
 MIN_LEASE_TTL = 1.0
 MAX_LEASE_TTL = 3600.0
 MAX_LABELS = 64
-MAX_FIELD = 253
+MAX_FIELD = 253  # a node name, a DNS name
+MAX_LABEL_KEY = 317  # Kubernetes: a 253-character prefix, "/", a 63-character name
+MAX_LABEL_VALUE = 253
+MAX_ADDRESS = MAX_FIELD + 8  # [host]:port
+MAX_REGISTRATIONS = 10_000
 
 Resolver = Callable[[str, int], list[str]]
 
 
 class NodesFileError(ValueError):
     """The nodes file cannot be used; the message names the file and the entry."""
+
+
+class AddressInUse(Exception):
+    """A registration claims an address another node (registered or in the nodes file) holds."""
+
+
+class RegistrationsFull(Exception):
+    """The inventory holds `max_registrations` live leases; a new name cannot register."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,21 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def is_wildcard_host(host: str) -> bool:
+    """True for a host nobody can dial: empty, `*`, or an unspecified IP (0.0.0.0, ::, [::], 0::0...)."""
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host in ("", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_unspecified
+    except ValueError:
+        return False
+
+
+def _printable(text: str) -> bool:
+    return text.isprintable()
+
+
 def system_resolver(host: str, port: int) -> list[str]:
     """All A/AAAA records of host as HOST:PORT addresses, in resolver order, without duplicates."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -118,8 +164,26 @@ def _check_labels(labels: object, where: str) -> dict[str, str]:
     for k, v in labels.items():
         if not isinstance(k, str) or not isinstance(v, str | int | float | bool):
             raise NodesFileError(f"{where}: label {k!r}: keys and values must be strings")
-        out[k] = str(v).lower() if isinstance(v, bool) else str(v)
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        if not k or len(k) > MAX_LABEL_KEY or not _printable(k) or " " in k:
+            raise NodesFileError(
+                f"{where}: label key {k[:40]!r}: must be 1-{MAX_LABEL_KEY} printable characters without spaces"
+            )
+        if len(text) > MAX_LABEL_VALUE or not _printable(text):
+            raise NodesFileError(
+                f"{where}: label {k!r}: value must be at most {MAX_LABEL_VALUE} printable characters"
+            )
+        out[k] = text
     return out
+
+
+def name_problem(name: str) -> str:
+    """Why `name` cannot name a node ("" when it can): it is printed in tables and logs, one per line."""
+    if not name or len(name) > MAX_FIELD:
+        return f"must be 1-{MAX_FIELD} characters"
+    if not _printable(name) or name != name.strip():
+        return "must be printable characters without leading or trailing spaces"
+    return ""
 
 
 def parse_nodes_file(text: str, origin: str) -> list[FleetNode]:
@@ -140,6 +204,7 @@ def parse_nodes_file(text: str, origin: str) -> list[FleetNode]:
         raise NodesFileError(f"{origin}: expected a list of nodes, got {type(data).__name__}")
     nodes: list[FleetNode] = []
     seen: dict[str, int] = {}
+    addresses: dict[str, int] = {}
     for i, entry in enumerate(data):
         where = f"{origin}: entry {i}"
         if not isinstance(entry, Mapping):
@@ -155,11 +220,17 @@ def parse_nodes_file(text: str, origin: str) -> list[FleetNode]:
         except ValueError as exc:
             raise NodesFileError(f"{where}: address {exc}") from None
         name = entry.get("name", address)
-        if not isinstance(name, str) or not name or len(name) > MAX_FIELD:
-            raise NodesFileError(f"{where}: `name` must be a non-empty string of at most {MAX_FIELD} characters")
+        if not isinstance(name, str):
+            raise NodesFileError(f"{where}: `name` must be a string")
+        if problem := name_problem(name):
+            raise NodesFileError(f"{where}: `name` {problem}")
         if name in seen:
             raise NodesFileError(f"{where}: name {name!r} already used by entry {seen[name]}")
+        if address in addresses:  # one address is one daemon: two names for it would hide one
+            j = addresses[address]
+            raise NodesFileError(f"{where}: address {address} already used by entry {j} ({nodes[j].name!r})")
         seen[name] = i
+        addresses[address] = i
         nodes.append(FleetNode(name, address, _check_labels(entry.get("labels"), where), SOURCE_FILE))
     return nodes
 
@@ -190,7 +261,9 @@ class NodeInventory:
         lease_ttl: float = 30.0,
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.monotonic,
+        max_registrations: int = MAX_REGISTRATIONS,
     ) -> None:
+        self.max_registrations = max_registrations
         self.nodes_file = Path(nodes_file) if nodes_file else None
         self.dns = list(dns or [])
         self.dns_interval = dns_interval
@@ -199,9 +272,11 @@ class NodeInventory:
         self._clock = clock
         self._lock = threading.Lock()
         self._file_nodes: list[FleetNode] = []
+        self._file_by_address: dict[str, FleetNode] = {}
         self._file_sig: tuple[int, int, int] | None = None
         self._dns_nodes: dict[tuple[str, int], list[FleetNode]] = {}
         self._leases: dict[str, _Lease] = {}
+        self._lease_by_address: dict[str, str] = {}  # address -> registered name (one holder per address)
         self._contacts: dict[str, Contact] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -250,6 +325,7 @@ class NodeInventory:
             return
         with self._lock:
             self._file_nodes = nodes
+            self._file_by_address = {n.address: n for n in nodes}
             self._file_sig = sig
             self.file_error = ""
         log.info("nodes file %s: %d node(s)", self.nodes_file, len(nodes))
@@ -279,44 +355,121 @@ class NodeInventory:
         return min(max(requested, MIN_LEASE_TTL), max(self.lease_ttl, MAX_LEASE_TTL))
 
     def register(self, name: str, address: str, labels: Mapping[str, str], ttl: float) -> float:
-        """Create or renew a lease; returns the granted ttl. ValueError on a bad name/address/labels."""
-        if not name or len(name) > MAX_FIELD:
-            raise ValueError(f"name must be 1-{MAX_FIELD} characters")
+        """Create or renew a lease; returns the granted ttl.
+
+        ValueError on a bad name/address/labels, AddressInUse when another node holds the address,
+        RegistrationsFull when a new name would exceed `max_registrations` live leases.
+        """
+        if problem := name_problem(name):
+            raise ValueError(f"name {problem}")
+        if len(address) > MAX_ADDRESS:
+            raise ValueError(f"address must be at most {MAX_ADDRESS} characters")
         try:
-            split_address(address)
+            host, _port = split_address(address)
         except ValueError as exc:
             raise ValueError(f"address {exc}") from None
+        if is_wildcard_host(host):
+            raise ValueError(
+                f"address {address!r} has a wildcard host ({host or 'empty'}): it means 'every interface' to a "
+                "listener and cannot be dialled; register the node's reachable address (serve --advertise)"
+            )
         clean = _check_labels(dict(labels), "labels")
         granted = self.grant_ttl(ttl)
+        self._reload_file()
+        now = self._clock()
         with self._lock:
-            self._leases[name] = _Lease(FleetNode(name, address, clean, SOURCE_REGISTERED), self._clock() + granted)
+            holder = self._lease_by_address.get(address)
+            if holder is not None and holder != name:
+                lease = self._leases[holder]
+                if lease.expires > now:
+                    raise AddressInUse(
+                        f"address {address} is held by registered node {holder!r} (lease ends in "
+                        f"{lease.expires - now:.0f}s); two names cannot share one daemon's address"
+                    )
+                self._drop_lease(holder, "lease lapsed")
+            file_node = self._file_by_address.get(address)
+            if file_node is not None and file_node.name != name:
+                raise AddressInUse(
+                    f"address {address} is node {file_node.name!r} in the nodes file {self.nodes_file}; "
+                    f"register under that name or use another address"
+                )
+            if name not in self._leases and len(self._leases) >= self.max_registrations:
+                self._expire(now)
+                if len(self._leases) >= self.max_registrations:
+                    raise RegistrationsFull(
+                        f"the aggregator holds {len(self._leases)} registrations, its limit; "
+                        "retry later or raise the limit"
+                    )
+            previous = self._leases.get(name)
+            if previous is not None and previous.node.address != address:
+                self._lease_by_address.pop(previous.node.address, None)  # the node moved
+            self._leases[name] = _Lease(FleetNode(name, address, clean, SOURCE_REGISTERED), now + granted)
+            self._lease_by_address[address] = name
             self._contacts[address] = replace(self._contacts.get(address) or Contact(_now(), "UNKNOWN"), at=_now())
         return granted
 
     def deregister(self, name: str) -> bool:
         with self._lock:
-            return self._leases.pop(name, None) is not None
+            if name not in self._leases:
+                return False
+            self._drop_lease(name, "")
+            return True
+
+    def registrations(self) -> int:
+        """Leases held, lapsed ones included until the next lookup drops them."""
+        with self._lock:
+            return len(self._leases)
+
+    def contacts(self) -> int:
+        """Addresses with a remembered contact (for tests of pruning)."""
+        with self._lock:
+            return len(self._contacts)
+
+    def _drop_lease(self, name: str, why: str) -> None:
+        """Caller holds the lock."""
+        lease = self._leases.pop(name)
+        if self._lease_by_address.get(lease.node.address) == name:
+            del self._lease_by_address[lease.node.address]
+        if why:
+            log.info("node %s (%s) left the fleet: %s", name, lease.node.address, why)
+
+    def _expire(self, now: float) -> None:
+        """Drop lapsed leases and leases whose address the nodes file now gives another name. Caller locks."""
+        for name, lease in list(self._leases.items()):
+            if lease.expires <= now:
+                self._drop_lease(name, "lease lapsed")
+                continue
+            file_node = self._file_by_address.get(lease.node.address)
+            if file_node is not None and file_node.name != name:
+                log.warning(
+                    "registered node %s: its address %s is now node %r in the nodes file; lease dropped "
+                    "(its next heartbeat will be refused with the reason)",
+                    name,
+                    lease.node.address,
+                    file_node.name,
+                )
+                self._drop_lease(name, "")
 
     # -- lookups -----------------------------------------------------------------------------------
     def nodes(self, selector: Mapping[str, str] | None = None) -> list[FleetNode]:
-        """Current members matching selector, sorted by name; one node per address."""
+        """Current members matching selector, sorted by name; one node per address (rules: module doc)."""
         self._reload_file()
         now = self._clock()
+        by_address: dict[str, FleetNode] = {}
         with self._lock:
-            for name in [n for n, lease in self._leases.items() if lease.expires <= now]:
-                log.info("lease of node %s lapsed", name)
-                del self._leases[name]
+            self._expire(now)
             candidates = [
                 *self._file_nodes,
                 *(lease.node for lease in self._leases.values()),
                 *(n for nodes in self._dns_nodes.values() for n in nodes),
             ]
+            for n in candidates:
+                cur = by_address.get(n.address)
+                if cur is None or _PRIORITY[n.source] < _PRIORITY[cur.source]:
+                    by_address[n.address] = n
+            for gone in [a for a in self._contacts if a not in by_address]:  # departed nodes
+                del self._contacts[gone]
             reported = {a: c.reported_name for a, c in self._contacts.items() if c.reported_name}
-        by_address: dict[str, FleetNode] = {}
-        for n in candidates:
-            cur = by_address.get(n.address)
-            if cur is None or _PRIORITY[n.source] < _PRIORITY[cur.source]:
-                by_address[n.address] = n
         out = []
         for n in by_address.values():
             if n.source == SOURCE_DNS and n.address in reported:  # DNS only knows addresses

@@ -21,6 +21,7 @@ from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 5.0
+REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED)
 MIN_BEAT = 0.2
 
 
@@ -57,8 +58,9 @@ class LeaseKeeper:
             resp = self._stub.RegisterNode(self.request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as exc:
             msg = f"{exc.code().name}: {exc.details()}"
-            if msg != self.last_error:
-                log.warning("registration with %s failed (will retry): %s", self.aggregator, msg)
+            if msg != self.last_error:  # refusals (bad address, address taken) need the operator: error level
+                level = logging.ERROR if exc.code() in REFUSALS else logging.WARNING
+                log.log(level, "registration with %s failed (will retry): %s", self.aggregator, msg)
             self.last_error = msg
             self.registered.clear()
             return False

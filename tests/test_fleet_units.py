@@ -13,10 +13,14 @@ from hypothesis import strategies as st
 from nodecompat.clients.cmd_fleet import parse_selector, render_table
 from nodecompat.clients.fleet_client import FleetAnswer, FleetSummary, NodeVerdict
 from nodecompat.server.aggregator import deadline_margin, failure_reasons, summarize
-from nodecompat.server.fanout import FanoutConfig
+from nodecompat.server.fanout import ChannelPool, FanoutConfig
 from nodecompat.server.fleet_nodes import (
+    MAX_LABEL_VALUE,
+    AddressInUse,
     NodeInventory,
     NodesFileError,
+    RegistrationsFull,
+    is_wildcard_host,
     parse_nodes_file,
     split_address,
     system_resolver,
@@ -53,6 +57,13 @@ def test_nodes_file_forms() -> None:
         ("- {name: a, address: 'h:1', labels: [x]}", "entry 0: `labels` must be a mapping"),
         ("- {name: a, address: 'h:1', labls: {}}", "entry 0: unknown field(s) labls"),
         ("- {name: a, address: 'h:1', labels: {k: [1]}}", "label 'k': keys and values must be strings"),
+        (
+            "- {name: a, address: 'h:1'}\n- {name: b, address: 'h:1'}",
+            "entry 1: address h:1 already used by entry 0 ('a')",
+        ),
+        ("- {name: ' a', address: 'h:1'}", "entry 0: `name` must be printable characters"),
+        (f"- {{name: a, address: 'h:1', labels: {{k: {'v' * (MAX_LABEL_VALUE + 1)}}}}}", "at most 253 printable"),
+        ("- {name: a, address: 'h:1', labels: {'': v}}", "label key '': must be 1-317"),
     ],
 )
 def test_nodes_file_errors_are_located(text: str, message: str) -> None:
@@ -283,3 +294,119 @@ def test_table_lists_every_reason_and_error_in_rank_order() -> None:
     assert lines[3].endswith("no GPU") and lines[4].strip() == "kernel too old"
     assert lines[4].index("kernel") == lines[3].index("no GPU")  # continuation lines stay in the column
     assert lines[-1] == "1 of 3 node(s) fit, 1 do not, 1 failed (0.20s)"
+
+
+def test_wildcard_hosts() -> None:
+    for host in ("0.0.0.0", "::", "[::]", "", "*", "0:0::0", "[::%eth0]"):
+        assert is_wildcard_host(host), host
+    for host in ("127.0.0.1", "::1", "node-1.example", "10.0.0.0", "0.example"):
+        assert not is_wildcard_host(host), host
+
+
+def test_a_wildcard_address_cannot_register() -> None:
+    inv = NodeInventory()
+    for address in ("0.0.0.0:50051", "[::]:50051", "[0:0::0]:1"):
+        with pytest.raises(ValueError, match=r"wildcard host .*--advertise"):
+            inv.register("n", address, {}, 0)
+    assert inv.nodes() == []
+
+
+def test_two_names_cannot_share_an_address_until_the_lease_lapses() -> None:
+    clock = Clock()
+    inv = NodeInventory(lease_ttl=10.0, clock=clock)
+    inv.register("a", "10.0.0.1:1", {}, 0)
+    with pytest.raises(AddressInUse, match=r"10.0.0.1:1 is held by registered node 'a'"):
+        inv.register("b", "10.0.0.1:1", {}, 0)
+    assert [n.name for n in inv.nodes()] == ["a"]
+    inv.register("a", "10.0.0.1:1", {"renewed": "yes"}, 0)  # the holder renews
+    clock.now += 10.5  # a's lease lapsed: the address is free
+    inv.register("b", "10.0.0.1:1", {}, 0)
+    assert [(n.name, n.address) for n in inv.nodes()] == [("b", "10.0.0.1:1")]
+    inv.register("b", "10.0.0.2:1", {}, 0)  # a node may move; its old address is free at once
+    inv.register("c", "10.0.0.1:1", {}, 0)
+    assert [(n.name, n.address) for n in inv.nodes()] == [("b", "10.0.0.2:1"), ("c", "10.0.0.1:1")]
+    assert inv.deregister("c")
+    inv.register("d", "10.0.0.1:1", {}, 0)  # deregistration frees the address too
+    assert sorted(n.name for n in inv.nodes()) == ["b", "d"]
+
+
+def test_a_registration_cannot_take_a_nodes_file_address(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text("- {name: pinned, address: '10.0.0.1:1', labels: {from: file}}\n")
+    inv = NodeInventory(nodes_file=path)
+    inv.load()
+    with pytest.raises(AddressInUse, match=r"10.0.0.1:1 is node 'pinned' in the nodes file .*nodes.yaml"):
+        inv.register("intruder", "10.0.0.1:1", {}, 0)
+    inv.register("pinned", "10.0.0.1:1", {"from": "lease"}, 0)  # the same node under its own name: accepted
+    assert [(n.name, n.source, dict(n.labels)) for n in inv.nodes()] == [("pinned", "file", {"from": "file"})]
+    # The file is edited to claim a registered node's address: the lease is dropped, its renewal refused.
+    inv.register("edge", "10.0.0.9:1", {}, 0)
+    path.write_text("- {name: pinned, address: '10.0.0.1:1'}\n- {name: edge-in-file, address: '10.0.0.9:1'}\n")
+    assert sorted((n.name, n.source) for n in inv.nodes()) == [("edge-in-file", "file"), ("pinned", "file")]
+    assert inv.registrations() == 1  # only pinned's own lease is left
+    with pytest.raises(AddressInUse, match="'edge-in-file' in the nodes file"):
+        inv.register("edge", "10.0.0.9:1", {}, 0)
+
+
+def test_a_registration_names_a_dns_address() -> None:
+    inv = NodeInventory(dns=[("daemons.svc", 1)], resolver=lambda h, p: ["10.0.0.1:1", "10.0.0.2:1"])
+    inv.load()
+    inv.register("gpu-1", "10.0.0.1:1", {"gpu": "nvidia"}, 0)
+    assert [(n.name, n.source) for n in inv.nodes()] == [("10.0.0.2:1", "dns"), ("gpu-1", "registered")]
+
+
+def test_registrations_are_capped_and_checked() -> None:
+    clock = Clock()
+    inv = NodeInventory(lease_ttl=10.0, clock=clock, max_registrations=3)
+    for i in range(3):
+        inv.register(f"n{i}", f"10.0.0.{i}:1", {}, 0)
+    with pytest.raises(RegistrationsFull, match="holds 3 registrations"):
+        inv.register("n3", "10.0.0.3:1", {}, 0)
+    inv.register("n0", "10.0.0.0:1", {}, 0)  # a renewal is never refused
+    clock.now += 5
+    inv.register("n0", "10.0.0.0:1", {}, 0)
+    clock.now += 6  # n1 and n2 lapsed: room again
+    inv.register("n3", "10.0.0.3:1", {}, 0)
+    assert [n.name for n in inv.nodes()] == ["n0", "n3"]
+    bad = [
+        ("x" * 254, "10.0.0.9:1", {}, "name must be 1-253"),
+        ("bad\nname", "10.0.0.9:1", {}, "name must be printable"),
+        ("ok", "h" * 300 + ":1", {}, "address must be at most"),
+        ("ok", "10.0.0.9:1", {f"k{i}": "v" for i in range(65)}, "at most 64 labels"),
+        ("ok", "10.0.0.9:1", {"k" * 318: "v"}, "label key"),
+        ("ok", "10.0.0.9:1", {"k": "v" * 254}, "at most 253 printable"),
+        ("ok", "10.0.0.9:1", {"k": "a\x1b[2J"}, "printable"),
+    ]
+    for name, address, labels, message in bad:
+        with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+            inv.register(name, address, labels, 0)
+
+
+def test_contacts_of_departed_nodes_are_forgotten() -> None:
+    clock = Clock()
+    inv = NodeInventory(lease_ttl=10.0, clock=clock)
+    for i in range(50):
+        inv.register(f"n{i}", f"10.0.0.{i}:1", {}, 0)
+        inv.record_contact(f"10.0.0.{i}:1", "SERVING")
+    assert inv.contacts() == 50
+    inv.register("stays", "10.0.1.1:1", {}, 30)
+    clock.now += 11
+    assert [n.name for n in inv.nodes()] == ["stays"]
+    assert inv.contacts() == 1
+    inv.deregister("stays")
+    assert inv.nodes() == [] and inv.contacts() == 0
+
+
+def test_channel_pool_prunes_departed_addresses_but_not_those_in_use() -> None:
+    pool = ChannelPool()
+    try:
+        for a in ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"):
+            pool.channel(a)  # channels connect lazily: no server needed
+        with pool.in_use(["127.0.0.1:2"]):
+            assert pool.prune({"127.0.0.1:1"}) == 1  # :3 closed, :2 kept while a call uses it
+            assert pool.addresses() == {"127.0.0.1:1", "127.0.0.1:2"}
+        assert pool.prune({"127.0.0.1:1"}) == 1
+        assert pool.addresses() == {"127.0.0.1:1"}
+    finally:
+        pool.close()
+    assert len(pool) == 0
