@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -185,6 +185,11 @@ class Repository:
             data = parse_json_object(body, f"referrers index of {self.ref}")
             out.extend(parse_descriptor_list(data, "manifests", f"referrers index of {self.ref}"))
             next_url = urljoin(self.transport.base + url, link) if link else None
+            if next_url and urlsplit(next_url).netloc != urlsplit(self.transport.base).netloc:
+                # The registry's token must never be sent elsewhere: a page on another host ends paging.
+                raise UnavailableError(
+                    f"referrers of {self.ref}: the registry's next-page link points at another host ({link})"
+                )
         return out, "api"
 
     def referrers_tag(self, subject: Descriptor) -> str:
