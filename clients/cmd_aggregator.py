@@ -86,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from nodecompat.server.grpc_server import run_until_signal
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    provider = telemetry.init_tracing("nodecompat-aggregator")
+    try:
+        provider = telemetry.init_tracing("nodecompat-aggregator")
+    except ValueError as exc:
+        print(f"nodecompat aggregator: tracing: {exc}", file=sys.stderr)
+        return 2
     try:
         daemon = AggregatorDaemon(build_config(args))
         port = daemon.start()

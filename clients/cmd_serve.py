@@ -101,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"nodecompat serve: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    provider = telemetry.init_tracing("nodecompat-node")
+    try:
+        provider = telemetry.init_tracing("nodecompat-node")
+    except ValueError as exc:
+        print(f"nodecompat serve: tracing: {exc}", file=sys.stderr)
+        return 2
     name = args.node_name or node_name_default()
     from nodecompat.oci.auth import RegistryAuth
     from nodecompat.oci.errors import RegistryError

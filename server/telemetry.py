@@ -42,12 +42,21 @@ def _exporters() -> list[SpanExporter]:
         if name == "otlp":
             protocol = os.environ.get(
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            )
-            if protocol != "grpc":
-                log.warning("OTLP protocol %r is not supported here; using grpc", protocol)
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            ).strip().lower()
+            if protocol == "grpc":
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            out.append(OTLPSpanExporter())
+                out.append(OTLPSpanExporter())
+            elif protocol == "http/protobuf":
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter as OTLPHttpSpanExporter,
+                )
+
+                out.append(OTLPHttpSpanExporter())
+            else:
+                raise ValueError(
+                    f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use grpc or http/protobuf"
+                )
         elif name == "console":
             out.append(ConsoleSpanExporter())
         else:
@@ -59,6 +68,7 @@ def init_tracing(service_name: str) -> TracerProvider | None:
     """Install a global TracerProvider when OTEL_* asks for tracing; return it (None when off).
 
     OTEL_SERVICE_NAME, when set, wins over `service_name`. Call provider.shutdown() on exit to flush.
+    Raises ValueError for an OTLP protocol we cannot speak (grpc and http/protobuf are supported).
     """
     if not tracing_requested():
         return None
