@@ -24,6 +24,7 @@ class FeatureCache:
         self._cond = threading.Condition()
         self._running = False
         self._generation = 0
+        self._failure: BaseException | None = None  # of the last round
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,17 +60,23 @@ class FeatureCache:
                 gen = self._generation
                 while self._running and self._generation == gen:
                     self._cond.wait()
-                if self._round is None:
-                    raise RuntimeError("the probe round this call joined failed")
+                if self._failure is not None:  # never hand out the older round as if it were fresh
+                    raise RuntimeError(f"the probe round this call joined failed: {self._failure}")
+                assert self._round is not None
                 return self._round
             self._running = True
         rnd: ProbeRound | None = None
+        failure: BaseException | None = None
         try:
             rnd = self.runner.run()
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             with self._cond:
                 self._running = False
                 self._generation += 1
+                self._failure = failure
                 if rnd is not None:
                     self._round = rnd
                 self._cond.notify_all()

@@ -64,7 +64,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     # -- GetFeatures ------------------------------------------------------------------------------
     def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):
         budget = _remaining(context)
-        rnd = self.cache.refresh() if request.refresh else self.cache.current(timeout=budget)
+        try:
+            rnd = self.cache.refresh() if request.refresh else self.cache.current(timeout=budget)
+        except RuntimeError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"re-probing failed, try again: {exc}")
         if rnd is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the first probe round has not finished yet; retry shortly")
         assert rnd is not None
