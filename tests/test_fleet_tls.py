@@ -129,3 +129,54 @@ def test_tls_configuration_errors_name_the_flag(tmp_path: Path) -> None:
         tls.channel_credentials(None, not_pem, None)
     with pytest.raises(tls.TlsConfigError, match="both --tls-cert and --tls-key"):
         tls.server_credentials(not_pem, None)
+
+
+def test_features_and_validate_reach_an_mtls_daemon_only_with_a_client_certificate(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "pki")
+    good = tls.channel_credentials(certs.ca, certs.cert, certs.key)
+    flags = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-ca", str(certs.ca)]
+    node = start_node(tmp_path, "h100", "h100-server", args=flags, credentials=good)
+    spec = tmp_path / "nvidia.yaml"
+    spec.write_text(SPEC_NVIDIA)
+    features = [*CLI, "features", "--node", node.address, "-o", "json", "--prefix", "pci."]
+    validate = [*CLI, "validate", "--node", node.address, "--spec", str(spec), "-o", "json"]
+    runs = {
+        "features mtls": [*features, *flags],
+        "validate mtls": [*validate, *flags],
+        "features ca only": [*features, "--tls-ca", str(certs.ca)],
+        "validate ca only": [*validate, "--tls-ca", str(certs.ca)],
+        "features plaintext": features,
+        "validate plaintext": validate,
+        "features local with tls flags": [*CLI, "features", "--tls-ca", str(certs.ca)],
+        "validate missing key": [*validate, "--tls-ca", str(certs.ca), "--tls-cert", str(certs.cert)],
+    }
+    try:  # the CLI runs in parallel: each is mostly interpreter start-up
+        procs = {
+            what: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for what, cmd in runs.items()
+        }
+        out: dict[str, tuple[int, str, str]] = {}
+        for what, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=60)
+            out[what] = (proc.returncode, stdout, stderr)
+    finally:
+        node.terminate()
+    code, stdout, stderr = out["features mtls"]
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["node_name"] == "h100" and "pci.device" in doc["instances"]
+    code, stdout, stderr = out["validate mtls"]
+    assert code == 0, stderr
+    assert json.loads(stdout)["compatible"] is True
+    for what in ("features ca only", "validate ca only"):
+        code, stdout, stderr = out[what]
+        assert (code, stdout) == (2, ""), what
+        assert f"node {node.address}" in stderr and "UNAVAILABLE" in stderr, what
+        assert "mutual TLS, give --tls-cert and --tls-key" in stderr, what
+    for what in ("features plaintext", "validate plaintext"):
+        code, stdout, stderr = out[what]
+        assert (code, stdout) == (2, "") and "UNAVAILABLE" in stderr and "give --tls-ca" in stderr, what
+    code, _, stderr = out["features local with tls flags"]
+    assert code == 2 and "apply to --node only" in stderr
+    code, _, stderr = out["validate missing key"]
+    assert code == 2 and "both --tls-cert and --tls-key" in stderr
