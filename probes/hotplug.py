@@ -4,9 +4,10 @@ Polling sysfs every N seconds either wastes work or reacts late; the kernel anno
 changes as uevents on a netlink socket. We listen to the *kernel* source (not udev's), because
 many nodes and containers (this sandbox included) run no udevd, so udev-sourced events never come.
 Events arrive in bursts (a NIC brings a PCI function, a netdev and queues), so calls are debounced:
-`on_change` is called once, `debounce` seconds after the last event of a burst, with a short
-description of what happened. When netlink is not available (no privilege, no pyudev) start()
-returns False and logs why; the caller then keeps its periodic probing.
+`on_change` is called once, `debounce` seconds after the last event of a burst (but at most
+`max_delay` seconds after its first event, so a steady trickle of uevents cannot postpone a
+re-probe for ever), with a short description of what happened. When netlink is not available (no
+privilege, no pyudev) start() returns False and logs why; the caller then keeps its periodic probing.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ class HotplugWatcher:
         on_change: Callable[[str], None],
         subsystems: Iterable[str] = ("pci", "net", "drm"),
         debounce: float = 0.5,
+        max_delay: float = 5.0,
     ) -> None:
         self.on_change = on_change
         self.subsystems = tuple(subsystems)
         self.debounce = debounce
+        self.max_delay = max_delay
         self.why_unavailable: str | None = None
         self._monitor: Any = None
         self._thread: threading.Thread | None = None
@@ -65,6 +68,8 @@ class HotplugWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        # pyudev's Monitor closes its netlink socket when the libudev handle is released, which
+        # happens once the last reference (ours, and the stopped thread's) is gone.
         self._monitor = None
 
     @property
@@ -74,6 +79,7 @@ class HotplugWatcher:
     def _run(self) -> None:
         pending: list[str] = []
         deadline: float | None = None
+        first: float | None = None
         monitor = self._monitor
         while not self._stop.is_set():
             try:
@@ -82,11 +88,13 @@ class HotplugWatcher:
                 log.warning("hotplug monitor stopped: %s", exc)
                 return
             if device is not None and device.action in ("add", "remove", "change", "bind", "unbind"):
+                now = time.monotonic()
                 pending.append(f"{device.action} {device.subsystem} {device.sys_name}")
-                deadline = time.monotonic() + self.debounce
+                first = now if first is None else first
+                deadline = min(now + self.debounce, first + self.max_delay)
             if deadline is not None and time.monotonic() >= deadline:
                 description = _summarise(pending)
-                pending, deadline = [], None
+                pending, deadline, first = [], None, None
                 try:
                     self.on_change(description)
                 except Exception:

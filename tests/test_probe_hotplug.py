@@ -130,3 +130,30 @@ def test_summarise():
     assert _summarise([f"add pci {i}" for i in range(7)]) == (
         "add pci 0, add pci 1, add pci 2, add pci 3, add pci 4 (+2 more)"
     )
+
+
+@needs_netlink
+def test_a_steady_trickle_of_uevents_cannot_postpone_the_reprobe_for_ever():
+    """Events every 0.1 s with a 0.3 s debounce would never go quiet; max_delay bounds the wait."""
+    got = Collector()
+    w = HotplugWatcher(got, subsystems=("net",), debounce=0.3, max_delay=0.8)
+    assert w.start()
+    try:
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.is_set():
+                with open("/sys/class/net/lo/uevent", "w") as f:
+                    f.write("change")
+                stop.wait(0.1)
+
+        t = threading.Thread(target=trickle)
+        t.start()
+        try:
+            fired = got.event.wait(10)  # the trickle never pauses for 0.3 s, yet on_change comes
+        finally:
+            stop.set()
+            t.join()
+    finally:
+        w.stop()
+    assert fired and got.calls[0] == "change net lo"
