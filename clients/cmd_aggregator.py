@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS
+
 if TYPE_CHECKING:
     from nodecompat.server.aggregator import AggregatorConfig
 
@@ -26,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dns-interval", type=float, default=30.0, help="seconds between DNS re-resolutions")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="default lease of registered nodes (s)")
+    p.add_argument(
+        "--max-registrations",
+        type=int,
+        default=MAX_REGISTRATIONS,
+        help=f"live registered nodes at most; more are refused with RESOURCE_EXHAUSTED (default {MAX_REGISTRATIONS})",
+    )
     p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
     p.add_argument("--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one")
     p.add_argument("--default-timeout", type=float, default=30.0, help="overall deadline when the request sets none")
@@ -50,6 +58,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
 
     if args.concurrency < 1:
         raise ValueError("--concurrency must be >= 1")
+    if args.max_registrations < 0:
+        raise ValueError("--max-registrations must be >= 0 (0: nodes cannot register)")
     for flag in ("node_timeout", "default_timeout", "lease_ttl", "dns_interval"):
         if not getattr(args, flag) > 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0")
@@ -71,6 +81,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         dns=[parse_dns_target(d) for d in args.dns],
         dns_interval=args.dns_interval,
         lease_ttl=args.lease_ttl,
+        max_registrations=args.max_registrations,
         concurrency=args.concurrency,
         node_timeout=args.node_timeout,
         default_timeout=args.default_timeout,

@@ -410,3 +410,14 @@ def test_channel_pool_prunes_departed_addresses_but_not_those_in_use() -> None:
     finally:
         pool.close()
     assert len(pool) == 0
+
+
+def test_aggregator_flags_set_the_registration_cap() -> None:
+    from nodecompat.clients.cli import build_parser
+    from nodecompat.clients.cmd_aggregator import build_config
+
+    parser = build_parser()
+    assert build_config(parser.parse_args(["aggregator", "--max-registrations", "5"])).max_registrations == 5
+    assert build_config(parser.parse_args(["aggregator"])).max_registrations == 10_000
+    with pytest.raises(ValueError, match="--max-registrations"):
+        build_config(parser.parse_args(["aggregator", "--max-registrations", "-1"]))
