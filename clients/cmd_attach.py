@@ -12,13 +12,13 @@ import sys
 from typing import Any
 
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
+from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.lint import lint_spec
 from nodecompat.oci.attach import attach_spec, list_artifacts
 from nodecompat.oci.errors import RegistryError
 
 EXIT_OK = 0
 EXIT_ERROR = 2
-MAX_SPEC_FILE = 1 << 20
 
 
 def register(subparsers: Any) -> None:
@@ -77,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         with open(args.spec, "rb") as fh:
-            raw = fh.read(MAX_SPEC_FILE + 1)
+            raw = fh.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         return _err(f"cannot read spec {args.spec}: {exc.strerror}")
-    if len(raw) > MAX_SPEC_FILE:
-        return _err(f"spec {args.spec} is larger than {MAX_SPEC_FILE} bytes")
+    if len(raw) > MAX_SPEC_BYTES:
+        return _err(f"spec {args.spec} is larger than {MAX_SPEC_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

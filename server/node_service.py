@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
 from nodecompat import wire
+from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.oci.platform import parse_platform
@@ -42,7 +43,7 @@ class RegistryOptions:
 
     ca_file: str | None = None
     auth: RegistryAuth | None = None
-    max_spec_bytes: int = 1 << 20
+    max_spec_bytes: int = MAX_SPEC_BYTES
     extra: dict[str, object] = field(default_factory=dict)
 
 

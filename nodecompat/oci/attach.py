@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.oci import mediatypes as mt
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.discovery import classify_referrers, open_repository, parse_created, resolve
@@ -29,7 +30,6 @@ from nodecompat.oci.repository import digest_of
 from nodecompat.oci.transport import Budget
 
 SPEC_TITLE = "image-compatibility.yaml"
-MAX_SPEC_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)

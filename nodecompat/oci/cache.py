@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
+from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.discovery import Discovered, FetchedSpec, discover, fetch_artifact_spec, open_repository
 from nodecompat.oci.errors import InvalidArgumentError
@@ -99,7 +100,7 @@ class SpecCache:
         auth: RegistryAuth | None = None,
         ca_file: str | None = None,
         timeout: float = 30.0,
-        max_bytes: int = 1 << 20,
+        max_bytes: int = MAX_SPEC_BYTES,
     ) -> FetchedSpec:
         ref = parse_reference(reference)
         plat = parse_platform(platform) if platform else None

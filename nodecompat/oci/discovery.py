@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.oci import mediatypes as mt
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.errors import InvalidArgumentError, NotFoundError, UnavailableError
@@ -260,7 +261,7 @@ def fetch_compat_spec(
     auth: RegistryAuth | None = None,
     ca_file: str | None = None,
     timeout: float = 30.0,
-    max_bytes: int = 1 << 20,
+    max_bytes: int = MAX_SPEC_BYTES,
     pool: SessionPool | None = None,
 ) -> FetchedSpec:
     """Find the newest compatibility artifact of `reference` and return its spec text.
