@@ -19,14 +19,15 @@ flag/attribute part of a mixed feature wins ties over instances).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from nodecompat.expressions import ANY, DOES_NOT_EXIST, EXISTS, MatchExpression
 from nodecompat.features import Features
-from nodecompat.limits import MAX_ACTUAL_NAMES
-from nodecompat.matcher import MultiResult, NamesResult, Outcome, match_multi, match_names_multi
+from nodecompat.limits import MAX_ACTUAL_NAMES, MAX_ECHOED, MAX_EVAL_WARNINGS
+from nodecompat.matcher import ColumnCache, MultiResult, NamesResult, Outcome, match_multi, match_names_multi
 from nodecompat.nfd_output import NfdRule, NfdSet, TermEval, nfd_json
-from nodecompat.spec import FeatureTerm, Rule, Spec
+from nodecompat.spec import RULE_BACKREF_FEATURE, FeatureTerm, Rule, Spec
 from nodecompat.verdict import (
     ExpressionVerdict,
     MatchAnyVerdict,
@@ -36,7 +37,11 @@ from nodecompat.verdict import (
     Verdict,
 )
 
-RULE_BACKREF_FEATURE = "rule.matched"
+
+class EvaluationTimeout(TimeoutError):
+    """evaluate() passed its deadline; the daemon answers DEADLINE_EXCEEDED."""
+
+
 _LABEL_KEYS = ("address", "name", "bdf", "pci_address", "serial", "id")
 
 
@@ -48,10 +53,13 @@ class _View:
         self.attrs = {n: a.elements for n, a in features.attributes.items()}
         self.insts = {n: [i.attributes for i in f.elements] for n, f in features.instances.items()}
 
+        self._own_backref = False
+
     def publish(self, values: Mapping[str, str]) -> None:
-        merged = dict(self.attrs.get(RULE_BACKREF_FEATURE, {}))
-        merged.update(values)
-        self.attrs[RULE_BACKREF_FEATURE] = merged
+        if not self._own_backref:  # copy once: never change the caller's Features
+            self.attrs[RULE_BACKREF_FEATURE] = dict(self.attrs.get(RULE_BACKREF_FEATURE, {}))
+            self._own_backref = True
+        self.attrs[RULE_BACKREF_FEATURE].update(values)
 
 
 class _Run:
@@ -60,6 +68,20 @@ class _Run:
         self.unknown = {k.lower(): v for k, v in unknown.items()}
         self.unknown_used: set[str] = set()
         self.warnings: list[str] = []
+        self.cache = ColumnCache()
+        self.eval_warnings = 0
+
+    def eval_errors(self, path: str, errors: list[str], total: int) -> None:
+        """Warn about evaluation errors: a few per term, and at most MAX_EVAL_WARNINGS in all."""
+        for err in errors[:MAX_ECHOED]:
+            self.warn_eval(f"{path}: cannot evaluate on this node: {err}")
+        if total > MAX_ECHOED:
+            self.warn_eval(f"{path}: cannot evaluate on this node: and {total - MAX_ECHOED} more errors")
+
+    def warn_eval(self, message: str) -> None:
+        self.eval_warnings += 1
+        if self.eval_warnings <= MAX_EVAL_WARNINGS:
+            self.warnings.append(message)
 
     # -- terms -----------------------------------------------------------------------------------
     def term(self, term: FeatureTerm, path: str) -> tuple[TermVerdict, TermEval]:
@@ -72,13 +94,11 @@ class _Run:
         te = TermEval(term, present)
         if present:
             if term.match_expressions is not None:
-                te.multi = match_multi(term.match_expressions, flags, attrs, insts)
-                for err in te.multi.errors:
-                    self.warnings.append(f"{path}.matchExpressions: cannot evaluate on this node: {err}")
+                te.multi = match_multi(term.match_expressions, flags, attrs, insts, self.cache)
+                self.eval_errors(f"{path}.matchExpressions", te.multi.errors, te.multi.error_count)
             if term.match_name is not None:
                 te.names = match_names_multi(term.match_name, flags, attrs, insts)
-                for err in te.names.errors:
-                    self.warnings.append(f"{path}.matchName: cannot evaluate on this node: {err}")
+                self.eval_errors(f"{path}.matchName", te.names.errors, len(te.names.errors))
         tv = TermVerdict(feature=term.feature, matched=te.matched, feature_present=present)
         if name in self.unknown:
             reason = self.unknown[name]
@@ -177,6 +197,12 @@ def _expr_verdict(
     )
 
 
+def echo(items: Sequence[str], limit: int = MAX_ECHOED) -> str:
+    """`a, b, c, d, e and 199995 more`: a list for a message, never longer than `limit` items."""
+    shown = ", ".join(items[:limit])
+    return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
+
+
 def instance_label(feature: str, index: int, attrs: Mapping[str, str]) -> str:
     """`pci.device[3] address=0000:17:00.0`: the index plus a name-like attribute when there is one."""
     for k in _LABEL_KEYS:
@@ -229,8 +255,7 @@ def _report_multi(
         place = m.instance_matched.index(True)
     else:
         best = sum(m.fa) if has_fa else -1
-        for k, row in enumerate(m.instances):
-            score = sum(o.matched for o in row)
+        for k, score in enumerate(m.instance_scores()):
             if score > best:
                 best, place = score, k
         if not has_fa and place is None:
@@ -246,12 +271,13 @@ def _report_multi(
                 for n, e in zip(m.names, m.exprs, strict=True)
             ]
     out = []
+    row = m.instance_row(place) if place is not None else []
     for i, (n, e) in enumerate(zip(m.names, m.exprs, strict=True)):
         if place is None:
             matched, present, value, error = _fa_outcome(m, i)
             label = ""
         else:
-            o = m.instances[place][i]
+            o = row[i]
             matched, present, value, error = o.matched, o.present, o.value, o.error
             label = instance_label(name, place, insts[place])
         out.append(
@@ -305,18 +331,28 @@ def evaluate(
     *,
     tags: Sequence[str] = (),
     unknown: Mapping[str, str] | None = None,
+    deadline: float | None = None,
 ) -> Verdict:
-    """Evaluate `spec` against `features`; `unknown` maps feature name -> why its facts are unknown."""
+    """Evaluate `spec` against `features`; `unknown` maps feature name -> why its facts are unknown.
+
+    `deadline` is a time.monotonic() instant checked between rules; past it, EvaluationTimeout.
+    """
     run = _Run(features, unknown or {})
     verdict = Verdict()
     nfd_sets: list[NfdSet] = []
-    tag_list = [t for t in tags if t]
+    tag_list = list(dict.fromkeys(t for t in tags if t))
+    tag_set = frozenset(tag_list)
     for idx, c in enumerate(spec.compatibilities):
-        if tag_list and c.tag not in tag_list:
+        if tag_set and c.tag not in tag_set:
             continue
         sv = SetVerdict(index=idx, description=c.description, tag=c.tag, weight=c.weight)
         ns = NfdSet(c)
         for ri, rule in enumerate(c.rules):
+            if deadline is not None and time.monotonic() > deadline:
+                raise EvaluationTimeout(
+                    f"evaluation passed its deadline at compatibilities[{idx}].rules[{ri}] "
+                    f"({sum(len(s.rules) for s in verdict.sets) + ri} rules evaluated)"
+                )
             rv, nr = run.rule(rule, f"compatibilities[{idx}].rules[{ri}]")
             sv.rules.append(rv)
             ns.rules.append(nr)
@@ -327,10 +363,12 @@ def evaluate(
         verdict.sets.append(sv)
         nfd_sets.append(ns)
     if tag_list and not verdict.sets:
-        run.warnings.append(f"no compatibility set has a tag in {', '.join(tag_list)}; nothing was evaluated")
+        run.warnings.append(f"no compatibility set has a tag in {echo(tag_list)}; nothing was evaluated")
     passing = [s.weight for s in verdict.sets if s.passed]
     verdict.compatible = bool(passing)
     verdict.score = max(passing) if passing else 0
+    if run.eval_warnings > MAX_EVAL_WARNINGS:
+        run.warnings.append(f"and {run.eval_warnings - MAX_EVAL_WARNINGS} more evaluation warnings like these")
     verdict.unknown_facts = [f"{n}: {run.unknown[n]}" for n in sorted(run.unknown_used)]
     text, err = nfd_json(nfd_sets)
     verdict.nfd_json = text

@@ -14,7 +14,10 @@ pre-release part is dropped before comparing, as NFD does, so `5.15.0-91-generic
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,7 +141,7 @@ def _values_repr(values: list[str]) -> str:
 class CompiledExpression:
     """An expression ready to evaluate; raises ExpressionError exactly where NFD returns an error."""
 
-    __slots__ = ("_num", "_num_error", "_regex_error", "_regexes", "expr")
+    __slots__ = ("_any_regex", "_num", "_num_error", "_regex_error", "_regexes", "_value_set", "expr")
 
     def __init__(self, expr: MatchExpression) -> None:
         self.expr = expr
@@ -146,6 +149,8 @@ class CompiledExpression:
         self._regex_error: str | None = None
         self._num: tuple[Any, ...] | None = None
         self._num_error: str | None = None
+        self._value_set = frozenset(expr.values)
+        self._any_regex: Any = None
         if expr.op == IN_REGEXP and expr.values:
             try:
                 self._regexes = [re2.compile(v, options=_RE2_OPTIONS) for v in expr.values]
@@ -155,6 +160,8 @@ class CompiledExpression:
                     f"invalid expression, 'value' field must only contain valid regexps for Op {expr.op!r}"
                     f" (have {_values_repr(expr.values)}): {detail}"
                 )
+            else:
+                self._any_regex = _alternation(expr.values) if len(expr.values) > 1 else self._regexes[0]
         if expr.op in NUMERIC_OPS:
             self._prepare_numbers()
 
@@ -234,7 +241,7 @@ class CompiledExpression:
                 raise ExpressionError(
                     f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}"
                 )
-            found = value in e.values
+            found = value in self._value_set
             return found if op == IN else not found
         if op == IN_REGEXP:
             if not e.values:
@@ -243,8 +250,8 @@ class CompiledExpression:
                 )
             if self._regex_error:
                 raise ExpressionError(self._regex_error)
-            assert self._regexes is not None
-            return any(r.search(value) is not None for r in self._regexes)
+            assert self._any_regex is not None
+            return self._any_regex.search(value) is not None
         if op in NUMERIC_OPS:
             return self._compare(value)
         # IsTrue / IsFalse
@@ -254,6 +261,77 @@ class CompiledExpression:
                 f"(have {_values_repr(e.values)})"
             )
         return value == ("true" if op == IS_TRUE else "false")
+
+    def column(
+        self, values: Sequence[str | None], numbers: dict[str, tuple[int | None, str]] | None = None
+    ) -> tuple[list[bool], dict[int, str]]:
+        """evaluate() over many attribute values (None = absent): (results, {index: error}).
+
+        The per-instance hot loop of the evaluator: common ops run as C-level maps, and otherwise
+        each distinct value is evaluated once, so the cost grows with distinct node values rather
+        than instances. `numbers` caches Go's Atoi of node values across expressions (value ->
+        (number or None, error)). Results and errors are exactly evaluate()'s.
+        """
+        e = self.expr
+        op = e.op
+        if not e.values:
+            if op == EXISTS:
+                return list(map(operator.is_not, values, itertools.repeat(None))), {}
+            if op == DOES_NOT_EXIST:
+                return list(map(operator.is_, values, itertools.repeat(None))), {}
+            if op == ANY:
+                return [True] * len(values), {}
+            if op == IS_TRUE:
+                return list(map("true".__eq__, values)), {}
+            if op == IS_FALSE:
+                return list(map("false".__eq__, values)), {}
+        elif op == IN:
+            return list(map(self._value_set.__contains__, values)), {}
+        elif op == NOT_IN:
+            absent_or_in = self._value_set | {None}
+            return list(map(operator.not_, map(absent_or_in.__contains__, values))), {}
+        elif op in NUMERIC_OPS and e.type == "" and self._num is not None and numbers is not None:
+            return self._int_column(values, numbers)
+        memo: dict[str | None, tuple[bool, str | None]] = {v: self._one(v is not None, v) for v in set(values)}
+        out = [memo[v][0] for v in values]
+        errors = {i: err for i, v in enumerate(values) if (err := memo[v][1]) is not None}
+        return out, errors
+
+    def _int_column(
+        self, values: Sequence[str | None], numbers: dict[str, tuple[int | None, str]]
+    ) -> tuple[list[bool], dict[int, str]]:
+        assert self._num is not None
+        lo = self._num[0]
+        hi = self._num[-1]
+        test = {
+            GT: lambda n: n > lo,
+            GE: lambda n: n >= lo,
+            LT: lambda n: n < lo,
+            LE: lambda n: n <= lo,
+            GT_LT: lambda n: lo < n < hi,
+            GE_LE: lambda n: lo <= n <= hi,
+        }[self.expr.op]
+        out: list[bool] = []
+        errors: dict[int, str] = {}
+        for i, v in enumerate(values):
+            if v is None:
+                out.append(False)
+                continue
+            parsed = numbers.get(v)
+            if parsed is None:
+                parsed = numbers[v] = _atoi_or_error(v)
+            if parsed[0] is None:
+                out.append(False)
+                errors[i] = parsed[1]
+            else:
+                out.append(test(parsed[0]))
+        return out, errors
+
+    def _one(self, present: bool, value: str | None) -> tuple[bool, str | None]:
+        try:
+            return self.evaluate(present, value), None
+        except ExpressionError as exc:
+            return False, str(exc)
 
     def _compare(self, value: str) -> bool:
         e = self.expr
@@ -291,6 +369,34 @@ class CompiledExpression:
         if op == GT_LT:
             return bool(r[0] < lhs < r[1])
         return bool(r[0] <= lhs <= r[1])
+
+
+def _atoi_or_error(v: str) -> tuple[int | None, str]:
+    try:
+        return go_atoi(v), ""
+    except ValueError:
+        return None, f"not a number {_go_quote(v)}"
+
+
+def _alternation(patterns: list[str]) -> Any:
+    """One RE2 program for `any(search(p) for p in patterns)`; each pattern is already known valid.
+
+    `(?:p)` scopes p's flags and alternation, so the union matches a value iff one pattern does;
+    one search replaces one per pattern. Falls back to the patterns one by one if the union is
+    over RE2's memory budget.
+    """
+    try:
+        return re2.compile("|".join(f"(?:{p})" for p in patterns), options=_RE2_OPTIONS)
+    except re2.error:
+        return _AnyOf([re2.compile(p, options=_RE2_OPTIONS) for p in patterns])
+
+
+@dataclass(frozen=True)
+class _AnyOf:
+    regexes: list[Any]
+
+    def search(self, value: str) -> Any:
+        return next((m for r in self.regexes if (m := r.search(value)) is not None), None)
 
 
 def _go_quote(s: str) -> str:

@@ -1,6 +1,14 @@
-"""Limits that keep hostile specs cheap: size, nesting depth, and how much detail we report.
+"""Limits that keep hostile specs cheap: size, nesting, node and complexity budgets, reported detail.
 
-One place for the numbers so the parser, the linter and the tests agree on them.
+One place for the numbers so the parser, the linter, the evaluator and the tests agree on them.
+
+The complexity caps bound evaluation: its cost is about (match expressions) x (instances of the
+feature they test), so the worst accepted spec is MAX_EXPRESSIONS expressions, all on pci.device,
+each with MAX_VALUES_PER_EXPRESSION values. Measured with bench/bench_hostile.py on the 2-core CI
+machine against 200 PCI devices (see the figures in its docstring), that worst case evaluates in
+well under a second, and any spec within MAX_SPEC_BYTES is parsed or refused in about half a second.
+Real specs are far below every cap (the upstream examples have 1-3 sets, under 10 rules, under 20
+expressions).
 """
 
 from __future__ import annotations
@@ -10,5 +18,24 @@ MAX_SPEC_BYTES = 1 << 20
 # Deepest YAML/JSON nesting accepted. A real spec nests about 8 levels; 64 leaves room and stops
 # `[[[[...` or `{a:{a:...` long before Python's recursion limit.
 MAX_DEPTH = 64
+# YAML/JSON nodes (scalars and collections) in a document, counting every node an alias expands
+# to: the billion-laughs budget. A spec at all the caps below needs far fewer.
+MAX_YAML_NODES = 100_000
+# Compatibility sets in one spec (each carries one tag).
+MAX_COMPATIBILITY_SETS = 256
+# Rules over all sets.
+MAX_RULES = 1_000
+# Feature terms over all rules (matchFeatures and matchAny elements together).
+MAX_TERMS = 2_000
+# Match expressions (each matchExpressions entry and each matchName) over all terms.
+MAX_EXPRESSIONS = 2_000
+# InRegexp patterns over all expressions: each costs a compile and a search per distinct node value.
+MAX_REGEXES = 256
+# Values in one expression's `value` list.
+MAX_VALUES_PER_EXPRESSION = 1_000
 # At most this many element names are copied into an ExpressionVerdict's `actual` for matchName.
 MAX_ACTUAL_NAMES = 64
+# At most this many requested tags (or evaluation warnings of one term) are echoed in a message.
+MAX_ECHOED = 5
+# At most this many "cannot evaluate" warnings in one verdict (then a count of the rest).
+MAX_EVAL_WARNINGS = 50

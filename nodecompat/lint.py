@@ -13,9 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nodecompat.expressions import DOES_NOT_EXIST, EXISTS, IN, NOT_IN, VALUE_OPS, MatchExpression
-from nodecompat.spec import FeatureTerm, SpecError, parse_spec
-
-RULE_BACKREF_FEATURE = "rule.matched"
+from nodecompat.spec import RULE_BACKREF_FEATURE, FeatureTerm, SpecError, parse_spec
 
 
 @dataclass(frozen=True)

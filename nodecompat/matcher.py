@@ -12,10 +12,16 @@ tolerates until use, or non-numeric node data under Gt) are recorded, not raised
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nodecompat.expressions import DOES_NOT_EXIST, ExpressionError, MatchExpression
+from nodecompat.limits import MAX_ECHOED
+
+# Evaluation errors kept per term (NFD itself stops at the first one).
+MAX_ERRORS_KEPT = MAX_ECHOED
 
 
 @dataclass(slots=True)
@@ -37,6 +43,22 @@ def _eval(expr: MatchExpression, present: bool, value: str | None, errors: list[
 
 
 @dataclass
+class ColumnCache:
+    """Per-evaluation memo: one attribute's values over a feature's instances, and node values as numbers."""
+
+    columns: dict[tuple[int, str], list[str | None]] = field(default_factory=dict)
+    numbers: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+
+    def values(self, instances: list[Mapping[str, str]], name: str) -> list[str | None]:
+        """`[inst.get(name) for inst in instances]`, computed once per (instance list, name)."""
+        key = (id(instances), name)
+        vals = self.columns.get(key)
+        if vals is None:
+            vals = self.columns[key] = [inst.get(name) for inst in instances]
+        return vals
+
+
+@dataclass
 class MultiResult:
     """Everything MatchMulti computes for one term's matchExpressions."""
 
@@ -46,15 +68,25 @@ class MultiResult:
     attr: list[Outcome] | None  # per expression; None when it has no attribute part
     fa: list[bool]  # per expression: held on the flag/attribute union (DoesNotExist: on both)
     fa_matched: bool  # NFD's key/value isMatch (needs a flag or attribute part)
-    instances: list[list[Outcome]]  # per instance, per expression
     instance_matched: list[bool]
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the first few, in NFD's (instance, expression) order
     nfd_matched: set[str] = field(default_factory=set)  # NFD's matchedExpressions keys
-    elements: list[dict[str, str]] = field(default_factory=list)  # NFD's matched elements
+    elements: list[Mapping[str, str]] = field(default_factory=list)  # NFD's matched elements
+    error_count: int = 0  # all evaluation errors, including those not kept in `errors`
+    # Per expression: the instances' values (None = absent), outcomes and errors by instance index.
+    columns: list[tuple[list[str | None], list[bool], dict[int, str]]] = field(default_factory=list)
 
     @property
     def matched(self) -> bool:
         return self.fa_matched or any(self.instance_matched)
+
+    def instance_row(self, k: int) -> list[Outcome]:
+        """Every expression's outcome on instance k."""
+        return [Outcome(col[k], vals[k] is not None, vals[k], errs.get(k)) for vals, col, errs in self.columns]
+
+    def instance_scores(self) -> list[int]:
+        """How many expressions held on each instance."""
+        return [sum(row) for row in zip(*(col for _, col, _ in self.columns), strict=True)]
 
 
 def match_multi(
@@ -62,8 +94,12 @@ def match_multi(
     flags: Iterable[str] | None,
     attrs: Mapping[str, str] | None,
     instances: Sequence[Mapping[str, str]] | None,
+    cache: ColumnCache | None = None,
 ) -> MultiResult:
-    """NFD's MatchMulti with failFast=false; `None` means that part of the feature is absent."""
+    """NFD's MatchMulti with failFast=false; `None` means that part of the feature is absent.
+
+    `cache` (one per evaluation of a node) reuses the instances' attribute columns and parsed numbers.
+    """
     names = list(exprs)
     ex = [exprs[n] for n in names]
     errors: list[str] = []
@@ -109,19 +145,26 @@ def match_multi(
             fa_matched = False
     kv_elems.sort(key=lambda d: d["Name"])
 
-    inst_res: list[list[Outcome]] = []
-    inst_ok: list[bool] = []
-    inst_elems: list[dict[str, str]] = []
-    for inst in instances or ():
-        row = [_eval(e, n in inst, inst.get(n), errors) for n, e in zip(names, ex, strict=True)]
-        inst_res.append(row)
-        ok = all(o.matched for o in row)
-        inst_ok.append(ok)
-        for n, o in zip(names, row, strict=True):
-            if o.matched:
-                nfd_matched.add(n)
-        if ok:
-            inst_elems.append(dict(inst))
+    inst_list = instances if isinstance(instances, list) else list(instances or ())
+    columns = []
+    for n, e in zip(names, ex, strict=True):
+        vals = cache.values(inst_list, n) if cache is not None else [inst.get(n) for inst in inst_list]
+        col, errs = e.compiled().column(vals, cache.numbers if cache is not None else None)
+        columns.append((vals, col, errs))
+        if any(col):
+            nfd_matched.add(n)
+    if len(columns) == 1:
+        inst_ok = list(columns[0][1])
+    elif columns:
+        inst_ok = list(map(all, zip(*(c for _, c, _ in columns), strict=True)))
+    else:
+        inst_ok = [True] * len(inst_list)
+    inst_elems = list(itertools.compress(inst_list, inst_ok))
+    error_count = len(errors) + sum(len(errs) for _, _, errs in columns)
+    if error_count > len(errors):
+        # NFD stops at the first error in (instance, expression) order; keep the first few in that order.
+        order = heapq.merge(*(zip(errs, itertools.repeat(j)) for j, (_, _, errs) in enumerate(columns)))
+        errors.extend(columns[j][2][k] for k, j in itertools.islice(order, MAX_ERRORS_KEPT))
     return MultiResult(
         names=names,
         exprs=ex,
@@ -129,11 +172,12 @@ def match_multi(
         attr=res_attr,
         fa=fa,
         fa_matched=fa_matched,
-        instances=inst_res,
         instance_matched=inst_ok,
         errors=errors,
         nfd_matched=nfd_matched,
-        elements=kv_elems + inst_elems,
+        elements=[*kv_elems, *inst_elems],
+        error_count=error_count,
+        columns=columns,
     )
 
 
@@ -146,7 +190,7 @@ class NamesResult:
     matched_names: list[str]
     matched_instances: list[int]
     errors: list[str] = field(default_factory=list)
-    elements: list[dict[str, str]] = field(default_factory=list)
+    elements: list[Mapping[str, str]] = field(default_factory=list)
 
 
 def match_names_multi(
@@ -155,39 +199,43 @@ def match_names_multi(
     attrs: Mapping[str, str] | None,
     instances: Sequence[Mapping[str, str]] | None,
 ) -> NamesResult:
-    """NFD's MatchNamesMulti: the expression against every element *name* (present=True)."""
+    """NFD's MatchNamesMulti: the expression against every element *name* (present=True).
+
+    Each distinct name is evaluated once (instances share attribute names), so the cost grows with
+    the distinct names, not with the number of instances.
+    """
     errors: list[str] = []
+    memo: dict[str, bool] = {}
+
+    def hit(k: str) -> bool:
+        m = memo.get(k)
+        if m is None:
+            m = memo[k] = _eval(expr, True, k, errors).matched
+        return m
+
     kv: list[dict[str, str]] = []
     seen: set[str] = set()
-    matched_names: set[str] = set()
     for k in sorted(flags or ()):
         seen.add(k)
-        if _eval(expr, True, k, errors).matched:
+        if hit(k):
             kv.append({"Name": k})
-            matched_names.add(k)
     for k in sorted(attrs or {}):
         seen.add(k)
-        if _eval(expr, True, k, errors).matched:
+        if hit(k):
             kv.append({"Name": k, "Value": (attrs or {})[k]})
-            matched_names.add(k)
     kv.sort(key=lambda d: d["Name"])
-    inst_elems: list[dict[str, str]] = []
-    inst_idx: list[int] = []
-    for i, inst in enumerate(instances or ()):
-        hit = False
-        for k in sorted(inst):
-            seen.add(k)
-            if _eval(expr, True, k, errors).matched:
-                hit = True
-                matched_names.add(k)
-        if hit:
-            inst_elems.append(dict(inst))
-            inst_idx.append(i)
-    elements = kv + inst_elems
+    inst_list = list(instances or ())
+    inst_names = set().union(*inst_list) if inst_list else set()
+    for k in sorted(inst_names - memo.keys()):
+        hit(k)
+    seen |= inst_names
+    matching = {k for k, m in memo.items() if m}
+    inst_idx = [i for i, inst in enumerate(inst_list) if not matching.isdisjoint(inst)]
+    elements: list[Mapping[str, str]] = [*kv, *(inst_list[i] for i in inst_idx)]
     return NamesResult(
         matched=bool(elements) and not errors,
         names=sorted(seen),
-        matched_names=sorted(matched_names),
+        matched_names=sorted(matching),
         matched_instances=inst_idx,
         errors=errors,
         elements=elements,
@@ -205,7 +253,7 @@ def nfd_match_multi(
     flags: Iterable[str] | None,
     attrs: Mapping[str, str] | None,
     instances: Sequence[Mapping[str, str]] | None,
-) -> tuple[bool, list[dict[str, str]]]:
+) -> tuple[bool, list[Mapping[str, str]]]:
     """MatchMulti: (matched, matched elements); raises ExpressionError like NFD."""
     r = match_multi(exprs, flags, attrs, instances)
     _raise_first(r.errors)
@@ -219,7 +267,7 @@ def nfd_match_names_multi(
     flags: Iterable[str] | None,
     attrs: Mapping[str, str] | None,
     instances: Sequence[Mapping[str, str]] | None,
-) -> tuple[bool, list[dict[str, str]]]:
+) -> tuple[bool, list[Mapping[str, str]]]:
     """MatchNamesMulti: (matched, matched elements); raises ExpressionError like NFD."""
     r = match_names_multi(expr, flags, attrs, instances)
     _raise_first(r.errors)

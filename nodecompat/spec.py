@@ -17,19 +17,27 @@ string "1.1", can be flagged.
 from __future__ import annotations
 
 import json
-import math
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from nodecompat.expressions import MatchExpression
-from nodecompat.limits import MAX_DEPTH, MAX_SPEC_BYTES
+from nodecompat.limits import (
+    MAX_COMPATIBILITY_SETS,
+    MAX_EXPRESSIONS,
+    MAX_REGEXES,
+    MAX_RULES,
+    MAX_SPEC_BYTES,
+    MAX_TERMS,
+    MAX_VALUES_PER_EXPRESSION,
+)
+from nodecompat.spec_load import DUPS, LoadError, Scalar, go_string
+from nodecompat.spec_load import load_document as _load
 
 SPEC_VERSION = "v1alpha1"
+# The attribute feature where each rule publishes its `vars` for later rules (NFD's back-reference).
+RULE_BACKREF_FEATURE = "rule.matched"
 
 
 class SpecError(ValueError):
@@ -78,200 +86,17 @@ class Spec:
     nfd_compat: bool = False
 
 
-# -- safe YAML -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Scalar:
-    """A non-string YAML/JSON scalar with its original spelling (`raw`)."""
-
-    value: Any
-    raw: str
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without aliases/anchors, with a depth limit, keeping scalars' spelling."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            ev = self.peek_event()
-            raise SpecError([f"line {ev.start_mark.line + 1}: YAML aliases (*{ev.anchor}) are not accepted"])
-        ev = self.peek_event()
-        if getattr(ev, "anchor", None):
-            raise SpecError([f"line {ev.start_mark.line + 1}: YAML anchors (&{ev.anchor}) are not accepted"])
-        self._depth += 1
-        if self._depth > MAX_DEPTH:
-            raise SpecError([f"line {ev.start_mark.line + 1}: nesting deeper than {MAX_DEPTH} levels"])
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        if not isinstance(node, yaml.MappingNode):
-            return super().construct_mapping(node, deep)
-        out: dict[Any, Any] = {}
-        dups: list[str] = []
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            key = _go_string(key) if not isinstance(key, str) else key
-            if key in out:
-                dups.append(key)
-            out[key] = self.construct_object(value_node, deep=deep)
-        if dups:
-            out[_DUPS] = dups
-        return out
-
-
-_DUPS = "\x00duplicate keys"
-
-
-def _scalar_constructor(loader: _Loader, node: Any) -> Scalar:
-    tag = node.tag.rsplit(":", 1)[-1]
-    method = {
-        "int": yaml.SafeLoader.construct_yaml_int,
-        "float": yaml.SafeLoader.construct_yaml_float,
-        "bool": yaml.SafeLoader.construct_yaml_bool,
-        "null": yaml.SafeLoader.construct_yaml_null,
-    }[tag]
-    return Scalar(method(loader, node), node.value)
-
-
-for _t in ("int", "float", "bool", "null"):
-    _Loader.add_constructor(f"tag:yaml.org,2002:{_t}", _scalar_constructor)
-# Timestamps stay strings: Go's YAML layer does the same for string fields.
-_Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _go_float32(f: float) -> str:
-    """strconv.FormatFloat(f, 'g', -1, 32): what sigs.k8s.io/yaml makes of a YAML float in a string field."""
-    if math.isnan(f):
-        return ".nan"
-    if math.isinf(f):
-        return ".inf" if f > 0 else "-.inf"
-    try:
-        f32 = struct.unpack("f", struct.pack("f", f))[0]
-    except OverflowError:
-        return ".inf" if f > 0 else "-.inf"
-    digits = ""
-    for p in range(1, 10):
-        s = f"{f32:.{p}e}"
-        if struct.unpack("f", struct.pack("f", float(s)))[0] == f32:
-            digits = s
-            break
-    mant, exp_s = digits.split("e")
-    exp = int(exp_s)
-    mant = mant.rstrip("0").rstrip(".") if "." in mant else mant
-    if exp < -4 or exp >= 6:
-        return f"{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
-    neg = mant.startswith("-")
-    ds = mant.lstrip("-").replace(".", "")
-    if exp >= 0:
-        whole = (ds + "0" * (exp + 1 - len(ds)))[: exp + 1]
-        frac = ds[exp + 1 :]
-        text = whole + ("." + frac if frac else "")
-    else:
-        text = "0." + "0" * (-exp - 1) + ds
-    return ("-" if neg else "") + text
-
-
-def _go_string(v: Any) -> str:
-    """A scalar as Go's YAML layer renders it into a string field."""
-    if isinstance(v, Scalar):
-        v = v.value
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return _go_float32(v)
-    return str(v)
-
-
-def _max_depth(obj: Any) -> int:
-    depth = 0
-    stack = [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        if isinstance(o, dict | list):
-            depth = max(depth, d)
-            stack.extend((c, d + 1) for c in (o.values() if isinstance(o, dict) else o))
-    return depth
-
-
-def _wrap_json(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _wrap_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_wrap_json(v) for v in obj]
-    if obj is None or isinstance(obj, bool):
-        return Scalar(obj, json.dumps(obj))
-    return obj
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    dups = []
-    for k, v in pairs:
-        if k in out:
-            dups.append(k)
-        out[k] = v
-    if dups:
-        out[_DUPS] = dups
-    return out
+# -- loading -------------------------------------------------------------------------------------
+_DUPS = DUPS
+_go_string = go_string
 
 
 def load_document(text: str | bytes, max_bytes: int = MAX_SPEC_BYTES) -> Any:
-    """Parse YAML or JSON text safely into plain data (non-string scalars as `Scalar`)."""
-    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        raise SpecError([f"spec is {size} bytes, over the {max_bytes}-byte limit"])
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise SpecError([f"spec is not UTF-8 text: {exc}"]) from None
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
-        try:
-            data = json.loads(
-                text,
-                object_pairs_hook=_json_pairs,
-                parse_float=lambda s: Scalar(float(s), s),
-                parse_int=lambda s: Scalar(int(s), s),
-            )
-        except RecursionError:
-            raise SpecError([f"nesting deeper than {MAX_DEPTH} levels"]) from None
-        except ValueError:
-            data = _NOT_JSON
-        if data is not _NOT_JSON:
-            if _max_depth(data) > MAX_DEPTH:
-                raise SpecError([f"nesting deeper than {MAX_DEPTH} levels"])
-            return _wrap_json(data)
-    loader = _Loader(text)
+    """Parse YAML or JSON text safely into plain data (non-string scalars as `Scalar`); see spec_load."""
     try:
-        if not loader.check_node():
-            return None
-        node = loader.get_node()
-        if loader.check_node():
-            raise SpecError(["the spec holds more than one YAML document; put one spec per file"])
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise SpecError([f"not valid YAML or JSON: {exc}".replace("\n", " ")]) from None
-    except RecursionError:
-        raise SpecError([f"nesting deeper than {MAX_DEPTH} levels"]) from None
-    finally:
-        loader.dispose()
-
-
-_NOT_JSON = object()
+        return _load(text, max_bytes=max_bytes)
+    except LoadError as exc:
+        raise SpecError(exc.problems) from None
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -284,11 +109,33 @@ def _key_path(path: str, key: str) -> str:
     return f"{path}.{key}" if _PATH_SAFE.fullmatch(key) else f"{path}[{json.dumps(key)}]"
 
 
+class _OverBudget(Exception):
+    """A complexity cap was passed; the error is recorded and building stops at once."""
+
+
+_CAPS = {
+    "sets": (MAX_COMPATIBILITY_SETS, "compatibility sets"),
+    "rules": (MAX_RULES, "rules in all"),
+    "terms": (MAX_TERMS, "feature terms in all"),
+    "expressions": (MAX_EXPRESSIONS, "match expressions in all"),
+    "regexes": (MAX_REGEXES, "InRegexp patterns in all"),
+}
+
+
 class _Builder:
     def __init__(self, nfd_compat: bool) -> None:
         self.compat = nfd_compat
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.counts = dict.fromkeys(_CAPS, 0)
+
+    def count(self, what: str, path: str, n: int = 1) -> None:
+        """Count `n` more `what`; past its cap, record a located error and stop building."""
+        self.counts[what] += n
+        limit, label = _CAPS[what]
+        if self.counts[what] > limit:
+            self.error(path, f"the spec has more than {limit} {label}, over the limit (a hostile or generated spec?)")
+            raise _OverBudget
 
     # -- helpers ---------------------------------------------------------------------------------
     def error(self, path: str, msg: str) -> None:
@@ -384,8 +231,12 @@ class _Builder:
                 )
         else:
             self.warnings.append(f"version: missing; reading the spec as {SPEC_VERSION}")
-        for i, c in enumerate(self.listing("compatibilities", top.get("compatibilities"))):
-            spec.compatibilities.append(self.compatibility(f"compatibilities[{i}]", c))
+        try:
+            for i, c in enumerate(self.listing("compatibilities", top.get("compatibilities"))):
+                self.count("sets", f"compatibilities[{i}]")
+                spec.compatibilities.append(self.compatibility(f"compatibilities[{i}]", c))
+        except _OverBudget:
+            return spec
         if not spec.compatibilities:
             self.warnings.append("compatibilities: no compatibility sets; no node can be compatible")
         return spec
@@ -396,6 +247,7 @@ class _Builder:
         if f is None:
             return c
         for i, r in enumerate(self.listing(f"{path}.rules", f.get("rules"))):
+            self.count("rules", f"{path}.rules[{i}]")
             c.rules.append(self.rule(f"{path}.rules[{i}]", r))
         if "weight" in f:
             c.weight = self.weight(f"{path}.weight", f["weight"])
@@ -455,6 +307,7 @@ class _Builder:
         return [self.term(f"{path}[{i}]", t) for i, t in enumerate(self.listing(path, v))]
 
     def term(self, path: str, obj: Any) -> FeatureTerm:
+        self.count("terms", path)
         t = FeatureTerm(feature="")
         f = self.fields(path, obj, ("feature", "matchExpressions", "matchName"), "a feature term")
         if f is None:
@@ -495,6 +348,7 @@ class _Builder:
         return t
 
     def expression(self, path: str, obj: Any) -> MatchExpression:
+        self.count("expressions", path)
         e = MatchExpression()
         if isinstance(obj, Scalar) and obj.value is None:
             self.error(path, "the expression is empty (null); write e.g. {op: Exists}")
@@ -510,6 +364,11 @@ class _Builder:
                 self.error(
                     f"{path}.value", f"value must be a list (write value: [{_plain(raw)}]), not {_kind(raw)}"
                 )
+            elif isinstance(raw, list) and len(raw) > MAX_VALUES_PER_EXPRESSION:
+                self.error(
+                    f"{path}.value",
+                    f"{len(raw)} values, over the limit of {MAX_VALUES_PER_EXPRESSION} in one expression",
+                )
             else:
                 for i, item in enumerate(self.listing(f"{path}.value", raw)):
                     if isinstance(item, Scalar) and item.value is None:
@@ -522,6 +381,8 @@ class _Builder:
                     e.values.append(self.string(f"{path}.value[{i}]", item, warn_lossy=True))
         if "type" in f:
             e.type = self.string(f"{path}.type", f["type"])
+        if e.op == "InRegexp":
+            self.count("regexes", f"{path}.value", len(e.values))
         if len(self.errors) == errors_before:  # no follow-on errors from a malformed value list
             for problem in e.compiled().static_problems():
                 self.lazy(path, problem)

@@ -89,3 +89,98 @@ compatibilities:
       matchExpressions:
         AVX2: {op: Exists}
 """
+
+
+# -- hostile specs (tests/test_hostile.py asserts their behaviour, bench/bench_hostile.py times them) --
+def ten_mib_spec() -> str:
+    return "version: v1alpha1\n# " + "x" * (10 << 20)
+
+
+def deep_nesting_specs() -> dict[str, str]:
+    return {
+        "yaml flow lists": "[" * 10_000 + "]" * 10_000,
+        "yaml flow maps": "{a: " * 10_000 + "}" * 10_000,
+        "json objects": '{"a":' * 10_000 + "1" + "}" * 10_000,
+    }
+
+
+def billion_laughs_spec() -> str:
+    lol = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    for i in "bcdefghi":
+        prev = chr(ord(i) - 1)
+        lol += f"{i}: &{i} [" + ", ".join([f"*{prev}"] * 9) + "]\n"
+    return lol
+
+
+def catastrophic_regex_case() -> tuple[str, Features]:
+    spec = (
+        "compatibilities:\n- rules:\n  - matchFeatures:\n    - feature: x.y\n"
+        "      matchExpressions: {v: {op: InRegexp, value: ['(a+)+$']}}\n"
+    )
+    f = Features()
+    f.add_attributes("x.y", {"v": "a" * 100_000 + "b"})
+    return spec, f
+
+
+_BIG_RULE = (
+    "  - name: r{i:05d}\n    matchFeatures:\n    - feature: pci.device\n      matchExpressions:\n"
+    "        vendor: {{op: In, value: [\"10de\"]}}\n        class: {{op: In, value: [\"0302\"]}}\n"
+)
+
+
+def one_mib_spec(max_bytes: int = 1 << 20) -> str:
+    """The reviewer's worst case: as many two-expression pci.device rules as fit under 1 MiB (~6,200)."""
+    parts = ["version: v1alpha1\ncompatibilities:\n- description: big\n  rules:\n"]
+    size = len(parts[0])
+    i = 0
+    while size + len(rule := _BIG_RULE.format(i=i)) <= max_bytes:
+        parts.append(rule)
+        size += len(rule)
+        i += 1
+    return "".join(parts)
+
+
+def at_the_caps_spec(kind: str = "in") -> str:
+    """The costliest spec the complexity caps accept: MAX_EXPRESSIONS terms on pci.device, one expression each.
+
+    kind: "in" (In on a per-device value), "gt" (Gt on a non-numeric value: an evaluation error on every
+    device), "regex" (MAX_REGEXES of them InRegexp on the unique address, the rest In) or "name"
+    (MAX_REGEXES matchName regexes, the rest In).
+    """
+    from nodecompat.limits import MAX_EXPRESSIONS, MAX_REGEXES, MAX_RULES, MAX_TERMS
+
+    n = min(MAX_EXPRESSIONS, MAX_TERMS)
+    per_rule = -(-n // MAX_RULES)
+    lines = ["version: v1alpha1", "compatibilities:", "- rules:"]
+    for i in range(n):
+        if i % per_rule == 0:
+            lines += [f"  - name: r{i // per_rule}", "    matchFeatures:"]
+        lines.append("    - feature: pci.device")
+        if kind == "gt":
+            lines.append(f"      matchExpressions: {{address: {{op: Gt, value: ['{i}']}}}}")
+        elif kind == "regex" and i < MAX_REGEXES:
+            lines.append(f"      matchExpressions: {{address: {{op: InRegexp, value: ['^0000:{i}']}}}}")
+        elif kind == "name" and i < MAX_REGEXES:
+            lines.append(f"      matchName: {{op: InRegexp, value: ['^x{i}']}}")
+        else:
+            lines.append(f"      matchExpressions: {{vendor: {{op: In, value: ['10de', '15b3', 'x{i}']}}}}")
+    return "\n".join(lines) + "\n"
+
+
+def pci_node(n_devices: int = 200) -> Features:
+    """A node with `n_devices` PCI devices, each with a distinct address, mostly one vendor."""
+    f = Features()
+    insts = []
+    for i in range(n_devices):
+        vendor, cls = ("10de", "0302") if i % 25 == 7 else ("8086", "0604")
+        insts.append(
+            {
+                "address": f"0000:{i // 32:02x}:{i % 32:02x}.0",
+                "vendor": vendor,
+                "class": cls,
+                "device": "1234",
+                "iommu_group/type": "DMA-FQ",
+            }
+        )
+    f.set_instances("pci.device", insts)
+    return f
