@@ -14,7 +14,6 @@ import sys
 from nodecompat.server import DEFAULT_NODE_LISTEN as DEFAULT_LISTEN
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +50,7 @@ def check_args(args: argparse.Namespace) -> str:
     """What is wrong with the flags, or "" (checked before anything starts)."""
     from nodecompat.hostroot import HostRoot
     from nodecompat.probes.registry import load_probes
-    from nodecompat.server.fleet_nodes import split_address
+    from nodecompat.server.fleet_nodes import is_wildcard_host, split_address
 
     try:
         HostRoot.checked(args.host_root)
@@ -72,7 +71,7 @@ def check_args(args: argparse.Namespace) -> str:
     if args.tls_ca and not args.tls_cert:
         return "--tls-ca (mutual TLS) needs --tls-cert and --tls-key"
     if args.register:
-        if host in WILDCARD_HOSTS and not args.advertise:
+        if is_wildcard_host(host) and not args.advertise:
             return (f"--listen {args.listen} is a wildcard address the aggregator cannot dial: "
                     "give --advertise HOST:PORT (this node's reachable address)")
         if args.advertise:
