@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,7 +98,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
 
     # -- ValidateImage ----------------------------------------------------------------------------
     def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
-        from nodecompat.evaluate import evaluate
+        from nodecompat.evaluate import EvaluationTimeout, evaluate
         from nodecompat.spec import SpecError
 
         source = request.WhichOneof("source")
@@ -140,7 +141,14 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             except SpecError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
                 raise  # unreachable: abort raises
-            verdict = evaluate(spec, rnd.features, tags=list(request.tags), unknown=rnd.unknown_features())
+            try:
+                verdict = evaluate(
+                    spec, rnd.features, tags=list(request.tags), unknown=rnd.unknown_features(),
+                    deadline=time.monotonic() + _remaining(context),
+                )
+            except EvaluationTimeout:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed during evaluation")
+                raise
             span.set_attribute("nodecompat.compatible", verdict.compatible)
             span.set_attribute("nodecompat.score", verdict.score)
         report = wire.to_message(verdict, validation_pb2.ValidationReport)
