@@ -282,9 +282,9 @@ class CompiledExpression:
             if op == ANY:
                 return [True] * len(values), {}
             if op == IS_TRUE:
-                return list(map("true".__eq__, values)), {}
+                return list(map(operator.eq, values, itertools.repeat("true"))), {}
             if op == IS_FALSE:
-                return list(map("false".__eq__, values)), {}
+                return list(map(operator.eq, values, itertools.repeat("false"))), {}
         elif op == IN:
             return list(map(self._value_set.__contains__, values)), {}
         elif op == NOT_IN:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support_specs import GPU_SPEC, gpu_node
 
 from nodecompat.evaluate import evaluate
+from nodecompat.expressions import OPS, CompiledExpression, ExpressionError, MatchExpression
 from nodecompat.features import Features
 from nodecompat.spec import parse_spec
 from nodecompat.verdict import Verdict
@@ -157,3 +160,35 @@ def test_verdict_round_trips_through_dict() -> None:
     v = evaluate(parse_spec(GPU_SPEC), gpu_node(), unknown={"cpu.cpuid": "probe cpu failed"})
     d = v.to_dict()
     assert Verdict.from_dict(json.loads(json.dumps(d))).to_dict() == d
+
+
+# -- the column evaluator is exactly evaluate() per value ------------------------------------------
+_node_values = st.lists(
+    st.one_of(st.none(), st.sampled_from(["1", "-3", "10de", "true", "false", "", "1.2.3", "abc", "x1"])),
+    max_size=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    op=st.sampled_from([*OPS, "Bogus"]),
+    values=st.lists(st.sampled_from(["1", "5", "10de", "true", "^x", "(", "1.2", "abc"]), max_size=3),
+    typ=st.sampled_from(["", "version", "odd"]),
+    column=_node_values,
+    shared=st.booleans(),
+)
+def test_column_matches_evaluate_value_by_value(
+    op: str, values: list[str], typ: str, column: list[str | None], shared: bool
+) -> None:
+    c = CompiledExpression(MatchExpression(op, values, typ))
+    want: list[bool] = []
+    want_errors: dict[int, str] = {}
+    for i, v in enumerate(column):
+        try:
+            want.append(c.evaluate(v is not None, v))
+        except ExpressionError as exc:
+            want.append(False)
+            want_errors[i] = str(exc)
+    got, errors = c.column(column, {} if shared else None)
+    assert got == want and errors == want_errors
+    assert all(type(b) is bool for b in got)
