@@ -100,7 +100,7 @@ def test_spec_at_every_cap_is_accepted_and_evaluated(kind: str) -> None:
 
 
 def _rules(n_rules: int, expr: str = "{op: Exists}") -> str:
-    rule = "  - matchFeatures:\n    - feature: a.b\n      matchExpressions: {x: %s}\n" % expr
+    rule = "  - matchFeatures:\n    - feature: a.b\n      matchExpressions: {x: " + expr + "}\n"
     return "compatibilities:\n- rules:\n" + rule * n_rules
 
 
@@ -119,12 +119,12 @@ def _rules(n_rules: int, expr: str = "{op: Exists}") -> str:
             f"the spec has more than {MAX_EXPRESSIONS} match expressions",
         ),
         (
-            _rules(1, "{op: In, value: [%s]}" % ",".join(["v"] * (MAX_VALUES_PER_EXPRESSION + 1))),
+            _rules(1, "{op: In, value: [" + ",".join(["v"] * (MAX_VALUES_PER_EXPRESSION + 1)) + "]}"),
             "compatibilities[0].rules[0].matchFeatures[0].matchExpressions.x.value: "
             f"{MAX_VALUES_PER_EXPRESSION + 1} values, over the limit of {MAX_VALUES_PER_EXPRESSION}",
         ),
         (
-            _rules(1, "{op: InRegexp, value: [%s]}" % ",".join(["a"] * (MAX_REGEXES + 1))),
+            _rules(1, "{op: InRegexp, value: [" + ",".join(["a"] * (MAX_REGEXES + 1)) + "]}"),
             "compatibilities[0].rules[0].matchFeatures[0].matchExpressions.x.value: "
             f"the spec has more than {MAX_REGEXES} InRegexp patterns",
         ),
