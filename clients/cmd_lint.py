@@ -23,11 +23,26 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _unreadable(data: bytes) -> str | None:
+    """Why the bytes are not spec text at all (binary or not UTF-8), or None."""
+    if b"\x00" in data:
+        return "a binary file (it holds NUL bytes), not a YAML or JSON spec"
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
         print(f"nodecompat lint: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    unreadable = _unreadable(data)
+    if unreadable:
+        print(f"nodecompat lint: cannot read {args.file}: {unreadable}", file=sys.stderr)
         return 2
     problems = lint_spec(data)
     for p in problems:

@@ -417,6 +417,22 @@ def _plain(v: Any) -> str:
     return _go_string(v) if isinstance(v, Scalar | str) else "..."
 
 
+def parse_spec_partial(text: str | bytes, *, max_bytes: int = MAX_SPEC_BYTES) -> tuple[Spec | None, list[str]]:
+    """Strict parse that keeps what did parse: (spec or None if the text is unusable, every problem).
+
+    For the linter, so semantic checks can run on the parts that parsed; an expression with a
+    problem is kept as written. Evaluate only a spec from parse_spec.
+    """
+    try:
+        data = load_document(text, max_bytes=max_bytes)
+    except SpecError as exc:
+        return None, exc.problems
+    b = _Builder(False)
+    spec = b.spec(data)
+    spec.warnings = b.warnings
+    return spec, b.errors
+
+
 def parse_spec(text: str | bytes, *, nfd_compat: bool = False, max_bytes: int = MAX_SPEC_BYTES) -> Spec:
     """Parse and check a spec; raise SpecError listing every problem (each located)."""
     data = load_document(text, max_bytes=max_bytes)

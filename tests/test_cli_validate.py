@@ -96,3 +96,30 @@ def test_lint_exit_codes(files: dict[str, Path]) -> None:
     clean.write_text("version: v1alpha1\ncompatibilities:\n- rules:\n  - name: always\n")
     r = _run("lint", str(clean))
     assert r.returncode == 0 and r.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"\x7fELF\x02\x01\x01\x00\x00\x00", "a binary file"), (b"version: v1alpha1\n# caf\xe9\n", "not UTF-8 text")],
+    ids=["binary", "latin-1"],
+)
+def test_lint_unreadable_file_exits_2(files: dict[str, Path], content: bytes, why: str) -> None:
+    path = files["dir"] / "spec.bin"
+    path.write_bytes(content)
+    r = _run("lint", str(path))
+    assert r.returncode == 2, r.stdout
+    assert f"cannot read {path}: {why}" in r.stderr and r.stdout == ""
+
+
+def test_lint_example_spec_is_clean_and_unknown_features_are_warnings(files: dict[str, Path]) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "gpu-node.yaml"
+    r = _run("lint", str(example))
+    assert r.returncode == 0 and r.stdout == f"{example}: ok\n", r.stdout
+    usb = files["dir"] / "usb.yaml"
+    usb.write_text(
+        "version: v1alpha1\ncompatibilities:\n- rules:\n  - matchFeatures:\n    - feature: usb.device\n"
+        "      matchExpressions: {vendor: {op: In, value: ['1d6b']}}\n"
+    )
+    r = _run("lint", str(usb))
+    assert r.returncode == 1
+    assert r.stdout.startswith(f"{usb}: warning: compatibilities[0].rules[0].matchFeatures[0].feature: unknown feature")
