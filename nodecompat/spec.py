@@ -7,11 +7,12 @@ its location (strict mode). `nfd_compat=True` accepts what NFD accepts: unknown 
 detected expression problems are listed in `Spec.warnings` ("tolerated: ...") and the lazy ones
 error only when evaluated, exactly as in NFD.
 
-Loading is defensive because specs come from registries: the size is checked before parsing, YAML
-aliases and anchors are refused (billion laughs), and nesting depth is enforced while composing
-(PyYAML's composer recurses, so a 10,000-deep `[[[[` must be stopped early, not by RecursionError).
-Scalars keep their YAML spelling so that `value: [1.10]`, which Go's YAML layer turns into the
-string "1.1", can be flagged.
+Loading (nodecompat.spec_load) is defensive because specs come from registries: the size is
+checked before parsing, nesting depth and a node budget that counts alias expansion (billion
+laughs) are enforced while composing from libyaml's event stream, and scalars keep their YAML
+spelling so that `value: [1.10]`, which Go's YAML layer turns into the string "1.1", can be
+flagged. The builder then caps the spec's complexity (sets, rules, terms, expressions, values,
+regexes; nodecompat.limits) in both modes, so evaluation of any accepted spec stays cheap.
 """
 
 from __future__ import annotations
