@@ -22,7 +22,6 @@ COMMAND_MODULES = (
     "nodecompat.clients.cmd_fleet",
 )
 
-EXIT_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from nodecompat.clients import exit_codes
 from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS
 
 if TYPE_CHECKING:
@@ -101,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
         provider = telemetry.init_tracing("nodecompat-aggregator")
     except ValueError as exc:
         print(f"nodecompat aggregator: tracing: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     try:
         daemon = AggregatorDaemon(build_config(args))
         port = daemon.start()
     except (ValueError, OSError) as exc:
         print(f"nodecompat aggregator: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     host = args.listen.rpartition(":")[0]
     print(f"nodecompat: aggregator serving on {host}:{port}", file=sys.stderr, flush=True)
     run_until_signal(daemon.stop, daemon.wait)

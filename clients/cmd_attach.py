@@ -11,14 +11,15 @@ import json
 import sys
 from typing import Any
 
+from nodecompat.clients import exit_codes
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.lint import lint_spec
 from nodecompat.oci.attach import attach_spec, list_artifacts
 from nodecompat.oci.errors import RegistryError
 
-EXIT_OK = 0
-EXIT_ERROR = 2
+EXIT_OK = exit_codes.YES
+EXIT_ERROR = exit_codes.ERROR
 
 
 def register(subparsers: Any) -> None:

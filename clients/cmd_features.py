@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from nodecompat.clients import exit_codes
 from nodecompat.clients.tls_args import (
     add_tls_client_args,
     channel_credentials_from_args,
@@ -97,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
         node_name, rnd = load_round(args)
     except Exception as exc:
         print(f"nodecompat features: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     if args.output == "json":
         json.dump(snapshot_json(rnd, node_name), sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")
     else:
         print(render_table(rnd))
-    return 0
+    return exit_codes.YES

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from nodecompat.clients import exit_codes
 from nodecompat.clients.tls_args import add_tls_client_args, channel_credentials_from_args, unavailable_hint
 
 if TYPE_CHECKING:
     from nodecompat.clients.fleet_client import FleetAnswer, FleetCallError, FleetClient
 
-EXIT_FIT, EXIT_NONE, EXIT_ERROR = 0, 1, 2
+EXIT_FIT, EXIT_NONE, EXIT_ERROR = exit_codes.YES, exit_codes.NO, exit_codes.ERROR
 
 
 def register(sub: argparse._SubParsersAction) -> None:

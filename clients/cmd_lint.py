@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nodecompat.clients import exit_codes
 from nodecompat.lint import lint_spec
 
 
@@ -39,14 +40,14 @@ def run(args: argparse.Namespace) -> int:
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
         print(f"nodecompat lint: cannot read {args.file}: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     unreadable = _unreadable(data)
     if unreadable:
         print(f"nodecompat lint: cannot read {args.file}: {unreadable}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     problems = lint_spec(data)
     for p in problems:
         print(f"{args.file}: {p}")
     if not problems:
         print(f"{args.file}: ok")
-    return 1 if problems else 0
+    return exit_codes.NO if problems else exit_codes.YES

@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 
+from nodecompat.clients import exit_codes
 from nodecompat.server import DEFAULT_NODE_LISTEN as DEFAULT_LISTEN
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -98,13 +99,13 @@ def run(args: argparse.Namespace) -> int:
     problem = check_args(args)
     if problem:
         print(f"nodecompat serve: {problem}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         provider = telemetry.init_tracing("nodecompat-node")
     except ValueError as exc:
         print(f"nodecompat serve: tracing: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     name = args.node_name or node_name_default()
     from nodecompat.oci.auth import RegistryAuth
     from nodecompat.oci.errors import RegistryError
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         registry_auth = RegistryAuth.from_sources(ca_file=args.ca_file)
     except RegistryError as exc:
         print(f"nodecompat serve: registry credentials: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     creds = None
     if args.tls_cert:
         from nodecompat.server import tls
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
         except (tls.TlsConfigError, OSError) as exc:
             print(f"nodecompat serve: {exc}", file=sys.stderr)
-            return 2
+            return exit_codes.ERROR
     config = DaemonConfig(
         listen=args.listen,
         host_root=args.host_root,
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         port = daemon.start()
     except Exception as exc:
         print(f"nodecompat serve: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.ERROR
     host = args.listen.rpartition(":")[0]
     print(f"nodecompat: node {name} serving on {host}:{port}", file=sys.stderr, flush=True)
     if args.register:
@@ -160,4 +161,4 @@ def run(args: argparse.Namespace) -> int:
     run_until_signal(daemon.stop, daemon.wait)
     if provider is not None:
         provider.shutdown()
-    return 0
+    return exit_codes.YES

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodecompat.clients import exit_codes
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.clients.render import render_table
 from nodecompat.clients.tls_args import (
@@ -27,7 +28,7 @@ from nodecompat.features import Features
 from nodecompat.spec import SpecError, parse_spec
 from nodecompat.verdict import Verdict
 
-EXIT_OK, EXIT_NOT_COMPATIBLE, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_NOT_COMPATIBLE, EXIT_ERROR = exit_codes.YES, exit_codes.NO, exit_codes.ERROR
 
 
 class CommandError(Exception):
