@@ -54,9 +54,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self.node_name = node_name
         self.registry = registry or RegistryOptions()
         self._spec_cache = SpecCache()
-        # Converting a round's features (kernel.config alone has thousands of entries) costs more than
-        # the RPC itself, so the converted message is kept per (round, prefixes) for the round's life.
-        self._proto_cache: dict[tuple[int, tuple[str, ...]], features_pb2.Features] = {}
+        # Building a round's response (kernel.config alone has thousands of entries) costs more than
+        # the RPC itself, so the finished response is kept per (round, prefixes) for the round's life
+        # (it is never mutated after it is built, so handing out the same message is safe).
+        self._proto_cache: dict[tuple[int, tuple[str, ...]], features_pb2.GetFeaturesResponse] = {}
         self._proto_round: object | None = None
         self._proto_lock = threading.Lock()
         # Callers validate the same few specs over and over (one image, many calls); YAML parsing is
@@ -73,16 +74,9 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         if rnd is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the first probe round has not finished yet; retry shortly")
         assert rnd is not None
-        ts = Timestamp()
-        ts.FromDatetime(rnd.probed_at)
-        return features_pb2.GetFeaturesResponse(
-            node_name=self.node_name,
-            features=self._features_proto(rnd, tuple(request.prefixes)),
-            probes=[wire.status_to_proto(s) for s in rnd.statuses],
-            probed_at=ts,
-        )
+        return self._response(rnd, tuple(request.prefixes))
 
-    def _features_proto(self, rnd: ProbeRound, prefixes: tuple[str, ...]) -> features_pb2.Features:
+    def _response(self, rnd: ProbeRound, prefixes: tuple[str, ...]) -> features_pb2.GetFeaturesResponse:
         with self._proto_lock:
             if self._proto_round is not rnd:
                 self._proto_cache.clear()
@@ -92,7 +86,14 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             if msg is None:
                 if len(self._proto_cache) >= 32:
                     self._proto_cache.clear()
-                msg = wire.features_to_proto(rnd.features.filtered(prefixes))
+                ts = Timestamp()
+                ts.FromDatetime(rnd.probed_at)
+                msg = features_pb2.GetFeaturesResponse(
+                    node_name=self.node_name,
+                    features=wire.features_to_proto(rnd.features.filtered(prefixes)),
+                    probes=[wire.status_to_proto(s) for s in rnd.statuses],
+                    probed_at=ts,
+                )
                 self._proto_cache[key] = msg
             return msg
 
