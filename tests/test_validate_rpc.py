@@ -95,33 +95,41 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_specs_are_refused_while_other_calls_are_served(h100, name: str) -> None:
+def test_hostile_specs_are_refused_with_invalid_argument(h100, name: str) -> None:
+    stub = _stub(h100.address)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ValidateImage(node_pb2.ValidateImageRequest(spec=HOSTILE[name]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    # and the daemon is fine afterwards
+    assert stub.ValidateImage(node_pb2.ValidateImageRequest(spec=EXAMPLE), timeout=30).compatible
+
+
+def test_other_calls_are_served_while_the_costliest_accepted_spec_is_evaluated(h100) -> None:
+    """The most expensive spec the caps admit (256 regexes over every PCI device) takes a while; health
+    checks and GetFeatures sent meanwhile complete *during* it, not after it."""
+    from support_specs import at_the_caps_spec
+
     stub = _stub(h100.address)
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(h100.address))
-    served: list[float] = []
-    stop = threading.Event()
+    window: dict[str, float] = {}
+    done: list[float] = []
 
-    def other_calls() -> None:
-        while not stop.is_set():
-            t0 = time.monotonic()
-            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-            stub.GetFeatures(features_pb2.GetFeaturesRequest(prefixes=["kernel.version"]), timeout=5)
-            served.append(time.monotonic() - t0)
+    def heavy() -> None:
+        window["start"] = time.monotonic()
+        for _ in range(3):  # a few in a row, so the window is wide on a fast machine too
+            stub.ValidateImage(node_pb2.ValidateImageRequest(spec=at_the_caps_spec("regex")), timeout=60)
+        window["end"] = time.monotonic()
 
-    t = threading.Thread(target=other_calls)
+    t = threading.Thread(target=heavy)
     t.start()
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(grpc.RpcError) as err:
-            stub.ValidateImage(node_pb2.ValidateImageRequest(spec=HOSTILE[name]), timeout=30)
-        took = time.monotonic() - t0
-    finally:
-        stop.set()
-        t.join()
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
-    print(f"{name}: refused in {took * 1000:.0f} ms; {len(served)} other call pairs meanwhile")
-    assert took < 5, "a sanity bound: a hang fails, a slow machine does not"
-    assert served, "other calls were served meanwhile"
+    while t.is_alive():
+        health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        stub.GetFeatures(features_pb2.GetFeaturesRequest(prefixes=["kernel.version"]), timeout=10)
+        done.append(time.monotonic())
+    t.join()
+    inside = [x for x in done if window["start"] < x < window["end"]]
+    print(f"{len(inside)} call pairs completed during {window['end'] - window['start']:.2f}s of heavy evaluation")
+    assert len(inside) >= 2
 
 
 def test_catastrophic_regex_is_evaluated_in_linear_time(h100) -> None:
