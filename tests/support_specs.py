@@ -9,7 +9,11 @@ from typing import Any
 
 from nodecompat.features import Features
 
-CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
+# NFD's own test tables as data. The project's copy lives in tests/fixtures/conformance so that a clone
+# anywhere can run the suite; ../shared/conformance (beside the clone in CI) is the source, and
+# test_conformance.py checks that the copy still matches it whenever it is there.
+CONFORMANCE = Path(__file__).resolve().parent / "fixtures" / "conformance"
+SHARED_CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
 
 
 @cache

@@ -1,4 +1,4 @@
-"""Every case of ../shared/conformance (transcribed from NFD's own tests) against our engine."""
+"""Every case of NFD's conformance tables (a copy of ../shared/conformance) against our engine."""
 
 from __future__ import annotations
 
@@ -120,3 +120,15 @@ def test_matcher_keeps_per_instance_outcomes() -> None:
     )
     assert r.instance_matched == [False, True]
     assert r.nfd_matched == {"name"}
+
+
+def test_the_projects_copy_matches_shared_conformance() -> None:
+    """tests/fixtures/conformance is a copy of ../shared/conformance (there in CI): keep them equal."""
+    import pytest
+    from support_specs import CONFORMANCE, SHARED_CONFORMANCE
+
+    if not SHARED_CONFORMANCE.is_dir():
+        pytest.skip(f"{SHARED_CONFORMANCE} is not beside this clone; the copy in {CONFORMANCE} is used as is")
+    ours = {p.relative_to(CONFORMANCE): p.read_bytes() for p in CONFORMANCE.rglob("*") if p.is_file()}
+    theirs = {p.relative_to(SHARED_CONFORMANCE): p.read_bytes() for p in SHARED_CONFORMANCE.rglob("*") if p.is_file()}
+    assert ours == theirs, "refresh tests/fixtures/conformance from ../shared/conformance"

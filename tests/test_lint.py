@@ -221,7 +221,7 @@ def test_real_registry_knows_the_upstream_example_features() -> None:
 
 _REPO = Path(__file__).resolve().parents[1]
 _REAL_SPECS = sorted(_REPO.glob("examples/*.yaml")) + sorted(
-    (_REPO.parent / "shared" / "conformance" / "specs").glob("0[1-3]-*.yaml")
+    (_REPO / "tests" / "fixtures" / "conformance" / "specs").glob("0[1-3]-*.yaml")
 )
 
 
