@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from nodecompat.clients import exit_codes
+from nodecompat.clients.input_files import InputError, read_text_limited
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.lint import lint_spec
@@ -77,16 +78,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{art.digest:71}  {art.created or '-':25}  {art.size}")
         return EXIT_OK
     try:
-        with open(args.spec, "rb") as fh:
-            raw = fh.read(MAX_SPEC_BYTES + 1)
-    except OSError as exc:
-        return _err(f"cannot read spec {args.spec}: {exc.strerror}")
-    if len(raw) > MAX_SPEC_BYTES:
-        return _err(f"spec {args.spec} is larger than {MAX_SPEC_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return _err(f"spec {args.spec} is not UTF-8 text")
+        text = read_text_limited(args.spec, MAX_SPEC_BYTES, "spec")
+    except InputError as exc:
+        return _err(str(exc))
     errors, warnings = spec_problems(text)
     for warning in warnings:
         print(f"{args.spec}: warning: {warning}", file=sys.stderr)

@@ -10,11 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from nodecompat.clients import exit_codes
+from nodecompat.clients.input_files import read_text_limited
 from nodecompat.clients.tls_args import add_tls_client_args, channel_credentials_from_args, unavailable_hint
+from nodecompat.limits import MAX_SPEC_BYTES
 
 if TYPE_CHECKING:
     from nodecompat.clients.fleet_client import FleetAnswer, FleetCallError, FleetClient
@@ -76,16 +77,7 @@ def _call_error(args: argparse.Namespace, exc: FleetCallError) -> int:
 
 def read_spec(path: str) -> str:
     """The spec text of --spec (a file or - for stdin); ValueError naming the file when it cannot be read."""
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"--spec {path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); a spec is YAML or JSON"
-        ) from None
-    except OSError as exc:
-        raise ValueError(f"--spec {path}: cannot read: {exc.strerror or exc}") from None
+    return read_text_limited(path, MAX_SPEC_BYTES, "--spec")
 
 
 def _error(msg: str) -> int:

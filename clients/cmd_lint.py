@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from nodecompat.clients import exit_codes
+from nodecompat.clients.input_files import InputError, read_bytes_limited
+from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.lint import lint_spec
 
 
@@ -37,9 +38,9 @@ def _unreadable(data: bytes) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    except OSError as exc:
-        print(f"nodecompat lint: cannot read {args.file}: {exc}", file=sys.stderr)
+        data = read_bytes_limited(args.file, MAX_SPEC_BYTES, "spec")
+    except InputError as exc:
+        print(f"nodecompat lint: {exc}", file=sys.stderr)
         return exit_codes.ERROR
     unreadable = _unreadable(data)
     if unreadable:

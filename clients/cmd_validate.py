@@ -12,10 +12,10 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nodecompat.clients import exit_codes
+from nodecompat.clients.input_files import InputError, read_text_limited
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.clients.render import render_table
 from nodecompat.clients.tls_args import (
@@ -25,6 +25,7 @@ from nodecompat.clients.tls_args import (
     unavailable_hint,
 )
 from nodecompat.features import Features
+from nodecompat.limits import MAX_SNAPSHOT_BYTES, MAX_SPEC_BYTES
 from nodecompat.spec import SpecError, parse_spec
 from nodecompat.verdict import Verdict
 
@@ -112,18 +113,20 @@ def obtain_spec(args: argparse.Namespace) -> SpecSource:
 
 def _read_spec_file(args: argparse.Namespace) -> str:
     try:
-        if args.spec == "-":
-            return sys.stdin.read()
-        return Path(args.spec).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"cannot read spec {args.spec}: {exc}") from None
+        return read_text_limited(args.spec, MAX_SPEC_BYTES, "spec")
+    except InputError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def load_snapshot(path: str) -> tuple[Features, dict[str, str]]:
     """NFD's features JSON; a `probes` list with failed statuses makes their features unknown."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_text_limited(path, MAX_SNAPSHOT_BYTES, "features snapshot"))
+    except RecursionError:
+        raise CommandError(f"features snapshot {path} is nested too deeply to be NFD features JSON") from None
+    except InputError as exc:
+        raise CommandError(str(exc)) from None
+    except ValueError as exc:
         raise CommandError(f"cannot read features snapshot {path}: {exc}") from None
     try:
         features = Features.from_nfd(data)

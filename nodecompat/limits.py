@@ -17,6 +17,8 @@ from __future__ import annotations
 
 # Specs larger than this are refused before any parsing (callers may lower or raise it).
 MAX_SPEC_BYTES = 1 << 20
+# A features snapshot (`nodecompat features -o json`) of a big node is a few MiB; refuse the absurd.
+MAX_SNAPSHOT_BYTES = 64 << 20
 # Deepest YAML/JSON nesting accepted. A real spec nests about 8 levels; 64 leaves room and stops
 # `[[[[...` or `{a:{a:...` long before Python's recursion limit.
 MAX_DEPTH = 64

@@ -111,4 +111,4 @@ def test_fleet_validate_names_an_unreadable_spec_file(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and r.stdout == ""
-    assert f"--spec {garbage}: not a UTF-8 text file" in r.stderr
+    assert f"--spec {garbage} is not UTF-8 text" in r.stderr

@@ -104,6 +104,8 @@ def load_docker_config(path: Path) -> dict[str, Credential]:
         raise InvalidArgumentError(f"docker config {path} is larger than {_MAX_CONFIG_BYTES} bytes")
     try:
         data: Any = json.loads(raw)
+    except RecursionError:
+        raise InvalidArgumentError(f"docker config {path} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgumentError(f"docker config {path} is not valid JSON: {exc}") from exc
     auths = data.get("auths") if isinstance(data, dict) else None

@@ -40,6 +40,8 @@ class Descriptor:
 def parse_json_object(body: bytes, where: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
+    except RecursionError:  # a hostile registry's [[[[...: refuse, never crash the caller
+        raise InvalidArgumentError(f"{where} is nested too deeply to be an OCI document") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgumentError(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

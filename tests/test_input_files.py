@@ -1,0 +1,40 @@
+"""Files named on the command line: bounded reads, and errors that name the file (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = str(REPO / "examples" / "gpu-node.yaml")
+
+
+def nodecompat(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nodecompat.clients.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["lint", "/dev/zero"], "spec /dev/zero is larger than 1048576 bytes"),
+        (["validate", "--spec", "/dev/zero", "--features", SPEC], "spec /dev/zero is larger than"),
+        (["validate", "--spec", "/etc"], "cannot read spec /etc: Is a directory"),
+        (["validate", "--spec", "/bin/sh"], "spec /bin/sh is not UTF-8 text"),
+        (["fleet", "validate", "--aggregator", "127.0.0.1:1", "--spec", "/dev/zero"], "--spec /dev/zero is larger"),
+    ],
+)
+def test_unusable_input_files_are_exit_2_with_the_file_named(argv: list[str], words: str) -> None:
+    done = nodecompat(*argv)
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_deeply_nested_snapshot_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    snap = tmp_path / "deep.json"
+    snap.write_text("[" * 200_000 + "]" * 200_000)
+    done = nodecompat("validate", "--spec", SPEC, "--features", str(snap))
+    assert done.returncode == 2 and "nested too deeply" in done.stderr and "Traceback" not in done.stderr
