@@ -77,3 +77,34 @@ def test_next_page_on_another_host_is_refused_and_gets_no_credentials(collector)
             repo.referrers(SUBJECT, mt.ARTIFACT_TYPE)
     assert "another host" in str(err.value)
     assert seen == []
+
+
+def test_a_registry_answering_deeply_nested_json_gets_invalid_argument() -> None:
+    """A hostile registry's `[[[[...` manifest must be refused, not crash the caller with RecursionError."""
+    import hashlib
+
+    from nodecompat.oci.discovery import fetch_compat_spec
+    from nodecompat.oci.errors import RegistryError
+
+    deep = b"[" * 150_000 + b"]" * 150_000  # under the manifest size limit, with a matching digest
+    digest = "sha256:" + hashlib.sha256(deep).hexdigest()
+
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", mt.OCI_MANIFEST)
+            self.send_header("Docker-Content-Digest", digest)
+            self.send_header("Content-Length", str(len(deep)))
+            self.end_headers()
+            self.wfile.write(deep)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    for srv in _server(Evil):
+        with pytest.raises(RegistryError) as err:
+            fetch_compat_spec(f"127.0.0.1:{srv.server_address[1]}/app:v1", plain_http=True, timeout=10,
+                              max_bytes=1 << 20)
+    assert err.value.code == "INVALID_ARGUMENT" and "nested too deeply" in str(err.value), err.value
