@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+
+from nodecompat.clients import exit_codes
 
 # Each module has register(subparsers) and sets `func` on its parser: func(args) -> exit code.
 COMMAND_MODULES = (
@@ -45,6 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug or an unforeseen input: still "could not answer", never "no"
+        if os.environ.get("NODECOMPAT_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"nodecompat {args.command}: unexpected error: {type(exc).__name__}: {exc}"
+            " (set NODECOMPAT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return exit_codes.ERROR
 
 
 if __name__ == "__main__":

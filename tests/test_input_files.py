@@ -38,3 +38,18 @@ def test_deeply_nested_snapshot_is_an_error_not_a_traceback(tmp_path: Path) -> N
     snap.write_text("[" * 200_000 + "]" * 200_000)
     done = nodecompat("validate", "--spec", SPEC, "--features", str(snap))
     assert done.returncode == 2 and "nested too deeply" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unexpected_exception_is_exit_2_not_no(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Path) -> None:
+    """Exit 1 means "not compatible / problems found": a crash must never read as that."""
+    import nodecompat.clients.cmd_lint as cmd_lint
+    from nodecompat.clients import cli
+
+    def boom(_data: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(cmd_lint, "lint_spec", boom)
+    assert cli.main(["lint", SPEC]) == 2
+    err = capsys.readouterr().err
+    assert "unexpected error: RuntimeError: simulated bug" in err and "Traceback" not in err
