@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -105,12 +104,11 @@ def test_slow_registry_gives_deadline_exceeded_within_the_callers_deadline(
     img = sr.push_image(registry.host, repo_name, tmp_path)
     attach_spec(img.reference, sr.spec_yaml(), plain_http=True)
     with sr.RegistryProxy(registry.host, delay=5.0) as slow:
-        t0 = time.monotonic()
-        code, _ = _code(daemon.address, timeout=1.5, image=img.reference.replace(registry.host, slow.host),
-                        plain_http=True)
-        elapsed = time.monotonic() - t0
+        code, msg = _code(daemon.address, timeout=1.5, image=img.reference.replace(registry.host, slow.host),
+                          plain_http=True)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert elapsed < 4.5, f"answered after {elapsed:.1f}s, past the caller's 1.5 s deadline"
+    # The daemon's own answer (it keeps a margin), not the client library giving up ("Deadline Exceeded").
+    assert "budget" in msg and slow.host in msg, msg
     # The daemon is still fine afterwards.
     assert _validate(daemon.address, spec=sr.spec_yaml()).compatible
 
