@@ -51,7 +51,7 @@ def load_round(args: argparse.Namespace) -> tuple[str, ProbeRound]:
             try:
                 return client.get_features(refresh=args.refresh, prefixes=args.prefix)
             except NodeCallError as exc:
-                hint = unavailable_hint(args) if exc.code == "UNAVAILABLE" else ""
+                hint = unavailable_hint(args, exc.message) if exc.code == "UNAVAILABLE" else ""
                 raise NodeCallError(exc.code, f"node {args.node}: {exc.message}{hint}") from None
     if tls_flags_given(args):
         raise ValueError("--tls-ca/--tls-cert/--tls-key apply to --node only")

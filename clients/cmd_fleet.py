@@ -71,7 +71,7 @@ def _client(args: argparse.Namespace) -> FleetClient:
 
 
 def _call_error(args: argparse.Namespace, exc: FleetCallError) -> int:
-    hint = unavailable_hint(args) if exc.code == "UNAVAILABLE" else ""
+    hint = unavailable_hint(args, exc.message) if exc.code == "UNAVAILABLE" else ""
     return _error(f"{args.aggregator}: {exc}{hint}")
 
 

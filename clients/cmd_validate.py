@@ -179,7 +179,7 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
                 else:
                     result = client.validate(spec_text=text, tags=tags, nfd_compat=args.nfd_compat)
         except NodeCallError as exc:
-            hint = unavailable_hint(args) if exc.code == "UNAVAILABLE" else ""
+            hint = unavailable_hint(args, exc.message) if exc.code == "UNAVAILABLE" else ""
             raise CommandError(f"node {args.node}: {exc}{hint}") from None
         assert isinstance(result.verdict, Verdict)
         return result.verdict

@@ -36,8 +36,17 @@ def tls_flags_given(args: argparse.Namespace) -> bool:
     return bool(args.tls_ca or args.tls_cert or args.tls_key)
 
 
-def unavailable_hint(args: argparse.Namespace) -> str:
-    """A hint to add to an UNAVAILABLE error: a TLS mismatch looks like a refused connection."""
+# How gRPC words a failure to reach the peer itself (as opposed to an UNAVAILABLE the peer answered with,
+# e.g. a daemon saying that a registry is unreachable, where a TLS hint would mislead).
+_TRANSPORT_WORDS = ("failed to connect", "connections to all backends failing", "handshake", "socket closed",
+                    "connection reset", "ssl", "tls", "end of tcp stream")
+
+
+def unavailable_hint(args: argparse.Namespace, message: str = "") -> str:
+    """A hint to add to an UNAVAILABLE error that came from failing to reach the peer: a TLS mismatch
+    looks like a refused connection. Empty for UNAVAILABLE answers the peer itself gave."""
+    if not any(w in message.lower() for w in _TRANSPORT_WORDS):
+        return ""
     if not tls_flags_given(args):
         return " (if it serves TLS, give --tls-ca; if it requires mutual TLS, also --tls-cert and --tls-key)"
     if not args.tls_cert:

@@ -185,3 +185,11 @@ def test_trace_of_validate_by_reference_has_fetch_and_registry_spans(registry, r
     assert all(s.trace_id == server.trace_id for s in registry_spans)
     evaluate_span = next(s for s in spans if s.name == "evaluate spec")
     assert evaluate_span.parent_span_id == server.span_id and evaluate_span.attributes["nodecompat.compatible"]
+
+
+def test_cli_registry_unavailable_through_the_daemon_has_no_tls_hint(daemon, tmp_path) -> None:
+    """UNAVAILABLE answered by the daemon (its registry is down) is not a TLS problem with the daemon."""
+    done = _cli(tmp_path, "validate", "--image", f"127.0.0.1:{free_port()}/x/y:v1", "--plain-http",
+                "--node", daemon.address)
+    assert done.returncode == 2 and "UNAVAILABLE" in done.stderr and "registry" in done.stderr
+    assert "--tls-ca" not in done.stderr
