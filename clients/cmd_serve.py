@@ -49,9 +49,9 @@ def _positive(text: str) -> float:
 
 def check_args(args: argparse.Namespace) -> str:
     """What is wrong with the flags, or "" (checked before anything starts)."""
+    from nodecompat.hostport import is_wildcard_host, split_address
     from nodecompat.hostroot import HostRoot
     from nodecompat.probes.registry import load_probes
-    from nodecompat.server.fleet_nodes import is_wildcard_host, split_address
 
     try:
         HostRoot.checked(args.host_root)
@@ -72,6 +72,10 @@ def check_args(args: argparse.Namespace) -> str:
     if args.tls_ca and not args.tls_cert:
         return "--tls-ca (mutual TLS) needs --tls-cert and --tls-key"
     if args.register:
+        try:
+            split_address(args.register)
+        except ValueError as exc:
+            return f"--register {exc}"
         if is_wildcard_host(host) and not args.advertise:
             return (f"--listen {args.listen} is a wildcard address the aggregator cannot dial: "
                     "give --advertise HOST:PORT (this node's reachable address)")

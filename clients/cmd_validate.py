@@ -181,6 +181,8 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
         except NodeCallError as exc:
             hint = unavailable_hint(args, exc.message) if exc.code == "UNAVAILABLE" else ""
             raise CommandError(f"node {args.node}: {exc}{hint}") from None
+        except ValueError as exc:  # not HOST:PORT
+            raise CommandError(f"--node {exc}") from None
         assert isinstance(result.verdict, Verdict)
         return result.verdict
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from nodecompat import wire
+from nodecompat.hostport import split_address
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server import tls
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
@@ -40,9 +41,12 @@ class NodeClient:
     def __init__(
         self, address: str, *, credentials: grpc.ChannelCredentials | None = None, timeout: float = 60.0
     ) -> None:
+        """credentials: TLS (see nodecompat.server.tls / clients.tls_args); None is plaintext.
+
+        ValueError when `address` is not HOST:PORT with a port gRPC would dial as given."""
+        split_address(address)
         self.address = address
         self.timeout = timeout
-        """credentials: TLS (see nodecompat.server.tls / clients.tls_args); None is plaintext."""
         self.channel = tls.open_channel(address, credentials)
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
 

@@ -53,3 +53,18 @@ def test_an_unexpected_exception_is_exit_2_not_no(monkeypatch: pytest.MonkeyPatc
     assert cli.main(["lint", SPEC]) == 2
     err = capsys.readouterr().err
     assert "unexpected error: RuntimeError: simulated bug" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["features", "--node", "127.0.0.1:99999"], "port must be 1-65535"),
+        (["validate", "--spec", SPEC, "--node", "127.0.0.1:99999"], "--node '127.0.0.1:99999': port must be"),
+        (["validate", "--spec", SPEC, "--node", "nocolon"], "expected HOST:PORT"),
+        (["serve", "--register", "127.0.0.1:99999"], "--register '127.0.0.1:99999': port must be"),
+    ],
+)
+def test_addresses_are_checked_before_dialling(argv: list[str], words: str) -> None:
+    """gRPC would dial 127.0.0.1:99999 as port 34463 without a word."""
+    done = nodecompat(*argv)
+    assert done.returncode == 2 and words in done.stderr, done.stderr
