@@ -34,6 +34,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -41,8 +42,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import yaml
+from nodecompat.spec_load import DUPS, LoadError, Scalar, load_document
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,10 @@ MAX_LABEL_KEY = 317  # Kubernetes: a 253-character prefix, "/", a 63-character n
 MAX_LABEL_VALUE = 253
 MAX_ADDRESS = MAX_FIELD + 8  # [host]:port
 MAX_REGISTRATIONS = 10_000
+# The nodes file is the operator's, but it is re-read by a long-running process: bound what one read
+# may cost. 32 MiB / 2 million YAML values is room for ~50,000 nodes with a dozen labels each.
+MAX_NODES_FILE_BYTES = 32 << 20
+MAX_NODES_FILE_VALUES = 2_000_000
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -186,14 +192,45 @@ def name_problem(name: str) -> str:
     return ""
 
 
+def _plain(value: Any) -> Any:
+    """load_document's tree as plain Python: Scalar -> its value, the duplicate-key marker dropped
+    (the last key wins, as before). Depth is bounded by MAX_DEPTH, so the recursion is shallow."""
+    if isinstance(value, Scalar):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k != DUPS}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+_YAML_MARK_RE = re.compile(r'\s*in "<unicode string>", line (\d+), column (\d+)')
+_LINE_RE = re.compile(r"^line (\d+): ")
+
+
+def _load_error(exc: LoadError, origin: str) -> NodesFileError:
+    """A LoadError as `origin:LINE[:COLUMN]: problem` (the position of the last YAML mark, if any)."""
+    problem = "; ".join(exc.problems)
+    marks = _YAML_MARK_RE.findall(problem)
+    if marks:
+        line, column = marks[-1]
+        text = _YAML_MARK_RE.sub("", problem).replace("not valid YAML or JSON:", "not valid YAML/JSON:")
+        return NodesFileError(f"{origin}:{line}:{column}: {text}")
+    if m := _LINE_RE.match(problem):
+        return NodesFileError(f"{origin}:{m.group(1)}: {problem[m.end() :]}")
+    return NodesFileError(f"{origin}: {problem}")
+
+
 def parse_nodes_file(text: str, origin: str) -> list[FleetNode]:
-    """A list of {name, address, labels} (or {nodes: [...]}) from YAML/JSON text; located errors."""
+    """A list of {name, address, labels} (or {nodes: [...]}) from YAML/JSON text; located errors.
+
+    Loaded with nodecompat.spec_load (libyaml events composed without recursion, nesting depth and node
+    count capped) rather than yaml.safe_load, whose recursive composer raises RecursionError on a few
+    thousand nested `[`: any text gives a list of nodes or a NodesFileError, never another exception."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark is not None else origin
-        raise NodesFileError(f"{where}: not valid YAML/JSON: {getattr(exc, 'problem', exc)}") from None
+        data = _plain(load_document(text, max_bytes=MAX_NODES_FILE_BYTES, max_nodes=MAX_NODES_FILE_VALUES))
+    except LoadError as exc:
+        raise _load_error(exc, origin) from None
     if data is None:
         return []
     if isinstance(data, Mapping):

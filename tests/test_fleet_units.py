@@ -4,6 +4,8 @@ reasons picked from a report, the summary's ranking, and the CLI's selector and 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,11 +75,58 @@ def test_nodes_file_errors_are_located(text: str, message: str) -> None:
     assert str(err.value).startswith("nodes.yaml")
 
 
+# Deeply nested text in every form YAML and JSON nest in (a recursive parser dies on these).
+NESTINGS = ["[", "{a: ", "- ", '{"a": ', "[{a: ", "? "]
+deep_text = st.builds(
+    lambda opener, levels, tail: opener * levels + tail,
+    st.sampled_from(NESTINGS),
+    st.integers(min_value=50, max_value=200_000),
+    st.sampled_from(["", "x", "]" * 10, "}", "\n- {name: a, address: 'h:1'}"]),
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=300))
+@given(st.one_of(st.text(max_size=300), deep_text))
 def test_nodes_file_parser_never_crashes(text: str) -> None:
     with contextlib.suppress(NodesFileError):  # anything else (TypeError, RecursionError...) fails the test
         parse_nodes_file(text, "fuzz.yaml")
+
+
+@pytest.mark.parametrize("opener", [o for o in NESTINGS if o != "? "])  # `? ?`: refused as a complex key
+def test_deeply_nested_nodes_file_is_a_located_error(opener: str) -> None:
+    with pytest.raises(NodesFileError, match=r"^deep\.yaml(:\d+)?: nesting deeper than \d+ levels"):
+        parse_nodes_file(opener * 200_000, "deep.yaml")
+
+
+def test_a_deeply_nested_edit_keeps_the_previous_nodes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text("- {name: a, address: 'h:1'}\n")
+    inv = NodeInventory(nodes_file=path)
+    inv.load()
+    path.write_text("[" * 200_000)
+    with caplog.at_level("ERROR", logger="nodecompat.server.fleet_nodes"):
+        assert [n.name for n in inv.nodes()] == ["a"]  # raised RecursionError before: every call failed
+        assert [n.name for n in inv.nodes()] == ["a"]
+    assert "nesting deeper" in inv.file_error and str(path) in inv.file_error
+    logged = [r.getMessage() for r in caplog.records if "keeping the previous 1 node(s)" in r.getMessage()]
+    assert len(logged) == 1 and "nesting deeper" in logged[0]  # logged once per bad edit, not per lookup
+    path.write_text("- {name: b, address: 'h:2'}\n")
+    assert [n.name for n in inv.nodes()] == ["b"] and inv.file_error == ""
+
+
+def test_aggregator_cli_refuses_a_deeply_nested_nodes_file(tmp_path: Path) -> None:
+    deep = tmp_path / "nodes.yaml"
+    deep.write_text("[" * 200_000)
+    cli = [sys.executable, "-m", "nodecompat.clients.cli", "aggregator", "--listen", "127.0.0.1:0"]
+    r = subprocess.run(
+        [*cli, "--nodes-file", str(deep)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "RecursionError" not in r.stderr
+    assert f"{deep}: nesting deeper than" in r.stderr
 
 
 def test_split_address() -> None:
