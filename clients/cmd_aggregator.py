@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
     for flag in ("node_timeout", "default_timeout", "lease_ttl", "dns_interval"):
         if not getattr(args, flag) > 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0")
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        raise ValueError(f"--ca-file {args.ca_file} is not a readable file")
     server_creds = node_creds = None
     if args.tls_cert or args.tls_key:
         server_creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)

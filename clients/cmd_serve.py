@@ -57,6 +57,14 @@ def check_args(args: argparse.Namespace) -> str:
         HostRoot.checked(args.host_root)
     except ValueError as exc:
         return str(exc)
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        return f"--ca-file {args.ca_file} is not a readable file"
+    if args.node_name:
+        from nodecompat.server.fleet_nodes import name_problem
+
+        problem = name_problem(args.node_name)
+        if problem:
+            return f"--node-name: {problem}"
     if args.refresh_interval < 1:
         return "--refresh-interval must be at least 1 second"
     try:

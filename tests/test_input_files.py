@@ -68,3 +68,16 @@ def test_addresses_are_checked_before_dialling(argv: list[str], words: str) -> N
     """gRPC would dial 127.0.0.1:99999 as port 34463 without a word."""
     done = nodecompat(*argv)
     assert done.returncode == 2 and words in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["serve", "--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem is not a readable file"),
+        (["serve", "--node-name", "a\nb"], "--node-name: must be printable"),
+        (["aggregator", "--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem is not a readable file"),
+    ],
+)
+def test_servers_check_files_and_names_at_start(argv: list[str], words: str) -> None:
+    done = nodecompat(*argv)
+    assert done.returncode == 2 and words in done.stderr, done.stderr
