@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nodecompat.server")
 
 MAX_TAGS = 256
+MAX_PREFIXES = 64
 DEFAULT_RPC_BUDGET = 60.0  # NFD's validate-node runs under a fixed 1-minute timeout
 
 
@@ -66,6 +67,11 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
 
     # -- GetFeatures ------------------------------------------------------------------------------
     def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):
+        if len(request.prefixes) > MAX_PREFIXES or any(len(p) > 256 for p in request.prefixes):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {MAX_PREFIXES} prefixes of at most 256 characters (they key the response cache)",
+            )
         budget = _remaining(context)
         try:
             rnd = self.cache.refresh() if request.refresh else self.cache.current(timeout=budget)

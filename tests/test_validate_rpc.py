@@ -188,3 +188,10 @@ def test_malformed_request_fields_are_invalid_argument(h100, request_fields: dic
     with pytest.raises(grpc.RpcError) as err:
         _stub(h100.address).ValidateImage(node_pb2.ValidateImageRequest(spec=EXAMPLE, **request_fields), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in (err.value.details() or "")
+
+
+def test_too_many_feature_prefixes_are_invalid_argument(h100) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        _stub(h100.address).GetFeatures(features_pb2.GetFeaturesRequest(prefixes=[f"p{i}" for i in range(65)]),
+                                        timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 64 prefixes" in (err.value.details() or "")
