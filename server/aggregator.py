@@ -1,7 +1,8 @@
 """The fleet aggregator: FleetService (ValidateFleet, ListNodes, node registration) and its process object.
 
 ValidateFleet resolves the image's compatibility artifact once (the registry is hit once per call, not
-once per node), checks the spec once (one clear INVALID_ARGUMENT instead of N identical node errors),
+once per node), checks the spec, tags and platform once (one clear INVALID_ARGUMENT instead of N
+identical node errors, and a malformed platform is refused even with an inline spec, which ignores it),
 sends the spec inline to the selected daemons through server/fanout.py, streams one NodeResult per
 node as it completes, and ends with one FleetSummary that is never later than the deadline:
 min(the request's timeout or the default, the caller's own gRPC deadline minus a small margin).
@@ -25,6 +26,7 @@ from opentelemetry import trace
 
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
+from nodecompat.oci.platform import parse_platform
 from nodecompat.server.errors import registry_status, spec_error_message
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.fleet_nodes import (
@@ -35,7 +37,7 @@ from nodecompat.server.fleet_nodes import (
     RegistrationsFull,
 )
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
-from nodecompat.server.node_service import RegistryOptions
+from nodecompat.server.node_service import MAX_TAGS, RegistryOptions
 from nodecompat.spec import SpecError, parse_spec
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
 
@@ -125,6 +127,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         t = request.timeout_seconds
         if math.isnan(t) or t < 0 or t > MAX_TIMEOUT:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"timeout_seconds must be in [0, {MAX_TIMEOUT:g}], got {t}")
+        self._check_request(request, context)
         budget = t or self.options.default_timeout
         left = context.time_remaining()
         if left is not None:
@@ -156,6 +159,16 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             yield fleet_pb2.ValidateFleetResponse(summary=summary)
         finally:
             span.end()
+
+    def _check_request(self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext) -> None:
+        """Refuse what every daemon would refuse (or, for an inline spec, silently ignore), once, up front."""
+        if request.platform:
+            try:
+                parse_platform(request.platform)
+            except RegistryError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"platform: {exc}")
+        if len(request.tags) > MAX_TAGS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_TAGS} tags, got {len(request.tags)}")
 
     def _resolve(
         self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext, deadline: float

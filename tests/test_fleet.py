@@ -37,6 +37,7 @@ from support_registry import registry  # noqa: F401 (fixture)
 
 from nodecompat.clients.fleet_client import FleetCallError, FleetClient, NodeEntry, NodeVerdict
 from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.server.node_service import MAX_TAGS
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
@@ -111,6 +112,27 @@ def test_bad_requests_are_refused_with_a_reason(fleet: Fleet, tmp_path: Path) ->
     assert no_source.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_timeout.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "timeout_seconds" in (bad_timeout.value.details() or "")
+
+
+def test_tags_and_platform_are_checked_once_up_front(fleet: Fleet, tmp_path: Path) -> None:
+    """What every daemon would refuse is one INVALID_ARGUMENT, not N node errors; a malformed --platform is
+    refused with an inline spec too (it would otherwise be silently ignored)."""
+    with aggregator(nodes_file=str(nodes_file(fleet, tmp_path))) as agg, FleetClient(agg.address) as client:
+        with pytest.raises(FleetCallError) as many_tags:
+            client.validate(spec_text=SPEC_ANY, tags=[f"t{i}" for i in range(MAX_TAGS + 1)], timeout=10)
+        refused = {}
+        for platform in ("linux/amd64/v8/extra", "/amd64", "linux/"):
+            with pytest.raises(FleetCallError) as bad_platform:
+                client.validate(spec_text=SPEC_ANY, platform=platform, timeout=10)
+            refused[platform] = bad_platform.value
+        at_the_cap = client.validate(spec_text=SPEC_ANY, tags=[f"t{i}" for i in range(MAX_TAGS)], timeout=10)
+        good_platform = client.validate(spec_text=SPEC_ANY, platform="linux/arm64", timeout=10)
+    assert many_tags.value.code == "INVALID_ARGUMENT"
+    assert f"at most {MAX_TAGS} tags, got {MAX_TAGS + 1}" in many_tags.value.message
+    for platform, err in refused.items():
+        assert err.code == "INVALID_ARGUMENT" and "platform" in err.message and platform in err.message, err
+    assert {n.status for n in at_the_cap.nodes} == {"OK"} and len(at_the_cap.nodes) == 3
+    assert good_platform.summary.compatible == 3
 
 
 def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(
@@ -211,6 +233,10 @@ def test_nodes_file_is_reread_when_it_changes(fleet: Fleet, tmp_path: Path) -> N
         path.write_text("- {name: broken, address: no-port-here}\n")  # a bad edit keeps the last good list
         assert sorted(n.name for n in client.list_nodes()) == ["h100", "mi300", "vm"]
         assert "entry 0" in agg.inventory.file_error and "no-port-here" in agg.inventory.file_error
+        path.write_text("[" * 200_000)  # hostile nesting: once a RecursionError, and every call UNKNOWN
+        assert sorted(n.name for n in client.list_nodes()) == ["h100", "mi300", "vm"]
+        assert client.validate(spec_text=SPEC_ANY, timeout=10).summary.compatible == 3
+        assert "nesting deeper than" in agg.inventory.file_error
 
 
 def test_dns_discovery_of_localhost(fleet: Fleet, tmp_path: Path) -> None:
