@@ -132,17 +132,35 @@ def test_other_calls_are_served_while_the_costliest_accepted_spec_is_evaluated(h
     assert len(inside) >= 2
 
 
-def test_catastrophic_regex_is_evaluated_in_linear_time(h100) -> None:
+def test_catastrophic_regex_is_evaluated_in_linear_time(tmp_path: Path) -> None:
+    """`(a+)+$` against a 60 KB run of `a` that ends in `!`: exponential for a backtracking engine (the
+    call would never answer within its deadline), linear for RE2. The long value is a local feature file
+    on a copy of the plain-vm host."""
+    import shutil
+
+    root = tmp_path / "host"
+    shutil.copytree(HOSTS / "plain-vm", root, symlinks=True)
+    features_d = root / "etc" / "kubernetes" / "node-feature-discovery" / "features.d"
+    features_d.mkdir(parents=True, exist_ok=True)
+    (features_d / "long").write_text("long=" + "a" * 60_000 + "!\n")
     spec = """
 compatibilities:
 - rules:
   - matchFeatures:
-    - feature: kernel.version
+    - feature: local.feature
       matchExpressions:
-        full: {op: InRegexp, value: ["(a+)+$", "^(a|aa)+$"]}
+        long: {op: InRegexp, value: ["(a+)+$", "^(a|aa)+$"]}
 """
-    resp = _stub(h100.address).ValidateImage(node_pb2.ValidateImageRequest(spec=spec), timeout=10)
+    d = start_daemon(tmp_path, "--host-root", str(root))
+    try:
+        resp = _stub(d.address).ValidateImage(node_pb2.ValidateImageRequest(spec=spec), timeout=20)
+        feats = _stub(d.address).GetFeatures(features_pb2.GetFeaturesRequest(prefixes=["local."]), timeout=20)
+    finally:
+        d.terminate()
+    assert len(feats.features.attributes["local.feature"].elements["long"]) == 60_001  # the value was there
     assert not resp.compatible
+    expr = resp.report.sets[0].rules[0].match_features[0].expressions[0]
+    assert expr.element == "long" and not expr.matched
 
 
 FAILING_PLUGIN = """
