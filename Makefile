@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: install run test test-deps lint typecheck proto bench clean
+.PHONY: install run test test-deps lint typecheck proto bench demo-registry clean
 
 install: ## create .venv and install nodecompat with its development tools
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: ## ruff and mypy
 
 proto: ## regenerate nodecompat/v1 from protos/ (a test fails when they drift)
 	$(BIN)/python tools/genproto.py
+
+demo-registry: test-deps ## a local registry on 127.0.0.1:5000 holding app:v1, for the README's --image recipes
+	$(BIN)/python tools/demo_registry.py
 
 bench: ## print performance figures
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
