@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import support_registry as sr  # noqa: E402
+import support_registry as sr
 
 
 def main() -> int:
