@@ -12,6 +12,9 @@ unchanged, and optionally:
   none";
 - `delay=S`: sleeps S seconds before forwarding (a slow registry; the kernel here has no netem);
 - `tamper_blobs=True`: flips the last byte of every blob it returns (a corrupting registry/cache);
+- `fail_first=N, fail_status=503, retry_after=None`: answers the first N requests with `fail_status`
+  (and a `Retry-After` header when given) without forwarding them, counting them in `failed`: a
+  registry that is overloaded (429) or briefly down (5xx);
 - `bearer_users={user: password}`: demands `Authorization: Bearer` on /v2/ with a Docker-style
   challenge and serves the token endpoint at /token (basic credentials checked there; `static_tokens`
   are accepted too, like a pre-issued OAuth token). Distribution's htpasswd mode only does Basic,
@@ -351,7 +354,7 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-authenticate", "
 
 
 class RegistryProxy:
-    """Forwards to a real registry; optionally adds the referrers API, delay or blob tampering."""
+    """Forwards to a real registry; optionally adds the referrers API, delay, failures or blob tampering."""
 
     def __init__(
         self,
@@ -362,8 +365,15 @@ class RegistryProxy:
         tamper_blobs: bool = False,
         bearer_users: dict[str, str] | None = None,
         static_tokens: frozenset[str] = frozenset(),
+        fail_first: int = 0,
+        fail_status: int = 503,
+        retry_after: str | None = None,
     ) -> None:
         self.upstream = upstream
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.retry_after = retry_after
+        self.failed = 0  # requests answered with fail_status
         self.bearer_users = bearer_users
         self.static_tokens = static_tokens
         self.issued: set[str] = set()
@@ -374,6 +384,7 @@ class RegistryProxy:
         self.index: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.referrers_calls = 0
         self.seen: list[str] = []  # "METHOD path" of every request, in order
+        self.seen_at: list[float] = []  # time.monotonic() of each request in `seen`
         self.lock = threading.Lock()
         proxy = self
 
@@ -415,8 +426,17 @@ class RegistryProxy:
         url = urlsplit(req.path)
         with self.lock:
             self.seen.append(f"{req.command} {url.path}")
+            self.seen_at.append(time.monotonic())
+            fail = self.failed < self.fail_first
+            if fail:
+                self.failed += 1
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length) if length else b""
+        if fail:
+            extra = [("Retry-After", self.retry_after)] if self.retry_after is not None else []
+            body = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "injected failure"}]}).encode()
+            _send(req, self.fail_status, body, [("Content-Type", "application/json"), *extra])
+            return
         if self.bearer_users is not None and url.path == "/token":
             self._serve_token(req, parse_qs(url.query))
             return
