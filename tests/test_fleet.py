@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -135,29 +136,58 @@ def test_tags_and_platform_are_checked_once_up_front(fleet: Fleet, tmp_path: Pat
     assert good_platform.summary.compatible == 3
 
 
-def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(
-    fleet: Fleet,
-    tmp_path: Path,
-    tcp_proxy,
-) -> None:
+def unread_bytes(port: int) -> dict[str, int]:
+    """Bytes waiting unread in each established TCP socket with local port `port`, by remote address: what
+    the kernel holds for a process that has not read it yet (/proc/net/tcp*; gRPC's sockets are dual-stack,
+    so IPv4 peers show in tcp6 as v4-mapped addresses)."""
+    out: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                out[remote] = int(queues.split(":")[1], 16)
+    return out
+
+
+def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(fleet: Fleet, tmp_path: Path) -> None:
+    """A daemon killed while our request sits in its socket: UNAVAILABLE (retried once), the others answer.
+
+    The victim is SIGSTOPped after a first call has warmed the aggregator's connection to it, so the fleet
+    call's request demonstrably arrives (the kernel holds it unread in that connection) before SIGKILL."""
     victim = start_node(tmp_path, "victim", "plain-vm")
-    proxy: TcpProxy = tcp_proxy(victim.address, delay=0.3)  # holds the victim's call in flight
-    extra = [{"name": "victim", "address": proxy.address}]
+    port = int(victim.address.rsplit(":", 1)[1])
+    extra = [{"name": "victim", "address": victim.address}]
+    timeout = 15.0
     try:
         with (
             aggregator(nodes_file=str(nodes_file(fleet, tmp_path, extra))) as agg,
             FleetClient(agg.address) as c,
         ):
+            warm = c.validate(spec_text=SPEC_NVIDIA, timeout=timeout)
+            assert by_name(warm.nodes)["victim"].status == "OK"
+            conns = unread_bytes(port)
+            assert len(conns) == 1 and set(conns.values()) == {0}, conns  # the aggregator's pooled channel
+            (channel,) = conns
+            os.kill(victim.proc.pid, signal.SIGSTOP)
             seen: list[NodeVerdict] = []
             summary = None
-            for item in c.stream(spec_text=SPEC_NVIDIA, timeout=15):
+            summary_at = deadline = 0.0
+            started = time.monotonic()
+            deadline = started + timeout
+            for item in c.stream(spec_text=SPEC_NVIDIA, timeout=timeout):
                 if isinstance(item, NodeVerdict):
                     seen.append(item)
-                    if len(seen) == 3:  # the three direct nodes answered; the victim's call is in the proxy
+                    if len(seen) == 3:  # the three others answered; the victim cannot, it is stopped
                         assert "victim" not in {n.name for n in seen}
-                        victim.kill()
+                        waited = time.monotonic() + 5
+                        while unread_bytes(port).get(channel, 0) == 0 and time.monotonic() < waited:
+                            time.sleep(0.01)
+                        reached = unread_bytes(port)
+                        assert reached.get(channel, 0) > 0, reached  # the request is in the victim's socket
+                        victim.proc.kill()  # SIGKILL, mid-call
                 else:
-                    summary = item
+                    summary, summary_at = item, time.monotonic()
     finally:
         victim.kill()
     got = by_name(seen)
@@ -167,6 +197,8 @@ def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(
     assert got["h100"].compatible and got["h100"].status == "OK"
     assert got["vm"].status == "OK" and not got["vm"].compatible
     assert summary is not None and summary.failed == 1 and summary.compatible == 1
+    # the kill was noticed and reported, not waited out: the summary came before the call's deadline
+    assert summary_at < deadline
 
 
 def test_slow_daemon_is_deadline_exceeded_alone(fleet: Fleet, tmp_path: Path, tcp_proxy) -> None:
