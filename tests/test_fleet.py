@@ -476,9 +476,13 @@ def test_one_trace_per_fleet_call(fleet: Fleet, tmp_path: Path) -> None:
             assert client.validate(spec_text=SPEC_NVIDIA, timeout=20).summary.compatible == 1
 
         def complete(spans) -> bool:  # type: ignore[no-untyped-def]
-            servers = [s for s in spans if s.name.endswith("NodeService/ValidateImage") and s.kind == 2]
             roots = [s for s in spans if s.name.endswith("FleetService/ValidateFleet") and s.kind == 2]
-            return len(servers) >= 3 and len(roots) == 1
+            if len(roots) != 1:
+                return False
+            mine = [s for s in spans if s.trace_id == roots[0].trace_id]  # not a late span of an earlier test
+            servers = [s for s in mine if s.name.endswith("NodeService/ValidateImage") and s.kind == 2]
+            evaluations = [s for s in mine if s.name == "evaluate spec"]
+            return len(servers) >= 3 and len(evaluations) >= 3
 
         spans = otlp.wait_for(complete)
     finally:
@@ -499,9 +503,47 @@ def test_one_trace_per_fleet_call(fleet: Fleet, tmp_path: Path) -> None:
         assert client_span.kind == 3 and client_span.service == "nodecompat-aggregator"
         assert by_id[client_span.parent_span_id] in node_spans
     under_daemons = [s for s in trace_spans if s.parent_span_id in {d.span_id for d in daemon_servers}]
-    assert all(s.service == "nodecompat-node" for s in under_daemons)
+    assert under_daemons and all(s.service == "nodecompat-node" for s in under_daemons)
+    for server in daemon_servers:  # each daemon's own work (node_service's "evaluate spec") is in the trace
+        children = [s.name for s in under_daemons if s.parent_span_id == server.span_id]
+        assert children.count("evaluate spec") == 1, children
     # every span of the call is in this one trace: nothing of it went to another trace id
     assert not [s for s in spans if s.trace_id != root.trace_id and "ValidateImage" in s.name]
+
+
+@pytest.mark.registry
+def test_registry_requests_are_traced_under_the_fleet_call(fleet: Fleet, tmp_path: Path, registry) -> None:
+    """By --image, the aggregator resolves the artifact itself: its "registry GET" spans (oci/transport.py)
+    are children of the call's fleet.validate span, in the call's one trace."""
+    from support_registry import push_image, push_raw_artifact, subject_of
+
+    image = push_image(registry.host, "fleet/traced", tmp_path)
+    push_raw_artifact(registry.host, "fleet/traced", subject_of(image), layers=[SPEC_NVIDIA.encode()])
+    otlp = fleet.otlp
+    agg = start_aggregator_process(
+        tmp_path, "--nodes-file", str(nodes_file(fleet, tmp_path)), env=otlp.env("nodecompat-aggregator")
+    )
+    try:
+        otlp.clear()
+        with FleetClient(agg.address) as client:
+            answer = client.validate(image=image.reference, plain_http=True, timeout=20)
+        assert answer.summary.compatible == 1 and answer.summary.image_digest == image.digest
+
+        def complete(spans) -> bool:  # type: ignore[no-untyped-def]
+            roots = [s for s in spans if s.name.endswith("FleetService/ValidateFleet") and s.kind == 2]
+            return len(roots) == 1 and any(s.name == "fleet.validate" for s in spans)
+
+        spans = otlp.wait_for(complete)
+    finally:
+        agg.terminate()
+    fleet_span = next(s for s in spans if s.name == "fleet.validate")
+    registry_spans = [s for s in spans if s.name.startswith("registry ")]
+    assert [s for s in registry_spans if s.name == "registry GET"], [s.name for s in spans]
+    for s in registry_spans:
+        assert s.trace_id == fleet_span.trace_id and s.parent_span_id == fleet_span.span_id, s
+        assert s.service == "nodecompat-aggregator" and s.kind == 3  # CLIENT
+    # the daemons got the spec inline: none of them talked to the registry
+    assert not [s for s in registry_spans if s.service != "nodecompat-aggregator"]
 
 
 @pytest.mark.registry
