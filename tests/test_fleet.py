@@ -172,7 +172,7 @@ def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(fleet: Fleet,
             os.kill(victim.proc.pid, signal.SIGSTOP)
             seen: list[NodeVerdict] = []
             summary = None
-            summary_at = deadline = 0.0
+            summary_at = 0.0
             started = time.monotonic()
             deadline = started + timeout
             for item in c.stream(spec_text=SPEC_NVIDIA, timeout=timeout):
