@@ -31,7 +31,6 @@ entries of addresses that left the fleet are dropped on each lookup.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import re
@@ -44,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nodecompat.hostport import is_wildcard_host, split_address
 from nodecompat.spec_load import DUPS, LoadError, Scalar, load_document
 
 log = logging.getLogger(__name__)
@@ -110,36 +110,6 @@ class NodeView:
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """HOST:PORT or [V6]:PORT -> (host, port); ValueError with the reason otherwise."""
-    address = address.strip()
-    if address.startswith("["):
-        host, sep, rest = address[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"{address!r}: expected [IPV6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = address.rpartition(":")
-        if not sep or ":" in host:
-            raise ValueError(f"{address!r}: expected HOST:PORT (IPv6 as [ADDR]:PORT)")
-    if not host:
-        raise ValueError(f"{address!r}: empty host")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{address!r}: port must be 1-65535")
-    return host, int(port_text)
-
-
-def is_wildcard_host(host: str) -> bool:
-    """True for a host nobody can dial: empty, `*`, or an unspecified IP (0.0.0.0, ::, [::], 0::0...)."""
-    host = host.strip().removeprefix("[").removesuffix("]")
-    if host in ("", "*"):
-        return True
-    try:
-        return ipaddress.ip_address(host.partition("%")[0]).is_unspecified
-    except ValueError:
-        return False
 
 
 def _printable(text: str) -> bool:
