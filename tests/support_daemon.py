@@ -72,13 +72,14 @@ def start_daemon(
     env: dict[str, str] | None = None,
     name: str = "test-node",
     wait: bool = True,
+    hotplug: bool = False,
 ) -> DaemonProcess:
     port = free_port()
     address = f"127.0.0.1:{port}"
     log = tmp_path / f"daemon-{port}.log"
     cmd = [
         sys.executable, "-m", "nodecompat.clients.cli", "serve", "--listen", address,
-        "--node-name", name, "--no-hotplug", "--refresh-interval", "3600", *args,
+        "--node-name", name, *([] if hotplug else ["--no-hotplug"]), "--refresh-interval", "3600", *args,
     ]
     full_env = {**os.environ, **(env or {})}
     fh = log.open("w")

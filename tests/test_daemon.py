@@ -302,3 +302,31 @@ def test_serve_flags_are_checked_before_anything_starts(flags: list[str], messag
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2 to add a netdev")
+def test_daemon_reprobes_when_a_network_device_is_hot_plugged(tmp_path: Path) -> None:
+    """No refresh asked for and a one-hour interval: only the kernel's uevent can make the new veth appear."""
+    import uuid
+
+    name = f"nc{uuid.uuid4().hex[:8]}"
+    d = start_daemon(tmp_path, "--refresh-interval", "3600", hotplug=True)
+    try:
+        with grpc.insecure_channel(d.address) as ch:
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+
+            def virtual_names() -> set[str]:
+                r = stub.GetFeatures(features_pb2.GetFeaturesRequest(prefixes=["network.virtual"]), timeout=10)
+                return {i.attributes["name"] for i in r.features.instances["network.virtual"].elements}
+
+            assert name not in virtual_names()
+            subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], check=True)
+            try:
+                deadline = time.monotonic() + 15
+                while name not in virtual_names() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert name in virtual_names(), "the hot-plugged veth never showed up"
+            finally:
+                subprocess.run(["ip", "link", "del", name], check=False)
+    finally:
+        d.terminate()
