@@ -14,10 +14,13 @@ install: ## create .venv and install nodecompat with its development tools
 run: ## run the node daemon on this machine's /sys and /proc, on loopback
 	$(BIN)/nodecompat serve --listen $(LISTEN)
 
-test-deps: ## Debian packages the tests use: a real OCI registry and skopeo
-	@command -v docker-registry >/dev/null && command -v skopeo >/dev/null || { \
+test-deps: ## Debian packages the tests use: a real OCI registry, skopeo, openssl (test CAs), iproute2 (netns)
+	@for c in docker-registry skopeo openssl ip; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry skopeo apache2-utils openssl iproute2 >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    docker-registry skopeo openssl iproute2 >/dev/null; \
+	fi
 
 test: test-deps lint ## lint, type-check and run the whole test suite
 	$(BIN)/pytest -q
