@@ -26,8 +26,7 @@ from opentelemetry import trace
 
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
-from nodecompat.oci.platform import parse_platform
-from nodecompat.server.errors import registry_status, spec_error_message
+from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.fleet_nodes import (
     MAX_REGISTRATIONS,
@@ -37,7 +36,7 @@ from nodecompat.server.fleet_nodes import (
     RegistrationsFull,
 )
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
-from nodecompat.server.node_service import MAX_TAGS, RegistryOptions
+from nodecompat.server.node_service import RegistryOptions
 from nodecompat.spec import SpecError, parse_spec
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
 
@@ -162,13 +161,9 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
 
     def _check_request(self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext) -> None:
         """Refuse what every daemon would refuse (or, for an inline spec, silently ignore), once, up front."""
-        if request.platform:
-            try:
-                parse_platform(request.platform)
-            except RegistryError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"platform: {exc}")
-        if len(request.tags) > MAX_TAGS:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_TAGS} tags, got {len(request.tags)}")
+        problem = selection_problem(request.platform, request.tags)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
     def _resolve(
         self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext, deadline: float

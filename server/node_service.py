@@ -21,9 +21,8 @@ from nodecompat import wire
 from nodecompat.limits import MAX_SPEC_BYTES
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
-from nodecompat.oci.platform import parse_platform
 from nodecompat.probes.runner import ProbeRound
-from nodecompat.server.errors import registry_status, spec_error_message
+from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.spec import Spec, parse_spec
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nodecompat.server")
 
-MAX_TAGS = 256
 MAX_PREFIXES = 64
 DEFAULT_RPC_BUDGET = 60.0  # NFD's validate-node runs under a fixed 1-minute timeout
 
@@ -111,13 +109,9 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         source = request.WhichOneof("source")
         if source is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)")
-        if request.platform:
-            try:
-                parse_platform(request.platform)
-            except RegistryError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"platform: {exc}")
-        if len(request.tags) > MAX_TAGS:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_TAGS} tags, got {len(request.tags)}")
+        problem = selection_problem(request.platform, request.tags)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         budget = _remaining(context)
         rnd = self.cache.current(timeout=budget)
         if rnd is None:
@@ -169,7 +163,6 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         return parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.registry.max_spec_bytes)
 
     def _fetch(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
-        from nodecompat.oci.errors import RegistryError
 
         try:
             return self._spec_cache.fetch(

@@ -38,7 +38,7 @@ from support_registry import registry  # noqa: F401 (fixture)
 
 from nodecompat.clients.fleet_client import FleetCallError, FleetClient, NodeEntry, NodeVerdict
 from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-from nodecompat.server.node_service import MAX_TAGS
+from nodecompat.server.errors import MAX_TAGS
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
