@@ -28,6 +28,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> int:  # type: ignore[type-arg]
+    """SIGTERM (the drain path under test), SIGKILL if it has not exited within `timeout`; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 def health_status(address: str, timeout: float = 1.0, credentials: grpc.ChannelCredentials | None = None) -> str:
     """The grpc.health.v1 status name of a server, or the gRPC error code name when the check fails."""
     ch = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
@@ -56,14 +68,7 @@ class DaemonProcess:
         raise AssertionError(f"daemon not SERVING after {timeout}s: {self.log.read_text()}")
 
     def terminate(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return stop_process(self.proc, timeout)
 
 
 def start_daemon(

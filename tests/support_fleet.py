@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support_daemon import free_port, health_status
+from support_daemon import free_port, health_status, stop_process
 from support_otlp import OtlpReceiver
 
 from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
@@ -92,14 +91,7 @@ class Proc:
         raise AssertionError(f"{self.name} not SERVING after {timeout}s:\n{self.log.read_text()}")
 
     def terminate(self, timeout: float = 10.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
