@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from nodecompat.evaluate import evaluate
+from nodecompat.engine.evaluate import evaluate
+from nodecompat.engine.spec import parse_spec
 from nodecompat.features import Features
-from nodecompat.spec import parse_spec
 
 SPEC = """
 version: v1alpha1

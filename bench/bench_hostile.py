@@ -2,7 +2,7 @@
 
 Cases: a 10 MiB spec, 10,000-deep nesting (YAML lists, YAML maps, JSON), billion laughs, `(a+)+$`
 against a 100 KB value, the reviewer's 1 MiB worst case (~6,200 two-expression pci.device rules),
-and the costliest specs the complexity caps accept (nodecompat/limits.py) evaluated against 200
+and the costliest specs the complexity caps accept (nodecompat/engine/limits.py) evaluated against 200
 PCI devices. tests/test_hostile.py asserts the behaviour of the same cases.
 Run: .venv/bin/python bench/bench_hostile.py
 """
@@ -27,8 +27,8 @@ from support_specs import (
     ten_mib_spec,
 )
 
-from nodecompat.evaluate import evaluate
-from nodecompat.spec import SpecError, parse_spec
+from nodecompat.engine.evaluate import evaluate
+from nodecompat.engine.spec import SpecError, parse_spec
 
 
 def _best(fn: Callable[[], Any], repeat: int = 3) -> tuple[Any, float]:

@@ -14,8 +14,8 @@ from typing import Any
 from nodecompat.clients import exit_codes
 from nodecompat.clients.input_files import InputError, read_text_limited
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
-from nodecompat.limits import MAX_SPEC_BYTES
-from nodecompat.lint import lint_spec
+from nodecompat.engine.limits import MAX_SPEC_BYTES
+from nodecompat.engine.lint import lint_spec
 from nodecompat.oci.attach import attach_spec, list_artifacts
 from nodecompat.oci.errors import RegistryError
 

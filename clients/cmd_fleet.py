@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 from nodecompat.clients import exit_codes
 from nodecompat.clients.input_files import read_text_limited
 from nodecompat.clients.tls_args import add_tls_client_args, channel_credentials_from_args, unavailable_hint
-from nodecompat.limits import MAX_SPEC_BYTES
+from nodecompat.engine.limits import MAX_SPEC_BYTES
 
 if TYPE_CHECKING:
     from nodecompat.clients.fleet_client import FleetAnswer, FleetCallError, FleetClient

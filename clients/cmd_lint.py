@@ -11,8 +11,8 @@ from typing import Any
 
 from nodecompat.clients import exit_codes
 from nodecompat.clients.input_files import InputError, read_bytes_limited
-from nodecompat.limits import MAX_SPEC_BYTES
-from nodecompat.lint import lint_spec
+from nodecompat.engine.limits import MAX_SPEC_BYTES
+from nodecompat.engine.lint import lint_spec
 
 
 def register(subparsers: Any) -> None:

@@ -24,10 +24,10 @@ from nodecompat.clients.tls_args import (
     tls_flags_given,
     unavailable_hint,
 )
+from nodecompat.engine.limits import MAX_SNAPSHOT_BYTES, MAX_SPEC_BYTES
+from nodecompat.engine.spec import SpecError, parse_spec
+from nodecompat.engine.verdict import Verdict
 from nodecompat.features import Features
-from nodecompat.limits import MAX_SNAPSHOT_BYTES, MAX_SPEC_BYTES
-from nodecompat.spec import SpecError, parse_spec
-from nodecompat.verdict import Verdict
 
 EXIT_OK, EXIT_NOT_COMPATIBLE, EXIT_ERROR = exit_codes.YES, exit_codes.NO, exit_codes.ERROR
 
@@ -189,7 +189,7 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
         spec = parse_spec(text, nfd_compat=args.nfd_compat)
     except SpecError as exc:
         raise CommandError("invalid spec:\n  " + "\n  ".join(exc.problems)) from None
-    from nodecompat.evaluate import evaluate
+    from nodecompat.engine.evaluate import evaluate
 
     if args.features:
         features, unknown = load_snapshot(args.features)

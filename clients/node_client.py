@@ -30,7 +30,7 @@ class NodeCallError(Exception):
 class ValidationResult:
     """ValidateImage's answer: the verdict plus where the spec came from."""
 
-    verdict: object  # nodecompat.verdict.Verdict
+    verdict: object  # nodecompat.engine.verdict.Verdict
     image: str = ""
     image_digest: str = ""
     artifact_digest: str = ""
@@ -82,7 +82,7 @@ class NodeClient:
         plain_http: bool = False,
         nfd_compat: bool = False,
     ) -> ValidationResult:
-        from nodecompat.verdict import Verdict
+        from nodecompat.engine.verdict import Verdict
 
         req = node_pb2.ValidateImageRequest(
             tags=list(tags), platform=platform, plain_http=plain_http, nfd_compat=nfd_compat

@@ -7,7 +7,7 @@ failed expression says what was wanted and what the node has. Colour only when a
 
 from __future__ import annotations
 
-from nodecompat.verdict import ExpressionVerdict, RuleVerdict, SetVerdict, TermVerdict, Verdict
+from nodecompat.engine.verdict import ExpressionVerdict, RuleVerdict, SetVerdict, TermVerdict, Verdict
 
 _COLOURS = {"PASS": "\033[32m", "FAIL": "\033[31m", "UNKNOWN": "\033[33m", "bold": "\033[1m"}
 _RESET = "\033[0m"

@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
+from nodecompat.engine.spec import SpecError, parse_spec
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
@@ -37,7 +38,6 @@ from nodecompat.server.fleet_nodes import (
 )
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
 from nodecompat.server.node_service import RegistryOptions
-from nodecompat.spec import SpecError, parse_spec
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
 
 log = logging.getLogger(__name__)

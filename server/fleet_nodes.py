@@ -43,8 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nodecompat.engine.spec_load import DUPS, LoadError, Scalar, load_document
 from nodecompat.hostport import is_wildcard_host, split_address
-from nodecompat.spec_load import DUPS, LoadError, Scalar, load_document
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _load_error(exc: LoadError, origin: str) -> NodesFileError:
 def parse_nodes_file(text: str, origin: str) -> list[FleetNode]:
     """A list of {name, address, labels} (or {nodes: [...]}) from YAML/JSON text; located errors.
 
-    Loaded with nodecompat.spec_load (libyaml events composed without recursion, nesting depth and node
+    Loaded with nodecompat.engine.spec_load (libyaml events composed without recursion, nesting depth and node
     count capped) rather than yaml.safe_load, whose recursive composer raises RecursionError on a few
     thousand nested `[`: any text gives a list of nodes or a NodesFileError, never another exception."""
     try:

@@ -18,13 +18,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
 from nodecompat import wire
-from nodecompat.limits import MAX_SPEC_BYTES
+from nodecompat.engine.limits import MAX_SPEC_BYTES
+from nodecompat.engine.spec import Spec, parse_spec
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
 from nodecompat.server.feature_cache import FeatureCache
-from nodecompat.spec import Spec, parse_spec
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
 
 if TYPE_CHECKING:
@@ -103,8 +103,8 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
 
     # -- ValidateImage ----------------------------------------------------------------------------
     def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
-        from nodecompat.evaluate import EvaluationTimeout, evaluate
-        from nodecompat.spec import SpecError
+        from nodecompat.engine.evaluate import EvaluationTimeout, evaluate
+        from nodecompat.engine.spec import SpecError
 
         source = request.WhichOneof("source")
         if source is None:

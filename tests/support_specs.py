@@ -151,7 +151,7 @@ def at_the_caps_spec(kind: str = "in") -> str:
     device), "regex" (MAX_REGEXES of them InRegexp on the unique address, the rest In) or "name"
     (MAX_REGEXES matchName regexes, the rest In).
     """
-    from nodecompat.limits import MAX_EXPRESSIONS, MAX_REGEXES, MAX_RULES, MAX_TERMS
+    from nodecompat.engine.limits import MAX_EXPRESSIONS, MAX_REGEXES, MAX_RULES, MAX_TERMS
 
     n = min(MAX_EXPRESSIONS, MAX_TERMS)
     per_rule = -(-n // MAX_RULES)

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from support_specs import expressions_cases, fake_features, features_from_sections, rules_data
 
-from nodecompat.evaluate import evaluate
-from nodecompat.expressions import ExpressionError, MatchExpression
-from nodecompat.matcher import match_multi, nfd_match_multi, nfd_match_names_multi
-from nodecompat.spec import parse_spec
+from nodecompat.engine.evaluate import evaluate
+from nodecompat.engine.expressions import ExpressionError, MatchExpression
+from nodecompat.engine.matcher import match_multi, nfd_match_multi, nfd_match_names_multi
+from nodecompat.engine.spec import parse_spec
 
 
 def _expr(d: dict[str, Any]) -> MatchExpression:

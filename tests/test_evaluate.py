@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support_specs import GPU_SPEC, gpu_node
 
-from nodecompat.evaluate import evaluate
-from nodecompat.expressions import OPS, CompiledExpression, ExpressionError, MatchExpression
+from nodecompat.engine.evaluate import evaluate
+from nodecompat.engine.expressions import OPS, CompiledExpression, ExpressionError, MatchExpression
+from nodecompat.engine.spec import parse_spec
+from nodecompat.engine.verdict import Verdict
 from nodecompat.features import Features
-from nodecompat.spec import parse_spec
-from nodecompat.verdict import Verdict
 
 
 def test_gpu_node_passes_with_best_weight_and_reports_the_instance() -> None:

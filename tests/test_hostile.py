@@ -25,11 +25,11 @@ from support_specs import (
     ten_mib_spec,
 )
 
-from nodecompat.evaluate import EvaluationTimeout, evaluate
-from nodecompat.expressions import OPS
+from nodecompat.engine.evaluate import EvaluationTimeout, evaluate
+from nodecompat.engine.expressions import OPS
+from nodecompat.engine.limits import MAX_EXPRESSIONS, MAX_REGEXES, MAX_RULES, MAX_VALUES_PER_EXPRESSION, MAX_YAML_NODES
+from nodecompat.engine.spec import SpecError, parse_spec
 from nodecompat.features import Features
-from nodecompat.limits import MAX_EXPRESSIONS, MAX_REGEXES, MAX_RULES, MAX_VALUES_PER_EXPRESSION, MAX_YAML_NODES
-from nodecompat.spec import SpecError, parse_spec
 
 HANG_SECONDS = 60.0
 

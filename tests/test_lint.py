@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nodecompat.lint import lint_spec
+from nodecompat.engine.lint import lint_spec
 from nodecompat.probes.base import AttributeInfo, FeatureInfo
 
 KNOWN = {
@@ -165,7 +165,7 @@ def test_empty_ranges(expr: str, why: str) -> None:
 
 
 def test_attribute_name_patterns() -> None:
-    from nodecompat.lint import attribute_declared
+    from nodecompat.engine.lint import attribute_declared
 
     declared = ["enabled", "hugepages-<size>", "hugepages-<size>.free"]
     assert attribute_declared(declared, "hugepages-1Gi")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodecompat.spec import SpecError, parse_spec
+from nodecompat.engine.spec import SpecError, parse_spec
 
 HEAD = (
     "version: v1alpha1\ncompatibilities:\n- rules:\n  - name: r\n"

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from support_specs import GPU_SPEC
 
-from nodecompat import spec_load
-from nodecompat.spec import SpecError, load_document, parse_spec
-from nodecompat.spec_load import DUPS, LoadError, Scalar
+from nodecompat.engine import spec_load
+from nodecompat.engine.spec import SpecError, load_document, parse_spec
+from nodecompat.engine.spec_load import DUPS, LoadError, Scalar
 
 
 def _load(text: str, **kw: Any) -> Any:

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from nodecompat.limits import MAX_SPEC_BYTES
+from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci import mediatypes as mt
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.discovery import classify_referrers, open_repository, parse_created, resolve

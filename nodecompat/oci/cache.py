@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-from nodecompat.limits import MAX_SPEC_BYTES
+from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.discovery import Discovered, FetchedSpec, discover, fetch_artifact_spec, open_repository
 from nodecompat.oci.errors import InvalidArgumentError

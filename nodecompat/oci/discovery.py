@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from nodecompat.limits import MAX_SPEC_BYTES
+from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci import mediatypes as mt
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.errors import InvalidArgumentError, NotFoundError, UnavailableError

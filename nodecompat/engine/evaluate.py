@@ -22,13 +22,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from nodecompat.expressions import ANY, DOES_NOT_EXIST, EXISTS, MatchExpression
-from nodecompat.features import Features
-from nodecompat.limits import MAX_ACTUAL_NAMES, MAX_ECHOED, MAX_EVAL_WARNINGS
-from nodecompat.matcher import ColumnCache, MultiResult, NamesResult, Outcome, match_multi, match_names_multi
-from nodecompat.nfd_output import NfdRule, NfdSet, TermEval, nfd_json
-from nodecompat.spec import RULE_BACKREF_FEATURE, FeatureTerm, Rule, Spec
-from nodecompat.verdict import (
+from nodecompat.engine.expressions import ANY, DOES_NOT_EXIST, EXISTS, MatchExpression
+from nodecompat.engine.limits import MAX_ACTUAL_NAMES, MAX_ECHOED, MAX_EVAL_WARNINGS
+from nodecompat.engine.matcher import ColumnCache, MultiResult, NamesResult, Outcome, match_multi, match_names_multi
+from nodecompat.engine.nfd_output import NfdRule, NfdSet, TermEval, nfd_json
+from nodecompat.engine.spec import RULE_BACKREF_FEATURE, FeatureTerm, Rule, Spec
+from nodecompat.engine.verdict import (
     ExpressionVerdict,
     MatchAnyVerdict,
     RuleVerdict,
@@ -36,6 +35,7 @@ from nodecompat.verdict import (
     TermVerdict,
     Verdict,
 )
+from nodecompat.features import Features
 
 
 class EvaluationTimeout(TimeoutError):

@@ -48,7 +48,7 @@ from yaml.events import (
 )
 from yaml.nodes import ScalarNode
 
-from nodecompat.limits import MAX_DEPTH, MAX_SPEC_BYTES, MAX_YAML_NODES
+from nodecompat.engine.limits import MAX_DEPTH, MAX_SPEC_BYTES, MAX_YAML_NODES
 
 # The libyaml event reader when PyYAML was built with it, else the pure-Python one (same events).
 EVENT_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

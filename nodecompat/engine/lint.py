@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from nodecompat.expressions import (
+from nodecompat.engine.expressions import (
     ANY,
     DOES_NOT_EXIST,
     EXISTS,
@@ -44,7 +44,7 @@ from nodecompat.expressions import (
     go_atoi,
     parse_version,
 )
-from nodecompat.spec import RULE_BACKREF_FEATURE, FeatureTerm, parse_spec_partial
+from nodecompat.engine.spec import RULE_BACKREF_FEATURE, FeatureTerm, parse_spec_partial
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from nodecompat.expressions import DOES_NOT_EXIST, ExpressionError, MatchExpression
-from nodecompat.limits import MAX_ECHOED
+from nodecompat.engine.expressions import DOES_NOT_EXIST, ExpressionError, MatchExpression
+from nodecompat.engine.limits import MAX_ECHOED
 
 # Evaluation errors kept per term (NFD itself stops at the first one).
 MAX_ERRORS_KEPT = MAX_ECHOED

@@ -19,9 +19,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecompat.expressions import MatchExpression, go_quote
-from nodecompat.matcher import MultiResult, NamesResult
-from nodecompat.spec import Compatibility, FeatureTerm
+from nodecompat.engine.expressions import MatchExpression, go_quote
+from nodecompat.engine.matcher import MultiResult, NamesResult
+from nodecompat.engine.spec import Compatibility, FeatureTerm
 
 
 @dataclass

@@ -7,12 +7,12 @@ its location (strict mode). `nfd_compat=True` accepts what NFD accepts: unknown 
 detected expression problems are listed in `Spec.warnings` ("tolerated: ...") and the lazy ones
 error only when evaluated, exactly as in NFD.
 
-Loading (nodecompat.spec_load) is defensive because specs come from registries: the size is
+Loading (nodecompat.engine.spec_load) is defensive because specs come from registries: the size is
 checked before parsing, nesting depth and a node budget that counts alias expansion (billion
 laughs) are enforced while composing from libyaml's event stream, and scalars keep their YAML
 spelling so that `value: [1.10]`, which Go's YAML layer turns into the string "1.1", can be
 flagged. The builder then caps the spec's complexity (sets, rules, terms, expressions, values,
-regexes; nodecompat.limits) in both modes, so evaluation of any accepted spec stays cheap.
+regexes; nodecompat.engine.limits) in both modes, so evaluation of any accepted spec stays cheap.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecompat.expressions import MatchExpression
-from nodecompat.limits import (
+from nodecompat.engine.expressions import MatchExpression
+from nodecompat.engine.limits import (
     MAX_COMPATIBILITY_SETS,
     MAX_EXPRESSIONS,
     MAX_REGEXES,
@@ -33,8 +33,8 @@ from nodecompat.limits import (
     MAX_TERMS,
     MAX_VALUES_PER_EXPRESSION,
 )
-from nodecompat.spec_load import DUPS, LoadError, Scalar, go_string
-from nodecompat.spec_load import load_document as _load
+from nodecompat.engine.spec_load import DUPS, LoadError, Scalar, go_string
+from nodecompat.engine.spec_load import load_document as _load
 
 SPEC_VERSION = "v1alpha1"
 # The attribute feature where each rule publishes its `vars` for later rules (NFD's back-reference).
