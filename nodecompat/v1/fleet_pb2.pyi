@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from nodecompat.v1 import inventory_pb2 as _inventory_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -51,6 +52,8 @@ class ValidateFleetRequest(_message.Message):
     SELECTOR_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     NFD_COMPAT_FIELD_NUMBER: _builtins.int
+    MAX_STALENESS_SECONDS_FIELD_NUMBER: _builtins.int
+    ANSWER_SOURCE_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     spec: _builtins.str
     platform: _builtins.str
@@ -59,6 +62,12 @@ class ValidateFleetRequest(_message.Message):
     """Overall deadline for the answer; 0 means the aggregator's default."""
     nfd_compat: _builtins.bool
     """Tolerate what NFD tolerates (see ValidateImageRequest.nfd_compat)."""
+    max_staleness_seconds: _builtins.float
+    """Nodes whose inventory features are older than this (seconds) are asked live; 0 means the
+    aggregator's default (its heartbeat timeout).
+    """
+    answer_source: _inventory_pb2.AnswerSource.ValueType
+    """LIVE forces a ValidateImage call to every node; unset or INVENTORY answers from the inventory."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -76,10 +85,12 @@ class ValidateFleetRequest(_message.Message):
         selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_seconds: _builtins.float = ...,
         nfd_compat: _builtins.bool = ...,
+        max_staleness_seconds: _builtins.float = ...,
+        answer_source: _inventory_pb2.AnswerSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "source", b"source", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "nfd_compat", b"nfd_compat", "plain_http", b"plain_http", "platform", b"platform", "selector", b"selector", "source", b"source", "spec", b"spec", "tags", b"tags", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_source", b"answer_source", "image", b"image", "max_staleness_seconds", b"max_staleness_seconds", "nfd_compat", b"nfd_compat", "plain_http", b"plain_http", "platform", b"platform", "selector", b"selector", "source", b"source", "spec", b"spec", "tags", b"tags", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["image", "spec"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -121,6 +132,9 @@ class NodeResult(_message.Message):
     LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     address: _builtins.str
     compatible: _builtins.bool
@@ -130,11 +144,18 @@ class NodeResult(_message.Message):
     error: _builtins.str
     latency_seconds: _builtins.float
     attempts: _builtins.int
+    source: _inventory_pb2.AnswerSource.ValueType
+    fingerprint: _builtins.str
+    """Fingerprint of the node's feature set (inventory answers)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Why an incompatible node fails, one line per failed expression of the best set."""
+
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """Probe time of the features the answer was computed from."""
 
     def __init__(
         self,
@@ -149,10 +170,13 @@ class NodeResult(_message.Message):
         latency_seconds: _builtins.float = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         attempts: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        source: _inventory_pb2.AnswerSource.ValueType = ...,
+        fingerprint: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attempts", b"attempts", "compatible", b"compatible", "error", b"error", "labels", b"labels", "latency_seconds", b"latency_seconds", "node_name", b"node_name", "reasons", b"reasons", "score", b"score", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "as_of", b"as_of", "attempts", b"attempts", "compatible", b"compatible", "error", b"error", "fingerprint", b"fingerprint", "labels", b"labels", "latency_seconds", b"latency_seconds", "node_name", b"node_name", "reasons", b"reasons", "score", b"score", "source", b"source", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -197,14 +221,29 @@ class FleetSummary(_message.Message):
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     ARTIFACT_DIGEST_FIELD_NUMBER: _builtins.int
     WALL_SECONDS_FIELD_NUMBER: _builtins.int
+    WHY_NOT_FIELD_NUMBER: _builtins.int
+    FROM_INVENTORY_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    PROBE_FAILED_FIELD_NUMBER: _builtins.int
+    DISTINCT_FEATURE_SETS_FIELD_NUMBER: _builtins.int
     compatible: _builtins.int
     incompatible: _builtins.int
     failed: _builtins.int
     image_digest: _builtins.str
     artifact_digest: _builtins.str
     wall_seconds: _builtins.float
+    from_inventory: _builtins.int
+    live: _builtins.int
+    probe_failed: _builtins.int
+    """Nodes where some probe failed (their facts are partly unknown)."""
+    distinct_feature_sets: _builtins.int
+    """Distinct feature sets among the nodes answered from the inventory."""
     @_builtins.property
     def ranking(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedNode]: ...
+    @_builtins.property
+    def why_not(self) -> _containers.RepeatedCompositeFieldContainer[_inventory_pb2.SetExclusions]:
+        """Per compatibility set: what excluded how many nodes (nodecompat.fleet.whynot)."""
+
     def __init__(
         self,
         *,
@@ -215,10 +254,15 @@ class FleetSummary(_message.Message):
         image_digest: _builtins.str = ...,
         artifact_digest: _builtins.str = ...,
         wall_seconds: _builtins.float = ...,
+        why_not: _abc.Iterable[_inventory_pb2.SetExclusions] | None = ...,
+        from_inventory: _builtins.int = ...,
+        live: _builtins.int = ...,
+        probe_failed: _builtins.int = ...,
+        distinct_feature_sets: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_digest", b"artifact_digest", "compatible", b"compatible", "failed", b"failed", "image_digest", b"image_digest", "incompatible", b"incompatible", "ranking", b"ranking", "wall_seconds", b"wall_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_digest", b"artifact_digest", "compatible", b"compatible", "distinct_feature_sets", b"distinct_feature_sets", "failed", b"failed", "from_inventory", b"from_inventory", "image_digest", b"image_digest", "incompatible", b"incompatible", "live", b"live", "probe_failed", b"probe_failed", "ranking", b"ranking", "wall_seconds", b"wall_seconds", "why_not", b"why_not"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from nodecompat.v1 import fleet_pb2 as nodecompat_dot_v1_dot_fleet__pb2
+from nodecompat.v1 import inventory_pb2 as nodecompat_dot_v1_dot_inventory__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -54,6 +55,16 @@ class FleetServiceStub:
                 request_serializer=nodecompat_dot_v1_dot_fleet__pb2.DeregisterNodeRequest.SerializeToString,
                 response_deserializer=nodecompat_dot_v1_dot_fleet__pb2.DeregisterNodeResponse.FromString,
                 _registered_method=True)
+        self.WatchFleet = channel.unary_stream(
+                '/nodecompat.v1.FleetService/WatchFleet',
+                request_serializer=nodecompat_dot_v1_dot_inventory__pb2.WatchFleetRequest.SerializeToString,
+                response_deserializer=nodecompat_dot_v1_dot_inventory__pb2.WatchFleetResponse.FromString,
+                _registered_method=True)
+        self.WhatIf = channel.unary_unary(
+                '/nodecompat.v1.FleetService/WhatIf',
+                request_serializer=nodecompat_dot_v1_dot_inventory__pb2.WhatIfRequest.SerializeToString,
+                response_deserializer=nodecompat_dot_v1_dot_inventory__pb2.WhatIfResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -85,6 +96,20 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchFleet(self, request, context):
+        """The initial fit set of an image, then one event per node transition as the inventory changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhatIf(self, request, context):
+        """Many specs against every selected node in one call (the pre-migration check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +132,16 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.DeregisterNode,
                     request_deserializer=nodecompat_dot_v1_dot_fleet__pb2.DeregisterNodeRequest.FromString,
                     response_serializer=nodecompat_dot_v1_dot_fleet__pb2.DeregisterNodeResponse.SerializeToString,
+            ),
+            'WatchFleet': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchFleet,
+                    request_deserializer=nodecompat_dot_v1_dot_inventory__pb2.WatchFleetRequest.FromString,
+                    response_serializer=nodecompat_dot_v1_dot_inventory__pb2.WatchFleetResponse.SerializeToString,
+            ),
+            'WhatIf': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhatIf,
+                    request_deserializer=nodecompat_dot_v1_dot_inventory__pb2.WhatIfRequest.FromString,
+                    response_serializer=nodecompat_dot_v1_dot_inventory__pb2.WhatIfResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +252,60 @@ class FleetService:
             '/nodecompat.v1.FleetService/DeregisterNode',
             nodecompat_dot_v1_dot_fleet__pb2.DeregisterNodeRequest.SerializeToString,
             nodecompat_dot_v1_dot_fleet__pb2.DeregisterNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchFleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nodecompat.v1.FleetService/WatchFleet',
+            nodecompat_dot_v1_dot_inventory__pb2.WatchFleetRequest.SerializeToString,
+            nodecompat_dot_v1_dot_inventory__pb2.WatchFleetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhatIf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nodecompat.v1.FleetService/WhatIf',
+            nodecompat_dot_v1_dot_inventory__pb2.WhatIfRequest.SerializeToString,
+            nodecompat_dot_v1_dot_inventory__pb2.WhatIfResponse.FromString,
             options,
             channel_credentials,
             insecure,

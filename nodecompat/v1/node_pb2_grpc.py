@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from nodecompat.v1 import features_pb2 as nodecompat_dot_v1_dot_features__pb2
+from nodecompat.v1 import inventory_pb2 as nodecompat_dot_v1_dot_inventory__pb2
 from nodecompat.v1 import node_pb2 as nodecompat_dot_v1_dot_node__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -45,6 +46,11 @@ class NodeServiceStub:
                 request_serializer=nodecompat_dot_v1_dot_node__pb2.ValidateImageRequest.SerializeToString,
                 response_deserializer=nodecompat_dot_v1_dot_node__pb2.ValidateImageResponse.FromString,
                 _registered_method=True)
+        self.WatchFeatures = channel.unary_stream(
+                '/nodecompat.v1.NodeService/WatchFeatures',
+                request_serializer=nodecompat_dot_v1_dot_inventory__pb2.WatchFeaturesRequest.SerializeToString,
+                response_deserializer=nodecompat_dot_v1_dot_inventory__pb2.WatchFeaturesResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -62,6 +68,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchFeatures(self, request, context):
+        """The current features first (round id, time, fingerprint), then one message per probe round whose
+        features differ, and heartbeats while nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +88,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ValidateImage,
                     request_deserializer=nodecompat_dot_v1_dot_node__pb2.ValidateImageRequest.FromString,
                     response_serializer=nodecompat_dot_v1_dot_node__pb2.ValidateImageResponse.SerializeToString,
+            ),
+            'WatchFeatures': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchFeatures,
+                    request_deserializer=nodecompat_dot_v1_dot_inventory__pb2.WatchFeaturesRequest.FromString,
+                    response_serializer=nodecompat_dot_v1_dot_inventory__pb2.WatchFeaturesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +149,33 @@ class NodeService:
             '/nodecompat.v1.NodeService/ValidateImage',
             nodecompat_dot_v1_dot_node__pb2.ValidateImageRequest.SerializeToString,
             nodecompat_dot_v1_dot_node__pb2.ValidateImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nodecompat.v1.NodeService/WatchFeatures',
+            nodecompat_dot_v1_dot_inventory__pb2.WatchFeaturesRequest.SerializeToString,
+            nodecompat_dot_v1_dot_inventory__pb2.WatchFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,
