@@ -17,6 +17,7 @@ import zlib
 
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes import parsecache
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 OSRELEASE = "/proc/sys/kernel/osrelease"
@@ -96,6 +97,26 @@ def read_kconfig(
             text = host.read_text(p)
             if text is not None and host.path(p).is_file():
                 return p, text
+    return None
+
+
+def kconfig(host: HostRoot, version: str | None, config_file: str | None = None) -> tuple[str, dict[str, str]] | None:
+    """(host path, parsed config) of the first readable kernel config, or None (read_kconfig + parse_kconfig).
+
+    The parse is kept between rounds while the file's identity (inode, size, mtime) is unchanged
+    (probes/parsecache.py); the returned dict is shared and must not be changed."""
+    paths = ([config_file] if config_file else []) + kconfig_search_paths(version)
+    for p in paths:
+        if parsecache.identity(host, p) is None:  # missing, or not a regular file
+            continue
+
+        def parse(p: str = p) -> dict[str, str] | None:
+            found = read_kconfig(host, None, p)
+            return None if found is None or found[0] != p else parse_kconfig(found[1])
+
+        cfg = parsecache.parsed(host, p, "kconfig", parse)
+        if cfg is not None:
+            return p, cfg
     return None
 
 
@@ -179,11 +200,11 @@ class KernelProbe(Probe):
         else:
             out.notes.append(f"{OSRELEASE} unreadable: kernel.version unknown")
 
-        found = read_kconfig(host, version, self.kconfig_file)
+        found = kconfig(host, version, self.kconfig_file)
         if found is None:
             out.notes.append("no readable kernel config (/proc/config.gz, /boot/config-<v>, ...)")
         else:
-            f.add_attributes("kernel.config", parse_kconfig(found[1]))
+            f.add_attributes("kernel.config", found[1])
 
         loaded: set[str] = set()
         modules = host.read_text(MODULES)

@@ -7,9 +7,10 @@ into a failed probe status.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from nodecompat.probes.base import FeatureInfo, Probe
 
@@ -22,13 +23,20 @@ class LoadError:
     error: str
 
 
+@functools.cache
+def _entry_points() -> tuple[EntryPoint, ...]:
+    """The group's entry points, sorted by name: scanned once per process (the scan of every
+    installed distribution's metadata costs more than a probe round)."""
+    return tuple(sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name))
+
+
 def load_probes(only: Iterable[str] | None = None) -> tuple[list[Probe], list[LoadError]]:
     """Instantiate every registered probe (or only the named ones), sorted by name."""
     wanted = set(only) if only is not None else None
     probes: list[Probe] = []
     errors: list[LoadError] = []
     seen: set[str] = set()
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in _entry_points():
         if ep.name in seen or (wanted is not None and ep.name not in wanted):
             continue
         seen.add(ep.name)

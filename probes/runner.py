@@ -1,18 +1,30 @@
-"""Running a probe round: every probe in its own thread, each bounded by its timeout.
+"""Running a probe round: probes one after another on one worker thread, each bounded by its timeout.
 
-Python cannot kill a thread, so a probe that hangs (a sysfs read stuck in a driver, NVML waiting on
-a wedged GPU) is abandoned: its status says it timed out, the other probes' features are delivered,
-and while the hung call is still running the probe is not started again (its status says so), so a
-stuck probe costs one thread, not one per round.
+Why hand-written rather than a ThreadPoolExecutor: Python cannot kill a thread, and an executor would
+either give every probe a thread (most of a round's cost on two cores: 9 threads fighting for the GIL
+cost 3x the probes' own work) or let one hung probe block the ones queued behind it. Here one
+long-lived worker runs the round's probes in order while the caller watches the clock: a probe that
+runs past its timeout (a sysfs read stuck in a driver, NVML waiting on a wedged GPU) is abandoned
+with its worker — its status says it timed out — and a fresh worker carries on with the probes that
+follow, so the other probes' features are still delivered. While the hung call is still running the
+probe is not started again (its status says so), so a stuck probe costs one thread, not one per
+round, and a round where nothing hangs starts no thread at all after the first.
+
+Within one round the probes share a read-through memo of the host (`_RoundHost`): the PCI and GPU
+probes walk the same sysfs tree, and a file read twice in one round is read once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -54,31 +66,126 @@ class ProbeRound:
         return out
 
 
+@dataclass(frozen=True)
+class _RoundHost(HostRoot):
+    """The round's host: every read goes to HostRoot once per round, then comes from the memo."""
+
+    memo: dict[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def over(cls, host: HostRoot) -> _RoundHost:
+        return cls(**{f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.init})
+
+    def _get(self, kind: str, host_path: str | os.PathLike[str], read: Callable[[Any], Any]) -> Any:
+        key = (kind, os.fspath(host_path))
+        try:
+            return self.memo[key]
+        except KeyError:
+            value = self.memo[key] = read(host_path)
+            return value
+
+    def read_text(self, host_path: str | os.PathLike[str]) -> str | None:
+        return cast("str | None", self._get("t", host_path, super().read_text))
+
+    def read_bytes(self, host_path: str | os.PathLike[str]) -> bytes | None:
+        return cast("bytes | None", self._get("b", host_path, super().read_bytes))
+
+    def exists(self, host_path: str | os.PathLike[str]) -> bool:
+        return cast(bool, self._get("e", host_path, super().exists))
+
+    def listdir(self, host_path: str | os.PathLike[str]) -> list[str]:
+        return list(self._get("l", host_path, super().listdir))
+
+    def link_target_name(self, host_path: str | os.PathLike[str]) -> str | None:
+        return cast("str | None", self._get("k", host_path, super().link_target_name))
+
+    def path(self, host_path: str | os.PathLike[str]) -> Path:
+        return cast(Path, self._get("p", host_path, super().path))
+
+
 class _Call:
-    def __init__(self, probe: Probe, host: HostRoot) -> None:
+    """One probe's call in a round: filled in by the worker, read by the round."""
+
+    __slots__ = ("error", "finished", "output", "probe", "started", "worker")
+
+    def __init__(self, probe: Probe) -> None:
         self.probe = probe
         self.output: ProbeOutput | None = None
         self.error: BaseException | None = None
-        self.started = time.monotonic()
+        self.started: float | None = None
         self.finished: float | None = None
-        # Carry the caller's trace context into the probe thread so probe spans nest under the RPC span.
-        self._otel_ctx = otel_context.get_current()
-        self.thread = threading.Thread(
-            target=self._run, args=(host,), name=f"probe-{probe.name}", daemon=True
-        )
+        self.worker: _Worker | None = None
 
-    def _run(self, host: HostRoot) -> None:
-        otel_context.attach(self._otel_ctx)
-        with _tracer.start_as_current_span(f"probe {self.probe.name}") as span:
-            span.set_attribute("nodecompat.probe", self.probe.name)
+    @property
+    def done(self) -> bool:
+        return self.finished is not None
+
+
+class _Worker:
+    """A thread running batches of probe calls in order; abandoned (never reused) once a call hangs."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.batch: list[_Call] = []
+        self.host: HostRoot | None = None
+        self.ctx: otel_context.Context | None = None
+        self.abandoned = False
+        self.current: _Call | None = None
+        self.thread = threading.Thread(target=self._loop, name="probe-worker", daemon=True)
+        self.thread.start()
+
+    def submit(self, calls: list[_Call], host: HostRoot, ctx: otel_context.Context) -> None:
+        with self.cond:
+            self.batch, self.host, self.ctx = list(calls), host, ctx
+            for c in calls:
+                c.worker = self
+            self.cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.batch and not self.abandoned:
+                    self.cond.wait()
+                if self.abandoned and not self.batch:
+                    return
+                batch, host, ctx = self.batch, self.host, self.ctx
+                self.batch = []
+            assert host is not None and ctx is not None
+            token = otel_context.attach(ctx)  # probe spans nest under the caller's span
             try:
-                self.output = self.probe.discover(host)
-            except BaseException as exc:  # isolate everything, including SystemExit from a plugin
-                self.error = exc
-                span.record_exception(exc)
-                span.set_status(trace.StatusCode.ERROR, str(exc))
+                for call in batch:
+                    with self.cond:
+                        if self.abandoned:  # the round moved the rest to a fresh worker
+                            return
+                        self.current = call
+                        call.started = time.monotonic()
+                    _discover(call, host)
+                    with self.cond:
+                        call.finished = time.monotonic()
+                        self.current = None
+                        self.cond.notify_all()
             finally:
-                self.finished = time.monotonic()
+                otel_context.detach(token)
+
+    def abandon(self) -> None:
+        with self.cond:
+            self.abandoned = True
+            self.batch = []
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        self.abandon()
+
+
+def _discover(call: _Call, host: HostRoot) -> None:
+    with _tracer.start_as_current_span(f"probe {call.probe.name}") as span:
+        span.set_attribute("nodecompat.probe", call.probe.name)
+        try:
+            call.output = call.probe.discover(host)
+        except BaseException as exc:  # isolate everything, including SystemExit from a plugin
+            call.error = exc
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, str(exc))
 
 
 class ProbeRunner:
@@ -97,20 +204,60 @@ class ProbeRunner:
         self.timeout_override = timeout
         self._hung: dict[str, _Call] = {}
         self._lock = threading.Lock()
+        self._worker: _Worker | None = None
 
     def _timeout(self, probe: Probe) -> float:
         return self.timeout_override if self.timeout_override is not None else probe.timeout
 
+    def close(self) -> None:
+        """Let the worker thread end (a runner that is dropped without close() leaves one idle daemon thread)."""
+        with self._lock:
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
+
     def run(self) -> ProbeRound:
         with self._lock, _tracer.start_as_current_span("probe round"):
             return self._run_locked()
+
+    def _run_calls(self, calls: list[_Call], host: HostRoot) -> None:
+        """Run `calls` in order on the worker; a call past its timeout is left behind with its worker."""
+        ctx = otel_context.get_current()
+        todo = calls
+        while todo:
+            if self._worker is None:
+                self._worker = _Worker()
+            worker = self._worker
+            worker.submit(todo, host, ctx)
+            with worker.cond:
+                while True:
+                    if all(c.done for c in todo):
+                        todo = []
+                        break
+                    cur = worker.current
+                    if cur is None or cur.started is None:
+                        worker.cond.wait(0.05)
+                        continue
+                    left = cur.started + self._timeout(cur.probe) - time.monotonic()
+                    if left > 0:
+                        worker.cond.wait(left)
+                        continue
+                    # `cur` hung: leave it (and this worker) behind; the rest go to a fresh worker.
+                    worker.abandoned = True
+                    worker.batch = []
+                    worker.cond.notify_all()
+                    i = todo.index(cur)
+                    todo = [c for c in todo[i + 1 :] if c.started is None]
+                    self._worker = None
+                    break
 
     def _run_locked(self) -> ProbeRound:
         statuses: dict[str, ProbeStatus] = {}
         calls: list[_Call] = []
         for probe in self.probes:
             prev = self._hung.get(probe.name)
-            if prev is not None and prev.thread.is_alive():
+            if prev is not None and not prev.done:
+                assert prev.started is not None
                 statuses[probe.name] = ProbeStatus(
                     probe.name,
                     ok=False,
@@ -121,28 +268,27 @@ class ProbeRunner:
                 )
                 continue
             self._hung.pop(probe.name, None)
-            call = _Call(probe, self.host)
-            call.thread.start()
-            calls.append(call)
+            calls.append(_Call(probe))
 
-        for call in calls:
-            remaining = self._timeout(call.probe) - (time.monotonic() - call.started)
-            call.thread.join(max(0.0, remaining))
+        self._run_calls(calls, _RoundHost.over(self.host))
 
         features = Features()
+        taken: set[str] = set()
+        now = time.monotonic()
         for call in calls:
             p = call.probe
-            st = ProbeStatus(p.name, ok=False, features=p.feature_names())
-            if call.thread.is_alive():
+            declared = p.feature_names()
+            st = ProbeStatus(p.name, ok=False, features=declared)
+            if not call.done:
                 self._hung[p.name] = call
                 st.timed_out = True
-                st.duration_seconds = time.monotonic() - call.started
+                st.duration_seconds = now - (call.started or now)
                 st.error = f"timed out after {self._timeout(p):g}s (probe hung; abandoned)"
             elif call.error is not None:
-                st.duration_seconds = (call.finished or time.monotonic()) - call.started
+                st.duration_seconds = (call.finished or now) - (call.started or now)
                 st.error = f"{type(call.error).__name__}: {call.error}"
             else:
-                st.duration_seconds = (call.finished or time.monotonic()) - call.started
+                st.duration_seconds = (call.finished or now) - (call.started or now)
                 problem = _check_output(p, call.output)
                 if problem:
                     st.error = problem
@@ -150,17 +296,41 @@ class ProbeRunner:
                     assert isinstance(call.output, ProbeOutput)
                     st.ok = True
                     st.notes = list(call.output.notes)
-                    undeclared = call.output.features.names() - set(p.feature_names())
+                    undeclared = call.output.features.names() - set(declared)
                     if undeclared:
                         st.notes.append(
                             f"dropped features the probe does not declare: {', '.join(sorted(undeclared))}"
                         )
-                    features.merge(call.output.features.subset(p.feature_names()))
+                    if type(p).__module__.startswith("nodecompat.probes."):
+                        _take(features, call.output.features, declared, taken)
+                    else:  # a plugin may keep and change what it returned: copy it
+                        features.merge(call.output.features.subset(declared))
+                        taken.update(declared)
             statuses[p.name] = st
         for le in self.load_errors:
             statuses[le.name] = ProbeStatus(le.name, ok=False, error=le.error)
         ordered = [statuses[k] for k in sorted(statuses)]
         return ProbeRound(features=features, statuses=ordered, probed_at=datetime.now(UTC))
+
+
+def _take(into: Features, out: Features, declared: list[str], taken: set[str]) -> None:
+    """Move the declared features of a finished probe's output into the round's features.
+
+    For built-in probes only: their output is a fresh object dropped after this, so a feature no earlier probe
+    delivered is moved as-is instead of copied element by element (kernel.config has thousands);
+    only a feature two probes both deliver is merged (Features.merge: later values win)."""
+    keep = set(declared)
+    for kind in ("flags", "attributes", "instances"):
+        src = getattr(out, kind)
+        dst = getattr(into, kind)
+        for name, feat in src.items():
+            if name not in keep:
+                continue
+            if name in taken or name in dst:
+                into.merge(Features(**{kind: {name: feat}}))
+            else:
+                dst[name] = feat
+            taken.add(name)
 
 
 def _check_output(probe: Probe, output: object) -> str:
@@ -179,4 +349,8 @@ def probe_once(host: HostRoot, only: Iterable[str] | None = None, timeout: float
     from nodecompat.probes.registry import load_probes
 
     probes, errors = load_probes(only)
-    return ProbeRunner(probes, host, errors, timeout=timeout).run()
+    runner = ProbeRunner(probes, host, errors, timeout=timeout)
+    try:
+        return runner.run()
+    finally:
+        runner.close()

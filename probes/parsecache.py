@@ -1,0 +1,62 @@
+"""Parses of host files kept between probe rounds while the file is unchanged (same identity).
+
+A file's identity is (device, inode, size, mtime in ns) from one stat(): a kernel config does not
+change while the kernel runs, but parsing its ~7,000 lines is most of a kernel probe's round, so
+the parse is reused until the file is replaced or rewritten. Bounded: at most MAX_ENTRIES files.
+Hand-written (functools.lru_cache cannot key on a stat result taken at call time).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
+
+from nodecompat.hostroot import HostRoot
+
+T = TypeVar("T")
+MAX_ENTRIES = 32
+
+_lock = threading.Lock()
+_cache: OrderedDict[tuple[str, str], tuple[tuple[int, int, int, int], object]] = OrderedDict()
+
+
+def identity(host: HostRoot, host_path: str) -> tuple[int, int, int, int] | None:
+    """(st_dev, st_ino, st_size, st_mtime_ns) of a regular host file, or None when it is not one."""
+    try:
+        st = os.stat(host.path(host_path))
+    except (OSError, ValueError):
+        return None
+    if (st.st_mode & 0o170000) != 0o100000:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def parsed(host: HostRoot, host_path: str, kind: str, parse: Callable[[], T]) -> T:
+    """`parse()` of the file at `host_path`, reused while the file's identity is unchanged.
+
+    `kind` names the parse (two parsers of one file do not share an entry). The result is shared
+    between rounds: callers must not change it."""
+    ident = identity(host, host_path)
+    key = (os.fspath(host.path(host_path)), kind)
+    if ident is not None:
+        with _lock:
+            hit = _cache.get(key)
+            if hit is not None and hit[0] == ident:
+                _cache.move_to_end(key)
+                return hit[1]  # type: ignore[return-value]
+    value = parse()
+    if ident is not None and identity(host, host_path) == ident:  # unchanged while we parsed it
+        with _lock:
+            _cache[key] = (ident, value)
+            _cache.move_to_end(key)
+            while len(_cache) > MAX_ENTRIES:
+                _cache.popitem(last=False)
+    return value
+
+
+def clear() -> None:
+    with _lock:
+        _cache.clear()
