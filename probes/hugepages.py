@@ -116,7 +116,7 @@ class HugepagesProbe(Probe):
 
     def discover(self, host: HostRoot) -> ProbeOutput:
         out = ProbeOutput(Features())
-        if not host.path(GLOBAL).is_dir():
+        if not host.is_dir(GLOBAL):
             out.notes.append(f"{GLOBAL} is missing: no hugepages support, memory.hugepages left out")
         else:
             attrs: dict[str, str] = {}

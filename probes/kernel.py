@@ -95,7 +95,7 @@ def read_kconfig(
                 continue
         else:
             text = host.read_text(p)
-            if text is not None and host.path(p).is_file():
+            if text is not None and host.is_file(p):
                 return p, text
     return None
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nodecompat.features import Features
-from nodecompat.hostroot import HostRoot
+from nodecompat.hostroot import HostPathEscape, HostRoot
 from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
 
 MAX_FILE_SIZE = 64 * 1024
@@ -116,13 +116,16 @@ class LocalProbe(Probe):
         features: dict[str, str] = {}
         labels: dict[str, str] = {}
         base = host.features_d.rstrip("/")
-        if not host.path(base).is_dir():
+        if not host.is_dir(base):
             out.notes.append(f"feature file directory {base} does not exist")
         for name, path in host.iterdir(base):
             if name.startswith("."):
                 continue
-            try:
-                st = host.path(path).stat()
+            try:  # an entry must stay inside features.d (a link to /etc/shadow is refused, said here)
+                st = host.stat(path, within=base)
+            except HostPathEscape as exc:
+                out.notes.append(str(exc))
+                continue
             except OSError as exc:
                 out.notes.append(f"{path}: cannot stat: {exc.strerror}")
                 continue
@@ -131,7 +134,7 @@ class LocalProbe(Probe):
             if st.st_size > MAX_FILE_SIZE:
                 out.notes.append(f"{path}: ignored, {st.st_size} bytes > {MAX_FILE_SIZE}")
                 continue
-            text = host.read_text(path)
+            text = host.read_text(path, within=base)
             if text is None:
                 out.notes.append(f"{path}: unreadable")
                 continue

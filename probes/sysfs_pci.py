@@ -110,7 +110,7 @@ def pci_address_of(host: HostRoot, host_path: str) -> str | None:
     take the nearest path component that looks like a BDF.
     """
     try:
-        real = host.path(host_path).resolve(strict=True)
+        real = host.host_resolve(host_path, strict=True)
     except (OSError, RuntimeError):  # missing, or a symlink loop (RuntimeError before 3.13)
         return None
     for part in reversed(PurePosixPath(real).parts):
