@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "nodecompat.clients.cmd_attach",
     "nodecompat.clients.cmd_aggregator",
     "nodecompat.clients.cmd_fleet",
+    "nodecompat.clients.cmd_whatif",
 )
 
 

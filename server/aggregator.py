@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
 from nodecompat.engine.spec import SpecError, parse_spec
+from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
@@ -38,7 +39,7 @@ from nodecompat.server.fleet_nodes import (
 )
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
 from nodecompat.server.node_service import RegistryOptions
-from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, validation_pb2
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -51,53 +52,6 @@ HEALTH_STALE_AFTER = 10.0  # ListNodes health-checks nodes not heard from for th
 def deadline_margin(left: float) -> float:
     """How much earlier than the caller's deadline the summary is sent (transit time for it)."""
     return min(1.0, max(0.05, 0.1 * left))
-
-
-def failure_reasons(report: validation_pb2.ValidationReport) -> list[str]:
-    """One line per failed expression of the best failing set (most rules matched, weight, order)."""
-    if any(s.passed for s in report.sets):
-        return []
-    if not report.sets:
-        return ["no compatibility set was evaluated (do the --tags select any set?)"]
-    best = max(
-        report.sets,
-        key=lambda s: (s.rules_matched / s.rules_total if s.rules_total else 0.0, s.weight, -s.index),
-    )
-    label = f"set {best.index}" + (f" ({best.description})" if best.description else "")
-    lines: list[str] = []
-    for rule in best.rules:
-        if rule.matched:
-            continue
-        where = f"{label}, rule {rule.name or '?'}"
-        for term in rule.match_features:
-            lines.extend(f"{where}: {r}" for r in _term_reasons(term))
-        failed_any = [m for m in rule.match_any if not m.matched]
-        if rule.match_any and len(failed_any) == len(rule.match_any):
-            for i, alt in enumerate(rule.match_any):
-                for term in alt.terms:
-                    lines.extend(f"{where}, matchAny[{i}]: {r}" for r in _term_reasons(term))
-        if not any(line.startswith(where) for line in lines):
-            lines.append(f"{where}: did not match" + (" (facts unknown)" if rule.unknown else ""))
-    return lines
-
-
-def _term_reasons(term: validation_pb2.TermVerdict) -> list[str]:
-    if term.matched:
-        return []
-    out = []
-    for e in term.expressions:
-        if e.matched:
-            continue
-        element = f".{e.element}" if e.element else ""
-        text = e.detail or f"{e.feature}{element} {e.op} {list(e.values)}, node has {list(e.actual)}"
-        out.append(text + (" (unknown: the probe failed)" if e.unknown and "unknown" not in text else ""))
-    if not out:
-        out.append(
-            f"{term.feature}: feature not present on the node"
-            if not term.feature_present
-            else f"{term.feature}: no element matched"
-        )
-    return out
 
 
 @dataclass
