@@ -84,10 +84,14 @@ class _RoundHost(HostRoot):
             value = self.memo[key] = read(host_path)
             return value
 
-    def read_text(self, host_path: str | os.PathLike[str]) -> str | None:
+    def read_text(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> str | None:
+        if within is not None:  # confined reads (features.d) are not memoized: the key would need `within`
+            return super().read_text(host_path, within=within)
         return cast("str | None", self._get("t", host_path, super().read_text))
 
-    def read_bytes(self, host_path: str | os.PathLike[str]) -> bytes | None:
+    def read_bytes(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> bytes | None:
+        if within is not None:
+            return super().read_bytes(host_path, within=within)
         return cast("bytes | None", self._get("b", host_path, super().read_bytes))
 
     def exists(self, host_path: str | os.PathLike[str]) -> bool:
