@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
 from nodecompat.engine.spec import SpecError, parse_spec
@@ -211,22 +210,8 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             return
         left = context.time_remaining()
         timeout = self.options.health_timeout if left is None else min(self.options.health_timeout, left / 2)
-        calls = []
-        with self.fanout.pool.in_use(stale):
-            for address in stale:
-                try:
-                    stub = self.fanout.pool.health_stub(address)
-                    calls.append((address, stub.Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)))
-                except Exception as exc:
-                    self.inventory.record_contact(address, "INTERNAL")
-                    log.warning("health check of %s: %s", address, exc)
-            for address, fut in calls:
-                try:
-                    resp = fut.result()
-                    health = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-                except grpc.RpcError as exc:
-                    health = exc.code().name
-                self.inventory.record_contact(address, health)
+        for address, health in self.fanout.pool.check_health(stale, timeout).items():
+            self.inventory.record_contact(address, health)
 
     # -- registration ------------------------------------------------------------------------------
     def RegisterNode(

@@ -1,24 +1,30 @@
 """Fan one ValidateImage out to many node daemons and account for every node, within a deadline.
 
-Why hand-written rather than a thread pool map: the guarantees are the point. Calls are gRPC futures
-driven by one scheduler loop on the caller's thread, so 1,000 nodes cost no threads; at most
+Why hand-written rather than a pool map: the guarantees are the point. Calls are grpc.aio calls
+driven by one scheduler coroutine on the pool's event loop, so 10,000 nodes cost no threads (a sync
+gRPC channel starts a polling thread per idle channel; aio channels share the loop); at most
 `concurrency` are in flight; each node has its own deadline (from its first attempt, `node_timeout`,
 never past the overall deadline); UNAVAILABLE (refused, reset, daemon gone) is retried once after a
-short backoff when the node's time allows; results are yielded as they complete; and when the overall
-deadline comes, everything still queued, backing off or in flight is cancelled and reported as
-DEADLINE_EXCEEDED, so the caller is never late and no node is silently dropped.
+short backoff when the node's time allows, and due retries go before new nodes; results are yielded
+as they complete; and when the overall deadline comes, everything still queued, backing off or in
+flight is cancelled and reported as DEADLINE_EXCEEDED, so the caller is never late and no node is
+silently dropped.
 
 Channels live in a ChannelPool keyed by address and are reused between calls (connection set-up is
-most of the cost of a small RPC). The aggregator prunes the pool on every ValidateFleet and ListNodes
-so channels to nodes that left the fleet are closed; an address a call in progress still uses
-(`in_use`) is kept until a later prune, so a node leaving never cancels a call already under way.
-Each channel is wrapped by telemetry.instrument_channel, so every
-attempt opens a CLIENT span and carries W3C trace context; attempts of one node sit under a
-`fleet.node` span that is a child of the caller's span.
+most of the cost of a small RPC). The pool owns an event loop on one thread (all its channels belong to
+that loop); FanOut.run() is the blocking iterator for sync servicers, FanOut.stream() the async one
+(usable from any loop). The aggregator prunes the pool on every ValidateFleet and ListNodes so channels
+to nodes that left the fleet are closed; an address a call in progress still uses (`in_use`) is kept
+until a later prune, so a node leaving never cancels a call already under way.
+
+Tracing costs nothing when it is off. When the caller's span is recording, attempts of one node sit
+under a `fleet.node` span that is a child of the caller's span, and each attempt opens a CLIENT span
+(named like the OpenTelemetry gRPC instrumentation's) and sends W3C trace context in its metadata.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
@@ -26,21 +32,22 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
-from nodecompat.server import telemetry, tls
 from nodecompat.server.fleet_nodes import FleetNode
 from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
-from nodecompat.v1 import node_pb2, node_pb2_grpc
+from nodecompat.v1 import node_pb2
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHANNEL_OPTIONS: list[tuple[str, object]] = [
     *MESSAGE_SIZE_OPTIONS,
@@ -51,6 +58,8 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 MAX_ATTEMPTS = 2
+VALIDATE_METHOD = "/nodecompat.v1.NodeService/ValidateImage"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
 
 @dataclass(frozen=True)
@@ -80,37 +89,104 @@ class NodeOutcome:
     attempts: int = 0
 
 
+class _Entry:
+    """A pooled channel and the two method callables made on it once."""
+
+    __slots__ = ("channel", "health", "validate")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.validate = channel.unary_unary(
+            VALIDATE_METHOD,
+            request_serializer=node_pb2.ValidateImageRequest.SerializeToString,
+            response_deserializer=node_pb2.ValidateImageResponse.FromString,
+        )
+        self.health = channel.unary_unary(
+            HEALTH_METHOD,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+
 class ChannelPool:
-    """One channel (and stubs) per daemon address, reused across fleet calls; thread-safe."""
+    """One grpc.aio channel per daemon address, reused across fleet calls, on the pool's own event loop.
+
+    Thread-safe: any thread may ask for a channel, prune or close; channels are made and closed on the
+    loop thread (started on first use)."""
 
     def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.credentials = credentials
         self._lock = threading.Lock()
-        self._channels: dict[str, tuple[grpc.Channel, grpc.Channel]] = {}
+        self._entries: dict[str, _Entry] = {}
         self._busy: Counter[str] = Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
-    def channel(self, address: str) -> grpc.Channel:
+    # -- the loop ------------------------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The pool's event loop (running on its own daemon thread, started on first use)."""
         with self._lock:
-            entry = self._channels.get(address)
-            if entry is None:
-                raw = tls.open_channel(address, self.credentials, CHANNEL_OPTIONS)
-                entry = (raw, telemetry.instrument_channel(raw))
-                self._channels[address] = entry
-            return entry[1]
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
 
-    def node_stub(self, address: str) -> node_pb2_grpc.NodeServiceStub:
-        return node_pb2_grpc.NodeServiceStub(self.channel(address))
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
 
-    def health_stub(self, address: str) -> health_pb2_grpc.HealthStub:
-        return health_pb2_grpc.HealthStub(self.channel(address))
+                self._thread = threading.Thread(target=serve, name="fanout-loop", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def on_loop(self) -> bool:
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def call(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        """Run a coroutine on the pool's loop from another thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    # -- channels ------------------------------------------------------------------------------
+    def entry(self, address: str) -> _Entry:
+        """The pooled channel of `address` (made on first use); call on the pool's loop."""
+        e = self._entries.get(address)
+        if e is None:
+            with self._lock:
+                e = self._entries.get(address)
+                if e is None:
+                    if self.credentials is None:
+                        ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                    else:
+                        ch = grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
+                    e = self._entries[address] = _Entry(ch)
+        return e
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The pooled channel of `address`, from any thread (channels connect lazily)."""
+        if self.on_loop():
+            return self.entry(address).channel
+
+        async def make() -> grpc.aio.Channel:
+            return self.entry(address).channel
+
+        return self.call(make())
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._channels)
+            return len(self._entries)
 
     def addresses(self) -> set[str]:
         with self._lock:
-            return set(self._channels)
+            return set(self._entries)
 
     @contextmanager
     def in_use(self, addresses: Iterable[str]) -> Iterator[None]:
@@ -128,18 +204,61 @@ class ChannelPool:
     def prune(self, keep: set[str]) -> int:
         """Close channels to addresses not in `keep` (and not in use); returns how many were closed."""
         with self._lock:
-            gone = [a for a in self._channels if a not in keep and not self._busy[a]]
-            closing = [self._channels.pop(a)[0] for a in gone]
-        for ch in closing:
-            ch.close()
+            gone = [a for a in self._entries if a not in keep and not self._busy[a]]
+            closing = [self._entries.pop(a).channel for a in gone]
+        self._close(closing)
         return len(closing)
 
     def close(self) -> None:
         with self._lock:
-            closing = [raw for raw, _ in self._channels.values()]
-            self._channels.clear()
-        for ch in closing:
-            ch.close()
+            closing = [e.channel for e in self._entries.values()]
+            self._entries.clear()
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        self._close(closing, loop)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    def _close(self, channels: list[grpc.aio.Channel], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not channels:
+            return
+        loop = loop or self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        async def close_all() -> None:
+            await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
+
+        fut = asyncio.run_coroutine_threadsafe(close_all(), loop)
+        if not self.on_loop():
+            try:
+                fut.result(5)
+            except Exception:  # closing is best effort
+                log.debug("closing channels", exc_info=True)
+
+    # -- health --------------------------------------------------------------------------------
+    async def acheck_health(self, addresses: Sequence[str], timeout: float) -> dict[str, str]:
+        """Health/Check each address concurrently (on the pool's loop): address -> SERVING, NOT_SERVING,
+        or the gRPC status code name of the failure (UNAVAILABLE, DEADLINE_EXCEEDED, ...)."""
+
+        async def one(address: str) -> tuple[str, str]:
+            try:
+                resp = await self.entry(address).health(health_pb2.HealthCheckRequest(), timeout=timeout)
+                return address, health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.aio.AioRpcError as exc:
+                return address, exc.code().name
+            except Exception as exc:  # a bad target string: this node fails, not the call
+                log.warning("health check of %s: %s", address, exc)
+                return address, "INTERNAL"
+
+        return dict(await asyncio.gather(*(one(a) for a in addresses)))
+
+    def check_health(self, addresses: Sequence[str], timeout: float) -> dict[str, str]:
+        """acheck_health from a thread that is not the pool's loop."""
+        with self.in_use(addresses):
+            return self.call(self.acheck_health(addresses, timeout))
 
 
 @dataclass
@@ -149,13 +268,16 @@ class _NodeCall:
     started: float = 0.0
     node_deadline: float = 0.0
     attempts: int = 0
-    future: grpc.Future | None = None
+    task: asyncio.Task[Any] | None = None
     last_error: tuple[str, str] = ("", "")
     seq: int = field(default_factory=itertools.count().__next__)
 
 
+_Event = tuple[_NodeCall, str, str, "node_pb2.ValidateImageResponse | None"]  # call, code, details, response
+
+
 class FanOut:
-    """Runs one fan-out per run() call; share one FanOut (and its pool) across calls."""
+    """Runs one fan-out per run()/stream() call; share one FanOut (and its pool) across calls."""
 
     def __init__(self, pool: ChannelPool, config: FanoutConfig | None = None) -> None:
         self.pool = pool
@@ -169,51 +291,129 @@ class FanOut:
         deadline: float,
         parent: otel_context.Context | None = None,
     ) -> Iterator[NodeOutcome]:
-        """Yield one NodeOutcome per node, in completion order, all by `deadline` (time.monotonic())."""
-        with self.pool.in_use(n.address for n in nodes):
-            yield from self._run(nodes, request, deadline, parent)
+        """Yield one NodeOutcome per node, in completion order, all by `deadline` (time.monotonic()).
 
-    def _run(
+        Blocking; for threads other than the pool's loop. Closing the iterator early cancels the calls."""
+        parent = parent if parent is not None else otel_context.get_current()
+        out: queue.SimpleQueue[NodeOutcome | BaseException | None] = queue.SimpleQueue()
+
+        async def pump() -> None:
+            try:
+                async for outcome in self._run(nodes, request, deadline, parent):
+                    out.put(outcome)
+            except BaseException as exc:
+                out.put(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                out.put(None)
+
+        with self.pool.in_use(n.address for n in nodes):
+            fut = asyncio.run_coroutine_threadsafe(pump(), self.pool.loop)
+            try:
+                while True:
+                    item = out.get()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                if not fut.done():
+                    fut.cancel()
+
+    async def stream(
         self,
         nodes: Sequence[FleetNode],
         request: node_pb2.ValidateImageRequest,
         deadline: float,
-        parent: otel_context.Context | None,
-    ) -> Iterator[NodeOutcome]:
-        cfg = self.config
+        parent: otel_context.Context | None = None,
+    ) -> AsyncIterator[NodeOutcome]:
+        """run() for coroutines: on the pool's loop directly, from another loop through a queue."""
         parent = parent if parent is not None else otel_context.get_current()
-        events: queue.SimpleQueue[tuple[_NodeCall, grpc.Future]] = queue.SimpleQueue()
+        with self.pool.in_use(n.address for n in nodes):
+            if self.pool.on_loop():
+                async for outcome in self._run(nodes, request, deadline, parent):
+                    yield outcome
+                return
+            here = asyncio.get_running_loop()
+            out: asyncio.Queue[NodeOutcome | BaseException | None] = asyncio.Queue()
+
+            def put(item: NodeOutcome | BaseException | None) -> None:
+                here.call_soon_threadsafe(out.put_nowait, item)
+
+            async def pump() -> None:
+                try:
+                    async for outcome in self._run(nodes, request, deadline, parent):
+                        put(outcome)
+                except Exception as exc:
+                    put(exc)
+                else:
+                    put(None)
+
+            fut = asyncio.run_coroutine_threadsafe(pump(), self.pool.loop)
+            try:
+                while True:
+                    item = await out.get()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                if not fut.done():
+                    fut.cancel()
+
+    async def _run(
+        self,
+        nodes: Sequence[FleetNode],
+        request: node_pb2.ValidateImageRequest,
+        deadline: float,
+        parent: otel_context.Context,
+    ) -> AsyncIterator[NodeOutcome]:
+        cfg = self.config
+        traced = trace.get_current_span(parent).is_recording()
+        events: deque[_Event] = deque()
+        loop = asyncio.get_running_loop()
+        waiter: list[asyncio.Future[None] | None] = [None]  # the scheduler's current wait, if any
+
+        def wake() -> None:
+            w = waiter[0]
+            if w is not None and not w.done():
+                w.set_result(None)
         pending: deque[_NodeCall] = deque(_NodeCall(n) for n in nodes)
         backoff: list[tuple[float, int, _NodeCall]] = []
         inflight: dict[int, _NodeCall] = {}
         remaining = len(pending)
+        payload = request  # serialized by the channel once per attempt
+
+        def settle(call: _NodeCall, code: str, details: str, resp: node_pb2.ValidateImageResponse | None) -> None:
+            events.append((call, code, details, resp))
+            wake()
 
         def launch(call: _NodeCall, now: float) -> NodeOutcome | None:
             if call.attempts == 0:
                 call.started = now
                 call.node_deadline = min(deadline, now + cfg.node_timeout)
-                call.span = self._tracer.start_span(
-                    f"fleet.node {call.node.name}",
-                    context=parent,
-                    attributes={
-                        "nodecompat.node.name": call.node.name,
-                        "nodecompat.node.address": call.node.address,
-                    },
-                )
+                if traced:
+                    call.span = self._tracer.start_span(
+                        f"fleet.node {call.node.name}",
+                        context=parent,
+                        attributes={
+                            "nodecompat.node.name": call.node.name,
+                            "nodecompat.node.address": call.node.address,
+                        },
+                    )
             budget = call.node_deadline - now
             if budget < cfg.min_attempt:
                 return self._finish(call, now, "DEADLINE_EXCEEDED", "no time left for this node", None)
             call.attempts += 1
             try:
-                stub = self.pool.node_stub(call.node.address)
-                assert call.span is not None
-                with trace.use_span(call.span, end_on_exit=False):
-                    fut = stub.ValidateImage.future(request, timeout=budget)
-            except Exception as exc:  # a bad target string, a closed channel: this node fails, not the call
+                method = self.pool.entry(call.node.address).validate
+            except Exception as exc:  # a bad target string: this node fails, not the call
                 return self._finish(call, now, "INTERNAL", f"cannot call {call.node.address}: {exc}", None)
-            call.future = fut
+            call.task = asyncio.ensure_future(self._attempt(call, method, payload, budget, settle))
             inflight[call.seq] = call
-            fut.add_done_callback(lambda f, c=call: events.put((c, f)))
             return None
 
         try:
@@ -230,22 +430,31 @@ class FanOut:
                         yield finished
                 if not remaining:
                     break
-                wake = min(deadline, backoff[0][0]) if backoff else deadline
-                try:
-                    call, fut = events.get(timeout=max(0.0, wake - time.monotonic()))
-                except queue.Empty:
-                    continue
-                if inflight.pop(call.seq, None) is None:
-                    continue
+                if not events:
+                    until = min(deadline, backoff[0][0]) if backoff else deadline
+                    w = waiter[0] = loop.create_future()
+                    timer = loop.call_later(max(0.0, until - time.monotonic()), wake)
+                    try:
+                        await w
+                    finally:
+                        timer.cancel()
+                        waiter[0] = None
+                    if not events:
+                        continue
                 now = time.monotonic()
-                outcome = self._settle(call, fut, now, backoff)
-                if outcome is not None:
-                    remaining -= 1
-                    yield outcome
+                while events:
+                    call, code, details, resp = events.popleft()
+                    if inflight.pop(call.seq, None) is None:
+                        continue
+                    call.task = None
+                    outcome = self._settle(call, code, details, resp, now, backoff)
+                    if outcome is not None:
+                        remaining -= 1
+                        yield outcome
             now = time.monotonic()
             for call in [*inflight.values(), *(c for _, _, c in backoff), *pending]:
-                if call.future is not None and call.seq in inflight:
-                    call.future.cancel()
+                if call.task is not None and call.seq in inflight:
+                    call.task.cancel()
                 msg = "the fleet deadline passed before this node answered"
                 if call.attempts == 0:
                     msg = "the fleet deadline passed before this node's turn (raise --concurrency or --timeout)"
@@ -257,34 +466,88 @@ class FanOut:
             pending.clear()
         finally:  # the consumer went away (client cancelled): stop the node calls and close their spans
             for call in [*inflight.values(), *(c for _, _, c in backoff)]:
-                if call.future is not None and call.seq in inflight:
-                    call.future.cancel()
+                if call.task is not None and call.seq in inflight:
+                    call.task.cancel()
                 if call.span is not None:
                     call.span.end()
                     call.span = None
 
+    async def _attempt(
+        self,
+        call: _NodeCall,
+        method: grpc.aio.UnaryUnaryMultiCallable,
+        request: node_pb2.ValidateImageRequest,
+        budget: float,
+        settle: Callable[[_NodeCall, str, str, node_pb2.ValidateImageResponse | None], None],
+    ) -> None:
+        if call.span is None:  # tracing off: nothing but the call
+            try:
+                resp = await method(request, timeout=budget)
+            except grpc.aio.AioRpcError as exc:
+                settle(call, exc.code().name, exc.details() or "", None)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                settle(call, "UNKNOWN", str(exc), None)
+                return
+            settle(call, "OK", "", resp)
+            return
+        ctx = trace.set_span_in_context(call.span)
+        span = self._tracer.start_span(
+            VALIDATE_METHOD,
+            context=ctx,
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "nodecompat.v1.NodeService",
+                "rpc.method": "ValidateImage",
+                "net.peer.name": call.node.address.rpartition(":")[0],
+                "net.peer.port": call.node.address.rpartition(":")[2],
+            },
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span, ctx))
+        code, details, resp = "OK", "", None
+        try:
+            resp = await method(request, timeout=budget, metadata=tuple(carrier.items()))
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code().name, exc.details() or ""
+        except asyncio.CancelledError:
+            code, details = "CANCELLED", "call cancelled"
+            raise
+        except Exception as exc:
+            code, details = "UNKNOWN", str(exc)
+        finally:
+            span.set_attribute("rpc.grpc.status_code", getattr(grpc.StatusCode, code).value[0])
+            if code != "OK":
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code}: {details}"[:200]))
+            span.end()
+        settle(call, code, details, resp)
+
     def _settle(
-        self, call: _NodeCall, fut: grpc.Future, now: float, backoff: list[tuple[float, int, _NodeCall]]
+        self,
+        call: _NodeCall,
+        code: str,
+        details: str,
+        resp: node_pb2.ValidateImageResponse | None,
+        now: float,
+        backoff: list[tuple[float, int, _NodeCall]],
     ) -> NodeOutcome | None:
-        if fut.cancelled():
-            return self._finish(call, now, "CANCELLED", "call cancelled", None)
-        exc = fut.exception()
-        if exc is None:
-            return self._finish(call, now, "OK", "", fut.result())
-        code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-        details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
-        call.last_error = (code.name, details)
+        if code == "OK":
+            return self._finish(call, now, "OK", "", resp)
+        call.last_error = (code, details)
         retry_at = now + self.config.retry_backoff
         if (
-            code == grpc.StatusCode.UNAVAILABLE
+            code == "UNAVAILABLE"
             and call.attempts < MAX_ATTEMPTS
             and call.node_deadline - retry_at >= self.config.min_attempt
         ):
             if call.span is not None:
-                call.span.add_event("retry", {"after_status": code.name, "backoff_s": self.config.retry_backoff})
+                call.span.add_event("retry", {"after_status": code, "backoff_s": self.config.retry_backoff})
             heapq.heappush(backoff, (retry_at, call.seq, call))
             return None
-        return self._finish(call, now, code.name, details, None)
+        return self._finish(call, now, code, details, None)
 
     @staticmethod
     def _finish(
