@@ -129,6 +129,10 @@ def from_message(msg: Message, cls: type[Any], **extra: Any) -> Any:
             continue
         value = getattr(msg, f.name)
         hint = hints.get(f.name)
+        fd = msg.DESCRIPTOR.fields_by_name.get(f.name)
+        if fd is not None and fd.enum_type is not None and not _is_repeated(fd):
+            kwargs[f.name] = fd.enum_type.values_by_number.get(value, fd.enum_type.values[0]).name
+            continue
         origin = typing.get_origin(hint)
         args = typing.get_args(hint)
         if origin is list and args and dataclasses.is_dataclass(args[0]):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import threading
 from collections.abc import Iterable, Mapping
+from functools import cache
 
 from nodecompat.features import AttributeFeature, Features, FlagFeature, Instance, InstanceFeature
 from nodecompat.probes.base import FeatureInfo, Probe
@@ -41,11 +42,8 @@ class FeatureCatalog:
 
     @classmethod
     def registered(cls) -> FeatureCatalog:
-        """Over every probe registered in the `nodecompat.probes` entry-point group."""
-        from nodecompat.probes.registry import load_probes
-
-        probes, _ = load_probes()
-        return cls.from_probes(probes)
+        """Over every probe registered in the `nodecompat.probes` entry-point group (built once)."""
+        return _registered()
 
     def info(self, feature: str) -> FeatureInfo | None:
         return self.infos.get(feature.lower())
@@ -105,6 +103,14 @@ class FeatureCatalog:
                 info = self.info(name)
                 out.instances[name] = InstanceFeature([Instance(_nfd_attrs(info, i.attributes)) for i in inst.elements])
         return out
+
+
+@cache
+def _registered() -> FeatureCatalog:
+    from nodecompat.probes.registry import load_probes
+
+    probes, _ = load_probes()
+    return FeatureCatalog.from_probes(probes)
 
 
 def _nfd_attrs(info: FeatureInfo | None, elements: Mapping[str, str]) -> dict[str, str]:

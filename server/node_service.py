@@ -22,6 +22,7 @@ from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.engine.spec import Spec, parse_spec
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
+from nodecompat.probes.catalog import FeatureCatalog
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
 from nodecompat.server.feature_cache import FeatureCache
@@ -51,6 +52,8 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, cache: FeatureCache, node_name: str, registry: RegistryOptions | None = None) -> None:
         self.cache = cache
         self.node_name = node_name
+        # What this daemon's probes can report: names nobody provides, NFD's view (nfd_compat).
+        self.catalog = FeatureCatalog.from_probes(cache.runner.probes)
         self.registry = registry or RegistryOptions()
         self._spec_cache = SpecCache()
         # Building a round's response (kernel.config alone has thousands of entries) costs more than
@@ -146,6 +149,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 verdict = evaluate(
                     spec, rnd.features, tags=list(request.tags), unknown=rnd.unknown_features(),
                     deadline=time.monotonic() + _own_budget(context),
+                    catalog=self.catalog, nfd_view=request.nfd_compat,
                 )
             except EvaluationTimeout:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed during evaluation")

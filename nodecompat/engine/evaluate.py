@@ -12,6 +12,12 @@ probe failed is *unknown*, never a silent mismatch, and rules/sets whose outcome
 so. Evaluation errors (non-numeric node data under Gt, or a malformed expression tolerated in
 NFD compatibility mode) mark that expression as not matched, with a warning, instead of aborting.
 
+Unknown is not absent (engine/unseen.py): given the probes' catalog, a name no probe provides keeps
+NFD's outcome (absent) but its term/expression says FACT_STATUS_NOT_PROVIDED, with a did-you-mean,
+and the verdict lists it in `unseen_names`. With `nfd_view`, the spec is evaluated against exactly
+what NFD publishes (the catalog's additions hidden), so matchName and DoesNotExist over names give
+NFD's answer byte for byte; a hidden name says FACT_STATUS_NFD_HIDDEN.
+
 Instance terms are reported against the instance that satisfied the whole term; when none did,
 against the closest one (most expressions held; ties go to the lowest index, and the
 flag/attribute part of a mixed feature wins ties over instances).
@@ -21,13 +27,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from nodecompat.engine.expressions import ANY, DOES_NOT_EXIST, EXISTS, MatchExpression
 from nodecompat.engine.limits import MAX_ACTUAL_NAMES, MAX_ECHOED, MAX_EVAL_WARNINGS
 from nodecompat.engine.matcher import ColumnCache, MultiResult, NamesResult, Outcome, match_multi, match_names_multi
 from nodecompat.engine.nfd_output import NfdRule, NfdSet, TermEval, nfd_json
 from nodecompat.engine.spec import RULE_BACKREF_FEATURE, FeatureTerm, Rule, Spec
+from nodecompat.engine.unseen import NameCheck, unseen_message
 from nodecompat.engine.verdict import (
+    FACT_ABSENT,
+    FACT_PROBE_FAILED,
     ExpressionVerdict,
     MatchAnyVerdict,
     RuleVerdict,
@@ -37,6 +47,8 @@ from nodecompat.engine.verdict import (
 )
 from nodecompat.features import Features
 
+if TYPE_CHECKING:
+    from nodecompat.probes.catalog import FeatureCatalog
 
 class EvaluationTimeout(TimeoutError):
     """evaluate() passed its deadline; the daemon answers DEADLINE_EXCEEDED."""
@@ -63,8 +75,9 @@ class _View:
 
 
 class _Run:
-    def __init__(self, features: Features, unknown: Mapping[str, str]) -> None:
+    def __init__(self, features: Features, unknown: Mapping[str, str], names: NameCheck) -> None:
         self.view = _View(features)
+        self.names = names
         self.unknown = {k.lower(): v for k, v in unknown.items()}
         self.unknown_used: set[str] = set()
         self.warnings: list[str] = []
@@ -105,26 +118,34 @@ class _Run:
             self.unknown_used.add(name)
             tv.matched = False
             tv.unknown = True
+            tv.fact = FACT_PROBE_FAILED
             tv.expressions = [
                 _expr_verdict(
                     term.feature, el, mt, e, matched=False, unknown=True, detail=f"unknown: {reason}"
                 )
                 for el, mt, e in _expressions_of(term)
             ]
+            for ev in tv.expressions:
+                ev.fact = FACT_PROBE_FAILED
             return tv, te
         if not present:
+            tv.fact, tv.suggestion = self.names.feature_fact(name)
+            detail = f"feature {name} not present on this node"
+            if tv.fact != FACT_ABSENT:
+                detail = unseen_message(name, "", tv.fact, tv.suggestion) + " (NFD treats it as absent)"
             tv.expressions = [
-                _expr_verdict(
-                    term.feature, el, mt, e, matched=False, detail=f"feature {name} not present on this node"
-                )
+                _expr_verdict(term.feature, el, mt, e, matched=False, detail=detail)
                 for el, mt, e in _expressions_of(term)
             ]
+            for ev in tv.expressions:
+                ev.fact, ev.suggestion = tv.fact, tv.suggestion
             return tv, te
         if te.multi is not None:
             tv.expressions.extend(_report_multi(term.feature, name, te.multi, insts or []))
         if te.names is not None:
             assert term.match_name is not None
             tv.expressions.append(_report_names(term.feature, name, term.match_name, te.names, insts or []))
+        self.names.annotate(tv, name, flags, attrs, insts)
         return tv, te
 
     def terms(self, terms: list[FeatureTerm], path: str) -> tuple[list[TermVerdict], list[TermEval]]:
@@ -332,13 +353,24 @@ def evaluate(
     tags: Sequence[str] = (),
     unknown: Mapping[str, str] | None = None,
     deadline: float | None = None,
+    catalog: FeatureCatalog | None = None,
+    nfd_view: bool = False,
 ) -> Verdict:
     """Evaluate `spec` against `features`; `unknown` maps feature name -> why its facts are unknown.
 
     `deadline` is a time.monotonic() instant checked between rules; past it, EvaluationTimeout.
+    `catalog` (the probes' declarations) lets the verdict tell names no probe provides from facts the
+    node lacks; `nfd_view` evaluates against NFD's view (needs the catalog: the registered probes'
+    when None). Neither changes NFD's outcome for what is evaluated.
     """
-    run = _Run(features, unknown or {})
-    verdict = Verdict()
+    if nfd_view:
+        if catalog is None:
+            from nodecompat.probes.catalog import FeatureCatalog
+
+            catalog = FeatureCatalog.registered()
+        features = catalog.nfd_view(features)
+    run = _Run(features, unknown or {}, NameCheck(catalog, nfd_view))
+    verdict = Verdict(nfd_view=nfd_view)
     nfd_sets: list[NfdSet] = []
     tag_list = list(dict.fromkeys(t for t in tags if t))
     tag_set = frozenset(tag_list)
@@ -370,6 +402,9 @@ def evaluate(
     if run.eval_warnings > MAX_EVAL_WARNINGS:
         run.warnings.append(f"and {run.eval_warnings - MAX_EVAL_WARNINGS} more evaluation warnings like these")
     verdict.unknown_facts = [f"{n}: {run.unknown[n]}" for n in sorted(run.unknown_used)]
+    verdict.unseen_names = run.names.unseen()
+    if run.names.dropped:
+        run.warnings.append(f"and {run.names.dropped} more names no probe provides")
     text, err = nfd_json(nfd_sets)
     verdict.nfd_json = text
     if err is not None:

@@ -12,6 +12,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# FactStatus (validation.proto), by its proto enum names: why a term/expression has its outcome.
+FACT_UNSPECIFIED = "FACT_STATUS_UNSPECIFIED"  # evaluated against what the probes reported
+FACT_ABSENT = "FACT_STATUS_ABSENT"  # a probe provides it; this node does not have it
+FACT_NOT_PROVIDED = "FACT_STATUS_NOT_PROVIDED"  # no probe provides this name: not a fact about the node
+FACT_NFD_HIDDEN = "FACT_STATUS_NFD_HIDDEN"  # a nodecompat addition, hidden in NFD's view
+FACT_PROBE_FAILED = "FACT_STATUS_PROBE_FAILED"  # the probe providing it failed (unknown)
+
 
 @dataclass
 class ExpressionVerdict:
@@ -26,6 +33,8 @@ class ExpressionVerdict:
     actual: list[str] = field(default_factory=list)
     instance: str = ""
     detail: str = ""
+    fact: str = FACT_UNSPECIFIED
+    suggestion: str = ""
 
 
 @dataclass
@@ -35,6 +44,8 @@ class TermVerdict:
     feature_present: bool = False
     unknown: bool = False
     expressions: list[ExpressionVerdict] = field(default_factory=list)
+    fact: str = FACT_UNSPECIFIED
+    suggestion: str = ""
 
 
 @dataclass
@@ -67,6 +78,17 @@ class SetVerdict:
 
 
 @dataclass
+class UnseenName:
+    """A name the spec uses that the evaluation could not see (not provided, or hidden in NFD's view)."""
+
+    feature: str = ""
+    element: str = ""  # "" for the feature itself
+    fact: str = FACT_NOT_PROVIDED
+    suggestion: str = ""
+    message: str = ""
+
+
+@dataclass
 class Verdict:
     compatible: bool = False
     score: int = 0
@@ -80,6 +102,10 @@ class Verdict:
     image_digest: str = ""
     artifact_digest: str = ""
     node_name: str = ""
+    # Names no probe provides (or NFD does not publish, in NFD's view); NFD's outcome is kept for them.
+    unseen_names: list[UnseenName] = field(default_factory=list)
+    # Evaluated against NFD's view (exactly what NFD publishes; nodecompat's additions hidden).
+    nfd_view: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,7 +137,7 @@ def _build(cls: type[Any], data: Any) -> Any:
 
 
 _NESTED: dict[type[Any], dict[str, type[Any]]] = {
-    Verdict: {"sets": SetVerdict},
+    Verdict: {"sets": SetVerdict, "unseen_names": UnseenName},
     SetVerdict: {"rules": RuleVerdict},
     RuleVerdict: {"match_features": TermVerdict, "match_any": MatchAnyVerdict},
     MatchAnyVerdict: {"terms": TermVerdict},

@@ -61,7 +61,7 @@ class ValidateFleetRequest(_message.Message):
     timeout_seconds: _builtins.float
     """Overall deadline for the answer; 0 means the aggregator's default."""
     nfd_compat: _builtins.bool
-    """Tolerate what NFD tolerates (see ValidateImageRequest.nfd_compat)."""
+    """NFD mode: NFD's tolerance and NFD's view (see ValidateImageRequest.nfd_compat)."""
     max_staleness_seconds: _builtins.float
     """Nodes whose inventory features are older than this (seconds) are asked live; 0 means the
     aggregator's default (its heartbeat timeout).

@@ -37,7 +37,11 @@ class ValidateImageRequest(_message.Message):
     """os[/arch[/variant]][:os_version]; resolves an index to the platform manifest."""
     plain_http: _builtins.bool
     nfd_compat: _builtins.bool
-    """Tolerate what NFD tolerates (unchecked ops/value counts in unevaluated expressions, ...)."""
+    """NFD mode: tolerate what NFD tolerates (unchecked ops/value counts in unevaluated expressions, ...)
+    and evaluate against NFD's view, exactly the features and attributes NFD publishes (nodecompat's
+    additions such as pci.device address/driver/numa_node, gpu.*, memory.size hidden), so the
+    verdict is NFD's byte for byte.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Keep only compatibility sets with one of these tags (NFD's --tags)."""

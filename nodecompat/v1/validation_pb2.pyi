@@ -9,6 +9,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,45 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FactStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FactStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FactStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FACT_STATUS_UNSPECIFIED: _FactStatus.ValueType  # 0
+    """Evaluated against what the probes reported for this node."""
+    FACT_STATUS_ABSENT: _FactStatus.ValueType  # 1
+    """A probe provides this feature (element), and this node does not have it."""
+    FACT_STATUS_NOT_PROVIDED: _FactStatus.ValueType  # 2
+    """No probe provides this feature or element (a typo, or an NFD source nodecompat lacks): not a
+    fact about the node. `suggestion` holds a close name that is provided, if any.
+    """
+    FACT_STATUS_NFD_HIDDEN: _FactStatus.ValueType  # 3
+    """A nodecompat addition, hidden because NFD's view was asked (nfd_compat): NFD does not publish it."""
+    FACT_STATUS_PROBE_FAILED: _FactStatus.ValueType  # 4
+    """The probe providing it failed: its facts are unknown (see `unknown`)."""
+
+class FactStatus(_FactStatus, metaclass=_FactStatusEnumTypeWrapper):
+    """Why a term or expression has the outcome it has, beyond matched/unknown: a fact about this node,
+    or a name nodecompat never reports. The booleans (matched, unknown, compatible) are NFD's answer
+    either way: NFD treats a name nobody publishes as absent, and so does the verdict.
+    """
+
+FACT_STATUS_UNSPECIFIED: FactStatus.ValueType  # 0
+"""Evaluated against what the probes reported for this node."""
+FACT_STATUS_ABSENT: FactStatus.ValueType  # 1
+"""A probe provides this feature (element), and this node does not have it."""
+FACT_STATUS_NOT_PROVIDED: FactStatus.ValueType  # 2
+"""No probe provides this feature or element (a typo, or an NFD source nodecompat lacks): not a
+fact about the node. `suggestion` holds a close name that is provided, if any.
+"""
+FACT_STATUS_NFD_HIDDEN: FactStatus.ValueType  # 3
+"""A nodecompat addition, hidden because NFD's view was asked (nfd_compat): NFD does not publish it."""
+FACT_STATUS_PROBE_FAILED: FactStatus.ValueType  # 4
+"""The probe providing it failed: its facts are unknown (see `unknown`)."""
+Global___FactStatus: _TypeAlias = FactStatus  # noqa: Y015
 
 @_typing.final
 class ExpressionVerdict(_message.Message):
@@ -35,6 +75,8 @@ class ExpressionVerdict(_message.Message):
     ACTUAL_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    FACT_FIELD_NUMBER: _builtins.int
+    SUGGESTION_FIELD_NUMBER: _builtins.int
     feature: _builtins.str
     element: _builtins.str
     """Element name the expression is keyed by; empty for matchName."""
@@ -50,6 +92,10 @@ class ExpressionVerdict(_message.Message):
     """For instance features: which instance is meant (e.g. "pci.device[3] address=0000:17:00.0")."""
     detail: _builtins.str
     """A person-readable explanation, e.g. "wanted In [10de], node has 1af4"."""
+    fact: Global___FactStatus.ValueType
+    """Why: the element (or its feature) is absent, not provided by any probe, hidden in NFD mode ..."""
+    suggestion: _builtins.str
+    """With FACT_STATUS_NOT_PROVIDED / NFD_HIDDEN: a close name that is provided ("" if none)."""
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -70,10 +116,12 @@ class ExpressionVerdict(_message.Message):
         actual: _abc.Iterable[_builtins.str] | None = ...,
         instance: _builtins.str = ...,
         detail: _builtins.str = ...,
+        fact: Global___FactStatus.ValueType = ...,
+        suggestion: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "detail", b"detail", "element", b"element", "feature", b"feature", "instance", b"instance", "matched", b"matched", "matcher_type", b"matcher_type", "op", b"op", "type", b"type", "unknown", b"unknown", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "detail", b"detail", "element", b"element", "fact", b"fact", "feature", b"feature", "instance", b"instance", "matched", b"matched", "matcher_type", b"matcher_type", "op", b"op", "suggestion", b"suggestion", "type", b"type", "unknown", b"unknown", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -88,10 +136,18 @@ class TermVerdict(_message.Message):
     FEATURE_PRESENT_FIELD_NUMBER: _builtins.int
     UNKNOWN_FIELD_NUMBER: _builtins.int
     EXPRESSIONS_FIELD_NUMBER: _builtins.int
+    FACT_FIELD_NUMBER: _builtins.int
+    SUGGESTION_FIELD_NUMBER: _builtins.int
     feature: _builtins.str
     matched: _builtins.bool
     feature_present: _builtins.bool
     unknown: _builtins.bool
+    fact: Global___FactStatus.ValueType
+    """About the feature itself: ABSENT (a probe provides it, this node lacks it), NOT_PROVIDED,
+    NFD_HIDDEN or PROBE_FAILED; UNSPECIFIED when the feature is present.
+    """
+    suggestion: _builtins.str
+    """With NOT_PROVIDED / NFD_HIDDEN: a close feature name that is provided ("" if none)."""
     @_builtins.property
     def expressions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpressionVerdict]: ...
     def __init__(
@@ -102,10 +158,12 @@ class TermVerdict(_message.Message):
         feature_present: _builtins.bool = ...,
         unknown: _builtins.bool = ...,
         expressions: _abc.Iterable[Global___ExpressionVerdict] | None = ...,
+        fact: Global___FactStatus.ValueType = ...,
+        suggestion: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expressions", b"expressions", "feature", b"feature", "feature_present", b"feature_present", "matched", b"matched", "unknown", b"unknown"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expressions", b"expressions", "fact", b"fact", "feature", b"feature", "feature_present", b"feature_present", "matched", b"matched", "suggestion", b"suggestion", "unknown", b"unknown"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,6 +296,45 @@ class SetVerdict(_message.Message):
 Global___SetVerdict: _TypeAlias = SetVerdict  # noqa: Y015
 
 @_typing.final
+class UnseenName(_message.Message):
+    """A name the spec uses that the evaluation could not see: no probe provides it, or (in NFD's view)
+    it is a nodecompat addition NFD does not publish. One entry per distinct (feature, element).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    ELEMENT_FIELD_NUMBER: _builtins.int
+    FACT_FIELD_NUMBER: _builtins.int
+    SUGGESTION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    element: _builtins.str
+    """"" when the feature itself is meant."""
+    fact: Global___FactStatus.ValueType
+    """FACT_STATUS_NOT_PROVIDED or FACT_STATUS_NFD_HIDDEN."""
+    suggestion: _builtins.str
+    """A close name that is provided ("" if none), e.g. "kernel.version" for "kernel.versoin"."""
+    message: _builtins.str
+    """The message shown to people, e.g. "no probe provides `kernel.versoin` — did you mean `kernel.version`?"."""
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        element: _builtins.str = ...,
+        fact: Global___FactStatus.ValueType = ...,
+        suggestion: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["element", b"element", "fact", b"fact", "feature", b"feature", "message", b"message", "suggestion", b"suggestion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnseenName: _TypeAlias = UnseenName  # noqa: Y015
+
+@_typing.final
 class ValidationReport(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -249,6 +346,8 @@ class ValidationReport(_message.Message):
     ARTIFACT_DIGEST_FIELD_NUMBER: _builtins.int
     NFD_JSON_FIELD_NUMBER: _builtins.int
     NODE_NAME_FIELD_NUMBER: _builtins.int
+    UNSEEN_NAMES_FIELD_NUMBER: _builtins.int
+    NFD_VIEW_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """Set when the spec came from a registry."""
     image_digest: _builtins.str
@@ -256,6 +355,8 @@ class ValidationReport(_message.Message):
     nfd_json: _builtins.str
     """The exact `nfd compat validate-node --output-json` output for this evaluation."""
     node_name: _builtins.str
+    nfd_view: _builtins.bool
+    """The spec was evaluated against NFD's view: exactly the features and attributes NFD publishes."""
     @_builtins.property
     def sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SetVerdict]: ...
     @_builtins.property
@@ -265,6 +366,10 @@ class ValidationReport(_message.Message):
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Things tolerated in NFD compatibility mode, or other non-fatal remarks."""
+
+    @_builtins.property
+    def unseen_names(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnseenName]:
+        """Names the spec uses that no probe provides / NFD does not publish (see UnseenName)."""
 
     def __init__(
         self,
@@ -277,10 +382,12 @@ class ValidationReport(_message.Message):
         artifact_digest: _builtins.str = ...,
         nfd_json: _builtins.str = ...,
         node_name: _builtins.str = ...,
+        unseen_names: _abc.Iterable[Global___UnseenName] | None = ...,
+        nfd_view: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_digest", b"artifact_digest", "image", b"image", "image_digest", b"image_digest", "nfd_json", b"nfd_json", "node_name", b"node_name", "sets", b"sets", "unknown_facts", b"unknown_facts", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_digest", b"artifact_digest", "image", b"image", "image_digest", b"image_digest", "nfd_json", b"nfd_json", "nfd_view", b"nfd_view", "node_name", b"node_name", "sets", b"sets", "unknown_facts", b"unknown_facts", "unseen_names", b"unseen_names", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
