@@ -68,7 +68,7 @@ class FeatureCatalog:
         with `nfd_only`, among NFD's names only."""
         if element is None:
             names = [n for n, i in self.infos.items() if not nfd_only or i.nfd]
-            return _closest(feature.lower(), names)
+            return _closest_feature(feature.lower(), names)
         info = self.info(feature)
         if info is None or info.attributes is None:
             return ""
@@ -117,6 +117,23 @@ def _nfd_attrs(info: FeatureInfo | None, elements: Mapping[str, str]) -> dict[st
     if info is None or not info.additions():
         return dict(elements)
     return {k: v for k, v in elements.items() if info.nfd_publishes(k)}
+
+
+def _closest_feature(name: str, names: Iterable[str]) -> str:
+    """Like _closest, but source and feature part must each be close: `kernal.version` and
+    `kernel.versoin` find `kernel.version`; `usb.device` does not find `gpu.device`."""
+    src, _, feat = name.partition(".")
+    best, score = "", 0.0
+    for cand in sorted(set(names)):
+        csrc, _, cfeat = cand.partition(".")
+        s = min(_ratio(src, csrc), _ratio(feat, cfeat))
+        if s >= _SUGGEST_CUTOFF and s > score:
+            best, score = cand, s
+    return best
+
+
+def _ratio(a: str, b: str) -> float:
+    return 1.0 if a == b else difflib.SequenceMatcher(None, a, b).ratio()
 
 
 def _closest(word: str, names: Iterable[str]) -> str:

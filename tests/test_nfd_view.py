@@ -152,8 +152,8 @@ def test_unknown_attribute_under_does_not_exist_passes_as_in_nfd_but_says_so() -
 
 def test_node_lacks_it_is_kept_for_provided_names() -> None:
     # plain-vm has no GPU: the gpu probe provides gpu.driver, this node does not have it
-    v = _eval("plain-vm", "    - feature: gpu.driver\n      matchExpressions:\n        name: {op: In, value: [nvidia]}\n",
-              nfd=False)
+    v = _eval("plain-vm", "    - feature: gpu.driver\n      matchExpressions:\n"
+              "        name: {op: In, value: [nvidia]}\n", nfd=False)
     term = v.sets[0].rules[0].match_features[0]
     assert not v.compatible and term.fact == FACT_ABSENT and v.unseen_names == []
     assert "not present on this node" in term.expressions[0].detail

@@ -359,15 +359,15 @@ def evaluate(
     """Evaluate `spec` against `features`; `unknown` maps feature name -> why its facts are unknown.
 
     `deadline` is a time.monotonic() instant checked between rules; past it, EvaluationTimeout.
-    `catalog` (the probes' declarations) lets the verdict tell names no probe provides from facts the
-    node lacks; `nfd_view` evaluates against NFD's view (needs the catalog: the registered probes'
-    when None). Neither changes NFD's outcome for what is evaluated.
+    `catalog` (the probes' declarations; default: every registered probe's) lets the verdict tell
+    names no probe provides from facts the node lacks; `nfd_view` evaluates against NFD's view (the
+    catalog's additions hidden). Neither changes NFD's outcome for what is evaluated.
     """
-    if nfd_view:
-        if catalog is None:
-            from nodecompat.probes.catalog import FeatureCatalog
+    if catalog is None:
+        from nodecompat.probes.catalog import FeatureCatalog
 
-            catalog = FeatureCatalog.registered()
+        catalog = FeatureCatalog.registered()
+    if nfd_view:
         features = catalog.nfd_view(features)
     run = _Run(features, unknown or {}, NameCheck(catalog, nfd_view))
     verdict = Verdict(nfd_view=nfd_view)
