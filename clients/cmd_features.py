@@ -2,6 +2,9 @@
 
 `-o json` prints NFD's wire format (what `nfd export features` prints) with one extra top-level key,
 `probes`, holding each probe's status, so a saved snapshot also says which facts are unknown.
+`--nfd-only` keeps exactly what NFD publishes (probes/catalog.py: the probes' declared additions
+removed), the set `validate --nfd-compat` evaluates against. With --node the daemon's round is
+filtered here, by the declarations of the probes installed with this client.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=("json", "table"), default="table")
     p.add_argument("--prefix", action="append", default=[], help="only features starting with this (repeatable)")
     p.add_argument("--refresh", action="store_true", help="with --node: make the daemon re-probe first")
+    p.add_argument(
+        "--nfd-only",
+        action="store_true",
+        help="only what NFD publishes (what `validate --nfd-compat` sees): nodecompat's additions "
+        "(pci.device address/driver/numa_node, hugepage totals, gpu.*, memory.size ...) left out",
+    )
     add_tls_client_args(p, "the --node daemon")
     p.set_defaults(func=run)
 
@@ -99,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"nodecompat features: {exc}", file=sys.stderr)
         return exit_codes.ERROR
+    if args.nfd_only:
+        from nodecompat.probes.catalog import FeatureCatalog
+
+        rnd.features = FeatureCatalog.registered().nfd_view(rnd.features)
     if args.output == "json":
         json.dump(snapshot_json(rnd, node_name), sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")

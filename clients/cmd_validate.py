@@ -4,6 +4,13 @@ Structured as obtain_spec (a file, stdin, or the image's artifact in a registry)
 (locally, or by a daemon; with --node and --image and no credentials of our own, the daemon fetches
 the artifact itself, so its cache and its registry access are what is exercised) -> render.
 Exit status: 0 compatible, 1 not compatible, 2 error (message on stderr, nothing on stdout).
+
+Modes. Default: every fact nodecompat has, its additions included (pci.device address/driver/
+numa_node, gpu.*, memory.size ...). NFD mode (--nfd-compat, implied by -o nfd-json): NFD's tolerance
+when parsing and NFD's view when evaluating, exactly the features and attributes NFD publishes, so
+the answer is `nfd compat validate-node`'s byte for byte. In both modes a name no probe provides is
+treated as absent, as NFD does (the verdict's outcome is NFD's), and the verdict says so apart from
+"this node lacks it": FactStatus NOT_PROVIDED, a did-you-mean, and the `unseen_names` list.
 """
 
 from __future__ import annotations
@@ -41,7 +48,10 @@ def register(subparsers: Any) -> None:
         "validate",
         help="evaluate an image compatibility spec against a node",
         description="Evaluate an NFD image compatibility spec (v1alpha1) against this machine, a features "
-        "snapshot, or a nodecompat daemon. Exit 0 compatible, 1 not compatible, 2 error.",
+        "snapshot, or a nodecompat daemon. Exit 0 compatible, 1 not compatible, 2 error. "
+        "A feature or attribute no probe provides counts as absent, as in NFD (the verdict is NFD's in "
+        "every mode), but is reported apart from what this node lacks: 'no probe provides `kernel.versoin` "
+        "— did you mean `kernel.version`?' in the table, fact NOT_PROVIDED and `unseen_names` in -o json.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--spec", metavar="FILE", help="spec file (YAML or JSON; - for stdin)")
@@ -55,11 +65,17 @@ def register(subparsers: Any) -> None:
         help="only evaluate sets with these tags (comma-separated, repeatable)",
         action="append",
     )
-    p.add_argument("-o", "--output", choices=("table", "json", "nfd-json"), default="table")
+    p.add_argument(
+        "-o", "--output", choices=("table", "json", "nfd-json"), default="table",
+        help="table (default), json (the whole verdict), or nfd-json (exactly what `nfd compat "
+        "validate-node --output-json` prints; implies --nfd-compat)",
+    )
     p.add_argument(
         "--nfd-compat",
         action="store_true",
-        help="accept what NFD accepts (unknown fields, lazily-checked expressions) with warnings",
+        help="NFD mode: accept what NFD accepts (unknown fields, lazily-checked expressions) with warnings, "
+        "and evaluate against NFD's view: exactly the features and attributes NFD publishes, nodecompat's "
+        "additions (pci.device address/driver/numa_node, hugepage totals, gpu.*, memory.size ...) hidden",
     )
     p.add_argument("--host-root", default="/", help="host file tree to probe (default /)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for the registry/daemon (default 60)")
@@ -159,8 +175,14 @@ def obtain_verdict(args: argparse.Namespace, source: SpecSource) -> Verdict:
     return verdict
 
 
+def nfd_mode(args: argparse.Namespace) -> bool:
+    """--nfd-compat, or -o nfd-json (NFD's own output only means something for NFD's view)."""
+    return bool(args.nfd_compat or args.output == "nfd-json")
+
+
 def _verdict(args: argparse.Namespace, text: str) -> Verdict:
     tags = _tags(args)
+    nfd = nfd_mode(args)
     if args.node:
         from nodecompat.clients.node_client import NodeCallError, NodeClient
         from nodecompat.server.tls import TlsConfigError
@@ -174,10 +196,10 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
                 if daemon_fetches(args):
                     result = client.validate(
                         image=args.image, tags=tags, platform=args.platform or "",
-                        plain_http=args.plain_http, nfd_compat=args.nfd_compat,
+                        plain_http=args.plain_http, nfd_compat=nfd,
                     )
                 else:
-                    result = client.validate(spec_text=text, tags=tags, nfd_compat=args.nfd_compat)
+                    result = client.validate(spec_text=text, tags=tags, nfd_compat=nfd)
         except NodeCallError as exc:
             hint = unavailable_hint(args, exc.message) if exc.code == "UNAVAILABLE" else ""
             raise CommandError(f"node {args.node}: {exc}{hint}") from None
@@ -186,7 +208,7 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
         assert isinstance(result.verdict, Verdict)
         return result.verdict
     try:
-        spec = parse_spec(text, nfd_compat=args.nfd_compat)
+        spec = parse_spec(text, nfd_compat=nfd)
     except SpecError as exc:
         raise CommandError("invalid spec:\n  " + "\n  ".join(exc.problems)) from None
     from nodecompat.engine.evaluate import evaluate
@@ -203,7 +225,7 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
             raise CommandError(str(exc)) from None
         rnd = probe_once(host)
         features, unknown = rnd.features, rnd.unknown_features()
-    verdict = evaluate(spec, features, tags=tags, unknown=unknown)
+    verdict = evaluate(spec, features, tags=tags, unknown=unknown, nfd_view=nfd)
     verdict.warnings = [*spec.warnings, *verdict.warnings]
     return verdict
 

@@ -3,11 +3,24 @@
 NFD's table lists OK/FAIL per expression and no totals; users of the prototype liked per-group pass
 counts (PR #1872), so each set header says `3/4 rules`, each rule says PASS/FAIL/UNKNOWN, and each
 failed expression says what was wanted and what the node has. Colour only when asked (a TTY).
+
+Unknown is not absent: a name no probe provides (or, in NFD's view, a nodecompat addition) is
+listed under "names no probe provides" / "hidden in NFD's view" after the answer, with a
+did-you-mean, even when the expression naming it matched (a DoesNotExist over a misspelt name).
 """
 
 from __future__ import annotations
 
-from nodecompat.engine.verdict import ExpressionVerdict, RuleVerdict, SetVerdict, TermVerdict, Verdict
+from nodecompat.engine.verdict import (
+    FACT_ABSENT,
+    FACT_NFD_HIDDEN,
+    FACT_UNSPECIFIED,
+    ExpressionVerdict,
+    RuleVerdict,
+    SetVerdict,
+    TermVerdict,
+    Verdict,
+)
 
 _COLOURS = {"PASS": "\033[32m", "FAIL": "\033[31m", "UNKNOWN": "\033[33m", "bold": "\033[1m"}
 _RESET = "\033[0m"
@@ -35,7 +48,12 @@ def _term_lines(t: TermVerdict, indent: str, colour: bool) -> list[str]:
         status = "UNKNOWN" if e.unknown else "FAIL"
         out.append(f"{indent}{_c(status, status, colour)} {_expr_line(e)}")
     if not t.matched and not out:
-        out.append(f"{indent}{_c('FAIL', 'FAIL', colour)} {t.feature}: feature not present on this node")
+        why = (
+            "feature not present on this node"
+            if t.fact in (FACT_ABSENT, FACT_UNSPECIFIED)
+            else "not provided by any probe" + (f" (did you mean {t.suggestion}?)" if t.suggestion else "")
+        )
+        out.append(f"{indent}{_c('FAIL', 'FAIL', colour)} {t.feature}: {why}")
     return out
 
 
@@ -78,6 +96,8 @@ def render_table(verdict: Verdict, colour: bool = False) -> str:
     answer = "COMPATIBLE" if verdict.compatible else "NOT COMPATIBLE"
     key = "PASS" if verdict.compatible else ("UNKNOWN" if any(s.unknown for s in verdict.sets) else "FAIL")
     summary = f"{_c(answer, key, colour)} (score {verdict.score})"
+    if verdict.nfd_view:
+        summary += " in NFD's view (nodecompat's additions hidden)"
     tail = [summary]
     if verdict.node_name:
         tail.append(f"node: {verdict.node_name}")
@@ -87,6 +107,14 @@ def render_table(verdict: Verdict, colour: bool = False) -> str:
     if verdict.unknown_facts:
         tail.append("unknown facts:")
         tail.extend(f"  {u}" for u in verdict.unknown_facts)
+    unprovided = [u for u in verdict.unseen_names if u.fact != FACT_NFD_HIDDEN]
+    hidden = [u for u in verdict.unseen_names if u.fact == FACT_NFD_HIDDEN]
+    if unprovided:
+        tail.append("names no probe provides (counted as absent, as NFD does):")
+        tail.extend(f"  {u.message}" for u in unprovided)
+    if hidden:
+        tail.append("hidden in NFD's view (NFD does not publish them):")
+        tail.extend(f"  {u.message}" for u in hidden)
     if verdict.warnings:
         tail.append("warnings:")
         tail.extend(f"  {w}" for w in verdict.warnings)
