@@ -159,14 +159,16 @@ class FeatureStore:
         self._notify(old, new)
         return new
 
-    def heartbeat(self, key: str, round_id: int, fingerprint: str) -> bool:
-        """A heartbeat from the node: refresh its time. False when it does not match what is stored
-        (a round was missed: the caller should resubscribe)."""
+    def heartbeat(self, key: str, round_id: int, fingerprint: str, probed_at: float = 0.0) -> bool:
+        """A heartbeat from the node: refresh its time (and the probe time of a newer round with the same
+        features, epoch seconds). False when it does not match what is stored (a change was missed: the
+        caller should resubscribe)."""
         with self._lock:
             old = self._nodes.get(key)
             if old is None or old.fingerprint != fingerprint:
                 return False
-            new = replace(old, heard_at=time.monotonic(), round_id=round_id, state=STATE_OK, error="")
+            new = replace(old, heard_at=time.monotonic(), round_id=max(round_id, old.round_id), state=STATE_OK,
+                          error="", probed_at=max(probed_at, old.probed_at))
             self._nodes[key] = new
         if old.state != STATE_OK:
             self._notify(old, new)

@@ -1,0 +1,247 @@
+"""The aggregator's live inventory: one WatchFeatures stream per known node, feeding the FeatureStore.
+
+Runs on its own grpc.aio event loop thread ("inventory-aio"), so it costs a coroutine per node, not a
+thread, and is independent of how the servicers run. Every `reconcile_interval` it compares the
+membership (nodes file, DNS, registrations: server/fleet_nodes.py) with its subscriptions: new nodes
+get a subscriber, departed nodes are cancelled and removed from the store (LEFT).
+
+A subscriber (re)connects with at most `max_connecting` streams being set up at once (bounded
+concurrency: a 10,000-node resubscribe after a restart does not open 10,000 handshakes at once), with
+exponential backoff and jitter between attempts (0.2 s doubling to 30 s). A node whose stream fails
+is UNREACHABLE; one whose stream is open but silent past `stale_after` (default 3 heartbeats + 1 s) is
+STALE; both keep their last features (they are what ValidateFleet re-checks live). The daemon's
+fingerprint claim decides nothing: the store recomputes it. A reconnect sends the fingerprint held,
+so an unchanged node answers with a message without features.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from nodecompat import wire
+from nodecompat.fleet.store import STATE_OK, STATE_STALE, STATE_UNREACHABLE, FeatureStore, StoreFull
+from nodecompat.probes.runner import ProbeRound
+from nodecompat.server.fleet_nodes import SOURCE_DNS, FleetNode
+from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
+from nodecompat.v1 import inventory_pb2, node_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
+
+
+@dataclass
+class SyncConfig:
+    heartbeat: float = 10.0  # s, asked of every daemon
+    stale_after: float = 0.0  # s without a message -> STALE; 0: 3 heartbeats + 1 s
+    max_connecting: int = 64  # streams being established at once
+    reconcile_interval: float = 1.0  # s between membership checks
+
+    @property
+    def stale_timeout(self) -> float:
+        return self.stale_after or 3 * self.heartbeat + 1.0
+
+
+class InventorySync:
+    def __init__(
+        self,
+        members: Callable[[], list[FleetNode]],
+        store: FeatureStore,
+        credentials: grpc.ChannelCredentials | None = None,
+        config: SyncConfig | None = None,
+        on_reported_name: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.members = members
+        self.store = store
+        self.credentials = credentials
+        self.config = config or SyncConfig()
+        self.on_reported_name = on_reported_name
+        self.loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._nodes: dict[str, FleetNode] = {}
+        self._connecting: asyncio.Semaphore | None = None
+        self._main: asyncio.Future[Any] | None = None
+        self.connects = 0  # streams established (counts reconnects)
+
+    # -- lifecycle (any thread) ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.loop.run_forever, name="inventory-aio", daemon=True)
+        self._thread.start()
+        self._main = asyncio.run_coroutine_threadsafe(self._run(), self.loop)  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            for t in self._tasks.values():
+                t.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+        if self._main is not None:
+            self._main.cancel()
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        except Exception:
+            log.exception("inventory sync shutdown")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self._thread = None
+
+    def subscriptions(self) -> int:
+        return len(self._tasks)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        self._connecting = asyncio.Semaphore(self.config.max_connecting)
+        while True:
+            try:
+                self._reconcile()
+                self._mark_stale()
+            except Exception:
+                log.exception("inventory reconcile failed")
+            await asyncio.sleep(min(self.config.reconcile_interval, self.config.stale_timeout / 4))
+
+    def _reconcile(self) -> None:
+        current = {n.address: n for n in self.members()}
+        for address in [a for a in self._tasks if a not in current]:
+            self._tasks.pop(address).cancel()
+            self._nodes.pop(address, None)
+            self.store.remove(address)
+        for address, node in current.items():
+            self._nodes[address] = node
+            if address not in self._tasks:
+                self._tasks[address] = asyncio.ensure_future(self._subscribe(address))
+
+    def _mark_stale(self) -> None:
+        now = time.monotonic()
+        limit = self.config.stale_timeout
+        for rec in self.store.records():
+            if rec.state == STATE_OK and rec.has_features and now - rec.heard_at > limit:
+                self.store.set_state(
+                    rec.key, rec.name, STATE_STALE, f"no message from the node for {now - rec.heard_at:.1f} s "
+                    f"(heartbeat timeout {limit:g} s)"
+                )
+
+    def _name(self, address: str, reported: str) -> str:
+        node = self._nodes.get(address)
+        if node is None:
+            return reported or address
+        if node.source == SOURCE_DNS and reported:
+            return reported
+        return node.name
+
+    def _labels(self, address: str) -> dict[str, str]:
+        node = self._nodes.get(address)
+        return dict(node.labels) if node else {}
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        options = [*MESSAGE_SIZE_OPTIONS, ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        interceptors = _client_interceptors()
+        if self.credentials is not None:
+            return grpc.aio.secure_channel(address, self.credentials, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+
+    async def _subscribe(self, address: str) -> None:
+        delay = BACKOFF_MIN
+        assert self._connecting is not None
+        while True:
+            got_message = False
+            error = ""
+            channel = self._channel(address)
+            held = self.store.get(address)
+            known = held.fingerprint if held is not None and held.has_features else ""
+            try:
+                await self._connecting.acquire()
+                connecting = True
+                try:
+                    stub = node_pb2_grpc.NodeServiceStub(channel)
+                    call = stub.WatchFeatures(
+                        inventory_pb2.WatchFeaturesRequest(
+                            heartbeat_seconds=self.config.heartbeat, known_fingerprint=known
+                        )
+                    )
+                    async for msg in call:
+                        if connecting:
+                            self._connecting.release()
+                            connecting = False
+                            self.connects += 1
+                        if not self._handle(address, msg, known):
+                            error = "the node's stream skipped a change; resubscribing"
+                            known = ""
+                            break
+                        got_message = True
+                        delay = BACKOFF_MIN
+                    else:
+                        error = "the node ended the stream"
+                finally:
+                    if connecting:
+                        self._connecting.release()
+            except asyncio.CancelledError:
+                await channel.close(None)
+                raise
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:  # a bug or a malformed message: keep the others going
+                log.exception("subscription to %s", address)
+                error = f"{type(exc).__name__}: {exc}"
+            await channel.close(None)
+            if error:
+                rec = self.store.get(address)
+                self.store.set_state(address, self._name(address, rec.name if rec else ""), STATE_UNREACHABLE,
+                                     error)
+            if not got_message:
+                delay = min(BACKOFF_MAX, delay * 2)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    def _handle(self, address: str, msg: inventory_pb2.WatchFeaturesResponse, known: str) -> bool:
+        """Apply one message; False when it cannot be applied (resubscribe without a known fingerprint)."""
+        kind = msg.WhichOneof("item")
+        if kind == "features":
+            ch = msg.features
+            name = self._name(address, ch.node_name)
+            if ch.node_name and self.on_reported_name is not None:
+                self.on_reported_name(address, ch.node_name)
+            probed = ch.probed_at.ToNanoseconds() / 1e9 if ch.HasField("probed_at") else time.time()
+            if ch.features_omitted:
+                return bool(known) and self.store.heartbeat(address, ch.round_id, ch.fingerprint, probed_at=probed)
+            rnd = ProbeRound(
+                features=wire.features_from_proto(ch.features),
+                statuses=[wire.status_from_proto(st) for st in ch.probes],
+                probed_at=datetime.now(UTC),
+            )
+            try:
+                self.store.put(address, name, rnd.features, rnd.unknown_features(), probed, ch.round_id,
+                               labels=self._labels(address))
+            except StoreFull as exc:
+                self.store.set_state(address, name, STATE_UNREACHABLE, str(exc))
+            return True
+        if kind == "heartbeat":
+            hb = msg.heartbeat
+            probed = hb.probed_at.ToNanoseconds() / 1e9 if hb.HasField("probed_at") else 0.0
+            return self.store.heartbeat(address, hb.round_id, hb.fingerprint, probed_at=probed)
+        return True
+
+
+def _client_interceptors() -> list[Any] | None:
+    from nodecompat.server.telemetry import tracing_requested
+
+    if not tracing_requested():
+        return None
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())
+
+
+__all__ = ["STATE_OK", "InventorySync", "SyncConfig"]
