@@ -17,7 +17,10 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from nodecompat.engine.expressions import DOES_NOT_EXIST, ExpressionError, MatchExpression
+import re
+from collections.abc import Callable
+
+from nodecompat.engine.expressions import DOES_NOT_EXIST, IN, IN_REGEXP, NOT_IN, ExpressionError, MatchExpression
 from nodecompat.engine.limits import MAX_ECHOED
 
 # Evaluation errors kept per term (NFD itself stops at the first one).
@@ -181,6 +184,75 @@ def match_multi(
     )
 
 
+# A regex made only of these characters, optionally anchored by a leading `^` and/or a trailing `$`,
+# matches literally in RE2 and in Go's regexp (no metacharacter, no escape, no flag, no class): so
+# `search` is a prefix/suffix/equality/substring test. `$` without (?m) is end-of-text in both.
+_LITERAL = re.compile(r"\^?[A-Za-z0-9_\-,:=@/ ]*\$?")
+
+
+def _literal_test(pattern: str) -> Callable[[str], bool] | None:
+    """str -> bool exactly equal to RE2 `search(pattern, name) is not None`, or None if not literal."""
+    if _LITERAL.fullmatch(pattern) is None:
+        return None
+    head = pattern.startswith("^")
+    tail = pattern.endswith("$") and len(pattern) > (1 if head else 0)
+    lit = pattern[1 if head else 0 : len(pattern) - 1 if tail else len(pattern)]
+    if head and tail:
+        return lit.__eq__
+    if head:
+        return lambda n: n.startswith(lit)
+    if tail:
+        return lambda n: n.endswith(lit)
+    return lambda n: lit in n
+
+
+def _name_plan(expr: MatchExpression) -> Callable[[Iterable[str]], set[str]] | None:
+    """Names -> the names `expr` holds for (present=True), as set operations; None when the expression
+    needs the general path (errors to report, a regex that is not a plain literal, other ops).
+
+    Exactly CompiledExpression.evaluate(True, name) for every name; kept on the expression's compiled
+    form so a spec's plans are built once."""
+    op, values = expr.op, expr.values
+    if not values:
+        return None
+    if op == IN:
+        wanted = frozenset(values)
+        return lambda names: wanted.intersection(names)
+    if op == NOT_IN:
+        unwanted = frozenset(values)
+        return lambda names: set(names).difference(unwanted)
+    if op == IN_REGEXP:
+        if expr.compiled().static_problems():
+            return None
+        tests = [_literal_test(v) for v in values]
+        if any(t is None for t in tests):
+            return None
+        checks = [t for t in tests if t is not None]
+        exact = {v[1:-1] for v in values if len(v) >= 2 and v[0] == "^" and v[-1] == "$"}
+        if exact and len(exact) == len(checks):
+            return lambda names: exact.intersection(names)
+        if len(checks) == 1:
+            only = checks[0]
+            return lambda names: {n for n in names if only(n)}
+        return lambda names: {n for n in names if any(t(n) for t in checks)}
+    return None
+
+
+_PLANS: dict[int, tuple[MatchExpression, Callable[[Iterable[str]], set[str]] | None]] = {}
+
+
+def name_plan(expr: MatchExpression) -> Callable[[Iterable[str]], set[str]] | None:
+    """_name_plan(expr), built once per expression object (bounded memo keyed by identity)."""
+    hit = _PLANS.get(id(expr))
+    if hit is not None and hit[0] is expr:
+        return hit[1]
+    plan = _name_plan(expr)
+    if len(_PLANS) >= 4096:
+        _PLANS.clear()
+    _PLANS[id(expr)] = (expr, plan)
+    return plan
+
+
 @dataclass
 class NamesResult:
     """Everything MatchNamesMulti computes for one matchName expression."""
@@ -204,6 +276,9 @@ def match_names_multi(
     Each distinct name is evaluated once (instances share attribute names), so the cost grows with
     the distinct names, not with the number of instances.
     """
+    plan = name_plan(expr)
+    if plan is not None:
+        return _names_by_plan(plan, flags, attrs, instances)
     errors: list[str] = []
     memo: dict[str, bool] = {}
 
@@ -238,6 +313,34 @@ def match_names_multi(
         matched_names=sorted(matching),
         matched_instances=inst_idx,
         errors=errors,
+        elements=elements,
+    )
+
+
+def _names_by_plan(
+    plan: Callable[[Iterable[str]], set[str]],
+    flags: Iterable[str] | None,
+    attrs: Mapping[str, str] | None,
+    instances: Sequence[Mapping[str, str]] | None,
+) -> NamesResult:
+    """match_names_multi for an expression that has a set plan (no errors possible)."""
+    flag_names = flags if isinstance(flags, set | frozenset) else set(flags or ())
+    attr_map = attrs or {}
+    inst_list = list(instances or ())
+    inst_names: set[str] = set().union(*inst_list) if inst_list else set()
+    seen = flag_names | attr_map.keys() | inst_names
+    matching = plan(seen)
+    kv: list[dict[str, str]] = [{"Name": k} for k in sorted(matching.intersection(flag_names))]
+    kv.extend({"Name": k, "Value": attr_map[k]} for k in sorted(matching.intersection(attr_map)))
+    kv.sort(key=lambda d: d["Name"])
+    inst_idx = [i for i, inst in enumerate(inst_list) if not matching.isdisjoint(inst)] if matching else []
+    elements: list[Mapping[str, str]] = [*kv, *(inst_list[i] for i in inst_idx)]
+    return NamesResult(
+        matched=bool(elements),
+        names=sorted(seen),
+        matched_names=sorted(matching),
+        matched_instances=inst_idx,
+        errors=[],
         elements=elements,
     )
 
