@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from google.protobuf.message_factory import GetMessageClass
 
 from nodecompat.features import AttributeFeature, Features, FlagFeature, Instance, InstanceFeature
 from nodecompat.probes.runner import ProbeRound, ProbeStatus
@@ -89,27 +88,66 @@ def statuses_from_json(data: Iterable[Mapping[str, Any]]) -> list[ProbeStatus]:
 
 # -- generic dataclass <-> message (verdicts) ------------------------------------------------------
 def to_message(obj: Any, msg_cls: type[M]) -> M:
-    """Fill a message from a dataclass whose fields carry the message's field names."""
+    """Fill a message from a dataclass whose fields carry the message's field names.
+
+    The descriptor is walked once per (dataclass, message) pair into a plan (_plan); each call then
+    fills the message top-down (repeated messages through `.add()`, so nothing is built twice and
+    copied), skipping scalar defaults, which proto3 does not serialize anyway."""
     msg = msg_cls()
-    for fd in msg.DESCRIPTOR.fields:
-        if not hasattr(obj, fd.name):
-            continue
-        value = getattr(obj, fd.name)
-        if value is None:
+    _fill(msg, obj)
+    return msg
+
+
+_SCALAR, _REPEATED, _MAP, _MESSAGE, _REPEATED_MESSAGE = range(5)
+_PLANS: dict[tuple[type[Any], type[Message]], list[tuple[str, int]]] = {}
+
+
+def _plan(obj_type: type[Any], msg_cls: type[Message]) -> list[tuple[str, int]]:
+    """(field name, kind) for every message field the object type may carry, from the descriptor once."""
+    key = (obj_type, msg_cls)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    names = {f.name for f in dataclasses.fields(obj_type)} if dataclasses.is_dataclass(obj_type) else None
+    plan = []
+    for fd in msg_cls.DESCRIPTOR.fields:
+        if names is not None and fd.name not in names:
             continue
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            getattr(msg, fd.name).update(value)
+            kind = _MAP
         elif fd.message_type is not None:
-            sub_cls = GetMessageClass(fd.message_type)  # type: ignore[arg-type]
-            if _is_repeated(fd):
-                getattr(msg, fd.name).extend(to_message(item, sub_cls) for item in value)
-            else:
-                getattr(msg, fd.name).CopyFrom(to_message(value, sub_cls))
-        elif _is_repeated(fd):
-            getattr(msg, fd.name).extend(value)
+            kind = _REPEATED_MESSAGE if _is_repeated(fd) else _MESSAGE
         else:
-            setattr(msg, fd.name, value)
-    return msg
+            kind = _REPEATED if _is_repeated(fd) else _SCALAR
+        plan.append((fd.name, kind))
+    if len(_PLANS) < 256:  # dataclass/message pairs: a handful in practice
+        _PLANS[key] = plan
+    return plan
+
+
+def _fill(msg: Message, obj: Any) -> None:
+    for name, kind in _plan(type(obj), type(msg)):
+        value = getattr(obj, name, None)
+        if value is None:
+            continue
+        if kind == _SCALAR:
+            if value:
+                setattr(msg, name, value)
+        elif kind == _REPEATED_MESSAGE:
+            if value:
+                add = getattr(msg, name).add
+                for item in value:
+                    _fill(add(), item)
+        elif kind == _REPEATED:
+            if value:
+                getattr(msg, name).extend(value)
+        elif kind == _MAP:
+            if value:
+                getattr(msg, name).update(value)
+        else:
+            sub = getattr(msg, name)
+            sub.SetInParent()
+            _fill(sub, value)
 
 
 def _is_repeated(fd: Any) -> bool:

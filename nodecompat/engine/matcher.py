@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from nodecompat.engine.expressions import DOES_NOT_EXIST, IN, IN_REGEXP, NOT_IN, ExpressionError, MatchExpression
 from nodecompat.engine.limits import MAX_ECHOED
