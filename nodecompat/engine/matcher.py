@@ -215,7 +215,7 @@ def _name_plan(expr: MatchExpression) -> Callable[[Iterable[str]], set[str]] | N
         return None
     if op == IN:
         wanted = frozenset(values)
-        return lambda names: wanted.intersection(names)
+        return lambda names: set(wanted.intersection(names))
     if op == NOT_IN:
         unwanted = frozenset(values)
         return lambda names: set(names).difference(unwanted)
