@@ -197,3 +197,12 @@ def test_verdict_round_trips_through_the_proto_and_json() -> None:
     back = wire.from_message(msg, Verdict, compatible=v.compatible, score=v.score)
     assert back.to_dict() == v.to_dict()
     assert Verdict.from_dict(json.loads(json.dumps(v.to_dict()))).to_dict() == v.to_dict()
+
+
+def test_nfd_mode_follows_the_spec_when_not_said() -> None:
+    """Callers that only parse in NFD mode (the fleet inventory, what-if) get NFD's view too."""
+    term = "    - feature: pci.device\n      matchName: {op: In, value: [numa_node]}\n"
+    f = _round("h100-server").features
+    assert not evaluate(parse_spec(_spec(term), nfd_compat=True), f).compatible
+    assert evaluate(parse_spec(_spec(term)), f).compatible
+    assert evaluate(parse_spec(_spec(term), nfd_compat=True), f, nfd_view=False).compatible
