@@ -206,3 +206,18 @@ def test_nfd_mode_follows_the_spec_when_not_said() -> None:
     assert not evaluate(parse_spec(_spec(term), nfd_compat=True), f).compatible
     assert evaluate(parse_spec(_spec(term)), f).compatible
     assert evaluate(parse_spec(_spec(term), nfd_compat=True), f, nfd_view=False).compatible
+
+
+def test_a_spec_naming_thousands_of_unknown_names_gets_a_bounded_report() -> None:
+    """Hostile input: 1,000 made-up attribute names in one matchName, and 300 made-up features."""
+    from nodecompat.engine.unseen import MAX_DETAIL_NAMES, MAX_UNSEEN
+
+    names = ", ".join(f"attr{i}" for i in range(1000))
+    terms = f"    - feature: pci.device\n      matchName: {{op: In, value: [{names}]}}\n"
+    terms += "".join(f"    - feature: made.up{i}\n      matchName: {{op: Exists}}\n" for i in range(300))
+    v = _eval("plain-vm", terms, nfd=False)
+    assert not v.compatible and len(v.unseen_names) == MAX_UNSEEN
+    first = v.sets[0].rules[0].match_features[0].expressions[0]
+    assert first.fact == FACT_NOT_PROVIDED and first.detail.count("no probe provides") == MAX_DETAIL_NAMES
+    assert "and 995 more names nobody provides" in first.detail
+    assert f"and {1300 - MAX_UNSEEN} more names no probe provides" in v.warnings

@@ -14,7 +14,7 @@ declarations say (an NFD snapshot's usb.device, say). Flag features and open att
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from nodecompat.engine.expressions import IN, NOT_IN
@@ -31,7 +31,8 @@ from nodecompat.engine.verdict import (
 if TYPE_CHECKING:
     from nodecompat.probes.catalog import FeatureCatalog
 
-MAX_UNSEEN = 64  # distinct unseen names listed per verdict (a spec may name thousands)
+MAX_UNSEEN = 64  # distinct unseen names listed (and given a did-you-mean) per verdict
+MAX_DETAIL_NAMES = 5  # unseen names spelled out in one expression's detail
 
 
 def unseen_message(feature: str, element: str, fact: str, suggestion: str) -> str:
@@ -53,7 +54,7 @@ class NameCheck:
         self.catalog = catalog
         self.nfd_view = nfd_view
         self._seen: dict[tuple[str, str], UnseenName] = {}
-        self.dropped = 0
+        self._dropped: set[tuple[str, str]] = set()
 
     def feature_fact(self, feature: str) -> tuple[str, str]:
         """(FactStatus, suggestion) for a feature this node does not have."""
@@ -62,9 +63,9 @@ class NameCheck:
             return FACT_ABSENT, ""
         info = cat.info(feature)
         if info is None:
-            return self._note(feature, "", FACT_NOT_PROVIDED, cat.suggest(feature, nfd_only=self.nfd_view))
+            return self._note(feature, "", FACT_NOT_PROVIDED, lambda: cat.suggest(feature, nfd_only=self.nfd_view))
         if self.nfd_view and not info.nfd:
-            return self._note(feature, "", FACT_NFD_HIDDEN, cat.suggest(feature, nfd_only=True))
+            return self._note(feature, "", FACT_NFD_HIDDEN, lambda: cat.suggest(feature, nfd_only=True))
         return FACT_ABSENT, ""
 
     def element_fact(self, feature: str, element: str) -> tuple[str, str]:
@@ -74,10 +75,11 @@ class NameCheck:
         if cat is None or info is None:
             return FACT_ABSENT, ""
         if not info.provides(element):
-            suggestion = cat.suggest(feature, element, nfd_only=self.nfd_view)
-            return self._note(feature, element, FACT_NOT_PROVIDED, suggestion)
+            return self._note(
+                feature, element, FACT_NOT_PROVIDED, lambda: cat.suggest(feature, element, nfd_only=self.nfd_view)
+            )
         if self.nfd_view and not info.nfd_publishes(element):
-            return self._note(feature, element, FACT_NFD_HIDDEN, cat.suggest(feature, element, nfd_only=True))
+            return self._note(feature, element, FACT_NFD_HIDDEN, lambda: cat.suggest(feature, element, nfd_only=True))
         return FACT_ABSENT, ""
 
     def annotate(
@@ -112,22 +114,33 @@ class NameCheck:
                 judged = [(v, *self.element_fact(feature, v)) for v in ev.values if not has(v)]
                 unseen = [j for j in judged if j[1] != FACT_ABSENT]
                 if unseen:
-                    ev.detail = "; ".join([ev.detail, *(unseen_message(feature, v, f, s) for v, f, s in unseen)])
+                    said = [unseen_message(feature, v, f, s) for v, f, s in unseen[:MAX_DETAIL_NAMES]]
+                    if len(unseen) > MAX_DETAIL_NAMES:
+                        said.append(f"and {len(unseen) - MAX_DETAIL_NAMES} more names nobody provides")
+                    ev.detail = "; ".join([ev.detail, *said])
                 if unseen and len(unseen) == len(ev.values):
                     ev.fact, ev.suggestion = unseen[0][1], unseen[0][2]
                 elif judged and len(judged) == len(ev.values):
                     ev.fact = FACT_ABSENT
 
-    def _note(self, feature: str, element: str, fact: str, suggestion: str) -> tuple[str, str]:
+    def _note(self, feature: str, element: str, fact: str, suggest: Callable[[], str]) -> tuple[str, str]:
+        """Record an unseen name; the did-you-mean (difflib: the costly part) only for the first MAX_UNSEEN."""
         key = (feature, element)
-        if key not in self._seen:
-            if len(self._seen) >= MAX_UNSEEN:
-                self.dropped += 1
-            else:
-                self._seen[key] = UnseenName(
-                    feature, element, fact, suggestion, unseen_message(feature, element, fact, suggestion)
-                )
+        got = self._seen.get(key)
+        if got is not None:
+            return got.fact, got.suggestion
+        if len(self._seen) >= MAX_UNSEEN:
+            self._dropped.add(key)
+            return fact, ""
+        suggestion = suggest()
+        message = unseen_message(feature, element, fact, suggestion)
+        self._seen[key] = UnseenName(feature, element, fact, suggestion, message)
         return fact, suggestion
+
+    @property
+    def dropped(self) -> int:
+        """Distinct unseen names beyond MAX_UNSEEN (not listed, no did-you-mean)."""
+        return len(self._dropped)
 
     def unseen(self) -> list[UnseenName]:
         return list(self._seen.values())
