@@ -68,12 +68,12 @@ class FeatureCatalog:
         with `nfd_only`, among NFD's names only."""
         if element is None:
             names = [n for n, i in self.infos.items() if not nfd_only or i.nfd]
-            return _closest_feature(feature.lower(), names)
+            return closest_feature(feature.lower(), names)
         info = self.info(feature)
         if info is None or info.attributes is None:
             return ""
         names = [a.name for a in info.attributes if "<" not in a.name and (not nfd_only or info.nfd_publishes(a.name))]
-        return _closest(element, names)
+        return closest(element, names)
 
     # -- NFD's view ------------------------------------------------------------------------------
     def nfd_view(self, features: Features) -> Features:
@@ -119,8 +119,8 @@ def _nfd_attrs(info: FeatureInfo | None, elements: Mapping[str, str]) -> dict[st
     return {k: v for k, v in elements.items() if info.nfd_publishes(k)}
 
 
-def _closest_feature(name: str, names: Iterable[str]) -> str:
-    """Like _closest, but source and feature part must each be close: `kernal.version` and
+def closest_feature(name: str, names: Iterable[str]) -> str:
+    """Like closest, but source and feature part must each be close: `kernal.version` and
     `kernel.versoin` find `kernel.version`; `usb.device` does not find `gpu.device`."""
     src, _, feat = name.partition(".")
     best, score = "", 0.0
@@ -136,6 +136,6 @@ def _ratio(a: str, b: str) -> float:
     return 1.0 if a == b else difflib.SequenceMatcher(None, a, b).ratio()
 
 
-def _closest(word: str, names: Iterable[str]) -> str:
+def closest(word: str, names: Iterable[str]) -> str:
     got = difflib.get_close_matches(word, sorted(set(names)), n=1, cutoff=_SUGGEST_CUTOFF)
     return got[0] if got else ""

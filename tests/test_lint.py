@@ -46,10 +46,18 @@ def test_unknown_feature_and_attribute() -> None:
     assert out == [
         "warning: compatibilities[0].rules[0].matchFeatures[0].feature: unknown feature 'pci.devices': "
         "no registered probe provides it (valid NFD, but this daemon never reports it, so the term cannot "
-        "match here)",
+        "match here); did you mean 'pci.device'?",
         "warning: compatibilities[0].rules[0].matchFeatures[1].matchExpressions.bdf: "
         "pci.device has no attribute "
         "'bdf' (known: class, device, vendor)",
+    ]
+
+
+def test_unknown_attribute_gets_a_did_you_mean() -> None:
+    out = _lint("    - feature: pci.device\n      matchExpressions: {vendr: {op: Exists}}\n")
+    assert out == [
+        "warning: compatibilities[0].rules[0].matchFeatures[0].matchExpressions.vendr: "
+        "pci.device has no attribute 'vendr' (did you mean 'vendor'? known: class, device, vendor)"
     ]
 
 

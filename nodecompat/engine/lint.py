@@ -45,6 +45,7 @@ from nodecompat.engine.expressions import (
     parse_version,
 )
 from nodecompat.engine.spec import RULE_BACKREF_FEATURE, FeatureTerm, parse_spec_partial
+from nodecompat.probes.catalog import closest, closest_feature
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,13 @@ def _lint_term(path: str, t: FeatureTerm, known: Mapping[str, object]) -> list[L
         return out
     info = known.get(name)
     if info is None:
+        near = closest_feature(name, known)
         out.append(
             LintProblem(
                 f"{path}.feature",
                 f"unknown feature {t.feature!r}: no registered probe provides it (valid NFD, but this "
-                "daemon never reports it, so the term cannot match here)",
+                "daemon never reports it, so the term cannot match here)"
+                + (f"; did you mean {near!r}?" if near else ""),
                 "warning",
             )
         )
@@ -144,9 +147,11 @@ def _lint_term(path: str, t: FeatureTerm, known: Mapping[str, object]) -> list[L
             and e.op != DOES_NOT_EXIST
             and not attribute_declared(attr_names, el)
         ):
+            near = closest(el, [a for a in attr_names if "<" not in a])
+            hint = f"did you mean {near!r}? " if near else ""
             out.append(
                 LintProblem(
-                    ep, f"{name} has no attribute {el!r} (known: {', '.join(sorted(attr_names))})", "warning"
+                    ep, f"{name} has no attribute {el!r} ({hint}known: {', '.join(sorted(attr_names))})", "warning"
                 )
             )
     return out
