@@ -1,17 +1,29 @@
-# Targets mirror the README. `make install` then `make run` starts the node daemon on this machine.
+# Targets mirror the README. `make install` then `make run` starts the node daemon on this machine;
+# `make help` lists every target.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 LISTEN ?= 127.0.0.1:50051
+PORT   ?= 5000
 
-.PHONY: install run test test-deps lint typecheck proto bench demo-registry clean
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-deps lint typecheck proto bench demo-registry readme-check clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: LISTEN=$(LISTEN) (make run), PORT=$(PORT) (make demo-registry), PYTHON=$(PYTHON)"
 
 install: ## create .venv and install nodecompat with its development tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 
-run: ## run the node daemon on this machine's /sys and /proc, on loopback
+# Every target that runs something from the venv depends on this check, so a newcomer who skips
+# `make install` is told what to do instead of `.venv/bin/nodecompat: No such file or directory`.
+venv-check:
+	@test -x $(BIN)/nodecompat || { echo "make: $(BIN)/nodecompat is missing: run \`make install\` first" >&2; exit 2; }
+
+run: venv-check ## run the node daemon on this machine's /sys and /proc (LISTEN=127.0.0.1:50051 by default)
 	$(BIN)/nodecompat serve --listen $(LISTEN)
 
 test-deps: ## Debian packages the tests use: a real OCI registry, skopeo, openssl (test CAs), iproute2 (netns)
@@ -22,21 +34,26 @@ test-deps: ## Debian packages the tests use: a real OCI registry, skopeo, openss
 	    docker-registry skopeo openssl iproute2 >/dev/null; \
 	fi
 
-test: test-deps lint ## lint, type-check and run the whole test suite
+test: test-deps lint ## lint, type-check and run the whole test suite (the README check included)
 	$(BIN)/pytest -q
 
-lint: ## ruff and mypy
+lint: venv-check typecheck ## ruff and mypy
 	$(BIN)/ruff check .
+
+typecheck: venv-check ## mypy over the installed package layout (tools/typecheck.sh)
 	MYPY=$(CURDIR)/$(BIN)/mypy tools/typecheck.sh
 
-proto: ## regenerate nodecompat/v1 from protos/ (a test fails when they drift)
+proto: venv-check ## regenerate nodecompat/v1 from protos/ (a test fails when they drift)
 	$(BIN)/python tools/genproto.py
 
-demo-registry: test-deps ## a local registry on 127.0.0.1:5000 holding app:v1, for the README's --image recipes
-	$(BIN)/python tools/demo_registry.py
+demo-registry: venv-check test-deps ## a local registry holding app:v1 for the README's --image recipes (PORT=5000 by default)
+	$(BIN)/python tools/demo_registry.py --port $(PORT)
 
-bench: ## print performance figures
+readme-check: venv-check test-deps ## run the README's recipes top to bottom in a fresh shell (tools/readme_check.py)
+	$(BIN)/python tools/readme_check.py
+
+bench: venv-check ## print performance figures
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-clean:
+clean: ## remove build and cache directories
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from nodecompat.clients import exit_codes
+from nodecompat.clients.cmd_serve import LOG_LEVELS
 from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS
 
 if TYPE_CHECKING:
@@ -18,7 +19,13 @@ DEFAULT_LISTEN = "127.0.0.1:50050"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("aggregator", help="run the fleet aggregator (gRPC FleetService)")
+    p = sub.add_parser(
+        "aggregator",
+        help="run the fleet aggregator (gRPC FleetService)",
+        description="Run the fleet aggregator: keep the fleet's membership (--nodes-file, --dns, registrations "
+        "from `serve --register`), answer FleetService (ValidateFleet, ListNodes) by asking every selected node "
+        "daemon at once, with health and reflection, on --listen until SIGTERM/SIGINT.",
+    )
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})")
     p.add_argument("--nodes-file", default=None, help="YAML/JSON list of {name, address, labels}; re-read on change")
     p.add_argument(
@@ -29,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="discover daemons from all A/AAAA records of NAME (repeatable)",
     )
     p.add_argument("--dns-interval", type=float, default=30.0, help="seconds between DNS re-resolutions")
-    p.add_argument("--lease-ttl", type=float, default=30.0, help="default lease of registered nodes (s)")
+    p.add_argument("--lease-ttl", type=float, default=30.0,
+                   help="lease (s) granted to a registered node that asks for none")
     p.add_argument(
         "--max-registrations",
         type=int,
@@ -47,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CA (PEM): clients must present a certificate it signed, and daemons are verified with it",
     )
     p.add_argument("--ca-file", default=None, help="CA bundle for registries (ValidateFleet by image reference)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
     p.set_defaults(func=run)
 
 
@@ -96,11 +104,16 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nodecompat.clients.listen_check import listen_problem
     from nodecompat.server import telemetry
     from nodecompat.server.aggregator import AggregatorDaemon
     from nodecompat.server.grpc_server import run_until_signal
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    problem = listen_problem(args.listen)
+    if problem:
+        print(f"nodecompat aggregator: {problem}", file=sys.stderr)
+        return exit_codes.ERROR
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         provider = telemetry.init_tracing("nodecompat-aggregator")
     except ValueError as exc:

@@ -12,24 +12,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
+from typing import TYPE_CHECKING
 
 from nodecompat.clients import exit_codes
 from nodecompat.clients.tls_args import (
     add_tls_client_args,
     channel_credentials_from_args,
     tls_flags_given,
-    unavailable_hint,
 )
-from nodecompat.probes.runner import ProbeRound
+
+if TYPE_CHECKING:
+    from nodecompat.probes.runner import ProbeRound
+
+# A feature with more elements than this is summarised in the table (counts), unless --all or --prefix.
+TABLE_GROUP_OVER = 24
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("features", help="show the node's features (local probe, or --node a daemon)")
+    p = sub.add_parser(
+        "features",
+        help="show the node's features (local probe, or --node a daemon)",
+        description="Show the node's features with NFD's names: probe this machine (or --host-root), or ask a "
+        f"node daemon (--node). The table summarises features with more than {TABLE_GROUP_OVER} elements "
+        "(kernel.config...) as counts: --prefix NAME or --all lists them. -o json prints NFD's features JSON "
+        "plus each probe's status (a snapshot `validate --features` reads).",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--host-root", default="/", help="probe the host under this root (default /)")
     src.add_argument("--node", metavar="HOST:PORT", help="ask a node daemon instead of probing locally")
-    p.add_argument("-o", "--output", choices=("json", "table"), default="table")
-    p.add_argument("--prefix", action="append", default=[], help="only features starting with this (repeatable)")
+    p.add_argument("-o", "--output", choices=("json", "table"), default="table", help="output format")
+    p.add_argument(
+        "--prefix",
+        action="append",
+        default=[],
+        help="only features whose name starts with this, listed in full (repeatable; e.g. --prefix kernel.config)",
+    )
+    p.add_argument("--all", action="store_true", help="list every element of every feature in the table")
     p.add_argument("--refresh", action="store_true", help="with --node: make the daemon re-probe first")
     p.add_argument(
         "--nfd-only",
@@ -60,8 +79,10 @@ def load_round(args: argparse.Namespace) -> tuple[str, ProbeRound]:
             try:
                 return client.get_features(refresh=args.refresh, prefixes=args.prefix)
             except NodeCallError as exc:
-                hint = unavailable_hint(args, exc.message) if exc.code == "UNAVAILABLE" else ""
-                raise NodeCallError(exc.code, f"node {args.node}: {exc.message}{hint}") from None
+                from nodecompat.clients.call_errors import explain
+
+                raise NodeCallError(exc.code, f"node {args.node}: {exc.message}"
+                                    f"{explain(args, exc.code, exc.message, 'node', args.node)}") from None
     if tls_flags_given(args):
         raise ValueError("--tls-ca/--tls-cert/--tls-key apply to --node only")
     from nodecompat.clients.cmd_serve import node_name_default
@@ -73,24 +94,52 @@ def load_round(args: argparse.Namespace) -> tuple[str, ProbeRound]:
     return node_name_default(), rnd
 
 
-def render_table(rnd: ProbeRound) -> str:
+def _value_counts(values: list[str]) -> str:
+    """`1312 = y, 421 = m, 12 other` for the most common values (what kernel.config is made of)."""
+    counts = Counter(values).most_common()
+    top = [(v, n) for v, n in counts[:3] if n > 1]
+    rest = len(values) - sum(n for _v, n in top)
+    parts = [f"{n} = {v}" for v, n in top]
+    if rest:
+        parts.append(f"{rest} other")
+    return ", ".join(parts)
+
+
+def render_table(rnd: ProbeRound, expand: bool = False) -> str:
+    """The features as a table; features with more than TABLE_GROUP_OVER elements are one summary line
+    each unless `expand` (--all, or a --prefix the user gave)."""
     lines: list[str] = []
     f = rnd.features
+    grouped: list[str] = []
     for name in sorted(f.names()):
         if name in f.flags:
             elems = sorted(f.flags[name].elements)
             lines.append(f"{name}  (flags, {len(elems)})")
             lines.append("    " + " ".join(elems) if elems else "    -")
         if name in f.attributes:
-            lines.append(f"{name}  (attributes)")
-            for k, v in sorted(f.attributes[name].elements.items()):
-                lines.append(f"    {k} = {v}")
+            attrs = f.attributes[name].elements
+            if len(attrs) > TABLE_GROUP_OVER and not expand:
+                lines.append(f"{name}  (attributes, {len(attrs)}: {_value_counts([str(v) for v in attrs.values()])})")
+                grouped.append(name)
+            else:
+                lines.append(f"{name}  (attributes)")
+                for k, v in sorted(attrs.items()):
+                    lines.append(f"    {k} = {v}")
         if name in f.instances:
             insts = f.instances[name].elements
+            if len(insts) > TABLE_GROUP_OVER and not expand:
+                lines.append(f"{name}  (instances, {len(insts)})")
+                grouped.append(name)
+                continue
             lines.append(f"{name}  (instances, {len(insts)})")
             for i, inst in enumerate(insts):
-                attrs = " ".join(f"{k}={v}" for k, v in sorted(inst.attributes.items()))
-                lines.append(f"    [{i}] {attrs}")
+                pairs = " ".join(f"{k}={v}" for k, v in sorted(inst.attributes.items()))
+                lines.append(f"    [{i}] {pairs}")
+    if grouped:
+        lines.append("")
+        lines.append(
+            f"summarised: {', '.join(grouped)} (list one with --prefix {grouped[0]}, or everything with --all)"
+        )
     lines.append("")
     lines.append("probes:")
     for st in rnd.statuses:
@@ -116,5 +165,5 @@ def run(args: argparse.Namespace) -> int:
         json.dump(snapshot_json(rnd, node_name), sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")
     else:
-        print(render_table(rnd))
+        print(render_table(rnd, expand=args.all or bool(args.prefix)))
     return exit_codes.YES

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from nodecompat.clients import exit_codes
-from nodecompat.clients.input_files import read_text_limited
-from nodecompat.clients.tls_args import add_tls_client_args, channel_credentials_from_args, unavailable_hint
+from nodecompat.clients.input_files import locate, read_text_limited
+from nodecompat.clients.registry_args import PLATFORM_HELP, PLATFORM_METAVAR
+from nodecompat.clients.tls_args import add_tls_client_args, channel_credentials_from_args
 from nodecompat.engine.limits import MAX_SPEC_BYTES
 
 if TYPE_CHECKING:
@@ -24,32 +25,58 @@ EXIT_FIT, EXIT_NONE, EXIT_ERROR = exit_codes.YES, exit_codes.NO, exit_codes.ERRO
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fleet", help="query a fleet aggregator")
+    p = sub.add_parser(
+        "fleet",
+        help="query a fleet aggregator (which nodes fit, the nodes' health)",
+        description="Ask a fleet aggregator (`nodecompat aggregator`): `fleet validate` which nodes can run an "
+        "image, `fleet nodes` which nodes it knows and their health.",
+    )
     fsub = p.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
     fsub.required = True
 
-    v = fsub.add_parser("validate", help="which nodes of the fleet can run this image (or spec)?")
+    v = fsub.add_parser(
+        "validate",
+        help="which nodes of the fleet can run this image (or spec)?",
+        description="Ask every selected node of the fleet, at once, whether it can run the image (its attached "
+        "compatibility spec) or --spec; nodes are listed as they answer, ranked, with the reasons a node does "
+        "not fit and the error of a node that could not answer.",
+        epilog="exit status: 0 some node fits, 1 no node fits (or none is selected), 2 error",
+    )
     _common(v)
     src = v.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="image reference; its compatibility artifact is fetched once, by the aggregator")
+    src.add_argument("--image", metavar="REF",
+                     help="image reference; its compatibility artifact is fetched once, by the aggregator")
     src.add_argument("--spec", metavar="FILE", help="image compatibility spec (YAML/JSON) to send inline; - for stdin")
-    v.add_argument("--selector", action="append", default=[], metavar="K=V", help="only nodes with this label")
-    v.add_argument("--tags", action="append", default=[], help="only compatibility sets with these tags")
-    v.add_argument("--platform", default="", help="os/arch[/variant] of an image index to use")
-    v.add_argument("--plain-http", action="store_true", help="reach the registry over plain HTTP")
-    v.add_argument("--timeout", type=float, default=0.0, help="overall deadline in seconds (0: aggregator default)")
+    v.add_argument("--selector", action="append", default=[], metavar="K=V",
+                   help="only nodes with this label (repeatable, or K=V,K2=V2)")
+    v.add_argument("--tags", action="append", default=[],
+                   help="only compatibility sets with these tags (comma-separated, repeatable)")
+    v.add_argument("--platform", default=None, metavar=PLATFORM_METAVAR, help=PLATFORM_HELP)
+    v.add_argument("--plain-http", action="store_true", help="the aggregator reaches the registry over plain HTTP")
+    v.add_argument("--timeout", type=float, default=0.0,
+                   help="overall deadline in seconds (default: 0, the aggregator's --default-timeout)")
     v.add_argument("--nfd-compat", action="store_true", help="accept what NFD accepts (see `validate --nfd-compat`)")
     v.set_defaults(func=run_validate)
 
-    n = fsub.add_parser("nodes", help="list the fleet's nodes with their health")
+    n = fsub.add_parser(
+        "nodes",
+        help="list the fleet's nodes with their health",
+        description="List the nodes the aggregator knows (nodes file, DNS, registrations) with their health: "
+        "UNKNOWN until the aggregator's first health check of a node, then SERVING, NOT_SERVING or the "
+        "gRPC status of the failed check.",
+    )
     _common(n)
-    n.add_argument("--selector", action="append", default=[], metavar="K=V", help="only nodes with this label")
+    n.add_argument("--selector", action="append", default=[], metavar="K=V",
+                   help="only nodes with this label (repeatable, or K=V,K2=V2)")
+    n.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for the aggregator to answer and every listed node to be SERVING; "
+                   "exit 1 if they are not by then (default: 0, answer at once)")
     n.set_defaults(func=run_nodes)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregator", required=True, metavar="HOST:PORT", help="the aggregator's address")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     add_tls_client_args(p, "the aggregator")
 
 
@@ -71,8 +98,18 @@ def _client(args: argparse.Namespace) -> FleetClient:
 
 
 def _call_error(args: argparse.Namespace, exc: FleetCallError) -> int:
-    hint = unavailable_hint(args, exc.message) if exc.code == "UNAVAILABLE" else ""
-    return _error(f"{args.aggregator}: {exc}{hint}")
+    from nodecompat.clients.call_errors import explain
+
+    hint = explain(args, exc.code, exc.message, "aggregator", args.aggregator)
+    text = f"{exc}{hint}"
+    if getattr(args, "spec", None) and '"<unicode string>"' in text:  # the inline spec is --spec's file
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if "<unicode string>" in line:
+                rest = line.lstrip(" -")
+                lines[i] = line[: len(line) - len(rest)] + locate(rest, args.spec)
+        text = "\n".join(lines)
+    return _error(f"{args.aggregator}: {text}")
 
 
 def read_spec(path: str) -> str:
@@ -140,7 +177,7 @@ def run_validate(args: argparse.Namespace) -> int:
                 image=args.image,
                 spec_text=spec_text,
                 tags=[t for x in args.tags for t in x.split(",") if t],
-                platform=args.platform,
+                platform=args.platform or "",
                 plain_http=args.plain_http,
                 selector=selector,
                 timeout=args.timeout,
@@ -160,6 +197,8 @@ def run_validate(args: argparse.Namespace) -> int:
     from nodecompat.clients.fleet_client import FleetAnswer
 
     answer = FleetAnswer(nodes, summary)
+    if not nodes and args.output == "table":
+        print(f"nodecompat fleet: {no_node_hint(args, selector)}", file=sys.stderr)
     if args.output == "json":
         json.dump(answer.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -204,29 +243,69 @@ def render_table(answer: FleetAnswer) -> str:
     return "\n".join([*lines, "", tail]) + "\n"
 
 
+def no_node_hint(args: argparse.Namespace, selector: dict[str, str]) -> str:
+    """Why the answer lists no node, and what to do."""
+    if not selector:
+        return ("the aggregator knows no node: give it --nodes-file or --dns, or start daemons with "
+                "`nodecompat serve --register AGGREGATOR`")
+    wanted = ",".join(f"{k}={v}" for k, v in selector.items())
+    try:
+        with _client(args) as client:
+            everyone = client.list_nodes({}, timeout=5)
+    except Exception:
+        return f"no node matches --selector {wanted}"
+    labels = sorted({f"{k}={v}" for n in everyone for k, v in n.labels.items()})
+    known = f"labels in the fleet: {', '.join(labels)}" if labels else "no node of the fleet has labels"
+    return (f"no node matches --selector {wanted} ({len(everyone)} node(s) in the fleet; {known}; "
+            "a selector matches nodes having every K=V given)")
+
+
 def run_nodes(args: argparse.Namespace) -> int:
+    import time
     from dataclasses import asdict
 
     from nodecompat.clients.fleet_client import FleetCallError
     from nodecompat.server.tls import TlsConfigError
 
+    if not 0 <= args.wait <= 3600:
+        return _error("--wait must be between 0 and 3600 seconds")
+    deadline = time.monotonic() + args.wait
     try:
         selector = parse_selector(args.selector)
         with _client(args) as client:
-            nodes = client.list_nodes(selector)
+            while True:
+                try:
+                    nodes = client.list_nodes(selector)
+                    if not args.wait or (nodes and all(n.health == "SERVING" for n in nodes)):
+                        break
+                except FleetCallError as exc:
+                    if exc.code != "UNAVAILABLE" or time.monotonic() >= deadline:
+                        raise
+                    nodes = []
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.2)
     except (ValueError, TlsConfigError) as exc:
         return _error(str(exc))
     except FleetCallError as exc:
         return _call_error(args, exc)
+    waited_in_vain = bool(args.wait) and not (nodes and all(n.health == "SERVING" for n in nodes))
     if args.output == "json":
         json.dump({"nodes": [asdict(n) for n in nodes]}, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 0
+        return EXIT_NONE if waited_in_vain else EXIT_FIT
+    if not nodes:
+        print(f"nodecompat fleet: {no_node_hint(args, selector)}", file=sys.stderr)
+        return EXIT_NONE if waited_in_vain else EXIT_FIT
     rows = [("NODE", "ADDRESS", "SOURCE", "HEALTH", "LAST CONTACT", "LABELS")]
     for n in nodes:
         labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))
-        rows.append((n.name, n.address, n.source, n.health, n.last_contact or "never", labels))
+        health = "UNKNOWN (checking)" if n.health == "UNKNOWN" else n.health
+        rows.append((n.name, n.address, n.source, health, n.last_contact or "never", labels))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for row in rows:
         sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
-    return 0
+    if waited_in_vain:
+        print(f"nodecompat fleet: not every node is SERVING after --wait {args.wait:g}s", file=sys.stderr)
+        return EXIT_NONE
+    return EXIT_FIT

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from nodecompat.clients import exit_codes
-from nodecompat.clients.input_files import InputError, read_bytes_limited
+from nodecompat.clients.input_files import InputError, locate, read_bytes_limited
 from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.engine.lint import lint_spec
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.ERROR
     problems = lint_spec(data)
     for p in problems:
-        print(f"{args.file}: {p}")
+        print(locate(str(p), args.file))
     if not problems:
         print(f"{args.file}: ok")
     return exit_codes.NO if problems else exit_codes.YES

@@ -18,22 +18,30 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the node daemon (gRPC NodeService)")
+    p = sub.add_parser(
+        "serve",
+        help="run the node daemon (gRPC NodeService)",
+        description="Run the node daemon: probe this host (or --host-root) and answer NodeService "
+        "(GetFeatures, ValidateImage), health and reflection on --listen until SIGTERM/SIGINT. "
+        "Tracing is on when OTEL_* variables ask for it (the log says where spans go).",
+    )
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})")
     p.add_argument("--host-root", default="/", help="read the host under this root (default /)")
-    p.add_argument("--node-name", default="", help="node name (default $NODE_NAME or the hostname)")
+    p.add_argument("--node-name", default="", help="node name (default: $NODE_NAME or the hostname)")
     p.add_argument("--refresh-interval", type=_positive, default=60.0, help="seconds between probe rounds (>= 1)")
-    p.add_argument("--probe-timeout", type=_positive, default=None, help="override every probe's timeout (s)")
-    p.add_argument("--probes", default=None, help="comma-separated probe names to run (default all)")
+    p.add_argument("--probe-timeout", type=_positive, default=None,
+                   help="override every probe's timeout in seconds (default: each probe's own)")
+    p.add_argument("--probes", default=None, help="comma-separated probe names to run (default: all installed probes)")
     p.add_argument("--no-hotplug", action="store_true", help="do not re-probe on device hot-plug events")
     p.add_argument("--ca-file", default=None, help="CA bundle for registries (ValidateImage by reference)")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
     p.set_defaults(func=run)
     p.add_argument("--tls-cert", default=None, help="server certificate (PEM); enables TLS")
     p.add_argument("--tls-key", default=None, help="server private key (PEM)")
     p.add_argument("--tls-ca", default=None, help="CA (PEM) clients must be signed by: enables mutual TLS")
     p.add_argument("--register", default=None, metavar="AGGREGATOR", help="keep a lease with this aggregator")
-    p.add_argument("--advertise", default=None, help="HOST:PORT the aggregator should dial (default: --listen)")
+    p.add_argument("--advertise", default=None,
+                   help="HOST:PORT the aggregator should dial (default: the --listen address)")
     p.add_argument("--labels", default="", help="comma-separated k=v labels announced on registration")
 
 
@@ -72,7 +80,13 @@ def check_args(args: argparse.Namespace) -> str:
     except ValueError as exc:
         return f"--listen {exc}"
     if args.probes:
-        _, errors = load_probes(args.probes.split(","))
+        wanted = [n.strip() for n in args.probes.split(",") if n.strip()]
+        valid = probe_names()
+        unknown = [n for n in wanted if n not in valid]
+        if unknown or not wanted:
+            return (f"--probes: no probe named {', '.join(repr(n) for n in unknown) or 'given'}; "
+                    f"valid names: {', '.join(valid)}")
+        _, errors = load_probes(wanted)
         if errors:
             return "--probes: " + "; ".join(e.error for e in errors)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -98,6 +112,25 @@ def check_args(args: argparse.Namespace) -> str:
     return ""
 
 
+def probe_names() -> list[str]:
+    """Names of the installed probes (the `nodecompat.probes` entry-point group), sorted."""
+    from importlib.metadata import entry_points
+
+    return sorted({ep.name for ep in entry_points(group="nodecompat.probes")})
+
+
+def _warm_up_in_background() -> None:
+    """Import the rule engine while the daemon idles, so the first ValidateImage does not pay for it
+    (it is left out of start-up, which only needs probing and the gRPC server)."""
+    import threading
+
+    def warm() -> None:
+        import nodecompat.engine.evaluate
+        import nodecompat.engine.spec  # noqa: F401
+
+    threading.Thread(target=warm, name="warm-up", daemon=True).start()
+
+
 def node_name_default() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
 
@@ -109,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
     from nodecompat.server.node_service import RegistryOptions
 
     problem = check_args(args)
+    if not problem:
+        from nodecompat.clients.listen_check import listen_problem
+
+        problem = listen_problem(args.listen)
     if problem:
         print(f"nodecompat serve: {problem}", file=sys.stderr)
         return exit_codes.ERROR
@@ -155,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.ERROR
     host = args.listen.rpartition(":")[0]
     print(f"nodecompat: node {name} serving on {host}:{port}", file=sys.stderr, flush=True)
+    _warm_up_in_background()
     if args.register:
         from nodecompat.server.registration import LeaseKeeper
 

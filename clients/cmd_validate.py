@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodecompat.clients import exit_codes
-from nodecompat.clients.input_files import InputError, read_text_limited
+from nodecompat.clients.input_files import InputError, locate, read_text_limited
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.clients.render import render_table
 from nodecompat.clients.tls_args import (
     add_tls_client_args,
     channel_credentials_from_args,
     tls_flags_given,
-    unavailable_hint,
 )
 from nodecompat.engine.limits import MAX_SNAPSHOT_BYTES, MAX_SPEC_BYTES
 from nodecompat.engine.spec import SpecError, parse_spec
@@ -201,7 +200,9 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
                 else:
                     result = client.validate(spec_text=text, tags=tags, nfd_compat=nfd)
         except NodeCallError as exc:
-            hint = unavailable_hint(args, exc.message) if exc.code == "UNAVAILABLE" else ""
+            from nodecompat.clients.call_errors import explain
+
+            hint = explain(args, exc.code, exc.message, "node", args.node)
             raise CommandError(f"node {args.node}: {exc}{hint}") from None
         except ValueError as exc:  # not HOST:PORT
             raise CommandError(f"--node {exc}") from None
@@ -210,7 +211,8 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
     try:
         spec = parse_spec(text, nfd_compat=nfd)
     except SpecError as exc:
-        raise CommandError("invalid spec:\n  " + "\n  ".join(exc.problems)) from None
+        where = args.spec if args.spec else f"the spec attached to {args.image}"
+        raise CommandError("invalid spec:\n  " + "\n  ".join(locate(p, where) for p in exc.problems)) from None
     from nodecompat.engine.evaluate import evaluate
 
     if args.features:

@@ -6,6 +6,7 @@ a limit's worth (never the whole of an endless stream) and says which file and f
 
 from __future__ import annotations
 
+import re
 import sys
 
 
@@ -35,3 +36,18 @@ def read_text_limited(path: str, limit: int, what: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+# PyYAML names the stream it parsed `<unicode string>`: the CLI knows the file, so it says that instead.
+_YAML_MARK_RE = re.compile(r'\s*in "<unicode string>", line (\d+), column (\d+)')
+
+
+def locate(problem: str, path: str) -> str:
+    """`PATH:LINE:COLUMN: problem` for a problem carrying PyYAML's position mark, else `PATH: problem`
+    ("-" is called <stdin>)."""
+    name = "<stdin>" if path == "-" else path
+    marks = _YAML_MARK_RE.findall(problem)
+    if marks:
+        line, column = marks[-1]
+        return f"{name}:{line}:{column}: {_YAML_MARK_RE.sub('', problem)}"
+    return f"{name}: {problem}"

@@ -16,15 +16,19 @@ from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.errors import InvalidArgumentError
 
 _MAX_SECRET = 64 * 1024
+# One spelling of --platform for `validate`, `attach` and `fleet validate`.
+PLATFORM_METAVAR = "OS[/ARCH[/VARIANT]][:OS_VERSION]"
+PLATFORM_HELP = "resolve a multi-platform image index to this platform's manifest (as NFD: the artifact is looked " \
+    "up for exactly what the reference resolves to)"
 
 
 def add_registry_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("registry")
-    group.add_argument("--platform", default=None, metavar="OS[/ARCH[/VARIANT]][:OS_VERSION]",
-                       help="resolve a multi-platform index to this platform's manifest")
+    group.add_argument("--platform", default=None, metavar=PLATFORM_METAVAR, help=PLATFORM_HELP)
     group.add_argument("--plain-http", action="store_true", help="use HTTP, not HTTPS, for the registry")
     group.add_argument("--ca-file", default=None, metavar="FILE", help="CA bundle to verify the registry")
-    group.add_argument("--registry-username", default=None, metavar="USER")
+    group.add_argument("--registry-username", default=None, metavar="USER",
+                       help="registry user name (the password comes from --registry-password-stdin)")
     secrets = group.add_mutually_exclusive_group()
     secrets.add_argument("--registry-password-stdin", action="store_true",
                          help="read the registry password from stdin")

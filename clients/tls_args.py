@@ -9,10 +9,12 @@ registry flags (`--ca-file`), which are about a different peer: the OCI registry
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:  # grpc is imported only by the commands that dial (fast start)
+    import grpc
 
-from nodecompat.server.tls import ClientTls
+    from nodecompat.server.tls import ClientTls
 
 
 def add_tls_client_args(parser: argparse.ArgumentParser, peer: str = "the server") -> None:
@@ -24,6 +26,8 @@ def add_tls_client_args(parser: argparse.ArgumentParser, peer: str = "the server
 
 
 def client_tls_from_args(args: argparse.Namespace) -> ClientTls:
+    from nodecompat.server.tls import ClientTls
+
     return ClientTls(args.tls_ca, args.tls_cert, args.tls_key)
 
 

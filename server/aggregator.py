@@ -29,6 +29,7 @@ from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
+from nodecompat.server.first_check import FirstHealthChecks
 from nodecompat.server.fleet_nodes import (
     MAX_REGISTRATIONS,
     SOURCE_DNS,
@@ -199,17 +200,23 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self.fanout.pool.prune({n.address for n in self.inventory.nodes()})
 
     def _refresh_health(self, selector: dict[str, str], context: grpc.ServicerContext) -> None:
-        """Health-check, concurrently and briefly, the nodes with no recent contact."""
+        """Health-check, concurrently and briefly, the nodes with no recent contact or not SERVING at the
+        last one (a node found down is looked at again rather than reported down for HEALTH_STALE_AFTER)."""
         now = time.time()
         stale = [
             v.node.address
             for v in self.inventory.views(selector)
-            if v.last_contact is None or now - v.last_contact.timestamp() > HEALTH_STALE_AFTER or v.health == "UNKNOWN"
+            if v.last_contact is None or now - v.last_contact.timestamp() > HEALTH_STALE_AFTER or v.health != "SERVING"
         ]
         if not stale:
             return
         left = context.time_remaining()
         timeout = self.options.health_timeout if left is None else min(self.options.health_timeout, left / 2)
+        self.check_health(stale, timeout)
+
+    def check_health(self, stale: list[str], timeout: float) -> None:
+        """grpc.health.v1 Check of each address, concurrently, each within `timeout` seconds; the status
+        (or the failed call's code) is recorded as the node's health."""
         for address, health in self.fanout.pool.check_health(stale, timeout).items():
             self.inventory.record_contact(address, health)
 
@@ -296,6 +303,7 @@ class AggregatorDaemon:
             self.fanout,
             AggregatorOptions(default_timeout=config.default_timeout, registry=config.registry),
         )
+        self.first_checks = FirstHealthChecks(self.inventory, self.service.check_health)
         self.server = new_server(config.workers, "fleet-rpc")
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(self.service, self.server)
         self.health = add_standard_services(self.server, [FLEET_SERVICE])
@@ -307,6 +315,7 @@ class AggregatorDaemon:
         self.port = bind(self.server, self.config.listen, self.config.server_credentials)
         self.server.start()
         self.inventory.start()
+        self.first_checks.start()
         set_health(self.health, [FLEET_SERVICE], True)
         log.info("aggregator serving on %s (port %d)", self.config.listen, self.port)
         return self.port
@@ -317,6 +326,7 @@ class AggregatorDaemon:
         self._stopped.set()
         set_health(self.health, [FLEET_SERVICE], False)
         self.health.enter_graceful_shutdown()
+        self.first_checks.stop()
         self.server.stop(self.config.grace if grace is None else grace).wait()
         self.inventory.stop()
         self.pool.close()

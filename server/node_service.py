@@ -19,8 +19,6 @@ from opentelemetry import trace
 
 from nodecompat import wire
 from nodecompat.engine.limits import MAX_SPEC_BYTES
-from nodecompat.engine.spec import Spec, parse_spec
-from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.probes.catalog import FeatureCatalog
 from nodecompat.probes.runner import ProbeRound
@@ -29,7 +27,9 @@ from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
 
 if TYPE_CHECKING:
+    from nodecompat.engine.spec import Spec
     from nodecompat.oci.auth import RegistryAuth
+    from nodecompat.oci.cache import SpecCache
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nodecompat.server")
@@ -55,7 +55,8 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         # What this daemon's probes can report: names nobody provides, NFD's view (nfd_compat).
         self.catalog = FeatureCatalog.from_probes(cache.runner.probes)
         self.registry = registry or RegistryOptions()
-        self._spec_cache = SpecCache()
+        self._spec_cache: SpecCache | None = None  # created on the first ValidateImage by reference: the
+        self._spec_cache_lock = threading.Lock()  # OCI client (requests) is not imported at start-up
         # Building a round's response (kernel.config alone has thousands of entries) costs more than
         # the RPC itself, so the finished response is kept per (round, prefixes) for the round's life
         # (it is never mutated after it is built, so handing out the same message is safe).
@@ -164,12 +165,22 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         return node_pb2.ValidateImageResponse(compatible=verdict.compatible, score=verdict.score, report=report)
 
     def _parse_uncached(self, text: str, nfd_compat: bool) -> Spec:
+        from nodecompat.engine.spec import parse_spec  # imported on first use (fast start)
+
         return parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.registry.max_spec_bytes)
+
+    def _specs(self) -> SpecCache:
+        with self._spec_cache_lock:
+            if self._spec_cache is None:
+                from nodecompat.oci.cache import SpecCache
+
+                self._spec_cache = SpecCache()
+            return self._spec_cache
 
     def _fetch(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
 
         try:
-            return self._spec_cache.fetch(
+            return self._specs().fetch(
                 request.image,
                 platform=request.platform or None,
                 plain_http=request.plain_http,

@@ -1,7 +1,10 @@
 """Tracing wiring: OpenTelemetry from the standard OTEL_* variables, gRPC spans from the instrumentation.
 
 Off unless the environment asks for it (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-or OTEL_TRACES_EXPORTER=otlp|console), so a plain `nodecompat serve` pays nothing. The exporter, service
+or OTEL_TRACES_EXPORTER=otlp|console), so a plain `nodecompat serve` pays nothing: the SDK, the exporters
+and the gRPC instrumentation are imported only when tracing is on, and no interceptor is installed on
+servers or channels while no SDK tracer provider is (the API's no-op tracer serves the few manual spans).
+When it is on, init_tracing logs one line naming each exporter and where it sends spans. The exporter, service
 name, resource attributes and sampler are all read by the SDK itself from the standard variables; we
 only decide whether to turn tracing on and which exporter to attach. Server and client spans come from
 opentelemetry-instrumentation-grpc interceptors, which also carry W3C trace context in gRPC metadata.
@@ -11,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+if TYPE_CHECKING:
+    import grpc
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,23 @@ def tracing_requested(env: os._Environ[str] | dict[str, str] | None = None) -> b
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def _exporters() -> list[SpanExporter]:
+def _endpoint(protocol: str) -> str:
+    """Where the OTLP exporter for `protocol` sends spans, as the SDK resolves it (spec defaults)."""
+    env = os.environ
+    if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    if protocol == "grpc":
+        return env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4317"
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+    return base.rstrip("/") + "/v1/traces"
+
+
+def _exporters() -> list[tuple[SpanExporter, str]]:
+    """(exporter, description for the start-up log line) for each OTEL_TRACES_EXPORTER entry."""
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
     names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",") if n.strip()]
-    out: list[SpanExporter] = []
+    out: list[tuple[SpanExporter, str]] = []
     for name in names:
         if name == "otlp":
             protocol = os.environ.get(
@@ -46,19 +64,19 @@ def _exporters() -> list[SpanExporter]:
             if protocol == "grpc":
                 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-                out.append(OTLPSpanExporter())
+                out.append((OTLPSpanExporter(), f"otlp (grpc) to {_endpoint('grpc')}"))
             elif protocol == "http/protobuf":
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                     OTLPSpanExporter as OTLPHttpSpanExporter,
                 )
 
-                out.append(OTLPHttpSpanExporter())
+                out.append((OTLPHttpSpanExporter(), f"otlp (http/protobuf) to {_endpoint('http/protobuf')}"))
             else:
                 raise ValueError(
                     f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use grpc or http/protobuf"
                 )
         elif name == "console":
-            out.append(ConsoleSpanExporter())
+            out.append((ConsoleSpanExporter(), "console (stdout)"))
         else:
             log.warning("unknown OTEL_TRACES_EXPORTER entry %r ignored", name)
     return out
@@ -72,18 +90,37 @@ def init_tracing(service_name: str) -> TracerProvider | None:
     """
     if not tracing_requested():
         return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     attrs: dict[str, Any] = {}
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attrs["service.name"] = service_name
     provider = TracerProvider(resource=Resource.create(attrs))
-    for exporter in _exporters():
+    exporters = _exporters()
+    for exporter, _what in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    service = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    log.info(
+        "tracing on: service %s, exporting spans with %s",
+        service,
+        "; ".join(what for _e, what in exporters) or "no exporter (OTEL_TRACES_EXPORTER names none we know)",
+    )
     return provider
 
 
+def tracing_installed() -> bool:
+    """True when an SDK tracer provider is installed globally (by init_tracing or the embedding program)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def server_interceptors() -> list[grpc.ServerInterceptor]:
-    """Interceptors that open a SERVER span per RPC (continuing the caller's trace from metadata)."""
+    """Interceptors that open a SERVER span per RPC (continuing the caller's trace from metadata); none
+    while tracing is off."""
+    if not tracing_installed():
+        return []
     from opentelemetry.instrumentation.grpc import server_interceptor
 
     return [server_interceptor(tracer_provider=trace.get_tracer_provider())]

@@ -229,7 +229,11 @@ def test_serve_refuses_a_busy_port_and_a_missing_host_root(tmp_path: Path) -> No
     try:
         cli = [sys.executable, "-m", "nodecompat.clients.cli", "serve", "--no-hotplug"]
         busy = subprocess.run([*cli, "--listen", d.address], capture_output=True, text=True, timeout=60)
-        assert busy.returncode == 2 and f"cannot listen on '{d.address}'" in busy.stderr
+        assert busy.returncode == 2 and busy.stderr == (
+            f"nodecompat serve: --listen {d.address}: port {d.address.rpartition(':')[2]} is already in use "
+            "(another `nodecompat serve`, `make run` or aggregator?): stop it, or choose a free port with "
+            "--listen HOST:PORT (`make run LISTEN=HOST:PORT`)\n"
+        )  # one readable line: no gRPC core log line (`add_port.cc ... Failed to add port`) before it
         assert health_status(d.address) == "SERVING"  # the first daemon is unharmed (no SO_REUSEPORT)
     finally:
         d.terminate()

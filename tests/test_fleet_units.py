@@ -244,9 +244,9 @@ def test_failure_reasons_come_from_the_best_failing_set() -> None:
         ],
     )
     report = validation_pb2.ValidationReport(sets=[far, near])
-    assert failure_reasons(report) == ["set 1 (gpu), rule gpu: wanted In [10de], node has 1af4"]
+    assert failure_reasons(report) == ["SET #2 (gpu), rule gpu: pci.device.vendor: wanted In [10de], node has 1af4"]
     only_far = validation_pb2.ValidationReport(sets=[far])
-    assert failure_reasons(only_far) == ["set 0, rule fpga: fpga.device: feature not present on the node"]
+    assert failure_reasons(only_far) == ["SET #1, rule fpga: fpga.device: feature not present on the node"]
     any_rule = validation_pb2.ValidationReport(
         sets=[
             validation_pb2.SetVerdict(
@@ -272,8 +272,8 @@ def test_failure_reasons_come_from_the_best_failing_set() -> None:
         ]
     )
     assert failure_reasons(any_rule) == [
-        "set 0, rule nic, matchAny[0]: wanted mlx5_core",
-        "set 0, rule nic, matchAny[1]: rdma.device: feature not present on the node",
+        "SET #1, rule nic, alternative 1: pci.device.vendor: wanted mlx5_core",
+        "SET #1, rule nic, alternative 2: rdma.device: feature not present on the node",
     ]
     assert failure_reasons(validation_pb2.ValidationReport()) == [
         "no compatibility set was evaluated (do the --tags select any set?)"

@@ -22,7 +22,7 @@ def failure_reasons(report: Any) -> list[str]:
         report.sets,
         key=lambda s: (s.rules_matched / s.rules_total if s.rules_total else 0.0, s.weight, -s.index),
     )
-    label = f"set {best.index}" + (f" ({best.description})" if best.description else "")
+    label = f"SET #{best.index + 1}" + (f" ({best.description})" if best.description else "")  # as `validate`
     lines: list[str] = []
     for rule in best.rules:
         if rule.matched:
@@ -34,7 +34,7 @@ def failure_reasons(report: Any) -> list[str]:
         if rule.match_any and len(failed_any) == len(rule.match_any):
             for i, alt in enumerate(rule.match_any):
                 for term in alt.terms:
-                    lines.extend(f"{where}, matchAny[{i}]: {r}" for r in term_reasons(term))
+                    lines.extend(f"{where}, alternative {i + 1}: {r}" for r in term_reasons(term))
         if not any(line.startswith(where) for line in lines):
             lines.append(f"{where}: did not match" + (" (facts unknown)" if rule.unknown else ""))
     return lines
@@ -48,8 +48,8 @@ def term_reasons(term: Any) -> list[str]:
     for e in term.expressions:
         if e.matched:
             continue
-        element = f".{e.element}" if e.element else ""
-        text = e.detail or f"{e.feature}{element} {e.op} {list(e.values)}, node has {list(e.actual)}"
+        what = f"{e.feature}.{e.element}" if e.element else f"{e.feature} (name)"  # as `validate` words it
+        text = f"{what}: {e.detail}" if e.detail else f"{what} {e.op} {list(e.values)}, node has {list(e.actual)}"
         out.append(text + (" (unknown: the probe failed)" if e.unknown and "unknown" not in text else ""))
     if not out:
         out.append(

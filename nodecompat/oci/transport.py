@@ -319,8 +319,17 @@ class Transport:
         self.pool.put_token(key, f"Bearer {token}", float(ttl) if isinstance(ttl, int | float) else 60.0)
 
 
+_ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\"()\]]+)")
+
+
 def _short(exc: BaseException) -> str:
+    """The reason a person needs (`Connection refused`), without urllib3's wrapping
+    (`HTTPConnectionPool(host=..., port=...): Max retries exceeded with url: ... (Caused by ...)`)."""
     text = str(exc)
+    if m := _ERRNO_RE.search(text):
+        return m.group(1).strip().rstrip(".")
+    if "timed out" in text.lower():
+        return "timed out"
     return text if len(text) < 300 else text[:300] + "..."
 
 
