@@ -98,6 +98,12 @@ def to_message(obj: Any, msg_cls: type[M]) -> M:
     return msg
 
 
+def fill(msg: Message, obj: Any) -> None:
+    """to_message into an existing message (e.g. a sub-message of the response being built)."""
+    msg.SetInParent()
+    _fill(msg, obj)
+
+
 _SCALAR, _REPEATED, _MAP, _MESSAGE, _REPEATED_MESSAGE = range(5)
 _PLANS: dict[tuple[type[Any], type[Message]], list[tuple[str, int]]] = {}
 

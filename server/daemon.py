@@ -21,8 +21,8 @@ from nodecompat.probes.runner import ProbeRunner
 from nodecompat.server import DEFAULT_NODE_LISTEN
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
-from nodecompat.server.node_service import NodeService, RegistryOptions
-from nodecompat.v1 import node_pb2, node_pb2_grpc
+from nodecompat.server.node_service import NodeService, RegistryOptions, add_to_server
+from nodecompat.v1 import node_pb2
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class NodeDaemon:
         self.cache = FeatureCache(self.runner, config.refresh_interval)
         self.server = new_server(config.workers, "rpc")
         self.service = NodeService(self.cache, config.node_name, config.registry)
-        node_pb2_grpc.add_NodeServiceServicer_to_server(self.service, self.server)
+        add_to_server(self.service, self.server)
         self.health = add_standard_services(self.server, [NODE_SERVICE])
         self.port = 0
         self._watcher: object | None = None

@@ -24,7 +24,8 @@ from nodecompat.probes.catalog import FeatureCatalog
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
 from nodecompat.server.feature_cache import FeatureCache
-from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc, validation_pb2
+from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
+from nodecompat.verdict_cache import VerdictCache, spec_key
 
 if TYPE_CHECKING:
     from nodecompat.engine.spec import Spec
@@ -66,6 +67,9 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         # Callers validate the same few specs over and over (one image, many calls); YAML parsing is
         # pure Python and dominates a call, so parsed specs are kept (they are never mutated).
         self._parse = functools.lru_cache(maxsize=128)(self._parse_uncached)
+        # Answers per (spec digest, tags, NFD mode, source) for the current probe round, as the bytes
+        # sent (nodecompat/verdict_cache.py): a repeated question costs a lookup, not an evaluation.
+        self.verdicts = VerdictCache()
 
     # -- GetFeatures ------------------------------------------------------------------------------
     def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):
@@ -140,6 +144,15 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 "image_digest": fetched.image_digest,
                 "artifact_digest": fetched.artifact_digest,
             }
+        key = spec_key(
+            text, request.tags, request.nfd_compat, tuple(report_extra.items()), tuple(warnings), self.node_name
+        )
+        cached = self.verdicts.get(rnd, key)
+        if cached is not None:
+            if trace.get_current_span().is_recording():  # the trace still shows where the answer came from
+                with _tracer.start_as_current_span("evaluate spec") as span:
+                    span.set_attribute("nodecompat.verdict_cache", "hit")
+            return cached
         with _tracer.start_as_current_span("evaluate spec") as span:
             try:
                 spec = self._parse(text, request.nfd_compat)
@@ -157,12 +170,15 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 raise
             span.set_attribute("nodecompat.compatible", verdict.compatible)
             span.set_attribute("nodecompat.score", verdict.score)
-        report = wire.to_message(verdict, validation_pb2.ValidationReport)
-        report.warnings[:] = [*getattr(spec, "warnings", []), *warnings, *verdict.warnings]
-        report.node_name = self.node_name
+        verdict.warnings = [*getattr(spec, "warnings", []), *warnings, *verdict.warnings]
+        verdict.node_name = self.node_name
         for k, v in report_extra.items():
-            setattr(report, k, v)
-        return node_pb2.ValidateImageResponse(compatible=verdict.compatible, score=verdict.score, report=report)
+            setattr(verdict, k, v)
+        resp = node_pb2.ValidateImageResponse(compatible=verdict.compatible, score=verdict.score)
+        wire.fill(resp.report, verdict)
+        data = resp.SerializeToString()
+        self.verdicts.put(rnd, key, data)
+        return data
 
     def _parse_uncached(self, text: str, nfd_compat: bool) -> Spec:
         from nodecompat.engine.spec import parse_spec  # imported on first use (fast start)
@@ -192,6 +208,32 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         except RegistryError as exc:
             context.abort(registry_status(exc.code), str(exc))
             raise
+
+
+def add_to_server(service: NodeService, server: grpc.Server) -> None:
+    """Register NodeService like node_pb2_grpc.add_NodeServiceServicer_to_server, except that
+    ValidateImage may answer with ready serialized bytes (the verdict cache's), sent as they are."""
+    handlers = {
+        "GetFeatures": grpc.unary_unary_rpc_method_handler(
+            service.GetFeatures,
+            request_deserializer=features_pb2.GetFeaturesRequest.FromString,
+            response_serializer=features_pb2.GetFeaturesResponse.SerializeToString,
+        ),
+        "ValidateImage": grpc.unary_unary_rpc_method_handler(
+            service.ValidateImage,
+            request_deserializer=node_pb2.ValidateImageRequest.FromString,
+            response_serializer=serialize_or_pass,
+        ),
+    }
+    name = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+
+
+def serialize_or_pass(response: object) -> bytes:
+    """A response serializer that sends bytes as they are and serializes messages."""
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()  # type: ignore[attr-defined]
 
 
 def _own_budget(context: grpc.ServicerContext) -> float:
