@@ -69,6 +69,9 @@ class FeatureInfo:
     nfd: bool = True
     source: str = ""
     description: str = ""
+    # What is published when the host source is missing or unreadable, as NFD does it
+    # ("absent", "empty", or the value, e.g. 'enabled: "false"'); shown in docs/features.md.
+    absent: str = "absent"
 
     def attribute_names(self) -> frozenset[str] | None:
         return None if self.attributes is None else frozenset(a.name for a in self.attributes)

@@ -1,43 +1,60 @@
-"""cpu probe: NFD's cpu.cpuid, cpu.model and cpu.topology, from /proc/cpuinfo and sysfs.
+"""cpu probe: NFD's cpu.cpuid, cpu.model, cpu.topology and cpu.coprocessor, from /proc/cpuinfo and sysfs.
 
 NFD executes CPUID itself; we read the kernel's decoding of it in /proc/cpuinfo under the host
 root (see cpuid_names.py for the name mapping), which also works on a fixture tree.
 
-cpu.model.hypervisor: NFD asks CPUID leaf 0x40000000 for the hypervisor vendor. cpuinfo only
-carries the `hypervisor` flag, so: no flag -> "none"; else /sys/hypervisor/type (xen -> "xenhvm");
-else the DMI sys_vendor of well-known clouds/hypervisors; else "kvm", the commonest case (KVM,
-Firecracker, EC2 Nitro, GCE), which is a guess and is said so in a probe note.
-arm64: cpu.model has `vendor_id` from the CPU implementer code; family/id are left out, because
-NFD's values there come from MIDR fields cpuinfo does not print in the same form.
+cpu.model, as NFD's getCPUModel() (source/cpu/cpu.go) with klauspost/cpuid:
+- x86: vendor_id from cpuinfo `vendor_id` through klauspost's vendorMapping; family/id are the
+  kernel's decoding of CPUID leaf 1 (base + extended family; extended model added for family
+  >= 6), which equals klauspost's familyModel() on every x86 CPU made (families 6, 0xF+);
+- arm64 (klauspost detect_arm64.go): MIDR_EL1 from /sys/devices/system/cpu/cpu0/regs/identification/
+  midr_el1, else rebuilt from cpuinfo (implementer, variant, part, revision; the architecture field
+  is 0xF on every Armv8+ core, which the kernel prints as the constant "CPU architecture: 8");
+  vendor_id from the implementer, family = MIDR[23:16] (variant << 4 | 0xF), id = MIDR[15:0]
+  (part << 4 | revision). klauspost reads MIDR only when HWCAP_CPUID (cpuinfo `cpuid`) is set;
+  without it NFD reports VendorUnknown / 0 / 0, and so do we;
+- ppc64le and 32-bit arm: klauspost detects nothing: VendorUnknown / 0 / 0; s390x: NFD's
+  getS390xAttributes() over /proc/cpuinfo;
+- hypervisor: see hypervisor.py (CPUID leaf 0x40000000 on the real root, host-file evidence
+  elsewhere, "none" on arm64 as NFD reports; left out with a note when nothing establishes it).
+cpu.topology is always published, empty when a topology file is unreadable (discoverTopology()).
+cpu.coprocessor is always published: nx_gzip on ppc64le (coprocessor_ppc64le.go), empty elsewhere.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
 
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.cpuid_names import nfd_arm64_cpuid, nfd_x86_cpuid
+from nodecompat.probes.hostcpu import (
+    CPUINFO,
+    CpuidFn,
+    CpuInfo,
+    cpuid_reader,
+    host_arch,
+    parse_cpuinfo,
+)
+from nodecompat.probes.hypervisor import (
+    CLOCKSOURCES,
+    DMI_SYS_VENDOR,
+    HYPERVISOR_TYPE,
+    VENDOR_MAPPING,
+    VMBUS_DEVICES,
+    hypervisor,
+)
 
-CPUINFO = "/proc/cpuinfo"
+__all__ = ["CpuInfo", "CpuProbe", "arm64_model", "parse_cpuinfo", "topology"]
+
 CPU_DEVICES = "/sys/bus/cpu/devices"
-HYPERVISOR_TYPE = "/sys/hypervisor/type"
-DMI_SYS_VENDOR = "/sys/devices/virtual/dmi/id/sys_vendor"
+MIDR = "/sys/devices/system/cpu/cpu0/regs/identification/midr_el1"
+NX_GZIP = "/sys/devices/vio/ibm,compression-v1/nx_gzip_caps"
 
-X86_VENDORS = {
-    "GenuineIntel": "Intel",
-    "AuthenticAMD": "AMD",
-    "HygonGenuine": "Hygon",
-    "CentaurHauls": "VIA",
-    "VIA VIA VIA ": "VIA",
-    "GenuineTMx86": "Transmeta",
-    "TransmetaCPU": "Transmeta",
-    "Geode by NSC": "NSC",
-    "SiS SiS SiS ": "SiS",
-    "RDCRDCRDCRDC": "RDC",
-}
+# klauspost/cpuid detect_arm64.go addInfo(): MIDR implementer -> Vendor.String().
 ARM_IMPLEMENTERS = {
+    0xC0: "Ampere",
     0x41: "ARM",
     0x42: "Broadcom",
     0x43: "Cavium",
@@ -49,114 +66,67 @@ ARM_IMPLEMENTERS = {
     0x50: "AMCC",
     0x51: "Qualcomm",
     0x56: "Marvell",
-    0x61: "Apple",
-    0xC0: "Ampere",
+    0x69: "Intel",
 }
-# DMI sys_vendor prefix -> klauspost hypervisor vendor name (lower-cased as NFD reports it).
-DMI_HYPERVISORS = (
-    ("Microsoft Corporation", "msvm"),
-    ("VMware", "vmware"),
-    ("QEMU", "kvm"),
-    ("Amazon EC2", "kvm"),
-    ("Google", "kvm"),
-    ("Xen", "xenhvm"),
-    ("BHYVE", "bhyve"),
-)
+_FORBIDDEN = re.compile(r"[^-A-Za-z0-9_.]+")
 
 
-@dataclass
-class CpuInfo:
-    """What the probe needs from /proc/cpuinfo (first processor block; flags are per-CPU equal)."""
-
-    vendor_id: str = ""
-    family: str | None = None
-    model: str | None = None
-    flags: frozenset[str] = frozenset()
-    arm_features: frozenset[str] = frozenset()
-    arm_implementer: int | None = None
-    physical_ids: set[str] = field(default_factory=set)
-    processors: int = 0
+def midr_from_cpuinfo(info: CpuInfo) -> int | None:
+    """MIDR_EL1 rebuilt from cpuinfo's fields, or None when one is missing or not AArch64."""
+    parts = (info.arm_implementer, info.arm_variant, info.arm_part, info.arm_revision)
+    if any(p is None for p in parts) or info.arm_architecture != "8":
+        return None
+    impl, variant, part, rev = (p or 0 for p in parts)
+    return (impl & 0xFF) << 24 | (variant & 0xF) << 20 | 0xF << 16 | (part & 0xFFF) << 4 | (rev & 0xF)
 
 
-def parse_cpuinfo(text: str) -> CpuInfo:
-    """Parse /proc/cpuinfo (x86 or arm64). Tolerates junk lines; missing keys stay empty/None."""
-    info = CpuInfo()
-    first = True
-    for block in text.split("\n\n"):
-        kv: dict[str, str] = {}
-        for line in block.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                kv[key.strip()] = value.strip()
-        if "processor" not in kv:
+def arm64_model(info: CpuInfo, midr: int | None) -> dict[str, str]:
+    """klauspost/cpuid's VendorID/Family/Model on arm64 for this MIDR (NFD's vendor_id, family, id)."""
+    if "cpuid" not in info.arm_features or midr is None:
+        return {"vendor_id": "VendorUnknown", "family": "0", "id": "0"}
+    return {
+        "vendor_id": ARM_IMPLEMENTERS.get((midr >> 24) & 0xFF, "VendorUnknown"),
+        "family": str((midr >> 16) & 0xFF),
+        "id": str(midr & 0xFFFF),
+    }
+
+
+def s390x_model(text: str) -> dict[str, str]:
+    """NFD getS390xAttributes() + getCPUModel() override rules over /proc/cpuinfo."""
+    vendor, family, ident = "", "0", "0"
+    for line in text.split("\n"):
+        key, sep, val = line.partition(":")
+        if not sep:
             continue
-        info.processors += 1
-        if "physical id" in kv:
-            info.physical_ids.add(kv["physical id"])
-        if not first:
-            continue
-        first = False
-        info.vendor_id = kv.get("vendor_id", "")
-        info.family = kv.get("cpu family")
-        info.model = kv.get("model")
-        info.flags = frozenset(kv.get("flags", "").split())
-        info.arm_features = frozenset(kv.get("Features", "").split())
-        impl = kv.get("CPU implementer")
-        if impl:
-            try:
-                info.arm_implementer = int(impl, 0)
-            except ValueError:
-                info.arm_implementer = None
-    return info
-
-
-def cpu_vendor(info: CpuInfo) -> str:
-    """klauspost's vendor name (Intel, AMD, ARM, Ampere ...), 'VendorUnknown' otherwise."""
-    if info.vendor_id:
-        return X86_VENDORS.get(info.vendor_id, "VendorUnknown")
-    if info.arm_implementer is not None:
-        return ARM_IMPLEMENTERS.get(info.arm_implementer, "VendorUnknown")
-    return "VendorUnknown"
-
-
-def hypervisor_name(flags: frozenset[str], hv_type: str | None, dmi_vendor: str | None) -> tuple[str, bool]:
-    """(cpu.model.hypervisor value, whether it is a guess)."""
-    if "hypervisor" not in flags:
-        return "none", False
-    if hv_type:
-        t = hv_type.strip().lower()
-        return ("xenhvm" if t == "xen" else t), False
-    if dmi_vendor:
-        for prefix, name in DMI_HYPERVISORS:
-            if dmi_vendor.startswith(prefix):
-                return name, False
-    return "kvm", True
+        key, val = key.strip(), val.strip()
+        if key == "vendor_id":
+            vendor = _FORBIDDEN.sub("_", val)
+        elif key == "machine":
+            ident = val
+        elif key == "identification" and family == "0":
+            family = val
+    out = {"vendor_id": vendor or "VendorUnknown", "family": "0", "id": "0"}
+    if family not in ("", "0"):
+        out["family"] = family
+    if ident not in ("", "0"):
+        out["id"] = ident
+    return out
 
 
 def topology(host: HostRoot) -> dict[str, str]:
-    """NFD's cpu.topology: hardware_multithreading and socket_count; keys omitted when unreadable."""
-    siblings_ok = True
+    """NFD discoverTopology(): {} when the cpu list or any topology file is unreadable."""
+    if not host.path(CPU_DEVICES).is_dir():
+        return {}
     multithreading = False
     packages: set[str] = set()
-    packages_ok = True
-    cpus = host.listdir(CPU_DEVICES)
-    for cpu in cpus:
-        sib = host.read_line(f"{CPU_DEVICES}/{cpu}/topology/thread_siblings_list")
-        if sib is None:
-            siblings_ok = False
-        elif "," in sib or "-" in sib:
-            multithreading = True
-        pkg = host.read_line(f"{CPU_DEVICES}/{cpu}/topology/physical_package_id")
-        if pkg is None:
-            packages_ok = False
-        else:
-            packages.add(pkg)
-    out: dict[str, str] = {}
-    if cpus and (siblings_ok or multithreading):
-        out["hardware_multithreading"] = str(multithreading).lower()
-    if cpus and packages_ok:
-        out["socket_count"] = str(len(packages))
-    return out
+    for cpu in host.listdir(CPU_DEVICES):
+        sib = host.read_text(f"{CPU_DEVICES}/{cpu}/topology/thread_siblings_list")
+        pkg = host.read_text(f"{CPU_DEVICES}/{cpu}/topology/physical_package_id")
+        if sib is None or pkg is None:
+            return {}
+        multithreading = multithreading or "," in sib or "-" in sib
+        packages.add(pkg.strip())
+    return {"hardware_multithreading": str(multithreading).lower(), "socket_count": str(len(packages))}
 
 
 class CpuProbe(Probe):
@@ -164,37 +134,49 @@ class CpuProbe(Probe):
     features = (
         FeatureInfo(
             "cpu.cpuid",
-            frozenset({"flag"}),
+            frozenset({"flag", "attribute"}),
+            attributes=None,
             source=CPUINFO,
-            description="klauspost/cpuid names (AVX2, SSE42, AESNI ...) plus X86_64_V1..V4; "
-            "arm64: HWCAP names (FP, ASIMD, SVE ...)",
+            description="flags: klauspost/cpuid names (AVX2, SSE42, AESNI ...) plus X86_64_V1..V4; "
+            "arm64: HWCAP names (FP, ASIMD, SVE ...); attribute AVX10_VERSION (x86, CPUID leaf 0x24, "
+            "real root only)",
+            absent="absent when /proc/cpuinfo is unreadable; the attribute set only on x86 with CPUID",
         ),
         FeatureInfo(
             "cpu.model",
             frozenset({"attribute"}),
             attributes=(
                 AttributeInfo("vendor_id", "string", CPUINFO, description="Intel, AMD, ARM, Ampere ..."),
-                AttributeInfo("family", "int", CPUINFO),
-                AttributeInfo("id", "int", CPUINFO, description="model number"),
+                AttributeInfo("family", "int", f"{CPUINFO}, {MIDR}", description="arm64: MIDR[23:16]"),
+                AttributeInfo("id", "int", f"{CPUINFO}, {MIDR}", description="model number; arm64: MIDR[15:0]"),
                 AttributeInfo(
                     "hypervisor",
                     "string",
-                    f"{CPUINFO}, {HYPERVISOR_TYPE}, {DMI_SYS_VENDOR}",
-                    description="none on bare metal, else kvm, vmware, msvm, xenhvm ...",
+                    f"CPUID 0x40000000 (real root), {HYPERVISOR_TYPE}, {CLOCKSOURCES}, {VMBUS_DEVICES}, "
+                    f"{DMI_SYS_VENDOR}",
+                    description="none on bare metal and on every arm64 node, else kvm, vmware, msvm, xenhvm ...; "
+                    "absent when no evidence names it",
                 ),
             ),
             source=CPUINFO,
+            absent="absent when /proc/cpuinfo is unreadable",
         ),
         FeatureInfo(
             "cpu.topology",
             frozenset({"attribute"}),
             attributes=(
-                AttributeInfo(
-                    "hardware_multithreading", "bool", CPU_DEVICES + "/cpu*/topology/thread_siblings_list"
-                ),
+                AttributeInfo("hardware_multithreading", "bool", CPU_DEVICES + "/cpu*/topology/thread_siblings_list"),
                 AttributeInfo("socket_count", "int", CPU_DEVICES + "/cpu*/topology/physical_package_id"),
             ),
             source=CPU_DEVICES,
+            absent="empty (NFD discoverTopology returns {} on any read error)",
+        ),
+        FeatureInfo(
+            "cpu.coprocessor",
+            frozenset({"attribute"}),
+            attributes=(AttributeInfo("nx_gzip", "bool", NX_GZIP, description="ppc64le only; true when present"),),
+            source=NX_GZIP,
+            absent="empty (always published; nx_gzip only on ppc64le)",
         ),
     )
 
@@ -202,31 +184,72 @@ class CpuProbe(Probe):
         out = ProbeOutput(Features())
         f = out.features
         text = host.read_text(CPUINFO)
-        if text is None:
+        info = parse_cpuinfo(text) if text is not None else None
+        arch, _ = host_arch(host, info)
+        if text is None or info is None:
             out.notes.append(f"{CPUINFO} unreadable: cpu.cpuid and cpu.model unknown")
         else:
-            info = parse_cpuinfo(text)
-            if info.flags:
-                f.add_flags("cpu.cpuid", nfd_x86_cpuid(info.flags))
-            elif info.arm_features:
-                f.add_flags("cpu.cpuid", nfd_arm64_cpuid(info.arm_features))
-            else:
-                f.add_flags("cpu.cpuid", ())
-                out.notes.append(f"{CPUINFO} has no flags/Features line: cpu.cpuid is empty")
-            model = {"vendor_id": cpu_vendor(info)}
+            cpuid = cpuid_reader(host) if arch == "amd64" else None
+            self._cpuid(f, out.notes, info, arch, cpuid)
+            model = self._model(host, text, info, arch)
+            hv, note = hypervisor(host, arch, info, cpuid)
+            if hv is not None:
+                model["hypervisor"] = hv
+            if note:
+                out.notes.append(note)
+            f.add_attributes("cpu.model", model)
+        f.add_attributes("cpu.topology", topology(host))
+        if arch == "ppc64le" and host.exists(NX_GZIP):
+            f.add_attributes("cpu.coprocessor", {"nx_gzip": "true"})
+        else:
+            f.add_attributes("cpu.coprocessor", {})
+        return out
+
+    @staticmethod
+    def _cpuid(f: Features, notes: list[str], info: CpuInfo, arch: str | None, cpuid: CpuidFn | None) -> None:
+        if info.flags:
+            f.add_flags("cpu.cpuid", nfd_x86_cpuid(info.flags))
+        elif info.arm_features:
+            f.add_flags("cpu.cpuid", nfd_arm64_cpuid(info.arm_features))
+        else:
+            f.add_flags("cpu.cpuid", ())
+            notes.append(f"{CPUINFO} has no flags/Features line: cpu.cpuid is empty")
+        if arch != "amd64":
+            return  # getCpuidAttributes() returns nil off x86: no attribute set
+        if cpuid is None:
+            notes.append(
+                "cpu.cpuid attribute AVX10_VERSION needs CPUID leaf 0x24 (real root with /dev/cpu/0/cpuid): left out"
+            )
+            return
+        try:
+            max_leaf = cpuid(0, 0)[0]
+            attrs = {}
+            if max_leaf >= 0x24 and cpuid(7, 1)[3] & (1 << 19):  # klauspost supportAVX10(): AVX10 bit
+                level = cpuid(0x24, 0)[1] & 0xFF
+                if level > 0:
+                    attrs["AVX10_VERSION"] = str(level)
+            f.add_attributes("cpu.cpuid", attrs)
+        except OSError as exc:
+            notes.append(f"CPUID device read failed ({exc}): cpu.cpuid attribute AVX10_VERSION left out")
+
+    @staticmethod
+    def _model(host: HostRoot, text: str, info: CpuInfo, arch: str | None) -> dict[str, str]:
+        if arch == "amd64":
+            model = {"vendor_id": VENDOR_MAPPING.get(info.vendor_id, "VendorUnknown")}
             if info.family is not None:
                 model["family"] = info.family
             if info.model is not None:
                 model["id"] = info.model
-            if info.vendor_id:  # x86: CPUID has a hypervisor bit
-                hv, guessed = hypervisor_name(
-                    info.flags, host.read_line(HYPERVISOR_TYPE), host.read_line(DMI_SYS_VENDOR)
-                )
-                model["hypervisor"] = hv
-                if guessed:
-                    out.notes.append("hypervisor vendor not identifiable from files; assuming kvm")
-            f.add_attributes("cpu.model", model)
-        topo = topology(host)
-        if topo:
-            f.add_attributes("cpu.topology", topo)
-        return out
+            return model
+        if arch == "arm64":
+            raw = host.read_line(MIDR)
+            midr = None
+            if raw:
+                try:
+                    midr = int(raw, 16)
+                except ValueError:
+                    midr = None
+            return arm64_model(info, midr if midr is not None else midr_from_cpuinfo(info))
+        if arch == "s390x":
+            return s390x_model(text)
+        return {"vendor_id": "VendorUnknown", "family": "0", "id": "0"}

@@ -131,6 +131,7 @@ class GpuProbe(Probe):
         FeatureInfo(
             "gpu.device",
             frozenset({"instance"}),
+            absent="empty (zero instances) without a GPU",
             attributes=(
                 AttributeInfo(
                     "vendor", "string", _D + "vendor", nfd=False, description="nvidia, amd or intel"
@@ -168,6 +169,7 @@ class GpuProbe(Probe):
         FeatureInfo(
             "gpu.driver",
             frozenset({"attribute"}),
+            absent="absent when no GPU driver version is known",
             attributes=(
                 AttributeInfo("name", "string", _D + "driver", nfd=False, description="nvidia, amdgpu ..."),
                 AttributeInfo(

@@ -80,14 +80,11 @@ class HugepagesProbe(Probe):
                     GLOBAL + "/hugepages-<n>kB/nr_hugepages",
                     description="pages in the pool; size as a k8s quantity (2Mi, 1Gi)",
                 ),
-                AttributeInfo(
-                    "hugepages-<size>.total", "int", GLOBAL + "/hugepages-<n>kB/nr_hugepages", nfd=False
-                ),
-                AttributeInfo(
-                    "hugepages-<size>.free", "int", GLOBAL + "/hugepages-<n>kB/free_hugepages", nfd=False
-                ),
+                AttributeInfo("hugepages-<size>.total", "int", GLOBAL + "/hugepages-<n>kB/nr_hugepages", nfd=False),
+                AttributeInfo("hugepages-<size>.free", "int", GLOBAL + "/hugepages-<n>kB/free_hugepages", nfd=False),
             ),
             source=GLOBAL,
+            absent='enabled: "false" when the directory is missing (kernel without hugetlbfs)',
         ),
         FeatureInfo(
             "memory.hugepages.node",
@@ -101,29 +98,33 @@ class HugepagesProbe(Probe):
                     nfd=False,
                     description="k8s quantity, e.g. 1Gi",
                 ),
-                AttributeInfo(
-                    "total", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/nr_hugepages", nfd=False
-                ),
-                AttributeInfo(
-                    "free", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/free_hugepages", nfd=False
-                ),
+                AttributeInfo("total", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/nr_hugepages", nfd=False),
+                AttributeInfo("free", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/free_hugepages", nfd=False),
             ),
             nfd=False,
             source=NODES,
             description="one instance per NUMA node and page size",
+            absent="empty (zero instances)",
         ),
     )
 
     def discover(self, host: HostRoot) -> ProbeOutput:
         out = ProbeOutput(Features())
-        if not host.is_dir(GLOBAL):
-            out.notes.append(f"{GLOBAL} is missing: no hugepages support, memory.hugepages left out")
+        if not host.exists(GLOBAL):
+            # NFD detectHugePages(): ReadDir fails with ErrNotExist -> {"enabled": "false"}, published.
+            out.features.add_attributes("memory.hugepages", {"enabled": "false"})
+            out.notes.append(f"{GLOBAL} is missing (kernel without hugetlbfs): memory.hugepages enabled=false, as NFD")
+        elif not host.is_dir(GLOBAL):
+            out.notes.append(f"{GLOBAL} cannot be listed: memory.hugepages left out, as NFD does")
         else:
             attrs: dict[str, str] = {}
             enabled = False
             for size, total, free in read_pools(host, GLOBAL):
                 if total is None:
-                    continue  # NFD skips a pool whose nr_hugepages is unreadable
+                    # NFD logs the read error and still publishes the pool with an empty value.
+                    attrs[f"hugepages-{size}"] = ""
+                    out.notes.append(f'{GLOBAL}: nr_hugepages of the {size} pool unreadable: published as "" as NFD')
+                    continue
                 enabled = enabled or int(total) > 0
                 attrs[f"hugepages-{size}"] = total
                 attrs[f"hugepages-{size}.total"] = total
@@ -132,9 +133,7 @@ class HugepagesProbe(Probe):
             attrs["enabled"] = str(enabled).lower()
             out.features.add_attributes("memory.hugepages", attrs)
 
-        nodes = sorted(
-            (int(m.group(1)), path) for name, path in host.iterdir(NODES) if (m := _NODE.match(name))
-        )
+        nodes = sorted((int(m.group(1)), path) for name, path in host.iterdir(NODES) if (m := _NODE.match(name)))
         instances = []
         for node, path in nodes:
             for size, total, free in read_pools(host, f"{path}/hugepages"):

@@ -145,6 +145,7 @@ class KernelProbe(Probe):
         FeatureInfo(
             "kernel.version",
             frozenset({"attribute"}),
+            absent="absent when /proc/sys/kernel/osrelease is unreadable",
             attributes=(
                 AttributeInfo("full", "string", OSRELEASE, description="sanitised release string"),
                 AttributeInfo("major", "int", OSRELEASE, description='"" when absent'),
@@ -156,6 +157,7 @@ class KernelProbe(Probe):
         FeatureInfo(
             "kernel.config",
             frozenset({"attribute"}),
+            absent="absent when no kernel config file is readable",
             attributes=None,
             source="/proc/config.gz, /boot/config-<version>, ...",
             description="every CONFIG_X=val as X: val (y, m, number or unquoted string)",
@@ -163,24 +165,28 @@ class KernelProbe(Probe):
         FeatureInfo(
             "kernel.loadedmodule",
             frozenset({"flag"}),
+            absent="absent when /proc/modules is unreadable (kernels without modules)",
             source=MODULES,
             description="module names; absent on kernels without /proc/modules",
         ),
         FeatureInfo(
             "kernel.enabledmodule",
             frozenset({"flag"}),
+            absent="absent when modules.builtin is unreadable",
             source=MODULES + " + /lib/modules/<version>/modules.builtin",
             description="loaded plus built-in; absent when modules.builtin is unreadable",
         ),
         FeatureInfo(
             "kernel.selinux",
             frozenset({"attribute"}),
+            absent='enabled: "false" without /sys/fs/selinux/enforce; absent when /sys/fs is missing',
             attributes=(AttributeInfo("enabled", "bool", SELINUX_ENFORCE),),
             source=SELINUX_ENFORCE,
         ),
         FeatureInfo(
             "kernel.kvm",
             frozenset({"attribute"}),
+            absent='enabled: "false" without /sys/devices/virtual/misc/kvm',
             attributes=(AttributeInfo("enabled", "bool", KVM_DEVICE),),
             source=KVM_DEVICE,
         ),
@@ -226,9 +232,11 @@ class KernelProbe(Probe):
         else:
             f.add_flags("kernel.enabledmodule", loaded | parse_builtin_modules(builtin))
 
-        enforce = host.read_line(SELINUX_ENFORCE)
-        f.add_attributes(
-            "kernel.selinux", {"enabled": str(bool(enforce and enforce.startswith("1"))).lower()}
-        )
+        # NFD selinux.go: no /sys/fs -> error (absent); no enforce file -> false; unreadable -> absent.
+        enforce = host.read_bytes(SELINUX_ENFORCE)
+        if not host.path("/sys/fs").is_dir() or (enforce is None and host.exists(SELINUX_ENFORCE)):
+            out.notes.append(f"/sys/fs or {SELINUX_ENFORCE} unreadable: kernel.selinux left out, as NFD does")
+        else:
+            f.add_attributes("kernel.selinux", {"enabled": str(enforce is not None and enforce[:1] == b"1").lower()})
         f.add_attributes("kernel.kvm", {"enabled": str(host.exists(KVM_DEVICE)).lower()})
         return out

@@ -98,6 +98,7 @@ class LocalProbe(Probe):
         FeatureInfo(
             "local.feature",
             frozenset({"attribute"}),
+            absent="empty (always published)",
             attributes=None,
             source="<features.d>/*",
             description="key=value lines of feature files",
@@ -105,6 +106,7 @@ class LocalProbe(Probe):
         FeatureInfo(
             "local.label",
             frozenset({"attribute"}),
+            absent="empty (always published)",
             attributes=None,
             source="<features.d>/*",
             description="the same, minus keys marked # +no-label",

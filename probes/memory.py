@@ -61,6 +61,7 @@ class MemoryProbe(Probe):
         FeatureInfo(
             "memory.numa",
             frozenset({"attribute"}),
+            absent="absent when no NUMA node is listed",
             attributes=(
                 AttributeInfo("is_numa", "bool", NODE_BUS, description="more than one node"),
                 AttributeInfo("node_count", "int", NODE_BUS),
@@ -70,12 +71,14 @@ class MemoryProbe(Probe):
         FeatureInfo(
             "memory.swap",
             frozenset({"attribute"}),
+            absent="absent when /proc/swaps is unreadable",
             attributes=(AttributeInfo("enabled", "bool", SWAPS),),
             source=SWAPS,
         ),
         FeatureInfo(
             "memory.nv",
             frozenset({"instance"}),
+            absent="empty (zero instances) without /sys/bus/nd/devices",
             attributes=(
                 AttributeInfo("name", "string", ND_DEVICES + "/<dev>"),
                 AttributeInfo("devtype", "string", ND_DEVICES + "/<dev>/devtype"),
@@ -87,6 +90,7 @@ class MemoryProbe(Probe):
         FeatureInfo(
             "memory.size",
             frozenset({"attribute"}),
+            absent="absent when /proc/meminfo is unreadable",
             attributes=(
                 AttributeInfo("total_bytes", "int", MEMINFO + " MemTotal", nfd=False),
                 AttributeInfo("available_bytes", "int", MEMINFO + " MemAvailable", nfd=False),

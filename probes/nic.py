@@ -35,6 +35,7 @@ class NicProbe(Probe):
         FeatureInfo(
             "network.device",
             frozenset({"instance"}),
+            absent="absent when /sys/class/net cannot be listed; else possibly zero instances",
             attributes=(
                 *_COMMON,
                 AttributeInfo("sriov_numvfs", "int", _I + "device/sriov_numvfs"),
@@ -55,6 +56,7 @@ class NicProbe(Probe):
         FeatureInfo(
             "network.virtual",
             frozenset({"instance"}),
+            absent="absent when /sys/class/net cannot be listed; else possibly zero instances",
             attributes=_COMMON,
             source=NET,
             description="virtual interfaces (lo, bridges, veth, ifb ...)",
@@ -62,6 +64,11 @@ class NicProbe(Probe):
     )
 
     def discover(self, host: HostRoot) -> ProbeOutput:
+        if not host.path(NET).is_dir():
+            # NFD network.go: detectNetDevices() fails, Discover() returns the error, nothing is published.
+            out = ProbeOutput(Features())
+            out.notes.append(f"{NET} cannot be listed: network.device and network.virtual left out, as NFD does")
+            return out
         physical: list[dict[str, str]] = []
         virtual: list[dict[str, str]] = []
         for name, path in host.iterdir(NET):

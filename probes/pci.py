@@ -22,6 +22,7 @@ class PciProbe(Probe):
         FeatureInfo(
             "pci.device",
             frozenset({"instance"}),
+            absent="absent when /sys/bus/pci/devices cannot be listed",
             attributes=(
                 AttributeInfo("class", "hex", _D + "class", description="first 4 hex digits, e.g. 0302"),
                 AttributeInfo("vendor", "hex", _D + "vendor"),
@@ -60,6 +61,10 @@ class PciProbe(Probe):
 
     def discover(self, host: HostRoot) -> ProbeOutput:
         out = ProbeOutput(Features())
+        if not host.path(PCI_DEVICES).is_dir():
+            # NFD pci.go: detectPci()'s ReadDir fails, Discover() returns the error, nothing is published.
+            out.notes.append(f"{PCI_DEVICES} cannot be listed: pci.device left out, as NFD does")
+            return out
         devices = list_pci_devices(host)
         out.features.set_instances("pci.device", (d.attributes() for d in devices))
         skipped = len(host.listdir(PCI_DEVICES)) - len(devices)

@@ -57,6 +57,7 @@ class SystemProbe(Probe):
         FeatureInfo(
             "system.osrelease",
             frozenset({"attribute"}),
+            absent="absent when os-release is unreadable",
             attributes=None,
             source=OS_RELEASE,
             description="every KEY=value (ID, VERSION_ID, ...) plus VERSION_ID.major/.minor",
@@ -64,6 +65,7 @@ class SystemProbe(Probe):
         FeatureInfo(
             "system.dmiid",
             frozenset({"attribute"}),
+            absent="absent when no DMI file is readable (DMI-less VMs)",
             attributes=tuple(AttributeInfo(a, "string", f"{DMI_ID}/{a}") for a in DMI_ATTRS),
             source=DMI_ID,
             description="absent when no DMI file is readable (VMs without SMBIOS)",
@@ -71,6 +73,7 @@ class SystemProbe(Probe):
         FeatureInfo(
             "system.name",
             frozenset({"attribute"}),
+            absent='always published (NFD: "" when $NODE_NAME is unset)',
             attributes=(
                 AttributeInfo(
                     "nodename",

@@ -34,7 +34,7 @@ def test_doc_lists_every_declared_feature_and_marks_additions():
         for f in p.features:
             assert f"| `{f.name}` |" in doc
     assert "| `pci.device` | instance | `address` — PCI address (domain:bus:device.function) |" in doc
-    assert doc.count("| `pci.device` |") == 11
+    assert doc.count("| `pci.device` |") == 12  # 11 attribute rows + the summary row
 
 
 def test_check_mode_detects_drift(tmp_path, capsys):

@@ -7,7 +7,8 @@ import os
 import pytest
 from support_hosts import REAL, attrs, copy_fixture, fixture_host, flags, make_unreadable, run
 
-from nodecompat.probes.cpu import CpuProbe, hypervisor_name, parse_cpuinfo
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.cpu import CpuProbe, arm64_model, midr_from_cpuinfo, parse_cpuinfo
 from nodecompat.probes.cpuid_names import (
     LINUX_TO_KLAUSPOST,
     nfd_arm64_cpuid,
@@ -15,6 +16,8 @@ from nodecompat.probes.cpuid_names import (
     x64_level,
     x86_flags,
 )
+from nodecompat.probes.hostcpu import cpuid_reader
+from nodecompat.probes.hypervisor import from_signature, hypervisor
 
 SPR = {
     "X87",
@@ -260,7 +263,10 @@ def test_h100_exact():
         "hypervisor": "none",
     }
     assert attrs(wire, "cpu.topology") == {"hardware_multithreading": "false", "socket_count": "2"}
-    assert out.notes == []
+    assert attrs(wire, "cpu.coprocessor") == {}  # coprocessor_stub.go off ppc64le: published, empty
+    assert out.notes == [
+        "cpu.cpuid attribute AVX10_VERSION needs CPUID leaf 0x24 (real root with /dev/cpu/0/cpuid): left out"
+    ]
 
 
 def test_mi300_exact():
@@ -271,11 +277,11 @@ def test_mi300_exact():
 
 
 def test_plain_vm_exact():
-    wire, out = run(CpuProbe(), fixture_host("plain-vm"))
+    wire, _out = run(CpuProbe(), fixture_host("plain-vm"))
     assert flags(wire, "cpu.cpuid") == VM
+    # hypervisor: the kvm-clock clocksource (offered only after the KVMKVMKVM CPUID signature is found)
     assert attrs(wire, "cpu.model") == {"vendor_id": "AMD", "family": "25", "id": "1", "hypervisor": "kvm"}
     assert attrs(wire, "cpu.topology") == {"hardware_multithreading": "false", "socket_count": "1"}
-    assert out.notes == ["hypervisor vendor not identifiable from files; assuming kvm"]
 
 
 def test_real_host_matches_cpuinfo():
@@ -296,7 +302,7 @@ def test_real_host_matches_cpuinfo():
     assert ("X86_64_V3" in got) == ({"avx2", "bmi2", "fma", "movbe", "xsave", "abm"} <= linux)
     model = attrs(wire, "cpu.model") or {}
     assert model["family"] == fields["cpu family"] and model["id"] == fields["model"]
-    assert (model["hypervisor"] == "none") == ("hypervisor" not in linux)
+    assert (model.get("hypervisor") == "none") == ("hypervisor" not in linux)
     pkgs = set()
     for cpu in os.listdir("/sys/bus/cpu/devices"):
         with open(f"/sys/bus/cpu/devices/{cpu}/topology/physical_package_id") as f:
@@ -310,17 +316,88 @@ def test_unreadable_cpuinfo_and_topology(tmp_path):
     make_unreadable(host, "/sys/devices/system/cpu/cpu1/topology/thread_siblings_list")
     wire, out = run(CpuProbe(), host)
     assert flags(wire, "cpu.cpuid") is None and attrs(wire, "cpu.model") is None
-    assert attrs(wire, "cpu.topology") == {"socket_count": "2"}  # NFD omits multithreading on a read error
+    assert attrs(wire, "cpu.topology") == {}  # NFD discoverTopology(): {} on any read error, still published
     assert out.notes == ["/proc/cpuinfo unreadable: cpu.cpuid and cpu.model unknown"]
 
 
-def test_hypervisor_sources():
-    hv = frozenset({"hypervisor"})
-    assert hypervisor_name(frozenset(), "xen", None) == ("none", False)
-    assert hypervisor_name(hv, "xen\n", None) == ("xenhvm", False)
-    assert hypervisor_name(hv, None, "Microsoft Corporation") == ("msvm", False)
-    assert hypervisor_name(hv, None, "VMware, Inc.") == ("vmware", False)
-    assert hypervisor_name(hv, None, "Some Cloud") == ("kvm", True)
+HV_CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t: 143\nflags\t: fpu lm hypervisor\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "want"),
+    [
+        ({"sys/hypervisor/type": "xen\n"}, "xenhvm"),
+        ({"sys/devices/system/clocksource/clocksource0/available_clocksource": "tsc kvm-clock \n"}, "kvm"),
+        ({"sys/bus/vmbus/devices/f8b3781a-1e82-4818-a1c3-63d806ec15bb/class_id": "x\n"}, "msvm"),
+        ({"sys/devices/virtual/dmi/id/sys_vendor": "VMware, Inc.\n"}, "vmware"),
+        ({"sys/devices/virtual/dmi/id/sys_vendor": "BHYVE\n"}, "bhyve"),
+        (
+            {
+                "sys/devices/virtual/dmi/id/sys_vendor": "Microsoft Corporation\n",
+                "sys/devices/virtual/dmi/id/product_name": "Virtual Machine\n",
+            },
+            "msvm",
+        ),
+        # QEMU's DMI names no CPUID signature (KVM or TCG): not evidence on its own.
+        ({"sys/devices/virtual/dmi/id/sys_vendor": "QEMU\n"}, None),
+        ({}, None),
+        # KVM with Hyper-V enlightenments: leaf 0x40000000 could be either -> left out.
+        (
+            {"sys/devices/system/clocksource/clocksource0/available_clocksource": "kvm-clock hyperv_clocksource_msr\n"},
+            None,
+        ),
+    ],
+)
+def test_hypervisor_from_host_file_evidence(tmp_path, files, want):
+    """NFD cpu.go getHypervisor() + klauspost vendorMapping, established from files (hypervisor.py)."""
+    for rel, text in {"proc/cpuinfo": HV_CPUINFO, **files}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    wire, out = run(CpuProbe(), HostRoot(tmp_path))
+    assert (attrs(wire, "cpu.model") or {}).get("hypervisor") == want
+    if want is None:
+        assert any("cpu.model.hypervisor left out" in n for n in out.notes)
+
+
+def test_bare_metal_is_none_without_evidence(tmp_path):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_text(HV_CPUINFO.replace(" hypervisor", ""))
+    wire, _ = run(CpuProbe(), HostRoot(tmp_path))
+    assert (attrs(wire, "cpu.model") or {})["hypervisor"] == "none"
+
+
+def test_signature_names():
+    """klauspost/cpuid cpuid.go vendorMapping, lower-cased (NFD getHypervisorFromCPUID)."""
+    assert from_signature("KVMKVMKVM") == "kvm"
+    assert from_signature("Microsoft Hv") == "msvm"
+    assert from_signature("VMwareVMware") == "vmware"
+    assert from_signature("XenVMMXenVMM") == "xenhvm"
+    assert from_signature("TCGTCGTCGTCG") == "qemu"
+    assert from_signature("Odd Vendor!") == "Odd_Vendor_"
+    assert from_signature("") == "unknown"
+
+
+def test_real_host_model_equals_klauspost_from_cpuid():
+    """On this machine, with /dev/cpu/0/cpuid: family/id from cpuinfo equal klauspost familyModel() over
+    CPUID leaf 1, and the hypervisor equals the leaf 0x40000000 signature NFD reads."""
+    cpuid = cpuid_reader(REAL)
+    if cpuid is None:
+        pytest.skip("/dev/cpu/0/cpuid not readable here (cpuid module or root missing)")
+    eax = cpuid(1, 0)[0]
+    family = (eax >> 8) & 0xF
+    ext = family == 6
+    if family == 0xF:
+        family += (eax >> 20) & 0xFF
+        ext = True
+    model = (eax >> 4) & 0xF
+    if ext:
+        model += (eax >> 12) & 0xF0
+    wire, _ = run(CpuProbe(), REAL)
+    got = attrs(wire, "cpu.model") or {}
+    assert (got["family"], got["id"]) == (str(family), str(model))
+    with open("/proc/cpuinfo") as f:
+        info = parse_cpuinfo(f.read())
+    assert hypervisor(REAL, "amd64", info, cpuid)[0] == got["hypervisor"]
 
 
 def test_levels():
@@ -398,17 +475,40 @@ def test_arm64_host(tmp_path):
 
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/cpuinfo").write_text(
-        "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0xc0\nCPU part\t: 0xac3\n"
+        "processor\t: 0\nFeatures\t: fp asimd cpuid\nCPU implementer\t: 0xc0\nCPU architecture: 8\n"
+        "CPU variant\t: 0x3\nCPU part\t: 0xac3\nCPU revision\t: 0\n"
     )
     wire, _ = run(CpuProbe(), HostRoot(tmp_path))
-    assert flags(wire, "cpu.cpuid") == {"FP", "ASIMD"}
-    assert attrs(wire, "cpu.model") == {"vendor_id": "Ampere"}
-    assert attrs(wire, "cpu.topology") is None
+    assert flags(wire, "cpu.cpuid") == {"FP", "ASIMD", "CPUID"}
+    # klauspost detect_arm64.go: MIDR 0xC03FAC30 -> Ampere, family 0x3F, id 0xAC30; hypervisor none (NFD)
+    assert attrs(wire, "cpu.model") == {"vendor_id": "Ampere", "family": "63", "id": "44080", "hypervisor": "none"}
+    assert attrs(wire, "cpu.topology") == {}  # no /sys/bus/cpu/devices: NFD publishes it empty
 
 
-@pytest.mark.parametrize(
-    "junk", ["", "\n\n\n", "flags: avx\n", "processor: 0\nvendor_id\n::::\n", "\x00\xff"]
-)
+def test_arm64_midr_register_file_wins(tmp_path):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_text(
+        "processor\t: 0\nFeatures\t: fp cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+        "CPU variant\t: 0x0\nCPU part\t: 0xd4f\nCPU revision\t: 0\n"
+    )
+    reg = tmp_path / "sys/devices/system/cpu/cpu0/regs/identification/midr_el1"
+    reg.parent.mkdir(parents=True)
+    reg.write_text("0x00000000410fd4f1\n")
+    wire, _ = run(CpuProbe(), HostRoot(tmp_path))
+    assert attrs(wire, "cpu.model") == {"vendor_id": "ARM", "family": "15", "id": "54513", "hypervisor": "none"}
+
+
+def test_arm64_without_hwcap_cpuid_is_what_klauspost_reports():
+    """klauspost addInfo(): MIDR is not read unless HWCAP_CPUID is set -> VendorUnknown, 0, 0."""
+    info = parse_cpuinfo(
+        "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+        "CPU variant\t: 0x1\nCPU part\t: 0xd40\nCPU revision\t: 1\n"
+    )
+    assert midr_from_cpuinfo(info) == 0x411FD401
+    assert arm64_model(info, midr_from_cpuinfo(info)) == {"vendor_id": "VendorUnknown", "family": "0", "id": "0"}
+
+
+@pytest.mark.parametrize("junk", ["", "\n\n\n", "flags: avx\n", "processor: 0\nvendor_id\n::::\n", "\x00\xff"])
 def test_parse_cpuinfo_tolerates_junk(junk):
     info = parse_cpuinfo(junk)
     assert info.processors <= 1

@@ -88,8 +88,10 @@ def test_unreadable_pool_skipped(tmp_path):
     make_unreadable(host, "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
     make_unreadable(host, "/sys/devices/system/node/node1/hugepages/hugepages-1048576kB/free_hugepages")
     wire, _ = run(HugepagesProbe(), host)
+    # NFD memory.go detectHugePages(): the read error is logged and the pool still published as ""
     assert attrs(wire, "memory.hugepages") == {
         "enabled": "false",
+        "hugepages-1Gi": "",
         "hugepages-2Mi": "0",
         "hugepages-2Mi.total": "0",
         "hugepages-2Mi.free": "0",
@@ -98,12 +100,22 @@ def test_unreadable_pool_skipped(tmp_path):
 
 
 def test_no_hugepage_support(tmp_path):
+    """NFD memory.go detectHugePages(): ReadDir ErrNotExist -> {"enabled": "false"}, still published."""
     wire, out = run(HugepagesProbe(), HostRoot(tmp_path))
-    assert attrs(wire, "memory.hugepages") is None
+    assert attrs(wire, "memory.hugepages") == {"enabled": "false"}
     assert instances(wire, "memory.hugepages.node") == []
     assert out.notes == [
-        "/sys/kernel/mm/hugepages is missing: no hugepages support, memory.hugepages left out"
+        "/sys/kernel/mm/hugepages is missing (kernel without hugetlbfs): memory.hugepages enabled=false, as NFD"
     ]
+
+
+def test_hugepages_path_not_a_directory(tmp_path):
+    """Any other ReadDir error: NFD logs it and publishes nothing."""
+    (tmp_path / "sys/kernel/mm").mkdir(parents=True)
+    (tmp_path / "sys/kernel/mm/hugepages").write_text("")
+    wire, out = run(HugepagesProbe(), HostRoot(tmp_path))
+    assert attrs(wire, "memory.hugepages") is None
+    assert "cannot be listed" in out.notes[0]
 
 
 @pytest.mark.parametrize(

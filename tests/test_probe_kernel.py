@@ -8,6 +8,7 @@ import os
 import pytest
 from support_hosts import REAL, attrs, copy_fixture, fixture_host, flags, make_unreadable, run
 
+from nodecompat.hostroot import HostRoot
 from nodecompat.probes.kernel import (
     KernelProbe,
     kconfig_search_paths,
@@ -150,6 +151,17 @@ def test_everything_unreadable_still_delivers(tmp_path):
     assert flags(wire, "kernel.loadedmodule") is None and flags(wire, "kernel.enabledmodule") is None
     assert attrs(wire, "kernel.selinux") == {"enabled": "false"}
     assert len(out.notes) == 4
+
+
+def test_selinux_as_nfd(tmp_path):
+    """NFD source/kernel/selinux.go: no /sys/fs -> error (absent); no enforce -> false; '1' -> true."""
+    wire, out = run(KernelProbe(), HostRoot(tmp_path))
+    assert attrs(wire, "kernel.selinux") is None and any("kernel.selinux left out" in n for n in out.notes)
+    (tmp_path / "sys/fs").mkdir(parents=True)
+    assert attrs(run(KernelProbe(), HostRoot(tmp_path))[0], "kernel.selinux") == {"enabled": "false"}
+    (tmp_path / "sys/fs/selinux").mkdir()
+    (tmp_path / "sys/fs/selinux/enforce").write_text("1")
+    assert attrs(run(KernelProbe(), HostRoot(tmp_path))[0], "kernel.selinux") == {"enabled": "true"}
 
 
 def test_corrupt_config_gz_falls_through(tmp_path):

@@ -119,5 +119,10 @@ def test_unreadable_values_omitted(tmp_path):
 def test_no_net_dir(tmp_path):
     from nodecompat.hostroot import HostRoot
 
+    wire, out = run(NicProbe(), HostRoot(tmp_path))
+    # NFD source/network/network.go: detectNetDevices() fails -> Discover() error -> nothing published
+    assert instances(wire, "network.device") is None and instances(wire, "network.virtual") is None
+    assert "cannot be listed" in out.notes[0]
+    (tmp_path / "sys/class/net").mkdir(parents=True)
     wire, _ = run(NicProbe(), HostRoot(tmp_path))
     assert instances(wire, "network.device") == [] and instances(wire, "network.virtual") == []

@@ -182,10 +182,14 @@ def test_optional_values_omitted_when_unreadable(tmp_path):
     }
 
 
-def test_missing_sysfs_gives_empty_feature(tmp_path):
+def test_missing_sysfs_leaves_the_feature_out_as_nfd(tmp_path):
+    """NFD source/pci/pci.go: detectPci()'s ReadDir error -> Discover() error -> pci.device absent."""
     wire, out = run(PciProbe(), HostRoot(tmp_path))
-    assert instances(wire, "pci.device") == []
-    assert out.notes == []
+    assert instances(wire, "pci.device") is None
+    assert out.notes == ["/sys/bus/pci/devices cannot be listed: pci.device left out, as NFD does"]
+    (tmp_path / "sys/bus/pci/devices").mkdir(parents=True)
+    wire, out = run(PciProbe(), HostRoot(tmp_path))
+    assert instances(wire, "pci.device") == [] and out.notes == []
 
 
 def test_hex_helpers():

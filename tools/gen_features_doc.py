@@ -30,7 +30,15 @@ NFD's `nfd compat validate-node` sees the same facts. Rows marked **no** in the 
 nodecompat additions (PCI addresses, NUMA placement, GPU facts, hugepage pools per node, memory
 size); NFD ignores attributes it does not know, and a spec that uses them needs nodecompat.
 
-Columns: *kind* is `flag` (a set of names), `attribute` (name -> value) or `instance` (a list of
+The first table says, per feature, whether NFD has it (*NFD*: `yes` = NFD's feature with NFD's
+attribute names and derivation; `partly` = NFD's feature plus nodecompat attributes; `no` = a
+nodecompat addition) and what is published when the host source behind it is missing or
+unreadable (NFD publishes some features even then, e.g. `memory.hugepages` = `enabled: "false"`
+on a kernel without hugetlbfs, and several cpu features empty; `IsFalse`, `DoesNotExist` and empty
+terms depend on it). Values nodecompat cannot establish are never filled in: they are left out and
+the probe status says why.
+
+Columns of the per-probe tables: *kind* is `flag` (a set of names), `attribute` (name -> value) or `instance` (a list of
 name -> value maps). *attribute* `<...>` parts are placeholders (e.g. `hugepages-<size>` is
 `hugepages-1Gi`); `(any)` means the set of attributes is open (one per config option, os-release
 key, feature-file key); `(names)` lists what a flag feature holds. *host source file* paths are
@@ -57,10 +65,27 @@ def _rows(feat: FeatureInfo) -> Iterable[tuple[str, str, str, str, str, str]]:
                "yes" if a.nfd and feat.nfd else "no")  # fmt: skip
 
 
+def _equivalence(feat: FeatureInfo) -> str:
+    if not feat.nfd:
+        return "no"
+    if feat.attributes is not None and any(not a.nfd for a in feat.attributes):
+        return "partly"
+    return "yes"
+
+
 def render(probes: Iterable[Probe]) -> str:
     """The whole document for the given probes (sorted by probe name)."""
-    out = [HEADER]
-    for probe in sorted(probes, key=lambda p: p.name):
+    ordered = sorted(probes, key=lambda p: p.name)
+    out = [HEADER, "| feature | probe | NFD | when the host source is missing |", "|---|---|---|---|"]
+    for probe in ordered:
+        for feat in probe.features:
+            out.append(
+                "| "
+                + " | ".join(_cell(c) for c in (f"`{feat.name}`", probe.name, _equivalence(feat), feat.absent))
+                + " |"
+            )
+    out.append("")
+    for probe in ordered:
         doc = (sys.modules[type(probe).__module__].__doc__ or "").strip().split("\n", 1)[0]
         out.append(f"\n## `{probe.name}` probe\n\n{_cell(doc)}\n")
         out.append("| feature | kind | attribute | type | host source file | NFD has it? |")

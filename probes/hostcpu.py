@@ -1,0 +1,215 @@
+"""What the cpu probes share: the host's architecture, /proc/cpuinfo, and CPUID on the real host.
+
+NFD's cpu source is compiled per architecture (GOARCH): security_amd64.go, pstate_amd64.go,
+cstate_amd64.go, rdt_linux_amd64.go, power_amd64.go hold the x86 code, and *_stub.go files make the
+same features empty elsewhere (coprocessor_ppc64le.go, security_s390x.go are the other way round).
+A host root may hold another machine's tree, so the architecture comes from the tree itself: the
+shape of its /proc/cpuinfo (x86 `vendor_id`, arm64 `CPU implementer` with `CPU architecture: 8`,
+ppc64le `cpu : POWERn`, s390x `vendor_id : IBM/S390`).
+
+CPUID: NFD executes it (klauspost/cpuid, NFD's pkg/cpuid). Python cannot execute an instruction
+without writing machine code into executable memory, so we read the kernel's CPUID device
+/dev/cpu/<n>/cpuid instead (x86 `cpuid` driver, CONFIG_X86_CPUID; a pread at offset
+`subleaf << 32 | leaf` returns EAX, EBX, ECX, EDX of that CPU). That is only the probed host's
+CPUID when the host root is `/` (a tree's /dev is not this CPU), so `cpuid_reader()` returns None
+for any other root, when the device is missing (module not loaded, not root) or not a character
+device; the probes then use host files or leave the value out and say so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodecompat.hostroot import HostRoot
+
+CPUINFO = "/proc/cpuinfo"
+OSRELEASE = "/proc/sys/kernel/osrelease"
+CPUID_DEVICE = "/dev/cpu/0/cpuid"
+
+Regs = tuple[int, int, int, int]
+CpuidFn = Callable[[int, int], Regs]
+
+
+@dataclass
+class CpuInfo:
+    """What the probes need from /proc/cpuinfo (first processor block; flags are equal on every CPU)."""
+
+    vendor_id: str = ""
+    family: str | None = None
+    model: str | None = None
+    model_name: str = ""
+    flags: frozenset[str] = frozenset()
+    arm_features: frozenset[str] = frozenset()
+    arm_implementer: int | None = None
+    arm_architecture: str | None = None
+    arm_variant: int | None = None
+    arm_part: int | None = None
+    arm_revision: int | None = None
+    power_cpu: str = ""
+    physical_ids: set[str] = field(default_factory=set)
+    processors: int = 0
+
+
+def _int0(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """Parse /proc/cpuinfo (x86, arm64, ppc64le, s390x). Junk lines are skipped; missing keys stay empty.
+
+    s390x prints one header block (vendor_id) and `processor N:` lines; that block counts as the first.
+    """
+    info = CpuInfo()
+    first = True
+    for block in text.split("\n\n"):
+        kv: dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                kv.setdefault(key.strip(), value.strip())
+        if "processor" not in kv and "vendor_id" not in kv:
+            continue
+        if "processor" in kv:
+            info.processors += 1
+        if "physical id" in kv:
+            info.physical_ids.add(kv["physical id"])
+        if not first:
+            continue
+        first = False
+        info.vendor_id = kv.get("vendor_id", "")
+        info.family = kv.get("cpu family")
+        info.model = kv.get("model")
+        info.model_name = kv.get("model name", "")
+        info.flags = frozenset(kv.get("flags", "").split())
+        info.arm_features = frozenset(kv.get("Features", "").split())
+        info.arm_implementer = _int0(kv.get("CPU implementer"))
+        info.arm_architecture = kv.get("CPU architecture")
+        info.arm_variant = _int0(kv.get("CPU variant"))
+        info.arm_part = _int0(kv.get("CPU part"))
+        info.arm_revision = _int0(kv.get("CPU revision"))
+        info.power_cpu = kv.get("cpu", "")
+    return info
+
+
+def cpuinfo_arch(info: CpuInfo | None) -> str | None:
+    """GOARCH-style name from the shape of /proc/cpuinfo: amd64, arm64, arm, ppc64le, s390x, or None."""
+    if info is None:
+        return None
+    if info.vendor_id.startswith("IBM/S390"):
+        return "s390x"
+    if info.vendor_id or "lm" in info.flags:
+        return "amd64"
+    if info.arm_implementer is not None:
+        return "arm64" if info.arm_architecture in ("8", "AArch64") else "arm"
+    if info.power_cpu.startswith("POWER"):
+        return "ppc64le"
+    return None
+
+
+_MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+             "ppc64le": "ppc64le", "s390x": "s390x"}  # fmt: skip
+_RELEASE_ARCH = re.compile(r"[.-](x86_64|amd64|aarch64|arm64|ppc64le|s390x)(?:[.+-]|$)")
+_ARCH_ONLY = (("/sys/module/kvm_amd", "amd64"), ("/sys/module/kvm_intel", "amd64"), ("/sys/firmware/uv", "s390x"))
+
+
+def host_arch(host: HostRoot, info: CpuInfo | None) -> tuple[str | None, str]:
+    """(GOARCH the host's NFD would run as, where that came from), or (None, "") when nothing tells.
+
+    Evidence in order: the shape of /proc/cpuinfo; this machine (host root `/`); an architecture
+    suffix of the kernel release (5.14.0-427.el9.x86_64, 6.1.0-18-arm64, ...); a sysfs directory
+    only one architecture has (kvm_amd/kvm_intel modules: x86; /sys/firmware/uv: s390x).
+    """
+    arch = cpuinfo_arch(info)
+    if arch:
+        return arch, CPUINFO
+    if host.root == Path("/"):
+        machine = _MACHINES.get(platform.machine())
+        if machine:
+            return machine, "this machine"
+    release = host.read_line(OSRELEASE) or ""
+    m = _RELEASE_ARCH.search(release)
+    if m:
+        return _MACHINES[m.group(1)], OSRELEASE
+    for path, a in _ARCH_ONLY:
+        if host.exists(path):
+            return a, path
+    return None, ""
+
+
+def read_cpuinfo(host: HostRoot) -> CpuInfo | None:
+    text = host.read_text(CPUINFO)
+    return None if text is None else parse_cpuinfo(text)
+
+
+def cpuid_reader(host: HostRoot) -> CpuidFn | None:
+    """A function (leaf, subleaf) -> (eax, ebx, ecx, edx) executing CPUID on this machine, or None.
+
+    Only for the real root `/`, and only when /dev/cpu/0/cpuid is a readable character device.
+    The returned function raises OSError if a read fails.
+    """
+    if host.root != Path("/"):
+        return None
+    try:
+        fd = os.open(CPUID_DEVICE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            return None
+        regs: dict[tuple[int, int], Regs] = {}
+        for leaf in (0, 1):  # read what every caller needs while the fd is open
+            raw = os.pread(fd, 16, leaf)
+            if len(raw) != 16:
+                return None
+            regs[(leaf, 0)] = _unpack(raw)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+    def call(leaf: int, subleaf: int = 0) -> Regs:
+        key = (leaf, subleaf)
+        if key not in regs:
+            fd2 = os.open(CPUID_DEVICE, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                raw = os.pread(fd2, 16, (subleaf << 32) | leaf)
+            finally:
+                os.close(fd2)
+            if len(raw) != 16:
+                raise OSError(f"short read from {CPUID_DEVICE} for leaf {leaf:#x}")
+            regs[key] = _unpack(raw)
+        return regs[key]
+
+    return call
+
+
+def _unpack(raw: bytes) -> Regs:
+    return (
+        int.from_bytes(raw[0:4], "little"),
+        int.from_bytes(raw[4:8], "little"),
+        int.from_bytes(raw[8:12], "little"),
+        int.from_bytes(raw[12:16], "little"),
+    )
+
+
+def regs_string(*values: int) -> str:
+    """klauspost/cpuid valAsString: register bytes little-endian, cut at the first NUL."""
+    out = bytearray()
+    for v in values:
+        for shift in (0, 8, 16, 24):
+            b = (v >> shift) & 0xFF
+            if b == 0:
+                return out.decode("latin-1")
+            out.append(b)
+    return out.decode("latin-1")
