@@ -115,7 +115,7 @@ def s390x_model(text: str) -> dict[str, str]:
 
 def topology(host: HostRoot) -> dict[str, str]:
     """NFD discoverTopology(): {} when the cpu list or any topology file is unreadable."""
-    if not host.path(CPU_DEVICES).is_dir():
+    if not host.is_dir(CPU_DEVICES):
         return {}
     multithreading = False
     packages: set[str] = set()

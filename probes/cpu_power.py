@@ -33,7 +33,7 @@ CPU_DEVICES = "/sys/bus/cpu/devices"
 
 def pstate(host: HostRoot) -> dict[str, str]:
     """NFD detectPstate() (errors give nil, which NFD still publishes as an empty feature)."""
-    if not host.path(SYS_CPU).is_dir() or not host.path(PSTATE).exists():
+    if not host.is_dir(SYS_CPU) or not host.exists(PSTATE):
         return {}
     status = host.read_text(f"{PSTATE}/status")
     if status is None or status.strip() == "off":
@@ -65,9 +65,9 @@ def pstate(host: HostRoot) -> dict[str, str]:
 
 def cstate(host: HostRoot) -> tuple[dict[str, str] | None, str]:
     """NFD detectCstate(): (attributes, "") or (None, why) when NFD would log an error and publish nothing."""
-    if not host.path(SYS_CPU).is_dir():
+    if not host.is_dir(SYS_CPU):
         return None, f"{SYS_CPU} missing"
-    if not host.path(CPUIDLE).exists():
+    if not host.exists(CPUIDLE):
         return {}, ""
     driver = host.read_text(f"{CPUIDLE}/current_driver")
     if driver is None:
@@ -85,7 +85,7 @@ def cstate(host: HostRoot) -> tuple[dict[str, str] | None, str]:
 
 def sst(host: HostRoot, cpuid: CpuidFn | None) -> tuple[dict[str, str] | None, str]:
     """NFD discoverSST()/discoverSSTBF(): (attributes, "") or (None, why it cannot be established)."""
-    if not host.path(CPU_DEVICES).is_dir():
+    if not host.is_dir(CPU_DEVICES):
         return {}, ""  # ReadDir fails: NFD logs it and publishes the empty map
     freqs: list[int] = []
     for cpu in host.listdir(CPU_DEVICES):

@@ -234,7 +234,7 @@ class KernelProbe(Probe):
 
         # NFD selinux.go: no /sys/fs -> error (absent); no enforce file -> false; unreadable -> absent.
         enforce = host.read_bytes(SELINUX_ENFORCE)
-        if not host.path("/sys/fs").is_dir() or (enforce is None and host.exists(SELINUX_ENFORCE)):
+        if not host.is_dir("/sys/fs") or (enforce is None and host.exists(SELINUX_ENFORCE)):
             out.notes.append(f"/sys/fs or {SELINUX_ENFORCE} unreadable: kernel.selinux left out, as NFD does")
         else:
             f.add_attributes("kernel.selinux", {"enabled": str(enforce is not None and enforce[:1] == b"1").lower()})

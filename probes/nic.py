@@ -64,7 +64,7 @@ class NicProbe(Probe):
     )
 
     def discover(self, host: HostRoot) -> ProbeOutput:
-        if not host.path(NET).is_dir():
+        if not host.is_dir(NET):
             # NFD network.go: detectNetDevices() fails, Discover() returns the error, nothing is published.
             out = ProbeOutput(Features())
             out.notes.append(f"{NET} cannot be listed: network.device and network.virtual left out, as NFD does")

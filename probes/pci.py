@@ -61,7 +61,7 @@ class PciProbe(Probe):
 
     def discover(self, host: HostRoot) -> ProbeOutput:
         out = ProbeOutput(Features())
-        if not host.path(PCI_DEVICES).is_dir():
+        if not host.is_dir(PCI_DEVICES):
             # NFD pci.go: detectPci()'s ReadDir fails, Discover() returns the error, nothing is published.
             out.notes.append(f"{PCI_DEVICES} cannot be listed: pci.device left out, as NFD does")
             return out

@@ -35,7 +35,7 @@ class StorageProbe(Probe):
 
     def discover(self, host: HostRoot) -> ProbeOutput:
         out = ProbeOutput(Features())
-        if not host.path(SYS_BLOCK).is_dir():
+        if not host.is_dir(SYS_BLOCK):
             out.notes.append(f"{SYS_BLOCK} cannot be listed: storage.block left out, as NFD does")
             return out
         instances = []

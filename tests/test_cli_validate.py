@@ -115,9 +115,9 @@ def test_lint_example_spec_is_clean_and_unknown_features_are_warnings(files: dic
     example = Path(__file__).resolve().parents[1] / "examples" / "gpu-node.yaml"
     r = _run("lint", str(example))
     assert r.returncode == 0 and r.stdout == f"{example}: ok\n", r.stdout
-    usb = files["dir"] / "usb.yaml"
+    usb = files["dir"] / "acme.yaml"
     usb.write_text(
-        "version: v1alpha1\ncompatibilities:\n- rules:\n  - matchFeatures:\n    - feature: usb.device\n"
+        "version: v1alpha1\ncompatibilities:\n- rules:\n  - matchFeatures:\n    - feature: acme.widget\n"
         "      matchExpressions: {vendor: {op: In, value: ['1d6b']}}\n"
     )
     r = _run("lint", str(usb))

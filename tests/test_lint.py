@@ -186,10 +186,20 @@ def test_attribute_name_patterns() -> None:
 def test_semantic_checks_run_on_what_parsed() -> None:
     out = _lint(
         "    - feature: pci.device\n      matchExpressions: {vendor: {op: Bogus}}\n"
-        "    - feature: usb.device\n      matchExpressions: {vendor: {op: Exists}}\n"
+        "    - feature: acme.widget\n      matchExpressions: {vendor: {op: Exists}}\n"
     )
     assert [o.split(":")[0] for o in out] == ["error", "warning"]
-    assert "unknown op 'Bogus'" in out[0] and "unknown feature 'usb.device'" in out[1]
+    assert "unknown op 'Bogus'" in out[0] and "unknown feature 'acme.widget'" in out[1]
+
+
+def test_lint_knows_every_nfd_feature() -> None:
+    """No "unknown feature" warning for any feature NFD publishes (NFD's list: tests/test_nfd_marker.py,
+    transcribed from its Go source with the file per feature)."""
+    from test_nfd_marker import NFD_PUBLISHES
+
+    terms = "".join(f"    - feature: {name}\n      matchName: {{op: Exists}}\n" for name in sorted(NFD_PUBLISHES))
+    text = "version: v1alpha1\ncompatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n" + terms
+    assert [str(p) for p in lint_spec(text) if "unknown feature" in str(p)] == []  # the registered probes
 
 
 def test_instance_terms_are_not_contradictions() -> None:
