@@ -55,7 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--plain-http", action="store_true", help="the aggregator reaches the registry over plain HTTP")
     v.add_argument("--timeout", type=float, default=0.0,
                    help="overall deadline in seconds (default: 0, the aggregator's --default-timeout)")
-    v.add_argument("--nfd-compat", action="store_true", help="accept what NFD accepts (see `validate --nfd-compat`)")
+    v.add_argument(
+        "--nfd-compat",
+        action="store_true",
+        help="NFD mode: what NFD accepts, evaluated against NFD's view (see `validate --nfd-compat`)",
+    )
     v.set_defaults(func=run_validate)
 
     n = fsub.add_parser(

@@ -48,7 +48,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--features", action="append", default=[], metavar="SNAPSHOT.json",
                    help="features snapshot of a planned host, as `nodecompat features -o json` writes (repeatable)")
     p.add_argument("--tags", action="append", default=[], help="only compatibility sets with these tags")
-    p.add_argument("--nfd-compat", action="store_true", help="accept what NFD accepts (see `validate --nfd-compat`)")
+    p.add_argument(
+        "--nfd-compat",
+        action="store_true",
+        help="NFD mode: what NFD accepts, evaluated against NFD's view (see `validate --nfd-compat`)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for each registry fetch (default 60)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     add_registry_args(p)
