@@ -20,12 +20,13 @@ from __future__ import annotations
 import difflib
 import threading
 from collections.abc import Iterable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 
 from nodecompat.features import AttributeFeature, Features, FlagFeature, Instance, InstanceFeature
 from nodecompat.probes.base import FeatureInfo, Probe
 
 _SUGGEST_CUTOFF = 0.75
+SUGGESTIONS_KEPT = 4096  # did-you-mean answers kept per catalog (a few hundred bytes each)
 
 
 class FeatureCatalog:
@@ -35,6 +36,8 @@ class FeatureCatalog:
         self.infos: dict[str, FeatureInfo] = {f.name.lower(): f for f in infos}
         self._lock = threading.Lock()
         self._last: tuple[Features, Features] | None = None  # (input, its NFD view)
+        # difflib is the costly part of judging a name, and the same few names come back every call
+        self._suggest = lru_cache(maxsize=SUGGESTIONS_KEPT)(self._suggest_uncached)
 
     @classmethod
     def from_probes(cls, probes: Iterable[Probe]) -> FeatureCatalog:
@@ -65,7 +68,10 @@ class FeatureCatalog:
         """A close declared name (`kernel.version` for `kernel.versoin`; `address` for `adress`), or "".
 
         For an element, suggests among the feature's declared attribute names (patterns excluded);
-        with `nfd_only`, among NFD's names only."""
+        with `nfd_only`, among NFD's names only. Answers are kept (SUGGESTIONS_KEPT, least recently used)."""
+        return str(self._suggest(feature, element, nfd_only))
+
+    def _suggest_uncached(self, feature: str, element: str | None, nfd_only: bool) -> str:
         if element is None:
             names = [n for n, i in self.infos.items() if not nfd_only or i.nfd]
             return closest_feature(feature.lower(), names)
@@ -126,6 +132,8 @@ def closest_feature(name: str, names: Iterable[str]) -> str:
     best, score = "", 0.0
     for cand in sorted(set(names)):
         csrc, _, cfeat = cand.partition(".")
+        if difflib.SequenceMatcher(None, name, cand).real_quick_ratio() < _SUGGEST_CUTOFF:
+            continue  # cheap upper bound: too different in length to be a typo
         s = min(_ratio(src, csrc), _ratio(feat, cfeat))
         if s >= _SUGGEST_CUTOFF and s > score:
             best, score = cand, s

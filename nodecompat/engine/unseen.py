@@ -93,15 +93,11 @@ class NameCheck:
         """Set the FactStatus of each expression of a present feature's term whose names the node lacks."""
         if self.catalog is None or feature == RULE_BACKREF_FEATURE:
             return
-        names: set[str] | None = None
 
-        def has(el: str) -> bool:
-            nonlocal names
-            if names is None:
-                names = set(flags or ()) | set(attrs or ())
-                for x in insts or ():
-                    names.update(x)
-            return el in names
+        def has(el: str) -> bool:  # short-circuits: a present element is usually found at once
+            return (flags is not None and el in flags) or (attrs is not None and el in attrs) or any(
+                el in x for x in insts or ()
+            )
 
         for ev in tv.expressions:
             if ev.matcher_type == "matchExpression":
