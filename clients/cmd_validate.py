@@ -200,6 +200,9 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
                 else:
                     result = client.validate(spec_text=text, tags=tags, nfd_compat=nfd)
         except NodeCallError as exc:
+            if exc.problems:  # an invalid spec: the status details carry every problem
+                head = exc.message.split("\n", 1)[0]
+                raise CommandError(f"node {args.node}: {head}\n  " + "\n  ".join(exc.problems)) from None
             from nodecompat.clients.call_errors import explain
 
             hint = explain(args, exc.code, exc.message, "node", args.node)

@@ -16,14 +16,27 @@ from nodecompat import wire
 from nodecompat.hostport import split_address
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server import tls
+from nodecompat.server.errors import DETAILS_BUDGET_METADATA, MAX_STATUS_DETAILS_BYTES, problems_from_status
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
 
 class NodeCallError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    """A failed call: the status code name, the server's (short) message and, when the status carried
+    google.rpc.BadRequest details (an invalid spec), every problem listed there."""
+
+    def __init__(self, code: str, message: str, problems: Sequence[str] = ()) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.problems = list(problems)
+
+
+# The CLI wants every problem of an invalid spec: it accepts large trailers and tells the daemon so.
+_CHANNEL_OPTIONS: list[tuple[str, object]] = [
+    ("grpc.max_metadata_size", MAX_STATUS_DETAILS_BYTES + (64 << 10)),
+    ("grpc.absolute_max_metadata_size", MAX_STATUS_DETAILS_BYTES + (64 << 10)),
+]
+_CALL_METADATA = ((DETAILS_BUDGET_METADATA, str(MAX_STATUS_DETAILS_BYTES)),)
 
 
 @dataclass
@@ -47,7 +60,7 @@ class NodeClient:
         split_address(address)
         self.address = address
         self.timeout = timeout
-        self.channel = tls.open_channel(address, credentials)
+        self.channel = tls.open_channel(address, credentials, _CHANNEL_OPTIONS)
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
 
     def close(self) -> None:
@@ -61,9 +74,9 @@ class NodeClient:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=_CALL_METADATA)
         except grpc.RpcError as exc:
-            raise NodeCallError(exc.code().name, exc.details() or "") from None
+            raise NodeCallError(exc.code().name, exc.details() or "", problems_from_status(exc)) from None
 
     def get_features(self, *, refresh: bool = False, prefixes: Sequence[str] = ()) -> tuple[str, ProbeRound]:
         """(node name, probe round) as the daemon has it."""

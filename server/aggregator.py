@@ -27,7 +27,7 @@ from nodecompat.engine.spec import SpecError, parse_spec
 from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
-from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
+from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.first_check import FirstHealthChecks
 from nodecompat.server.fleet_nodes import (
@@ -148,7 +148,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         try:
             parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.options.registry.max_spec_bytes)
         except SpecError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
+            context.abort_with_status(spec_error_status(exc.problems, origin, context.invocation_metadata()))
 
     def _node_result(self, outcome: NodeOutcome) -> fleet_pb2.NodeResult:
         node = outcome.node

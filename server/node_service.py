@@ -6,7 +6,6 @@ and map domain errors to status codes (server/errors.py).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -22,8 +21,9 @@ from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci.errors import RegistryError
 from nodecompat.probes.catalog import FeatureCatalog
 from nodecompat.probes.runner import ProbeRound
-from nodecompat.server.errors import registry_status, selection_problem, spec_error_message
+from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
 from nodecompat.server.feature_cache import FeatureCache
+from nodecompat.server.parse_cache import ParseCache
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 from nodecompat.verdict_cache import VerdictCache, spec_key
 
@@ -65,8 +65,8 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self._proto_round: object | None = None
         self._proto_lock = threading.Lock()
         # Callers validate the same few specs over and over (one image, many calls); YAML parsing is
-        # pure Python and dominates a call, so parsed specs are kept (they are never mutated).
-        self._parse = functools.lru_cache(maxsize=128)(self._parse_uncached)
+        # pure Python and dominates a call, so parsed specs are kept (never mutated), bounded by bytes.
+        self._parse = ParseCache(self._parse_uncached)
         # Answers per (spec digest, tags, NFD mode, source) for the current probe round, as the bytes
         # sent (nodecompat/verdict_cache.py): a repeated question costs a lookup, not an evaluation.
         self.verdicts = VerdictCache()
@@ -157,7 +157,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             try:
                 spec = self._parse(text, request.nfd_compat)
             except SpecError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, spec_error_message(exc.problems, origin))
+                context.abort_with_status(spec_error_status(exc.problems, origin, context.invocation_metadata()))
                 raise  # unreachable: abort raises
             try:
                 verdict = evaluate(

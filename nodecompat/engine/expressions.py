@@ -23,6 +23,9 @@ from typing import Any
 
 import re2
 
+from nodecompat.engine import goregexp
+from nodecompat.engine.limits import MAX_REGEX_MEM, MAX_SPEC_REGEX_MEM
+
 ANY = ""
 IN = "In"
 NOT_IN = "NotIn"
@@ -76,6 +79,35 @@ _UINT64_MAX = (1 << 64) - 1
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # errors are reported to the user, not logged to stderr by C++
+_RE2_OPTIONS.max_mem = MAX_REGEX_MEM
+# RE2 memory granted to an expression's union of patterns: a base plus, per pattern, room for its
+# program (RE2 keeps forward and reverse programs within max_mem, ~16 bytes an instruction) and DFA.
+_UNION_BASE_MEM = 256 << 10
+_PER_PATTERN_MEM = 8 << 10
+_PER_INSTRUCTION_MEM = 48
+
+
+def _re2_options(max_mem: int) -> Any:
+    opts = re2.Options()
+    opts.log_errors = False
+    opts.max_mem = max_mem
+    return opts
+
+
+_SMALL_REGEX_MEM = 64 << 10
+_SMALL_OPTIONS = _re2_options(_SMALL_REGEX_MEM)
+
+
+def _compile(pattern: str, options: Any) -> Any:
+    """An RE2 program owned by the caller alone. `re2.compile` keeps its last 128 programs in a
+    module-level LRU (up to max_mem each, 1 GiB at RE2's default): that hidden cache, not ours, is
+    what made distinct regex-heavy specs cost ~79 MiB each. `re2._Regexp` is the class re2.compile
+    builds, without the cache; its memory goes when the expression goes."""
+    return re2._Regexp(pattern, options)
+
+
+def _re2_detail(exc: Exception) -> str:
+    return exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
 
 
 class ExpressionError(ValueError):
@@ -141,29 +173,77 @@ def _values_repr(values: list[str]) -> str:
 class CompiledExpression:
     """An expression ready to evaluate; raises ExpressionError exactly where NFD returns an error."""
 
-    __slots__ = ("_any_regex", "_num", "_num_error", "_regex_error", "_regexes", "_value_set", "expr")
+    __slots__ = (
+        "_any_regex",
+        "_num",
+        "_num_error",
+        "_regex_error",
+        "_value_set",
+        "expr",
+        "limit_error",
+        "memory_bytes",
+        "regex_problem",
+    )
 
     def __init__(self, expr: MatchExpression) -> None:
         self.expr = expr
-        self._regexes: list[Any] | None = None
-        self._regex_error: str | None = None
+        self._regex_error: str | None = None  # NFD's error text, raised when NFD would raise it
+        self.regex_problem: str | None = None  # the same, located and explained, for strict mode
+        self.limit_error: str | None = None  # over nodecompat's regex memory limits: refused in both modes
+        self.memory_bytes = 0  # RE2 memory (max_mem budgets) this expression's compiled regexes may use
         self._num: tuple[Any, ...] | None = None
         self._num_error: str | None = None
         self._value_set = frozenset(expr.values)
         self._any_regex: Any = None
         if expr.op == IN_REGEXP and expr.values:
-            try:
-                self._regexes = [re2.compile(v, options=_RE2_OPTIONS) for v in expr.values]
-            except re2.error as exc:
-                detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-                self._regex_error = (
-                    f"invalid expression, 'value' field must only contain valid regexps for Op {expr.op!r}"
-                    f" (have {_values_repr(expr.values)}): {detail}"
-                )
-            else:
-                self._any_regex = _alternation(expr.values) if len(expr.values) > 1 else self._regexes[0]
+            self._prepare_regexes()
         if expr.op in NUMERIC_OPS:
             self._prepare_numbers()
+
+    def _prepare_regexes(self) -> None:
+        """Check each value as Go's regexp.Compile would (NFD's dialect), then compile RE2 programs
+        within MAX_REGEX_MEM each; keep one union program (or, if that does not fit, one per value)."""
+        e = self.expr
+        translated = []
+        for i, v in enumerate(e.values):
+            try:
+                translated.append(goregexp.translate(v))
+            except goregexp.GoSyntaxError as exc:
+                # expression.go, case MatchInRegexp (the "expressiom" typo is NFD's).
+                self._regex_error = (
+                    f"invalid expressiom, 'value' field must only contain valid regexps for Op {_go_quote(e.op)}"
+                    f" (have {_values_repr(e.values)})"
+                )
+                self.regex_problem = (
+                    f"value[{i}] {_go_quote(v)} is not a regexp NFD accepts: {exc} "
+                    "(NFD compiles patterns with Go's regexp package)"
+                )
+                return
+        need = _UNION_BASE_MEM
+        for i, t in enumerate(translated):
+            try:  # most patterns are small: try a small budget first, and keep it for a lone pattern
+                one, budget = _compile(t, _SMALL_OPTIONS), _SMALL_REGEX_MEM
+            except re2.error:
+                try:
+                    one, budget = _compile(t, _RE2_OPTIONS), MAX_REGEX_MEM
+                except re2.error as exc:
+                    self.limit_error = (
+                        f"value[{i}] needs more than {MAX_REGEX_MEM} bytes of compiled RE2 program "
+                        f"(nodecompat's per-pattern limit, MAX_REGEX_MEM): {_re2_detail(exc)}"
+                    )
+                    return
+            need += _PER_PATTERN_MEM + _PER_INSTRUCTION_MEM * (one.programsize + one.reverseprogramsize)
+            if len(translated) == 1:
+                self._any_regex = one
+                self.memory_bytes = budget
+                return
+        budget = min(need, MAX_SPEC_REGEX_MEM)
+        try:
+            self._any_regex = _compile("|".join(f"(?:{t})" for t in translated), _re2_options(budget))
+            self.memory_bytes = budget
+        except re2.error:
+            self._any_regex = _AnyOf([_compile(t, _RE2_OPTIONS) for t in translated])
+            self.memory_bytes = MAX_REGEX_MEM * len(translated)
 
     def _prepare_numbers(self) -> None:
         e = self.expr
@@ -210,8 +290,8 @@ class CompiledExpression:
             problems.append(f"{e.op or 'the any op'} takes no values (have {len(e.values)})")
         if e.op in LIST_OPS and not e.values:
             problems.append(f"{e.op} needs at least one value")
-        if self._regex_error:
-            problems.append(self._regex_error)
+        if self.regex_problem:
+            problems.append(self.regex_problem)
         if self._num_error:
             problems.append(self._num_error)
         if e.type not in TYPES and e.op not in NUMERIC_OPS:
@@ -250,6 +330,8 @@ class CompiledExpression:
                 )
             if self._regex_error:
                 raise ExpressionError(self._regex_error)
+            if self.limit_error:
+                raise ExpressionError(self.limit_error)
             assert self._any_regex is not None
             return self._any_regex.search(value) is not None
         if op in NUMERIC_OPS:
@@ -376,19 +458,6 @@ def _atoi_or_error(v: str) -> tuple[int | None, str]:
         return go_atoi(v), ""
     except ValueError:
         return None, f"not a number {_go_quote(v)}"
-
-
-def _alternation(patterns: list[str]) -> Any:
-    """One RE2 program for `any(search(p) for p in patterns)`; each pattern is already known valid.
-
-    `(?:p)` scopes p's flags and alternation, so the union matches a value iff one pattern does;
-    one search replaces one per pattern. Falls back to the patterns one by one if the union is
-    over RE2's memory budget.
-    """
-    try:
-        return re2.compile("|".join(f"(?:{p})" for p in patterns), options=_RE2_OPTIONS)
-    except re2.error:
-        return _AnyOf([re2.compile(p, options=_RE2_OPTIONS) for p in patterns])
 
 
 @dataclass(frozen=True)

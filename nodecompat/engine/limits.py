@@ -43,3 +43,17 @@ MAX_ACTUAL_NAMES = 64
 MAX_ECHOED = 5
 # At most this many "cannot evaluate" warnings in one verdict (then a count of the rest).
 MAX_EVAL_WARNINGS = 50
+# RE2 memory budget (RE2::Options.max_mem) of one InRegexp value or matchName pattern: its compiled
+# program and its lazily built DFA caches together stay under this. A value whose program alone does
+# not fit is refused (INVALID_ARGUMENT, located) in both modes. 1 MiB holds programs of ~40,000
+# instructions: `[a-z]{1000}` needs 1,004, `\pL` 1,200; `(?:\pL|\pN){1000}` needs 1.3 million and
+# is refused (it is what made 7.7 KB specs cost ~79 MiB each). Go would accept some patterns this
+# refuses; real specs use patterns of a few dozen instructions.
+MAX_REGEX_MEM = 1 << 20
+# RE2 memory of all the regexes of one spec together (the sum of their max_mem budgets: 64 KiB for a
+# small lone pattern, MAX_REGEX_MEM for a big one, a union's program-size estimate for a list): bounds
+# what a parsed spec keeps alive, so the daemon's parsed-spec cache can account for it by bytes. A
+# spec at MAX_REGEXES small patterns uses 16 MiB of it.
+MAX_SPEC_REGEX_MEM = 32 << 20
+# The daemon's parsed-spec cache, in estimated bytes (text, model and every regex budget).
+MAX_PARSE_CACHE_BYTES = 64 << 20

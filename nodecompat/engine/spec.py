@@ -30,6 +30,7 @@ from nodecompat.engine.limits import (
     MAX_REGEXES,
     MAX_RULES,
     MAX_SPEC_BYTES,
+    MAX_SPEC_REGEX_MEM,
     MAX_TERMS,
     MAX_VALUES_PER_EXPRESSION,
 )
@@ -85,6 +86,8 @@ class Spec:
     compatibilities: list[Compatibility] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     nfd_compat: bool = False
+    # RE2 memory its compiled regexes may use (the sum of their max_mem budgets), for byte-bounded caches.
+    regex_bytes: int = 0
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -129,6 +132,7 @@ class _Builder:
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.counts = dict.fromkeys(_CAPS, 0)
+        self.regex_bytes = 0
 
     def count(self, what: str, path: str, n: int = 1) -> None:
         """Count `n` more `what`; past its cap, record a located error and stop building."""
@@ -385,8 +389,19 @@ class _Builder:
         if e.op == "InRegexp":
             self.count("regexes", f"{path}.value", len(e.values))
         if len(self.errors) == errors_before:  # no follow-on errors from a malformed value list
-            for problem in e.compiled().static_problems():
+            compiled = e.compiled()
+            for problem in compiled.static_problems():
                 self.lazy(path, problem)
+            if compiled.limit_error:  # nodecompat's own limit: refused in both modes
+                self.error(f"{path}.value", compiled.limit_error)
+            self.regex_bytes += compiled.memory_bytes
+            if self.regex_bytes > MAX_SPEC_REGEX_MEM:
+                self.error(
+                    f"{path}.value",
+                    f"the spec's regexps need more than {MAX_SPEC_REGEX_MEM} bytes of compiled RE2 memory "
+                    "together (nodecompat's per-spec limit, MAX_SPEC_REGEX_MEM)",
+                )
+                raise _OverBudget
         if (
             e.type == "version"
             and e.op
@@ -442,4 +457,5 @@ def parse_spec(text: str | bytes, *, nfd_compat: bool = False, max_bytes: int = 
     if b.errors:
         raise SpecError(b.errors)
     spec.warnings = b.warnings
+    spec.regex_bytes = b.regex_bytes
     return spec

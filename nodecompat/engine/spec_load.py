@@ -133,7 +133,7 @@ class _Composer:
             raise LoadError([f"line {line}: YAML tag {tag} is not accepted (only strings, numbers, booleans, null)"])
         try:
             return Scalar(construct(self.constructor, ScalarNode(tag, value)), value)
-        except (ValueError, KeyError, TypeError, OverflowError):
+        except (ValueError, KeyError, TypeError, OverflowError, IndexError):  # `!!int` with no digits: IndexError
             raise LoadError([f"line {line}: {value!r} is not a valid {tag.rsplit(':', 1)[-1]}"]) from None
 
     # -- the document --------------------------------------------------------------------------
@@ -267,6 +267,8 @@ def _go_float32(f: float) -> str:
     try:
         f32 = struct.unpack("f", struct.pack("f", f))[0]
     except OverflowError:
+        return ".inf" if f > 0 else "-.inf"
+    if math.isinf(f32):  # finite in float64, out of float32's range (1.0e+39)
         return ".inf" if f > 0 else "-.inf"
     digits = ""
     for p in range(1, 10):
