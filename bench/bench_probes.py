@@ -38,8 +38,8 @@ class RecordingHostRoot(HostRoot):
 
     seen: dict[str, None] = field(default_factory=dict, compare=False)
 
-    def path(self, host_path: str | os.PathLike[str]) -> Path:
-        p = super().path(host_path)
+    def resolve(self, host_path: str | os.PathLike[str], *, within: str | None = None, strict: bool = False) -> Path:
+        p = super().resolve(host_path, within=within, strict=strict)
         self.seen.setdefault(str(p), None)
         return p
 
@@ -119,12 +119,43 @@ def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
         print(f"  fresh interpreter: imports + first round, median of {subprocess_runs}: {fp:8.1f} ms")
 
 
+def rows(label: str, root: Path, repeats: int, runs: int) -> str:
+    """The table's row: a cold full round (new probe instances, a new runner: probe_once) / the bare
+    reads of the same files, `repeats` times (each the median of `runs`, interleaved)."""
+    probes, _ = load_probes()
+    all_paths: list[str] = []
+    for p in probes:
+        rec = RecordingHostRoot(root)
+        type(p)().discover(rec)
+        all_paths.extend(rec.seen)
+    all_paths = list(dict.fromkeys(all_paths))
+    host = HostRoot(root)
+    fig, lim = [], []
+    for _ in range(repeats):
+        fig.append(median_ms(lambda: probe_once(host), runs))
+        lim.append(median_ms(lambda: replay(all_paths), runs))
+    ratios = [f / b for f, b in zip(fig, lim, strict=True)]
+    med = statistics.median(ratios)
+    return (
+        f"ROW cold full probe round / bare reads of the same files, {label} | {statistics.median(fig):.2f} ms "
+        f"(min {min(fig):.2f}, max {max(fig):.2f}) | bare reads {statistics.median(lim):.2f} ms "
+        f"(min {min(lim):.2f}, max {max(lim):.2f}), {len(all_paths)} paths | ratio {med:.2f} "
+        f"(min {min(ratios):.2f}, max {max(ratios):.2f}) | target <= 1.5 | {'met' if med <= 1.5 else 'NOT MET'}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="probe round cost vs bare file reads")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--subprocess-runs", type=int, default=3)
     parser.add_argument("--no-subprocess", action="store_true")
+    parser.add_argument("--rows", action="store_true", help="only the table's rows (median of --repeats)")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.rows:
+        print(rows("this machine (/)", Path("/"), args.repeats, args.runs))
+        print(rows("fixture h100-server", FIXTURE, args.repeats, args.runs))
+        return 0
     sp = 0 if args.no_subprocess else args.subprocess_runs
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     bench_root("real host", Path("/"), args.runs, sp)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat as stat_mod
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from nodecompat.features import Features
-from nodecompat.hostroot import HostRoot
+from nodecompat.hostroot import MAX_SYMLINKS, HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
 from nodecompat.probes.registry import LoadError
 
@@ -105,6 +106,85 @@ class _RoundHost(HostRoot):
 
     def path(self, host_path: str | os.PathLike[str]) -> Path:
         return cast(Path, self._get("p", host_path, super().path))
+
+    def resolve(self, host_path: str | os.PathLike[str], *, within: str | None = None, strict: bool = False) -> Path:
+        """HostRoot.resolve with every directory resolved once per round.
+
+        The same chroot-like walk as HostRoot's (`..` on the resolved path, a relative link's target
+        read from the resolved directory, an absolute one re-rooted at the host root), with each
+        resolved prefix kept, so the hundreds of sysfs paths of a round cost one lstat per new
+        component. Anything unusual (a missing component, too many links, `within`) takes HostRoot's
+        own walk, and reads still check the opened descriptor's real path."""
+        if within is not None:
+            return super().resolve(host_path, within=within, strict=strict)
+        text = os.fspath(host_path)
+        key = ("r" if strict else "rn", text)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return cast(Path, hit)
+        try:
+            resolved = self._walk_memo(text, 0)
+        except _Missing as missing:  # only the last component is missing: as HostRoot's walk answers
+            if strict:
+                raise FileNotFoundError(2, "No such file or directory", text) from None
+            resolved = missing.path
+        except (OSError, RecursionError):
+            resolved = None
+        if resolved is None:
+            result = super().resolve(text, strict=strict)
+        else:
+            real_root = self._real_root
+            result = Path(resolved if real_root == "/" else real_root.rstrip("/") + resolved)
+        self.memo[key] = result
+        return result
+
+    def _walk_memo(self, host_path: str, links: int) -> str | None:
+        """The resolved host path ("/a/b"), or None to let HostRoot decide (errors, loops).
+        Raises _Missing when only the last component is missing, OSError for HostRoot to judge."""
+        if links > MAX_SYMLINKS:
+            return None
+        real_root = self._real_root.rstrip("/")
+        cur = "/"
+        parts = [p for p in host_path.split("/") if p and p != "."]
+        for i, part in enumerate(parts):
+            if part == "..":
+                cur = cur.rsplit("/", 1)[0] or "/"
+                continue
+            nxt = cur + part if cur == "/" else cur + "/" + part
+            key = ("h", nxt)
+            hit = cast("tuple[str, bool] | None", self.memo.get(key))
+            if hit is None:
+                real = real_root + nxt
+                try:
+                    st = os.lstat(real)
+                except FileNotFoundError:
+                    if i == len(parts) - 1:
+                        raise _Missing(nxt) from None
+                    raise  # a missing directory: HostRoot's walk decides
+                if stat_mod.S_ISLNK(st.st_mode):
+                    target = os.readlink(real)
+                    base = "/" if target.startswith("/") else cur
+                    try:
+                        resolved = self._walk_memo(base.rstrip("/") + "/" + target, links + 1)
+                    except _Missing:  # a dangling link: fine as the last component, else HostRoot decides
+                        if i == len(parts) - 1:
+                            raise
+                        raise FileNotFoundError(2, "No such file or directory", host_path) from None
+                    if resolved is None:
+                        return None
+                    hit = (resolved, os.path.isdir(real_root + resolved))
+                else:
+                    hit = (nxt, stat_mod.S_ISDIR(st.st_mode))
+                self.memo[key] = hit
+            cur, is_dir = hit
+            if not is_dir and i < len(parts) - 1:
+                raise NotADirectoryError(20, "Not a directory", host_path)  # HostRoot's walk decides
+        return cur
+
+
+class _Missing(Exception):
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 class _Call:

@@ -9,11 +9,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes import parsecache
 from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.kernel import KernelProbe
-from nodecompat.probes.runner import ProbeRunner
+from nodecompat.probes.runner import ProbeRunner, _RoundHost
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hosts"
 
@@ -131,3 +133,36 @@ def test_kernel_config_parse_is_keyed_by_file_identity(tmp_path: Path) -> None:
     assert probe.discover(host).features.attributes["kernel.config"].elements["A"] == "y"
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     assert probe.discover(host).features.attributes["kernel.config"].elements["A"] == "m"
+
+
+@pytest.mark.parametrize("host", ["h100-server", "amd-mi300", "plain-vm"])
+def test_round_resolution_memo_gives_hostroots_answers(host: str, tmp_path: Path) -> None:
+    """_RoundHost.resolve (prefixes resolved once per round) == HostRoot.resolve, for every path of a
+    fixture tree (sysfs symlinks included), through `..`, links out of the root, loops and missing parts."""
+    root = tmp_path / "host"
+    shutil.copytree(FIXTURES / host, root, symlinks=True)
+    (root / "sys").mkdir(exist_ok=True)
+    os.symlink("/etc", root / "sys" / "abs-link")  # re-rooted at the host root
+    os.symlink("../../../../../../..", root / "sys" / "up-link")  # `..` stops at the root
+    os.symlink("loop-b", root / "sys" / "loop-a")
+    os.symlink("loop-a", root / "sys" / "loop-b")
+    os.symlink("nowhere", root / "sys" / "dangling")
+    paths = ["/", "/sys/abs-link/os-release", "/sys/up-link/sys", "/sys/loop-a", "/sys/loop-a/x", "/no/such",
+             "/sys/no-such", "/sys/../sys/./abs-link/", "/sys/dangling", "/sys/dangling/x", "/proc/cpuinfo/child"]
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            host_path = "/" + os.path.relpath(os.path.join(dirpath, name), root)
+            paths += [host_path, host_path + "/..", host_path + "/missing"]
+    plain = HostRoot(root)
+    memo = _RoundHost.over(plain)
+    for p in paths:
+        for strict in (False, True):
+            try:
+                want: object = plain.resolve(p, strict=strict)
+            except OSError as exc:
+                want = type(exc)
+            try:
+                got: object = memo.resolve(p, strict=strict)
+            except OSError as exc:
+                got = type(exc)
+            assert got == want, (p, strict)
