@@ -82,3 +82,48 @@ def test_readme_recipes_run_top_to_bottom() -> None:
     for ran in ("$ make run", "$ make demo-registry", "$ nodecompat fleet nodes --aggregator 127.0.0.1:50050 --wait 30",
                 "$ OTEL_TRACES_EXPORTER=console make run LISTEN=127.0.0.1:50052"):
         assert ran in r.stdout, ran
+
+
+@pytest.mark.registry
+@pytest.mark.skipif(not (shutil.which("docker-registry") and shutil.which("skopeo")), reason="make test-deps")
+def test_demo_registry_refuses_a_busy_port_and_cleans_up_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import time
+
+    tool = [sys.executable, str(ROOT / "tools/demo_registry.py")]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([*tool, "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (
+        f"demo-registry: port {port} on 127.0.0.1 is already in use (another registry, or an earlier "
+        f"`make demo-registry`?): stop it, or run `make demo-registry PORT=N` with a free port N (PORT=0 picks "
+        "one) and use 127.0.0.1:N in the recipes\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        proc = subprocess.Popen([*tool, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()  # printed once the image is pushed
+            assert first.startswith("registry at 127.0.0.1:") and "/app:v1 (sha256:" in first, first
+            work = [p for p in tmp_path.iterdir() if p.name.startswith("nodecompat-demo-")]
+            assert len(work) == 1
+            registry_pids = subprocess.run(["pgrep", "-f", f"docker-registry serve {work[0]}"],
+                                           capture_output=True, text=True).stdout.split()
+            assert len(registry_pids) == 1
+            proc.send_signal(sig)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert not work[0].exists(), f"{sig.name} left {work[0]}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{registry_pids[0]}"):
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{registry_pids[0]}"), f"{sig.name} left docker-registry running"
