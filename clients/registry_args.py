@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # the OCI client is imported only when a registry is used (fast start)
+    from nodecompat.oci.auth import RegistryAuth
 
 _MAX_SECRET = 64 * 1024
 # One spelling of --platform for `validate`, `attach` and `fleet validate`.
@@ -47,6 +49,8 @@ def read_secret(stream: TextIO) -> str:
 
 def registry_auth_from_args(args: argparse.Namespace, stdin: TextIO | None = None) -> RegistryAuth:
     """RegistryAuth from the parsed flags; raises InvalidArgumentError on inconsistent flags."""
+    from nodecompat.oci.auth import RegistryAuth
+
     stream = stdin if stdin is not None else sys.stdin
     username = getattr(args, "registry_username", None)
     password = token = None
