@@ -112,7 +112,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     # -- ValidateImage ----------------------------------------------------------------------------
     def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
         from nodecompat.engine.evaluate import EvaluationTimeout, evaluate
-        from nodecompat.engine.spec import SpecError
+        from nodecompat.engine.spec import SpecError, SpecTimeout
 
         source = request.WhichOneof("source")
         if source is None:
@@ -155,10 +155,13 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             return cached
         with _tracer.start_as_current_span("evaluate spec") as span:
             try:
-                spec = self._parse(text, request.nfd_compat)
+                spec = self._parse(text, request.nfd_compat, deadline=time.monotonic() + _own_budget(context))
             except SpecError as exc:
                 context.abort_with_status(spec_error_status(exc.problems, origin, context.invocation_metadata()))
                 raise  # unreachable: abort raises
+            except SpecTimeout:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed while reading the spec")
+                raise
             try:
                 verdict = evaluate(
                     spec, rnd.features, tags=list(request.tags), unknown=rnd.unknown_features(),
@@ -180,10 +183,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         self.verdicts.put(rnd, key, data)
         return data
 
-    def _parse_uncached(self, text: str, nfd_compat: bool) -> Spec:
+    def _parse_uncached(self, text: str, nfd_compat: bool, deadline: float | None = None) -> Spec:
         from nodecompat.engine.spec import parse_spec  # imported on first use (fast start)
 
-        return parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.registry.max_spec_bytes)
+        return parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.registry.max_spec_bytes, deadline=deadline)
 
     def _specs(self) -> SpecCache:
         with self._spec_cache_lock:

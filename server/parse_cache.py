@@ -43,21 +43,23 @@ def spec_cost(text: str, spec: Spec) -> int:
 class ParseCache:
     """get_or_parse(text, nfd_compat) through `parse`, keeping at most `max_bytes` of estimated cost."""
 
-    def __init__(self, parse: Callable[[str, bool], Spec], max_bytes: int | None = None) -> None:
+    def __init__(self, parse: Callable[..., Spec], max_bytes: int | None = None) -> None:
         self._parse = parse
         self.max_bytes = configured_cap() if max_bytes is None else max_bytes
         self.bytes = 0
         self._entries: OrderedDict[tuple[str, bool], tuple[Spec, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, text: str, nfd_compat: bool) -> Spec:
+    def __call__(self, text: str, nfd_compat: bool, deadline: float | None = None) -> Spec:
+        """The parsed spec; `deadline` (time.monotonic()) is passed to the parser on a miss."""
         key = (text, nfd_compat)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
                 return hit[0]
-        spec = self._parse(text, nfd_compat)  # outside the lock: parsing takes time
+        # outside the lock: parsing takes time
+        spec = self._parse(text, nfd_compat) if deadline is None else self._parse(text, nfd_compat, deadline)
         cost = spec_cost(text, spec)
         if cost > self.max_bytes:
             return spec

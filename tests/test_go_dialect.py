@@ -8,6 +8,7 @@ compileRegexp); the field case ../shared/field-cases/21-go-regexp-dialect is che
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,56 @@ def test_field_case_21_go_regexp_dialect() -> None:
     assert strict.returncode == 2, strict
     assert "matchExpressions.vendor_id: value[0]" in strict.stderr
     assert "invalid escape sequence: `\\C`" in strict.stderr
+
+
+# -- type: version, as Masterminds/semver v3.5.0 NewVersion (NFD go.mod) with CoerceNewVersion ----------
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("1", (1, 0, 0)),
+        ("v1.2", (1, 2, 0)),
+        ("1.2.3", (1, 2, 3)),
+        ("01.02.03", (1, 2, 3)),  # coerced: leading zeros in the numbers are accepted
+        ("5.15.0-91-generic", (5, 15, 0)),  # pre-release dropped by NFD's extractVersion
+        ("1.2.3-rc.1+build.01", (1, 2, 3)),
+        ("18446744073709551615", ((1 << 64) - 1, 0, 0)),
+        ("1.2.3-0a", (1, 2, 3)),
+    ],
+)
+def test_versions_semver_accepts(text: str, want: tuple[int, int, int]) -> None:
+    from nodecompat.engine.expressions import parse_version
+
+    assert parse_version(text) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("1.2.3.4", "invalid semantic version"),
+        ("", "invalid semantic version"),
+        (" 1.2.3", "invalid semantic version"),
+        ("V1.2.3", "invalid semantic version"),
+        ("1.2.3-", "invalid semantic version"),
+        ("1.2.3-01", "version segment starts with 0"),
+        ("1.2.3-a..b", "invalid semantic version"),
+        ("1.2.3+", "invalid semantic version"),
+        ("1.2.3\n", "invalid semantic version"),
+        ("18446744073709551616", 'error parsing version segment: strconv.ParseUint: parsing "18446744073709551616"'),
+        ("1." + "9" * 5000, "error parsing version segment"),
+    ],
+)
+def test_versions_semver_refuses(text: str, error: str) -> None:
+    from nodecompat.engine.expressions import parse_version
+
+    with pytest.raises(ValueError, match="^" + re.escape(error)):
+        parse_version(text)
+
+
+def test_version_errors_are_nfds_in_compat_mode() -> None:
+    e = MatchExpression("Gt", ["1.2.3-01"], "version")
+    with pytest.raises(ExpressionError) as exc:
+        e.compiled().evaluate(True, "5.15.0")
+    assert str(exc.value) == 'not a version "1.2.3-01" in &{Gt [1.2.3-01] version}'  # expression.go
+    with pytest.raises(ExpressionError) as exc:
+        MatchExpression("Gt", ["1.2.3"], "version").compiled().evaluate(True, "x")
+    assert str(exc.value) == 'not a version "x"'

@@ -181,3 +181,45 @@ def test_daemon_answers_150_unknown_fields_with_invalid_argument_and_the_cli_lis
             assert f"compatibilities[0].rules[0].unknownField{i}: unknown field 'unknownField{i}'" in cli.stderr
     finally:
         d.terminate()
+
+
+# -- item 4: alias amplification, message sizes, the caller's deadline ----------------------------
+def alias_spec(big: int, aliases: int, op: str = "InRegexp") -> str:
+    return (
+        f"x: &a {'y' * big}\nversion: v1alpha1\ncompatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n"
+        "    - feature: pci.device\n      matchExpressions:\n"
+        f"        vendor: {{op: {op}, value: [{', '.join(['*a'] * aliases)}]}}\n"
+    )
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_issue_alias_amplification_is_refused_by_the_expanded_text_budget(compat: bool) -> None:
+    text = alias_spec(400_000, 250)  # the issue's 401 KB spec of aliases to one 400 KB string
+    assert 400_000 < len(text) < 410_000
+    with pytest.raises(SpecError) as exc:
+        parse_spec(text, nfd_compat=compat)
+    (problem,) = exc.value.problems
+    assert problem.startswith("line 9: YAML alias expansion too large: *a takes the document past")
+    assert "MAX_EXPANDED_CHARS" in problem
+
+
+def test_a_100_kb_spec_does_not_build_a_huge_error_message() -> None:
+    text = alias_spec(35_000, 100, op="Gt")  # under the budget: 3.5 M characters once expanded
+    assert len(text) < 100_000
+    with pytest.raises(SpecError) as exc:
+        parse_spec(text)
+    assert sum(len(p) for p in exc.value.problems) < 4096, [len(p) for p in exc.value.problems]
+    assert any("(100 values, 3500000 characters)" in p for p in exc.value.problems)
+
+
+def test_parsing_stops_at_the_callers_deadline() -> None:
+    from nodecompat.engine.spec import SpecTimeout
+
+    text = "version: v1alpha1\ncompatibilities:\n" + "".join(
+        f"- rules:\n  - name: r{k}\n    matchFeatures:\n    - feature: cpu.cpuid\n"
+        "      matchExpressions: {AVX: {op: Exists}}\n"
+        for k in range(200)
+    )
+    with pytest.raises(SpecTimeout):
+        parse_spec(text, deadline=0.0)  # long past
+    assert len(parse_spec(text, deadline=None).compatibilities) == 200

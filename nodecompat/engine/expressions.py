@@ -24,7 +24,7 @@ from typing import Any
 import re2
 
 from nodecompat.engine import goregexp
-from nodecompat.engine.limits import MAX_REGEX_MEM, MAX_SPEC_REGEX_MEM
+from nodecompat.engine.limits import MAX_ECHOED_VALUE_CHARS, MAX_REGEX_MEM, MAX_SPEC_REGEX_MEM
 
 ANY = ""
 IN = "In"
@@ -133,7 +133,10 @@ class MatchExpression:
         """Short human form, e.g. `In [10de, 1af4]` or `Ge [5.4] (version)`."""
         text = self.op or "(any)"
         if self.values:
-            text += " [" + ", ".join(self.values) + "]"
+            joined = ", ".join(self.values) if sum(map(len, self.values)) < MAX_ECHOED_VALUE_CHARS else ""
+            if not joined:  # a hostile list: name a few values, count the rest
+                joined = _values_repr(self.values)[1:-1]
+            text += " [" + joined + "]"
         if self.type and self.op in NUMERIC_OPS:
             text += f" ({self.type})"
         return text
@@ -150,24 +153,47 @@ def go_atoi(s: str) -> int:
 
 
 def parse_version(s: str) -> tuple[int, int, int]:
-    """Masterminds/semver NewVersion, keeping only (major, minor, patch): pre-release is dropped."""
+    """Masterminds/semver v3.5.0 `NewVersion` (CoerceNewVersion, its default; the release NFD's go.mod
+    pins), keeping only (major, minor, patch): NFD's extractVersion drops the pre-release.
+
+    ValueError carries semver's own error text. Leading zeros in major/minor/patch are accepted (coerced);
+    a numeric pre-release identifier with one is not; there is no length limit in this release.
+    """
     m = _SEMVER_RE.fullmatch(s)
     if m is None:
-        raise ValueError(f"invalid semantic version {s!r}")
-    parts = [int(m.group(1)), int((m.group(2) or ".0")[1:]), int((m.group(3) or ".0")[1:])]
-    if any(p > _UINT64_MAX for p in parts):
-        raise ValueError(f"invalid semantic version {s!r}: segment out of range")
+        raise ValueError("invalid semantic version")
+    parts = [m.group(1), (m.group(2) or ".0")[1:], (m.group(3) or ".0")[1:]]
+    for p in parts:
+        if len(p.lstrip("0")) > 20 or int(p) > _UINT64_MAX:
+            raise ValueError(f'error parsing version segment: strconv.ParseUint: parsing "{p}": value out of range')
     pre = m.group(5)
     if pre:
         for ident in pre.split("."):
             if ident.isdigit() and len(ident) > 1 and ident.startswith("0"):
-                raise ValueError(f"invalid semantic version {s!r}: pre-release segment starts with 0")
-    return parts[0], parts[1], parts[2]
+                raise ValueError("version segment starts with 0")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _go_expression(e: MatchExpression) -> str:
+    """Go's %v of a *MatchExpression, as NFD prints it: &{Op [values] type}."""
+    return f"&{{{e.op} {_values_repr(e.values)} {e.type}}}"
 
 
 def _values_repr(values: list[str]) -> str:
-    """Go's `%v` of a []string, as NFD prints it in error messages."""
-    return "[" + " ".join(values) + "]"
+    """Go's `%v` of a []string, as NFD prints it in error messages; clipped past MAX_ECHOED_VALUE_CHARS
+    (NFD prints it whole: a message is not the place for megabytes of a hostile spec's values)."""
+    out = "[" + " ".join(values) + "]" if sum(map(len, values)) < MAX_ECHOED_VALUE_CHARS else ""
+    if out and len(out) <= MAX_ECHOED_VALUE_CHARS:
+        return out
+    shown: list[str] = []
+    size = 0
+    for v in values:
+        if size + len(v) > MAX_ECHOED_VALUE_CHARS:
+            break
+        shown.append(v)
+        size += len(v) + 1
+    head = " ".join(shown) if shown else values[0][: MAX_ECHOED_VALUE_CHARS] + "…"
+    return f"[{head} … ({len(values)} values, {sum(map(len, values))} characters)]"
 
 
 class CompiledExpression:
@@ -177,6 +203,7 @@ class CompiledExpression:
         "_any_regex",
         "_num",
         "_num_error",
+        "_num_problem",
         "_regex_error",
         "_value_set",
         "expr",
@@ -193,6 +220,7 @@ class CompiledExpression:
         self.memory_bytes = 0  # RE2 memory (max_mem budgets) this expression's compiled regexes may use
         self._num: tuple[Any, ...] | None = None
         self._num_error: str | None = None
+        self._num_problem: str | None = None  # _num_error located and explained, for strict mode
         self._value_set = frozenset(expr.values)
         self._any_regex: Any = None
         if expr.op == IN_REGEXP and expr.values:
@@ -256,10 +284,18 @@ class CompiledExpression:
             )
             return
         if e.type == TYPE_VERSION:
-            try:
-                self._num = tuple(parse_version(v) for v in e.values)
-            except ValueError as exc:
-                self._num_error = f"{exc} in {e.op} {_values_repr(e.values)}"
+            versions = []
+            for i, v in enumerate(e.values):
+                try:
+                    versions.append(parse_version(v))
+                except ValueError as exc:
+                    self._num_error = f"not a version {_go_quote(v)} in {_go_expression(e)}"  # expression.go
+                    self._num_problem = (
+                        f"value[{i}] {_go_quote(v)} is not a version NFD accepts ({exc}; "
+                        "NFD parses versions with Masterminds/semver v3.5.0 NewVersion)"
+                    )
+                    return
+            self._num = tuple(versions)
             return
         if e.type != "":
             self._num_error = f'unsupported value type {e.type!r} for Op {e.op!r} (only "version")'
@@ -293,7 +329,7 @@ class CompiledExpression:
         if self.regex_problem:
             problems.append(self.regex_problem)
         if self._num_error:
-            problems.append(self._num_error)
+            problems.append(self._num_problem or self._num_error)
         if e.type not in TYPES and e.op not in NUMERIC_OPS:
             problems.append(f'unknown type {e.type!r} (only "version" or empty)')
         return problems
@@ -427,8 +463,8 @@ class CompiledExpression:
         if e.type == TYPE_VERSION:
             try:
                 lhs = parse_version(value)
-            except ValueError as exc:
-                raise ExpressionError(f"{exc} (node value under {op} with type version)") from None
+            except ValueError:
+                raise ExpressionError(f"not a version {_go_quote(value)}") from None  # expression.go
         elif e.type != "":
             raise ExpressionError(self._num_error or f"unsupported value type {e.type!r}")
         else:

@@ -25,6 +25,13 @@ MAX_DEPTH = 64
 # YAML/JSON nodes (scalars and collections) in a document, counting every node an alias expands
 # to: the billion-laughs budget. A spec at all the caps below needs far fewer.
 MAX_YAML_NODES = 100_000
+# Characters of scalar text in a document once its YAML aliases are expanded. Without aliases this is
+# at most the text's size; aliases reuse objects (no copy) but every consumer downstream (regex
+# compiles, messages, verdicts) pays per use: a 401 KB spec of aliases to one 400 KB string cost
+# 15 CPU-s and 700 MiB. Four times the spec size leaves room for anchors used as intended.
+MAX_EXPANDED_CHARS = 4 * MAX_SPEC_BYTES
+# Characters of a value list echoed in one message (NFD's `%v` of the list, clipped past this).
+MAX_ECHOED_VALUE_CHARS = 1024
 # Compatibility sets in one spec (each carries one tag).
 MAX_COMPATIBILITY_SETS = 256
 # Rules over all sets.

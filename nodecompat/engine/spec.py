@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,10 @@ from nodecompat.engine.spec_load import load_document as _load
 SPEC_VERSION = "v1alpha1"
 # The attribute feature where each rule publishes its `vars` for later rules (NFD's back-reference).
 RULE_BACKREF_FEATURE = "rule.matched"
+
+
+class SpecTimeout(TimeoutError):
+    """The caller's deadline passed while the spec was being read (not the spec's fault)."""
 
 
 class SpecError(ValueError):
@@ -95,10 +100,12 @@ _DUPS = DUPS
 _go_string = go_string
 
 
-def load_document(text: str | bytes, max_bytes: int = MAX_SPEC_BYTES) -> Any:
+def load_document(text: str | bytes, max_bytes: int = MAX_SPEC_BYTES, deadline: float | None = None) -> Any:
     """Parse YAML or JSON text safely into plain data (non-string scalars as `Scalar`); see spec_load."""
     try:
-        return _load(text, max_bytes=max_bytes)
+        return _load(text, max_bytes=max_bytes, deadline=deadline)
+    except TimeoutError:
+        raise SpecTimeout("the deadline passed while reading YAML") from None
     except LoadError as exc:
         raise SpecError(exc.problems) from None
 
@@ -127,8 +134,9 @@ _CAPS = {
 
 
 class _Builder:
-    def __init__(self, nfd_compat: bool) -> None:
+    def __init__(self, nfd_compat: bool, deadline: float | None = None) -> None:
         self.compat = nfd_compat
+        self.deadline = deadline
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.counts = dict.fromkeys(_CAPS, 0)
@@ -354,6 +362,8 @@ class _Builder:
 
     def expression(self, path: str, obj: Any) -> MatchExpression:
         self.count("expressions", path)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SpecTimeout(f"the deadline passed at {path}")
         e = MatchExpression()
         if isinstance(obj, Scalar) and obj.value is None:
             self.error(path, "the expression is empty (null); write e.g. {op: Exists}")
@@ -449,10 +459,15 @@ def parse_spec_partial(text: str | bytes, *, max_bytes: int = MAX_SPEC_BYTES) ->
     return spec, b.errors
 
 
-def parse_spec(text: str | bytes, *, nfd_compat: bool = False, max_bytes: int = MAX_SPEC_BYTES) -> Spec:
-    """Parse and check a spec; raise SpecError listing every problem (each located)."""
-    data = load_document(text, max_bytes=max_bytes)
-    b = _Builder(nfd_compat)
+def parse_spec(
+    text: str | bytes, *, nfd_compat: bool = False, max_bytes: int = MAX_SPEC_BYTES, deadline: float | None = None
+) -> Spec:
+    """Parse and check a spec; raise SpecError listing every problem (each located).
+
+    `deadline` (time.monotonic()): SpecTimeout once it passes, checked while reading YAML and per
+    expression, so a caller that has given up does not keep a worker busy."""
+    data = load_document(text, max_bytes=max_bytes, deadline=deadline)
+    b = _Builder(nfd_compat, deadline)
     spec = b.spec(data)
     if b.errors:
         raise SpecError(b.errors)

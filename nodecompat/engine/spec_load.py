@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ from yaml.events import (
 )
 from yaml.nodes import ScalarNode
 
-from nodecompat.engine.limits import MAX_DEPTH, MAX_SPEC_BYTES, MAX_YAML_NODES
+from nodecompat.engine.limits import MAX_DEPTH, MAX_EXPANDED_CHARS, MAX_SPEC_BYTES, MAX_YAML_NODES
 
 # The libyaml event reader when PyYAML was built with it, else the pure-Python one (same events).
 EVENT_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -90,9 +91,20 @@ _MERGE_KEY = object()
 class _Frame:
     """A sequence or mapping being composed."""
 
-    __slots__ = ("anchor", "container", "explicit", "height", "is_map", "key", "line", "nodes_before")
+    __slots__ = (
+        "anchor",
+        "chars_before",
+        "container",
+        "explicit",
+        "height",
+        "is_map",
+        "key",
+        "line",
+        "nodes_before",
+    )
 
-    def __init__(self, is_map: bool, anchor: str | None, line: int, nodes_before: int) -> None:
+    def __init__(self, is_map: bool, anchor: str | None, line: int, nodes_before: int, chars_before: int = 0) -> None:
+        self.chars_before = chars_before
         self.is_map = is_map
         self.container: Any = {} if is_map else []
         self.anchor = anchor
@@ -104,12 +116,15 @@ class _Frame:
 
 
 class _Composer:
-    def __init__(self, text: str, max_nodes: int, max_depth: int) -> None:
+    def __init__(self, text: str, max_nodes: int, max_depth: int, max_chars: int = MAX_EXPANDED_CHARS) -> None:
         self.loader = EVENT_LOADER(text)
         self.max_nodes = max_nodes
         self.max_depth = max_depth
+        self.max_chars = max_chars
         self.nodes = 0
-        self.anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (object, nodes, height)
+        self.chars = 0  # scalar text in the document as its aliases expand it
+        self.deadline: float | None = None
+        self.anchors: dict[str, tuple[Any, int, int, int]] = {}  # name -> (object, nodes, height, chars)
         self.resolved: dict[tuple[str, Any], str] = {}
         self.constructor = SafeConstructor()
 
@@ -155,10 +170,14 @@ class _Composer:
     def node_tree(self) -> Any:
         get = self.loader.get_event
         stack: list[_Frame] = []
+        events = 0
         while True:
             ev = get()
             cls = type(ev)
             line = ev.start_mark.line + 1
+            events += 1
+            if not events & 0xFFF and self.deadline is not None and time.monotonic() > self.deadline:
+                raise TimeoutError(f"line {line}: the deadline passed while reading YAML")
             if cls is ScalarEvent:
                 in_key = bool(stack) and stack[-1].is_map and stack[-1].key is _NO_KEY
                 value: Any
@@ -168,16 +187,25 @@ class _Composer:
                     value = self.scalar(ev, line)
                 count, height = 1, 0
                 self.nodes += 1
+                self.chars += len(ev.value)
                 if self.nodes > self.max_nodes:
                     raise LoadError([f"line {line}: more than {self.max_nodes} YAML nodes"])
                 if ev.anchor:
-                    self.anchors[ev.anchor] = (value, 1, 0)
+                    self.anchors[ev.anchor] = (value, 1, 0, len(ev.value))
             elif cls is AliasEvent:
                 anchored = self.anchors.get(ev.anchor)
                 if anchored is None:
                     raise LoadError([f"line {line}: alias *{ev.anchor} refers to no complete anchor above it"])
-                value, count, height = anchored
+                value, count, height, chars = anchored
                 self.nodes += count
+                self.chars += chars
+                if self.chars > self.max_chars:
+                    raise LoadError(
+                        [
+                            f"line {line}: YAML alias expansion too large: *{ev.anchor} takes the document "
+                            f"past {self.max_chars} characters of text (MAX_EXPANDED_CHARS)"
+                        ]
+                    )
                 if self.nodes > self.max_nodes:
                     raise LoadError(
                         [
@@ -200,14 +228,14 @@ class _Composer:
                 self.nodes += 1
                 if self.nodes > self.max_nodes:
                     raise LoadError([f"line {line}: more than {self.max_nodes} YAML nodes"])
-                stack.append(_Frame(is_map, ev.anchor, line, self.nodes - 1))
+                stack.append(_Frame(is_map, ev.anchor, line, self.nodes - 1, self.chars))
                 continue
             elif cls is SequenceEndEvent or cls is MappingEndEvent:
                 f = stack.pop()
                 value = f.container
                 count, height = self.nodes - f.nodes_before, f.height + 1
                 if f.anchor:
-                    self.anchors[f.anchor] = (value, count, height)
+                    self.anchors[f.anchor] = (value, count, height, self.chars - f.chars_before)
             else:  # pragma: no cover - a well-formed event stream has nothing else here
                 raise LoadError([f"line {line}: unexpected YAML event {cls.__name__}"])
             if not stack:
@@ -366,8 +394,15 @@ def _load_json(text: str, max_nodes: int) -> Any:
     return _wrap_json(data)
 
 
-def load_document(text: str | bytes, max_bytes: int = MAX_SPEC_BYTES, max_nodes: int = MAX_YAML_NODES) -> Any:
-    """Parse YAML or JSON text safely into plain data (non-string scalars as `Scalar`)."""
+def load_document(
+    text: str | bytes,
+    max_bytes: int = MAX_SPEC_BYTES,
+    max_nodes: int = MAX_YAML_NODES,
+    deadline: float | None = None,
+) -> Any:
+    """Parse YAML or JSON text safely into plain data (non-string scalars as `Scalar`).
+
+    LoadError for unusable text; TimeoutError once `deadline` (time.monotonic()) passes."""
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise LoadError([f"spec is {size} bytes, over the {max_bytes}-byte limit"])
@@ -381,6 +416,7 @@ def load_document(text: str | bytes, max_bytes: int = MAX_SPEC_BYTES, max_nodes:
         if data is not _NOT_JSON:
             return data
     composer = _Composer(text, max_nodes, MAX_DEPTH)
+    composer.deadline = deadline
     try:
         return composer.document()
     except yaml.YAMLError as exc:
