@@ -16,7 +16,6 @@ import argparse
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 
 from nodecompat.clients import exit_codes
@@ -114,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:  # a bug or an unforeseen input: still "could not answer", never "no"
         if os.environ.get("NODECOMPAT_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         print(
             f"nodecompat {args.command}: unexpected error: {type(exc).__name__}: {exc}"

@@ -119,16 +119,28 @@ def probe_names() -> list[str]:
     return sorted({ep.name for ep in entry_points(group="nodecompat.probes")})
 
 
-def _warm_up_in_background() -> None:
-    """Import the rule engine while the daemon idles, so the first ValidateImage does not pay for it
-    (it is left out of start-up, which only needs probing and the gRPC server)."""
+def _warm_up_after_first_round(daemon: object) -> None:
+    """Import the rule engine once the first probe round is done (health SERVING), so the first
+    ValidateImage does not pay for it; it is left out of start-up, which only needs probing and the gRPC
+    server, and importing it during the first round would slow that round down (one GIL)."""
     import threading
 
     def warm() -> None:
         import nodecompat.engine.evaluate
         import nodecompat.engine.spec  # noqa: F401
 
-    threading.Thread(target=warm, name="warm-up", daemon=True).start()
+    started = threading.Event()
+
+    def after_round(_round: object) -> None:
+        if not started.is_set():
+            started.set()
+            threading.Thread(target=warm, name="warm-up", daemon=True).start()
+
+    hooks = getattr(getattr(daemon, "cache", None), "on_round", None)
+    if isinstance(hooks, list):
+        hooks.append(after_round)
+    else:
+        after_round(None)
 
 
 def node_name_default() -> str:
@@ -192,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.ERROR
     host = args.listen.rpartition(":")[0]
     print(f"nodecompat: node {name} serving on {host}:{port}", file=sys.stderr, flush=True)
-    _warm_up_in_background()
+    _warm_up_after_first_round(daemon)
     if args.register:
         from nodecompat.server.registration import LeaseKeeper
 

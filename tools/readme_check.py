@@ -158,7 +158,7 @@ def script(blocks: list[Block], workdir: Path, tool: Path, python: str) -> str:
         f"cd {shlex.quote(str(ROOT))}",
         f"__D={shlex.quote(str(workdir))}",
         "__BG=()",
-        "__stop() { for p in ${__BG[@]+\"${__BG[@]}\"}; do kill -TERM -- -$p 2>/dev/null; done;"
+        "__stop() { set +m; for p in ${__BG[@]+\"${__BG[@]}\"}; do kill -TERM -- -$p 2>/dev/null; done;"
         " for i in $(seq 50); do __alive=0; for p in ${__BG[@]+\"${__BG[@]}\"}; do"
         " kill -0 -- -$p 2>/dev/null && __alive=1; done; [ $__alive = 0 ] && break; sleep 0.2; done;"
         " for p in ${__BG[@]+\"${__BG[@]}\"}; do kill -KILL -- -$p 2>/dev/null; done; }",
@@ -272,6 +272,14 @@ def _environment(tmp: Path) -> dict[str, str]:
     return env
 
 
+def _can_unshare() -> bool:
+    """Whether this process may make a network namespace (root, util-linux's unshare, iproute2's ip)."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")):
+        return False
+    probe = subprocess.run(["unshare", "--net", "ip", "link", "set", "lo", "up"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
 def run(readme: Path, netns: bool, keep: bool) -> int:
     blocks = parse(readme.read_text())
     if not any(b.commands and not b.skip for b in blocks):
@@ -285,7 +293,7 @@ def run(readme: Path, netns: bool, keep: bool) -> int:
         text = script(blocks, workdir, Path(__file__).resolve(), sys.executable)
         (workdir / "recipes.sh").write_text(text)
         shell = ["bash", "--noprofile", "--norc", str(workdir / "recipes.sh")]
-        if netns and os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"):
+        if netns and _can_unshare():
             shell = ["unshare", "--net", "bash", "--noprofile", "--norc", "-c",
                      f"ip link set lo up && exec bash --noprofile --norc {shlex.quote(str(workdir / 'recipes.sh'))}"]
         proc = subprocess.run(shell, env=_environment(tmp), stdin=subprocess.DEVNULL, timeout=600, check=False)
