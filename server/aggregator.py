@@ -282,6 +282,8 @@ class AggregatorConfig:
     # Credentials the aggregator uses to reach the daemons (mTLS: with its client certificate).
     node_credentials: grpc.ChannelCredentials | None = None
     registry: RegistryOptions = field(default_factory=RegistryOptions)
+    # Health-check each node as soon as it appears (server/first_check.py); benches may turn it off.
+    check_new_nodes: bool = True
 
 
 class AggregatorDaemon:
@@ -315,7 +317,8 @@ class AggregatorDaemon:
         self.port = bind(self.server, self.config.listen, self.config.server_credentials)
         self.server.start()
         self.inventory.start()
-        self.first_checks.start()
+        if self.config.check_new_nodes:
+            self.first_checks.start()
         set_health(self.health, [FLEET_SERVICE], True)
         log.info("aggregator serving on %s (port %d)", self.config.listen, self.port)
         return self.port
