@@ -1,4 +1,4 @@
-"""Fleet simulator: the wall time of one ValidateFleet call for 10, 100 and 1,000 nodes, and per node.
+"""Fleet simulator: the wall time of one ValidateFleet call for 10, 100, 1,000 and 10,000 nodes, and per node.
 
 One simulator process serves NodeService for every simulated node: a single gRPC server listening on
 0.0.0.0:PORT, and each node is a distinct loopback address 127.x.y.z:PORT (all of 127/8 reaches lo on
@@ -6,9 +6,15 @@ Linux), so the aggregator opens one channel and one TCP connection per node exac
 fleet, while the simulator answers from a precomputed ValidateImageResponse (the real evaluation
 of one node is measured by the daemon's own benchmarks; this one measures the fan-out). The
 aggregator runs in this process with its defaults (concurrency 64) and is driven through the real
-client. Figures: the first (cold: connections set up) call and the median of warm calls.
+client, with the aggregator's default overall deadline. Figures: the first (cold: connections set up)
+call and the median (min, max) of warm calls; failed nodes (must be 0: every node reported OK within the
+deadline); the aggregator's RSS growth per known node (each size runs in its own process).
 
-    .venv/bin/python bench/bench_fleet.py [--sizes 10,100,1000] [--repeat 5] [--concurrency 64]
+The table's row: at 1,000 nodes, the warm fan-out's cost per node / the cost of one unary ValidateImage
+issued by grpc.aio from the same process to the same simulated nodes at the same concurrency (warm
+channels, nothing else: the asyncio floor), measured alternately, 3 times (target <= 1.3).
+
+    .venv/bin/python bench/bench_fleet.py [--sizes 10,100,1000,10000] [--repeat 3] [--concurrency 64]
 
 No asserts: it prints figures.
 """
@@ -16,6 +22,7 @@ No asserts: it prints figures.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -23,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -42,15 +48,18 @@ def serve_simulator(port_file: str, workers: int) -> None:
     )
 
     class Simulated(node_pb2_grpc.NodeServiceServicer):
-        def ValidateImage(self, request, context):
+        async def ValidateImage(self, request, context):
             return response
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[("grpc.so_reuseport", 0)])
-    node_pb2_grpc.add_NodeServiceServicer_to_server(Simulated(), server)
-    port = server.add_insecure_port("0.0.0.0:0")
-    server.start()
-    Path(port_file).write_text(str(port))
-    server.wait_for_termination()
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        node_pb2_grpc.add_NodeServiceServicer_to_server(Simulated(), server)
+        port = server.add_insecure_port("0.0.0.0:0")
+        await server.start()
+        Path(port_file).write_text(str(port))
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
 
 
 def node_address(i: int, port: int) -> str:
@@ -63,68 +72,153 @@ SPEC = (
 )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="10,100,1000")
-    ap.add_argument("--repeat", type=int, default=5, help="warm calls per size")
-    ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--sim-workers", type=int, default=16)
-    ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.serve_simulator:
-        serve_simulator(args.serve_simulator, args.sim_workers)
-        return
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
+
+def aio_floor(addresses: list[str], concurrency: int, rounds: int) -> list[float]:
+    """Seconds per call of len(addresses) unary ValidateImage calls issued by grpc.aio from this process,
+    `concurrency` in flight, over warm channels (one warm-up round first), `rounds` times."""
+    from nodecompat.v1 import node_pb2
+
+    request = node_pb2.ValidateImageRequest(spec=SPEC)
+
+    async def run() -> list[float]:
+        channels = [grpc.aio.insecure_channel(a) for a in addresses]
+        calls = [
+            ch.unary_unary(
+                "/nodecompat.v1.NodeService/ValidateImage",
+                request_serializer=node_pb2.ValidateImageRequest.SerializeToString,
+                response_deserializer=node_pb2.ValidateImageResponse.FromString,
+            )
+            for ch in channels
+        ]
+        out = []
+        for r in range(rounds + 1):
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(call, sem: asyncio.Semaphore = sem) -> None:  # type: ignore[no-untyped-def]
+                async with sem:
+                    await call(request, timeout=30)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(c) for c in calls))
+            if r:
+                out.append((time.perf_counter() - t0) / len(calls))
+        for ch in channels:
+            await ch.close()
+        return out
+
+    return asyncio.run(run())
+
+
+def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp: Path) -> dict[str, object]:
+    """Child process: one aggregator for n simulated nodes; cold + warm calls; RSS; optionally the row."""
     from nodecompat.clients.fleet_client import FleetClient
     from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 
+    nodes = tmp / f"nodes-{n}.json"
+    addresses = [node_address(i, port) for i in range(n)]
+    nodes.write_text(json.dumps([{"name": f"sim-{i:05d}", "address": a} for i, a in enumerate(addresses)]))
+    agg = AggregatorDaemon(
+        AggregatorConfig(listen="127.0.0.1:0", nodes_file=str(nodes), concurrency=concurrency, node_timeout=30)
+    )
+    agg_port = agg.start()
+    rss0 = rss_kib()
+    out: dict[str, object] = {"n": n}
+    try:
+        with FleetClient(f"127.0.0.1:{agg_port}") as client:
+            t0 = time.perf_counter()
+            cold = client.validate(spec_text=SPEC)  # the aggregator's default deadline
+            out["cold"] = time.perf_counter() - t0
+            failed = [cold.summary.failed]
+            reported = [len(cold.nodes)]
+            warm: list[float] = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                ans = client.validate(spec_text=SPEC)
+                warm.append(time.perf_counter() - t0)
+                failed.append(ans.summary.failed)
+                reported.append(len(ans.nodes))
+            out["rss_per_node_kib"] = (rss_kib() - rss0) / n
+            out["rss_mib"] = rss_kib() / 1024
+            if floor:
+                fleet_per_node, floor_per_call = [], []
+                for _ in range(3):  # figure and limit alternately, in this process
+                    t0 = time.perf_counter()
+                    client.validate(spec_text=SPEC)
+                    fleet_per_node.append((time.perf_counter() - t0) / n)
+                    floor_per_call.append(aio_floor(addresses, concurrency, 1)[0])
+                out["row"] = (fleet_per_node, floor_per_call)
+        out.update(warm=warm, failed=max(failed), reported=min(reported), deadline=agg.config.default_timeout)
+    finally:
+        agg.stop(grace=0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10,100,1000,10000")
+    ap.add_argument("--repeat", type=int, default=3, help="warm calls per size")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--row-size", type=int, default=1000)
+    ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_simulator:
+        serve_simulator(args.serve_simulator, 0)
+        return
+    if args.one:
+        res = one_size(args.one, args.port, args.concurrency, args.repeat, args.one == args.row_size, Path(args.tmp))
+        print(json.dumps(res))
+        return
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     port_file = tmp / "port"
-    sim = subprocess.Popen(
-        [sys.executable, __file__, "--serve-simulator", str(port_file), "--sim-workers", str(args.sim_workers)]
-    )
+    sim = subprocess.Popen([sys.executable, __file__, "--serve-simulator", str(port_file)])
     try:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
         port = int(port_file.read_text())
         print(
-            f"fleet simulator: one NodeService process on port {port}, nodes at 127.x.y.z:{port}; "
-            f"aggregator concurrency {args.concurrency}; {os.cpu_count()} CPUs"
+            f"fleet simulator: one grpc.aio NodeService process on port {port}, nodes at 127.x.y.z:{port}; "
+            f"aggregator in its own process per size, concurrency {args.concurrency}; {os.cpu_count()} CPUs"
         )
         print(
-            f"{'nodes':>6} {'cold wall':>10} {'warm wall (median)':>19} {'per node (warm)':>16} "
-            f"{'failed':>7} {'summary wall':>13}"
+            f"{'nodes':>6} {'cold wall':>10} {'warm wall median (min, max)':>30} {'per node':>9} "
+            f"{'reported':>9} {'failed':>7} {'deadline':>9} {'agg RSS':>8} {'RSS/node':>9}"
         )
+        row = None
         for n in [int(x) for x in args.sizes.split(",")]:
-            nodes = tmp / f"nodes-{n}.json"
-            nodes.write_text(json.dumps([{"name": f"sim-{i:04d}", "address": node_address(i, port)} for i in range(n)]))
-            agg = AggregatorDaemon(
-                AggregatorConfig(
-                    listen="127.0.0.1:0", nodes_file=str(nodes), concurrency=args.concurrency, node_timeout=30
-                )
+            cmd = [sys.executable, __file__, "--one", str(n), "--port", str(port), "--tmp", str(tmp),
+                   "--repeat", str(args.repeat), "--concurrency", str(args.concurrency),
+                   "--row-size", str(args.row_size)]
+            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            warm = res["warm"]
+            med = statistics.median(warm)
+            print(
+                f"{n:>6} {res['cold'] * 1e3:>8.0f}ms {med * 1e3:>10.0f}ms ({min(warm) * 1e3:.0f}, "
+                f"{max(warm) * 1e3:.0f}) {'':>6} {med / n * 1e6:>7.0f}us {res['reported']:>9} {res['failed']:>7} "
+                f"{res['deadline']:>8.0f}s {res['rss_mib']:>6.0f}MiB {res['rss_per_node_kib']:>7.1f}KiB"
             )
-            agg_port = agg.start()
-            try:
-                with FleetClient(f"127.0.0.1:{agg_port}") as client:
-                    t0 = time.perf_counter()
-                    cold = client.validate(spec_text=SPEC, timeout=120)
-                    cold_wall = time.perf_counter() - t0
-                    warm = []
-                    failed = cold.summary.failed
-                    summary_wall = 0.0
-                    for _ in range(args.repeat):
-                        t0 = time.perf_counter()
-                        ans = client.validate(spec_text=SPEC, timeout=120)
-                        warm.append(time.perf_counter() - t0)
-                        failed = max(failed, ans.summary.failed)
-                        summary_wall = ans.summary.wall_seconds
-                med = statistics.median(warm)
-                print(
-                    f"{n:>6} {cold_wall * 1e3:>8.1f}ms {med * 1e3:>17.1f}ms {med / n * 1e6:>14.0f}us "
-                    f"{failed:>7} {summary_wall * 1e3:>11.1f}ms"
-                )
-            finally:
-                agg.stop(grace=0)
+            if "row" in res:
+                row = (n, *res["row"])
+        if row is not None:
+            n, fig, lim = row
+            ratios = [f / b for f, b in zip(fig, lim, strict=True)]
+            med = statistics.median(ratios)
+            print(
+                f"ROW fleet fan-out cost per node ({n} nodes) / one unary grpc.aio call from the same process | "
+                f"{statistics.median(fig) * 1e6:.0f} us (min {min(fig) * 1e6:.0f}, max {max(fig) * 1e6:.0f}) | "
+                f"grpc.aio floor {statistics.median(lim) * 1e6:.0f} us (min {min(lim) * 1e6:.0f}, "
+                f"max {max(lim) * 1e6:.0f}) | ratio {med:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}) | "
+                f"target <= 1.3 | {'met' if med <= 1.3 else 'NOT MET'}"
+            )
     finally:
         sim.terminate()
         sim.wait()

@@ -470,3 +470,13 @@ def test_aggregator_flags_set_the_registration_cap() -> None:
     assert build_config(parser.parse_args(["aggregator"])).max_registrations == 10_000
     with pytest.raises(ValueError, match="--max-registrations"):
         build_config(parser.parse_args(["aggregator", "--max-registrations", "-1"]))
+
+
+def test_channel_pool_keeps_at_most_max_channels_closing_the_least_recently_used() -> None:
+    pool = ChannelPool(max_channels=2)
+    try:
+        for a in ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:3"):
+            pool.channel(a)  # :1 used again, so :2 is the least recently used when :3 arrives
+        assert pool.addresses() == {"127.0.0.1:1", "127.0.0.1:3"}
+    finally:
+        pool.close()
