@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override every probe's timeout in seconds (default: each probe's own)")
     p.add_argument("--probes", default=None, help="comma-separated probe names to run (default: all installed probes)")
     p.add_argument("--no-hotplug", action="store_true", help="do not re-probe on device hot-plug events")
+    p.add_argument("--sysctl", action="append", default=None, metavar="NAME[,NAME...]",
+                   help="extra /proc/sys settings for kernel.sysctl, e.g. net.ipv4.tcp_rmem (repeatable; "
+                   "a documented allow-list is always read, see docs/features.md)")
     p.add_argument("--ca-file", default=None, help="CA bundle for registries (ValidateImage by reference)")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
     p.set_defaults(func=run)
@@ -67,6 +70,13 @@ def check_args(args: argparse.Namespace) -> str:
         return str(exc)
     if args.ca_file and not os.path.isfile(args.ca_file):
         return f"--ca-file {args.ca_file} is not a readable file"
+    if getattr(args, "sysctl", None):
+        from nodecompat.probes.sysctl import parse_names
+
+        try:
+            parse_names(args.sysctl)
+        except ValueError as exc:
+            return str(exc)
     if args.node_name:
         from nodecompat.server.fleet_nodes import name_problem
 
@@ -143,6 +153,12 @@ def _warm_up_after_first_round(daemon: object) -> None:
         after_round(None)
 
 
+def _sysctl_names(args: argparse.Namespace) -> list[str]:
+    from nodecompat.probes.sysctl import parse_names
+
+    return parse_names(getattr(args, "sysctl", None))
+
+
 def node_name_default() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
 
@@ -193,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         probe_timeout=args.probe_timeout,
         probes=args.probes.split(",") if args.probes else None,
         hotplug=not args.no_hotplug,
+        sysctl=_sysctl_names(args),
         registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth),
         server_credentials=creds,
     )

@@ -26,6 +26,7 @@ from typing import Any
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.gpu_arch import KFD_NODES, NVML_ARCH, amd_architecture, kfd_targets, nvidia_architecture
 from nodecompat.probes.nvidia_info import (
     compute_capability,
     cuda_for_driver,
@@ -97,6 +98,10 @@ def read_nvml() -> tuple[NvmlData | None, str | None]:
                 attrs["compute_major"], attrs["compute_minor"] = str(major), str(minor)
             except Exception:
                 pass
+            with contextlib.suppress(Exception):  # go-nvlib GetArchitectureAsString(), as the DRA driver
+                arch = NVML_ARCH.get(pynvml.nvmlDeviceGetArchitecture(h))
+                if arch:
+                    attrs["architecture"] = arch
             with contextlib.suppress(Exception):  # not MIG-capable
                 current, _pending = pynvml.nvmlDeviceGetMigMode(h)
                 attrs["mig_mode"] = "enabled" if current == pynvml.NVML_DEVICE_MIG_ENABLE else "disabled"
@@ -161,6 +166,16 @@ class GpuProbe(Probe):
                 AttributeInfo("compute_major", "int", "NVML, else derived from product", nfd=False),
                 AttributeInfo("compute_minor", "int", "NVML, else derived from product", nfd=False),
                 AttributeInfo("mig_mode", "string", "NVML", nfd=False, description="enabled/disabled"),
+                AttributeInfo(
+                    "compute_capability", "version", "compute_major.compute_minor", nfd=False,
+                    description="NVIDIA, as the DRA driver's cudaComputeCapability (9.0)",
+                ),
+                AttributeInfo(
+                    "architecture", "string", f"NVML, else from compute capability; AMD: {KFD_NODES}", nfd=False,
+                    description="Hopper, Ampere, Ada Lovelace ... (NVIDIA DRA driver names); CDNA3, RDNA3 ...",
+                ),
+                AttributeInfo("gfx_target", "string", KFD_NODES + "/<n>/properties", nfd=False,
+                              description="AMD LLVM target, e.g. gfx942"),
             ),
             nfd=False,
             source=PCI_DEVICES,
@@ -208,6 +223,7 @@ class GpuProbe(Probe):
         nv_version = (nvml.driver_version if nvml else None) or nvidia_driver_version(host)
         amd_version = host.read_line(AMDGPU_VERSION) or None
         pci_ids: str | None = None
+        kfd = kfd_targets(host) if any(d.vendor == "1002" for d in gpus) else {}
         instances = []
         for dev in gpus:
             attrs = self._base(dev)
@@ -242,6 +258,7 @@ class GpuProbe(Probe):
                 cc = compute_capability(attrs["product"])
                 if cc:
                     attrs["compute_major"], attrs["compute_minor"] = str(cc[0]), str(cc[1])
+            self._architecture(dev, attrs, kfd)
             instances.append(attrs)
         out.features.set_instances("gpu.device", instances)
 
@@ -251,6 +268,23 @@ class GpuProbe(Probe):
         else:
             out.notes.append("GPU driver version unknown: gpu.driver left out")
         return out
+
+    @staticmethod
+    def _architecture(dev: PciDevice, attrs: dict[str, str], kfd: dict[str, str]) -> None:
+        """compute_capability / architecture (NVIDIA), gfx_target / architecture (AMD); see gpu_arch.py."""
+        if dev.vendor == "10de" and "compute_major" in attrs:
+            major, minor = int(attrs["compute_major"]), int(attrs["compute_minor"])
+            attrs["compute_capability"] = f"{major}.{minor}"
+            arch = attrs.get("architecture") or nvidia_architecture(major, minor)
+            if arch:
+                attrs["architecture"] = arch
+        elif dev.vendor == "1002":
+            target = kfd.get(dev.address)
+            if target:
+                attrs["gfx_target"] = target
+                arch = amd_architecture(target)
+                if arch:
+                    attrs["architecture"] = arch
 
     @staticmethod
     def _base(dev: PciDevice) -> dict[str, str]:

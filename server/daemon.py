@@ -40,6 +40,7 @@ class DaemonConfig:
     workers: int = 16
     grace: float = 10.0
     hotplug: bool = True
+    sysctl: list[str] = field(default_factory=list)  # extra kernel.sysctl names (serve --sysctl)
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     server_credentials: grpc.ServerCredentials | None = None
 
@@ -54,6 +55,8 @@ class NodeDaemon:
         for p in probes:  # the system probe reports the daemon's node name as system.name.nodename
             if hasattr(p, "node_name") and config.node_name:
                 p.node_name = config.node_name
+            if hasattr(p, "sysctl_extra") and config.sysctl:
+                p.sysctl_extra = list(config.sysctl)
         self.runner = ProbeRunner(probes, self.host, errors, timeout=config.probe_timeout)
         self.cache = FeatureCache(self.runner, config.refresh_interval)
         self.server = new_server(config.workers, "rpc")

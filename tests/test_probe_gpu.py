@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 from support_hosts import REAL, attrs, copy_fixture, fixture_host, instances, make_unreadable, run
 
 from nodecompat.probes.gpu import GpuProbe, nvml_bus_id
+from nodecompat.probes.gpu_arch import amd_architecture, gfx_target, nvidia_architecture
 from nodecompat.probes.nvidia_info import (
     compute_capability,
     cuda_for_driver,
@@ -53,6 +55,9 @@ def _h100(addr: str, numa: str, product: str = "NVIDIA H100 80GB HBM3") -> dict[
         "product": product,
         "compute_major": "9",
         "compute_minor": "0",
+        # as the NVIDIA DRA driver publishes them (deviceinfo.go: architecture, cudaComputeCapability)
+        "compute_capability": "9.0",
+        "architecture": "Hopper",
     }
 
 
@@ -75,6 +80,8 @@ def test_mi300_exact():
         "driver_version": "6.3.6",
         "memory": "196608",
         "product": "Instinct MI300X",
+        "gfx_target": "gfx942",  # KFD topology gfx_target_version 90402
+        "architecture": "CDNA3",
     }
     assert instances(wire, "gpu.device") == [
         {**base, "address": "0000:05:00.0", "numa_node": "0"},
@@ -157,15 +164,11 @@ def test_gpu_bound_to_vfio_gets_no_driver_version(tmp_path):
 
 def test_nvrm_banner_parsing():
     assert (
-        parse_nvrm_version(
-            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n"
-        )
+        parse_nvrm_version("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n")
         == "550.54.15"
     )
     assert (
-        parse_nvrm_version(
-            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.104.05  Release Build\n"
-        )
+        parse_nvrm_version("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.104.05  Release Build\n")
         == "535.104.05"
     )
     assert parse_nvrm_version("garbage\n") is None
@@ -214,6 +217,49 @@ def test_compute_capability_and_nvml_helpers():
     assert cuda_from_nvml(12040) == "12.4" and cuda_from_nvml(11080) == "11.8"
     assert nvml_bus_id("00000000:18:00.0") == "0000:18:00.0"
     assert nvml_bus_id(b"00000001:AB:00.0") == "0001:ab:00.0"
+
+
+@pytest.mark.parametrize(
+    ("cc", "arch"),
+    [
+        ((7, 0), "Volta"),
+        ((7, 5), "Turing"),
+        ((8, 0), "Ampere"),
+        ((8, 6), "Ampere"),
+        ((8, 9), "Ada Lovelace"),
+        ((9, 0), "Hopper"),
+        ((10, 0), "Blackwell"),
+        ((12, 0), "Blackwell"),
+        ((4, 0), None),
+    ],
+)
+def test_nvidia_architecture_from_compute_capability(cc, arch):
+    """NVIDIA's compute-capability table; names as go-nvlib GetArchitectureAsString() (DRA driver)."""
+    assert nvidia_architecture(*cc) == arch
+
+
+@pytest.mark.parametrize(
+    ("version", "target", "arch"),
+    [
+        (90402, "gfx942", "CDNA3"),
+        (90010, "gfx90a", "CDNA2"),
+        (90008, "gfx908", "CDNA"),
+        (110000, "gfx1100", "RDNA3"),
+        (100300, "gfx1030", "RDNA2"),
+        (120001, "gfx1201", "RDNA4"),
+        (90500, "gfx950", "CDNA4"),
+        (80003, "gfx803", None),
+    ],
+)
+def test_amd_gfx_target_and_architecture(version, target, arch):
+    assert gfx_target(version) == target and amd_architecture(target) == arch
+
+
+def test_amd_without_kfd_topology_has_no_architecture(tmp_path):
+    host = copy_fixture("amd-mi300", tmp_path)
+    shutil.rmtree(host.path("/sys/class/kfd"))
+    wire, _out = run(GpuProbe(), host)
+    assert all("architecture" not in i and "gfx_target" not in i for i in instances(wire, "gpu.device") or [])
 
 
 def test_pci_ids_lookup():
