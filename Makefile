@@ -52,8 +52,8 @@ demo-registry: venv-check test-deps ## a local registry holding app:v1 for the R
 readme-check: venv-check test-deps ## run the README's recipes top to bottom in a fresh shell (tools/readme_check.py)
 	$(BIN)/python tools/readme_check.py
 
-bench: venv-check ## print performance figures
-	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+bench: venv-check ## issue 11's table: every figure beside a limit measured in the same run (~5 min)
+	$(BIN)/python bench/report.py
 
 clean: ## remove build and cache directories
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
