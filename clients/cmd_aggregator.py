@@ -14,6 +14,7 @@ from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS
 
 if TYPE_CHECKING:
     from nodecompat.server.aggregator import AggregatorConfig
+    from nodecompat.server.inventory_sync import SyncConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50050"
 
@@ -55,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CA (PEM): clients must present a certificate it signed, and daemons are verified with it",
     )
     p.add_argument("--ca-file", default=None, help="CA bundle for registries (ValidateFleet by image reference)")
+    p.add_argument("--no-inventory", action="store_true",
+                   help="do not keep a live inventory (WatchFeatures streams); every answer fans out live")
+    p.add_argument("--heartbeat", type=float, default=10.0,
+                   help="seconds between the daemons' heartbeats on their WatchFeatures streams (default 10)")
+    p.add_argument("--stale-after", type=float, default=0.0,
+                   help="a node whose stream is silent this long is STALE (default: 3 heartbeats + 1 s)")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
     p.set_defaults(func=run)
 
@@ -100,7 +107,18 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         server_credentials=server_creds,
         node_credentials=node_creds,
         registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth),
+        sync=None if args.no_inventory else _sync_config(args),
     )
+
+
+def _sync_config(args: argparse.Namespace) -> SyncConfig:
+    from nodecompat.server.inventory_sync import SyncConfig
+
+    if not (1.0 <= args.heartbeat <= 300.0):
+        raise ValueError(f"--heartbeat must be within [1, 300] seconds, got {args.heartbeat:g}")
+    if args.stale_after and args.stale_after < args.heartbeat:
+        raise ValueError(f"--stale-after ({args.stale_after:g}) must be at least --heartbeat ({args.heartbeat:g})")
+    return SyncConfig(heartbeat=args.heartbeat, stale_after=args.stale_after)
 
 
 def run(args: argparse.Namespace) -> int:

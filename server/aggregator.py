@@ -12,19 +12,22 @@ server/fanout.py, and verdicts come from the daemons.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
-from nodecompat.engine.spec import SpecError, parse_spec
+from nodecompat.engine.spec import Spec, SpecError, parse_spec
 from nodecompat.fleet.reasons import failure_reasons
+from nodecompat.fleet.store import FeatureStore, spec_key
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
@@ -34,12 +37,16 @@ from nodecompat.server.fleet_nodes import (
     MAX_REGISTRATIONS,
     SOURCE_DNS,
     AddressInUse,
+    FleetNode,
     NodeInventory,
     RegistrationsFull,
 )
+from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, RaisingContext, WatchSpec
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
+from nodecompat.server.inventory_answers import Plan, finish_summary, plan
+from nodecompat.server.inventory_sync import InventorySync, SyncConfig
 from nodecompat.server.node_service import RegistryOptions
-from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -68,6 +75,9 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self.options = options or AggregatorOptions()
         self._spec_cache: SpecCache | None = None
         self._spec_cache_lock = threading.Lock()
+        # The live inventory (issue 12): set by AggregatorDaemon unless --no-inventory.
+        self.store: FeatureStore | None = None
+        self.fleet_watch: FleetWatchHub | None = None
 
     # -- ValidateFleet -----------------------------------------------------------------------------
     def ValidateFleet(
@@ -95,7 +105,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         try:
             with trace.use_span(span, end_on_exit=False):
                 spec_text, image_digest, artifact_digest = self._resolve(request, context, deadline)
-                self._check_spec(spec_text, context, request.image or "inline spec", request.nfd_compat)
+                spec = self._check_spec(spec_text, context, request.image or "inline spec", request.nfd_compat)
             self.prune_channels()
             nodes = self.inventory.nodes(dict(request.selector))
             span.set_attribute("nodecompat.fleet.nodes", len(nodes))
@@ -103,15 +113,61 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 spec=spec_text, tags=list(request.tags), nfd_compat=request.nfd_compat
             )
             results: list[fleet_pb2.NodeResult] = []
-            for outcome in self.fanout.run(nodes, node_request, deadline, parent):
+            held = self._from_inventory(request, context, nodes, spec, spec_text)
+            for result in held.results if held else ():
+                results.append(result)
+                yield fleet_pb2.ValidateFleetResponse(node=result)
+            live_reports = []
+            for outcome in self.fanout.run(held.live if held else nodes, node_request, deadline, parent):
                 result = self._node_result(outcome)
+                result.source = inventory_pb2.LIVE
+                if outcome.response is not None and outcome.status == "OK":
+                    live_reports.append(outcome.response.report)
                 results.append(result)
                 yield fleet_pb2.ValidateFleetResponse(node=result)
             summary = summarize(results, image_digest, artifact_digest, time.monotonic() - started)
+            finish_summary(summary, held, live_reports, len(results) - (len(held.results) if held else 0))
             span.set_attribute("nodecompat.fleet.compatible", summary.compatible)
             yield fleet_pb2.ValidateFleetResponse(summary=summary)
         finally:
             span.end()
+
+    # -- WatchFleet (server/fleet_watch.py) ------------------------------------------------------------
+    async def WatchFleet(
+        self, request: inventory_pb2.WatchFleetRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inventory_pb2.WatchFleetResponse]:
+        """A coroutine stream on the grpc.aio runtime; events are written by FleetWatchHub."""
+        if False:  # pragma: no cover - an async generator; messages go through context.write
+            yield inventory_pb2.WatchFleetResponse()
+        if self.fleet_watch is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchFleet needs the inventory (aggregator "
+                                "started with --no-inventory)")
+            return
+        try:
+            ws = await asyncio.to_thread(self._watch_spec, request)
+        except Aborted as exc:
+            await context.abort(exc.code, exc.details)
+            return
+        await self.fleet_watch.watch(ws, context)
+
+    def _watch_spec(self, request: inventory_pb2.WatchFleetRequest) -> WatchSpec:
+        ctx: Any = RaisingContext(None)
+        as_validate = fleet_pb2.ValidateFleetRequest(
+            tags=request.tags, platform=request.platform, plain_http=request.plain_http,
+            nfd_compat=request.nfd_compat,
+        )
+        if request.WhichOneof("source") == "image":
+            as_validate.image = request.image
+        elif request.WhichOneof("source") == "spec":
+            as_validate.spec = request.spec
+        else:
+            ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)")
+        self._check_request(as_validate, ctx)
+        text, image_digest, artifact_digest = self._resolve(
+            as_validate, ctx, time.monotonic() + self.options.default_timeout)
+        spec = self._check_spec(text, ctx, request.image or "inline spec", request.nfd_compat)
+        return WatchSpec(spec, text, list(request.tags), request.nfd_compat, dict(request.selector),
+                         image_digest, artifact_digest)
 
     def _check_request(self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext) -> None:
         """Refuse what every daemon would refuse (or, for an inline spec, silently ignore), once, up front."""
@@ -144,11 +200,25 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             raise
         return fetched.text, fetched.image_digest, fetched.artifact_digest
 
-    def _check_spec(self, text: str, context: grpc.ServicerContext, origin: str, nfd_compat: bool) -> None:
+    def _check_spec(self, text: str, context: grpc.ServicerContext, origin: str, nfd_compat: bool) -> Spec:
         try:
-            parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.options.registry.max_spec_bytes)
+            return parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.options.registry.max_spec_bytes)
         except SpecError as exc:
             context.abort_with_status(spec_error_status(exc.problems, origin, context.invocation_metadata()))
+            raise
+
+    def _from_inventory(
+        self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext, nodes: list[FleetNode],
+        spec: Spec, spec_text: str,
+    ) -> Plan | None:
+        """The nodes answered from the inventory (server/inventory_answers.py); None: all live."""
+        staleness = request.max_staleness_seconds
+        if math.isnan(staleness) or staleness < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_staleness_seconds must be >= 0, got {staleness}")
+        if self.store is None or request.answer_source == inventory_pb2.LIVE:
+            return None
+        return plan(self.store, nodes, spec, spec_key(spec_text, request.nfd_compat), list(request.tags),
+                    staleness, request.nfd_compat)
 
     def _node_result(self, outcome: NodeOutcome) -> fleet_pb2.NodeResult:
         node = outcome.node
@@ -284,6 +354,8 @@ class AggregatorConfig:
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     # Health-check each node as soon as it appears (server/first_check.py); benches may turn it off.
     check_new_nodes: bool = True
+    # The live inventory (issue 12): WatchFeatures streams to every member; None: answer live only.
+    sync: SyncConfig | None = field(default_factory=SyncConfig)
 
 
 class AggregatorDaemon:
@@ -311,6 +383,14 @@ class AggregatorDaemon:
         self.health = add_standard_services(self.server, [FLEET_SERVICE])
         self.port = 0
         self._stopped = threading.Event()
+        self.store: FeatureStore | None = None
+        self.sync: InventorySync | None = None
+        if config.sync is not None:
+            self.store = FeatureStore()
+            self.sync = InventorySync(self.inventory.nodes, self.store, config.node_credentials, config.sync,
+                                      lambda address, name: self.inventory.record_contact(address, "SERVING", name))
+            self.service.store = self.store
+            self.service.fleet_watch = FleetWatchHub(self.store, self.inventory.nodes)
 
     def start(self) -> int:
         self.inventory.load()
@@ -319,6 +399,8 @@ class AggregatorDaemon:
         self.inventory.start()
         if self.config.check_new_nodes:
             self.first_checks.start()
+        if self.sync is not None:
+            self.sync.start()
         set_health(self.health, [FLEET_SERVICE], True)
         log.info("aggregator serving on %s (port %d)", self.config.listen, self.port)
         return self.port
@@ -331,6 +413,8 @@ class AggregatorDaemon:
         self.health.enter_graceful_shutdown()
         self.first_checks.stop()
         self.server.stop(self.config.grace if grace is None else grace).wait()
+        if self.sync is not None:
+            self.sync.stop()
         self.inventory.stop()
         self.pool.close()
 

@@ -20,6 +20,7 @@ from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
 from nodecompat.server import DEFAULT_NODE_LISTEN
 from nodecompat.server.feature_cache import FeatureCache
+from nodecompat.server.feature_watch import FeatureWatchHub
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
 from nodecompat.server.node_service import NodeService, RegistryOptions, add_to_server
 from nodecompat.v1 import node_pb2
@@ -61,6 +62,9 @@ class NodeDaemon:
         self.cache = FeatureCache(self.runner, config.refresh_interval)
         self.server = new_server(config.workers, "rpc")
         self.service = NodeService(self.cache, config.node_name, config.registry)
+        self.watch_hub = FeatureWatchHub(config.node_name)
+        self.cache.on_round.append(self.watch_hub.on_round)
+        self.service.watch_hub = self.watch_hub
         add_to_server(self.service, self.server)
         self.health = add_standard_services(self.server, [NODE_SERVICE])
         self.port = 0

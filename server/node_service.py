@@ -24,13 +24,16 @@ from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.server.parse_cache import ParseCache
-from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
+from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2, node_pb2_grpc
 from nodecompat.verdict_cache import VerdictCache, spec_key
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from nodecompat.engine.spec import Spec
     from nodecompat.oci.auth import RegistryAuth
     from nodecompat.oci.cache import SpecCache
+    from nodecompat.server.feature_watch import FeatureWatchHub
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nodecompat.server")
@@ -108,6 +111,19 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 )
                 self._proto_cache[key] = msg
             return msg
+
+    # -- WatchFeatures (server/feature_watch.py) -------------------------------------------------------
+    watch_hub: FeatureWatchHub | None = None
+
+    async def WatchFeatures(
+        self, request: inventory_pb2.WatchFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inventory_pb2.WatchFeaturesResponse]:
+        """Served on the grpc.aio runtime as a coroutine stream (no worker thread per watcher)."""
+        if self.watch_hub is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchFeatures is not enabled on this daemon")
+            return
+        async for msg in self.watch_hub.watch(request, context):
+            yield msg
 
     # -- ValidateImage ----------------------------------------------------------------------------
     def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):

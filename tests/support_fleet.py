@@ -168,9 +168,14 @@ def start_aggregator_process(
     *args: str,
     env: dict[str, str] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
+    inventory: bool = False,
 ) -> Proc:
+    """An aggregator process; without `inventory` it answers live only (--no-inventory), as the tests
+    written before the inventory expect."""
     listen = f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "nodecompat.clients.cli", "aggregator", "--listen", listen, *args]
+    if not inventory:
+        cmd.append("--no-inventory")
     p = Proc(
         "aggregator",
         _spawn("aggregator", cmd, tmp / f"aggregator-{listen.split(':')[1]}.log", env, []),
@@ -183,7 +188,9 @@ def start_aggregator_process(
 
 @contextlib.contextmanager
 def aggregator(**config: object) -> Iterator[AggregatorDaemon]:
-    """An in-process aggregator on a free loopback port; `.address` is set on it."""
+    """An in-process aggregator on a free loopback port; `.address` is set on it. Live answers only unless
+    `sync=SyncConfig(...)` is given (the inventory)."""
+    config.setdefault("sync", None)
     d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", **config))  # type: ignore[arg-type]
     port = d.start()
     d.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]

@@ -241,10 +241,11 @@ class FeatureStore:
 
     # -- evaluating --------------------------------------------------------------------------------
     def evaluate(
-        self, spec: Spec, skey: str, records: Sequence[NodeRecord], tags: Sequence[str] = ()
+        self, spec: Spec, skey: str, records: Sequence[NodeRecord], tags: Sequence[str] = (), nfd_view: bool = False
     ) -> dict[str, Verdict]:
         """Verdict per node key for the records that have features; once per distinct set (per node only
-        for identity-reading specs). Verdicts are shared between nodes: treat them as read-only."""
+        for identity-reading specs). Verdicts are shared between nodes: treat them as read-only.
+        `skey` (spec_key) must cover everything but tags that changes the verdict (text, nfd mode)."""
         per_node = reads_identity(spec)
         tag_key = tuple(tags)
         out: dict[str, Verdict] = {}
@@ -256,7 +257,7 @@ class FeatureStore:
             lk = (rec.fingerprint, ident)
             v = local.get(lk)
             if v is None:
-                v = self._verdict(spec, skey, tag_key, rec.fingerprint, ident)
+                v = self._verdict(spec, skey, tag_key, rec.fingerprint, ident, nfd_view)
                 if v is None:
                     continue
                 local[lk] = v
@@ -264,7 +265,13 @@ class FeatureStore:
         return out
 
     def _verdict(
-        self, spec: Spec, skey: str, tags: tuple[str, ...], fp: str, ident: tuple[tuple[str, str, str], ...]
+        self,
+        spec: Spec,
+        skey: str,
+        tags: tuple[str, ...],
+        fp: str,
+        ident: tuple[tuple[str, str, str], ...],
+        nfd_view: bool,
     ) -> Verdict | None:
         ck = (skey, tags, fp, ident)
         with self._lock:
@@ -276,7 +283,7 @@ class FeatureStore:
             fs = self._sets.get(fp)
         if fs is None:
             return None
-        v = evaluate(spec, with_identity(fs.features, ident), tags=list(tags), unknown=fs.unknown)
+        v = evaluate(spec, with_identity(fs.features, ident), tags=list(tags), unknown=fs.unknown, nfd_view=nfd_view)
         v.warnings = [*spec.warnings, *v.warnings]
         with self._lock:
             self.stats.evaluations += 1
