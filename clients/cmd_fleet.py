@@ -60,7 +60,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="NFD mode: what NFD accepts, evaluated against NFD's view (see `validate --nfd-compat`)",
     )
+    v.add_argument("--live", action="store_true",
+                   help="ask every node now instead of answering from the aggregator's live inventory")
+    v.add_argument("--max-staleness", type=float, default=0.0, metavar="SECONDS",
+                   help="ask live the nodes whose inventory features were probed longer ago than this "
+                   "(default: 0, any age while the node's stream is healthy)")
     v.set_defaults(func=run_validate)
+
+    from nodecompat.clients.cmd_fleet_watch import register_watch
+
+    register_watch(fsub, _common)
 
     n = fsub.add_parser(
         "nodes",
@@ -162,6 +171,8 @@ def run_validate(args: argparse.Namespace) -> int:
         selector = parse_selector(args.selector)
         if not 0 <= args.timeout <= 3600:
             raise ValueError("--timeout must be between 0 and 3600 seconds")
+        if not args.max_staleness >= 0:
+            raise ValueError("--max-staleness must be >= 0 seconds")
         spec_text = read_spec(args.spec) if args.spec is not None else None
         client = _client(args)
     except (OSError, UnicodeDecodeError, ValueError, TlsConfigError) as exc:
@@ -186,6 +197,8 @@ def run_validate(args: argparse.Namespace) -> int:
                 selector=selector,
                 timeout=args.timeout,
                 nfd_compat=args.nfd_compat,
+                max_staleness=args.max_staleness,
+                live=args.live,
             ):
                 if isinstance(item, NodeVerdict):
                     nodes.append(item)
@@ -244,7 +257,17 @@ def render_table(answer: FleetAnswer) -> str:
     tail += f" ({s.wall_seconds:.2f}s)"
     if s.image_digest:
         tail += f"; image {s.image_digest}, artifact {s.artifact_digest}"
-    return "\n".join([*lines, "", tail]) + "\n"
+    if s.from_inventory:
+        tail += (f"; {s.from_inventory} from the inventory ({s.distinct_feature_sets} distinct feature set(s)),"
+                 f" {s.live} live")
+    from nodecompat.fleet.whynot import summary_lines
+
+    why = summary_lines(s.why_not)
+    if why or s.probe_failed:
+        why = ["", "why not:", *(f"  {line}" for line in why)]
+        if s.probe_failed:
+            why.append(f"  {s.probe_failed} node(s) with a failed probe (some facts unknown)")
+    return "\n".join([*lines, "", tail, *why]) + "\n"
 
 
 def no_node_hint(args: argparse.Namespace, selector: dict[str, str]) -> str:

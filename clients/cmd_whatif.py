@@ -19,6 +19,7 @@ from typing import Any
 from nodecompat.clients import exit_codes
 from nodecompat.clients.input_files import InputError, read_text_limited
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
+from nodecompat.clients.tls_args import add_tls_client_args, channel_credentials_from_args
 from nodecompat.engine.limits import MAX_SPEC_BYTES
 
 
@@ -47,6 +48,10 @@ def register(subparsers: Any) -> None:
                    help="spec file, YAML or JSON (repeatable)")
     p.add_argument("--features", action="append", default=[], metavar="SNAPSHOT.json",
                    help="features snapshot of a planned host, as `nodecompat features -o json` writes (repeatable)")
+    p.add_argument("--aggregator", metavar="HOST:PORT",
+                   help="check against the fleet's nodes, from the aggregator's live inventory, instead of snapshots")
+    p.add_argument("--selector", action="append", default=[], metavar="K=V",
+                   help="with --aggregator: only nodes with this label (repeatable, or K=V,K2=V2)")
     p.add_argument("--tags", action="append", default=[], help="only compatibility sets with these tags")
     p.add_argument(
         "--nfd-compat",
@@ -56,6 +61,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for each registry fetch (default 60)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     add_registry_args(p)
+    add_tls_client_args(p, "the --aggregator")
     p.set_defaults(func=run, sources=None)
 
 
@@ -127,20 +133,61 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.sources:
             raise CommandError("give at least one --image REF or --spec FILE")
-        if not args.features:
-            raise CommandError("give at least one --features SNAPSHOT.json (the hosts to check against)")
+        if not args.features and not args.aggregator:
+            raise CommandError("give --features SNAPSHOT.json (repeatable) or --aggregator HOST:PORT: the hosts "
+                               "to check against")
+        if args.features and args.aggregator:
+            raise CommandError("give either --features snapshots or --aggregator, not both")
+        if args.selector and not args.aggregator:
+            raise CommandError("--selector applies to --aggregator only")
         if len(args.sources) > MAX_WHATIF_SPECS:
             raise CommandError(f"at most {MAX_WHATIF_SPECS} images/specs per call, got {len(args.sources)}")
-        specs = _specs(args)
-        nodes = _nodes(args)
+        rows = _from_aggregator(args) if args.aggregator else matrix(_specs(args), _nodes(args), _tags(args))
     except CommandError as exc:
         print(f"nodecompat what-if: {exc}", file=sys.stderr)
         return exit_codes.ERROR
-    rows = matrix(specs, nodes, _tags(args))
     if args.output == "json":
         doc = {"rows": [asdict(r) for r in rows], "all_fit": all_fit(rows)}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         sys.stdout.write(render_matrix(rows))
     sys.stdout.flush()
+    if any(r.error for r in rows):
+        print("nodecompat what-if: " + "; ".join(f"{r.name}: {r.error}" for r in rows if r.error), file=sys.stderr)
+        return exit_codes.ERROR
     return exit_codes.YES if all_fit(rows) else exit_codes.NO
+
+
+def _from_aggregator(args: argparse.Namespace) -> list[Any]:
+    """The matrix from the aggregator's WhatIf RPC (images are fetched by the aggregator)."""
+    import grpc
+
+    from nodecompat.clients.cmd_fleet import parse_selector
+    from nodecompat.clients.fleet_client import FleetClient
+    from nodecompat.fleet.whatif import Row
+    from nodecompat.server.tls import TlsConfigError
+    from nodecompat.v1 import inventory_pb2
+    from nodecompat.wire import from_message
+
+    req = inventory_pb2.WhatIfRequest(tags=_tags(args), platform=args.platform or "", plain_http=args.plain_http,
+                                      nfd_compat=args.nfd_compat, timeout_seconds=args.timeout)
+    try:
+        req.selector.update(parse_selector(args.selector))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    for kind, value in args.sources:
+        if kind == "image":
+            req.specs.add(image=value, name=value)
+        else:
+            try:
+                req.specs.add(spec=read_text_limited(value, MAX_SPEC_BYTES, "spec"), name=value)
+            except InputError as exc:
+                raise CommandError(str(exc)) from None
+    try:
+        with FleetClient(args.aggregator, credentials=channel_credentials_from_args(args)) as client:
+            resp = client.stub.WhatIf(req, timeout=args.timeout + 5)
+    except TlsConfigError as exc:
+        raise CommandError(str(exc)) from None
+    except grpc.RpcError as exc:
+        raise CommandError(f"{args.aggregator}: {exc.code().name}: {exc.details()}") from None
+    return [from_message(r, Row) for r in resp.rows]

@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 
+from nodecompat.fleet.whynot import SetExclusions
 from nodecompat.server import tls
-from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2
+from nodecompat.wire import from_message
 
 DEADLINE_SLACK = 2.0  # the client's own gRPC deadline is this much beyond the fleet timeout
 
@@ -36,6 +38,10 @@ class NodeVerdict:
     latency_seconds: float
     attempts: int
     reasons: list[str] = field(default_factory=list)
+    # "INVENTORY" (the aggregator's live inventory) or "LIVE" (asked now); as_of: RFC 3339 probe time
+    source: str = ""
+    as_of: str = ""
+    fingerprint: str = ""
 
     @classmethod
     def from_proto(cls, m: fleet_pb2.NodeResult) -> NodeVerdict:
@@ -50,6 +56,9 @@ class NodeVerdict:
             m.latency_seconds,
             m.attempts,
             list(m.reasons),
+            inventory_pb2.AnswerSource.Name(m.source) if m.source else "",
+            m.as_of.ToJsonString() if m.HasField("as_of") else "",
+            m.fingerprint,
         )
 
 
@@ -62,6 +71,12 @@ class FleetSummary:
     image_digest: str
     artifact_digest: str
     wall_seconds: float
+    # per compatibility set: what excluded how many nodes (nodecompat.fleet.whynot.SetExclusions)
+    why_not: list[SetExclusions] = field(default_factory=list)
+    from_inventory: int = 0
+    live: int = 0
+    probe_failed: int = 0
+    distinct_feature_sets: int = 0
 
     @classmethod
     def from_proto(cls, m: fleet_pb2.FleetSummary) -> FleetSummary:
@@ -73,6 +88,11 @@ class FleetSummary:
             m.image_digest,
             m.artifact_digest,
             m.wall_seconds,
+            [from_message(se, SetExclusions) for se in m.why_not],
+            m.from_inventory,
+            m.live,
+            m.probe_failed,
+            m.distinct_feature_sets,
         )
 
 
@@ -126,8 +146,11 @@ class FleetClient:
         selector: Mapping[str, str] | None = None,
         timeout: float = 0.0,
         nfd_compat: bool = False,
+        max_staleness: float = 0.0,
+        live: bool = False,
     ) -> Iterator[NodeVerdict | FleetSummary]:
-        """Node verdicts as they arrive, then the summary. timeout 0: the aggregator's default."""
+        """Node verdicts as they arrive, then the summary. timeout 0: the aggregator's default.
+        `live` forces a call to every node; `max_staleness` (s) asks live for older inventory entries."""
         req = fleet_pb2.ValidateFleetRequest(
             tags=list(tags),
             platform=platform,
@@ -135,6 +158,8 @@ class FleetClient:
             selector=dict(selector or {}),
             timeout_seconds=timeout,
             nfd_compat=nfd_compat,
+            max_staleness_seconds=max_staleness,
+            answer_source=inventory_pb2.LIVE if live else inventory_pb2.ANSWER_SOURCE_UNSPECIFIED,
         )
         if image is not None:
             req.image = image
@@ -181,3 +206,47 @@ class FleetClient:
             )
             for n in resp.nodes
         ]
+
+
+def event_to_dict(ev: inventory_pb2.FleetEvent) -> dict[str, object]:
+    """A WatchFleet event as JSON-ready data (state names as in the proto)."""
+    return {
+        "node": ev.node_name,
+        "address": ev.address,
+        "state": inventory_pb2.FleetEvent.State.Name(ev.state),
+        "initial": ev.initial,
+        "reasons": list(ev.reasons),
+        "score": ev.score,
+        "as_of": ev.as_of.ToJsonString() if ev.HasField("as_of") else "",
+        "fingerprint": ev.fingerprint,
+        "labels": dict(ev.labels),
+    }
+
+
+def watch_fleet(
+    client: FleetClient,
+    *,
+    image: str | None = None,
+    spec_text: str | None = None,
+    tags: Sequence[str] = (),
+    platform: str = "",
+    plain_http: bool = False,
+    selector: Mapping[str, str] | None = None,
+    nfd_compat: bool = False,
+    timeout: float | None = None,
+) -> Iterator[inventory_pb2.WatchFleetResponse]:
+    """WatchFleet: the initial events, a `synced` item, then transitions until the call ends."""
+    req = inventory_pb2.WatchFleetRequest(
+        tags=list(tags), platform=platform, plain_http=plain_http, selector=dict(selector or {}),
+        nfd_compat=nfd_compat,
+    )
+    if image is not None:
+        req.image = image
+    elif spec_text is not None:
+        req.spec = spec_text
+    else:
+        raise ValueError("give image or spec_text")
+    try:
+        yield from client.stub.WatchFleet(req, timeout=timeout)
+    except grpc.RpcError as exc:
+        raise FleetCallError(exc.code().name, exc.details() or "") from None

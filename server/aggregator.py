@@ -46,6 +46,7 @@ from nodecompat.server.grpc_server import add_standard_services, bind, new_serve
 from nodecompat.server.inventory_answers import Plan, finish_summary, plan
 from nodecompat.server.inventory_sync import InventorySync, SyncConfig
 from nodecompat.server.node_service import RegistryOptions
+from nodecompat.server.whatif_service import what_if
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,10 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         spec = self._check_spec(text, ctx, request.image or "inline spec", request.nfd_compat)
         return WatchSpec(spec, text, list(request.tags), request.nfd_compat, dict(request.selector),
                          image_digest, artifact_digest)
+
+    def WhatIf(self, request: inventory_pb2.WhatIfRequest, context: grpc.ServicerContext) -> Any:
+        return what_if(request, context, self.store, self.inventory.nodes, self._resolve, self._check_spec,
+                       self.options.default_timeout)
 
     def _check_request(self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext) -> None:
         """Refuse what every daemon would refuse (or, for an inline spec, silently ignore), once, up front."""

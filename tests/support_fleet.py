@@ -125,8 +125,10 @@ def start_node(
     netns: str | None = None,
     credentials: grpc.ChannelCredentials | None = None,
     wait: bool = True,
+    root: Path | None = None,
 ) -> Proc:
-    """`nodecompat serve` for fixture `host`; `address` is how the test reaches it (default: listen)."""
+    """`nodecompat serve` for fixture `host` (or the host tree at `root`, e.g. a writable copy); `address` is
+    how the test reaches it (default: listen)."""
     listen = listen or f"127.0.0.1:{free_port()}"
     cmd = [
         sys.executable,
@@ -136,7 +138,7 @@ def start_node(
         "--listen",
         listen,
         "--host-root",
-        str(host_root(host)),
+        str(root or host_root(host)),
         "--node-name",
         name,
         "--no-hotplug",

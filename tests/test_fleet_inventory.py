@@ -1,0 +1,269 @@
+"""Issue 12 end to end: real daemons on copies of fixture hosts behind a real aggregator with its live
+inventory. Inventory answers equal live answers; identical hosts share one stored feature set; why-not
+counts are exact on a hand-counted fleet; changing a host and refreshing makes WatchFleet emit the
+transition with its reason; a killed daemon becomes UNREACHABLE and a stopped one STALE; grpcurl lists
+and calls the new RPCs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty, Queue
+
+import grpc
+import pytest
+from support_fleet import Proc, aggregator, start_node
+from support_fleetmem import GPU_SPEC, NVIDIA_ONLY, load_module, unload_module
+from support_hosts import copy_fixture
+
+from nodecompat.clients.fleet_client import FleetClient
+from nodecompat.server.aggregator import AggregatorDaemon
+from nodecompat.server.inventory_sync import SyncConfig
+from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2_grpc
+
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+STALE_AFTER = 3.0
+# name -> fixture host; gpu-1/gpu-2/gpu-3 and vm-1/vm-2 are copies of the same host
+HOSTS = {"gpu-1": "h100-server", "gpu-2": "h100-server", "gpu-3": "h100-server", "mi-1": "amd-mi300",
+         "vm-1": "plain-vm", "vm-2": "plain-vm"}
+
+
+@dataclass
+class InvFleet:
+    nodes: dict[str, Proc]
+    roots: dict[str, Path]
+    agg: AggregatorDaemon
+    address: str
+    tmp: Path
+
+
+def _wait(pred, timeout: float = 60.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _synced(agg: AggregatorDaemon, n: int) -> bool:
+    assert agg.store is not None
+    recs = agg.store.records()
+    return len(recs) == n and all(r.has_features and r.state == "OK" for r in recs)
+
+
+@pytest.fixture(scope="module")
+def inv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InvFleet]:
+    tmp = tmp_path_factory.mktemp("inventory")
+    roots = {name: Path(copy_fixture(host, tmp / name).root) for name, host in HOSTS.items()}
+    procs = {name: start_node(tmp, name, HOSTS[name], root=roots[name], wait=False) for name in HOSTS}
+    try:
+        for p in procs.values():
+            p.wait_serving()
+        nodes_file = tmp / "nodes.yaml"
+        nodes_file.write_text(json.dumps([{"name": n, "address": p.address, "labels": {"host": HOSTS[n]}}
+                                          for n, p in procs.items()]))
+        with aggregator(nodes_file=str(nodes_file),
+                        sync=SyncConfig(heartbeat=1.0, stale_after=STALE_AFTER, reconcile_interval=0.2)) as agg:
+            _wait(lambda: _synced(agg, len(HOSTS)), what="every node in the inventory")
+            yield InvFleet(procs, roots, agg, agg.address, tmp)  # type: ignore[attr-defined]
+    finally:
+        for p in procs.values():
+            p.kill()
+
+
+def _answers(address: str, spec: str, live: bool) -> tuple[dict[str, tuple[bool, int, tuple[str, ...], str]], object]:
+    with FleetClient(address) as c:
+        a = c.validate(spec_text=spec, live=live, timeout=20)
+    return {n.name: (n.compatible, n.score, tuple(n.reasons), n.status) for n in a.nodes}, a
+
+
+def test_inventory_verdicts_equal_live_verdicts(inv: InvFleet) -> None:
+    for spec in (GPU_SPEC, NVIDIA_ONLY):
+        from_inventory, a = _answers(inv.address, spec, live=False)
+        live, b = _answers(inv.address, spec, live=True)
+        assert from_inventory == live
+        assert {n.source for n in a.nodes} == {"INVENTORY"} and all(n.as_of for n in a.nodes)  # type: ignore[attr-defined]
+        assert {n.source for n in b.nodes} == {"LIVE"}  # type: ignore[attr-defined]
+        assert (a.summary.from_inventory, a.summary.live) == (6, 0)  # type: ignore[attr-defined]
+        assert (b.summary.from_inventory, b.summary.live) == (0, 6)  # type: ignore[attr-defined]
+        assert a.summary.why_not == b.summary.why_not  # type: ignore[attr-defined]
+    assert sorted(n for n, v in from_inventory.items() if v[0]) == ["gpu-1", "gpu-2", "gpu-3"]
+
+
+def test_identical_hosts_share_one_stored_feature_set(inv: InvFleet) -> None:
+    _, a = _answers(inv.address, NVIDIA_ONLY, live=False)
+    fp = {n.name: n.fingerprint for n in a.nodes}  # type: ignore[attr-defined]
+    assert fp["gpu-1"] == fp["gpu-2"] and fp["vm-1"] == fp["vm-2"] and fp["gpu-1"] != fp["vm-1"]
+    store = inv.agg.store
+    assert store is not None
+    shared = store.feature_set(fp["gpu-1"])
+    assert shared is not None and shared.nodes >= 2
+    assert a.summary.distinct_feature_sets == len(set(fp.values()))  # type: ignore[attr-defined]
+    assert store.distinct_sets() == len(set(fp.values()))
+
+
+def test_why_not_counts_are_exact_and_printed_under_the_ranked_table(inv: InvFleet) -> None:
+    _, a = _answers(inv.address, GPU_SPEC, live=False)
+    gpu, amd = a.summary.why_not  # type: ignore[attr-defined]
+    # hand count: 3 h100 copies pass set #1; mi-1 lacks 10de and the nvidia module; vm-1/vm-2 lack both
+    assert (gpu.nodes_passed, gpu.nodes_failed) == (3, 3)
+    counts = {(e.kind, e.text): e.nodes for e in gpu.exclusions}
+    assert counts[("expression", "pci.device vendor In [10de]")] == 3
+    assert counts[("expression", "kernel.loadedmodule nvidia Exists")] == 3
+    assert counts[("rule", "nvidia")] == 3
+    assert (amd.nodes_passed, amd.nodes_failed) == (1, 5)
+    assert {(e.kind, e.text): e.nodes for e in amd.exclusions}[("expression", "pci.device vendor In [1002]")] == 5
+    spec = inv.tmp / "gpu.yaml"
+    spec.write_text(GPU_SPEC)
+    out = subprocess.run(
+        [sys.executable, "-m", "nodecompat.clients.cli", "fleet", "validate", "--aggregator", inv.address,
+         "--spec", str(spec)], capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    i = lines.index("why not:")
+    assert lines[i + 1].startswith("  set #1 gpu: 3 nodes excluded by ")
+    assert "pci.device vendor In [10de]" in lines[i + 1] and "kernel.loadedmodule nvidia Exists" in lines[i + 1]
+    assert lines[i + 2] == "  set #2 amd: 5 nodes excluded by pci.device vendor In [1002]"
+    assert "6 from the inventory" in out.stdout
+
+
+class _Watch:
+    """`nodecompat fleet watch -o json` as a subprocess; events read on a thread into a queue."""
+
+    def __init__(self, address: str, spec: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nodecompat.clients.cli", "fleet", "watch", "--aggregator", address,
+             "--spec", str(spec), "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.q: Queue[dict[str, object]] = Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.q.put(json.loads(line))
+
+    def next(self, timeout: float = 30.0) -> dict[str, object]:
+        try:
+            return self.q.get(timeout=timeout)
+        except Empty:
+            raise AssertionError(f"no event within {timeout}s; stderr: {self.proc.stderr}") from None
+
+    def until(self, node: str, state: str, timeout: float = 30.0) -> tuple[dict[str, object], float]:
+        start = time.monotonic()
+        while True:
+            ev = self.next(timeout)
+            if ev.get("node") == node and ev.get("state") == state:
+                return ev, time.monotonic() - start
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _refresh(proc: Proc) -> None:
+    stub = node_pb2_grpc.NodeServiceStub(grpc.insecure_channel(proc.address))
+    stub.GetFeatures(features_pb2.GetFeaturesRequest(refresh=True, prefixes=["kernel.version"]), timeout=30)
+
+
+def test_drift_a_module_unloaded_and_loaded_again_is_a_transition_with_its_reason(inv: InvFleet) -> None:
+    spec = inv.tmp / "nvidia.yaml"
+    spec.write_text(NVIDIA_ONLY)
+    w = _Watch(inv.address, spec)
+    try:
+        initial = [w.next() for _ in range(len(HOSTS) + 1)]
+        states = {e["node"]: e["state"] for e in initial if "node" in e}
+        assert states == {"gpu-1": "COMPATIBLE", "gpu-2": "COMPATIBLE", "gpu-3": "COMPATIBLE",
+                          "mi-1": "INCOMPATIBLE", "vm-1": "INCOMPATIBLE", "vm-2": "INCOMPATIBLE"}
+        assert all(e.get("initial") for e in initial if "node" in e) and "synced" in initial[-1]
+        unload_module(inv.roots["gpu-3"], "nvidia")
+        _refresh(inv.nodes["gpu-3"])
+        ev, took = w.until("gpu-3", "INCOMPATIBLE")
+        assert not ev["initial"] and any("nvidia" in r for r in ev["reasons"])  # type: ignore[attr-defined]
+        print(f"drift: refresh -> WatchFleet INCOMPATIBLE event in {took:.2f}s")
+        _, a = _answers(inv.address, NVIDIA_ONLY, live=False)
+        assert not a.summary.ranking or "gpu-3" not in [  # type: ignore[attr-defined]
+            n.name for n in a.nodes if n.compatible]  # type: ignore[attr-defined]
+        load_module(inv.roots["gpu-3"], "nvidia")
+        _refresh(inv.nodes["gpu-3"])
+        w.until("gpu-3", "COMPATIBLE")
+    finally:
+        w.stop()
+
+
+def test_killed_daemon_is_unreachable_and_a_stopped_one_stale(inv: InvFleet) -> None:
+    spec = inv.tmp / "nvidia2.yaml"
+    spec.write_text(NVIDIA_ONLY)
+    w = _Watch(inv.address, spec)
+    stopped = inv.nodes["gpu-2"]
+    try:
+        for _ in range(len(HOSTS) + 1):
+            w.next()
+        os.kill(stopped.proc.pid, signal.SIGSTOP)
+        _, took = w.until("gpu-2", "STALE", timeout=STALE_AFTER + 30)
+        print(f"SIGSTOP -> STALE in {took:.2f}s (stale_after {STALE_AFTER}s)")
+        # ValidateFleet asks a STALE node live, within the call's deadline
+        with FleetClient(inv.address) as c:
+            a = c.validate(spec_text=NVIDIA_ONLY, timeout=3)
+        gpu2 = next(n for n in a.nodes if n.name == "gpu-2")
+        assert gpu2.source == "LIVE" and gpu2.status != "OK"  # type: ignore[attr-defined]
+        assert a.summary.live == 1 and a.summary.from_inventory == 5  # type: ignore[attr-defined]
+        os.kill(stopped.proc.pid, signal.SIGCONT)
+        w.until("gpu-2", "COMPATIBLE", timeout=30)
+        inv.nodes["vm-2"].kill()
+        _, took = w.until("vm-2", "UNREACHABLE", timeout=STALE_AFTER + 30)
+        print(f"SIGKILL -> UNREACHABLE in {took:.2f}s")
+        with FleetClient(inv.address) as c:
+            a = c.validate(spec_text=NVIDIA_ONLY, timeout=5)
+        vm2 = next(n for n in a.nodes if n.name == "vm-2")
+        assert vm2.source == "LIVE" and vm2.status == "UNAVAILABLE"  # type: ignore[attr-defined]
+    finally:
+        os.kill(stopped.proc.pid, signal.SIGCONT)
+        w.stop()
+
+
+def test_grpcurl_lists_and_calls_the_new_rpcs(inv: InvFleet) -> None:
+    def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
+
+    node = inv.nodes["gpu-1"].address
+    listed = grpcurl(node, "list", "nodecompat.v1.NodeService")
+    assert "nodecompat.v1.NodeService.WatchFeatures" in listed.stdout, listed.stderr
+    listed = grpcurl(inv.address, "list", "nodecompat.v1.FleetService")
+    assert {"nodecompat.v1.FleetService.WatchFleet", "nodecompat.v1.FleetService.WhatIf"} <= set(
+        listed.stdout.split()), listed.stderr
+    # the first message of WatchFeatures: the current features with round id and fingerprint
+    got = grpcurl("-max-time", "3", "-d", '{"heartbeat_seconds": 1}', node, "nodecompat.v1.NodeService/WatchFeatures")
+    first = json.loads(got.stdout[: got.stdout.index("\n}\n") + 2])
+    assert first["features"]["nodeName"] == "gpu-1" and first["features"]["fingerprint"].startswith("sha256:")
+    got = grpcurl("-max-time", "3", "-d", json.dumps({"spec": NVIDIA_ONLY}), inv.address,
+                  "nodecompat.v1.FleetService/WatchFleet")
+    assert '"synced"' in got.stdout and '"COMPATIBLE"' in got.stdout, got.stderr
+    assert inventory_pb2.FleetEvent.State.Name(1) == "COMPATIBLE"
+
+
+def test_what_if_over_the_fleet_matrix_via_the_aggregator(inv: InvFleet) -> None:
+    gpu = inv.tmp / "wi-gpu.yaml"
+    gpu.write_text(GPU_SPEC)
+    nv = inv.tmp / "wi-nv.yaml"
+    nv.write_text(NVIDIA_ONLY)
+    r = subprocess.run(
+        [sys.executable, "-m", "nodecompat.clients.cli", "what-if", "--spec", str(gpu), "--spec", str(nv),
+         "--aggregator", inv.address, "--selector", "host=amd-mi300", "-o", "json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 1, r.stderr  # the nvidia-only spec fits no node with host=amd-mi300
+    rows = {row["name"]: row for row in json.loads(r.stdout)["rows"]}
+    assert [(c["node_name"], c["compatible"]) for c in rows[str(gpu)]["cells"]] == [("mi-1", True)]
+    cell = rows[str(nv)]["cells"][0]
+    assert (cell["node_name"], cell["compatible"], cell["status"]) == ("mi-1", False, "OK")
+    assert "nvidia" in cell["reason"]
