@@ -17,6 +17,7 @@ so an unchanged node answers with a message without features.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import threading
@@ -29,11 +30,12 @@ from typing import Any
 import grpc
 
 from nodecompat import wire
+from nodecompat.fleet.fingerprint import IDENTITY
 from nodecompat.fleet.store import STATE_OK, STATE_STALE, STATE_UNREACHABLE, FeatureStore, StoreFull
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
-from nodecompat.v1 import inventory_pb2, node_pb2_grpc
+from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,10 @@ class InventorySync:
             probed = ch.probed_at.ToNanoseconds() / 1e9 if ch.HasField("probed_at") else time.time()
             if ch.features_omitted:
                 return bool(known) and self.store.heartbeat(address, ch.round_id, ch.fingerprint, probed_at=probed)
+            identity, wire_key = _wire_key(ch)
+            if self.store.put_known(wire_key, address, name, identity, probed, ch.round_id,
+                                    self._labels(address)) is not None:
+                return True
             rnd = ProbeRound(
                 features=wire.features_from_proto(ch.features),
                 statuses=[wire.status_from_proto(st) for st in ch.probes],
@@ -223,7 +229,7 @@ class InventorySync:
             )
             try:
                 self.store.put(address, name, rnd.features, rnd.unknown_features(), probed, ch.round_id,
-                               labels=self._labels(address))
+                               labels=self._labels(address), wire_key=wire_key)
             except StoreFull as exc:
                 self.store.set_state(address, name, STATE_UNREACHABLE, str(exc))
             return True
@@ -232,6 +238,26 @@ class InventorySync:
             probed = hb.probed_at.ToNanoseconds() / 1e9 if hb.HasField("probed_at") else 0.0
             return self.store.heartbeat(address, hb.round_id, hb.fingerprint, probed_at=probed)
         return True
+
+
+def _wire_key(ch: inventory_pb2.FeaturesChange) -> tuple[tuple[tuple[str, str, str], ...], str]:
+    """(identity triples, sha256 of the deterministic wire form of features + probe outcomes without identity
+    attributes and timings): two nodes with the same key have the same canonical set, so the second is stored
+    without parsing (a 10,000-node resubscribe parses each distinct set once)."""
+    feats = features_pb2.Features()
+    feats.CopyFrom(ch.features)
+    identity: list[tuple[str, str, str]] = []
+    for name, keys in IDENTITY.items():
+        if name in feats.attributes:
+            elements = feats.attributes[name].elements
+            for k in sorted(keys & set(elements.keys())):
+                identity.append((name, k, elements[k]))
+                del elements[k]
+    h = hashlib.sha256(feats.SerializeToString(deterministic=True))
+    for st in ch.probes:  # what decides unknown facts: which probe failed, why, and what it provides
+        if not st.ok:
+            h.update(b"\0" + st.name.encode() + b"\0" + st.error.encode() + b"\0" + "\0".join(st.features).encode())
+    return tuple(identity), h.hexdigest()
 
 
 def _client_interceptors() -> list[Any] | None:

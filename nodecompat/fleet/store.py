@@ -104,6 +104,8 @@ class FeatureStore:
         self._verdicts: OrderedDict[tuple[str, tuple[str, ...], str, tuple[tuple[str, str, str], ...]], Verdict] = (
             OrderedDict()
         )
+        # sha256 of a sender's wire form (identity stripped) -> fingerprint, so a known set is not re-parsed
+        self._aliases: dict[str, str] = {}
         self.listeners: list[Listener] = []
         self.stats = _Stats()
 
@@ -118,6 +120,7 @@ class FeatureStore:
         round_id: int,
         labels: Mapping[str, str] | None = None,
         fingerprint: str | None = None,
+        wire_key: str = "",
     ) -> NodeRecord:
         """Store a node's new probe round. Returns the new record; StoreFull when a new set does not fit.
 
@@ -142,6 +145,8 @@ class FeatureStore:
                 fs = self._sets[fp] = FeatureSet(fp, shared, unk, len(raw))
                 self._bytes += len(raw)
             fs.nodes += 1
+            if wire_key:
+                self._aliases[wire_key] = fp
             if old is not None and old.has_features:
                 self._release(old.fingerprint)
             new = NodeRecord(
@@ -153,6 +158,36 @@ class FeatureStore:
                 round_id=round_id,
                 heard_at=time.monotonic(),
                 state=STATE_OK,
+                labels=tuple(sorted((labels or (old and dict(old.labels)) or {}).items())),
+            )
+            self._nodes[key] = new
+        self._notify(old, new)
+        return new
+
+    def put_known(
+        self,
+        wire_key: str,
+        key: str,
+        name: str,
+        identity: tuple[tuple[str, str, str], ...],
+        probed_at: float,
+        round_id: int,
+        labels: Mapping[str, str] | None = None,
+    ) -> NodeRecord | None:
+        """Store a round whose wire form (identity stripped) was seen before: no parsing. None when the
+        wire key is unknown (the caller then parses and calls put with wire_key)."""
+        with self._lock:
+            fp = self._aliases.get(wire_key)
+            fs = self._sets.get(fp) if fp else None
+            if fp is None or fs is None:
+                return None
+            old = self._nodes.get(key)
+            fs.nodes += 1
+            if old is not None and old.has_features:
+                self._release(old.fingerprint)
+            new = NodeRecord(
+                key=key, name=name, fingerprint=fp, identity=identity, probed_at=probed_at, round_id=round_id,
+                heard_at=time.monotonic(), state=STATE_OK,
                 labels=tuple(sorted((labels or (old and dict(old.labels)) or {}).items())),
             )
             self._nodes[key] = new
@@ -202,6 +237,8 @@ class FeatureStore:
         if fs.nodes <= 0:
             del self._sets[fp]
             self._bytes -= fs.size
+            for a in [a for a, f in self._aliases.items() if f == fp]:
+                del self._aliases[a]
             for k in [k for k in self._verdicts if k[2] == fp]:
                 del self._verdicts[k]
 
