@@ -170,8 +170,11 @@ class FleetClient:
         call_timeout = timeout + DEADLINE_SLACK if timeout else None
         try:
             for item in self.stub.ValidateFleet(req, timeout=call_timeout):
-                if item.WhichOneof("item") == "node":
+                kind = item.WhichOneof("item")
+                if kind == "node":
                     yield NodeVerdict.from_proto(item.node)
+                elif kind == "nodes":
+                    yield from (NodeVerdict.from_proto(n) for n in item.nodes.nodes)
                 else:
                     yield FleetSummary.from_proto(item.summary)
         except grpc.RpcError as exc:

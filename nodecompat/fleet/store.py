@@ -257,6 +257,11 @@ class FeatureStore:
                 return list(self._nodes.values())
             return [r for k in keys if (r := self._nodes.get(k)) is not None]
 
+    def records_by_key(self, keys: Iterable[str]) -> dict[str, NodeRecord]:
+        """The records of `keys` that exist, under one lock."""
+        with self._lock:
+            return {k: r for k in keys if (r := self._nodes.get(k)) is not None}
+
     def feature_set(self, fp: str) -> FeatureSet | None:
         with self._lock:
             return self._sets.get(fp)

@@ -274,25 +274,51 @@ class ValidateFleetResponse(_message.Message):
 
     NODE_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def node(self) -> Global___NodeResult: ...
     @_builtins.property
     def summary(self) -> Global___FleetSummary: ...
+    @_builtins.property
+    def nodes(self) -> Global___NodeResults:
+        """Answers from the inventory arrive together, up to 1,000 nodes a message (live ones one by one)."""
+
     def __init__(
         self,
         *,
         node: Global___NodeResult | None = ...,
         summary: Global___FleetSummary | None = ...,
+        nodes: Global___NodeResults | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "node", b"node", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "node", b"node", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "node", b"node", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "node", b"node", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["node", "summary"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["node", "summary", "nodes"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___ValidateFleetResponse: _TypeAlias = ValidateFleetResponse  # noqa: Y015
+
+@_typing.final
+class NodeResults(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeResult]: ...
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___NodeResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeResults: _TypeAlias = NodeResults  # noqa: Y015
 
 @_typing.final
 class ListNodesRequest(_message.Message):

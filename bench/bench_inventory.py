@@ -1,0 +1,262 @@
+"""The fleet's memory at scale (issue 12 item 7): 10,000 simulated nodes in 20 hardware profiles.
+
+Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 holds):
+- ValidateFleet from the inventory: the aggregator's answer for 10,000 nodes (plan: one evaluation per
+  distinct set + 10,000 NodeResults + summary with why-not counts), in-process, cold (new spec) and warm;
+  and the same call end to end over gRPC through the real client (10,000 streamed NodeResults).
+- Memory per node beyond the shared feature sets: tracemalloc growth of the FeatureStore from 20 nodes
+  (one per profile) to 10,000, divided by the 9,980 added nodes; plus the aggregator process's RSS growth
+  per node while it holds 10,000 WatchFeatures subscriptions (channels, streams, coroutines).
+- Full resubscribe after an aggregator restart: a fresh InventorySync (empty store, as after a restart)
+  subscribing to 10,000 nodes until every node's features are held. One simulator process serves
+  WatchFeatures for every node on 0.0.0.0:PORT; each node is its own loopback address 127.x.y.z:PORT
+  (as bench_fleet.py does), so there is one TCP connection and one stream per node.
+
+Profiles are the three fixture hosts (real probes) with per-profile kernel versions and modules; each
+node has its own system.name.nodename. `--nodes` and `--profiles` scale it down for a quick look.
+
+    .venv/bin/python bench/bench_inventory.py [--nodes 10000] [--profiles 20]
+
+No asserts: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT_VALIDATE_S = 0.100
+LIMIT_NODE_BYTES = 10 * 1024
+LIMIT_RESUBSCRIBE_S = 10.0
+
+SPEC = """
+version: v1alpha1
+compatibilities:
+- description: gpu
+  rules:
+  - name: nvidia
+    matchFeatures:
+    - feature: pci.device
+      matchExpressions: {vendor: {op: In, value: ["10de"]}}
+    - feature: kernel.loadedmodule
+      matchExpressions: {nvidia: {op: Exists}}
+- description: new kernel
+  rules:
+  - name: kernel
+    matchFeatures:
+    - feature: kernel.version
+      matchExpressions: {major: {op: Gt, value: ["5"]}}
+"""
+
+
+def profiles(n: int) -> list:  # type: ignore[type-arg]
+    """n distinct feature sets (nodecompat.features.Features) from the fixture hosts."""
+    from nodecompat.hostroot import HostRoot
+    from nodecompat.probes.runner import probe_once
+
+    hosts = ROOT / "tests" / "fixtures" / "hosts"
+    bases = [probe_once(HostRoot(hosts / h)).features for h in ("h100-server", "amd-mi300", "plain-vm")]
+    out = []
+    for k in range(n):
+        f = copy.deepcopy(bases[k % len(bases)])
+        f.add_attributes("kernel.version", {"major": str(5 + k % 3), "minor": str(k), "full": f"{5 + k % 3}.{k}.0"})
+        f.add_flags("kernel.loadedmodule", {f"bench_profile_{k}"})
+        out.append(f)
+    return out
+
+
+def node_address(i: int, port: int) -> str:
+    return f"127.{1 + i // 62500}.{(i // 250) % 250}.{1 + i % 250}:{port}"
+
+
+# -- the simulator (child process) --------------------------------------------------------------------
+def serve_simulator(port_file: str, n_profiles: int) -> None:
+    import grpc
+
+    from nodecompat import wire
+    from nodecompat.fleet.fingerprint import fingerprint
+    from nodecompat.v1 import inventory_pb2, node_pb2_grpc
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    msgs = []
+    for f in profiles(n_profiles):
+        msgs.append(inventory_pb2.FeaturesChange(node_name="sim", round_id=1, fingerprint=fingerprint(f),
+                                                 features=wire.features_to_proto(f)))
+    counter = [0]
+
+    class Sim(node_pb2_grpc.NodeServiceServicer):
+        async def WatchFeatures(self, request, context):  # type: ignore[no-untyped-def, override]
+            i = counter[0]
+            counter[0] += 1
+            m = inventory_pb2.FeaturesChange()
+            m.CopyFrom(msgs[i % len(msgs)])
+            m.node_name = f"sim-{i:05d}"
+            m.features.attributes["system.name"].elements["nodename"] = m.node_name
+            m.probed_at.GetCurrentTime()
+            yield inventory_pb2.WatchFeaturesResponse(features=m)
+            hb = inventory_pb2.WatchFeaturesResponse(heartbeat=inventory_pb2.FeaturesHeartbeat(
+                round_id=1, fingerprint=m.fingerprint, heartbeat_seconds=request.heartbeat_seconds or 10))
+            while True:
+                await asyncio.sleep(request.heartbeat_seconds or 10)
+                yield hb
+
+    async def run() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        node_pb2_grpc.add_NodeServiceServicer_to_server(Sim(), server)
+        port = server.add_insecure_port("0.0.0.0:0")
+        await server.start()
+        Path(port_file).write_text(str(port))
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def row(name: str, value: float, unit: str, limit: float) -> None:
+    shown = f"{value * 1e3:.1f} ms" if unit == "s" and value < 1 else (
+        f"{value:.2f} s" if unit == "s" else f"{value:,.0f} B")
+    lim = f"{limit * 1e3:.0f} ms" if unit == "s" and limit < 1 else (
+        f"{limit:g} s" if unit == "s" else f"{limit:,.0f} B")
+    print(f"  {name:<58} {shown:>12}  limit {lim:>9}  ratio {value / limit:5.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=10_000)
+    ap.add_argument("--profiles", type=int, default=20)
+    ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_simulator:
+        serve_simulator(args.serve_simulator, args.profiles)
+        return
+    sys.path.insert(0, str(ROOT))
+    from nodecompat.engine.spec import parse_spec
+    from nodecompat.fleet.fingerprint import split_identity
+    from nodecompat.fleet.store import FeatureStore, spec_key
+    from nodecompat.server.aggregator import summarize
+    from nodecompat.server.fleet_nodes import FleetNode
+    from nodecompat.server.inventory_answers import finish_summary, plan
+
+    n, k = args.nodes, args.profiles
+    print(f"inventory: {n} simulated nodes in {k} profiles; {os.cpu_count()} CPUs")
+    profs = profiles(k)
+    nodes = [FleetNode(f"sim-{i:05d}", node_address(i, 1), {"profile": str(i % k)}, "file") for i in range(n)]
+
+    # -- memory per node beyond the shared sets --------------------------------------------------------
+    gc.collect()
+    tracemalloc.start()
+    store = FeatureStore()
+    for i in range(k):
+        f = copy.deepcopy(profs[i])
+        f.add_attributes("system.name", {"nodename": nodes[i].name})
+        store.put(nodes[i].address, nodes[i].name, f, {}, time.time(), 1, wire_key=f"profile-{i}")
+    gc.collect()
+    base = tracemalloc.get_traced_memory()[0]
+    now = time.time()
+    for i in range(k, n):
+        ident = (("system.name", "nodename", nodes[i].name),)
+        store.put_known(f"profile-{i % k}", nodes[i].address, nodes[i].name, ident, now, 1, {"profile": str(i % k)})
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    shared = store.set_bytes()
+    print(f"  distinct feature sets held: {store.distinct_sets()} ({shared / 1024:.0f} KiB canonical)")
+    row(f"store memory per node beyond the shared sets ({n - k} nodes)", grown / max(1, n - k), "B", LIMIT_NODE_BYTES)
+    assert split_identity  # (imported for the reader: identity is what stays per node)
+
+    # -- ValidateFleet from the inventory, in-process --------------------------------------------------
+    spec = parse_spec(SPEC)
+    skey = spec_key(SPEC, False)
+
+    def answer() -> float:
+        t0 = time.perf_counter()
+        p = plan(store, nodes, spec, skey, [], 0.0)
+        s = summarize(p.results, "", "", 0.0)
+        finish_summary(s, p, [], 0)
+        assert len(p.results) == n and not p.live
+        return time.perf_counter() - t0
+
+    cold = answer()
+    warm = sorted(answer() for _ in range(5))[2]
+    row(f"ValidateFleet from inventory, in-process, cold ({k} evaluations)", cold, "s", LIMIT_VALIDATE_S)
+    row("ValidateFleet from inventory, in-process, warm (median of 5)", warm, "s", LIMIT_VALIDATE_S)
+
+    # -- the same over gRPC, through the client --------------------------------------------------------
+    from nodecompat.clients.fleet_client import FleetClient
+    from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-inventory-"))
+    nodes_file = tmp / "nodes.json"
+    nodes_file.write_text(json.dumps([{"name": x.name, "address": x.address, "labels": x.labels} for x in nodes]))
+    agg = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", nodes_file=str(nodes_file), sync=None))
+    agg.service.store = store
+    port = agg.start()
+    try:
+        with FleetClient(f"127.0.0.1:{port}") as client:
+            client.validate(spec_text=SPEC, timeout=60)
+            walls = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                a = client.validate(spec_text=SPEC, timeout=60)
+                walls.append(time.perf_counter() - t0)
+            assert a.summary.from_inventory == n
+        row("ValidateFleet from inventory over gRPC, 10,000 results streamed" if n == 10_000 else
+            f"ValidateFleet from inventory over gRPC, {n} results streamed", sorted(walls)[1], "s", LIMIT_VALIDATE_S)
+        print(f"  (server-side wall in the summary: {a.summary.wall_seconds * 1e3:.1f} ms)")
+    finally:
+        agg.stop(grace=0)
+
+    # -- full resubscribe after a restart --------------------------------------------------------------
+    from nodecompat.server.inventory_sync import InventorySync, SyncConfig
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port_file = tmp / "port"
+    sim = subprocess.Popen([sys.executable, __file__, "--serve-simulator", str(port_file), "--profiles", str(k)])
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        sim_port = int(port_file.read_text())
+        members = [FleetNode(x.name, node_address(i, sim_port), x.labels, "file") for i, x in enumerate(nodes)]
+        fresh = FeatureStore()
+        gc.collect()
+        rss0 = rss_bytes()
+        sync = InventorySync(lambda: members, fresh, config=SyncConfig(heartbeat=10.0, max_connecting=128))
+        t0 = time.perf_counter()
+        sync.start()
+        deadline = t0 + 120
+        while len([r for r in fresh.records() if r.has_features]) < n and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        took = time.perf_counter() - t0
+        held = len([r for r in fresh.records() if r.has_features])
+        rss1 = rss_bytes()
+        row(f"full resubscribe after a restart ({held}/{n} nodes held)", took, "s", LIMIT_RESUBSCRIBE_S)
+        print(f"  aggregator RSS growth with {n} subscriptions: {(rss1 - rss0) / max(1, n):,.0f} B per node "
+              f"(channels, streams, store; {fresh.distinct_sets()} distinct sets)")
+        sync.stop()
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
+if __name__ == "__main__":
+    main()
