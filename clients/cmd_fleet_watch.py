@@ -38,7 +38,8 @@ def register_watch(fsub: Any, common: Callable[[argparse.ArgumentParser], None])
     w.add_argument("--tags", action="append", default=[], help="only compatibility sets with these tags")
     w.add_argument("--platform", default="", help="os/arch[/variant] of an image index to use")
     w.add_argument("--plain-http", action="store_true", help="the aggregator reaches the registry over plain HTTP")
-    w.add_argument("--nfd-compat", action="store_true", help="accept what NFD accepts")
+    w.add_argument("--nfd-compat", action="store_true",
+                   help="NFD mode: what NFD accepts, evaluated against NFD's view (see `validate --nfd-compat`)")
     w.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
                    help="stop after this many seconds (default: 0, until interrupted)")
     w.set_defaults(func=run_watch)
