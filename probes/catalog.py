@@ -21,6 +21,7 @@ import difflib
 import threading
 from collections.abc import Iterable, Mapping
 from functools import cache, lru_cache
+from typing import Any, cast
 
 from nodecompat.features import AttributeFeature, Features, FlagFeature, Instance, InstanceFeature
 from nodecompat.probes.base import FeatureInfo, Probe
@@ -47,6 +48,13 @@ class FeatureCatalog:
     def registered(cls) -> FeatureCatalog:
         """Over every probe registered in the `nodecompat.probes` entry-point group (built once)."""
         return _registered()
+
+    @classmethod
+    def registered_on_first_use(cls) -> FeatureCatalog:
+        """registered(), but the probe modules are imported only when the catalog is first asked
+        something: an evaluation whose names the node all has never asks, and a CLI run such as
+        `validate --features` then starts without importing every probe (fast start, issue 11)."""
+        return cast(FeatureCatalog, _OnFirstUse())
 
     def info(self, feature: str) -> FeatureInfo | None:
         return self.infos.get(feature.lower())
@@ -109,6 +117,13 @@ class FeatureCatalog:
                 info = self.info(name)
                 out.instances[name] = InstanceFeature([Instance(_nfd_attrs(info, i.attributes)) for i in inst.elements])
         return out
+
+
+class _OnFirstUse:
+    """Stands in for _registered() and builds it at the first attribute asked."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_registered(), name)
 
 
 @cache

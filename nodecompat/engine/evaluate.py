@@ -202,7 +202,7 @@ def evaluate(
     if catalog is None:
         from nodecompat.probes.catalog import FeatureCatalog
 
-        catalog = FeatureCatalog.registered()
+        catalog = FeatureCatalog.registered_on_first_use()  # probes imported only if a name is missing
     if nfd_view:
         features = catalog.nfd_view(features)
     run = _Run(features, unknown or {}, NameCheck(catalog, nfd_view))
