@@ -138,6 +138,15 @@ class _RoundHost(HostRoot):
         self.memo[key] = result
         return result
 
+    def _open(self, host_path: str | os.PathLike[str], within: str | None, flags: int = 0) -> int:
+        """HostRoot._open; with the host root at `/` (chroot semantics are the kernel's own there, and
+        every real path is inside the root) the kernel resolves the path in the open itself instead of
+        a resolve, an O_NOFOLLOW open and a /proc/self/fd check that cannot fail."""
+        if within is None and self._real_root == "/":
+            text = os.fspath(host_path)
+            return os.open(text if text.startswith("/") else "/" + text, _ROOT_OPEN_FLAGS | flags)
+        return super()._open(host_path, within, flags)
+
     def _walk_memo(self, host_path: str, links: int) -> str | None:
         """The resolved host path ("/a/b"), or None to let HostRoot decide (errors, loops).
         Raises _Missing when only the last component is missing, OSError for HostRoot to judge."""
@@ -180,6 +189,9 @@ class _RoundHost(HostRoot):
             if not is_dir and i < len(parts) - 1:
                 raise NotADirectoryError(20, "Not a directory", host_path)  # HostRoot's walk decides
         return cur
+
+
+_ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class _Missing(Exception):
