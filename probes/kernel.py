@@ -132,8 +132,9 @@ def parse_builtin_modules(text: str) -> set[str]:
         line = line.strip()
         if not line:
             continue
-        base = line.rsplit("/", 1)[-1]
-        out.add(base[: -len(".ko")] if base.endswith(".ko") else base)
+        if not line.endswith(".ko"):
+            continue  # NFD getBuiltinModules(): only lines ending in .ko
+        out.add(line.rsplit("/", 1)[-1][: -len(".ko")])
     return out
 
 

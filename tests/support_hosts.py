@@ -11,6 +11,9 @@ from nodecompat.probes.base import Probe, ProbeOutput
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hosts"
 HOST_NAMES = ("h100-server", "amd-mi300", "plain-vm")
+# tests/fixtures/hosts/cloud_hosts.py: cloud OS images, an arm64 server, a confidential-computing host, a DMI-less guest
+CLOUD_HOST_NAMES = ("rhcos-4.16", "photon-5", "al2-eks", "al2023-eks", "cos-113", "azurelinux-3", "grace-arm64",
+                    "sev-snp-host", "dmiless-guest")  # fmt: skip
 REAL = HostRoot(Path("/"))
 
 

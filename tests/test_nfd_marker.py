@@ -9,7 +9,7 @@ names with the file they come from.
 from __future__ import annotations
 
 import pytest
-from support_hosts import HOST_NAMES, REAL, fixture_host
+from support_hosts import CLOUD_HOST_NAMES, HOST_NAMES, REAL, fixture_host
 
 from nodecompat.features import Features
 from nodecompat.probes.base import AttributeInfo, FeatureInfo
@@ -173,7 +173,7 @@ def test_suggestions() -> None:
     assert not cat.provides("kernel.version", "mjaor") and cat.provides("kernel.version", "major")
 
 
-@pytest.mark.parametrize("host_name", [*HOST_NAMES, "/"])
+@pytest.mark.parametrize("host_name", [*HOST_NAMES, *CLOUD_HOST_NAMES, "/"])
 def test_every_element_a_probe_reports_is_declared(host_name: str) -> None:
     """Otherwise the engine would call a reported name one "no probe provides" (issue 9 item 5)."""
     from nodecompat.probes.runner import probe_once

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from support_hosts import HOST_NAMES, REAL, fixture_host
+from support_hosts import CLOUD_HOST_NAMES, HOST_NAMES, REAL, fixture_host
 
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import FeatureInfo, Probe
@@ -22,7 +22,7 @@ def test_all_builtins_load():
     assert {p.name for p in probes} >= BUILTIN
 
 
-@pytest.mark.parametrize("host", ["/", *HOST_NAMES])
+@pytest.mark.parametrize("host", ["/", *HOST_NAMES, *CLOUD_HOST_NAMES])
 def test_every_probe_succeeds(host):
     root = REAL if host == "/" else fixture_host(host)
     rnd = probe_once(root, only=BUILTIN)
@@ -45,7 +45,7 @@ def _declared(decl: FeatureInfo, attr: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("host", ["/", *HOST_NAMES])
+@pytest.mark.parametrize("host", ["/", *HOST_NAMES, *CLOUD_HOST_NAMES])
 def test_output_matches_declarations(host):
     root = REAL if host == "/" else fixture_host(host)
     probes, _ = load_probes(BUILTIN)
