@@ -7,7 +7,7 @@ LISTEN ?= 127.0.0.1:50051
 PORT   ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-deps lint typecheck proto bench demo-registry readme-check clean
+.PHONY: help install run test test-deps lint typecheck proto bench fuzz demo-registry readme-check clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,10 @@ readme-check: venv-check test-deps ## run the README's recipes top to bottom in 
 
 bench: venv-check ## issue 11's table: every figure beside a limit measured in the same run (~5 min)
 	$(BIN)/python bench/report.py
+
+fuzz: venv-check ## longer spec fuzzing and the 20,000-case differential run against the NFD port (~2 min)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} DIFF_CASES=$${DIFF_CASES:-20000} $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/test_fuzz_specs.py tests/test_differential.py
 
 clean: ## remove build and cache directories
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
