@@ -147,7 +147,7 @@ class Port:
         hits = [k for k in (keys or ()) if self.expr(e, True, k)]
         hits += [k for k in (values or {}) if self.expr(e, True, k)]
         for inst in instances:
-            if any([self.expr(e, True, k) for k in inst]):  # noqa: C419 - every name is evaluated
+            if any([self.expr(e, True, k) for k in inst]):
                 hits.append("instance")
         return bool(hits)
 
