@@ -195,10 +195,12 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
                 if daemon_fetches(args):
                     result = client.validate(
                         image=args.image, tags=tags, platform=args.platform or "",
-                        plain_http=args.plain_http, nfd_compat=nfd,
+                        plain_http=args.plain_http, nfd_compat=nfd, nfd_json=args.output == "nfd-json",
                     )
                 else:
-                    result = client.validate(spec_text=text, tags=tags, nfd_compat=nfd)
+                    result = client.validate(
+                        spec_text=text, tags=tags, nfd_compat=nfd, nfd_json=args.output == "nfd-json"
+                    )
         except NodeCallError as exc:
             if exc.problems:  # an invalid spec: the status details carry every problem
                 head = exc.message.split("\n", 1)[0]

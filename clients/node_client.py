@@ -94,11 +94,12 @@ class NodeClient:
         platform: str = "",
         plain_http: bool = False,
         nfd_compat: bool = False,
+        nfd_json: bool = False,
     ) -> ValidationResult:
         from nodecompat.engine.verdict import Verdict
 
         req = node_pb2.ValidateImageRequest(
-            tags=list(tags), platform=platform, plain_http=plain_http, nfd_compat=nfd_compat
+            tags=list(tags), platform=platform, plain_http=plain_http, nfd_compat=nfd_compat, nfd_json=nfd_json
         )
         if spec_text is not None:
             req.spec = spec_text

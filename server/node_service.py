@@ -161,7 +161,8 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 "artifact_digest": fetched.artifact_digest,
             }
         key = spec_key(
-            text, request.tags, request.nfd_compat, tuple(report_extra.items()), tuple(warnings), self.node_name
+            text, request.tags, request.nfd_compat, request.nfd_json, tuple(report_extra.items()), tuple(warnings),
+            self.node_name,
         )
         cached = self.verdicts.get(rnd, key)
         if cached is not None:
@@ -182,7 +183,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 verdict = evaluate(
                     spec, rnd.features, tags=list(request.tags), unknown=rnd.unknown_features(),
                     deadline=time.monotonic() + _own_budget(context),
-                    catalog=self.catalog, nfd_view=request.nfd_compat,
+                    catalog=self.catalog, nfd_view=request.nfd_compat, with_nfd_json=request.nfd_json,
                 )
             except EvaluationTimeout:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed during evaluation")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,14 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support_specs import fake_features, rules_data
 
 from nodecompat import wire
 from nodecompat.engine import matcher
 from nodecompat.engine.evaluate import evaluate
 from nodecompat.engine.expressions import MatchExpression
 from nodecompat.engine.spec import parse_spec
+from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.runner import probe_once
 from nodecompat.v1 import validation_pb2
@@ -142,3 +145,27 @@ def test_planned_fill_equals_the_descriptor_walk(host: str) -> None:
     assert fast.SerializeToString(deterministic=True) == slow.SerializeToString(deterministic=True)
     details = [e.detail for r in fast.sets[0].rules for t in r.match_features for e in t.expressions]
     assert len(fast.sets) == 2 and all(details)
+
+
+def _cases() -> list[tuple[str, str, Features]]:
+    f = Features()
+    f.add_attributes("kernel.version", {"major": "six"})
+    g = Features()
+    g.add_attributes("cpu.model", {"vendor_id": "Intel"})
+    gt = "compatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n    - feature: kernel.version\n" \
+         "      matchExpressions:\n        major: {op: Gt, value: ['4']}\n"
+    lazy = "compatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n    - feature: cpu.model\n" \
+           "      matchExpressions:\n        vendor_id: {op: In}\n"
+    out = [("nfd stops: not a number", gt, f), ("nfd stops: lazy op error", lazy, g)]
+    out += [(c["id"], json.dumps(c["spec"]), fake_features()) for c in rules_data()["validator_cases"]]
+    return out
+
+
+@pytest.mark.parametrize(("name", "text", "features"), _cases(), ids=lambda x: x if isinstance(x, str) else "")
+def test_without_nfd_json_only_nfd_json_differs(name: str, text: str, features: Features) -> None:
+    spec = parse_spec(text, nfd_compat=True)
+    full = evaluate(spec, features).to_dict()
+    lean = evaluate(spec, features, with_nfd_json=False).to_dict()
+    assert lean.pop("nfd_json") == ""
+    full.pop("nfd_json")
+    assert lean == full

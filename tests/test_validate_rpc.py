@@ -53,6 +53,7 @@ def test_verdict_says_what_the_node_has(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, "--host-root", str(HOSTS / "plain-vm"), name="vm")
     try:
         resp = _stub(d.address).ValidateImage(node_pb2.ValidateImageRequest(spec=EXAMPLE), timeout=30)
+        asked = _stub(d.address).ValidateImage(node_pb2.ValidateImageRequest(spec=EXAMPLE, nfd_json=True), timeout=30)
     finally:
         d.terminate()
     gpu_set = resp.report.sets[0]
@@ -60,7 +61,10 @@ def test_verdict_says_what_the_node_has(tmp_path: Path) -> None:
     vendor = next(e for t in gpu_set.rules[0].match_features for e in t.expressions if e.element == "vendor")
     assert not vendor.matched and vendor.instance.startswith("pci.device[")
     assert vendor.actual and vendor.actual[0] in vendor.detail and "10de" in vendor.detail
-    assert resp.report.nfd_json.startswith("[{")
+    assert resp.report.nfd_json == ""  # NFD's JSON only when asked (nfd_json), otherwise the same answer
+    assert asked.report.nfd_json.startswith("[{")
+    asked.report.nfd_json = ""
+    assert asked == resp
 
 
 def test_malformed_spec_is_invalid_argument_with_every_problem_located(h100) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from nodecompat.engine.limits import MAX_ECHOED, MAX_EVAL_WARNINGS
 from nodecompat.engine.matcher import ColumnCache, match_multi, match_names_multi
-from nodecompat.engine.nfd_output import NfdRule, NfdSet, TermEval, nfd_json
+from nodecompat.engine.nfd_output import NfdRule, NfdSet, TermEval, nfd_error, nfd_json
 from nodecompat.engine.report import echo, expr_verdict, expressions_of, report_multi, report_names
 from nodecompat.engine.spec import RULE_BACKREF_FEATURE, FeatureTerm, Rule, Spec
 from nodecompat.engine.unseen import NameCheck, unseen_message
@@ -188,6 +188,7 @@ def evaluate(
     deadline: float | None = None,
     catalog: FeatureCatalog | None = None,
     nfd_view: bool | None = None,
+    with_nfd_json: bool = True,
 ) -> Verdict:
     """Evaluate `spec` against `features`; `unknown` maps feature name -> why its facts are unknown.
 
@@ -195,7 +196,7 @@ def evaluate(
     `catalog` (the probes' declarations; default: every registered probe's) lets the verdict tell
     names no probe provides from facts the node lacks; `nfd_view` evaluates against NFD's view (the
     catalog's additions hidden; default: NFD mode, `spec.nfd_compat`). Neither changes NFD's outcome for
-    what is evaluated.
+    what is evaluated. `with_nfd_json=False` leaves `nfd_json` empty (NFD's stop error is still warned).
     """
     if nfd_view is None:
         nfd_view = spec.nfd_compat
@@ -241,7 +242,7 @@ def evaluate(
     verdict.unseen_names = run.names.unseen()
     if run.names.dropped:
         run.warnings.append(f"and {run.names.dropped} more names no probe provides")
-    text, err = nfd_json(nfd_sets)
+    text, err = nfd_json(nfd_sets) if with_nfd_json else ("", nfd_error(nfd_sets))
     verdict.nfd_json = text
     if err is not None:
         run.warnings.append(f"nfd compat validate-node would stop here with: {err}")

@@ -198,6 +198,20 @@ def build(sets: list[NfdSet]) -> tuple[list[dict[str, Any]] | None, str | None]:
     return result, None
 
 
+def nfd_error(sets: list[NfdSet]) -> str | None:
+    """The error `nfd compat validate-node` would stop with (build()'s), without building the output."""
+    for s in sets:
+        for r in s.rules:
+            for el in r.match_any:
+                _, err = _process(el)
+                if err:
+                    return err
+            _, err = _process(r.match_features)
+            if err:
+                return err
+    return None
+
+
 def go_json(obj: Any) -> str:
     """json.Marshal: compact, UTF-8, with Go's HTML-safe escapes."""
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

@@ -27,7 +27,7 @@ from nodecompat.v1 import inventory_pb2 as nodecompat_dot_v1_dot_inventory__pb2
 from nodecompat.v1 import validation_pb2 as nodecompat_dot_v1_dot_validation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18nodecompat/v1/node.proto\x12\rnodecompat.v1\x1a\x1cnodecompat/v1/features.proto\x1a\x1dnodecompat/v1/inventory.proto\x1a\x1enodecompat/v1/validation.proto\"\x89\x01\n\x14ValidateImageRequest\x12\x0f\n\x05image\x18\x01 \x01(\tH\x00\x12\x0e\n\x04spec\x18\x02 \x01(\tH\x00\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x12\n\nplain_http\x18\x05 \x01(\x08\x12\x12\n\nnfd_compat\x18\x06 \x01(\x08\x42\x08\n\x06source\"k\n\x15ValidateImageResponse\x12\x12\n\ncompatible\x18\x01 \x01(\x08\x12\r\n\x05score\x18\x02 \x01(\x05\x12/\n\x06report\x18\x03 \x01(\x0b\x32\x1f.nodecompat.v1.ValidationReport2\x9d\x02\n\x0bNodeService\x12T\n\x0bGetFeatures\x12!.nodecompat.v1.GetFeaturesRequest\x1a\".nodecompat.v1.GetFeaturesResponse\x12Z\n\rValidateImage\x12#.nodecompat.v1.ValidateImageRequest\x1a$.nodecompat.v1.ValidateImageResponse\x12\\\n\rWatchFeatures\x12#.nodecompat.v1.WatchFeaturesRequest\x1a$.nodecompat.v1.WatchFeaturesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18nodecompat/v1/node.proto\x12\rnodecompat.v1\x1a\x1cnodecompat/v1/features.proto\x1a\x1dnodecompat/v1/inventory.proto\x1a\x1enodecompat/v1/validation.proto\"\x9b\x01\n\x14ValidateImageRequest\x12\x0f\n\x05image\x18\x01 \x01(\tH\x00\x12\x0e\n\x04spec\x18\x02 \x01(\tH\x00\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x12\n\nplain_http\x18\x05 \x01(\x08\x12\x12\n\nnfd_compat\x18\x06 \x01(\x08\x12\x10\n\x08nfd_json\x18\x07 \x01(\x08\x42\x08\n\x06source\"k\n\x15ValidateImageResponse\x12\x12\n\ncompatible\x18\x01 \x01(\x08\x12\r\n\x05score\x18\x02 \x01(\x05\x12/\n\x06report\x18\x03 \x01(\x0b\x32\x1f.nodecompat.v1.ValidationReport2\x9d\x02\n\x0bNodeService\x12T\n\x0bGetFeatures\x12!.nodecompat.v1.GetFeaturesRequest\x1a\".nodecompat.v1.GetFeaturesResponse\x12Z\n\rValidateImage\x12#.nodecompat.v1.ValidateImageRequest\x1a$.nodecompat.v1.ValidateImageResponse\x12\\\n\rWatchFeatures\x12#.nodecompat.v1.WatchFeaturesRequest\x1a$.nodecompat.v1.WatchFeaturesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nodecompat.v1.node_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VALIDATEIMAGEREQUEST']._serialized_start=137
-  _globals['_VALIDATEIMAGEREQUEST']._serialized_end=274
-  _globals['_VALIDATEIMAGERESPONSE']._serialized_start=276
-  _globals['_VALIDATEIMAGERESPONSE']._serialized_end=383
-  _globals['_NODESERVICE']._serialized_start=386
-  _globals['_NODESERVICE']._serialized_end=671
+  _globals['_VALIDATEIMAGEREQUEST']._serialized_end=292
+  _globals['_VALIDATEIMAGERESPONSE']._serialized_start=294
+  _globals['_VALIDATEIMAGERESPONSE']._serialized_end=401
+  _globals['_NODESERVICE']._serialized_start=404
+  _globals['_NODESERVICE']._serialized_end=689
 # @@protoc_insertion_point(module_scope)

@@ -29,6 +29,7 @@ class ValidateImageRequest(_message.Message):
     PLATFORM_FIELD_NUMBER: _builtins.int
     PLAIN_HTTP_FIELD_NUMBER: _builtins.int
     NFD_COMPAT_FIELD_NUMBER: _builtins.int
+    NFD_JSON_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """registry/repo[:tag|@digest]; the compatibility artifact is found through the referrers API."""
     spec: _builtins.str
@@ -41,6 +42,10 @@ class ValidateImageRequest(_message.Message):
     and evaluate against NFD's view, exactly the features and attributes NFD publishes (nodecompat's
     additions such as pci.device address/driver/numa_node, gpu.*, memory.size hidden), so the
     verdict is NFD's byte for byte.
+    """
+    nfd_json: _builtins.bool
+    """Also fill report.nfd_json (`nfd compat validate-node --output-json`'s exact bytes). Off by default:
+    only `validate --node -o nfd-json` reads it, and building it is a quarter of an evaluation.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -55,10 +60,11 @@ class ValidateImageRequest(_message.Message):
         platform: _builtins.str = ...,
         plain_http: _builtins.bool = ...,
         nfd_compat: _builtins.bool = ...,
+        nfd_json: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "source", b"source", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "nfd_compat", b"nfd_compat", "plain_http", b"plain_http", "platform", b"platform", "source", b"source", "spec", b"spec", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "nfd_compat", b"nfd_compat", "nfd_json", b"nfd_json", "plain_http", b"plain_http", "platform", b"platform", "source", b"source", "spec", b"spec", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["image", "spec"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
