@@ -21,6 +21,7 @@ from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci.errors import RegistryError
 from nodecompat.probes.catalog import FeatureCatalog
 from nodecompat.probes.runner import ProbeRound
+from nodecompat.server import telemetry
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.server.parse_cache import ParseCache
@@ -73,6 +74,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         # Answers per (spec digest, tags, NFD mode, source) for the current probe round, as the bytes
         # sent (nodecompat/verdict_cache.py): a repeated question costs a lookup, not an evaluation.
         self.verdicts = VerdictCache()
+        self._traced = telemetry.tracing_requested()
 
     # -- GetFeatures ------------------------------------------------------------------------------
     def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):
@@ -126,10 +128,27 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             yield msg
 
     # -- ValidateImage ----------------------------------------------------------------------------
+    def cached_answer(self, request: node_pb2.ValidateImageRequest) -> bytes | None:
+        """The kept answer to an inline-spec ValidateImage on the current round, or None (then the full
+        handler runs: it also answers every error). Never blocks, so the server may call it on its
+        event loop; off while tracing, so that every answer's trace shows its `evaluate spec` span."""
+        if self._traced or request.WhichOneof("source") != "spec":
+            return None
+        if selection_problem(request.platform, request.tags):
+            return None
+        rnd = self.cache.current(timeout=0)
+        if rnd is None:
+            return None
+        key = spec_key(request.spec, request.tags, request.nfd_compat, request.nfd_json, (), (), self.node_name)
+        return self.verdicts.get(rnd, key)
+
     def ValidateImage(self, request: node_pb2.ValidateImageRequest, context: grpc.ServicerContext):
         from nodecompat.engine.evaluate import EvaluationTimeout, evaluate
         from nodecompat.engine.spec import SpecError, SpecTimeout
 
+        fast = self.cached_answer(request)
+        if fast is not None:
+            return fast
         source = request.WhichOneof("source")
         if source is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)")
