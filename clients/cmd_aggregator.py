@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from nodecompat.clients import exit_codes
-from nodecompat.clients.cmd_serve import LOG_LEVELS
+from nodecompat.clients.cmd_serve import LOG_LEVELS, add_registry_policy_flag, registry_policy
 from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds between the daemons' heartbeats on their WatchFeatures streams (default 10)")
     p.add_argument("--stale-after", type=float, default=0.0,
                    help="a node whose stream is silent this long is STALE (default: 3 heartbeats + 1 s)")
+    add_registry_policy_flag(p, "ValidateFleet")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
     p.set_defaults(func=run)
 
@@ -106,7 +107,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         default_timeout=args.default_timeout,
         server_credentials=server_creds,
         node_credentials=node_creds,
-        registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth),
+        registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=registry_policy(args)),
         sync=None if args.no_inventory else _sync_config(args),
     )
 

@@ -10,9 +10,13 @@ import logging
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from nodecompat.clients import exit_codes
 from nodecompat.server import DEFAULT_NODE_LISTEN as DEFAULT_LISTEN
+
+if TYPE_CHECKING:
+    from nodecompat.oci.policy import RegistryPolicy
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -37,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra /proc/sys settings for kernel.sysctl, e.g. net.ipv4.tcp_rmem (repeatable; "
                    "a documented allow-list is always read, see docs/features.md)")
     p.add_argument("--ca-file", default=None, help="CA bundle for registries (ValidateImage by reference)")
+    add_registry_policy_flag(p, "ValidateImage")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
     p.set_defaults(func=run)
     p.add_argument("--tls-cert", default=None, help="server certificate (PEM); enables TLS")
@@ -46,6 +51,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--advertise", default=None,
                    help="HOST:PORT the aggregator should dial (default: the --listen address)")
     p.add_argument("--labels", default="", help="comma-separated k=v labels announced on registration")
+
+
+def add_registry_policy_flag(p: argparse.ArgumentParser, rpc: str) -> None:
+    """--allowed-registries, shared by serve and aggregator (syntax: nodecompat.oci.policy)."""
+    p.add_argument(
+        "--allowed-registries",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="PATTERN",
+        help=f"registries {rpc} may fetch from by image reference: [http://]HOST[:PORT], '*' within a "
+        "DNS label or as the port; http:// also allows plain HTTP (e.g. http://127.0.0.1:5000). "
+        "Default: none (inline specs only). See docs/security.md",
+    )
+
+
+def registry_policy(args: argparse.Namespace) -> RegistryPolicy:
+    """The RegistryPolicy of --allowed-registries; ValueError naming the flag."""
+    from nodecompat.oci.policy import RegistryPolicy
+
+    return RegistryPolicy.parse(args.allowed_registries or ())
 
 
 def _positive(text: str) -> float:
@@ -77,6 +103,10 @@ def check_args(args: argparse.Namespace) -> str:
             parse_names(args.sysctl)
         except ValueError as exc:
             return str(exc)
+    try:
+        registry_policy(args)
+    except ValueError as exc:
+        return str(exc)
     if args.node_name:
         from nodecompat.server.fleet_nodes import name_problem
 
@@ -210,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         probes=args.probes.split(",") if args.probes else None,
         hotplug=not args.no_hotplug,
         sysctl=_sysctl_names(args),
-        registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth),
+        registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=registry_policy(args)),
         server_credentials=creds,
     )
     try:
@@ -222,6 +252,9 @@ def run(args: argparse.Namespace) -> int:
     host = args.listen.rpartition(":")[0]
     print(f"nodecompat: node {name} serving on {host}:{port}", file=sys.stderr, flush=True)
     _warm_up_after_first_round(daemon)
+    from nodecompat.oci.policy import describe
+
+    logging.getLogger("nodecompat.serve").info("%s", describe(config.registry.policy))
     if args.register:
         from nodecompat.server.registration import LeaseKeeper
 

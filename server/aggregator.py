@@ -200,6 +200,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 ca_file=reg.ca_file,
                 timeout=max(0.05, deadline - time.monotonic()),
                 max_bytes=reg.max_spec_bytes,
+                policy=reg.policy,
             )
         except RegistryError as exc:
             context.abort(registry_status(exc.code), f"{request.image}: {exc}")

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from nodecompat import wire
 from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci.errors import RegistryError
+from nodecompat.oci.policy import RegistryPolicy
 from nodecompat.probes.catalog import FeatureCatalog
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server import telemetry
@@ -50,6 +51,8 @@ class RegistryOptions:
     ca_file: str | None = None
     auth: RegistryAuth | None = None
     max_spec_bytes: int = MAX_SPEC_BYTES
+    # The registry allow-list (--allowed-registries); the default allows no registry (docs/security.md).
+    policy: RegistryPolicy = field(default_factory=RegistryPolicy)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -243,6 +246,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 ca_file=self.registry.ca_file,
                 timeout=_own_budget(context),
                 max_bytes=self.registry.max_spec_bytes,
+                policy=self.registry.policy,
             )
         except RegistryError as exc:
             context.abort(registry_status(exc.code), str(exc))

@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -153,7 +154,8 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
         pytest.skip("needs Debian's docker-registry and skopeo on PATH")
     root = tmp_path_factory.mktemp("auth-registry")
     write_htpasswd(root / "htpasswd", USER, PASSWORD)
-    reg = RegistryProcess(root / "reg", htpasswd=root / "htpasswd").start()
+    # HTTPS: nodecompat never sends credentials over plain HTTP (docs/security.md); tls[0] is the CA.
+    reg = RegistryProcess(root / "reg", htpasswd=root / "htpasswd", tls=make_tls_files(root / "pki")).start()
     yield reg
     reg.stop()
 
@@ -368,8 +370,12 @@ class RegistryProxy:
         fail_first: int = 0,
         fail_status: int = 503,
         retry_after: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+        redirect_blobs_to: str | None = None,
     ) -> None:
         self.upstream = upstream
+        self.tls = tls  # (ca, cert, key): serve HTTPS (the upstream stays plain HTTP)
+        self.redirect_blobs_to = redirect_blobs_to  # "scheme://host": blob GETs answer 307 there
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.retry_after = retry_after
@@ -385,6 +391,7 @@ class RegistryProxy:
         self.referrers_calls = 0
         self.seen: list[str] = []  # "METHOD path" of every request, in order
         self.seen_at: list[float] = []  # time.monotonic() of each request in `seen`
+        self.authorizations: list[str] = []  # the Authorization header of each request in `seen` ("" = none)
         self.lock = threading.Lock()
         proxy = self
 
@@ -404,6 +411,10 @@ class RegistryProxy:
             do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[1]), str(tls[2]))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.server.block_on_close = False
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -411,6 +422,10 @@ class RegistryProxy:
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def __enter__(self) -> RegistryProxy:
         self.thread.start()
@@ -427,6 +442,7 @@ class RegistryProxy:
         with self.lock:
             self.seen.append(f"{req.command} {url.path}")
             self.seen_at.append(time.monotonic())
+            self.authorizations.append(req.headers.get("Authorization", ""))
             fail = self.failed < self.fail_first
             if fail:
                 self.failed += 1
@@ -441,6 +457,9 @@ class RegistryProxy:
             self._serve_token(req, parse_qs(url.query))
             return
         if self.bearer_users is not None and not self._bearer_ok(req, url.path):
+            return
+        if self.redirect_blobs_to and req.command == "GET" and "/blobs/" in url.path:
+            _send(req, 307, b"", [("Location", f"{self.redirect_blobs_to}{req.path}")])
             return
         match = _REFERRERS_RE.match(url.path)
         if self.referrers and match and req.command == "GET":
@@ -487,7 +506,7 @@ class RegistryProxy:
             401,
             b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
             [
-                ("WWW-Authenticate", f'Bearer realm="http://{self.host}/token",service="nc-test"{scope}'),
+                ("WWW-Authenticate", f'Bearer realm="{self.scheme}://{self.host}/token",service="nc-test"{scope}'),
                 ("Content-Type", "application/json"),
             ],
         )

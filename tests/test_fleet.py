@@ -37,11 +37,15 @@ from support_proxy import TcpProxy, tcp_proxy  # noqa: F401 (fixture)
 from support_registry import registry  # noqa: F401 (fixture)
 
 from nodecompat.clients.fleet_client import FleetCallError, FleetClient, NodeEntry, NodeVerdict
+from nodecompat.oci.policy import RegistryPolicy
 from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 from nodecompat.server.errors import MAX_TAGS
+from nodecompat.server.node_service import RegistryOptions
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
+# Test registries listen on loopback at free ports, over plain HTTP (docs/security.md: the allow-list).
+LOOPBACK_REGISTRIES = RegistryOptions(policy=RegistryPolicy.parse(["http://127.0.0.1:*"]))
 
 
 def nodes_file(fleet: Fleet, tmp_path: Path, extra: list[dict[str, object]] | None = None) -> Path:
@@ -468,7 +472,8 @@ def test_aggregator_cli_rejects_bad_configuration(tmp_path: Path) -> None:
 def test_one_trace_per_fleet_call(fleet: Fleet, tmp_path: Path) -> None:
     otlp = fleet.otlp
     agg = start_aggregator_process(
-        tmp_path, "--nodes-file", str(nodes_file(fleet, tmp_path)), env=otlp.env("nodecompat-aggregator")
+        tmp_path, "--nodes-file", str(nodes_file(fleet, tmp_path)), "--allowed-registries", "http://127.0.0.1:*",
+        env=otlp.env("nodecompat-aggregator"),
     )
     try:
         otlp.clear()
@@ -521,7 +526,8 @@ def test_registry_requests_are_traced_under_the_fleet_call(fleet: Fleet, tmp_pat
     push_raw_artifact(registry.host, "fleet/traced", subject_of(image), layers=[SPEC_NVIDIA.encode()])
     otlp = fleet.otlp
     agg = start_aggregator_process(
-        tmp_path, "--nodes-file", str(nodes_file(fleet, tmp_path)), env=otlp.env("nodecompat-aggregator")
+        tmp_path, "--nodes-file", str(nodes_file(fleet, tmp_path)), "--allowed-registries", "http://127.0.0.1:*",
+        env=otlp.env("nodecompat-aggregator"),
     )
     try:
         otlp.clear()
@@ -566,7 +572,7 @@ def test_image_is_resolved_once_per_call(fleet: Fleet, tmp_path: Path, registry)
         SpecCache().fetch(ref, plain_http=True, timeout=20)  # what ONE resolution costs
         one_fetch, proxy.paths = sorted(proxy.paths), []
         with (
-            aggregator(nodes_file=str(nodes_file(fleet, tmp_path))) as agg,
+            aggregator(nodes_file=str(nodes_file(fleet, tmp_path)), registry=LOOPBACK_REGISTRIES) as agg,
             FleetClient(agg.address) as client,
         ):
             answer = client.validate(image=ref, plain_http=True, timeout=20)

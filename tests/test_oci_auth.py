@@ -1,10 +1,11 @@
 """Registry authentication against real registries.
 
-Basic: docker-registry with an htpasswd file (bcrypt, written with PyPI `bcrypt`).
+Basic: docker-registry with an htpasswd file (bcrypt, written with PyPI `bcrypt`), over HTTPS with a
+test CA: nodecompat never sends credentials over plain HTTP (docs/security.md).
 Bearer: distribution's htpasswd mode only challenges with Basic, so the Docker-style token flow
 (401 + `WWW-Authenticate: Bearer realm=..,service=..,scope=..`, token fetched with basic
 credentials) is served by support_registry.RegistryProxy(bearer_users=...) in front of the real
-registry; storage and uploads stay real.
+registry (serving HTTPS itself); storage and uploads stay real.
 """
 
 from __future__ import annotations
@@ -28,35 +29,41 @@ CREDS = f"{sr.USER}:{sr.PASSWORD}"
 
 
 @pytest.fixture
+def ca(auth_registry: sr.RegistryProcess) -> str:
+    assert auth_registry.tls is not None
+    return str(auth_registry.tls[0])
+
+
+@pytest.fixture
 def no_docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
 
 
 @pytest.fixture
 def attached(
-    auth_registry: sr.RegistryProcess, repo_name: str, tmp_path: Path, no_docker_config: None
+    auth_registry: sr.RegistryProcess, repo_name: str, tmp_path: Path, no_docker_config: None, ca: str
 ) -> sr.PushedImage:
     img = sr.push_image(auth_registry.host, repo_name, tmp_path, creds=CREDS)
     auth = RegistryAuth.from_sources(username=sr.USER, password=sr.PASSWORD)
-    attach_spec(img.reference, sr.spec_yaml(note="auth"), plain_http=True, auth=auth)
+    attach_spec(img.reference, sr.spec_yaml(note="auth"), ca_file=ca, auth=auth)
     return img
 
 
-def test_username_password(attached: sr.PushedImage) -> None:
+def test_username_password(attached: sr.PushedImage, ca: str) -> None:
     auth = RegistryAuth.from_sources(username=sr.USER, password=sr.PASSWORD)
-    assert "auth" in fetch_compat_spec(attached.reference, plain_http=True, auth=auth).text
+    assert "auth" in fetch_compat_spec(attached.reference, ca_file=ca, auth=auth).text
 
 
-def test_no_credentials_is_unauthenticated_with_a_hint(attached: sr.PushedImage) -> None:
+def test_no_credentials_is_unauthenticated_with_a_hint(attached: sr.PushedImage, ca: str) -> None:
     with pytest.raises(RegistryError, match="needs credentials") as info:
-        fetch_compat_spec(attached.reference, plain_http=True, auth=RegistryAuth.from_sources())
+        fetch_compat_spec(attached.reference, ca_file=ca, auth=RegistryAuth.from_sources())
     assert info.value.code == "UNAUTHENTICATED"
 
 
-def test_wrong_credentials(attached: sr.PushedImage) -> None:
+def test_wrong_credentials(attached: sr.PushedImage, ca: str) -> None:
     auth = RegistryAuth.from_sources(username=sr.USER, password="wrong")
     with pytest.raises(RegistryError, match="rejected the credentials") as info:
-        fetch_compat_spec(attached.reference, plain_http=True, auth=auth)
+        fetch_compat_spec(attached.reference, ca_file=ca, auth=auth)
     assert info.value.code == "UNAUTHENTICATED"
 
 
@@ -67,43 +74,46 @@ def test_docker_config(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     encoded: bool,
+    ca: str,
 ) -> None:
     cfg = sr.docker_config(tmp_path / "docker", auth_registry.host, sr.USER, sr.PASSWORD, encoded=encoded)
     monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
-    got = fetch_compat_spec(attached.reference, plain_http=True, auth=RegistryAuth.from_sources())
+    got = fetch_compat_spec(attached.reference, ca_file=ca, auth=RegistryAuth.from_sources())
     assert "auth" in got.text
     # A docker config for another host does not leak to this one.
     other = sr.docker_config(tmp_path / "other", "other.example:5000", sr.USER, sr.PASSWORD)
     monkeypatch.setenv("DOCKER_CONFIG", str(other))
     with pytest.raises(RegistryError) as info:
-        fetch_compat_spec(attached.reference, plain_http=True, auth=RegistryAuth.from_sources())
+        fetch_compat_spec(attached.reference, ca_file=ca, auth=RegistryAuth.from_sources())
     assert info.value.code == "UNAUTHENTICATED"
 
 
 def test_bearer_token_flow(registry: sr.RegistryProcess, repo_name: str, tmp_path: Path) -> None:
     img = sr.push_image(registry.host, repo_name, tmp_path)
     attach_spec(img.reference, sr.spec_yaml(note="bearer"), plain_http=True)
+    pki = sr.make_tls_files(tmp_path / "pki")
+    ca = str(pki[0])
     with sr.RegistryProxy(
-        registry.host, bearer_users={sr.USER: sr.PASSWORD}, static_tokens=frozenset({"pre-issued-token"})
+        registry.host, bearer_users={sr.USER: sr.PASSWORD}, static_tokens=frozenset({"pre-issued-token"}), tls=pki
     ) as proxy:
         ref = img.reference.replace(registry.host, proxy.host)
         good = RegistryAuth.from_sources(username=sr.USER, password=sr.PASSWORD, docker_config=False)
         cache = SpecCache()
-        assert "bearer" in cache.fetch(ref, plain_http=True, auth=good).text
+        assert "bearer" in cache.fetch(ref, ca_file=ca, auth=good).text
         assert proxy.token_requests == 1  # one token for the whole fetch (HEAD, referrers, manifest, blob)
         cache.clear()
-        cache.fetch(ref, plain_http=True, auth=good)
+        cache.fetch(ref, ca_file=ca, auth=good)
         assert proxy.token_requests == 1  # the cache's session pool kept the token
         token = RegistryAuth.from_sources(token="pre-issued-token", docker_config=False)
-        assert "bearer" in fetch_compat_spec(ref, plain_http=True, auth=token).text
+        assert "bearer" in fetch_compat_spec(ref, ca_file=ca, auth=token).text
         assert proxy.token_requests == 1  # a given token is used as is, never exchanged
         bad = RegistryAuth.from_sources(username=sr.USER, password="nope", docker_config=False)
         with pytest.raises(RegistryError, match="refused the credentials") as info:
-            fetch_compat_spec(ref, plain_http=True, auth=bad)
+            fetch_compat_spec(ref, ca_file=ca, auth=bad)
         assert info.value.code == "UNAUTHENTICATED"
         with pytest.raises(RegistryError) as info:
             fetch_compat_spec(
-                ref, plain_http=True, auth=RegistryAuth.from_sources(token="forged", docker_config=False)
+                ref, ca_file=ca, auth=RegistryAuth.from_sources(token="forged", docker_config=False)
             )
         assert info.value.code == "UNAUTHENTICATED"
 

@@ -119,7 +119,8 @@ def test_password_stdin_against_htpasswd_registry(
     img = sr.push_image(auth_registry.host, repo_name, tmp_path, creds=f"{sr.USER}:{sr.PASSWORD}")
     spec = tmp_path / "spec.yaml"
     spec.write_text(sr.spec_yaml(note="stdin"))
-    base = ["attach", "--image", img.reference, "--spec", str(spec), "--plain-http"]
+    assert auth_registry.tls is not None  # credentials only ever go over HTTPS
+    base = ["attach", "--image", img.reference, "--spec", str(spec), "--ca-file", str(auth_registry.tls[0])]
     done = nodecompat(
         [*base, "--registry-username", sr.USER, "--registry-password-stdin"],
         tmp_path,

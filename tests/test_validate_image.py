@@ -28,12 +28,14 @@ PLAIN_VM = str(REPO / "tests" / "fixtures" / "hosts" / "plain-vm")
 
 pytestmark = [pytest.mark.registry, sr.needs_registry]
 
+ALLOW_LOOPBACK = ("--allowed-registries", "http://127.0.0.1:*")  # test registries: loopback, any port, HTTP too
 NEEDS_KERNEL_7 = sr.spec_yaml(note="kernel>7").replace('Gt, value: ["2"]', 'Gt, value: ["7"]')
 
 
 @pytest.fixture
 def daemon(tmp_path: Path):
-    d = start_daemon(tmp_path, "--host-root", PLAIN_VM, name="vm-1", env=sr.env_without_docker(tmp_path))
+    d = start_daemon(tmp_path, "--host-root", PLAIN_VM, *ALLOW_LOOPBACK, name="vm-1",
+                     env=sr.env_without_docker(tmp_path))
     yield d
     d.terminate()
 
@@ -113,9 +115,15 @@ def test_slow_registry_gives_deadline_exceeded_within_the_callers_deadline(
     assert _validate(daemon.address, spec=sr.spec_yaml()).compatible
 
 
-def test_refused_credentials_are_unauthenticated(auth_registry, repo_name, tmp_path, daemon) -> None:
-    code, msg = _code(daemon.address, image=f"{auth_registry.host}/{repo_name}:v1", plain_http=True)
-    assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), msg
+def test_refused_credentials_are_unauthenticated(auth_registry, repo_name, tmp_path) -> None:
+    assert auth_registry.tls is not None  # credentials are only ever sent over HTTPS
+    d = start_daemon(tmp_path, "--host-root", PLAIN_VM, *ALLOW_LOOPBACK, "--ca-file", str(auth_registry.tls[0]),
+                     env=sr.env_without_docker(tmp_path))
+    try:
+        code, msg = _code(d.address, image=f"{auth_registry.host}/{repo_name}:v1")
+    finally:
+        d.terminate()
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "needs credentials" in msg, msg
 
 
 def test_oversized_and_malformed_artifacts_are_invalid_argument(registry, repo_name, tmp_path, daemon) -> None:
@@ -170,7 +178,7 @@ def test_trace_of_validate_by_reference_has_fetch_and_registry_spans(registry, r
     img = sr.push_image(registry.host, repo_name, tmp_path)
     attach_spec(img.reference, sr.spec_yaml(note="traced"), plain_http=True)
     env = {**sr.env_without_docker(tmp_path), **receiver.env("traced-node")}
-    d = start_daemon(tmp_path, "--host-root", PLAIN_VM, env=env)
+    d = start_daemon(tmp_path, "--host-root", PLAIN_VM, *ALLOW_LOOPBACK, env=env)
     try:
         assert _validate(d.address, image=img.reference, plain_http=True).compatible
         spans = receiver.wait_for(lambda ss: any(s.name == "evaluate spec" for s in ss))

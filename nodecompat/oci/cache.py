@@ -25,6 +25,7 @@ from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.discovery import Discovered, FetchedSpec, discover, fetch_artifact_spec, open_repository
 from nodecompat.oci.errors import InvalidArgumentError
 from nodecompat.oci.platform import parse_platform
+from nodecompat.oci.policy import RegistryPolicy
 from nodecompat.oci.reference import parse_reference
 from nodecompat.oci.transport import Budget, SessionPool
 
@@ -101,14 +102,16 @@ class SpecCache:
         ca_file: str | None = None,
         timeout: float = 30.0,
         max_bytes: int = MAX_SPEC_BYTES,
+        policy: RegistryPolicy | None = None,
     ) -> FetchedSpec:
+        """fetch_compat_spec through the caches; the policy is checked before any cache is consulted."""
         ref = parse_reference(reference)
         plat = parse_platform(platform) if platform else None
         tag_key = (str(ref), str(plat) if plat else None, plain_http, ca_file,
                    auth.identity() if auth else "anon")
         budget = Budget(timeout)
         repo = open_repository(ref, plain_http=plain_http, auth=auth, ca_file=ca_file, budget=budget,
-                               pool=self.pool)
+                               pool=self.pool, policy=policy)
         with self._lock:
             found = self._tags.get(tag_key)
             if found is None:

@@ -29,6 +29,7 @@ from nodecompat.oci.manifest import (
     parse_json_object,
 )
 from nodecompat.oci.platform import Platform, parse_platform
+from nodecompat.oci.policy import RegistryPolicy
 from nodecompat.oci.reference import Reference, parse_reference
 from nodecompat.oci.repository import Repository
 from nodecompat.oci.transport import Budget, SessionPool, Transport
@@ -60,9 +61,11 @@ class Discovered:
 
 
 def open_repository(ref: Reference, *, plain_http: bool, auth: RegistryAuth | None, ca_file: str | None,
-                    budget: Budget, pool: SessionPool | None) -> Repository:
+                    budget: Budget, pool: SessionPool | None,
+                    policy: RegistryPolicy | None = None) -> Repository:
+    """A Repository over a Transport; with a policy, PermissionDeniedError before any connection."""
     transport = Transport(ref.api_host, plain_http=plain_http, auth=auth, ca_file=ca_file,
-                          budget=budget, pool=pool)
+                          budget=budget, pool=pool, policy=policy)
     return Repository(ref, transport)
 
 
@@ -263,14 +266,17 @@ def fetch_compat_spec(
     timeout: float = 30.0,
     max_bytes: int = MAX_SPEC_BYTES,
     pool: SessionPool | None = None,
+    policy: RegistryPolicy | None = None,
 ) -> FetchedSpec:
     """Find the newest compatibility artifact of `reference` and return its spec text.
 
-    `timeout` is the overall budget in seconds. Raises RegistryError (see errors.py for codes)."""
+    `timeout` is the overall budget in seconds; `policy` the servers' registry allow-list (None: any
+    host, for the operator's CLI). Raises RegistryError (see errors.py for codes)."""
     ref = parse_reference(reference)
     plat = parse_platform(platform) if platform else None
     budget = Budget(timeout)
-    repo = open_repository(ref, plain_http=plain_http, auth=auth, ca_file=ca_file, budget=budget, pool=pool)
+    repo = open_repository(ref, plain_http=plain_http, auth=auth, ca_file=ca_file, budget=budget, pool=pool,
+                           policy=policy)
     found = discover(repo, plat)
     warnings = list(found.warnings)
     content = fetch_artifact_spec(repo, found.artifact, max_bytes=max_bytes, warnings=warnings,

@@ -13,17 +13,26 @@ What this module owns:
   AccessToken), `Basic` sends credentials. Tokens are cached per host/scope until they expire.
 - SessionPool: one requests.Session per (thread, host) for keep-alive; sessions are not shared
   between threads because requests does not promise that is safe.
+- Policy (nodecompat.oci.policy, docs/security.md): with a RegistryPolicy the host is checked before
+  any connection, and so is every redirect target and token realm. Redirects are followed by hand
+  (at most MAX_REDIRECTS, GET/HEAD only), only to hosts the policy allows. Credentials (basic,
+  bearer, cached tokens) are sent only over HTTPS and only to the registry host they were set up for;
+  a redirect to another host (a blob CDN) is followed without them, and a registry reached over
+  plain HTTP that asks for authentication is refused instead of answered.
+- Errors about an allowed registry say what failed (unreachable, TLS, HTTP status) but not the
+  socket-level detail (refused vs reset vs silent), which stays in the daemon's debug log.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from opentelemetry import trace
@@ -36,6 +45,7 @@ from nodecompat.oci.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from nodecompat.oci.policy import RegistryPolicy
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 4
@@ -43,6 +53,9 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 PER_REQUEST_TIMEOUT = 10.0
 USER_AGENT = "nodecompat-oci/0.1"
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+log = logging.getLogger(__name__)
 _PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
 _tracer = trace.get_tracer("nodecompat.oci")
@@ -133,9 +146,15 @@ class Transport:
         budget: Budget,
         pool: SessionPool | None = None,
         per_request_timeout: float = PER_REQUEST_TIMEOUT,
+        policy: RegistryPolicy | None = None,
     ) -> None:
+        """policy None = any host (the operator's own CLI); else PermissionDeniedError before connecting."""
         self.host = host
-        self.base = f"{'http' if plain_http else 'https'}://{host}"
+        self.scheme = "http" if plain_http else "https"
+        self.policy = policy
+        if policy is not None:
+            policy.check(host, self.scheme)
+        self.base = f"{self.scheme}://{host}"
         self.auth = auth or RegistryAuth()
         ca = ca_file or self.auth.ca_file
         self.verify: bool | str = ca if ca else True
@@ -167,47 +186,77 @@ class Transport:
         """
         if url.startswith("/"):
             url = self.base + url
-        what = what or f"{method} {url}"
-        session = self.pool.session(self.host)
+        else:
+            self._check_target(url, what)
+        what = what or f"{method} {urlsplit(url).path}"
         auth_tried = False
         attempt = 0
+        redirects = 0
         while True:
+            target = urlsplit(url)
             hdrs = dict(headers or {})
             cached = self.pool.get_token(self._token_key(scope))
-            if cached:
+            if cached and self._may_send_credentials(url):
                 hdrs["Authorization"] = cached
+            session = self.pool.session(target.netloc.lower())
             timeout = self._timeout(what)
             try:
                 with _tracer.start_as_current_span(f"registry {method}", kind=trace.SpanKind.CLIENT) as span:
                     span.set_attribute("http.request.method", method)
-                    span.set_attribute("server.address", self.host)
-                    span.set_attribute("url.path", urlsplit(url).path)
+                    span.set_attribute("server.address", target.netloc)
+                    span.set_attribute("url.path", target.path)
                     span.set_attribute("nodecompat.registry.what", what)
                     resp = session.request(method, url, headers=hdrs, data=data, stream=stream,
-                                           timeout=timeout, verify=self.verify, allow_redirects=True)
+                                           timeout=timeout, verify=self.verify, allow_redirects=False)
                     span.set_attribute("http.response.status_code", resp.status_code)
             except requests.exceptions.SSLError as exc:
+                log.debug("TLS to %s failed: %s", target.netloc, exc)
                 raise UnavailableError(
-                    f"TLS to {self.host} failed ({_short(exc)}); pass a CA file (--ca-file) "
-                    f"or use --plain-http for a plain-HTTP registry"
+                    f"TLS to {target.netloc} failed (certificate not trusted, or not a TLS port); "
+                    f"pass a CA file (--ca-file) or use --plain-http for a plain-HTTP registry"
                 ) from exc
-            except requests.exceptions.TooManyRedirects as exc:
-                raise UnavailableError(f"registry {self.host} redirected in a loop ({what})") from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                log.debug("registry %s: %s", target.netloc, exc)
                 if self.budget.remaining() <= 0.001:
                     raise DeadlineExceededError(
-                        f"registry {self.host} did not answer within the {self.budget.timeout:g}s "
+                        f"registry {target.netloc} did not answer within the {self.budget.timeout:g}s "
                         f"budget ({what})"
                     ) from exc
                 attempt += 1
                 if attempt >= MAX_ATTEMPTS:
                     raise UnavailableError(
-                        f"registry {self.host} is unreachable ({what}): {_short(exc)}"
+                        f"registry {target.netloc} is unreachable ({what}): {self._reason(exc, attempt)}"
                     ) from exc
                 self._backoff(attempt, None, what)
                 continue
             except requests.exceptions.RequestException as exc:  # invalid URL/header from the registry
-                raise UnavailableError(f"request to {self.host} failed ({what}): {_short(exc)}") from exc
+                log.debug("request to %s failed: %s", target.netloc, exc)
+                raise UnavailableError(
+                    f"request to {target.netloc} failed ({what}): the registry's answer was not valid HTTP"
+                ) from exc
+            if resp.status_code in REDIRECT_STATUSES and resp.headers.get("Location"):
+                location = resp.headers["Location"]
+                resp.close()
+                if method not in ("GET", "HEAD") or data is not None:
+                    raise UnavailableError(f"registry {self.host} redirected a {method} ({what}); not followed")
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise UnavailableError(
+                        f"registry {self.host} redirected more than {MAX_REDIRECTS} times ({what})"
+                    )
+                url = urljoin(url, location)
+                self._check_target(url, what, redirect=True)
+                continue
+            if resp.status_code == 401 and not self._may_send_credentials(url):
+                resp.close()
+                raise UnauthenticatedError(
+                    f"registry {target.netloc} asks for authentication over plain HTTP ({what}); "
+                    f"nodecompat never sends credentials or tokens over plain HTTP: serve the registry "
+                    f"over HTTPS (--ca-file for a private CA)"
+                    if target.scheme == "http" else
+                    f"{target.netloc} (redirected to from {self.host}) asks for authentication ({what}); "
+                    f"credentials for {self.host} are never sent to another host"
+                )
             if resp.status_code == 401:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.close()
@@ -247,6 +296,28 @@ class Transport:
                 )
             return resp
 
+    def _reason(self, exc: BaseException, attempts: int) -> str:
+        """Socket-level detail (`Connection refused`) for the operator's CLI; a server facing callers
+        (it has a policy) says only that no HTTP answer came, so its errors are no port scanner."""
+        if self.policy is None:
+            return _short(exc)
+        return f"no usable HTTP answer after {attempts} attempts"
+
+    def _may_send_credentials(self, url: str) -> bool:
+        """Credentials and tokens go only to the registry host they are for, and only over HTTPS."""
+        target = urlsplit(url)
+        return target.scheme == "https" and target.netloc.lower() == self.host.lower()
+
+    def _check_target(self, url: str, what: str, redirect: bool = False) -> None:
+        """A URL the registry sent us to (redirect, upload location, next page): http(s) only, and
+        allowed by the policy when there is one (PERMISSION_DENIED before connecting)."""
+        target = urlsplit(url)
+        if target.scheme not in ("http", "https") or not target.netloc or "@" in target.netloc:
+            raise UnavailableError(f"registry {self.host} sent a URL that is not http(s)://host/... ({what})")
+        if self.policy is not None and (target.netloc.lower() != self.host.lower() or target.scheme != self.scheme):
+            kind = "redirect target" if redirect else "URL"
+            self.policy.check(target.netloc, target.scheme, f"{kind} of {self.host}:")
+
     def _has_credentials(self) -> bool:
         return bool(self.auth.token or self.auth.credential_for(self.host))
 
@@ -285,6 +356,14 @@ class Transport:
         realm = params.get("realm")
         if not realm or not realm.startswith(("http://", "https://")):
             raise UnauthenticatedError(f"registry {self.host} sent a Bearer challenge without a realm")
+        realm_url = urlsplit(realm)
+        if self.policy is not None:  # the realm is a host the registry names: checked like a redirect
+            self.policy.check(realm_url.netloc, realm_url.scheme, f"token server of {self.host}:")
+        if realm_url.scheme != "https" and cred is not None:
+            raise UnauthenticatedError(
+                f"registry {self.host} names a plain-HTTP token server ({realm_url.netloc}); "
+                f"nodecompat never sends credentials over plain HTTP"
+            )
         query: list[tuple[str, str]] = []
         if params.get("service"):
             query.append(("service", params["service"]))
@@ -294,14 +373,15 @@ class Transport:
         query.extend(("scope", s) for s in scopes)
         basic_auth = (cred.username, cred.password) if cred else None
         try:
-            resp = self.pool.session(self.host).get(
+            resp = self.pool.session(realm_url.netloc.lower()).get(
                 realm, params=query, auth=basic_auth, timeout=self._timeout("fetching a token"),
-                verify=self.verify,
+                verify=self.verify, allow_redirects=False,
             )
         except requests.exceptions.RequestException as exc:
+            log.debug("token server %s: %s", realm, exc)
             if self.budget.remaining() <= 0:
                 raise DeadlineExceededError(f"token request to {realm} ran out of time") from exc
-            raise UnavailableError(f"token server {realm} unreachable: {_short(exc)}") from exc
+            raise UnavailableError(f"token server {realm_url.netloc} unreachable") from exc
         if resp.status_code in (401, 403):
             raise UnauthenticatedError(
                 f"token server {realm} refused the credentials for {self.host} (HTTP {resp.status_code})"
