@@ -63,6 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stale-after", type=float, default=0.0,
                    help="a node whose stream is silent this long is STALE (default: 3 heartbeats + 1 s)")
     add_registry_policy_flag(p, "ValidateFleet")
+    p.add_argument("--registration-token-file", default=None, metavar="FILE",
+                   help="shared token daemons must send to register (serve --registration-token-file); "
+                   "without TLS this or --allow-unauthenticated-registration enables registration")
+    p.add_argument("--registration-identities", default=None, metavar="FILE",
+                   help="under mTLS: YAML/JSON {node-name: [dns:NAME|uri:URI, ...]} granting certificate "
+                   "identities node names besides their own SAN DNS names")
+    p.add_argument("--allow-unauthenticated-registration", action="store_true",
+                   help="let any caller register nodes (no mTLS, no token): for trusted networks only")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
     p.set_defaults(func=run)
 
@@ -95,7 +103,18 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         registry_auth = RegistryAuth.from_sources(ca_file=args.ca_file)
     except RegistryError as exc:
         raise ValueError(f"registry credentials: {exc}") from None
+    from nodecompat.server.registration_auth import RegistrationPolicy, load_identity_map, read_token_file
+
+    if args.registration_identities and not args.tls_ca:
+        raise ValueError("--registration-identities maps client certificates: it needs --tls-ca (mutual TLS)")
+    registration = RegistrationPolicy(
+        mtls=bool(args.tls_ca and args.tls_cert),
+        token=read_token_file(args.registration_token_file) if args.registration_token_file else None,
+        identity_map=load_identity_map(args.registration_identities) if args.registration_identities else {},
+        allow_unauthenticated=args.allow_unauthenticated_registration,
+    )
     return AggregatorConfig(
+        registration=registration,
         listen=args.listen,
         nodes_file=args.nodes_file,
         dns=[parse_dns_target(d) for d in args.dns],

@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--register", default=None, metavar="AGGREGATOR", help="keep a lease with this aggregator")
     p.add_argument("--advertise", default=None,
                    help="HOST:PORT the aggregator should dial (default: the --listen address)")
+    p.add_argument("--registration-token-file", default=None, metavar="FILE",
+                   help="the fleet's shared registration token (the aggregator's --registration-token-file)")
     p.add_argument("--labels", default="", help="comma-separated k=v labels announced on registration")
 
 
@@ -133,6 +135,15 @@ def check_args(args: argparse.Namespace) -> str:
         return "--tls-cert and --tls-key go together"
     if args.tls_ca and not args.tls_cert:
         return "--tls-ca (mutual TLS) needs --tls-cert and --tls-key"
+    if args.registration_token_file:
+        from nodecompat.server.registration_auth import read_token_file
+
+        try:
+            read_token_file(args.registration_token_file)
+        except ValueError as exc:
+            return str(exc)
+        if not args.register:
+            return "--registration-token-file is for --register"
     if args.register:
         try:
             split_address(args.register)
@@ -257,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("nodecompat.serve").info("%s", describe(config.registry.policy))
     if args.register:
         from nodecompat.server.registration import LeaseKeeper
+        from nodecompat.server.registration_auth import read_token_file
 
         labels = dict(kv.strip().split("=", 1) for kv in args.labels.split(",") if kv.strip())
         keeper = LeaseKeeper(
@@ -267,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
+            token=read_token_file(args.registration_token_file) if args.registration_token_file else None,
         )
         keeper.start()
         daemon.on_stop.append(keeper.stop)

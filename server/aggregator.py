@@ -38,7 +38,9 @@ from nodecompat.server.fleet_nodes import (
     SOURCE_DNS,
     AddressInUse,
     FleetNode,
+    NameInUse,
     NodeInventory,
+    NotRegistrant,
     RegistrationsFull,
 )
 from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, RaisingContext, WatchSpec
@@ -46,6 +48,7 @@ from nodecompat.server.grpc_server import add_standard_services, bind, new_serve
 from nodecompat.server.inventory_answers import Plan, finish_summary, plan
 from nodecompat.server.inventory_sync import InventorySync, SyncConfig
 from nodecompat.server.node_service import RegistryOptions
+from nodecompat.server.registration_auth import RegistrationDenied, RegistrationPolicy, caller_of
 from nodecompat.server.whatif_service import what_if
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2
 
@@ -67,6 +70,8 @@ class AggregatorOptions:
     default_timeout: float = 30.0
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     health_timeout: float = 1.0
+    # Who may RegisterNode/DeregisterNode (server/registration_auth.py); the default: nobody.
+    registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
 
 
 class FleetService(fleet_pb2_grpc.FleetServiceServicer):
@@ -301,8 +306,17 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     def RegisterNode(
         self, request: fleet_pb2.RegisterNodeRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.RegisterNodeResponse:
+        principal = self._registrant(request.name, context, "RegisterNode")
         try:
-            ttl = self.inventory.register(request.name, request.address, dict(request.labels), request.ttl_seconds)
+            ttl = self.inventory.register(
+                request.name, request.address, dict(request.labels), request.ttl_seconds, principal
+            )
+        except NotRegistrant as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"RegisterNode {request.name!r}: {exc}")
+            raise
+        except NameInUse as exc:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"RegisterNode {request.name!r}: {exc}")
+            raise
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name[:80]!r}: {exc}")
             raise
@@ -319,8 +333,21 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     ) -> fleet_pb2.DeregisterNodeResponse:
         if not request.name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "DeregisterNode: `name` is required")
-        self.inventory.deregister(request.name)
+        principal = self._registrant(request.name, context, "DeregisterNode")
+        try:
+            self.inventory.deregister(request.name, principal)
+        except NotRegistrant as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"DeregisterNode: {exc}")
         return fleet_pb2.DeregisterNodeResponse()
+
+    def _registrant(self, name: str, context: grpc.ServicerContext, rpc: str) -> str:
+        """The principal a lease of `name` is bound to; aborts PERMISSION_DENIED/UNAUTHENTICATED."""
+        try:
+            return self.options.registration.principal(caller_of(context), name)
+        except RegistrationDenied as exc:
+            code = grpc.StatusCode.UNAUTHENTICATED if exc.unauthenticated else grpc.StatusCode.PERMISSION_DENIED
+            context.abort(code, f"{rpc} {name[:80]!r}: {exc}")
+            raise
 
 
 def summarize(
@@ -363,6 +390,7 @@ class AggregatorConfig:
     check_new_nodes: bool = True
     # The live inventory (issue 12): WatchFeatures streams to every member; None: answer live only.
     sync: SyncConfig | None = field(default_factory=SyncConfig)
+    registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
 
 
 class AggregatorDaemon:
@@ -382,7 +410,9 @@ class AggregatorDaemon:
         self.service = FleetService(
             self.inventory,
             self.fanout,
-            AggregatorOptions(default_timeout=config.default_timeout, registry=config.registry),
+            AggregatorOptions(
+                default_timeout=config.default_timeout, registry=config.registry, registration=config.registration
+            ),
         )
         self.first_checks = FirstHealthChecks(self.inventory, self.service.check_health)
         self.server = new_server(config.workers, "fleet-rpc")
@@ -409,7 +439,8 @@ class AggregatorDaemon:
         if self.sync is not None:
             self.sync.start()
         set_health(self.health, [FLEET_SERVICE], True)
-        log.info("aggregator serving on %s (port %d)", self.config.listen, self.port)
+        log.info("aggregator serving on %s (port %d); %s", self.config.listen, self.port,
+                 self.config.registration.describe())
         return self.port
 
     def stop(self, grace: float | None = None) -> None:

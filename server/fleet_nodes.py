@@ -77,6 +77,14 @@ class AddressInUse(Exception):
     """A registration claims an address another node (registered or in the nodes file) holds."""
 
 
+class NotRegistrant(Exception):
+    """Renewal or deregistration of a live lease by someone other than its registrant."""
+
+
+class NameInUse(Exception):
+    """The name belongs to a node from the nodes file or DNS: a registration cannot shadow it."""
+
+
 class RegistrationsFull(Exception):
     """The inventory holds `max_registrations` live leases; a new name cannot register."""
 
@@ -254,6 +262,7 @@ def parse_dns_target(text: str) -> tuple[str, int]:
 class _Lease:
     node: FleetNode
     expires: float
+    principal: str = "anonymous"  # who registered it (server/registration_auth.py); only they renew
 
 
 class NodeInventory:
@@ -361,11 +370,15 @@ class NodeInventory:
             return self.lease_ttl
         return min(max(requested, MIN_LEASE_TTL), max(self.lease_ttl, MAX_LEASE_TTL))
 
-    def register(self, name: str, address: str, labels: Mapping[str, str], ttl: float) -> float:
+    def register(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str = "anonymous"
+    ) -> float:
         """Create or renew a lease; returns the granted ttl.
 
-        ValueError on a bad name/address/labels, AddressInUse when another node holds the address,
-        RegistrationsFull when a new name would exceed `max_registrations` live leases.
+        ValueError on a bad name/address/labels, AddressInUse when another node holds the address (or
+        the nodes file or DNS gives it), NameInUse when the nodes file or DNS has the name,
+        NotRegistrant when a live lease of the name belongs to another principal, RegistrationsFull
+        when a new name would exceed `max_registrations` live leases.
         """
         if problem := name_problem(name):
             raise ValueError(f"name {problem}")
@@ -394,11 +407,12 @@ class NodeInventory:
                         f"{lease.expires - now:.0f}s); two names cannot share one daemon's address"
                     )
                 self._drop_lease(holder, "lease lapsed")
-            file_node = self._file_by_address.get(address)
-            if file_node is not None and file_node.name != name:
-                raise AddressInUse(
-                    f"address {address} is node {file_node.name!r} in the nodes file {self.nodes_file}; "
-                    f"register under that name or use another address"
+            self._check_shadowing(name, address)
+            current = self._leases.get(name)
+            if current is not None and current.expires > now and current.principal != principal:
+                raise NotRegistrant(
+                    f"node {name!r} is registered by another registrant (lease ends in "
+                    f"{current.expires - now:.0f}s); only its registrant can renew it"
                 )
             if name not in self._leases and len(self._leases) >= self.max_registrations:
                 self._expire(now)
@@ -410,17 +424,40 @@ class NodeInventory:
             previous = self._leases.get(name)
             if previous is not None and previous.node.address != address:
                 self._lease_by_address.pop(previous.node.address, None)  # the node moved
-            self._leases[name] = _Lease(FleetNode(name, address, clean, SOURCE_REGISTERED), now + granted)
+            self._leases[name] = _Lease(FleetNode(name, address, clean, SOURCE_REGISTERED), now + granted, principal)
             self._lease_by_address[address] = name
             self._contacts[address] = replace(self._contacts.get(address) or Contact(_now(), "UNKNOWN"), at=_now())
         return granted
 
-    def deregister(self, name: str) -> bool:
+    def deregister(self, name: str, principal: str = "anonymous") -> bool:
+        """Drop `name`'s lease; NotRegistrant when a live lease belongs to another principal."""
         with self._lock:
-            if name not in self._leases:
+            lease = self._leases.get(name)
+            if lease is None:
                 return False
+            if lease.principal != principal and lease.expires > self._clock():
+                raise NotRegistrant(f"node {name!r} was registered by another registrant; only it can deregister")
             self._drop_lease(name, "")
             return True
+
+    def _check_shadowing(self, name: str, address: str) -> None:
+        """A registration never shadows a node of the nodes file or DNS (name or address). Caller locks."""
+        file_node = self._file_by_address.get(address)
+        if file_node is not None and file_node.name != name:
+            raise AddressInUse(
+                f"address {address} is node {file_node.name!r} in the nodes file {self.nodes_file}; "
+                f"register under that name or use another address"
+            )
+        if file_node is None and any(n.name == name for n in self._file_nodes):
+            raise NameInUse(f"node {name!r} is in the nodes file {self.nodes_file}; a registration cannot shadow it")
+        for (dns_host, dns_port), nodes in self._dns_nodes.items():
+            for n in nodes:
+                reported = (c.reported_name if (c := self._contacts.get(n.address)) else "") or n.name
+                if n.address == address or reported == name:
+                    raise NameInUse(
+                        f"node {reported!r} ({n.address}) comes from DNS ({dns_host}:{dns_port}); a registration "
+                        "cannot shadow it (same name or address)"
+                    )
 
     def registrations(self) -> int:
         """Leases held, lapsed ones included until the next lookup drops them."""
@@ -445,6 +482,12 @@ class NodeInventory:
         for name, lease in list(self._leases.items()):
             if lease.expires <= now:
                 self._drop_lease(name, "lease lapsed")
+                continue
+            try:
+                self._check_shadowing(name, lease.node.address)
+            except (AddressInUse, NameInUse) as exc:
+                log.warning("registered node %s: lease dropped: %s", name, exc)
+                self._drop_lease(name, "")
                 continue
             file_node = self._file_by_address.get(lease.node.address)
             if file_node is not None and file_node.name != name:

@@ -10,18 +10,21 @@ that shuts down cleanly leaves at once; a node that dies leaves when its lease l
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Mapping
 
 import grpc
 
 from nodecompat.server import tls
+from nodecompat.server.registration_auth import LEASE_KEY_METADATA, TOKEN_METADATA
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 5.0
-REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED)
+REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 MIN_BEAT = 0.2
 
 
@@ -37,8 +40,12 @@ class LeaseKeeper:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_ca: str | None = None,
+        token: bytes | None = None,
     ) -> None:
-        """ttl 0 takes the aggregator's default lease; TLS is used when tls_ca (or a cert) is given."""
+        """ttl 0 takes the aggregator's default lease; TLS is used when tls_ca (or a cert) is given.
+
+        Every call carries a random lease key (only this keeper can renew or deregister its lease,
+        server/registration_auth.py) and, when given, the fleet's shared registration token."""
         self.aggregator = aggregator
         self.request = fleet_pb2.RegisterNodeRequest(
             name=name, address=address, labels=dict(labels or {}), ttl_seconds=ttl
@@ -46,6 +53,9 @@ class LeaseKeeper:
         creds = tls.ClientTls(tls_ca, tls_cert, tls_key).credentials()
         self._channel = tls.open_channel(aggregator, creds, [("grpc.max_reconnect_backoff_ms", 2000)])
         self._stub = fleet_pb2_grpc.FleetServiceStub(self._channel)
+        self._metadata: list[tuple[str, str]] = [(LEASE_KEY_METADATA, secrets.token_hex(32))]
+        if token is not None:
+            self._metadata.append((TOKEN_METADATA, token.decode("ascii")))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.granted_ttl: float = 0.0
@@ -55,7 +65,7 @@ class LeaseKeeper:
     def heartbeat(self) -> bool:
         """One RegisterNode call; True when the aggregator accepted it."""
         try:
-            resp = self._stub.RegisterNode(self.request, timeout=CALL_TIMEOUT)
+            resp = self._stub.RegisterNode(self.request, timeout=CALL_TIMEOUT, metadata=self._metadata)
         except grpc.RpcError as exc:
             msg = f"{exc.code().name}: {exc.details()}"
             if msg != self.last_error:  # refusals (bad address, address taken) need the operator: error level
@@ -97,7 +107,9 @@ class LeaseKeeper:
         if self._thread is not None:
             self._thread.join(timeout=CALL_TIMEOUT)
         try:
-            self._stub.DeregisterNode(fleet_pb2.DeregisterNodeRequest(name=self.request.name), timeout=2.0)
+            self._stub.DeregisterNode(
+                fleet_pb2.DeregisterNodeRequest(name=self.request.name), timeout=2.0, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             log.info("deregistration from %s failed: %s", self.aggregator, exc.code().name)
         self._channel.close()

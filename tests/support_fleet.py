@@ -292,6 +292,21 @@ def make_certs(directory: Path, ips: Sequence[str] = ()) -> Certs:
     )
 
 
+def make_node_cert(certs: Certs, name: str, *, dns: Sequence[str] = (), uris: Sequence[str] = ()) -> tuple[Path, Path]:
+    """A leaf from certs' CA for node `name` (serverAuth+clientAuth): SAN DNS `dns` (default: [name]), URI
+    `uris`, and IP 127.0.0.1 so the aggregator can dial it. Returns (cert, key)."""
+    d = certs.dir
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    sans = [*(f"DNS:{n}" for n in (dns or [name])), *(f"URI:{u}" for u in uris), "IP:127.0.0.1"]
+    (d / f"{name}.ext").write_text(
+        f"subjectAltName={','.join(sans)}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"
+    )
+    _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    return d / f"{name}.crt", d / f"{name}.key"
+
+
 # -- module-scoped fleet ----------------------------------------------------------------------------
 
 

@@ -145,3 +145,16 @@ def test_containerfile_builds_from_the_sources_and_runs_non_root() -> None:
     user = re.findall(r"^USER (\d+)", text, re.M)
     assert user and user[-1] != "0"
     assert 'ENTRYPOINT ["nodecompat"]' in text
+
+
+def test_deployments_keep_the_security_defaults() -> None:
+    """docs/security.md, "DaemonSet": the daemon reaches no registry, the aggregator names its registries
+    (HTTPS only) and does not open registration to anyone; the daemon is reachable only from the aggregator."""
+    node = _args(_container(one("DaemonSet", "nodecompat-node")))
+    assert node.allowed_registries is None
+    agg = _args(_container(one("Deployment", "nodecompat-aggregator")))
+    assert agg.allowed_registries and not any(p.startswith("http://") for p in agg.allowed_registries)
+    assert not agg.allow_unauthenticated_registration
+    policy = one("NetworkPolicy", "nodecompat-node")
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert sources == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nodecompat-aggregator"}}}]

@@ -41,10 +41,13 @@ from nodecompat.oci.policy import RegistryPolicy
 from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 from nodecompat.server.errors import MAX_TAGS
 from nodecompat.server.node_service import RegistryOptions
+from nodecompat.server.registration_auth import RegistrationPolicy
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
 # Test registries listen on loopback at free ports, over plain HTTP (docs/security.md: the allow-list).
+# Registration tests here are about leases, not identity (tests/test_fleet_identity.py is): open registration.
+OPEN_REGISTRATION = RegistrationPolicy(allow_unauthenticated=True)
 LOOPBACK_REGISTRIES = RegistryOptions(policy=RegistryPolicy.parse(["http://127.0.0.1:*"]))
 
 
@@ -95,7 +98,10 @@ def test_selector_limits_the_fleet(fleet: Fleet, tmp_path: Path) -> None:
 
 
 def test_bad_requests_are_refused_with_a_reason(fleet: Fleet, tmp_path: Path) -> None:
-    with aggregator(nodes_file=str(nodes_file(fleet, tmp_path))) as agg, FleetClient(agg.address) as client:
+    with (
+        aggregator(nodes_file=str(nodes_file(fleet, tmp_path)), registration=OPEN_REGISTRATION) as agg,
+        FleetClient(agg.address) as client,
+    ):
         with pytest.raises(FleetCallError) as bad_spec:
             client.validate(spec_text="compatibilities: [{rules: [{name: x, matchFeatures: 7}]}]", timeout=10)
         stub = fleet_pb2_grpc.FleetServiceStub(client.channel)
@@ -305,7 +311,7 @@ def test_list_nodes_reports_health(fleet: Fleet, tmp_path: Path) -> None:
 
 
 def aggregator_at(address: str) -> AggregatorDaemon:
-    d = AggregatorDaemon(AggregatorConfig(listen=address, lease_ttl=1.5))
+    d = AggregatorDaemon(AggregatorConfig(listen=address, lease_ttl=1.5, registration=OPEN_REGISTRATION))
     d.start()
     return d
 

@@ -16,9 +16,11 @@ from support_fleet import aggregator, write_nodes_file
 
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.server.aggregator import AggregatorDaemon
+from nodecompat.server.registration_auth import RegistrationPolicy
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
+OPEN = RegistrationPolicy(allow_unauthenticated=True)  # these tests are about addresses and caps, not identity
 AggStub = tuple[AggregatorDaemon, fleet_pb2_grpc.FleetServiceStub]
 
 
@@ -36,7 +38,7 @@ def refusal(stub: fleet_pb2_grpc.FleetServiceStub, name: str, address: str) -> g
 @pytest.fixture
 def agg_stub(tmp_path: Path) -> Iterator[AggStub]:
     nodes = write_nodes_file(tmp_path / "nodes.json", [], extra=[{"name": "pinned", "address": "127.0.0.1:1"}])
-    with aggregator(nodes_file=str(nodes), max_registrations=3) as agg:
+    with aggregator(nodes_file=str(nodes), max_registrations=3, registration=OPEN) as agg:
         channel = grpc.insecure_channel(agg.address)
         try:
             yield agg, fleet_pb2_grpc.FleetServiceStub(channel)
@@ -85,7 +87,7 @@ def test_departed_nodes_lose_their_channels_and_contacts(tmp_path: Path) -> None
     dead = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     entries: list[dict[str, object]] = [{"name": f"d{i}", "address": a} for i, a in enumerate(dead)]
     path = write_nodes_file(tmp_path / "nodes.json", [], extra=entries)
-    with aggregator(nodes_file=str(path)) as agg, FleetClient(agg.address) as client:
+    with aggregator(nodes_file=str(path), registration=OPEN) as agg, FleetClient(agg.address) as client:
         stub = fleet_pb2_grpc.FleetServiceStub(client.channel)
         register(stub, "edge", f"127.0.0.1:{free_port()}")
         assert {n.health for n in client.list_nodes()} == {"UNAVAILABLE"}  # health checks opened channels

@@ -15,6 +15,7 @@ from support_fleet import (
     SPEC_NVIDIA,
     aggregator,
     make_certs,
+    make_node_cert,
     start_aggregator_process,
     start_node,
     write_nodes_file,
@@ -40,8 +41,12 @@ def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path:
     agg = start_aggregator_process(
         tmp_path, "--nodes-file", str(nodes_path), "--lease-ttl", "5", *flags, credentials=good
     )
+    # A registering node's certificate names it (SAN DNS "vm"): docs/security.md, "Fleet membership".
+    vm_cert, vm_key = make_node_cert(certs, "vm")
+    vm_flags = ["--tls-cert", str(vm_cert), "--tls-key", str(vm_key), "--tls-ca", str(certs.ca)]
     procs.append(
-        start_node(tmp_path, "vm", "plain-vm", args=[*flags, "--register", agg.address], credentials=good, wait=False)
+        start_node(tmp_path, "vm", "plain-vm", args=[*vm_flags, "--register", agg.address], credentials=good,
+                   wait=False)
     )
     try:
         for p in procs:

@@ -19,8 +19,10 @@ from nodecompat.server.fanout import ChannelPool, FanoutConfig
 from nodecompat.server.fleet_nodes import (
     MAX_LABEL_VALUE,
     AddressInUse,
+    NameInUse,
     NodeInventory,
     NodesFileError,
+    NotRegistrant,
     RegistrationsFull,
     is_wildcard_host,
     parse_nodes_file,
@@ -397,11 +399,29 @@ def test_a_registration_cannot_take_a_nodes_file_address(tmp_path: Path) -> None
         inv.register("edge", "10.0.0.9:1", {}, 0)
 
 
-def test_a_registration_names_a_dns_address() -> None:
+def test_a_registration_never_shadows_a_dns_node() -> None:
+    """Issue 8 item 7: not its address (that would relabel another machine's answers), not its name."""
     inv = NodeInventory(dns=[("daemons.svc", 1)], resolver=lambda h, p: ["10.0.0.1:1", "10.0.0.2:1"])
     inv.load()
-    inv.register("gpu-1", "10.0.0.1:1", {"gpu": "nvidia"}, 0)
-    assert [(n.name, n.source) for n in inv.nodes()] == [("10.0.0.2:1", "dns"), ("gpu-1", "registered")]
+    with pytest.raises(NameInUse, match=r"comes from DNS \(daemons.svc:1\)"):
+        inv.register("gpu-1", "10.0.0.1:1", {"gpu": "nvidia"}, 0)
+    inv.record_contact("10.0.0.2:1", "SERVING", reported_name="cpu-2")  # DNS nodes are named by what they report
+    with pytest.raises(NameInUse):
+        inv.register("cpu-2", "10.0.0.9:1", {}, 0)
+    inv.register("gpu-1", "10.0.0.9:1", {}, 0)
+    listed = [(n.name, n.source) for n in inv.nodes()]
+    assert listed == [("10.0.0.1:1", "dns"), ("cpu-2", "dns"), ("gpu-1", "registered")]
+
+
+def test_only_the_registrant_renews_or_deregisters() -> None:
+    inv = NodeInventory(nodes_file=None)
+    inv.register("edge", "10.0.0.5:1", {}, 0, principal="key:a")
+    inv.register("edge", "10.0.0.5:1", {}, 0, principal="key:a")
+    with pytest.raises(NotRegistrant):
+        inv.register("edge", "10.0.0.6:1", {}, 0, principal="key:b")
+    with pytest.raises(NotRegistrant):
+        inv.deregister("edge", principal="key:b")
+    assert inv.deregister("edge", principal="key:a")
 
 
 def test_registrations_are_capped_and_checked() -> None:
