@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT = 10.0  # s
 MIN_HEARTBEAT, MAX_HEARTBEAT = 1.0, 300.0
-MAX_WATCHERS = 64
+MAX_WATCHERS = 16  # below the runtime's 64 admitted calls: watchers never crowd out ValidateImage
 SLOW_CONSUMER_SECONDS = 30.0
 
 

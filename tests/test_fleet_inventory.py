@@ -274,3 +274,35 @@ def test_what_if_over_the_fleet_matrix_via_the_aggregator(inv: InvFleet) -> None
     cell = rows[str(nv)]["cells"][0]
     assert (cell["node_name"], cell["compatible"], cell["status"]) == ("mi-1", False, "OK")
     assert "nvidia" in cell["reason"]
+
+
+def test_hostile_watchers_get_clear_statuses_and_health_keeps_answering(inv: InvFleet) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from nodecompat.v1 import fleet_pb2_grpc
+
+    channel = grpc.insecure_channel(inv.address)
+    fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        next(fleet.WatchFleet(inventory_pb2.WatchFleetRequest(spec="compatibilities: 5"), timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        next(fleet.WatchFleet(inventory_pb2.WatchFleetRequest(), timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "image" in (err.value.details() or "")
+    # a heartbeat interval out of range is clamped, not refused; NaN means the default
+    node = grpc.insecure_channel(inv.nodes["mi-1"].address)
+    for asked in (float("nan"), -5.0, 1e9):
+        s = node_pb2_grpc.NodeServiceStub(node).WatchFeatures(
+            inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=asked), timeout=10)
+        assert next(s).WhichOneof("item") == "features"
+        s.cancel()
+    # many idle watchers on the aggregator: Health still answers at once
+    streams = [fleet.WatchFleet(inventory_pb2.WatchFleetRequest(spec=NVIDIA_ONLY), timeout=30) for _ in range(20)]
+    for s in streams:
+        next(s)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    for s in streams:
+        s.cancel()
+    channel.close()
+    node.close()
