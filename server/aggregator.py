@@ -43,7 +43,7 @@ from nodecompat.server.fleet_nodes import (
     NotRegistrant,
     RegistrationsFull,
 )
-from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, RaisingContext, WatchSpec
+from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, WatchSpec, watch_spec
 from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
 from nodecompat.server.inventory_answers import Plan, finish_summary, plan
 from nodecompat.server.inventory_sync import InventorySync, SyncConfig
@@ -158,23 +158,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         await self.fleet_watch.watch(ws, context)
 
     def _watch_spec(self, request: inventory_pb2.WatchFleetRequest) -> WatchSpec:
-        ctx: Any = RaisingContext(None)
-        as_validate = fleet_pb2.ValidateFleetRequest(
-            tags=request.tags, platform=request.platform, plain_http=request.plain_http,
-            nfd_compat=request.nfd_compat,
-        )
-        if request.WhichOneof("source") == "image":
-            as_validate.image = request.image
-        elif request.WhichOneof("source") == "spec":
-            as_validate.spec = request.spec
-        else:
-            ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)")
-        self._check_request(as_validate, ctx)
-        text, image_digest, artifact_digest = self._resolve(
-            as_validate, ctx, time.monotonic() + self.options.default_timeout)
-        spec = self._check_spec(text, ctx, request.image or "inline spec", request.nfd_compat)
-        return WatchSpec(spec, text, list(request.tags), request.nfd_compat, dict(request.selector),
-                         image_digest, artifact_digest)
+        return watch_spec(request, self._check_request, self._resolve, self._check_spec, self.options.default_timeout)
 
     def WhatIf(self, request: inventory_pb2.WhatIfRequest, context: grpc.ServicerContext) -> Any:
         return what_if(request, context, self.store, self.inventory.nodes, self._resolve, self._check_spec,

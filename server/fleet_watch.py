@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.fleet.store import STATE_OK, STATE_STALE, FeatureStore, NodeRecord, spec_key
 from nodecompat.server.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.server.inventory_answers import timestamp
-from nodecompat.v1 import inventory_pb2
+from nodecompat.v1 import fleet_pb2, inventory_pb2
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +223,29 @@ class RaisingContext:
 
     def time_remaining(self) -> float | None:
         return self._left
+
+
+def watch_spec(
+    request: inventory_pb2.WatchFleetRequest,
+    check_request: Callable[[Any, Any], None],
+    resolve: Callable[[Any, Any, float], tuple[str, str, str]],
+    check_spec: Callable[[str, Any, str, bool], Spec],
+    default_timeout: float,
+) -> WatchSpec:
+    """The spec of a WatchFleet request, checked as ValidateFleet checks its own (Aborted on a problem)."""
+    ctx: Any = RaisingContext(None)
+    as_validate = fleet_pb2.ValidateFleetRequest(
+        tags=request.tags, platform=request.platform, plain_http=request.plain_http, nfd_compat=request.nfd_compat,
+    )
+    source = request.WhichOneof("source")
+    if source == "image":
+        as_validate.image = request.image
+    elif source == "spec":
+        as_validate.spec = request.spec
+    else:
+        ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` (a reference) or `spec` (YAML/JSON)")
+    check_request(as_validate, ctx)
+    text, image_digest, artifact_digest = resolve(as_validate, ctx, time.monotonic() + default_timeout)
+    spec = check_spec(text, ctx, request.image or "inline spec", request.nfd_compat)
+    return WatchSpec(spec, text, list(request.tags), request.nfd_compat, dict(request.selector),
+                     image_digest, artifact_digest)
