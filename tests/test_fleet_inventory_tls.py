@@ -14,10 +14,10 @@ from support_fleet import aggregator, make_certs, start_aggregator_process, star
 from support_fleetmem import NVIDIA_ONLY
 from support_otlp import OtlpReceiver
 
-from nodecompat.clients.fleet_client import FleetClient, watch_fleet
+from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.server import tls
 from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.v1 import inventory_pb2, node_pb2_grpc
+from nodecompat.v1 import fleet_pb2_grpc, inventory_pb2, node_pb2_grpc
 
 pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
@@ -86,12 +86,19 @@ def test_new_streams_are_traced_end_to_end(tmp_path: Path) -> None:
             while c.validate(spec_text=NVIDIA_ONLY, timeout=10).summary.from_inventory != 1:
                 assert time.monotonic() < deadline, "the node never reached the inventory"
                 time.sleep(0.2)
-            items = []
-            for item in watch_fleet(c, spec_text=NVIDIA_ONLY, timeout=3):
-                items.append(item)
-                if item.WhichOneof("item") == "synced":
-                    break
+        channel = grpc.insecure_channel(agg.address)
+        call = fleet_pb2_grpc.FleetServiceStub(channel).WatchFleet(
+            inventory_pb2.WatchFleetRequest(spec=NVIDIA_ONLY), timeout=30)
+        items = []
+        for item in call:
+            items.append(item)
+            if item.WhichOneof("item") == "synced":
+                break
+        call.cancel()  # the watcher leaves: the server's span of the stream ends
+        channel.close()
         assert items[0].event.state == inventory_pb2.FleetEvent.COMPATIBLE
+        otlp.wait_for(lambda ss: any(s.service == "nodecompat-aggregator"
+                                     and s.name == "/nodecompat.v1.FleetService/WatchFleet" for s in ss), timeout=30)
         # ending the aggregator ends its subscription: both ends of the stream close their spans
         agg.terminate()
         spans = otlp.wait_for(lambda ss: any(
