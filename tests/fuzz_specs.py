@@ -173,3 +173,30 @@ def check_regex(pattern: str) -> bool:
     opts.max_mem = 256 << 20
     re2._Regexp(t, opts)  # raises if the translation is not valid RE2
     return True
+
+
+json_text = st.text(
+    alphabet=st.sampled_from(["a", "x", "1", ".", " ", "\ud800", "\udfff", "\x00", "\u00e9", "\\"]), max_size=6
+)
+json_scalar = st.one_of(
+    json_text, st.integers(-(1 << 70), 1 << 70), st.floats(allow_nan=False), st.booleans(), st.none()
+)
+
+
+@st.composite
+def json_spec(draw: st.DrawFn) -> str:
+    """Spec-shaped JSON with odd strings (lone surrogate escapes, NUL) and odd types anywhere."""
+
+    def s(good: str) -> Any:
+        return draw(st.sampled_from([good, good, draw(json_scalar)]))
+
+    expr = {"op": s("In"), "value": draw(st.lists(json_scalar, max_size=2)), "type": s("")}
+    term = {"feature": s("f.attr"), "matchExpressions": {draw(json_text): expr}}
+    if draw(st.booleans()):
+        term["matchName"] = {"op": s("InRegexp"), "value": [draw(json_text)]}
+    rule = {"name": s("r"), "matchFeatures": [term], "vars": {draw(json_text): draw(json_scalar)}}
+    cset = {"tag": s("t"), "description": draw(json_text), "rules": [rule]}
+    spec = {"version": s("v1alpha1"), "compatibilities": [cset]}
+    if draw(st.booleans()):
+        spec[draw(json_text)] = draw(json_scalar)
+    return json.dumps(spec)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from fuzz_specs import check, check_regex, features, raw_text, regex_text, yaml_spec
+from fuzz_specs import check, check_regex, features, json_spec, raw_text, regex_text, yaml_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,3 +42,9 @@ def test_fuzzed_spec_with_trailing_garbage(head: str, tail: str, fd: dict) -> No
 @given(pattern=regex_text)
 def test_fuzzed_go_regexps_translate_to_valid_re2(pattern: str) -> None:
     check_regex(pattern)
+
+
+@FUZZ
+@given(text=json_spec(), fd=features, compat=st.booleans())
+def test_fuzzed_json_specs(text: str, fd: dict, compat: bool) -> None:
+    check(text, fd, compat)

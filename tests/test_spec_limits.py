@@ -223,3 +223,17 @@ def test_parsing_stops_at_the_callers_deadline() -> None:
     with pytest.raises(SpecTimeout):
         parse_spec(text, deadline=0.0)  # long past
     assert len(parse_spec(text, deadline=None).compatibilities) == 200
+
+
+def test_lone_surrogate_escapes_in_json_read_as_go_does() -> None:
+    """Found by the fuzzer: `"\\ud800"` in a JSON spec reached the reply and failed UTF-8 encoding (UNKNOWN).
+    Go's JSON decoder reads a lone surrogate escape as U+FFFD; so do we."""
+    from nodecompat import wire
+    from nodecompat.engine.evaluate import evaluate
+    from nodecompat.features import Features
+    from nodecompat.v1 import validation_pb2
+
+    spec = parse_spec('{"compatibilities": [{"tag": "\\udfff", "rules": [{"name": "a\\ud800"}]}]}')
+    assert spec.compatibilities[0].tag == "\ufffd"
+    assert spec.compatibilities[0].rules[0].name == "a\ufffd"
+    wire.to_message(evaluate(spec, Features()), validation_pb2.ValidationReport).SerializeToString()

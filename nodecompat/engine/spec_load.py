@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import time
 from dataclasses import dataclass
@@ -349,11 +350,22 @@ def _json_shape(obj: Any) -> tuple[int, int]:
     return depth, nodes
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(s: str) -> str:
+    """A JSON string as Go's decoder leaves it: a lone surrogate escape (`"\\ud800"`) becomes U+FFFD
+    (Python keeps it, and it cannot be encoded as UTF-8 into a reply)."""
+    return _SURROGATE.sub("\ufffd", s) if _SURROGATE.search(s) else s
+
+
 def _wrap_json(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _wrap_json(v) for k, v in obj.items()}
+        return {(_text(k) if k != DUPS else k): _wrap_json(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_wrap_json(v) for v in obj]
+    if isinstance(obj, str):
+        return _text(obj)
     if obj is None or isinstance(obj, bool):
         return Scalar(obj, json.dumps(obj))
     return obj
