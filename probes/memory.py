@@ -123,7 +123,7 @@ class MemoryProbe(Probe):
             inst = {"name": name}
             for attr in ("devtype", "mode"):
                 v = host.read_line(f"{path}/{attr}")
-                if v:
+                if v is not None:  # NFD readNdDeviceInfo(): any readable value, even empty
                     inst[attr] = v
             nv.append(inst)
         f.set_instances("memory.nv", nv)

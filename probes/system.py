@@ -1,11 +1,12 @@
-"""system probe: NFD's system.osrelease, system.dmiid and system.name.
+r"""system probe: NFD's system.osrelease, system.dmiid and system.name.
 
 system.name.nodename is the Kubernetes node name. NFD takes it from $NODE_NAME (set from the pod's
-spec.nodeName); the daemon may pass one explicitly (`node_name`), which wins. When neither is set
-we fall back to the host's kernel hostname (/proc/sys/kernel/hostname under the root), which is the
-node name on most clusters, and say so in a note.
-os-release is read from /etc/os-release, and from /usr/lib/os-release when that is unreadable (the
-os-release(5) fallback; under a host root an absolute /etc/os-release symlink cannot be followed).
+spec.nodeName); the daemon may pass one explicitly (`node_name`, `serve --node-name`), which wins.
+When neither is set nothing establishes the node name (a hostname is not always the node name:
+EKS names nodes ip-10-..., some clusters use FQDNs), so `nodename` is left out and the status says so.
+os-release is read from /etc/os-release only, as NFD's parseOSRelease() (symlinks such as RHCOS's
+../usr/lib/os-release, or an absolute /usr/lib/os-release, resolve inside the host root); lines are
+NFD's `^(\w+)=(.+)` with quotes trimmed, VERSION_ID.major/.minor by NFD's splitVersion() regex.
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 OS_RELEASE = "/etc/os-release"
-OS_RELEASE_FALLBACK = "/usr/lib/os-release"
 DMI_ID = "/sys/devices/virtual/dmi/id"
-HOSTNAME = "/proc/sys/kernel/hostname"
 DMI_ATTRS = (
     "bios_date", "bios_vendor", "bios_version", "board_asset_tag", "board_name", "board_vendor",
     "board_version", "chassis_asset_tag", "chassis_type", "chassis_vendor", "chassis_version",
     "product_family", "product_name", "product_sku", "product_version", "sys_vendor",
 )  # fmt: skip
 
-_LINE = re.compile(r"^(\w+)=(.+)$")
-_VERSION = re.compile(r"^(?P<major>\d+)(\.(?P<minor>\d+))?(\.(?P<revision>\d+))?")
+_LINE = re.compile(r"^(\w+)=(.+)", re.ASCII)  # NFD parseOSRelease
+_VERSION = re.compile(r"^(?P<major>\d+)(\.(?P<minor>\d+))?(\..*)?$", re.ASCII)  # NFD splitVersion
 
 
 def parse_os_release(text: str) -> dict[str, str]:
@@ -40,7 +39,7 @@ def parse_os_release(text: str) -> dict[str, str]:
     for line in text.splitlines():
         m = _LINE.match(line)
         if m:
-            out[m.group(1)] = m.group(2).strip().strip("\"'")
+            out[m.group(1)] = m.group(2).strip("\"'")  # strings.Trim(value, `"'`): no whitespace trim
     vid = out.get("VERSION_ID")
     if vid:
         m2 = _VERSION.match(vid)
@@ -94,8 +93,6 @@ class SystemProbe(Probe):
         f = out.features
         text = host.read_text(OS_RELEASE)
         if text is None:
-            text = host.read_text(OS_RELEASE_FALLBACK)
-        if text is None:
             out.notes.append(f"{OS_RELEASE} unreadable: system.osrelease left out")
         else:
             f.add_attributes("system.osrelease", parse_os_release(text))
@@ -109,8 +106,9 @@ class SystemProbe(Probe):
             f.add_attributes("system.dmiid", dmi)
 
         name = self.node_name or os.environ.get("NODE_NAME")
-        if not name:
-            name = host.read_line(HOSTNAME) or ""
-            out.notes.append(f"NODE_NAME not set: nodename taken from {HOSTNAME}")
-        f.add_attributes("system.name", {"nodename": name})
+        if name:
+            f.add_attributes("system.name", {"nodename": name})
+        else:
+            f.add_attributes("system.name", {})
+            out.notes.append("no node name given ($NODE_NAME unset, no --node-name): system.name nodename left out")
         return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support_hosts import REAL, attrs, copy_fixture, fixture_host, make_unreadable, run
+from support_hosts import REAL, attrs, copy_fixture, fixture_host, run
 
 from nodecompat.probes.system import SystemProbe, parse_os_release
 
@@ -59,7 +59,7 @@ def test_mi300_exact_and_env_node_name(monkeypatch):
     assert attrs(wire, "system.name") == {"nodename": "mi300-node"}
 
 
-def test_plain_vm_exact_hostname_fallback():
+def test_plain_vm_exact_no_node_name_given():
     wire, out = run(SystemProbe(), fixture_host("plain-vm"))
     assert attrs(wire, "system.osrelease") == {
         "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)",
@@ -73,8 +73,9 @@ def test_plain_vm_exact_hostname_fallback():
         "BUG_REPORT_URL": "https://bugs.debian.org/",
         "VERSION_ID.major": "12",
     }
-    assert attrs(wire, "system.name") == {"nodename": "sandbox"}
-    assert out.notes == ["NODE_NAME not set: nodename taken from /proc/sys/kernel/hostname"]
+    # nothing names the Kubernetes node: nodename is left out (the hostname is not established as it)
+    assert attrs(wire, "system.name") == {}
+    assert out.notes == ["no node name given ($NODE_NAME unset, no --node-name): system.name nodename left out"]
 
 
 def test_real_host():
@@ -90,19 +91,21 @@ def test_real_host():
     assert attrs(wire, "system.name") == {"nodename": "n1"}
 
 
-def test_os_release_unreadable_uses_usr_lib_then_omits(tmp_path):
+def test_os_release_only_from_etc_as_nfd(tmp_path):
+    """NFD system.go parseOSRelease() opens EtcDir/os-release only; a link into /usr/lib resolves in the root."""
     host = copy_fixture("plain-vm", tmp_path)
-    make_unreadable(host, "/etc/os-release")
+    host.path("/etc/os-release").unlink()
     host.path("/usr/lib").mkdir(parents=True)
-    host.path("/usr/lib/os-release").write_text('ID=fallback\nVERSION_ID="1.2.3"\n')
+    host.path("/usr/lib/os-release").write_text('ID=linked\nVERSION_ID="1.2.3"\n')
+    host.path("/etc/os-release").symlink_to("/usr/lib/os-release")  # absolute, as on some images
     wire, _ = run(SystemProbe(node_name="x"), host)
     assert attrs(wire, "system.osrelease") == {
-        "ID": "fallback",
+        "ID": "linked",
         "VERSION_ID": "1.2.3",
         "VERSION_ID.major": "1",
         "VERSION_ID.minor": "2",
     }
-    host.path("/usr/lib/os-release").unlink()
+    host.path("/etc/os-release").unlink()
     wire, out = run(SystemProbe(node_name="x"), host)
     assert attrs(wire, "system.osrelease") is None
     assert out.notes == ["/etc/os-release unreadable: system.osrelease left out"]
@@ -115,4 +118,10 @@ def test_parse_os_release_edge_cases():
     )
     assert parse_os_release(text) == {"ID": "single", "VERSION_ID": "rolling", "QUOTED": 'a \\"b\\'}
     assert parse_os_release('VERSION_ID="22.04"\n')["VERSION_ID.minor"] == "04"
+    # splitVersion's regex is anchored: "5-rc1" has no major; for "5.0-rc1" Go's leftmost-first match
+    # leaves minor empty (so not published) and major 5; values keep their spaces (no TrimSpace)
+    assert "VERSION_ID.major" not in parse_os_release("VERSION_ID=5-rc1\n")
+    got = parse_os_release("VERSION_ID=5.0-rc1\n")
+    assert (got.get("VERSION_ID.major"), got.get("VERSION_ID.minor")) == ("5", None)
+    assert parse_os_release("NAME= spaced \n")["NAME"] == " spaced "
     assert parse_os_release("") == {}
