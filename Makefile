@@ -24,7 +24,7 @@ venv-check:
 	@test -x $(BIN)/nodecompat || { echo "make: $(BIN)/nodecompat is missing: run \`make install\` first" >&2; exit 2; }
 
 run: venv-check ## run the node daemon on this machine's /sys and /proc (LISTEN=127.0.0.1:50051 by default; may fetch from the demo registry)
-	$(BIN)/nodecompat serve --listen $(LISTEN) --allowed-registries http://127.0.0.1:5000
+	$(BIN)/nodecompat serve --listen $(LISTEN) --allowed-registries http://127.0.0.1:$(PORT)
 
 test-deps: ## Debian packages the tests use: a real OCI registry, skopeo, openssl (test CAs), iproute2 (netns)
 	@for c in docker-registry skopeo openssl ip; do command -v $$c >/dev/null || missing=1; done; \
