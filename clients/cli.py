@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nodecompat.clients.cmd_whatif",
         "check many images/specs against planned hosts (feature snapshots) before a migration",
     ),
+    "translate": (
+        "nodecompat.clients.cmd_translate",
+        "translate a spec into an NFD NodeFeatureRule/NodeFeatureGroup or DRA DeviceClass+ResourceClaimTemplate",
+    ),
     "completion": ("nodecompat.clients.cmd_completion", "print a shell completion script (bash, zsh or fish)"),
 }
 COMMAND_MODULES = tuple(module for module, _help in COMMANDS.values())
