@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from nodecompat.clients import exit_codes
-from nodecompat.clients.input_files import InputError, read_text_limited
+from nodecompat.clients.input_files import InputError, locate, read_text_limited
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.engine.lint import lint_spec
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.spec}: warning: {warning}", file=sys.stderr)
     if errors:
         for problem in errors:
-            print(f"{args.spec}: {problem}", file=sys.stderr)
+            print(locate(problem, args.spec), file=sys.stderr)
         return _err(f"refusing to attach {args.spec}: {len(errors)} problem(s)")
     try:
         result = attach_spec(args.image, text, created=args.created, **common)

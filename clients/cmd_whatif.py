@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from nodecompat.clients import exit_codes
-from nodecompat.clients.input_files import InputError, read_text_limited
+from nodecompat.clients.input_files import InputError, locate, read_text_limited
 from nodecompat.clients.registry_args import add_registry_args, registry_auth_from_args
 from nodecompat.clients.tls_args import add_tls_client_args, channel_credentials_from_args
 from nodecompat.engine.limits import MAX_SPEC_BYTES
@@ -98,7 +98,8 @@ def _specs(args: argparse.Namespace) -> list[tuple[str, Any]]:
         try:
             out.append((name, parse_spec(text, nfd_compat=args.nfd_compat)))
         except SpecError as exc:
-            raise CommandError(f"{name}: invalid spec:\n  " + "\n  ".join(exc.problems)) from None
+            where = "\n  ".join(locate(p, name) for p in exc.problems)  # FILE:LINE:COL, not <unicode string>
+            raise CommandError(f"{name}: invalid spec:\n  {where}") from None
     return out
 
 

@@ -143,6 +143,13 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
     assert f"  {bad}:3:3: not valid YAML or JSON: while parsing a flow node" in r.stderr
     r = run("lint", str(bad))
     assert r.returncode == 1 and r.stdout.startswith(f"{bad}:3:3: error: not valid YAML or JSON")
+    r = run("attach", "--image", f"127.0.0.1:{free_port()}/app:v1", "--spec", str(bad), "--plain-http")
+    assert r.returncode == 2 and r.stderr.startswith(f"{bad}:3:3: not valid YAML or JSON")
+    snapshot = tmp_path / "node.json"
+    snapshot.write_text(run("features", "--host-root", str(H100), "-o", "json").stdout)
+    r = run("what-if", "--spec", str(bad), "--features", str(snapshot))
+    assert r.returncode == 2 and f"\n  {bad}:3:3: not valid YAML or JSON" in r.stderr
+    assert "<unicode string>" not in r.stderr
 
 
 def test_registry_unreachable_without_the_urllib3_tail() -> None:
