@@ -148,8 +148,15 @@ def host_arch(host: HostRoot, info: CpuInfo | None) -> tuple[str | None, str]:
 
 
 def read_cpuinfo(host: HostRoot) -> CpuInfo | None:
+    """The first processor's facts (flags, vendor, MIDR fields); only that block is parsed, so a
+    512-CPU cpuinfo costs the cpu_* probes no more than a 2-CPU one. None when unreadable."""
     text = host.read_text(CPUINFO)
-    return None if text is None else parse_cpuinfo(text)
+    if text is None:
+        return None
+    first, sep, _rest = text.partition("\n\n")
+    if text.startswith("vendor_id") and "IBM/S390" in first:
+        return parse_cpuinfo(text)  # s390x: a header block before the per-CPU ones
+    return parse_cpuinfo(first + sep)
 
 
 def cpuid_reader(host: HostRoot) -> CpuidFn | None:
