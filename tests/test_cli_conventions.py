@@ -8,10 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from support_daemon import free_port, start_daemon
+from support_daemon import free_port, health_status, start_daemon
 
 from nodecompat.clients import cli
 
@@ -201,8 +202,11 @@ def test_errors_say_which_server_was_reached(tmp_path: Path) -> None:
             f"{node.address}`, or give --aggregator an aggregator's address)\n"
         )
         agg_addr = f"127.0.0.1:{agg_port}"
-        r = run("fleet", "nodes", "--aggregator", agg_addr, "--wait", "30")
-        assert r.returncode == 1  # it serves, but knows no node
+        deadline = time.monotonic() + 60
+        while health_status(agg_addr) != "SERVING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = run("fleet", "nodes", "--aggregator", agg_addr, "--wait", "1")
+        assert r.returncode == 1  # it serves, but knows no node: not every node is SERVING after --wait
         assert "the aggregator knows no node: give it --nodes-file or --dns" in r.stderr
         r = run("validate", "--spec", str(SPEC), "--node", agg_addr)
         assert r.returncode == 2
