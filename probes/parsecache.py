@@ -26,7 +26,7 @@ _cache: OrderedDict[tuple[str, str], tuple[tuple[int, int, int, int], object]] =
 def identity(host: HostRoot, host_path: str) -> tuple[int, int, int, int] | None:
     """(st_dev, st_ino, st_size, st_mtime_ns) of a regular host file, or None when it is not one."""
     try:
-        st = os.stat(host.path(host_path))
+        st = host.stat(host_path)  # resolved inside the host root, as the read itself is
     except (OSError, ValueError):
         return None
     if (st.st_mode & 0o170000) != 0o100000:

@@ -372,10 +372,12 @@ class RegistryProxy:
         retry_after: str | None = None,
         tls: tuple[Path, Path, Path] | None = None,
         redirect_blobs_to: str | None = None,
+        realm: str | None = None,
     ) -> None:
         self.upstream = upstream
         self.tls = tls  # (ca, cert, key): serve HTTPS (the upstream stays plain HTTP)
         self.redirect_blobs_to = redirect_blobs_to  # "scheme://host": blob GETs answer 307 there
+        self.realm = realm  # the Bearer challenge's realm URL (default: this proxy's /token)
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.retry_after = retry_after
@@ -506,7 +508,7 @@ class RegistryProxy:
             401,
             b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
             [
-                ("WWW-Authenticate", f'Bearer realm="{self.scheme}://{self.host}/token",service="nc-test"{scope}'),
+                ("WWW-Authenticate", f'Bearer realm="{self.realm or f"{self.scheme}://{self.host}/token"}",service="nc-test"{scope}'),
                 ("Content-Type", "application/json"),
             ],
         )

@@ -275,3 +275,44 @@ def test_credentials_are_never_sent_over_plain_http(
             fetch_compat_spec(ref, plain_http=True, auth=explicit, timeout=20)
         assert info.value.code == "UNAUTHENTICATED"
         assert proxy.token_requests == 0 and not any(proxy.authorizations)
+
+
+def test_a_token_realm_is_checked_like_a_redirect(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path, listeners: dict[str, Listener]
+) -> None:
+    """The realm is a URL the registry names: with a policy, an unlisted realm host is never contacted."""
+    img = _attached(registry, repo_name, tmp_path)
+    pki = sr.make_tls_files(tmp_path / "pki")
+    elsewhere = f"http://127.0.0.1:{listeners['silent'].port}/token"
+    with sr.RegistryProxy(registry.host, bearer_users={sr.USER: sr.PASSWORD}, tls=pki, realm=elsewhere) as proxy:
+        ref = img.reference.replace(registry.host, proxy.host)
+        auth = RegistryAuth.from_sources(username=sr.USER, password=sr.PASSWORD, docker_config=False)
+        with pytest.raises(RegistryError) as info:
+            fetch_compat_spec(ref, ca_file=str(pki[0]), auth=auth, policy=RegistryPolicy.parse([proxy.host]),
+                              timeout=20)
+        assert info.value.code == "PERMISSION_DENIED" and f"token server of {proxy.host}:" in str(info.value)
+        # Allowed for plain HTTP, the realm still never gets credentials over plain HTTP.
+        allow_realm = RegistryPolicy.parse([proxy.host, f"http://127.0.0.1:{listeners['silent'].port}"])
+        with pytest.raises(RegistryError, match="never sends credentials over plain HTTP") as info:
+            fetch_compat_spec(ref, ca_file=str(pki[0]), auth=auth, policy=allow_realm, timeout=20)
+        assert info.value.code == "UNAUTHENTICATED"
+    assert listeners["silent"].accepted == 0
+
+
+def test_allowed_targets_do_not_tell_closed_from_non_http_ports(
+    tmp_path: Path, listeners: dict[str, Listener]
+) -> None:
+    """A server with a policy says 'no usable HTTP answer', never the socket-level reason."""
+    daemon = start_daemon(tmp_path, "--host-root", PLAIN_VM, "--allowed-registries", "http://127.0.0.1:*",
+                          env=sr.env_without_docker(tmp_path))
+    try:
+        texts = set()
+        for port in (free_port(), listeners["garbage"].port):
+            code, msg = _refusal(daemon.address, image=f"127.0.0.1:{port}/a/b:c1", plain_http=True)
+            assert code == grpc.StatusCode.UNAVAILABLE, msg
+            texts.add(msg.replace(str(port), "PORT"))
+    finally:
+        daemon.terminate()
+    assert len(texts) == 1, texts
+    (text,) = texts
+    assert "no usable HTTP answer" in text and "refused" not in text.lower() and "SSH" not in text
