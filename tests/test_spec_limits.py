@@ -124,9 +124,15 @@ def test_daemon_rss_stays_bounded_across_many_regex_specs(tmp_path: Path) -> Non
                 resp = stub.ValidateImage(node_pb2.ValidateImageRequest(spec=regex_spec(k, 16, 20)), timeout=120)
                 assert resp.report.sets, resp
                 sizes.append(proc.memory_info().rss)
+            for k in range(6):  # the reproducer: refused, and it leaves nothing behind either
+                with pytest.raises(grpc.RpcError) as exc:
+                    stub.ValidateImage(node_pb2.ValidateImageRequest(spec=regex_spec(100 + k, 256, 1000)), timeout=120)
+                assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                sizes.append(proc.memory_info().rss)
         warm = sizes[1]  # after the first spec: libraries, Unicode tables, allocator arenas in place
         bound = warm + cap + (48 << 20)
         assert max(sizes[2:]) <= bound, [s >> 20 for s in sizes]
+        print("daemon RSS MiB per call:", [s >> 20 for s in sizes], "bound", bound >> 20)
     finally:
         d.terminate()
 
