@@ -180,3 +180,25 @@ def test_version_errors_are_nfds_in_compat_mode() -> None:
     with pytest.raises(ExpressionError) as exc:
         MatchExpression("Gt", ["1.2.3"], "version").compiled().evaluate(True, "x")
     assert str(exc.value) == 'not a version "x"'
+
+
+@pytest.mark.parametrize(
+    ("op", "values", "typ", "node", "message"),
+    [  # the fmt.Errorf texts of expression.go, evaluateMatchExpression
+        ("Gt", ["1", "2"], "", "5", "invalid expression, 'value' field must contain exactly one element "
+         'for Op "Gt" (have [1 2])'),
+        ("Gt", ["x"], "", "5", 'not a number "x" in &{Gt [x] }'),
+        ("Gt", ["1"], "", "x", 'not a number "x"'),
+        ("GtLt", ["5", "1"], "", "3", 'invalid expression, value[0] must be less than Value[1] for Op "GtLt" '
+         "(have [5 1])"),
+        ("Gt", ["1"], "semver", "5", "invalid expression, 'type' field only accepts \"version\" value "
+         'for Op "Gt" (have "semver")'),
+        ("In", [], "", "5", "invalid expression, 'value' field must be non-empty for Op \"In\""),
+        ("Exists", ["a"], "", "5", "invalid expression, 'value' field must be empty for Op \"Exists\" (have [a])"),
+        ("Foo", [], "", "5", 'invalid Op "Foo"'),
+    ],
+)  # fmt: skip
+def test_nfd_error_texts(op: str, values: list[str], typ: str, node: str, message: str) -> None:
+    with pytest.raises(ExpressionError) as exc:
+        MatchExpression(op, values, typ).compiled().evaluate(True, node)
+    assert str(exc.value) == message

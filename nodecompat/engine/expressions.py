@@ -279,7 +279,7 @@ class CompiledExpression:
         if len(e.values) != want:
             count = "exactly one element" if want == 1 else "exactly two elements"
             self._num_error = (
-                f"invalid expression, 'value' field must contain {count} for Op {e.op!r} "
+                f"invalid expression, 'value' field must contain {count} for Op {_go_quote(e.op)} "
                 f"(have {_values_repr(e.values)})"
             )
             return
@@ -298,18 +298,23 @@ class CompiledExpression:
             self._num = tuple(versions)
             return
         if e.type != "":
-            self._num_error = f'unsupported value type {e.type!r} for Op {e.op!r} (only "version")'
+            self._num_error = (  # expression.go
+                f"invalid expression, 'type' field only accepts \"version\" value for Op {_go_quote(e.op)} "
+                f"(have {_go_quote(e.type)})"
+            )
+            self._num_problem = f'unsupported value type {e.type!r} for Op {e.op!r} (only "version")'
             return
         nums = []
         for v in e.values:
             try:
                 nums.append(go_atoi(v))
             except ValueError:
-                self._num_error = f"not a number {_go_quote(v)} in {e.op} {_values_repr(e.values)}"
+                self._num_error = f"not a number {_go_quote(v)} in {_go_expression(e)}"  # expression.go
+                self._num_problem = f"not a number {_go_quote(v)} in {e.op} {_values_repr(e.values)}"
                 return
         if want == 2 and nums[0] >= nums[1]:
             self._num_error = (
-                f"invalid expression, value[0] must be less than Value[1] for Op {e.op!r} "
+                f"invalid expression, value[0] must be less than Value[1] for Op {_go_quote(e.op)} "
                 f"(have {_values_repr(e.values)})"
             )
             return
