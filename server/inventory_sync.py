@@ -35,7 +35,7 @@ from nodecompat.fleet.store import STATE_OK, STATE_STALE, STATE_UNREACHABLE, Fea
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
-from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2_grpc
+from nodecompat.v1 import inventory_pb2, node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +243,9 @@ class InventorySync:
 def _wire_key(ch: inventory_pb2.FeaturesChange) -> tuple[tuple[tuple[str, str, str], ...], str]:
     """(identity triples, sha256 of the deterministic wire form of features + probe outcomes without identity
     attributes and timings): two nodes with the same key have the same canonical set, so the second is stored
-    without parsing (a 10,000-node resubscribe parses each distinct set once)."""
-    feats = features_pb2.Features()
-    feats.CopyFrom(ch.features)
+    without parsing (a 10,000-node resubscribe parses each distinct set once). The identity elements are taken
+    out of the received message for the hash and put back (no copy of the features)."""
+    feats = ch.features
     identity: list[tuple[str, str, str]] = []
     for name, keys in IDENTITY.items():
         if name in feats.attributes:
@@ -254,6 +254,8 @@ def _wire_key(ch: inventory_pb2.FeaturesChange) -> tuple[tuple[tuple[str, str, s
                 identity.append((name, k, elements[k]))
                 del elements[k]
     h = hashlib.sha256(feats.SerializeToString(deterministic=True))
+    for name, k, v in identity:
+        feats.attributes[name].elements[k] = v
     for st in ch.probes:  # what decides unknown facts: which probe failed, why, and what it provides
         if not st.ok:
             h.update(b"\0" + st.name.encode() + b"\0" + st.error.encode() + b"\0" + "\0".join(st.features).encode())
