@@ -385,6 +385,12 @@ class _Parser:
     def push_paren(self, kind: str) -> None:
         self.stack.append([_PSEUDO_LPAREN, kind, 0, 1, self.flags])
 
+    def literal(self, c: str) -> None:
+        """A literal rune; its node's product field is unused (1), so it carries the fold flag instead:
+        Go merges adjacent literals of the same case folding into one string node (height 1)."""
+        fold = bool(self.flags & _FOLD)
+        self.push("lit", _lit_text(c, fold), product=2 if fold else 0)
+
     def concat(self) -> None:
         i = len(self.stack)
         while i > 0 and self.stack[i - 1][0] not in (_PSEUDO_LPAREN, _PSEUDO_BAR):
@@ -395,8 +401,10 @@ class _Parser:
             self.push("empty", "(?:)")
         elif len(subs) == 1:
             self.stack.append(subs[0])
+        elif all(s[0] in ("lit", "str") and s[3] == subs[0][3] for s in subs):  # one string node in Go
+            self.push("str", [s[1] for s in subs], 1, subs[0][3])
         else:
-            self.push("cat", [s[1] for s in subs], 1 + max(s[2] for s in subs), max(s[3] for s in subs))
+            self.push("cat", [s[1] for s in subs], 1 + max(s[2] for s in subs), max(_product(s) for s in subs))
         self._check_height(self.stack[-1])
 
     def alternate(self) -> None:
@@ -414,7 +422,10 @@ class _Parser:
                 text.append("|")
             text.append(sub[1])
         text.append(")")
-        self.push("alt", text, 1 + max(s[2] for s in subs), max(s[3] for s in subs))
+        if all(s[0] in ("lit", "cc", "dot") for s in subs):  # Go merges them into one character class
+            self.push("cc", text, 1, 1)
+        else:
+            self.push("alt", text, 1 + max(s[2] for s in subs), max(_product(s) for s in subs))
         self._check_height(self.stack[-1])
 
     def _check_height(self, node: list[Any]) -> None:
@@ -434,13 +445,13 @@ class _Parser:
             raise self.err(ERR_MISSING_REPEAT_ARGUMENT, start, after)
         sub = self.stack.pop()
         lazy = "?" if nongreedy else ""
-        product = sub[3]
+        product = _product(sub)
         if op == "{":
             count = lo if hi == -1 else hi
             if hi == 0:
                 product = 1  # x{0}: Go's check does not look inside
             elif count > 0:
-                product = count * sub[3]
+                product = count * _product(sub)
             if (lo >= 2 or hi >= 2) and product > MAX_REPEAT:
                 raise self.err(ERR_INVALID_REPEAT_SIZE, start, after)
             suffix = f"{{{lo}}}" if lo == hi else (f"{{{lo},}}" if hi == -1 else f"{{{lo},{hi}}}")
@@ -478,7 +489,7 @@ class _Parser:
                 self.push("op", r"\z" if self.flags & _ONELINE else "(?m:$)")
                 i += 1
             elif c == ".":
-                self.push("op", "(?s:.)" if self.flags & _DOTNL else r"[^\n]")
+                self.push("dot", "(?s:.)" if self.flags & _DOTNL else r"[^\n]")
                 i += 1
             elif c == "[":
                 i = self.parse_class(i)
@@ -489,7 +500,7 @@ class _Parser:
             elif c == "{":
                 parsed = _parse_repeat(s, i)
                 if parsed is None:
-                    self.push("lit", _lit_text("{", False))
+                    self.push("lit", _lit_text("{", False), product=0)
                     i += 1
                 else:
                     lo, hi, after = parsed
@@ -501,7 +512,7 @@ class _Parser:
             elif c == "\\":
                 i = self.backslash(i)
             else:
-                self.push("lit", _lit_text(c, bool(self.flags & _FOLD)))
+                self.literal(c)
                 i += 1
             last_repeat = rep
         self.concat()
@@ -519,7 +530,10 @@ class _Parser:
         lp = self.stack.pop()
         self.flags = lp[4]
         capture = lp[1] == "cap"
-        self.push("grp", ["(?:", sub[1], ")"], sub[2] + (1 if capture else 0), sub[3])
+        if capture:
+            self.push("grp", ["(?:", sub[1], ")"], sub[2] + 1, _product(sub))
+        else:  # Go keeps no node for (?:...): what is inside stays what it was (a literal still merges)
+            self.push(sub[0], ["(?:", sub[1], ")"], sub[2], sub[3])
         self._check_height(self.stack[-1])
 
     def perl_flags(self, i: int) -> int:
@@ -583,9 +597,8 @@ class _Parser:
             if c == "Q":
                 end = s.find("\\E", i + 2)
                 stop, nxt = (self.n, self.n) if end < 0 else (end, end + 2)
-                fold = bool(self.flags & _FOLD)
                 for ch in s[i + 2 : stop]:
-                    self.push("lit", _lit_text(ch, fold))
+                    self.literal(ch)
                 return nxt
             if c in "pP":
                 items, j = self.unicode_class(i)
@@ -595,7 +608,7 @@ class _Parser:
                 self.push("cc", self._class_text("\\" + c, False))
                 return i + 2
         r, j = self.escape(i)
-        self.push("lit", _lit_text(chr(r), bool(self.flags & _FOLD)))
+        self.literal(chr(r))
         return j
 
     def _class_text(self, items: str, negated: bool) -> Any:
@@ -724,6 +737,11 @@ class _Parser:
         if self.s[i] == "\\":
             return self.escape(i)
         return ord(self.s[i]), i + 1
+
+
+def _product(node: list[Any]) -> int:
+    """The largest product of nested repeat counts in a node (a literal's field holds its fold flag)."""
+    return 1 if node[0] in ("lit", "str") else int(node[3])
 
 
 def _unhex(c: str) -> int:
