@@ -316,3 +316,27 @@ def test_allowed_targets_do_not_tell_closed_from_non_http_ports(
     assert len(texts) == 1, texts
     (text,) = texts
     assert "no usable HTTP answer" in text and "refused" not in text.lower() and "SSH" not in text
+
+
+auth_registry = sr.auth_registry
+
+
+def test_daemon_sends_docker_config_credentials_over_https_to_their_host(
+    auth_registry: sr.RegistryProcess, repo_name: str, tmp_path: Path
+) -> None:
+    """The legitimate path still works: an allowed HTTPS registry, the docker config's entry for it."""
+    assert auth_registry.tls is not None
+    ca = str(auth_registry.tls[0])
+    img = sr.push_image(auth_registry.host, repo_name, tmp_path, creds=f"{sr.USER}:{sr.PASSWORD}")
+    attach_spec(img.reference, sr.spec_yaml(note="creds"), ca_file=ca,
+                auth=RegistryAuth.from_sources(username=sr.USER, password=sr.PASSWORD, docker_config=False))
+    cfg = sr.docker_config(tmp_path / "docker", auth_registry.host, sr.USER, sr.PASSWORD)
+    env = {**sr.env_without_docker(tmp_path), "DOCKER_CONFIG": str(cfg)}
+    daemon = start_daemon(tmp_path, "--host-root", PLAIN_VM, "--allowed-registries", auth_registry.host,
+                          "--ca-file", ca, env=env)
+    try:
+        assert _validate(daemon.address, image=img.reference).compatible
+        code, msg = _refusal(daemon.address, image=img.reference, plain_http=True)  # HTTPS-only pattern
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "plain HTTP" in msg
+    finally:
+        daemon.terminate()
