@@ -25,7 +25,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
-from nodecompat.engine.spec import Spec, SpecError, parse_spec
+from nodecompat.engine.spec import Spec, SpecError, SpecTimeout, parse_spec
 from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.fleet.store import FeatureStore, spec_key
 from nodecompat.oci.cache import SpecCache
@@ -197,10 +197,17 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         return fetched.text, fetched.image_digest, fetched.artifact_digest
 
     def _check_spec(self, text: str, context: grpc.ServicerContext, origin: str, nfd_compat: bool) -> Spec:
+        left = context.time_remaining()
+        deadline = None if left is None else time.monotonic() + left
         try:
-            return parse_spec(text, nfd_compat=nfd_compat, max_bytes=self.options.registry.max_spec_bytes)
+            return parse_spec(
+                text, nfd_compat=nfd_compat, max_bytes=self.options.registry.max_spec_bytes, deadline=deadline
+            )
         except SpecError as exc:
             context.abort_with_status(spec_error_status(exc.problems, origin, context.invocation_metadata()))
+            raise
+        except SpecTimeout:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed while reading the spec")
             raise
 
     def _from_inventory(

@@ -243,3 +243,23 @@ def test_lone_surrogate_escapes_in_json_read_as_go_does() -> None:
     assert spec.compatibilities[0].tag == "\ufffd"
     assert spec.compatibilities[0].rules[0].name == "a\ufffd"
     wire.to_message(evaluate(spec, Features()), validation_pb2.ValidationReport).SerializeToString()
+
+
+def test_aggregator_answers_150_unknown_fields_with_invalid_argument_and_details() -> None:
+    from support_fleet import aggregator
+
+    from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
+
+    with aggregator() as agg, grpc.insecure_channel(agg.address) as ch, pytest.raises(grpc.RpcError) as exc:
+        list(  # a server stream
+            fleet_pb2_grpc.FleetServiceStub(ch).ValidateFleet(
+                fleet_pb2.ValidateFleetRequest(spec=unknown_fields_spec(150)), timeout=60
+            )
+        )
+    err = exc.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "and 145 more" in err.details()
+    st = status_pb2.Status.FromString(dict(err.trailing_metadata())["grpc-status-details-bin"])
+    bad = error_details_pb2.BadRequest()
+    st.details[0].Unpack(bad)
+    assert bad.field_violations[1].field == "compatibilities[0].rules[0].unknownField1"
