@@ -44,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nodecompat.clients.cmd_translate",
         "translate a spec into an NFD NodeFeatureRule/NodeFeatureGroup or DRA DeviceClass+ResourceClaimTemplate",
     ),
+    "webhook": (
+        "nodecompat.clients.cmd_webhook",
+        "run the Kubernetes admission webhook that places pods only on nodes that fit their images",
+    ),
     "completion": ("nodecompat.clients.cmd_completion", "print a shell completion script (bash, zsh or fish)"),
 }
 COMMAND_MODULES = tuple(module for module, _help in COMMANDS.values())

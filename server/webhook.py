@@ -1,0 +1,273 @@
+"""`nodecompat webhook`: the Kubernetes admission webhook server (HTTPS, admission.k8s.io/v1).
+
+POST /mutate and /validate take an AdmissionReview for a Pod CREATE and answer with the same uid; GET
+/healthz answers "ok" whatever else is happening. Per image (containers and initContainers) the
+compatibility artifact is resolved through nodecompat.oci's SpecCache (tags for 30 s, specs by artifact
+digest, both LRU-bounded; the registry allow-list `--allowed-registries` is nodecompat.oci.policy's, checked
+before any connection), the aggregator is asked which nodes fit (FleetService.ValidateFleet with the spec
+inline, on one grpc.aio channel), and nodecompat.admission decides.
+
+Hostile callers: the body is bounded (aiohttp client_max_size -> 413), JSON depth and field types are
+checked (400), and every request runs under one deadline (`--deadline`, default 8 s, below the API
+server's 10 s webhook timeout) that the request cannot stretch: the API server's own `?timeout=` can only
+shorten it. Registry reads run on a bounded thread pool (they use `requests`); a read that passes the
+deadline is abandoned and stops at its own budget. aiohttp serves HTTP because it is a maintained asyncio
+server and the aggregator client is grpc.aio on the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from nodecompat.admission import review as rv
+from nodecompat.admission.decide import FAIL, ImageAnswer, NodeAnswer, Policy, decide
+from nodecompat.engine.spec import Spec, SpecError, parse_spec
+from nodecompat.oci.cache import SpecCache
+from nodecompat.oci.errors import NotFoundError, RegistryError
+from nodecompat.oci.policy import RegistryPolicy
+from nodecompat.translate.common import dns_name
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger("nodecompat.webhook")
+
+DEFAULT_DEADLINE = 8.0
+MAX_PARSED_SPECS = 128  # parsed specs kept by artifact digest (the texts are in SpecCache)
+REGISTRY_THREADS = 8
+MAX_FLEET_NODES = 100_000  # node answers read from one ValidateFleet stream
+_TIMEOUT_RE = re.compile(r"^(\d{1,3})s$")
+
+
+@dataclass
+class WebhookConfig:
+    listen_host: str
+    listen_port: int
+    tls_cert: str
+    tls_key: str
+    aggregator: str
+    aggregator_credentials: grpc.ChannelCredentials | None = None
+    policy: RegistryPolicy = field(default_factory=RegistryPolicy)
+    plain_http: bool = False
+    ca_file: str | None = None
+    failure_policy: str = FAIL
+    deadline: float = DEFAULT_DEADLINE
+    max_node_names: int = 500
+    deny_when_no_fit: bool = False
+    nfd_labels: bool = False
+
+
+class Webhook:
+    """The request handlers and their shared, bounded state (caches, channel, thread pool)."""
+
+    def __init__(self, config: WebhookConfig) -> None:
+        self.config = config
+        self.specs = SpecCache()
+        self.parsed: OrderedDict[str, Spec] = OrderedDict()
+        self.pool = ThreadPoolExecutor(REGISTRY_THREADS, thread_name_prefix="webhook-registry")
+        self.channel: grpc.aio.Channel | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=rv.MAX_REVIEW_BYTES)
+        app.router.add_post("/mutate", self.mutate)
+        app.router.add_post("/validate", self.validate)
+        app.router.add_get("/healthz", self.healthz)
+        app.on_cleanup.append(self._close)
+        return app
+
+    def stub(self) -> fleet_pb2_grpc.FleetServiceStub:
+        if self.channel is None:
+            creds = self.config.aggregator_credentials
+            self.channel = (
+                grpc.aio.secure_channel(self.config.aggregator, creds)
+                if creds is not None
+                else grpc.aio.insecure_channel(self.config.aggregator)
+            )
+        return fleet_pb2_grpc.FleetServiceStub(self.channel)
+
+    async def _close(self, _app: web.Application) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- handlers ------------------------------------------------------------------------------------------
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def mutate(self, request: web.Request) -> web.Response:
+        return await self._handle(request, mutate=True)
+
+    async def validate(self, request: web.Request) -> web.Response:
+        return await self._handle(request, mutate=False)
+
+    def _deadline(self, request: web.Request) -> float:
+        deadline = self.config.deadline
+        m = _TIMEOUT_RE.match(request.query.get("timeout", ""))
+        if m:  # the API server's own timeout (?timeout=10s) can shorten ours, never lengthen it
+            deadline = min(deadline, max(0.5, int(m.group(1)) - 1.0))
+        return deadline
+
+    async def _handle(self, request: web.Request, *, mutate: bool) -> web.Response:
+        started = time.monotonic()
+        budget = self._deadline(request)
+        try:
+            async with asyncio.timeout(budget):
+                body = await request.read()
+        except TimeoutError:
+            return web.json_response({"error": "the request body did not arrive before the deadline"}, status=408)
+        try:
+            review = rv.parse_review(body)
+        except rv.ReviewError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if not review.is_pod_create or review.skip:
+            return web.json_response(rv.response(review.uid, True))
+        policy = Policy(
+            mutate=mutate,
+            deny_when_no_fit=self.config.deny_when_no_fit,
+            failure_policy=self.config.failure_policy,
+            max_node_names=self.config.max_node_names,
+            nfd_labels=self.config.nfd_labels,
+        )
+        remaining = budget - (time.monotonic() - started)
+        stages = dict.fromkeys(review.images, "registry")
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                answers = await self._answers(review.images, started + budget, stages)
+        except TimeoutError:
+            answers = [
+                ImageAnswer(img, "error", error=f"no answer from the {stages[img]} within the {budget:g} s deadline")
+                for img in review.images
+            ]
+        decision = decide(review.pod, answers, policy)
+        log.info(
+            "%s uid=%s images=%d allowed=%s dryRun=%s in %.1f ms",
+            "mutate" if mutate else "validate",
+            review.uid,
+            len(review.images),
+            decision.allowed,
+            review.dry_run,
+            (time.monotonic() - started) * 1000,
+        )
+        return web.json_response(
+            rv.response(
+                review.uid,
+                decision.allowed,
+                message=decision.message,
+                code=decision.code,
+                patch=decision.patch if mutate else None,
+                warnings=decision.warnings,
+            )
+        )
+
+    # -- per image -----------------------------------------------------------------------------------------
+    async def _answers(self, images: list[str], deadline: float, stages: dict[str, str]) -> list[ImageAnswer]:
+        return list(await asyncio.gather(*(self._answer(img, deadline, stages) for img in images)))
+
+    async def _answer(self, image: str, deadline: float, stages: dict[str, str]) -> ImageAnswer:
+        """One image's answer; `stages[image]` names the peer being waited for (for the deadline's message)."""
+        loop = asyncio.get_running_loop()
+        remaining = deadline - time.monotonic()
+        try:
+            fetched = await loop.run_in_executor(
+                self.pool,
+                lambda: self.specs.fetch(
+                    image,
+                    plain_http=self.config.plain_http,
+                    ca_file=self.config.ca_file,
+                    timeout=max(0.1, remaining),
+                    policy=self.config.policy,
+                ),
+            )
+        except NotFoundError as exc:
+            if str(exc).startswith("no compatibility artifact"):
+                return ImageAnswer(image, "no-artifact")
+            return ImageAnswer(image, "error", error=f"registry: {exc}")
+        except RegistryError as exc:
+            return ImageAnswer(image, "error", error=f"registry: {exc}")
+        try:
+            spec = self._parsed(fetched.artifact_digest, fetched.text)
+        except SpecError as exc:
+            return ImageAnswer(image, "error", error=f"its compatibility spec is invalid: {str(exc)[:300]}")
+        answer = ImageAnswer(
+            image,
+            "fit",
+            image_digest=fetched.image_digest,
+            artifact_digest=fetched.artifact_digest,
+            spec=spec,
+            spec_name=dns_name(image.split("@")[0].rsplit("/", 1)[-1].split(":")[0], "image"),
+        )
+        stages[image] = "aggregator"
+        remaining = deadline - time.monotonic()
+        req = fleet_pb2.ValidateFleetRequest(spec=fetched.text, timeout_seconds=max(0.1, remaining - 0.2))
+        try:
+            async for item in self.stub().ValidateFleet(req, timeout=max(0.1, remaining)):
+                kind = item.WhichOneof("item")
+                batch = [item.node] if kind == "node" else list(item.nodes.nodes) if kind == "nodes" else []
+                for n in batch:
+                    if len(answer.nodes) >= MAX_FLEET_NODES:
+                        break
+                    answer.nodes.append(
+                        NodeAnswer(n.node_name, n.compatible, n.score, n.status or "OK", list(n.reasons[:4]))
+                    )
+                if kind == "summary":
+                    answer.why_not = list(item.summary.why_not)
+        except grpc.aio.AioRpcError as exc:
+            return ImageAnswer(image, "error", error=f"aggregator: {exc.code().name}: {(exc.details() or '')[:300]}")
+        return answer
+
+    def _parsed(self, digest: str, text: str) -> Spec:
+        spec = self.parsed.get(digest)
+        if spec is None:
+            spec = parse_spec(text)
+            self.parsed[digest] = spec
+            while len(self.parsed) > MAX_PARSED_SPECS:
+                self.parsed.popitem(last=False)
+        else:
+            self.parsed.move_to_end(digest)
+        return spec
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS 1.2+ server context from PEM files (ssl.SSLError/OSError name the problem)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def serve(config: WebhookConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (or forever)."""
+    hook = Webhook(config)
+    runner = web.AppRunner(hook.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        config.listen_host,
+        config.listen_port,
+        ssl_context=server_ssl_context(config.tls_cert, config.tls_key),
+        backlog=256,
+    )
+    await site.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+
+
+def to_answer_dict(a: ImageAnswer) -> dict[str, Any]:
+    """For logs and the affinity command: one image's answer as plain data."""
+    return {"image": a.image, "state": a.state, "error": a.error, "fitting": sorted(a.fitting()), "total": len(a.nodes)}

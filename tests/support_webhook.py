@@ -1,0 +1,142 @@
+"""Playing the Kubernetes API server against `nodecompat webhook`: AdmissionReviews as the API server
+sends them (admission.k8s.io/v1, k8s.io/api/admission/v1/types.go), over HTTPS with the webhook's
+certificate verified against the test CA, and a nodeAffinity evaluator for the patched pods
+(k8s.io/component-helpers/scheduling/corev1/nodeaffinity: terms ORed, requirements ANDed, nodeSelector
+ANDed with the required affinity)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import requests
+from support_daemon import free_port, stop_process
+
+
+def review(pod: dict[str, Any], *, dry_run: bool = False, operation: str = "CREATE") -> dict[str, Any]:
+    """An AdmissionReview for a Pod CREATE, with the fields the API server fills in."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": pod["metadata"].get("name", ""),
+            "namespace": "team-a",
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:team-a:deployer", "groups": ["system:authenticated"]},
+            "object": pod,
+            "oldObject": None,
+            "dryRun": dry_run,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def pod(name: str, containers: Sequence[str], init: Sequence[str] = (), **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team-a", "labels": {"app": name}},
+        "spec": {
+            **({"initContainers": [{"name": f"init{i}", "image": im} for i, im in enumerate(init)]} if init else {}),
+            "containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(containers)],
+            **spec,
+        },
+    }
+
+
+class WebhookProc:
+    def __init__(self, tmp: Path, ca: Path, cert: Path, key: Path, aggregator: str, *args: str) -> None:
+        self.port = free_port()
+        self.ca = ca
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.log = tmp / f"webhook-{self.port}.log"
+        cmd = [sys.executable, "-m", "nodecompat.clients.cli", "webhook", "--listen", f"127.0.0.1:{self.port}",
+               "--tls-cert", str(cert), "--tls-key", str(key), "--aggregator", aggregator, *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.session = requests.Session()
+        self.session.verify = str(ca)
+        self.session.trust_env = False  # never a proxy: the API server dials the webhook directly
+
+    def wait_ready(self, timeout: float = 30.0) -> WebhookProc:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"webhook exited {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                if self.session.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"webhook not ready: {self.log.read_text()}")
+
+    def post(self, path: str, body: Any, *, timeout: float = 30.0) -> requests.Response:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.session.post(f"{self.url}{path}?timeout=10s", data=data, timeout=timeout,
+                                 headers={"Content-Type": "application/json"})
+
+    def admit(self, path: str, rev: dict[str, Any]) -> dict[str, Any]:
+        r = self.post(path, rev)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"
+        assert out["response"]["uid"] == rev["request"]["uid"]
+        return out["response"]
+
+    def stop(self) -> None:
+        stop_process(self.proc, 10)
+
+
+def patch_of(resp: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if "patch" not in resp:
+        return []
+    assert resp["patchType"] == "JSONPatch"
+    return json.loads(base64.b64decode(resp["patch"]))
+
+
+def apply(pod_obj: dict[str, Any], resp: Mapping[str, Any]) -> dict[str, Any]:
+    return jsonpatch.JsonPatch(patch_of(resp)).apply(pod_obj)
+
+
+def _requirement(req: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    key, op, values = req["key"], req["operator"], req.get("values") or []
+    if op == "In":
+        return key in labels and labels[key] in values
+    if op == "NotIn":
+        return key not in labels or labels[key] not in values
+    if op == "Exists":
+        return key in labels
+    if op == "DoesNotExist":
+        return key not in labels
+    if op in ("Gt", "Lt"):
+        if key not in labels:
+            return False
+        a, b = int(labels[key]), int(values[0])
+        return a > b if op == "Gt" else a < b
+    raise AssertionError(f"unknown operator {op}")
+
+
+def admits(pod_obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether the scheduler's required node affinity + nodeSelector admit a node with `labels`."""
+    spec = pod_obj["spec"]
+    if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
+        return False
+    req = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+           .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    if not req:
+        return True
+    return any(all(_requirement(r, labels) for r in t.get("matchExpressions") or [])
+               for t in req["nodeSelectorTerms"])

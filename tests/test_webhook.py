@@ -1,0 +1,284 @@
+"""`nodecompat webhook` against a real fleet: three daemons on the fixture hosts, an aggregator, Debian's
+docker-registry with attached artifacts, and this test playing the API server over HTTPS (the webhook's
+certificate verified against a CA made with openssl). Every patch is applied with jsonpatch, the patched
+pod validated as a Pod (kubernetes-validate), and its affinity evaluated on the fleet's node labels."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from support_daemon import free_port
+from support_fleet import (
+    FLEET,
+    SPEC_NVIDIA,
+    SPEC_RANKED,
+    Certs,
+    aggregator,
+    default_labels,
+    make_certs,
+    start_fleet,
+    write_nodes_file,
+)
+from support_registry import push_image, push_raw_artifact, registry, subject_of  # noqa: F401 (fixture)
+from support_webhook import WebhookProc, admits, apply, patch_of, pod, review
+
+pytestmark = pytest.mark.registry
+K8S = kubernetes_validate.latest_version()
+SPEC_NOBODY = SPEC_NVIDIA.replace('"10de"', '"ffff"')
+SPEC_AMD = SPEC_NVIDIA.replace('"10de"', '"1002"')
+NODE_LABELS = {name: {**labels, "kubernetes.io/hostname": name} for name, labels in default_labels().items()}
+
+
+@dataclass
+class World:
+    images: dict[str, str]
+    certs: Certs
+    aggregator: str
+    registry_host: str
+    fail: WebhookProc
+    ignore: WebhookProc
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[World]:  # noqa: F811
+    tmp = tmp_path_factory.mktemp("webhook")
+    images = {}
+    for name, spec in (("nvidia", SPEC_NVIDIA), ("ranked", SPEC_RANKED), ("nobody", SPEC_NOBODY),
+                       ("amd", SPEC_AMD), ("plain", None)):
+        image = push_image(registry.host, f"webhook/{name}", tmp)
+        if spec is not None:
+            push_raw_artifact(registry.host, f"webhook/{name}", subject_of(image), layers=[spec.encode()])
+        images[name] = image.reference
+    certs = make_certs(tmp / "pki")
+    procs = start_fleet(tmp)
+    hooks: list[WebhookProc] = []
+    try:
+        nodes = write_nodes_file(tmp / "nodes.json", procs, default_labels())
+        with aggregator(nodes_file=str(nodes)) as agg:
+            common = ("--allowed-registries", "http://127.0.0.1:*", "--plain-http")
+            hooks = [WebhookProc(tmp, certs.ca, certs.cert, certs.key, agg.address, *common, "--failure-policy", p)
+                     for p in ("fail", "ignore")]
+            for h in hooks:
+                h.wait_ready()
+            yield World(images, certs, agg.address, registry.host, hooks[0], hooks[1], tmp)
+    finally:
+        for h in hooks:
+            h.stop()
+        for p in procs:
+            p.kill()
+
+
+def _validated(p: dict[str, Any]) -> dict[str, Any]:
+    kubernetes_validate.validate(p, K8S, strict=True)
+    return p
+
+
+def _admitted(p: dict[str, Any]) -> set[str]:
+    return {n for n, labels in NODE_LABELS.items() if admits(p, labels)}
+
+
+def _summary(p: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(p["metadata"]["annotations"]["nodecompat.io/compatibility"])
+
+
+def test_two_containers_and_an_init_container_are_placed_on_the_nodes_fitting_all_images(world: World) -> None:
+    p = _validated(pod("train", [world.images["ranked"], world.images["nvidia"]], init=[world.images["ranked"]]))
+    resp = world.fail.admit("/mutate", review(p))
+    assert resp["allowed"] is True
+    patched = _validated(apply(p, resp))
+    assert _admitted(patched) == {"h100"}  # nvidia fits h100 only; ranked fits all: the intersection
+    summary = _summary(patched)
+    assert summary["fitting"] == 1 and summary["total"] == len(FLEET) and summary["form"] == "hostname"
+    assert {i["image"] for i in summary["images"]} == {world.images["ranked"], world.images["nvidia"]}
+    assert all(i["digest"].startswith("sha256:") and i["artifact"].startswith("sha256:") for i in summary["images"])
+    assert patched["spec"]["containers"] == p["spec"]["containers"]  # nothing else touched
+
+
+def test_existing_affinity_terms_and_node_selector_are_kept_and_preferences_follow_the_weights(world: World) -> None:
+    own_terms = [
+        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["nvidia", "amd"]}]},
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
+    ]
+    own_pref = [{"weight": 3, "preference": {"matchExpressions": [{"key": "zone", "operator": "In",
+                                                                   "values": ["a"]}]}}]
+    p = _validated(pod("ranked", [world.images["ranked"]], nodeSelector={"zone": "a"}, affinity={"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": own_terms},
+        "preferredDuringSchedulingIgnoredDuringExecution": own_pref}}))
+    resp = world.fail.admit("/mutate", review(p))
+    patched = _validated(apply(p, resp))
+    assert patched["spec"]["nodeSelector"] == {"zone": "a"}
+    terms = patched["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert len(terms) == 2
+    for own, new in zip(own_terms, terms, strict=True):  # every own expression kept, ours ANDed to each term
+        assert new["matchExpressions"][:-1] == own["matchExpressions"]
+        assert new["matchExpressions"][-1] == {"key": "kubernetes.io/hostname", "operator": "In",
+                                               "values": ["h100", "mi300", "vm"]}
+    assert _admitted(patched) == _admitted(p) == {"h100", "mi300"}  # all fit: the pod's own constraints decide
+    pref = patched["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert pref[0] == own_pref[0]
+    assert [(t["weight"], t["preference"]["matchExpressions"][0]["values"]) for t in pref[1:]] == [
+        (10, ["h100"]), (5, ["mi300"]), (1, ["vm"])]  # SPEC_RANKED's weights per set
+
+    q = _validated(pod("nv", [world.images["nvidia"]], nodeSelector={"zone": "a"}, affinity={"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": own_terms}}}))
+    patched = _validated(apply(q, world.fail.admit("/mutate", review(q))))
+    assert _admitted(q) == {"h100", "mi300"} and _admitted(patched) == {"h100"}
+
+
+def test_an_image_without_artifact_passes_unchanged_and_annotated(world: World) -> None:
+    p = pod("plain", [world.images["plain"]])
+    resp = world.fail.admit("/mutate", review(p))
+    assert resp["allowed"] is True
+    patched = _validated(apply(p, resp))
+    assert "affinity" not in patched["spec"]
+    (item,) = _summary(patched)["images"]
+    assert item["artifact"] is None and "no compatibility artifact" in item["note"]
+    # beside a checked image it changes nothing: the checked image decides
+    q = pod("mixed", [world.images["plain"], world.images["nvidia"]])
+    assert _admitted(apply(q, world.fail.admit("/mutate", review(q)))) == {"h100"}
+
+
+def test_dry_run_is_answered_the_same(world: World) -> None:
+    p = pod("dry", [world.images["ranked"], world.images["nvidia"]])
+    wet = patch_of(world.fail.admit("/mutate", review(p)))
+    dry = patch_of(world.fail.admit("/mutate", review(p, dry_run=True)))
+
+    def no_time(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ops = copy.deepcopy(ops)
+        for op in ops:
+            if isinstance(op["value"], dict) and "nodecompat.io/compatibility" in op["value"]:
+                s = json.loads(op["value"]["nodecompat.io/compatibility"])
+                s.pop("time")
+                op["value"]["nodecompat.io/compatibility"] = s
+        return ops
+
+    assert no_time(wet) == no_time(dry) and wet
+
+
+def test_skip_annotation_and_other_operations_pass_unchanged(world: World) -> None:
+    p = pod("skip", [world.images["nobody"]])
+    p["metadata"]["annotations"] = {"nodecompat.io/skip": "true"}
+    for path in ("/mutate", "/validate"):
+        resp = world.fail.admit(path, review(p))
+        assert resp["allowed"] is True and "patch" not in resp
+    resp = world.fail.admit("/validate", review(pod("upd", [world.images["nobody"]]), operation="UPDATE"))
+    assert resp["allowed"] is True
+
+
+def test_validate_denies_a_pod_no_node_can_run_with_exclusion_counts(world: World) -> None:
+    resp = world.fail.admit("/validate", review(pod("nobody", [world.images["nobody"]])))
+    assert resp["allowed"] is False and resp["status"]["code"] == 403
+    msg = resp["status"]["message"]
+    assert msg.startswith("0 of 3 nodes fit this pod: 0 of 3 nodes fit") and "3 nodes" in msg and "ffff" in msg
+    resp = world.fail.admit("/validate", review(pod("two", [world.images["nvidia"], world.images["amd"]])))
+    assert resp["allowed"] is False and "no node fits all images" in resp["status"]["message"]
+    assert world.fail.admit("/validate", review(pod("ok", [world.images["nvidia"]])))["allowed"] is True
+    # /mutate admits it unchanged with a warning (a validating webhook denies it)
+    resp = world.fail.admit("/mutate", review(pod("nobody", [world.images["nobody"]])))
+    assert resp["allowed"] is True and "0 of 3 nodes fit" in resp["warnings"][0]
+
+
+def test_malformed_reviews_are_refused_without_guessing(world: World) -> None:
+    good = review(pod("x", [world.images["nvidia"]]))
+    cases: list[tuple[bytes, int]] = [
+        (b"{not json", 400),
+        (json.dumps({**good, "apiVersion": "admission.k8s.io/v1beta1"}).encode(), 400),
+        (json.dumps({**good, "request": {**good["request"], "uid": ""}}).encode(), 400),
+        (json.dumps({**good, "request": {**good["request"], "object": {"spec": {"containers": [{"image": 7}]},
+                                                                       "metadata": {}}}}).encode(), 400),
+        (b"[" * 100_000 + b"]" * 100_000, 400),
+        (b"{" + b" " * (4 * 1024 * 1024) + b"}", 413),
+    ]
+    for body, status in cases:
+        r = world.fail.post("/mutate", body)
+        assert r.status_code == status, (body[:80], r.text)
+    assert world.fail.session.get(f"{world.fail.url}/healthz", timeout=5).text == "ok\n"
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[str]:
+    """A TCP listener that accepts and never answers: a peer stuck mid-call."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conns.append(srv.accept()[0])
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield f"127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(2)
+        for c in conns:
+            c.close()
+        srv.close()
+
+
+def test_registry_down_follows_the_failure_policy(world: World) -> None:
+    dead = f"127.0.0.1:{free_port()}/webhook/gone:v1"
+    with black_hole() as hole:
+        for image in (dead, f"{hole}/webhook/stuck:v1"):
+            p = pod("down", [image])
+            resp = world.fail.admit("/mutate", review(p))
+            assert resp["allowed"] is False and resp["status"]["code"] == 503
+            assert "registry" in resp["status"]["message"] or "deadline" in resp["status"]["message"]
+            resp = world.ignore.admit("/mutate", review(p))
+            assert resp["allowed"] is True and "not checked (failure policy ignore)" in resp["warnings"][0]
+            assert "affinity" not in apply(p, resp)["spec"]
+    # outside the allow-list: refused without a connection, per the same policy
+    resp = world.fail.admit("/mutate", review(pod("far", ["registry.example.com/app:v1"])))
+    assert resp["allowed"] is False and "allow-list" in resp["status"]["message"]
+
+
+@pytest.mark.parametrize("policy", ["fail", "ignore"])
+def test_aggregator_down_or_slow_is_answered_within_the_deadline(world: World, policy: str) -> None:
+    deadline = 2.0
+    with black_hole() as hole:
+        hooks = [WebhookProc(world.tmp, world.certs.ca, world.certs.cert, world.certs.key, agg,
+                             "--allowed-registries", "http://127.0.0.1:*", "--plain-http", "--failure-policy",
+                             policy, "--deadline", str(deadline))
+                 for agg in (f"127.0.0.1:{free_port()}", hole)]
+        try:
+            for h in hooks:
+                h.wait_ready()
+                p = pod("agg", [world.images["nvidia"]])
+                started = time.monotonic()
+                resp = h.admit("/mutate", review(p))
+                took = time.monotonic() - started
+                assert took < deadline + 5, took  # bounded by the webhook's deadline, not the peer
+                if policy == "fail":
+                    assert resp["allowed"] is False and "aggregator" in resp["status"]["message"] + "deadline"
+                else:
+                    assert resp["allowed"] is True and resp["warnings"]
+                    assert "affinity" not in apply(p, resp)["spec"]
+        finally:
+            for h in hooks:
+                h.stop()
+
+
+def test_the_webhook_certificate_is_what_the_api_server_verifies(world: World) -> None:
+    import requests
+
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{world.fail.url}/healthz", verify=str(world.certs.dir / "rogue-ca.crt"), timeout=5)
