@@ -18,7 +18,6 @@ from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 
 NODE_BUS = "/sys/bus/node/devices"
-NODE_SYSTEM = "/sys/devices/system/node"
 SWAPS = "/proc/swaps"
 MEMINFO = "/proc/meminfo"
 ND_DEVICES = "/sys/bus/nd/devices"
@@ -47,12 +46,14 @@ def swap_enabled(text: str) -> bool:
     return len([line for line in text.splitlines() if line.strip()]) > 1
 
 
-def node_names(host: HostRoot) -> list[str]:
-    """NUMA node entries: /sys/bus/node/devices (NFD), else node<N> in /sys/devices/system/node."""
-    nodes = host.listdir(NODE_BUS)
-    if nodes:
-        return nodes
-    return [n for n in host.listdir(NODE_SYSTEM) if n.startswith("node") and n[4:].isdigit()]
+def node_names(host: HostRoot) -> list[str] | None:
+    """NUMA node entries of /sys/bus/node/devices, or None when it cannot be listed.
+
+    Exactly NFD's detectNuma(): an empty directory is 0 nodes; a missing one fails (memory.numa
+    absent). /sys/devices/system/node is not consulted, since NFD does not look there."""
+    if not host.is_dir(NODE_BUS):
+        return None
+    return host.listdir(NODE_BUS)
 
 
 class MemoryProbe(Probe):
@@ -66,7 +67,7 @@ class MemoryProbe(Probe):
                 AttributeInfo("is_numa", "bool", NODE_BUS, description="more than one node"),
                 AttributeInfo("node_count", "int", NODE_BUS),
             ),
-            source=f"{NODE_BUS} (or {NODE_SYSTEM})",
+            source=NODE_BUS,
         ),
         FeatureInfo(
             "memory.swap",
@@ -105,12 +106,12 @@ class MemoryProbe(Probe):
         out = ProbeOutput(Features())
         f = out.features
         nodes = node_names(host)
-        if nodes:
+        if nodes is not None:
             f.add_attributes(
                 "memory.numa", {"is_numa": str(len(nodes) > 1).lower(), "node_count": str(len(nodes))}
             )
         else:
-            out.notes.append(f"no NUMA nodes listed in {NODE_BUS} or {NODE_SYSTEM}: memory.numa left out")
+            out.notes.append(f"{NODE_BUS} cannot be listed: memory.numa left out, as NFD does")
 
         swaps = host.read_text(SWAPS)
         if swaps is None:
