@@ -48,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nodecompat.clients.cmd_webhook",
         "run the Kubernetes admission webhook that places pods only on nodes that fit their images",
     ),
+    "affinity": (
+        "nodecompat.clients.cmd_affinity",
+        "print the nodeAffinity that places a pod on the fleet's nodes fitting an image or spec (for GitOps)",
+    ),
     "completion": ("nodecompat.clients.cmd_completion", "print a shell completion script (bash, zsh or fish)"),
 }
 COMMAND_MODULES = tuple(module for module, _help in COMMANDS.values())

@@ -282,3 +282,28 @@ def test_the_webhook_certificate_is_what_the_api_server_verifies(world: World) -
 
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(f"{world.fail.url}/healthz", verify=str(world.certs.dir / "rogue-ca.crt"), timeout=5)
+
+
+def test_affinity_command_prints_the_block_the_webhook_adds(world: World, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    base = [sys.executable, "-m", "nodecompat.clients.cli", "affinity", "--aggregator", world.aggregator]
+    r = subprocess.run([*base, "--image", world.images["ranked"], "--plain-http", "-o", "json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    block = json.loads(r.stdout)
+    p = pod("gitops", [world.images["ranked"]])
+    hooked = apply(p, world.fail.admit("/mutate", review(p)))
+    assert block["affinity"] == hooked["spec"]["affinity"]
+    spec_file = tmp_path / "nv.yaml"
+    spec_file.write_text(SPEC_NVIDIA)
+    r = subprocess.run([*base, "--spec", str(spec_file)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    q = _validated({**pod("gitops", ["x"]), "spec": {**pod("gitops", ["x"])["spec"], **yaml.safe_load(r.stdout)}})
+    assert _admitted(q) == {"h100"}
+    spec_file.write_text(SPEC_NOBODY)
+    r = subprocess.run([*base, "--spec", str(spec_file)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "0 of 3 nodes fit" in r.stderr and "ffff" in r.stderr and not r.stdout

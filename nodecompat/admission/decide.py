@@ -75,7 +75,8 @@ class Decision:
     annotation: dict[str, Any] = field(default_factory=dict)
 
 
-def _why_not(a: ImageAnswer) -> str:
+def why_not_line(a: ImageAnswer) -> str:
+    """ "F of N nodes fit IMAGE: <exclusion counts>" (the aggregator's why-not, else the nodes' reasons counted)."""
     total = len(a.nodes)
     fit = len(a.fitting())
     head = f"{fit} of {total} nodes fit {a.image}"
@@ -134,7 +135,7 @@ def decide(pod: dict[str, Any], answers: Sequence[ImageAnswer], policy: Policy) 
         if len(checked) > 1 and all(a.fitting() for a in checked):
             why = "no node fits all images: " + "; ".join(f"{a.image} fits {len(a.fitting())}" for a in checked)
         else:
-            why = " | ".join(_why_not(a) for a in checked if not a.fitting()) or "no node fits"
+            why = " | ".join(why_not_line(a) for a in checked if not a.fitting()) or "no node fits"
         msg = f"0 of {total} nodes fit this pod: {why}"[:MAX_MESSAGE_CHARS]
         if not policy.mutate or policy.deny_when_no_fit:
             return Decision(False, message=msg, code=403)
@@ -142,13 +143,9 @@ def decide(pod: dict[str, Any], answers: Sequence[ImageAnswer], policy: Policy) 
         return Decision(True, patch=_patch(pod, [], [], summary), warnings=[f"nodecompat: {msg}"], annotation=summary)
     if not policy.mutate:
         return Decision(True)
-    if len(fitting) <= policy.max_node_names:
-        alternatives = [[hostname_requirement(sorted(fitting))]]
-        preferred = _preferred_by_score(checked, fitting, policy.max_node_names)
-        form = "hostname"
-    elif policy.nfd_labels:
-        alternatives, preferred = _label_form(checked)
-        form = "nfd-labels"
+    placed = placement(checked, fitting, policy)
+    if placed is not None:
+        alternatives, preferred, form = placed
     else:
         msg = (
             f"{len(fitting)} of {total} nodes fit, more than --max-node-names {policy.max_node_names}; "
@@ -172,6 +169,26 @@ def decide(pod: dict[str, Any], answers: Sequence[ImageAnswer], policy: Policy) 
             True, patch=_patch(pod, [], [], summary), warnings=[f"nodecompat: not placed: {exc}"], annotation=summary
         )
     return Decision(True, patch=patch, annotation=summary)
+
+
+def placement(
+    checked: Sequence[ImageAnswer], fitting: set[str], policy: Policy
+) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]], str] | None:
+    """(required alternatives, preferred terms, form) for the fitting nodes: the hostname form up to
+    max_node_names, else the NFD-label form when policy.nfd_labels, else None."""
+    if len(fitting) <= policy.max_node_names:
+        preferred = _preferred_by_score(checked, fitting, policy.max_node_names)
+        return [[hostname_requirement(sorted(fitting))]], preferred, "hostname"
+    if policy.nfd_labels:
+        alternatives, preferred = _label_form(checked)
+        return alternatives, preferred, "nfd-labels"
+    return None
+
+
+def node_affinity(alternatives: Sequence[list[dict[str, Any]]], preferred: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A pod's `affinity` block holding only these (for people who deploy with GitOps)."""
+    ops = placement_patch({"spec": {}, "metadata": {"annotations": {}}}, alternatives, preferred, {})
+    return ops[0]["value"] if ops else {}
 
 
 def _patch(pod: dict[str, Any], alternatives: Any, preferred: Any, summary: dict[str, Any]) -> list[dict[str, Any]]:
