@@ -306,3 +306,25 @@ def test_hostile_watchers_get_clear_statuses_and_health_keeps_answering(inv: Inv
         s.cancel()
     channel.close()
     node.close()
+
+
+def test_a_node_leaving_the_fleet_is_a_left_event_and_leaves_the_inventory(inv: InvFleet) -> None:
+    spec = inv.tmp / "nvidia-left.yaml"
+    spec.write_text(NVIDIA_ONLY)
+    nodes_file = inv.tmp / "nodes.yaml"
+    before = nodes_file.read_text()
+    w = _Watch(inv.address, spec)
+    try:
+        for _ in range(len(HOSTS) + 1):
+            w.next()
+        kept = [e for e in json.loads(before) if e["name"] != "mi-1"]
+        nodes_file.write_text(json.dumps(kept))
+        ev, _ = w.until("mi-1", "LEFT", timeout=30)
+        assert ev["address"] == inv.nodes["mi-1"].address
+        assert inv.agg.store is not None
+        _wait(lambda: inv.agg.store.get(inv.nodes["mi-1"].address) is None, what="mi-1 out of the store")  # type: ignore[union-attr]
+        nodes_file.write_text(before)  # it comes back: a transition to its state
+        w.until("mi-1", "INCOMPATIBLE", timeout=30)
+    finally:
+        nodes_file.write_text(before)
+        w.stop()
