@@ -81,8 +81,9 @@ def version() -> str:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with `only` (a command name, or "" for none), only that sub-command is fully registered
-    and the others are listed by their help line alone; None registers every sub-command."""
+    """The parser. None: every sub-command registered (completion, tests). A command name: that one alone
+    (the others are never needed when a valid command runs). Anything else ("" for none): every command
+    listed by its help line alone, for --help and argparse's invalid-choice message."""
     parser = Parser(
         prog="nodecompat",
         description="Will this container image run well on that machine, and on which machines of a fleet? "
@@ -94,7 +95,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         if only is None or name == only:
             importlib.import_module(module).register(sub)
-        else:
+        elif only not in COMMANDS:  # listing: --help, no command, a mistyped one (stubs need no import)
             sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
