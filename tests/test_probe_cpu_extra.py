@@ -249,3 +249,37 @@ def test_real_host_cpuid_rdt_matches_cpuinfo_flags():
     l3ca = bool(ebx7 & (1 << 15)) and bool(cpuid(0x10, 0)[1] & (1 << 1))
     got = attrs(run(CpuRdtProbe(), REAL)[0], "cpu.rdt") or {}
     assert ("RDTMON" in got, "RDTL3CA" in got) == (mon, l3ca)
+
+
+# -- other architectures: cpu.go getS390xAttributes/getHypervisorFromProcSysinfo, coprocessor_ppc64le.go --------
+S390X_CPUINFO = (
+    "vendor_id       : IBM/S390\n# processors    : 2\nbogomips per cpu: 3241.00\n\n"
+    "processor 0: version = FF,  identification = 0F4D27,  machine = 3931\n\n"
+    "cpu number      : 0\nversion         : FF\nidentification  : 0F4D27\nmachine         : 3931\n"
+)
+
+
+def test_s390x_model_and_hypervisor(tmp_path):
+    from nodecompat.probes.cpu import CpuProbe
+
+    host = tree(
+        tmp_path, {"/proc/cpuinfo": S390X_CPUINFO, "/proc/sysinfo": "LPAR Name: X\nControl Program: z/VM    7.3.0\n"}
+    )
+    model = attrs(run(CpuProbe(), host)[0], "cpu.model")
+    assert model == {"vendor_id": "IBM_S390", "family": "0F4D27", "id": "3931", "hypervisor": "z_VM_7.3.0"}
+
+
+def test_ppc64le_nx_gzip_and_stub_model(tmp_path):
+    from nodecompat.probes.cpu import CpuProbe
+
+    host = tree(
+        tmp_path,
+        {
+            "/proc/cpuinfo": "processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\nrevision\t: 2.2\n",
+            "/sys/devices/vio/ibm,compression-v1/nx_gzip_caps": "x\n",
+        },
+    )
+    wire, _ = run(CpuProbe(), host)
+    assert attrs(wire, "cpu.coprocessor") == {"nx_gzip": "true"}
+    # klauspost/cpuid detects nothing on ppc64le: VendorUnknown / 0 / 0, and VM() is false -> "none"
+    assert attrs(wire, "cpu.model") == {"vendor_id": "VendorUnknown", "family": "0", "id": "0", "hypervisor": "none"}
