@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from nodecompat.clients import exit_codes
 from nodecompat.clients.cmd_serve import LOG_LEVELS, add_registry_policy_flag, registry_policy
+from nodecompat.clients.runtime_args import add_runtime_flags, runtime_config, runtime_problem
+from nodecompat.server import limits
 from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unauthenticated-registration", action="store_true",
                    help="let any caller register nodes (no mTLS, no token): for trusted networks only")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="log verbosity")
+    add_runtime_flags(p, max_call_seconds=limits.AGGREGATOR_MAX_CALL_SECONDS)
     p.set_defaults(func=run)
 
 
@@ -82,6 +85,9 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
     from nodecompat.server.fleet_nodes import parse_dns_target
     from nodecompat.server.node_service import RegistryOptions
 
+    problem = runtime_problem(args)
+    if problem:
+        raise ValueError(problem)
     if args.concurrency < 1:
         raise ValueError("--concurrency must be >= 1")
     if args.max_registrations < 0:
@@ -128,6 +134,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         node_credentials=node_creds,
         registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=registry_policy(args)),
         sync=None if args.no_inventory else _sync_config(args),
+        **runtime_config(args),  # type: ignore[arg-type]
     )
 
 

@@ -13,7 +13,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from nodecompat.clients import exit_codes
+from nodecompat.clients.runtime_args import add_runtime_flags, runtime_config, runtime_problem
 from nodecompat.server import DEFAULT_NODE_LISTEN as DEFAULT_LISTEN
+from nodecompat.server import limits
 
 if TYPE_CHECKING:
     from nodecompat.oci.policy import RegistryPolicy
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--registration-token-file", default=None, metavar="FILE",
                    help="the fleet's shared registration token (the aggregator's --registration-token-file)")
     p.add_argument("--labels", default="", help="comma-separated k=v labels announced on registration")
+    add_runtime_flags(p, max_call_seconds=limits.DAEMON_MAX_CALL_SECONDS)
 
 
 def add_registry_policy_flag(p: argparse.ArgumentParser, rpc: str) -> None:
@@ -115,6 +118,9 @@ def check_args(args: argparse.Namespace) -> str:
         problem = name_problem(args.node_name)
         if problem:
             return f"--node-name: {problem}"
+    problem = runtime_problem(args)
+    if problem:
+        return problem
     if args.refresh_interval < 1:
         return "--refresh-interval must be at least 1 second"
     try:
@@ -253,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
         sysctl=_sysctl_names(args),
         registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=registry_policy(args)),
         server_credentials=creds,
+        **runtime_config(args),  # type: ignore[arg-type]
     )
     try:
         daemon = NodeDaemon(config)

@@ -30,6 +30,7 @@ from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.fleet.store import FeatureStore, spec_key
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
+from nodecompat.server import limits
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.first_check import FirstHealthChecks
@@ -44,11 +45,18 @@ from nodecompat.server.fleet_nodes import (
     RegistrationsFull,
 )
 from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, WatchSpec, watch_spec
-from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
+from nodecompat.server.grpc_server import (
+    add_standard_services,
+    bind,
+    new_runtime,
+    raise_open_file_limit,
+    set_health,
+)
 from nodecompat.server.inventory_answers import Plan, finish_summary, plan
 from nodecompat.server.inventory_sync import InventorySync, SyncConfig
 from nodecompat.server.node_service import RegistryOptions
 from nodecompat.server.registration_auth import RegistrationDenied, RegistrationPolicy, caller_of
+from nodecompat.server.runtime import RuntimeLimits
 from nodecompat.server.whatif_service import what_if
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2
 
@@ -371,7 +379,11 @@ class AggregatorConfig:
     concurrency: int = 64
     node_timeout: float = 10.0
     default_timeout: float = 30.0
-    workers: int = 16
+    workers: int = limits.WORKERS
+    max_concurrent_calls: int = limits.MAX_CONCURRENT_CALLS
+    max_call_seconds: float = limits.AGGREGATOR_MAX_CALL_SECONDS
+    request_timeout: float = limits.REQUEST_TIMEOUT
+    max_connection_idle: float = limits.MAX_CONNECTION_IDLE
     grace: float = 5.0
     server_credentials: grpc.ServerCredentials | None = None
     # Credentials the aggregator uses to reach the daemons (mTLS: with its client certificate).
@@ -406,9 +418,15 @@ class AggregatorDaemon:
             ),
         )
         self.first_checks = FirstHealthChecks(self.inventory, self.service.check_health)
-        self.server = new_server(config.workers, "fleet-rpc")
-        fleet_pb2_grpc.add_FleetServiceServicer_to_server(self.service, self.server)
-        self.health = add_standard_services(self.server, [FLEET_SERVICE])
+        rt_limits = RuntimeLimits(
+            workers=config.workers,
+            max_concurrent_calls=config.max_concurrent_calls,
+            max_call_seconds=config.max_call_seconds,
+            request_timeout=config.request_timeout,
+        )
+        self.runtime = new_runtime("fleet-rpc", rt_limits, config.max_connection_idle)
+        self.runtime.add_servicer(self.service, fleet_pb2.DESCRIPTOR.services_by_name["FleetService"])
+        self.health = add_standard_services(self.runtime, [FLEET_SERVICE])
         self.port = 0
         self._stopped = threading.Event()
         self.store: FeatureStore | None = None
@@ -422,8 +440,9 @@ class AggregatorDaemon:
 
     def start(self) -> int:
         self.inventory.load()
-        self.port = bind(self.server, self.config.listen, self.config.server_credentials)
-        self.server.start()
+        raise_open_file_limit()
+        self.port = bind(self.runtime, self.config.listen, self.config.server_credentials)
+        self.runtime.start()
         self.inventory.start()
         if self.config.check_new_nodes:
             self.first_checks.start()
@@ -441,11 +460,11 @@ class AggregatorDaemon:
         set_health(self.health, [FLEET_SERVICE], False)
         self.health.enter_graceful_shutdown()
         self.first_checks.stop()
-        self.server.stop(self.config.grace if grace is None else grace).wait()
+        self.runtime.stop(self.config.grace if grace is None else grace)
         if self.sync is not None:
             self.sync.stop()
         self.inventory.stop()
         self.pool.close()
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        self.runtime.wait()

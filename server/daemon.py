@@ -18,11 +18,18 @@ import grpc
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
-from nodecompat.server import DEFAULT_NODE_LISTEN
+from nodecompat.server import DEFAULT_NODE_LISTEN, limits
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.server.feature_watch import FeatureWatchHub
-from nodecompat.server.grpc_server import add_standard_services, bind, new_server, set_health
-from nodecompat.server.node_service import NodeService, RegistryOptions, add_to_server
+from nodecompat.server.grpc_server import (
+    add_standard_services,
+    bind,
+    new_runtime,
+    raise_open_file_limit,
+    set_health,
+)
+from nodecompat.server.node_service import NodeService, RegistryOptions, add_to_runtime
+from nodecompat.server.runtime import RuntimeLimits
 from nodecompat.v1 import node_pb2
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,11 @@ class DaemonConfig:
     refresh_interval: float = 60.0
     probe_timeout: float | None = None
     probes: list[str] | None = None
-    workers: int = 16
+    workers: int = limits.WORKERS
+    max_concurrent_calls: int = limits.MAX_CONCURRENT_CALLS
+    max_call_seconds: float = limits.DAEMON_MAX_CALL_SECONDS
+    request_timeout: float = limits.REQUEST_TIMEOUT
+    max_connection_idle: float = limits.MAX_CONNECTION_IDLE
     grace: float = 10.0
     hotplug: bool = True
     sysctl: list[str] = field(default_factory=list)  # extra kernel.sysctl names (serve --sysctl)
@@ -60,13 +71,19 @@ class NodeDaemon:
                 p.sysctl_extra = list(config.sysctl)
         self.runner = ProbeRunner(probes, self.host, errors, timeout=config.probe_timeout)
         self.cache = FeatureCache(self.runner, config.refresh_interval)
-        self.server = new_server(config.workers, "rpc")
+        rt_limits = RuntimeLimits(
+            workers=config.workers,
+            max_concurrent_calls=config.max_concurrent_calls,
+            max_call_seconds=config.max_call_seconds,
+            request_timeout=config.request_timeout,
+        )
+        self.runtime = new_runtime("rpc", rt_limits, config.max_connection_idle)
         self.service = NodeService(self.cache, config.node_name, config.registry)
         self.watch_hub = FeatureWatchHub(config.node_name)
         self.cache.on_round.append(self.watch_hub.on_round)
         self.service.watch_hub = self.watch_hub
-        add_to_server(self.service, self.server)
-        self.health = add_standard_services(self.server, [NODE_SERVICE])
+        add_to_runtime(self.service, self.runtime)
+        self.health = add_standard_services(self.runtime, [NODE_SERVICE])
         self.port = 0
         self._watcher: object | None = None
         self._stopped = threading.Event()
@@ -74,13 +91,14 @@ class NodeDaemon:
 
     def start(self) -> int:
         host, _, _ = self.config.listen.rpartition(":")
-        self.port = bind(self.server, self.config.listen, self.config.server_credentials)
-        self.server.start()
+        soft, _hard = raise_open_file_limit()
+        self.port = bind(self.runtime, self.config.listen, self.config.server_credentials)
+        self.runtime.start()
         self.cache.on_round.append(lambda _r: set_health(self.health, [NODE_SERVICE], True))
         self.cache.start()
         if self.config.hotplug:
             self._start_hotplug()
-        log.info("node daemon %s serving on %s:%d", self.config.node_name, host, self.port)
+        log.info("node daemon %s serving on %s:%d (open-file limit %d)", self.config.node_name, host, self.port, soft)
         return self.port
 
     def _start_hotplug(self) -> None:
@@ -106,7 +124,7 @@ class NodeDaemon:
         self.cache.stop()
         if self._watcher is not None:
             self._watcher.stop()  # type: ignore[attr-defined]
-        self.server.stop(self.config.grace if grace is None else grace).wait()
+        self.runtime.stop(self.config.grace if grace is None else grace)
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        self.runtime.wait()

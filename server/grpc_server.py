@@ -1,23 +1,30 @@
 """Standard gRPC server plumbing shared by the node daemon and the aggregator.
 
-One place for what every nodecompat server has: the thread-pool server with the OpenTelemetry
-interceptor and our message-size limits, health (NOT_SERVING until ready) and reflection, and the
-SIGTERM/SIGINT drain loop.
+One place for what every nodecompat server has: the grpc.aio runtime (server/runtime.py) with the
+OpenTelemetry interceptor, our message-size and connection limits, health (NOT_SERVING until ready) and
+reflection as coroutines that never wait for a worker, the open-file limit, and the SIGTERM/SIGINT drain
+loop.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import threading
 from collections.abc import Callable
-from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nodecompat.server import telemetry
+from nodecompat.server.limits import (
+    KEEPALIVE_TIME,
+    KEEPALIVE_TIMEOUT,
+    MAX_CONNECTION_IDLE,
+)
+from nodecompat.server.runtime import Runtime, RuntimeLimits
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +36,40 @@ MESSAGE_SIZE_OPTIONS = [
 ]
 
 
-def new_server(workers: int, thread_prefix: str) -> grpc.Server:
-    """A thread-pool gRPC server with tracing interceptors; refuses to share its port (no SO_REUSEPORT)."""
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_prefix),
-        interceptors=telemetry.server_interceptors(),
-        options=[*MESSAGE_SIZE_OPTIONS, ("grpc.so_reuseport", 0)],
-    )
+def server_options(max_connection_idle: float = MAX_CONNECTION_IDLE) -> list[tuple[str, object]]:
+    """gRPC core options of every nodecompat server (message sizes, connection limits, no SO_REUSEPORT)."""
+    return [
+        *MESSAGE_SIZE_OPTIONS,
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_idle_ms", int(max_connection_idle * 1000)),
+        ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME * 1000)),
+        ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT * 1000)),
+        # Clients (the aggregator's pooled channels) may ping idle connections every 20 s.
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ]
 
 
-def bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+def new_runtime(name: str, limits: RuntimeLimits, max_connection_idle: float = MAX_CONNECTION_IDLE) -> Runtime:
+    """A grpc.aio runtime with tracing interceptors; refuses to share its port (no SO_REUSEPORT)."""
+    return Runtime(name, limits, server_options(max_connection_idle), telemetry.aio_server_interceptors())
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit (each connection is a file); (soft, hard) after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft, hard
+
+
+def bind(runtime: Runtime, listen: str, credentials: grpc.ServerCredentials | None) -> int:
     """Add the listening port; an OSError a person can act on when it cannot be bound."""
-    try:
-        if credentials is not None:
-            port = server.add_secure_port(listen, credentials)
-        else:
-            port = server.add_insecure_port(listen)
-    except RuntimeError:
-        port = 0
+    port = runtime.bind(listen, credentials)
     if port == 0:
         raise OSError(
             f"cannot listen on {listen!r}: the port is in use or the host does not resolve "
@@ -55,23 +78,54 @@ def bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials |
     return port
 
 
-def add_standard_services(server: grpc.Server, service_names: list[str]) -> health.HealthServicer:
+class Health:
+    """grpc.health.v1 on the runtime's loop (asyncio servicer), settable from any thread."""
+
+    def __init__(self, runtime: Runtime, service_names: list[str]) -> None:
+        self.runtime = runtime
+        self.names = ["", *service_names]
+
+        async def make() -> health.aio.HealthServicer:
+            servicer = health.aio.HealthServicer()
+            for name in self.names:
+                await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            return servicer
+
+        self.servicer = runtime.call(make())
+
+    def set(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
+        async def apply() -> None:
+            for name in self.names:
+                await self.servicer.set(name, status)
+
+        if self.runtime.loop.is_running():  # a round may end after the server stopped
+            self.runtime.call(apply())
+
+    def enter_graceful_shutdown(self) -> None:
+        if self.runtime.loop.is_running():
+            self.runtime.call(self.servicer.enter_graceful_shutdown())
+
+
+def add_standard_services(runtime: Runtime, service_names: list[str]) -> Health:
     """Health (initially NOT_SERVING) and reflection for the given services."""
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ["", *service_names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
-    return health_servicer
+    h = Health(runtime, service_names)
+
+    async def add() -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(h.servicer, runtime.server)
+        reflection.enable_server_reflection(
+            [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            runtime.server,
+        )
+
+    runtime.call(add())
+    return h
 
 
-def set_health(health_servicer: health.HealthServicer, service_names: list[str], serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ["", *service_names]:
-        health_servicer.set(name, status)
+def set_health(h: Health, service_names: list[str], serving: bool) -> None:
+    """Compatibility shim: set every service of `h` (service_names are those it was made with)."""
+    h.set(serving)
 
 
 def run_until_signal(stop: Callable[[], None], wait: Callable[[], None]) -> None:

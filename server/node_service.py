@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from nodecompat.oci.auth import RegistryAuth
     from nodecompat.oci.cache import SpecCache
     from nodecompat.server.feature_watch import FeatureWatchHub
+    from nodecompat.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nodecompat.server")
@@ -253,23 +254,13 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             raise
 
 
-def add_to_server(service: NodeService, server: grpc.Server) -> None:
-    """Register NodeService like node_pb2_grpc.add_NodeServiceServicer_to_server, except that
-    ValidateImage may answer with ready serialized bytes (the verdict cache's), sent as they are."""
-    handlers = {
-        "GetFeatures": grpc.unary_unary_rpc_method_handler(
-            service.GetFeatures,
-            request_deserializer=features_pb2.GetFeaturesRequest.FromString,
-            response_serializer=features_pb2.GetFeaturesResponse.SerializeToString,
-        ),
-        "ValidateImage": grpc.unary_unary_rpc_method_handler(
-            service.ValidateImage,
-            request_deserializer=node_pb2.ValidateImageRequest.FromString,
-            response_serializer=serialize_or_pass,
-        ),
-    }
-    name = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+def add_to_runtime(service: NodeService, runtime: Runtime) -> None:
+    """Serve NodeService on the runtime, except that ValidateImage may answer with ready serialized bytes
+    (the verdict cache's), sent as they are."""
+    runtime.add_servicer(
+        service, node_pb2.DESCRIPTOR.services_by_name["NodeService"], {"ValidateImage": serialize_or_pass},
+        fast_paths={"ValidateImage": service.cached_answer},
+    )
 
 
 def serialize_or_pass(response: object) -> bytes:

@@ -126,6 +126,13 @@ def server_interceptors() -> list[grpc.ServerInterceptor]:
     return [server_interceptor(tracer_provider=trace.get_tracer_provider())]
 
 
+def aio_server_interceptors() -> list[object]:
+    """The grpc.aio form of server_interceptors (same SERVER spans and context propagation)."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor(tracer_provider=trace.get_tracer_provider())]
+
+
 def instrument_channel(channel: grpc.Channel) -> grpc.Channel:
     """Wrap a client channel so each call opens a CLIENT span and sends W3C trace context.
 

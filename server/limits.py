@@ -1,0 +1,16 @@
+"""Defaults of the servers' denial-of-service limits, in one grpc-free module (the CLI imports it to print
+them in --help without loading grpc). docs/security.md ("Limits") lists each with the reason for it."""
+
+# server/runtime.py: admission and call duration
+WORKERS = 16  # threads running blocking work (evaluation, registry fetches, probe rounds)
+MAX_CONCURRENT_CALLS = 64  # work calls admitted at once (Health and reflection are not counted)
+DAEMON_MAX_CALL_SECONDS = 120.0  # a call without a deadline (or a longer one) ends by then
+AGGREGATOR_MAX_CALL_SECONDS = 600.0
+REQUEST_TIMEOUT = 10.0  # the request message must arrive within this of the call's start (half-open calls)
+
+# server/grpc_server.py: connections
+MAX_CONNECTION_IDLE = 30.0  # s without a call: the connection is closed (GOAWAY)
+# (no grpc.max_concurrent_streams: with it, gRPC core refuses new streams, Health's too, under a flood;
+# half-open calls are bounded by REQUEST_TIMEOUT instead)
+KEEPALIVE_TIME = 60.0
+KEEPALIVE_TIMEOUT = 20.0
