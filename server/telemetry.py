@@ -127,7 +127,10 @@ def server_interceptors() -> list[grpc.ServerInterceptor]:
 
 
 def aio_server_interceptors() -> list[object]:
-    """The grpc.aio form of server_interceptors (same SERVER spans and context propagation)."""
+    """The grpc.aio form of server_interceptors (same SERVER spans and context propagation); none while
+    tracing is off."""
+    if not tracing_installed():
+        return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [aio_server_interceptor(tracer_provider=trace.get_tracer_provider())]
