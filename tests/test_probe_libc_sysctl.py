@@ -153,4 +153,4 @@ def test_daemon_hands_sysctl_names_to_the_probe():
         (probe,) = daemon.runner.probes
         assert probe.sysctl_extra == ["net.core.rmem_max"]
     finally:
-        daemon.server.stop(None)
+        daemon.stop(grace=0)
