@@ -89,7 +89,10 @@ def test_two_thousand_concurrent_calls_are_admitted_or_refused_and_health_answer
 
 
 def test_aggregator_half_open_calls_and_flood(tmp_path: Path) -> None:
-    agg = start_aggregator_process(tmp_path, "--request-timeout", "3", "--workers", "2", "--max-concurrent-calls", "8")
+    agg = start_aggregator_process(
+        tmp_path, "--request-timeout", "3", "--workers", "2", "--max-concurrent-calls", "8",
+        "--allow-unauthenticated-registration",
+    )
     stop = threading.Event()
     ch, futures = half_open_calls(agg.address, "/nodecompat.v1.FleetService/ListNodes", 10, stop)
     raw = ch.stream_stream(
