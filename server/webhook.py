@@ -76,6 +76,8 @@ class Webhook:
         self.parsed: OrderedDict[str, Spec] = OrderedDict()
         self.pool = ThreadPoolExecutor(REGISTRY_THREADS, thread_name_prefix="webhook-registry")
         self.channel: grpc.aio.Channel | None = None
+        # per request in flight (keyed by its stages dict): the slowest registry / aggregator wait, seconds
+        self.timings: dict[int, dict[str, float]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -149,15 +151,18 @@ class Webhook:
                 ImageAnswer(img, "error", error=f"no answer from the {stages[img]} within the {budget:g} s deadline")
                 for img in review.images
             ]
+        took = self.timings.pop(id(stages), {})
         decision = decide(review.pod, answers, policy)
         log.info(
-            "%s uid=%s images=%d allowed=%s dryRun=%s in %.1f ms",
+            "%s uid=%s images=%d allowed=%s dryRun=%s in %.1f ms (registry %.1f ms, aggregator %.1f ms)",
             "mutate" if mutate else "validate",
             review.uid,
             len(review.images),
             decision.allowed,
             review.dry_run,
             (time.monotonic() - started) * 1000,
+            took.get("registry", 0.0) * 1000,
+            took.get("aggregator", 0.0) * 1000,
         )
         return web.json_response(
             rv.response(
@@ -177,7 +182,8 @@ class Webhook:
     async def _answer(self, image: str, deadline: float, stages: dict[str, str]) -> ImageAnswer:
         """One image's answer; `stages[image]` names the peer being waited for (for the deadline's message)."""
         loop = asyncio.get_running_loop()
-        remaining = deadline - time.monotonic()
+        t_start = time.monotonic()
+        remaining = deadline - t_start
         try:
             fetched = await loop.run_in_executor(
                 self.pool,
@@ -208,7 +214,10 @@ class Webhook:
             spec_name=dns_name(image.split("@")[0].rsplit("/", 1)[-1].split(":")[0], "image"),
         )
         stages[image] = "aggregator"
-        remaining = deadline - time.monotonic()
+        t_registry = time.monotonic()
+        took = self.timings.setdefault(id(stages), {})
+        took["registry"] = max(took.get("registry", 0.0), t_registry - t_start)
+        remaining = deadline - t_registry
         req = fleet_pb2.ValidateFleetRequest(spec=fetched.text, timeout_seconds=max(0.1, remaining - 0.2))
         try:
             async for item in self.stub().ValidateFleet(req, timeout=max(0.1, remaining)):
@@ -224,6 +233,8 @@ class Webhook:
                     answer.why_not = list(item.summary.why_not)
         except grpc.aio.AioRpcError as exc:
             return ImageAnswer(image, "error", error=f"aggregator: {exc.code().name}: {(exc.details() or '')[:300]}")
+        took = self.timings.setdefault(id(stages), {})
+        took["aggregator"] = max(took.get("aggregator", 0.0), time.monotonic() - t_registry)
         return answer
 
     def _parsed(self, digest: str, text: str) -> Spec:
