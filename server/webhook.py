@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import ssl
@@ -127,13 +128,13 @@ class Webhook:
             async with asyncio.timeout(budget):
                 body = await request.read()
         except TimeoutError:
-            return web.json_response({"error": "the request body did not arrive before the deadline"}, status=408)
+            return _json({"error": "the request body did not arrive before the deadline"}, status=408)
         try:
             review = rv.parse_review(body)
         except rv.ReviewError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            return _json({"error": str(exc)}, status=400)
         if not review.is_pod_create or review.skip:
-            return web.json_response(rv.response(review.uid, True))
+            return _json(rv.response(review.uid, True))
         policy = Policy(
             mutate=mutate,
             deny_when_no_fit=self.config.deny_when_no_fit,
@@ -164,7 +165,7 @@ class Webhook:
             took.get("registry", 0.0) * 1000,
             took.get("aggregator", 0.0) * 1000,
         )
-        return web.json_response(
+        return _json(
             rv.response(
                 review.uid,
                 decision.allowed,
@@ -247,6 +248,11 @@ class Webhook:
         else:
             self.parsed.move_to_end(digest)
         return spec
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    """A JSON answer ending in a newline (for people reading it with curl)."""
+    return web.Response(text=json.dumps(body) + "\n", status=status, content_type="application/json")
 
 
 def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
