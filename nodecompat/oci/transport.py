@@ -5,7 +5,9 @@ no overall deadline, re-serializes manifests (wrong subject digests), and cannot
 What this module owns:
 - Budget: one deadline for a whole operation (the daemon passes the caller's remaining gRPC
   deadline); each request gets min(per-request timeout, remaining); an exhausted budget is
-  DEADLINE_EXCEEDED, never a hang.
+  DEADLINE_EXCEEDED, never a hang. The deadline holds whatever the peer does: every socket the
+  operation uses is shut down when it passes (nodecompat/oci/deadline.py), so a registry trickling
+  headers or body one byte per second cannot stretch it.
 - Retries with exponential backoff on 429/5xx and connection errors while the budget lasts
   (Retry-After honoured when it fits).
 - Auth: anonymous first; on a 401 challenge, `Bearer realm=..,service=..,scope=..` fetches a token
@@ -38,6 +40,7 @@ import requests
 from opentelemetry import trace
 
 from nodecompat.oci.auth import RegistryAuth
+from nodecompat.oci.deadline import Deadline, deadline_scope, watched_session
 from nodecompat.oci.errors import (
     DeadlineExceededError,
     PermissionDeniedError,
@@ -69,6 +72,7 @@ class Budget:
             raise DeadlineExceededError("no time left for the registry operation (timeout <= 0)")
         self.timeout = float(timeout)
         self.deadline = time.monotonic() + self.timeout
+        self.sockets = Deadline(self.deadline)  # shuts the operation's sockets down at the deadline
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -102,7 +106,7 @@ class SessionPool:
             sessions = self._local.sessions = {}
         sess = sessions.get(host)
         if sess is None:
-            sess = requests.Session()
+            sess = watched_session()
             sess.headers["User-Agent"] = USER_AGENT
             sess.trust_env = False  # no proxies or netrc from the environment behind our back
             sessions[host] = sess
@@ -206,8 +210,9 @@ class Transport:
                     span.set_attribute("server.address", target.netloc)
                     span.set_attribute("url.path", target.path)
                     span.set_attribute("nodecompat.registry.what", what)
-                    resp = session.request(method, url, headers=hdrs, data=data, stream=stream,
-                                           timeout=timeout, verify=self.verify, allow_redirects=False)
+                    with deadline_scope(self.budget.sockets):
+                        resp = session.request(method, url, headers=hdrs, data=data, stream=stream,
+                                               timeout=timeout, verify=self.verify, allow_redirects=False)
                     span.set_attribute("http.response.status_code", resp.status_code)
             except requests.exceptions.SSLError as exc:
                 log.debug("TLS to %s failed: %s", target.netloc, exc)
@@ -373,10 +378,11 @@ class Transport:
         query.extend(("scope", s) for s in scopes)
         basic_auth = (cred.username, cred.password) if cred else None
         try:
-            resp = self.pool.session(realm_url.netloc.lower()).get(
-                realm, params=query, auth=basic_auth, timeout=self._timeout("fetching a token"),
-                verify=self.verify, allow_redirects=False,
-            )
+            with deadline_scope(self.budget.sockets):
+                resp = self.pool.session(realm_url.netloc.lower()).get(
+                    realm, params=query, auth=basic_auth, timeout=self._timeout("fetching a token"),
+                    verify=self.verify, allow_redirects=False,
+                )
         except requests.exceptions.RequestException as exc:
             log.debug("token server %s: %s", realm, exc)
             if self.budget.remaining() <= 0:

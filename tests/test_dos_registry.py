@@ -1,0 +1,121 @@
+"""Issue 8 item 1: a registry that answers one byte per second. Every registry interaction ends by the
+call's deadline whatever the peer does (the watchdog in nodecompat/oci/deadline.py shuts the socket),
+the daemon and the aggregator keep answering Health (asked with its own 1 s deadline), and recover.
+
+No timed asserts: the direct fetch runs under a hang guard (a 1.5 s budget against a response that would
+take over a day to trickle), and "the client gave up" is the trickling server seeing its socket closed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from support_daemon import start_daemon
+from support_dos import HealthProbe
+from support_fleet import SPEC_ANY, host_root, start_aggregator_process
+from support_trickle import TrickleRegistry
+
+from nodecompat.oci.cache import SpecCache
+from nodecompat.oci.errors import DeadlineExceededError
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, node_pb2_grpc
+
+HANG_SECONDS = 60.0
+
+
+@pytest.fixture(params=["headers", "body"])
+def trickle(request: pytest.FixtureRequest) -> Iterator[TrickleRegistry]:
+    r = TrickleRegistry(request.param)
+    yield r
+    r.stop()
+
+
+def test_a_trickling_registry_ends_at_the_budget(trickle: TrickleRegistry) -> None:
+    box: dict[str, BaseException] = {}
+
+    def fetch() -> None:
+        try:
+            SpecCache().fetch(f"{trickle.address}/a/b:c1", plain_http=True, timeout=1.5)
+        except BaseException as exc:
+            box["exc"] = exc
+
+    t = threading.Thread(target=fetch, daemon=True)
+    t.start()
+    t.join(HANG_SECONDS)
+    assert not t.is_alive(), f"the fetch still runs {HANG_SECONDS:.0f} s after its 1.5 s budget"
+    exc = box.get("exc")
+    assert isinstance(exc, DeadlineExceededError), exc
+    assert "1.5s budget" in str(exc)
+    assert trickle.wait_all_closed(HANG_SECONDS), "the client left the registry's socket open"
+
+
+def _call_all(fn, n: int) -> list[grpc.RpcError | object]:  # type: ignore[no-untyped-def]
+    out: list[grpc.RpcError | object] = [None] * n
+
+    def one(i: int) -> None:
+        try:
+            out[i] = fn(i)
+        except grpc.RpcError as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG_SECONDS)
+    assert not any(t.is_alive() for t in threads), "calls with a 5 s deadline still running"
+    return out
+
+
+def test_daemon_twenty_slow_registry_calls_neither_wedge_it_nor_stop_health(
+    tmp_path: Path, trickle: TrickleRegistry
+) -> None:
+    d = start_daemon(tmp_path, "--host-root", str(host_root("plain-vm")),
+                     "--allowed-registries", f"http://{trickle.address}")
+    try:
+        with grpc.insecure_channel(d.address) as ch, HealthProbe(d.address) as probe:
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            results = _call_all(
+                lambda i: stub.ValidateImage(
+                    node_pb2.ValidateImageRequest(image=f"{trickle.address}/a/b:c{i}", plain_http=True), timeout=5
+                ),
+                20,
+            )
+            # recovered: a call right after is served
+            assert stub.ValidateImage(node_pb2.ValidateImageRequest(spec=SPEC_ANY), timeout=30).compatible
+        assert probe.answers and set(probe.answers) == {"SERVING"}, probe.answers
+        for r in results:
+            assert isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED, r
+        # the daemon's own explanation (it answers inside the caller's deadline), not the client's
+        explained = [r for r in results if isinstance(r, grpc.RpcError) and "budget" in (r.details() or "")]
+        assert explained, [r.details() for r in results if isinstance(r, grpc.RpcError)]
+        assert trickle.wait_all_closed(HANG_SECONDS)
+    finally:
+        assert d.terminate() == 0
+
+
+def test_aggregator_twenty_slow_registry_calls_neither_wedge_it_nor_stop_health(
+    tmp_path: Path, trickle: TrickleRegistry
+) -> None:
+    agg = start_aggregator_process(tmp_path, "--allowed-registries", f"http://{trickle.address}")
+    try:
+        with grpc.insecure_channel(agg.address) as ch, HealthProbe(agg.address) as probe:
+            stub = fleet_pb2_grpc.FleetServiceStub(ch)
+            results = _call_all(
+                lambda i: list(stub.ValidateFleet(
+                    fleet_pb2.ValidateFleetRequest(image=f"{trickle.address}/a/b:c{i}", plain_http=True), timeout=5
+                )),
+                20,
+            )
+            assert stub.ListNodes(fleet_pb2.ListNodesRequest(), timeout=30) is not None
+            summary = list(stub.ValidateFleet(fleet_pb2.ValidateFleetRequest(spec=SPEC_ANY), timeout=30))[-1]
+            assert summary.HasField("summary")
+        assert probe.answers and set(probe.answers) == {"SERVING"}, probe.answers
+        for r in results:
+            assert isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED, r
+        assert trickle.wait_all_closed(HANG_SECONDS)
+    finally:
+        assert agg.terminate() == 0
