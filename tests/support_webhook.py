@@ -129,8 +129,9 @@ def _requirement(req: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     raise AssertionError(f"unknown operator {op}")
 
 
-def admits(pod_obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """Whether the scheduler's required node affinity + nodeSelector admit a node with `labels`."""
+def admits(pod_obj: Mapping[str, Any], labels: Mapping[str, str], name: str = "") -> bool:
+    """Whether the scheduler's required node affinity + nodeSelector admit a node with `labels` (and
+    `name`, for matchFields on metadata.name, the only field Kubernetes supports there)."""
     spec = pod_obj["spec"]
     if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
         return False
@@ -138,5 +139,7 @@ def admits(pod_obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
            .get("requiredDuringSchedulingIgnoredDuringExecution"))
     if not req:
         return True
+    fields = {"metadata.name": name}
     return any(all(_requirement(r, labels) for r in t.get("matchExpressions") or [])
+               and all(_requirement(r, fields) for r in t.get("matchFields") or [])
                for t in req["nodeSelectorTerms"])

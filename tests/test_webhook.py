@@ -86,7 +86,7 @@ def _validated(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _admitted(p: dict[str, Any]) -> set[str]:
-    return {n for n, labels in NODE_LABELS.items() if admits(p, labels)}
+    return {n for n, labels in NODE_LABELS.items() if admits(p, labels, n)}
 
 
 def _summary(p: dict[str, Any]) -> dict[str, Any]:
