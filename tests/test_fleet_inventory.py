@@ -255,6 +255,10 @@ def test_grpcurl_lists_and_calls_the_new_rpcs(inv: InvFleet) -> None:
     got = grpcurl("-max-time", "3", "-d", json.dumps({"spec": NVIDIA_ONLY}), inv.address,
                   "nodecompat.v1.FleetService/WatchFleet")
     assert '"synced"' in got.stdout and '"COMPATIBLE"' in got.stdout, got.stderr
+    got = grpcurl("-d", json.dumps({"specs": [{"spec": NVIDIA_ONLY, "name": "nv"}], "selector": {"host": "amd-mi300"}}),
+                  inv.address, "nodecompat.v1.FleetService/WhatIf")
+    (row,) = json.loads(got.stdout)["rows"]
+    assert row["name"] == "nv" and [c.get("nodeName", c.get("node_name")) for c in row["cells"]] == ["mi-1"], got.stdout
     assert inventory_pb2.FleetEvent.State.Name(1) == "COMPATIBLE"
 
 
