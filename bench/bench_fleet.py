@@ -125,7 +125,7 @@ def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp:
     nodes.write_text(json.dumps([{"name": f"sim-{i:05d}", "address": a} for i, a in enumerate(addresses)]))
     agg = AggregatorDaemon(
         AggregatorConfig(listen="127.0.0.1:0", nodes_file=str(nodes), concurrency=concurrency, node_timeout=30,
-                         check_new_nodes=False)
+                         check_new_nodes=False, sync=None)  # live fan-out only: no inventory streams
     )
     agg_port = agg.start()
     rss0 = rss_kib()
