@@ -114,7 +114,7 @@ def test_nfd_message_in_compat_mode_and_located_error_in_strict_mode() -> None:
 
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "field-cases" / "21-go-regexp-dialect"
 # The shared copy when it is beside this clone, else the copy kept in the tests (so CI runs it).
-_KEPT = Path(__file__).parent / "fixtures" / "field-cases" / "21-go-regexp-dialect"
+_KEPT = Path(__file__).parent / "fixtures" / "field-case-21-go-regexp-dialect"  # not in field-cases/: host-tree cases
 FIELD_CASE = _SHARED if _SHARED.is_dir() else _KEPT
 
 
