@@ -33,6 +33,8 @@ from support_fleet import (
 from support_registry import push_image, push_raw_artifact, registry, subject_of  # noqa: F401 (fixture)
 from support_webhook import WebhookProc, admits, apply, patch_of, pod, review
 
+from nodecompat.server.inventory_sync import SyncConfig
+
 pytestmark = pytest.mark.registry
 K8S = kubernetes_validate.latest_version()
 SPEC_NOBODY = SPEC_NVIDIA.replace('"10de"', '"ffff"')
@@ -66,7 +68,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[World]
     hooks: list[WebhookProc] = []
     try:
         nodes = write_nodes_file(tmp / "nodes.json", procs, default_labels())
-        with aggregator(nodes_file=str(nodes)) as agg:
+        # The aggregator answers from its inventory (WatchFeatures from every daemon), as in production:
+        # its summary carries the why-not exclusion counts the deny message quotes.
+        with aggregator(nodes_file=str(nodes), sync=SyncConfig(heartbeat=1.0, reconcile_interval=0.2)) as agg:
+            _wait_inventory(agg.address, len(procs))
             common = ("--allowed-registries", "http://127.0.0.1:*", "--plain-http")
             hooks = [WebhookProc(tmp, certs.ca, certs.cert, certs.key, agg.address, *common, "--failure-policy", p)
                      for p in ("fail", "ignore")]
@@ -78,6 +83,18 @@ def world(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[World]
             h.stop()
         for p in procs:
             p.kill()
+
+
+def _wait_inventory(address: str, n: int, timeout: float = 60.0) -> None:
+    from nodecompat.clients.fleet_client import FleetClient
+
+    end = time.monotonic() + timeout
+    with FleetClient(address) as client:
+        while time.monotonic() < end:
+            if client.validate(spec_text=SPEC_NVIDIA, timeout=10).summary.from_inventory == n:
+                return
+            time.sleep(0.3)
+    raise AssertionError(f"the aggregator's inventory did not hold the {n} nodes in {timeout} s")
 
 
 def _validated(p: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +200,8 @@ def test_validate_denies_a_pod_no_node_can_run_with_exclusion_counts(world: Worl
     assert resp["allowed"] is False and resp["status"]["code"] == 403
     msg = resp["status"]["message"]
     assert msg.startswith("0 of 3 nodes fit this pod: 0 of 3 nodes fit") and "3 nodes" in msg and "ffff" in msg
+    # the aggregator's why-not counts (nodecompat.fleet.whynot), not the webhook's own count of reasons
+    assert "set #1 needs an NVIDIA GPU: 3 nodes excluded by pci.device vendor In [ffff]" in msg, msg
     resp = world.fail.admit("/validate", review(pod("two", [world.images["nvidia"], world.images["amd"]])))
     assert resp["allowed"] is False and "no node fits all images" in resp["status"]["message"]
     assert world.fail.admit("/validate", review(pod("ok", [world.images["nvidia"]])))["allowed"] is True
