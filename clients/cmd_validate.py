@@ -238,13 +238,19 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
 
 
 def render(args: argparse.Namespace, verdict: Verdict) -> str:
+    """The chosen output; in NFD mode a run NFD would stop ends as an error in every format, as NFD's does.
+
+    NFD's `nfd compat validate-node` prints nothing and exits non-zero when a matcher returns an error
+    (cmd/nfd/subcmd/compat/validate-node.go; pkg/apis/nfd/nodefeaturerule/expression.go), whatever
+    --output-json says, so `--nfd-compat` does the same for table, json and nfd-json (exit 2).
+    """
+    stop = next((w for w in verdict.warnings if w.startswith("nfd compat validate-node would stop")), "")
+    if stop and nfd_mode(args):
+        raise CommandError(stop)
     if args.output == "json":
         return json.dumps(verdict.to_dict(), indent=2) + "\n"
     if args.output == "nfd-json":
         if not verdict.nfd_json:
-            stop = next(
-                (w for w in verdict.warnings if w.startswith("nfd compat validate-node would stop")), ""
-            )
             raise CommandError(stop or "no nfd-json output")
         return verdict.nfd_json
     return render_table(verdict, colour=sys.stdout.isatty())

@@ -123,10 +123,12 @@ def test_field_case_21_go_regexp_dialect() -> None:
     """NFD master 76e6cc8c stops with the InRegexp error (no JSON); strict mode refuses the spec up front."""
     base = [sys.executable, "-m", "nodecompat.clients.cli", "validate", "--spec", str(FIELD_CASE / "spec.yaml"),
             "--features", str(FIELD_CASE / "features.json")]  # fmt: skip
-    compat = subprocess.run([*base, "--nfd-compat", "-o", "nfd-json"], capture_output=True, text=True, timeout=120)
-    assert compat.returncode == 2, compat
-    assert compat.stdout == ""
-    assert "'value' field must only contain valid regexps" in compat.stderr
+    # expected.txt: "the same happens ... with -o json / table": NFD stops whatever the output format.
+    for output in ("nfd-json", "json", "table"):
+        compat = subprocess.run([*base, "--nfd-compat", "-o", output], capture_output=True, text=True, timeout=120)
+        assert compat.returncode == 2, (output, compat)
+        assert compat.stdout == "", output
+        assert "'value' field must only contain valid regexps" in compat.stderr, output
     strict = subprocess.run(base, capture_output=True, text=True, timeout=120)
     assert strict.returncode == 2, strict
     assert "matchExpressions.vendor_id: value[0]" in strict.stderr
