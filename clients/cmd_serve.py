@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host-root", default="/", help="read the host under this root (default /)")
     p.add_argument("--node-name", default="", help="node name (default: $NODE_NAME or the hostname)")
     p.add_argument("--refresh-interval", type=_positive, default=60.0, help="seconds between probe rounds (>= 1)")
+    p.add_argument("--min-refresh-interval", type=float, default=limits.MIN_REFRESH_INTERVAL,
+                   help="GetFeatures(refresh=true) probes at most once per this many seconds; callers in "
+                   f"between get the last round (default {limits.MIN_REFRESH_INTERVAL:g}, 0: every call probes)")
     p.add_argument("--probe-timeout", type=_positive, default=None,
                    help="override every probe's timeout in seconds (default: each probe's own)")
     p.add_argument("--probes", default=None, help="comma-separated probe names to run (default: all installed probes)")
@@ -121,6 +124,8 @@ def check_args(args: argparse.Namespace) -> str:
     problem = runtime_problem(args)
     if problem:
         return problem
+    if not args.min_refresh_interval >= 0:
+        return "--min-refresh-interval must be >= 0"
     if args.refresh_interval < 1:
         return "--refresh-interval must be at least 1 second"
     try:
@@ -253,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         host_root=args.host_root,
         node_name=name,
         refresh_interval=args.refresh_interval,
+        min_refresh_interval=args.min_refresh_interval,
         probe_timeout=args.probe_timeout,
         probes=args.probes.split(",") if args.probes else None,
         hotplug=not args.no_hotplug,

@@ -193,22 +193,33 @@ class FleetClient:
             raise FleetCallError("INTERNAL", "the aggregator ended the stream without a summary")
         return FleetAnswer(nodes, summary)
 
-    def list_nodes(self, selector: Mapping[str, str] | None = None, timeout: float = 10.0) -> list[NodeEntry]:
-        try:
-            resp = self.stub.ListNodes(fleet_pb2.ListNodesRequest(selector=dict(selector or {})), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise FleetCallError(exc.code().name, exc.details() or "") from None
-        return [
-            NodeEntry(
-                n.name,
-                n.address,
-                dict(n.labels),
-                n.source,
-                n.last_contact.ToJsonString() if n.HasField("last_contact") else "",
-                n.health,
+    def list_nodes(
+        self, selector: Mapping[str, str] | None = None, timeout: float = 10.0, max_pages: int = 10_000
+    ) -> list[NodeEntry]:
+        """Every node matching `selector`, following ListNodes pages (`timeout` seconds per page)."""
+        out: list[NodeEntry] = []
+        token = ""
+        for _ in range(max_pages):
+            req = fleet_pb2.ListNodesRequest(selector=dict(selector or {}), page_token=token)
+            try:
+                resp = self.stub.ListNodes(req, timeout=timeout)
+            except grpc.RpcError as exc:
+                raise FleetCallError(exc.code().name, exc.details() or "") from None
+            out.extend(
+                NodeEntry(
+                    n.name,
+                    n.address,
+                    dict(n.labels),
+                    n.source,
+                    n.last_contact.ToJsonString() if n.HasField("last_contact") else "",
+                    n.health,
+                )
+                for n in resp.nodes
             )
-            for n in resp.nodes
-        ]
+            token = resp.next_page_token
+            if not token:
+                return out
+        raise FleetCallError("OUT_OF_RANGE", f"ListNodes: more than {max_pages} pages; narrow it with --selector")
 
 
 def event_to_dict(ev: inventory_pb2.FleetEvent) -> dict[str, object]:

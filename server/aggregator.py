@@ -30,7 +30,7 @@ from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.fleet.store import FeatureStore, spec_key
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
-from nodecompat.server import limits
+from nodecompat.server import limits, list_pages
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.first_check import FirstHealthChecks
@@ -41,6 +41,7 @@ from nodecompat.server.fleet_nodes import (
     FleetNode,
     NameInUse,
     NodeInventory,
+    NodeView,
     NotRegistrant,
     RegistrationsFull,
 )
@@ -259,9 +260,16 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     ) -> fleet_pb2.ListNodesResponse:
         selector = dict(request.selector)
         self.prune_channels()
-        self._refresh_health(selector, context)
-        out = fleet_pb2.ListNodesResponse()
-        for view in self.inventory.views(selector):
+        try:
+            views, next_token = list_pages.page(self.inventory.views(selector), request.page_size, request.page_token)
+        except list_pages.PageTokenError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ListNodes: {exc}")
+            raise
+        if self._refresh_health(views, context):  # only this page's nodes are checked
+            fresh = {v.node.address: v for v in self.inventory.views(selector)}
+            views = [fresh.get(v.node.address, v) for v in views]
+        out = fleet_pb2.ListNodesResponse(next_page_token=next_token)
+        for view in views:
             info = out.nodes.add(
                 name=view.node.name,
                 address=view.node.address,
@@ -280,20 +288,21 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         a connection to every address it ever saw); channels a call in progress uses are kept."""
         self.fanout.pool.prune({n.address for n in self.inventory.nodes()})
 
-    def _refresh_health(self, selector: dict[str, str], context: grpc.ServicerContext) -> None:
+    def _refresh_health(self, views: list[NodeView], context: grpc.ServicerContext) -> bool:
         """Health-check, concurrently and briefly, the nodes with no recent contact or not SERVING at the
         last one (a node found down is looked at again rather than reported down for HEALTH_STALE_AFTER)."""
         now = time.time()
         stale = [
             v.node.address
-            for v in self.inventory.views(selector)
+            for v in views
             if v.last_contact is None or now - v.last_contact.timestamp() > HEALTH_STALE_AFTER or v.health != "SERVING"
         ]
         if not stale:
-            return
+            return False
         left = context.time_remaining()
         timeout = self.options.health_timeout if left is None else min(self.options.health_timeout, left / 2)
         self.check_health(stale, timeout)
+        return True
 
     def check_health(self, stale: list[str], timeout: float) -> None:
         """grpc.health.v1 Check of each address, concurrently, each within `timeout` seconds; the status

@@ -43,6 +43,7 @@ class DaemonConfig:
     host_root: str = "/"
     node_name: str = ""
     refresh_interval: float = 60.0
+    min_refresh_interval: float = limits.MIN_REFRESH_INTERVAL
     probe_timeout: float | None = None
     probes: list[str] | None = None
     workers: int = limits.WORKERS
@@ -70,7 +71,7 @@ class NodeDaemon:
             if hasattr(p, "sysctl_extra") and config.sysctl:
                 p.sysctl_extra = list(config.sysctl)
         self.runner = ProbeRunner(probes, self.host, errors, timeout=config.probe_timeout)
-        self.cache = FeatureCache(self.runner, config.refresh_interval)
+        self.cache = FeatureCache(self.runner, config.refresh_interval, config.min_refresh_interval)
         rt_limits = RuntimeLimits(
             workers=config.workers,
             max_concurrent_calls=config.max_concurrent_calls,

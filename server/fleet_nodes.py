@@ -59,6 +59,9 @@ MAX_LABELS = 64
 MAX_FIELD = 253  # a node name, a DNS name
 MAX_LABEL_KEY = 317  # Kubernetes: a 253-character prefix, "/", a 63-character name
 MAX_LABEL_VALUE = 253
+# Keys and values of one node's labels together (a registration flood within --max-registrations must
+# not take the aggregator's memory or ListNodes answers with it): 10,000 registrations hold <= 40 MiB.
+MAX_LABEL_BYTES = 4096
 MAX_ADDRESS = MAX_FIELD + 8  # [host]:port
 MAX_REGISTRATIONS = 10_000
 # The nodes file is the operator's, but it is re-read by a long-running process: bound what one read
@@ -158,6 +161,11 @@ def _check_labels(labels: object, where: str) -> dict[str, str]:
                 f"{where}: label {k!r}: value must be at most {MAX_LABEL_VALUE} printable characters"
             )
         out[k] = text
+    total = sum(len(k.encode()) + len(v.encode()) for k, v in out.items())
+    if total > MAX_LABEL_BYTES:
+        raise NodesFileError(
+            f"{where}: labels take {total} bytes (keys and values together), over the limit of {MAX_LABEL_BYTES}"
+        )
     return out
 
 

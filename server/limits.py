@@ -8,6 +8,11 @@ DAEMON_MAX_CALL_SECONDS = 120.0  # a call without a deadline (or a longer one) e
 AGGREGATOR_MAX_CALL_SECONDS = 600.0
 REQUEST_TIMEOUT = 10.0  # the request message must arrive within this of the call's start (half-open calls)
 
+# server/feature_cache.py: GetFeatures(refresh=true) runs a probe round at most once per this many seconds
+MIN_REFRESH_INTERVAL = 5.0
+
+# server/list_pages.py: ListNodes pages (DEFAULT_PAGE_SIZE 500, MAX_PAGE_SIZE 1000 there)
+
 # server/grpc_server.py: connections
 MAX_CONNECTION_IDLE = 30.0  # s without a call: the connection is closed (GOAWAY)
 # (no grpc.max_concurrent_streams: with it, gRPC core refuses new streams, Health's too, under a flood;

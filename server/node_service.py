@@ -89,7 +89,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             )
         budget = _remaining(context)
         try:
-            rnd = self.cache.refresh() if request.refresh else self.cache.current(timeout=budget)
+            rnd = self.cache.requested_refresh() if request.refresh else self.cache.current(timeout=budget)
         except RuntimeError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"re-probing failed, try again: {exc}")
         if rnd is None:
