@@ -2,9 +2,9 @@
 
 Probing reads hundreds of sysfs files, so RPCs serve the cached round. Concurrent refresh requests are
 coalesced: a caller that asks while a round is running waits for that round instead of starting
-another, so a burst of `refresh=true` calls costs one probe round; and a caller's refresh within
-`min_refresh_interval` seconds of the end of the last round gets that round (probe rounds at most once
-per interval whatever callers ask: 73 refresh calls a second from one client cost one round).
+another, so a burst of `refresh=true` calls costs one probe round; and callers start at most one round
+per `min_refresh_interval` on average (a token bucket allowing REFRESH_BURST in a row): a refresh past
+that gets the last round, so 73 refresh calls a second from one client cost a round every interval.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from nodecompat.probes.runner import ProbeRound, ProbeRunner
 
 log = logging.getLogger(__name__)
 
+REFRESH_BURST = 4  # caller-requested rounds allowed back to back before min_refresh_interval applies
+
 
 class FeatureCache:
     def __init__(self, runner: ProbeRunner, interval: float = 60.0, min_refresh_interval: float = 0.0) -> None:
         self.runner = runner
         self.interval = interval
         self.min_refresh_interval = min_refresh_interval
-        self._finished_at = float("-inf")  # time.monotonic() when the last successful round ended
+        self._tokens = float(REFRESH_BURST)  # caller-requested rounds that may start now
+        self._refilled = time.monotonic()
         self.coalesced = 0  # refresh requests answered with a round younger than min_refresh_interval
         self._round: ProbeRound | None = None
         self._cond = threading.Condition()
@@ -60,11 +63,19 @@ class FeatureCache:
             self._wake.clear()
 
     def requested_refresh(self) -> ProbeRound:
-        """A caller's refresh: the last round if it ended less than min_refresh_interval ago, else refresh()."""
+        """A caller's refresh (GetFeatures refresh=true): join the round in progress, else run one if the
+        token bucket allows (REFRESH_BURST rounds at once, refilled one per min_refresh_interval), else
+        answer with the last round (its probed_at tells its age)."""
         with self._cond:
-            if self._round is not None and time.monotonic() - self._finished_at < self.min_refresh_interval:
-                self.coalesced += 1
-                return self._round
+            if not self._running and self._round is not None and self.min_refresh_interval > 0:
+                now = time.monotonic()
+                self._tokens = min(float(REFRESH_BURST),
+                                   self._tokens + (now - self._refilled) / self.min_refresh_interval)
+                self._refilled = now
+                if self._tokens < 1.0:
+                    self.coalesced += 1
+                    return self._round
+                self._tokens -= 1.0
         return self.refresh()
 
     def refresh(self) -> ProbeRound:
@@ -93,7 +104,6 @@ class FeatureCache:
                 self._failure = failure
                 if rnd is not None:
                     self._round = rnd
-                    self._finished_at = time.monotonic()
                 self._cond.notify_all()
         for cb in self.on_round:
             cb(rnd)
