@@ -10,9 +10,14 @@ inline, on one grpc.aio channel), and nodecompat.admission decides.
 Hostile callers: the body is bounded (aiohttp client_max_size -> 413), JSON depth and field types are
 checked (400), and every request runs under one deadline (`--deadline`, default 8 s, below the API
 server's 10 s webhook timeout) that the request cannot stretch: the API server's own `?timeout=` can only
-shorten it. Registry reads run on a bounded thread pool (they use `requests`); a read that passes the
-deadline is abandoned and stops at its own budget. aiohttp serves HTTP because it is a maintained asyncio
-server and the aggregator client is grpc.aio on the same loop.
+shorten it. Connections are bounded too, before any request exists: the TLS handshake must end within
+`handshake_timeout` (asyncio's ssl_handshake_timeout; its default is 60 s) and a connection's request headers
+must be complete within `header_timeout` of its start or of its previous answer (aiohttp's keep-alive
+timer, which fires while the connection waits for a whole request; aiohttp's default is 3,630 s, so a
+slowloris peer trickling header bytes held a connection for an hour). Registry reads run on a bounded
+thread pool (they use `requests`); a read that passes the deadline is abandoned and stops at its own
+budget. aiohttp serves HTTP because it is a maintained asyncio server and the aggregator client is
+grpc.aio on the same loop.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ DEFAULT_DEADLINE = 8.0
 MAX_PARSED_SPECS = 128  # parsed specs kept by artifact digest (the texts are in SpecCache)
 REGISTRY_THREADS = 8
 MAX_FLEET_NODES = 100_000  # node answers read from one ValidateFleet stream
+HANDSHAKE_TIMEOUT = 5.0  # seconds for a TLS handshake (the API server's takes milliseconds)
+HEADER_TIMEOUT = 10.0  # seconds for a whole request head, counted from connect or from the last answer
 _TIMEOUT_RE = re.compile(r"^(\d{1,3})s$")
 
 
@@ -66,6 +73,8 @@ class WebhookConfig:
     max_node_names: int = 500
     deny_when_no_fit: bool = False
     nfd_labels: bool = False
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    header_timeout: float = HEADER_TIMEOUT
 
 
 class Webhook:
@@ -266,21 +275,28 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
 async def serve(config: WebhookConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or forever)."""
     hook = Webhook(config)
-    runner = web.AppRunner(hook.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        hook.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+        keepalive_timeout=config.header_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(
-        runner,
+    assert runner.server is not None
+    # loop.create_server rather than web.TCPSite: TCPSite passes no ssl_handshake_timeout.
+    listener = await asyncio.get_running_loop().create_server(
+        runner.server,
         config.listen_host,
         config.listen_port,
-        ssl_context=server_ssl_context(config.tls_cert, config.tls_key),
+        ssl=server_ssl_context(config.tls_cert, config.tls_key),
+        ssl_handshake_timeout=config.handshake_timeout,
         backlog=256,
+        reuse_address=True,
     )
-    await site.start()
     if ready is not None:
         ready.set()
     try:
         await (stop.wait() if stop is not None else asyncio.Event().wait())
     finally:
+        listener.close()
         with contextlib.suppress(Exception):
             await runner.cleanup()
 

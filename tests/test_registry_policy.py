@@ -24,7 +24,7 @@ from support_fleet import aggregator
 from nodecompat.oci.attach import attach_spec
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.discovery import fetch_compat_spec
-from nodecompat.oci.errors import RegistryError
+from nodecompat.oci.errors import PermissionDeniedError, RegistryError
 from nodecompat.oci.policy import RegistryPolicy, parse_pattern
 from nodecompat.server.node_service import RegistryOptions
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, node_pb2_grpc
@@ -296,6 +296,49 @@ def test_a_token_realm_is_checked_like_a_redirect(
         with pytest.raises(RegistryError, match="never sends credentials over plain HTTP") as info:
             fetch_compat_spec(ref, ca_file=str(pki[0]), auth=auth, policy=allow_realm, timeout=20)
         assert info.value.code == "UNAUTHENTICATED"
+    assert listeners["silent"].accepted == 0
+
+
+@pytest.mark.parametrize(
+    ("pattern", "netloc"),
+    [
+        ("registry.example.com:*", "registry.example.com:x@evil.test"),  # urllib3 connects to evil.test
+        ("[::1]", "[::1]@evil.test"),
+        ("[::1]:5000", "[::1]:5000@evil.test"),
+        ("*.example.com", "evil%2f@r.example.com"),
+        ("*:*", "a:b:c"),
+        ("registry.example.com:*", "registry.example.com:443#x"),
+        ("registry.example.com:*", "registry.example.com:-1"),
+    ],
+)
+def test_a_netloc_with_userinfo_or_a_bad_port_is_never_allowed(pattern: str, netloc: str) -> None:
+    """check() gets URL authorities (redirects, token realms): only HOST[:DIGITS] can pass, so the host
+    checked is the host a URL parser connects to."""
+    with pytest.raises(PermissionDeniedError):
+        RegistryPolicy.parse([pattern]).check(netloc, "https")
+
+
+def test_allowed_forms_still_pass() -> None:
+    policy = RegistryPolicy.parse(["[::1]", "r.example.com:*"])
+    for netloc in ("[::1]", "[::1]:443", "R.Example.COM", "r.example.com:0443", "r.example.com:5000"):
+        policy.check(netloc, "https")
+
+
+def test_a_token_realm_with_userinfo_is_not_mistaken_for_an_allowed_host(
+    registry: sr.RegistryProcess, repo_name: str, tmp_path: Path, listeners: dict[str, Listener]
+) -> None:
+    """Realm https://[::1]@127.0.0.1:PORT/token names host 127.0.0.1 (userinfo '[::1]'): with '[::1]'
+    allowed it was let through and got the registry's credentials; now PERMISSION_DENIED, never contacted."""
+    img = _attached(registry, repo_name, tmp_path)
+    pki = sr.make_tls_files(tmp_path / "pki")
+    elsewhere = f"https://[::1]@127.0.0.1:{listeners['silent'].port}/token"
+    with sr.RegistryProxy(registry.host, bearer_users={sr.USER: sr.PASSWORD}, tls=pki, realm=elsewhere) as proxy:
+        ref = img.reference.replace(registry.host, proxy.host)
+        auth = RegistryAuth.from_sources(username=sr.USER, password=sr.PASSWORD, docker_config=False)
+        with pytest.raises(RegistryError) as info:
+            fetch_compat_spec(ref, ca_file=str(pki[0]), auth=auth, policy=RegistryPolicy.parse([proxy.host, "[::1]"]),
+                              timeout=5)
+        assert info.value.code == "PERMISSION_DENIED" and f"token server of {proxy.host}:" in str(info.value)
     assert listeners["silent"].accepted == 0
 
 

@@ -50,6 +50,21 @@ def split_host_port(hostport: str) -> tuple[str, str]:
     return host.lower(), port
 
 
+_NOT_IN_HOST = re.compile(r"[@/\\?#%\s]")
+
+
+def _plain_host_port(hostport: str, host: str, port: str) -> bool:
+    """Whether `hostport` is exactly HOST[:DIGITS] (URL authority without userinfo), so that the host and
+    port checked are the ones a URL parser connects to. A netloc such as `allowed:1@evil` or
+    `[::1]@evil` (userinfo; urllib3 connects to `evil`) or a non-numeric port is never allowed."""
+    if _NOT_IN_HOST.search(hostport) or (port and not (port.isdigit() and len(port) <= 5)):
+        return False
+    text = hostport.strip()
+    if text.startswith("["):
+        return text.lower() in (host, f"{host}:{port}")
+    return ":" not in host
+
+
 @dataclass(frozen=True)
 class RegistryPattern:
     """One parsed allow-list entry."""
@@ -126,7 +141,7 @@ class RegistryPolicy:
         The message is the same whatever is (or is not) listening there: it tells nothing about the
         target, only what the policy says and which flag changes it."""
         host, port = split_host_port(hostport)
-        if self.allows(host, port, scheme):
+        if _plain_host_port(hostport, host, port) and self.allows(host, port, scheme):
             return
         shown = hostport if len(hostport) <= 261 else hostport[:261] + "..."
         if scheme == "http" and self.allows(host, port, "https"):
