@@ -159,12 +159,17 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchFleet needs the inventory (aggregator "
                                 "started with --no-inventory)")
             return
+        hub = self.fleet_watch
+        await hub.admit(context)  # the watcher cap holds while specs are resolved too
         try:
-            ws = await asyncio.to_thread(self._watch_spec, request)
-        except Aborted as exc:
-            await context.abort(exc.code, exc.details)
-            return
-        await self.fleet_watch.watch(ws, context)
+            try:
+                ws = await asyncio.get_running_loop().run_in_executor(hub.resolver, self._watch_spec, request)
+            except Aborted as exc:
+                await context.abort(exc.code, exc.details)
+                return
+            await hub.watch(ws, context)
+        finally:
+            hub.release()
 
     def _watch_spec(self, request: inventory_pb2.WatchFleetRequest) -> WatchSpec:
         return watch_spec(request, self._check_request, self._resolve, self._check_spec, self.options.default_timeout)

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,10 @@ class FleetWatchHub:
         self._lock = threading.Lock()
         self._watchers = 0
         self.dropped_slow = 0
+        # Resolving a watch's spec (a registry read up to the default timeout) runs here, not on the loop's
+        # default executor (min(32, cpus + 4) threads), which every watcher's membership/event work shares:
+        # 40 watches naming an image on a trickling registry left a legitimate watcher without its events.
+        self.resolver = ThreadPoolExecutor(max_watchers, thread_name_prefix="fleet-watch-resolve")
 
     def event(self, ws: WatchSpec, node: FleetNode, rec: NodeRecord | None) -> inventory_pb2.FleetEvent:
         """The node's current state as an event (initial=False)."""
@@ -106,8 +111,9 @@ class FleetWatchHub:
         """Current events of `nodes` (one thread hop for a batch)."""
         return [self.event(ws, n, self.store.get(n.address)) for n in nodes]
 
-    async def watch(self, ws: WatchSpec, context: grpc.aio.ServicerContext) -> None:
-        """Run one WatchFleet stream, writing through context.write (returns when the caller leaves)."""
+    async def admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Take a watcher slot before anything else (the spec's resolution included); RESOURCE_EXHAUSTED when
+        all are taken. The caller must release() it."""
         with self._lock:
             full = self._watchers >= self.max_watchers
             if not full:
@@ -117,6 +123,13 @@ class FleetWatchHub:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"WatchFleet: {self.max_watchers} watchers already, the limit of this aggregator; retry with backoff",
             )
+
+    def release(self) -> None:
+        with self._lock:
+            self._watchers -= 1
+
+    async def watch(self, ws: WatchSpec, context: grpc.aio.ServicerContext) -> None:
+        """Run one admitted WatchFleet stream, writing through context.write (returns when the caller leaves)."""
         loop = asyncio.get_running_loop()
         dirty: set[str] = set()
         wake = asyncio.Event()
@@ -182,8 +195,6 @@ class FleetWatchHub:
                     await self._write(context, inventory_pb2.WatchFleetResponse(event=ev))
         finally:
             self.store.listeners.remove(on_change)
-            with self._lock:
-                self._watchers -= 1
 
     async def _write(self, context: grpc.aio.ServicerContext, msg: inventory_pb2.WatchFleetResponse) -> None:
         try:

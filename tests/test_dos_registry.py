@@ -9,6 +9,7 @@ take over a day to trickle), and "the client gave up" is the trickling server se
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,4 +119,50 @@ def test_aggregator_twenty_slow_registry_calls_neither_wedge_it_nor_stop_health(
             assert isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED, r
         assert trickle.wait_all_closed(HANG_SECONDS)
     finally:
+        assert agg.terminate() == 0
+
+
+def test_watchfleet_specs_resolving_from_a_slow_registry_do_not_starve_other_watchers(tmp_path: Path) -> None:
+    """Review finding: WatchFleet resolved its image on the loop's default executor (6 threads on 2 cores)
+    that every watcher's membership/event work shares, and before taking a watcher slot. 20 watches naming
+    an image on a trickling registry left an inline-spec watcher without its first `synced` for its whole
+    25 s deadline; 40 were all accepted past the cap of 32. Now resolution has its own pool, after the slot."""
+    from nodecompat.server.fleet_watch import MAX_FLEET_WATCHERS
+    from nodecompat.v1 import inventory_pb2
+
+    trickle = TrickleRegistry("headers")
+    agg = start_aggregator_process(tmp_path, "--allowed-registries", f"http://{trickle.address}", inventory=True)
+    try:
+        with grpc.insecure_channel(agg.address) as ch, HealthProbe(agg.address) as probe:
+            stub = fleet_pb2_grpc.FleetServiceStub(ch)
+            slow = [
+                stub.WatchFleet(inventory_pb2.WatchFleetRequest(image=f"{trickle.address}/a/b:w{i}", plain_http=True),
+                                timeout=20)
+                for i in range(20)
+            ]
+            end = time.monotonic() + HANG_SECONDS  # the slow resolutions are under way (6 fill the old pool)
+            while trickle.accepted < 6 and time.monotonic() < end:
+                time.sleep(0.1)
+            assert trickle.accepted >= 6
+            legit = stub.WatchFleet(inventory_pb2.WatchFleetRequest(spec=SPEC_ANY), timeout=15)
+            synced = next((m for m in legit if m.HasField("synced")), None)
+            assert synced is not None
+            legit.cancel()
+            extra = [
+                stub.WatchFleet(inventory_pb2.WatchFleetRequest(image=f"{trickle.address}/a/b:x{i}", plain_http=True),
+                                timeout=20)
+                for i in range(MAX_FLEET_WATCHERS)
+            ]
+            codes = []
+            for call in slow + extra:
+                try:
+                    next(iter(call))
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+            assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= len(slow) + len(extra) - MAX_FLEET_WATCHERS
+            assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+        assert probe.answers and set(probe.answers) == {"SERVING"}, probe.answers
+    finally:
+        trickle.stop()
         assert agg.terminate() == 0
