@@ -105,3 +105,24 @@ def test_deny_message_uses_the_aggregators_exclusion_counts_and_mutate_can_deny(
                              "excluded by pci.device vendor In [10de]; 23 by kernel.loadedmodule nvidia Exists")
     d = decide(pod("p", ["r/app:v1"]), [a], Policy(mutate=True))
     assert d.allowed and "0 of 120 nodes fit" in d.warnings[0]
+
+
+@pytest.mark.parametrize("state", ["error", "no-artifact"])
+def test_giant_image_names_keep_the_answer_below_the_annotation_limit(state: str) -> None:
+    """Review finding: 256 images of 10,000 characters each (a 2.6 MB review, under MAX_REVIEW_BYTES) under
+    --failure-policy=ignore gave a 2.6 MB patch whose annotation Kubernetes refuses (256 KiB for all of a
+    pod's annotations), so the pod the policy meant to admit unchanged failed. Names are shortened there."""
+    images = [f"r.example.com/{i}/" + "a" * 10_000 + ":1" for i in range(rv.MAX_CONTAINERS)]
+    p = pod("giant", images)
+    answers = [ImageAnswer(img, state, error="registry: image reference is too long" if state == "error" else "")
+               for img in images]
+    for mutate in (True, False):
+        d = decide(p, answers, Policy(mutate=mutate, failure_policy="ignore"))
+        assert d.allowed
+        body = json.dumps(rv.response("u", d.allowed, message=d.message, code=d.code, patch=d.patch,
+                                      warnings=d.warnings))
+        assert len(body) < 256 * 1024, len(body)
+        if mutate and d.patch:
+            applied = jsonpatch.apply_patch(p, d.patch)
+            annotations = applied["metadata"].get("annotations", {})
+            assert sum(len(k) + len(v) for k, v in annotations.items()) < 256 * 1024

@@ -27,6 +27,7 @@ from nodecompat.translate.common import kube_weights, label_name, set_names
 FAIL = "fail"
 IGNORE = "ignore"
 MAX_MESSAGE_CHARS = 2000
+MAX_IMAGE_CHARS = 600  # an image name as quoted in the summary annotation
 
 
 @dataclass
@@ -92,7 +93,10 @@ def why_not_line(a: ImageAnswer) -> str:
 def _summary(answers: Sequence[ImageAnswer], fitting: set[str] | None, total: int, form: str) -> dict[str, Any]:
     images = []
     for a in answers:
-        item: dict[str, Any] = {"image": a.image}
+        # A reference is at most ~530 characters (255 name + host + 128 tag + digest); a pod may name 256
+        # images of any length, and the annotation must stay far below Kubernetes' 256 KiB annotation total.
+        image = a.image if len(a.image) <= MAX_IMAGE_CHARS else a.image[:MAX_IMAGE_CHARS] + "..."
+        item: dict[str, Any] = {"image": image}
         if a.state == "fit":
             item.update(digest=a.image_digest, artifact=a.artifact_digest, fitting=len(a.fitting()))
         elif a.state == "no-artifact":
