@@ -26,12 +26,12 @@ venv-check:
 run: venv-check ## run the node daemon on this machine's /sys and /proc (LISTEN=127.0.0.1:50051 by default; may fetch from the demo registry)
 	$(BIN)/nodecompat serve --listen $(LISTEN) --allowed-registries http://127.0.0.1:$(PORT)
 
-test-deps: ## Debian packages the tests use: a real OCI registry, skopeo, openssl (test CAs), iproute2 (netns), curl (the README's webhook recipe)
-	@for c in docker-registry skopeo openssl ip curl; do command -v $$c >/dev/null || missing=1; done; \
+test-deps: ## Debian packages the tests use: a real OCI registry, skopeo, openssl (test CAs), iproute2 (netns), curl (the README's webhook recipe), etcd-server (shared registrations)
+	@for c in docker-registry skopeo openssl ip curl etcd; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    docker-registry skopeo openssl iproute2 curl >/dev/null; \
+	    docker-registry skopeo openssl iproute2 curl etcd-server >/dev/null; \
 	fi
 
 test: test-deps lint ## lint, type-check and run the whole test suite (the README check included)

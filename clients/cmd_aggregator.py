@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=MAX_REGISTRATIONS,
         help=f"live registered nodes at most; more are refused with RESOURCE_EXHAUSTED (default {MAX_REGISTRATIONS})",
     )
+    p.add_argument("--store", default="", metavar="etcd://HOST:PORT[,HOST:PORT...]",
+                   help="share registrations with other aggregator replicas through etcd (default: in memory)")
+    p.add_argument("--store-prefix", default="/nodecompat/", help="etcd key prefix of this fleet's registrations")
     p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
     p.add_argument("--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one")
     p.add_argument("--default-timeout", type=float, default=30.0, help="overall deadline when the request sets none")
@@ -127,6 +130,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         dns_interval=args.dns_interval,
         lease_ttl=args.lease_ttl,
         max_registrations=args.max_registrations,
+        store=args.store,
+        store_prefix=args.store_prefix,
         concurrency=args.concurrency,
         node_timeout=args.node_timeout,
         default_timeout=args.default_timeout,

@@ -57,6 +57,7 @@ from nodecompat.server.inventory_answers import Plan, finish_summary, plan
 from nodecompat.server.inventory_sync import InventorySync, SyncConfig
 from nodecompat.server.node_service import RegistryOptions
 from nodecompat.server.registration_auth import RegistrationDenied, RegistrationPolicy, caller_of
+from nodecompat.server.registration_store import StoreUnavailable, open_registration_store
 from nodecompat.server.runtime import RuntimeLimits
 from nodecompat.server.whatif_service import what_if
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2
@@ -339,6 +340,9 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         except RegistrationsFull as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"RegisterNode {request.name!r}: {exc}")
             raise
+        except StoreUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"RegisterNode {request.name!r}: {exc}; retry")
+            raise
         return fleet_pb2.RegisterNodeResponse(ttl_seconds=ttl)
 
     def DeregisterNode(
@@ -351,6 +355,8 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             self.inventory.deregister(request.name, principal)
         except NotRegistrant as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"DeregisterNode: {exc}")
+        except StoreUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"DeregisterNode: {exc}; retry")
         return fleet_pb2.DeregisterNodeResponse()
 
     def _registrant(self, name: str, context: grpc.ServicerContext, rpc: str) -> str:
@@ -408,6 +414,9 @@ class AggregatorConfig:
     # The live inventory (issue 12): WatchFeatures streams to every member; None: answer live only.
     sync: SyncConfig | None = field(default_factory=SyncConfig)
     registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
+    # Shared registrations (issue 14): "" keeps them in memory; etcd://HOST:PORT[,...] (server/store_etcd.py).
+    store: str = ""
+    store_prefix: str = "/nodecompat/"
 
 
 class AggregatorDaemon:
@@ -421,6 +430,7 @@ class AggregatorDaemon:
             dns_interval=config.dns_interval,
             lease_ttl=config.lease_ttl,
             max_registrations=config.max_registrations,
+            store=open_registration_store(config.store, config.store_prefix),
         )
         self.pool = ChannelPool(config.node_credentials)
         self.fanout = FanOut(self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout))

@@ -45,6 +45,7 @@ from typing import Any
 
 from nodecompat.engine.spec_load import DUPS, LoadError, Scalar, load_document
 from nodecompat.hostport import is_wildcard_host, split_address
+from nodecompat.server.registration_store import RegistrationStore, StoredLease
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,11 @@ class NodeInventory:
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.monotonic,
         max_registrations: int = MAX_REGISTRATIONS,
+        store: RegistrationStore | None = None,
     ) -> None:
+        """store None: registrations live in this process only; else they are also claimed in the
+        shared store (server/registration_store.py), which is authoritative for address collisions."""
+        self.store = store
         self.max_registrations = max_registrations
         self.nodes_file = Path(nodes_file) if nodes_file else None
         self.dns = list(dns or [])
@@ -429,13 +434,37 @@ class NodeInventory:
                         f"the aggregator holds {len(self._leases)} registrations, its limit; "
                         "retry later or raise the limit"
                     )
-            previous = self._leases.get(name)
-            if previous is not None and previous.node.address != address:
-                self._lease_by_address.pop(previous.node.address, None)  # the node moved
-            self._leases[name] = _Lease(FleetNode(name, address, clean, SOURCE_REGISTERED), now + granted, principal)
-            self._lease_by_address[address] = name
-            self._contacts[address] = replace(self._contacts.get(address) or Contact(_now(), "UNKNOWN"), at=_now())
+            if self.store is None:
+                self._put_lease(name, address, clean, granted, principal, now)
+        if self.store is not None:  # outside the lock: the store's transaction settles races across replicas
+            # A move frees the old address in the store when the old etcd lease is revoked or lapses.
+            self.store.claim(StoredLease(name, address, clean, principal, granted))
+            with self._lock:
+                self._put_lease(name, address, clean, granted, principal, self._clock())
         return granted
+
+    def _put_lease(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str, now: float
+    ) -> None:
+        """Caller holds the lock."""
+        previous = self._leases.get(name)
+        if previous is not None and previous.node.address != address:
+            self._lease_by_address.pop(previous.node.address, None)  # the node moved
+        holder = self._lease_by_address.get(address)
+        if holder is not None and holder != name and holder in self._leases:
+            self._drop_lease(holder, "its address was taken in the shared store")
+        self._leases[name] = _Lease(FleetNode(name, address, dict(labels), SOURCE_REGISTERED), now + ttl, principal)
+        self._lease_by_address[address] = name
+        self._contacts[address] = replace(self._contacts.get(address) or Contact(_now(), "UNKNOWN"), at=_now())
+
+    def apply_stored(self, name: str, lease: StoredLease | None) -> None:
+        """A change seen in the shared store (any replica's registration; None: it left the store)."""
+        with self._lock:
+            if lease is None:
+                if name in self._leases:
+                    self._drop_lease(name, "left the shared store (deregistered or lease lapsed)")
+                return
+            self._put_lease(name, lease.address, lease.labels, lease.ttl, lease.principal, self._clock())
 
     def deregister(self, name: str, principal: str = "anonymous") -> bool:
         """Drop `name`'s lease; NotRegistrant when a live lease belongs to another principal."""
@@ -446,7 +475,9 @@ class NodeInventory:
             if lease.principal != principal and lease.expires > self._clock():
                 raise NotRegistrant(f"node {name!r} was registered by another registrant; only it can deregister")
             self._drop_lease(name, "")
-            return True
+        if self.store is not None:
+            self.store.release(name, lease.node.address)
+        return True
 
     def _check_shadowing(self, name: str, address: str) -> None:
         """A registration never shadows a node of the nodes file or DNS (name or address). Caller locks."""
@@ -555,6 +586,8 @@ class NodeInventory:
             return
         self._thread = threading.Thread(target=self._loop, args=(file_interval,), name="fleet-inventory", daemon=True)
         self._thread.start()
+        if self.store is not None:
+            self.store.start(self.apply_stored)
 
     def _loop(self, file_interval: float) -> None:
         next_dns = self._clock() + self.dns_interval
@@ -569,6 +602,8 @@ class NodeInventory:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.store is not None:
+            self.store.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
