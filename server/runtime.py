@@ -320,7 +320,9 @@ class Runtime:
                     _check_start(sctx, method)
                     for item in fn(request, sctx):
                         while not room.acquire(timeout=0.2):
-                            if sctx.cancelled.is_set():
+                            # A caller that stops reading leaves the buffer full: past the call's deadline
+                            # (or the cap) the thread and the admission slot are given back regardless.
+                            if sctx.cancelled.is_set() or time.monotonic() >= deadline:
                                 return
                         out.put(("item", item))
                         loop.call_soon_threadsafe(ready.set)
