@@ -158,3 +158,61 @@ def test_deployments_keep_the_security_defaults() -> None:
     policy = one("NetworkPolicy", "nodecompat-node")
     sources = policy["spec"]["ingress"][0]["from"]
     assert sources == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nodecompat-aggregator"}}}]
+
+
+def _expanded_args(doc: dict[str, Any]) -> Any:
+    """The container's args as the kubelet runs them: $(VAR) replaced by the env var, each configMapKeyRef
+    read from its ConfigMap in these manifests (Kubernetes' dependent-variable expansion; an unknown
+    $(VAR) stays as written, which the assertions below then catch)."""
+    c = _container(doc)
+    env: dict[str, str] = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "configMapKeyRef" in e.get("valueFrom", {}):
+            ref = e["valueFrom"]["configMapKeyRef"]
+            env[e["name"]] = one("ConfigMap", ref["name"])["data"][ref["key"]]
+    expanded = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a)
+                for a in c["args"]]
+    return build_parser().parse_args(expanded)
+
+
+def test_aggregator_runs_three_replicas_sharing_registrations_through_etcd() -> None:
+    """Issue 14: replicas: 3 with --store etcd://... from the nodecompat-store ConfigMap, rollouts that
+    never drop below three ready replicas, replicas spread over nodes."""
+    from nodecompat.server.store_etcd import parse_store_url
+
+    dep = one("Deployment", "nodecompat-aggregator")
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    args = _expanded_args(dep)
+    assert args.command == "aggregator"
+    endpoints = parse_store_url(args.store)  # ValueError (a failure) on a malformed endpoint list
+    assert len(endpoints) == 3 and all(port == 2379 for _host, port in endpoints)
+    assert args.store_prefix.startswith("/") and args.store_prefix.endswith("/")
+    assert "$(" not in args.store + args.store_prefix
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    (spread,) = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_disruption_budget_keeps_two_of_the_three_aggregators() -> None:
+    dep = one("Deployment", "nodecompat-aggregator")
+    pdb = one("PodDisruptionBudget", "nodecompat-aggregator")
+    assert pdb["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    replicas = dep["spec"]["replicas"]
+    if "maxUnavailable" in pdb["spec"]:
+        available = replicas - pdb["spec"]["maxUnavailable"]
+    else:
+        available = pdb["spec"]["minAvailable"]
+    assert 2 <= available < replicas  # one voluntary eviction at a time, and drains are not blocked
+
+
+def test_validator_rejects_a_broken_disruption_budget() -> None:
+    pdb = one("PodDisruptionBudget", "nodecompat-aggregator")
+    pdb["spec"]["maxUnavailable"] = [1]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
