@@ -62,6 +62,14 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="most node names in the hostname affinity; past it, --nfd-labels or the failure policy",
     )
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=32,
+        metavar="N",
+        help="reviews handled at once; past it, HTTP 503 at once and the webhook configuration's "
+        "failurePolicy applies (default %(default)s)",
+    )
     p.add_argument("--deny-when-no-fit", action="store_true", help="/mutate also denies a pod no node can run")
     p.add_argument(
         "--nfd-labels",
@@ -79,6 +87,8 @@ def _config(args: argparse.Namespace) -> Any:
 
     if not 0.5 <= args.deadline <= 30:
         raise ValueError("--deadline must be between 0.5 and 30 seconds (the API server waits at most 30)")
+    if not 1 <= args.max_concurrent_requests <= 10_000:
+        raise ValueError("--max-concurrent-requests must be between 1 and 10000")
     if args.max_node_names < 1:
         raise ValueError("--max-node-names must be at least 1")
     host, port = split_address(args.listen)
@@ -99,6 +109,7 @@ def _config(args: argparse.Namespace) -> Any:
         args.max_node_names,
         args.deny_when_no_fit,
         args.nfd_labels,
+        max_concurrent_requests=args.max_concurrent_requests,
     )
 
 

@@ -18,6 +18,18 @@ slowloris peer trickling header bytes held a connection for an hour). Registry r
 thread pool (they use `requests`); a read that passes the deadline is abandoned and stops at its own
 budget. aiohttp serves HTTP because it is a maintained asyncio server and the aggregator client is
 grpc.aio on the same loop.
+
+Overload: at most `max_concurrent_requests` (--max-concurrent-requests, default 32) admission reviews are
+handled at once, counted from the handler's start to its answer; the next one is answered at once with
+HTTP 503 and no body read. Why 503 and not a 200 AdmissionReview per --failure-policy: an AdmissionReview
+answer must carry the request's uid, so it would mean reading and parsing up to 3 MiB per refused request,
+the very work being shed. The API server counts any non-200 answer as a failed webhook call and applies
+the WebhookConfiguration's failurePolicy (which deploy/ sets to match --failure-policy): Fail rejects the
+pod saying the webhook failed, Ignore admits it. No Retry-After header is sent, so client-go's REST client
+(rest/request.go checkWait: 429 or 5xx *with* Retry-After) does not retry into an overloaded webhook
+within the same timeoutSeconds. A slot cannot be held past the deadline: the body must arrive within the
+request's deadline (counted from the handler's start, not stretched by bytes trickling in; HTTP 408), and
+the answer is computed within what is left of it. /healthz takes no slot.
 """
 
 from __future__ import annotations
@@ -53,6 +65,7 @@ MAX_PARSED_SPECS = 128  # parsed specs kept by artifact digest (the texts are in
 REGISTRY_THREADS = 8
 MAX_FLEET_NODES = 100_000  # node answers read from one ValidateFleet stream
 HANDSHAKE_TIMEOUT = 5.0  # seconds for a TLS handshake (the API server's takes milliseconds)
+MAX_CONCURRENT_REQUESTS = 32  # reviews handled at once (each may hold a 3 MiB body and its parsed pod)
 HEADER_TIMEOUT = 10.0  # seconds for a whole request head, counted from connect or from the last answer
 _TIMEOUT_RE = re.compile(r"^(\d{1,3})s$")
 
@@ -75,6 +88,7 @@ class WebhookConfig:
     nfd_labels: bool = False
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     header_timeout: float = HEADER_TIMEOUT
+    max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS
 
 
 class Webhook:
@@ -88,6 +102,8 @@ class Webhook:
         self.channel: grpc.aio.Channel | None = None
         # per request in flight (keyed by its stages dict): the slowest registry / aggregator wait, seconds
         self.timings: dict[int, dict[str, float]] = {}
+        self.in_flight = 0  # reviews being handled (the event loop is the only writer)
+        self.shed = 0  # reviews refused with 503 since start
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -131,6 +147,21 @@ class Webhook:
         return deadline
 
     async def _handle(self, request: web.Request, *, mutate: bool) -> web.Response:
+        if self.in_flight >= self.config.max_concurrent_requests:
+            self.shed += 1
+            if self.shed == 1 or self.shed % 100 == 0:
+                log.warning("overloaded: %d reviews in flight; %d refused with 503 so far", self.in_flight, self.shed)
+            return _json(
+                {"error": f"nodecompat webhook is handling {self.in_flight} reviews (--max-concurrent-requests)"},
+                status=503,
+            )
+        self.in_flight += 1
+        try:
+            return await self._handle_one(request, mutate=mutate)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle_one(self, request: web.Request, *, mutate: bool) -> web.Response:
         started = time.monotonic()
         budget = self._deadline(request)
         try:

@@ -1,0 +1,147 @@
+"""Limits of `nodecompat webhook` (server/webhook.py) under hostile load, on a real server (loopback, real
+TLS with an openssl CA): a cap on reviews handled at once (past it HTTP 503 at once, /healthz still
+answering), and a body trickled byte by byte cannot hold a slot past the request's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from support_daemon import free_port
+from support_fleet import make_certs
+from support_webhook import pod, review
+
+from nodecompat.server.webhook import WebhookConfig, serve
+
+DEADLINE = 2.0
+
+
+@dataclass
+class Hook:
+    port: int
+    ca: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def running(config: WebhookConfig) -> Iterator[None]:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop: list[asyncio.Event] = []
+
+    async def main() -> None:
+        stop.append(asyncio.Event())
+        started = asyncio.Event()
+        task = asyncio.ensure_future(serve(config, started, stop[0]))
+        await started.wait()
+        ready.set()
+        await task
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(15)
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hook]:
+    """A webhook handling one review at a time, deadline 2 s, aggregator unreachable."""
+    certs = make_certs(tmp_path_factory.mktemp("pki"))
+    port = free_port()
+    config = WebhookConfig(
+        listen_host="127.0.0.1", listen_port=port, tls_cert=str(certs.cert), tls_key=str(certs.key),
+        aggregator=f"127.0.0.1:{free_port()}", deadline=DEADLINE, max_concurrent_requests=1,
+    )
+    with running(config):
+        yield Hook(port, certs.ca)
+
+
+def _session(hook: Hook) -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(hook.ca)
+    return s
+
+
+def _small_review() -> dict:
+    # an image outside the (empty) allow-list: refused before any connection, answered per the policy
+    return review(pod("p", ["127.0.0.1:1/x:1"]))
+
+
+def test_past_the_cap_reviews_get_503_health_answers_and_a_trickled_body_frees_its_slot(one_slot: Hook) -> None:
+    ctx = ssl.create_default_context(cafile=str(one_slot.ca))
+    raw = socket.create_connection(("127.0.0.1", one_slot.port), timeout=5)
+    tls = ctx.wrap_socket(raw, server_hostname="localhost")
+    with _session(one_slot) as s:
+        try:
+            # the slow client: headers at once, then a 100,000-byte body one byte at a time
+            tls.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100000\r\n\r\n{")
+            refused = None
+            for _ in range(100):  # until the slow client's handler holds the one slot (bounded)
+                tls.sendall(b" ")
+                r = s.post(f"{one_slot.url}/validate", json=_small_review(), timeout=10)
+                if r.status_code == 503:
+                    refused = r
+                    break
+                time.sleep(0.1)
+            assert refused is not None, "a second review was never refused while the slot was held"
+            assert "max-concurrent-requests" in refused.json()["error"]
+            assert s.get(f"{one_slot.url}/healthz", timeout=10).text == "ok\n"
+            # keep trickling: the deadline is not stretched by bytes arriving; the slow client gets 408
+            answer = b""
+            end = time.monotonic() + 30.0  # bounded far above DEADLINE for a busy machine
+            tls.settimeout(0.2)
+            while time.monotonic() < end and b"\r\n\r\n" not in answer:
+                with contextlib.suppress(OSError):
+                    tls.sendall(b" ")
+                try:
+                    chunk = tls.recv(4096)
+                except (TimeoutError, ssl.SSLWantReadError):
+                    continue
+                except (ConnectionError, ssl.SSLError):
+                    break
+                if not chunk:
+                    break
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        finally:
+            tls.close()
+        # the slot is free again: a whole review is answered (HTTP 200, same uid, per the failure policy)
+        rev = _small_review()
+        for _ in range(50):  # the freed slot may take a moment to be seen (bounded)
+            r = s.post(f"{one_slot.url}/validate", json=rev, timeout=10)
+            if r.status_code != 503:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        assert r.json()["response"]["uid"] == rev["request"]["uid"]
+
+
+def test_max_concurrent_requests_flag_is_checked() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "nodecompat.clients.cli", "webhook", "--listen", "127.0.0.1:1", "--tls-cert", "x",
+         "--tls-key", "y", "--aggregator", "127.0.0.1:2", "--max-concurrent-requests", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode != 0 and "--max-concurrent-requests" in out.stderr
