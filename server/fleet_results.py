@@ -1,0 +1,80 @@
+"""FleetService message conversion: fan-out outcomes and inventory views to fleet_pb2 messages, the summary.
+
+Split out of server/aggregator.py (the servicer is server/fleet_service.py): these functions only build
+messages from values; they record nothing and call no node. The ranking in the summary puts compatible
+nodes first, then by descending score, then by name and address (a stable order for equal scores).
+"""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nodecompat.fleet.reasons import failure_reasons
+from nodecompat.server.fanout import NodeOutcome
+from nodecompat.server.fleet_nodes import SOURCE_DNS, NodeView
+from nodecompat.v1 import fleet_pb2
+
+
+def deadline_margin(left: float) -> float:
+    """How much earlier than the caller's deadline the summary is sent (transit time for it)."""
+    return min(1.0, max(0.05, 0.1 * left))
+
+
+def node_result(outcome: NodeOutcome) -> fleet_pb2.NodeResult:
+    """One node's NodeResult from its fan-out outcome. A DNS-discovered node is named by the name its
+    daemon reported (when it answered); the reasons are listed only for an incompatible verdict."""
+    node = outcome.node
+    resp = outcome.response
+    reported = resp.report.node_name if resp is not None else ""
+    name = reported if node.source == SOURCE_DNS and reported else node.name
+    result = fleet_pb2.NodeResult(
+        node_name=name,
+        address=node.address,
+        labels=dict(node.labels),
+        status=outcome.status,
+        error=outcome.error,
+        latency_seconds=outcome.latency,
+        attempts=outcome.attempts,
+    )
+    if resp is not None:
+        result.compatible = resp.compatible
+        result.score = resp.score
+        if not resp.compatible:
+            result.reasons.extend(failure_reasons(resp.report))
+    return result
+
+
+def add_node_info(out: fleet_pb2.ListNodesResponse, view: NodeView) -> None:
+    """Append `view` to a ListNodes answer (last_contact only when the node was ever heard from)."""
+    info = out.nodes.add(
+        name=view.node.name,
+        address=view.node.address,
+        labels=dict(view.node.labels),
+        source=view.node.source,
+        health=view.health,
+    )
+    if view.last_contact is not None:
+        ts = Timestamp()
+        ts.FromDatetime(view.last_contact)
+        info.last_contact.CopyFrom(ts)
+
+
+def summarize(
+    results: list[fleet_pb2.NodeResult], image_digest: str, artifact_digest: str, wall: float
+) -> fleet_pb2.FleetSummary:
+    """The FleetSummary of a ValidateFleet call: counts of OK compatible/incompatible and failed nodes,
+    the ranking, the digests resolved ("" for an inline spec) and the call's wall time in seconds."""
+    ok = [r for r in results if r.status == "OK"]
+    ranked = sorted(results, key=lambda r: (not r.compatible, -r.score, r.node_name, r.address))
+    return fleet_pb2.FleetSummary(
+        compatible=sum(1 for r in ok if r.compatible),
+        incompatible=sum(1 for r in ok if not r.compatible),
+        failed=len(results) - len(ok),
+        ranking=[
+            fleet_pb2.RankedNode(node_name=r.node_name, compatible=r.compatible, score=r.score, status=r.status)
+            for r in ranked
+        ],
+        image_digest=image_digest,
+        artifact_digest=artifact_digest,
+        wall_seconds=wall,
+    )
