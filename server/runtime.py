@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STREAM_BUFFER = 64  # responses a sync streaming handler may run ahead of the network
+_NO_MESSAGE = object()  # _read_request: no request message read yet
 
 
 @dataclass(frozen=True)
@@ -203,28 +204,27 @@ class Runtime:
                             method: str) -> Any:
         left = context.time_remaining()
         wait = self.limits.request_timeout if left is None else min(self.limits.request_timeout, left)
-        started = time.monotonic()
+        request: Any = _NO_MESSAGE
         try:
-            # asyncio.timeout, not wait_for: no task per read (two reads per call on the hot path).
+            # One asyncio.timeout (not wait_for: no task) over both reads, one timer per call on the hot
+            # path. The client's half-close is read too (it normally comes with the message): answering
+            # before it makes gRPC core reset the stream, and the caller may then see CANCELLED instead
+            # of the status.
             async with asyncio.timeout(max(0.0, wait)):
                 request = await requests.__anext__()
-            # Read the client's half-close too (it normally comes with the message): answering before it
-            # makes gRPC core reset the stream, and the caller may then see CANCELLED instead of the status.
-            try:
-                async with asyncio.timeout(max(0.0, wait - (time.monotonic() - started))):
-                    await requests.__anext__()
-            except StopAsyncIteration:
+                await requests.__anext__()
+        except StopAsyncIteration:
+            if request is not _NO_MESSAGE:
                 return request
-            except TimeoutError:  # message but no half-close: serve it anyway
-                return request
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: more than one request message")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the call carried no request message")
         except TimeoutError:
+            if request is not _NO_MESSAGE:  # message but no half-close: serve it anyway
+                return request
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{method}: the request message did not arrive within {wait:g} s of the call's start",
             )
-        except StopAsyncIteration:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the call carried no request message")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: more than one request message")
 
     def _admit(self, method: str) -> str:
         """'' when admitted (the caller must _release()), else the refusal message."""
