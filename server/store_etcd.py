@@ -92,8 +92,9 @@ class EtcdRegistrationStore:
         """fn on the current endpoint, then on each other; StoreUnavailable when none answers."""
         errors = []
         n = len(self._clients)
+        first = self._current  # read once: another thread's call may move it while this one tries each endpoint
         for i in range(n):
-            idx = (self._current + i) % n
+            idx = (first + i) % n
             try:
                 result = fn(self._clients[idx])
             except (Etcd3Exception, OSError, ValueError) as exc:  # ValueError: a non-JSON answer

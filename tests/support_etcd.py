@@ -1,5 +1,6 @@
 """A real etcd (Debian's etcd-server, `make test-deps`) on loopback for the shared-registration tests:
-free client and peer ports, a temporary data dir, killed at the end."""
+free client and peer ports, a temporary data dir, killed at the end; or a three-member cluster
+(start_etcd_cluster) for the failover tests."""
 
 from __future__ import annotations
 
@@ -49,6 +50,68 @@ def start_etcd(data_dir: Path, timeout: float = 30.0, ports: tuple[int, int] | N
         time.sleep(0.1)
     proc.kill()
     raise AssertionError(f"etcd not healthy in {timeout}s")
+
+
+def _healthy(client_port: int) -> bool:
+    try:
+        return bool(requests.get(f"http://127.0.0.1:{client_port}/health", timeout=1).json().get("health") == "true")
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def start_etcd_cluster(data_dir: Path, members: int = 3, timeout: float = 30.0) -> list[Etcd]:
+    """`members` etcd processes forming one cluster on loopback (free client and peer ports, started at once
+    since none is healthy before a quorum has joined); every member healthy on return."""
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed: run `make test-deps` (Debian's etcd-server)")
+    ports = [(free_port(), free_port()) for _ in range(members)]
+    initial = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_c, peer) in enumerate(ports))
+    token = f"t-{ports[0][1]}"  # one token for the cluster (peers with another are refused)
+    out: list[Etcd] = []
+    try:
+        for i, (client, peer) in enumerate(ports):
+            cmd = ["etcd", "--name", f"m{i}", "--data-dir", str(data_dir / f"etcd-m{i}"),
+                   "--listen-client-urls", f"http://127.0.0.1:{client}",
+                   "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                   "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                   "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                   "--initial-cluster", initial, "--initial-cluster-state", "new",
+                   "--initial-cluster-token", token, "--log-level", "warn"]
+            log = (data_dir / f"etcd-m{i}.log").open("ab")
+            out.append(Etcd(f"127.0.0.1:{client}", subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), peer))
+        deadline = time.monotonic() + timeout
+        waiting = list(range(members))
+        while waiting and time.monotonic() < deadline:
+            for i in list(waiting):
+                if out[i].proc.poll() is not None:
+                    raise AssertionError(f"etcd m{i} exited {out[i].proc.returncode}: "
+                                         f"{(data_dir / f'etcd-m{i}.log').read_text()[-2000:]}")
+                if _healthy(ports[i][0]):
+                    waiting.remove(i)
+            time.sleep(0.1)
+        if waiting:
+            raise AssertionError(f"etcd members {waiting} not healthy in {timeout}s")
+        return out
+    except BaseException:
+        for e in out:
+            stop_process(e.proc, 5.0)
+        raise
+
+
+def leader(members: list[Etcd]) -> int:
+    """Index of the member the cluster's members report as raft leader (etcd's /v3/maintenance/status)."""
+    for e in members:
+        if e.proc.poll() is not None:
+            continue
+        try:
+            status = requests.post(f"http://{e.endpoint}/v3/maintenance/status", json={}, timeout=2).json()
+        except (requests.RequestException, ValueError):
+            continue
+        ids = {}
+        for m in requests.post(f"http://{e.endpoint}/v3/cluster/member/list", json={}, timeout=2).json()["members"]:
+            ids[m["ID"]] = m["name"]
+        return int(ids[status["leader"]].removeprefix("m"))
+    raise AssertionError("no etcd member answers its status")
 
 
 @pytest.fixture(scope="module")
