@@ -10,104 +10,81 @@ strict parser. Regexes are compiled once per expression with RE2 (google-re2), t
 `type: version` follows Masterminds/semver `NewVersion` (lenient: `1`, `1.2`, `v1.2.3`, `-pre`,
 `+build`), written out here because no Python semver package parses the same set; the
 pre-release part is dropped before comparing, as NFD does, so `5.15.0-91-generic` is `5.15.0`.
+
+Split in modules: nodecompat.engine.expression_ops (op names and groups), nodecompat.engine.expression_values
+(Go's Atoi, semver, %q and %v), nodecompat.engine.expression_regex (RE2 programs within the memory budgets);
+this module holds MatchExpression and CompiledExpression and re-exports the public names of the others.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import re2
-
 from nodecompat.engine import goregexp
-from nodecompat.engine.limits import MAX_ECHOED_VALUE_CHARS, MAX_REGEX_MEM, MAX_SPEC_REGEX_MEM
-
-ANY = ""
-IN = "In"
-NOT_IN = "NotIn"
-IN_REGEXP = "InRegexp"
-EXISTS = "Exists"
-DOES_NOT_EXIST = "DoesNotExist"
-GT = "Gt"
-GE = "Ge"
-LT = "Lt"
-LE = "Le"
-GT_LT = "GtLt"
-GE_LE = "GeLe"
-IS_TRUE = "IsTrue"
-IS_FALSE = "IsFalse"
-
-OPS: tuple[str, ...] = (
+from nodecompat.engine.expression_ops import (
     ANY,
-    IN,
-    NOT_IN,
-    IN_REGEXP,
-    EXISTS,
     DOES_NOT_EXIST,
-    GT,
+    EXISTS,
     GE,
-    LT,
-    LE,
-    GT_LT,
     GE_LE,
-    IS_TRUE,
+    GT,
+    GT_LT,
+    IN,
+    IN_REGEXP,
     IS_FALSE,
+    IS_TRUE,
+    LE,
+    LIST_OPS,
+    LT,
+    NO_VALUE_OPS,
+    NOT_IN,
+    NUMERIC_OPS,
+    ONE_VALUE_OPS,
+    OPS,
+    TWO_VALUE_OPS,
+    TYPE_VERSION,
+    TYPES,
+    VALUE_OPS,
 )
-NO_VALUE_OPS = frozenset({ANY, EXISTS, DOES_NOT_EXIST, IS_TRUE, IS_FALSE})
-LIST_OPS = frozenset({IN, NOT_IN, IN_REGEXP})
-ONE_VALUE_OPS = frozenset({GT, GE, LT, LE})
-TWO_VALUE_OPS = frozenset({GT_LT, GE_LE})
-NUMERIC_OPS = ONE_VALUE_OPS | TWO_VALUE_OPS
-# Ops that can only ever be true on an element that has a value (never on a flag).
-VALUE_OPS = LIST_OPS | NUMERIC_OPS | {IS_TRUE, IS_FALSE}
+from nodecompat.engine.expression_regex import compile_any
+from nodecompat.engine.expression_values import atoi_or_error, go_atoi, go_quote, parse_version, values_repr
+from nodecompat.engine.limits import MAX_ECHOED_VALUE_CHARS
 
-TYPE_VERSION = "version"
-TYPES = ("", TYPE_VERSION)
-
-_INT_RE = re.compile(r"[+-]?[0-9]+")
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-_SEMVER_RE = re.compile(
-    r"v?([0-9]+)(\.[0-9]+)?(\.[0-9]+)?"
-    r"(-([0-9A-Za-z\-]+(\.[0-9A-Za-z\-]+)*))?"
-    r"(\+([0-9A-Za-z\-]+(\.[0-9A-Za-z\-]+)*))?"
-)
-_UINT64_MAX = (1 << 64) - 1
-
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # errors are reported to the user, not logged to stderr by C++
-_RE2_OPTIONS.max_mem = MAX_REGEX_MEM
-# RE2 memory granted to an expression's union of patterns: a base plus, per pattern, room for its
-# program (RE2 keeps forward and reverse programs within max_mem, ~16 bytes an instruction) and DFA.
-_UNION_BASE_MEM = 256 << 10
-_PER_PATTERN_MEM = 8 << 10
-_PER_INSTRUCTION_MEM = 48
-
-
-def _re2_options(max_mem: int) -> Any:
-    opts = re2.Options()
-    opts.log_errors = False
-    opts.max_mem = max_mem
-    return opts
-
-
-_SMALL_REGEX_MEM = 64 << 10
-_SMALL_OPTIONS = _re2_options(_SMALL_REGEX_MEM)
-
-
-def _compile(pattern: str, options: Any) -> Any:
-    """An RE2 program owned by the caller alone. `re2.compile` keeps its last 128 programs in a
-    module-level LRU (up to max_mem each, 1 GiB at RE2's default): that hidden cache, not ours, is
-    what made distinct regex-heavy specs cost ~79 MiB each. `re2._Regexp` is the class re2.compile
-    builds, without the cache; its memory goes when the expression goes."""
-    return re2._Regexp(pattern, options)
-
-
-def _re2_detail(exc: Exception) -> str:
-    return exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+__all__ = [
+    "ANY",
+    "DOES_NOT_EXIST",
+    "EXISTS",
+    "GE",
+    "GE_LE",
+    "GT",
+    "GT_LT",
+    "IN",
+    "IN_REGEXP",
+    "IS_FALSE",
+    "IS_TRUE",
+    "LE",
+    "LIST_OPS",
+    "LT",
+    "NOT_IN",
+    "NO_VALUE_OPS",
+    "NUMERIC_OPS",
+    "ONE_VALUE_OPS",
+    "OPS",
+    "TWO_VALUE_OPS",
+    "TYPES",
+    "TYPE_VERSION",
+    "VALUE_OPS",
+    "CompiledExpression",
+    "ExpressionError",
+    "MatchExpression",
+    "go_atoi",
+    "go_quote",
+    "parse_version",
+]
 
 
 class ExpressionError(ValueError):
@@ -135,65 +112,18 @@ class MatchExpression:
         if self.values:
             joined = ", ".join(self.values) if sum(map(len, self.values)) < MAX_ECHOED_VALUE_CHARS else ""
             if not joined:  # a hostile list: name a few values, count the rest
-                joined = _values_repr(self.values)[1:-1]
+                joined = values_repr(self.values)[1:-1]
             text += " [" + joined + "]"
         if self.type and self.op in NUMERIC_OPS:
             text += f" ({self.type})"
         return text
 
 
-def go_atoi(s: str) -> int:
-    """Go's strconv.Atoi: optional sign, ASCII digits only, int64 range."""
-    if not _INT_RE.fullmatch(s):
-        raise ValueError(s)
-    v = int(s)
-    if not _INT64_MIN <= v <= _INT64_MAX:
-        raise ValueError(s)
-    return v
-
-
-def parse_version(s: str) -> tuple[int, int, int]:
-    """Masterminds/semver v3.5.0 `NewVersion` (CoerceNewVersion, its default; the release NFD's go.mod
-    pins), keeping only (major, minor, patch): NFD's extractVersion drops the pre-release.
-
-    ValueError carries semver's own error text. Leading zeros in major/minor/patch are accepted (coerced);
-    a numeric pre-release identifier with one is not; there is no length limit in this release.
-    """
-    m = _SEMVER_RE.fullmatch(s)
-    if m is None:
-        raise ValueError("invalid semantic version")
-    parts = [m.group(1), (m.group(2) or ".0")[1:], (m.group(3) or ".0")[1:]]
-    for p in parts:
-        if len(p.lstrip("0")) > 20 or int(p) > _UINT64_MAX:
-            raise ValueError(f'error parsing version segment: strconv.ParseUint: parsing "{p}": value out of range')
-    pre = m.group(5)
-    if pre:
-        for ident in pre.split("."):
-            if ident.isdigit() and len(ident) > 1 and ident.startswith("0"):
-                raise ValueError("version segment starts with 0")
-    return int(parts[0]), int(parts[1]), int(parts[2])
-
 
 def _go_expression(e: MatchExpression) -> str:
     """Go's %v of a *MatchExpression, as NFD prints it: &{Op [values] type}."""
-    return f"&{{{e.op} {_values_repr(e.values)} {e.type}}}"
+    return f"&{{{e.op} {values_repr(e.values)} {e.type}}}"
 
-
-def _values_repr(values: list[str]) -> str:
-    """Go's `%v` of a []string, as NFD prints it in error messages; clipped past MAX_ECHOED_VALUE_CHARS
-    (NFD prints it whole: a message is not the place for megabytes of a hostile spec's values)."""
-    out = "[" + " ".join(values) + "]" if sum(map(len, values)) < MAX_ECHOED_VALUE_CHARS else ""
-    if out and len(out) <= MAX_ECHOED_VALUE_CHARS:
-        return out
-    shown: list[str] = []
-    size = 0
-    for v in values:
-        if size + len(v) > MAX_ECHOED_VALUE_CHARS:
-            break
-        shown.append(v)
-        size += len(v) + 1
-    head = " ".join(shown) if shown else values[0][: MAX_ECHOED_VALUE_CHARS] + "…"
-    return f"[{head} … ({len(values)} values, {sum(map(len, values))} characters)]"
 
 
 class CompiledExpression:
@@ -239,39 +169,15 @@ class CompiledExpression:
             except goregexp.GoSyntaxError as exc:
                 # expression.go, case MatchInRegexp (the "expressiom" typo is NFD's).
                 self._regex_error = (
-                    f"invalid expressiom, 'value' field must only contain valid regexps for Op {_go_quote(e.op)}"
-                    f" (have {_values_repr(e.values)})"
+                    f"invalid expressiom, 'value' field must only contain valid regexps for Op {go_quote(e.op)}"
+                    f" (have {values_repr(e.values)})"
                 )
                 self.regex_problem = (
-                    f"value[{i}] {_go_quote(v)} is not a regexp NFD accepts: {exc} "
+                    f"value[{i}] {go_quote(v)} is not a regexp NFD accepts: {exc} "
                     "(NFD compiles patterns with Go's regexp package)"
                 )
                 return
-        need = _UNION_BASE_MEM
-        for i, t in enumerate(translated):
-            try:  # most patterns are small: try a small budget first, and keep it for a lone pattern
-                one, budget = _compile(t, _SMALL_OPTIONS), _SMALL_REGEX_MEM
-            except re2.error:
-                try:
-                    one, budget = _compile(t, _RE2_OPTIONS), MAX_REGEX_MEM
-                except re2.error as exc:
-                    self.limit_error = (
-                        f"value[{i}] needs more than {MAX_REGEX_MEM} bytes of compiled RE2 program "
-                        f"(nodecompat's per-pattern limit, MAX_REGEX_MEM): {_re2_detail(exc)}"
-                    )
-                    return
-            need += _PER_PATTERN_MEM + _PER_INSTRUCTION_MEM * (one.programsize + one.reverseprogramsize)
-            if len(translated) == 1:
-                self._any_regex = one
-                self.memory_bytes = budget
-                return
-        budget = min(need, MAX_SPEC_REGEX_MEM)
-        try:
-            self._any_regex = _compile("|".join(f"(?:{t})" for t in translated), _re2_options(budget))
-            self.memory_bytes = budget
-        except re2.error:
-            self._any_regex = _AnyOf([_compile(t, _RE2_OPTIONS) for t in translated])
-            self.memory_bytes = MAX_REGEX_MEM * len(translated)
+        self._any_regex, self.memory_bytes, self.limit_error = compile_any(translated)
 
     def _prepare_numbers(self) -> None:
         e = self.expr
@@ -279,8 +185,8 @@ class CompiledExpression:
         if len(e.values) != want:
             count = "exactly one element" if want == 1 else "exactly two elements"
             self._num_error = (
-                f"invalid expression, 'value' field must contain {count} for Op {_go_quote(e.op)} "
-                f"(have {_values_repr(e.values)})"
+                f"invalid expression, 'value' field must contain {count} for Op {go_quote(e.op)} "
+                f"(have {values_repr(e.values)})"
             )
             return
         if e.type == TYPE_VERSION:
@@ -289,9 +195,9 @@ class CompiledExpression:
                 try:
                     versions.append(parse_version(v))
                 except ValueError as exc:
-                    self._num_error = f"not a version {_go_quote(v)} in {_go_expression(e)}"  # expression.go
+                    self._num_error = f"not a version {go_quote(v)} in {_go_expression(e)}"  # expression.go
                     self._num_problem = (
-                        f"value[{i}] {_go_quote(v)} is not a version NFD accepts ({exc}; "
+                        f"value[{i}] {go_quote(v)} is not a version NFD accepts ({exc}; "
                         "NFD parses versions with Masterminds/semver v3.5.0 NewVersion)"
                     )
                     return
@@ -299,8 +205,8 @@ class CompiledExpression:
             return
         if e.type != "":
             self._num_error = (  # expression.go
-                f"invalid expression, 'type' field only accepts \"version\" value for Op {_go_quote(e.op)} "
-                f"(have {_go_quote(e.type)})"
+                f"invalid expression, 'type' field only accepts \"version\" value for Op {go_quote(e.op)} "
+                f"(have {go_quote(e.type)})"
             )
             self._num_problem = f'unsupported value type {e.type!r} for Op {e.op!r} (only "version")'
             return
@@ -309,13 +215,13 @@ class CompiledExpression:
             try:
                 nums.append(go_atoi(v))
             except ValueError:
-                self._num_error = f"not a number {_go_quote(v)} in {_go_expression(e)}"  # expression.go
-                self._num_problem = f"not a number {_go_quote(v)} in {e.op} {_values_repr(e.values)}"
+                self._num_error = f"not a number {go_quote(v)} in {_go_expression(e)}"  # expression.go
+                self._num_problem = f"not a number {go_quote(v)} in {e.op} {values_repr(e.values)}"
                 return
         if want == 2 and nums[0] >= nums[1]:
             self._num_error = (
-                f"invalid expression, value[0] must be less than Value[1] for Op {_go_quote(e.op)} "
-                f"(have {_values_repr(e.values)})"
+                f"invalid expression, value[0] must be less than Value[1] for Op {go_quote(e.op)} "
+                f"(have {values_repr(e.values)})"
             )
             return
         self._num = tuple(nums)
@@ -345,12 +251,12 @@ class CompiledExpression:
         e = self.expr
         op = e.op
         if op not in OPS:
-            raise ExpressionError(f"invalid Op {_go_quote(op)}")
+            raise ExpressionError(f"invalid Op {go_quote(op)}")
         if op in (ANY, EXISTS, DOES_NOT_EXIST):
             if e.values:
                 raise ExpressionError(
-                    f"invalid expression, 'value' field must be empty for Op {_go_quote(op)} "
-                    f"(have {_values_repr(e.values)})"
+                    f"invalid expression, 'value' field must be empty for Op {go_quote(op)} "
+                    f"(have {values_repr(e.values)})"
                 )
             if op == ANY:
                 return True
@@ -360,14 +266,14 @@ class CompiledExpression:
         if op in (IN, NOT_IN):
             if not e.values:
                 raise ExpressionError(
-                    f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}"
+                    f"invalid expression, 'value' field must be non-empty for Op {go_quote(op)}"
                 )
             found = value in self._value_set
             return found if op == IN else not found
         if op == IN_REGEXP:
             if not e.values:
                 raise ExpressionError(
-                    f"invalid expression, 'value' field must be non-empty for Op {_go_quote(op)}"
+                    f"invalid expression, 'value' field must be non-empty for Op {go_quote(op)}"
                 )
             if self._regex_error:
                 raise ExpressionError(self._regex_error)
@@ -380,8 +286,8 @@ class CompiledExpression:
         # IsTrue / IsFalse
         if e.values:
             raise ExpressionError(
-                f"invalid expression, 'value' field must be empty for Op {_go_quote(op)} "
-                f"(have {_values_repr(e.values)})"
+                f"invalid expression, 'value' field must be empty for Op {go_quote(op)} "
+                f"(have {values_repr(e.values)})"
             )
         return value == ("true" if op == IS_TRUE else "false")
 
@@ -442,7 +348,7 @@ class CompiledExpression:
                 continue
             parsed = numbers.get(v)
             if parsed is None:
-                parsed = numbers[v] = _atoi_or_error(v)
+                parsed = numbers[v] = atoi_or_error(v)
             if parsed[0] is None:
                 out.append(False)
                 errors[i] = parsed[1]
@@ -469,14 +375,14 @@ class CompiledExpression:
             try:
                 lhs = parse_version(value)
             except ValueError:
-                raise ExpressionError(f"not a version {_go_quote(value)}") from None  # expression.go
+                raise ExpressionError(f"not a version {go_quote(value)}") from None  # expression.go
         elif e.type != "":
             raise ExpressionError(self._num_error or f"unsupported value type {e.type!r}")
         else:
             try:
                 lhs = go_atoi(value)
             except ValueError:
-                raise ExpressionError(f"not a number {_go_quote(value)}") from None
+                raise ExpressionError(f"not a number {go_quote(value)}") from None
         if self._num_error:
             raise ExpressionError(self._num_error)
         assert self._num is not None
@@ -492,54 +398,3 @@ class CompiledExpression:
         if op == GT_LT:
             return bool(r[0] < lhs < r[1])
         return bool(r[0] <= lhs <= r[1])
-
-
-def _atoi_or_error(v: str) -> tuple[int | None, str]:
-    try:
-        return go_atoi(v), ""
-    except ValueError:
-        return None, f"not a number {_go_quote(v)}"
-
-
-@dataclass(frozen=True)
-class _AnyOf:
-    regexes: list[Any]
-
-    def search(self, value: str) -> Any:
-        return next((m for r in self.regexes if (m := r.search(value)) is not None), None)
-
-
-def _go_quote(s: str) -> str:
-    """Go's %q of a string (strconv.Quote), for messages that match NFD's."""
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\a":
-            out.append("\\a")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif ch == "\v":
-            out.append("\\v")
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        elif not ch.isprintable():
-            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-go_quote = _go_quote
