@@ -30,6 +30,11 @@ pod saying the webhook failed, Ignore admits it. No Retry-After header is sent, 
 within the same timeoutSeconds. A slot cannot be held past the deadline: the body must arrive within the
 request's deadline (counted from the handler's start, not stretched by bytes trickling in; HTTP 408), and
 the answer is computed within what is left of it. /healthz takes no slot.
+
+Fan-out: a pod may name up to 256 images (nodecompat.admission.review.MAX_CONTAINERS). They are
+deduplicated first (parse_review keeps each distinct reference once), then resolved and sent to the
+aggregator at most `image_concurrency` (default 8) at a time per review, all under the review's one
+deadline: images still queued when it passes are answered as not checked, per --failure-policy.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ REGISTRY_THREADS = 8
 MAX_FLEET_NODES = 100_000  # node answers read from one ValidateFleet stream
 HANDSHAKE_TIMEOUT = 5.0  # seconds for a TLS handshake (the API server's takes milliseconds)
 MAX_CONCURRENT_REQUESTS = 32  # reviews handled at once (each may hold a 3 MiB body and its parsed pod)
+IMAGE_CONCURRENCY = 8  # images of one review resolved / sent to the aggregator at once
 HEADER_TIMEOUT = 10.0  # seconds for a whole request head, counted from connect or from the last answer
 _TIMEOUT_RE = re.compile(r"^(\d{1,3})s$")
 
@@ -89,6 +95,7 @@ class WebhookConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     header_timeout: float = HEADER_TIMEOUT
     max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS
+    image_concurrency: int = IMAGE_CONCURRENCY
 
 
 class Webhook:
@@ -218,7 +225,15 @@ class Webhook:
 
     # -- per image -----------------------------------------------------------------------------------------
     async def _answers(self, images: list[str], deadline: float, stages: dict[str, str]) -> list[ImageAnswer]:
-        return list(await asyncio.gather(*(self._answer(img, deadline, stages) for img in images)))
+        """One answer per image, in order; at most config.image_concurrency images in progress at once
+        (`images` is already deduplicated by parse_review). The caller's timeout bounds the whole set."""
+        gate = asyncio.Semaphore(max(1, self.config.image_concurrency))
+
+        async def one(img: str) -> ImageAnswer:
+            async with gate:
+                return await self._answer(img, deadline, stages)
+
+        return list(await asyncio.gather(*(one(img) for img in images)))
 
     async def _answer(self, image: str, deadline: float, stages: dict[str, str]) -> ImageAnswer:
         """One image's answer; `stages[image]` names the peer being waited for (for the deadline's message)."""

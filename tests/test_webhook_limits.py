@@ -145,3 +145,73 @@ def test_max_concurrent_requests_flag_is_checked() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode != 0 and "--max-concurrent-requests" in out.stderr
+
+
+class BlackHoleRegistry:
+    """A TCP listener that accepts and never answers, counting connections open at once (a registry
+    that hangs: every artifact resolution waits on it until its own timeout)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.open = 0
+        self.most = 0
+        self.accepted = 0
+        self.closing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.open += 1
+                self.accepted += 1
+                self.most = max(self.most, self.open)
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        conn.settimeout(60)
+        with conn, contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
+        with self.lock:
+            self.open -= 1
+
+    def close(self) -> None:
+        self.closing = True
+        self.sock.close()
+
+
+def test_a_pod_with_many_images_resolves_a_bounded_number_at_once_within_the_deadline(
+    tmp_path: Path,
+) -> None:
+    from nodecompat.oci.policy import RegistryPolicy
+
+    certs = make_certs(tmp_path / "pki")
+    registry = BlackHoleRegistry()
+    port = free_port()
+    config = WebhookConfig(
+        listen_host="127.0.0.1", listen_port=port, tls_cert=str(certs.cert), tls_key=str(certs.key),
+        aggregator=f"127.0.0.1:{free_port()}", deadline=DEADLINE, plain_http=True,
+        policy=RegistryPolicy.parse([f"http://127.0.0.1:{registry.port}"]), image_concurrency=3,
+    )
+    distinct = [f"127.0.0.1:{registry.port}/many/img{i}:1" for i in range(20)]
+    containers = (distinct * 13)[:256]  # 256 containers, 20 distinct images
+    rev = review(pod("many", containers))
+    try:
+        with running(config), _session(Hook(port, certs.ca)) as s:
+            r = s.post(f"https://127.0.0.1:{port}/validate", json=rev, timeout=30)
+            assert r.status_code == 200, r.text
+            resp = r.json()["response"]
+            assert resp["uid"] == rev["request"]["uid"]
+            # the registry hangs: the deadline passes and the failure policy (fail) denies, saying why
+            assert resp["allowed"] is False and "deadline" in resp["status"]["message"]
+            assert "registry" in resp["status"]["message"]
+        # 20 distinct images, 8 registry threads, but at most 3 resolutions at once for this review
+        assert 1 <= registry.most <= 3, registry.most
+    finally:
+        registry.close()
