@@ -23,16 +23,15 @@ an explicit stack. That is where the safety checks live:
 JSON text goes through `json.loads` (C) with a depth and node check. When libyaml is not compiled
 into PyYAML, the same composer runs on the pure-Python `yaml.SafeLoader` event stream (slower, same
 results and limits).
+
+Split in modules: nodecompat.engine.spec_data (Scalar, DUPS, LoadError, go_string) and
+nodecompat.engine.spec_load_json (the JSON reader); this module holds the YAML composer and load_document, and
+re-exports the public names of spec_data.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-import struct
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -51,29 +50,13 @@ from yaml.events import (
 from yaml.nodes import ScalarNode
 
 from nodecompat.engine.limits import MAX_DEPTH, MAX_EXPANDED_CHARS, MAX_SPEC_BYTES, MAX_YAML_NODES
+from nodecompat.engine.spec_data import DUPS, LoadError, Scalar, go_string
+from nodecompat.engine.spec_load_json import NOT_JSON, load_json
+
+__all__ = ["DUPS", "EVENT_LOADER", "LoadError", "Scalar", "go_string", "load_document"]
 
 # The libyaml event reader when PyYAML was built with it, else the pure-Python one (same events).
 EVENT_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-# Key under which a loaded mapping lists its duplicate keys (cannot clash with a YAML/JSON key
-# a spec could use: it starts with NUL).
-DUPS = "\x00duplicate keys"
-
-
-class LoadError(ValueError):
-    """The text is not a usable YAML/JSON document; `problems` are located messages."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
-
-
-@dataclass(frozen=True)
-class Scalar:
-    """A non-string YAML/JSON scalar with its original spelling (`raw`)."""
-
-    value: Any
-    raw: str
-
 
 _Y = "tag:yaml.org,2002:"
 _STR_TAGS = frozenset({_Y + "str", _Y + "timestamp", _Y + "value", _Y + "merge"})
@@ -287,125 +270,6 @@ class _Composer:
             )
 
 
-def _go_float32(f: float) -> str:
-    """strconv.FormatFloat(f, 'g', -1, 32): what sigs.k8s.io/yaml makes of a YAML float in a string field."""
-    if math.isnan(f):
-        return ".nan"
-    if math.isinf(f):
-        return ".inf" if f > 0 else "-.inf"
-    try:
-        f32 = struct.unpack("f", struct.pack("f", f))[0]
-    except OverflowError:
-        return ".inf" if f > 0 else "-.inf"
-    if math.isinf(f32):  # finite in float64, out of float32's range (1.0e+39)
-        return ".inf" if f > 0 else "-.inf"
-    digits = ""
-    for p in range(1, 10):
-        s = f"{f32:.{p}e}"
-        if struct.unpack("f", struct.pack("f", float(s)))[0] == f32:
-            digits = s
-            break
-    mant, exp_s = digits.split("e")
-    exp = int(exp_s)
-    mant = mant.rstrip("0").rstrip(".") if "." in mant else mant
-    if exp < -4 or exp >= 6:
-        return f"{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
-    neg = mant.startswith("-")
-    ds = mant.lstrip("-").replace(".", "")
-    if exp >= 0:
-        whole = (ds + "0" * (exp + 1 - len(ds)))[: exp + 1]
-        frac = ds[exp + 1 :]
-        text = whole + ("." + frac if frac else "")
-    else:
-        text = "0." + "0" * (-exp - 1) + ds
-    return ("-" if neg else "") + text
-
-
-def go_string(v: Any) -> str:
-    """A scalar as Go's YAML layer renders it into a string field."""
-    if isinstance(v, Scalar):
-        v = v.value
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return _go_float32(v)
-    return str(v)
-
-
-# -- JSON ------------------------------------------------------------------------------------------
-def _json_shape(obj: Any) -> tuple[int, int]:
-    """(depth, nodes) of parsed JSON, walked iteratively."""
-    depth = nodes = 0
-    stack = [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        nodes += 1
-        if isinstance(o, dict | list):
-            depth = max(depth, d)
-            stack.extend((c, d + 1) for c in (o.values() if isinstance(o, dict) else o))
-    return depth, nodes
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _text(s: str) -> str:
-    """A JSON string as Go's decoder leaves it: a lone surrogate escape (`"\\ud800"`) becomes U+FFFD
-    (Python keeps it, and it cannot be encoded as UTF-8 into a reply)."""
-    return _SURROGATE.sub("\ufffd", s) if _SURROGATE.search(s) else s
-
-
-def _wrap_json(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {(_text(k) if k != DUPS else k): _wrap_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_wrap_json(v) for v in obj]
-    if isinstance(obj, str):
-        return _text(obj)
-    if obj is None or isinstance(obj, bool):
-        return Scalar(obj, json.dumps(obj))
-    return obj
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    dups = []
-    for k, v in pairs:
-        if k in out:
-            dups.append(k)
-        out[k] = v
-    if dups:
-        out[DUPS] = dups
-    return out
-
-
-_NOT_JSON = object()
-
-
-def _load_json(text: str, max_nodes: int) -> Any:
-    try:
-        data = json.loads(
-            text,
-            object_pairs_hook=_json_pairs,
-            parse_float=lambda s: Scalar(float(s), s),
-            parse_int=lambda s: Scalar(int(s), s),
-        )
-    except RecursionError:
-        raise LoadError([f"nesting deeper than {MAX_DEPTH} levels"]) from None
-    except ValueError:
-        return _NOT_JSON
-    depth, nodes = _json_shape(data)
-    if depth > MAX_DEPTH:
-        raise LoadError([f"nesting deeper than {MAX_DEPTH} levels"])
-    if nodes > max_nodes:
-        raise LoadError([f"more than {max_nodes} JSON values"])
-    return _wrap_json(data)
-
-
 def load_document(
     text: str | bytes,
     max_bytes: int = MAX_SPEC_BYTES,
@@ -424,8 +288,8 @@ def load_document(
         except UnicodeDecodeError as exc:
             raise LoadError([f"spec is not UTF-8 text: {exc}"]) from None
     if text.lstrip().startswith(("{", "[")):
-        data = _load_json(text, max_nodes)
-        if data is not _NOT_JSON:
+        data = load_json(text, max_nodes)
+        if data is not NOT_JSON:
             return data
     composer = _Composer(text, max_nodes, MAX_DEPTH)
     composer.deadline = deadline
