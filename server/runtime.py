@@ -201,7 +201,8 @@ class Runtime:
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
     async def _read_request(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
-                            method: str) -> Any:
+                            method: str, fast: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+        """(the call's one request message, the fast path's answer or None)."""
         left = context.time_remaining()
         wait = self.limits.request_timeout if left is None else min(self.limits.request_timeout, left)
         request: Any = _NO_MESSAGE
@@ -212,19 +213,27 @@ class Runtime:
             # of the status.
             async with asyncio.timeout(max(0.0, wait)):
                 request = await requests.__anext__()
+                if fast is not None:
+                    answer = fast(request)
+                    if answer is not None:
+                        # Answered at once, as grpc's own unary-unary handlers answer after the one message
+                        # without reading the half-close (a unary client sends both in one frame): the
+                        # read would cost one more completion-queue round trip per call.
+                        return request, answer
                 await requests.__anext__()
         except StopAsyncIteration:
             if request is not _NO_MESSAGE:
-                return request
+                return request, None
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the call carried no request message")
         except TimeoutError:
             if request is not _NO_MESSAGE:  # message but no half-close: serve it anyway
-                return request
+                return request, None
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{method}: the request message did not arrive within {wait:g} s of the call's start",
             )
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: more than one request message")
+        raise AssertionError("unreachable: context.abort raises")
 
     def _admit(self, method: str) -> str:
         """'' when admitted (the caller must _release()), else the refusal message."""
@@ -260,11 +269,9 @@ class Runtime:
         is_async = inspect.iscoroutinefunction(fn)
 
         async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            request = await self._read_request(requests, context, method)
-            if fast is not None:
-                answer = fast(request)
-                if answer is not None:
-                    return answer
+            request, answer = await self._read_request(requests, context, method, fast)
+            if answer is not None:  # e.g. a kept answer: no worker, no admission slot
+                return answer
             deadline, capped = self._deadline(context)
             refusal = self._admit(method)
             if refusal:
@@ -300,7 +307,7 @@ class Runtime:
         is_async = inspect.isasyncgenfunction(fn)
 
         async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            request = await self._read_request(requests, context, method)
+            request, _ = await self._read_request(requests, context, method)
             if is_async:  # coroutine streams (long-lived watches) bound their own number and duration
                 async for item in fn(request, context):
                     yield item
