@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 import threading
@@ -215,3 +216,96 @@ def test_a_pod_with_many_images_resolves_a_bounded_number_at_once_within_the_dea
         assert 1 <= registry.most <= 3, registry.most
     finally:
         registry.close()
+
+
+def _big_review(uid_pod: str, target: int = 3 * 1024 * 1024 - 4096) -> dict:
+    """A review of about `target` bytes (under the 3 MiB cap): 256 containers with long env lists."""
+    containers = [{"name": f"c{i}", "image": "127.0.0.1:1/x:1", "env": []} for i in range(256)]
+    rev = review(pod(uid_pod, ["127.0.0.1:1/x:1"]))
+    rev["request"]["object"]["spec"]["containers"] = containers
+    size = len(json.dumps(rev))
+    per_var = len(json.dumps({"name": "E00000", "value": "v" * 100})) + 2
+    n = 0
+    while size + per_var < target:
+        containers[n % 256]["env"].append({"name": f"E{n:05d}", "value": "v" * 100})
+        size += per_var
+        n += 1
+    return rev
+
+
+def test_healthz_answers_while_several_3_mib_reviews_are_parsed(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "pki")
+    port = free_port()
+    config = WebhookConfig(
+        listen_host="127.0.0.1", listen_port=port, tls_cert=str(certs.cert), tls_key=str(certs.key),
+        aggregator=f"127.0.0.1:{free_port()}",
+    )
+    hook = Hook(port, certs.ca)
+    reviews = [_big_review(f"big{i}") for i in range(6)]
+    bodies = [json.dumps(r).encode() for r in reviews]
+    assert all(2 * 1024 * 1024 < len(b) <= 3 * 1024 * 1024 for b in bodies)
+    answers: dict[int, requests.Response] = {}
+
+    def send(i: int) -> None:
+        with _session(hook) as s:
+            answers[i] = s.post(f"{hook.url}/validate", data=bodies[i], timeout=60,
+                                headers={"Content-Type": "application/json"})
+
+    with running(config), _session(hook) as s:
+        threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        healthy_during = 0
+        for _ in range(600):  # bounded: until every review is answered
+            if all(not t.is_alive() for t in threads):
+                break
+            assert s.get(f"{hook.url}/healthz", timeout=30).text == "ok\n"
+            if any(t.is_alive() for t in threads):
+                healthy_during += 1
+        for t in threads:
+            t.join(60)
+    assert healthy_during >= 1
+    for i, rev in enumerate(reviews):
+        r = answers[i]
+        assert r.status_code == 200, r.text[:300]
+        resp = r.json()["response"]
+        # the image's registry is not allowed: not checked, and the failure policy (fail) denies
+        assert resp["uid"] == rev["request"]["uid"] and resp["allowed"] is False
+
+
+def test_large_reviews_are_parsed_in_a_worker_process_and_answer_the_same(tmp_path: Path) -> None:
+    import os
+
+    from nodecompat.admission import review as rv
+    from nodecompat.admission.placement import hostname_requirement, placement_patch
+    from nodecompat.server.webhook import PARSE_INLINE_BYTES, Webhook
+
+    rev = _big_review("big")
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}, {"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}}
+    rev["request"]["object"]["spec"]["affinity"] = affinity
+    rev["request"]["object"]["metadata"]["annotations"] = {"team": "a"}
+    body = json.dumps(rev).encode()
+    small = json.dumps(review(pod("small", ["x"]))).encode()
+    assert len(small) <= PARSE_INLINE_BYTES < len(body)
+    hook = Webhook(WebhookConfig("127.0.0.1", 0, "", "", "127.0.0.1:1"))
+
+    async def both() -> tuple[rv.PodReview, rv.PodReview]:
+        with pytest.raises(rv.ReviewError):  # errors come back from the worker as they are
+            await hook.parse(b"[" * 70_000)
+        return await hook.parse(body), await hook.parse(small)
+
+    try:
+        big, inline = asyncio.run(both())
+    finally:
+        if hook.parse_pool is not None:
+            hook.parse_pool.shutdown(wait=True)
+    assert big.parsed_in != os.getpid() and inline.parsed_in == os.getpid()
+    full = rv.parse_review(body)
+    assert big.uid == full.uid and big.images == full.images and big.is_pod_create
+    # what travels back is small, and the patch built from it is the one built from the whole pod
+    assert len(json.dumps(big.pod)) < 1000
+    ours = [[hostname_requirement(["n1", "n2"])]]
+    ann = {"nodecompat.io/compatibility": "{}"}
+    assert placement_patch(big.pod, ours, [], ann) == placement_patch(full.pod, ours, [], ann)

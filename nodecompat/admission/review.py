@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ class PodReview:
     namespace: str = ""
     skip: bool = False
     is_pod_create: bool = True
+    parsed_in: int = 0  # the id of the process that parsed the body (os.getpid(); for logs and tests)
 
 
 def _depth_ok(obj: Any, limit: int) -> bool:
@@ -110,6 +112,25 @@ def parse_review(body: bytes) -> PodReview:
     if len(images) > MAX_CONTAINERS:
         raise ReviewError(f"the pod has more than {MAX_CONTAINERS} containers")
     out.images = list(dict.fromkeys(images))
+    out.parsed_in = os.getpid()
+    return out
+
+
+def parse_review_slim(body: bytes) -> PodReview:
+    """parse_review, keeping of the pod only what an answer is built from (spec.affinity and whether
+    metadata.annotations is an object): the function a worker process runs, so that what travels back to
+    the server is small whatever the body held (up to MAX_REVIEW_BYTES). Same errors as parse_review."""
+    out = parse_review(body)
+    if out.pod:
+        spec = out.pod.get("spec") or {}
+        meta = out.pod.get("metadata") or {}
+        slim: dict[str, Any] = {"metadata": {}, "spec": {}}
+        if "affinity" in spec:
+            slim["spec"]["affinity"] = spec["affinity"]
+        if isinstance(meta.get("annotations"), dict):
+            slim["metadata"]["annotations"] = {}
+        out.pod = slim
+    out.parsed_in = os.getpid()
     return out
 
 
