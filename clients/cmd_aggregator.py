@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default="", metavar="etcd://HOST:PORT[,HOST:PORT...]",
                    help="share registrations with other aggregator replicas through etcd (default: in memory)")
     p.add_argument("--store-prefix", default="/nodecompat/", help="etcd key prefix of this fleet's registrations")
+    p.add_argument("--store-ca", default=None, metavar="PEM",
+                   help="CA verifying etcd's certificate: talk HTTPS to the --store endpoints")
+    p.add_argument("--store-cert", default=None, metavar="PEM",
+                   help="client certificate presented to etcd (its --client-cert-auth); with --store-key")
+    p.add_argument("--store-key", default=None, metavar="PEM", help="private key of --store-cert")
     p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
     p.add_argument("--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one")
     p.add_argument("--default-timeout", type=float, default=30.0, help="overall deadline when the request sets none")
@@ -100,6 +105,14 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0")
     if args.ca_file and not os.path.isfile(args.ca_file):
         raise ValueError(f"--ca-file {args.ca_file} is not a readable file")
+    for flag in ("store_ca", "store_cert", "store_key"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise ValueError(f"--{flag.replace('_', '-')} {path} is not a readable file")
+        if path and not args.store.startswith("etcd://"):
+            raise ValueError(f"--{flag.replace('_', '-')} is for --store etcd://...")
+    if bool(args.store_cert) != bool(args.store_key):
+        raise ValueError("--store-cert and --store-key go together (the client certificate and its key)")
     server_creds = node_creds = None
     if args.tls_cert or args.tls_key:
         server_creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
@@ -132,6 +145,9 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         max_registrations=args.max_registrations,
         store=args.store,
         store_prefix=args.store_prefix,
+        store_ca=args.store_ca,
+        store_cert=args.store_cert,
+        store_key=args.store_key,
         concurrency=args.concurrency,
         node_timeout=args.node_timeout,
         default_timeout=args.default_timeout,

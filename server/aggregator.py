@@ -89,6 +89,9 @@ class AggregatorConfig:
     # Shared registrations (issue 14): "" keeps them in memory; etcd://HOST:PORT[,...] (server/store_etcd.py).
     store: str = ""
     store_prefix: str = "/nodecompat/"
+    store_ca: str | None = None  # etcd over HTTPS: CA, client certificate and key (PEM paths)
+    store_cert: str | None = None
+    store_key: str | None = None
 
 
 class AggregatorDaemon:
@@ -102,7 +105,8 @@ class AggregatorDaemon:
             dns_interval=config.dns_interval,
             lease_ttl=config.lease_ttl,
             max_registrations=config.max_registrations,
-            store=open_registration_store(config.store, config.store_prefix),
+            store=open_registration_store(config.store, config.store_prefix, ca=config.store_ca,
+                                          cert=config.store_cert, key=config.store_key),
         )
         self.pool = ChannelPool(config.node_credentials)
         self.fanout = FanOut(self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout))

@@ -49,13 +49,17 @@ class RegistrationStore(Protocol):
         """Stop watching; idempotent."""
 
 
-def open_registration_store(url: str, prefix: str = "/nodecompat/") -> RegistrationStore | None:
-    """--store URL -> a store (None for "" or memory://: registrations stay in this process);
-    ValueError on a URL it cannot use. etcd3gw is imported only when etcd is asked for."""
+def open_registration_store(url: str, prefix: str = "/nodecompat/", *, ca: str | None = None,
+                            cert: str | None = None, key: str | None = None) -> RegistrationStore | None:
+    """--store URL -> a store (None for "" or memory://: registrations stay in this process); ca/cert/key:
+    --store-ca/--store-cert/--store-key PEM paths (etcd over HTTPS). ValueError on a URL or TLS flags it
+    cannot use. etcd3gw is imported only when etcd is asked for."""
     if not url or url == "memory://":
+        if ca or cert or key:
+            raise ValueError("--store-ca/--store-cert/--store-key are for --store etcd://...")
         return None
     if url.startswith("etcd://"):
         from nodecompat.server.store_etcd import EtcdRegistrationStore, parse_store_url
 
-        return EtcdRegistrationStore(parse_store_url(url), prefix)
+        return EtcdRegistrationStore(parse_store_url(url), prefix, ca=ca, cert=cert, key=key)
     raise ValueError(f"--store {url!r}: expected etcd://HOST:PORT[,HOST:PORT...] (or nothing: in memory)")

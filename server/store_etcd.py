@@ -19,7 +19,9 @@ name" -> write; else "the address key does not exist" -> write; else refused nam
 replicas racing for one address: etcd serialises the transactions and exactly one succeeds.
 
 Endpoints: HOST:PORT[,HOST:PORT...]; a call that cannot reach one endpoint tries the next.
-Not yet here (issue 14): etcd TLS, sharing the inventory's subscriptions among replicas, and answering
+TLS (`--store-ca`, `--store-cert`/`--store-key`): HTTPS to every endpoint, the server verified with the
+CA file (the system's CAs without one), the client certificate presented for etcd's --client-cert-auth.
+Not yet here (issue 14): sharing the inventory's subscriptions among replicas, and answering
 NOT_SERVING only for what an outage hides (claims during an outage fail UNAVAILABLE; the watch reconnects
 with back-off and reloads, so registrations resume when etcd returns).
 """
@@ -70,11 +72,18 @@ def parse_store_url(url: str) -> list[tuple[str, int]]:
 class EtcdRegistrationStore:
     """RegistrationStore (server/registration_store.py) over etcd's v3 gateway."""
 
-    def __init__(self, endpoints: list[tuple[str, int]], prefix: str = "/nodecompat/") -> None:
+    def __init__(self, endpoints: list[tuple[str, int]], prefix: str = "/nodecompat/", *, ca: str | None = None,
+                 cert: str | None = None, key: str | None = None) -> None:
+        """endpoints [(host, port)]; ca/cert/key PEM file paths: any of them set -> HTTPS (cert and key
+        together or neither; ValueError otherwise)."""
         if not endpoints:
             raise ValueError("etcd store: at least one endpoint")
+        if bool(cert) != bool(key):
+            raise ValueError("--store-cert and --store-key go together (the client certificate and its key)")
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
-        self._clients = [Etcd3Client(host=h, port=p, timeout=CALL_TIMEOUT, api_path="/v3/") for h, p in endpoints]
+        protocol = "https" if (ca or cert) else "http"
+        self._clients = [Etcd3Client(host=h, port=p, protocol=protocol, timeout=CALL_TIMEOUT, api_path="/v3/",
+                                     session=_session(ca, cert, key)) for h, p in endpoints]
         self._current = 0
         self._lock = threading.Lock()
         self._my_leases: dict[str, int] = {}  # name -> the etcd lease id this replica granted last
@@ -260,6 +269,21 @@ class EtcdRegistrationStore:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _session(ca: str | None, cert: str | None, key: str | None) -> requests.Session:
+    """The HTTP session of one endpoint's client. Built here rather than by etcd3gw (which sets verify/cert
+    on its own session) to turn off requests' trust_env: with it, REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE in
+    the environment silently replaces the session's CA (psf/requests#2998, #3829; seen on this machine: --store-ca
+    ignored, etcd's certificate "unable to get local issuer"), and HTTP(S)_PROXY would send the calls to
+    etcd's own listed endpoints through a proxy."""
+    s = requests.Session()
+    s.trust_env = False
+    if ca:
+        s.verify = ca
+    if cert and key:
+        s.cert = (cert, key)
+    return s
 
 
 def _range_value(txn_response: dict[str, Any]) -> str:

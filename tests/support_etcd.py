@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from support_daemon import free_port, stop_process
+from support_fleet import Certs
 
 
 @dataclass
@@ -27,15 +28,22 @@ class Etcd:
         return f"etcd://{self.endpoint}"
 
 
-def start_etcd(data_dir: Path, timeout: float = 30.0, ports: tuple[int, int] | None = None) -> Etcd:
-    """etcd on (client, peer) ports (free ones by default; the same ones and data_dir restart it)."""
+def start_etcd(data_dir: Path, timeout: float = 30.0, ports: tuple[int, int] | None = None,
+               tls: Certs | None = None) -> Etcd:
+    """etcd on (client, peer) ports (free ones by default; the same ones and data_dir restart it). With
+    `tls`: the client port serves HTTPS with tls's leaf and requires a client certificate its CA signed."""
     if shutil.which("etcd") is None:
         pytest.fail("etcd is not installed: run `make test-deps` (Debian's etcd-server)")
     client, peer = ports or (free_port(), free_port())
+    scheme = "https" if tls else "http"
     cmd = ["etcd", "--name", "t0", "--data-dir", str(data_dir / "etcd"),
-           "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+           "--listen-client-urls", f"{scheme}://127.0.0.1:{client}",
+           "--advertise-client-urls", f"{scheme}://127.0.0.1:{client}",
            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
            "--initial-cluster", f"t0=http://127.0.0.1:{peer}", "--log-level", "warn"]
+    if tls:
+        cmd += ["--cert-file", str(tls.cert), "--key-file", str(tls.key), "--trusted-ca-file", str(tls.ca),
+                "--client-cert-auth"]
     log = (data_dir / "etcd.log").open("ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
@@ -43,7 +51,8 @@ def start_etcd(data_dir: Path, timeout: float = 30.0, ports: tuple[int, int] | N
         if proc.poll() is not None:
             raise AssertionError(f"etcd exited {proc.returncode}: {(data_dir / 'etcd.log').read_text()[-2000:]}")
         try:
-            if requests.get(f"http://127.0.0.1:{client}/health", timeout=1).json().get("health") == "true":
+            kw = {"verify": str(tls.ca), "cert": (str(tls.cert), str(tls.key))} if tls else {}
+            if requests.get(f"{scheme}://127.0.0.1:{client}/health", timeout=1, **kw).json().get("health") == "true":  # type: ignore[arg-type]
                 return Etcd(f"127.0.0.1:{client}", proc, peer)
         except (requests.RequestException, ValueError):
             pass
