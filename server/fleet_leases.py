@@ -1,0 +1,233 @@
+"""Registered fleet nodes: leases (RegisterNode/DeregisterNode) and the address-collision rules.
+
+Registered nodes hold a lease that lapses unless renewed. One address is one node (it is one daemon),
+and no node may vanish silently because another claims its address, so address collisions are settled
+by these rules:
+- registration vs registration: a RegisterNode for an address held by a different name with a live lease
+  is refused (AddressInUse, ALREADY_EXISTS on the wire) naming the holder; once that lease lapses or is
+  deregistered the address is free. Renewing under the same name may move the node to a new address.
+- registration vs nodes file: the file is the operator's word, so a registration of a file node's address
+  under a different name is refused the same way, naming the file entry. (Refused rather than listed twice:
+  ListNodes has no field to say "same daemon as", and two names for one daemon would be validated twice.)
+  A registration with the file node's own name is accepted and changes nothing visible. If the file is
+  later edited to claim a registered node's address, that lease is dropped with a warning and its next
+  heartbeat is refused, so the daemon's log says which file entry took its address.
+- registration vs DNS: a DNS record knows only an address, so the registration (a name and labels for
+  that same daemon) describes it; nothing is lost. A file entry likewise describes a DNS address.
+
+Registrations are capped (`max_registrations`, RESOURCE_EXHAUSTED past it); a registered address must be
+one others can dial (a wildcard host such as 0.0.0.0 or :: is refused). LeaseRegistry is a mixin of
+NodeInventory (server/fleet_nodes.py), which owns the state it declares and the nodes file it re-reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nodecompat.hostport import is_wildcard_host, split_address
+from nodecompat.server.fleet_members import (
+    MAX_ADDRESS,
+    MAX_LEASE_TTL,
+    MIN_LEASE_TTL,
+    SOURCE_REGISTERED,
+    AddressInUse,
+    Contact,
+    FleetNode,
+    NameInUse,
+    NotRegistrant,
+    RegistrationsFull,
+    check_labels,
+    name_problem,
+    utc_now,
+)
+from nodecompat.server.registration_store import RegistrationStore, StoredLease
+
+log = logging.getLogger("nodecompat.server.fleet_nodes")  # the inventory's log, as before the split
+
+
+@dataclass
+class _Lease:
+    node: FleetNode
+    expires: float
+    principal: str = "anonymous"  # who registered it (server/registration_auth.py); only they renew
+
+
+class LeaseRegistry:
+    """Registrations and their collision rules; mixed into NodeInventory, which sets these attributes."""
+
+    store: RegistrationStore | None
+    max_registrations: int
+    nodes_file: Path | None
+    lease_ttl: float
+    _clock: Callable[[], float]
+    _lock: threading.Lock
+    _file_nodes: list[FleetNode]
+    _file_by_address: dict[str, FleetNode]
+    _dns_nodes: dict[tuple[str, int], list[FleetNode]]
+    _leases: dict[str, _Lease]
+    _lease_by_address: dict[str, str]  # address -> registered name (one holder per address)
+    _contacts: dict[str, Contact]
+
+    def _reload_file(self, strict: bool = False) -> None:
+        raise NotImplementedError  # NodeInventory's
+
+    def grant_ttl(self, requested: float) -> float:
+        if not requested or math.isnan(requested) or requested <= 0:
+            return self.lease_ttl
+        return min(max(requested, MIN_LEASE_TTL), max(self.lease_ttl, MAX_LEASE_TTL))
+
+    def register(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str = "anonymous"
+    ) -> float:
+        """Create or renew a lease; returns the granted ttl.
+
+        ValueError on a bad name/address/labels, AddressInUse when another node holds the address (or
+        the nodes file or DNS gives it), NameInUse when the nodes file or DNS has the name,
+        NotRegistrant when a live lease of the name belongs to another principal, RegistrationsFull
+        when a new name would exceed `max_registrations` live leases.
+        """
+        if problem := name_problem(name):
+            raise ValueError(f"name {problem}")
+        if len(address) > MAX_ADDRESS:
+            raise ValueError(f"address must be at most {MAX_ADDRESS} characters")
+        try:
+            host, _port = split_address(address)
+        except ValueError as exc:
+            raise ValueError(f"address {exc}") from None
+        if is_wildcard_host(host):
+            raise ValueError(
+                f"address {address!r} has a wildcard host ({host or 'empty'}): it means 'every interface' to a "
+                "listener and cannot be dialled; register the node's reachable address (serve --advertise)"
+            )
+        clean = check_labels(dict(labels), "labels")
+        granted = self.grant_ttl(ttl)
+        self._reload_file()
+        now = self._clock()
+        with self._lock:
+            holder = self._lease_by_address.get(address)
+            if holder is not None and holder != name:
+                lease = self._leases[holder]
+                if lease.expires > now:
+                    raise AddressInUse(
+                        f"address {address} is held by registered node {holder!r} (lease ends in "
+                        f"{lease.expires - now:.0f}s); two names cannot share one daemon's address"
+                    )
+                self._drop_lease(holder, "lease lapsed")
+            self._check_shadowing(name, address)
+            current = self._leases.get(name)
+            if current is not None and current.expires > now and current.principal != principal:
+                raise NotRegistrant(
+                    f"node {name!r} is registered by another registrant (lease ends in "
+                    f"{current.expires - now:.0f}s); only its registrant can renew it"
+                )
+            if name not in self._leases and len(self._leases) >= self.max_registrations:
+                self._expire(now)
+                if len(self._leases) >= self.max_registrations:
+                    raise RegistrationsFull(
+                        f"the aggregator holds {len(self._leases)} registrations, its limit; "
+                        "retry later or raise the limit"
+                    )
+            if self.store is None:
+                self._put_lease(name, address, clean, granted, principal, now)
+        if self.store is not None:  # outside the lock: the store's transaction settles races across replicas
+            # A move frees the old address in the store when the old etcd lease is revoked or lapses.
+            self.store.claim(StoredLease(name, address, clean, principal, granted))
+            with self._lock:
+                self._put_lease(name, address, clean, granted, principal, self._clock())
+        return granted
+
+    def _put_lease(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str, now: float
+    ) -> None:
+        """Caller holds the lock."""
+        previous = self._leases.get(name)
+        if previous is not None and previous.node.address != address:
+            self._lease_by_address.pop(previous.node.address, None)  # the node moved
+        holder = self._lease_by_address.get(address)
+        if holder is not None and holder != name and holder in self._leases:
+            self._drop_lease(holder, "its address was taken in the shared store")
+        self._leases[name] = _Lease(FleetNode(name, address, dict(labels), SOURCE_REGISTERED), now + ttl, principal)
+        self._lease_by_address[address] = name
+        self._contacts[address] = replace(self._contacts.get(address) or Contact(utc_now(), "UNKNOWN"), at=utc_now())
+
+    def apply_stored(self, name: str, lease: StoredLease | None) -> None:
+        """A change seen in the shared store (any replica's registration; None: it left the store)."""
+        with self._lock:
+            if lease is None:
+                if name in self._leases:
+                    self._drop_lease(name, "left the shared store (deregistered or lease lapsed)")
+                return
+            self._put_lease(name, lease.address, lease.labels, lease.ttl, lease.principal, self._clock())
+
+    def deregister(self, name: str, principal: str = "anonymous") -> bool:
+        """Drop `name`'s lease; NotRegistrant when a live lease belongs to another principal."""
+        with self._lock:
+            lease = self._leases.get(name)
+            if lease is None:
+                return False
+            if lease.principal != principal and lease.expires > self._clock():
+                raise NotRegistrant(f"node {name!r} was registered by another registrant; only it can deregister")
+            self._drop_lease(name, "")
+        if self.store is not None:
+            self.store.release(name, lease.node.address)
+        return True
+
+    def _check_shadowing(self, name: str, address: str) -> None:
+        """A registration never shadows a node of the nodes file or DNS (name or address). Caller locks."""
+        file_node = self._file_by_address.get(address)
+        if file_node is not None and file_node.name != name:
+            raise AddressInUse(
+                f"address {address} is node {file_node.name!r} in the nodes file {self.nodes_file}; "
+                f"register under that name or use another address"
+            )
+        if file_node is None and any(n.name == name for n in self._file_nodes):
+            raise NameInUse(f"node {name!r} is in the nodes file {self.nodes_file}; a registration cannot shadow it")
+        for (dns_host, dns_port), nodes in self._dns_nodes.items():
+            for n in nodes:
+                reported = (c.reported_name if (c := self._contacts.get(n.address)) else "") or n.name
+                if n.address == address or reported == name:
+                    raise NameInUse(
+                        f"node {reported!r} ({n.address}) comes from DNS ({dns_host}:{dns_port}); a registration "
+                        "cannot shadow it (same name or address)"
+                    )
+
+    def registrations(self) -> int:
+        """Leases held, lapsed ones included until the next lookup drops them."""
+        with self._lock:
+            return len(self._leases)
+
+    def _drop_lease(self, name: str, why: str) -> None:
+        """Caller holds the lock."""
+        lease = self._leases.pop(name)
+        if self._lease_by_address.get(lease.node.address) == name:
+            del self._lease_by_address[lease.node.address]
+        if why:
+            log.info("node %s (%s) left the fleet: %s", name, lease.node.address, why)
+
+    def _expire(self, now: float) -> None:
+        """Drop lapsed leases and leases whose address the nodes file now gives another name. Caller locks."""
+        for name, lease in list(self._leases.items()):
+            if lease.expires <= now:
+                self._drop_lease(name, "lease lapsed")
+                continue
+            try:
+                self._check_shadowing(name, lease.node.address)
+            except (AddressInUse, NameInUse) as exc:
+                log.warning("registered node %s: lease dropped: %s", name, exc)
+                self._drop_lease(name, "")
+                continue
+            file_node = self._file_by_address.get(lease.node.address)
+            if file_node is not None and file_node.name != name:
+                log.warning(
+                    "registered node %s: its address %s is now node %r in the nodes file; lease dropped "
+                    "(its next heartbeat will be refused with the reason)",
+                    name,
+                    lease.node.address,
+                    file_node.name,
+                )
+                self._drop_lease(name, "")
