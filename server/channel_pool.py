@@ -1,0 +1,251 @@
+"""ChannelPool: one grpc.aio channel per node daemon address, reused across fleet calls, on one event loop.
+
+Channels live in a ChannelPool keyed by address and are reused between calls (connection set-up is
+most of the cost of a small RPC). The pool owns an event loop on one thread (all its channels belong to
+that loop); the fan-out (server/fanout.py) runs its calls there. The aggregator prunes the pool on every
+ValidateFleet and ListNodes so channels to nodes that left the fleet are closed; an address a call in
+progress still uses (`in_use`) is kept until a later prune, so a node leaving never cancels a call
+already under way. Health/Check of nodes (ListNodes, first checks) goes through the same channels.
+Split out of server/fanout.py, which re-exports these names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
+from nodecompat.v1 import node_pb2
+
+log = logging.getLogger("nodecompat.server.fanout")  # the fan-out's log, as before the split
+T = TypeVar("T")
+
+CHANNEL_OPTIONS: list[tuple[str, object]] = [
+    *MESSAGE_SIZE_OPTIONS,
+    # A daemon that restarts must be reachable again quickly through the reused channel. (Not
+    # grpc.min_reconnect_backoff_ms: gRPC core also uses it as the connect timeout, so a slow peer's
+    # handshake would fail as UNAVAILABLE after that long instead of running into the node deadline.)
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    # channelz keeps per-channel/subchannel/socket trace nodes: ~3.5 KiB of each pooled connection's ~35.
+    ("grpc.enable_channelz", 0),
+]
+MAX_CHANNELS = 16384  # pooled connections (~35 KiB each in gRPC core): ~560 MiB at most
+VALIDATE_METHOD = "/nodecompat.v1.NodeService/ValidateImage"
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+
+class PoolEntry:
+    """A pooled channel, the two method callables made on it once, and its calls in flight."""
+
+    __slots__ = ("channel", "health", "inflight", "validate")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.inflight = 0
+        self.validate = channel.unary_unary(
+            VALIDATE_METHOD,
+            request_serializer=node_pb2.ValidateImageRequest.SerializeToString,
+            response_deserializer=node_pb2.ValidateImageResponse.FromString,
+        )
+        self.health = channel.unary_unary(
+            HEALTH_METHOD,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+
+class ChannelPool:
+    """One grpc.aio channel per daemon address, reused across fleet calls, on the pool's own event loop.
+
+    A connected channel costs ~35 KiB in gRPC core (transport, buffers), so at most `max_channels` are
+    kept: past that, the least recently used channel with no call in flight is closed to make room
+    (a fleet larger than the cap reconnects to the nodes it reaches last; memory stays bounded).
+    Thread-safe: any thread may ask for a channel, prune or close; channels are made and closed on the
+    loop thread (started on first use)."""
+
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None, max_channels: int = MAX_CHANNELS) -> None:
+        if max_channels < 1:
+            raise ValueError("max_channels must be >= 1")
+        self.credentials = credentials
+        self.max_channels = max_channels
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, PoolEntry] = OrderedDict()
+        self._closing: set[asyncio.Future[None]] = set()
+        self._busy: Counter[str] = Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The pool's event loop (running on its own daemon thread, started on first use)."""
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=serve, name="fanout-loop", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def on_loop(self) -> bool:
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def call(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        """Run a coroutine on the pool's loop from another thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    # -- channels ------------------------------------------------------------------------------
+    def entry(self, address: str) -> PoolEntry:
+        """The pooled channel of `address` (made on first use); call on the pool's loop."""
+        with self._lock:
+            e = self._entries.get(address)
+            if e is not None:
+                self._entries.move_to_end(address)
+                return e
+            evicted = self._evict_locked(len(self._entries) + 1 - self.max_channels)
+            if self.credentials is None:
+                ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            else:
+                ch = grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
+            e = self._entries[address] = PoolEntry(ch)
+        for old in evicted:
+            task = asyncio.ensure_future(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return e
+
+    def _evict_locked(self, count: int) -> list[grpc.aio.Channel]:
+        """Take the `count` least recently used channels with no call in flight out of the pool."""
+        out: list[grpc.aio.Channel] = []
+        if count <= 0:
+            return out
+        for address in list(self._entries):
+            e = self._entries[address]
+            if e.inflight:
+                continue
+            del self._entries[address]
+            out.append(e.channel)
+            if len(out) >= count:
+                break
+        return out
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The pooled channel of `address`, from any thread (channels connect lazily)."""
+        if self.on_loop():
+            return self.entry(address).channel
+
+        async def make() -> grpc.aio.Channel:
+            return self.entry(address).channel
+
+        return self.call(make())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def addresses(self) -> set[str]:
+        with self._lock:
+            return set(self._entries)
+
+    @contextmanager
+    def in_use(self, addresses: Iterable[str]) -> Iterator[None]:
+        """Mark addresses as used by a call in progress: prune() keeps their channels meanwhile."""
+        held = list(addresses)
+        with self._lock:
+            self._busy.update(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.subtract(held)
+                self._busy += Counter()  # drop zero counts
+
+    def prune(self, keep: set[str]) -> int:
+        """Close channels to addresses not in `keep` (and not in use); returns how many were closed."""
+        with self._lock:
+            gone = [a for a in self._entries if a not in keep and not self._busy[a]]
+            closing = [self._entries.pop(a).channel for a in gone]
+        self._close(closing)
+        return len(closing)
+
+    def close(self) -> None:
+        with self._lock:
+            closing = [e.channel for e in self._entries.values()]
+            self._entries.clear()
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        self._close(closing, loop)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    def _close(self, channels: list[grpc.aio.Channel], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not channels:
+            return
+        loop = loop or self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        async def close_all() -> None:
+            await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
+
+        fut = asyncio.run_coroutine_threadsafe(close_all(), loop)
+        if not self.on_loop():
+            try:
+                fut.result(5)
+            except Exception:  # closing is best effort
+                log.debug("closing channels", exc_info=True)
+
+    # -- health --------------------------------------------------------------------------------
+    async def acheck_health(self, addresses: Sequence[str], timeout: float) -> dict[str, str]:
+        """Health/Check each address concurrently (on the pool's loop): address -> SERVING, NOT_SERVING,
+        or the gRPC status code name of the failure (UNAVAILABLE, DEADLINE_EXCEEDED, ...)."""
+
+        async def one(address: str) -> tuple[str, str]:
+            try:
+                entry = self.entry(address)
+            except Exception as exc:  # a bad target string: this node fails, not the call
+                log.warning("health check of %s: %s", address, exc)
+                return address, "INTERNAL"
+            entry.inflight += 1
+            try:
+                resp = await entry.health(health_pb2.HealthCheckRequest(), timeout=timeout)
+                return address, health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.aio.AioRpcError as exc:
+                return address, exc.code().name
+            except Exception as exc:
+                log.warning("health check of %s: %s", address, exc)
+                return address, "INTERNAL"
+            finally:
+                entry.inflight -= 1
+
+        return dict(await asyncio.gather(*(one(a) for a in addresses)))
+
+    def check_health(self, addresses: Sequence[str], timeout: float) -> dict[str, str]:
+        """acheck_health from a thread that is not the pool's loop."""
+        with self.in_use(addresses):
+            return self.call(self.acheck_health(addresses, timeout))
+
