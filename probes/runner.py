@@ -27,15 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-
+from nodecompat import tracing
 from nodecompat.features import Features
 from nodecompat.hostroot import MAX_SYMLINKS, HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
 from nodecompat.probes.registry import LoadError
 
-_tracer = trace.get_tracer("nodecompat.probes")
+_tracer = tracing.LazyTracer("nodecompat.probes")  # OpenTelemetry only once imported (fast start)
 
 
 @dataclass
@@ -224,13 +222,13 @@ class _Worker:
         self.cond = threading.Condition()
         self.batch: list[_Call] = []
         self.host: HostRoot | None = None
-        self.ctx: otel_context.Context | None = None
+        self.ctx: Any = None  # OpenTelemetry's context of the round, None while it is not imported
         self.abandoned = False
         self.current: _Call | None = None
         self.thread = threading.Thread(target=self._loop, name="probe-worker", daemon=True)
         self.thread.start()
 
-    def submit(self, calls: list[_Call], host: HostRoot, ctx: otel_context.Context) -> None:
+    def submit(self, calls: list[_Call], host: HostRoot, ctx: Any) -> None:
         with self.cond:
             self.batch, self.host, self.ctx = list(calls), host, ctx
             for c in calls:
@@ -246,8 +244,8 @@ class _Worker:
                     return
                 batch, host, ctx = self.batch, self.host, self.ctx
                 self.batch = []
-            assert host is not None and ctx is not None
-            token = otel_context.attach(ctx)  # probe spans nest under the caller's span
+            assert host is not None
+            token = tracing.attach(ctx)  # probe spans nest under the caller's span
             try:
                 for call in batch:
                     with self.cond:
@@ -261,7 +259,7 @@ class _Worker:
                         self.current = None
                         self.cond.notify_all()
             finally:
-                otel_context.detach(token)
+                tracing.detach(token)
 
     def abandon(self) -> None:
         with self.cond:
@@ -281,7 +279,7 @@ def _discover(call: _Call, host: HostRoot) -> None:
         except BaseException as exc:  # isolate everything, including SystemExit from a plugin
             call.error = exc
             span.record_exception(exc)
-            span.set_status(trace.StatusCode.ERROR, str(exc))
+            tracing.set_error(span, str(exc))
 
 
 class ProbeRunner:
@@ -318,7 +316,7 @@ class ProbeRunner:
 
     def _run_calls(self, calls: list[_Call], host: HostRoot) -> None:
         """Run `calls` in order on the worker; a call past its timeout is left behind with its worker."""
-        ctx = otel_context.get_current()
+        ctx = tracing.current_context()
         todo = calls
         while todo:
             if self._worker is None:

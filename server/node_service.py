@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from opentelemetry import trace
 
-from nodecompat import wire
+from nodecompat import tracing, wire
 from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci.errors import RegistryError
 from nodecompat.oci.policy import RegistryPolicy
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from nodecompat.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("nodecompat.server")
+_tracer = tracing.LazyTracer("nodecompat.server")  # OpenTelemetry only once imported (fast start)
 
 MAX_PREFIXES = 64
 DEFAULT_RPC_BUDGET = 60.0  # NFD's validate-node runs under a fixed 1-minute timeout
@@ -189,7 +188,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         )
         cached = self.verdicts.get(rnd, key)
         if cached is not None:
-            if trace.get_current_span().is_recording():  # the trace still shows where the answer came from
+            if tracing.current_span_recording():  # the trace still shows where the answer came from
                 with _tracer.start_as_current_span("evaluate spec") as span:
                     span.set_attribute("nodecompat.verdict_cache", "hit")
             return cached

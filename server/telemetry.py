@@ -16,7 +16,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
+from nodecompat import tracing
 
 if TYPE_CHECKING:
     import grpc
@@ -101,6 +101,8 @@ def init_tracing(service_name: str) -> TracerProvider | None:
     exporters = _exporters()
     for exporter, _what in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
+    from opentelemetry import trace
+
     trace.set_tracer_provider(provider)
     service = os.environ.get("OTEL_SERVICE_NAME") or service_name
     log.info(
@@ -112,7 +114,12 @@ def init_tracing(service_name: str) -> TracerProvider | None:
 
 
 def tracing_installed() -> bool:
-    """True when an SDK tracer provider is installed globally (by init_tracing or the embedding program)."""
+    """True when an SDK tracer provider is installed globally (by init_tracing or the embedding program).
+    OpenTelemetry is not imported to find out when nothing can have installed one (fast start)."""
+    if not tracing.loaded():
+        return False
+    from opentelemetry import trace
+
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
@@ -121,6 +128,7 @@ def server_interceptors() -> list[grpc.ServerInterceptor]:
     while tracing is off."""
     if not tracing_installed():
         return []
+    from opentelemetry import trace
     from opentelemetry.instrumentation.grpc import server_interceptor
 
     return [server_interceptor(tracer_provider=trace.get_tracer_provider())]
@@ -131,6 +139,7 @@ def aio_server_interceptors() -> list[object]:
     tracing is off."""
     if not tracing_installed():
         return []
+    from opentelemetry import trace
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [aio_server_interceptor(tracer_provider=trace.get_tracer_provider())]
@@ -142,6 +151,7 @@ def instrument_channel(channel: grpc.Channel) -> grpc.Channel:
     The OpenTelemetry client interceptor implements OpenTelemetry's own `grpcext` interfaces, which
     grpc.intercept_channel rejects; grpcext.intercept_channel takes it and keeps `.future()` calls.
     """
+    from opentelemetry import trace
     from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 
     return grpcext.intercept_channel(
