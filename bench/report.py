@@ -7,6 +7,8 @@ Runs, one after another (so they do not compete for the 2 cores):
   aggregator RSS per known node, and the fan-out vs grpc.aio floor row;
 - bench/bench_cli.py (when present) — CLI start-up rows;
 - bench/bench_webhook.py — admission latency p50/p99 of `nodecompat webhook`, 1,000 nodes, warm and cold;
+- bench/bench_store_etcd.py — replicas over a three-member etcd: registration-to-visible latency across
+  replicas and ValidateFleet through each replica, 1,000 registered nodes;
 then prints every `ROW` line again as one table. Each row is the median of 3 with min and max. Prints
 figures; asserts nothing (this machine is shared: read ratios, not absolute times).
 
@@ -53,6 +55,7 @@ def main() -> int:
     rows += run("bench_cli.py")
     rows += run("bench_inventory.py", *(["--nodes", "1000"] if args.quick else []))
     rows += run("bench_webhook.py", *(["--warm", "100", "--images", "5"] if args.quick else []))
+    rows += run("bench_store_etcd.py", *(["--sample", "20"] if args.quick else []))
     print("\n== issue 11 table: figure | limit measured in the same run | ratio | target (median of 3, min, max)")
     for r in rows:
         print("  " + r)

@@ -1,0 +1,152 @@
+"""Aggregator replicas over etcd (issue 14): registration-to-visible latency across replicas, and ValidateFleet
+through each replica, for a 1,000-node registered fleet.
+
+A three-member etcd (Debian's etcd-server, started on loopback by tests/support_etcd.py) and two in-process
+aggregators A and B with `--store etcd://m0,m1,m2` (the defaults otherwise, live answers only). The nodes are
+bench_fleet.py's simulator: one NodeService process answering for 127.x.y.z:PORT. 1,000 nodes register
+through A (RegisterNode over gRPC, 8 at a time); then, one at a time, SAMPLE more:
+- figure: RegisterNode through A until B's inventory holds the node (the claim's etcd transaction, then
+  etcd's watch to B);
+- limit, same run, alternately: RegisterNode through B until B holds it (the same claim, no watch hop).
+ValidateFleet (every node, default deadline) through A and through B, beside the same call through an
+aggregator with the same 1,000 nodes in a nodes file and no store. No asserts: it prints figures.
+
+    .venv/bin/python bench/bench_store_etcd.py [--nodes 1000] [--sample 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent / "tests"))
+
+from bench_fleet import SPEC, node_address  # noqa: E402
+from support_daemon import stop_process  # noqa: E402
+from support_etcd import start_etcd_cluster  # noqa: E402
+
+from nodecompat.clients.fleet_client import FleetClient  # noqa: E402
+from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon  # noqa: E402
+from nodecompat.server.registration_auth import RegistrationPolicy  # noqa: E402
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc  # noqa: E402
+
+
+def _aggregator(**kw: object) -> tuple[AggregatorDaemon, str]:
+    d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", check_new_nodes=False, sync=None,
+                                          node_timeout=30, **kw))  # type: ignore[arg-type]
+    return d, f"127.0.0.1:{d.start()}"
+
+
+def _visible_after(register: Callable[[], None], holder: AggregatorDaemon, name: str, timeout: float = 30) -> float:
+    t0 = time.perf_counter()
+    register()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(n.name == name for n in holder.inventory.nodes()):
+            return time.perf_counter() - t0
+        time.sleep(0.0005)
+    raise RuntimeError(f"{name} not visible in {timeout}s")
+
+
+def _validate(address: str) -> tuple[float, int, int]:
+    with FleetClient(address) as client:
+        t0 = time.perf_counter()
+        answer = client.validate(spec_text=SPEC)
+        return time.perf_counter() - t0, len(answer.nodes), answer.summary.failed
+
+
+def _ms(xs: list[float]) -> str:
+    return f"{statistics.median(xs) * 1e3:.1f} ms (min {min(xs) * 1e3:.1f}, max {max(xs) * 1e3:.1f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--sample", type=int, default=50, help="registrations timed one at a time (each way)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-etcd-"))
+    port_file = tmp / "port"
+    sim = subprocess.Popen([sys.executable, str(BENCH / "bench_fleet.py"), "--serve-simulator", str(port_file)])
+    members = start_etcd_cluster(tmp, 3)
+    aggs: list[AggregatorDaemon] = []
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+        store = "etcd://" + ",".join(m.endpoint for m in members)
+        policy = RegistrationPolicy(allow_unauthenticated=True)
+        a, a_addr = _aggregator(store=store, registration=policy, lease_ttl=600.0, max_registrations=100_000)
+        b, b_addr = _aggregator(store=store, registration=policy, lease_ttl=600.0, max_registrations=100_000)
+        aggs += [a, b]
+        total = args.nodes + 2 * args.sample
+        addresses = [node_address(i, port) for i in range(total)]
+        channels = {addr: grpc.insecure_channel(addr) for addr in (a_addr, b_addr)}
+        stubs = {addr: fleet_pb2_grpc.FleetServiceStub(ch) for addr, ch in channels.items()}
+
+        def register(via: str, i: int) -> None:
+            stubs[via].RegisterNode(fleet_pb2.RegisterNodeRequest(name=f"sim-{i:05d}", address=addresses[i]),
+                                    timeout=30)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: register(a_addr, i), range(args.nodes)))
+        bulk = time.perf_counter() - t0
+        deadline = time.monotonic() + 60
+        while len(b.inventory.nodes()) < args.nodes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen = len(b.inventory.nodes())
+        print(f"3-member etcd on loopback, replicas A and B in this process; {args.nodes} registrations through A "
+              f"(8 at a time): {bulk:.1f} s ({bulk / args.nodes * 1e3:.1f} ms each), {seen} on B after")
+        across, local = [], []
+        for k in range(args.sample):  # figure and limit alternately
+            i = args.nodes + 2 * k
+            across.append(_visible_after(lambda i=i: register(a_addr, i), b, f"sim-{i:05d}"))  # type: ignore[misc]
+            local.append(_visible_after(lambda i=i: register(b_addr, i + 1), b, f"sim-{i + 1:05d}"))  # type: ignore[misc]
+        ratio = statistics.median(across) / statistics.median(local)
+        print(f"ROW registration through A visible on B ({args.sample} one at a time, {args.nodes} registered) | "
+              f"{_ms(across)} | through B visible on B {_ms(local)} | ratio {ratio:.2f} | target: within 1 s "
+              f"(issue 14) | {'met' if max(across) < 1.0 else 'NOT MET'}")
+        nodes_file = tmp / "nodes.json"
+        nodes_file.write_text("[" + ",".join(f'{{"name": "sim-{i:05d}", "address": "{addresses[i]}"}}'
+                                             for i in range(total)) + "]")
+        plain, plain_addr = _aggregator(nodes_file=str(nodes_file))
+        aggs.append(plain)
+        for _ in range(2):  # warm the channels of all three
+            for addr in (a_addr, b_addr, plain_addr):
+                _validate(addr)
+        rows: dict[str, list[float]] = {"A": [], "B": [], "nodes file": []}
+        info: dict[str, tuple[int, int]] = {}
+        for _ in range(3):
+            for label, addr in (("A", a_addr), ("B", b_addr), ("nodes file", plain_addr)):
+                wall, reported, failed = _validate(addr)
+                rows[label].append(wall)
+                info[label] = (reported, failed)
+        for label in ("A", "B"):
+            r = statistics.median(rows[label]) / statistics.median(rows["nodes file"])
+            print(f"ROW ValidateFleet through replica {label} ({info[label][0]} registered nodes, "
+                  f"{info[label][1]} failed) | {_ms(rows[label])} | same nodes from a nodes file, no store "
+                  f"{_ms(rows['nodes file'])} ({info['nodes file'][0]} nodes) | ratio {r:.2f} | "
+                  f"target <= 1.1 | {'met' if r <= 1.1 else 'NOT MET'}")
+        for ch in channels.values():
+            ch.close()
+    finally:
+        for d in aggs:
+            d.stop(grace=0)
+        for m in members:
+            stop_process(m.proc, 5.0)
+        sim.terminate()
+        sim.wait()
+
+
+if __name__ == "__main__":
+    main()
