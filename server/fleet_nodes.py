@@ -7,19 +7,8 @@ with socket.getaddrinfo (all A/AAAA records: a Kubernetes headless Service lists
 every `dns_interval` seconds in the background, so a lookup never waits on a resolver. Registered nodes
 hold a lease that lapses unless renewed (server/fleet_leases.py).
 
-One address is one node (it is one daemon): the address-collision rules between registrations, the nodes
-file and DNS are in server/fleet_leases.py, summarized:
-- registration vs registration: a RegisterNode for an address held by a different name with a live lease
-  is refused (AddressInUse, ALREADY_EXISTS on the wire) naming the holder; once that lease lapses or is
-  deregistered the address is free. Renewing under the same name may move the node to a new address.
-- registration vs nodes file: the file is the operator's word, so a registration of a file node's address
-  under a different name is refused the same way, naming the file entry. (Refused rather than listed twice:
-  ListNodes has no field to say "same daemon as", and two names for one daemon would be validated twice.)
-  A registration with the file node's own name is accepted and changes nothing visible. If the file is
-  later edited to claim a registered node's address, that lease is dropped with a warning and its next
-  heartbeat is refused, so the daemon's log says which file entry took its address.
-- registration vs DNS: a DNS record knows only an address, so the registration (a name and labels for
-  that same daemon) describes it; nothing is lost. A file entry likewise describes a DNS address.
+One address is one node (it is one daemon): registration vs registration, vs the nodes file and vs
+DNS collisions are settled by the rules written once in server/fleet_leases.py's docstring.
 
 Registrations are capped (`max_registrations`, RESOURCE_EXHAUSTED past it) and names, addresses and
 labels are size-checked, so a misbehaving client cannot grow a long-running aggregator without bound; a
