@@ -204,6 +204,117 @@ def test_drift_a_module_unloaded_and_loaded_again_is_a_transition_with_its_reaso
         w.stop()
 
 
+# The NVIDIA driver at 550 or later (gpu.driver major comes from /sys/module/nvidia/version, probes/gpu.py).
+DRIVER_550 = """
+version: v1alpha1
+compatibilities:
+- description: driver 550+
+  rules:
+  - name: driver
+    matchFeatures:
+    - feature: gpu.driver
+      matchExpressions:
+        major: {op: Gt, value: ["549"]}
+"""
+
+
+def test_drift_a_driver_version_change_is_a_transition_with_its_reason(inv: InvFleet) -> None:
+    version = inv.roots["gpu-1"] / "sys" / "module" / "nvidia" / "version"
+    before = version.read_text()
+    assert before.startswith("550."), before  # the fixture's driver: 550.54.15
+    spec = inv.tmp / "driver550.yaml"
+    spec.write_text(DRIVER_550)
+    w = _Watch(inv.address, spec)
+    try:
+        initial = [w.next() for _ in range(len(HOSTS) + 1)]
+        states = {e["node"]: e["state"] for e in initial if "node" in e}
+        assert states == {"gpu-1": "COMPATIBLE", "gpu-2": "COMPATIBLE", "gpu-3": "COMPATIBLE",
+                          "mi-1": "INCOMPATIBLE", "vm-1": "INCOMPATIBLE", "vm-2": "INCOMPATIBLE"}
+        version.write_text("535.104.05\n")  # a driver downgrade on gpu-1's host copy
+        _refresh(inv.nodes["gpu-1"])
+        ev, took = w.until("gpu-1", "INCOMPATIBLE")
+        assert not ev["initial"], ev
+        assert any("gpu.driver" in r and "major" in r and "535" in r for r in ev["reasons"]), ev  # type: ignore[attr-defined]
+        print(f"driver drift: refresh -> WatchFleet INCOMPATIBLE event in {took:.2f}s: {ev['reasons']}")
+        # the other copies of the same host did not move; the inventory answer agrees
+        _, a = _answers(inv.address, DRIVER_550, live=False)
+        fits = sorted(n.name for n in a.nodes if n.compatible)
+        assert fits == ["gpu-2", "gpu-3"], fits
+        fp = {n.name: n.fingerprint for n in a.nodes}  # type: ignore[attr-defined]
+        assert fp["gpu-1"] != fp["gpu-2"]  # gpu-1 no longer shares the h100 set
+        version.write_text(before)
+        _refresh(inv.nodes["gpu-1"])
+        ev, _ = w.until("gpu-1", "COMPATIBLE")
+        assert not ev["initial"]
+    finally:
+        version.write_text(before)
+        w.stop()
+
+
+def _snapshot(inv: InvFleet, host: str, name: str, strip_nvidia: bool = False) -> Path:
+    """`nodecompat features -o json` of a fixture host (a planned host), optionally without the nvidia module."""
+    out = subprocess.run(
+        [sys.executable, "-m", "nodecompat.clients.cli", "features", "--host-root",
+         str(Path(__file__).parent / "fixtures" / "hosts" / host), "-o", "json"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout
+    doc = json.loads(out)
+    if strip_nvidia:
+        del doc["flags"]["kernel.loadedmodule"]["elements"]["nvidia"]
+    p = inv.tmp / f"{name}.json"
+    p.write_text(json.dumps(doc))
+    return p
+
+
+def _whatif(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nodecompat.clients.cli", "what-if", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_what_if_mixes_snapshots_and_aggregators_each_repeated(inv: InvFleet) -> None:
+    gpu = inv.tmp / "mix-gpu.yaml"
+    gpu.write_text(GPU_SPEC)
+    nv = inv.tmp / "mix-nv.yaml"
+    nv.write_text(NVIDIA_ONLY)
+    rhel10 = _snapshot(inv, "h100-server", "rhel10-h100", strip_nvidia=True)
+    h100 = _snapshot(inv, "h100-server", "h100")
+    # (--features | --aggregator [--selector])... in any order; each --selector belongs to the --aggregator before it
+    r = _whatif("--spec", str(gpu), "--spec", str(nv), "--features", str(rhel10),
+                "--aggregator", inv.address, "--selector", "host=amd-mi300", "--features", str(h100),
+                "--aggregator", inv.address, "--selector", "host=plain-vm", "-o", "json")
+    assert r.returncode == 0, r.stderr  # each spec fits somewhere (gpu: mi-1 and h100; nvidia: h100)
+    rows = {row["name"]: row for row in json.loads(r.stdout)["rows"]}
+    assert [(c["node_name"], c["compatible"]) for c in rows[str(gpu)]["cells"]] == [
+        ("rhel10-h100", False), ("mi-1", True), ("h100", True), ("vm-1", False), ("vm-2", False)]
+    assert rows[str(gpu)]["fits"] == 2 and rows[str(nv)]["fits"] == 1
+    nv_cells = {c["node_name"]: c for c in rows[str(nv)]["cells"]}
+    assert [n for n, c in nv_cells.items() if c["compatible"]] == ["h100"]
+    assert "nvidia" in nv_cells["rhel10-h100"]["reason"] and "nvidia" in nv_cells["mi-1"]["reason"]
+    assert {c["status"] for c in rows[str(nv)]["cells"]} == {"OK"}
+
+    # the planned hosts and one fleet group only: the nvidia spec fits nowhere -> 1; the table has every column
+    r = _whatif("--spec", str(gpu), "--spec", str(nv), "--aggregator", inv.address, "--selector",
+                "host=plain-vm", "--features", str(rhel10))
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["IMAGE/SPEC", "vm-1", "vm-2", "rhel10-h100", "FITS"]
+    assert lines[2].split()[1:] == ["NO", "NO", "NO", "0/3"]
+
+    # the same node met through two targets is told apart by its aggregator's address
+    r = _whatif("--spec", str(nv), "--aggregator", inv.address, "--selector", "host=amd-mi300",
+                "--aggregator", inv.address, "--selector", "host=amd-mi300", "-o", "json")
+    (row,) = json.loads(r.stdout)["rows"]
+    assert [c["node_name"] for c in row["cells"]] == ["mi-1", f"{inv.address}/mi-1"], r.stdout
+
+    # a --selector before any of several --aggregator is ambiguous: an error (2), nothing printed
+    r = _whatif("--spec", str(nv), "--selector", "host=plain-vm", "--aggregator", inv.address,
+                "--aggregator", inv.address)
+    assert r.returncode == 2 and "--selector" in r.stderr and r.stdout == ""
+    # with a single --aggregator a --selector anywhere applies to it (as before)
+    r = _whatif("--spec", str(nv), "--selector", "host=amd-mi300", "--aggregator", inv.address, "-o", "json")
+    assert r.returncode == 1 and [c["node_name"] for c in json.loads(r.stdout)["rows"][0]["cells"]] == ["mi-1"]
+
+
 def test_killed_daemon_is_unreachable_and_a_stopped_one_stale(inv: InvFleet) -> None:
     spec = inv.tmp / "nvidia2.yaml"
     spec.write_text(NVIDIA_ONLY)
