@@ -2,8 +2,10 @@
 
 Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 holds):
 - ValidateFleet from the inventory: the aggregator's answer for 10,000 nodes (plan: one evaluation per
-  distinct set + 10,000 NodeResults + summary with why-not counts), in-process, cold (new spec) and warm;
-  and the same call end to end over gRPC through the real client (10,000 streamed NodeResults).
+  distinct set + 10,000 NodeResults, or the grouped form + summary with why-not counts), in-process, cold
+  (new spec) and warm; and the same call end to end over gRPC, the caller reading every node's result:
+  one NodeResult per node (callers that do not set grouped_results) and grouped_results (what FleetClient
+  asks for), alternated in the same run.
 - Memory per node beyond the shared feature sets: tracemalloc growth of the FeatureStore from 20 nodes
   (one per profile) to 10,000, divided by the 9,980 added nodes; plus the aggregator process's RSS growth
   per node while it holds 10,000 WatchFeatures subscriptions (channels, streams, coroutines).
@@ -131,6 +133,10 @@ def rss_bytes() -> int:
     return 0
 
 
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def row(name: str, value: float, unit: str, limit: float) -> None:
     """One `ROW` line in bench/report.py's format; the limit is the issue's absolute figure."""
     if unit == "s":
@@ -158,7 +164,7 @@ def main() -> None:
     from nodecompat.fleet.store import FeatureStore, spec_key
     from nodecompat.server.aggregator import summarize
     from nodecompat.server.fleet_nodes import FleetNode
-    from nodecompat.server.inventory_answers import finish_summary, plan
+    from nodecompat.server.inventory_answers import finish_summary, grouped_summary, plan
 
     n, k = args.nodes, args.profiles
     print(f"inventory: {n} simulated nodes in {k} profiles; {os.cpu_count()} CPUs")
@@ -191,18 +197,22 @@ def main() -> None:
     spec = parse_spec(SPEC)
     skey = spec_key(SPEC, False)
 
-    def answer() -> float:
+    def answer(grouped: bool) -> float:
         t0 = time.perf_counter()
-        p = plan(store, nodes, spec, skey, [], 0.0)
+        p = plan(store, nodes, spec, skey, [], 0.0, grouped=grouped)
         s = summarize(p.results, "", "", 0.0)
+        if grouped:
+            grouped_summary(s, p)
         finish_summary(s, p, [], 0)
-        assert len(p.results) == n and not p.live
+        assert p.answered == n and not p.live and s.compatible + s.incompatible == n
         return time.perf_counter() - t0
 
-    cold = answer()
-    warm = sorted(answer() for _ in range(5))[2]
+    cold = answer(False)
     row(f"ValidateFleet from inventory, in-process, cold ({k} evaluations)", cold, "s", LIMIT_VALIDATE_S)
-    row("ValidateFleet from inventory, in-process, warm (median of 5)", warm, "s", LIMIT_VALIDATE_S)
+    for grouped in (False, True):
+        warm = sorted(answer(grouped) for _ in range(5))
+        row(f"ValidateFleet from inventory, in-process, warm, {'grouped' if grouped else 'per node'} (median of 5)",
+            warm[2], "s", LIMIT_VALIDATE_S)
 
     # -- the same over gRPC, through the client --------------------------------------------------------
     from nodecompat.clients.fleet_client import FleetClient
@@ -221,29 +231,50 @@ def main() -> None:
 
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 16 << 20)])
         stub = fleet_pb2_grpc.FleetServiceStub(channel)
-        req = fleet_pb2.ValidateFleetRequest(spec=SPEC, timeout_seconds=60)
+        per_node = fleet_pb2.ValidateFleetRequest(spec=SPEC, timeout_seconds=60)
+        grouped = fleet_pb2.ValidateFleetRequest(spec=SPEC, timeout_seconds=60, grouped_results=True)
 
-        def call() -> tuple[float, int, float]:
+        def call(req: fleet_pb2.ValidateFleetRequest) -> tuple[float, int, float]:
+            """One call; every node's name, address, verdict and probe time is read (the caller's view)."""
             t0 = time.perf_counter()
             got, wall = 0, 0.0
             for item in stub.ValidateFleet(req, timeout=90):
                 kind = item.WhichOneof("item")
-                got += len(item.nodes.nodes) if kind == "nodes" else kind == "node"
-                wall = item.summary.wall_seconds if kind == "summary" else wall
+                if kind == "nodes":
+                    for r in item.nodes.nodes:
+                        _ = (r.node_name, r.address, r.compatible, r.as_of.seconds)
+                        got += 1
+                elif kind == "groups":
+                    for g in item.groups.groups:
+                        _ = (g.result.compatible, list(g.node_names), list(g.addresses), list(g.as_of_seconds))
+                        got += len(g.node_names)
+                elif kind == "node":
+                    got += 1
+                else:
+                    wall = item.summary.wall_seconds
             return time.perf_counter() - t0, got, wall
 
-        call()
-        runs = sorted(call() for _ in range(3))
-        took, got, server_wall = runs[1]
-        assert got == n, got
-        row(f"ValidateFleet from inventory over gRPC, all {n} results received (stub)", took, "s", LIMIT_VALIDATE_S)
-        row(f"ValidateFleet from inventory, the aggregator's own wall time ({n} nodes)", server_wall, "s",
-            LIMIT_VALIDATE_S)
+        call(per_node)
+        call(grouped)
+        old_runs: list[tuple[float, int, float]] = []
+        new_runs: list[tuple[float, int, float]] = []
+        for _ in range(5):  # alternated: a neighbour's load weighs on both forms alike
+            old_runs.append(call(per_node))
+            new_runs.append(call(grouped))
+        for name, runs in (("one NodeResult per node (callers without grouped_results)", old_runs),
+                           ("grouped_results (FleetClient)", new_runs)):
+            runs.sort()
+            took, _, server_wall = runs[len(runs) // 2]
+            assert all(r[1] == n for r in runs), [r[1] for r in runs]
+            row(f"ValidateFleet from inventory over gRPC, all {n} results read by the caller, {name}", took, "s",
+                LIMIT_VALIDATE_S)
+            print(f"  (median of {len(runs)}; min {runs[0][0] * 1e3:.1f} ms, max {runs[-1][0] * 1e3:.1f} ms; "
+                  f"the aggregator's own wall time {server_wall * 1e3:.1f} ms; loadavg {loadavg()})")
         with FleetClient(f"127.0.0.1:{port}") as client:
             t0 = time.perf_counter()
             a = client.validate(spec_text=SPEC, timeout=60)
             built = (time.perf_counter() - t0) * 1e3
-            print(f"  (through FleetClient, {n} NodeVerdict dataclasses built: {built:.0f} ms; "
+            print(f"  (through FleetClient, grouped, {n} NodeVerdict dataclasses built: {built:.0f} ms; "
                   f"summary: {a.summary.from_inventory} from the inventory, "
                   f"{a.summary.distinct_feature_sets} distinct sets)")
         channel.close()

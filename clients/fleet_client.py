@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat.fleet.whynot import SetExclusions
 from nodecompat.server import tls
@@ -61,6 +62,27 @@ class NodeVerdict:
             m.fingerprint,
         )
 
+    @classmethod
+    def from_groups(cls, m: fleet_pb2.NodeGroups) -> Iterator[NodeVerdict]:
+        """The verdict of every node of a grouped answer (fleet.proto NodeGroup), as from_proto would give
+        for the same node's NodeResult."""
+        sets = [dict(ls.labels) for ls in m.label_sets]
+        times: dict[float, str] = {}
+        for g in m.groups:
+            r = g.result
+            source = inventory_pb2.AnswerSource.Name(r.source) if r.source else ""
+            reasons = list(r.reasons)
+            for name, address, as_of, li in zip(g.node_names, g.addresses, g.as_of_seconds, g.label_sets,
+                                                strict=True):
+                when = times.get(as_of)
+                if when is None:
+                    ts = Timestamp()
+                    secs = int(as_of)
+                    ts.seconds, ts.nanos = secs, int((as_of - secs) * 1e9)
+                    when = times[as_of] = ts.ToJsonString()
+                yield cls(name, address, dict(sets[li]) if li < len(sets) else {}, r.compatible, r.score, r.status,
+                          r.error, r.latency_seconds, r.attempts, list(reasons), source, when, r.fingerprint)
+
 
 @dataclass
 class FleetSummary:
@@ -100,6 +122,11 @@ class FleetSummary:
 class FleetAnswer:
     nodes: list[NodeVerdict]
     summary: FleetSummary
+
+    def __post_init__(self) -> None:
+        if not self.summary.ranking and self.nodes:  # a grouped answer: the aggregator's order, made here
+            ranked = sorted(self.nodes, key=lambda n: (not n.compatible, -n.score, n.name, n.address))
+            self.summary.ranking = [n.name for n in ranked]  # (as server/fleet_results.py summarize)
 
     def ranked(self) -> list[NodeVerdict]:
         """Nodes in the summary's order (compatible first, then score, then name)."""
@@ -160,6 +187,7 @@ class FleetClient:
             nfd_compat=nfd_compat,
             max_staleness_seconds=max_staleness,
             answer_source=inventory_pb2.LIVE if live else inventory_pb2.ANSWER_SOURCE_UNSPECIFIED,
+            grouped_results=True,  # an aggregator without it ignores the field and answers node by node
         )
         if image is not None:
             req.image = image
@@ -175,6 +203,8 @@ class FleetClient:
                     yield NodeVerdict.from_proto(item.node)
                 elif kind == "nodes":
                     yield from (NodeVerdict.from_proto(n) for n in item.nodes.nodes)
+                elif kind == "groups":
+                    yield from NodeVerdict.from_groups(item.groups)
                 else:
                     yield FleetSummary.from_proto(item.summary)
         except grpc.RpcError as exc:

@@ -42,7 +42,7 @@ from nodecompat.server.fleet_nodes import (
 )
 from nodecompat.server.fleet_results import add_node_info, deadline_margin, node_result, summarize
 from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, WatchSpec, watch_spec
-from nodecompat.server.inventory_answers import Plan, finish_summary, plan
+from nodecompat.server.inventory_answers import Plan, finish_summary, grouped_summary, plan
 from nodecompat.server.node_service import RegistryOptions
 from nodecompat.server.registration_auth import RegistrationDenied, RegistrationPolicy, caller_of
 from nodecompat.server.registration_store import StoreUnavailable
@@ -124,6 +124,8 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 results.append(result)
                 yield fleet_pb2.ValidateFleetResponse(node=result)
             summary = summarize(results, image_digest, artifact_digest, time.monotonic() - started)
+            if request.grouped_results:
+                grouped_summary(summary, held)
             finish_summary(summary, held, live_reports, len(results) - (len(held.results) if held else 0))
             span.set_attribute("nodecompat.fleet.compatible", summary.compatible)
             yield fleet_pb2.ValidateFleetResponse(summary=summary)
@@ -217,7 +219,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         if self.store is None or request.answer_source == inventory_pb2.LIVE:
             return None
         return plan(self.store, nodes, spec, spec_key(spec_text, request.nfd_compat), list(request.tags),
-                    staleness, request.nfd_compat)
+                    staleness, request.nfd_compat, grouped=request.grouped_results)
 
     def _node_result(self, outcome: NodeOutcome) -> fleet_pb2.NodeResult:
         resp = outcome.response

@@ -28,7 +28,7 @@ from support_hosts import copy_fixture
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.server.aggregator import AggregatorDaemon
 from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2_grpc
+from nodecompat.v1 import features_pb2, fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2_grpc
 
 # The daemon serves WatchFeatures as a coroutine stream: it needs the grpc.aio server runtime (issue 8's
 # server/runtime.py); on the thread-pool server the stream cannot run, so these tests wait for it.
@@ -100,6 +100,46 @@ def test_inventory_verdicts_equal_live_verdicts(inv: InvFleet) -> None:
         assert (b.summary.from_inventory, b.summary.live) == (0, 6)  # type: ignore[attr-defined]
         assert a.summary.why_not == b.summary.why_not  # type: ignore[attr-defined]
     assert sorted(n for n, v in from_inventory.items() if v[0]) == ["gpu-1", "gpu-2", "gpu-3"]
+
+
+def _raw(address: str, spec: str, grouped: bool) -> list[fleet_pb2.ValidateFleetResponse]:
+    with grpc.insecure_channel(address) as ch:
+        req = fleet_pb2.ValidateFleetRequest(spec=spec, timeout_seconds=20, grouped_results=grouped)
+        return list(fleet_pb2_grpc.FleetServiceStub(ch).ValidateFleet(req, timeout=30))
+
+
+def test_grouped_answers_carry_the_same_results_as_per_node_answers(inv: InvFleet) -> None:
+    """grouped_results (additive, fleet.proto) only changes the form: expanded, every node's NodeResult is the
+    one a caller without the field gets; the summary is the same but for the ranking, which is left out."""
+    from nodecompat.server.inventory_answers import expand_groups
+
+    for spec in (GPU_SPEC, NVIDIA_ONLY):
+        old = _raw(inv.address, spec, grouped=False)  # a caller that does not know the field
+        new = _raw(inv.address, spec, grouped=True)
+        assert {m.WhichOneof("item") for m in old} == {"nodes", "summary"}
+        assert {m.WhichOneof("item") for m in new} == {"groups", "summary"}
+        per_node = sorted((r for m in old if m.HasField("nodes") for r in m.nodes.nodes), key=lambda r: r.address)
+        expanded = sorted((r for m in new if m.HasField("groups") for r in expand_groups(m.groups)),
+                          key=lambda r: r.address)
+        assert len(per_node) == len(HOSTS)
+        assert [r.SerializeToString(deterministic=True) for r in expanded] == [
+            r.SerializeToString(deterministic=True) for r in per_node]
+        groups = [g for m in new if m.HasField("groups") for g in m.groups.groups]
+        assert len(groups) < len(HOSTS)  # the h100 copies (and the vm copies) share one group
+        s_old, s_new = old[-1].summary, new[-1].summary
+        assert len(s_old.ranking) == len(HOSTS) and not s_new.ranking
+        s_old.ClearField("ranking")
+        s_old.ClearField("wall_seconds")
+        s_new.ClearField("wall_seconds")
+        assert s_old == s_new
+        # FleetClient asks for groups and gives the same answer as from per-node results, ranking included
+        _, a = _answers(inv.address, spec, live=False)
+        from nodecompat.clients.fleet_client import FleetAnswer, FleetSummary, NodeVerdict
+
+        b = FleetAnswer([NodeVerdict.from_proto(r) for r in per_node], FleetSummary.from_proto(_raw(
+            inv.address, spec, grouped=False)[-1].summary))
+        assert [n.__dict__ for n in a.ranked()] == [n.__dict__ for n in b.ranked()]  # type: ignore[attr-defined]
+        assert a.summary.ranking == b.summary.ranking  # type: ignore[attr-defined]
 
 
 def test_identical_hosts_share_one_stored_feature_set(inv: InvFleet) -> None:
@@ -393,8 +433,6 @@ def test_what_if_over_the_fleet_matrix_via_the_aggregator(inv: InvFleet) -> None
 
 def test_hostile_watchers_get_clear_statuses_and_health_keeps_answering(inv: InvFleet) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from nodecompat.v1 import fleet_pb2_grpc
 
     channel = grpc.insecure_channel(inv.address)
     fleet = fleet_pb2_grpc.FleetServiceStub(channel)

@@ -54,6 +54,7 @@ class ValidateFleetRequest(_message.Message):
     NFD_COMPAT_FIELD_NUMBER: _builtins.int
     MAX_STALENESS_SECONDS_FIELD_NUMBER: _builtins.int
     ANSWER_SOURCE_FIELD_NUMBER: _builtins.int
+    GROUPED_RESULTS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     spec: _builtins.str
     platform: _builtins.str
@@ -68,6 +69,12 @@ class ValidateFleetRequest(_message.Message):
     """
     answer_source: _inventory_pb2.AnswerSource.ValueType
     """LIVE forces a ValidateImage call to every node; unset or INVENTORY answers from the inventory."""
+    grouped_results: _builtins.bool
+    """Inventory answers come grouped (ValidateFleetResponse.groups: each shared result once, then the nodes
+    that share it, column by column) instead of one NodeResult per node, and the summary's ranking is left
+    out (a node's rank follows from its result: compatible first, then score, then name). The same facts
+    for large fleets in a fraction of the bytes and time. Live answers still come one `node` each.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -87,10 +94,11 @@ class ValidateFleetRequest(_message.Message):
         nfd_compat: _builtins.bool = ...,
         max_staleness_seconds: _builtins.float = ...,
         answer_source: _inventory_pb2.AnswerSource.ValueType = ...,
+        grouped_results: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "source", b"source", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_source", b"answer_source", "image", b"image", "max_staleness_seconds", b"max_staleness_seconds", "nfd_compat", b"nfd_compat", "plain_http", b"plain_http", "platform", b"platform", "selector", b"selector", "source", b"source", "spec", b"spec", "tags", b"tags", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_source", b"answer_source", "grouped_results", b"grouped_results", "image", b"image", "max_staleness_seconds", b"max_staleness_seconds", "nfd_compat", b"nfd_compat", "plain_http", b"plain_http", "platform", b"platform", "selector", b"selector", "source", b"source", "spec", b"spec", "tags", b"tags", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["image", "spec"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -275,6 +283,7 @@ class ValidateFleetResponse(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def node(self) -> Global___NodeResult: ...
     @_builtins.property
@@ -283,18 +292,23 @@ class ValidateFleetResponse(_message.Message):
     def nodes(self) -> Global___NodeResults:
         """Answers from the inventory arrive together, up to 1,000 nodes a message (live ones one by one)."""
 
+    @_builtins.property
+    def groups(self) -> Global___NodeGroups:
+        """With grouped_results: the inventory's answers grouped by shared result."""
+
     def __init__(
         self,
         *,
         node: Global___NodeResult | None = ...,
         summary: Global___FleetSummary | None = ...,
         nodes: Global___NodeResults | None = ...,
+        groups: Global___NodeGroups | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "node", b"node", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "item", b"item", "node", b"node", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "node", b"node", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "item", b"item", "node", b"node", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["node", "summary", "nodes"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["node", "summary", "nodes", "groups"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
@@ -319,6 +333,118 @@ class NodeResults(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeResults: _TypeAlias = NodeResults  # noqa: Y015
+
+@_typing.final
+class NodeGroup(_message.Message):
+    """Nodes whose answers are the same but for their own fields (name, address, labels, probe time)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    NODE_NAMES_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    AS_OF_SECONDS_FIELD_NUMBER: _builtins.int
+    LABEL_SETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___NodeResult:
+        """What every node of the group shares: compatible, score, status, reasons, source, fingerprint."""
+
+    @_builtins.property
+    def node_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One entry per node, in the same order in each of these fields."""
+
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def as_of_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Probe time of each node's features, seconds since the Unix epoch."""
+
+    @_builtins.property
+    def label_sets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Index into the enclosing NodeGroups.label_sets of each node's labels."""
+
+    def __init__(
+        self,
+        *,
+        result: Global___NodeResult | None = ...,
+        node_names: _abc.Iterable[_builtins.str] | None = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        as_of_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        label_sets: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "as_of_seconds", b"as_of_seconds", "label_sets", b"label_sets", "node_names", b"node_names", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeGroup: _TypeAlias = NodeGroup  # noqa: Y015
+
+@_typing.final
+class LabelSet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelSet: _TypeAlias = LabelSet  # noqa: Y015
+
+@_typing.final
+class NodeGroups(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    LABEL_SETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeGroup]: ...
+    @_builtins.property
+    def label_sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelSet]:
+        """The distinct label sets of this message's nodes."""
+
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___NodeGroup] | None = ...,
+        label_sets: _abc.Iterable[Global___LabelSet] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "label_sets", b"label_sets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeGroups: _TypeAlias = NodeGroups  # noqa: Y015
 
 @_typing.final
 class ListNodesRequest(_message.Message):
