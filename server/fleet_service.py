@@ -49,6 +49,17 @@ from nodecompat.server.registration_store import StoreUnavailable
 from nodecompat.server.whatif_service import what_if
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2
 
+# RegisterNode's refusals -> (gRPC status, hint appended to the message), first match wins.
+_REGISTER_STATUS: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
+    (NotRegistrant, grpc.StatusCode.PERMISSION_DENIED, ""),
+    (NameInUse, grpc.StatusCode.ALREADY_EXISTS, ""),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT, ""),
+    (AddressInUse, grpc.StatusCode.ALREADY_EXISTS, ""),
+    (RegistrationsFull, grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE, "; retry"),
+)
+_REGISTER_ERRORS = tuple(t for t, _, _ in _REGISTER_STATUS)
+
 tracer = trace.get_tracer(__name__)
 
 FLEET_SERVICE = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
@@ -283,23 +294,9 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             ttl = self.inventory.register(
                 request.name, request.address, dict(request.labels), request.ttl_seconds, principal
             )
-        except NotRegistrant as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"RegisterNode {request.name!r}: {exc}")
-            raise
-        except NameInUse as exc:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"RegisterNode {request.name!r}: {exc}")
-            raise
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name[:80]!r}: {exc}")
-            raise
-        except AddressInUse as exc:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"RegisterNode {request.name!r}: {exc}")
-            raise
-        except RegistrationsFull as exc:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"RegisterNode {request.name!r}: {exc}")
-            raise
-        except StoreUnavailable as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"RegisterNode {request.name!r}: {exc}; retry")
+        except _REGISTER_ERRORS as exc:
+            code, hint = next((c, h) for t, c, h in _REGISTER_STATUS if isinstance(exc, t))
+            context.abort(code, f"RegisterNode {request.name[:80]!r}: {exc}{hint}")
             raise
         return fleet_pb2.RegisterNodeResponse(ttl_seconds=ttl)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +121,16 @@ def leader(members: list[Etcd]) -> int:
             ids[m["ID"]] = m["name"]
         return int(ids[status["leader"]].removeprefix("m"))
     raise AssertionError("no etcd member answers its status")
+
+
+def wait_for(what: str, pred: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll `pred` every 50 ms until it holds; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not seen in {timeout}s")
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,24 @@ ANDed with the required affinity)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import requests
 from support_daemon import free_port, stop_process
+
+from nodecompat.server.webhook import WebhookConfig, serve
 
 
 def review(pod: dict[str, Any], *, dry_run: bool = False, operation: str = "CREATE") -> dict[str, Any]:
@@ -143,3 +148,30 @@ def admits(pod_obj: Mapping[str, Any], labels: Mapping[str, str], name: str = ""
     return any(all(_requirement(r, labels) for r in t.get("matchExpressions") or [])
                and all(_requirement(r, fields) for r in t.get("matchFields") or [])
                for t in req["nodeSelectorTerms"])
+
+
+@contextlib.contextmanager
+def webhook_in_thread(config: WebhookConfig) -> Iterator[None]:
+    """Serve `config` (server/webhook.py serve) on an event loop in a daemon thread while the block runs;
+    returns once the server listens, stops it (15 s bound) on exit."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop: list[asyncio.Event] = []
+
+    async def main() -> None:
+        stop.append(asyncio.Event())
+        started = asyncio.Event()
+        task = asyncio.ensure_future(serve(config, started, stop[0]))
+        await started.wait()
+        ready.set()
+        await task
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(15)
+        loop.close()

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
 from etcd3gw import Etcd3Client
 from support_daemon import free_port, stop_process
-from support_etcd import Etcd, etcd, start_etcd  # noqa: F401 (fixture)
+from support_etcd import Etcd, etcd, start_etcd, wait_for  # noqa: F401 (fixture)
 from support_fleet import SPEC_ANY, start_node
 
 from nodecompat.clients.fleet_client import FleetClient, NodeEntry
@@ -42,15 +41,6 @@ def replicas(store: str, prefix: str, n: int = 2, lease_ttl: float = 2.0) -> Ite
     finally:
         for d in aggs:
             d.stop(grace=0)
-
-
-def wait_for(what: str, pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not seen in {timeout}s")
 
 
 def names(agg: AggregatorDaemon) -> list[str]:

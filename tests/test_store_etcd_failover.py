@@ -13,12 +13,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
 from support_daemon import free_port, stop_process
-from support_etcd import Etcd, leader, start_etcd_cluster
+from support_etcd import Etcd, leader, start_etcd_cluster, wait_for
 from support_fleet import FLEET, SPEC_ANY, Proc, start_aggregator_process, start_node
 
 from nodecompat.clients.fleet_client import FleetClient
@@ -85,15 +85,6 @@ class Registrants:
 def listed(agg: Proc) -> dict[str, str]:
     with FleetClient(agg.address) as client:
         return {n.name: n.address for n in client.list_nodes(timeout=5)}
-
-
-def wait_for(what: str, pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not seen in {timeout}s")
 
 
 def watch_fleet(agg: Proc, expected: dict[str, str], seconds: float) -> int:

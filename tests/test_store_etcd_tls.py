@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from support_daemon import stop_process
-from support_etcd import Etcd, start_etcd
+from support_etcd import Etcd, start_etcd, wait_for
 from support_fleet import Certs, make_certs, start_aggregator_process
-from test_store_etcd_failover import listed, wait_for
+from test_store_etcd_failover import listed
 
 from nodecompat.clients.cli import build_parser
 from nodecompat.clients.cmd_aggregator import build_config

@@ -19,9 +19,9 @@ import pytest
 import requests
 from support_daemon import free_port
 from support_fleet import make_certs
-from support_webhook import pod, review
+from support_webhook import pod, review, webhook_in_thread
 
-from nodecompat.server.webhook import WebhookConfig, serve
+from nodecompat.server.webhook import WebhookConfig
 
 DEADLINE = 2.0
 
@@ -36,31 +36,6 @@ class Hook:
         return f"https://127.0.0.1:{self.port}"
 
 
-@contextlib.contextmanager
-def running(config: WebhookConfig) -> Iterator[None]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop: list[asyncio.Event] = []
-
-    async def main() -> None:
-        stop.append(asyncio.Event())
-        started = asyncio.Event()
-        task = asyncio.ensure_future(serve(config, started, stop[0]))
-        await started.wait()
-        ready.set()
-        await task
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        thread.join(15)
-        loop.close()
-
-
 @pytest.fixture(scope="module")
 def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hook]:
     """A webhook handling one review at a time, deadline 2 s, aggregator unreachable."""
@@ -70,7 +45,7 @@ def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hook]:
         listen_host="127.0.0.1", listen_port=port, tls_cert=str(certs.cert), tls_key=str(certs.key),
         aggregator=f"127.0.0.1:{free_port()}", deadline=DEADLINE, max_concurrent_requests=1,
     )
-    with running(config):
+    with webhook_in_thread(config):
         yield Hook(port, certs.ca)
 
 
@@ -204,7 +179,7 @@ def test_a_pod_with_many_images_resolves_a_bounded_number_at_once_within_the_dea
     containers = (distinct * 13)[:256]  # 256 containers, 20 distinct images
     rev = review(pod("many", containers))
     try:
-        with running(config), _session(Hook(port, certs.ca)) as s:
+        with webhook_in_thread(config), _session(Hook(port, certs.ca)) as s:
             r = s.post(f"https://127.0.0.1:{port}/validate", json=rev, timeout=30)
             assert r.status_code == 200, r.text
             resp = r.json()["response"]
@@ -251,7 +226,7 @@ def test_healthz_answers_while_several_3_mib_reviews_are_parsed(tmp_path: Path) 
             answers[i] = s.post(f"{hook.url}/validate", data=bodies[i], timeout=60,
                                 headers={"Content-Type": "application/json"})
 
-    with running(config), _session(hook) as s:
+    with webhook_in_thread(config), _session(hook) as s:
         threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(len(bodies))]
         for t in threads:
             t.start()

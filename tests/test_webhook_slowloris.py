@@ -5,11 +5,9 @@ handshake and header timeouts instead of holding a connection for aiohttp's defa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,9 @@ import pytest
 import requests
 from support_daemon import free_port
 from support_fleet import make_certs
+from support_webhook import webhook_in_thread
 
-from nodecompat.server.webhook import WebhookConfig, serve
+from nodecompat.server.webhook import WebhookConfig
 
 HANDSHAKE = 1.0
 HEADERS = 2.0
@@ -33,27 +32,8 @@ def hook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]
         listen_host="127.0.0.1", listen_port=port, tls_cert=str(certs.cert), tls_key=str(certs.key),
         aggregator=f"127.0.0.1:{free_port()}", handshake_timeout=HANDSHAKE, header_timeout=HEADERS,
     )
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop: list[asyncio.Event] = []
-
-    async def main() -> None:
-        stop.append(asyncio.Event())
-        started = asyncio.Event()
-        task = asyncio.ensure_future(serve(config, started, stop[0]))
-        await started.wait()
-        ready.set()
-        await task
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
+    with webhook_in_thread(config):
         yield port, certs.ca
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        thread.join(15)
-        loop.close()
 
 
 def _healthy(port: int, ca: Path) -> bool:

@@ -79,29 +79,18 @@ def atoi_or_error(v: str) -> tuple[int | None, str]:
         return None, f"not a number {go_quote(v)}"
 
 
+# strconv.Quote's two-character escapes (Go's appendEscapedRune).
+_GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v"}
+
+
 def go_quote(s: str) -> str:
     """Go's %q of a string (strconv.Quote), for messages that match NFD's."""
     out = ['"']
     for ch in s:
         o = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\a":
-            out.append("\\a")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif ch == "\v":
-            out.append("\\v")
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
         elif o < 0x20 or o == 0x7F:
             out.append(f"\\x{o:02x}")
         elif not ch.isprintable():
