@@ -165,7 +165,8 @@ def test_probe_failed_and_unknown_counts_are_exact_on_a_hand_counted_fleet(fleet
     assert counts[("rule", "rack")] == 4
     # set #2 failed on every node but gpu-broken; none of them hinged on an unknown fact
     assert (nvidia.nodes_passed, nvidia.nodes_failed, nvidia.nodes_unknown) == (1, 4, 0)
-    assert {(e.kind, e.text): e.nodes for e in nvidia.exclusions}[("expression", "kernel.loadedmodule nvidia Exists")] == 4
+    nv_counts = {(e.kind, e.text): e.nodes for e in nvidia.exclusions}
+    assert nv_counts[("expression", "kernel.loadedmodule nvidia Exists")] == 4
 
 
 def test_the_cli_prints_the_unknown_and_probe_failed_counts(fleet) -> None:  # type: ignore[no-untyped-def]
