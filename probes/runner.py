@@ -8,7 +8,10 @@ runs past its timeout (a sysfs read stuck in a driver, NVML waiting on a wedged 
 with its worker — its status says it timed out — and a fresh worker carries on with the probes that
 follow, so the other probes' features are still delivered. While the hung call is still running the
 probe is not started again (its status says so), so a stuck probe costs one thread, not one per
-round, and a round where nothing hangs starts no thread at all after the first.
+round, and a round where nothing hangs starts no thread at all after the first. The caller sleeps
+until the batch is done or the running call's deadline passes (no wake-up per probe: each one took
+the GIL from the worker between its reads and doubled a round's cost), and a closed runner hands its
+idle worker to the next runner (at most MAX_IDLE_WORKERS are kept), so probe_once pays no thread start.
 
 Within one round the probes share a read-through memo of the host (probes/round_host.py): the PCI and
 GPU probes walk the same sysfs tree, and a file read twice in one round is read once.
@@ -109,7 +112,7 @@ class _Worker:
                 if self.abandoned and not self.batch:
                     return
                 batch, host, ctx = self.batch, self.host, self.ctx
-                self.batch = []
+                self.batch, self.host, self.ctx = [], None, None
             assert host is not None
             token = tracing.attach(ctx)  # probe spans nest under the caller's span
             try:
@@ -123,9 +126,12 @@ class _Worker:
                     with self.cond:
                         call.finished = time.monotonic()
                         self.current = None
-                        self.cond.notify_all()
+                        if call is batch[-1]:  # the round's watcher wakes once, at the end of the batch
+                            self.cond.notify_all()
             finally:
                 tracing.detach(token)
+                # The round's host (and the descriptors it holds) is not kept by an idle worker.
+                del batch, host, ctx
 
     def abandon(self) -> None:
         with self.cond:
@@ -135,6 +141,34 @@ class _Worker:
 
     def stop(self) -> None:
         self.abandon()
+
+
+MAX_IDLE_WORKERS = 2
+_idle_lock = threading.Lock()
+_idle: list[_Worker] = []
+
+
+def _acquire() -> _Worker:
+    """An idle worker thread left by a closed runner, else a new one: a one-off round (probe_once,
+    the CLI) does not pay a thread start each time."""
+    with _idle_lock:
+        while _idle:
+            w = _idle.pop()
+            if not w.abandoned and w.thread.is_alive():
+                return w
+    return _Worker()
+
+
+def _release(worker: _Worker) -> None:
+    """Keep a healthy idle worker for the next runner (bounded), else let its thread end."""
+    with worker.cond:
+        healthy = not worker.abandoned and worker.current is None and not worker.batch
+    if healthy:
+        with _idle_lock:
+            if len(_idle) < MAX_IDLE_WORKERS:
+                _idle.append(worker)
+                return
+    worker.stop()
 
 
 def _discover(call: _Call, host: HostRoot) -> None:
@@ -170,10 +204,11 @@ class ProbeRunner:
         return self.timeout_override if self.timeout_override is not None else probe.timeout
 
     def close(self) -> None:
-        """Let the worker thread end (a runner that is dropped without close() leaves one idle daemon thread)."""
+        """Hand the worker thread back to the process's idle workers (at most MAX_IDLE_WORKERS are
+        kept; others end). A runner dropped without close() leaves one idle daemon thread."""
         with self._lock:
             if self._worker is not None:
-                self._worker.stop()
+                _release(self._worker)
                 self._worker = None
 
     def run(self) -> ProbeRound:
@@ -186,7 +221,7 @@ class ProbeRunner:
         todo = calls
         while todo:
             if self._worker is None:
-                self._worker = _Worker()
+                self._worker = _acquire()
             worker = self._worker
             worker.submit(todo, host, ctx)
             with worker.cond:
@@ -194,15 +229,19 @@ class ProbeRunner:
                     if all(c.done for c in todo):
                         todo = []
                         break
+                    # Sleep until the batch ends or the running call's deadline passes: no wake-up per
+                    # probe (each one would take the GIL from the worker between its reads).
                     cur = worker.current
-                    if cur is None or cur.started is None:
-                        worker.cond.wait(0.05)
-                        continue
-                    left = cur.started + self._timeout(cur.probe) - time.monotonic()
+                    now = time.monotonic()
+                    if cur is None or cur.started is None:  # between calls: none can be late before this
+                        left = min(self._timeout(c.probe) for c in todo if not c.done)
+                    else:
+                        left = cur.started + self._timeout(cur.probe) - now
                     if left > 0:
                         worker.cond.wait(left)
                         continue
                     # `cur` hung: leave it (and this worker) behind; the rest go to a fresh worker.
+                    assert cur is not None
                     worker.abandoned = True
                     worker.batch = []
                     worker.cond.notify_all()

@@ -42,8 +42,10 @@ class Hanging(Probe):
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.seen_thread = ""
 
     def discover(self, host: HostRoot) -> ProbeOutput:
+        self.seen_thread = threading.current_thread().name + f"#{threading.get_ident()}"
         self.release.wait(30)
         return ProbeOutput()
 
@@ -61,6 +63,34 @@ def test_a_round_runs_every_probe_on_one_reused_worker(tmp_path: Path) -> None:
         assert threading.active_count() <= before + 1
     finally:
         runner.close()
+
+
+def test_a_closed_runners_worker_serves_the_next_runner(tmp_path: Path) -> None:
+    """probe_once-style use (a new runner per round) starts no thread per round: the worker a closed
+    runner hands back runs the next runner's probes; an abandoned (hung) worker is never handed on."""
+    seen: list[str] = []
+    first = ProbeRunner([ThreadNoting("a", seen)], HostRoot(tmp_path))
+    first.run()
+    first.close()
+    second = ProbeRunner([ThreadNoting("b", seen)], HostRoot(tmp_path))
+    try:
+        assert second.run().statuses[0].ok
+    finally:
+        second.close()
+    assert len(seen) == 2 and seen[0] == seen[1]
+    hang = Hanging()
+    third = ProbeRunner([hang], HostRoot(tmp_path))
+    try:
+        assert third.run().statuses[0].timed_out
+    finally:
+        third.close()
+    fourth = ProbeRunner([ThreadNoting("c", seen)], HostRoot(tmp_path))
+    try:
+        assert fourth.run().statuses[0].ok
+        assert hang.seen_thread and seen[2] != hang.seen_thread  # the hung call's thread was not reused
+    finally:
+        hang.release.set()
+        fourth.close()
 
 
 def test_a_hung_probe_is_abandoned_and_the_probes_after_it_still_run(tmp_path: Path) -> None:
