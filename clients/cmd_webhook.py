@@ -13,6 +13,7 @@ from typing import Any
 
 from nodecompat.clients import exit_codes
 from nodecompat.clients.cmd_serve import add_registry_policy_flag, registry_policy
+from nodecompat.clients.registry_args import add_credential_args, registry_auth_from_args
 
 HELP = "run the Kubernetes admission webhook that places pods only on nodes that fit their images"
 
@@ -41,6 +42,7 @@ def register(subparsers: Any) -> None:
         help="reach registries over HTTP (the allow-list pattern must start with http://)",
     )
     p.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify registries")
+    add_credential_args(p.add_argument_group("registry credentials (sent over HTTPS only)"))
     p.add_argument(
         "--failure-policy",
         choices=("fail", "ignore"),
@@ -110,6 +112,7 @@ def _config(args: argparse.Namespace) -> Any:
         args.deny_when_no_fit,
         args.nfd_labels,
         max_concurrent_requests=args.max_concurrent_requests,
+        registry_auth=registry_auth_from_args(args),
     )
 
 
@@ -117,13 +120,14 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import ssl
 
+    from nodecompat.oci.errors import InvalidArgumentError
     from nodecompat.oci.policy import describe
     from nodecompat.server.tls import TlsConfigError
     from nodecompat.server.webhook import serve
 
     try:
         config = _config(args)
-    except (ValueError, TlsConfigError) as exc:
+    except (ValueError, TlsConfigError, InvalidArgumentError) as exc:
         print(f"nodecompat webhook: {exc}", file=sys.stderr)
         return exit_codes.ERROR
     except (OSError, ssl.SSLError) as exc:
@@ -142,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         if ready.is_set():
             print(
                 f"nodecompat webhook: serving https://{args.listen} (aggregator {args.aggregator}, failure policy "
-                f"{args.failure_policy}, deadline {args.deadline:g} s; {describe(config.policy)})",
+                f"{args.failure_policy}, deadline {args.deadline:g} s; {describe(config.policy)}; registry "
+                f"credentials: {_credentials(config.registry_auth)})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -154,3 +159,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"nodecompat webhook: --listen {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return exit_codes.ERROR
     return exit_codes.YES
+
+
+def _credentials(auth: Any) -> str:
+    """What the registry credentials are, never what they hold (for the start-up line)."""
+    if auth.token:
+        return "bearer token from stdin"
+    if auth.username:
+        return f"user {auth.username!r} from flags"
+    if auth.docker_auths:
+        return f"docker config for {len(auth.docker_auths)} registries"
+    return "none (anonymous)"

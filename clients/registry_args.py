@@ -3,12 +3,14 @@
 NFD reads the password or token from stdin whole and trims one trailing "\\n" then one trailing
 "\\r"; the two stdin flags are mutually exclusive. Unlike NFD, a username without a password (or
 the reverse) is an error instead of a silent fall-back to anonymous, and without explicit
-credentials the docker config file's `auths` are used.
+credentials the docker config file's `auths` are used (--registry-auth-file names one; a named
+file that is missing is an error, the default one missing is no credentials).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -29,6 +31,11 @@ def add_registry_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--platform", default=None, metavar=PLATFORM_METAVAR, help=PLATFORM_HELP)
     group.add_argument("--plain-http", action="store_true", help="use HTTP, not HTTPS, for the registry")
     group.add_argument("--ca-file", default=None, metavar="FILE", help="CA bundle to verify the registry")
+    add_credential_args(group)
+
+
+def add_credential_args(group: argparse._ActionsContainer) -> None:
+    """--registry-username, --registry-password-stdin | --registry-token-stdin, --registry-auth-file."""
     group.add_argument("--registry-username", default=None, metavar="USER",
                        help="registry user name (the password comes from --registry-password-stdin)")
     secrets = group.add_mutually_exclusive_group()
@@ -36,6 +43,10 @@ def add_registry_args(parser: argparse.ArgumentParser) -> None:
                          help="read the registry password from stdin")
     secrets.add_argument("--registry-token-stdin", action="store_true",
                          help="read a registry bearer token from stdin")
+    group.add_argument("--registry-auth-file", default=None, metavar="FILE",
+                       help="docker config.json whose `auths` give per-registry credentials (e.g. a mounted "
+                       "kubernetes.io/dockerconfigjson Secret's .dockerconfigjson); default $DOCKER_CONFIG/"
+                       "config.json, else ~/.docker/config.json. Explicit flags above take precedence")
 
 
 def read_secret(stream: TextIO) -> str:
@@ -68,5 +79,9 @@ def registry_auth_from_args(args: argparse.Namespace, stdin: TextIO | None = Non
             raise InvalidArgumentError("--registry-token-stdin: stdin held no token")
     elif username:
         raise InvalidArgumentError("--registry-username needs --registry-password-stdin")
+    auth_file = getattr(args, "registry_auth_file", None)
+    if auth_file is not None and not os.path.isfile(auth_file):
+        raise InvalidArgumentError(f"--registry-auth-file {auth_file}: no such file")
     return RegistryAuth.from_sources(username=username, password=password, token=token,
+                                     docker_config=auth_file if auth_file is not None else True,
                                      ca_file=getattr(args, "ca_file", None))

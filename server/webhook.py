@@ -68,6 +68,7 @@ from aiohttp import web
 from nodecompat.admission import review as rv
 from nodecompat.admission.decide import FAIL, ImageAnswer, NodeAnswer, Policy, decide
 from nodecompat.engine.spec import Spec, SpecError, parse_spec
+from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import NotFoundError, RegistryError
 from nodecompat.oci.policy import RegistryPolicy
@@ -109,6 +110,7 @@ class WebhookConfig:
     header_timeout: float = HEADER_TIMEOUT
     max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS
     image_concurrency: int = IMAGE_CONCURRENCY
+    registry_auth: RegistryAuth | None = None  # credentials for the registries (nodecompat.oci.auth)
 
 
 class Webhook:
@@ -291,6 +293,7 @@ class Webhook:
                 lambda: self.specs.fetch(
                     image,
                     plain_http=self.config.plain_http,
+                    auth=self.config.registry_auth,
                     ca_file=self.config.ca_file,
                     timeout=max(0.1, remaining),
                     policy=self.config.policy,

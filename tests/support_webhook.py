@@ -63,14 +63,24 @@ def pod(name: str, containers: Sequence[str], init: Sequence[str] = (), **spec: 
 
 
 class WebhookProc:
-    def __init__(self, tmp: Path, ca: Path, cert: Path, key: Path, aggregator: str, *args: str) -> None:
+    """`nodecompat webhook` as a process; `env` replaces its environment, `stdin` is written to it (for
+    --registry-password-stdin) and closed."""
+
+    def __init__(self, tmp: Path, ca: Path, cert: Path, key: Path, aggregator: str, *args: str,
+                 env: Mapping[str, str] | None = None, stdin: str | None = None) -> None:
         self.port = free_port()
         self.ca = ca
         self.url = f"https://127.0.0.1:{self.port}"
         self.log = tmp / f"webhook-{self.port}.log"
         cmd = [sys.executable, "-m", "nodecompat.clients.cli", "webhook", "--listen", f"127.0.0.1:{self.port}",
                "--tls-cert", str(cert), "--tls-key", str(key), "--aggregator", aggregator, *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                                     env=dict(env) if env is not None else None)
+        if stdin is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(stdin.encode())
+            self.proc.stdin.close()
         self.session = requests.Session()
         self.session.verify = str(ca)
         self.session.trust_env = False  # never a proxy: the API server dials the webhook directly
