@@ -1,152 +1,357 @@
-"""The probe round's host: a read-through memo of HostRoot shared by the probes of one round.
+"""The probe round's host: HostRoot's reads, memoized for one round, through descriptors held per directory.
 
 Within one round the probes share a read-through memo of the host (RoundHost): the PCI and GPU
-probes walk the same sysfs tree, and a file read twice in one round is read once. Path resolution is
-memoized per directory as well (the same chroot-like walk as HostRoot's), and with the host root at `/`
-a read opens the path directly. Hand-written because it must keep HostRoot's confinement exactly; a
-fresh RoundHost is made for every round (probes/runner.py), so the memo never outlives it.
+probes walk the same sysfs tree, and a file read twice in one round is read once. A fresh RoundHost
+is made for every round (probes/runner.py), so the memo never outlives it.
+
+How a read resolves (root other than `/`). HostRoot resolves every path component by component with
+an lstat each and checks the opened descriptor's real path (/proc/self/fd): 6-8 system calls and
+~40 µs of Python per file, most of a round's cost on a fixture tree. Here every directory a round
+touches is opened once, as an O_PATH descriptor, by `openat(parent descriptor, one name,
+O_NOFOLLOW)` starting from a descriptor of the host root, and each file is opened relative to its
+directory's descriptor with O_NOFOLLOW. A name that is a symbolic link (the open fails with ELOOP or
+ENOTDIR) is read with readlinkat and its target resolved the same way, an absolute target from the
+host root, at most MAX_SYMLINKS links; `..` is applied to the resolved host path (it stops at the
+root) and is never given to the kernel. So the kernel follows no link and no `..` for us: every
+descriptor is, by induction from the root's, a directory that was inside the host root when it was
+opened, and a component swapped for a link between two reads is refused by O_NOFOLLOW, not followed.
+This is what openat2(RESOLVE_IN_ROOT) guarantees (Python has no binding for it), and it replaces the
+/proc/self/fd check, which existed to close the window between a path-string resolution and the open
+that these per-component opens do not have. Answers are HostRoot's (tests/test_probe_runner.py
+compares both on every path of the fixture trees, with links out of the root, loops, dangling and
+missing parts). Reads confined to a subtree (`within=`, features.d) take HostRoot's own path.
+
+With the host root at `/` the kernel's resolution is chroot's own (`..` stops at `/`, every real path
+is inside the root), so a path is opened directly, in one system call.
+
+Bounds: at most MAX_HELD_DIRS directory descriptors per round (past that, reads take HostRoot's path);
+they are closed when the RoundHost is collected (weakref.finalize), never while a probe that hung past
+its timeout may still read through them. Hand-written because it must keep HostRoot's confinement
+exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
 import stat as stat_mod
-from collections.abc import Callable
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
 
-from nodecompat.hostroot import MAX_SYMLINKS, HostRoot
+from nodecompat.hostroot import _OPEN_FLAGS, MAX_SYMLINKS, HostRoot
+
+MAX_HELD_DIRS = 256  # directory descriptors one round may hold (a round on h100-server holds ~60)
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+
+_Dir = tuple[str, int]  # (resolved host path, "/sys/devices/...", O_PATH descriptor)
+
+
+class _Overflow(Exception):
+    """More directories than MAX_HELD_DIRS: the caller takes HostRoot's path."""
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
+def _components(path: str) -> list[str]:
+    return [c for c in path.split("/") if c and c != "."]
+
+
+class _DirTable:
+    """The round's directory descriptors, by resolved host path and by the host path a probe asked for."""
+
+    def __init__(self, real_root: str) -> None:
+        self.fds: list[int] = []
+        weakref.finalize(self, _close_all, self.fds)
+        fd = os.open(real_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.fds.append(fd)
+        self.root: _Dir = ("/", fd)
+        # "resolved parent/name" -> the directory it leads to (for a link: its target's directory)
+        self.by_key: dict[str, _Dir] = {"/": self.root}
+        self.by_text: dict[str, _Dir] = {}  # a directory path as a probe wrote it -> its directory
+
+    def walk(self, base: _Dir, parts: list[str], links: int) -> _Dir:
+        """The directory `parts` (no "" or ".") lead to from `base`; OSError as the kernel would raise."""
+        cur = base
+        for part in parts:
+            if part == "..":
+                cur = self.parent(cur, links)
+                continue
+            real = cur[0]
+            key = "/" + part if real == "/" else real + "/" + part
+            nxt = self.by_key.get(key)
+            if nxt is None:
+                nxt = self.child(cur, part, key, links)
+            cur = nxt
+        return cur
+
+    def parent(self, cur: _Dir, links: int) -> _Dir:
+        real = cur[0]
+        if real == "/":
+            return self.root  # `..` stops at the host root
+        up = real.rsplit("/", 1)[0] or "/"
+        hit = self.by_key.get(up)
+        return hit if hit is not None else self.walk(self.root, _components(up), links)
+
+    def child(self, cur: _Dir, part: str, key: str, links: int) -> _Dir:
+        if len(self.fds) >= MAX_HELD_DIRS:
+            raise _Overflow
+        try:
+            fd = os.open(part, _DIR_FLAGS, dir_fd=cur[1])
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            nxt = self.follow(cur, part, links, exc)
+        else:
+            self.fds.append(fd)
+            nxt = (key, fd)
+        self.by_key[key] = nxt
+        return nxt
+
+    def follow(self, cur: _Dir, part: str, links: int, exc: OSError) -> _Dir:
+        """The directory the link `part` of `cur` leads to; `exc` again when `part` is not a link."""
+        try:
+            target = os.readlink(part, dir_fd=cur[1])
+        except OSError:
+            raise exc from None  # not a link (a file where a directory was asked): the open's error
+        if links >= MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, f"more than {MAX_SYMLINKS} symbolic links")
+        start = self.root if target.startswith("/") else cur
+        return self.walk(start, _components(target), links + 1)
+
+    def directory(self, text: str) -> _Dir:
+        hit = self.by_text.get(text)
+        if hit is None:
+            hit = self.by_text[text] = self.walk(self.root, _components(text), 0)
+        return hit
+
+    def final(self, text: str) -> tuple[_Dir, str]:
+        """(directory, name) of host path `text` with the directory resolved; name may be "." or a link."""
+        text = text.rstrip("/")
+        parent, _, name = text.rpartition("/")
+        d = self.directory(parent)
+        if name in ("", "."):
+            return d, "."
+        if name == "..":
+            return self.parent(d, 0), "."
+        return d, name
+
+    def open(self, text: str, flags: int) -> int:
+        """A descriptor for host path `text` opened with `flags` (O_NOFOLLOW added); links followed as chroot."""
+        d, name = self.final(text)
+        links = 0
+        while True:
+            try:
+                return os.open(name, flags | os.O_NOFOLLOW, dir_fd=d[1])
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or name == ".":
+                    raise
+                d, name = self.target(d, name, links, exc)
+                links += 1
+
+    def target(self, d: _Dir, name: str, links: int, exc: OSError) -> tuple[_Dir, str]:
+        """(directory, name) the link `name` in `d` points at; `exc` again when it is not a link."""
+        try:
+            target = os.readlink(name, dir_fd=d[1])
+        except OSError:
+            raise exc from None
+        if links >= MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, f"more than {MAX_SYMLINKS} symbolic links")
+        start = self.root if target.startswith("/") else d
+        parts = _components(target)
+        if not parts:
+            return start, "."
+        d = self.walk(start, parts[:-1], links + 1)
+        last = parts[-1]
+        if last == "..":
+            return self.parent(d, links + 1), "."
+        return d, last
+
+    def lstat_final(self, text: str) -> tuple[os.stat_result, _Dir, str]:
+        """stat of what host path `text` resolves to (links followed as chroot), with its place."""
+        d, name = self.final(text)
+        links = 0
+        while True:
+            st = os.stat(name, dir_fd=d[1], follow_symlinks=False)
+            if not stat_mod.S_ISLNK(st.st_mode):
+                return st, d, name
+            d, name = self.target(d, name, links, OSError(errno.EINVAL, "not a link"))
+            links += 1
 
 
 @dataclass(frozen=True)
 class RoundHost(HostRoot):
-    """The round's host: every read goes to HostRoot once per round, then comes from the memo."""
+    """The round's host: every read goes to the host once per round, then comes from the memo."""
 
     memo: dict[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
+    _state: list[_DirTable] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def over(cls, host: HostRoot) -> RoundHost:
         return cls(**{f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.init})
 
-    def _get(self, kind: str, host_path: str | os.PathLike[str], read: Callable[[Any], Any]) -> Any:
-        key = (kind, os.fspath(host_path))
-        try:
-            return self.memo[key]
-        except KeyError:
-            value = self.memo[key] = read(host_path)
-            return value
+    def _dirs(self) -> _DirTable | None:
+        """The descriptor table (None with the host root at `/`, where the kernel resolves as chroot)."""
+        if self._state:
+            return self._state[0]
+        if self._real_root == "/":
+            return None
+        table = _DirTable(self._real_root)
+        self._state.append(table)
+        return self._state[0]
 
-    def read_text(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> str | None:
-        if within is not None:  # confined reads (features.d) are not memoized: the key would need `within`
-            return super().read_text(host_path, within=within)
-        return cast("str | None", self._get("t", host_path, super().read_text))
+    # -- memoized reads --------------------------------------------------------------------------------
 
     def read_bytes(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> bytes | None:
-        if within is not None:
+        if within is not None:  # confined reads (features.d) are not memoized: the key would need `within`
             return super().read_bytes(host_path, within=within)
-        return cast("bytes | None", self._get("b", host_path, super().read_bytes))
+        key = ("b", os.fspath(host_path))
+        try:
+            return self.memo[key]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        try:
+            value: bytes | None = self.open_bytes(key[1])
+        except OSError:
+            value = None
+        self.memo[key] = value
+        return value
+
+    def read_text(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> str | None:
+        if within is not None:
+            return super().read_text(host_path, within=within)
+        key = ("t", os.fspath(host_path))
+        try:
+            return self.memo[key]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        value = self.memo[key] = super().read_text(key[1])
+        return value
+
+    def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
+        key = ("1", os.fspath(host_path))
+        try:
+            return self.memo[key]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        value = self.memo[key] = super().read_line(key[1])
+        return value
 
     def exists(self, host_path: str | os.PathLike[str]) -> bool:
-        return cast(bool, self._get("e", host_path, super().exists))
+        return self._stat_memo(host_path) is not None
+
+    def is_dir(self, host_path: str | os.PathLike[str]) -> bool:
+        st = self._stat_memo(host_path)
+        return st is not None and stat_mod.S_ISDIR(st.st_mode)
+
+    def is_file(self, host_path: str | os.PathLike[str]) -> bool:
+        st = self._stat_memo(host_path)
+        return st is not None and stat_mod.S_ISREG(st.st_mode)
+
+    def _stat_memo(self, host_path: str | os.PathLike[str]) -> os.stat_result | None:
+        key = ("s", os.fspath(host_path))
+        try:
+            return self.memo[key]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        try:
+            value: os.stat_result | None = self.stat(key[1])
+        except OSError:
+            value = None
+        self.memo[key] = value
+        return value
 
     def listdir(self, host_path: str | os.PathLike[str]) -> list[str]:
-        return list(self._get("l", host_path, super().listdir))
+        key = ("l", os.fspath(host_path))
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = self.memo[key] = super().listdir(key[1])
+        return list(hit)  # type: ignore[call-overload]
 
     def link_target_name(self, host_path: str | os.PathLike[str]) -> str | None:
-        return cast("str | None", self._get("k", host_path, super().link_target_name))
+        key = ("k", os.fspath(host_path))
+        try:
+            return self.memo[key]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        value = self.memo[key] = self._link_target_name(key[1])
+        return value
+
+    def _link_target_name(self, text: str) -> str | None:
+        table = self._dirs()
+        if table is None:
+            return super().link_target_name(text)
+        text = text.rstrip("/")
+        parent, _, name = text.rpartition("/")
+        if not name or name in (".", ".."):
+            return None
+        try:
+            return os.path.basename(os.readlink(name, dir_fd=table.directory(parent)[1]))
+        except _Overflow:
+            return super().link_target_name(text)
+        except OSError:
+            return None
 
     def path(self, host_path: str | os.PathLike[str]) -> Path:
-        return cast(Path, self._get("p", host_path, super().path))
+        key = ("p", os.fspath(host_path))
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = self.memo[key] = super().path(host_path)
+        return hit  # type: ignore[return-value]
 
     def resolve(self, host_path: str | os.PathLike[str], *, within: str | None = None, strict: bool = False) -> Path:
-        """HostRoot.resolve with every directory resolved once per round.
-
-        The same chroot-like walk as HostRoot's (`..` on the resolved path, a relative link's target
-        read from the resolved directory, an absolute one re-rooted at the host root), with each
-        resolved prefix kept, so the hundreds of sysfs paths of a round cost one lstat per new
-        component. Anything unusual (a missing component, too many links, `within`) takes HostRoot's
-        own walk, and reads still check the opened descriptor's real path."""
+        """HostRoot.resolve, memoized for the round (reads do not use it: they open through descriptors)."""
         if within is not None:
             return super().resolve(host_path, within=within, strict=strict)
-        text = os.fspath(host_path)
-        key = ("r" if strict else "rn", text)
+        key = ("r" if strict else "rn", os.fspath(host_path))
         hit = self.memo.get(key)
-        if hit is not None:
-            return cast(Path, hit)
-        try:
-            resolved = self._walk_memo(text, 0)
-        except _Missing as missing:  # only the last component is missing: as HostRoot's walk answers
-            if strict:
-                raise FileNotFoundError(2, "No such file or directory", text) from None
-            resolved = missing.path
-        except (OSError, RecursionError):
-            resolved = None
-        if resolved is None:
-            result = super().resolve(text, strict=strict)
-        else:
-            real_root = self._real_root
-            result = Path(resolved if real_root == "/" else real_root.rstrip("/") + resolved)
-        self.memo[key] = result
-        return result
+        if hit is None:
+            hit = self.memo[key] = super().resolve(key[1], strict=strict)
+        return hit  # type: ignore[return-value]
+
+    # -- the primitives HostRoot's reads go through ----------------------------------------------------
 
     def _open(self, host_path: str | os.PathLike[str], within: str | None, flags: int = 0) -> int:
-        """HostRoot._open; with the host root at `/` (chroot semantics are the kernel's own there, and
-        every real path is inside the root) the kernel resolves the path in the open itself instead of
-        a resolve, an O_NOFOLLOW open and a /proc/self/fd check that cannot fail."""
-        if within is None and self._real_root == "/":
-            text = os.fspath(host_path)
+        if within is not None:
+            return super()._open(host_path, within, flags)
+        text = os.fspath(host_path)
+        table = self._dirs()
+        if table is None:  # root `/`: the kernel's own resolution is chroot's
             return os.open(text if text.startswith("/") else "/" + text, _ROOT_OPEN_FLAGS | flags)
-        return super()._open(host_path, within, flags)
+        try:
+            return table.open(text, _OPEN_FLAGS | flags)
+        except _Overflow:
+            return super()._open(text, within, flags)
 
-    def _walk_memo(self, host_path: str, links: int) -> str | None:
-        """The resolved host path ("/a/b"), or None to let HostRoot decide (errors, loops).
-        Raises _Missing when only the last component is missing, OSError for HostRoot to judge."""
-        if links > MAX_SYMLINKS:
-            return None
-        real_root = self._real_root.rstrip("/")
-        cur = "/"
-        parts = [p for p in host_path.split("/") if p and p != "."]
-        for i, part in enumerate(parts):
-            if part == "..":
-                cur = cur.rsplit("/", 1)[0] or "/"
-                continue
-            nxt = cur + part if cur == "/" else cur + "/" + part
-            key = ("h", nxt)
-            hit = cast("tuple[str, bool] | None", self.memo.get(key))
-            if hit is None:
-                real = real_root + nxt
-                try:
-                    st = os.lstat(real)
-                except FileNotFoundError:
-                    if i == len(parts) - 1:
-                        raise _Missing(nxt) from None
-                    raise  # a missing directory: HostRoot's walk decides
-                if stat_mod.S_ISLNK(st.st_mode):
-                    target = os.readlink(real)
-                    base = "/" if target.startswith("/") else cur
-                    try:
-                        resolved = self._walk_memo(base.rstrip("/") + "/" + target, links + 1)
-                    except _Missing:  # a dangling link: fine as the last component, else HostRoot decides
-                        if i == len(parts) - 1:
-                            raise
-                        raise FileNotFoundError(2, "No such file or directory", host_path) from None
-                    if resolved is None:
-                        return None
-                    hit = (resolved, os.path.isdir(real_root + resolved))
-                else:
-                    hit = (nxt, stat_mod.S_ISDIR(st.st_mode))
-                self.memo[key] = hit
-            cur, is_dir = hit
-            if not is_dir and i < len(parts) - 1:
-                raise NotADirectoryError(20, "Not a directory", host_path)  # HostRoot's walk decides
-        return cur
+    def stat(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> os.stat_result:
+        if within is not None:
+            return super().stat(host_path, within=within)
+        text = os.fspath(host_path)
+        table = self._dirs()
+        if table is None:
+            return os.stat(text if text.startswith("/") else "/" + text)  # the kernel follows as chroot
+        try:
+            return table.lstat_final(text)[0]
+        except _Overflow:
+            return super().stat(text)
 
-
-_ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-class _Missing(Exception):
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def host_resolve(self, host_path: str | os.PathLike[str], *, strict: bool = False) -> str:
+        text = os.fspath(host_path)
+        table = self._dirs()
+        if not strict or table is None:
+            return super().host_resolve(text, strict=strict)
+        try:
+            _, d, name = table.lstat_final(text)
+        except _Overflow:
+            return super().host_resolve(text, strict=strict)
+        if name == ".":
+            return d[0]
+        return "/" + name if d[0] == "/" else d[0] + "/" + name

@@ -165,6 +165,111 @@ def test_kernel_config_parse_is_keyed_by_file_identity(tmp_path: Path) -> None:
     assert probe.discover(host).features.attributes["kernel.config"].elements["A"] == "m"
 
 
+def _hostile_links(root: Path) -> list[str]:
+    """Links out of the root, up past it, loops, dangling; returns extra paths worth asking for."""
+    (root / "sys").mkdir(exist_ok=True)
+    os.symlink("/etc", root / "sys" / "abs-link")  # re-rooted at the host root
+    os.symlink("../../../../../../..", root / "sys" / "up-link")  # `..` stops at the root
+    os.symlink("loop-b", root / "sys" / "loop-a")
+    os.symlink("loop-a", root / "sys" / "loop-b")
+    os.symlink("nowhere", root / "sys" / "dangling")
+    os.symlink("/", root / "sys" / "to-root")
+    os.symlink("..", root / "sys" / "dot-dot")
+    os.symlink("/etc/os-release", root / "sys" / "abs-file")
+    os.symlink("/../../../../etc/../etc/os-release", root / "sys" / "abs-climb")
+    return ["/", "", "sys", "/sys/abs-link/os-release", "/sys/up-link/sys", "/sys/loop-a", "/sys/loop-a/x",
+            "/no/such", "/sys/no-such", "/sys/../sys/./abs-link/", "/sys/dangling", "/sys/dangling/x",
+            "/proc/cpuinfo/child", "/sys/to-root/etc/os-release", "/sys/dot-dot/etc/os-release", "/sys/abs-file",
+            "/sys/abs-climb", "/sys/abs-file/", "/etc/os-release/", "/sys/to-root/..", "/..", "/sys/dot-dot/.."]
+
+
+def _every_path(root: Path, extra: list[str]) -> list[str]:
+    paths = list(extra)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            host_path = "/" + os.path.relpath(os.path.join(dirpath, name), root)
+            paths += [host_path, host_path + "/..", host_path + "/missing", host_path + "/"]
+    return paths
+
+
+def _answers(host: HostRoot, p: str) -> tuple[object, ...]:
+    def st() -> object:
+        try:
+            s = host.stat(p)
+        except OSError as exc:
+            return type(exc)
+        return (s.st_ino, s.st_mode)
+
+    def hr() -> object:
+        try:
+            return host.host_resolve(p, strict=True)
+        except OSError as exc:
+            return type(exc)
+
+    return (host.read_bytes(p), host.read_text(p), host.read_line(p), host.listdir(p), host.exists(p),
+            host.is_dir(p), host.is_file(p), host.link_target_name(p), st(), hr())
+
+
+@pytest.mark.parametrize("host", ["h100-server", "amd-mi300", "plain-vm"])
+def test_round_reads_through_held_directories_give_hostroots_answers(host: str, tmp_path: Path) -> None:
+    """RoundHost (directories opened once per round, files opened relative to them with O_NOFOLLOW)
+    answers every read exactly as HostRoot's component walk does, for every path of a fixture tree
+    (sysfs links included), through `..`, links out of the root, loops, dangling and missing parts;
+    each path asked twice (the second answer from the memo) and in one shared round."""
+    root = tmp_path / "host"
+    shutil.copytree(FIXTURES / host, root, symlinks=True)
+    paths = _every_path(root, _hostile_links(root))
+    plain = HostRoot(root)
+    memo = _RoundHost.over(plain)
+    for p in paths:
+        want = _answers(plain, p)
+        assert _answers(memo, p) == want, p
+        assert _answers(memo, p) == want, p
+    assert memo.read_text("/sys/abs-link/os-release") == (root / "etc" / "os-release").read_text()
+
+
+def test_a_link_swapped_in_after_its_directory_was_opened_is_not_followed(tmp_path: Path) -> None:
+    """The round holds a directory's descriptor; a file replaced by a link out of the root afterwards
+    is resolved as the host root's (re-rooted), never opened through the link, and a directory
+    replaced by a link to one outside is not followed either (the held descriptor is the old one)."""
+    root = tmp_path / "root"
+    (root / "sys" / "d").mkdir(parents=True)
+    (root / "sys" / "d" / "v").write_text("inside\n")
+    (root / "sys" / "d" / "w").write_text("inside-w\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "v").write_text("SECRET\n")
+    (outside / "w").write_text("SECRET\n")
+    memo = _RoundHost.over(HostRoot(root))
+    assert memo.read_line("/sys/d/v") == "inside"
+    os.unlink(root / "sys" / "d" / "w")
+    os.symlink(outside / "w", root / "sys" / "d" / "w")  # absolute target: means <root>/<outside>/w
+    assert memo.read_line("/sys/d/w") is None
+    os.rename(root / "sys" / "d", root / "sys" / "old")
+    os.symlink(outside, root / "sys" / "d")
+    fresh = _RoundHost.over(HostRoot(root))
+    assert fresh.read_line("/sys/d/v") is None  # a new round re-roots the link: <root>/<outside> is not there
+    assert "SECRET" not in repr([memo.read_bytes("/sys/d/v"), fresh.listdir("/sys/d"), memo.listdir("/sys/d")])
+
+
+def test_a_round_holds_a_bounded_number_of_directories(tmp_path: Path) -> None:
+    """Past MAX_HELD_DIRS the round still answers (through HostRoot's walk); descriptors are closed
+    once the round's host is dropped."""
+    from nodecompat.probes import round_host
+
+    root = tmp_path / "root"
+    n = round_host.MAX_HELD_DIRS + 20
+    for i in range(n):
+        (root / "d" / str(i)).mkdir(parents=True)
+        (root / "d" / str(i) / "f").write_text(f"{i}\n")
+    before = len(os.listdir("/proc/self/fd"))
+    memo = _RoundHost.over(HostRoot(root))
+    assert [memo.read_line(f"/d/{i}/f") for i in range(n)] == [str(i) for i in range(n)]
+    assert len(os.listdir("/proc/self/fd")) - before <= round_host.MAX_HELD_DIRS
+    del memo
+    assert len(os.listdir("/proc/self/fd")) - before <= 0
+
+
 @pytest.mark.parametrize("host", ["h100-server", "amd-mi300", "plain-vm"])
 def test_round_resolution_memo_gives_hostroots_answers(host: str, tmp_path: Path) -> None:
     """_RoundHost.resolve (prefixes resolved once per round) == HostRoot.resolve, for every path of a
@@ -196,3 +301,24 @@ def test_round_resolution_memo_gives_hostroots_answers(host: str, tmp_path: Path
             except OSError as exc:
                 got = type(exc)
             assert got == want, (p, strict)
+
+
+@pytest.mark.parametrize("host", sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()))
+def test_a_round_delivers_what_each_probe_finds_through_hostroot(host: str) -> None:
+    """Every fixture host: the round (shared RoundHost, held directory descriptors, one worker) gives
+    the same features and notes as each registered probe's discover() on a plain HostRoot."""
+    from nodecompat.features import Features
+    from nodecompat.probes.registry import load_probes
+    from nodecompat.probes.runner import probe_once
+
+    plain = HostRoot(FIXTURES / host)
+    rnd = probe_once(plain)
+    probes, _ = load_probes()
+    want = Features()
+    notes = {}
+    for p in probes:
+        out = type(p)().discover(plain)
+        want.merge(out.features.subset(p.feature_names()))
+        notes[p.name] = out.notes
+    assert rnd.features == want
+    assert {s.name: s.notes for s in rnd.statuses if s.ok} == notes
