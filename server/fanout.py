@@ -13,7 +13,8 @@ silently dropped.
 Channels live in a ChannelPool (server/channel_pool.py) keyed by address, reused between calls, on the
 pool's own event loop; one node's call, its retry rule and its tracing are server/node_call.py; this
 module is the scheduler and the way out of the loop. FanOut.run() is the blocking iterator for sync
-servicers, FanOut.stream() the async one (usable from any loop); both leave the pool's loop through one
+servicers (run_batches() the same, handing over every outcome ready at once: ValidateFleet sends those as
+one message, so a burst costs one message, not one per node), FanOut.stream() the async one (usable from any loop); both leave the pool's loop through one
 bridge (_bridge: the scheduler pumped on the pool's loop into the caller's queue, cancelled when the
 caller stops reading). The names of the split-out modules that were imported from here are re-exported.
 """
@@ -134,6 +135,43 @@ class FanOut:
         ):
             while (got := take(out.get())) is not None:
                 yield got
+
+    def run_batches(
+        self,
+        nodes: Sequence[FleetNode],
+        request: node_pb2.ValidateImageRequest,
+        deadline: float,
+        parent: otel_context.Context | None = None,
+        limit: int = 1000,
+    ) -> Iterator[list[NodeOutcome]]:
+        """run(), but each item is every outcome that has arrived by the time the caller asks (at least one,
+        at most `limit`): nothing waits to fill a batch, yet a caller that is slower than the nodes (one
+        message per node costs more than one node's call) handles one message per burst, not per node.
+
+        Blocking; for threads other than the pool's loop. Closing the iterator early cancels the calls."""
+        parent = parent if parent is not None else otel_context.get_current()
+        out: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        with (
+            self.pool.in_use(n.address for n in nodes),
+            _bridge(self.pool.loop, self._run(nodes, request, deadline, parent), out.put) as take,
+        ):
+            while True:
+                batch: list[NodeOutcome] = []
+                item = out.get()
+                while True:
+                    if item is None or isinstance(item, BaseException):
+                        if batch:
+                            yield batch
+                        take(item)  # raises the scheduler's exception; None: the end
+                        return
+                    batch.append(item)
+                    if len(batch) >= limit:
+                        break
+                    try:
+                        item = out.get_nowait()
+                    except queue.Empty:
+                        break
+                yield batch
 
     async def stream(
         self,

@@ -254,6 +254,15 @@ class NodeInventory(LeaseRegistry):
             prev = self._contacts.get(address)
             self._contacts[address] = Contact(utc_now(), health, reported_name or (prev.reported_name if prev else ""))
 
+    def record_contacts(self, contacts: list[tuple[str, str, str]]) -> None:
+        """record_contact for many (address, health, reported name) at once: one lock, one clock read."""
+        now = utc_now()
+        with self._lock:
+            got = self._contacts
+            for address, health, reported_name in contacts:
+                prev = got.get(address)
+                got[address] = Contact(now, health, reported_name or (prev.reported_name if prev else ""))
+
     # -- background refresh ------------------------------------------------------------------------
     def start(self, file_interval: float = 2.0) -> None:
         if self._thread is not None:

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.server.fanout import NodeOutcome
 from nodecompat.server.fleet_nodes import SOURCE_DNS, NodeView
-from nodecompat.v1 import fleet_pb2
+from nodecompat.v1 import fleet_pb2, inventory_pb2
 
 
 def deadline_margin(left: float) -> float:
@@ -42,6 +42,50 @@ def node_result(outcome: NodeOutcome) -> fleet_pb2.NodeResult:
         if not resp.compatible:
             result.reasons.extend(failure_reasons(resp.report))
     return result
+
+
+def contact(outcome: NodeOutcome) -> tuple[str, str, str]:
+    """What a live outcome tells the inventory about its node: (address, health, name it reported)."""
+    resp = outcome.response
+    return (outcome.node.address, "SERVING" if outcome.status == "OK" else outcome.status,
+            resp.report.node_name if resp is not None else "")
+
+
+def live_message(outcomes: list[NodeOutcome]) -> tuple[fleet_pb2.ValidateFleetResponse, list[fleet_pb2.NodeResult]]:
+    """The ValidateFleet message carrying these live outcomes (source LIVE) and its NodeResults, in order.
+
+    One outcome goes out as `node` (a trickle reads as before); several as one `nodes` batch, built in
+    place (no per-result copy), so a burst of answers costs one message on the stream, not one per node."""
+    msg = fleet_pb2.ValidateFleetResponse()
+    if len(outcomes) == 1:
+        msg.node.CopyFrom(node_result(outcomes[0]))
+        msg.node.source = inventory_pb2.LIVE
+        return msg, [msg.node]
+    into = msg.nodes.nodes
+    added = []
+    for outcome in outcomes:
+        node = outcome.node
+        resp = outcome.response
+        r = into.add(
+            node_name=node.name,
+            address=node.address,
+            status=outcome.status,
+            error=outcome.error,
+            latency_seconds=outcome.latency,
+            attempts=outcome.attempts,
+            source=inventory_pb2.LIVE,
+        )
+        if node.labels:
+            r.labels.update(node.labels)
+        if resp is not None:
+            if node.source == SOURCE_DNS and resp.report.node_name:
+                r.node_name = resp.report.node_name
+            r.compatible = resp.compatible
+            r.score = resp.score
+            if not resp.compatible:
+                r.reasons.extend(failure_reasons(resp.report))
+        added.append(r)
+    return msg, added
 
 
 def add_node_info(out: fleet_pb2.ListNodesResponse, view: NodeView) -> None:

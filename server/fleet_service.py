@@ -3,8 +3,8 @@
 ValidateFleet resolves the image's compatibility artifact once (the registry is hit once per call, not
 once per node), checks the spec, tags and platform once (one clear INVALID_ARGUMENT instead of N
 identical node errors, and a malformed platform is refused even with an inline spec, which ignores it),
-sends the spec inline to the selected daemons through server/fanout.py, streams one NodeResult per
-node as it completes, and ends with one FleetSummary that is never later than the deadline:
+sends the spec inline to the selected daemons through server/fanout.py, streams NodeResults as they
+complete (one per message, or together when several completed since the last message), and ends with one FleetSummary that is never later than the deadline:
 min(the request's timeout or the default, the caller's own gRPC deadline minus a small margin).
 Like the node service this is a thin edge: membership is server/fleet_nodes.py, fan-out is
 server/fanout.py, message conversion is server/fleet_results.py, and verdicts come from the daemons.
@@ -30,7 +30,7 @@ from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.server import list_pages
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
-from nodecompat.server.fanout import FanOut, NodeOutcome
+from nodecompat.server.fanout import FanOut
 from nodecompat.server.fleet_nodes import (
     AddressInUse,
     FleetNode,
@@ -40,7 +40,7 @@ from nodecompat.server.fleet_nodes import (
     NotRegistrant,
     RegistrationsFull,
 )
-from nodecompat.server.fleet_results import add_node_info, deadline_margin, node_result, summarize
+from nodecompat.server.fleet_results import add_node_info, contact, deadline_margin, live_message, summarize
 from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, WatchSpec, watch_spec
 from nodecompat.server.inventory_answers import Plan, finish_summary, grouped_summary, plan
 from nodecompat.server.node_service import RegistryOptions
@@ -126,14 +126,13 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
                 yield from held.batches
             if held is None or held.live:
                 self.prune_channels()
-            live_reports = []
-            for outcome in self.fanout.run(held.live if held else nodes, node_request, deadline, parent):
-                result = self._node_result(outcome)
-                result.source = inventory_pb2.LIVE
-                if outcome.response is not None and outcome.status == "OK":
-                    live_reports.append(outcome.response.report)
-                results.append(result)
-                yield fleet_pb2.ValidateFleetResponse(node=result)
+            live_reports: list[Any] = []
+            for batch in self.fanout.run_batches(held.live if held else nodes, node_request, deadline, parent):
+                self.inventory.record_contacts([contact(o) for o in batch])
+                live_reports.extend(o.response.report for o in batch if o.response is not None and o.status == "OK")
+                message, added = live_message(batch)
+                results.extend(added)
+                yield message
             summary = summarize(results, image_digest, artifact_digest, time.monotonic() - started)
             if request.grouped_results:
                 grouped_summary(summary, held)
@@ -231,13 +230,6 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             return None
         return plan(self.store, nodes, spec, spec_key(spec_text, request.nfd_compat), list(request.tags),
                     staleness, request.nfd_compat, grouped=request.grouped_results)
-
-    def _node_result(self, outcome: NodeOutcome) -> fleet_pb2.NodeResult:
-        resp = outcome.response
-        reported = resp.report.node_name if resp is not None else ""
-        status = "SERVING" if outcome.status == "OK" else outcome.status
-        self.inventory.record_contact(outcome.node.address, status, reported)
-        return node_result(outcome)
 
     # -- ListNodes ---------------------------------------------------------------------------------
     def ListNodes(

@@ -290,7 +290,9 @@ class ValidateFleetResponse(_message.Message):
     def summary(self) -> Global___FleetSummary: ...
     @_builtins.property
     def nodes(self) -> Global___NodeResults:
-        """Answers from the inventory arrive together, up to 1,000 nodes a message (live ones one by one)."""
+        """Answers from the inventory arrive together, up to 1,000 nodes a message; live answers are sent as
+        they arrive: alone (`node`) or, when several arrived since the last message, together (up to 1,000).
+        """
 
     @_builtins.property
     def groups(self) -> Global___NodeGroups:

@@ -1,0 +1,141 @@
+"""Live fan-out answers leave the aggregator in batches of what has arrived (issue 11: fan-out near the floor).
+
+FanOut.run_batches hands the servicer every outcome ready when it asks (nothing waits to fill a batch), and
+fleet_results.live_message turns one outcome into a `node` message and several into one `nodes` message whose
+results are exactly what node_result() gives for each, marked LIVE. Real gRPC servers on real ports here:
+one NodeService on 0.0.0.0 reached at several 127.0.0.x addresses, and one address nobody answers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from support_daemon import free_port
+
+from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
+from nodecompat.server.fleet_nodes import SOURCE_DNS, SOURCE_FILE, FleetNode, NodeInventory
+from nodecompat.server.fleet_results import contact, live_message, node_result
+from nodecompat.v1 import fleet_pb2, inventory_pb2, node_pb2, node_pb2_grpc, validation_pb2
+
+
+def _response(compatible: bool, name: str = "reported") -> node_pb2.ValidateImageResponse:
+    rule = validation_pb2.RuleVerdict(name="kernel", matched=compatible)
+    verdict = validation_pb2.SetVerdict(
+        passed=compatible, weight=1, description="k", rules_matched=int(compatible), rules_total=1, rules=[rule]
+    )
+    report = validation_pb2.ValidationReport(node_name=name, sets=[verdict])
+    return node_pb2.ValidateImageResponse(compatible=compatible, score=1 if compatible else 0, report=report)
+
+
+class _Node(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def ValidateImage(self, request, context):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.calls += 1
+        return _response(True)
+
+
+@pytest.fixture
+def node_server() -> Iterator[tuple[int, _Node]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    servicer = _Node()
+    server = grpc.server(ThreadPoolExecutor(8), options=[("grpc.so_reuseport", 0)])
+    node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("0.0.0.0:0")
+    server.start()
+    try:
+        yield port, servicer
+    finally:
+        server.stop(0)
+
+
+def test_one_outcome_is_a_node_message_and_several_are_one_batch_equal_to_node_result() -> None:
+    outcomes = [
+        NodeOutcome(FleetNode("a", "10.0.0.1:1", {"zone": "x"}), "OK", _response(True), "", 0.01, 1),
+        NodeOutcome(FleetNode("b", "10.0.0.2:1"), "OK", _response(False), "", 0.02, 1),
+        NodeOutcome(FleetNode("10.0.0.3:1", "10.0.0.3:1", {}, SOURCE_DNS), "OK", _response(True, "gpu-7"), "", 0.03, 2),
+        NodeOutcome(FleetNode("d", "10.0.0.4:1", {}, SOURCE_FILE), "UNAVAILABLE", None, "connection refused", 0.2, 2),
+    ]
+    expected = []
+    for o in outcomes:
+        r = node_result(o)
+        r.source = inventory_pb2.LIVE
+        expected.append(r)
+    assert expected[1].reasons and not expected[0].reasons  # reasons only for an incompatible verdict
+    assert expected[2].node_name == "gpu-7"  # a DNS node is named by what it reported
+
+    msg, added = live_message(outcomes)
+    assert msg.WhichOneof("item") == "nodes"
+    assert list(msg.nodes.nodes) == expected and list(added) == expected
+    assert fleet_pb2.ValidateFleetResponse.FromString(msg.SerializeToString()) == msg
+
+    one, added_one = live_message(outcomes[3:])
+    assert one.WhichOneof("item") == "node" and one.node == expected[3] and list(added_one) == [expected[3]]
+
+
+def test_contacts_of_a_batch_are_recorded_like_one_by_one() -> None:
+    inv = NodeInventory()
+    inv.record_contact("10.0.0.3:1", "SERVING", "gpu-7")
+    outcomes = [
+        NodeOutcome(FleetNode("a", "10.0.0.1:1"), "OK", _response(True, "a-host"), "", 0.01, 1),
+        NodeOutcome(FleetNode("x", "10.0.0.3:1", {}, SOURCE_DNS), "UNAVAILABLE", None, "refused", 0.1, 2),
+    ]
+    assert [contact(o) for o in outcomes] == [("10.0.0.1:1", "SERVING", "a-host"), ("10.0.0.3:1", "UNAVAILABLE", "")]
+    inv.record_contacts([contact(o) for o in outcomes])
+    got = inv._contacts
+    assert (got["10.0.0.1:1"].health, got["10.0.0.1:1"].reported_name) == ("SERVING", "a-host")
+    # A failed call keeps the name the node reported before (as record_contact does).
+    assert (got["10.0.0.3:1"].health, got["10.0.0.3:1"].reported_name) == ("UNAVAILABLE", "gpu-7")
+
+
+def test_run_batches_accounts_for_every_node_within_the_limit(node_server: tuple[int, _Node]) -> None:
+    port, servicer = node_server
+    dead = free_port()  # nobody listens: UNAVAILABLE, retried once
+    nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(20)]
+    nodes.append(FleetNode("dead", f"127.0.0.1:{dead}"))
+    pool = ChannelPool()
+    fan = FanOut(pool, FanoutConfig(concurrency=8, node_timeout=5.0, retry_backoff=0.05))
+    try:
+        request = node_pb2.ValidateImageRequest(spec="x")
+        for _ in range(2):  # cold, then over the pooled channels
+            batches = list(fan.run_batches(nodes, request, time.monotonic() + 20, limit=3))
+            assert all(1 <= len(b) <= 3 for b in batches)
+            got = {o.node.name: o for b in batches for o in b}
+            assert sum(len(b) for b in batches) == len(nodes) and set(got) == {n.name for n in nodes}
+            assert all(got[n.name].status == "OK" and got[n.name].response is not None for n in nodes[:-1])
+            assert (got["dead"].status, got["dead"].attempts) == ("UNAVAILABLE", 2)
+        assert servicer.calls == 40
+    finally:
+        pool.close()
+
+
+def test_run_batches_reports_what_the_deadline_cut_off(node_server: tuple[int, _Node]) -> None:
+    """A node that never answers (a listener that accepts and says nothing) is reported DEADLINE_EXCEEDED."""
+    import socket
+
+    port, _ = node_server
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        nodes = [FleetNode("ok", f"127.0.0.1:{port}"), FleetNode("silent", f"127.0.0.1:{silent.getsockname()[1]}")]
+        pool = ChannelPool()
+        fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=30.0))
+        try:
+            started = time.monotonic()
+            batches = list(fan.run_batches(nodes, node_pb2.ValidateImageRequest(spec="x"), started + 1.0))
+        finally:
+            pool.close()
+    finally:
+        silent.close()
+    got = {o.node.name: o for b in batches for o in b}
+    assert got["ok"].status == "OK"
+    assert got["silent"].status == "DEADLINE_EXCEEDED" and "fleet deadline" in got["silent"].error
