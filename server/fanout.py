@@ -14,9 +14,10 @@ Channels live in a ChannelPool (server/channel_pool.py) keyed by address, reused
 pool's own event loop; one node's call, its retry rule and its tracing are server/node_call.py; this
 module is the scheduler and the way out of the loop. FanOut.run() is the blocking iterator for sync
 servicers (run_batches() the same, handing over every outcome ready at once: ValidateFleet sends those as
-one message, so a burst costs one message, not one per node), FanOut.stream() the async one (usable from any loop); both leave the pool's loop through one
-bridge (_bridge: the scheduler pumped on the pool's loop into the caller's queue, cancelled when the
-caller stops reading). The names of the split-out modules that were imported from here are re-exported.
+one message, so a burst costs one message, not one per node), FanOut.stream() the async one (usable from
+any loop); all leave the pool's loop through one bridge (_bridge: the scheduler pumped on the pool's loop
+into the caller's queue, cancelled when the caller stops reading). The names of the split-out modules
+that were imported from here are re-exported.
 """
 
 from __future__ import annotations

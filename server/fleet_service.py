@@ -4,7 +4,8 @@ ValidateFleet resolves the image's compatibility artifact once (the registry is 
 once per node), checks the spec, tags and platform once (one clear INVALID_ARGUMENT instead of N
 identical node errors, and a malformed platform is refused even with an inline spec, which ignores it),
 sends the spec inline to the selected daemons through server/fanout.py, streams NodeResults as they
-complete (one per message, or together when several completed since the last message), and ends with one FleetSummary that is never later than the deadline:
+complete (one per message, or together when several completed since the last message), and ends with
+one FleetSummary that is never later than the deadline:
 min(the request's timeout or the default, the caller's own gRPC deadline minus a small margin).
 Like the node service this is a thin edge: membership is server/fleet_nodes.py, fan-out is
 server/fanout.py, message conversion is server/fleet_results.py, and verdicts come from the daemons.
