@@ -30,6 +30,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--listen", default="0.0.0.0:8443", metavar="HOST:PORT", help="HTTPS address (default %(default)s)")
     p.add_argument("--tls-cert", required=True, metavar="PEM", help="serving certificate (chain) of the webhook")
     p.add_argument("--tls-key", required=True, metavar="PEM", help="private key of --tls-cert")
+    p.add_argument(
+        "--tls-reload-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="look at --tls-cert/--tls-key at most every S seconds (on new connections) and serve a renewed "
+        "pair without a restart; a pair that does not load is logged and the previous one kept (default %(default)s)",
+    )
     p.add_argument("--aggregator", required=True, metavar="ADDR", help="the fleet aggregator's gRPC address")
     g = p.add_argument_group("aggregator TLS")
     g.add_argument("--aggregator-tls-ca", metavar="PEM", help="CA to verify the aggregator with; enables TLS")
@@ -85,12 +93,15 @@ def register(subparsers: Any) -> None:
 def _config(args: argparse.Namespace) -> Any:
     from nodecompat.hostport import split_address
     from nodecompat.server.tls import ClientTls
-    from nodecompat.server.webhook import WebhookConfig, server_ssl_context
+    from nodecompat.server.webhook import WebhookConfig
+    from nodecompat.server.webhook_tls import server_ssl_context
 
     if not 0.5 <= args.deadline <= 30:
         raise ValueError("--deadline must be between 0.5 and 30 seconds (the API server waits at most 30)")
     if not 1 <= args.max_concurrent_requests <= 10_000:
         raise ValueError("--max-concurrent-requests must be between 1 and 10000")
+    if not 0 <= args.tls_reload_interval <= 86_400:
+        raise ValueError("--tls-reload-interval must be between 0 and 86400 seconds")
     if args.max_node_names < 1:
         raise ValueError("--max-node-names must be at least 1")
     host, port = split_address(args.listen)
@@ -113,6 +124,7 @@ def _config(args: argparse.Namespace) -> Any:
         args.nfd_labels,
         max_concurrent_requests=args.max_concurrent_requests,
         registry_auth=registry_auth_from_args(args),
+        tls_reload_interval=args.tls_reload_interval,
     )
 
 

@@ -17,7 +17,8 @@ timer, which fires while the connection waits for a whole request; aiohttp's def
 slowloris peer trickling header bytes held a connection for an hour). Registry reads run on a bounded
 thread pool (they use `requests`); a read that passes the deadline is abandoned and stops at its own
 budget. aiohttp serves HTTP because it is a maintained asyncio server and the aggregator client is
-grpc.aio on the same loop.
+grpc.aio on the same loop. The serving certificate is reloaded when its files change (server/webhook_tls.py,
+--tls-reload-interval), so a cert-manager renewal needs no restart.
 
 Overload: at most `max_concurrent_requests` (--max-concurrent-requests, default 32) admission reviews are
 handled at once, counted from the handler's start to its answer; the next one is answered at once with
@@ -54,7 +55,6 @@ import logging
 import multiprocessing
 import os
 import re
-import ssl
 import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -72,6 +72,7 @@ from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import NotFoundError, RegistryError
 from nodecompat.oci.policy import RegistryPolicy
+from nodecompat.server.webhook_tls import DEFAULT_RELOAD_INTERVAL, CertReloader
 from nodecompat.translate.common import dns_name
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -110,6 +111,7 @@ class WebhookConfig:
     header_timeout: float = HEADER_TIMEOUT
     max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS
     image_concurrency: int = IMAGE_CONCURRENCY
+    tls_reload_interval: float = DEFAULT_RELOAD_INTERVAL  # seconds between looks at the cert/key files
     registry_auth: RegistryAuth | None = None  # credentials for the registries (nodecompat.oci.auth)
 
 
@@ -358,14 +360,6 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body) + "\n", status=status, content_type="application/json")
 
 
-def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    """TLS 1.2+ server context from PEM files (ssl.SSLError/OSError name the problem)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
 async def serve(config: WebhookConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or forever)."""
     hook = Webhook(config)
@@ -380,7 +374,7 @@ async def serve(config: WebhookConfig, ready: asyncio.Event | None = None, stop:
         runner.server,
         config.listen_host,
         config.listen_port,
-        ssl=server_ssl_context(config.tls_cert, config.tls_key),
+        ssl=CertReloader(config.tls_cert, config.tls_key, config.tls_reload_interval).listening_context(),
         ssl_handshake_timeout=config.handshake_timeout,
         backlog=256,
         reuse_address=True,
