@@ -46,9 +46,9 @@ class Mount:
 def served(port: int, ca: Path, sni: str | None = None) -> bytes:
     """DER of the certificate a new TLS connection is served (verified against `ca`)."""
     ctx = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname=sni or "127.0.0.1") as tls:  # an IP sends no SNI
-            der = tls.getpeercert(binary_form=True)
+    with (socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+          ctx.wrap_socket(raw, server_hostname=sni or "127.0.0.1") as tls):  # an IP sends no SNI
+        der = tls.getpeercert(binary_form=True)
     assert der is not None
     return der
 
