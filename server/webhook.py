@@ -72,7 +72,7 @@ from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import NotFoundError, RegistryError
 from nodecompat.oci.policy import RegistryPolicy
-from nodecompat.server.webhook_tls import DEFAULT_RELOAD_INTERVAL, CertReloader
+from nodecompat.server.webhook_tls import DEFAULT_RELOAD_INTERVAL, CertReloader, aggregator_unreachable_hint
 from nodecompat.translate.common import dns_name
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -338,7 +338,9 @@ class Webhook:
                 if kind == "summary":
                     answer.why_not = list(item.summary.why_not)
         except grpc.aio.AioRpcError as exc:
-            return ImageAnswer(image, "error", error=f"aggregator: {exc.code().name}: {(exc.details() or '')[:300]}")
+            details = exc.details() or ""
+            hint = aggregator_unreachable_hint(details, self.config.aggregator_credentials is not None)
+            return ImageAnswer(image, "error", error=f"aggregator: {exc.code().name}: {details[:300]}{hint}")
         took = self.timings.setdefault(id(stages), {})
         took["aggregator"] = max(took.get("aggregator", 0.0), time.monotonic() - t_registry)
         return answer

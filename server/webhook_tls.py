@@ -113,3 +113,16 @@ class CertReloader:
         """The context to give the listening socket (the first pair's): it hands each new connection
         `current()` from its handshake callback."""
         return self._listening
+
+
+def aggregator_unreachable_hint(details: str, tls_enabled: bool) -> str:
+    """What to check when the aggregator's channel failed with UNAVAILABLE and `details` (gRPC's text): a
+    closed socket or failed handshake is most often a TLS mismatch (gRPC says only "Socket closed" when the
+    aggregator drops a connection without the client certificate it requires). "" when it is not."""
+    if "Connection refused" in details or not ("Socket closed" in details or "andshake" in details):
+        return ""
+    if tls_enabled:
+        return (" (check that --aggregator-tls-ca signed the aggregator's certificate and that the aggregator's "
+                "--tls-ca signed --aggregator-tls-cert)")
+    return (" (the aggregator may serve TLS: pass --aggregator-tls-ca, and --aggregator-tls-cert/--aggregator-tls-key "
+            "when it requires client certificates)")
