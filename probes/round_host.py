@@ -41,13 +41,21 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodecompat.hostroot import _OPEN_FLAGS, MAX_SYMLINKS, HostRoot
+from nodecompat.hostroot import _OPEN_FLAGS, MAX_READ_BYTES, MAX_SYMLINKS, HostPathEscape, HostRoot
 
 MAX_HELD_DIRS = 256  # directory descriptors one round may hold (a round on h100-server holds ~60)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+_CHUNK = 1 << 16
 
 _Dir = tuple[str, int]  # (resolved host path, "/sys/devices/...", O_PATH descriptor)
+
+
+class _Loop(OSError):
+    """More than MAX_SYMLINKS links (ELOOP); open/lstat_final say it naming the host path, as HostRoot does."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ELOOP, f"more than {MAX_SYMLINKS} symbolic links")
 
 
 class _Overflow(Exception):
@@ -59,6 +67,14 @@ def _close_all(fds: list[int]) -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     fds.clear()
+
+
+def _text(raw: bytes | None) -> str | None:
+    """HostRoot.read_text's decoding: undecodable bytes replaced, universal newlines."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _components(path: str) -> list[str]:
@@ -77,6 +93,7 @@ class _DirTable:
         # "resolved parent/name" -> the directory it leads to (for a link: its target's directory)
         self.by_key: dict[str, _Dir] = {"/": self.root}
         self.by_text: dict[str, _Dir] = {}  # a directory path as a probe wrote it -> its directory
+        self.missing: dict[str, int] = {}  # "resolved parent/name" that is no directory -> errno
 
     def walk(self, base: _Dir, parts: list[str], links: int) -> _Dir:
         """The directory `parts` (no "" or ".") lead to from `base`; OSError as the kernel would raise."""
@@ -102,14 +119,24 @@ class _DirTable:
         return hit if hit is not None else self.walk(self.root, _components(up), links)
 
     def child(self, cur: _Dir, part: str, key: str, links: int) -> _Dir:
+        gone = self.missing.get(key)
+        if gone is not None:  # asked before in this round: not a directory (ENOENT, ENOTDIR)
+            raise OSError(gone, os.strerror(gone), part)
         if len(self.fds) >= MAX_HELD_DIRS:
             raise _Overflow
         try:
             fd = os.open(part, _DIR_FLAGS, dir_fd=cur[1])
         except OSError as exc:
             if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                if exc.errno == errno.ENOENT:
+                    self.missing[key] = exc.errno
                 raise
-            nxt = self.follow(cur, part, links, exc)
+            try:
+                nxt = self.follow(cur, part, links, exc)
+            except OSError as err:
+                if err is exc:  # a file, not a link
+                    self.missing[key] = errno.ENOTDIR
+                raise
         else:
             self.fds.append(fd)
             nxt = (key, fd)
@@ -123,7 +150,7 @@ class _DirTable:
         except OSError:
             raise exc from None  # not a link (a file where a directory was asked): the open's error
         if links >= MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, f"more than {MAX_SYMLINKS} symbolic links")
+            raise _Loop
         start = self.root if target.startswith("/") else cur
         return self.walk(start, _components(target), links + 1)
 
@@ -146,16 +173,19 @@ class _DirTable:
 
     def open(self, text: str, flags: int) -> int:
         """A descriptor for host path `text` opened with `flags` (O_NOFOLLOW added); links followed as chroot."""
-        d, name = self.final(text)
-        links = 0
-        while True:
-            try:
-                return os.open(name, flags | os.O_NOFOLLOW, dir_fd=d[1])
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or name == ".":
-                    raise
-                d, name = self.target(d, name, links, exc)
-                links += 1
+        try:
+            d, name = self.final(text)
+            links = 0
+            while True:
+                try:
+                    return os.open(name, flags | os.O_NOFOLLOW, dir_fd=d[1])
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or name == ".":
+                        raise
+                    d, name = self.target(d, name, links, exc)
+                    links += 1
+        except _Loop:
+            raise OSError(errno.ELOOP, f"{text}: more than {MAX_SYMLINKS} symbolic links") from None
 
     def target(self, d: _Dir, name: str, links: int, exc: OSError) -> tuple[_Dir, str]:
         """(directory, name) the link `name` in `d` points at; `exc` again when it is not a link."""
@@ -164,7 +194,7 @@ class _DirTable:
         except OSError:
             raise exc from None
         if links >= MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, f"more than {MAX_SYMLINKS} symbolic links")
+            raise _Loop
         start = self.root if target.startswith("/") else d
         parts = _components(target)
         if not parts:
@@ -177,14 +207,17 @@ class _DirTable:
 
     def lstat_final(self, text: str) -> tuple[os.stat_result, _Dir, str]:
         """stat of what host path `text` resolves to (links followed as chroot), with its place."""
-        d, name = self.final(text)
-        links = 0
-        while True:
-            st = os.stat(name, dir_fd=d[1], follow_symlinks=False)
-            if not stat_mod.S_ISLNK(st.st_mode):
-                return st, d, name
-            d, name = self.target(d, name, links, OSError(errno.EINVAL, "not a link"))
-            links += 1
+        try:
+            d, name = self.final(text)
+            links = 0
+            while True:
+                st = os.stat(name, dir_fd=d[1], follow_symlinks=False)
+                if not stat_mod.S_ISLNK(st.st_mode):
+                    return st, d, name
+                d, name = self.target(d, name, links, OSError(errno.EINVAL, "not a link"))
+                links += 1
+        except _Loop:
+            raise OSError(errno.ELOOP, f"{text}: more than {MAX_SYMLINKS} symbolic links") from None
 
 
 @dataclass(frozen=True)
@@ -212,28 +245,24 @@ class RoundHost(HostRoot):
 
     def read_bytes(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> bytes | None:
         if within is not None:  # confined reads (features.d) are not memoized: the key would need `within`
-            return super().read_bytes(host_path, within=within)
+            return self._read(os.fspath(host_path), within)
         key = ("b", os.fspath(host_path))
         try:
             return self.memo[key]  # type: ignore[return-value]
         except KeyError:
             pass
-        try:
-            value: bytes | None = self.open_bytes(key[1])
-        except OSError:
-            value = None
-        self.memo[key] = value
+        value = self.memo[key] = self._read(key[1], None)
         return value
 
     def read_text(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> str | None:
         if within is not None:
-            return super().read_text(host_path, within=within)
+            return _text(self._read(os.fspath(host_path), within))
         key = ("t", os.fspath(host_path))
         try:
             return self.memo[key]  # type: ignore[return-value]
         except KeyError:
             pass
-        value = self.memo[key] = super().read_text(key[1])
+        value = self.memo[key] = _text(self.read_bytes(key[1]))
         return value
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
@@ -242,8 +271,53 @@ class RoundHost(HostRoot):
             return self.memo[key]  # type: ignore[return-value]
         except KeyError:
             pass
-        value = self.memo[key] = super().read_line(key[1])
+        text = self.read_text(key[1])
+        value = self.memo[key] = None if text is None else text.splitlines()[0].strip() if text.strip() else ""
         return value
+
+    def _read(self, text: str, within: str | None) -> bytes | None:
+        """HostRoot.read_bytes (bounded, FIFOs and sockets refused, None when unreadable) in one frame."""
+        fd = -1
+        if within is None and self._state:  # the common case inline: a file in a directory already held
+            parent, _, name = text.rpartition("/")
+            d = self._state[0].by_text.get(parent)
+            if d is not None and name and name != "." and name != "..":
+                try:
+                    fd = os.open(name, _OPEN_FLAGS, dir_fd=d[1])
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        return None  # missing, unreadable: as HostRoot's read
+        if fd < 0:  # a link to follow, a new directory, the root `/`, `within`
+            try:
+                fd = self._open(text, within)
+            except OSError:
+                return None
+        try:
+            st = os.fstat(fd)
+            mode = st.st_mode
+            if stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode):
+                return None
+            size = _CHUNK if st.st_size < _CHUNK else min(st.st_size + 1, MAX_READ_BYTES + 1)
+            data = os.read(fd, size)
+            if not data:
+                return data
+            chunks = [data]
+            total = len(data)
+            while True:
+                chunk = os.read(fd, _CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > MAX_READ_BYTES:
+                    return None
+                chunks.append(chunk)
+            if total > MAX_READ_BYTES:
+                return None
+            return data if len(chunks) == 1 else b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def exists(self, host_path: str | os.PathLike[str]) -> bool:
         return self._stat_memo(host_path) is not None
@@ -320,28 +394,48 @@ class RoundHost(HostRoot):
     # -- the primitives HostRoot's reads go through ----------------------------------------------------
 
     def _open(self, host_path: str | os.PathLike[str], within: str | None, flags: int = 0) -> int:
-        if within is not None:
-            return super()._open(host_path, within, flags)
         text = os.fspath(host_path)
         table = self._dirs()
-        if table is None:  # root `/`: the kernel's own resolution is chroot's
+        if table is None:
+            if within is not None:
+                return super()._open(text, within, flags)
+            # root `/`: the kernel's own resolution is chroot's
             return os.open(text if text.startswith("/") else "/" + text, _ROOT_OPEN_FLAGS | flags)
         try:
+            if within is not None:
+                _, d, name = self._confined(table, text, within)
+                return os.open(name, _OPEN_FLAGS | flags, dir_fd=d[1])
             return table.open(text, _OPEN_FLAGS | flags)
         except _Overflow:
             return super()._open(text, within, flags)
 
     def stat(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> os.stat_result:
-        if within is not None:
-            return super().stat(host_path, within=within)
         text = os.fspath(host_path)
         table = self._dirs()
         if table is None:
+            if within is not None:
+                return super().stat(text, within=within)
             return os.stat(text if text.startswith("/") else "/" + text)  # the kernel follows as chroot
         try:
+            if within is not None:
+                return self._confined(table, text, within)[0]
             return table.lstat_final(text)[0]
         except _Overflow:
-            return super().stat(text)
+            return super().stat(text, within=within)
+
+    def _confined(self, table: _DirTable, text: str, within: str) -> tuple[os.stat_result, _Dir, str]:
+        """lstat_final of `text`, refused (HostPathEscape, as HostRoot.resolve words it) when it
+        resolves outside the host directory `within`."""
+        key = ("w", within)
+        base = self.memo.get(key)
+        if base is None:
+            base = self.memo[key] = _components(super().host_resolve(within))
+        st, d, name = table.lstat_final(text)
+        real = d[0] if name == "." else ("/" + name if d[0] == "/" else d[0] + "/" + name)
+        parts = _components(real)
+        if parts[: len(base)] != base:  # type: ignore[arg-type]
+            raise HostPathEscape(text, within, real)
+        return st, d, name
 
     def host_resolve(self, host_path: str | os.PathLike[str], *, strict: bool = False) -> str:
         text = os.fspath(host_path)

@@ -19,6 +19,7 @@ from support_hosts import attrs, run
 
 from nodecompat.hostroot import MAX_SYMLINKS, HostPathEscape, HostRoot
 from nodecompat.probes.local import LocalProbe
+from nodecompat.probes.round_host import RoundHost
 from nodecompat.v1 import features_pb2, node_pb2_grpc
 
 FD = "/etc/kubernetes/node-feature-discovery/features.d"
@@ -45,12 +46,15 @@ def _published(wire: dict) -> str:
     return repr(attrs(wire, "local.feature")) + repr(attrs(wire, "local.label"))
 
 
-def test_features_d_links_out_are_refused_under_a_tmp_root(tmp_path: Path) -> None:
+@pytest.mark.parametrize("round_host", [False, True], ids=["hostroot", "probe-round"])
+def test_features_d_links_out_are_refused_under_a_tmp_root(tmp_path: Path, round_host: bool) -> None:
+    """Through HostRoot and through a probe round's host (directory descriptors held for the round)."""
     outside = tmp_path / "outside"
     outside.mkdir()
     root = tmp_path / "root"
     _hostile_tree(root, outside)
-    wire, out = run(LocalProbe(), HostRoot(root))
+    host = HostRoot(root)
+    wire, out = run(LocalProbe(), RoundHost.over(host) if round_host else host)
     assert attrs(wire, "local.feature") == {"honest": "1"}
     published = _published(wire)
     assert SECRET not in published and "inside" not in published and "root:" not in published

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nodecompat.hostroot import HostRoot
+from nodecompat.hostroot import HostPathEscape, HostRoot
 from nodecompat.probes import parsecache
 from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.kernel import KernelProbe
@@ -206,8 +206,18 @@ def _answers(host: HostRoot, p: str) -> tuple[object, ...]:
         except OSError as exc:
             return type(exc)
 
+    def confined(within: str) -> object:
+        try:
+            s = host.stat(p, within=within)
+        except HostPathEscape as exc:
+            return str(exc)  # the sentence a probe status shows
+        except OSError as exc:
+            return type(exc), exc.errno
+        return (s.st_ino, host.read_bytes(p, within=within), host.read_text(p, within=within))
+
     return (host.read_bytes(p), host.read_text(p), host.read_line(p), host.listdir(p), host.exists(p),
-            host.is_dir(p), host.is_file(p), host.link_target_name(p), st(), hr())
+            host.is_dir(p), host.is_file(p), host.link_target_name(p), st(), hr(),
+            *(confined(w) for w in ("/sys", "/etc", "/sys/abs-link", "/sys/bus/", "/no/such", "/")))
 
 
 @pytest.mark.parametrize("host", ["h100-server", "amd-mi300", "plain-vm"])
