@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store-cert", default=None, metavar="PEM",
                    help="client certificate presented to etcd (its --client-cert-auth); with --store-key")
     p.add_argument("--store-key", default=None, metavar="PEM", help="private key of --store-cert")
+    p.add_argument("--replica-id", default="", metavar="ID",
+                   help="this replica's name among those sharing the inventory through --store (default: random; "
+                   "a Deployment can pass the pod name)")
     p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
     p.add_argument("--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one")
     p.add_argument("--default-timeout", type=float, default=30.0, help="overall deadline when the request sets none")
@@ -113,6 +116,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
             raise ValueError(f"--{flag.replace('_', '-')} is for --store etcd://...")
     if bool(args.store_cert) != bool(args.store_key):
         raise ValueError("--store-cert and --store-key go together (the client certificate and its key)")
+    if args.replica_id and (not args.replica_id.isprintable() or "/" in args.replica_id or len(args.replica_id) > 128):
+        raise ValueError("--replica-id: at most 128 printable characters, no '/'")
     server_creds = node_creds = None
     if args.tls_cert or args.tls_key:
         server_creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
@@ -148,6 +153,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         store_ca=args.store_ca,
         store_cert=args.store_cert,
         store_key=args.store_key,
+        replica_id=args.replica_id,
         concurrency=args.concurrency,
         node_timeout=args.node_timeout,
         default_timeout=args.default_timeout,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -19,7 +21,7 @@ from nodecompat.fleet.store import FeatureStore
 from nodecompat.server import limits
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig
 from nodecompat.server.first_check import FirstHealthChecks
-from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS, NodeInventory
+from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS, FleetNode, NodeInventory
 from nodecompat.server.fleet_results import deadline_margin, summarize
 from nodecompat.server.fleet_service import (
     FLEET_SERVICE,
@@ -39,9 +41,13 @@ from nodecompat.server.grpc_server import (
 from nodecompat.server.inventory_sync import InventorySync, SyncConfig
 from nodecompat.server.node_service import RegistryOptions
 from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.server.registration_health import set_registration_health, watch_registration_health
 from nodecompat.server.registration_store import open_registration_store
 from nodecompat.server.runtime import RuntimeLimits
 from nodecompat.v1 import fleet_pb2
+
+if TYPE_CHECKING:
+    from nodecompat.server.inventory_shards import InventoryShards
 
 __all__ = [
     "FLEET_SERVICE",
@@ -92,6 +98,9 @@ class AggregatorConfig:
     store_ca: str | None = None  # etcd over HTTPS: CA, client certificate and key (PEM paths)
     store_cert: str | None = None
     store_key: str | None = None
+    # This replica's name among those sharing the inventory through the store (server/inventory_shards.py);
+    # "" picks a random one. A Deployment can pass the pod name.
+    replica_id: str = ""
 
 
 class AggregatorDaemon:
@@ -131,10 +140,21 @@ class AggregatorDaemon:
         self._stopped = threading.Event()
         self.store: FeatureStore | None = None
         self.sync: InventorySync | None = None
+        self.shards: InventoryShards | None = None
+        watch_registration_health(self.health, self.inventory.store)
         if config.sync is not None:
             self.store = FeatureStore()
-            self.sync = InventorySync(self.inventory.nodes, self.store, config.node_credentials, config.sync,
-                                      lambda address, name: self.inventory.record_contact(address, "SERVING", name))
+            reported = lambda address, name: self.inventory.record_contact(address, "SERVING", name)  # noqa: E731
+            members: Callable[[], list[FleetNode]] = self.inventory.nodes
+            etcd = getattr(self.inventory.store, "etcd", None)
+            if etcd is not None:  # registrations in etcd: the replicas share the subscriptions out
+                from nodecompat.server.inventory_shards import InventoryShards
+
+                shards = self.shards = InventoryShards(
+                    etcd, config.store_prefix, self.inventory.nodes, self.store, replica_id=config.replica_id,
+                    stale_timeout=config.sync.stale_timeout, on_reported_name=reported)
+                members = lambda: shards.subscribed(self.inventory.nodes())  # noqa: E731
+            self.sync = InventorySync(members, self.store, config.node_credentials, config.sync, reported)
             self.service.store = self.store
             self.service.fleet_watch = FleetWatchHub(self.store, self.inventory.nodes)
 
@@ -146,9 +166,12 @@ class AggregatorDaemon:
         self.inventory.start()
         if self.config.check_new_nodes:
             self.first_checks.start()
+        if self.shards is not None:
+            self.shards.start()
         if self.sync is not None:
             self.sync.start()
         set_health(self.health, [FLEET_SERVICE], True)
+        set_registration_health(self.health, self.inventory.store)
         log.info("aggregator serving on %s (port %d); %s", self.config.listen, self.port,
                  self.config.registration.describe())
         return self.port
@@ -161,6 +184,8 @@ class AggregatorDaemon:
         self.health.enter_graceful_shutdown()
         self.first_checks.stop()
         self.runtime.stop(self.config.grace if grace is None else grace)
+        if self.shards is not None:
+            self.shards.stop()
         if self.sync is not None:
             self.sync.stop()
         self.inventory.stop()

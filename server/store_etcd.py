@@ -21,9 +21,14 @@ replicas racing for one address: etcd serialises the transactions and exactly on
 Endpoints: HOST:PORT[,HOST:PORT...]; a call that cannot reach one endpoint tries the next.
 TLS (`--store-ca`, `--store-cert`/`--store-key`): HTTPS to every endpoint, the server verified with the
 CA file (the system's CAs without one), the client certificate presented for etcd's --client-cert-auth.
-Not yet here (issue 14): sharing the inventory's subscriptions among replicas, and answering
-NOT_SERVING only for what an outage hides (claims during an outage fail UNAVAILABLE; the watch reconnects
-with back-off and reloads, so registrations resume when etcd returns).
+
+An etcd outage (no endpoint answers): a renewal of a registration this replica has seen in the store
+(same name, address and registrant) is kept locally and answered OK, so nodes are not dropped because their
+heartbeats could not be written; it is written to etcd when the store answers again (before the reload, so
+a lease etcd let lapse meanwhile is claimed again rather than dropped). Anything the store must settle —
+a new name, a moved address — is refused UNAVAILABLE. `available` (and the `on_availability` callbacks)
+say whether etcd answers: the aggregator reports its registration health NOT_SERVING while it does not
+(server/aggregator.py). The watch reconnects with back-off and reloads (server/etcd_kv.py).
 """
 
 from __future__ import annotations
@@ -33,26 +38,21 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import requests
-from etcd3gw import Etcd3Client
-from etcd3gw.exceptions import Etcd3Exception
-from etcd3gw.utils import _decode, _encode, _increment_last_byte
+from etcd3gw.utils import _decode, _encode
 
 from nodecompat.hostport import split_address
+from nodecompat.server.etcd_kv import CALL_TIMEOUT, EtcdEndpoints, PrefixWatch
 from nodecompat.server.fleet_nodes import AddressInUse
 from nodecompat.server.registration_store import Apply, StoredLease, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-CALL_TIMEOUT = 5.0  # seconds per etcd call (etcd3gw's requests timeout)
 MAX_VALUE_BYTES = 64 << 10  # a stored registration larger than this is ignored (labels are capped at 4 KiB)
-WATCH_BACKOFF = (0.2, 2.0)  # seconds: first and largest wait between watch reconnects
-WATCH_READ_TIMEOUT = 1.0  # seconds an idle watch stream is kept before it is re-opened from the same revision
-MAX_WATCH_LINE = 8 << 20  # bytes of one watch answer (one revision's events)
+MAX_PENDING = 100_000  # renewals kept locally through an outage (one per registration at most)
 
-T = TypeVar("T")
+__all__ = ["CALL_TIMEOUT", "MAX_VALUE_BYTES", "EtcdRegistrationStore", "parse_store_url"]
 
 
 def parse_store_url(url: str) -> list[tuple[str, int]]:
@@ -76,20 +76,17 @@ class EtcdRegistrationStore:
                  cert: str | None = None, key: str | None = None) -> None:
         """endpoints [(host, port)]; ca/cert/key PEM file paths: any of them set -> HTTPS (cert and key
         together or neither; ValueError otherwise)."""
-        if not endpoints:
-            raise ValueError("etcd store: at least one endpoint")
-        if bool(cert) != bool(key):
-            raise ValueError("--store-cert and --store-key go together (the client certificate and its key)")
+        self.etcd = EtcdEndpoints(endpoints, ca=ca, cert=cert, key=key)
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
-        protocol = "https" if (ca or cert) else "http"
-        self._clients = [Etcd3Client(host=h, port=p, protocol=protocol, timeout=CALL_TIMEOUT, api_path="/v3/",
-                                     session=_session(ca, cert, key)) for h, p in endpoints]
-        self._current = 0
         self._lock = threading.Lock()
         self._my_leases: dict[str, int] = {}  # name -> the etcd lease id this replica granted last
-        self._stop = threading.Event()
+        self._seen: dict[str, tuple[str, str]] = {}  # name -> (address, principal) as last seen in the store
+        self._pending: dict[str, StoredLease] = {}  # renewals kept locally while etcd did not answer
         self._known: set[str] = set()  # names applied from the store (a reload removes those gone)
-        self._thread: threading.Thread | None = None
+        self._watch: PrefixWatch | None = None
+        self._apply: Apply | None = None
+        self.available = True  # whether etcd answered the last call or watch
+        self.on_availability: list[Callable[[bool], None]] = []
 
     def _node_key(self, name: str) -> str:
         return f"{self.prefix}nodes/{name}"
@@ -97,26 +94,39 @@ class EtcdRegistrationStore:
     def _address_key(self, address: str) -> str:
         return f"{self.prefix}addresses/{address}"
 
-    def _call(self, fn: Callable[[Etcd3Client], T]) -> T:
-        """fn on the current endpoint, then on each other; StoreUnavailable when none answers."""
-        errors = []
-        n = len(self._clients)
-        first = self._current  # read once: another thread's call may move it while this one tries each endpoint
-        for i in range(n):
-            idx = (first + i) % n
+    def _set_available(self, up: bool) -> None:
+        if up == self.available:
+            return
+        self.available = up
+        log.warning("etcd store %s", "answers again" if up else "unreachable: registrations of new nodes refused, "
+                    "renewals kept locally")
+        for cb in list(self.on_availability):
             try:
-                result = fn(self._clients[idx])
-            except (Etcd3Exception, OSError, ValueError) as exc:  # ValueError: a non-JSON answer
-                errors.append(f"{self._clients[idx].host}:{self._clients[idx].port}: {type(exc).__name__}")
-                continue
-            self._current = idx
-            return result
-        raise StoreUnavailable(f"etcd store unreachable ({'; '.join(errors)})")
+                cb(up)
+            except Exception:
+                log.exception("etcd availability callback")
 
     # -- writes ------------------------------------------------------------------------------------
     def claim(self, lease: StoredLease) -> None:
+        try:
+            self._claim(lease)
+        except StoreUnavailable:
+            self._set_available(False)
+            with self._lock:
+                known = self._seen.get(lease.name) == (lease.address, lease.principal)
+                if known and (lease.name in self._pending or len(self._pending) < MAX_PENDING):
+                    self._pending[lease.name] = lease
+            if not known:
+                raise
+            log.info("etcd unreachable: renewal of %s (%s) kept locally until it answers", lease.name, lease.address)
+            return
+        with self._lock:
+            self._pending.pop(lease.name, None)
+            self._seen[lease.name] = (lease.address, lease.principal)
+
+    def _claim(self, lease: StoredLease) -> None:
         ttl = max(1, math.ceil(lease.ttl))
-        lease_id = int(self._call(lambda c: c.post(c.get_url("/lease/grant"), json={"TTL": ttl, "ID": 0}))["ID"])
+        lease_id = self.etcd.grant(ttl)
         node_key, addr_key = _encode(self._node_key(lease.name)), _encode(self._address_key(lease.address))
         value = json.dumps({"name": lease.name, "address": lease.address, "labels": dict(lease.labels),
                             "principal": lease.principal, "ttl": lease.ttl})
@@ -126,22 +136,22 @@ class EtcdRegistrationStore:
         mine = {"key": addr_key, "result": "EQUAL", "target": "VALUE", "value": _encode(lease.name)}
         free = {"key": addr_key, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
         for compare in (mine, free):
-            txn = {"compare": [compare], "success": puts, "failure": holder_read}
-            resp = self._call(lambda c, t=txn: c.transaction(t))  # type: ignore[misc]
+            resp = self.etcd.txn({"compare": [compare], "success": puts, "failure": holder_read})
             if resp.get("succeeded"):
                 break
         else:
-            self._revoke(lease_id)
+            self.etcd.revoke(lease_id)
             holder = _range_value(resp)
             raise AddressInUse(
                 f"address {lease.address} is held by registered node {holder!r} (in the shared etcd store); "
                 "two names cannot share one daemon's address"
             )
+        self._set_available(True)
         with self._lock:
             previous = self._my_leases.get(lease.name)
             self._my_leases[lease.name] = lease_id
         if previous is not None and previous != lease_id:
-            self._revoke(previous)
+            self.etcd.revoke(previous)
 
     def release(self, name: str, address: str) -> None:
         addr_key = _encode(self._address_key(address))
@@ -149,105 +159,87 @@ class EtcdRegistrationStore:
                "success": [{"request_delete_range": {"key": addr_key}},
                            {"request_delete_range": {"key": _encode(self._node_key(name))}}],
                "failure": [{"request_delete_range": {"key": _encode(self._node_key(name))}}]}
-        self._call(lambda c: c.transaction(txn))
+        with self._lock:
+            self._pending.pop(name, None)
+        try:
+            self.etcd.txn(txn)
+        except StoreUnavailable:
+            self._set_available(False)
+            raise
         with self._lock:
             lease_id = self._my_leases.pop(name, None)
         if lease_id is not None:
-            self._revoke(lease_id)
+            self.etcd.revoke(lease_id)
 
     def _revoke(self, lease_id: int) -> None:
-        try:
-            self._call(lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": lease_id}))
-        except StoreUnavailable as exc:  # the lease lapses on its own
-            log.info("etcd lease %x not revoked: %s", lease_id, exc)
+        self.etcd.revoke(lease_id)
+
+    def pending(self) -> int:
+        """Renewals kept locally that etcd has not recorded yet."""
+        with self._lock:
+            return len(self._pending)
+
+    def _flush_pending(self) -> None:
+        """Write the renewals kept through an outage (the watch is up again)."""
+        with self._lock:
+            todo = list(self._pending.values())
+        for lease in todo:
+            try:
+                self.claim(lease)
+            except AddressInUse as exc:  # taken meanwhile through another replica: the watch says who holds it
+                log.warning("renewal of %s kept through the etcd outage refused: %s", lease.name, exc)
+                with self._lock:
+                    self._pending.pop(lease.name, None)
+            except StoreUnavailable:
+                return
 
     # -- reads -------------------------------------------------------------------------------------
     def start(self, apply: Apply) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch_loop, args=(apply,), name="etcd-watch", daemon=True)
-            self._thread.start()
+        if self._watch is None:
+            self._apply = apply
+            self._watch = PrefixWatch(self.etcd, self._node_key(""), self._on_load, self._on_event, self._on_state)
+            self._watch.start()
+
+    def _on_state(self, up: bool) -> None:
+        self._set_available(up)
+        if up:
+            self._flush_pending()
+
+    def _on_load(self, kvs: list[tuple[str, bytes]]) -> None:
+        assert self._apply is not None
+        self._load(self._apply, kvs)
+
+    def _on_event(self, key: str, value: bytes, deleted: bool) -> None:
+        assert self._apply is not None
+        self._apply_kv(self._apply, key, value, deleted=deleted)
 
     def load(self, apply: Apply) -> int:
         """Apply every stored registration (and the removal of every name applied before and now gone);
         returns the store revision read (watch from the next one)."""
+        kvs, revision = self.etcd.range_prefix(self._node_key(""))
+        self._load(apply, kvs)
+        return revision
+
+    def _load(self, apply: Apply, kvs: list[tuple[str, bytes]]) -> None:
         prefix = self._node_key("")
-        body = {"key": _encode(prefix), "range_end": _encode(_increment_last_byte(prefix))}
-        resp = self._call(lambda c: c.post(c.get_url("/kv/range"), json=body))
         before = set(self._known)
-        for kv in resp.get("kvs", []):
-            self._apply_kv(apply, kv["key"], kv.get("value", ""), deleted=False)
-        present = {_decode(kv["key"]).decode("utf-8", "replace")[len(prefix):] for kv in resp.get("kvs", [])}
-        for gone in before - present:
-            self._apply_kv(apply, _encode(prefix + gone), "", deleted=True)
-        return int(resp["header"]["revision"])
+        for key, value in kvs:
+            self._apply_kv(apply, key, value, deleted=False)
+        present = {key[len(prefix):] for key, _ in kvs}
+        with self._lock:
+            kept = set(self._pending)  # renewed locally through the outage: claimed again, not dropped
+        for gone in before - present - kept:
+            self._apply_kv(apply, prefix + gone, b"", deleted=True)
 
-    def _watch_loop(self, apply: Apply) -> None:
-        backoff = WATCH_BACKOFF[0]
-        prefix = self._node_key("")
-        start: int | None = None  # None: (re)load everything first
-        while not self._stop.is_set():
-            try:
-                if start is None:
-                    start = self.load(apply) + 1
-                start = self._watch_once(self._clients[self._current], prefix, start, apply)
-                backoff = WATCH_BACKOFF[0]
-                continue  # an idle stream ends every WATCH_READ_TIMEOUT: watch again from where it was
-            except (StoreUnavailable, Etcd3Exception, requests.RequestException, OSError, ValueError) as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("etcd watch on %s: %s (retrying in %.1fs)", prefix, exc, backoff)
-            except Exception:  # the watch thread must outlive whatever one round does
-                log.exception("etcd watch on %s failed (retrying in %.1fs)", prefix, backoff)
-            start = None
-            if self._stop.wait(backoff):
-                return
-            backoff = min(backoff * 2, WATCH_BACKOFF[1])
-
-    def _watch_once(self, client: Etcd3Client, prefix: str, start_revision: int, apply: Apply) -> int:
-        """One watch stream from start_revision until it has been idle WATCH_READ_TIMEOUT, or stop();
-        returns the revision to watch from next. StoreUnavailable (or a requests error) when the stream
-        cannot be opened or etcd cancels it (e.g. the revision was compacted): the caller reloads.
-
-        Read here rather than with etcd3gw's watch_prefix: its event iterator never ends when the stream
-        breaks (etcd gone), so a replica would stop seeing the others without knowing it; and a short read
-        timeout bounds every wait (stop() takes at most WATCH_READ_TIMEOUT)."""
-        body = {"create_request": {"key": _encode(prefix), "range_end": _encode(_increment_last_byte(prefix)),
-                                   "start_revision": start_revision}}
-        resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
-                                    timeout=(CALL_TIMEOUT, WATCH_READ_TIMEOUT))
-        with resp:
-            if resp.status_code != 200:
-                raise StoreUnavailable(f"etcd watch answered HTTP {resp.status_code}")
-            try:
-                for line in resp.iter_lines(chunk_size=None):
-                    if self._stop.is_set():
-                        return start_revision
-                    if not line.strip():
-                        continue
-                    if len(line) > MAX_WATCH_LINE:
-                        raise ValueError(f"watch answer of {len(line)} bytes")
-                    chunk = json.loads(line)
-                    result = chunk.get("result") or {}
-                    if "error" in chunk or result.get("canceled"):
-                        raise StoreUnavailable(f"etcd watch ended: {str(chunk)[:200]}")
-                    for event in result.get("events", []):
-                        kv = event.get("kv") or {}
-                        self._apply_kv(apply, kv.get("key", ""), kv.get("value", ""),
-                                       deleted=event.get("type") == "DELETE")
-                        start_revision = max(start_revision, int(kv.get("mod_revision", 0)) + 1)
-            except requests.ConnectionError as exc:  # the read timeout of an idle stream (or etcd went away)
-                if "timed out" not in str(exc):
-                    raise
-        return start_revision
-
-    def _apply_kv(self, apply: Apply, key: str, value: str, *, deleted: bool) -> None:
-        """One stored registration (key and value base64, as the gateway sends them) to apply."""
-        name = _decode(key).decode("utf-8", "replace")[len(self._node_key("")):]
+    def _apply_kv(self, apply: Apply, key: str, raw: bytes, *, deleted: bool) -> None:
+        """One stored registration (key as text, value as bytes) to apply."""
+        name = key[len(self._node_key("")):]
         if deleted:
             self._known.discard(name)
+            with self._lock:
+                self._seen.pop(name, None)
             apply(name, None)
             return
-        raw = _decode(value) if value else b""
         if len(raw) > MAX_VALUE_BYTES:
             log.warning("etcd store: registration %r is %d bytes, ignored", name[:80], len(raw))
             return
@@ -263,27 +255,13 @@ class EtcdRegistrationStore:
             log.warning("etcd store: key %r holds node %r, ignored", name[:80], lease.name[:80])
             return
         self._known.add(name)
+        with self._lock:
+            self._seen[name] = (lease.address, lease.principal)
         apply(name, lease)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-def _session(ca: str | None, cert: str | None, key: str | None) -> requests.Session:
-    """The HTTP session of one endpoint's client. Built here rather than by etcd3gw (which sets verify/cert
-    on its own session) to turn off requests' trust_env: with it, REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE in
-    the environment silently replaces the session's CA (psf/requests#2998, #3829; seen on this machine: --store-ca
-    ignored, etcd's certificate "unable to get local issuer"), and HTTP(S)_PROXY would send the calls to
-    etcd's own listed endpoints through a proxy."""
-    s = requests.Session()
-    s.trust_env = False
-    if ca:
-        s.verify = ca
-    if cert and key:
-        s.cert = (cert, key)
-    return s
+        if self._watch is not None:
+            self._watch.stop()
 
 
 def _range_value(txn_response: dict[str, Any]) -> str:

@@ -1,0 +1,136 @@
+"""The live inventory shared out among aggregator replicas over etcd (issue 14, server/inventory_shards.py):
+one etcd, three real `nodecompat serve` daemons registered through replica A, three replicas (A and B
+in-process, C an `nodecompat aggregator` process). Every node is subscribed (WatchFeatures) by exactly one
+replica; ValidateFleet through any replica answers every node from the inventory; SIGKILL of C: its nodes are
+taken over by A or B within a bound and still answered from the inventory through A and B."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+from etcd3gw import Etcd3Client
+from support_etcd import Etcd, etcd, wait_for  # noqa: F401 (fixture)
+from support_fleet import FLEET, SPEC_ANY, Proc, start_aggregator_process, start_node
+
+from nodecompat.clients.fleet_client import FleetClient
+from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.server.inventory_shards import REPLICA_TTL, NodeDoc, rendezvous_owner
+from nodecompat.server.inventory_sync import SyncConfig
+from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
+
+OPEN = RegistrationPolicy(allow_unauthenticated=True)
+TAKEOVER_BOUND = REPLICA_TTL + 15.0  # seconds: lease expiry + watch + reconcile + one stream, with room for load
+
+
+def test_rendezvous_moves_only_a_dead_replicas_nodes() -> None:
+    addresses = [f"10.0.{i // 250}.{i % 250}:5000" for i in range(2000)]
+    three = frozenset({"a", "b", "c"})
+    before = {a: rendezvous_owner(a, three) for a in addresses}
+    counts = {r: sum(1 for o in before.values() if o == r) for r in three}
+    assert all(500 < n < 850 for n in counts.values()), counts  # shared out about evenly
+    after = {a: rendezvous_owner(a, frozenset({"a", "b"})) for a in addresses}
+    moved = {a for a in addresses if before[a] != after[a]}
+    assert moved == {a for a in addresses if before[a] == "c"}  # only c's nodes move ...
+    assert {after[a] for a in moved} == {"a", "b"}  # ... and to both survivors
+    grown = {a: rendezvous_owner(a, three | {"d"}) for a in addresses}
+    assert {before[a] for a in addresses if grown[a] != before[a]} <= three
+    assert all(grown[a] == "d" for a in addresses if grown[a] != before[a])  # a newcomer takes, never shuffles
+
+
+@contextlib.contextmanager
+def in_process(store: str, prefix: str, replica_id: str) -> Iterator[AggregatorDaemon]:
+    d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=600.0, registration=OPEN,
+                                          sync=SyncConfig(heartbeat=1.0), store=store, store_prefix=prefix,
+                                          replica_id=replica_id, check_new_nodes=False))
+    d.address = f"127.0.0.1:{d.start()}"  # type: ignore[attr-defined]
+    try:
+        yield d
+    finally:
+        d.stop(grace=0)
+
+
+def docs(e: Etcd, prefix: str) -> dict[str, NodeDoc]:
+    """address -> the document its owner publishes in etcd."""
+    host, port = e.endpoint.rsplit(":", 1)
+    client = Etcd3Client(host=host, port=int(port), api_path="/v3/")
+    base = f"{prefix}shards/nodes/"
+    return {meta["key"].decode()[len(base):]: NodeDoc.decode(value) for value, meta in client.get_prefix(base)}
+
+
+def subscribed(d: AggregatorDaemon) -> set[str]:
+    """The addresses the replica holds a WatchFeatures subscription for (InventorySync's tasks)."""
+    assert d.sync is not None
+    return set(d.sync._tasks)
+
+
+def answers(address: str) -> list[tuple[str, str, bool, str]]:
+    with FleetClient(address) as client:
+        answer = client.validate(spec_text=SPEC_ANY, timeout=20)
+    return sorted((v.name, v.status, v.compatible, v.source) for v in answer.nodes)
+
+
+def test_subscriptions_shared_out_and_taken_over_when_a_replica_dies(etcd: Etcd, tmp_path) -> None:  # noqa: F811
+    prefix = f"/shards-{uuid.uuid4().hex}/"
+    daemons = [start_node(tmp_path, name, host, wait=False) for name, host in FLEET.items()]
+    procs: list[Proc] = list(daemons)
+    try:
+        for d in daemons:
+            d.wait_serving()
+        fleet = {d.address: d.name for d in daemons}
+        ids = ["a-" + uuid.uuid4().hex[:8], "b-" + uuid.uuid4().hex[:8]]
+        while True:  # C must own some node, or its death would take nothing over
+            c_id = "c-" + uuid.uuid4().hex[:8]
+            owners = {a: rendezvous_owner(a, frozenset([*ids, c_id])) for a in fleet}
+            if c_id in owners.values():
+                break
+        with in_process(etcd.url, prefix, ids[0]) as a, in_process(etcd.url, prefix, ids[1]) as b:
+            with grpc.insecure_channel(a.address) as ch:  # type: ignore[attr-defined]
+                stub = fleet_pb2_grpc.FleetServiceStub(ch)
+                for address, name in fleet.items():
+                    stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, ttl_seconds=600),
+                                      timeout=10)
+            c = start_aggregator_process(tmp_path, "--store", etcd.url, "--store-prefix", prefix,
+                                         "--replica-id", c_id, "--heartbeat", "1",
+                                         "--allow-unauthenticated-registration", inventory=True)
+            procs.append(c)
+
+            def shared_out() -> bool:
+                published = docs(etcd, prefix)
+                return (subscribed(a) == {x for x, o in owners.items() if o == ids[0]}
+                        and subscribed(b) == {x for x, o in owners.items() if o == ids[1]}
+                        and {x: d.owner for x, d in published.items()} == owners
+                        and all(d.state == "OK" for d in published.values()))
+
+            wait_for("every node subscribed by exactly its rendezvous owner", shared_out, 30)
+            assert not subscribed(a) & subscribed(b)
+            expected = sorted((n, "OK", True, "INVENTORY") for n in fleet.values())
+            for replica in (a.address, b.address, c.address):  # type: ignore[attr-defined]
+                wait_for(f"every node answered from the inventory through {replica}",
+                         lambda r=replica: answers(r) == expected, 30)
+
+            c_nodes = {x for x, o in owners.items() if o == c_id}
+            c.kill()  # SIGKILL: its replica lease lapses; A and B take its nodes over
+            killed = time.monotonic()
+            after = {x: rendezvous_owner(x, frozenset(ids)) for x in fleet}
+
+            def taken_over() -> bool:
+                published = docs(etcd, prefix)
+                return (subscribed(a) | subscribed(b) == set(fleet) and not subscribed(a) & subscribed(b)
+                        and {x: d.owner for x, d in published.items()} == after)
+
+            wait_for("C's nodes taken over by A and B", taken_over, TAKEOVER_BOUND)
+            took = time.monotonic() - killed
+            for replica in (a.address, b.address):  # type: ignore[attr-defined]
+                assert answers(replica) == expected
+            assert a.shards is not None and b.shards is not None
+            assert c_nodes <= a.shards.owned() | b.shards.owned()
+            print(f"C owned {len(c_nodes)} of {len(fleet)} nodes; taken over {took:.1f} s after SIGKILL "
+                  f"(replica lease {REPLICA_TTL} s)")
+    finally:
+        for p in procs:
+            p.kill()
