@@ -24,11 +24,15 @@ CA file (the system's CAs without one), the client certificate presented for etc
 
 An etcd outage (no endpoint answers): a renewal of a registration this replica has seen in the store
 (same name, address and registrant) is kept locally and answered OK, so nodes are not dropped because their
-heartbeats could not be written; it is written to etcd when the store answers again (before the reload, so
-a lease etcd let lapse meanwhile is claimed again rather than dropped). Anything the store must settle —
-a new name, a moved address — is refused UNAVAILABLE. `available` (and the `on_availability` callbacks)
-say whether etcd answers: the aggregator reports its registration health NOT_SERVING while it does not
-(server/aggregator.py). The watch reconnects with back-off and reloads (server/etcd_kv.py).
+heartbeats could not be written; it is written to etcd when the store answers again (the reload keeps it,
+so a lease etcd let lapse meanwhile is claimed again rather than dropped). Anything the store must settle
+(a new name, a moved address) is refused UNAVAILABLE. Registrations this replica learnt from the store are
+held too: while etcd does not answer they are applied again every HOLD_INTERVAL, so no replica drops a node
+because it cannot see the renewals another replica could not write (what it cannot know: a node that died
+during the outage stays listed until etcd answers and its lease lapses there). `available` and the
+`on_availability` callbacks say whether etcd answers: the aggregator's health reports RegisterNode
+NOT_SERVING while it does not (server/registration_health.py). The watch reconnects with back-off and
+reloads (server/etcd_kv.py).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_VALUE_BYTES = 64 << 10  # a stored registration larger than this is ignored (labels are capped at 4 KiB)
 MAX_PENDING = 100_000  # renewals kept locally through an outage (one per registration at most)
+HOLD_INTERVAL = 0.5  # seconds between re-applying the registrations held through an outage
 
 __all__ = ["CALL_TIMEOUT", "MAX_VALUE_BYTES", "EtcdRegistrationStore", "parse_store_url"]
 
@@ -80,7 +85,9 @@ class EtcdRegistrationStore:
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._lock = threading.Lock()
         self._my_leases: dict[str, int] = {}  # name -> the etcd lease id this replica granted last
-        self._seen: dict[str, tuple[str, str]] = {}  # name -> (address, principal) as last seen in the store
+        self._seen: dict[str, StoredLease] = {}  # name -> the registration as last seen in (or written to) the store
+        self._hold: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._pending: dict[str, StoredLease] = {}  # renewals kept locally while etcd did not answer
         self._known: set[str] = set()  # names applied from the store (a reload removes those gone)
         self._watch: PrefixWatch | None = None
@@ -113,7 +120,8 @@ class EtcdRegistrationStore:
         except StoreUnavailable:
             self._set_available(False)
             with self._lock:
-                known = self._seen.get(lease.name) == (lease.address, lease.principal)
+                seen = self._seen.get(lease.name)
+                known = seen is not None and (seen.address, seen.principal) == (lease.address, lease.principal)
                 if known and (lease.name in self._pending or len(self._pending) < MAX_PENDING):
                     self._pending[lease.name] = lease
             if not known:
@@ -122,7 +130,7 @@ class EtcdRegistrationStore:
             return
         with self._lock:
             self._pending.pop(lease.name, None)
-            self._seen[lease.name] = (lease.address, lease.principal)
+            self._seen[lease.name] = lease
 
     def _claim(self, lease: StoredLease) -> None:
         ttl = max(1, math.ceil(lease.ttl))
@@ -161,6 +169,7 @@ class EtcdRegistrationStore:
                "failure": [{"request_delete_range": {"key": _encode(self._node_key(name))}}]}
         with self._lock:
             self._pending.pop(name, None)
+            self._seen.pop(name, None)  # not held through an outage any more
         try:
             self.etcd.txn(txn)
         except StoreUnavailable:
@@ -204,6 +213,18 @@ class EtcdRegistrationStore:
         self._set_available(up)
         if up:
             self._flush_pending()
+        elif self._hold is None or not self._hold.is_alive():
+            self._hold = threading.Thread(target=self._hold_loop, name="etcd-hold", daemon=True)
+            self._hold.start()
+
+    def _hold_loop(self) -> None:
+        """While etcd does not answer: apply every registration seen again (the local leases stay live)."""
+        while not self.available and not self._stopping.is_set() and self._apply is not None:
+            with self._lock:
+                held = list(self._seen.values())
+            for lease in held:
+                self._apply(lease.name, lease)
+            self._stopping.wait(HOLD_INTERVAL)
 
     def _on_load(self, kvs: list[tuple[str, bytes]]) -> None:
         assert self._apply is not None
@@ -256,10 +277,11 @@ class EtcdRegistrationStore:
             return
         self._known.add(name)
         with self._lock:
-            self._seen[name] = (lease.address, lease.principal)
+            self._seen[name] = lease
         apply(name, lease)
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._watch is not None:
             self._watch.stop()
 
