@@ -32,104 +32,30 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message_factory
 
+# What handlers see (limits, SyncContext, AbortRpc) lives in runtime_context; these names are also
+# imported from here.
+from nodecompat.server.runtime_context import (
+    AbortRpc,
+    RuntimeLimits,
+    SyncContext,
+    apply_status,
+    call_sync,
+    check_start,
+)
+
+__all__ = ["STREAM_BUFFER", "AbortRpc", "Runtime", "RuntimeLimits", "SyncContext"]
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STREAM_BUFFER = 64  # responses a sync streaming handler may run ahead of the network
 _NO_MESSAGE = object()  # _read_request: no request message read yet
-
-
-@dataclass(frozen=True)
-class RuntimeLimits:
-    """Limits of one server (units: calls, seconds, threads). The flags that set them are named in errors."""
-
-    workers: int = 16
-    max_concurrent_calls: int = 64
-    max_call_seconds: float = 300.0
-    request_timeout: float = 10.0
-    concurrency_flag: str = "--max-concurrent-calls"
-    duration_flag: str = "--max-call-seconds"
-
-    def __post_init__(self) -> None:
-        if self.workers < 1 or self.max_concurrent_calls < 1:
-            raise ValueError("workers and max_concurrent_calls must be >= 1")
-        if not (self.max_call_seconds > 0 and self.request_timeout > 0):
-            raise ValueError("max_call_seconds and request_timeout must be > 0")
-
-
-class AbortRpc(Exception):
-    """Raised by SyncContext.abort (as grpc's sync context does) and turned into the call's status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str,
-                 trailing_metadata: Sequence[tuple[str, str | bytes]] = ()) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-        self.trailing_metadata = tuple(trailing_metadata)
-
-
-class SyncContext:
-    """The grpc.ServicerContext subset our sync handlers use, safe to call from a worker thread.
-
-    time_remaining() is the effective deadline (the caller's, capped by max_call_seconds); the caller's
-    metadata, peer and auth context are captured on the loop when the call is admitted.
-    """
-
-    def __init__(self, context: grpc.aio.ServicerContext, deadline: float) -> None:
-        self._deadline = deadline
-        self.cancelled = threading.Event()
-        self._metadata = context.invocation_metadata()
-        self._peer = context.peer()
-        self._auth = context.auth_context()
-        self._peer_identities = context.peer_identities()
-        self._peer_identity_key = context.peer_identity_key()
-        self.code: grpc.StatusCode | None = None
-        self.details: str | None = None
-        self.trailing: Sequence[tuple[str, str | bytes]] | None = None
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise AbortRpc(code, details)
-
-    def abort_with_status(self, status: grpc.Status) -> None:
-        """Like grpc's: the status's code, details and trailing metadata (e.g. google.rpc.Status details)."""
-        raise AbortRpc(status.code, status.details, status.trailing_metadata or ())
-
-    def time_remaining(self) -> float:
-        return max(0.0, self._deadline - time.monotonic())
-
-    def is_active(self) -> bool:
-        return not self.cancelled.is_set() and time.monotonic() < self._deadline
-
-    def invocation_metadata(self) -> Any:
-        return self._metadata
-
-    def peer(self) -> str:
-        return self._peer
-
-    def auth_context(self) -> Any:
-        return self._auth
-
-    def peer_identities(self) -> Any:
-        return self._peer_identities
-
-    def peer_identity_key(self) -> Any:
-        return self._peer_identity_key
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
-        self.trailing = metadata
 
 
 class Runtime:
@@ -281,7 +207,7 @@ class Runtime:
                 fut: asyncio.Future[Any] = asyncio.ensure_future(fn(request, context))
             else:
                 run = contextvars.copy_context().run
-                fut = self.loop.run_in_executor(self.executor, run, _call_sync, fn, request, sctx, method)
+                fut = self.loop.run_in_executor(self.executor, run, call_sync, fn, request, sctx, method)
             fut.add_done_callback(self._release)
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):  # no task, unlike wait_for
@@ -298,7 +224,7 @@ class Runtime:
                 raise
             except AbortRpc as exc:
                 await context.abort(exc.code, exc.details, exc.trailing_metadata)
-            await _apply(sctx, context)
+            await apply_status(sctx, context)
             return result
 
         return behavior
@@ -324,7 +250,7 @@ class Runtime:
 
             def produce() -> None:
                 try:
-                    _check_start(sctx, method)
+                    check_start(sctx, method)
                     for item in fn(request, sctx):
                         while not room.acquire(timeout=0.2):
                             # A caller that stops reading leaves the buffer full: past the call's deadline
@@ -365,7 +291,7 @@ class Runtime:
                         await context.abort(value.code, value.details, value.trailing_metadata)
                     else:
                         raise value
-                await _apply(sctx, context)
+                await apply_status(sctx, context)
             finally:
                 sctx.cancelled.set()
 
@@ -398,25 +324,3 @@ class Runtime:
 
     def wait(self) -> None:
         self._terminated.wait()
-
-
-def _call_sync(fn: Callable[..., Any], request: Any, sctx: SyncContext, method: str) -> Any:
-    _check_start(sctx, method)
-    return fn(request, sctx)
-
-
-def _check_start(sctx: SyncContext, method: str) -> None:
-    if sctx.time_remaining() <= 0:
-        raise AbortRpc(grpc.StatusCode.DEADLINE_EXCEEDED,
-                       f"{method}: the call waited for a free worker until its deadline passed (server busy)")
-    if sctx.cancelled.is_set():
-        raise AbortRpc(grpc.StatusCode.CANCELLED, f"{method}: cancelled before it started")
-
-
-async def _apply(sctx: SyncContext, context: grpc.aio.ServicerContext) -> None:
-    if sctx.trailing is not None:
-        context.set_trailing_metadata(sctx.trailing)
-    if sctx.code is not None and sctx.code != grpc.StatusCode.OK:
-        await context.abort(sctx.code, sctx.details or "")
-    if sctx.details is not None:
-        context.set_details(sctx.details)
