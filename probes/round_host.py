@@ -6,25 +6,30 @@ is made for every round (probes/runner.py), so the memo never outlives it.
 
 How a read resolves (root other than `/`). HostRoot resolves every path component by component with
 an lstat each and checks the opened descriptor's real path (/proc/self/fd): 6-8 system calls and
-~40 µs of Python per file, most of a round's cost on a fixture tree. Here every directory a round
-touches is opened once, as an O_PATH descriptor, by `openat(parent descriptor, one name,
-O_NOFOLLOW)` starting from a descriptor of the host root, and each file is opened relative to its
-directory's descriptor with O_NOFOLLOW. A name that is a symbolic link (the open fails with ELOOP or
-ENOTDIR) is read with readlinkat and its target resolved the same way, an absolute target from the
-host root, at most MAX_SYMLINKS links; `..` is applied to the resolved host path (it stops at the
-root) and is never given to the kernel. So the kernel follows no link and no `..` for us: every
-descriptor is, by induction from the root's, a directory that was inside the host root when it was
-opened, and a component swapped for a link between two reads is refused by O_NOFOLLOW, not followed.
-This is what openat2(RESOLVE_IN_ROOT) guarantees (Python has no binding for it), and it replaces the
-/proc/self/fd check, which existed to close the window between a path-string resolution and the open
-that these per-component opens do not have. Answers are HostRoot's (tests/test_probe_runner.py
-compares both on every path of the fixture trees, with links out of the root, loops, dangling and
-missing parts). Reads confined to a subtree (`within=`, features.d) take HostRoot's own path.
+~40 µs of Python per file, most of a round's cost on a fixture tree. Here, where the kernel has it
+(Linux 5.6+, not refused by a seccomp filter; tried once per process), a file is opened with
+openat2(root descriptor, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): the kernel itself resolves
+the path as if the host root were `/` (absolute link targets re-rooted, `..` stopping at the root,
+at most 40 links) in one system call, race-free. Python has no binding for openat2, so it is called
+through ctypes (imported only then). Elsewhere every directory a round touches is opened once, as an
+O_PATH descriptor, by `openat(parent descriptor, one name, O_NOFOLLOW)` starting from a descriptor
+of the host root, and each file is opened relative to its directory's descriptor with O_NOFOLLOW. A
+name that is a symbolic link (the open fails with ELOOP or ENOTDIR) is read with readlinkat and its
+target resolved the same way, an absolute target from the host root, at most MAX_SYMLINKS links;
+`..` is applied to the resolved host path (it stops at the root) and is never given to the kernel.
+So the kernel follows no link and no `..` for us: every descriptor is, by induction from the root's,
+a directory that was inside the host root when it was opened, and a component swapped for a link
+between two reads is refused by O_NOFOLLOW, not followed. Both give what openat2(RESOLVE_IN_ROOT)
+guarantees, which replaces the /proc/self/fd check (it existed to close the window between a
+path-string resolution and the open, a window neither has). Answers are HostRoot's
+(tests/test_probe_runner.py compares both ways with HostRoot on every path of the fixture trees,
+with links out of the root, loops, dangling and missing parts). Reads confined to a subtree
+(`within=`, features.d) go through the held descriptors and are checked against the subtree.
 
 With the host root at `/` the kernel's resolution is chroot's own (`..` stops at `/`, every real path
 is inside the root), so a path is opened directly, in one system call.
 
-Bounds: at most MAX_HELD_DIRS directory descriptors per round (past that, reads take HostRoot's path);
+Bounds: at most root_resolve.MAX_HELD_DIRS directory descriptors per round (past that, reads take HostRoot's path);
 they are closed when the RoundHost is collected (weakref.finalize), never while a probe that hung past
 its timeout may still read through them. Hand-written because it must keep HostRoot's confinement
 exactly.
@@ -32,41 +37,29 @@ exactly.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import os
 import stat as stat_mod
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodecompat.hostroot import _OPEN_FLAGS, MAX_READ_BYTES, MAX_SYMLINKS, HostPathEscape, HostRoot
+from nodecompat.hostroot import _OPEN_FLAGS, MAX_READ_BYTES, HostPathEscape, HostRoot
+from nodecompat.probes.root_resolve import (
+    OPENAT2_READ,
+    PATH_FLAGS,
+    Dir,
+    DirTable,
+    NoOpenat2,
+    Overflow,
+    components,
+    open_in_root,
+    openat2_ready,
+)
 
-MAX_HELD_DIRS = 256  # directory descriptors one round may hold (a round on h100-server holds ~60)
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _CHUNK = 1 << 16
-
-_Dir = tuple[str, int]  # (resolved host path, "/sys/devices/...", O_PATH descriptor)
-
-
-class _Loop(OSError):
-    """More than MAX_SYMLINKS links (ELOOP); open/lstat_final say it naming the host path, as HostRoot does."""
-
-    def __init__(self) -> None:
-        super().__init__(errno.ELOOP, f"more than {MAX_SYMLINKS} symbolic links")
-
-
-class _Overflow(Exception):
-    """More directories than MAX_HELD_DIRS: the caller takes HostRoot's path."""
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    fds.clear()
+_UNSET = object()
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -77,167 +70,24 @@ def _text(raw: bytes | None) -> str | None:
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
-def _components(path: str) -> list[str]:
-    return [c for c in path.split("/") if c and c != "."]
-
-
-class _DirTable:
-    """The round's directory descriptors, by resolved host path and by the host path a probe asked for."""
-
-    def __init__(self, real_root: str) -> None:
-        self.fds: list[int] = []
-        weakref.finalize(self, _close_all, self.fds)
-        fd = os.open(real_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.fds.append(fd)
-        self.root: _Dir = ("/", fd)
-        # "resolved parent/name" -> the directory it leads to (for a link: its target's directory)
-        self.by_key: dict[str, _Dir] = {"/": self.root}
-        self.by_text: dict[str, _Dir] = {}  # a directory path as a probe wrote it -> its directory
-        self.missing: dict[str, int] = {}  # "resolved parent/name" that is no directory -> errno
-
-    def walk(self, base: _Dir, parts: list[str], links: int) -> _Dir:
-        """The directory `parts` (no "" or ".") lead to from `base`; OSError as the kernel would raise."""
-        cur = base
-        for part in parts:
-            if part == "..":
-                cur = self.parent(cur, links)
-                continue
-            real = cur[0]
-            key = "/" + part if real == "/" else real + "/" + part
-            nxt = self.by_key.get(key)
-            if nxt is None:
-                nxt = self.child(cur, part, key, links)
-            cur = nxt
-        return cur
-
-    def parent(self, cur: _Dir, links: int) -> _Dir:
-        real = cur[0]
-        if real == "/":
-            return self.root  # `..` stops at the host root
-        up = real.rsplit("/", 1)[0] or "/"
-        hit = self.by_key.get(up)
-        return hit if hit is not None else self.walk(self.root, _components(up), links)
-
-    def child(self, cur: _Dir, part: str, key: str, links: int) -> _Dir:
-        gone = self.missing.get(key)
-        if gone is not None:  # asked before in this round: not a directory (ENOENT, ENOTDIR)
-            raise OSError(gone, os.strerror(gone), part)
-        if len(self.fds) >= MAX_HELD_DIRS:
-            raise _Overflow
-        try:
-            fd = os.open(part, _DIR_FLAGS, dir_fd=cur[1])
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-                if exc.errno == errno.ENOENT:
-                    self.missing[key] = exc.errno
-                raise
-            try:
-                nxt = self.follow(cur, part, links, exc)
-            except OSError as err:
-                if err is exc:  # a file, not a link
-                    self.missing[key] = errno.ENOTDIR
-                raise
-        else:
-            self.fds.append(fd)
-            nxt = (key, fd)
-        self.by_key[key] = nxt
-        return nxt
-
-    def follow(self, cur: _Dir, part: str, links: int, exc: OSError) -> _Dir:
-        """The directory the link `part` of `cur` leads to; `exc` again when `part` is not a link."""
-        try:
-            target = os.readlink(part, dir_fd=cur[1])
-        except OSError:
-            raise exc from None  # not a link (a file where a directory was asked): the open's error
-        if links >= MAX_SYMLINKS:
-            raise _Loop
-        start = self.root if target.startswith("/") else cur
-        return self.walk(start, _components(target), links + 1)
-
-    def directory(self, text: str) -> _Dir:
-        hit = self.by_text.get(text)
-        if hit is None:
-            hit = self.by_text[text] = self.walk(self.root, _components(text), 0)
-        return hit
-
-    def final(self, text: str) -> tuple[_Dir, str]:
-        """(directory, name) of host path `text` with the directory resolved; name may be "." or a link."""
-        text = text.rstrip("/")
-        parent, _, name = text.rpartition("/")
-        d = self.directory(parent)
-        if name in ("", "."):
-            return d, "."
-        if name == "..":
-            return self.parent(d, 0), "."
-        return d, name
-
-    def open(self, text: str, flags: int) -> int:
-        """A descriptor for host path `text` opened with `flags` (O_NOFOLLOW added); links followed as chroot."""
-        try:
-            d, name = self.final(text)
-            links = 0
-            while True:
-                try:
-                    return os.open(name, flags | os.O_NOFOLLOW, dir_fd=d[1])
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or name == ".":
-                        raise
-                    d, name = self.target(d, name, links, exc)
-                    links += 1
-        except _Loop:
-            raise OSError(errno.ELOOP, f"{text}: more than {MAX_SYMLINKS} symbolic links") from None
-
-    def target(self, d: _Dir, name: str, links: int, exc: OSError) -> tuple[_Dir, str]:
-        """(directory, name) the link `name` in `d` points at; `exc` again when it is not a link."""
-        try:
-            target = os.readlink(name, dir_fd=d[1])
-        except OSError:
-            raise exc from None
-        if links >= MAX_SYMLINKS:
-            raise _Loop
-        start = self.root if target.startswith("/") else d
-        parts = _components(target)
-        if not parts:
-            return start, "."
-        d = self.walk(start, parts[:-1], links + 1)
-        last = parts[-1]
-        if last == "..":
-            return self.parent(d, links + 1), "."
-        return d, last
-
-    def lstat_final(self, text: str) -> tuple[os.stat_result, _Dir, str]:
-        """stat of what host path `text` resolves to (links followed as chroot), with its place."""
-        try:
-            d, name = self.final(text)
-            links = 0
-            while True:
-                st = os.stat(name, dir_fd=d[1], follow_symlinks=False)
-                if not stat_mod.S_ISLNK(st.st_mode):
-                    return st, d, name
-                d, name = self.target(d, name, links, OSError(errno.EINVAL, "not a link"))
-                links += 1
-        except _Loop:
-            raise OSError(errno.ELOOP, f"{text}: more than {MAX_SYMLINKS} symbolic links") from None
-
-
 @dataclass(frozen=True)
 class RoundHost(HostRoot):
     """The round's host: every read goes to the host once per round, then comes from the memo."""
 
     memo: dict[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
-    _state: list[_DirTable] = field(default_factory=list, compare=False, repr=False)
+    _state: list[DirTable] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def over(cls, host: HostRoot) -> RoundHost:
         return cls(**{f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.init})
 
-    def _dirs(self) -> _DirTable | None:
+    def _dirs(self) -> DirTable | None:
         """The descriptor table (None with the host root at `/`, where the kernel resolves as chroot)."""
         if self._state:
             return self._state[0]
         if self._real_root == "/":
             return None
-        table = _DirTable(self._real_root)
+        table = DirTable(self._real_root)
         self._state.append(table)
         return self._state[0]
 
@@ -266,19 +116,32 @@ class RoundHost(HostRoot):
         return value
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
-        key = ("1", os.fspath(host_path))
+        path = host_path if type(host_path) is str else os.fspath(host_path)
+        memo = self.memo
+        key = ("1", path)
         try:
-            return self.memo[key]  # type: ignore[return-value]
+            return memo[key]  # type: ignore[return-value]
         except KeyError:
             pass
-        text = self.read_text(key[1])
-        value = self.memo[key] = None if text is None else text.splitlines()[0].strip() if text.strip() else ""
+        bkey = ("b", path)
+        raw = memo.get(bkey, _UNSET)
+        if raw is _UNSET:
+            raw = memo[bkey] = self._read(path, None)
+        text = _text(raw)  # type: ignore[arg-type]
+        value = memo[key] = None if text is None else text.splitlines()[0].strip() if text.strip() else ""
         return value
 
     def _read(self, text: str, within: str | None) -> bytes | None:
         """HostRoot.read_bytes (bounded, FIFOs and sockets refused, None when unreadable) in one frame."""
         fd = -1
-        if within is None and self._state:  # the common case inline: a file in a directory already held
+        if within is None and self._state and openat2_ready():
+            try:  # the kernel resolves the whole path inside the root: one system call
+                fd = open_in_root(self._state[0].root[1], text, OPENAT2_READ)
+            except NoOpenat2:
+                pass
+            except OSError:
+                return None
+        elif within is None and self._state:  # a file in a directory already held
             parent, _, name = text.rpartition("/")
             d = self._state[0].by_text.get(parent)
             if d is not None and name and name != "." and name != "..":
@@ -368,8 +231,15 @@ class RoundHost(HostRoot):
         if not name or name in (".", ".."):
             return None
         try:
-            return os.path.basename(os.readlink(name, dir_fd=table.directory(parent)[1]))
-        except _Overflow:
+            try:
+                fd = open_in_root(table.root[1], parent or "/", PATH_FLAGS | os.O_DIRECTORY)
+            except NoOpenat2:
+                return os.path.basename(os.readlink(name, dir_fd=table.directory(parent)[1]))
+            try:
+                return os.path.basename(os.readlink(name, dir_fd=fd))
+            finally:
+                os.close(fd)
+        except Overflow:
             return super().link_target_name(text)
         except OSError:
             return None
@@ -405,8 +275,11 @@ class RoundHost(HostRoot):
             if within is not None:
                 _, d, name = self._confined(table, text, within)
                 return os.open(name, _OPEN_FLAGS | flags, dir_fd=d[1])
-            return table.open(text, _OPEN_FLAGS | flags)
-        except _Overflow:
+            try:
+                return open_in_root(table.root[1], text, OPENAT2_READ | flags)
+            except NoOpenat2:
+                return table.open(text, _OPEN_FLAGS | flags)
+        except Overflow:
             return super()._open(text, within, flags)
 
     def stat(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> os.stat_result:
@@ -419,20 +292,27 @@ class RoundHost(HostRoot):
         try:
             if within is not None:
                 return self._confined(table, text, within)[0]
-            return table.lstat_final(text)[0]
-        except _Overflow:
+            try:
+                fd = open_in_root(table.root[1], text, PATH_FLAGS)
+            except NoOpenat2:
+                return table.lstat_final(text)[0]
+            try:
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
+        except Overflow:
             return super().stat(text, within=within)
 
-    def _confined(self, table: _DirTable, text: str, within: str) -> tuple[os.stat_result, _Dir, str]:
+    def _confined(self, table: DirTable, text: str, within: str) -> tuple[os.stat_result, Dir, str]:
         """lstat_final of `text`, refused (HostPathEscape, as HostRoot.resolve words it) when it
         resolves outside the host directory `within`."""
         key = ("w", within)
         base = self.memo.get(key)
         if base is None:
-            base = self.memo[key] = _components(super().host_resolve(within))
+            base = self.memo[key] = components(super().host_resolve(within))
         st, d, name = table.lstat_final(text)
         real = d[0] if name == "." else ("/" + name if d[0] == "/" else d[0] + "/" + name)
-        parts = _components(real)
+        parts = components(real)
         if parts[: len(base)] != base:  # type: ignore[arg-type]
             raise HostPathEscape(text, within, real)
         return st, d, name
@@ -444,7 +324,7 @@ class RoundHost(HostRoot):
             return super().host_resolve(text, strict=strict)
         try:
             _, d, name = table.lstat_final(text)
-        except _Overflow:
+        except Overflow:
             return super().host_resolve(text, strict=strict)
         if name == ".":
             return d[0]

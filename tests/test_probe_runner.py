@@ -220,12 +220,25 @@ def _answers(host: HostRoot, p: str) -> tuple[object, ...]:
             *(confined(w) for w in ("/sys", "/etc", "/sys/abs-link", "/sys/bus/", "/no/such", "/")))
 
 
+@pytest.fixture(params=[True, False], ids=["openat2", "held-directories"])
+def openat2(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways a round resolves: openat2(RESOLVE_IN_ROOT) and, where the kernel lacks it, the walk
+    through directory descriptors held for the round."""
+    from nodecompat.probes import root_resolve
+
+    monkeypatch.setattr(root_resolve, "USE_OPENAT2", request.param)
+    return bool(request.param)
+
+
 @pytest.mark.parametrize("host", ["h100-server", "amd-mi300", "plain-vm"])
-def test_round_reads_through_held_directories_give_hostroots_answers(host: str, tmp_path: Path) -> None:
-    """RoundHost (directories opened once per round, files opened relative to them with O_NOFOLLOW)
-    answers every read exactly as HostRoot's component walk does, for every path of a fixture tree
-    (sysfs links included), through `..`, links out of the root, loops, dangling and missing parts;
-    each path asked twice (the second answer from the memo) and in one shared round."""
+def test_round_reads_through_held_directories_give_hostroots_answers(
+    host: str, tmp_path: Path, openat2: bool
+) -> None:
+    """RoundHost (openat2 with RESOLVE_IN_ROOT, or directories opened once per round and files opened
+    relative to them with O_NOFOLLOW) answers every read exactly as HostRoot's component walk does,
+    for every path of a fixture tree (sysfs links included), through `..`, links out of the root,
+    loops, dangling and missing parts; each path asked twice (the second answer from the memo) and in
+    one shared round."""
     root = tmp_path / "host"
     shutil.copytree(FIXTURES / host, root, symlinks=True)
     paths = _every_path(root, _hostile_links(root))
@@ -238,7 +251,7 @@ def test_round_reads_through_held_directories_give_hostroots_answers(host: str, 
     assert memo.read_text("/sys/abs-link/os-release") == (root / "etc" / "os-release").read_text()
 
 
-def test_a_link_swapped_in_after_its_directory_was_opened_is_not_followed(tmp_path: Path) -> None:
+def test_a_link_swapped_in_after_its_directory_was_opened_is_not_followed(tmp_path: Path, openat2: bool) -> None:
     """The round holds a directory's descriptor; a file replaced by a link out of the root afterwards
     is resolved as the host root's (re-rooted), never opened through the link, and a directory
     replaced by a link to one outside is not followed either (the held descriptor is the old one)."""
@@ -262,20 +275,21 @@ def test_a_link_swapped_in_after_its_directory_was_opened_is_not_followed(tmp_pa
     assert "SECRET" not in repr([memo.read_bytes("/sys/d/v"), fresh.listdir("/sys/d"), memo.listdir("/sys/d")])
 
 
-def test_a_round_holds_a_bounded_number_of_directories(tmp_path: Path) -> None:
+def test_a_round_holds_a_bounded_number_of_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past MAX_HELD_DIRS the round still answers (through HostRoot's walk); descriptors are closed
     once the round's host is dropped."""
-    from nodecompat.probes import round_host
+    from nodecompat.probes import root_resolve
 
+    monkeypatch.setattr(root_resolve, "USE_OPENAT2", False)  # openat2 holds none
     root = tmp_path / "root"
-    n = round_host.MAX_HELD_DIRS + 20
+    n = root_resolve.MAX_HELD_DIRS + 20
     for i in range(n):
         (root / "d" / str(i)).mkdir(parents=True)
         (root / "d" / str(i) / "f").write_text(f"{i}\n")
     before = len(os.listdir("/proc/self/fd"))
     memo = _RoundHost.over(HostRoot(root))
     assert [memo.read_line(f"/d/{i}/f") for i in range(n)] == [str(i) for i in range(n)]
-    assert len(os.listdir("/proc/self/fd")) - before <= round_host.MAX_HELD_DIRS
+    assert len(os.listdir("/proc/self/fd")) - before <= root_resolve.MAX_HELD_DIRS
     del memo
     assert len(os.listdir("/proc/self/fd")) - before <= 0
 
