@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", default=None, help="server certificate (PEM); enables TLS")
     p.add_argument("--tls-key", default=None, help="server private key (PEM)")
     p.add_argument("--tls-ca", default=None, help="CA (PEM) clients must be signed by: enables mutual TLS")
-    p.add_argument("--register", default=None, metavar="AGGREGATOR", help="keep a lease with this aggregator")
+    p.add_argument("--register", action="append", default=None, metavar="AGGREGATOR[,AGGREGATOR...]",
+                   help="keep a lease with this aggregator; several (comma-separated or repeated): replicas tried "
+                   "in order, failing over when one cannot be reached")
     p.add_argument("--advertise", default=None,
                    help="HOST:PORT the aggregator should dial (default: the --listen address)")
     p.add_argument("--registration-token-file", default=None, metavar="FILE",
@@ -156,8 +158,14 @@ def check_args(args: argparse.Namespace) -> str:
         if not args.register:
             return "--registration-token-file is for --register"
     if args.register:
+        from nodecompat.server.registration import parse_aggregators
+
         try:
-            split_address(args.register)
+            for aggregator in parse_aggregators(args.register):
+                try:
+                    split_address(aggregator)
+                except ValueError as exc:
+                    raise ValueError(f"{aggregator!r}: {exc}") from None
         except ValueError as exc:
             return f"--register {exc}"
         if is_wildcard_host(host) and not args.advertise:

@@ -5,6 +5,13 @@ ttl the aggregator granted), so one or two lost heartbeats do not drop it. Failu
 retried on the same beat; RegisterNode is an idempotent upsert, so when the aggregator restarts and
 forgets everything, the next heartbeat puts the node back. stop() deregisters (best effort) so a node
 that shuts down cleanly leaves at once; a node that dies leaves when its lease lapses.
+
+Several aggregators (replicas sharing registrations through etcd, `serve --register A,B,C` or the flag
+repeated): each beat goes to the aggregator that answered last (at first, the first listed); when it cannot
+be reached (any failure but a refusal) the others are tried in the order given within the same beat, so a
+dead replica costs one beat's delay, not the lease. A refusal (bad address, address taken, denied) is the
+fleet's answer, the same from every replica sharing the store: no failover. The same lease key goes to
+every aggregator, so a replica renews a lease another granted.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 
@@ -26,12 +33,30 @@ CALL_TIMEOUT = 5.0
 REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED,
             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 MIN_BEAT = 0.2
+MAX_AGGREGATORS = 16
+
+
+def parse_aggregators(values: str | Sequence[str]) -> list[str]:
+    """`--register` values (each possibly comma-separated) -> the aggregator addresses in order, duplicates
+    dropped; ValueError when none is given or more than MAX_AGGREGATORS."""
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    if not out:
+        raise ValueError("no aggregator address")
+    if len(out) > MAX_AGGREGATORS:
+        raise ValueError(f"at most {MAX_AGGREGATORS} aggregator addresses, got {len(out)}")
+    return out
 
 
 class LeaseKeeper:
     def __init__(
         self,
-        aggregator: str,
+        aggregator: str | Sequence[str],
         *,
         name: str,
         address: str,
@@ -42,17 +67,20 @@ class LeaseKeeper:
         tls_ca: str | None = None,
         token: bytes | None = None,
     ) -> None:
-        """ttl 0 takes the aggregator's default lease; TLS is used when tls_ca (or a cert) is given.
+        """aggregator: one address, a comma-separated list or a list (tried in order, module doc); ttl 0 takes
+        the aggregator's default lease; TLS is used when tls_ca (or a cert) is given.
 
         Every call carries a random lease key (only this keeper can renew or deregister its lease,
         server/registration_auth.py) and, when given, the fleet's shared registration token."""
-        self.aggregator = aggregator
+        self.aggregators = parse_aggregators(aggregator)
+        self.current = 0  # index of the aggregator that answered last
         self.request = fleet_pb2.RegisterNodeRequest(
             name=name, address=address, labels=dict(labels or {}), ttl_seconds=ttl
         )
         creds = tls.ClientTls(tls_ca, tls_cert, tls_key).credentials()
-        self._channel = tls.open_channel(aggregator, creds, [("grpc.max_reconnect_backoff_ms", 2000)])
-        self._stub = fleet_pb2_grpc.FleetServiceStub(self._channel)
+        self._channels = [tls.open_channel(a, creds, [("grpc.max_reconnect_backoff_ms", 2000)])
+                          for a in self.aggregators]
+        self._stubs = [fleet_pb2_grpc.FleetServiceStub(c) for c in self._channels]
         self._metadata: list[tuple[str, str]] = [(LEASE_KEY_METADATA, secrets.token_hex(32))]
         if token is not None:
             self._metadata.append((TOKEN_METADATA, token.decode("ascii")))
@@ -62,30 +90,41 @@ class LeaseKeeper:
         self.registered = threading.Event()
         self.last_error: str = ""
 
+    @property
+    def aggregator(self) -> str:
+        """The aggregator heartbeats go to now."""
+        return self.aggregators[self.current]
+
     def heartbeat(self) -> bool:
-        """One RegisterNode call; True when the aggregator accepted it."""
-        try:
-            resp = self._stub.RegisterNode(self.request, timeout=CALL_TIMEOUT, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            msg = f"{exc.code().name}: {exc.details()}"
-            if msg != self.last_error:  # refusals (bad address, address taken) need the operator: error level
-                level = logging.ERROR if exc.code() in REFUSALS else logging.WARNING
-                log.log(level, "registration with %s failed (will retry): %s", self.aggregator, msg)
-            self.last_error = msg
-            self.registered.clear()
-            return False
-        if not self.registered.is_set():
-            log.info(
-                "registered with %s as %s (%s), lease %.1fs",
-                self.aggregator,
-                self.request.name,
-                self.request.address,
-                resp.ttl_seconds,
-            )
-        self.granted_ttl = resp.ttl_seconds
-        self.last_error = ""
-        self.registered.set()
-        return True
+        """One RegisterNode, to the current aggregator then (when it cannot be reached) to each other in the
+        order given; True when one accepted it."""
+        n = len(self.aggregators)
+        first = self.current
+        for i in range(n):
+            idx = (first + i) % n
+            try:
+                resp = self._stubs[idx].RegisterNode(self.request, timeout=CALL_TIMEOUT, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                msg = f"{exc.code().name}: {exc.details()}"
+                refused = exc.code() in REFUSALS
+                if msg != self.last_error:  # refusals (bad address, address taken) need the operator: error level
+                    more = "" if refused or i == n - 1 else "; trying the next aggregator"
+                    log.log(logging.ERROR if refused else logging.WARNING,
+                            "registration with %s failed (will retry): %s%s", self.aggregators[idx], msg, more)
+                self.last_error = msg
+                if refused:  # the fleet's answer: every replica sharing the store gives the same
+                    break
+                continue
+            if idx != self.current or not self.registered.is_set():
+                log.info("registered with %s as %s (%s), lease %.1fs", self.aggregators[idx], self.request.name,
+                         self.request.address, resp.ttl_seconds)
+            self.current = idx
+            self.granted_ttl = resp.ttl_seconds
+            self.last_error = ""
+            self.registered.set()
+            return True
+        self.registered.clear()
+        return False
 
     def interval(self) -> float:
         ttl = self.granted_ttl or self.request.ttl_seconds or 3.0
@@ -107,9 +146,10 @@ class LeaseKeeper:
         if self._thread is not None:
             self._thread.join(timeout=CALL_TIMEOUT)
         try:
-            self._stub.DeregisterNode(
+            self._stubs[self.current].DeregisterNode(
                 fleet_pb2.DeregisterNodeRequest(name=self.request.name), timeout=2.0, metadata=self._metadata
             )
         except grpc.RpcError as exc:
             log.info("deregistration from %s failed: %s", self.aggregator, exc.code().name)
-        self._channel.close()
+        for ch in self._channels:
+            ch.close()
