@@ -192,7 +192,14 @@ def probe_names() -> list[str]:
 def _warm_up_after_first_round(daemon: object) -> None:
     """Import the rule engine once the first probe round is done (health SERVING), so the first
     ValidateImage does not pay for it; it is left out of start-up, which only needs probing and the gRPC
-    server, and importing it during the first round would slow that round down (one GIL)."""
+    server, and importing it during the first round would slow that round down (one GIL).
+
+    The thread is not a daemon thread, so interpreter exit waits for the import to end. A daemon thread
+    still importing at SIGTERM was the daemon's "terminate called without an active exception" abort
+    (exit -6): Py_FinalizeEx makes a daemon thread that asks for the GIL call pthread_exit, and when that
+    thread is inside `re2`'s pybind11 module init (PyInit__re2, GIL released by gil_scoped_release) the
+    forced unwind runs the noexcept ~gil_scoped_release, so std::terminate (core dump, thread backtrace).
+    Tracing made it likelier only by moving the timing (seen flaky in test_tracing's SIGTERM)."""
     import threading
 
     def warm() -> None:
@@ -204,7 +211,7 @@ def _warm_up_after_first_round(daemon: object) -> None:
     def after_round(_round: object) -> None:
         if not started.is_set():
             started.set()
-            threading.Thread(target=warm, name="warm-up", daemon=True).start()
+            threading.Thread(target=warm, name="warm-up", daemon=False).start()  # joined at exit: see above
 
     hooks = getattr(getattr(daemon, "cache", None), "on_round", None)
     if isinstance(hooks, list):
