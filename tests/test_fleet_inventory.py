@@ -142,6 +142,34 @@ def test_grouped_answers_carry_the_same_results_as_per_node_answers(inv: InvFlee
         assert a.summary.ranking == b.summary.ranking  # type: ignore[attr-defined]
 
 
+def test_max_staleness_sends_older_inventory_entries_live(inv: InvFleet) -> None:
+    """Nodes whose inventory features are older than the request's max_staleness are asked live, the others
+    answered from the inventory, in one call; the answers are the same either way."""
+    with FleetClient(inv.address) as c:
+        a = c.validate(spec_text=NVIDIA_ONLY, timeout=20)
+        assert {n.source for n in a.nodes} == {"INVENTORY"}  # type: ignore[attr-defined]
+        b = c.validate(spec_text=NVIDIA_ONLY, timeout=20, max_staleness=1e-3)  # every probe round is older
+        assert {n.source for n in b.nodes} == {"LIVE"} and (b.summary.live, b.summary.from_inventory) == (6, 0)  # type: ignore[attr-defined]
+        assert {n.name: n.compatible for n in a.nodes} == {n.name: n.compatible for n in b.nodes}
+        time.sleep(3)  # let the other nodes' rounds age, then give gpu-1 a fresh one
+        store = inv.agg.store
+        assert store is not None
+        before = store.get(inv.nodes["gpu-1"].address)
+        assert before is not None
+        _refresh(inv.nodes["gpu-1"])
+        _wait(lambda: store.get(inv.nodes["gpu-1"].address).probed_at > before.probed_at,  # type: ignore[union-attr]
+              what="gpu-1's new round in the inventory")
+        now = time.time()
+        ages = {r.name: now - r.probed_at for r in store.records()}
+        fresh, oldest_other = ages["gpu-1"], min(v for k, v in ages.items() if k != "gpu-1")
+        assert oldest_other - fresh > 2.0, ages
+        m = c.validate(spec_text=NVIDIA_ONLY, timeout=20, max_staleness=(fresh + oldest_other) / 2)
+        assert {n.name: n.source for n in m.nodes} == {  # type: ignore[attr-defined]
+            name: "INVENTORY" if name == "gpu-1" else "LIVE" for name in HOSTS}
+        assert (m.summary.from_inventory, m.summary.live) == (1, 5)  # type: ignore[attr-defined]
+        assert {n.name: n.compatible for n in m.nodes} == {n.name: n.compatible for n in a.nodes}
+
+
 def test_identical_hosts_share_one_stored_feature_set(inv: InvFleet) -> None:
     _, a = _answers(inv.address, NVIDIA_ONLY, live=False)
     fp = {n.name: n.fingerprint for n in a.nodes}  # type: ignore[attr-defined]
