@@ -22,7 +22,7 @@ from nodecompat import wire
 from nodecompat.engine.spec import Spec
 from nodecompat.fleet import whynot
 from nodecompat.fleet.reasons import failure_reasons
-from nodecompat.fleet.store import STATE_OK, FeatureStore, NodeRecord
+from nodecompat.fleet.store import STATE_OK, FeatureStore, NodeRecord, reads_identity
 from nodecompat.server.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.v1 import fleet_pb2, inventory_pb2
 
@@ -77,25 +77,33 @@ def plan(
     out = Plan()
     records = store.records_by_key([n.address for n in nodes])
     held: list[tuple[FleetNode, NodeRecord]] = []
+    reps: dict[str, NodeRecord] = {}  # one node per distinct set: who is evaluated when identity is not read
     for node in nodes:
         rec = records.get(node.address)
         if rec is not None and rec.state == STATE_OK and rec.fingerprint and not (
             max_staleness > 0 and now - rec.probed_at > max_staleness
         ):  # usable(), inlined: this loop runs once per node
             held.append((node, rec))
+            if rec.fingerprint not in reps:
+                reps[rec.fingerprint] = rec
         else:
             out.live.append(node)
-    verdicts = store.evaluate(spec, skey, [r for _, r in held], tags, nfd_view)
+    per_node = reads_identity(spec)
+    if per_node:  # the verdict may differ per node (system.name.nodename): one per node (cached per identity)
+        verdicts = store.evaluate(spec, skey, [r for _, r in held], tags, nfd_view)
+    else:
+        by_key = store.evaluate(spec, skey, list(reps.values()), tags, nfd_view)
+        by_fp = {fp: by_key[r.key] for fp, r in reps.items() if r.key in by_key}
     groups: dict[int, list[Any]] = {}  # id(verdict) -> [verdict, nodes]
     templates: dict[tuple[int, str], fleet_pb2.NodeResult] = {}
     failed_probe: dict[str, bool] = {}
     answered: list[tuple[FleetNode, NodeRecord, tuple[int, str]]] = []
     for node, rec in held:
-        v = verdicts.get(rec.key)
+        fp = rec.fingerprint
+        v = verdicts.get(rec.key) if per_node else by_fp.get(fp)
         if v is None:  # the set left the store meanwhile
             out.live.append(node)
             continue
-        fp = rec.fingerprint
         tk = (id(v), fp)
         if tk not in templates:
             templates[tk] = fleet_pb2.NodeResult(
