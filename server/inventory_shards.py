@@ -250,9 +250,14 @@ class InventoryShards:
             self._lease = 0
 
     def _join(self) -> None:
-        self._lease = self.etcd.grant(self.replica_ttl)
+        lease = self.etcd.grant(self.replica_ttl)
+        try:
+            self.etcd.put_many([(self._replica_key(self.id), json.dumps({"id": self.id}).encode(), lease)])
+        except StoreUnavailable:
+            self.etcd.revoke(lease)
+            raise
+        self._lease = lease
         self._lease_renewed = time.monotonic()
-        self.etcd.put_many([(self._replica_key(self.id), json.dumps({"id": self.id}).encode(), self._lease)])
         with self._lock:  # a new lease: nothing of this replica is in etcd any more
             self._published.clear()
             self._sets_published.clear()

@@ -172,6 +172,8 @@ def _expanded_args(doc: dict[str, Any]) -> Any:
         elif "configMapKeyRef" in e.get("valueFrom", {}):
             ref = e["valueFrom"]["configMapKeyRef"]
             env[e["name"]] = one("ConfigMap", ref["name"])["data"][ref["key"]]
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[e["name"]] = "nodecompat-aggregator-7d9c5b6f4-x2x7q"  # a pod name as a ReplicaSet makes it
     expanded = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a)
                 for a in c["args"]]
     return build_parser().parse_args(expanded)
@@ -191,6 +193,7 @@ def test_aggregator_runs_three_replicas_sharing_registrations_through_etcd() -> 
     assert len(endpoints) == 3 and all(port == 2379 for _host, port in endpoints)
     assert args.store_prefix.startswith("/") and args.store_prefix.endswith("/")
     assert "$(" not in args.store + args.store_prefix
+    assert args.replica_id == "nodecompat-aggregator-7d9c5b6f4-x2x7q"  # each pod its own inventory share
     labels = dep["spec"]["template"]["metadata"]["labels"]
     (spread,) = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
     assert spread["topologyKey"] == "kubernetes.io/hostname"
