@@ -8,7 +8,9 @@ of one node is measured by the daemon's own benchmarks; this one measures the fa
 aggregator runs in this process with its defaults (concurrency 64) and is driven through the real
 client, with the aggregator's default overall deadline. Figures: the first (cold: connections set up)
 call and the median (min, max) of warm calls; failed nodes (must be 0: every node reported OK within the
-deadline); the aggregator's RSS growth per known node (each size runs in its own process).
+deadline); the aggregator's RSS growth per known node (each size runs in its own process): right after the
+calls, with a connection open to every node (`RSS/node`: gRPC core's connected channel alone is ~35 KiB), and
+at rest, once the channel pool's idle bound has passed and its sweep closed them (`at rest`).
 
 The table's row: at 1,000 nodes, the warm fan-out's cost per node / the cost of one unary ValidateImage
 issued by grpc.aio from the same process to the same simulated nodes at the same concurrency (warm
@@ -119,6 +121,7 @@ def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp:
     """Child process: one aggregator for n simulated nodes; cold + warm calls; RSS; optionally the row."""
     from nodecompat.clients.fleet_client import FleetClient
     from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+    from nodecompat.server.channel_pool import TRIM_DELAY
 
     nodes = tmp / f"nodes-{n}.json"
     addresses = [node_address(i, port) for i in range(n)]
@@ -146,7 +149,14 @@ def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp:
                 reported.append(len(ans.nodes))
             out["rss_per_node_kib"] = (rss_kib() - rss0) / n
             out["rss_mib"] = rss_kib() / 1024
+            # At rest: what stays once the pool's idle bound has passed (the sweep closes idle channels and
+            # returns the freed heap pages; pool.close_idle is that sweep, run now instead of idle_close later).
+            # Measured before the row, whose grpc.aio floor opens and closes channels of its own.
+            agg.pool.close_idle(0)
+            time.sleep(TRIM_DELAY + 0.5)
+            out["rest_per_node_kib"] = (rss_kib() - rss0) / n
             if floor:
+                client.validate(spec_text=SPEC)  # connect again: the row compares warm calls
                 fleet_per_node, floor_per_call = [], []
                 for _ in range(3):  # figure and limit alternately, in this process
                     t0 = time.perf_counter()
@@ -192,7 +202,7 @@ def main() -> None:
         )
         print(
             f"{'nodes':>6} {'cold wall':>10} {'warm wall median (min, max)':>30} {'per node':>9} "
-            f"{'reported':>9} {'failed':>7} {'deadline':>9} {'agg RSS':>8} {'RSS/node':>9}"
+            f"{'reported':>9} {'failed':>7} {'deadline':>9} {'agg RSS':>8} {'RSS/node':>9} {'at rest':>8}"
         )
         row = None
         for n in [int(x) for x in args.sizes.split(",")]:
@@ -205,7 +215,8 @@ def main() -> None:
             print(
                 f"{n:>6} {res['cold'] * 1e3:>8.0f}ms {med * 1e3:>10.0f}ms ({min(warm) * 1e3:.0f}, "
                 f"{max(warm) * 1e3:.0f}) {'':>6} {med / n * 1e6:>7.0f}us {res['reported']:>9} {res['failed']:>7} "
-                f"{res['deadline']:>8.0f}s {res['rss_mib']:>6.0f}MiB {res['rss_per_node_kib']:>7.1f}KiB"
+                f"{res['deadline']:>8.0f}s {res['rss_mib']:>6.0f}MiB {res['rss_per_node_kib']:>7.1f}KiB "
+                f"{res['rest_per_node_kib']:>5.1f}KiB"
             )
             if "row" in res:
                 row = (n, *res["row"])

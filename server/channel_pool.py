@@ -6,16 +6,25 @@ that loop); the fan-out (server/fanout.py) runs its calls there. The aggregator 
 ValidateFleet and ListNodes so channels to nodes that left the fleet are closed; an address a call in
 progress still uses (`in_use`) is kept until a later prune, so a node leaving never cancels a call
 already under way. Health/Check of nodes (ListNodes, first checks) goes through the same channels.
+Channels unused for `idle_close` seconds (and with no call in flight or in progress) are closed by a
+sweep on the pool's loop: a connected channel costs ~35 KiB in gRPC core, and the daemons close
+connections idle for 30 s themselves (server/limits.py MAX_CONNECTION_IDLE), so a channel kept longer
+holds memory and no warm connection. glibc keeps the heap pages freed by closed connections, so after a
+sweep that closed many the pool asks it to return them (malloc_trim; hand-written through ctypes because
+no maintained library wraps it, and skipped where the C library has none).
 Split out of server/fanout.py, which re-exports these names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import threading
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -39,27 +48,55 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.enable_channelz", 0),
 ]
 MAX_CHANNELS = 16384  # pooled connections (~35 KiB each in gRPC core): ~560 MiB at most
+# Close pooled channels unused this long: twice the daemons' own idle limit (their side of an idle
+# connection is gone after 30 s, so a channel kept longer is memory without a warm connection).
+IDLE_CLOSE = 60.0
+TRIM_AFTER = 64  # return freed heap pages to the OS after a sweep that closed at least this many channels
+TRIM_DELAY = 1.0  # s after the closes: gRPC core tears connections down on its own threads shortly after
+
+
+def _malloc_trim() -> None:
+    """glibc's malloc_trim(0): give the free pages of the heap back to the OS (no-op elsewhere)."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if callable(_trim):
+        _trim(0)
+
+
+_trim: Callable[[int], int] | bool | None = None
 VALIDATE_METHOD = "/nodecompat.v1.NodeService/ValidateImage"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
 class PoolEntry:
     """A pooled channel, the two method callables made on it once, and its calls in flight."""
 
-    __slots__ = ("channel", "health", "inflight", "validate")
+    __slots__ = ("_health", "channel", "inflight", "used", "validate")
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
         self.inflight = 0
+        self.used = time.monotonic()  # last handed out (idle closing)
         self.validate = channel.unary_unary(
             VALIDATE_METHOD,
             request_serializer=node_pb2.ValidateImageRequest.SerializeToString,
             response_deserializer=node_pb2.ValidateImageResponse.FromString,
         )
-        self.health = channel.unary_unary(
-            HEALTH_METHOD,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
+        self._health: grpc.aio.UnaryUnaryMultiCallable | None = None
+
+    @property
+    def health(self) -> grpc.aio.UnaryUnaryMultiCallable:
+        """Health/Check on this channel (made on first use: most fan-outs never check health)."""
+        if self._health is None:
+            self._health = self.channel.unary_unary(
+                HEALTH_METHOD,
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+        return self._health
 
 
 class ChannelPool:
@@ -71,11 +108,21 @@ class ChannelPool:
     Thread-safe: any thread may ask for a channel, prune or close; channels are made and closed on the
     loop thread (started on first use)."""
 
-    def __init__(self, credentials: grpc.ChannelCredentials | None = None, max_channels: int = MAX_CHANNELS) -> None:
+    def __init__(
+        self,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_channels: int = MAX_CHANNELS,
+        idle_close: float = IDLE_CLOSE,
+    ) -> None:
+        """idle_close: seconds a channel may go unused before a sweep closes it (> 0)."""
         if max_channels < 1:
             raise ValueError("max_channels must be >= 1")
+        if not idle_close > 0:
+            raise ValueError("idle_close must be > 0")
         self.credentials = credentials
         self.max_channels = max_channels
+        self.idle_close = idle_close
+        self._sweep: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, PoolEntry] = OrderedDict()
         self._closing: set[asyncio.Future[None]] = set()
@@ -123,8 +170,11 @@ class ChannelPool:
             e = self._entries.get(address)
             if e is not None:
                 self._entries.move_to_end(address)
+                e.used = time.monotonic()
                 return e
             evicted = self._evict_locked(len(self._entries) + 1 - self.max_channels)
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(self.idle_close / 2, self._sweep_idle)
             if self.credentials is None:
                 ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             else:
@@ -151,8 +201,48 @@ class ChannelPool:
                 break
         return out
 
+    def _sweep_idle(self) -> None:
+        """The periodic sweep (on the loop): close idle channels; runs while the pool has any."""
+        self._sweep = None
+        closed = self._take_idle(self.idle_close)
+        with self._lock:
+            if self._entries and self._sweep is None and self._loop is not None:
+                self._sweep = self._loop.call_later(self.idle_close / 2, self._sweep_idle)
+        if closed:
+            self._spawn_close(closed, trim=len(closed) >= TRIM_AFTER)
+
+    def _take_idle(self, older_than: float) -> list[grpc.aio.Channel]:
+        """Take out of the pool the channels unused for `older_than` s, with no call in flight or in progress."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            gone = [a for a, e in self._entries.items() if e.used <= cutoff and not e.inflight and not self._busy[a]]
+            return [self._entries.pop(a).channel for a in gone]
+
+    def close_idle(self, older_than: float | None = None) -> int:
+        """Close now the channels unused for `older_than` s (default idle_close) with no call in flight or
+        in progress, as the periodic sweep does (freed heap pages go back TRIM_DELAY s later); how many."""
+        closing = self._take_idle(self.idle_close if older_than is None else older_than)
+        self._close(closing)
+        loop = self._loop
+        if closing and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.call_later, TRIM_DELAY, _malloc_trim)
+        return len(closing)
+
+    def _spawn_close(self, channels: list[grpc.aio.Channel], trim: bool) -> None:
+        """Close channels in the background (on the loop), then trim the heap if asked."""
+
+        async def close_all() -> None:
+            await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
+            if trim:
+                asyncio.get_running_loop().call_later(TRIM_DELAY, _malloc_trim)
+
+        task = asyncio.ensure_future(close_all())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     def channel(self, address: str) -> grpc.aio.Channel:
-        """The pooled channel of `address`, from any thread (channels connect lazily)."""
+        """The pooled channel of `address`, from any thread (channels connect lazily). Unused for
+        idle_close seconds and not held by in_use(), it is closed by the sweep (ask again then)."""
         if self.on_loop():
             return self.entry(address).channel
 
@@ -195,6 +285,9 @@ class ChannelPool:
             closing = [e.channel for e in self._entries.values()]
             self._entries.clear()
             loop, self._loop = self._loop, None
+            sweep, self._sweep = self._sweep, None
+        if sweep is not None and loop is not None:
+            loop.call_soon_threadsafe(sweep.cancel)
         if loop is None:
             return
         self._close(closing, loop)

@@ -139,3 +139,35 @@ def test_run_batches_reports_what_the_deadline_cut_off(node_server: tuple[int, _
     got = {o.node.name: o for b in batches for o in b}
     assert got["ok"].status == "OK"
     assert got["silent"].status == "DEADLINE_EXCEEDED" and "fleet deadline" in got["silent"].error
+
+
+def test_pool_closes_channels_idle_past_the_bound_but_not_those_in_use(node_server: tuple[int, _Node]) -> None:
+    """The sweep closes a channel unused for idle_close s; one held by a call in progress stays; a closed
+    address gets a new channel on its next use, and a fan-out over it still answers."""
+    port, _ = node_server
+    a, b = f"127.0.0.1:{port}", f"127.0.0.2:{port}"
+    pool = ChannelPool(idle_close=0.2)
+    fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=5.0))
+    try:
+        with pool.in_use([b]):
+            first = [o.status for o in fan.run([FleetNode("a", a), FleetNode("b", b)],
+                                               node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 10)]
+            assert first == ["OK", "OK"] and pool.addresses() == {a, b}
+            old = pool.channel(a)
+            for _ in range(100):  # the sweep runs every idle_close / 2 s; wait for it, bounded
+                if pool.addresses() == {b}:
+                    break
+                time.sleep(0.05)
+            assert pool.addresses() == {b}  # a: idle past the bound; b: in use
+        assert pool.channel(a) is not old
+        again = list(fan.run([FleetNode("a", a)], node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 10))
+        assert [o.status for o in again] == ["OK"]
+        left = len(pool)  # a, and b unless the sweep took it meanwhile
+        assert left >= 1 and pool.close_idle(0) == left and len(pool) == 0  # nothing in flight: all go at once
+    finally:
+        pool.close()
+
+
+def test_pool_idle_bound_is_checked() -> None:
+    with pytest.raises(ValueError, match="idle_close"):
+        ChannelPool(idle_close=0)
