@@ -141,6 +141,11 @@ class RoundHost(HostRoot):
                 pass
             except OSError:
                 return None
+        elif within is None and not self._state and self._real_root == "/":  # the kernel resolves as chroot
+            try:
+                fd = os.open(text if text.startswith("/") else "/" + text, _ROOT_OPEN_FLAGS)
+            except OSError:
+                return None
         elif within is None and self._state:  # a file in a directory already held
             parent, _, name = text.rpartition("/")
             d = self._state[0].by_text.get(parent)
@@ -163,6 +168,11 @@ class RoundHost(HostRoot):
             size = _CHUNK if st.st_size < _CHUNK else min(st.st_size + 1, MAX_READ_BYTES + 1)
             data = os.read(fd, size)
             if not data:
+                return data
+            if len(data) < size and st.st_size and stat_mod.S_ISREG(mode):
+                # A regular file with a size that gave less than asked is at its end (a disk file, or a
+                # sysfs attribute, shown whole in one read): no second read to see it. procfs files
+                # (size 0) and pipes read on to the end, as HostRoot does.
                 return data
             chunks = [data]
             total = len(data)
