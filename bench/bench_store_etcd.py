@@ -9,7 +9,17 @@ through A (RegisterNode over gRPC, 8 at a time); then, one at a time, SAMPLE mor
   etcd's watch to B);
 - limit, same run, alternately: RegisterNode through B until B holds it (the same claim, no watch hop).
 ValidateFleet (every node, default deadline) through A and through B, beside the same call through an
-aggregator with the same 1,000 nodes in a nodes file and no store. No asserts: it prints figures.
+aggregator with the same 1,000 nodes in a nodes file and no store.
+
+Then the live inventory shared out (server/inventory_shards.py): three replicas with the inventory on, the
+same 1,000 nodes from a nodes file, served WatchFeatures by bench_inventory.py's simulator (5 profiles):
+- how the subscriptions are shared out (each node once; per replica) and the time until every replica holds
+  every node (its own share through its streams, the rest through etcd);
+- ValidateFleet through each replica, every node answered from the inventory, beside one replica with no
+  store holding all 1,000 subscriptions itself (alternated);
+- a replica's death (its lease left to lapse, as after SIGKILL): the time until the two others hold every
+  subscription, beside the bound REPLICA_TTL + 5 s.
+No asserts: it prints figures.
 
     .venv/bin/python bench/bench_store_etcd.py [--nodes 1000] [--sample 50]
 """
@@ -42,8 +52,9 @@ from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc  # noqa: E402
 
 
 def _aggregator(**kw: object) -> tuple[AggregatorDaemon, str]:
-    d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", check_new_nodes=False, sync=None,
-                                          node_timeout=30, **kw))  # type: ignore[arg-type]
+    kw.setdefault("sync", None)
+    d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", check_new_nodes=False, node_timeout=30,
+                                          **kw))  # type: ignore[arg-type]
     return d, f"127.0.0.1:{d.start()}"
 
 
@@ -139,11 +150,101 @@ def main() -> None:
                   f"target <= 1.1 | {'met' if r <= 1.1 else 'NOT MET'}")
         for ch in channels.values():
             ch.close()
+        sharded(args.nodes, store, tmp)
     finally:
         for d in aggs:
             d.stop(grace=0)
         for m in members:
             stop_process(m.proc, 5.0)
+        sim.terminate()
+        sim.wait()
+
+
+def sharded(n: int, store: str, tmp: Path) -> None:
+    """The inventory shared out among three replicas (module doc)."""
+    import os
+    import uuid
+
+    from bench_inventory import node_address as sim_address
+
+    from nodecompat.server.inventory_shards import REPLICA_TTL
+    from nodecompat.server.inventory_sync import SyncConfig
+
+    port_file = tmp / "inventory-port"
+    sim = subprocess.Popen([sys.executable, str(BENCH / "bench_inventory.py"), "--serve-simulator", str(port_file),
+                            "--profiles", "5"], env={**os.environ, "BENCH_SIM_NODES": str(n)})
+    aggs: list[AggregatorDaemon] = []
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+        nodes_file = tmp / "inventory-nodes.json"
+        nodes_file.write_text("[" + ",".join(f'{{"name": "sim-{i:05d}", "address": "{sim_address(i, port)}"}}'
+                                             for i in range(n)) + "]")
+        prefix = f"/bench-{uuid.uuid4().hex}/"
+        t0 = time.perf_counter()
+        for _ in range(3):
+            aggs.append(_aggregator(store=store, store_prefix=prefix, nodes_file=str(nodes_file),
+                                    sync=SyncConfig(heartbeat=10.0))[0])
+        addrs = [f"127.0.0.1:{d.port}" for d in aggs]
+
+        def full(d: AggregatorDaemon) -> bool:
+            assert d.store is not None
+            return sum(1 for r in d.store.records() if r.has_features and r.state == "OK") == n
+
+        deadline = time.monotonic() + 120
+        while not all(full(d) for d in aggs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = time.perf_counter() - t0
+        shares = [d.sync.subscriptions() for d in aggs if d.sync is not None]
+        owned = [d.shards.owned() for d in aggs if d.shards is not None]
+        once = len(set().union(*owned)) == n and sum(len(o) for o in owned) == n
+        print(f"inventory shared by 3 replicas over {n} nodes: subscriptions {shares} (each node once: {once}); "
+              f"every replica holds every node {held:.1f} s after the three started")
+        single, single_addr = _aggregator(nodes_file=str(nodes_file), sync=SyncConfig(heartbeat=10.0))
+        aggs.append(single)
+        deadline = time.monotonic() + 120
+        while not full(single) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rows: dict[str, list[float]] = {a: [] for a in [*addrs, single_addr]}
+        answered: dict[str, int] = {}
+        for _ in range(2):
+            for addr in rows:
+                _validate(addr)
+        for _ in range(5):
+            for addr in rows:
+                with FleetClient(addr) as client:
+                    t1 = time.perf_counter()
+                    answer = client.validate(spec_text=SPEC)
+                    rows[addr].append(time.perf_counter() - t1)
+                    answered[addr] = answer.summary.from_inventory
+        for k, addr in enumerate(addrs):
+            r = statistics.median(rows[addr]) / statistics.median(rows[single_addr])
+            print(f"ROW ValidateFleet through sharing replica {'ABC'[k]} ({answered[addr]}/{n} from the inventory) | "
+                  f"{_ms(rows[addr])} | one replica holding every subscription {_ms(rows[single_addr])} "
+                  f"({answered[single_addr]} from the inventory) | ratio {r:.2f} | target <= 1.1 | "
+                  f"{'met' if r <= 1.1 and answered[addr] == n else 'NOT MET'}")
+        dead = aggs[2]
+        assert dead.shards is not None
+        lost = len(dead.shards.owned())
+        dead.shards._lease = 0  # not revoked: the lease lapses as after SIGKILL
+        t2 = time.perf_counter()
+        dead.stop(grace=0)
+        survivors = aggs[:2]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if sum(d.sync.subscriptions() for d in survivors if d.sync is not None) == n and all(
+                    full(d) for d in survivors):
+                break
+            time.sleep(0.05)
+        took = time.perf_counter() - t2
+        bound = REPLICA_TTL + 5.0
+        print(f"ROW replica death: its {lost} nodes subscribed by the two others again | {took:.1f} s | bound "
+              f"replica lease {REPLICA_TTL} s + 5 s | ratio {took / bound:.2f} | target <= 1 | "
+              f"{'met' if took <= bound else 'NOT MET'}")
+    finally:
+        for d in aggs:
+            d.stop(grace=0)
         sim.terminate()
         sim.wait()
 

@@ -8,7 +8,8 @@ Runs, one after another (so they do not compete for the 2 cores):
 - bench/bench_cli.py (when present) — CLI start-up rows;
 - bench/bench_webhook.py — admission latency p50/p99 of `nodecompat webhook`, 1,000 nodes, warm and cold;
 - bench/bench_store_etcd.py — replicas over a three-member etcd: registration-to-visible latency across
-  replicas and ValidateFleet through each replica, 1,000 registered nodes;
+  replicas and ValidateFleet through each replica, 1,000 registered nodes; the inventory shared out among three
+  replicas (ValidateFleet from the inventory through each, and a replica's death taken over);
 then prints every `ROW` line again as one table. Each row is the median of 3 with min and max. Prints
 figures; asserts nothing (this machine is shared: read ratios, not absolute times).
 
