@@ -66,22 +66,22 @@ import grpc
 from aiohttp import web
 
 from nodecompat.admission import review as rv
-from nodecompat.admission.decide import FAIL, ImageAnswer, NodeAnswer, Policy, decide
+from nodecompat.admission.decide import FAIL, ImageAnswer, Policy, decide
 from nodecompat.engine.spec import Spec, SpecError, parse_spec
 from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import NotFoundError, RegistryError
 from nodecompat.oci.policy import RegistryPolicy
+from nodecompat.server.webhook_fleet import validate_fleet
 from nodecompat.server.webhook_tls import DEFAULT_RELOAD_INTERVAL, CertReloader, aggregator_unreachable_hint
 from nodecompat.translate.common import dns_name
-from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
+from nodecompat.v1 import fleet_pb2_grpc
 
 log = logging.getLogger("nodecompat.webhook")
 
 DEFAULT_DEADLINE = 8.0
 MAX_PARSED_SPECS = 128  # parsed specs kept by artifact digest (the texts are in SpecCache)
 REGISTRY_THREADS = 8
-MAX_FLEET_NODES = 100_000  # node answers read from one ValidateFleet stream
 HANDSHAKE_TIMEOUT = 5.0  # seconds for a TLS handshake (the API server's takes milliseconds)
 MAX_CONCURRENT_REQUESTS = 32  # reviews handled at once (each may hold a 3 MiB body and its parsed pod)
 PARSE_INLINE_BYTES = 64 * 1024  # larger review bodies are parsed in a worker process
@@ -324,19 +324,8 @@ class Webhook:
         took = self.timings.setdefault(id(stages), {})
         took["registry"] = max(took.get("registry", 0.0), t_registry - t_start)
         remaining = deadline - t_registry
-        req = fleet_pb2.ValidateFleetRequest(spec=fetched.text, timeout_seconds=max(0.1, remaining - 0.2))
         try:
-            async for item in self.stub().ValidateFleet(req, timeout=max(0.1, remaining)):
-                kind = item.WhichOneof("item")
-                batch = [item.node] if kind == "node" else list(item.nodes.nodes) if kind == "nodes" else []
-                for n in batch:
-                    if len(answer.nodes) >= MAX_FLEET_NODES:
-                        break
-                    answer.nodes.append(
-                        NodeAnswer(n.node_name, n.compatible, n.score, n.status or "OK", list(n.reasons[:4]))
-                    )
-                if kind == "summary":
-                    answer.why_not = list(item.summary.why_not)
+            answer.nodes, answer.why_not = await validate_fleet(self.stub(), fetched.text, remaining)
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
             hint = aggregator_unreachable_hint(details, self.config.aggregator_credentials is not None)
