@@ -50,7 +50,7 @@ from nodecompat.server.registration_store import RegistrationStore, StoredLease
 log = logging.getLogger("nodecompat.server.fleet_nodes")  # the inventory's log, as before the split
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lease:
     node: FleetNode
     expires: float

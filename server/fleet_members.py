@@ -64,7 +64,7 @@ class RegistrationsFull(Exception):
     """The inventory holds `max_registrations` live leases; a new name cannot register."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FleetNode:
     name: str
     address: str
@@ -75,7 +75,7 @@ class FleetNode:
         return all(self.labels.get(k) == v for k, v in selector.items())
 
 
-@dataclass
+@dataclass(slots=True)
 class Contact:
     """What the last call or health check to an address saw."""
 
@@ -84,7 +84,7 @@ class Contact:
     reported_name: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeView:
     node: FleetNode
     last_contact: datetime | None

@@ -106,6 +106,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _by_name(n: FleetNode) -> tuple[str, str]:
+    return (n.name, n.address)
+
+
 class NodeInventory(LeaseRegistry):
     """Thread-safe fleet membership. start() runs the background refresher; nodes() is the lookup."""
 
@@ -237,9 +241,22 @@ class NodeInventory(LeaseRegistry):
         for n in by_address.values():
             if n.source == SOURCE_DNS and n.address in reported:  # DNS only knows addresses
                 n = replace(n, name=reported[n.address])
-            if n.matches(selector or {}):
+            if not selector or n.matches(selector):
                 out.append(n)
-        return sorted(out, key=lambda n: (n.name, n.address))
+        return sorted(out, key=_by_name)
+
+    def addresses(self) -> set[str]:
+        """The addresses of the current members: nodes()' addresses without its naming, selection and order
+        (what the channel pool keeps on a prune)."""
+        self._reload_file()
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            out = set(self._file_by_address)
+            out.update(lease.node.address for lease in self._leases.values())
+            for nodes in self._dns_nodes.values():
+                out.update(n.address for n in nodes)
+        return out
 
     def views(self, selector: Mapping[str, str] | None = None) -> list[NodeView]:
         nodes = self.nodes(selector)

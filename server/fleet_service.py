@@ -254,7 +254,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     def prune_channels(self) -> None:
         """Close the pooled channels of nodes that left the fleet (a long-running aggregator must not keep
         a connection to every address it ever saw); channels a call in progress uses are kept."""
-        self.fanout.pool.prune({n.address for n in self.inventory.nodes()})
+        self.fanout.pool.prune(self.inventory.addresses())
 
     def _refresh_health(self, views: list[NodeView], context: grpc.ServicerContext) -> bool:
         """Health-check, concurrently and briefly, the nodes with no recent contact or not SERVING at the

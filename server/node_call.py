@@ -43,7 +43,7 @@ class FanoutConfig:
             raise ValueError("node timeout must be > 0")
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeOutcome:
     """How one node's call ended. `response` is set when status is OK."""
 
@@ -55,7 +55,7 @@ class NodeOutcome:
     attempts: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeCall:
     """One node's place in a fan-out: its span, deadline, attempts so far and the attempt in flight."""
 

@@ -171,3 +171,22 @@ def test_pool_closes_channels_idle_past_the_bound_but_not_those_in_use(node_serv
 def test_pool_idle_bound_is_checked() -> None:
     with pytest.raises(ValueError, match="idle_close"):
         ChannelPool(idle_close=0)
+
+
+def test_inventory_addresses_are_the_members_addresses(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """addresses() (what a prune keeps) equals the addresses nodes() lists: file, registered and DNS members,
+    a lapsed lease gone from both."""
+    now = [1000.0]
+    nodes_file = tmp_path / "nodes.yaml"
+    nodes_file.write_text("- {name: pinned, address: '10.0.0.2:5'}\n")
+    inv = NodeInventory(nodes_file=nodes_file, dns=[("daemons.svc", 5)], clock=lambda: now[0],
+                        resolver=lambda host, port: ["10.0.0.1:5", "10.0.0.2:5"])
+    inv.load()
+    inv.resolve_dns()
+    inv.register("reg", "10.0.0.9:5", {"zone": "a"}, 10)
+    inv.register("short", "10.0.0.8:5", {}, 1)
+    assert inv.addresses() == {n.address for n in inv.nodes()} == {"10.0.0.1:5", "10.0.0.2:5", "10.0.0.8:5",
+                                                                   "10.0.0.9:5"}
+    assert [n.name for n in inv.nodes({"zone": "a"})] == ["reg"]
+    now[0] += 5  # "short" lapses
+    assert inv.addresses() == {n.address for n in inv.nodes()} == {"10.0.0.1:5", "10.0.0.2:5", "10.0.0.9:5"}
