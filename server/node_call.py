@@ -81,7 +81,20 @@ async def attempt(
 ) -> None:
     entry.inflight += 1  # the pool does not close a channel with a call in flight
     try:
-        await attempt_on(tracer, call, entry.validate, request, budget, settle)
+        if call.span is not None:
+            await attempt_on(tracer, call, entry.validate, request, budget, settle)
+            return
+        try:  # tracing off: nothing but the call (inline: one coroutine per attempt, as a bare aio call)
+            resp = await entry.validate(request, timeout=budget)
+        except grpc.aio.AioRpcError as exc:
+            settle(call, exc.code().name, exc.details() or "", None)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            settle(call, "UNKNOWN", str(exc), None)
+            return
+        settle(call, "OK", "", resp)
     finally:
         entry.inflight -= 1
 
@@ -93,19 +106,8 @@ async def attempt_on(
     budget: float,
     settle: Callable[[NodeCall, str, str, node_pb2.ValidateImageResponse | None], None],
 ) -> None:
-    if call.span is None:  # tracing off: nothing but the call
-        try:
-            resp = await method(request, timeout=budget)
-        except grpc.aio.AioRpcError as exc:
-            settle(call, exc.code().name, exc.details() or "", None)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            settle(call, "UNKNOWN", str(exc), None)
-            return
-        settle(call, "OK", "", resp)
-        return
+    """One traced attempt: a CLIENT span under the node's span, W3C trace context in the metadata."""
+    assert call.span is not None  # attempt() calls this only when tracing
     ctx = trace.set_span_in_context(call.span)
     span = tracer.start_span(
         VALIDATE_METHOD,
