@@ -184,40 +184,9 @@ def check_args(args: argparse.Namespace) -> str:
 
 def probe_names() -> list[str]:
     """Names of the installed probes (the `nodecompat.probes` entry-point group), sorted."""
-    from importlib.metadata import entry_points
+    from nodecompat.probes.registry import probe_names as installed
 
-    return sorted({ep.name for ep in entry_points(group="nodecompat.probes")})
-
-
-def _warm_up_after_first_round(daemon: object) -> None:
-    """Import the rule engine once the first probe round is done (health SERVING), so the first
-    ValidateImage does not pay for it; it is left out of start-up, which only needs probing and the gRPC
-    server, and importing it during the first round would slow that round down (one GIL).
-
-    The thread is not a daemon thread, so interpreter exit waits for the import to end. A daemon thread
-    still importing at SIGTERM was the daemon's "terminate called without an active exception" abort
-    (exit -6): Py_FinalizeEx makes a daemon thread that asks for the GIL call pthread_exit, and when that
-    thread is inside `re2`'s pybind11 module init (PyInit__re2, GIL released by gil_scoped_release) the
-    forced unwind runs the noexcept ~gil_scoped_release, so std::terminate (core dump, thread backtrace).
-    Tracing made it likelier only by moving the timing (seen flaky in test_tracing's SIGTERM)."""
-    import threading
-
-    def warm() -> None:
-        import nodecompat.engine.evaluate
-        import nodecompat.engine.spec  # noqa: F401
-
-    started = threading.Event()
-
-    def after_round(_round: object) -> None:
-        if not started.is_set():
-            started.set()
-            threading.Thread(target=warm, name="warm-up", daemon=False).start()  # joined at exit: see above
-
-    hooks = getattr(getattr(daemon, "cache", None), "on_round", None)
-    if isinstance(hooks, list):
-        hooks.append(after_round)
-    else:
-        after_round(None)
+    return installed()
 
 
 def _sysctl_names(args: argparse.Namespace) -> list[str]:
@@ -290,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_codes.ERROR
     host = args.listen.rpartition(":")[0]
     print(f"nodecompat: node {name} serving on {host}:{port}", file=sys.stderr, flush=True)
-    _warm_up_after_first_round(daemon)
+    daemon.warm_up_after_first_round()
     from nodecompat.oci.policy import describe
 
     logging.getLogger("nodecompat.serve").info("%s", describe(config.registry.policy))

@@ -3,18 +3,66 @@
 One path for every probe (as pytest/pluggy do) means the plugin path is always exercised. A plugin
 that fails to load does not stop the others: it is returned as a load error, which the runner turns
 into a failed probe status.
+
+The group is read with a small scan of sys.path (hand-written; fast start, issue 11): importing
+importlib.metadata (email, zipfile, csv, ...) and its distribution scan cost ~15 ms of the daemon's
+start, more than a probe round. The scan follows importlib.metadata's own rules for the common case —
+every sys.path entry a directory (or missing), distributions as `*.dist-info`/`*.egg-info` entries in
+directory order, the first distribution of a (normalized) name wins, `entry_points.txt` sections and
+`name = value` lines as its Sectioned parser reads them — so built-ins and third-party plugins load
+exactly as `importlib.metadata.entry_points(group=...)` would list them (tests/test_probe_registry.py
+compares the two). Wherever that case does not hold (a zip or egg on sys.path, a meta-path finder
+other than the standard PathFinder that can find distributions, a name importlib.metadata would read
+from METADATA), importlib.metadata itself is used.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib import import_module
+from importlib.machinery import PathFinder
+from typing import Any, Protocol
 
 from nodecompat.probes.base import FeatureInfo, Probe
 
 ENTRY_POINT_GROUP = "nodecompat.probes"
+# importlib.metadata.EntryPoint.pattern: module[:attr.attr][ [extras]]
+_VALUE = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
+_DIST_SUFFIXES = (".dist-info", ".egg-info")
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+class EntryPointLike(Protocol):
+    name: str
+    value: str
+    group: str
+
+    def load(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """One entry point of a distribution (importlib.metadata.EntryPoint's fields and load())."""
+
+    name: str
+    value: str
+    group: str
+
+    def load(self) -> Any:
+        """Import the module and follow the attribute path, as importlib.metadata.EntryPoint.load does;
+        ValueError for a value that is not `module[:attr[.attr...]]`."""
+        match = _VALUE.match(self.value)
+        if match is None:
+            raise ValueError(f"{self.value!r} is not module[:attribute]")
+        obj: Any = import_module(match.group("module"))
+        for attr in filter(None, (match.group("attr") or "").split(".")):
+            obj = getattr(obj, attr)
+        return obj
 
 
 @dataclass(frozen=True)
@@ -23,11 +71,91 @@ class LoadError:
     error: str
 
 
+def _normalize(name: str) -> str:
+    """importlib.metadata's Prepared.normalize: PEP 503 plus dashes as underscores."""
+    return _SEPARATORS.sub("_", name).lower()
+
+
+def _section_entries(text: str, group: str) -> list[PluginEntry] | None:
+    """The `group` section's entries of an entry_points.txt, as importlib.metadata's Sectioned reads it;
+    None when a line of that section has no `=` (importlib.metadata raises there)."""
+    out: list[PluginEntry] = []
+    section: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line.strip("[]")
+            continue
+        if section != group:
+            continue
+        name, eq, value = line.partition("=")
+        if not eq:
+            return None
+        out.append(PluginEntry(name.strip(), value.strip(), group))
+    return out
+
+
+def scan_entry_points(group: str, paths: Iterable[str] | None = None) -> list[PluginEntry] | None:
+    """The group's entry points in importlib.metadata's order (sys.path order, then directory order),
+    or None when the environment is outside the case this scan reproduces (then ask importlib.metadata)."""
+    if paths is None:
+        finders = [f for f in sys.meta_path if getattr(f, "find_distributions", None) is not None]
+        if finders != [PathFinder]:
+            return None
+        paths = sys.path
+    seen: set[str] = set()
+    out: list[PluginEntry] = []
+    group_bytes = group.encode()
+    for root in paths:
+        if os.path.basename(root).lower().endswith(".egg"):
+            return None  # a legacy egg: importlib.metadata reads its EGG-INFO
+        try:
+            children = os.listdir(root or ".")
+        except NotADirectoryError:
+            return None  # a zip on sys.path
+        except OSError:
+            continue  # missing or unreadable: importlib.metadata finds nothing there either
+        by_name: dict[str, list[str]] = {}
+        for child in children:
+            low = child.lower()
+            if low.endswith(_DIST_SUFFIXES):
+                by_name.setdefault(_normalize(low.rpartition(".")[0].partition("-")[0]), []).append(child)
+        for entries in by_name.values():
+            for child in entries:
+                stem, ext = os.path.splitext(child)
+                name = stem.partition("-")[0]
+                if ext not in _DIST_SUFFIXES or not name:
+                    return None  # importlib.metadata would take the name from METADATA
+                key = _normalize(name)
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    with open(os.path.join(root, child, "entry_points.txt"), "rb") as f:
+                        data = f.read()
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+                    continue
+                if group_bytes not in data:
+                    continue
+                found = _section_entries(data.decode("utf-8"), group)
+                if found is None:
+                    return None
+                out.extend(found)
+    return out
+
+
 @functools.cache
-def _entry_points() -> tuple[EntryPoint, ...]:
+def _entry_points() -> tuple[EntryPointLike, ...]:
     """The group's entry points, sorted by name: scanned once per process (the scan of every
     installed distribution's metadata costs more than a probe round)."""
-    return tuple(sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name))
+    found: list[Any] | None = scan_entry_points(ENTRY_POINT_GROUP)
+    if not found:  # not the plain case (or nothing found): importlib.metadata decides
+        from importlib.metadata import entry_points
+
+        found = list(entry_points(group=ENTRY_POINT_GROUP))
+    return tuple(sorted(found, key=lambda e: e.name))
 
 
 def load_probes(only: Iterable[str] | None = None) -> tuple[list[Probe], list[LoadError]]:
@@ -52,6 +180,11 @@ def load_probes(only: Iterable[str] | None = None) -> tuple[list[Probe], list[Lo
         for missing in sorted(wanted - seen):
             errors.append(LoadError(missing, f"no probe named {missing!r} is registered"))
     return probes, errors
+
+
+def probe_names() -> list[str]:
+    """Names of the installed probes (the group's entry points), sorted."""
+    return sorted({ep.name for ep in _entry_points()})
 
 
 def known_features(probes: Iterable[Probe] | None = None) -> dict[str, FeatureInfo]:

@@ -3,15 +3,23 @@
 Health is NOT_SERVING until the first probe round is done, then SERVING; on SIGTERM it flips back to
 NOT_SERVING (so load balancers stop sending), in-flight RPCs drain for a grace period, and the process
 exits 0.
+
+Start-up does only what SERVING needs (issue 11: exec -> SERVING within 6x a bare interpreter): the
+gRPC server, health, the probes and their first round. The WatchFeatures hub (server/feature_watch.py,
+a fingerprint and a FeaturesChange message per round) is made on first use — by the first watcher, or
+by warm_up() once SERVING is out — and is then given the latest round, so a watcher sees the same
+features either way; reflection is imported on its first call (grpc_server.add_standard_services).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -20,7 +28,6 @@ from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
 from nodecompat.server import DEFAULT_NODE_LISTEN, limits
 from nodecompat.server.feature_cache import FeatureCache
-from nodecompat.server.feature_watch import FeatureWatchHub
 from nodecompat.server.grpc_server import (
     add_standard_services,
     bind,
@@ -32,9 +39,25 @@ from nodecompat.server.node_service import NodeService, RegistryOptions, add_to_
 from nodecompat.server.runtime import RuntimeLimits
 from nodecompat.v1 import node_pb2
 
+if TYPE_CHECKING:
+    from nodecompat.probes.runner import ProbeRound
+    from nodecompat.server.feature_watch import FeatureWatchHub
+
 log = logging.getLogger(__name__)
 
 NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+WARM_UP_DELAY = 0.1  # s after SERVING before warm_up() starts
+# What the first ValidateImage imports, leaves first (each import of a module also imports what it needs).
+WARM_UP_MODULES = (
+    "re2",
+    "yaml",
+    "nodecompat.engine.expressions",
+    "nodecompat.engine.matcher",
+    "nodecompat.engine.spec",
+    "nodecompat.engine.report",
+    "nodecompat.engine.evaluate",
+    "nodecompat.probes.catalog",
+)
 
 
 @dataclass
@@ -80,9 +103,11 @@ class NodeDaemon:
         )
         self.runtime = new_runtime("rpc", rt_limits, config.max_connection_idle)
         self.service = NodeService(self.cache, config.node_name, config.registry)
-        self.watch_hub = FeatureWatchHub(config.node_name)
-        self.cache.on_round.append(self.watch_hub.on_round)
-        self.service.watch_hub = self.watch_hub
+        self._hub: FeatureWatchHub | None = None
+        self._hub_lock = threading.Lock()
+        self._latest: ProbeRound | None = None  # the last round, for a hub made after it
+        self.service.watch_hub_source = self.watch_hub
+        self.cache.on_round.append(self._feed_watch_hub)
         add_to_runtime(self.service, self.runtime)
         self.health = add_standard_services(self.runtime, [NODE_SERVICE])
         self.port = 0
@@ -95,12 +120,77 @@ class NodeDaemon:
         soft, _hard = raise_open_file_limit()
         self.port = bind(self.runtime, self.config.listen, self.config.server_credentials)
         self.runtime.start()
-        self.cache.on_round.append(lambda _r: set_health(self.health, [NODE_SERVICE], True))
+        # SERVING first, then the round's other consumers (the watch hub)
+        self.cache.on_round.insert(0, lambda _r: set_health(self.health, [NODE_SERVICE], True))
         self.cache.start()
         if self.config.hotplug:
             self._start_hotplug()
         log.info("node daemon %s serving on %s:%d (open-file limit %d)", self.config.node_name, host, self.port, soft)
         return self.port
+
+    # -- WatchFeatures hub, made on first use --------------------------------------------------------
+    def watch_hub(self) -> FeatureWatchHub:
+        """The WatchFeatures hub, made (and given the latest round) on the first call."""
+        with self._hub_lock:
+            if self._hub is None:
+                from nodecompat.server.feature_watch import FeatureWatchHub
+
+                hub = FeatureWatchHub(self.config.node_name)
+                if self._latest is not None:
+                    hub.on_round(self._latest)
+                self._hub = hub
+            return self._hub
+
+    def _feed_watch_hub(self, rnd: ProbeRound) -> None:
+        with self._hub_lock:  # rounds reach the hub in order, each once
+            self._latest = rnd
+            if self._hub is not None:
+                self._hub.on_round(rnd)
+
+    def warm_up_after_first_round(self, delay: float = WARM_UP_DELAY) -> None:
+        """Run warm_up() on a background thread `delay` seconds after the first probe round (health
+        SERVING): it is left out of start-up, and doing it during the first round would slow that round
+        (one GIL). The delay lets the health checks that follow SERVING be answered first: run at once,
+        its imports held the GIL while the event loop needed it for each step of those calls.
+
+        The thread is not a daemon thread, so interpreter exit waits for the import under way (stop()
+        ends the warm-up at the next module). A daemon thread still importing at SIGTERM was the daemon's
+        "terminate called without an active exception" abort (exit -6): Py_FinalizeEx makes a daemon
+        thread that asks for the GIL call pthread_exit, and inside `re2`'s pybind11 module init (GIL
+        released by gil_scoped_release) the forced unwind runs the noexcept ~gil_scoped_release, so
+        std::terminate (tests/test_tracing_shutdown.py)."""
+        once = threading.Lock()
+
+        def later() -> None:
+            if not self._stopped.wait(delay):
+                self.warm_up()
+
+        def after_round(_round: object) -> None:
+            if once.acquire(blocking=False):
+                threading.Thread(target=later, name="warm-up", daemon=False).start()  # joined at exit: see above
+
+        self.cache.on_round.append(after_round)
+        if self.cache.current(timeout=0) is not None:  # the first round ended before the hook was added
+            after_round(None)
+
+    def warm_up(self) -> None:
+        """Import and build what start-up left out (the rule engine, the watch hub, reflection), so the
+        first call does not pay for it. For after SERVING, on a background thread: a call that comes
+        first imports what it needs itself (Python's import lock makes the two share the work). One
+        module at a time, with a pause between them in which the event loop can take the GIL."""
+        import importlib
+
+        for module in WARM_UP_MODULES:
+            if self._stopped.is_set():
+                return
+            importlib.import_module(module)
+            time.sleep(0.001)
+        _ = self.service.catalog  # built from the probes' declarations on first use
+        self.watch_hub()
+        time.sleep(0.001)
+        from nodecompat.server.grpc_server import warm_reflection
+
+        warm_reflection()
 
     def _start_hotplug(self) -> None:
         try:

@@ -1,6 +1,8 @@
 """Domain errors -> gRPC status codes, in one place (the core never imports grpc).
 
 Each message is meant for a person: it says what was wrong and, where it can, what to do.
+The google.rpc status protos and the platform parser are imported by the functions that use them (error
+paths, a request naming a platform), not when a server starts (issue 11, fast start).
 """
 
 from __future__ import annotations
@@ -9,11 +11,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from nodecompat.oci.errors import RegistryError
-from nodecompat.oci.platform import parse_platform
 
 # Request fields every validation RPC (node and fleet) takes; each tag is echoed in reports.
 MAX_TAGS = 256
@@ -96,6 +95,9 @@ def problems_status(
     """A status whose details (google.rpc.BadRequest) list `problems` as field violations (field = the
     problem's location) until the serialized status reaches `budget` bytes; the rest are counted in
     a last violation. `message` is sent as is (keep it short: spec_error_message)."""
+    from google.protobuf import any_pb2
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+
     bad = error_details_pb2.BadRequest()
     size = len(message.encode()) + 32
     listed = 0
@@ -127,6 +129,8 @@ def problems_from_status(rpc_error: grpc.RpcError) -> list[str]:
     raw = next((v for k, v in md if k == _DETAILS_KEY), None)
     if not raw:
         return []
+    from google.rpc import error_details_pb2, status_pb2
+
     st = status_pb2.Status()
     try:
         st.ParseFromString(raw)
@@ -157,6 +161,8 @@ def selection_problem(platform: str, tags: Sequence[str]) -> str:
     """What is wrong with a request's platform/tags ("" when nothing): checked the same way by the
     daemon and the aggregator, whether the spec comes from an image or inline."""
     if platform:
+        from nodecompat.oci.platform import parse_platform
+
         try:
             parse_platform(platform)
         except RegistryError as exc:

@@ -4,6 +4,11 @@ One place for what every nodecompat server has: the grpc.aio runtime (server/run
 OpenTelemetry interceptor, our message-size and connection limits, health (NOT_SERVING until ready) and
 reflection as coroutines that never wait for a worker, the open-file limit, and the SIGTERM/SIGINT drain
 loop.
+
+Reflection (grpcio-reflection's servicer) is registered at start but imported on its first call or by
+warm_reflection(): its import (descriptor_pb2 and the servicer, ~5 ms) is not part of start-up, which
+only needs health (issue 11). The method is registered with raw-bytes (de)serializers and the library's
+own servicer parses and answers each message, so clients see the same service.
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ import logging
 import resource
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from nodecompat.server import telemetry
 from nodecompat.server.limits import (
@@ -108,16 +113,55 @@ class Health:
             self.runtime.call(self.servicer.enter_graceful_shutdown())
 
 
+# grpc_reflection.v1alpha.reflection.SERVICE_NAME, without importing it (a test checks they agree)
+REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_METHOD = "ServerReflectionInfo"
+
+
+def warm_reflection() -> None:
+    """Import the reflection servicer now (e.g. after start-up, in the background)."""
+    from grpc_reflection.v1alpha import reflection  # noqa: F401
+
+
+class _LazyReflection:
+    """grpc.reflection.v1alpha.ServerReflection for a grpc.aio server, the library's servicer made on the
+    first call. Its messages are (de)serialized here with the library's own classes."""
+
+    def __init__(self, service_names: list[str]) -> None:
+        self.service_names = service_names
+        self._servicer: Any = None
+        self._request_cls: Any = None
+
+    def _make(self) -> None:
+        from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+        self._request_cls = reflection_pb2.ServerReflectionRequest
+        self._servicer = reflection.aio.ReflectionServicer(self.service_names)
+
+    async def info(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        if self._servicer is None:
+            self._make()
+        parse = self._request_cls.FromString
+
+        async def parsed() -> AsyncIterator[Any]:
+            async for raw in requests:
+                yield parse(raw)
+
+        async for response in self._servicer.ServerReflectionInfo(parsed(), context):
+            yield response.SerializeToString()
+
+
 def add_standard_services(runtime: Runtime, service_names: list[str]) -> Health:
     """Health (initially NOT_SERVING) and reflection for the given services."""
     h = Health(runtime, service_names)
+    names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, REFLECTION_SERVICE]
+    handlers = {REFLECTION_METHOD: grpc.stream_stream_rpc_method_handler(_LazyReflection(names).info)}
 
     async def add() -> None:
         health_pb2_grpc.add_HealthServicer_to_server(h.servicer, runtime.server)
-        reflection.enable_server_reflection(
-            [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            runtime.server,
-        )
+        # as the generated add_ServerReflectionServicer_to_server registers it
+        runtime.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_SERVICE, handlers),))
+        runtime.server.add_registered_method_handlers(REFLECTION_SERVICE, handlers)
 
     runtime.call(add())
     return h

@@ -6,6 +6,7 @@ and map domain errors to status codes (server/errors.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -19,7 +20,6 @@ from nodecompat import tracing, wire
 from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci.errors import RegistryError
 from nodecompat.oci.policy import RegistryPolicy
-from nodecompat.probes.catalog import FeatureCatalog
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server import telemetry
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
@@ -29,11 +29,12 @@ from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2, node_pb2_grpc
 from nodecompat.verdict_cache import VerdictCache, spec_key
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from nodecompat.engine.spec import Spec
     from nodecompat.oci.auth import RegistryAuth
     from nodecompat.oci.cache import SpecCache
+    from nodecompat.probes.catalog import FeatureCatalog
     from nodecompat.server.feature_watch import FeatureWatchHub
     from nodecompat.server.runtime import Runtime
 
@@ -60,8 +61,6 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, cache: FeatureCache, node_name: str, registry: RegistryOptions | None = None) -> None:
         self.cache = cache
         self.node_name = node_name
-        # What this daemon's probes can report: names nobody provides, NFD's view (nfd_compat).
-        self.catalog = FeatureCatalog.from_probes(cache.runner.probes)
         self.registry = registry or RegistryOptions()
         self._spec_cache: SpecCache | None = None  # created on the first ValidateImage by reference: the
         self._spec_cache_lock = threading.Lock()  # OCI client (requests) is not imported at start-up
@@ -78,6 +77,14 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         # sent (nodecompat/verdict_cache.py): a repeated question costs a lookup, not an evaluation.
         self.verdicts = VerdictCache()
         self._traced = telemetry.tracing_requested()
+
+    @functools.cached_property
+    def catalog(self) -> FeatureCatalog:
+        """What this daemon's probes can report: names nobody provides, NFD's view (nfd_compat). Built on
+        first use (the first evaluation), not at start-up."""
+        from nodecompat.probes.catalog import FeatureCatalog
+
+        return FeatureCatalog.from_probes(self.cache.runner.probes)
 
     # -- GetFeatures ------------------------------------------------------------------------------
     def GetFeatures(self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext):
@@ -119,15 +126,20 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
 
     # -- WatchFeatures (server/feature_watch.py) -------------------------------------------------------
     watch_hub: FeatureWatchHub | None = None
+    # Or a function making the hub on first use (the daemon's: feature_watch is not imported at start-up).
+    watch_hub_source: Callable[[], FeatureWatchHub] | None = None
 
     async def WatchFeatures(
         self, request: inventory_pb2.WatchFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inventory_pb2.WatchFeaturesResponse]:
         """Served on the grpc.aio runtime as a coroutine stream (no worker thread per watcher)."""
-        if self.watch_hub is None:
+        hub = self.watch_hub
+        if hub is None and self.watch_hub_source is not None:
+            hub = self.watch_hub = self.watch_hub_source()
+        if hub is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchFeatures is not enabled on this daemon")
             return
-        async for msg in self.watch_hub.watch(request, context):
+        async for msg in hub.watch(request, context):
             yield msg
 
     # -- ValidateImage ----------------------------------------------------------------------------
