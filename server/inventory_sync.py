@@ -6,7 +6,8 @@ membership (nodes file, DNS, registrations: server/fleet_nodes.py) with its subs
 get a subscriber, departed nodes are cancelled and removed from the store (LEFT).
 
 A subscriber (re)connects with at most `max_connecting` streams being set up at once (bounded
-concurrency: a 10,000-node resubscribe after a restart does not open 10,000 handshakes at once), with
+concurrency: a 10,000-node resubscribe after a restart does not open 10,000 handshakes at once; a stream
+holds its slot until its first message or `connect_slot_seconds`, so dead nodes do not hold it up), with
 exponential backoff and jitter between attempts (0.2 s doubling to 30 s). A node whose stream fails
 is UNREACHABLE; one whose stream is open but silent past `stale_after` (default 3 heartbeats + 1 s) is
 STALE; both keep their last features (they are what ValidateFleet re-checks live). The daemon's
@@ -59,6 +60,10 @@ class SyncConfig:
     heartbeat: float = 10.0  # s, asked of every daemon
     stale_after: float = 0.0  # s without a message -> STALE; 0: 3 heartbeats + 1 s
     max_connecting: int = 64  # streams being established at once
+    # A stream holds its connecting slot until its first message or this many seconds, whichever is first:
+    # a node that accepts TCP but never answers (gRPC's connect timeout is 20 s) does not hold up the rest
+    # of a resubscribe; it keeps trying outside the bound.
+    connect_slot_seconds: float = 2.0
     reconcile_interval: float = 1.0  # s between membership checks
 
     @property
@@ -178,7 +183,8 @@ class InventorySync:
             known = held.fingerprint if held is not None and held.has_features else ""
             try:
                 await self._connecting.acquire()
-                connecting = True
+                slot = _Slot(self._connecting)
+                timer = asyncio.get_running_loop().call_later(self.config.connect_slot_seconds, slot.release)
                 try:
                     channel = self._channel(address)  # made once a connecting slot is ours, not 10,000 at once
                     call = channel.unary_stream(  # one method handle, not a stub's four
@@ -192,9 +198,9 @@ class InventorySync:
                         if msg is grpc.aio.EOF:
                             error = "the node ended the stream"
                             break
-                        if connecting:
-                            self._connecting.release()
-                            connecting = False
+                        if not got_message:
+                            timer.cancel()
+                            slot.release()
                             self.connects += 1
                         if not self._handle(address, msg, known):
                             error = "the node's stream skipped a change; resubscribing"
@@ -203,8 +209,8 @@ class InventorySync:
                         got_message = True
                         delay = BACKOFF_MIN
                 finally:
-                    if connecting:
-                        self._connecting.release()
+                    timer.cancel()
+                    slot.release()
             except asyncio.CancelledError:
                 if channel is not None:
                     await channel.close(None)
@@ -255,6 +261,20 @@ class InventorySync:
             probed = hb.probed_at.ToNanoseconds() / 1e9 if hb.HasField("probed_at") else 0.0
             return self.store.heartbeat(address, hb.round_id, hb.fingerprint, probed_at=probed)
         return True
+
+
+class _Slot:
+    """One connecting slot of the semaphore, released at most once (first message, timer or the end)."""
+
+    __slots__ = ("sem",)
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self.sem: asyncio.Semaphore | None = sem
+
+    def release(self) -> None:
+        if self.sem is not None:
+            self.sem.release()
+            self.sem = None
 
 
 def _wire_key(ch: inventory_pb2.FeaturesChange) -> tuple[tuple[tuple[str, str, str], ...], str]:

@@ -3,6 +3,7 @@ real probes on a copy of a fixture host, a real gRPC server and clients on real 
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,31 @@ def test_subscriber_keeps_the_inventory_and_marks_a_vanished_node_unreachable(no
         assert store.distinct_sets() == 0
     finally:
         sync.stop()
+
+
+def test_a_node_that_never_answers_does_not_hold_up_the_others(node) -> None:  # type: ignore[no-untyped-def]
+    """One connecting slot, a peer that accepts TCP but never speaks HTTP/2 first in line: the real node still
+    gets its slot after connect_slot_seconds, long before gRPC gives up on the silent one (its 20 s connect
+    timeout), so a resubscribe is not held up by dead nodes."""
+    _cache, _hub, server, _root = node
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nothing is ever read or written
+    silent_address = f"127.0.0.1:{silent.getsockname()[1]}"
+    store = FeatureStore()
+    members = [FleetNode("silent", silent_address, {}, "file"), FleetNode("gpu-a", server.address, {}, "file")]
+    sync = InventorySync(lambda: members, store, config=SyncConfig(
+        heartbeat=1, max_connecting=1, connect_slot_seconds=0.5, reconcile_interval=0.2))
+    sync.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (rec := store.get(server.address)) is None or not rec.has_features:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # the silent node has not failed yet: gpu-a did not wait for its attempt to end
+        held = store.get(silent_address)
+        assert held is None or held.state != STATE_UNREACHABLE, held
+        assert rec.state == STATE_OK and sync.connects == 1
+    finally:
+        sync.stop()
+        silent.close()
