@@ -205,6 +205,7 @@ def main() -> None:
             f"{'reported':>9} {'failed':>7} {'deadline':>9} {'agg RSS':>8} {'RSS/node':>9} {'at rest':>8}"
         )
         row = None
+        memory_rows = []
         for n in [int(x) for x in args.sizes.split(",")]:
             cmd = [sys.executable, __file__, "--one", str(n), "--port", str(port), "--tmp", str(tmp),
                    "--repeat", str(args.repeat), "--concurrency", str(args.concurrency),
@@ -220,6 +221,8 @@ def main() -> None:
             )
             if "row" in res:
                 row = (n, *res["row"])
+            if n >= 1000:
+                memory_rows.append((n, res["rss_per_node_kib"], res["rest_per_node_kib"]))
         if row is not None:
             n, fig, lim = row
             ratios = [f / b for f, b in zip(fig, lim, strict=True)]
@@ -230,6 +233,12 @@ def main() -> None:
                 f"grpc.aio floor {statistics.median(lim) * 1e6:.0f} us (min {min(lim) * 1e6:.0f}, "
                 f"max {max(lim) * 1e6:.0f}) | ratio {med:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}) | "
                 f"target <= 1.3 | {'met' if med <= 1.3 else 'NOT MET'}"
+            )
+        for n, after, rest in memory_rows:  # one process per size: a single figure each, no median
+            print(
+                f"ROW aggregator RSS per known node ({n} nodes) | right after the calls (a connection open to "
+                f"every node) {after:.1f} KiB | at rest (idle channels closed) {rest:.1f} KiB | target <= 20 KiB | "
+                f"{'met' if after <= 20 else 'NOT MET'} right after, {'met' if rest <= 20 else 'NOT MET'} at rest"
             )
     finally:
         sim.terminate()
