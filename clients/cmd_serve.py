@@ -220,14 +220,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"nodecompat serve: tracing: {exc}", file=sys.stderr)
         return exit_codes.ERROR
     name = args.node_name or node_name_default()
-    from nodecompat.oci.auth import RegistryAuth
-    from nodecompat.oci.errors import RegistryError
+    policy = registry_policy(args)
+    registry_auth = None
+    if policy.patterns:  # registry credentials for ValidateImage by reference: the docker config's `auths`
+        # (read only when --allowed-registries lets the daemon reach a registry at all)
+        from nodecompat.oci.auth import RegistryAuth
+        from nodecompat.oci.errors import RegistryError
 
-    try:  # registry credentials for ValidateImage by reference: the docker config's `auths`
-        registry_auth = RegistryAuth.from_sources(ca_file=args.ca_file)
-    except RegistryError as exc:
-        print(f"nodecompat serve: registry credentials: {exc}", file=sys.stderr)
-        return exit_codes.ERROR
+        try:
+            registry_auth = RegistryAuth.from_sources(ca_file=args.ca_file)
+        except RegistryError as exc:
+            print(f"nodecompat serve: registry credentials: {exc}", file=sys.stderr)
+            return exit_codes.ERROR
     creds = None
     if args.tls_cert:
         from nodecompat.server import tls
@@ -247,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         probes=args.probes.split(",") if args.probes else None,
         hotplug=not args.no_hotplug,
         sysctl=_sysctl_names(args),
-        registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=registry_policy(args)),
+        registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=policy),
         server_credentials=creds,
         **runtime_config(args),  # type: ignore[arg-type]
     )

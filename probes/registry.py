@@ -31,8 +31,6 @@ from typing import Any, Protocol
 from nodecompat.probes.base import FeatureInfo, Probe
 
 ENTRY_POINT_GROUP = "nodecompat.probes"
-# importlib.metadata.EntryPoint.pattern: module[:attr.attr][ [extras]]
-_VALUE = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
 _DIST_SUFFIXES = (".dist-info", ".egg-info")
 _SEPARATORS = re.compile(r"[-_.]+")
 
@@ -56,11 +54,16 @@ class PluginEntry:
     def load(self) -> Any:
         """Import the module and follow the attribute path, as importlib.metadata.EntryPoint.load does;
         ValueError for a value that is not `module[:attr[.attr...]]`."""
-        match = _VALUE.match(self.value)
-        if match is None:
-            raise ValueError(f"{self.value!r} is not module[:attribute]")
-        obj: Any = import_module(match.group("module"))
-        for attr in filter(None, (match.group("attr") or "").split(".")):
+        module, colon, attrs = self.value.partition(":")
+        plain = all(p.isidentifier() for p in module.split(".")) and (
+            not colon or all(p.isidentifier() for p in attrs.split(".")))
+        if not plain:
+            match = _value_pattern().match(self.value)  # spaces, extras, ...: the pattern itself
+            if match is None:
+                raise ValueError(f"{self.value!r} is not module[:attribute]")
+            module, attrs = match.group("module"), match.group("attr") or ""
+        obj: Any = import_module(module)
+        for attr in filter(None, attrs.split(".")):
             obj = getattr(obj, attr)
         return obj
 
@@ -69,6 +72,13 @@ class PluginEntry:
 class LoadError:
     name: str
     error: str
+
+
+@functools.cache
+def _value_pattern() -> re.Pattern[str]:
+    """importlib.metadata.EntryPoint.pattern: module[:attr.attr][ [extras]] (compiled when first needed:
+    the plain `package.module:Class` values of every installed probe do without it)."""
+    return re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
 
 
 def _normalize(name: str) -> str:

@@ -157,3 +157,18 @@ def test_plugin_entry_load_follows_the_attribute_path(plugin_site):
     entry = PluginEntry("inner", "acme_rack:Outer.Inner", ENTRY_POINT_GROUP)
     assert entry.load()().name == "rack-inner"
     assert PluginEntry("mod", "acme_rack", ENTRY_POINT_GROUP).load() is sys.modules["acme_rack"]
+
+
+@pytest.mark.parametrize(("value", "name"), [
+    ("acme_rack:RackProbe", "rack"),
+    ("acme_rack : RackProbe", "rack"),  # spaces and extras: importlib.metadata's pattern decides
+    ("acme_rack:Outer.Inner [extra]", "rack-inner"),
+])
+def test_entry_values_resolve_as_importlib_metadata_resolves_them(plugin_site, value, name):
+    assert PluginEntry("x", value, ENTRY_POINT_GROUP).load()().name == name
+
+
+@pytest.mark.parametrize("value", ["acme_rack:", "acme_rack:Rack Probe", ":RackProbe", "acme-rack:RackProbe"])
+def test_values_importlib_metadata_would_not_resolve_are_refused(value):
+    with pytest.raises(ValueError, match="is not module"):
+        PluginEntry("x", value, ENTRY_POINT_GROUP).load()
