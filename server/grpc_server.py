@@ -159,9 +159,11 @@ def add_standard_services(runtime: Runtime, service_names: list[str]) -> Health:
 
     async def add() -> None:
         health_pb2_grpc.add_HealthServicer_to_server(h.servicer, runtime.server)
-        # as the generated add_ServerReflectionServicer_to_server registers it
+        # A generic handler only, not also a registered method as the generated code adds it: grpc.aio's
+        # server loop awaits one pending request per registered method (asyncio.wait over all of them) for
+        # every call it accepts, so each registered method costs every call of every method; reflection is
+        # rare and can be found among the generic handlers (issue 11: an empty call as on a bare server).
         runtime.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_SERVICE, handlers),))
-        runtime.server.add_registered_method_handlers(REFLECTION_SERVICE, handlers)
 
     runtime.call(add())
     return h
