@@ -121,7 +121,7 @@ def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
 
 def rows(label: str, root: Path, repeats: int, runs: int) -> str:
     """The table's row: a cold full round (new probe instances, a new runner: probe_once) / the bare
-    reads of the same files, `repeats` times (each the median of `runs`, interleaved)."""
+    reads of the same files, `repeats` times (each the median of `runs`, the two alternating run by run)."""
     probes, _ = load_probes()
     all_paths: list[str] = []
     for p in probes:
@@ -132,8 +132,14 @@ def rows(label: str, root: Path, repeats: int, runs: int) -> str:
     host = HostRoot(root)
     fig, lim = [], []
     for _ in range(repeats):
-        fig.append(median_ms(lambda: probe_once(host), runs))
-        lim.append(median_ms(lambda: replay(all_paths), runs))
+        # Round and bare reads alternate run by run, so a neighbour's load on the shared machine
+        # weighs on both alike (before: a block of `runs` rounds, then a block of bare reads).
+        f, b = [], []
+        for _ in range(runs):
+            f.append(median_ms(lambda: probe_once(host), 1))
+            b.append(median_ms(lambda: replay(all_paths), 1))
+        fig.append(statistics.median(f))
+        lim.append(statistics.median(b))
     ratios = [f / b for f, b in zip(fig, lim, strict=True)]
     med = statistics.median(ratios)
     return (

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import stat as stat_mod
+import sys
 import weakref
 from typing import Any
 
@@ -52,6 +53,7 @@ SYS_OPENAT2 = 437  # the same number on every Linux architecture (syscalls added
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 USE_OPENAT2 = True  # tests turn it off to exercise the descriptor walk (kernels before 5.6, seccomp)
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _openat2_state: list[Any] = []  # [] untried; [None] unavailable; [(syscall, hows)] available
 
 
@@ -72,17 +74,17 @@ def _openat2_init(root_fd: int) -> None:
         class OpenHow(ctypes.Structure):  # struct open_how, include/uapi/linux/openat2.h
             _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
-        hows: dict[int, Any] = {}
-
-        def how(flags: int) -> int:
-            h = hows.get(flags)
-            if h is None:
-                h = hows[flags] = OpenHow(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-            return ctypes.addressof(h)
+        hows: list[Any] = []  # the structs the addresses point at, kept alive
+        addresses: dict[int, int] = {}
+        get_errno = ctypes.get_errno
 
         def call(dirfd: int, path: bytes, flags: int) -> int:
-            fd = fn(SYS_OPENAT2, dirfd, path, how(flags), 24)
-            return fd if fd >= 0 else -ctypes.get_errno()
+            address = addresses.get(flags)
+            if address is None:
+                hows.append(OpenHow(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS))
+                address = addresses[flags] = ctypes.addressof(hows[-1])
+            fd: int = fn(SYS_OPENAT2, dirfd, path, address, 24)
+            return fd if fd >= 0 else -get_errno()
 
         probe = call(root_fd, b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except (OSError, AttributeError, ImportError):
@@ -103,7 +105,8 @@ def open_in_root(root_fd: int, text: str, flags: int) -> int:
         raise NoOpenat2
     if "\0" in text:
         raise ValueError("embedded null byte")
-    path = os.fsencode(text.rstrip("/") or "/")  # HostRoot reads "/etc/os-release/" as the file
+    # os.fsencode's encoding, without its two Python-level calls; HostRoot reads "/etc/os-release/" as the file
+    path = (text.rstrip("/") or "/").encode(_FS_ENCODING, _FS_ERRORS)
     for _ in range(3):
         fd: int = state(root_fd, path, flags)
         if fd >= 0:
@@ -111,7 +114,6 @@ def open_in_root(root_fd: int, text: str, flags: int) -> int:
         if fd != -errno.EAGAIN:  # EAGAIN: a rename raced a `..`; the kernel asks to try again
             raise OSError(-fd, os.strerror(-fd), text)
     raise NoOpenat2
-
 
 
 def openat2_ready() -> bool:

@@ -346,3 +346,24 @@ def test_a_round_delivers_what_each_probe_finds_through_hostroot(host: str) -> N
         notes[p.name] = out.notes
     assert rnd.features == want
     assert {s.name: s.notes for s in rnd.statuses if s.ok} == notes
+
+
+def test_round_reads_whole_files_of_every_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round's read is HostRoot's whole-file read: procfs files (size 0, several reads), sysfs
+    attributes, a file larger than one read chunk; over the byte bound: unreadable (None)."""
+    from nodecompat.probes import round_host
+
+    slash = HostRoot(Path("/"))
+    memo = _RoundHost.over(slash)
+    for p in ("/proc/cpuinfo", "/proc/sys/kernel/osrelease", "/sys/devices/system/cpu/online", "/etc/os-release"):
+        assert memo.read_bytes(p) == slash.read_bytes(p), p
+    root = tmp_path / "root"
+    root.mkdir()
+    big = bytes(range(256)) * 1200  # 300 KiB: several chunks
+    (root / "big").write_bytes(big)
+    (root / "empty").write_bytes(b"")
+    host = HostRoot(root)
+    assert _RoundHost.over(host).read_bytes("/big") == big == host.read_bytes("/big")
+    assert _RoundHost.over(host).read_bytes("/empty") == b""
+    monkeypatch.setattr(round_host, "MAX_READ_BYTES", len(big) - 1)
+    assert _RoundHost.over(host).read_bytes("/big") is None
