@@ -168,3 +168,24 @@ def test_an_etcd_outage_keeps_answers_and_leases_and_says_not_serving_for_regist
         if node is not None:
             node.kill()
         stop_process(e.proc, 5.0)
+
+
+def test_a_replica_starting_without_etcd_watches_every_node_and_serves(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No etcd answers at start: the replica cannot know the others, so it watches every node itself (it alone
+    answers for the fleet), FleetService is SERVING and only RegisterNode is NOT_SERVING."""
+    nodes = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    nodes_file = tmp_path / "nodes.json"
+    nodes_file.write_text("[" + ",".join(f'{{"name": "n{i}", "address": "{a}"}}' for i, a in enumerate(nodes)) + "]")
+    d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", registration=OPEN, sync=SyncConfig(heartbeat=1.0),
+                                          store=f"etcd://127.0.0.1:{free_port()}", nodes_file=str(nodes_file),
+                                          check_new_nodes=False))
+    address = f"127.0.0.1:{d.start()}"
+    try:
+        assert d.sync is not None and d.shards is not None
+        wait_for("every node subscribed by the lone replica", lambda: d.sync.subscriptions() == 3)  # type: ignore[union-attr]
+        assert d.shards.owned() == set(nodes)
+        wait_for("RegisterNode NOT_SERVING", lambda: health(address, REGISTRATION_HEALTH) == "NOT_SERVING")
+        assert health(address, FLEET_SERVICE) == "SERVING" and health(address, "") == "SERVING"
+        assert names(address) == {"n0", "n1", "n2"}
+    finally:
+        d.stop(grace=0)

@@ -131,6 +131,18 @@ def test_subscriptions_shared_out_and_taken_over_when_a_replica_dies(etcd: Etcd,
             assert c_nodes <= a.shards.owned() | b.shards.owned()
             print(f"C owned {len(c_nodes)} of {len(fleet)} nodes; taken over {took:.1f} s after SIGKILL "
                   f"(replica lease {REPLICA_TTL} s)")
+
+            # A node leaving the fleet (deregistered through B) leaves every replica's inventory and etcd.
+            gone = next(iter(c_nodes))
+            with grpc.insecure_channel(b.address) as ch:  # type: ignore[attr-defined]
+                fleet_pb2_grpc.FleetServiceStub(ch).DeregisterNode(
+                    fleet_pb2.DeregisterNodeRequest(name=fleet[gone]), timeout=10)
+            rest = sorted(v for v in expected if v[0] != fleet[gone])
+            for replica in (a, b):
+                wait_for(f"{fleet[gone]} gone from {replica.address}",  # type: ignore[attr-defined]
+                         lambda r=replica: answers(r.address) == rest  # type: ignore[attr-defined]
+                         and r.store is not None and r.store.get(gone) is None)
+            wait_for(f"{fleet[gone]}'s document gone from etcd", lambda: gone not in docs(etcd, prefix))
     finally:
         for p in procs:
             p.kill()
