@@ -162,10 +162,7 @@ def check_args(args: argparse.Namespace) -> str:
 
         try:
             for aggregator in parse_aggregators(args.register):
-                try:
-                    split_address(aggregator)
-                except ValueError as exc:
-                    raise ValueError(f"{aggregator!r}: {exc}") from None
+                split_address(aggregator)  # its message quotes the address
         except ValueError as exc:
             return f"--register {exc}"
         if is_wildcard_host(host) and not args.advertise:

@@ -109,9 +109,10 @@ class EtcdEndpoints:
 
 
 class PrefixWatch:
-    """Everything under a prefix, kept current: on (re)connect on_load(every (key, value), revision) is called
-    with the whole prefix, then on_event for every change; on_state(True/False) when the stream comes up or
-    breaks. One daemon thread; stop() returns within WATCH_READ_TIMEOUT (+ one call's timeout)."""
+    """Everything under a prefix, kept current: on (re)connect on_load([(key, value)]) is called with the whole
+    prefix, then on_event for every change; on_state(True) after the load and after every watch round etcd
+    answered, on_state(False) when the stream breaks. One daemon thread; stop() returns within
+    WATCH_READ_TIMEOUT (+ one call's timeout)."""
 
     def __init__(self, etcd: EtcdEndpoints, prefix: str, on_load: Callable[[list[tuple[str, bytes]]], None],
                  on_event: OnEvent, on_state: Callable[[bool], None] | None = None, name: str = "etcd-watch") -> None:
@@ -142,6 +143,7 @@ class PrefixWatch:
                     start = revision + 1
                     self.on_state(True)
                 start = self._watch_once(self.etcd.clients[self.etcd.current], start)
+                self.on_state(True)  # etcd answered this round (clears a failure seen by another call meanwhile)
                 backoff = WATCH_BACKOFF[0]
                 continue  # an idle stream ends every WATCH_READ_TIMEOUT: watch again from where it was
             except (StoreUnavailable, Etcd3Exception, requests.RequestException, OSError, ValueError) as exc:
