@@ -97,6 +97,22 @@ def _openat2_init(root_fd: int) -> None:
     _openat2_state[:] = [call]
 
 
+def open_in_root_errno(root_fd: int, text: str, flags: int) -> int:
+    """open_in_root, with a failure returned as -errno instead of raised (a probe round asks for many
+    files a host does not have; an OSError each costs more than the system call)."""
+    state = _openat2_state[0] if _openat2_state else None
+    if state is None or not USE_OPENAT2:
+        raise NoOpenat2
+    if "\0" in text:
+        raise ValueError("embedded null byte")
+    path = (text.rstrip("/") or "/").encode(_FS_ENCODING, _FS_ERRORS)
+    for _ in range(3):
+        fd: int = state(root_fd, path, flags)
+        if fd != -errno.EAGAIN:  # EAGAIN: a rename raced a `..`; the kernel asks to try again
+            return fd
+    raise NoOpenat2
+
+
 def open_in_root(root_fd: int, text: str, flags: int) -> int:
     """openat2(root_fd, text, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): absolute links and `..`
     stay inside the root, as HostRoot's walk. OSError as os.open; NoOpenat2 when it cannot be used."""

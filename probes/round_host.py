@@ -54,6 +54,7 @@ from nodecompat.probes.root_resolve import (
     Overflow,
     components,
     open_in_root,
+    open_in_root_errno,
     openat2_ready,
 )
 
@@ -136,11 +137,12 @@ class RoundHost(HostRoot):
         fd = -1
         if within is None and self._state and openat2_ready():
             try:  # the kernel resolves the whole path inside the root: one system call
-                fd = open_in_root(self._state[0].root[1], text, OPENAT2_READ)
+                fd = open_in_root_errno(self._state[0].root[1], text, OPENAT2_READ)
             except NoOpenat2:
-                pass
-            except OSError:
-                return None
+                fd = -1
+            else:
+                if fd < 0:
+                    return None  # missing, unreadable: as HostRoot's read
         elif within is None and not self._state and self._real_root == "/":  # the kernel resolves as chroot
             try:
                 fd = os.open(text if text.startswith("/") else "/" + text, _ROOT_OPEN_FLAGS)
@@ -209,8 +211,24 @@ class RoundHost(HostRoot):
             return self.memo[key]  # type: ignore[return-value]
         except KeyError:
             pass
+        value: os.stat_result | None = None
+        if self._state and openat2_ready():
+            try:
+                fd = open_in_root_errno(self._state[0].root[1], key[1], PATH_FLAGS)
+            except NoOpenat2:
+                fd = -errno.ENOSYS
+            if fd >= 0:
+                try:
+                    value = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                self.memo[key] = value
+                return value
+            if fd != -errno.ENOSYS:
+                self.memo[key] = None  # missing or unreachable: as HostRoot.stat's OSError
+                return None
         try:
-            value: os.stat_result | None = self.stat(key[1])
+            value = self.stat(key[1])
         except OSError:
             value = None
         self.memo[key] = value
