@@ -106,3 +106,54 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
     rec = OtlpReceiver()
     yield rec
     rec.stop()
+
+
+class OtlpHttpReceiver:
+    """A real OTLP/http trace receiver on a loopback port: POST /v1/traces (binary protobuf) answered 200;
+    `bodies` holds each request body, `span_names` the spans they carried."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies: list[bytes] = []
+        self.bodies = bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/v1/traces":
+                    bodies.append(body)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def span_names(self) -> list[str]:
+        out = []
+        for body in list(self.bodies):
+            req = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+            out.extend(s.name for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans)
+        return out
+
+    def env(self) -> dict[str, str]:
+        """OTEL_* variables that send spans here over http/protobuf with fast batching."""
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_BSP_SCHEDULE_DELAY": "100"}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def otlp_http_receiver() -> Iterator[OtlpHttpReceiver]:
+    rec = OtlpHttpReceiver()
+    yield rec
+    rec.stop()

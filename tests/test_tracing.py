@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 from support_daemon import start_daemon
-from support_otlp import otlp_receiver  # noqa: F401  (fixture)
+from support_otlp import OtlpHttpReceiver, otlp_http_receiver, otlp_receiver  # noqa: F401  (fixtures)
 
 from nodecompat.server.telemetry import tracing_requested
 from nodecompat.v1 import features_pb2, node_pb2_grpc
@@ -47,39 +47,17 @@ def test_tracing_is_off_unless_otel_variables_ask() -> None:
     assert not tracing_requested({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:1"})
 
 
-def test_otlp_over_http_protobuf_reaches_an_http_receiver(tmp_path: Path) -> None:
+def test_otlp_over_http_protobuf_reaches_an_http_receiver(
+    tmp_path: Path, otlp_http_receiver: OtlpHttpReceiver  # noqa: F811 (fixture)
+) -> None:
     """OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf: spans are POSTed to <endpoint>/v1/traces."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-    names: list[str] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            req = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
-            if self.path == "/v1/traces":
-                names.extend(s.name for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a: object) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{srv.server_address[1]}",
-           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    d = start_daemon(tmp_path, env=env)
+    d = start_daemon(tmp_path, env=otlp_http_receiver.env())
     try:
         with grpc.insecure_channel(d.address) as ch:
             node_pb2_grpc.NodeServiceStub(ch).GetFeatures(features_pb2.GetFeaturesRequest(), timeout=20)
     finally:
         assert d.terminate() == 0  # shutdown flushes the batch
-        srv.shutdown()
+    names = otlp_http_receiver.span_names
     assert "/nodecompat.v1.NodeService/GetFeatures" in names and "probe round" in names
 
 

@@ -16,15 +16,12 @@ OTLP/http tracing to a real HTTP receiver, one call, SIGTERM, exit 0 and no abor
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
-import pytest
 from support_daemon import start_daemon, stop_process
+from support_otlp import OtlpHttpReceiver, otlp_http_receiver  # noqa: F401 (fixture)
 
 from nodecompat.v1 import features_pb2, node_pb2_grpc
 
@@ -53,37 +50,12 @@ atexit.register(_at_exit)
 """
 
 
-@pytest.fixture()
-def otlp_http() -> Iterator[tuple[str, list[bytes]]]:
-    """A real OTLP/http trace receiver (POST /v1/traces answered 200); yields (endpoint, bodies)."""
-    bodies: list[bytes] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a: object) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", bodies
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
-def _tracing_env(endpoint: str) -> dict[str, str]:
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_BSP_SCHEDULE_DELAY": "100", "PYTHONFAULTHANDLER": "1"}
+def _tracing_env(receiver: OtlpHttpReceiver) -> dict[str, str]:
+    return {**receiver.env(), "PYTHONFAULTHANDLER": "1"}
 
 
 def test_exit_waits_for_the_warm_up_import_before_the_interpreter_finalizes(
-    tmp_path: Path, otlp_http: tuple[str, list[bytes]]
+    tmp_path: Path, otlp_http_receiver: OtlpHttpReceiver  # noqa: F811 (fixture)
 ) -> None:
     site = tmp_path / "site"
     site.mkdir()
@@ -91,7 +63,7 @@ def test_exit_waits_for_the_warm_up_import_before_the_interpreter_finalizes(
     mark = tmp_path / "mark.txt"
     import os
 
-    env = {**_tracing_env(otlp_http[0]), "NC_TEST_MARK": str(mark), "NC_TEST_SLOW_IMPORT": str(SLOW_IMPORT),
+    env = {**_tracing_env(otlp_http_receiver), "NC_TEST_MARK": str(mark), "NC_TEST_SLOW_IMPORT": str(SLOW_IMPORT),
            "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     d = start_daemon(tmp_path, env=env)
     end = time.monotonic() + 30
@@ -106,14 +78,13 @@ def test_exit_waits_for_the_warm_up_import_before_the_interpreter_finalizes(
 
 
 def test_sigterm_with_otlp_http_tracing_exits_0_every_time(
-    tmp_path: Path, otlp_http: tuple[str, list[bytes]]
+    tmp_path: Path, otlp_http_receiver: OtlpHttpReceiver  # noqa: F811 (fixture)
 ) -> None:
-    endpoint, bodies = otlp_http
     for i in range(RUNS):
-        d = start_daemon(tmp_path, env=_tracing_env(endpoint))
+        d = start_daemon(tmp_path, env=_tracing_env(otlp_http_receiver))
         with grpc.insecure_channel(d.address) as ch:
             node_pb2_grpc.NodeServiceStub(ch).GetFeatures(features_pb2.GetFeaturesRequest(), timeout=20)
         rc = stop_process(d.proc, 30)
         log = d.log.read_text()
         assert rc == 0 and "terminate called" not in log, f"run {i}: exit {rc}\n{log}"
-    assert len(bodies) >= RUNS  # each daemon flushed its spans at shutdown
+    assert len(otlp_http_receiver.bodies) >= RUNS  # each daemon flushed its spans at shutdown
