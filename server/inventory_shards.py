@@ -35,74 +35,36 @@ etcd unreachable a replica owns every node (it alone answers for the fleet until
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from etcd3gw.utils import _encode
 
-from nodecompat.features import Features
-from nodecompat.fleet.fingerprint import canonical_bytes, with_identity
+from nodecompat.fleet.fingerprint import with_identity
 from nodecompat.fleet.store import STATE_OK, FeatureStore, NodeRecord, StoreFull
 from nodecompat.server.etcd_kv import EtcdEndpoints, PrefixWatch
 from nodecompat.server.fleet_members import SOURCE_DNS, FleetNode
 from nodecompat.server.registration_store import StoreUnavailable
+from nodecompat.server.shard_docs import (
+    MAX_DOC_BYTES,
+    MAX_SET_BYTES,
+    NodeDoc,
+    decode_set,
+    doc_of,
+    encode_set,
+    rendezvous_owner,
+)
+
+__all__ = ["MAX_DOC_BYTES", "MAX_SET_BYTES", "REPLICA_TTL", "InventoryShards", "NodeDoc", "rendezvous_owner"]
 
 log = logging.getLogger(__name__)
 
 REPLICA_TTL = 5  # seconds: a dead replica's nodes are taken over about this long after it stops renewing
 PUBLISH_INTERVAL = 0.5  # seconds between publishing rounds (changes within one are coalesced)
-MAX_DOC_BYTES = 16 << 10  # a node document larger than this is not published (nor read)
-MAX_SET_BYTES = 1 << 20  # a feature set larger than this is not shared (etcd's default request limit is 1.5 MiB)
-
-
-def rendezvous_owner(address: str, replicas: frozenset[str]) -> str:
-    """The replica of `replicas` ranking highest for `address` (highest random weight); '' when none."""
-    best, best_score = "", b""
-    for rid in replicas:
-        score = hashlib.blake2b(f"{rid}\0{address}".encode(), digest_size=8).digest()
-        if score > best_score or (score == best_score and rid > best):
-            best, best_score = rid, score
-    return best
-
-
-@dataclass(frozen=True)
-class NodeDoc:
-    """One node as its owner publishes it."""
-
-    owner: str
-    name: str
-    fingerprint: str
-    identity: tuple[tuple[str, str, str], ...]
-    probed_at: float
-    round_id: int
-    state: str
-    error: str
-
-    def encode(self) -> bytes:
-        return json.dumps({"owner": self.owner, "name": self.name, "fingerprint": self.fingerprint,
-                           "identity": [list(t) for t in self.identity], "probed_at": self.probed_at,
-                           "round_id": self.round_id, "state": self.state, "error": self.error[:1000]},
-                          separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> NodeDoc:
-        """ValueError/KeyError/TypeError on anything malformed."""
-        if len(raw) > MAX_DOC_BYTES:
-            raise ValueError(f"{len(raw)} bytes")
-        d = json.loads(raw)
-        ident = tuple((str(a), str(b), str(c)) for a, b, c in d.get("identity") or [])
-        return cls(str(d["owner"]), str(d["name"]), str(d["fingerprint"]), ident, float(d["probed_at"]),
-                   int(d["round_id"]), str(d["state"]), str(d.get("error", "")))
-
-
-def _doc_of(owner: str, rec: NodeRecord) -> NodeDoc:
-    return NodeDoc(owner, rec.name, rec.fingerprint, rec.identity, rec.probed_at, rec.round_id, rec.state, rec.error)
 
 
 class InventoryShards:
@@ -301,7 +263,7 @@ class InventoryShards:
             rec = records.get(address)
             if rec is None or not rec.fingerprint or (rec.heard_at < since and rec.state == STATE_OK):
                 continue  # not heard through this replica's own stream yet
-            doc = _doc_of(self.id, rec)
+            doc = doc_of(self.id, rec)
             wanted_sets.add(doc.fingerprint)
             if published.get(address) != doc:
                 new_docs[address] = doc
@@ -310,7 +272,7 @@ class InventoryShards:
             fs = self.store.feature_set(fp)
             if fs is None:
                 continue
-            raw = canonical_bytes(fs.features, fs.unknown)
+            raw = encode_set(fs.features, fs.unknown)
             if len(raw) <= MAX_SET_BYTES:
                 set_puts.append((self._set_key(fp, self.id), raw, self._lease))
         for address, doc in new_docs.items():
@@ -396,17 +358,10 @@ class InventoryShards:
             kvs, _rev = self.etcd.range_prefix(f"{self.prefix}sets/{doc.fingerprint}/", limit=1)
             if not kvs:
                 return False
-            raw = kvs[0][1]
-            if "sha256:" + hashlib.sha256(raw).hexdigest() != doc.fingerprint:
-                log.warning("inventory shards: feature set %s does not match its fingerprint, ignored",
-                            doc.fingerprint[:80])
-                return False
             try:
-                parsed = json.loads(raw)
-                features = Features.from_nfd(parsed["features"])
-                unknown = {str(k): str(v) for k, v in dict(parsed.get("unknown") or {}).items()}
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("inventory shards: feature set %s unreadable: %s", doc.fingerprint[:80], exc)
+                features, unknown = decode_set(kvs[0][1], doc.fingerprint)
+            except ValueError as exc:
+                log.warning("inventory shards: feature set %s ignored: %s", doc.fingerprint[:80], exc)
                 return False
         try:
             self.store.put(node.address, doc.name, with_identity(features, doc.identity), unknown, doc.probed_at,

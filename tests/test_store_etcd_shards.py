@@ -7,20 +7,25 @@ taken over by A or B within a bound and still answered from the inventory throug
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator
 
 import grpc
+import pytest
 from etcd3gw import Etcd3Client
 from support_etcd import Etcd, etcd, wait_for  # noqa: F401 (fixture)
 from support_fleet import FLEET, SPEC_ANY, Proc, start_aggregator_process, start_node
 
 from nodecompat.clients.fleet_client import FleetClient
+from nodecompat.features import Features
+from nodecompat.fleet.fingerprint import fingerprint
 from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 from nodecompat.server.inventory_shards import REPLICA_TTL, NodeDoc, rendezvous_owner
 from nodecompat.server.inventory_sync import SyncConfig
 from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.server.shard_docs import decode_set, encode_set
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)
@@ -40,6 +45,26 @@ def test_rendezvous_moves_only_a_dead_replicas_nodes() -> None:
     grown = {a: rendezvous_owner(a, three | {"d"}) for a in addresses}
     assert {before[a] for a in addresses if grown[a] != before[a]} <= three
     assert all(grown[a] == "d" for a in addresses if grown[a] != before[a])  # a newcomer takes, never shuffles
+
+
+def test_a_shared_feature_set_round_trips_and_is_checked_against_its_fingerprint() -> None:
+    feats = Features()
+    feats.add_flags("cpu.cpuid", ["AVX2", "AVX512F"])
+    feats.add_attributes("kernel.version", {"major": "6", "minor": "1", "full": "6.1.0-18-amd64"})
+    feats.set_instances("pci.device", [{"vendor": "10de", "class": "0302"}, {"vendor": "8086", "class": "0200"}])
+    unknown = {"cpu.topology": "probe cpu failed: permission denied"}
+    raw = encode_set(feats, unknown)
+    fp = fingerprint(feats, unknown)
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == fp  # stored under the inventory's own fingerprint
+    back, back_unknown = decode_set(raw, fp)
+    assert back.to_nfd() == feats.to_nfd() and back_unknown == unknown
+    assert fingerprint(back, back_unknown) == fp  # a reader's FeatureStore recomputes the same one
+    for bad, why in ((raw.replace(b"10de", b"1002"), "do not match"), (b"{}", "do not match")):
+        with pytest.raises(ValueError, match=why):
+            decode_set(bad, fp)
+    junk = b'{"features": 3}'
+    with pytest.raises(ValueError):
+        decode_set(junk, "sha256:" + hashlib.sha256(junk).hexdigest())
 
 
 @contextlib.contextmanager
