@@ -44,13 +44,6 @@ class Plan:
     compatible: int = 0  # of which compatible
 
 
-def usable(rec: NodeRecord | None, max_staleness: float, now: float) -> bool:
-    """Whether a node's inventory entry may answer: healthy stream, features held, young enough."""
-    if rec is None or not rec.has_features or rec.state != STATE_OK:
-        return False
-    return not (max_staleness > 0 and now - rec.probed_at > max_staleness)
-
-
 def timestamp(epoch: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(epoch * 1e9))
@@ -82,7 +75,7 @@ def plan(
         rec = records.get(node.address)
         if rec is not None and rec.state == STATE_OK and rec.fingerprint and not (
             max_staleness > 0 and now - rec.probed_at > max_staleness
-        ):  # usable(), inlined: this loop runs once per node
+        ):  # usable: healthy stream (OK), features held, young enough (inline: runs once per node)
             held.append((node, rec))
             if rec.fingerprint not in reps:
                 reps[rec.fingerprint] = rec
