@@ -60,6 +60,7 @@ from nodecompat.probes.root_resolve import (
 
 _ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _CHUNK = 1 << 16
+_PAGE = os.sysconf("SC_PAGE_SIZE")  # kernfs binary attributes: at most this per read(2)
 _UNSET = object()
 
 
@@ -171,10 +172,12 @@ class RoundHost(HostRoot):
             data = os.read(fd, size)
             if not data:
                 return data
-            if len(data) < size and st.st_size and stat_mod.S_ISREG(mode):
+            if len(data) < size and st.st_size and stat_mod.S_ISREG(mode) and (
+                    len(data) == st.st_size or len(data) % _PAGE):
                 # A regular file with a size that gave less than asked is at its end (a disk file, or a
                 # sysfs attribute, shown whole in one read): no second read to see it. procfs files
-                # (size 0) and pipes read on to the end, as HostRoot does.
+                # (size 0) and pipes read on to the end, as HostRoot does; so do sysfs binary attributes
+                # (a whole page short of their size: kernfs hands out one page per read).
                 return data
             chunks = [data]
             total = len(data)
