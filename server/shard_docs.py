@@ -54,7 +54,12 @@ class NodeDoc:
         """ValueError/KeyError/TypeError on anything malformed."""
         if len(raw) > MAX_DOC_BYTES:
             raise ValueError(f"{len(raw)} bytes")
-        d = json.loads(raw)
+        try:
+            d = json.loads(raw)
+        except RecursionError:
+            raise ValueError("nested too deep") from None
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON {type(d).__name__}, not an object")
         ident = tuple((str(a), str(b), str(c)) for a, b, c in d.get("identity") or [])
         return cls(str(d["owner"]), str(d["name"]), str(d["fingerprint"]), ident, float(d["probed_at"]),
                    int(d["round_id"]), str(d["state"]), str(d.get("error", "")))
@@ -80,6 +85,6 @@ def decode_set(raw: bytes, fingerprint: str) -> tuple[Features, dict[str, str]]:
         parsed = json.loads(raw)
         features = Features.from_nfd(parsed["features"])
         unknown = {str(k): str(v) for k, v in dict(parsed.get("unknown") or {}).items()}
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"unreadable: {exc}") from None
     return features, unknown
