@@ -67,6 +67,7 @@ class NodeVerdict:
         """The verdict of every node of a grouped answer (fleet.proto NodeGroup), as from_proto would give
         for the same node's NodeResult."""
         sets = [dict(ls.labels) for ls in m.label_sets]
+        _check_groups(m, sets)
         times: dict[float, str] = {}
         for g in m.groups:
             r = g.result
@@ -82,6 +83,32 @@ class NodeVerdict:
                     when = times[as_of] = ts.ToJsonString()
                 yield cls(name, address, dict(sets[li]) if li < len(sets) else {}, r.compatible, r.score, r.status,
                           r.error, r.latency_seconds, r.attempts, list(reasons), source, when, r.fingerprint)
+
+
+MAX_GROUPED_ENTRIES = 4_000_000  # reasons + labels one grouped message may hand out over its nodes
+_TIMESTAMP_RANGE = (-62135596800, 253402300799)  # google.protobuf.Timestamp: 0001-01-01 .. 9999-12-31
+
+
+def _check_groups(m: fleet_pb2.NodeGroups, sets: list[dict[str, str]]) -> None:
+    """FleetCallError for a grouped message that cannot be read node by node (columns of unequal length, a
+    probe time outside Timestamp's range) or that would expand past MAX_GROUPED_ENTRIES: each node gets its
+    own copy of the group's reasons and of its label set, so a few hundred KB shared by thousands of nodes
+    would otherwise become gigabytes."""
+    entries = 0
+    sizes = [len(s) for s in sets]
+    lo, hi = _TIMESTAMP_RANGE
+    for g in m.groups:
+        n = len(g.node_names)
+        if not n == len(g.addresses) == len(g.as_of_seconds) == len(g.label_sets):
+            raise FleetCallError("INTERNAL", f"the aggregator sent a malformed grouped answer: node columns of "
+                                 f"{n}, {len(g.addresses)}, {len(g.as_of_seconds)}, {len(g.label_sets)} entries")
+        if not all(lo <= t <= hi for t in g.as_of_seconds):  # NaN fails too
+            raise FleetCallError("INTERNAL", "the aggregator sent a malformed grouped answer: a probe time out of "
+                                 "range")
+        entries += n * len(g.result.reasons) + sum(sizes[li] if li < len(sizes) else 0 for li in g.label_sets)
+    if entries > MAX_GROUPED_ENTRIES:
+        raise FleetCallError("RESOURCE_EXHAUSTED", f"the aggregator's grouped answer would expand to {entries} "
+                             f"reasons and labels from one message (limit {MAX_GROUPED_ENTRIES})")
 
 
 @dataclass
