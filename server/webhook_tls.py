@@ -13,7 +13,8 @@ inode, size or mtime), so a handshake costs no file I/O in between. A changed pa
 context and used only if it loads whole (certificate parses, key parses and matches); otherwise the last
 good context keeps serving and the failure is logged once per distinct file state — a half-written pair
 (certificate renewed, key not yet) is retried when the files change again. Connections already open keep
-the certificate they were made with.
+the certificate they were made with. A file that is not regular (opening a FIFO would block the event loop)
+or larger than MAX_PEM_BYTES counts as a pair that does not load.
 
 Hand-written on the stdlib: no maintained Python library reloads an ssl.SSLContext's certificate for an
 asyncio server (aiohttp and asyncio take one context at start), and loading the chain into the live
@@ -26,12 +27,14 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import stat
 import threading
 import time
 
 log = logging.getLogger("nodecompat.webhook")
 
 DEFAULT_RELOAD_INTERVAL = 10.0  # seconds between looks at the files (a renewal comes days before expiry)
+MAX_PEM_BYTES = 1 << 20  # a certificate or key file larger than this is not loaded (a Kubernetes Secret holds 1 MiB)
 
 
 def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
@@ -42,10 +45,10 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
-def _file_state(cert: str, key: str) -> tuple[tuple[int, int, int, int], ...] | None:
-    """(device, inode, size, mtime_ns) of both files, following symlinks; None when one cannot be read."""
+def _file_state(cert: str, key: str) -> tuple[tuple[int, int, int, int, int], ...] | None:
+    """(device, inode, size, mtime_ns, mode) of both files, following symlinks; None when one cannot be read."""
     try:
-        return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns) for s in (os.stat(cert), os.stat(key)))
+        return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_mode) for s in (os.stat(cert), os.stat(key)))
     except OSError:
         return None
 
@@ -93,6 +96,9 @@ class CertReloader:
         if state == self._failed_state:
             return
         try:
+            # a FIFO would block the handshake callback (the event loop) in open; a huge file, in the read
+            if not all(stat.S_ISREG(mode) and size <= MAX_PEM_BYTES for _, _, size, _, mode in state):
+                raise ValueError(f"not regular files of at most {MAX_PEM_BYTES} bytes")
             context = server_ssl_context(self.cert, self.key)
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._failed_state = state
