@@ -27,7 +27,7 @@ from nodecompat.server.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.v1 import fleet_pb2, inventory_pb2
 
 BATCH = 1000  # inventory answers per ValidateFleetResponse (one NodeResult per node)
-GROUPED_BYTES = 1 << 20  # about this many bytes of node fields per grouped ValidateFleetResponse
+GROUPED_BYTES = 1 << 20  # about this many bytes of node fields and shared results per grouped ValidateFleetResponse
 
 
 @dataclass
@@ -156,6 +156,7 @@ def _grouped(
     cols: dict[tuple[int, str], tuple[list[str], list[str], list[float], list[int]]] = {}
     label_index: dict[int, int] = {}  # id(labels dict) -> index in this message
     label_sets: dict[tuple[tuple[str, str], ...], int] = {}
+    template_bytes: dict[tuple[int, str], int] = {}
     size = 0
 
     def flush() -> None:
@@ -183,6 +184,10 @@ def _grouped(
         c = cols.get(tk)
         if c is None:
             c = cols[tk] = ([], [], [], [])
+            tb = template_bytes.get(tk)
+            if tb is None:
+                tb = template_bytes[tk] = templates[tk].ByteSize() + 8
+            size += tb  # each message carries its groups' shared results too (one per node when identity is read)
         name = rec.name if node.source == SOURCE_DNS and rec.name else node.name
         c[0].append(name)
         c[1].append(node.address)
