@@ -5,7 +5,8 @@
 - ValidateImage, first time for this spec on this probe round (a GetFeatures refresh before each timed
   call, untimed; the parsed spec is kept)  vs  Health/Check timed the same way: 1/latency ratio (>= 0.5).
 - Health/Check on a nodecompat daemon with tracing off  vs  the same on a bare gRPC server (same kind
-  of server, same health servicer, nothing else), serially and with 16 in flight (>= 0.97).
+  of server, same health servicer, nothing else), serially and with 16 in flight (>= 0.97); beside it
+  each server's CPU per call (tests/test_empty_rpc_overhead.py shows the Python work per call is equal).
 Every figure is taken 3 times, figure and limit interleaved (6 alternating slices each time, so a
 neighbour's load on a shared machine weighs on both); each row prints the median with min and max of
 the figure, the limit and their ratio. Also the daemon's RSS. Prints; asserts nothing.
@@ -82,19 +83,34 @@ def rate(call: Callable[[], object], seconds: float, inflight: int) -> float:
     return total / (time.monotonic() - t0)
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a live process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def paired_rates(a: Callable[[], object], b: Callable[[], object], seconds: float, inflight: int,
-                 slices: int = 6) -> tuple[float, float]:
+                 slices: int = 6, pids: tuple[int, int] | None = None,
+                 cpu_per_call: dict[str, list[float]] | None = None) -> tuple[float, float]:
     """Calls per second of `a` and of `b`, each measured for `seconds` in `slices` alternating slices
-    (a, b, a, b, ...), so that a neighbour's load on a shared machine weighs on both alike."""
+    (a, b, a, b, ...), so that a neighbour's load on a shared machine weighs on both alike. With `pids`
+    (the servers answering a and b), each one's CPU seconds per call are appended to cpu_per_call["a"/"b"]:
+    a figure a busy machine disturbs far less than calls/s."""
     calls = {"a": 0.0, "b": 0.0}
     spent = {"a": 0.0, "b": 0.0}
+    cpu = {"a": 0.0, "b": 0.0}
     for _ in range(slices):
-        for key, fn in (("a", a), ("b", b)):
+        for i, (key, fn) in enumerate((("a", a), ("b", b))):
+            c0 = proc_cpu(pids[i]) if pids else 0.0
             t0 = time.monotonic()
             r = rate(fn, seconds / slices, inflight)
             dt = time.monotonic() - t0
+            cpu[key] += (proc_cpu(pids[i]) - c0) if pids else 0.0
             calls[key] += r * dt
             spent[key] += dt
+    if pids and cpu_per_call is not None:
+        for key in ("a", "b"):
+            cpu_per_call.setdefault(key, []).append(cpu[key] / calls[key])
     return calls["a"] / spent["a"], calls["b"] / spent["b"]
 
 
@@ -165,13 +181,16 @@ def main() -> int:
         size = node.ValidateImage(inline, timeout=10).ByteSize()
         print(f"daemon ({kind} server) on this machine; ValidateImage answer {size} bytes; "
               f"{args.seconds:g}s per figure; {args.repeats} repeats; {os.cpu_count()} CPUs")
+        notes: list[str] = []
         for inflight in (1, 16):
             h, v, b, hh = [], [], [], []
+            per_call: dict[str, list[float]] = {}
             for _ in range(args.repeats):
                 vr, hr = paired_rates(calls["cached"], calls["health"], args.seconds, inflight)
                 v.append(vr)
                 h.append(hr)
-                hhr, br = paired_rates(calls["health"], calls["bare"], args.seconds, inflight)
+                hhr, br = paired_rates(calls["health"], calls["bare"], args.seconds, inflight,
+                                       pids=(d.proc.pid, bare.pid), cpu_per_call=per_call)
                 hh.append(hhr)
                 b.append(br)
             mode = "serial" if inflight == 1 else "16 in flight"
@@ -179,6 +198,8 @@ def main() -> int:
                             "Health/Check", "calls/s", True, 0.8))
             rows.append(row(f"empty RPC (Health/Check) nodecompat daemon, tracing off / bare {kind} grpc server, "
                             f"{mode}", hh, b, "bare server", "calls/s", True, 0.97))
+            notes.append(f"  server CPU per empty call, {mode}: nodecompat daemon {fmt(per_call['a'], 'us', 1e6)}, "
+                         f"bare server {fmt(per_call['b'], 'us', 1e6)} (all threads, /proc/PID/stat)")
         unc, hl = [], []
         for _ in range(args.repeats):
             lat_v, lat_h = [], []
@@ -197,6 +218,8 @@ def main() -> int:
                         hl, "Health/Check", "calls/s", True, 0.5))
         for r in rows:
             print(r)
+        for note in notes:
+            print(note)
         print(f"RSS daemon after the runs: {rss_kib(d.proc.pid) / 1024:.1f} MiB")
         ch.close()
         bch.close()
