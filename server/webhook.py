@@ -32,13 +32,10 @@ within the same timeoutSeconds. A slot cannot be held past the deadline: the bod
 request's deadline (counted from the handler's start, not stretched by bytes trickling in; HTTP 408), and
 the answer is computed within what is left of it. /healthz takes no slot.
 
-Parsing: json.loads of a 3 MiB review takes ~100 ms of CPU and holds the GIL the whole time (the C
-decoder never releases it), so a worker *thread* would stall the event loop just the same (measured: a
-135 ms loop stall with four 3 MiB parses on threads). Bodies over PARSE_INLINE_BYTES (64 KiB) are parsed in
-a pool of PARSE_PROCESSES worker processes (multiprocessing "spawn": the server holds threads and gRPC
-state that fork would copy), which send back only what an answer is built from
-(nodecompat.admission.review.parse_review_slim); small bodies (every real pod we have seen) are parsed
-inline, avoiding the ~1 ms process round trip. A worker that dies is replaced and its review answered 503.
+Parsing (server/webhook_parse.py): bodies over 64 KiB are parsed in 2 worker processes (json.loads of a
+3 MiB review holds the GIL ~100 ms); small bodies (every real pod we have seen) inline. A worker that dies
+is replaced and its review answered 503; the workers leave process-group signals to the webhook, which
+joins them at shutdown.
 
 Fan-out: a pod may name up to 256 images (nodecompat.admission.review.MAX_CONTAINERS). They are
 deduplicated first (parse_review keeps each distinct reference once), then resolved and sent to the
@@ -52,12 +49,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
-import os
 import re
 import time
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +68,7 @@ from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import NotFoundError, RegistryError
 from nodecompat.oci.policy import RegistryPolicy
 from nodecompat.server.webhook_fleet import validate_fleet
+from nodecompat.server.webhook_parse import ReviewParser
 from nodecompat.server.webhook_tls import DEFAULT_RELOAD_INTERVAL, CertReloader, aggregator_unreachable_hint
 from nodecompat.translate.common import dns_name
 from nodecompat.v1 import fleet_pb2_grpc
@@ -84,8 +80,6 @@ MAX_PARSED_SPECS = 128  # parsed specs kept by artifact digest (the texts are in
 REGISTRY_THREADS = 8
 HANDSHAKE_TIMEOUT = 5.0  # seconds for a TLS handshake (the API server's takes milliseconds)
 MAX_CONCURRENT_REQUESTS = 32  # reviews handled at once (each may hold a 3 MiB body and its parsed pod)
-PARSE_INLINE_BYTES = 64 * 1024  # larger review bodies are parsed in a worker process
-PARSE_PROCESSES = 2  # worker processes parsing large bodies (the machine's cores, not more)
 IMAGE_CONCURRENCY = 8  # images of one review resolved / sent to the aggregator at once
 HEADER_TIMEOUT = 10.0  # seconds for a whole request head, counted from connect or from the last answer
 _TIMEOUT_RE = re.compile(r"^(\d{1,3})s$")
@@ -124,7 +118,7 @@ class Webhook:
         self.parsed: OrderedDict[str, Spec] = OrderedDict()
         self.pool = ThreadPoolExecutor(REGISTRY_THREADS, thread_name_prefix="webhook-registry")
         self.channel: grpc.aio.Channel | None = None
-        self.parse_pool: ProcessPoolExecutor | None = None
+        self.parser = ReviewParser()
         # per request in flight (keyed by its stages dict): the slowest registry / aggregator wait, seconds
         self.timings: dict[int, dict[str, float]] = {}
         self.in_flight = 0  # reviews being handled (the event loop is the only writer)
@@ -150,36 +144,18 @@ class Webhook:
             )
         return fleet_pb2_grpc.FleetServiceStub(self.channel)
 
-    def _parse_pool(self) -> ProcessPoolExecutor:
-        if self.parse_pool is None:
-            self.parse_pool = ProcessPoolExecutor(PARSE_PROCESSES, mp_context=multiprocessing.get_context("spawn"))
-        return self.parse_pool
-
     async def _start(self, _app: web.Application) -> None:
-        # start a worker now (spawning one takes ~0.3 s), not at the first large review; not awaited
-        self._parse_pool().submit(os.getpid)
+        self.parser.start()
 
     async def _close(self, _app: web.Application) -> None:
         if self.channel is not None:
             await self.channel.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.parse_pool is not None:
-            self.parse_pool.shutdown(wait=False, cancel_futures=True)
+        await self.parser.close()
 
     async def parse(self, body: bytes) -> rv.PodReview:
-        """The review in `body`: inline up to PARSE_INLINE_BYTES, else in a worker process (the event loop
-        keeps answering meanwhile). rv.ReviewError as parse_review; BrokenProcessPool when a worker died
-        (the pool is replaced for the next review)."""
-        if len(body) <= PARSE_INLINE_BYTES:
-            return rv.parse_review(body)
-        pool = self._parse_pool()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, rv.parse_review_slim, body)
-        except BrokenProcessPool:
-            if self.parse_pool is pool:
-                self.parse_pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        """The review in `body` (webhook_parse.ReviewParser.parse: large bodies in a worker process)."""
+        return await self.parser.parse(body)
 
     # -- handlers ------------------------------------------------------------------------------------------
     async def healthz(self, _request: web.Request) -> web.Response:

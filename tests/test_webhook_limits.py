@@ -253,7 +253,8 @@ def test_large_reviews_are_parsed_in_a_worker_process_and_answer_the_same(tmp_pa
 
     from nodecompat.admission import review as rv
     from nodecompat.admission.placement import hostname_requirement, placement_patch
-    from nodecompat.server.webhook import PARSE_INLINE_BYTES, Webhook
+    from nodecompat.server.webhook import Webhook
+    from nodecompat.server.webhook_parse import PARSE_INLINE_BYTES
 
     rev = _big_review("big")
     affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -274,8 +275,7 @@ def test_large_reviews_are_parsed_in_a_worker_process_and_answer_the_same(tmp_pa
     try:
         big, inline = asyncio.run(both())
     finally:
-        if hook.parse_pool is not None:
-            hook.parse_pool.shutdown(wait=True)
+        asyncio.run(hook.parser.close())
     assert big.parsed_in != os.getpid() and inline.parsed_in == os.getpid()
     full = rv.parse_review(body)
     assert big.uid == full.uid and big.images == full.images and big.is_pod_create
