@@ -98,13 +98,16 @@ class EtcdEndpoints:
         for i in range(0, len(ops), MAX_TXN_OPS):
             self.txn({"compare": [], "success": ops[i:i + MAX_TXN_OPS], "failure": []})
 
-    def range_prefix(self, prefix: str, limit: int = 0) -> tuple[list[tuple[str, bytes]], int]:
-        """([(key, value)] under prefix, the store revision read)."""
+    def range_prefix(self, prefix: str, limit: int = 0, *,
+                     leased_only: bool = False) -> tuple[list[tuple[str, bytes]], int]:
+        """([(key, value)] under prefix, the store revision read); leased_only: keys bound to no lease are left
+        out (for prefixes whose keys must vanish with their writer: one written without a lease never would)."""
         body: dict[str, Any] = {"key": _encode(prefix), "range_end": _encode(_increment_last_byte(prefix))}
         if limit:
             body["limit"] = limit
         resp = self.post("/kv/range", body)
-        kvs = [(_text(kv["key"]), _decode(kv["value"]) if kv.get("value") else b"") for kv in resp.get("kvs", [])]
+        kvs = [(_text(kv["key"]), _decode(kv["value"]) if kv.get("value") else b"") for kv in resp.get("kvs", [])
+               if not leased_only or _leased(kv)]
         return kvs, int(resp["header"]["revision"])
 
 
@@ -112,11 +115,14 @@ class PrefixWatch:
     """Everything under a prefix, kept current: on (re)connect on_load([(key, value)]) is called with the whole
     prefix, then on_event for every change; on_state(True) after the load and after every watch round etcd
     answered, on_state(False) when the stream breaks. One daemon thread; stop() returns within
-    WATCH_READ_TIMEOUT (+ one call's timeout)."""
+    WATCH_READ_TIMEOUT (+ one call's timeout). leased_only: a key put without a lease is treated as absent
+    (left out of the load, and its put reported as a delete)."""
 
     def __init__(self, etcd: EtcdEndpoints, prefix: str, on_load: Callable[[list[tuple[str, bytes]]], None],
-                 on_event: OnEvent, on_state: Callable[[bool], None] | None = None, name: str = "etcd-watch") -> None:
+                 on_event: OnEvent, on_state: Callable[[bool], None] | None = None, name: str = "etcd-watch",
+                 *, leased_only: bool = False) -> None:
         self.etcd = etcd
+        self.leased_only = leased_only
         self.prefix = prefix
         self.on_load = on_load
         self.on_event = on_event
@@ -138,7 +144,7 @@ class PrefixWatch:
         while not self._stop.is_set():
             try:
                 if start is None:
-                    kvs, revision = self.etcd.range_prefix(self.prefix)
+                    kvs, revision = self.etcd.range_prefix(self.prefix, leased_only=self.leased_only)
                     self.on_load(kvs)
                     start = revision + 1
                     self.on_state(True)
@@ -184,13 +190,22 @@ class PrefixWatch:
                     for event in result.get("events", []):
                         kv = event.get("kv") or {}
                         value = kv.get("value", "")
-                        self.on_event(_text(kv.get("key", "")), _decode(value) if value else b"",
-                                      event.get("type") == "DELETE")
+                        deleted = event.get("type") == "DELETE" or (self.leased_only and not _leased(kv))
+                        self.on_event(_text(kv.get("key", "")), b"" if deleted or not value else _decode(value),
+                                      deleted)
                         start_revision = max(start_revision, int(kv.get("mod_revision", 0)) + 1)
             except requests.ConnectionError as exc:  # the read timeout of an idle stream (or etcd went away)
                 if "timed out" not in str(exc):
                     raise
         return start_revision
+
+
+def _leased(kv: dict[str, Any]) -> bool:
+    """The gateway's KeyValue is bound to a lease (its `lease` field, an int64 as a JSON string, absent when 0)."""
+    try:
+        return int(kv.get("lease") or 0) != 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _text(b64: str) -> str:

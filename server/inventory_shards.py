@@ -21,6 +21,9 @@ Readers watch P shards/replicas/ and P shards/nodes/ and put each foreign node i
 (a set fetched once per fingerprint, and checked against it), so ValidateFleet through any replica answers
 every node from the inventory; they refresh those records while the owner's document is there (the owner
 vouches for the stream), so the local stale timer does not fire on nodes this replica does not watch.
+What a reader believes: only keys bound to a lease (etcd_kv leased_only: a replica key or document written
+without one would never vanish, so it is treated as absent), only documents whose owner is a live replica,
+and no probed_at that is not finite or lies more than MAX_CLOCK_SKEW ahead (it would never go stale).
 
 Takeover: when an owner dies its documents go with its lease; the survivor that now ranks first
 subscribes, sending the fingerprint it already holds (the daemon answers with a heartbeat, no features),
@@ -64,6 +67,7 @@ __all__ = ["MAX_DOC_BYTES", "MAX_SET_BYTES", "REPLICA_TTL", "InventoryShards", "
 log = logging.getLogger(__name__)
 
 REPLICA_TTL = 5  # seconds: a dead replica's nodes are taken over about this long after it stops renewing
+MAX_CLOCK_SKEW = 300.0  # seconds a foreign document's probed_at may lie ahead of this replica's clock
 PUBLISH_INTERVAL = 0.5  # seconds between publishing rounds (changes within one are coalesced)
 
 
@@ -97,8 +101,9 @@ class InventoryShards:
         self._thread: threading.Thread | None = None
         self._watches = [
             PrefixWatch(etcd, self.prefix + "replicas/", self._load_replicas, self._replica_event,
-                        name="shards-replicas"),
-            PrefixWatch(etcd, self.prefix + "nodes/", self._load_docs, self._doc_event, name="shards-nodes"),
+                        name="shards-replicas", leased_only=True),
+            PrefixWatch(etcd, self.prefix + "nodes/", self._load_docs, self._doc_event, name="shards-nodes",
+                        leased_only=True),
         ]
         self.takeovers = 0  # nodes that became this replica's while it was running
 
@@ -191,7 +196,7 @@ class InventoryShards:
         subscribes to this replica's share only; etcd unreachable: start owning everything, join later."""
         try:
             self._join()
-            kvs, _rev = self.etcd.range_prefix(self.prefix + "replicas/")
+            kvs, _rev = self.etcd.range_prefix(self.prefix + "replicas/", leased_only=True)
             self._load_replicas(kvs)
         except StoreUnavailable as exc:
             log.warning("inventory shards: etcd unreachable at start (%s); watching every node until it answers", exc)
@@ -307,15 +312,17 @@ class InventoryShards:
         with self._lock:
             docs = dict(self._docs)
             owned = set(self._owned_since)
+            live = self._replicas
         for old in records:  # nodes that left the fleet (InventorySync removes its own)
             if old.key not in members and old.key not in owned:
                 self.store.remove(old.key)
                 self._refreshed.pop(old.key, None)
         now = time.monotonic()
+        latest = time.time() + MAX_CLOCK_SKEW
         for address, doc in docs.items():
             node = members.get(address)
-            if node is None:
-                continue
+            if node is None or doc.owner not in live or doc.probed_at > latest:
+                continue  # only a live replica's word, and no probe time from the future (it would never go stale)
             rec = self.store.get(address)
             if address in owned and rec is not None:
                 continue  # this replica's own stream decides (a document only seeds a takeover)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 from nodecompat.features import Features
@@ -61,7 +62,10 @@ class NodeDoc:
         if not isinstance(d, dict):
             raise TypeError(f"a JSON {type(d).__name__}, not an object")
         ident = tuple((str(a), str(b), str(c)) for a, b, c in d.get("identity") or [])
-        return cls(str(d["owner"]), str(d["name"]), str(d["fingerprint"]), ident, float(d["probed_at"]),
+        probed_at = float(d["probed_at"])
+        if not math.isfinite(probed_at):
+            raise ValueError(f"probed_at {probed_at}")
+        return cls(str(d["owner"]), str(d["name"]), str(d["fingerprint"]), ident, probed_at,
                    int(d["round_id"]), str(d["state"]), str(d.get("error", "")))
 
 

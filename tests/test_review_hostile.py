@@ -51,10 +51,12 @@ def test_a_hostile_shard_document_does_not_hide_the_others(etcd: Etcd, hostile: 
     fp = fingerprint(feats)
     address = "127.0.0.1:1"
     c = _client(etcd)
+    lease = c.lease(ttl=120)  # the other replica's: its key and documents live on it
+    c.put(f"{prefix}shards/replicas/other", '{"id": "other"}', lease=lease)
     c.put(f"{prefix}shards/sets/{fp}/other", canonical_bytes(feats).decode())
-    c.put(f"{prefix}shards/nodes/10.0.0.9:1", hostile.decode())  # before the readers start: the first load
+    c.put(f"{prefix}shards/nodes/10.0.0.9:1", hostile.decode(), lease=lease)  # before the readers start: the first load
     doc = NodeDoc("other", "n1", fp, (), 1.0, 1, "OK", "")
-    c.put(f"{prefix}shards/nodes/{address}", doc.encode().decode())
+    c.put(f"{prefix}shards/nodes/{address}", doc.encode().decode(), lease=lease)
     host, port = etcd.endpoint.rsplit(":", 1)
     store = FeatureStore()
     members = [FleetNode("n1", address), FleetNode("n9", "10.0.0.9:1")]
@@ -63,11 +65,55 @@ def test_a_hostile_shard_document_does_not_hide_the_others(etcd: Etcd, hostile: 
     try:
         wait_for("the valid document applied beside a hostile one", lambda: store.get(address) is not None,
                  timeout=20.0)
-        c.put(f"{prefix}shards/nodes/10.0.0.9:1", hostile.decode())  # as a watch event too
+        c.put(f"{prefix}shards/nodes/10.0.0.9:1", hostile.decode(), lease=lease)  # as a watch event too
         doc2 = NodeDoc("other", "n1", fp, (), 2.0, 2, "OK", "")
-        c.put(f"{prefix}shards/nodes/{address}", doc2.encode().decode())
+        c.put(f"{prefix}shards/nodes/{address}", doc2.encode().decode(), lease=lease)
         wait_for("a later document still applied", lambda: (r := store.get(address)) is not None
                  and r.probed_at == 2.0, timeout=20.0)
     finally:
         shards.stop()
     assert json.loads(canonical_bytes(feats))  # the set is what the fingerprint names
+
+
+def test_shard_readers_believe_only_leased_keys_of_live_owners_with_sane_probe_times(etcd: Etcd) -> None:  # noqa: F811
+    """A replica key or node document written without a lease would never vanish (a dead node kept fresh,
+    a ghost replica taking every replica's share of nodes away): treated as absent. A document whose owner
+    is not a live replica, or whose probed_at is not finite or lies hours ahead, is not applied."""
+    import time
+
+    prefix = "/review-liveness/"
+    feats = Features.from_nfd({"flags": {"cpu.cpuid": {"elements": {"AVX2": ""}}}, "attributes": {}, "instances": {}})
+    fp = fingerprint(feats)
+    c = _client(etcd)
+    lease = c.lease(ttl=120)
+    c.put(f"{prefix}shards/replicas/other", '{"id": "other"}', lease=lease)
+    c.put(f"{prefix}shards/replicas/ghost", '{"id": "ghost"}')  # no lease
+    c.put(f"{prefix}shards/sets/{fp}/other", canonical_bytes(feats).decode())
+    now = time.time()
+    docs = {
+        "10.0.0.1:1": (NodeDoc("other", "good", fp, (), now, 1, "OK", "").encode(), lease),
+        "10.0.0.2:1": (NodeDoc("ghost", "ghosts", fp, (), now, 1, "OK", "").encode(), lease),
+        "10.0.0.3:1": (NodeDoc("other", "unleased", fp, (), now, 1, "OK", "").encode(), None),
+        "10.0.0.4:1": (NodeDoc("other", "future", fp, (), now + 3600, 1, "OK", "").encode(), lease),
+        "10.0.0.5:1": (NodeDoc("other", "infinite", fp, (), now, 1, "OK", "").encode().replace(
+            str(now).encode(), b"Infinity"), lease),
+    }
+    for address, (raw, doc_lease) in docs.items():
+        c.put(f"{prefix}shards/nodes/{address}", raw.decode(), lease=doc_lease)
+    host, port = etcd.endpoint.rsplit(":", 1)
+    store = FeatureStore()
+    members = [FleetNode(f"n{i}", a) for i, a in enumerate(docs)]
+    shards = InventoryShards(EtcdEndpoints([(host, int(port))]), prefix, lambda: members, store, replica_id="me")
+    shards.start()
+    try:
+        assert shards.replicas() == frozenset({"me", "other"})  # the lease-less ghost is no replica
+        wait_for("the live owner's leased document applied", lambda: store.get("10.0.0.1:1") is not None,
+                 timeout=20.0)
+        time.sleep(1.5)  # more publishing/applying rounds (PUBLISH_INTERVAL 0.5 s): nothing else comes
+        assert [a for a in docs if store.get(a) is not None] == ["10.0.0.1:1"]
+        c.put(f"{prefix}shards/replicas/ghost2", '{"id": "ghost2"}')  # as a watch event too
+        c.put(f"{prefix}shards/nodes/10.0.0.1:1", docs["10.0.0.1:1"][0].decode())  # re-put without its lease
+        time.sleep(1.5)
+        assert shards.replicas() == frozenset({"me", "other"})
+    finally:
+        shards.stop()
