@@ -128,6 +128,25 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
+GC_GEN0_THRESHOLD = 10_000  # allocations between young collections (CPython's default: 700)
+
+
+def _tune_gc() -> None:
+    """Once serving: move everything start-up made (modules, the app, TLS contexts) out of the collector's
+    sight (gc.freeze) and collect the young generation less often. Each review allocates tens of
+    thousands of short-lived objects (two grouped ValidateFleet answers of 1,000 nodes, the JSONPatch), so
+    with the defaults a full collection over every start-up object lands inside some reviews: bench_webhook
+    (1,000 nodes, warm) measured p99 55-63 ms with the defaults, 39 ms frozen, 31-35 ms frozen with this
+    threshold, p50 unchanged (22-25 ms). The reviews' objects are freed by reference counting; only
+    cyclic garbage waits for the (rarer) collections, and the older generations keep their defaults' ratios."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _g0, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import ssl
@@ -163,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            _tune_gc()
         await task
 
     try:
