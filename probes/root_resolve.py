@@ -105,6 +105,7 @@ def open_in_root_errno(root_fd: int, text: str, flags: int) -> int:
         raise NoOpenat2
     if "\0" in text:
         raise ValueError("embedded null byte")
+    # os.fsencode's encoding, without its two Python-level calls; HostRoot reads "/etc/os-release/" as the file
     path = (text.rstrip("/") or "/").encode(_FS_ENCODING, _FS_ERRORS)
     for _ in range(3):
         fd: int = state(root_fd, path, flags)
@@ -116,20 +117,10 @@ def open_in_root_errno(root_fd: int, text: str, flags: int) -> int:
 def open_in_root(root_fd: int, text: str, flags: int) -> int:
     """openat2(root_fd, text, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): absolute links and `..`
     stay inside the root, as HostRoot's walk. OSError as os.open; NoOpenat2 when it cannot be used."""
-    state = _openat2_state[0] if _openat2_state else None
-    if state is None or not USE_OPENAT2:
-        raise NoOpenat2
-    if "\0" in text:
-        raise ValueError("embedded null byte")
-    # os.fsencode's encoding, without its two Python-level calls; HostRoot reads "/etc/os-release/" as the file
-    path = (text.rstrip("/") or "/").encode(_FS_ENCODING, _FS_ERRORS)
-    for _ in range(3):
-        fd: int = state(root_fd, path, flags)
-        if fd >= 0:
-            return fd
-        if fd != -errno.EAGAIN:  # EAGAIN: a rename raced a `..`; the kernel asks to try again
-            raise OSError(-fd, os.strerror(-fd), text)
-    raise NoOpenat2
+    fd = open_in_root_errno(root_fd, text, flags)
+    if fd < 0:
+        raise OSError(-fd, os.strerror(-fd), text)
+    return fd
 
 
 def openat2_ready() -> bool:
