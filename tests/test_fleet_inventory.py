@@ -247,16 +247,21 @@ def _refresh(proc: Proc) -> None:
     stub.GetFeatures(features_pb2.GetFeaturesRequest(refresh=True, prefixes=["kernel.version"]), timeout=30)
 
 
+def _expect_initial_nvidia_fit(w: _Watch) -> None:
+    """WatchFleet's initial fit set for a spec only the three NVIDIA hosts fit, then its `synced` marker."""
+    initial = [w.next() for _ in range(len(HOSTS) + 1)]
+    states = {e["node"]: e["state"] for e in initial if "node" in e}
+    assert states == {"gpu-1": "COMPATIBLE", "gpu-2": "COMPATIBLE", "gpu-3": "COMPATIBLE",
+                      "mi-1": "INCOMPATIBLE", "vm-1": "INCOMPATIBLE", "vm-2": "INCOMPATIBLE"}
+    assert all(e.get("initial") for e in initial if "node" in e) and "synced" in initial[-1]
+
+
 def test_drift_a_module_unloaded_and_loaded_again_is_a_transition_with_its_reason(inv: InvFleet) -> None:
     spec = inv.tmp / "nvidia.yaml"
     spec.write_text(NVIDIA_ONLY)
     w = _Watch(inv.address, spec)
     try:
-        initial = [w.next() for _ in range(len(HOSTS) + 1)]
-        states = {e["node"]: e["state"] for e in initial if "node" in e}
-        assert states == {"gpu-1": "COMPATIBLE", "gpu-2": "COMPATIBLE", "gpu-3": "COMPATIBLE",
-                          "mi-1": "INCOMPATIBLE", "vm-1": "INCOMPATIBLE", "vm-2": "INCOMPATIBLE"}
-        assert all(e.get("initial") for e in initial if "node" in e) and "synced" in initial[-1]
+        _expect_initial_nvidia_fit(w)
         unload_module(inv.roots["gpu-3"], "nvidia")
         _refresh(inv.nodes["gpu-3"])
         ev, took = w.until("gpu-3", "INCOMPATIBLE")
@@ -294,10 +299,7 @@ def test_drift_a_driver_version_change_is_a_transition_with_its_reason(inv: InvF
     spec.write_text(DRIVER_550)
     w = _Watch(inv.address, spec)
     try:
-        initial = [w.next() for _ in range(len(HOSTS) + 1)]
-        states = {e["node"]: e["state"] for e in initial if "node" in e}
-        assert states == {"gpu-1": "COMPATIBLE", "gpu-2": "COMPATIBLE", "gpu-3": "COMPATIBLE",
-                          "mi-1": "INCOMPATIBLE", "vm-1": "INCOMPATIBLE", "vm-2": "INCOMPATIBLE"}
+        _expect_initial_nvidia_fit(w)
         version.write_text("535.104.05\n")  # a driver downgrade on gpu-1's host copy
         _refresh(inv.nodes["gpu-1"])
         ev, took = w.until("gpu-1", "INCOMPATIBLE")
