@@ -2,8 +2,11 @@
 bare grpc.aio server with grpcio-health-checking's servicer (issue 11: the empty-RPC ratio >= 0.97).
 
 Counted, not timed: cProfile on each server's event-loop thread over the same number of calls counts the
-Python function calls per Check. No interceptor, no context wrapper, no extra registered method (grpc.aio
-awaits a pending request per registered method for every call it accepts: grpc's
+Python function calls per Check, leaving out the event loop's own machinery (asyncio, selectors and C builtins):
+how many loop iterations and self-pipe wake-ups 500 calls take depends on thread timing, not on the server (the
+loop-inclusive count swung by +-4 calls per Check between runs on a loaded CI machine, either way, on both
+servers; the count without it is 23.04 on both, stable to 0.01). No interceptor, no context wrapper, no extra
+registered method (grpc.aio awaits a pending request per registered method for every call it accepts: grpc's
 src/python/grpcio/grpc/_cython/_cygrpc/aio/server.pyx.pxi, AioServer._server_main_loop).
 """
 
@@ -51,7 +54,13 @@ def _calls_per_check(port: int, run: Callable[[Coroutine[Any, Any, Any]], Any]) 
         for _ in range(CALLS):
             stub.Check(req, timeout=10)
         run(off())
-    return sum(v[1] for v in pstats.Stats(prof).stats.values()) / CALLS  # type: ignore[attr-defined]
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    return sum(v[1] for k, v in stats.items() if not _loop_machinery(k[0])) / CALLS
+
+
+def _loop_machinery(filename: str) -> bool:
+    """True for the event loop's own frames, whose count follows thread timing (see the module docstring)."""
+    return filename == "~" or "/asyncio/" in filename or filename.endswith("/selectors.py")
 
 
 @pytest.fixture
@@ -91,5 +100,5 @@ def test_an_empty_call_does_the_python_work_of_a_bare_server(bare, monkeypatch) 
         theirs = _calls_per_check(*bare)
     finally:
         d.stop(grace=0)
-    assert theirs > 100  # the count is real: grpc.aio's own loop work per call
+    assert theirs > 10  # the count is real: grpc.aio's own Python work per call (23 on grpcio 1.6x)
     assert ours <= theirs + 0.5, f"{ours:.1f} Python calls per Check on nodecompat, {theirs:.1f} on a bare server"
