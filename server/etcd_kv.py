@@ -6,6 +6,11 @@ Client: PyPI `etcd3gw` over etcd's gRPC-JSON gateway (the choice is explained in
 watch iterator is not used: it never ends when the stream breaks (etcd gone), so a replica would stop seeing
 the others without knowing it; PrefixWatch reads the gateway's stream itself with a short read timeout, so
 every wait is bounded and a break is noticed (reported through `on_state`).
+
+Bounded in bytes against a broken or hostile gateway: a prefix load (range_prefix) is read in pages of
+RANGE_PAGE_KEYS keys pinned to the first page's revision (one consistent snapshot; the next page starts at the
+last key + "\\0", as etcd's client/v3/mirror/syncer.go SyncBase pages) and holds at most
+MAX_RANGE_BYTES of keys and values, each page's answer read with a bound that follows from what is left.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +35,11 @@ CALL_TIMEOUT = 5.0  # seconds per etcd call (etcd3gw's requests timeout)
 WATCH_BACKOFF = (0.2, 2.0)  # seconds: first and largest wait between watch reconnects
 WATCH_READ_TIMEOUT = 1.0  # seconds an idle watch stream is kept before it is re-opened from the same revision
 MAX_WATCH_LINE = 8 << 20  # bytes of one watch answer (one revision's events)
+RANGE_PAGE_KEYS = 256  # keys per Range call of a prefix load
+MAX_RANGE_BYTES = 128 << 20  # decoded key and value bytes one prefix load may hold (10,000 registrations of
+#                              the largest labels are ~50 MiB; node documents are < 16 KiB, typically < 1 KiB)
+RANGE_KV_OVERHEAD = 512  # JSON bytes of one KeyValue in a Range answer beyond its base64 key and value
+MAX_ERROR_BYTES = 4096  # bytes of an error answer's body kept for the message
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 
 T = TypeVar("T")
@@ -61,7 +72,8 @@ class EtcdEndpoints:
             try:
                 result = fn(self.clients[idx])
             except (Etcd3Exception, OSError, ValueError) as exc:  # ValueError: a non-JSON answer
-                errors.append(f"{self.clients[idx].host}:{self.clients[idx].port}: {type(exc).__name__}")
+                said = f" ({str(exc)[:200]})" if isinstance(exc, ValueError) else ""  # a bad answer: say what
+                errors.append(f"{self.clients[idx].host}:{self.clients[idx].port}: {type(exc).__name__}{said}")
                 continue
             self.current = idx
             return result
@@ -98,17 +110,52 @@ class EtcdEndpoints:
         for i in range(0, len(ops), MAX_TXN_OPS):
             self.txn({"compare": [], "success": ops[i:i + MAX_TXN_OPS], "failure": []})
 
-    def range_prefix(self, prefix: str, limit: int = 0, *,
-                     leased_only: bool = False) -> tuple[list[tuple[str, bytes]], int]:
-        """([(key, value)] under prefix, the store revision read); leased_only: keys bound to no lease are left
-        out (for prefixes whose keys must vanish with their writer: one written without a lease never would)."""
-        body: dict[str, Any] = {"key": _encode(prefix), "range_end": _encode(_increment_last_byte(prefix))}
-        if limit:
-            body["limit"] = limit
-        resp = self.post("/kv/range", body)
-        kvs = [(_text(kv["key"]), _decode(kv["value"]) if kv.get("value") else b"") for kv in resp.get("kvs", [])
-               if not leased_only or _leased(kv)]
-        return kvs, int(resp["header"]["revision"])
+    def range_prefix(self, prefix: str, limit: int = 0, *, leased_only: bool = False,
+                     max_bytes: int = MAX_RANGE_BYTES,
+                     page_keys: int = RANGE_PAGE_KEYS) -> tuple[list[tuple[str, bytes]], int]:
+        """([(key, value)] under prefix in key order, the store revision read); limit > 0: the first `limit`
+        keys only. Read in Range pages of `page_keys` keys, every page after the first at the first page's
+        revision (one snapshot: a key written or deleted meanwhile is seen as it was; a compaction of that
+        revision meanwhile fails the load: StoreUnavailable, the caller loads again). At most `max_bytes` of
+        decoded keys and values are held: more -> StoreUnavailable naming the bound. leased_only: keys bound to
+        no lease are left out (for prefixes whose keys must vanish with their writer: one written without a
+        lease never would)."""
+        end = _encode(_increment_last_byte(prefix))
+        key = prefix.encode()
+        revision = 0
+        held = scanned = 0
+        out: list[tuple[str, bytes]] = []
+        while True:
+            want = min(page_keys, limit - scanned) if limit else page_keys
+            body: dict[str, Any] = {"key": _encode(key), "range_end": end, "limit": want}
+            if revision:
+                body["revision"] = revision
+            # an answer within the bound is at most 4/3 of what is left (base64) plus each KeyValue's JSON
+            cap = (max_bytes - held) * 4 // 3 + 4 + want * RANGE_KV_OVERHEAD + MAX_ERROR_BYTES
+            resp = self.call(lambda c: _post_bounded(c, "/kv/range", body, cap))  # noqa: B023 (called at once)
+            if resp is None:
+                raise StoreUnavailable(self._too_large(prefix, max_bytes, f"a Range answer over {cap} bytes"))
+            if not revision:
+                revision = int(resp["header"]["revision"])
+            kvs = resp.get("kvs") or []
+            for kv in kvs:
+                raw_key = _decode(kv["key"])
+                value = _decode(kv["value"]) if kv.get("value") else b""
+                held += len(raw_key) + len(value)
+                if held > max_bytes:
+                    raise StoreUnavailable(self._too_large(prefix, max_bytes, "its keys and values"))
+                if not leased_only or _leased(kv):
+                    out.append((raw_key.decode("utf-8", "replace"), value))
+                key = raw_key + b"\0"
+            scanned += len(kvs)
+            if not kvs or not resp.get("more") or (limit and scanned >= limit):
+                return out, revision
+
+    def _too_large(self, prefix: str, max_bytes: int, seen: str) -> str:
+        where = f"{self.clients[self.current].host}:{self.clients[self.current].port}"
+        return (f"etcd prefix {prefix[:200]!r} holds more than {max_bytes} bytes of keys and values (this "
+                f"aggregator's bound, MAX_RANGE_BYTES; {where} sent {seen}): not loaded; remove what does not "
+                f"belong under it, or use another --store-prefix")
 
 
 class PrefixWatch:
@@ -198,6 +245,32 @@ class PrefixWatch:
                 if "timed out" not in str(exc):
                     raise
         return start_revision
+
+
+def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answer: int) -> dict[str, Any] | None:
+    """POST /v3/<path> on one endpoint, its JSON answer read with a bound: None when it is larger than
+    max_answer bytes (read no further); ValueError when it is not a JSON object; Etcd3Exception on a non-200 status (its
+    body's first MAX_ERROR_BYTES in the message). The whole call, reading included, ends within
+    2 * CALL_TIMEOUT however slowly the peer sends."""
+    deadline = time.monotonic() + CALL_TIMEOUT
+    resp = client.session.post(client.get_url(path), json=body, timeout=CALL_TIMEOUT, stream=True)
+    with resp:
+        data = bytearray()
+        limit = max_answer if resp.status_code == 200 else MAX_ERROR_BYTES
+        for part in resp.iter_content(chunk_size=64 << 10):
+            data += part
+            if len(data) > limit:
+                if resp.status_code != 200:
+                    break
+                return None
+            if time.monotonic() > deadline:
+                raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s")
+        if resp.status_code != 200:
+            raise Etcd3Exception(bytes(data[:limit]).decode("utf-8", "replace"), resp.reason)
+    answer = json.loads(data)
+    if not isinstance(answer, dict):
+        raise ValueError(f"etcd answer to {path} is not a JSON object")
+    return answer
 
 
 def _leased(kv: dict[str, Any]) -> bool:
