@@ -10,7 +10,8 @@ every wait is bounded and a break is noticed (reported through `on_state`).
 Bounded in bytes against a broken or hostile gateway: a prefix load (range_prefix) is read in pages of
 RANGE_PAGE_KEYS keys pinned to the first page's revision (one consistent snapshot; the next page starts at the
 last key + "\\0", as etcd's client/v3/mirror/syncer.go SyncBase pages) and holds at most
-MAX_RANGE_BYTES of keys and values, each page's answer read with a bound that follows from what is left.
+MAX_RANGE_BYTES of keys and values, each page's answer read with a bound that follows from what is left; a watch
+line is checked while it is read (at most WATCH_READ_CHUNK bytes a read), never buffered whole first.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import requests
@@ -35,6 +36,7 @@ CALL_TIMEOUT = 5.0  # seconds per etcd call (etcd3gw's requests timeout)
 WATCH_BACKOFF = (0.2, 2.0)  # seconds: first and largest wait between watch reconnects
 WATCH_READ_TIMEOUT = 1.0  # seconds an idle watch stream is kept before it is re-opened from the same revision
 MAX_WATCH_LINE = 8 << 20  # bytes of one watch answer (one revision's events)
+WATCH_READ_CHUNK = 64 << 10  # bytes read from a watch stream at a time (etcd's gateway streams chunked)
 RANGE_PAGE_KEYS = 256  # keys per Range call of a prefix load
 MAX_RANGE_BYTES = 128 << 20  # decoded key and value bytes one prefix load may hold (10,000 registrations of
 #                              the largest labels are ~50 MiB; node documents are < 16 KiB, typically < 1 KiB)
@@ -223,13 +225,11 @@ class PrefixWatch:
             if resp.status_code != 200:
                 raise StoreUnavailable(f"etcd watch answered HTTP {resp.status_code}")
             try:
-                for line in resp.iter_lines(chunk_size=None):
+                for line in _bounded_lines(resp, MAX_WATCH_LINE):
                     if self._stop.is_set():
                         return start_revision
                     if not line.strip():
                         continue
-                    if len(line) > MAX_WATCH_LINE:
-                        raise ValueError(f"watch answer of {len(line)} bytes")
                     chunk = json.loads(line)
                     result = chunk.get("result") or {}
                     if "error" in chunk or result.get("canceled"):
@@ -245,6 +245,32 @@ class PrefixWatch:
                 if "timed out" not in str(exc):
                     raise
         return start_revision
+
+
+def _bounded_lines(resp: requests.Response, max_line: int) -> Iterator[bytes]:
+    """The lines of a streamed answer, each checked against max_line while it is read: ValueError as soon as
+    more than max_line bytes have come without a newline (at most max_line + WATCH_READ_CHUNK are held).
+    iter_content with a chunk size reads at most that much at a time, and no more than the current HTTP
+    chunk (etcd's gateway sends a chunk per watch answer), so an event is not held back; requests'
+    iter_lines(chunk_size=None) would read a whole HTTP chunk, however large, and join lines without bound."""
+    buf = bytearray()
+    for data in resp.iter_content(chunk_size=WATCH_READ_CHUNK):
+        scan = len(buf)  # the bytes before have no newline
+        buf += data
+        start = 0
+        while (nl := buf.find(b"\n", scan)) >= 0:
+            line = bytes(buf[start:nl])
+            start = scan = nl + 1
+            if len(line) > max_line:
+                raise ValueError(f"watch answer of {len(line)} bytes (limit {max_line})")
+            yield line
+        del buf[:start]
+        if len(buf) > max_line:
+            raise ValueError(f"watch answer of more than {max_line} bytes without its end")
+    if buf:
+        if len(buf) > max_line:
+            raise ValueError(f"watch answer of {len(buf)} bytes (limit {max_line})")
+        yield bytes(buf)
 
 
 def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answer: int) -> dict[str, Any] | None:

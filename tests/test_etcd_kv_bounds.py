@@ -1,7 +1,7 @@
 """etcd_kv bounded against its gateway (server/etcd_kv.py; issue 14's "every buffer is bounded in bytes"):
 a prefix load is read in Range pages pinned to the first page's revision, so the pages are one snapshot even
-while keys are written and deleted between them, and holds at most its byte bound; a Range answer larger
-than its bound is refused while it is read, not after it was buffered whole.
+while keys are written and deleted between them, and holds at most its byte bound; a Range answer or a watch
+line larger than its bound is refused while it is read, not after it was buffered whole.
 
 Real parts: Debian's etcd-server behind a recording HTTP gateway (a forwarding proxy that sees every Range
 call and can write to etcd between two pages), and a hostile gateway that streams an answer without end
@@ -19,7 +19,8 @@ import pytest
 import requests
 from support_etcd import Etcd, etcd  # noqa: F401 (fixture)
 
-from nodecompat.server.etcd_kv import EtcdEndpoints
+from nodecompat.server import etcd_kv
+from nodecompat.server.etcd_kv import EtcdEndpoints, PrefixWatch
 from nodecompat.server.registration_store import StoreUnavailable
 
 ENDLESS = 96 << 20  # bytes a hostile gateway tries to send
@@ -145,4 +146,29 @@ def test_an_endless_range_answer_is_cut_at_its_bound(gateway) -> None:
     g = gateway(None)
     with pytest.raises(StoreUnavailable, match=r"more than 1048576 bytes .*MAX_RANGE_BYTES.* sent a Range answer over"):
         endpoints(g.address).range_prefix("/p/", max_bytes=1 << 20)
+    assert 0 < g.sent < CUT_BY
+
+
+def test_an_endless_watch_line_is_cut_while_it_is_read(etcd: Etcd, gateway, monkeypatch) -> None:  # noqa: F811
+    monkeypatch.setattr(etcd_kv, "MAX_WATCH_LINE", 256 << 10)
+    g = gateway(None)
+    e = endpoints(g.address)
+    # the load goes to the real etcd (an empty prefix); the watch to the hostile gateway
+    monkeypatch.setattr(e, "range_prefix", lambda prefix, **kw: endpoints(etcd.endpoint).range_prefix(prefix, **kw))
+    states: list[bool] = []
+    broke = threading.Event()
+
+    def on_state(up: bool) -> None:
+        states.append(up)
+        if not up:
+            broke.set()
+
+    w = PrefixWatch(e, f"/t-{uuid.uuid4().hex}/", lambda kvs: None, lambda k, v, d: None, on_state)
+    w.start()
+    try:
+        assert broke.wait(60), "the endless watch line was never refused"
+    finally:
+        w.stop()
+    assert states[0] is True and False in states
+    assert any(path.endswith("/watch") for path, _ in g.calls)
     assert 0 < g.sent < CUT_BY
