@@ -128,32 +128,26 @@ class Runtime:
 
     async def _read_request(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                             method: str, fast: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
-        """(the call's one request message, the fast path's answer or None)."""
+        """(the call's one request message, the fast path's answer or None). Exactly one request message,
+        on the fast path as on the others: none or a second one is INVALID_ARGUMENT."""
         left = context.time_remaining()
         wait = self.limits.request_timeout if left is None else min(self.limits.request_timeout, left)
         request: Any = _NO_MESSAGE
         try:
             # One asyncio.timeout (not wait_for: no task) over both reads, one timer per call on the hot
-            # path. The client's half-close is read too (it normally comes with the message): answering
-            # before it makes gRPC core reset the stream, and the caller may then see CANCELLED instead
-            # of the status.
+            # path. The client's half-close is read too (it normally comes with the message): a second
+            # message is refused, and answering before it makes gRPC core reset the stream, so the caller
+            # may then see CANCELLED instead of the status.
             async with asyncio.timeout(max(0.0, wait)):
                 request = await requests.__anext__()
-                if fast is not None:
-                    answer = fast(request)
-                    if answer is not None:
-                        # Answered at once, as grpc's own unary-unary handlers answer after the one message
-                        # without reading the half-close (a unary client sends both in one frame): the
-                        # read would cost one more completion-queue round trip per call.
-                        return request, answer
                 await requests.__anext__()
         except StopAsyncIteration:
             if request is not _NO_MESSAGE:
-                return request, None
+                return request, (None if fast is None else fast(request))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the call carried no request message")
         except TimeoutError:
             if request is not _NO_MESSAGE:  # message but no half-close: serve it anyway
-                return request, None
+                return request, (None if fast is None else fast(request))
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{method}: the request message did not arrive within {wait:g} s of the call's start",

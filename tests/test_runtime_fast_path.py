@@ -79,16 +79,21 @@ def test_a_kept_answer_is_served_while_the_worker_and_the_admission_slot_are_tak
 
 
 def test_the_fast_path_keeps_the_request_message_rules(served: Any) -> None:
-    """Two request messages on a unary method: refused when the fast path has no answer; with no message
-    at all, refused before the fast path is asked."""
-    _servicer, address = served
+    """Two request messages on a unary method: refused alike whether the fast path has an answer or not
+    (the unary contract, exactly one message, does not depend on a cache); with no message at all, refused
+    before the fast path is asked."""
+    servicer, address = served
     with grpc.insecure_channel(address) as ch:
         as_stream = ch.stream_unary("/nodecompat.v1.NodeService/ValidateImage")
         other = node_pb2.ValidateImageRequest(spec="other").SerializeToString()
-        with pytest.raises(grpc.RpcError) as two:
-            as_stream(iter([other, other]), timeout=10)
-        assert two.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "more than one request message" in (two.value.details() or "")
+        kept = node_pb2.ValidateImageRequest(spec="kept").SerializeToString()
+        for first, second in ((other, other), (kept, kept), (kept, other)):
+            with pytest.raises(grpc.RpcError) as two:
+                as_stream(iter([first, second]), timeout=10)
+            assert two.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "more than one request message" in (two.value.details() or "")
+        assert servicer.slow_calls == 0
+        assert as_stream(iter([kept]), timeout=10) == KEPT  # one message streamed: answered as a unary call
         with pytest.raises(grpc.RpcError) as none:
             as_stream(iter([]), timeout=10)
         assert none.value.code() == grpc.StatusCode.INVALID_ARGUMENT
