@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from nodecompat.hostroot import HostRoot
 CPUINFO = "/proc/cpuinfo"
 OSRELEASE = "/proc/sys/kernel/osrelease"
 CPUID_DEVICE = "/dev/cpu/0/cpuid"
+MAX_CPUID_LEAVES = 256  # CPUID results kept per process (the probes ask for about ten)
 
 Regs = tuple[int, int, int, int]
 CpuidFn = Callable[[int, int], Regs]
@@ -159,46 +161,78 @@ def read_cpuinfo(host: HostRoot) -> CpuInfo | None:
     return parse_cpuinfo(first + sep)
 
 
+# CPUID registers of this machine, read once per process: NFD's klauspost/cpuid detects them once,
+# in its package init() (cpuid.CPU, which source/cpu/cpuid_amd64.go, cpu.go and security_amd64.go read
+# on every discovery). Each read of /dev/cpu/0/cpuid runs CPUID on CPU 0 through an interprocessor
+# call (a VM exit on a guest): ~10-200 us, more than the rest of a cpu probe. Bounded by
+# MAX_CPUID_LEAVES. `_cpuid_ok` says whether the device was found usable (a failed check is
+# retried on the next call: a module loaded later is seen).
+_cpuid_lock = threading.Lock()
+_cpuid_regs: dict[tuple[int, int], Regs] = {}
+_cpuid_ok: list[bool] = []
+
+
+def _read_regs(fd: int, leaf: int, subleaf: int) -> Regs | None:
+    raw = os.pread(fd, 16, (subleaf << 32) | leaf)
+    return _unpack(raw) if len(raw) == 16 else None
+
+
+def _cpuid_device_usable() -> bool:
+    """Whether /dev/cpu/0/cpuid is a readable character device giving leaves 0 and 1 (checked once per
+    process when it is; again on each call while it is not)."""
+    if _cpuid_ok:
+        return True
+    try:
+        fd = os.open(CPUID_DEVICE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            return False
+        first: dict[tuple[int, int], Regs] = {}
+        for leaf in (0, 1):  # read what every caller needs while the fd is open
+            regs = _read_regs(fd, leaf, 0)
+            if regs is None:
+                return False
+            first[(leaf, 0)] = regs
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    with _cpuid_lock:
+        _cpuid_regs.update(first)
+        _cpuid_ok[:] = [True]
+    return True
+
+
+def _cpuid(leaf: int, subleaf: int = 0) -> Regs:
+    key = (leaf, subleaf)
+    hit = _cpuid_regs.get(key)
+    if hit is not None:
+        return hit
+    fd = os.open(CPUID_DEVICE, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        regs = _read_regs(fd, leaf, subleaf)
+    finally:
+        os.close(fd)
+    if regs is None:
+        raise OSError(f"short read from {CPUID_DEVICE} for leaf {leaf:#x}")
+    with _cpuid_lock:
+        if len(_cpuid_regs) < MAX_CPUID_LEAVES:
+            _cpuid_regs[key] = regs
+    return regs
+
+
 def cpuid_reader(host: HostRoot) -> CpuidFn | None:
     """A function (leaf, subleaf) -> (eax, ebx, ecx, edx) executing CPUID on this machine, or None.
 
     Only for the real root `/`, and only when /dev/cpu/0/cpuid is a readable character device.
-    The returned function raises OSError if a read fails.
+    The returned function raises OSError if a read fails. Registers are read once per process (as
+    klauspost/cpuid's init() does for NFD) and then served from memory.
     """
-    if host.root != Path("/"):
+    if host.root != Path("/") or not _cpuid_device_usable():
         return None
-    try:
-        fd = os.open(CPUID_DEVICE, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISCHR(os.fstat(fd).st_mode):
-            return None
-        regs: dict[tuple[int, int], Regs] = {}
-        for leaf in (0, 1):  # read what every caller needs while the fd is open
-            raw = os.pread(fd, 16, leaf)
-            if len(raw) != 16:
-                return None
-            regs[(leaf, 0)] = _unpack(raw)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-    def call(leaf: int, subleaf: int = 0) -> Regs:
-        key = (leaf, subleaf)
-        if key not in regs:
-            fd2 = os.open(CPUID_DEVICE, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                raw = os.pread(fd2, 16, (subleaf << 32) | leaf)
-            finally:
-                os.close(fd2)
-            if len(raw) != 16:
-                raise OSError(f"short read from {CPUID_DEVICE} for leaf {leaf:#x}")
-            regs[key] = _unpack(raw)
-        return regs[key]
-
-    return call
+    return _cpuid
 
 
 def _unpack(raw: bytes) -> Regs:

@@ -15,7 +15,7 @@ import gzip
 import re
 import zlib
 
-from nodecompat.features import Features
+from nodecompat.features import AttributeFeature, Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes import parsecache
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
@@ -211,7 +211,9 @@ class KernelProbe(Probe):
         if found is None:
             out.notes.append("no readable kernel config (/proc/config.gz, /boot/config-<v>, ...)")
         else:
-            f.add_attributes("kernel.config", found[1])
+            # The parse holds str values already: a plain copy (the parse is shared between rounds), not
+            # add_attributes' str() of each of its thousands of values.
+            f.attributes["kernel.config"] = AttributeFeature(dict(found[1]))
 
         loaded: set[str] = set()
         modules = host.read_text(MODULES)

@@ -1,17 +1,17 @@
 """memory probe: NFD's memory.numa, memory.swap and memory.nv, plus memory sizes (memory.size).
 
 NFD has no memory size at all; "needs 64 GiB" is the commonest requirement, so memory.size
-(nfd False) gives total/available/swap bytes. On the real root we ask psutil (the maintained
-reading of /proc/meminfo, including its fallbacks for old kernels); for any other root psutil would
-read the wrong /proc, so /proc/meminfo under the root is parsed directly. Both report the kernel's
-MemTotal, which on a virtio-mem VM (like this sandbox) is larger than the per-node sums.
+(nfd False) gives total/available/swap bytes from /proc/meminfo under the root. On the real root the
+values are psutil's (the maintained reading of /proc/meminfo): where MemTotal, MemAvailable and
+SwapTotal are present and sane they are exactly what psutil reports, so they are taken from the
+round's read; otherwise psutil itself answers, with its fallbacks for old kernels and containers.
+For any other root psutil would read the wrong /proc, so only the tree's meminfo is used. Both
+report the kernel's MemTotal, which on a virtio-mem VM (like this sandbox) is larger than the per-node sums.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import psutil
 
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
@@ -138,17 +138,16 @@ class MemoryProbe(Probe):
 
     @staticmethod
     def _size(host: HostRoot) -> dict[str, str]:
-        if host.root == Path("/"):
-            vm, sw = psutil.virtual_memory(), psutil.swap_memory()
-            return {
-                "total_bytes": str(vm.total),
-                "available_bytes": str(vm.available),
-                "swap_total_bytes": str(sw.total),
-            }
         text = host.read_text(MEMINFO)
-        if text is None:
-            return {}
-        mi = parse_meminfo(text)
+        mi = parse_meminfo(text) if text is not None else {}
+        if host.root == Path("/"):
+            total, avail, swap = mi.get("MemTotal"), mi.get("MemAvailable"), mi.get("SwapTotal")
+            if total is None or swap is None or not avail or avail > total:
+                return _psutil_size()  # psutil's estimates for old kernels and odd values
+            # What psutil.virtual_memory().total/.available and swap_memory().total give here (psutil
+            # _pslinux.py: MemTotal, MemAvailable when 0 < it <= MemTotal, SwapTotal; kB * 1024), read
+            # through the round's host without psutil's second pass over meminfo and /proc/vmstat.
+            return {"total_bytes": str(total), "available_bytes": str(avail), "swap_total_bytes": str(swap)}
         out = {}
         for attr, key in (
             ("total_bytes", "MemTotal"),
@@ -158,3 +157,16 @@ class MemoryProbe(Probe):
             if key in mi:
                 out[attr] = str(mi[key])
         return out
+
+
+def _psutil_size() -> dict[str, str]:
+    """memory.size from psutil (this machine only): its fallbacks when MemAvailable is missing (kernels
+    before 3.14), zero, or above MemTotal (containers), and its sysinfo(2) fallback for swap."""
+    import psutil  # only for those cases (fast start)
+
+    vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+    return {
+        "total_bytes": str(vm.total),
+        "available_bytes": str(vm.available),
+        "swap_total_bytes": str(sw.total),
+    }

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodecompat.hostroot import _OPEN_FLAGS, MAX_READ_BYTES, HostPathEscape, HostRoot
+from nodecompat.probes.held_parents import MISSING, SLOW, HeldParents
 from nodecompat.probes.root_resolve import (
     OPENAT2_READ,
     PATH_FLAGS,
@@ -78,6 +79,7 @@ class RoundHost(HostRoot):
 
     memo: dict[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
     _state: list[DirTable] = field(default_factory=list, compare=False, repr=False)
+    _parents: list[HeldParents | None] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def over(cls, host: HostRoot) -> RoundHost:
@@ -92,6 +94,19 @@ class RoundHost(HostRoot):
         table = DirTable(self._real_root)
         self._state.append(table)
         return self._state[0]
+
+    def _held(self) -> HeldParents | None:
+        """The round's held directories (probes/held_parents.py): at `/`, and under a host root where
+        openat2 resolves; None elsewhere (the descriptor walk holds its own)."""
+        if self._parents:
+            return self._parents[0]
+        if self._real_root == "/":
+            held: HeldParents | None = HeldParents(None)
+        else:
+            table = self._dirs()
+            held = HeldParents(table.root[1]) if table is not None and openat2_ready() else None
+        self._parents.append(held)
+        return held
 
     # -- memoized reads --------------------------------------------------------------------------------
 
@@ -136,7 +151,14 @@ class RoundHost(HostRoot):
     def _read(self, text: str, within: str | None) -> bytes | None:
         """HostRoot.read_bytes (bounded, FIFOs and sockets refused, None when unreadable) in one frame."""
         fd = -1
-        if within is None and self._state and openat2_ready():
+        held = self._parents[0] if self._parents else self._held()
+        if held is not None and within is None:  # through a held directory (or known missing)
+            fd = held.open_file(text)
+            if fd == MISSING:
+                return None
+        if fd >= 0:
+            pass
+        elif within is None and self._state and openat2_ready():
             try:  # the kernel resolves the whole path inside the root: one system call
                 fd = open_in_root_errno(self._state[0].root[1], text, OPENAT2_READ)
             except NoOpenat2:
@@ -215,6 +237,12 @@ class RoundHost(HostRoot):
         except KeyError:
             pass
         value: os.stat_result | None = None
+        held = self._parents[0] if self._parents else self._held()
+        if held is not None:  # through a held directory (or known missing)
+            got = held.stat_file(key[1])
+            if got != SLOW:
+                value = self.memo[key] = got  # type: ignore[assignment]
+                return value
         if self._state and openat2_ready():
             try:
                 fd = open_in_root_errno(self._state[0].root[1], key[1], PATH_FLAGS)
@@ -254,6 +282,11 @@ class RoundHost(HostRoot):
         return value
 
     def _link_target_name(self, text: str) -> str | None:
+        held = self._parents[0] if self._parents else self._held()
+        if held is not None:  # through a held directory (or known missing)
+            got = held.link_name(text)
+            if got != SLOW:
+                return got  # type: ignore[return-value]
         table = self._dirs()
         if table is None:
             return super().link_target_name(text)

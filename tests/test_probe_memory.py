@@ -111,3 +111,14 @@ def test_parsers():
     assert swap_enabled("Filename Type Size Used Priority\n") is False
     assert swap_enabled("Filename Type\n/swapfile file 100 0 -2\n\n") is True
     assert swap_enabled("") is False
+
+
+def test_real_host_sizes_are_psutils():
+    """On the real root memory.size comes from the round's read of /proc/meminfo: the same MemTotal and
+    SwapTotal psutil reports (psutil _pslinux.py virtual_memory/swap_memory)."""
+    import psutil
+
+    wire, _ = run(MemoryProbe(), REAL)
+    size = attrs(wire, "memory.size") or {}
+    assert size["total_bytes"] == str(psutil.virtual_memory().total)
+    assert size["swap_total_bytes"] == str(psutil.swap_memory().total)

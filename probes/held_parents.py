@@ -1,0 +1,138 @@
+"""The directories a probe round reads several files from, held open once for the round.
+
+A round asks for many files of one directory (ten attributes of each PCI function, seventeen DMI
+fields, the sysctl settings of /proc/sys/kernel) and for several files of directories the host does
+not have (DMI on a VM, /proc/sys/vm in a tree without it). Resolving each whole path again costs a
+path walk (and, under a host root other than `/`, an openat2 call through ctypes) per file; a
+missing file costs a failed lookup and, at `/`, an OSError.
+
+So the second time a directory is asked for (the first file of a directory asked once costs nothing
+extra), it is opened once, as an O_PATH descriptor, resolved exactly as a whole path would be:
+openat2(RESOLVE_IN_ROOT) under a host root (probes/root_resolve.py), the kernel's own resolution at
+`/` (chroot's there). Its files are then opened by name relative to that descriptor: under a host root
+with O_NOFOLLOW, so a name that is a link (ELOOP) is resolved as a whole path again, never followed
+from here; at `/` links are followed as the kernel follows them in a whole path. A directory that
+does not resolve (ENOENT, ENOTDIR) has no file either: every later path in it is answered "missing"
+without a system call. Answers are HostRoot's (tests/test_probe_runner.py compares them on every path
+of the fixture trees). Bounded: at most root_resolve.MAX_HELD_DIRS descriptors per round, closed
+when the round's host is collected (weakref.finalize), as the round's other descriptors.
+
+Hand-written: a per-round cache of directory descriptors with chroot semantics has no library.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+import weakref
+
+from nodecompat.hostroot import _OPEN_FLAGS
+from nodecompat.probes import root_resolve
+from nodecompat.probes.root_resolve import PATH_FLAGS, NoOpenat2, _close_all, open_in_root_errno
+
+MISSING = -1  # the directory does not resolve: no path in it does
+SLOW = -2  # not held (unreadable, over the bound, no openat2): resolve each whole path
+SEEN = -3  # asked for once: held on the second time
+_ROOT_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = _OPEN_FLAGS  # under a host root: O_NOFOLLOW, a link is resolved as a whole path
+_ROOT_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # at `/`: the kernel follows links as chroot
+
+
+class HeldParents:
+    """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW or SEEN."""
+
+    __slots__ = ("__weakref__", "fds", "root_fd", "state")
+
+    def __init__(self, root_fd: int | None) -> None:
+        """root_fd: the host root's descriptor (openat2 resolves in it), None for the host root `/`."""
+        self.root_fd = root_fd
+        self.state: dict[str, int] = {}
+        self.fds: list[int] = []
+        weakref.finalize(self, _close_all, self.fds)
+
+    def lookup(self, parent: str) -> int:
+        """The held descriptor (>= 0) of host directory `parent` (an absolute host path), MISSING when it
+        does not resolve, else SLOW (the caller resolves the whole path itself)."""
+        st = self.state.get(parent)
+        if st is None:
+            self.state[parent] = SEEN
+            return SLOW
+        if st != SEEN:
+            return st
+        st = self.state[parent] = self._hold(parent)
+        return st
+
+    def _hold(self, parent: str) -> int:
+        if len(self.fds) >= root_resolve.MAX_HELD_DIRS:
+            return SLOW
+        if self.root_fd is None:
+            try:
+                fd = os.open(parent, _ROOT_DIR_FLAGS)
+            except OSError as exc:
+                return MISSING if exc.errno in (errno.ENOENT, errno.ENOTDIR) else SLOW
+        else:
+            try:
+                fd = open_in_root_errno(self.root_fd, parent, PATH_FLAGS | os.O_DIRECTORY)
+            except (NoOpenat2, ValueError):
+                return SLOW
+            if fd < 0:
+                return MISSING if -fd in (errno.ENOENT, errno.ENOTDIR) else SLOW
+        self.fds.append(fd)
+        return fd
+
+
+    def open_file(self, text: str) -> int:
+        """A descriptor of host file `text` opened through its held directory (flags as a round's read);
+        MISSING when it is not there (or unreadable), SLOW when the caller must resolve the whole path
+        (directory not held, a link under a host root)."""
+        parts = split(text)
+        if parts is None:
+            return SLOW
+        d = self.lookup(parts[0])
+        if d < 0:
+            return d
+        try:
+            return os.open(parts[1], _FILE_FLAGS if self.root_fd is not None else _ROOT_FILE_FLAGS, dir_fd=d)
+        except OSError as exc:
+            if self.root_fd is not None and exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                return SLOW  # a link: resolved as a whole path, never followed from here
+            return MISSING
+
+    def stat_file(self, text: str) -> os.stat_result | int | None:
+        """stat of host path `text` (links followed as the host root's) through its held directory;
+        None when it is not there, SLOW when the caller must resolve the whole path."""
+        parts = split(text)
+        if parts is None:
+            return SLOW
+        d = self.lookup(parts[0])
+        if d < 0:
+            return None if d == MISSING else d
+        try:
+            st = os.stat(parts[1], dir_fd=d, follow_symlinks=self.root_fd is None)
+        except OSError:
+            return None
+        return SLOW if stat_mod.S_ISLNK(st.st_mode) else st
+
+    def link_name(self, text: str) -> str | int | None:
+        """Basename of the target of link `text` read through its held directory; None when it is no
+        link, SLOW when the caller must resolve the directory itself."""
+        parts = split(text)
+        if parts is None:
+            return SLOW
+        d = self.lookup(parts[0])
+        if d < 0:
+            return None if d == MISSING else d
+        try:
+            return os.path.basename(os.readlink(parts[1], dir_fd=d))
+        except OSError:
+            return None
+
+
+def split(text: str) -> tuple[str, str] | None:
+    """(parent, name) of an absolute host path whose last part is a plain name, else None (the root's
+    own files, a trailing `/`, `.` or `..`: the whole path is resolved)."""
+    parent, _, name = text.rpartition("/")
+    if not parent or not name or name == "." or name == ".." or text[0] != "/":
+        return None
+    return parent, name

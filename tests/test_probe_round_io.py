@@ -1,0 +1,105 @@
+"""How a probe round touches the host: directories held once per round (probes/held_parents.py), CPUID
+read once per process (probes/hostcpu.py), and answers that stay HostRoot's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes import hostcpu
+from nodecompat.probes.round_host import RoundHost
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hosts"
+SLASH = HostRoot(Path("/"))
+
+
+def _answers(host: HostRoot, p: str) -> tuple[object, ...]:
+    return (host.read_bytes(p), host.read_line(p), host.exists(p), host.is_dir(p), host.is_file(p),
+            host.link_target_name(p))
+
+
+def _stable_real_paths() -> list[str]:
+    """Paths of this machine whose contents do not change from one read to the next: PCI functions'
+    attributes (and the optional ones they lack), DMI, kernel settings, network links, and several
+    files of directories this machine does not have."""
+    paths = ["/proc/sys/kernel/osrelease", "/proc/sys/kernel/pid_max", "/proc/sys/kernel/no-such",
+             "/proc/sys/kernel/yama/ptrace_scope", "/sys/devices/system/cpu/online", "/sys/fs/selinux/enforce"]
+    pci = "/sys/bus/pci/devices"
+    for dev in sorted(os.listdir(pci))[:8] if os.path.isdir(pci) else []:
+        for name in ("class", "vendor", "device", "subsystem_vendor", "subsystem_device", "sriov_totalvfs",
+                     "iommu_group/type", "iommu/intel-iommu/version", "driver", "numa_node", "no-such"):
+            paths.append(f"{pci}/{dev}/{name}")
+    for name in ("sys_vendor", "product_name", "bios_date", "board_name", "chassis_type", "no-such"):
+        paths.append(f"/sys/devices/virtual/dmi/id/{name}")
+    net = "/sys/class/net"
+    for iface in sorted(os.listdir(net))[:6] if os.path.isdir(net) else []:
+        for name in ("device", "device/vendor", "mtu", "type", "no-such", "device/sriov_totalvfs"):
+            paths.append(f"{net}/{iface}/{name}")
+    for d in ("/no/such/dir", "/sys/module/no_such_module/parameters", "/proc/sys/no-such"):
+        paths += [f"{d}/{n}" for n in ("a", "b", "c", "d")]
+    return paths
+
+
+def test_a_round_at_slash_gives_hostroots_answers_through_held_directories() -> None:
+    """At `/` a round opens each file relative to its directory once that directory was asked for twice,
+    and answers "missing" for every file of a directory that is not there: the answers are HostRoot's
+    whole-path ones, for present and absent files, links (a PCI function's driver) and absent parents,
+    each asked twice in one shared round."""
+    paths = _stable_real_paths()
+    want = {p: _answers(SLASH, p) for p in paths}
+    rnd = RoundHost.over(SLASH)
+    for p in paths:
+        assert _answers(rnd, p) == want[p], p
+    for p in paths:
+        assert _answers(rnd, p) == want[p], p
+    held = rnd._held()
+    assert held is not None and held.fds, "directories asked for twice are held"
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "held-directories"])
+def test_files_of_a_missing_directory_are_missing_for_the_whole_round(
+    tmp_path: Path, openat2: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a round found a directory absent, its files are absent for the rest of the round (the round
+    answers from what it established, as its memo does), and a new round sees what is there now."""
+    from nodecompat.probes import root_resolve
+
+    monkeypatch.setattr(root_resolve, "USE_OPENAT2", openat2)
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "plain-vm", root, symlinks=True)
+    rnd = RoundHost.over(HostRoot(root))
+    assert [rnd.read_line(f"/sys/devices/virtual/dmi/nope/{n}") for n in ("a", "b")] == [None, None]
+    (root / "sys" / "devices" / "virtual" / "dmi" / "nope").mkdir(parents=True)
+    for n in ("c", "d"):
+        (root / "sys" / "devices" / "virtual" / "dmi" / "nope" / n).write_text(f"{n}\n")
+    assert [rnd.read_line(f"/sys/devices/virtual/dmi/nope/{n}") for n in ("c", "d")] == [None, None]
+    assert not rnd.exists("/sys/devices/virtual/dmi/nope/c")
+    fresh = RoundHost.over(HostRoot(root))
+    assert [fresh.read_line(f"/sys/devices/virtual/dmi/nope/{n}") for n in ("c", "d")] == ["c", "d"]
+
+
+def test_cpuid_registers_are_read_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As klauspost/cpuid's init() for NFD (cpuid.CPU, read by source/cpu/cpuid_amd64.go and cpu.go), the
+    CPUID device is read once per process per leaf: later rounds get the same registers without
+    opening /dev/cpu/0/cpuid (an interprocessor call per read)."""
+    cpuid = hostcpu.cpuid_reader(SLASH)
+    if cpuid is None:
+        pytest.skip("/dev/cpu/0/cpuid not readable here")
+    first = [cpuid(leaf, 0) for leaf in (0, 1, 7)]
+    opened: list[object] = []
+    real_open = os.open
+
+    def counting_open(path: object, *args: object, **kw: object) -> int:
+        if path == hostcpu.CPUID_DEVICE:
+            opened.append(path)
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hostcpu.os, "open", counting_open)
+    again = hostcpu.cpuid_reader(SLASH)
+    assert again is not None
+    assert [again(leaf, 0) for leaf in (0, 1, 7)] == first
+    assert opened == []
