@@ -24,6 +24,7 @@ Here (hand-written on grpc.aio because no maintained library adapts sync service
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STREAM_BUFFER = 64  # responses a sync streaming handler may run ahead of the network
+STOP_TASKS_WAIT = 2.0  # seconds stop() lets the calls' tasks end after the server stopped (then again, cancelled)
 _NO_MESSAGE = object()  # _read_request: no request message read yet
 
 
@@ -310,11 +312,29 @@ class Runtime:
         """Stop accepting calls, let calls in progress finish for `grace` seconds, then end everything."""
         try:
             self.call(self.server.stop(grace), timeout=None if grace is None else grace + 30.0)
+            self.call(self._end_tasks(), timeout=2 * STOP_TASKS_WAIT + 5.0)
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10.0)
             self._terminated.set()
+
+    async def _end_tasks(self) -> None:
+        """After server.stop: let the tasks still on the loop end before it stops. gRPC core reports the server
+        shut down once its calls are over, but a call's task may not have run yet the cancellation its client
+        or the shutdown gave it (grpc/_cython/_cygrpc/aio/server.pyx.pxi AioServer.shutdown); stopping the loop
+        then would leave its finally blocks unrun (its OpenTelemetry span never ended, never exported). Waits
+        STOP_TASKS_WAIT, cancels what is left, waits as long again; then closes suspended async generators."""
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        if tasks:
+            _done, left = await asyncio.wait(tasks, timeout=STOP_TASKS_WAIT)
+            for t in left:
+                t.cancel()
+            if left:
+                await asyncio.wait(left, timeout=STOP_TASKS_WAIT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.loop.shutdown_asyncgens(), STOP_TASKS_WAIT)
 
     def wait(self) -> None:
         self._terminated.wait()
