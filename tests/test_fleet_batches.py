@@ -141,6 +141,49 @@ def test_run_batches_reports_what_the_deadline_cut_off(node_server: tuple[int, _
     assert got["silent"].status == "DEADLINE_EXCEEDED" and "fleet deadline" in got["silent"].error
 
 
+def test_run_batches_lingers_for_a_burst_but_never_past_the_deadline(node_server: tuple[int, _Node]) -> None:
+    """A batch waits for the outcomes that follow its first one, yet the fleet deadline bounds that wait: a
+    linger far longer than the deadline still hands every outcome over, and the fan-out ends, by then."""
+    port, _ = node_server
+    nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(12)]
+    pool = ChannelPool()
+    fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=5.0))
+    try:
+        request = node_pb2.ValidateImageRequest(spec="x")
+        list(fan.run_batches(nodes, request, time.monotonic() + 20, linger=0))  # connect first
+        started = time.monotonic()
+        batches = list(fan.run_batches(nodes, request, started + 2.0, linger=120.0))
+        took = time.monotonic() - started
+    finally:
+        pool.close()
+    assert sorted(o.node.name for b in batches for o in b) == sorted(n.name for n in nodes)
+    assert all(o.status == "OK" for b in batches for o in b)
+    assert took < 60  # bounded by the 2 s deadline, not by the 120 s linger (a wide margin: no timing claim)
+
+
+def test_stream_from_another_loop_accounts_for_every_node(node_server: tuple[int, _Node]) -> None:
+    """FanOut.stream() from a loop other than the pool's: every node once, including one nobody answers."""
+    import asyncio
+
+    port, _ = node_server
+    nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(6)]
+    nodes.append(FleetNode("dead", f"127.0.0.1:{free_port()}"))
+    pool = ChannelPool()
+    fan = FanOut(pool, FanoutConfig(concurrency=3, node_timeout=5.0, retry_backoff=0.05))
+
+    async def collect() -> list[NodeOutcome]:
+        return [o async for o in fan.stream(nodes, node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 20)]
+
+    try:
+        got = asyncio.run(collect())
+    finally:
+        pool.close()
+    assert sorted(o.node.name for o in got) == sorted(n.name for n in nodes)
+    by_name = {o.node.name: o for o in got}
+    assert (by_name["dead"].status, by_name["dead"].attempts) == ("UNAVAILABLE", 2)
+    assert all(by_name[n.name].status == "OK" for n in nodes[:-1])
+
+
 def test_pool_closes_channels_idle_past_the_bound_but_not_those_in_use(node_server: tuple[int, _Node]) -> None:
     """The sweep closes a channel unused for idle_close s; one held by a call in progress stays; a closed
     address gets a new channel on its next use, and a fan-out over it still answers."""
