@@ -16,14 +16,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import requests
 from support_daemon import free_port, stop_process
+from support_fleet import Certs, Proc, aggregator, default_labels, make_certs, start_fleet, write_nodes_file
+from support_registry import push_image, push_raw_artifact, subject_of
 
+from nodecompat.server.inventory_sync import SyncConfig
 from nodecompat.server.webhook import WebhookConfig, serve
+
+ALLOW_TEST_REGISTRY = ("--allowed-registries", "http://127.0.0.1:*", "--plain-http")  # the loopback registries
 
 
 def review(pod: dict[str, Any], *, dry_run: bool = False, operation: str = "CREATE") -> dict[str, Any]:
@@ -185,3 +191,48 @@ def webhook_in_thread(config: WebhookConfig) -> Iterator[None]:
         loop.call_soon_threadsafe(stop[0].set)
         thread.join(15)
         loop.close()
+
+
+def push_spec_images(registry_host: str, repo: str, specs: Mapping[str, str | None], tmp: Path) -> dict[str, str]:
+    """One image per name, REPO/NAME on the registry, with its spec attached as a compatibility artifact
+    (none for a None spec); name -> image reference."""
+    images = {}
+    for name, spec in specs.items():
+        image = push_image(registry_host, f"{repo}/{name}", tmp)
+        if spec is not None:
+            push_raw_artifact(registry_host, f"{repo}/{name}", subject_of(image), layers=[spec.encode()])
+        images[name] = image.reference
+    return images
+
+
+@dataclass
+class WebhookFleet:
+    procs: list[Proc]  # the fixture daemons (support_fleet.start_fleet)
+    aggregator: str  # its address
+    certs: Certs  # the webhooks' serving certificate and its CA
+    hooks: list[WebhookProc]  # one per args tuple given, ready
+
+
+@contextlib.contextmanager
+def fleet_behind_webhooks(tmp: Path, hooks: Sequence[Sequence[str]],
+                          sync: SyncConfig | None = None) -> Iterator[WebhookFleet]:
+    """The fixture fleet in a nodes file (support_fleet.default_labels), an in-process aggregator over it
+    (answering from its inventory when `sync` is given, live otherwise), and one `nodecompat webhook` per
+    args tuple (after ALLOW_TEST_REGISTRY) with certificates made in tmp/pki; all stopped on exit."""
+    certs = make_certs(tmp / "pki")
+    procs = start_fleet(tmp)
+    started: list[WebhookProc] = []
+    try:
+        nodes = write_nodes_file(tmp / "nodes.json", procs, default_labels())
+        with aggregator(nodes_file=str(nodes), sync=sync) as agg:
+            for args in hooks:
+                started.append(WebhookProc(tmp, certs.ca, certs.cert, certs.key, agg.address, *ALLOW_TEST_REGISTRY,
+                                           *args))
+            for h in started:
+                h.wait_ready()
+            yield WebhookFleet(procs, agg.address, certs, started)
+    finally:
+        for h in started:
+            h.stop()
+        for p in procs:
+            p.kill()

@@ -21,6 +21,7 @@ from queue import Empty, Queue
 
 import grpc
 import pytest
+from support_cli import features_snapshot, fleet_validate_why_not
 from support_fleet import Proc, aggregator, start_node
 from support_fleetmem import GPU_SPEC, NVIDIA_ONLY, load_module, unload_module
 from support_hosts import copy_fixture
@@ -193,19 +194,11 @@ def test_why_not_counts_are_exact_and_printed_under_the_ranked_table(inv: InvFle
     assert counts[("rule", "nvidia")] == 3
     assert (amd.nodes_passed, amd.nodes_failed) == (1, 5)
     assert {(e.kind, e.text): e.nodes for e in amd.exclusions}[("expression", "pci.device vendor In [1002]")] == 5
-    spec = inv.tmp / "gpu.yaml"
-    spec.write_text(GPU_SPEC)
-    out = subprocess.run(
-        [sys.executable, "-m", "nodecompat.clients.cli", "fleet", "validate", "--aggregator", inv.address,
-         "--spec", str(spec)], capture_output=True, text=True, timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    i = lines.index("why not:")
-    assert lines[i + 1].startswith("  set #1 gpu: 3 nodes excluded by ")
-    assert "pci.device vendor In [10de]" in lines[i + 1] and "kernel.loadedmodule nvidia Exists" in lines[i + 1]
-    assert lines[i + 2] == "  set #2 amd: 5 nodes excluded by pci.device vendor In [1002]"
-    assert "6 from the inventory" in out.stdout
+    why_not, out = fleet_validate_why_not(inv.address, GPU_SPEC, inv.tmp / "gpu.yaml")
+    assert why_not[0].startswith("  set #1 gpu: 3 nodes excluded by ")
+    assert "pci.device vendor In [10de]" in why_not[0] and "kernel.loadedmodule nvidia Exists" in why_not[0]
+    assert why_not[1] == "  set #2 amd: 5 nodes excluded by pci.device vendor In [1002]"
+    assert "6 from the inventory" in out
 
 
 class _Watch:
@@ -321,19 +314,6 @@ def test_drift_a_driver_version_change_is_a_transition_with_its_reason(inv: InvF
         w.stop()
 
 
-def _snapshot(inv: InvFleet, host: str, name: str, strip_nvidia: bool = False) -> Path:
-    """`nodecompat features -o json` of a fixture host (a planned host), optionally without the nvidia module."""
-    out = subprocess.run(
-        [sys.executable, "-m", "nodecompat.clients.cli", "features", "--host-root",
-         str(Path(__file__).parent / "fixtures" / "hosts" / host), "-o", "json"],
-        check=True, capture_output=True, text=True, timeout=60,
-    ).stdout
-    doc = json.loads(out)
-    if strip_nvidia:
-        del doc["flags"]["kernel.loadedmodule"]["elements"]["nvidia"]
-    p = inv.tmp / f"{name}.json"
-    p.write_text(json.dumps(doc))
-    return p
 
 
 def _whatif(*args: str) -> subprocess.CompletedProcess[str]:
@@ -346,8 +326,8 @@ def test_what_if_mixes_snapshots_and_aggregators_each_repeated(inv: InvFleet) ->
     gpu.write_text(GPU_SPEC)
     nv = inv.tmp / "mix-nv.yaml"
     nv.write_text(NVIDIA_ONLY)
-    rhel10 = _snapshot(inv, "h100-server", "rhel10-h100", strip_nvidia=True)
-    h100 = _snapshot(inv, "h100-server", "h100")
+    rhel10 = features_snapshot(inv.tmp, "h100-server", "rhel10-h100", strip_nvidia=True)
+    h100 = features_snapshot(inv.tmp, "h100-server", "h100")
     # (--features | --aggregator [--selector])... in any order; each --selector belongs to the --aggregator before it
     r = _whatif("--spec", str(gpu), "--spec", str(nv), "--features", str(rhel10),
                 "--aggregator", inv.address, "--selector", "host=amd-mi300", "--features", str(h100),

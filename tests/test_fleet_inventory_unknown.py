@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support_cli import fleet_validate_why_not
 from support_fleet import Proc, aggregator, start_node
 from support_hosts import copy_fixture
 
@@ -171,15 +170,7 @@ def test_probe_failed_and_unknown_counts_are_exact_on_a_hand_counted_fleet(fleet
 
 def test_the_cli_prints_the_unknown_and_probe_failed_counts(fleet) -> None:  # type: ignore[no-untyped-def]
     agg, _, tmp = fleet
-    spec = tmp / "rack.yaml"
-    spec.write_text(SPEC)
-    out = subprocess.run(
-        [sys.executable, "-m", "nodecompat.clients.cli", "fleet", "validate", "--aggregator", agg.address,
-         "--spec", str(spec)], capture_output=True, text=True, timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    i = lines.index("why not:")
-    assert lines[i + 1].startswith("  set #1 rack a: 4 nodes excluded by rack.location zone In [a]")
-    assert lines[i + 1].endswith("(2 with unknown facts)")
-    assert "  2 node(s) with a failed probe (some facts unknown)" in lines
+    why_not, _ = fleet_validate_why_not(agg.address, SPEC, tmp / "rack.yaml")
+    assert why_not[0].startswith("  set #1 rack a: 4 nodes excluded by rack.location zone In [a]")
+    assert why_not[0].endswith("(2 with unknown facts)")
+    assert "  2 node(s) with a failed probe (some facts unknown)" in why_not

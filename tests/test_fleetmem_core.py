@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support_cli import features_snapshot
 from support_fleetmem import GPU_SPEC, NVIDIA_ONLY, fixture_round
 
 from nodecompat.engine.evaluate import evaluate
@@ -150,18 +151,6 @@ def test_store_refuses_sets_past_its_byte_budget() -> None:
     assert store.distinct_sets() == 1
 
 
-def _snapshot(tmp: Path, host: str, name: str, strip_nvidia: bool = False) -> Path:
-    out = subprocess.run(
-        [sys.executable, "-m", "nodecompat.clients.cli", "features", "--host-root",
-         str(Path(__file__).parent / "fixtures" / "hosts" / host), "-o", "json"],
-        check=True, capture_output=True, text=True, timeout=60,
-    ).stdout
-    doc = json.loads(out)
-    if strip_nvidia:
-        del doc["flags"]["kernel.loadedmodule"]["elements"]["nvidia"]
-    p = tmp / f"{name}.json"
-    p.write_text(json.dumps(doc))
-    return p
 
 
 def _whatif(*args: str) -> subprocess.CompletedProcess[str]:
@@ -176,9 +165,9 @@ def test_what_if_over_snapshots_matrix_json_and_exit_codes(tmp_path: Path) -> No
     gpu.write_text(GPU_SPEC)
     nv = tmp_path / "nvidia.yaml"
     nv.write_text(NVIDIA_ONLY)
-    h100 = _snapshot(tmp_path, "h100-server", "h100")
-    rhel10 = _snapshot(tmp_path, "h100-server", "rhel10-h100", strip_nvidia=True)
-    amd = _snapshot(tmp_path, "amd-mi300", "mi300")
+    h100 = features_snapshot(tmp_path, "h100-server", "h100")
+    rhel10 = features_snapshot(tmp_path, "h100-server", "rhel10-h100", strip_nvidia=True)
+    amd = features_snapshot(tmp_path, "amd-mi300", "mi300")
 
     # every image fits somewhere -> 0; the table names the first reason where it does not
     r = _whatif("--spec", str(gpu), "--spec", str(nv), "--features", str(h100), "--features", str(rhel10),

@@ -24,14 +24,10 @@ from support_fleet import (
     SPEC_NVIDIA,
     SPEC_RANKED,
     Certs,
-    aggregator,
     default_labels,
-    make_certs,
-    start_fleet,
-    write_nodes_file,
 )
 from support_registry import push_image, push_raw_artifact, registry, subject_of  # noqa: F401 (fixture)
-from support_webhook import WebhookProc, admits, apply, patch_of, pod, review
+from support_webhook import WebhookProc, admits, apply, fleet_behind_webhooks, patch_of, pod, push_spec_images, review
 
 from nodecompat.server.inventory_sync import SyncConfig
 
@@ -56,33 +52,14 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[World]:  # noqa: F811
     tmp = tmp_path_factory.mktemp("webhook")
-    images = {}
-    for name, spec in (("nvidia", SPEC_NVIDIA), ("ranked", SPEC_RANKED), ("nobody", SPEC_NOBODY),
-                       ("amd", SPEC_AMD), ("plain", None)):
-        image = push_image(registry.host, f"webhook/{name}", tmp)
-        if spec is not None:
-            push_raw_artifact(registry.host, f"webhook/{name}", subject_of(image), layers=[spec.encode()])
-        images[name] = image.reference
-    certs = make_certs(tmp / "pki")
-    procs = start_fleet(tmp)
-    hooks: list[WebhookProc] = []
-    try:
-        nodes = write_nodes_file(tmp / "nodes.json", procs, default_labels())
-        # The aggregator answers from its inventory (WatchFeatures from every daemon), as in production:
-        # its summary carries the why-not exclusion counts the deny message quotes.
-        with aggregator(nodes_file=str(nodes), sync=SyncConfig(heartbeat=1.0, reconcile_interval=0.2)) as agg:
-            _wait_inventory(agg.address, len(procs))
-            common = ("--allowed-registries", "http://127.0.0.1:*", "--plain-http")
-            hooks = [WebhookProc(tmp, certs.ca, certs.cert, certs.key, agg.address, *common, "--failure-policy", p)
-                     for p in ("fail", "ignore")]
-            for h in hooks:
-                h.wait_ready()
-            yield World(images, certs, agg.address, registry.host, hooks[0], hooks[1], tmp)
-    finally:
-        for h in hooks:
-            h.stop()
-        for p in procs:
-            p.kill()
+    images = push_spec_images(registry.host, "webhook", {"nvidia": SPEC_NVIDIA, "ranked": SPEC_RANKED,
+                                                         "nobody": SPEC_NOBODY, "amd": SPEC_AMD, "plain": None}, tmp)
+    # The aggregator answers from its inventory (WatchFeatures from every daemon), as in production:
+    # its summary carries the why-not exclusion counts the deny message quotes.
+    with fleet_behind_webhooks(tmp, [("--failure-policy", p) for p in ("fail", "ignore")],
+                               sync=SyncConfig(heartbeat=1.0, reconcile_interval=0.2)) as fleet:
+        _wait_inventory(fleet.aggregator, len(fleet.procs))
+        yield World(images, fleet.certs, fleet.aggregator, registry.host, fleet.hooks[0], fleet.hooks[1], tmp)
 
 
 def _wait_inventory(address: str, n: int, timeout: float = 60.0) -> None:

@@ -26,14 +26,10 @@ import pytest
 import yaml
 from support_fleet import (
     SPEC_RANKED,
-    aggregator,
     default_labels,
-    make_certs,
-    start_fleet,
-    write_nodes_file,
 )
 from support_registry import push_image, push_raw_artifact, registry, subject_of  # noqa: F401 (fixture)
-from support_webhook import WebhookProc, admits, apply, pod, review
+from support_webhook import WebhookProc, admits, apply, fleet_behind_webhooks, pod, push_spec_images, review
 
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.clients.node_client import NodeClient
@@ -82,42 +78,25 @@ def _nfd_labels(rule_obj: dict[str, Any], features: Any) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, registry) -> Iterator[World]:  # noqa: F811
     tmp = tmp_path_factory.mktemp("webhook-nfd")
-    images = {}
-    for name, spec in SPECS.items():
-        image = push_image(registry.host, f"nfd/{name}", tmp)
-        push_raw_artifact(registry.host, f"nfd/{name}", subject_of(image), layers=[spec.encode()])
-        images[name] = image.reference
+    images = push_spec_images(registry.host, "nfd", SPECS, tmp)
     rules = {name: _translated_rule(tmp, name, spec) for name, spec in SPECS.items()}
-    certs = make_certs(tmp / "pki")
-    procs = start_fleet(tmp)
-    hooks: list[WebhookProc] = []
-    try:
+    hooks = [("--max-node-names", "1", *extra)
+             for extra in (("--nfd-labels",), ("--failure-policy", "fail"), ("--failure-policy", "ignore"))]
+    with fleet_behind_webhooks(tmp, hooks) as fleet:
         own = default_labels()
         node_labels: dict[str, dict[str, str]] = {}
-        for p in procs:
+        for p in fleet.procs:
             with NodeClient(p.address) as client:
                 _, probe_round = client.get_features()
             node_labels[p.name] = {**own[p.name], "kubernetes.io/hostname": p.name}
             for r in rules.values():
                 node_labels[p.name].update(_nfd_labels(r, probe_round.features))
-        nodes = write_nodes_file(tmp / "nodes.json", procs, own)
-        with aggregator(nodes_file=str(nodes)) as agg:
-            fits = {}
-            with FleetClient(agg.address) as client:
-                for name, spec in SPECS.items():
-                    answer = client.validate(spec_text=spec, timeout=20)
-                    fits[name] = {n.name for n in answer.nodes if n.compatible}
-            common = ("--allowed-registries", "http://127.0.0.1:*", "--plain-http", "--max-node-names", "1")
-            hooks = [WebhookProc(tmp, certs.ca, certs.cert, certs.key, agg.address, *common, *extra)
-                     for extra in (("--nfd-labels",), ("--failure-policy", "fail"), ("--failure-policy", "ignore"))]
-            for h in hooks:
-                h.wait_ready()
-            yield World(images, fits, node_labels, *hooks)
-    finally:
-        for h in hooks:
-            h.stop()
-        for p in procs:
-            p.kill()
+        fits = {}
+        with FleetClient(fleet.aggregator) as client:
+            for name, spec in SPECS.items():
+                answer = client.validate(spec_text=spec, timeout=20)
+                fits[name] = {n.name for n in answer.nodes if n.compatible}
+        yield World(images, fits, node_labels, *fleet.hooks)
 
 
 def _admitted(world: World, p: dict[str, Any]) -> set[str]:
