@@ -27,6 +27,7 @@ import re
 
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes import parsecache
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.cpuid_names import nfd_arm64_cpuid, nfd_x86_cpuid
 from nodecompat.probes.hostcpu import (
@@ -184,7 +185,7 @@ class CpuProbe(Probe):
         out = ProbeOutput(Features())
         f = out.features
         text = host.read_text(CPUINFO)
-        info = parse_cpuinfo(text) if text is not None else None
+        info = parsecache.per_round(host, "parse_cpuinfo", lambda: parse_cpuinfo(text)) if text is not None else None
         arch, _ = host_arch(host, info)
         if text is None or info is None:
             out.notes.append(f"{CPUINFO} unreadable: cpu.cpuid and cpu.model unknown")

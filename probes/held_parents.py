@@ -6,16 +6,17 @@ not have (DMI on a VM, /proc/sys/vm in a tree without it). Resolving each whole 
 path walk (and, under a host root other than `/`, an openat2 call through ctypes) per file; a
 missing file costs a failed lookup and, at `/`, an OSError.
 
-So the second time a directory is asked for (the first file of a directory asked once costs nothing
-extra), it is opened once, as an O_PATH descriptor, resolved exactly as a whole path would be:
-openat2(RESOLVE_IN_ROOT) under a host root (probes/root_resolve.py), the kernel's own resolution at
-`/` (chroot's there). Its files are then opened by name relative to that descriptor: under a host root
-with O_NOFOLLOW, so a name that is a link (ELOOP) is resolved as a whole path again, never followed
-from here; at `/` links are followed as the kernel follows them in a whole path. A directory that
-does not resolve (ENOENT, ENOTDIR) has no file either: every later path in it is answered "missing"
-without a system call. Answers are HostRoot's (tests/test_probe_runner.py compares them on every path
-of the fixture trees). Bounded: at most root_resolve.MAX_HELD_DIRS descriptors per round, closed
-when the round's host is collected (weakref.finalize), as the round's other descriptors.
+So the HOLD_AT-th time a directory is asked for (one asked for fewer times costs nothing extra:
+holding costs an open and a close, more than a whole-path open), it is opened once, as an O_PATH
+descriptor, resolved exactly as a whole path would be: openat2(RESOLVE_IN_ROOT) under a host root
+(probes/root_resolve.py), the kernel's own resolution at `/` (chroot's there). Its files are then
+opened by name relative to that descriptor: under a host root with O_NOFOLLOW, so a name that is a
+link (ELOOP) is resolved as a whole path again, never followed from here; at `/` links are followed
+as the kernel follows them in a whole path. A directory that does not resolve (ENOENT, ENOTDIR) has
+no file either: every later path in it is answered "missing" without a system call. Answers are
+HostRoot's (tests/test_probe_runner.py on every path of the fixture trees, tests/test_probe_round_io.py
+at `/`). Bounded: at most root_resolve.MAX_HELD_DIRS descriptors per round, closed when the round's
+host is collected (weakref.finalize), as the round's other descriptors.
 
 Hand-written: a per-round cache of directory descriptors with chroot semantics has no library.
 """
@@ -33,14 +34,16 @@ from nodecompat.probes.root_resolve import PATH_FLAGS, NoOpenat2, _close_all, op
 
 MISSING = -1  # the directory does not resolve: no path in it does
 SLOW = -2  # not held (unreadable, over the bound, no openat2): resolve each whole path
-SEEN = -3  # asked for once: held on the second time
+HOLD_AT = 3  # a directory is held the third time it is asked for (holding costs an open and a close)
+_FIRST = -3  # asked for once; -4, -5 ... asked for more often, not held yet
 _ROOT_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = _OPEN_FLAGS  # under a host root: O_NOFOLLOW, a link is resolved as a whole path
 _ROOT_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # at `/`: the kernel follows links as chroot
 
 
 class HeldParents:
-    """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW or SEEN."""
+    """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW, or how often it
+    was asked for while not held yet (_FIRST, _FIRST - 1, ...)."""
 
     __slots__ = ("__weakref__", "fds", "root_fd", "state")
 
@@ -56,10 +59,13 @@ class HeldParents:
         does not resolve, else SLOW (the caller resolves the whole path itself)."""
         st = self.state.get(parent)
         if st is None:
-            self.state[parent] = SEEN
+            self.state[parent] = _FIRST
             return SLOW
-        if st != SEEN:
+        if st > _FIRST:
             return st
+        if _FIRST - st + 2 < HOLD_AT:  # asked for fewer times than HOLD_AT: not held yet
+            self.state[parent] = st - 1
+            return SLOW
         st = self.state[parent] = self._hold(parent)
         return st
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes import parsecache
 
 CPUINFO = "/proc/cpuinfo"
 OSRELEASE = "/proc/sys/kernel/osrelease"
@@ -151,7 +152,12 @@ def host_arch(host: HostRoot, info: CpuInfo | None) -> tuple[str | None, str]:
 
 def read_cpuinfo(host: HostRoot) -> CpuInfo | None:
     """The first processor's facts (flags, vendor, MIDR fields); only that block is parsed, so a
-    512-CPU cpuinfo costs the cpu_* probes no more than a 2-CPU one. None when unreadable."""
+    512-CPU cpuinfo costs the cpu_* probes no more than a 2-CPU one, and once per round (shared by
+    the round's probes: not to be changed). None when unreadable."""
+    return parsecache.per_round(host, "read_cpuinfo", lambda: _read_cpuinfo(host))
+
+
+def _read_cpuinfo(host: HostRoot) -> CpuInfo | None:
     text = host.read_text(CPUINFO)
     if text is None:
         return None

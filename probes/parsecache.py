@@ -1,4 +1,5 @@
-"""Parses of host files kept between probe rounds while the file is unchanged (same identity).
+"""Parses of host files kept between probe rounds while the file is unchanged (same identity), and
+within one round (`per_round`).
 
 A file's identity is (device, inode, size, mtime in ns) from one stat(): a kernel config does not
 change while the kernel runs, but parsing its ~7,000 lines is most of a kernel probe's round, so
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.round_host import RoundHost
 
 T = TypeVar("T")
 MAX_ENTRIES = 32
@@ -54,6 +56,23 @@ def parsed(host: HostRoot, host_path: str, kind: str, parse: Callable[[], T]) ->
             _cache.move_to_end(key)
             while len(_cache) > MAX_ENTRIES:
                 _cache.popitem(last=False)
+    return value
+
+
+def per_round(host: HostRoot, key: str, compute: Callable[[], T]) -> T:
+    """compute(), once per probe round when `host` is the round's host (probes/round_host.py): what
+    several probes derive from the same files (cpuinfo's first processor, the PCI functions) is derived
+    once, as the files themselves are read once. The result is shared by the round's probes: callers
+    must not change it. On any other HostRoot (a probe run alone, a recording host) compute() is called."""
+    if not isinstance(host, RoundHost):
+        return compute()
+    memo = host.memo
+    mkey = ("=", key)
+    try:
+        return memo[mkey]  # type: ignore[return-value]
+    except KeyError:
+        pass
+    value = memo[mkey] = compute()
     return value
 
 

@@ -168,6 +168,25 @@ def _entry_points() -> tuple[EntryPointLike, ...]:
     return tuple(sorted(found, key=lambda e: e.name))
 
 
+_loaded: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # entry -> (its module, what it loaded)
+
+
+def _load(ep: EntryPointLike) -> Any:
+    """ep.load(), kept per entry point while its module is the one in sys.modules (a round does not
+    import and walk to every probe class again; a module replaced or removed is loaded afresh). A
+    failure is not kept: a plugin whose import failed is tried again on the next round."""
+    key = (ep.name, ep.value, ep.group)
+    module = ep.value.partition(":")[0].strip()
+    hit = _loaded.get(key)
+    if hit is not None and sys.modules.get(module) is hit[0]:
+        return hit[1]
+    factory = ep.load()
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        _loaded[key] = (loaded, factory)
+    return factory
+
+
 def load_probes(only: Iterable[str] | None = None) -> tuple[list[Probe], list[LoadError]]:
     """Instantiate every registered probe (or only the named ones), sorted by name."""
     wanted = set(only) if only is not None else None
@@ -179,7 +198,7 @@ def load_probes(only: Iterable[str] | None = None) -> tuple[list[Probe], list[Lo
             continue
         seen.add(ep.name)
         try:
-            factory = ep.load()
+            factory = _load(ep)
             probe = factory()
             if not isinstance(probe, Probe):
                 raise TypeError(f"{ep.value} did not produce a nodecompat Probe")

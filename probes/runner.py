@@ -115,6 +115,7 @@ class _Worker:
                 self.batch, self.host, self.ctx = [], None, None
             assert host is not None
             token = tracing.attach(ctx)  # probe spans nest under the caller's span
+            traced = ctx is not None or tracing.loaded()  # asked once per batch, not per probe
             try:
                 for call in batch:
                     with self.cond:
@@ -122,7 +123,7 @@ class _Worker:
                             return
                         self.current = call
                         call.started = time.monotonic()
-                    _discover(call, host)
+                    _discover(call, host, traced)
                     with self.cond:
                         call.finished = time.monotonic()
                         self.current = None
@@ -171,7 +172,13 @@ def _release(worker: _Worker) -> None:
     worker.stop()
 
 
-def _discover(call: _Call, host: HostRoot) -> None:
+def _discover(call: _Call, host: HostRoot, traced: bool = True) -> None:
+    if not traced:  # OpenTelemetry not imported: no span can be recorded (nodecompat/tracing.py)
+        try:
+            call.output = call.probe.discover(host)
+        except BaseException as exc:  # isolate everything, including SystemExit from a plugin
+            call.error = exc
+        return
     with _tracer.start_as_current_span(f"probe {call.probe.name}") as span:
         span.set_attribute("nodecompat.probe", call.probe.name)
         try:

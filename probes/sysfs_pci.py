@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes import parsecache
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 
@@ -93,7 +94,12 @@ def read_pci_device(host: HostRoot, address: str) -> PciDevice | None:
 
 
 def list_pci_devices(host: HostRoot) -> list[PciDevice]:
-    """Every readable PCI device, sorted by address."""
+    """Every readable PCI device, sorted by address; read once per round (the gpu and pci probes share
+    it: not to be changed)."""
+    return parsecache.per_round(host, "list_pci_devices", lambda: _list_pci_devices(host))
+
+
+def _list_pci_devices(host: HostRoot) -> list[PciDevice]:
     out = []
     for name in host.listdir(PCI_DEVICES):
         dev = read_pci_device(host, name)
