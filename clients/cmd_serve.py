@@ -20,6 +20,7 @@ from nodecompat.server import limits
 if TYPE_CHECKING:
     from nodecompat.oci.policy import RegistryPolicy
     from nodecompat.server.daemon import NodeDaemon
+    from nodecompat.server.first_round import ForkedRound
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -234,9 +235,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from nodecompat.server import telemetry
-    from nodecompat.server.daemon import DaemonConfig, NodeDaemon
-    from nodecompat.server.grpc_server import run_until_signal
-    from nodecompat.server.node_service import RegistryOptions
 
     problem = check_args(args)
     if not problem:
@@ -247,12 +245,32 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nodecompat serve: {problem}", file=sys.stderr)
         return exit_codes.ERROR
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = args.node_name or node_name_default()
+    first_round = None
+    if not telemetry.tracing_requested():  # traced, the first round's spans are the parent's to export
+        # Before gRPC is imported: the first probe round runs in a child on the other core meanwhile
+        from nodecompat.server.first_round import ForkedRound
+
+        first_round = ForkedRound.start(args.host_root, args.probes.split(",") if args.probes else None, name,
+                                        _sysctl_names(args), args.probe_timeout)
+    try:
+        return _serve(args, name, first_round)
+    finally:
+        if first_round is not None:
+            first_round.cancel()  # an error before the daemon took the round: do not leave the child
+
+
+def _serve(args: argparse.Namespace, name: str, first_round: ForkedRound | None) -> int:
+    from nodecompat.server import telemetry
+    from nodecompat.server.daemon import DaemonConfig, NodeDaemon
+    from nodecompat.server.grpc_server import run_until_signal
+    from nodecompat.server.node_service import RegistryOptions
+
     try:
         provider = telemetry.init_tracing("nodecompat-node")
     except ValueError as exc:
         print(f"nodecompat serve: tracing: {exc}", file=sys.stderr)
         return exit_codes.ERROR
-    name = args.node_name or node_name_default()
     policy = registry_policy(args)
     registry_auth = None
     if policy.patterns:  # registry credentials for ValidateImage by reference: the docker config's `auths`
@@ -286,6 +304,7 @@ def _run(args: argparse.Namespace) -> int:
         sysctl=_sysctl_names(args),
         registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=policy),
         server_credentials=creds,
+        first_round=first_round,
         **runtime_config(args),  # type: ignore[arg-type]
     )
     try:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import grpc
 
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
 from nodecompat.server import DEFAULT_NODE_LISTEN, limits
 from nodecompat.server.feature_cache import FeatureCache
+from nodecompat.server.first_round import ForkedRound, StartupRunner, configured_probes
 from nodecompat.server.grpc_server import (
     add_standard_services,
     bind,
@@ -79,6 +79,9 @@ class DaemonConfig:
     sysctl: list[str] = field(default_factory=list)  # extra kernel.sysctl names (serve --sysctl)
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     server_credentials: grpc.ServerCredentials | None = None
+    # The first round from a child forked before gRPC was imported (serve: server/first_round.py); the
+    # probes are then loaded on first use. None: loaded now, first round run here.
+    first_round: ForkedRound | None = None
 
 
 class NodeDaemon:
@@ -86,14 +89,12 @@ class NodeDaemon:
 
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        probes, errors = load_probes(config.probes)
         self.host = HostRoot(Path(config.host_root))
-        for p in probes:  # the system probe reports the daemon's node name as system.name.nodename
-            if hasattr(p, "node_name") and config.node_name:
-                p.node_name = config.node_name
-            if hasattr(p, "sysctl_extra") and config.sysctl:
-                p.sysctl_extra = list(config.sysctl)
-        self.runner = ProbeRunner(probes, self.host, errors, timeout=config.probe_timeout)
+        self.runner: ProbeRunner | StartupRunner
+        if config.first_round is not None:
+            self.runner = StartupRunner(self._probe_runner, config.first_round)
+        else:
+            self.runner = self._probe_runner()
         self.cache = FeatureCache(self.runner, config.refresh_interval, config.min_refresh_interval)
         rt_limits = RuntimeLimits(
             workers=config.workers,
@@ -114,6 +115,11 @@ class NodeDaemon:
         self._watcher: object | None = None
         self._stopped = threading.Event()
         self.on_stop: list[Callable[[], None]] = []
+
+    def _probe_runner(self) -> ProbeRunner:
+        """The probes (configured: node name, sysctl names) and their runner over the host root."""
+        probes, errors = configured_probes(self.config.probes, self.config.node_name, self.config.sysctl)
+        return ProbeRunner(probes, self.host, errors, timeout=self.config.probe_timeout)
 
     def start(self) -> int:
         host, _, _ = self.config.listen.rpartition(":")
@@ -185,6 +191,9 @@ class NodeDaemon:
                 return
             importlib.import_module(module)
             time.sleep(0.001)
+        if isinstance(self.runner, StartupRunner):  # the probes, for the next round and the catalog
+            self.runner.runner()
+            time.sleep(0.001)
         _ = self.service.catalog  # built from the probes' declarations on first use
         self.watch_hub()
         time.sleep(0.001)
@@ -213,6 +222,8 @@ class NodeDaemon:
             except Exception:
                 log.exception("stop hook failed")
         self.cache.stop()
+        if isinstance(self.runner, StartupRunner):
+            self.runner.cancel_first()  # a child still probing: killed, and no round of our own
         if self._watcher is not None:
             self._watcher.stop()  # type: ignore[attr-defined]
         self.runtime.stop(self.config.grace if grace is None else grace)

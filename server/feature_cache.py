@@ -13,16 +13,29 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-from nodecompat.probes.runner import ProbeRound, ProbeRunner
+from nodecompat.probes.runner import ProbeRound
+
+if TYPE_CHECKING:
+    from nodecompat.probes.base import Probe
 
 log = logging.getLogger(__name__)
 
 REFRESH_BURST = 4  # caller-requested rounds allowed back to back before min_refresh_interval applies
 
 
+class RoundSource(Protocol):
+    """What the cache needs of a ProbeRunner (server/first_round.StartupRunner is one too)."""
+
+    @property
+    def probes(self) -> list[Probe]: ...
+
+    def run(self) -> ProbeRound: ...
+
+
 class FeatureCache:
-    def __init__(self, runner: ProbeRunner, interval: float = 60.0, min_refresh_interval: float = 0.0) -> None:
+    def __init__(self, runner: RoundSource, interval: float = 60.0, min_refresh_interval: float = 0.0) -> None:
         self.runner = runner
         self.interval = interval
         self.min_refresh_interval = min_refresh_interval
@@ -58,7 +71,8 @@ class FeatureCache:
             try:
                 self.refresh()
             except Exception:  # keep refreshing; the runner already isolates probes
-                log.exception("probe round failed")
+                if not self._stop.is_set():  # a round cut short by stop() is not news
+                    log.exception("probe round failed")
             self._wake.wait(self.interval)
             self._wake.clear()
 
