@@ -17,6 +17,10 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
   daemons send and does all its own work); the aggregator's and the simulator's CPU seconds are printed,
   since both share this machine's CPUs.
 
+This process stands in for the aggregator process, so it sets the garbage collector as `nodecompat
+aggregator` does before it starts (server/gc_tuning.py tune_for_serving); the simulator sets it the same
+way (it stands in for 10,000 machines: its collector walking 10,000 streams is no aggregator cost).
+
 Profiles are the three fixture hosts (real probes) with per-profile kernel versions and modules; each
 node has its own system.name.nodename. `--nodes` and `--profiles` scale it down for a quick look.
 
@@ -101,6 +105,9 @@ def serve_simulator(port_file: str, n_profiles: int) -> None:
     # in for 10,000 daemons on their own machines, so its own per-stream work is kept to sending bytes
     # (the aggregator receives exactly what a daemon sends; it does all of its own work).
     n_nodes = int(os.environ.get("BENCH_SIM_NODES", "10000"))
+    from nodecompat.server.gc_tuning import tune_for_serving
+
+    tune_for_serving()
     now = time.time()
     first: list[bytes] = []
     heartbeats: list[bytes] = []
@@ -188,11 +195,13 @@ def main() -> None:
     from nodecompat.fleet.store import FeatureStore, spec_key
     from nodecompat.server.aggregator import summarize
     from nodecompat.server.fleet_nodes import FleetNode
+    from nodecompat.server.gc_tuning import tune_for_serving
     from nodecompat.server.inventory_answers import finish_summary, grouped_summary, plan
 
     n, k = args.nodes, args.profiles
     print(f"inventory: {n} simulated nodes in {k} profiles; {os.cpu_count()} CPUs")
     profs = profiles(k)
+    tune_for_serving()  # as `nodecompat aggregator` does at start (module doc)
     nodes = [FleetNode(f"sim-{i:05d}", node_address(i, 1), {"profile": str(i % k)}, "file") for i in range(n)]
 
     # -- memory per node beyond the shared sets --------------------------------------------------------

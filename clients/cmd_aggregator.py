@@ -191,8 +191,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"nodecompat aggregator: tracing: {exc}", file=sys.stderr)
         return exit_codes.ERROR
+    from nodecompat.server.gc_tuning import tune_for_serving
+
     try:
         daemon = AggregatorDaemon(build_config(args))
+        # before start(): the inventory's resubscribe to every known node begins inside it (server/gc_tuning.py)
+        tune_for_serving()
         port = daemon.start()
     except (ValueError, OSError) as exc:
         print(f"nodecompat aggregator: {exc}", file=sys.stderr)

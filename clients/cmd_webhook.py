@@ -128,23 +128,15 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
-GC_GEN0_THRESHOLD = 10_000  # allocations between young collections (CPython's default: 700)
-
-
 def _tune_gc() -> None:
-    """Once serving: move everything start-up made (modules, the app, TLS contexts) out of the collector's
-    sight (gc.freeze) and collect the young generation less often. Each review allocates tens of
-    thousands of short-lived objects (two grouped ValidateFleet answers of 1,000 nodes, the JSONPatch), so
-    with the defaults a full collection over every start-up object lands inside some reviews: bench_webhook
-    (1,000 nodes, warm) measured p99 55-63 ms with the defaults, 39 ms frozen, 31-35 ms frozen with this
-    threshold, p50 unchanged (22-25 ms). The reviews' objects are freed by reference counting; only
-    cyclic garbage waits for the (rarer) collections, and the older generations keep their defaults' ratios."""
-    import gc
+    """Once serving: start-up objects frozen out of the collector's sight and the young generation collected
+    every 10,000 allocations (server/gc_tuning.py: each review allocates tens of thousands of short-lived
+    objects — two grouped ValidateFleet answers of 1,000 nodes, the JSONPatch — so with the defaults a full
+    collection over every start-up object landed inside some reviews: bench_webhook warm p99 55-63 ms with
+    the defaults, 31-35 ms tuned, p50 unchanged)."""
+    from nodecompat.server.gc_tuning import tune_for_serving
 
-    gc.collect()
-    gc.freeze()
-    _g0, g1, g2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
+    tune_for_serving()
 
 
 def run(args: argparse.Namespace) -> int:
