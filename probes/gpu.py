@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.gpu_arch import KFD_NODES, NVML_ARCH, amd_architecture, kfd_targets, nvidia_architecture
+from nodecompat.probes.hostcpu import SLASH
 from nodecompat.probes.nvidia_info import (
     compute_capability,
     cuda_for_driver,
@@ -213,7 +213,7 @@ class GpuProbe(Probe):
 
         nvml: NvmlData | None = None
         if any(d.vendor == "10de" for d in gpus):
-            if host.root == Path("/"):
+            if host.root == SLASH:
                 nvml, why = read_nvml()
                 if why:
                     out.notes.append(why)

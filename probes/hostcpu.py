@@ -30,6 +30,7 @@ from pathlib import Path
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes import parsecache
 
+SLASH = Path("/")  # made once: a Path is built and compared part by part
 CPUINFO = "/proc/cpuinfo"
 OSRELEASE = "/proc/sys/kernel/osrelease"
 CPUID_DEVICE = "/dev/cpu/0/cpuid"
@@ -136,7 +137,7 @@ def host_arch(host: HostRoot, info: CpuInfo | None) -> tuple[str | None, str]:
     arch = cpuinfo_arch(info)
     if arch:
         return arch, CPUINFO
-    if host.root == Path("/"):
+    if host.root == SLASH:
         machine = _MACHINES.get(platform.machine())
         if machine:
             return machine, "this machine"
@@ -236,7 +237,7 @@ def cpuid_reader(host: HostRoot) -> CpuidFn | None:
     The returned function raises OSError if a read fails. Registers are read once per process (as
     klauspost/cpuid's init() does for NFD) and then served from memory.
     """
-    if host.root != Path("/") or not _cpuid_device_usable():
+    if host.root != SLASH or not _cpuid_device_usable():
         return None
     return _cpuid
 

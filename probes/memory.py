@@ -11,11 +11,10 @@ report the kernel's MemTotal, which on a virtio-mem VM (like this sandbox) is la
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.hostcpu import SLASH
 
 NODE_BUS = "/sys/bus/node/devices"
 SWAPS = "/proc/swaps"
@@ -140,7 +139,7 @@ class MemoryProbe(Probe):
     def _size(host: HostRoot) -> dict[str, str]:
         text = host.read_text(MEMINFO)
         mi = parse_meminfo(text) if text is not None else {}
-        if host.root == Path("/"):
+        if host.root == SLASH:
             total, avail, swap = mi.get("MemTotal"), mi.get("MemAvailable"), mi.get("SwapTotal")
             if total is None or swap is None or not avail or avail > total:
                 return _psutil_size()  # psutil's estimates for old kernels and odd values

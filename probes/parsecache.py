@@ -27,10 +27,19 @@ _cache: OrderedDict[tuple[str, str], tuple[tuple[int, int, int, int], object]] =
 
 def identity(host: HostRoot, host_path: str) -> tuple[int, int, int, int] | None:
     """(st_dev, st_ino, st_size, st_mtime_ns) of a regular host file, or None when it is not one."""
-    try:
-        st = host.stat(host_path)  # resolved inside the host root, as the read itself is
-    except (OSError, ValueError):
-        return None
+    if isinstance(host, RoundHost):  # the round's stat: a missing file costs no OSError
+        try:
+            found = host.stat_or_none(host_path)
+        except ValueError:
+            return None
+        if found is None:
+            return None
+        st = found
+    else:
+        try:
+            st = host.stat(host_path)  # resolved inside the host root, as the read itself is
+        except (OSError, ValueError):
+            return None
     if (st.st_mode & 0o170000) != 0o100000:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -83,7 +83,9 @@ class RoundHost(HostRoot):
 
     @classmethod
     def over(cls, host: HostRoot) -> RoundHost:
-        return cls(**{f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.init})
+        new = cls(**{f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.init})
+        new.__dict__["_real_root"] = host._real_root  # the caller's, resolved once (os.path.realpath)
+        return new
 
     def _dirs(self) -> DirTable | None:
         """The descriptor table (None with the host root at `/`, where the kernel resolves as chroot)."""
@@ -236,34 +238,33 @@ class RoundHost(HostRoot):
             return self.memo[key]  # type: ignore[return-value]
         except KeyError:
             pass
-        value: os.stat_result | None = None
+        value = self.memo[key] = self.stat_or_none(key[1])
+        return value
+
+    def stat_or_none(self, text: str) -> os.stat_result | None:
+        """HostRoot.stat, None where it raises (missing, unreachable, outside the root); not memoized,
+        and a missing file costs no OSError where the round has the descriptors to tell."""
         held = self._parents[0] if self._parents else self._held()
         if held is not None:  # through a held directory (or known missing)
-            got = held.stat_file(key[1])
+            got = held.stat_file(text)
             if got != SLOW:
-                value = self.memo[key] = got  # type: ignore[assignment]
-                return value
+                return got  # type: ignore[return-value]
         if self._state and openat2_ready():
             try:
-                fd = open_in_root_errno(self._state[0].root[1], key[1], PATH_FLAGS)
+                fd = open_in_root_errno(self._state[0].root[1], text, PATH_FLAGS)
             except NoOpenat2:
                 fd = -errno.ENOSYS
             if fd >= 0:
                 try:
-                    value = os.fstat(fd)
+                    return os.fstat(fd)
                 finally:
                     os.close(fd)
-                self.memo[key] = value
-                return value
             if fd != -errno.ENOSYS:
-                self.memo[key] = None  # missing or unreachable: as HostRoot.stat's OSError
-                return None
+                return None  # missing or unreachable: as HostRoot.stat's OSError
         try:
-            value = self.stat(key[1])
+            return self.stat(text)
         except OSError:
-            value = None
-        self.memo[key] = value
-        return value
+            return None
 
     def listdir(self, host_path: str | os.PathLike[str]) -> list[str]:
         key = ("l", os.fspath(host_path))
