@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -318,15 +318,15 @@ def channel_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         return address, CHANNEL_OPTIONS
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") and host.endswith("]"):
+        family, bare, version = socket.AF_INET6, host[1:-1], 6
+    else:
+        family, bare, version = socket.AF_INET, host, 4
     try:
-        ip = ipaddress.ip_address(bare)
-    except ValueError:
+        socket.inet_pton(family, bare)  # strict literals only (no zone, no short IPv4 forms); C, not ipaddress
+    except OSError:
         return address, CHANNEL_OPTIONS
-    bracketed = host.startswith("[")
-    if (ip.version == 6) != bracketed or (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id):
-        return address, CHANNEL_OPTIONS  # not "IPv4:PORT" / "[IPv6]:PORT", or a zone the URI would need encoded
-    return f"ipv{ip.version}:{address}", [*CHANNEL_OPTIONS, ("grpc.default_authority", address)]
+    return f"ipv{version}:{address}", [*CHANNEL_OPTIONS, ("grpc.default_authority", address)]
 
 
 def _client_interceptors() -> list[Any] | None:

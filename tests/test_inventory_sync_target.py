@@ -50,6 +50,7 @@ def test_ip_literals_skip_the_resolver_and_keep_their_authority(address: str, ta
     "::1",  # IPv6 without brackets and port
     "[fe80::1%eth0]:5",  # a zone would need percent-encoding in the URI
     "10.0.0.1",  # no port
+    "10.1:5",  # a short IPv4 form inet_aton would take, no literal for gRPC
 ])
 def test_anything_else_passes_through(address: str) -> None:
     assert channel_target(address) == (address, CHANNEL_OPTIONS)
