@@ -47,7 +47,15 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
     # channelz keeps per-channel/subchannel/socket trace nodes: ~3.5 KiB of each pooled connection's ~35.
     ("grpc.enable_channelz", 0),
 ]
-MAX_CHANNELS = 16384  # pooled connections (~35 KiB each in gRPC core): ~560 MiB at most
+# What one pooled, connected channel costs the aggregator: 31-36 KiB RSS, ~30 KiB of it live in gRPC core
+# (transport, endpoint with its 8 KiB read slice, subchannel); no channel argument of this grpcio shrinks it
+# much (channelz off, above, saves 3.5 KiB; the others measured in /work/briefs/grpc_memory.md do nothing).
+CONNECTION_BYTES = 36 * 1024
+# The pool's byte budget: ~2,700 connections kept. A fleet that fits stays connected between calls (a warm
+# call costs half of a connect and call on loopback); past that the pool does not grow, so a 10,000-node
+# fleet costs ~96 MiB of connections, not ~350 MiB (issue 11: aggregator RSS per known node).
+MAX_POOL_BYTES = 96 * 1024 * 1024
+MAX_CHANNELS = MAX_POOL_BYTES // CONNECTION_BYTES
 # Close pooled channels unused this long: twice the daemons' own idle limit (their side of an idle
 # connection is gone after 30 s, so a channel kept longer is memory without a warm connection).
 IDLE_CLOSE = 60.0
@@ -74,10 +82,11 @@ HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 class PoolEntry:
     """A pooled channel, the two method callables made on it once, and its calls in flight."""
 
-    __slots__ = ("_health", "channel", "inflight", "used", "validate")
+    __slots__ = ("_health", "channel", "inflight", "transient", "used", "validate")
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, transient: bool = False) -> None:
         self.channel = channel
+        self.transient = transient  # made past the pool's budget: closed once its call ends (release)
         self.inflight = 0
         self.used = time.monotonic()  # last handed out (idle closing)
         self.validate = channel.unary_unary(
@@ -102,19 +111,26 @@ class PoolEntry:
 class ChannelPool:
     """One grpc.aio channel per daemon address, reused across fleet calls, on the pool's own event loop.
 
-    A connected channel costs ~35 KiB in gRPC core (transport, buffers), so at most `max_channels` are
-    kept: past that, the least recently used channel with no call in flight is closed to make room
-    (a fleet larger than the cap reconnects to the nodes it reaches last; memory stays bounded).
+    A connected channel costs ~36 KiB (CONNECTION_BYTES), so at most `max_bytes` worth (`max_channels`) are
+    kept: past that, a call gets a channel of its own, closed when the call ends, and the pooled ones stay.
+    Not least-recently-used eviction: a fan-out visits the fleet in the same order every time, so closing
+    the least recently used would close exactly the channels the next fan-out needs first, and no call
+    would ever find its channel warm; this way the first max_channels nodes stay connected and only the
+    rest reconnect (memory stays bounded; idle channels still go after idle_close, making room).
     Thread-safe: any thread may ask for a channel, prune or close; channels are made and closed on the
     loop thread (started on first use)."""
 
     def __init__(
         self,
         credentials: grpc.ChannelCredentials | None = None,
-        max_channels: int = MAX_CHANNELS,
+        max_channels: int | None = None,
         idle_close: float = IDLE_CLOSE,
+        max_bytes: int = MAX_POOL_BYTES,
     ) -> None:
-        """idle_close: seconds a channel may go unused before a sweep closes it (> 0)."""
+        """max_bytes: the pool's budget (bytes, CONNECTION_BYTES per channel) unless max_channels (a count)
+        is given; idle_close: seconds a channel may go unused before a sweep closes it (> 0)."""
+        if max_channels is None:
+            max_channels = max_bytes // CONNECTION_BYTES
         if max_channels < 1:
             raise ValueError("max_channels must be >= 1")
         if not idle_close > 0:
@@ -165,41 +181,37 @@ class ChannelPool:
 
     # -- channels ------------------------------------------------------------------------------
     def entry(self, address: str) -> PoolEntry:
-        """The pooled channel of `address` (made on first use); call on the pool's loop."""
+        """The pooled channel of `address` (made on first use); call on the pool's loop. When the pool is
+        full, a transient entry (`transient` True, not pooled): its caller hands it back with release()
+        once its call has ended, and its channel is closed then."""
         with self._lock:
             e = self._entries.get(address)
             if e is not None:
                 self._entries.move_to_end(address)
                 e.used = time.monotonic()
                 return e
-            evicted = self._evict_locked(len(self._entries) + 1 - self.max_channels)
-            if self._sweep is None:
+            full = len(self._entries) >= self.max_channels
+            if not full and self._sweep is None:
                 self._sweep = asyncio.get_running_loop().call_later(self.idle_close / 2, self._sweep_idle)
-            if self.credentials is None:
-                ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            else:
-                ch = grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
-            e = self._entries[address] = PoolEntry(ch)
-        for old in evicted:
-            task = asyncio.ensure_future(old.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        if self.credentials is None:
+            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            ch = grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
+        if full:
+            return PoolEntry(ch, transient=True)
+        with self._lock:
+            e = self._entries.get(address)
+            if e is None:  # (another thread may have pooled one meanwhile)
+                e = self._entries[address] = PoolEntry(ch)
+                return e
+        self._spawn_close([ch], trim=False)
         return e
 
-    def _evict_locked(self, count: int) -> list[grpc.aio.Channel]:
-        """Take the `count` least recently used channels with no call in flight out of the pool."""
-        out: list[grpc.aio.Channel] = []
-        if count <= 0:
-            return out
-        for address in list(self._entries):
-            e = self._entries[address]
-            if e.inflight:
-                continue
-            del self._entries[address]
-            out.append(e.channel)
-            if len(out) >= count:
-                break
-        return out
+    def release(self, entry: PoolEntry) -> None:
+        """Hand back an entry from entry() whose call has ended: a transient one's channel is closed (on
+        the pool's loop); a pooled one stays. Call on the pool's loop."""
+        if entry.transient:
+            self._spawn_close([entry.channel], trim=False)
 
     def _sweep_idle(self) -> None:
         """The periodic sweep (on the loop): close idle channels; runs while the pool has any."""
@@ -242,7 +254,8 @@ class ChannelPool:
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """The pooled channel of `address`, from any thread (channels connect lazily). Unused for
-        idle_close seconds and not held by in_use(), it is closed by the sweep (ask again then)."""
+        idle_close seconds and not held by in_use(), it is closed by the sweep (ask again then). When the
+        pool is full, a channel of the caller's own, for the caller to close."""
         if self.on_loop():
             return self.entry(address).channel
 
@@ -334,6 +347,7 @@ class ChannelPool:
                 return address, "INTERNAL"
             finally:
                 entry.inflight -= 1
+                self.release(entry)
 
         return dict(await asyncio.gather(*(one(a) for a in addresses)))
 

@@ -24,6 +24,7 @@ that were imported from here are re-exported.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import queue
 import time
@@ -114,6 +115,10 @@ def _bridge(
                 fut.cancel()
 
     return pumping()
+
+
+def _release(pool: ChannelPool, entry: PoolEntry, _task: asyncio.Task[None]) -> None:
+    pool.release(entry)
 
 
 class FanOut:
@@ -257,6 +262,8 @@ class FanOut:
             except Exception as exc:  # a bad target string: this node fails, not the call
                 return finish(call, now, "INTERNAL", f"cannot call {call.node.address}: {exc}", None)
             call.task = asyncio.ensure_future(attempt(self._tracer, call, entry, payload, budget, settle))
+            if entry.transient:  # past the pool's budget: its own channel, closed however the attempt ends
+                call.task.add_done_callback(functools.partial(_release, self.pool, entry))
             inflight[call.seq] = call
             return None
 

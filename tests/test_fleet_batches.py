@@ -184,6 +184,58 @@ def test_stream_from_another_loop_accounts_for_every_node(node_server: tuple[int
     assert all(by_name[n.name].status == "OK" for n in nodes[:-1])
 
 
+def test_fan_out_past_the_pool_budget_reports_every_node_and_closes_the_extra_channels(
+    node_server: tuple[int, _Node],
+) -> None:
+    """A fleet larger than the pool's budget: every node answers, twice over; the pool keeps its first
+    max_channels channels (the second fan-out finds them), and every channel made past the budget is closed
+    once its attempt ended — including both attempts of a node nobody answers (retried once)."""
+    import asyncio
+
+    port, servicer = node_server
+
+    class Counting(ChannelPool):
+        released: list[grpc.aio.Channel] = []
+
+        def release(self, entry):  # type: ignore[no-untyped-def]
+            if entry.transient:
+                self.released.append(entry.channel)
+            super().release(entry)
+
+    nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(10)]
+    nodes.append(FleetNode("dead", f"127.0.0.1:{free_port()}"))
+    pool = Counting(max_channels=3)
+    fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=5.0, retry_backoff=0.05))
+    try:
+        request = node_pb2.ValidateImageRequest(spec="x")
+        pooled = None
+        for _ in range(2):
+            got = {o.node.name: o for o in fan.run(nodes, request, time.monotonic() + 20)}
+            assert set(got) == {n.name for n in nodes}
+            assert all(got[n.name].status == "OK" for n in nodes[:-1])
+            assert (got["dead"].status, got["dead"].attempts) == ("UNAVAILABLE", 2)
+            assert len(pool) == 3
+            if pooled is None:
+                pooled = {a: pool.channel(a) for a in pool.addresses()}
+            else:
+                assert {a: pool.channel(a) for a in pool.addresses()} == pooled  # the same channels, kept
+        assert servicer.calls == 20
+        # 7 of the 10 answering nodes and both attempts of the dead one per fan-out went through channels
+        # of their own, each closed when its attempt ended.
+        assert len(Counting.released) == 2 * (7 + 2)
+
+        async def closed() -> bool:
+            for _ in range(100):  # the closes run as tasks on the pool's loop: wait for them, bounded
+                if all(ch._channel.closed() for ch in Counting.released):
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        assert pool.call(closed())
+    finally:
+        pool.close()
+
+
 def test_pool_closes_channels_idle_past_the_bound_but_not_those_in_use(node_server: tuple[int, _Node]) -> None:
     """The sweep closes a channel unused for idle_close s; one held by a call in progress stays; a closed
     address gets a new channel on its next use, and a fan-out over it still answers."""

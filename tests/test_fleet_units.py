@@ -492,11 +492,27 @@ def test_aggregator_flags_set_the_registration_cap() -> None:
         build_config(parser.parse_args(["aggregator", "--max-registrations", "-1"]))
 
 
-def test_channel_pool_keeps_at_most_max_channels_closing_the_least_recently_used() -> None:
-    pool = ChannelPool(max_channels=2)
+def test_channel_pool_budget_is_in_bytes_and_a_repeated_scan_finds_the_pooled_channels() -> None:
+    """The default cap comes from the byte budget. Past the cap a caller gets a channel of its own (not
+    pooled) and the pooled ones stay: a scan larger than the pool, repeated in the same order (what a
+    fan-out does), finds the first max_channels addresses' channels every time (least-recently-used
+    eviction would have closed each of them before its turn came again: no warm channel at all)."""
+    from nodecompat.server.channel_pool import CONNECTION_BYTES, MAX_POOL_BYTES
+
+    assert ChannelPool().max_channels == MAX_POOL_BYTES // CONNECTION_BYTES
+    assert ChannelPool(max_bytes=3 * CONNECTION_BYTES).max_channels == 3
+    pool = ChannelPool(max_bytes=4 * CONNECTION_BYTES)
+    own = []
     try:
-        for a in ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:3"):
-            pool.channel(a)  # :1 used again, so :2 is the least recently used when :3 arrives
-        assert pool.addresses() == {"127.0.0.1:1", "127.0.0.1:3"}
+        scan = [f"127.0.0.1:{p}" for p in range(1, 11)]
+        before = {a: pool.channel(a) for a in scan}
+        own += [before[a] for a in scan[4:]]
+        for _ in range(3):
+            now = {a: pool.channel(a) for a in scan}
+            own += [now[a] for a in scan[4:]]
+            assert [a for a in scan if now[a] is before[a]] == scan[:4]
+            assert pool.addresses() == set(scan[:4])
     finally:
+        for ch in own:
+            pool.call(ch.close())
         pool.close()
