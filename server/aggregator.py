@@ -117,7 +117,16 @@ class AggregatorDaemon:
             store=open_registration_store(config.store, config.store_prefix, ca=config.store_ca,
                                           cert=config.store_cert, key=config.store_key),
         )
-        self.pool = ChannelPool(config.node_credentials)
+        rt_limits = RuntimeLimits(
+            workers=config.workers,
+            max_concurrent_calls=config.max_concurrent_calls,
+            max_call_seconds=config.max_call_seconds,
+            request_timeout=config.request_timeout,
+        )
+        self.runtime = new_runtime("fleet-rpc", rt_limits, config.max_connection_idle)
+        # The fan-out runs on the server's own loop: grpc.aio wakes every loop it knows for each completion and
+        # forwards it to the one that owns the call, so a separate fan-out loop cost a second wake-up per node.
+        self.pool = ChannelPool(config.node_credentials, loop=self.runtime.loop)
         self.fanout = FanOut(self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout))
         self.service = FleetService(
             self.inventory,
@@ -127,13 +136,6 @@ class AggregatorDaemon:
             ),
         )
         self.first_checks = FirstHealthChecks(self.inventory, self.service.check_health)
-        rt_limits = RuntimeLimits(
-            workers=config.workers,
-            max_concurrent_calls=config.max_concurrent_calls,
-            max_call_seconds=config.max_call_seconds,
-            request_timeout=config.request_timeout,
-        )
-        self.runtime = new_runtime("fleet-rpc", rt_limits, config.max_connection_idle)
         self.runtime.add_servicer(self.service, fleet_pb2.DESCRIPTOR.services_by_name["FleetService"])
         self.health = add_standard_services(self.runtime, [FLEET_SERVICE])
         self.port = 0

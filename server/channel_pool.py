@@ -126,9 +126,14 @@ class ChannelPool:
         max_channels: int | None = None,
         idle_close: float = IDLE_CLOSE,
         max_bytes: int = MAX_POOL_BYTES,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         """max_bytes: the pool's budget (bytes, CONNECTION_BYTES per channel) unless max_channels (a count)
-        is given; idle_close: seconds a channel may go unused before a sweep closes it (> 0)."""
+        is given; idle_close: seconds a channel may go unused before a sweep closes it (> 0); loop: run on
+        this event loop, running on a thread of the caller's (e.g. the server's own), instead of starting one.
+        grpc.aio hands each completion to the loops it knows through one socket all of them watch, and
+        forwards it (call_soon_threadsafe) when the one that read it does not own the call: with the fan-out
+        on the server's loop, a node's answer wakes one thread, not two or three."""
         if max_channels is None:
             max_channels = max_bytes // CONNECTION_BYTES
         if max_channels < 1:
@@ -143,14 +148,17 @@ class ChannelPool:
         self._entries: OrderedDict[str, PoolEntry] = OrderedDict()
         self._closing: set[asyncio.Future[None]] = set()
         self._busy: Counter[str] = Counter()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = loop
+        self._external = loop  # not ours: never stopped or joined here
         self._thread: threading.Thread | None = None
 
     # -- the loop ------------------------------------------------------------------------------
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The pool's event loop (running on its own daemon thread, started on first use)."""
+        """The pool's event loop (the one given, or its own on a daemon thread, started on first use)."""
         with self._lock:
+            if self._external is not None:
+                return self._external
             if self._loop is None or self._loop.is_closed():
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
@@ -177,6 +185,8 @@ class ChannelPool:
 
     def call(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         """Run a coroutine on the pool's loop from another thread and wait for its result."""
+        if self.on_loop():
+            raise RuntimeError("ChannelPool.call from the pool's loop thread would deadlock")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
 
     # -- channels ------------------------------------------------------------------------------
@@ -299,9 +309,13 @@ class ChannelPool:
             self._entries.clear()
             loop, self._loop = self._loop, None
             sweep, self._sweep = self._sweep, None
-        if sweep is not None and loop is not None:
+        if loop is None or loop.is_closed():
+            return
+        if sweep is not None:
             loop.call_soon_threadsafe(sweep.cancel)
-        if loop is None:
+        if self._external is not None:  # the caller's loop: close the channels while it runs, leave it be
+            if loop.is_running():
+                self._close(closing, loop)
             return
         self._close(closing, loop)
         loop.call_soon_threadsafe(loop.stop)

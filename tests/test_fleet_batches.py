@@ -236,6 +236,59 @@ def test_fan_out_past_the_pool_budget_reports_every_node_and_closes_the_extra_ch
         pool.close()
 
 
+def test_pool_on_a_loop_of_the_callers_runs_the_fan_out_there_and_leaves_the_loop_running(
+    node_server: tuple[int, _Node],
+) -> None:
+    """ChannelPool(loop=...) (the aggregator passes its server's loop): the fan-out's calls run on that loop,
+    no thread of the pool's own is started, a blocking call() from that loop is refused instead of
+    deadlocking, and close() closes the channels but leaves the loop running."""
+    import asyncio
+
+    port, _ = node_server
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, name="callers-loop", daemon=True)
+    runner.start()
+    pool = ChannelPool(loop=loop)
+    fan = FanOut(pool, FanoutConfig(concurrency=2, node_timeout=5.0))
+    try:
+        nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(4)]
+        got = list(fan.run(nodes, node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 20))
+        assert sorted(o.node.name for o in got) == ["n0", "n1", "n2", "n3"] and {o.status for o in got} == {"OK"}
+        assert pool.loop is loop and not any(t.name == "fanout-loop" for t in threading.enumerate())
+
+        async def from_the_loop() -> str:
+            async def nothing() -> None:
+                return None
+
+            coro = nothing()
+            try:
+                pool.call(coro)
+            except RuntimeError as exc:
+                coro.close()
+                return str(exc)
+            return "no error"
+
+        assert "deadlock" in asyncio.run_coroutine_threadsafe(from_the_loop(), loop).result(10)
+        channels = [pool.channel(n.address) for n in nodes]
+        pool.close()
+        assert loop.is_running() and len(pool) == 0
+        assert asyncio.run_coroutine_threadsafe(_all_closed(channels), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
+
+
+async def _all_closed(channels: list[grpc.aio.Channel]) -> bool:
+    import asyncio
+
+    for _ in range(100):  # closes run as tasks on the loop: wait for them, bounded
+        if all(ch._channel.closed() for ch in channels):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 def test_pool_closes_channels_idle_past_the_bound_but_not_those_in_use(node_server: tuple[int, _Node]) -> None:
     """The sweep closes a channel unused for idle_close s; one held by a call in progress stays; a closed
     address gets a new channel on its next use, and a fan-out over it still answers."""
