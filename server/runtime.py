@@ -320,15 +320,18 @@ class Runtime:
             self._terminated.set()
 
     async def _end_tasks(self) -> None:
-        """After server.stop: let the tasks still on the loop end before it stops. gRPC core reports the server
-        shut down once its calls are over, but a call's task may not have run yet the cancellation its client
-        or the shutdown gave it (grpc/_cython/_cygrpc/aio/server.pyx.pxi AioServer.shutdown); stopping the loop
-        then would leave its finally blocks unrun (its OpenTelemetry span never ended, never exported). Waits
-        STOP_TASKS_WAIT, cancels what is left, waits as long again; then closes suspended async generators."""
+        """After server.stop: let the calls' tasks still on the loop end before it stops. gRPC core reports the
+        server shut down once its calls are over, but a call's task may not have run yet the cancellation its
+        client or the shutdown gave it (grpc/_cython/_cygrpc/aio/server.pyx.pxi AioServer.shutdown); stopping
+        the loop then would leave its finally blocks unrun (its OpenTelemetry span never ended, never
+        exported). Waits STOP_TASKS_WAIT for them, cancels what is left, waits as long again; then closes
+        suspended async generators (as asyncio.run does at its end). Only the calls' own tasks are waited for
+        (named by grpc.aio: "rpc_task", "HandleExceptions[METHOD]", server.pyx.pxi _schedule_rpc_coro and
+        _handle_exceptions): other tasks on the loop (e.g. a channel pool's) stay as they were."""
         me = asyncio.current_task()
-        tasks = [t for t in asyncio.all_tasks() if t is not me]
-        if tasks:
-            _done, left = await asyncio.wait(tasks, timeout=STOP_TASKS_WAIT)
+        calls = [t for t in asyncio.all_tasks() if t is not me and _is_call_task(t)]
+        if calls:
+            _done, left = await asyncio.wait(calls, timeout=STOP_TASKS_WAIT)
             for t in left:
                 t.cancel()
             if left:
@@ -338,3 +341,9 @@ class Runtime:
 
     def wait(self) -> None:
         self._terminated.wait()
+
+
+def _is_call_task(task: asyncio.Task[Any]) -> bool:
+    """A task grpc.aio made for one call (by the names it gives them, grpc 1.85 server.pyx.pxi)."""
+    name = task.get_name()
+    return name == "rpc_task" or name.startswith("HandleExceptions[")

@@ -80,3 +80,27 @@ def test_a_stream_its_caller_left_just_before_the_shutdown_ends_its_handler() ->
             assert servicer.ended.is_set(), "the handler's finally never ran: the loop stopped first"
         finally:
             channel.close()
+
+
+def test_stop_waits_for_the_calls_tasks_only() -> None:
+    """A task of the application's own on the loop (e.g. a channel pool's sweep) is neither waited for nor
+    cancelled by stop: it stays as it was, as before stop ended the calls' tasks."""
+    servicer, rt, address = _serve()
+    ended = threading.Event()
+
+    async def background() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    rt.soon(background())
+    channel, call = _open_stream(address)
+    try:
+        assert servicer.started.wait(10)
+        rt.stop(0.1)
+        assert servicer.ended.is_set()
+        assert not ended.is_set(), "stop cancelled a task that is not a call's"
+    finally:
+        call.cancel()
+        channel.close()
