@@ -133,6 +133,28 @@ def open_in_root(root_fd: int, text: str, flags: int) -> int:
     return fd
 
 
+def resolved_in_root(root_fd: int, text: str, real_root: str) -> str | None:
+    """The host path `text` resolves to (openat2 RESOLVE_IN_ROOT, then the descriptor's path), None when
+    that cannot tell (no openat2, no /proc, a path outside the root's); OSError as HostRoot's walk."""
+    try:
+        fd = open_in_root_errno(root_fd, text, PATH_FLAGS)
+    except NoOpenat2:
+        return None
+    if fd < 0:
+        raise OSError(-fd, os.strerror(-fd), text)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if real == real_root:
+        return "/"
+    if real.startswith(real_root + "/") and not real.endswith(" (deleted)"):
+        return real[len(real_root):]
+    return None
+
+
 def openat2_ready() -> bool:
     """Whether reads may use openat2 (tried once per process, on the first round's root)."""
     return USE_OPENAT2 and bool(_openat2_state) and _openat2_state[0] is not None

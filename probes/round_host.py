@@ -57,6 +57,7 @@ from nodecompat.probes.root_resolve import (
     open_in_root,
     open_in_root_errno,
     openat2_ready,
+    resolved_in_root,
 )
 
 _ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
@@ -98,8 +99,7 @@ class RoundHost(HostRoot):
         return self._state[0]
 
     def _held(self) -> HeldParents | None:
-        """The round's held directories (probes/held_parents.py): at `/`, and under a host root where
-        openat2 resolves; None elsewhere (the descriptor walk holds its own)."""
+        """The round's held directories (held_parents.py) at `/` and with openat2; None for the walk."""
         if self._parents:
             return self._parents[0]
         if self._real_root == "/":
@@ -387,6 +387,10 @@ class RoundHost(HostRoot):
         table = self._dirs()
         if not strict or table is None:
             return super().host_resolve(text, strict=strict)
+        if openat2_ready():  # the kernel resolves it in the root; /proc/self/fd names what it found
+            found = resolved_in_root(table.root[1], text, self._real_root)
+            if found is not None:
+                return found
         try:
             _, d, name = table.lstat_final(text)
         except Overflow:
@@ -394,3 +398,4 @@ class RoundHost(HostRoot):
         if name == ".":
             return d[0]
         return "/" + name if d[0] == "/" else d[0] + "/" + name
+
