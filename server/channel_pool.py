@@ -316,6 +316,11 @@ class ChannelPool:
         if self._external is not None:  # the caller's loop: close the channels while it runs, leave it be
             if loop.is_running():
                 self._close(closing, loop)
+            else:  # it stopped first (the server's, at shutdown): no call can be in flight; close them now
+                for ch in closing:
+                    core = getattr(ch, "_channel", None)  # grpc.aio's AioChannel: close() is synchronous
+                    if core is not None and not core.closed():
+                        core.close()
             return
         self._close(closing, loop)
         loop.call_soon_threadsafe(loop.stop)

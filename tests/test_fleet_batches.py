@@ -279,6 +279,29 @@ def test_pool_on_a_loop_of_the_callers_runs_the_fan_out_there_and_leaves_the_loo
         loop.close()
 
 
+def test_pool_on_a_loop_that_stopped_first_still_closes_its_channels(node_server: tuple[int, _Node]) -> None:
+    """The aggregator stops its server (and loop) before the pool: close() then closes the channels at once."""
+    import asyncio
+
+    port, _ = node_server
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, name="callers-loop", daemon=True)
+    runner.start()
+    pool = ChannelPool(loop=loop)
+    fan = FanOut(pool, FanoutConfig(concurrency=2, node_timeout=5.0))
+    try:
+        nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(3)]
+        assert {o.status for o in fan.run(nodes, node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 20)} == {
+            "OK"}
+        channels = [pool.channel(n.address) for n in nodes]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+    pool.close()
+    assert len(pool) == 0 and all(ch._channel.closed() for ch in channels)
+    loop.close()
+
+
 async def _all_closed(channels: list[grpc.aio.Channel]) -> bool:
     import asyncio
 
