@@ -7,6 +7,7 @@ yet (grpc/_cython/_cygrpc/aio/server.pyx.pxi AioServer.shutdown); a real grpc.ai
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -87,10 +88,11 @@ def test_stop_waits_for_the_calls_tasks_only() -> None:
     cancelled by stop: it stays as it was, as before stop ended the calls' tasks."""
     servicer, rt, address = _serve()
     ended = threading.Event()
+    never = asyncio.Event()  # held here: it keeps the waiting task alive (else the cyclic collector may close it)
 
     async def background() -> None:
         try:
-            await asyncio.Event().wait()
+            await never.wait()
         finally:
             ended.set()
 
@@ -100,6 +102,7 @@ def test_stop_waits_for_the_calls_tasks_only() -> None:
         assert servicer.started.wait(10)
         rt.stop(0.1)
         assert servicer.ended.is_set()
+        gc.collect()
         assert not ended.is_set(), "stop cancelled a task that is not a call's"
     finally:
         call.cancel()
