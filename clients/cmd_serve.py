@@ -100,7 +100,6 @@ def check_args(args: argparse.Namespace) -> str:
     """What is wrong with the flags, or "" (checked before anything starts)."""
     from nodecompat.hostport import is_wildcard_host, split_address
     from nodecompat.hostroot import HostRoot
-    from nodecompat.probes.registry import load_probes
 
     try:
         HostRoot.checked(args.host_root)
@@ -143,6 +142,8 @@ def check_args(args: argparse.Namespace) -> str:
         if unknown or not wanted:
             return (f"--probes: no probe named {', '.join(repr(n) for n in unknown) or 'given'}; "
                     f"valid names: {', '.join(valid)}")
+        from nodecompat.probes.registry import load_probes
+
         _, errors = load_probes(wanted)
         if errors:
             return "--probes: " + "; ".join(e.error for e in errors)
@@ -189,6 +190,8 @@ def probe_names() -> list[str]:
 
 
 def _sysctl_names(args: argparse.Namespace) -> list[str]:
+    if not getattr(args, "sysctl", None):
+        return []
     from nodecompat.probes.sysctl import parse_names
 
     return parse_names(getattr(args, "sysctl", None))

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from nodecompat.features import AttributeFeature, Features, FlagFeature, Instance, InstanceFeature
-from nodecompat.probes.runner import ProbeRound, ProbeStatus
+from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.v1 import features_pb2
 
 M = TypeVar("M", bound=Message)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,40 +29,13 @@ from nodecompat import tracing
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
+from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
 from nodecompat.probes.round_host import RoundHost
 
 _tracer = tracing.LazyTracer("nodecompat.probes")  # OpenTelemetry only once imported (fast start)
 _RoundHost = RoundHost  # its name before the split (tests import it from here)
-
-
-@dataclass
-class ProbeStatus:
-    name: str
-    ok: bool
-    error: str = ""
-    duration_seconds: float = 0.0
-    features: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    timed_out: bool = False
-
-
-@dataclass
-class ProbeRound:
-    """The features of one probe round and how each probe fared."""
-
-    features: Features
-    statuses: list[ProbeStatus]
-    probed_at: datetime
-
-    def unknown_features(self) -> dict[str, str]:
-        """Feature name -> why its facts are unknown, for each feature of a failed probe."""
-        out: dict[str, str] = {}
-        for st in self.statuses:
-            if not st.ok:
-                for name in st.features:
-                    out[name] = f"probe {st.name} failed: {st.error}"
-        return out
+__all__ = ["ProbeRound", "ProbeRunner", "ProbeStatus", "probe_once"]  # the round's types live in probe_round
 
 
 class _Call:

@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from nodecompat.hostroot import HostRoot
-from nodecompat.probes.runner import ProbeRunner
 from nodecompat.server import DEFAULT_NODE_LISTEN, limits
 from nodecompat.server.feature_cache import FeatureCache
 from nodecompat.server.first_round import ForkedRound, StartupRunner, configured_probes
@@ -40,7 +38,9 @@ from nodecompat.server.runtime import RuntimeLimits
 from nodecompat.v1 import node_pb2
 
 if TYPE_CHECKING:
-    from nodecompat.probes.runner import ProbeRound
+    from nodecompat.hostroot import HostRoot
+    from nodecompat.probes.probe_round import ProbeRound
+    from nodecompat.probes.runner import ProbeRunner
     from nodecompat.server.feature_watch import FeatureWatchHub
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class NodeDaemon:
 
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        self.host = HostRoot(Path(config.host_root))
+        self.host: HostRoot | None = None  # set with the runner
         self.runner: ProbeRunner | StartupRunner
         if config.first_round is not None:
             self.runner = StartupRunner(self._probe_runner, config.first_round)
@@ -117,7 +117,12 @@ class NodeDaemon:
         self.on_stop: list[Callable[[], None]] = []
 
     def _probe_runner(self) -> ProbeRunner:
-        """The probes (configured: node name, sysctl names) and their runner over the host root."""
+        """The probes (configured: node name, sysctl names) and their runner over the host root (imported
+        here: with a start-up prober, the runner and the host readers are not needed before SERVING)."""
+        from nodecompat.hostroot import HostRoot
+        from nodecompat.probes.runner import ProbeRunner
+
+        self.host = HostRoot(Path(self.config.host_root))
         probes, errors = configured_probes(self.config.probes, self.config.node_name, self.config.sysctl)
         return ProbeRunner(probes, self.host, errors, timeout=self.config.probe_timeout)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from nodecompat.probes.runner import ProbeRound
+from nodecompat.probes.probe_round import ProbeRound
 
 if TYPE_CHECKING:
     from nodecompat.probes.base import Probe

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from nodecompat.probes.base import Probe
+    from nodecompat.probes.probe_round import ProbeRound
     from nodecompat.probes.registry import LoadError
-    from nodecompat.probes.runner import ProbeRound, ProbeRunner
+    from nodecompat.probes.runner import ProbeRunner
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class ForkedRound:
     def result(self, wait: float = FIRST_ROUND_WAIT) -> ProbeRound | None:
         """The child's round (once; later calls: None). Reads until the child closes the pipe, at most
         `wait` seconds, then reaps it; None whenever the round is not usable as it is (logged)."""
-        from nodecompat.probes.runner import ProbeRound
+        from nodecompat.probes.probe_round import ProbeRound
 
         with self._lock:
             fd, self._fd = self._fd, None

@@ -20,7 +20,7 @@ from nodecompat import tracing, wire
 from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.oci.errors import RegistryError
 from nodecompat.oci.policy import RegistryPolicy
-from nodecompat.probes.runner import ProbeRound
+from nodecompat.probes.probe_round import ProbeRound
 from nodecompat.server import telemetry
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
 from nodecompat.server.feature_cache import FeatureCache
