@@ -133,9 +133,9 @@ class NodeDaemon:
         self.runtime.start()
         # SERVING first, then the round's other consumers (the watch hub)
         self.cache.on_round.insert(0, lambda _r: set_health(self.health, [NODE_SERVICE], True))
+        if self.config.hotplug:  # watching before SERVING: a device added once SERVING is out is seen (the
+            self._start_hotplug()  # start-up prober's round is often ready as soon as the cache asks)
         self.cache.start()
-        if self.config.hotplug:
-            self._start_hotplug()
         log.info("node daemon %s serving on %s:%d (open-file limit %d)", self.config.node_name, host, self.port, soft)
         return self.port
 
