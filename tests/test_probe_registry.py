@@ -172,3 +172,24 @@ def test_entry_values_resolve_as_importlib_metadata_resolves_them(plugin_site, v
 def test_values_importlib_metadata_would_not_resolve_are_refused(value):
     with pytest.raises(ValueError, match="is not module"):
         PluginEntry("x", value, ENTRY_POINT_GROUP).load()
+
+
+def test_each_round_gets_new_probes_without_loading_the_entry_points_again(plugin_site, monkeypatch):
+    """The probe list is loaded once per process (issue 11): a later round makes new probe instances from
+    the classes already loaded (no import, no attribute walk); a plugin module replaced in sys.modules
+    is loaded afresh, and a failed load is tried again."""
+    first, _ = load_probes()
+    imports: list[str] = []
+    real = registry.import_module
+    monkeypatch.setattr(registry, "import_module", lambda name: imports.append(name) or real(name))
+    second, errors = load_probes()
+    assert imports == ["acme_rack"]  # only `broken` (acme_rack:Missing) is tried again
+    assert {e.name for e in errors} == {"broken", "garbled"}
+    by_name = {p.name: p for p in first}
+    assert all(type(p) is type(by_name[p.name]) and p is not by_name[p.name] for p in second)
+    sys.modules.pop("acme_rack")
+    imports.clear()
+    third, _ = load_probes()
+    assert "acme_rack" in imports
+    rack = next(p for p in third if p.name == "rack")
+    assert type(rack) is not type(by_name["rack"]) and type(rack).__module__ == "acme_rack"
