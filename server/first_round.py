@@ -20,6 +20,10 @@ the child: the child exited without an answer (a crash, a signal), the answer is
 answer within FIRST_ROUND_WAIT, or a probe timed out. The last keeps the runner's guarantee that a
 probe whose call hung is not started again while that call runs ("still hung" in later rounds): only
 the runner that abandoned the call knows it, so the hung call must be the parent's.
+
+The child ends itself as soon as nobody can read its answer (_exit_when_unread): a parent killed
+outright (SIGKILL, the OOM killer) can neither kill nor reap it, and an orphaned prober would otherwise
+run its whole round alone.
 """
 
 from __future__ import annotations
@@ -179,6 +183,7 @@ def _child(write_fd: int, host_root: str, only: list[str] | None, node_name: str
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+        threading.Thread(target=_exit_when_unread, args=(write_fd,), daemon=True).start()
         from nodecompat.hostroot import HostRoot
         from nodecompat.probes.runner import ProbeRunner
 
@@ -193,6 +198,20 @@ def _child(write_fd: int, host_root: str, only: list[str] | None, node_name: str
         code = 1
     finally:
         os._exit(code)
+
+
+def _exit_when_unread(write_fd: int) -> None:
+    """In the child: end it at once when nobody can read its answer any more — the parent died (SIGKILL,
+    the OOM killer, a crash: nothing reaps or kills the child then) or gave up on it (result() closed
+    the read end). Linux reports POLLERR on a pipe's write end once it has no reader (fs/pipe.c
+    pipe_poll); a thread blocked in poll holds no GIL. Without this an orphaned prober ran its whole
+    round (up to every probe's timeout) after its parent was gone."""
+    poller = select.poll()
+    poller.register(write_fd, 0)  # POLLERR and POLLHUP are always reported
+    while True:
+        for _fd, ev in poller.poll():
+            if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                os._exit(1)
 
 
 class StartupRunner:

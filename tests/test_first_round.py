@@ -223,3 +223,40 @@ def test_sigterm_while_the_child_probes_stops_the_child_too(tmp_path: Path) -> N
     assert not Path(f"/proc/{children[0]}").exists()
     assert "Traceback" not in d.log.read_text()
 
+
+
+def _ended(pid: int) -> bool:
+    """The process is gone or a zombie (an orphan is reaped by init or a subreaper, not by us)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def test_the_child_ends_when_its_parent_is_killed_while_it_probes(tmp_path: Path) -> None:
+    # The parent killed outright (SIGKILL, the OOM killer) while the child probes: nothing is left to kill
+    # or reap the child, so it must notice itself instead of running its round (here a 60 s probe) alone.
+    site = make_plugin(tmp_path, "fr_plugins", PLUGINS, {"slow": "fr_plugins:SlowProbe"})
+    knob = tmp_path / "slow"
+    knob.write_text("60")
+    code = """
+import os, signal, sys
+from nodecompat.server.first_round import ForkedRound
+first = ForkedRound.start(sys.argv[1], ["slow"], "n", [], None)
+print(first.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(PYTHONPATH=str(site), SLOW_KNOB=str(knob))
+    r = subprocess.run([sys.executable, "-c", code, H100], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == -9, r.stderr
+    child = int(r.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    try:
+        while not _ended(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _ended(child), "the start-up prober outlived its parent"
+    finally:
+        if not _ended(child):
+            os.kill(child, 9)
