@@ -42,6 +42,8 @@ MAX_RANGE_BYTES = 128 << 20  # decoded key and value bytes one prefix load may h
 #                              the largest labels are ~50 MiB; node documents are < 16 KiB, typically < 1 KiB)
 RANGE_KV_OVERHEAD = 512  # JSON bytes of one KeyValue in a Range answer beyond its base64 key and value
 MAX_ERROR_BYTES = 4096  # bytes of an error answer's body kept for the message
+MAX_CALL_ANSWER = 4 << 20  # bytes of a lease or transaction answer (a txn's failure branch reads one key:
+#                            etcd's default --max-request-bytes is 1.5 MiB a value)
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 
 T = TypeVar("T")
@@ -82,8 +84,9 @@ class EtcdEndpoints:
         raise StoreUnavailable(f"etcd store unreachable ({'; '.join(errors)})")
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /v3/<path> with a JSON body on the first answering endpoint; the decoded answer."""
-        return self.call(lambda c: c.post(c.get_url(path), json=body))
+        """POST /v3/<path> with a JSON body on the first answering endpoint; the decoded answer, read with a
+        bound (MAX_CALL_ANSWER: lease, transaction answers; an endpoint answering more counts as failed)."""
+        return self.call(lambda c: _answer_within(_post_bounded(c, path, body, MAX_CALL_ANSWER), path))
 
     def grant(self, ttl: int) -> int:
         """A new lease of `ttl` whole seconds; its id."""
@@ -102,7 +105,8 @@ class EtcdEndpoints:
             log.info("etcd lease %x not revoked: %s", lease_id, exc)
 
     def txn(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.call(lambda c: c.transaction(body)))
+        """One etcd transaction (POST /v3/kv/txn); its decoded answer."""
+        return self.post("/kv/txn", body)
 
     def put_many(self, puts: Sequence[tuple[str, bytes, int]], deletes: Sequence[str] = ()) -> None:
         """(key, value, lease) puts and key deletes in transactions of at most MAX_TXN_OPS operations each."""
@@ -296,6 +300,12 @@ def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answ
     answer = json.loads(data)
     if not isinstance(answer, dict):
         raise ValueError(f"etcd answer to {path} is not a JSON object")
+    return answer
+
+
+def _answer_within(answer: dict[str, Any] | None, path: str) -> dict[str, Any]:
+    if answer is None:
+        raise ValueError(f"etcd answer to {path} larger than {MAX_CALL_ANSWER} bytes")
     return answer
 
 

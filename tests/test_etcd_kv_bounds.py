@@ -1,7 +1,8 @@
 """etcd_kv bounded against its gateway (server/etcd_kv.py; issue 14's "every buffer is bounded in bytes"):
 a prefix load is read in Range pages pinned to the first page's revision, so the pages are one snapshot even
-while keys are written and deleted between them, and holds at most its byte bound; a Range answer or a watch
-line larger than its bound is refused while it is read, not after it was buffered whole.
+while keys are written and deleted between them, and holds at most its byte bound; a Range, lease or
+transaction answer or a watch line larger than its bound is refused while it is read, not after it was
+buffered whole.
 
 Real parts: Debian's etcd-server behind a recording HTTP gateway (a forwarding proxy that sees every Range
 call and can write to etcd between two pages), and a hostile gateway that streams an answer without end
@@ -147,6 +148,17 @@ def test_an_endless_range_answer_is_cut_at_its_bound(gateway) -> None:
     with pytest.raises(StoreUnavailable, match=r"more than 1048576 bytes .*MAX_RANGE_BYTES.* sent a Range answer over"):
         endpoints(g.address).range_prefix("/p/", max_bytes=1 << 20)
     assert 0 < g.sent < CUT_BY
+
+
+def test_an_endless_lease_or_transaction_answer_is_cut_at_its_bound(gateway) -> None:
+    g = gateway(None)
+    e = endpoints(g.address)
+    with pytest.raises(StoreUnavailable, match=r"answer to /lease/grant larger than \d+ bytes"):
+        e.grant(5)
+    with pytest.raises(StoreUnavailable, match=r"answer to /kv/txn larger than \d+ bytes"):
+        e.put_many([("/p/k", b"v", 0)])
+    assert [path for path, _ in g.calls] == ["/v3/lease/grant", "/v3/kv/txn"]
+    assert 0 < g.sent < 2 * CUT_BY  # two answers cut, each near the bound
 
 
 def test_an_endless_watch_line_is_cut_while_it_is_read(etcd: Etcd, gateway, monkeypatch) -> None:  # noqa: F811
