@@ -117,6 +117,27 @@ def _bridge(
     return pumping()
 
 
+# How often a thread waiting for a fan-out's outcomes checks that the pool's loop still runs (s).
+LOOP_CHECK = 1.0
+
+
+def _get(out: queue.SimpleQueue[_Item], loop: asyncio.AbstractEventLoop) -> _Item:
+    """The next item the bridge put, for a thread that is not `loop`'s. Raises RuntimeError when `loop` stopped
+    with nothing left to take: the scheduler can put nothing more (its loop is the server's, stopped at
+    shutdown once the grace ended, with a fan-out still waiting for a slow node), and a wait without end
+    kept the handler's worker thread, so the process never exited (concurrent.futures joins it at exit)."""
+    while True:
+        try:
+            return out.get(timeout=LOOP_CHECK)
+        except queue.Empty:
+            if loop.is_running():
+                continue
+        try:  # puts happen on the loop's thread only: anything put before it stopped is here now
+            return out.get_nowait()
+        except queue.Empty:
+            raise RuntimeError("the fan-out's event loop stopped (the server is shutting down)") from None
+
+
 def _release(pool: ChannelPool, entry: PoolEntry, _task: asyncio.Task[None]) -> None:
     pool.release(entry)
 
@@ -161,11 +182,12 @@ class FanOut:
         Blocking; for threads other than the pool's loop. Closing the iterator early cancels the calls."""
         parent = parent if parent is not None else otel_context.get_current()
         out: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        loop = self.pool.loop
         with (
             self.pool.in_use(n.address for n in nodes),
-            _bridge(self.pool.loop, self._run(nodes, request, deadline, parent), out.put) as take,
+            _bridge(loop, self._run(nodes, request, deadline, parent), out.put) as take,
         ):
-            item = out.get()
+            item = _get(out, loop)
             while isinstance(item, list):
                 batch = item  # the scheduler's own list (it makes a new one per pass)
                 if len(batch) < limit and linger > 0:  # let a burst gather: one message, not one per pass
@@ -183,7 +205,7 @@ class FanOut:
                 for i in range(0, len(batch), limit):
                     yield batch[i : i + limit]
                 if not ahead:
-                    item = out.get()
+                    item = _get(out, loop)
             take(item)  # raises the scheduler's exception; None: the end
 
     async def stream(
