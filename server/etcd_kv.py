@@ -287,20 +287,40 @@ def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answ
     with resp:
         data = bytearray()
         limit = max_answer if resp.status_code == 200 else MAX_ERROR_BYTES
-        for part in resp.iter_content(chunk_size=64 << 10):
-            data += part
-            if len(data) > limit:
-                if resp.status_code != 200:
-                    break
-                return None
+        # A read waits for a whole 64 KiB part, each receive within CALL_TIMEOUT: a peer sending a byte now and
+        # then kept one read going for hours. At the deadline the socket is shut down (urllib3's
+        # HTTPResponse.shutdown, made for ending a read blocked in another thread), which ends the read.
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut_down, (resp,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            for part in resp.iter_content(chunk_size=64 << 10):
+                data += part
+                if len(data) > limit:
+                    if resp.status_code != 200:
+                        break
+                    return None
+                if time.monotonic() > deadline:
+                    raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s")
+        except (requests.RequestException, OSError) as exc:
             if time.monotonic() > deadline:
-                raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s")
+                raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s") from exc
+            raise
+        finally:
+            watchdog.cancel()
         if resp.status_code != 200:
             raise Etcd3Exception(bytes(data[:limit]).decode("utf-8", "replace"), resp.reason)
     answer = json.loads(data)
     if not isinstance(answer, dict):
         raise ValueError(f"etcd answer to {path} is not a JSON object")
     return answer
+
+
+def _shut_down(resp: requests.Response) -> None:
+    try:
+        resp.raw.shutdown()
+    except Exception:  # the answer was read meanwhile and its connection released: nothing to end
+        log.debug("etcd answer already read", exc_info=True)
 
 
 def _answer_within(answer: dict[str, Any] | None, path: str) -> dict[str, Any]:

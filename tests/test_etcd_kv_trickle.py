@@ -1,0 +1,84 @@
+"""An etcd endpoint that sends its answer's body a byte at a time, each byte within the read timeout
+(server/etcd_kv.py _post_bounded: "the whole call, reading included, ends within 2 * CALL_TIMEOUT however
+slowly the peer sends"). A read of one 64 KiB part used to wait for all of it, so such a peer held a store
+call (a registration, a lease keepalive, the inventory's prefix load) for hours. Real sockets on loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from nodecompat.server.etcd_kv import EtcdEndpoints
+from nodecompat.server.registration_store import StoreUnavailable
+
+
+class TrickleGateway:
+    """Answers every request with prompt headers (200, a 100,000-byte body, by length or chunked) and then
+    one byte of body every `interval` s: ~a day to send it all."""
+
+    def __init__(self, chunked: bool, interval: float = 0.2) -> None:
+        self.chunked = chunked
+        self.interval = interval
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.address = ("127.0.0.1", self.sock.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(1 << 16)
+                if self.chunked:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n186a0\r\n")
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 100000\r\n\r\n")
+                while not self.stop.is_set():
+                    conn.sendall(b" ")
+                    time.sleep(self.interval)
+            except OSError:  # the client hung up
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_trickled_answer_ends_the_call_at_its_deadline(chunked: bool) -> None:
+    gw = TrickleGateway(chunked)
+    store = EtcdEndpoints([gw.address])
+    got: list[BaseException | object] = []
+
+    def load() -> None:
+        try:
+            got.append(store.range_prefix("/p/"))
+        except BaseException as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        t.join(120)  # CALL_TIMEOUT is 5 s; sending the whole answer would take ~5.5 hours
+        assert not t.is_alive(), "the store call is still reading the trickled answer"
+        assert isinstance(got[0], StoreUnavailable), got
+        assert "not complete within" in str(got[0])
+    finally:
+        gw.close()
