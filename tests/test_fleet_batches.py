@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -244,14 +245,8 @@ def test_pool_on_a_loop_of_the_callers_runs_the_fan_out_there_and_leaves_the_loo
     deadlocking, and close() closes the channels but leaves the loop running."""
     import asyncio
 
-    port, _ = node_server
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_forever, name="callers-loop", daemon=True)
-    runner.start()
-    pool = ChannelPool(loop=loop)
-    fan = FanOut(pool, FanoutConfig(concurrency=2, node_timeout=5.0))
+    loop, runner, pool, fan, nodes = _pool_on_a_callers_loop(node_server[0], 4)
     try:
-        nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(4)]
         got = list(fan.run(nodes, node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 20))
         assert sorted(o.node.name for o in got) == ["n0", "n1", "n2", "n3"] and {o.status for o in got} == {"OK"}
         assert pool.loop is loop and not any(t.name == "fanout-loop" for t in threading.enumerate())
@@ -281,18 +276,11 @@ def test_pool_on_a_loop_of_the_callers_runs_the_fan_out_there_and_leaves_the_loo
 
 def test_pool_on_a_loop_that_stopped_first_still_closes_its_channels(node_server: tuple[int, _Node]) -> None:
     """The aggregator stops its server (and loop) before the pool: close() then closes the channels at once."""
-    import asyncio
-
-    port, _ = node_server
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_forever, name="callers-loop", daemon=True)
-    runner.start()
-    pool = ChannelPool(loop=loop)
-    fan = FanOut(pool, FanoutConfig(concurrency=2, node_timeout=5.0))
+    loop, runner, pool, fan, nodes = _pool_on_a_callers_loop(node_server[0], 3)
     try:
-        nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(3)]
         assert {o.status for o in fan.run(nodes, node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 20)} == {
-            "OK"}
+            "OK"
+        }
         channels = [pool.channel(n.address) for n in nodes]
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -300,6 +288,21 @@ def test_pool_on_a_loop_that_stopped_first_still_closes_its_channels(node_server
     pool.close()
     assert len(pool) == 0 and all(ch._channel.closed() for ch in channels)
     loop.close()
+
+
+def _pool_on_a_callers_loop(
+    port: int, count: int
+) -> tuple[Any, threading.Thread, ChannelPool, FanOut, list[FleetNode]]:
+    """A running event loop of the caller's ("callers-loop" thread), a ChannelPool and FanOut on it, and
+    `count` nodes at 127.0.0.1..count:port. The caller stops the loop and closes the pool, in its own order."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, name="callers-loop", daemon=True)
+    runner.start()
+    pool = ChannelPool(loop=loop)
+    fan = FanOut(pool, FanoutConfig(concurrency=2, node_timeout=5.0))
+    return loop, runner, pool, fan, [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(count)]
 
 
 async def _all_closed(channels: list[grpc.aio.Channel]) -> bool:
@@ -321,8 +324,14 @@ def test_pool_closes_channels_idle_past_the_bound_but_not_those_in_use(node_serv
     fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=5.0))
     try:
         with pool.in_use([b]):
-            first = [o.status for o in fan.run([FleetNode("a", a), FleetNode("b", b)],
-                                               node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 10)]
+            first = [
+                o.status
+                for o in fan.run(
+                    [FleetNode("a", a), FleetNode("b", b)],
+                    node_pb2.ValidateImageRequest(spec="x"),
+                    time.monotonic() + 10,
+                )
+            ]
             assert first == ["OK", "OK"] and pool.addresses() == {a, b}
             old = pool.channel(a)
             for _ in range(100):  # the sweep runs every idle_close / 2 s; wait for it, bounded
@@ -350,14 +359,19 @@ def test_inventory_addresses_are_the_members_addresses(tmp_path) -> None:  # typ
     now = [1000.0]
     nodes_file = tmp_path / "nodes.yaml"
     nodes_file.write_text("- {name: pinned, address: '10.0.0.2:5'}\n")
-    inv = NodeInventory(nodes_file=nodes_file, dns=[("daemons.svc", 5)], clock=lambda: now[0],
-                        resolver=lambda host, port: ["10.0.0.1:5", "10.0.0.2:5"])
+    inv = NodeInventory(
+        nodes_file=nodes_file,
+        dns=[("daemons.svc", 5)],
+        clock=lambda: now[0],
+        resolver=lambda host, port: ["10.0.0.1:5", "10.0.0.2:5"],
+    )
     inv.load()
     inv.resolve_dns()
     inv.register("reg", "10.0.0.9:5", {"zone": "a"}, 10)
     inv.register("short", "10.0.0.8:5", {}, 1)
-    assert inv.addresses() == {n.address for n in inv.nodes()} == {"10.0.0.1:5", "10.0.0.2:5", "10.0.0.8:5",
-                                                                   "10.0.0.9:5"}
+    assert (
+        inv.addresses() == {n.address for n in inv.nodes()} == {"10.0.0.1:5", "10.0.0.2:5", "10.0.0.8:5", "10.0.0.9:5"}
+    )
     assert [n.name for n in inv.nodes({"zone": "a"})] == ["reg"]
     now[0] += 5  # "short" lapses
     assert inv.addresses() == {n.address for n in inv.nodes()} == {"10.0.0.1:5", "10.0.0.2:5", "10.0.0.9:5"}
