@@ -28,6 +28,7 @@ run its whole round alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -78,6 +79,7 @@ class ForkedRound:
         self._lock = threading.Lock()  # result(): the pipe is read once
         self._pid_lock = threading.Lock()  # the child is signalled only until it is reaped (its pid reused)
         self._reaped = False
+        self._cancelled = False  # cancel() was called: a result() under way returns None quietly
 
     @classmethod
     def start(cls, host_root: str, only: Iterable[str] | None, node_name: str, sysctl: Iterable[str],
@@ -132,6 +134,9 @@ class ForkedRound:
             if not ended:
                 log.warning("the start-up prober (pid %d) sent no round within %g s: probing here", self.pid, wait)
                 return None
+            if self._cancelled:  # the daemon is stopping: nobody probes
+                log.debug("the start-up prober (pid %d) was cancelled (%s)", self.pid, status)
+                return None
             if not chunks:  # a probe timed out, an error, a signal: see the module docstring
                 log.info("the start-up prober (pid %d) sent no round (%s): probing here", self.pid, status)
                 return None
@@ -148,12 +153,15 @@ class ForkedRound:
             return rnd
 
     def cancel(self) -> None:
-        """Kill the child if it has not been reaped (a result() under way then sees the pipe close)."""
+        """Kill the child if it has not been reaped (a result() under way then sees the pipe close and
+        returns None)."""
+        self._cancelled = True
         self._reap(kill=True)
 
     def _reap(self, kill: bool) -> str:
-        """Reap the child (after SIGKILL when `kill`), waiting at most REAP_WAIT (a child stuck in an
-        uninterruptible read exits only when the read ends: then it is left to init); how it ended."""
+        """Reap the child (after SIGKILL when `kill`), waiting at most REAP_WAIT; how it ended. A child
+        still running then (stuck in an uninterruptible read, it dies only when the read ends) is waited for
+        by a daemon thread, so it never stays a zombie for the daemon's life (its pid is not reused before)."""
         with self._pid_lock:
             if self._reaped:
                 return "already reaped"
@@ -169,11 +177,20 @@ class ForkedRound:
                             return f"killed by signal {os.WTERMSIG(status)}"
                         return f"exit status {os.waitstatus_to_exitcode(status)}"
                     if time.monotonic() >= deadline:
+                        self._reaped = True  # the waiter below owns it now: never signal that pid again
+                        threading.Thread(target=_wait_for, args=(self.pid,), name="first-round-reaper",
+                                         daemon=True).start()
                         return "still running"
                     time.sleep(0.001)
             except (ProcessLookupError, ChildProcessError):
                 self._reaped = True
                 return "gone"
+
+
+def _wait_for(pid: int) -> None:
+    """Block until `pid` (our child) exits and reap it; nothing else waits for it any more."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _child(write_fd: int, host_root: str, only: list[str] | None, node_name: str, sysctl: list[str],

@@ -131,6 +131,28 @@ print(json.dumps(out))
     assert float(out["late_seconds"]) < 30  # type: ignore[arg-type]  # the probe sleeps 60 s
 
 
+def test_a_child_still_running_after_the_reap_wait_is_reaped_later_not_left_a_zombie(tmp_path: Path) -> None:
+    # A child killed in an uninterruptible read dies only when the read ends, after REAP_WAIT: a thread
+    # waits for it then. Here a child that is simply still probing (REAP_WAIT 0) stands in for it.
+    site = make_plugin(tmp_path, "fr_plugins", PLUGINS, {"slow": "fr_plugins:SlowProbe"})
+    knob = tmp_path / "slow"
+    knob.write_text("1")
+    code = _REAPED + """
+import json, os, sys, time
+import nodecompat.server.first_round as fr
+fr.REAP_WAIT = 0.0
+first = fr.ForkedRound.start(sys.argv[1], ["slow"], "n", [], None)
+out = {"status": first._reap(kill=False)}
+time.sleep(4)  # the probe sleeps 1 s, then the child writes its round (nobody reads it) and exits
+out["reaped"] = reaped(first.pid)
+out["zombie"] = os.path.exists(f"/proc/{first.pid}")
+print(json.dumps(out))
+"""
+    out = _run(code, H100, env={"PYTHONPATH": str(site), "SLOW_KNOB": str(knob)})
+    assert out["status"] == "still running"
+    assert out["reaped"] and not out["zombie"]
+
+
 def test_no_fork_once_grpc_is_imported_or_another_thread_runs() -> None:
     assert "grpc" in sys.modules  # this test process
     assert ForkedRound.start(H100, ["kernel"], "n", [], None) is None
@@ -222,6 +244,7 @@ def test_sigterm_while_the_child_probes_stops_the_child_too(tmp_path: Path) -> N
     assert time.monotonic() - started < 20  # not the probe's 60 s
     assert not Path(f"/proc/{children[0]}").exists()
     assert "Traceback" not in d.log.read_text()
+    assert "probing here" not in d.log.read_text()  # stopping: nobody probes, and the log does not say so
 
 
 
