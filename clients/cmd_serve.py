@@ -337,7 +337,9 @@ def _serve(args: argparse.Namespace, name: str, first_round: ForkedRound | None)
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
             token=read_token_file(args.registration_token_file) if args.registration_token_file else None,
+            feature_state=(hub := daemon.watch_hub()).push_state,  # push model: heartbeats carry the state
         )
+        hub.on_change.append(keeper.poke)  # ... and go out at once when the fingerprint changes
         keeper.start()
         daemon.on_stop.append(keeper.stop)
     run_until_signal(daemon.stop, daemon.wait)

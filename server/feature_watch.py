@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -80,6 +80,9 @@ class FeatureWatchHub:
         self._round_id = 0
         self._watchers: set[_Watcher] = set()
         self.dropped_slow = 0
+        # Called (on the probe thread, after the state is recorded) when a round's fingerprint differs from
+        # the last one's: the registration's heartbeat goes out at once (server/registration.py, push model).
+        self.on_change: list[Callable[[], None]] = []
 
     # -- fed by the feature cache (probe thread) ----------------------------------------------------
     def on_round(self, rnd: ProbeRound) -> None:
@@ -110,6 +113,19 @@ class FeatureWatchHub:
             watchers = list(self._watchers)
         for w in watchers:
             w.wake()
+        if prev is None or prev.fingerprint != fp:
+            for cb in list(self.on_change):
+                try:
+                    cb()
+                except Exception:  # a listener's bug must not stop the watchers' feed
+                    log.exception("feature watch change listener")
+
+    def push_state(self) -> tuple[int, Timestamp, str] | None:
+        """(round id, probe time, fingerprint) of the latest round, None before the first: what a
+        registration heartbeat carries (RegisterNodeRequest round_id/probed_at/fingerprint)."""
+        with self._lock:
+            state = self._state
+        return None if state is None else (state.round_id, state.probed_at, state.fingerprint)
 
     def watchers(self) -> int:
         with self._lock:

@@ -6,6 +6,11 @@ retried on the same beat; RegisterNode is an idempotent upsert, so when the aggr
 forgets everything, the next heartbeat puts the node back. stop() deregisters (best effort) so a node
 that shuts down cleanly leaves at once; a node that dies leaves when its lease lapses.
 
+Push model (docs/inventory.md): given `feature_state` (the WatchFeatures hub's push_state), every heartbeat
+carries the latest probe round's id, probe time and fingerprint, and poke() (hooked to the hub's on_change)
+sends one at once when the fingerprint changes instead of at the next beat, so the aggregator learns of a
+change within a probe round and fetches the features once, holding no stream to this daemon.
+
 Several aggregators (replicas sharing registrations through etcd, `serve --register A,B,C` or the flag
 repeated): each beat goes to the aggregator that answered last (at first, the first listed); when it cannot
 be reached (any failure but a refusal) the others are tried in the order given within the same beat, so a
@@ -19,9 +24,10 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat.server import tls
 from nodecompat.server.registration_auth import LEASE_KEY_METADATA, TOKEN_METADATA
@@ -66,12 +72,14 @@ class LeaseKeeper:
         tls_key: str | None = None,
         tls_ca: str | None = None,
         token: bytes | None = None,
+        feature_state: Callable[[], tuple[int, Timestamp, str] | None] | None = None,
     ) -> None:
         """aggregator: one address, a comma-separated list or a list (tried in order, module doc); ttl 0 takes
         the aggregator's default lease; TLS is used when tls_ca (or a cert) is given.
 
         Every call carries a random lease key (only this keeper can renew or deregister its lease,
-        server/registration_auth.py) and, when given, the fleet's shared registration token."""
+        server/registration_auth.py) and, when given, the fleet's shared registration token. feature_state:
+        () -> (round id, probe time, fingerprint) or None before the first round (module doc: push model)."""
         self.aggregators = parse_aggregators(aggregator)
         self.current = 0  # index of the aggregator that answered last
         self.request = fleet_pb2.RegisterNodeRequest(
@@ -84,7 +92,9 @@ class LeaseKeeper:
         self._metadata: list[tuple[str, str]] = [(LEASE_KEY_METADATA, secrets.token_hex(32))]
         if token is not None:
             self._metadata.append((TOKEN_METADATA, token.decode("ascii")))
+        self.feature_state = feature_state
         self._stop = threading.Event()
+        self._wake = threading.Event()  # poke(): beat now
         self._thread: threading.Thread | None = None
         self.granted_ttl: float = 0.0
         self.registered = threading.Event()
@@ -100,10 +110,11 @@ class LeaseKeeper:
         order given; True when one accepted it."""
         n = len(self.aggregators)
         first = self.current
+        request = self._beat_request()
         for i in range(n):
             idx = (first + i) % n
             try:
-                resp = self._stubs[idx].RegisterNode(self.request, timeout=CALL_TIMEOUT, metadata=self._metadata)
+                resp = self._stubs[idx].RegisterNode(request, timeout=CALL_TIMEOUT, metadata=self._metadata)
             except grpc.RpcError as exc:
                 msg = f"{exc.code().name}: {exc.details()}"
                 refused = exc.code() in REFUSALS
@@ -126,6 +137,21 @@ class LeaseKeeper:
         self.registered.clear()
         return False
 
+    def _beat_request(self) -> fleet_pb2.RegisterNodeRequest:
+        """The registration with the current feature state (when there is one)."""
+        state = self.feature_state() if self.feature_state is not None else None
+        if state is None:
+            return self.request
+        request = fleet_pb2.RegisterNodeRequest()
+        request.CopyFrom(self.request)
+        request.round_id, probed_at, request.fingerprint = state
+        request.probed_at.CopyFrom(probed_at)
+        return request
+
+    def poke(self) -> None:
+        """Send a heartbeat now (the fingerprint changed) instead of at the next beat; any thread."""
+        self._wake.set()
+
     def interval(self) -> float:
         ttl = self.granted_ttl or self.request.ttl_seconds or 3.0
         return max(MIN_BEAT, ttl / 3)
@@ -137,12 +163,14 @@ class LeaseKeeper:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # a change from here on is in this beat's state or wakes the next wait
             self.heartbeat()
-            self._stop.wait(self.interval())
+            self._wake.wait(self.interval())
 
     def stop(self) -> None:
         """Stop heartbeats and deregister (best effort, short timeout)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=CALL_TIMEOUT)
         try:

@@ -608,11 +608,27 @@ class RegisterNodeRequest(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    PROBED_AT_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     ttl_seconds: _builtins.float
+    round_id: _builtins.int
+    """The push model (docs/inventory.md): the daemon's feature state, sent with every heartbeat and at once
+    when the fingerprint changes. A registration carrying a fingerprint is not watched through a held
+    WatchFeatures stream: the aggregator fetches the features once per change and closes the connection.
+    Left empty (an older daemon): the aggregator holds a WatchFeatures stream as before.
+    The latest probe round's id (FeaturesHeartbeat.round_id).
+    """
+    fingerprint: _builtins.str
+    """"sha256:<64 hex>" of the canonical feature set (nodecompat.fleet.fingerprint, as WatchFeatures sends)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def probed_at(self) -> _timestamp_pb2.Timestamp:
+        """That round's probe time."""
+
     def __init__(
         self,
         *,
@@ -620,10 +636,13 @@ class RegisterNodeRequest(_message.Message):
         address: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.float = ...,
+        round_id: _builtins.int = ...,
+        probed_at: _timestamp_pb2.Timestamp | None = ...,
+        fingerprint: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["probed_at", b"probed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "labels", b"labels", "name", b"name", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "fingerprint", b"fingerprint", "labels", b"labels", "name", b"name", "probed_at", b"probed_at", "round_id", b"round_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
