@@ -28,6 +28,7 @@ from etcd3gw import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 from etcd3gw.utils import _decode, _encode, _increment_last_byte
 
+from nodecompat.server.http_deadline import deadline_session, within
 from nodecompat.server.registration_store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -223,8 +224,9 @@ class PrefixWatch:
         etcd cancels it (e.g. the revision was compacted): the caller reloads."""
         body = {"create_request": {"key": _encode(self.prefix), "range_end": _encode(_increment_last_byte(self.prefix)),
                                    "start_revision": start_revision}}
-        resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
-                                   timeout=(CALL_TIMEOUT, WATCH_READ_TIMEOUT))
+        with within(CALL_TIMEOUT):  # the answer's head within a call's deadline (a trickling peer: _post_bounded)
+            resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
+                                       timeout=(CALL_TIMEOUT, WATCH_READ_TIMEOUT))
         with resp:
             if resp.status_code != 200:
                 raise StoreUnavailable(f"etcd watch answered HTTP {resp.status_code}")
@@ -280,47 +282,36 @@ def _bounded_lines(resp: requests.Response, max_line: int) -> Iterator[bytes]:
 def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answer: int) -> dict[str, Any] | None:
     """POST /v3/<path> on one endpoint, its JSON answer read with a bound: None when it is larger than
     max_answer bytes (read no further); ValueError when it is not a JSON object; Etcd3Exception on a non-200 status (its
-    body's first MAX_ERROR_BYTES in the message). The whole call, reading included, ends within
-    2 * CALL_TIMEOUT however slowly the peer sends."""
+    body's first MAX_ERROR_BYTES in the message). The whole call (connect, status line, headers, body) ends
+    within CALL_TIMEOUT however slowly the peer sends."""
     deadline = time.monotonic() + CALL_TIMEOUT
-    resp = client.session.post(client.get_url(path), json=body, timeout=CALL_TIMEOUT, stream=True)
-    with resp:
-        data = bytearray()
-        limit = max_answer if resp.status_code == 200 else MAX_ERROR_BYTES
-        # A read waits for a whole 64 KiB part, each receive within CALL_TIMEOUT: a peer sending a byte now and
-        # then kept one read going for hours. At the deadline the socket is shut down (urllib3's
-        # HTTPResponse.shutdown, made for ending a read blocked in another thread), which ends the read.
-        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut_down, (resp,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            for part in resp.iter_content(chunk_size=64 << 10):
-                data += part
-                if len(data) > limit:
-                    if resp.status_code != 200:
-                        break
-                    return None
-                if time.monotonic() > deadline:
-                    raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s")
-        except (requests.RequestException, OSError) as exc:
-            if time.monotonic() > deadline:
-                raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s") from exc
-            raise
-        finally:
-            watchdog.cancel()
-        if resp.status_code != 200:
-            raise Etcd3Exception(bytes(data[:limit]).decode("utf-8", "replace"), resp.reason)
+    data = bytearray()
+    # requests knows only per-receive timeouts: a peer sending its status line, headers or body a byte now and
+    # then kept one call going for hours. within() shuts the connection down at the deadline, whatever step
+    # the call is at (server/http_deadline.py).
+    try:
+        with within(CALL_TIMEOUT):
+            resp = client.session.post(client.get_url(path), json=body, timeout=CALL_TIMEOUT, stream=True)
+            with resp:
+                limit = max_answer if resp.status_code == 200 else MAX_ERROR_BYTES
+                for part in resp.iter_content(chunk_size=64 << 10):
+                    data += part
+                    if len(data) > limit:
+                        if resp.status_code != 200:
+                            break
+                        return None
+                    if time.monotonic() > deadline:
+                        raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s")
+    except (requests.RequestException, OSError) as exc:
+        if time.monotonic() >= deadline:
+            raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s") from exc
+        raise
+    if resp.status_code != 200:
+        raise Etcd3Exception(bytes(data[:limit]).decode("utf-8", "replace"), resp.reason)
     answer = json.loads(data)
     if not isinstance(answer, dict):
         raise ValueError(f"etcd answer to {path} is not a JSON object")
     return answer
-
-
-def _shut_down(resp: requests.Response) -> None:
-    try:
-        resp.raw.shutdown()
-    except Exception:  # the answer was read meanwhile and its connection released: nothing to end
-        log.debug("etcd answer already read", exc_info=True)
 
 
 def _answer_within(answer: dict[str, Any] | None, path: str) -> dict[str, Any]:
@@ -347,7 +338,7 @@ def _session(ca: str | None, cert: str | None, key: str | None) -> requests.Sess
     the environment silently replaces the session's CA (psf/requests#2998, #3829; seen on this machine: --store-ca
     ignored, etcd's certificate "unable to get local issuer"), and HTTP(S)_PROXY would send the calls to
     etcd's own listed endpoints through a proxy."""
-    s = requests.Session()
+    s = deadline_session()
     s.trust_env = False
     if ca:
         s.verify = ca

@@ -1,7 +1,8 @@
 """An etcd endpoint that sends its answer's body a byte at a time, each byte within the read timeout
-(server/etcd_kv.py _post_bounded: "the whole call, reading included, ends within 2 * CALL_TIMEOUT however
-slowly the peer sends"). A read of one 64 KiB part used to wait for all of it, so such a peer held a store
-call (a registration, a lease keepalive, the inventory's prefix load) for hours. Real sockets on loopback.
+(server/etcd_kv.py _post_bounded: "the whole call (connect, status line, headers, body) ends within
+CALL_TIMEOUT however slowly the peer sends"; server/http_deadline.py). A read of one 64 KiB part used to wait
+for all of it, and requests' post() waited for the whole head, so such a peer held a store call (a
+registration, a lease keepalive, the inventory's prefix load) for hours. Real sockets on loopback.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ class TrickleGateway:
     """Answers every request with prompt headers (200, a 100,000-byte body, by length or chunked) and then
     one byte of body every `interval` s: ~a day to send it all."""
 
-    def __init__(self, chunked: bool, interval: float = 0.2) -> None:
+    def __init__(self, chunked: bool, interval: float = 0.2, head: bool = False) -> None:
         self.chunked = chunked
+        self.head = head  # trickle the status line and headers instead: no response to close exists yet
         self.interval = interval
         self.stop = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -44,7 +46,9 @@ class TrickleGateway:
             conn.settimeout(5)
             try:
                 conn.recv(1 << 16)
-                if self.chunked:
+                if self.head:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")  # a header line that never ends
+                elif self.chunked:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                  b"Transfer-Encoding: chunked\r\n\r\n186a0\r\n")
                 else:
@@ -61,9 +65,10 @@ class TrickleGateway:
         self.sock.close()
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_a_trickled_answer_ends_the_call_at_its_deadline(chunked: bool) -> None:
-    gw = TrickleGateway(chunked)
+@pytest.mark.parametrize(("chunked", "head"), [(False, False), (True, False), (False, True)],
+                         ids=["body-by-length", "body-chunked", "status-and-headers"])
+def test_a_trickled_answer_ends_the_call_at_its_deadline(chunked: bool, head: bool) -> None:
+    gw = TrickleGateway(chunked, head=head)
     store = EtcdEndpoints([gw.address])
     got: list[BaseException | object] = []
 
@@ -80,5 +85,32 @@ def test_a_trickled_answer_ends_the_call_at_its_deadline(chunked: bool) -> None:
         assert not t.is_alive(), "the store call is still reading the trickled answer"
         assert isinstance(got[0], StoreUnavailable), got
         assert "not complete within" in str(got[0])
+    finally:
+        gw.close()
+
+
+def test_a_watch_whose_head_trickles_is_given_up_within_a_calls_deadline() -> None:
+    # PrefixWatch's stream is long-lived, but the answer's head must come within a call's deadline.
+    from nodecompat.server.etcd_kv import CALL_TIMEOUT, PrefixWatch
+
+    gw = TrickleGateway(False, head=True)
+    store = EtcdEndpoints([gw.address])
+    watch = PrefixWatch(store, "/p/", lambda kvs: None, lambda k, v, d: None)
+    got: list[BaseException] = []
+
+    def once() -> None:
+        try:
+            watch._watch_once(store.clients[0], 1)
+        except BaseException as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=once, daemon=True)
+    started = time.monotonic()
+    t.start()
+    try:
+        t.join(120)
+        assert not t.is_alive(), "the watch is still waiting for the trickled head"
+        assert got, "the watch returned as if etcd had answered"
+        assert time.monotonic() - started < CALL_TIMEOUT + 10
     finally:
         gw.close()
