@@ -155,6 +155,20 @@ def fresh_process_ms(root: Path, runs: int) -> float:
     return statistics.median(samples)
 
 
+def _run_closed(probes: list[Probe], host: HostRoot) -> None:
+    runner = ProbeRunner(probes, host)
+    try:
+        runner.run()
+    finally:
+        runner.close()
+
+
+def _in_thread(names: list[str], factories: dict[str, type[Probe]], host: RoundHost) -> None:
+    """New instances' discover() one after another on one round host, in this thread (no runner)."""
+    for name in names:
+        factories[name]().discover(host)
+
+
 def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
     probes, errors = load_probes()
     if errors:
@@ -169,14 +183,30 @@ def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
     full = median_ms(lambda: probe_once(host), runs)
     bare = median_ms(lambda: replay(all_ops), runs)
     load = median_ms(load_probes, runs)
-    warm = median_ms(lambda: ProbeRunner([factories[n]() for n in names], host).run(), runs)
+    warm = median_ms(lambda: _run_closed([factories[n]() for n in names], host), runs)
+    inline = median_ms(lambda: _in_thread(names, factories, RoundHost.over(host)), runs)
+    memo_host = RoundHost.over(host)
+    _in_thread(names, factories, memo_host)
+    memo = {k: v for k, v in memo_host.memo.items() if k[0] != "="}  # reads, not per-round derivations
+
+    def served() -> None:
+        rh = RoundHost.over(host)
+        rh.memo.update(memo)
+        _in_thread(names, factories, rh)
+
+    own = median_ms(served, runs)
     print(f"\n== {label}: {root}  ({len(all_ops)} host operations, median of {runs} runs)")
-    print(f"  full round  probe_once (new instances, threads)  {full:8.2f} ms")
+    print(f"  full round  probe_once (new instances, runner)   {full:8.2f} ms")
     print(f"    of which  registry load_probes() (entry points) {load:8.2f} ms")
     print(f"    of which  ProbeRunner.run(), probes preloaded   {warm:8.2f} ms")
+    print(f"  in thread   discover() one after another, no runner {inline:6.2f} ms")
+    print(f"  own work    the same, memoized reads from memory  {own:8.2f} ms")
     print(f"  bare I/O    same operations, syscall wrappers    {bare:8.2f} ms")
     print(
         f"  overhead    round / bare                         {full / bare if bare else float('nan'):8.1f} x"
+    )
+    print(  # what a round would cost with no runner and an I/O layer as cheap as the bare reads
+        f"  floor       (own work + bare) / bare             {(own + bare) / bare if bare else float('nan'):8.1f} x"
     )
     print(f"  {'probe':<10} {'discover ms':>12} {'bare I/O ms':>12} {'ops':>6}")
     for name in names:
