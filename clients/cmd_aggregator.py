@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from nodecompat.server.inventory_sync import SyncConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50050"
+MIB = 1024 * 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "a Deployment can pass the pod name)")
     p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
     p.add_argument("--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one")
+    p.add_argument(
+        "--pool-mib",
+        type=float,
+        default=limits.MAX_POOL_BYTES / MIB,
+        help="MiB of node connections kept warm between fan-outs, at ~36 KiB each (default "
+        f"{limits.MAX_POOL_BYTES // MIB}: ~{limits.MAX_POOL_BYTES // limits.CONNECTION_BYTES:,}); a smaller budget "
+        "holds less memory and makes every node past it reconnect on each fan-out (slower)",
+    )
     p.add_argument("--default-timeout", type=float, default=30.0, help="overall deadline when the request sets none")
     p.add_argument("--tls-cert", default=None, help="certificate (PEM): served, and presented to daemons")
     p.add_argument("--tls-key", default=None, help="private key (PEM) of --tls-cert")
@@ -101,6 +111,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         raise ValueError(problem)
     if args.concurrency < 1:
         raise ValueError("--concurrency must be >= 1")
+    if not (math.isfinite(args.pool_mib) and args.pool_mib * MIB >= limits.CONNECTION_BYTES):
+        raise ValueError(f"--pool-mib must be at least {limits.CONNECTION_BYTES / MIB:.3f} (one connection)")
     if args.max_registrations < 0:
         raise ValueError("--max-registrations must be >= 0 (0: nodes cannot register)")
     for flag in ("node_timeout", "default_timeout", "lease_ttl", "dns_interval"):
@@ -156,6 +168,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         replica_id=args.replica_id,
         concurrency=args.concurrency,
         node_timeout=args.node_timeout,
+        pool_bytes=int(args.pool_mib * MIB),
         default_timeout=args.default_timeout,
         server_credentials=server_creds,
         node_credentials=node_creds,

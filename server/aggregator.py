@@ -76,6 +76,9 @@ class AggregatorConfig:
     max_registrations: int = MAX_REGISTRATIONS
     concurrency: int = 64
     node_timeout: float = 10.0
+    # Bytes of node connections kept warm between fan-outs (server/channel_pool.py; limits.MAX_POOL_BYTES):
+    # less memory, and every node past it reconnects on each fan-out (`--pool-mib`).
+    pool_bytes: int = limits.MAX_POOL_BYTES
     default_timeout: float = 30.0
     workers: int = limits.WORKERS
     max_concurrent_calls: int = limits.MAX_CONCURRENT_CALLS
@@ -126,7 +129,7 @@ class AggregatorDaemon:
         self.runtime = new_runtime("fleet-rpc", rt_limits, config.max_connection_idle)
         # The fan-out runs on the server's own loop: grpc.aio wakes every loop it knows for each completion and
         # forwards it to the one that owns the call, so a separate fan-out loop cost a second wake-up per node.
-        self.pool = ChannelPool(config.node_credentials, loop=self.runtime.loop)
+        self.pool = ChannelPool(config.node_credentials, max_bytes=config.pool_bytes, loop=self.runtime.loop)
         self.fanout = FanOut(self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout))
         self.service = FleetService(
             self.inventory,

@@ -32,6 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
+from nodecompat.server.limits import CONNECTION_BYTES, MAX_POOL_BYTES  # (their measurements are there)
 from nodecompat.v1 import node_pb2
 
 log = logging.getLogger("nodecompat.server.fanout")  # the fan-out's log, as before the split
@@ -47,14 +48,6 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
     # channelz keeps per-channel/subchannel/socket trace nodes: ~3.5 KiB of each pooled connection's ~35.
     ("grpc.enable_channelz", 0),
 ]
-# What one pooled, connected channel costs the aggregator: 31-36 KiB RSS, ~30 KiB of it live in gRPC core
-# (transport, endpoint with its 8 KiB read slice, subchannel); no channel argument of this grpcio shrinks it
-# much (channelz off, above, saves 3.5 KiB; the others measured in /work/briefs/grpc_memory.md do nothing).
-CONNECTION_BYTES = 36 * 1024
-# The pool's byte budget: ~2,700 connections kept. A fleet that fits stays connected between calls (a warm
-# call costs half of a connect and call on loopback); past that the pool does not grow, so a 10,000-node
-# fleet costs ~96 MiB of connections, not ~350 MiB (issue 11: aggregator RSS per known node).
-MAX_POOL_BYTES = 96 * 1024 * 1024
 MAX_CHANNELS = MAX_POOL_BYTES // CONNECTION_BYTES
 # Close pooled channels unused this long: twice the daemons' own idle limit (their side of an idle
 # connection is gone after 30 s, so a channel kept longer is memory without a warm connection).
