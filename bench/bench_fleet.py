@@ -5,8 +5,10 @@ One simulator process serves NodeService for every simulated node: a single gRPC
 Linux), so the aggregator opens one channel and one TCP connection per node exactly as with a real
 fleet, while the simulator answers from a precomputed ValidateImageResponse (the real evaluation
 of one node is measured by the daemon's own benchmarks; this one measures the fan-out). The
-aggregator runs in this process with its defaults (concurrency 64) and is driven through the real
-client, with the aggregator's default overall deadline. Figures: the first (cold: connections set up)
+aggregator runs in this process with its defaults (concurrency 64, `--pool-mib` 96) and the process
+settings of `nodecompat aggregator` (server/malloc_tuning.py limit_arenas before any thread starts,
+server/gc_tuning.py tune_for_serving), and is driven through the real client, with the aggregator's default
+overall deadline. Figures: the first (cold: connections set up)
 call and the median (min, max) of warm calls; failed nodes (must be 0: every node reported OK within the
 deadline); the aggregator's RSS growth per known node (each size runs in its own process): right after the
 calls, with a connection kept to every node up to the pool's byte budget (`RSS/node`: a connected channel costs
@@ -18,7 +20,13 @@ The table's row: at 1,000 nodes, the warm fan-out's cost per node / the cost of 
 issued by grpc.aio from the same process to the same simulated nodes at the same concurrency (warm
 channels, nothing else: the asyncio floor), measured alternately, 3 times (target <= 1.3).
 
+The trade-off row (`--tradeoff-mib`): the same 1,000 nodes under a pool budget small enough for the memory
+target (connections past it are made and closed per fan-out), with both figures of that run: RSS per known
+node right after the calls and the fan-out / floor ratio. A connected channel holds ~31 KiB, so no budget
+meets both targets at 1,000 nodes (docs/security.md, "Aggregator memory and --pool-mib").
+
     .venv/bin/python bench/bench_fleet.py [--sizes 10,100,1000,10000] [--repeat 3] [--concurrency 64]
+        [--pool-mib 96] [--tradeoff-mib 10 (0: no trade-off row)]
 
 No asserts: it prints figures.
 """
@@ -35,8 +43,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
+
+# The trade-off row's budget (MiB): 227 connections. 1,000 nodes, arenas capped, one run each at load ~30:
+# 250 kept 15.5 KiB per node right after, 341 kept 20.4 (bench), 350 kept 17.7, 450 kept 20.6: the connections'
+# share varies with how much of their freed memory the next fan-out's reuses; most nodes reconnect every time.
+TRADEOFF_MIB = 8.0
 
 
 def serve_simulator(port_file: str, workers: int) -> None:
@@ -119,22 +133,28 @@ def aio_floor(addresses: list[str], concurrency: int, rounds: int) -> list[float
     return asyncio.run(run())
 
 
-def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp: Path) -> dict[str, object]:
+def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp: Path,
+             pool_bytes: int) -> dict[str, object]:
     """Child process: one aggregator for n simulated nodes; cold + warm calls; RSS; optionally the row."""
+    from nodecompat.server.malloc_tuning import limit_arenas
+
+    limit_arenas()  # as `nodecompat aggregator` does, before any thread starts
     from nodecompat.clients.fleet_client import FleetClient
     from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
     from nodecompat.server.channel_pool import TRIM_DELAY
+    from nodecompat.server.gc_tuning import tune_for_serving
 
     nodes = tmp / f"nodes-{n}.json"
     addresses = [node_address(i, port) for i in range(n)]
     nodes.write_text(json.dumps([{"name": f"sim-{i:05d}", "address": a} for i, a in enumerate(addresses)]))
     agg = AggregatorDaemon(
         AggregatorConfig(listen="127.0.0.1:0", nodes_file=str(nodes), concurrency=concurrency, node_timeout=30,
-                         check_new_nodes=False, sync=None)  # live fan-out only: no inventory streams
+                         check_new_nodes=False, sync=None, pool_bytes=pool_bytes)  # live fan-out only: no inventory
     )
+    tune_for_serving()  # as `nodecompat aggregator` does, before start()
     agg_port = agg.start()
     rss0 = rss_kib()
-    out: dict[str, object] = {"n": n}
+    out: dict[str, object] = {"n": n, "kept": agg.pool.max_channels}
     try:
         with FleetClient(f"127.0.0.1:{agg_port}") as client:
             t0 = time.perf_counter()
@@ -172,12 +192,31 @@ def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp:
     return out
 
 
+MIB = 1024 * 1024
+
+
+def ratio_figures(fig: list[float], lim: list[float]) -> tuple[str, float]:
+    """The row's middle columns for figure/limit pairs measured alternately (s per node), and the median ratio."""
+    ratios = [f / b for f, b in zip(fig, lim, strict=True)]
+    med = statistics.median(ratios)
+    return (
+        f"{statistics.median(fig) * 1e6:.0f} us (min {min(fig) * 1e6:.0f}, max {max(fig) * 1e6:.0f}) | "
+        f"grpc.aio floor {statistics.median(lim) * 1e6:.0f} us (min {min(lim) * 1e6:.0f}, "
+        f"max {max(lim) * 1e6:.0f}) | ratio {med:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})"
+    ), med
+
+
 def main() -> None:
+    from nodecompat.server.limits import MAX_POOL_BYTES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10,100,1000,10000")
     ap.add_argument("--repeat", type=int, default=3, help="warm calls per size")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--row-size", type=int, default=1000)
+    ap.add_argument("--pool-mib", type=float, default=MAX_POOL_BYTES / MIB, help="the aggregator's --pool-mib")
+    ap.add_argument("--tradeoff-mib", type=float, default=TRADEOFF_MIB,
+                    help="--pool-mib of the trade-off row at --row-size nodes (0: no trade-off row)")
     ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -187,20 +226,31 @@ def main() -> None:
         serve_simulator(args.serve_simulator, 0)
         return
     if args.one:
-        res = one_size(args.one, args.port, args.concurrency, args.repeat, args.one == args.row_size, Path(args.tmp))
+        res = one_size(args.one, args.port, args.concurrency, args.repeat, args.one == args.row_size, Path(args.tmp),
+                       int(args.pool_mib * MIB))
         print(json.dumps(res))
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     port_file = tmp / "port"
     sim = subprocess.Popen([sys.executable, __file__, "--serve-simulator", str(port_file)])
+
+    def child(n: int, pool_mib: float) -> dict[str, Any]:
+        cmd = [sys.executable, __file__, "--one", str(n), "--port", str(port), "--tmp", str(tmp),
+               "--repeat", str(args.repeat), "--concurrency", str(args.concurrency),
+               "--row-size", str(args.row_size), "--pool-mib", str(pool_mib)]
+        out: dict[str, Any] = json.loads(
+            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        return out
+
     try:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
         port = int(port_file.read_text())
         print(
             f"fleet simulator: one grpc.aio NodeService process on port {port}, nodes at 127.x.y.z:{port}; "
-            f"aggregator in its own process per size, concurrency {args.concurrency}; {os.cpu_count()} CPUs"
+            f"aggregator in its own process per size, concurrency {args.concurrency}, --pool-mib {args.pool_mib:g}; "
+            f"{os.cpu_count()} CPUs"
         )
         print(
             f"{'nodes':>6} {'cold wall':>10} {'warm wall median (min, max)':>30} {'per node':>9} "
@@ -209,10 +259,7 @@ def main() -> None:
         row = None
         memory_rows = []
         for n in [int(x) for x in args.sizes.split(",")]:
-            cmd = [sys.executable, __file__, "--one", str(n), "--port", str(port), "--tmp", str(tmp),
-                   "--repeat", str(args.repeat), "--concurrency", str(args.concurrency),
-                   "--row-size", str(args.row_size)]
-            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            res = child(n, args.pool_mib)
             warm = res["warm"]
             med = statistics.median(warm)
             print(
@@ -224,26 +271,31 @@ def main() -> None:
             if "row" in res:
                 row = (n, *res["row"])
             if n >= 1000:
-                memory_rows.append((n, res["rss_per_node_kib"], res["rest_per_node_kib"]))
+                memory_rows.append((n, min(n, res["kept"]), res["rss_per_node_kib"], res["rest_per_node_kib"]))
         if row is not None:
             n, fig, lim = row
-            ratios = [f / b for f, b in zip(fig, lim, strict=True)]
-            med = statistics.median(ratios)
+            cols, med = ratio_figures(fig, lim)
             print(
                 f"ROW fleet fan-out cost per node ({n} nodes) / one unary grpc.aio call from the same process | "
-                f"{statistics.median(fig) * 1e6:.0f} us (min {min(fig) * 1e6:.0f}, max {max(fig) * 1e6:.0f}) | "
-                f"grpc.aio floor {statistics.median(lim) * 1e6:.0f} us (min {min(lim) * 1e6:.0f}, "
-                f"max {max(lim) * 1e6:.0f}) | ratio {med:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}) | "
-                f"target <= 1.3 | {'met' if med <= 1.3 else 'NOT MET'}"
+                f"{cols} | target <= 1.3 | {'met' if med <= 1.3 else 'NOT MET'}"
             )
-        from nodecompat.server.channel_pool import MAX_CHANNELS
-
-        for n, after, rest in memory_rows:  # one process per size: a single figure each, no median
+        for n, kept, after, rest in memory_rows:  # one process per size: a single figure each, no median
             print(
                 f"ROW aggregator RSS per known node ({n} nodes) | right after the calls ("
-                f"{min(n, MAX_CHANNELS)} connections kept) {after:.1f} KiB |"
+                f"{kept} connections kept) {after:.1f} KiB |"
                 f" at rest (idle channels closed) {rest:.1f} KiB | target <= 20 KiB | "
                 f"{'met' if after <= 20 else 'NOT MET'} right after, {'met' if rest <= 20 else 'NOT MET'} at rest"
+            )
+        if args.tradeoff_mib > 0 and row is not None:  # the same fleet, a budget for the memory target
+            n = row[0]
+            res = child(n, args.tradeoff_mib)
+            cols, med = ratio_figures(*res["row"])
+            after = res["rss_per_node_kib"]
+            print(
+                f"ROW trade-off at {n} nodes, --pool-mib {args.tradeoff_mib:g} ({min(n, res['kept'])} connections "
+                f"kept): RSS per known node right after {after:.1f} KiB (target <= 20: "
+                f"{'met' if after <= 20 else 'NOT MET'}) | fan-out cost per node {cols} | target <= 1.3 | "
+                f"{'met' if med <= 1.3 else 'NOT MET'}"
             )
     finally:
         sim.terminate()

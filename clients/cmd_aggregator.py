@@ -198,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"nodecompat aggregator: {problem}", file=sys.stderr)
         return exit_codes.ERROR
+    from nodecompat.server.malloc_tuning import limit_arenas
+
+    limit_arenas()  # before any thread starts (tracing's exporter, the server's): server/malloc_tuning.py
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         provider = telemetry.init_tracing("nodecompat-aggregator")

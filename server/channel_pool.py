@@ -10,21 +10,18 @@ Channels unused for `idle_close` seconds (and with no call in flight or in progr
 sweep on the pool's loop: a connected channel costs ~35 KiB in gRPC core, and the daemons close
 connections idle for 30 s themselves (server/limits.py MAX_CONNECTION_IDLE), so a channel kept longer
 holds memory and no warm connection. glibc keeps the heap pages freed by closed connections, so after a
-sweep that closed many the pool asks it to return them (malloc_trim; hand-written through ctypes because
-no maintained library wraps it, and skipped where the C library has none).
+sweep that closed many the pool asks it to return them (server/malloc_tuning.py malloc_trim).
 Split out of server/fanout.py, which re-exports these names.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -33,6 +30,7 @@ from grpc_health.v1 import health_pb2
 
 from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
 from nodecompat.server.limits import CONNECTION_BYTES, MAX_POOL_BYTES  # (their measurements are there)
+from nodecompat.server.malloc_tuning import malloc_trim
 from nodecompat.v1 import node_pb2
 
 log = logging.getLogger("nodecompat.server.fanout")  # the fan-out's log, as before the split
@@ -56,19 +54,6 @@ TRIM_AFTER = 64  # return freed heap pages to the OS after a sweep that closed a
 TRIM_DELAY = 1.0  # s after the closes: gRPC core tears connections down on its own threads shortly after
 
 
-def _malloc_trim() -> None:
-    """glibc's malloc_trim(0): give the free pages of the heap back to the OS (no-op elsewhere)."""
-    global _trim
-    if _trim is None:
-        try:
-            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _trim = False
-    if callable(_trim):
-        _trim(0)
-
-
-_trim: Callable[[int], int] | bool | None = None
 VALIDATE_METHOD = "/nodecompat.v1.NodeService/ValidateImage"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 
@@ -240,7 +225,7 @@ class ChannelPool:
         self._close(closing)
         loop = self._loop
         if closing and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(loop.call_later, TRIM_DELAY, _malloc_trim)
+            loop.call_soon_threadsafe(loop.call_later, TRIM_DELAY, malloc_trim)
         return len(closing)
 
     def _spawn_close(self, channels: list[grpc.aio.Channel], trim: bool) -> None:
@@ -249,7 +234,7 @@ class ChannelPool:
         async def close_all() -> None:
             await asyncio.gather(*(ch.close() for ch in channels), return_exceptions=True)
             if trim:
-                asyncio.get_running_loop().call_later(TRIM_DELAY, _malloc_trim)
+                asyncio.get_running_loop().call_later(TRIM_DELAY, malloc_trim)
 
         task = asyncio.ensure_future(close_all())
         self._closing.add(task)

@@ -27,6 +27,6 @@ KEEPALIVE_TIMEOUT = 20.0
 CONNECTION_BYTES = 36 * 1024
 # The pool's default byte budget: ~2,700 connections kept warm between fan-outs. The trade-off: a smaller
 # budget holds less memory and makes every node past it reconnect on each fan-out (measured, 1,000 nodes:
-# all kept, ~35 KiB RSS per node right after a fan-out and fan-out/floor 1.1-1.2; 100 kept (3.5 MiB)
-# ~17 KiB per node and ~2.0; docs/security.md, "Limits").
+# all kept, ~35 KiB RSS per known node right after a fan-out and fan-out/floor ~1.1-1.2; 227 kept (8 MiB)
+# ~15-17 KiB and ~1.7-2; docs/security.md, "Aggregator memory and --pool-mib").
 MAX_POOL_BYTES = 96 * 1024 * 1024
