@@ -191,6 +191,6 @@ def _credentials(auth: Any) -> str:
         return "bearer token from stdin"
     if auth.username:
         return f"user {auth.username!r} from flags"
-    if auth.docker_auths:
-        return f"docker config for {len(auth.docker_auths)} registries"
+    if auth.current_docker_auths():
+        return f"docker config for {len(auth.current_docker_auths())} registries"
     return "none (anonymous)"

@@ -10,13 +10,15 @@ registry (serving HTTPS itself); storage and uploads stay real.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 import support_registry as sr
 
 from nodecompat.oci.attach import attach_spec
-from nodecompat.oci.auth import RegistryAuth
+from nodecompat.oci.auth import RECHECK_SECONDS, RegistryAuth
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.discovery import fetch_compat_spec
 from nodecompat.oci.errors import RegistryError
@@ -86,6 +88,39 @@ def test_docker_config(
     with pytest.raises(RegistryError) as info:
         fetch_compat_spec(attached.reference, ca_file=ca, auth=RegistryAuth.from_sources())
     assert info.value.code == "UNAUTHENTICATED"
+
+
+def _rotate(secret_dir: Path, contents: str) -> None:
+    """As the kubelet updates a mounted Secret: the new file is written aside, then swapped in atomically."""
+    new = secret_dir / "config.json.new"
+    new.write_text(contents)
+    os.replace(new, secret_dir / "config.json")
+
+
+def test_a_rotated_docker_config_is_followed_without_a_restart(
+    attached: sr.PushedImage, auth_registry: sr.RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    ca: str,
+) -> None:
+    good = (sr.docker_config(tmp_path / "good", auth_registry.host, sr.USER, sr.PASSWORD) / "config.json").read_text()
+    secret = sr.docker_config(tmp_path / "secret", auth_registry.host, sr.USER, "an-expired-password")
+    monkeypatch.setenv("DOCKER_CONFIG", str(secret))
+    auth = RegistryAuth.from_sources()  # read once, as a daemon or webhook does at start
+    with pytest.raises(RegistryError, match="rejected the credentials"):
+        fetch_compat_spec(attached.reference, ca_file=ca, auth=auth)
+    before = auth.identity()
+    _rotate(secret, good)
+    time.sleep(RECHECK_SECONDS + 0.2)
+    assert "auth" in fetch_compat_spec(attached.reference, ca_file=ca, auth=auth).text
+    assert auth.identity() != before  # caches keyed by it do not serve what the old credentials got
+    # A rotation that does not load (a half-written or broken file) keeps the credentials read before.
+    _rotate(secret, "{not json")
+    time.sleep(RECHECK_SECONDS + 0.2)
+    assert "auth" in fetch_compat_spec(attached.reference, ca_file=ca, auth=auth).text
+    # A file that is gone is no credentials, as at start.
+    (secret / "config.json").unlink()
+    time.sleep(RECHECK_SECONDS + 0.2)
+    with pytest.raises(RegistryError, match="needs credentials"):
+        fetch_compat_spec(attached.reference, ca_file=ca, auth=auth)
 
 
 def test_bearer_token_flow(registry: sr.RegistryProcess, repo_name: str, tmp_path: Path) -> None:

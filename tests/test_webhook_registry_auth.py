@@ -8,8 +8,10 @@ server over HTTPS with the webhook's certificate verified."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ import support_registry as sr
 from support_fleet import SPEC_NVIDIA, Certs, aggregator, default_labels, make_certs, start_fleet, write_nodes_file
 from support_registry import auth_registry, docker_config, env_without_docker, push_image  # noqa: F401 (fixture)
 from support_webhook import WebhookProc, admits, apply, pod, review
+
+from nodecompat.oci.auth import RECHECK_SECONDS
 
 pytestmark = [pytest.mark.registry, sr.needs_registry]
 NODE_LABELS = {name: {**labels, "kubernetes.io/hostname": name} for name, labels in default_labels().items()}
@@ -51,6 +55,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, auth_registry: sr.RegistryPr
     assert attached.returncode == 0, attached.stderr
     good = docker_config(tmp / "good", auth_registry.host, sr.USER, sr.PASSWORD)
     bad = docker_config(tmp / "bad", auth_registry.host, sr.USER, "not-the-password", encoded=False)
+    rotating = docker_config(tmp / "rotating", auth_registry.host, sr.USER, "an-expired-password")
     certs = make_certs(tmp / "pki")
     procs = start_fleet(tmp)
     hooks: dict[str, WebhookProc] = {}
@@ -70,6 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, auth_registry: sr.RegistryPr
                                        stdin=sr.PASSWORD + "\n"),
                 "anonymous": hook(),
                 "wrong-password": hook("--registry-auth-file", str(bad / "config.json")),
+                "rotating": hook("--registry-auth-file", str(rotating / "config.json")),
             }
             for h in hooks.values():
                 h.wait_ready()
@@ -102,6 +108,22 @@ def test_without_valid_credentials_the_registry_refusal_follows_the_failure_poli
     assert resp["allowed"] is False
     message = resp["status"]["message"]
     assert world.image in message and "registry" in message and "credentials" in message, message
+
+
+def test_a_rotated_pull_secret_is_used_without_restarting_the_webhook(world: World) -> None:
+    # The kubelet swaps a mounted Secret's file atomically; the webhook re-reads the file when it changes
+    # (nodecompat/oci/auth.py DockerConfigFile).
+    p = pod("private", [world.image])
+    hook = world.hooks["rotating"]
+    assert hook.admit("/validate", review(p))["allowed"] is False  # the expired password
+    secret = world.tmp / "rotating"
+    new = secret / "config.json.new"
+    new.write_text((world.tmp / "good" / "config.json").read_text())
+    os.replace(new, secret / "config.json")
+    time.sleep(RECHECK_SECONDS + 0.2)
+    resp = hook.admit("/mutate", review(p))
+    assert resp["allowed"] is True, resp
+    assert {n for n, labels in NODE_LABELS.items() if admits(apply(p, resp), labels, n)} == {"h100"}
 
 
 def test_credential_flag_errors_exit_2_naming_the_flag(world: World, tmp_path: Path) -> None:

@@ -4,6 +4,10 @@ NFD's client is anonymous unless given flags, and ignores docker config; we also
 section of `$DOCKER_CONFIG/config.json` (or `~/.docker/config.json`) so a node that already has
 `docker login` credentials works. Credential helpers (`credsStore`/`credHelpers`) are not run: they
 execute external programs, which a daemon should not do implicitly.
+
+The docker config file is re-read when it changes (DockerConfigFile: its inode, size or mtime, looked at
+no more than once per RECHECK_SECONDS), so a long-running daemon or webhook follows a rotated Kubernetes
+pull secret (a mounted Secret is swapped atomically through a symlink) without a restart.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,9 @@ from nodecompat.oci.errors import InvalidArgumentError
 
 _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 _MAX_CONFIG_BYTES = 1 << 20
+RECHECK_SECONDS = 1.0  # how often (at most) a docker config file is looked at again for a change
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class RegistryAuth:
     token: str | None = field(default=None, repr=False)
     docker_auths: dict[str, Credential] = field(default_factory=dict, repr=False)
     ca_file: str | None = None
+    docker_config_file: DockerConfigFile | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_sources(
@@ -54,29 +65,79 @@ class RegistryAuth:
             raise InvalidArgumentError(
                 "registry username and password must both be given (NFD would silently go anonymous)"
             )
-        auths: dict[str, Credential] = {}
+        watched = None
         if docker_config:
             path = default_docker_config_path() if docker_config is True else Path(docker_config)
-            auths = load_docker_config(path)
-        return cls(username or None, password or None, token or None, auths, ca_file)
+            watched = DockerConfigFile(path)  # read now: a broken file is an error at start
+        return cls(username or None, password or None, token or None, {}, ca_file, watched)
+
+    def current_docker_auths(self) -> dict[str, Credential]:
+        """The docker config's credentials by host as of now (the file re-read if it changed), else the
+        docker_auths given."""
+        return self.docker_config_file.auths() if self.docker_config_file is not None else self.docker_auths
 
     def credential_for(self, host: str) -> Credential | None:
         """Basic credentials for `host` (with port), explicit ones first."""
         if self.username and self.password:
             return Credential(self.username, self.password)
-        if host in self.docker_auths:
-            return self.docker_auths[host]
+        auths = self.current_docker_auths()
+        if host in auths:
+            return auths[host]
         if host in _HUB_KEYS:
             for key in _HUB_KEYS:
-                if key in self.docker_auths:
-                    return self.docker_auths[key]
+                if key in auths:
+                    return auths[key]
         return None
 
     def identity(self) -> str:
-        """A non-secret key telling auth configurations apart (for caches)."""
+        """A non-secret key telling auth configurations apart (for caches); changes when the docker config's
+        credentials do."""
         kind = "token" if self.token else "basic" if self.username else "anon"
-        digest = hash((self.username, self.password, self.token, tuple(sorted(self.docker_auths))))
+        digest = hash((self.username, self.password, self.token, tuple(sorted(self.current_docker_auths().items()))))
         return f"{kind}:{digest:x}"
+
+
+class DockerConfigFile:
+    """A docker config file's `auths`, re-read when the file changes: its (device, inode, size, mtime) is
+    looked at no more than once per RECHECK_SECONDS, on use. A change that does not load (broken JSON, a
+    half-written file) keeps the credentials read before, with a warning — a rotation in progress must not
+    drop every credential; a file that is gone means no credentials, as at start."""
+
+    def __init__(self, path: Path) -> None:
+        """Reads the file now; InvalidArgumentError when it is broken (module load_docker_config)."""
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp = _stamp(path)
+        self._auths = load_docker_config(path)
+        self._checked = time.monotonic()
+
+    def auths(self) -> dict[str, Credential]:
+        """The credentials by host as of now (a dict not to be modified)."""
+        now = time.monotonic()
+        if now - self._checked < RECHECK_SECONDS:
+            return self._auths
+        with self._lock:
+            if now - self._checked < RECHECK_SECONDS:  # another thread looked meanwhile
+                return self._auths
+            self._checked = now
+            stamp = _stamp(self.path)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self._auths = load_docker_config(self.path)
+                    log.info("docker config %s changed: credentials for %d registries", self.path, len(self._auths))
+                except InvalidArgumentError as exc:
+                    log.warning("%s; keeping the credentials read before", exc)
+            return self._auths
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells one version of the file from another (os.stat follows a Secret's symlinks); None: absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def default_docker_config_path() -> Path:
