@@ -159,7 +159,11 @@ class AggregatorDaemon:
                     etcd, config.store_prefix, self.inventory.nodes, self.store, replica_id=config.replica_id,
                     stale_timeout=config.sync.stale_timeout, on_reported_name=reported)
                 members = lambda: shards.subscribed(self.inventory.nodes())  # noqa: E731
-            self.sync = InventorySync(members, self.store, config.node_credentials, config.sync, reported)
+            # Registrations announcing their state are fetched once per change, not watched (push model,
+            # server/inventory_push.py); replicas sharing etcd keep streams for every node (docs/inventory.md).
+            self.sync = InventorySync(members, self.store, config.node_credentials, config.sync, reported,
+                                      push=self.shards is None)
+            self.service.push = self.sync.push
             self.service.store = self.store
             self.service.fleet_watch = FleetWatchHub(self.store, self.inventory.nodes)
 

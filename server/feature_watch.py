@@ -170,6 +170,8 @@ class FeatureWatchHub:
                 first = state.change
             sent_fp, sent_round = state.fingerprint, state.round_id
             await self._write(context, first)
+            if request.once:  # a one-shot fetch (the push model's): the stream ends here
+                return
             while True:
                 woke = await self._wait(w, heartbeat)
                 state = self._current()

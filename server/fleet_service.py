@@ -44,6 +44,7 @@ from nodecompat.server.fleet_nodes import (
 from nodecompat.server.fleet_results import add_node_info, contact, deadline_margin, live_message, summarize
 from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, WatchSpec, watch_spec
 from nodecompat.server.inventory_answers import Plan, finish_summary, grouped_summary, plan
+from nodecompat.server.inventory_push import PushedNodes, push_problem
 from nodecompat.server.node_service import RegistryOptions
 from nodecompat.server.registration_auth import RegistrationDenied, RegistrationPolicy, caller_of
 from nodecompat.server.registration_store import StoreUnavailable
@@ -87,6 +88,8 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         # The live inventory (issue 12): set by AggregatorDaemon unless --no-inventory.
         self.store: FeatureStore | None = None
         self.fleet_watch: FleetWatchHub | None = None
+        # Registrations announcing their feature state (push model, server/inventory_push.py); None: ignored.
+        self.push: PushedNodes | None = None
 
     # -- ValidateFleet -----------------------------------------------------------------------------
     def ValidateFleet(
@@ -283,6 +286,8 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.RegisterNodeRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.RegisterNodeResponse:
         principal = self._registrant(request.name, context, "RegisterNode")
+        if problem := push_problem(request):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name[:80]!r}: {problem}")
         try:
             ttl = self.inventory.register(
                 request.name, request.address, dict(request.labels), request.ttl_seconds, principal
@@ -291,6 +296,8 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             code, hint = next((c, h) for t, c, h in _REGISTER_STATUS if isinstance(exc, t))
             context.abort(code, f"RegisterNode {request.name[:80]!r}: {exc}{hint}")
             raise
+        if self.push is not None:
+            self.push.announce(request.address, request.name, request.labels, ttl, request)
         return fleet_pb2.RegisterNodeResponse(ttl_seconds=ttl)
 
     def DeregisterNode(

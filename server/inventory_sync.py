@@ -13,6 +13,10 @@ is UNREACHABLE; one whose stream is open but silent past `stale_after` (default 
 STALE; both keep their last features (they are what ValidateFleet re-checks live). The daemon's
 fingerprint claim decides nothing: the store recomputes it. A reconnect sends the fingerprint held,
 so an unchanged node answers with a message without features.
+
+Registrations that announce their feature state in their heartbeats (the push model) get no stream: with
+`push`, those nodes are kept by PushedNodes (server/inventory_push.py), which fetches their features once per
+change through this object's channels and message handling; the stale timer applies their own timeout.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -38,6 +42,9 @@ from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.server.grpc_server import MESSAGE_SIZE_OPTIONS
 from nodecompat.v1 import inventory_pb2
+
+if TYPE_CHECKING:
+    from nodecompat.server.inventory_push import PushedNodes
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +92,9 @@ class InventorySync:
         credentials: grpc.ChannelCredentials | None = None,
         config: SyncConfig | None = None,
         on_reported_name: Callable[[str, str], None] | None = None,
+        push: bool = False,
     ) -> None:
+        """push: registrations that announce a fingerprint are kept without a stream (PushedNodes, `push`)."""
         self.members = members
         self.store = store
         self.credentials = credentials
@@ -99,6 +108,11 @@ class InventorySync:
         self._main: asyncio.Future[Any] | None = None
         self._interceptors: list[Any] | None = None  # client tracing interceptors, decided once at start()
         self.connects = 0  # streams established (counts reconnects)
+        self.push: PushedNodes | None = None
+        if push:
+            from nodecompat.server.inventory_push import PushedNodes
+
+            self.push = PushedNodes(self)
 
     # -- lifecycle (any thread) ----------------------------------------------------------------------
     def start(self) -> None:
@@ -112,9 +126,10 @@ class InventorySync:
             return
 
         async def shutdown() -> None:
-            for t in self._tasks.values():
+            tasks = [*self._tasks.values(), *(self.push.tasks() if self.push is not None else [])]
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         if self._main is not None:
             self._main.cancel()
@@ -142,23 +157,42 @@ class InventorySync:
 
     def _reconcile(self) -> None:
         current = {n.address: n for n in self.members()}
-        for address in [a for a in self._tasks if a not in current]:
-            self._tasks.pop(address).cancel()
+        pushed = self.push.addresses() if self.push is not None else set()
+        for address in [a for a in self._nodes if a not in current]:
+            task = self._tasks.pop(address, None)
+            if task is not None:
+                task.cancel()
             self._nodes.pop(address, None)
+            if self.push is not None:
+                self.push.forget(address)
             self.store.remove(address)
         for address, node in current.items():
             self._nodes[address] = node
-            if address not in self._tasks:
+            if address in pushed:  # its heartbeats carry its state: no stream (server/inventory_push.py)
+                task = self._tasks.pop(address, None)
+                if task is not None:
+                    task.cancel()
+            elif address not in self._tasks:
                 self._tasks[address] = asyncio.ensure_future(self._subscribe(address))
+
+    def note_node(self, node: FleetNode) -> None:
+        """A member known before the next reconcile sees it (a registration pushing its state); loop thread."""
+        self._nodes.setdefault(node.address, node)
 
     def _mark_stale(self) -> None:
         now = time.monotonic()
         limit = self.config.stale_timeout
+        push = self.push
         for rec in self.store.records():
-            if rec.state == STATE_OK and rec.has_features and now - rec.heard_at > limit:
+            if rec.state != STATE_OK or not rec.has_features:
+                continue
+            own = push.stale_after(rec.key) if push is not None else None
+            silence = now - rec.heard_at
+            if silence > (own or limit):
+                what = "heartbeat from the registered node" if own else "message from the node"
                 self.store.set_state(
-                    rec.key, rec.name, STATE_STALE, f"no message from the node for {now - rec.heard_at:.1f} s "
-                    f"(heartbeat timeout {limit:g} s)"
+                    rec.key, rec.name, STATE_STALE, f"no {what} for {silence:.1f} s "
+                    f"(heartbeat timeout {own or limit:g} s)"
                 )
 
     def _name(self, address: str, reported: str) -> str:
@@ -172,6 +206,14 @@ class InventorySync:
     def _labels(self, address: str) -> dict[str, str]:
         node = self._nodes.get(address)
         return dict(node.labels) if node else {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A new channel to the node (credentials, tracing interceptors, options); loop thread."""
+        return self._channel(address)
+
+    def apply(self, address: str, msg: inventory_pb2.WatchFeaturesResponse, known: str) -> bool:
+        """One WatchFeatures message into the store (a stream's or a push fetch's); see _handle."""
+        return self._handle(address, msg, known)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         target, options = channel_target(address)

@@ -40,6 +40,7 @@ REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, gr
             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 MIN_BEAT = 0.2
 MAX_AGGREGATORS = 16
+FIRST_STATE_WAIT = 5.0  # s the first registration waits for the first probe round's feature state
 
 
 def parse_aggregators(values: str | Sequence[str]) -> list[str]:
@@ -162,6 +163,10 @@ class LeaseKeeper:
             self._thread.start()
 
     def _loop(self) -> None:
+        if self.feature_state is not None and self.feature_state() is None:
+            # the first probe round pokes (the hub's first state is a change): registering with the state
+            # spares the aggregator a stream it would drop at the next beat
+            self._wake.wait(FIRST_STATE_WAIT)
         while not self._stop.is_set():
             self._wake.clear()  # a change from here on is in this beat's state or wakes the next wait
             self.heartbeat()

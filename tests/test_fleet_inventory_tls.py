@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support_fleet import aggregator, make_certs, start_aggregator_process, start_node, write_nodes_file
+from support_fleet import aggregator, make_certs, make_node_cert, start_aggregator_process, start_node, write_nodes_file
 from support_fleetmem import NVIDIA_ONLY
 from support_otlp import OtlpReceiver
 
@@ -114,4 +114,41 @@ def test_new_streams_are_traced_end_to_end(tmp_path: Path) -> None:
     finally:
         agg.terminate()
         node.terminate()
+        otlp.stop()
+
+
+def test_pushed_registration_is_fetched_over_mutual_tls_and_traced(tmp_path: Path) -> None:
+    """The push model's one-shot fetch (server/inventory_push.py) uses the aggregator's client certificate
+    and is traced like a stream: its client span is exported while the aggregator runs (the call ended:
+    no stream is held), in the same trace as the daemon's server span."""
+    otlp = OtlpReceiver()
+    certs = make_certs(tmp_path / "pki")
+    flags = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-ca", str(certs.ca)]
+    good = tls.channel_credentials(certs.ca, certs.cert, certs.key)
+    agg = start_aggregator_process(tmp_path, "--lease-ttl", "6", *flags, credentials=good,
+                                   env=otlp.env("nodecompat-aggregator"), inventory=True)
+    vm_cert, vm_key = make_node_cert(certs, "vm")  # a registering node's certificate names it
+    node = start_node(tmp_path, "vm", "plain-vm", credentials=good, env=otlp.env("nodecompat-node"),
+                      args=["--tls-cert", str(vm_cert), "--tls-key", str(vm_key), "--tls-ca", str(certs.ca),
+                            "--register", agg.address])
+    try:
+        with FleetClient(agg.address, credentials=good) as c:
+            deadline = time.monotonic() + 30
+            while (a := c.validate(spec_text=NVIDIA_ONLY, timeout=10)).summary.from_inventory != 1:
+                assert time.monotonic() < deadline, "the registered node never reached the inventory"
+                time.sleep(0.2)
+        assert [(n.name, n.source, n.compatible) for n in a.nodes] == [("vm", "INVENTORY", False)]
+        spans = otlp.wait_for(lambda ss: any(
+            s.service == "nodecompat-aggregator" and s.name == "/nodecompat.v1.NodeService/WatchFeatures"
+            for s in ss) and any(s.service == "nodecompat-node" and s.name == "/nodecompat.v1.NodeService/WatchFeatures"
+                                 for s in ss), timeout=30)
+        assert agg.proc.poll() is None  # exported while the aggregator runs: the fetch's call has ended
+        server = [s for s in spans if s.service == "nodecompat-node"
+                  and s.name == "/nodecompat.v1.NodeService/WatchFeatures"]
+        client = [s for s in spans if s.service == "nodecompat-aggregator"
+                  and s.name == "/nodecompat.v1.NodeService/WatchFeatures"]
+        assert {s.trace_id for s in server} & {s.trace_id for s in client}, "the daemon's span joins the trace"
+    finally:
+        node.terminate()
+        agg.terminate()
         otlp.stop()

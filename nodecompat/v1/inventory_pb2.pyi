@@ -56,6 +56,7 @@ class WatchFeaturesRequest(_message.Message):
 
     HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
     KNOWN_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ONCE_FIELD_NUMBER: _builtins.int
     heartbeat_seconds: _builtins.float
     """Seconds between heartbeats while nothing changes; 0 means the daemon's default (10 s).
     Clamped to [1, 300].
@@ -64,15 +65,20 @@ class WatchFeaturesRequest(_message.Message):
     """The fingerprint the caller already holds (e.g. after a reconnect): when it equals the current
     one, the first message carries no features (features_omitted), which makes a resubscribe cheap.
     """
+    once: _builtins.bool
+    """Send the first message only, then end the stream (OK): a one-shot fetch of the current features, as
+    the aggregator does for a registered node announcing a new fingerprint (the push model).
+    """
     def __init__(
         self,
         *,
         heartbeat_seconds: _builtins.float = ...,
         known_fingerprint: _builtins.str = ...,
+        once: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds", "known_fingerprint", b"known_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds", "known_fingerprint", b"known_fingerprint", "once", b"once"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
