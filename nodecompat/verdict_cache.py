@@ -7,6 +7,8 @@ bytes as they are. A new round (interval, hot-plug, GetFeatures refresh) empties
 and `put` name the round they belong to, and the first call that names another round clears it.
 
 Bounded in bytes, least recently used first out; an answer bigger than `max_entry_bytes` is not kept.
+A key may also be bytes (the daemon keys inline-spec answers by the request message as received, too, so
+that a repeated call is answered without parsing it): such a key is charged its length besides.
 Hand-written: cachetools' LRU has no per-round invalidation and keys by value rather than by size;
 this is forty lines with one lock.
 """
@@ -49,6 +51,10 @@ class VerdictCache:
             self.size = 0
             self._round = rnd
 
+    @staticmethod
+    def _cost(key: Hashable, value: bytes) -> int:
+        return len(value) + ENTRY_OVERHEAD + (len(key) if isinstance(key, bytes) else 0)
+
     def get(self, rnd: object, key: Hashable) -> bytes | None:
         """The answer kept for `key` on round `rnd`, or None."""
         with self._lock:
@@ -64,19 +70,19 @@ class VerdictCache:
     def put(self, rnd: object, key: Hashable, value: bytes) -> None:
         """Keep `value` for `key` on round `rnd` (ignored when too big). Entries of any other round are
         dropped first, so an answer is only ever served for the round it was computed on."""
-        cost = len(value) + ENTRY_OVERHEAD
+        cost = self._cost(key, value)
         if cost > self.max_entry_bytes:
             return
         with self._lock:
             self._use_round(rnd)
             old = self._entries.pop(key, None)
             if old is not None:
-                self.size -= len(old) + ENTRY_OVERHEAD
+                self.size -= self._cost(key, old)
             self._entries[key] = value
             self.size += cost
             while self.size > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self.size -= len(dropped) + ENTRY_OVERHEAD
+                gone, dropped = self._entries.popitem(last=False)
+                self.size -= self._cost(gone, dropped)
 
     def clear(self) -> None:
         with self._lock:

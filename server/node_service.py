@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat import tracing, wire
@@ -147,12 +148,36 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         """The kept answer to an inline-spec ValidateImage on the current round, or None (then the full
         handler runs: it also answers every error). Never blocks, so the server may call it on its
         event loop; off while tracing, so that every answer's trace shows its `evaluate spec` span."""
-        if self._traced or request.WhichOneof("source") != "spec":
+        if self._traced:
             return None
-        if selection_problem(request.platform, request.tags):
+        rnd = self.cache.current(timeout=0)
+        return None if rnd is None else self._kept(request, rnd)
+
+    def kept_answer(self, raw: bytes) -> bytes | None:
+        """cached_answer for the request message as received (the runtime's fast path, called with the
+        bytes before they are parsed). An answer served once is also kept under these bytes, for this
+        round (VerdictCache charges the key's length): a repeated call then costs one lookup, without
+        parsing the message or hashing the spec. None for bytes that do not parse (the runtime then
+        fails the call as before) and whenever cached_answer would say None."""
+        if self._traced:
             return None
         rnd = self.cache.current(timeout=0)
         if rnd is None:
+            return None
+        answer = self.verdicts.get(rnd, raw)
+        if answer is not None:
+            return answer
+        try:
+            request = node_pb2.ValidateImageRequest.FromString(raw)
+        except DecodeError:
+            return None
+        answer = self._kept(request, rnd)
+        if answer is not None:
+            self.verdicts.put(rnd, raw, answer)
+        return answer
+
+    def _kept(self, request: node_pb2.ValidateImageRequest, rnd: ProbeRound) -> bytes | None:
+        if request.WhichOneof("source") != "spec" or selection_problem(request.platform, request.tags):
             return None
         key = spec_key(request.spec, request.tags, request.nfd_compat, request.nfd_json, (), (), self.node_name)
         return self.verdicts.get(rnd, key)
@@ -270,7 +295,7 @@ def add_to_runtime(service: NodeService, runtime: Runtime) -> None:
     (the verdict cache's), sent as they are."""
     runtime.add_servicer(
         service, node_pb2.DESCRIPTOR.services_by_name["NodeService"], {"ValidateImage": serialize_or_pass},
-        fast_paths={"ValidateImage": service.cached_answer},
+        fast_paths={"ValidateImage": service.kept_answer},
     )
 
 

@@ -103,13 +103,14 @@ class Runtime:
     # -- services ----------------------------------------------------------------------------------
     def add_servicer(self, servicer: object, service: _descriptor.ServiceDescriptor,
                      response_serializers: dict[str, Callable[[Any], bytes]] | None = None,
-                     fast_paths: dict[str, Callable[[Any], Any]] | None = None) -> None:
+                     fast_paths: dict[str, Callable[[bytes], Any]] | None = None) -> None:
         """Serve every method of `service` from the same-named method of `servicer` (sync or async).
 
         response_serializers: per method name, a serializer replacing the message's SerializeToString
         (e.g. one that passes ready serialized bytes through).
         fast_paths: per unary method name, a non-blocking function called on the event loop with the
-        request before admission; a result other than None is the answer (no worker, no admission slot).
+        request message as received, serialized (bytes: it is parsed only when this has no answer), before
+        admission; a result other than None is the answer (no worker, no admission slot).
         """
         handlers: dict[str, grpc.RpcMethodHandler] = {}
         for method in service.methods:
@@ -125,15 +126,21 @@ class Runtime:
                     behavior, request_deserializer=req_cls.FromString, response_serializer=serialize)
                 continue
             fast = (fast_paths or {}).get(method.name)
+            # With a fast path grpc hands over the message's bytes and the runtime parses them when needed
+            # (request_deserializer None: grpc's deserialize passes bytes through).
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                self._unary(fn, method.full_name, fast), request_deserializer=req_cls.FromString,
-                response_serializer=serialize)
+                self._unary(fn, method.full_name, fast, req_cls.FromString),
+                request_deserializer=None if fast else req_cls.FromString, response_serializer=serialize)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
     async def _read_request(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
-                            method: str, fast: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+                            method: str, fast: Callable[[bytes], Any] | None = None,
+                            parse: Callable[[bytes], Any] | None = None) -> tuple[Any, Any]:
         """(the call's one request message, the fast path's answer or None). Exactly one request message,
-        on the fast path as on the others: none or a second one is INVALID_ARGUMENT.
+        on the fast path as on the others: none or a second one is INVALID_ARGUMENT. With `fast`, the
+        message arrives as bytes: `fast` is asked first and the message parsed with `parse` only when it
+        has no answer (then the request is None); a message that does not parse fails as grpc's own
+        deserializer fails (the exception propagates: UNKNOWN).
 
         The messages are read with context.read() rather than through `requests` (grpc.aio's request
         iterator wraps each read in an async generator step), and the wait for them is bounded through
@@ -154,12 +161,12 @@ class Runtime:
             if request is EOF:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the call carried no request message")
             if await context.read() is EOF:
-                return request, (None if fast is None else fast(request))
+                return _settle(request, fast, parse)
         except asyncio.CancelledError:
             if not deadlines.expired(task):
                 raise
             if request is not EOF:  # message but no half-close: serve it anyway
-                return request, (None if fast is None else fast(request))
+                return _settle(request, fast, parse)
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"{method}: the request message did not arrive within {wait:g} s of the call's start",
@@ -198,12 +205,12 @@ class Runtime:
                     f"({self.limits.duration_flag} {self.limits.max_call_seconds:g})")
         return f"{method}: the caller's deadline passed before the work was done"
 
-    def _unary(self, fn: Callable[..., Any], method: str,
-               fast: Callable[[Any], Any] | None = None) -> Callable[..., Any]:
+    def _unary(self, fn: Callable[..., Any], method: str, fast: Callable[[bytes], Any] | None = None,
+               parse: Callable[[bytes], Any] | None = None) -> Callable[..., Any]:
         is_async = inspect.iscoroutinefunction(fn)
 
         async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            request, answer = await self._read_request(requests, context, method, fast)
+            request, answer = await self._read_request(requests, context, method, fast, parse)
             if answer is not None:  # e.g. a kept answer: no worker, no admission slot
                 return answer
             deadline, capped = self._deadline(context)
@@ -353,6 +360,18 @@ class Runtime:
 
     def wait(self) -> None:
         self._terminated.wait()
+
+
+def _settle(message: Any, fast: Callable[[bytes], Any] | None,
+            parse: Callable[[bytes], Any] | None) -> tuple[Any, Any]:
+    """_read_request's result for the one message read: (request, None), or (None, the fast path's answer)."""
+    if fast is None:
+        return message, None
+    answer = fast(message)
+    if answer is not None:
+        return None, answer
+    assert parse is not None
+    return parse(message), None
 
 
 def _is_call_task(task: asyncio.Task[Any]) -> bool:

@@ -122,8 +122,8 @@ class _Servicer:
         return iter(())
 
     @staticmethod
-    def kept(request: node_pb2.ValidateImageRequest) -> bytes | None:
-        return KEPT if request.spec == "kept" else None
+    def kept(raw: bytes) -> bytes | None:  # the fast path gets the request message's bytes
+        return KEPT if node_pb2.ValidateImageRequest.FromString(raw).spec == "kept" else None
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import grpc
+import pytest
 
 from nodecompat.server.daemon import DaemonConfig, NodeDaemon
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
@@ -74,13 +75,47 @@ def test_cached_answers_equal_fresh_ones_across_a_refresh_that_changes_the_node(
         _refresh(b)
         after_first = _raw_validate(a)
         after_cached = _raw_validate(a)
-        assert after_cached == after_first == _raw_validate(b)
+        after_by_bytes = _raw_validate(a)  # the third: kept under the request's bytes by the second
+        rnd = cached.cache.current(timeout=0)
+        assert cached.service.verdicts.get(rnd, node_pb2.ValidateImageRequest(spec=SPEC).SerializeToString())
+        assert after_by_bytes == after_cached == after_first == _raw_validate(b)
         after = node_pb2.ValidateImageResponse.FromString(after_cached)
         assert after.score == 1 and not after.report.sets[0].passed  # the change is seen, not the old answer
         assert after_cached != first
     finally:
         cached.stop(grace=0)
         fresh.stop(grace=0)
+
+
+def test_answers_kept_by_request_bytes_follow_the_request(tmp_path: Path) -> None:
+    """The fast path's answers kept under the request message's bytes: a message that differs in any field
+    (tags, NFD mode) is a different question and gets its own answer, one that encodes the same request
+    differently (fields in another order) gets the same answer, and bytes that do not parse are refused
+    as before the fast path read them (grpc's deserializer error, UNKNOWN), the daemon answering on."""
+    d = _daemon(FIXTURES / "plain-vm", cache=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{d.port}") as ch:
+            call = ch.unary_unary("/nodecompat.v1.NodeService/ValidateImage")
+            plain = node_pb2.ValidateImageRequest(spec=SPEC).SerializeToString()
+            nfd = node_pb2.ValidateImageRequest(spec=SPEC, nfd_compat=True).SerializeToString()
+            tagged = node_pb2.ValidateImageRequest(spec=SPEC, tags=["x"]).SerializeToString()
+            answers = {}
+            for raw in (plain, nfd, tagged) * 3:  # third time round each is served by its bytes
+                answers.setdefault(raw, set()).add(call(raw, timeout=30))
+            assert all(len(v) == 1 for v in answers.values())
+            assert len({next(iter(v)) for v in answers.values()}) == 3  # three questions, three answers
+            # nfd_compat (field 5) before spec (field 2): same message, other bytes
+            spec_field = node_pb2.ValidateImageRequest(spec=SPEC).SerializeToString()
+            reordered = node_pb2.ValidateImageRequest(nfd_compat=True).SerializeToString() + spec_field
+            assert reordered != nfd
+            for _ in range(3):
+                assert call(reordered, timeout=30) in answers[nfd]
+            with pytest.raises(grpc.RpcError) as bad:
+                call(b"\xff\xff\xff", timeout=30)
+            assert bad.value.code() == grpc.StatusCode.UNKNOWN
+            assert call(plain, timeout=30) in answers[plain]
+    finally:
+        d.stop(grace=0)
 
 
 def test_cache_is_bounded_in_bytes_and_kept_per_round() -> None:
@@ -94,5 +129,11 @@ def test_cache_is_bounded_in_bytes_and_kept_per_round() -> None:
     cache.put(r1, keys[1], b"y" * 5000)  # over the per-entry limit: not kept
     assert cache.get(r1, keys[1]) is None
     assert cache.get(r2, keys[4]) is None and len(cache) == 0  # another round: nothing of r1 is served
+    raw = b"r" * 500  # a bytes key (a request message as received) is charged its length too
+    cache.put(r2, raw, b"z" * 1000)
+    assert cache.size == 500 + 1000 + ENTRY_OVERHEAD and cache.get(r2, raw) == b"z" * 1000
+    cache.put(r2, b"s" * 500, b"z" * 1000)
+    cache.put(r2, keys[0], b"z" * 1000)  # 2 x 1,756 + 1,256 > 3 x 1,256: the oldest (raw) went
+    assert cache.get(r2, raw) is None and cache.size <= cache.max_bytes and len(cache) == 2
     assert spec_key("s", ["a", "b"], False) != spec_key("s", ["b", "a"], False)  # tag order shows in warnings
     assert spec_key("s", [], True) != spec_key("s", [], False)
