@@ -20,13 +20,14 @@ fingerprint (RegisterNodeRequest round_id/probed_at/fingerprint). For such a nod
   heartbeat announcing another fingerprint), as a node whose stream fails.
 
 Bounds (a registration's fingerprint is untrusted input): the fingerprint must be "sha256:" + 64 lowercase
-hex digits and the probe time finite (else RegisterNode is INVALID_ARGUMENT: push_problem); at most
-`max_fetching` fetches run at once over all nodes, each within `fetch_timeout` seconds (a deadline the node
-cannot stretch); per node at most one fetch is in flight or waiting, and fetches start at least
-`min_fetch_interval` seconds apart (a backoff doubling to BACKOFF_MAX after failed or mismatched fetches), so
-a registrant flipping its fingerprint on every heartbeat costs at most one small call a second, however
-often it calls RegisterNode. The table holds one small entry per live registration (bounded by
---max-registrations); entries go with the node's lease.
+hex digits and the probe time a valid Timestamp after 1970 (else RegisterNode is INVALID_ARGUMENT:
+push_problem; a probe time later than now is stored as now, so a wrong clock or a lie makes nothing look
+fresh: nodecompat/fleet/store.py); at most `max_fetching` fetches run at once over all nodes, each within
+`fetch_timeout` seconds (a deadline the node cannot stretch); per node at most one fetch is in flight or
+waiting, and fetches start at least `min_fetch_interval` seconds apart (a backoff doubling to BACKOFF_MAX
+after failed or mismatched fetches), so a registrant flipping its fingerprint on every heartbeat costs at
+most one small call a second, however often it calls RegisterNode. The table holds one small entry per live
+registration (bounded by --max-registrations); entries go with the node's lease.
 
 Nodes from the nodes file or DNS, and registrations without a fingerprint (older daemons), keep their
 WatchFeatures streams (server/inventory_sync.py), as do all nodes of replicas sharing etcd
@@ -65,6 +66,7 @@ FETCH_TIMEOUT = 10.0  # s: one fetch, connection set-up included
 MIN_FETCH_INTERVAL = 1.0  # s between the starts of two fetches of one node
 BACKOFF_MAX = 30.0  # s: the longest wait before re-fetching a node whose fetch failed or mismatched
 WATCH_METHOD = "/nodecompat.v1.NodeService/WatchFeatures"
+MAX_TIMESTAMP_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the last second a Timestamp may hold
 
 
 def push_problem(request: fleet_pb2.RegisterNodeRequest) -> str:
@@ -77,9 +79,11 @@ def push_problem(request: fleet_pb2.RegisterNodeRequest) -> str:
     if len(fp) != 71 or not FINGERPRINT_RE.match(fp):
         return "fingerprint must be 'sha256:' followed by 64 lowercase hex digits"
     if request.HasField("probed_at"):
-        t = request.probed_at.seconds + request.probed_at.nanos / 1e9
-        if not math.isfinite(t) or t < 0:
-            return "probed_at must be a time after 1970"
+        ts = request.probed_at
+        # a Timestamp's own range (google/protobuf/timestamp.proto); a later time than now is stored as now
+        # (nodecompat/fleet/store.py): the node's clock decides no freshness
+        if not (0 <= ts.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+            return "probed_at must be a valid time after 1970"
     return ""
 
 

@@ -32,6 +32,15 @@ STATE_STALE = "STALE"
 STATE_UNREACHABLE = "UNREACHABLE"
 
 
+def _not_after_now(probed_at: float) -> float:
+    """A node's probe time (epoch seconds) as stored: never later than now. The time comes from the node
+    (its stream, its registration heartbeats): one in the future (a wrong clock, a hostile registrant)
+    would keep the node's features fresh for every max_staleness, for good (heartbeat keeps the latest),
+    and one past year 9999 is no Timestamp a client can read. NaN is taken as now too."""
+    now = time.time()
+    return probed_at if probed_at <= now else now
+
+
 class StoreFull(Exception):
     """A new distinct feature set would pass the store's byte budget."""
 
@@ -154,7 +163,7 @@ class FeatureStore:
                 name=name,
                 fingerprint=fp,
                 identity=identity,
-                probed_at=probed_at,
+                probed_at=_not_after_now(probed_at),
                 round_id=round_id,
                 heard_at=time.monotonic(),
                 state=STATE_OK,
@@ -186,7 +195,8 @@ class FeatureStore:
             if old is not None and old.has_features:
                 self._release(old.fingerprint)
             new = NodeRecord(
-                key=key, name=name, fingerprint=fp, identity=identity, probed_at=probed_at, round_id=round_id,
+                key=key, name=name, fingerprint=fp, identity=identity, probed_at=_not_after_now(probed_at),
+                round_id=round_id,
                 heard_at=time.monotonic(), state=STATE_OK,
                 labels=tuple(sorted((labels or (old and dict(old.labels)) or {}).items())),
             )
@@ -203,7 +213,7 @@ class FeatureStore:
             if old is None or old.fingerprint != fingerprint:
                 return False
             new = replace(old, heard_at=time.monotonic(), round_id=max(round_id, old.round_id), state=STATE_OK,
-                          error="", probed_at=max(probed_at, old.probed_at))
+                          error="", probed_at=max(_not_after_now(probed_at), old.probed_at))
             self._nodes[key] = new
         if old.state != STATE_OK:
             self._notify(old, new)
