@@ -9,6 +9,11 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
 - Memory per node beyond the shared feature sets: tracemalloc growth of the FeatureStore from 20 nodes
   (one per profile) to 10,000, divided by the 9,980 added nodes; plus the aggregator process's RSS growth
   per node while it holds 10,000 WatchFeatures subscriptions (channels, streams, coroutines).
+- Registered nodes (the push model, server/inventory_push.py; bench/inventory_push_sim.py): the aggregator's
+  RSS growth per registered node while 10,000 simulated daemons heartbeat with their fingerprints (one
+  connection each to the aggregator, no stream held by it), and the full re-registration after a restart
+  (all 10,000 registering at once until each one's features are fetched and held). The streams row above is
+  what nodes from a nodes file or DNS cost.
 - Full resubscribe after an aggregator restart: a fresh InventorySync (empty store, as after a restart)
   subscribing to 10,000 nodes until every node's features are held. One simulator process serves
   WatchFeatures for every node on 0.0.0.0:PORT; each node is its own loopback address 127.x.y.z:PORT
@@ -17,8 +22,9 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
   daemons send and does all its own work); the aggregator's and the simulator's CPU seconds are printed,
   since both share this machine's CPUs.
 
-This process stands in for the aggregator process, so it sets the garbage collector as `nodecompat
-aggregator` does before it starts (server/gc_tuning.py tune_for_serving); the simulator sets it the same
+This process stands in for the aggregator process, so it sets malloc's arenas and the garbage collector as
+`nodecompat aggregator` does before it starts (server/malloc_tuning.py limit_arenas, server/gc_tuning.py
+tune_for_serving); the simulator sets it the same
 way (it stands in for 10,000 machines: its collector walking 10,000 streams is no aggregator cost).
 
 Profiles are the three fixture hosts (real probes) with per-profile kernel versions and modules; each
@@ -185,11 +191,23 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--profiles", type=int, default=20)
     ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--push-only", action="store_true", help="only the registered-node (push model) rows")
+    ap.add_argument("--lease-ttl", type=float, default=30.0,
+                    help="the aggregator's lease in the push rows (heartbeats every third; 30 s as shipped)")
     args = ap.parse_args()
     if args.serve_simulator:
         serve_simulator(args.serve_simulator, args.profiles)
         return
     sys.path.insert(0, str(ROOT))
+    from nodecompat.server.malloc_tuning import limit_arenas
+
+    limit_arenas()  # as `nodecompat aggregator` does, before any thread starts (module doc)
+    if args.push_only:
+        from nodecompat.server.gc_tuning import tune_for_serving
+
+        tune_for_serving()
+        push_part(args.nodes, args.profiles, args.lease_ttl)
+        return
     from nodecompat.engine.spec import parse_spec
     from nodecompat.fleet.fingerprint import split_identity
     from nodecompat.fleet.store import FeatureStore, spec_key
@@ -198,7 +216,7 @@ def main() -> None:
     from nodecompat.server.gc_tuning import tune_for_serving
     from nodecompat.server.inventory_answers import finish_summary, grouped_summary, plan
 
-    n, k = args.nodes, args.profiles
+    n, k, lease_ttl = args.nodes, args.profiles, args.lease_ttl
     print(f"inventory: {n} simulated nodes in {k} profiles; {os.cpu_count()} CPUs")
     profs = profiles(k)
     tune_for_serving()  # as `nodecompat aggregator` does at start (module doc)
@@ -353,12 +371,20 @@ def main() -> None:
             took, "s", LIMIT_RESUBSCRIBE_S)
         print(f"  (aggregator CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / n * 1e3:.2f} ms a node; the simulator's "
               f"{sim1 - sim0:.2f} s on the same {os.cpu_count()} CPUs; loadavg {loadavg()})")
-        row(f"aggregator RSS growth per node holding {n} subscriptions (channels, streams, store)",
-            (rss1 - rss0) / max(1, n), "B", LIMIT_NODE_BYTES)
+        row(f"aggregator RSS growth per nodes file / DNS node (streams): {n} subscriptions (channels, streams, "
+            "store)", (rss1 - rss0) / max(1, n), "B", LIMIT_NODE_BYTES)
         sync.stop()
     finally:
         sim.terminate()
         sim.wait()
+    push_part(n, k, lease_ttl)
+
+
+def push_part(n: int, k: int, lease_ttl: float) -> None:
+    """The registered-node figures: the push model (bench/inventory_push_sim.py)."""
+    from inventory_push_sim import push_rows  # type: ignore[import-not-found]
+
+    push_rows(n, k, row, rss_bytes, process_cpu, LIMIT_NODE_BYTES, LIMIT_RESUBSCRIBE_S, lease_ttl=lease_ttl)
 
 
 if __name__ == "__main__":

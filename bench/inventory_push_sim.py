@@ -1,0 +1,235 @@
+"""bench/bench_inventory.py's push-model rows (server/inventory_push.py): an aggregator holding N registered
+nodes that push their feature state in their RegisterNode heartbeats, with no stream to any of them.
+
+The simulator (a child process: its channels are not the aggregator's memory) stands in for N daemons:
+- one grpc.aio channel (one HTTP/2 connection) to the aggregator per node, as each daemon's LeaseKeeper has;
+- each node calls RegisterNode with its lease key, name, address, round id, probe time and fingerprint (one
+  of `profiles` feature sets), first all at once (at most REGISTER_IN_FLIGHT in flight: the aggregator
+  restarted and every daemon comes back), then every granted ttl/3 seconds (the real cadence), jittered;
+- it serves the one-shot feature fetch (WatchFeatures with `once`): one grpc.aio server per profile, on
+  0.0.0.0:PORT_k, node i at its own loopback address 127.x.y.z:PORT_(i mod profiles), so the aggregator
+  makes one connection per fetch, as to a real node, and gets the set the node announced. (Node names in the
+  fetched identity follow the fetch order within a profile: the bench cannot tell which loopback address
+  was dialled; the sizes are the same.) Every answer is serialized before the aggregator starts.
+
+The aggregator is a real AggregatorDaemon in the bench process (RegisterNode servicer, lease table, inventory
+sync with its push table, feature store, first health checks as shipped). RSS growth is measured from just
+after its start to when every node is held with features and the fetch
+channels have closed (2 s later), divided by N; every simulated daemon's connection is open then.
+
+    .venv/bin/python bench/inventory_push_sim.py --simulate PORT_FILE AGG_ADDR N PROFILES TTL  (child, internal)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTER_IN_FLIGHT = 48  # below the aggregator's 64 admitted calls
+LEASE_TTL = 30.0  # the aggregator's default lease: heartbeats every 10 s
+# LeaseKeeper's channel keeps its connection between beats (as shipped); BENCH_IDLE_MS=2000 tries a client idle
+# timeout instead (the connection closes between beats: an experiment, not what daemons do)
+IDLE_OPTIONS = [("grpc.client_idle_timeout_ms", int(v))] if (v := os.environ.get("BENCH_IDLE_MS")) else []
+WAIT_ALL = 25.0  # s: past this the rows are printed for the nodes held, and say so
+
+
+def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> None:
+    import grpc
+    from bench_inventory import node_address, profiles  # type: ignore[import-not-found]
+
+    from nodecompat import wire
+    from nodecompat.fleet.fingerprint import fingerprint
+    from nodecompat.server.gc_tuning import tune_for_serving
+    from nodecompat.server.registration_auth import LEASE_KEY_METADATA
+    from nodecompat.v1 import fleet_pb2, inventory_pb2
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tune_for_serving()
+    now = time.time()
+    changes: list[inventory_pb2.FeaturesChange] = []
+    for f in profiles(k):
+        f.add_attributes("system.name", {"nodename": "sim"})  # as sent (identity is left out of the fingerprint)
+        ch = inventory_pb2.FeaturesChange(node_name="sim", round_id=1, fingerprint=fingerprint(f),
+                                          features=wire.features_to_proto(f))
+        ch.probed_at.FromNanoseconds(int(now * 1e9))
+        changes.append(ch)
+    answers: list[list[bytes]] = [[] for _ in range(k)]
+    for i in range(n):
+        m = inventory_pb2.FeaturesChange()
+        m.CopyFrom(changes[i % k])
+        m.node_name = f"sim-{i:05d}"
+        m.features.attributes["system.name"].elements["nodename"] = m.node_name
+        answers[i % k].append(inventory_pb2.WatchFeaturesResponse(features=m).SerializeToString())
+    served = [0] * k
+
+    def handler(p: int) -> grpc.GenericRpcHandler:
+        async def watch(request, context):  # type: ignore[no-untyped-def]
+            served[p] += 1
+            yield answers[p][(served[p] - 1) % len(answers[p])]
+            if not request.once:
+                await asyncio.sleep(3600)
+
+        return grpc.method_handlers_generic_handler("nodecompat.v1.NodeService", {
+            "WatchFeatures": grpc.unary_stream_rpc_method_handler(
+                watch, request_deserializer=inventory_pb2.WatchFeaturesRequest.FromString, response_serializer=None)})
+
+    shared = int(os.environ.get("BENCH_PUSH_CHANNELS", "0"))  # an experiment: nodes share this many channels
+    pool: list[grpc.aio.Channel] = []
+
+    async def node(i: int, ports: list[int], gate: asyncio.Semaphore, stats: dict[str, int]) -> None:
+        if shared and not pool:
+            pool.extend(grpc.aio.insecure_channel(agg) for _ in range(shared))
+        # a subchannel pool of its own: gRPC would otherwise share one connection among equal channels
+        channel = pool[i % shared] if shared else grpc.aio.insecure_channel(
+            agg, options=[("grpc.use_local_subchannel_pool", 1), *IDLE_OPTIONS])
+        register = channel.unary_unary("/nodecompat.v1.FleetService/RegisterNode",
+                                       request_serializer=fleet_pb2.RegisterNodeRequest.SerializeToString,
+                                       response_deserializer=fleet_pb2.RegisterNodeResponse.FromString)
+        req = fleet_pb2.RegisterNodeRequest(name=f"sim-{i:05d}", address=node_address(i, ports[i % k]),
+                                            round_id=1, fingerprint=changes[i % k].fingerprint)
+        req.probed_at.CopyFrom(changes[i % k].probed_at)
+        md = ((LEASE_KEY_METADATA, secrets.token_hex(32)),)
+        beat = lease_ttl / 3
+        async with gate:  # the first registration (retried as LeaseKeeper does, on its beat), bounded in flight
+            while True:
+                try:
+                    beat = (await register(req, timeout=10, metadata=md)).ttl_seconds / 3
+                    stats["ok"] += 1
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    stats[exc.code().name] = stats.get(exc.code().name, 0) + 1
+                    await asyncio.sleep(1.0)
+        while True:  # then one heartbeat a beat, jittered; a failed one is retried on the next beat
+            await asyncio.sleep(beat * (0.9 + 0.2 * random.random()))
+            try:
+                await register(req, timeout=5, metadata=md)
+                stats["ok"] += 1
+            except grpc.aio.AioRpcError as exc:
+                stats[exc.code().name] = stats.get(exc.code().name, 0) + 1
+
+    async def run() -> None:
+        servers, ports = [], []
+        for p in range(k):
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            server.add_generic_rpc_handlers((handler(p),))
+            ports.append(server.add_insecure_port("0.0.0.0:0"))
+            await server.start()
+            servers.append(server)
+        gate = asyncio.Semaphore(REGISTER_IN_FLIGHT)
+        stats: dict[str, int] = {"ok": 0}
+        tasks = [asyncio.ensure_future(node(i, ports, gate, stats)) for i in range(n)]
+        Path(port_file).write_text("ready")
+        while True:
+            await asyncio.sleep(5)
+            print(f"  (simulator: {stats})", file=sys.stderr, flush=True)
+            assert tasks
+
+    asyncio.run(run())
+
+
+def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss_bytes: Callable[[], int],
+              process_cpu: Callable[[str], float], limit_node_bytes: float, limit_restart_s: float,
+              lease_ttl: float = LEASE_TTL, wait_all: float = WAIT_ALL) -> None:
+    """Start an aggregator here and the simulator as a child; print the push rows (module doc). lease_ttl: the
+    aggregator's lease (heartbeats every third of it); wait_all: seconds to wait for every node to be held."""
+    import gc
+
+    from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+    from nodecompat.server.inventory_sync import SyncConfig
+    from nodecompat.server.registration_auth import RegistrationPolicy
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    agg = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=lease_ttl, max_registrations=n,
+                                            registration=RegistrationPolicy(allow_unauthenticated=True),
+                                            sync=SyncConfig()))
+    port = agg.start()
+    assert agg.store is not None and agg.sync is not None and agg.sync.push is not None
+    push, store = agg.sync.push, agg.store
+    held = [0]
+    all_held = threading.Event()
+
+    def count(old: object, new: object) -> None:  # a store listener: no polling of 10,000 records
+        if new is not None and new.has_features and (old is None or not old.has_features):  # type: ignore[attr-defined]
+            held[0] += 1
+            if held[0] >= n:
+                all_held.set()
+
+    store.listeners.append(count)
+    beats = [0]
+    announce = push.announce
+
+    def counted(*a: Any, **kw: Any) -> None:  # heartbeats the aggregator has handled (RegisterNode accepted)
+        beats[0] += 1
+        announce(*a, **kw)
+
+    push.announce = counted  # type: ignore[method-assign]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-push-"))
+    ready = tmp / "ready"
+    gc.collect()
+    time.sleep(0.5)
+    rss0 = rss_bytes()
+    cpu0 = process_cpu("self")
+    sim = subprocess.Popen([sys.executable, __file__, "--simulate", str(ready), f"127.0.0.1:{port}", str(n), str(k),
+                            str(lease_ttl)], env={**os.environ, "PYTHONPATH": str(ROOT / "bench")})
+    try:
+        while not ready.exists():
+            assert sim.poll() is None, "the simulator ended"
+            time.sleep(0.02)
+        t0 = time.perf_counter()
+        all_held.wait(wait_all)
+        took = time.perf_counter() - t0
+        cpu1 = process_cpu("self")
+        got = held[0]
+        if got >= n:
+            row(f"full re-registration after an aggregator restart, push ({n} registered nodes fetched and held, "
+                "all re-registering at once)", took, "s", limit_restart_s)
+        else:
+            print(f"  (full re-registration NOT complete: {got}/{n} held after {took:.0f} s)")
+        print(f"  (aggregator CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / max(1, got) * 1e3:.2f} ms a node held; "
+              f"{push.fetches} fetches, {beats[0]} heartbeats handled; real daemons come back spread over one "
+              f"beat, {lease_ttl / 3:g} s; loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
+        b0, t1 = beats[0], time.perf_counter()
+        time.sleep(3.0)  # the last fetch channels close; every node's own connection is open (30 s idle limit)
+        rate = (beats[0] - b0) / (time.perf_counter() - t1)
+        gc.collect()
+        rss1 = rss_bytes()
+        stale = sum(1 for r in store.records() if r.state != "OK")
+        print(f"  (held: {len(push)} pushed nodes, {agg.sync.subscriptions()} streams, {push.open_channels} fetch "
+              f"channels open, {store.distinct_sets()} distinct sets, {stale} not OK; heartbeats handled "
+              f"{rate:.0f}/s of the {n / (lease_ttl / 3):.0f}/s {n} nodes send; one connection per node from the "
+              "simulated daemons to the aggregator, as each LeaseKeeper holds)")
+        row(f"aggregator RSS growth per registered node, push model ({got} of {n} held, heartbeating every "
+            f"{lease_ttl / 3:g} s, no stream held)", (rss1 - rss0) / max(1, got), "B", limit_node_bytes)
+        from nodecompat.server.malloc_tuning import malloc_trim
+
+        malloc_trim()
+        est = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                             text=True).stdout.count("\n")
+        print(f"  ({est} daemon connections open at the aggregator; after malloc_trim (freed pages returned) the "
+              f"growth is {(rss_bytes() - rss0) / max(1, got):,.0f} B a node)")
+    finally:
+        sim.terminate()
+        sim.wait()
+        agg.stop(grace=0)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "--simulate":
+        sys.path.insert(0, str(ROOT))
+        _simulate(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
+    else:
+        print(__doc__)
