@@ -26,7 +26,7 @@ KEEPALIVE_TIMEOUT = 20.0
 # of Python objects (aio Channel, its WeakSet of calls, PoolEntry); no channel argument shrinks it much.
 CONNECTION_BYTES = 36 * 1024
 # The pool's default byte budget: ~2,700 connections kept warm between fan-outs. The trade-off: a smaller
-# budget holds less memory and makes every node past it reconnect on each fan-out (measured, 1,000 nodes:
-# all kept, ~35 KiB RSS per known node right after a fan-out and fan-out/floor ~1.1-1.2; 227 kept (8 MiB)
-# ~15-17 KiB and ~1.7-2; docs/security.md, "Aggregator memory and --pool-mib").
+# budget holds less memory and makes every node past it reconnect on each fan-out (bench_fleet, 1,000 nodes,
+# 3 runs: all kept, 34.8-35.4 KiB RSS per known node right after a fan-out and fan-out/floor 1.12-1.23; 227
+# kept (8 MiB) 17.1-17.4 KiB and median 1.88; docs/security.md, "Aggregator memory and --pool-mib").
 MAX_POOL_BYTES = 96 * 1024 * 1024

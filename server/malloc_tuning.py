@@ -7,9 +7,11 @@ the server's event loop, the executor's workers, the inventory's thread. Measure
 nodes (bench/bench_fleet.py's aggregator, /proc/self/smaps and malloc_info): after four fan-outs that keep
 no connection (pool budget of one), the process had 16 arenas, the six new ones 1.1-2.2 MiB resident each
 and mostly free, and RSS had grown 14.4 MiB (14.4 KiB per node); with M_ARENA_MAX=1 8.4, with 2 9.8 MiB.
-With every connection kept (1,000, ~31 KiB each, the connections dominate), 35.8 -> 33.7 (1) and 34.3 (2).
-Fewer arenas cost some lock contention between those threads; on this 2-core machine the fan-out's CPU per
-node did not rise measurably (docs/security.md, "Aggregator memory and --pool-mib").
+Alternated runs (4 each, load ~20): 227 connections kept, 19.2-21.9 -> 14.5-16.6 KiB per node right after
+(what lets `--pool-mib 8` meet 20 KiB at 1,000 nodes); all 1,000 kept, 34.8-36.6 -> 34.2-34.6; 10,000 nodes
+(2,730 kept) 10.7-11.0 -> 10.9-11.2, no gain there. Fewer arenas cost some lock contention between those
+threads; the process's CPU per node (os.times) did not change measurably: 1,000 nodes 513-680 vs 523-623 us,
+227 kept 953-1077 vs 937-1030, 10,000 nodes 999-1114 vs 990-1154.
 
 Hand-written through ctypes because no maintained library wraps mallopt or malloc_trim; both are no-ops
 where the C library is not glibc. An operator's own MALLOC_ARENA_MAX (or GLIBC_TUNABLES) is left alone.
