@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REGISTER_IN_FLIGHT = 48  # below the aggregator's 64 admitted calls
 LEASE_TTL = 30.0  # the aggregator's default lease: heartbeats every 10 s
 # LeaseKeeper's channel keeps its connection between beats (as shipped); BENCH_IDLE_MS=2000 tries a client idle
-# timeout instead (the connection closes between beats: an experiment, not what daemons do)
+# timeout instead and BENCH_CHANNEL_PER_BEAT=1 a connection per beat (experiments, not what daemons do)
 IDLE_OPTIONS = [("grpc.client_idle_timeout_ms", int(v))] if (v := os.environ.get("BENCH_IDLE_MS")) else []
 WAIT_ALL = 25.0  # s: past this the rows are printed for the nodes held, and say so
 
@@ -112,13 +112,23 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
                 except grpc.aio.AioRpcError as exc:
                     stats[exc.code().name] = stats.get(exc.code().name, 0) + 1
                     await asyncio.sleep(1.0)
+        per_beat = os.environ.get("BENCH_CHANNEL_PER_BEAT") == "1"  # an experiment: a connection per beat
+        if per_beat:
+            await channel.close()
         while True:  # then one heartbeat a beat, jittered; a failed one is retried on the next beat
             await asyncio.sleep(beat * (0.9 + 0.2 * random.random()))
+            if per_beat:
+                channel = grpc.aio.insecure_channel(agg, options=[("grpc.use_local_subchannel_pool", 1)])
+                register = channel.unary_unary("/nodecompat.v1.FleetService/RegisterNode",
+                                               request_serializer=fleet_pb2.RegisterNodeRequest.SerializeToString,
+                                               response_deserializer=fleet_pb2.RegisterNodeResponse.FromString)
             try:
                 await register(req, timeout=5, metadata=md)
                 stats["ok"] += 1
             except grpc.aio.AioRpcError as exc:
                 stats[exc.code().name] = stats.get(exc.code().name, 0) + 1
+            if per_beat:
+                await channel.close()
 
     async def run() -> None:
         servers, ports = [], []
@@ -202,16 +212,18 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         print(f"  (aggregator CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / max(1, got) * 1e3:.2f} ms a node held; "
               f"{push.fetches} fetches, {beats[0]} heartbeats handled; real daemons come back spread over one "
               f"beat, {lease_ttl / 3:g} s; loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
-        b0, t1 = beats[0], time.perf_counter()
+        b0, t1, c1 = beats[0], time.perf_counter(), process_cpu("self")
         time.sleep(3.0)  # the last fetch channels close; every node's own connection is open (30 s idle limit)
         rate = (beats[0] - b0) / (time.perf_counter() - t1)
+        per_beat = (process_cpu("self") - c1) / max(1, beats[0] - b0)
         gc.collect()
         rss1 = rss_bytes()
         stale = sum(1 for r in store.records() if r.state != "OK")
         print(f"  (held: {len(push)} pushed nodes, {agg.sync.subscriptions()} streams, {push.open_channels} fetch "
               f"channels open, {store.distinct_sets()} distinct sets, {stale} not OK; heartbeats handled "
-              f"{rate:.0f}/s of the {n / (lease_ttl / 3):.0f}/s {n} nodes send; one connection per node from the "
-              "simulated daemons to the aggregator, as each LeaseKeeper holds)")
+              f"{rate:.0f}/s of the {n / (lease_ttl / 3):.0f}/s {n} nodes send, {per_beat * 1e3:.2f} ms of aggregator "
+              "CPU each; one connection per node from the simulated daemons to the aggregator, as each LeaseKeeper "
+              "holds)")
         row(f"aggregator RSS growth per registered node, push model ({got} of {n} held, heartbeating every "
             f"{lease_ttl / 3:g} s, no stream held)", (rss1 - rss0) / max(1, got), "B", limit_node_bytes)
         from nodecompat.server.malloc_tuning import malloc_trim
