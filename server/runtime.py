@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 
 # What handlers see (limits, SyncContext, AbortRpc) lives in runtime_context; these names are also
 # imported from here.
@@ -120,27 +121,27 @@ class Runtime:
             serialize = (response_serializers or {}).get(method.name, resp_cls.SerializeToString)
             if method.client_streaming:
                 raise NotImplementedError(f"{method.full_name}: client streaming is not supported")
+            # grpc hands over the message's bytes (request_deserializer None passes them through) and the
+            # runtime parses them (with a fast path only when it has no answer): a message that does not
+            # parse is INVALID_ARGUMENT (grpc's own deserializer failure is UNKNOWN, 'Unexpected DecodeError').
             if method.server_streaming:
-                behavior = self._streaming(fn, method.full_name)
+                behavior = self._streaming(fn, method.full_name, req_cls.FromString)
                 handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                    behavior, request_deserializer=req_cls.FromString, response_serializer=serialize)
+                    behavior, request_deserializer=None, response_serializer=serialize)
                 continue
             fast = (fast_paths or {}).get(method.name)
-            # With a fast path grpc hands over the message's bytes and the runtime parses them when needed
-            # (request_deserializer None: grpc's deserialize passes bytes through).
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
                 self._unary(fn, method.full_name, fast, req_cls.FromString),
-                request_deserializer=None if fast else req_cls.FromString, response_serializer=serialize)
+                request_deserializer=None, response_serializer=serialize)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
     async def _read_request(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
-                            method: str, fast: Callable[[bytes], Any] | None = None,
-                            parse: Callable[[bytes], Any] | None = None) -> tuple[Any, Any]:
+                            method: str, fast: Callable[[bytes], Any] | None,
+                            parse: Callable[[bytes], Any]) -> tuple[Any, Any]:
         """(the call's one request message, the fast path's answer or None). Exactly one request message,
-        on the fast path as on the others: none or a second one is INVALID_ARGUMENT. With `fast`, the
-        message arrives as bytes: `fast` is asked first and the message parsed with `parse` only when it
-        has no answer (then the request is None); a message that does not parse fails as grpc's own
-        deserializer fails (the exception propagates: UNKNOWN).
+        on the fast path as on the others: none or a second one is INVALID_ARGUMENT. The message arrives
+        as bytes: `fast` (if any) is asked first and the message parsed with `parse` only when it has no
+        answer (then the request is None); a message that does not parse is INVALID_ARGUMENT.
 
         The messages are read with context.read() rather than through `requests` (grpc.aio's request
         iterator wraps each read in an async generator step), and the wait for them is bounded through
@@ -152,6 +153,7 @@ class Runtime:
         deadlines = self._read_deadlines
         deadlines.enter(task, time.monotonic() + wait)
         request: Any = EOF
+        complete = False
         try:
             # The client's half-close is read too (it normally comes with the message): a second message
             # is refused, and answering before it makes gRPC core reset the stream, so the caller may then
@@ -160,20 +162,25 @@ class Runtime:
             request = await context.read()
             if request is EOF:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the call carried no request message")
-            if await context.read() is EOF:
-                return _settle(request, fast, parse)
+            complete = await context.read() is EOF
         except asyncio.CancelledError:
             if not deadlines.expired(task):
                 raise
-            if request is not EOF:  # message but no half-close: serve it anyway
-                return _settle(request, fast, parse)
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"{method}: the request message did not arrive within {wait:g} s of the call's start",
-            )
+            complete = request is not EOF  # message but no half-close: serve it anyway
+            if not complete:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{method}: the request message did not arrive within {wait:g} s of the call's start",
+                )
         finally:
             deadlines.leave(task)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: more than one request message")
+        if not complete:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: more than one request message")
+        try:
+            return _settle(request, fast, parse)
+        except DecodeError as exc:  # e.g. "Error parsing message with type ...: Wire format was corrupt"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{method}: the request message does not parse ({exc})")
         raise AssertionError("unreachable: context.abort raises")
 
     def _admit(self, method: str) -> str:
@@ -205,8 +212,8 @@ class Runtime:
                     f"({self.limits.duration_flag} {self.limits.max_call_seconds:g})")
         return f"{method}: the caller's deadline passed before the work was done"
 
-    def _unary(self, fn: Callable[..., Any], method: str, fast: Callable[[bytes], Any] | None = None,
-               parse: Callable[[bytes], Any] | None = None) -> Callable[..., Any]:
+    def _unary(self, fn: Callable[..., Any], method: str, fast: Callable[[bytes], Any] | None,
+               parse: Callable[[bytes], Any]) -> Callable[..., Any]:
         is_async = inspect.iscoroutinefunction(fn)
 
         async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
@@ -244,11 +251,11 @@ class Runtime:
 
         return behavior
 
-    def _streaming(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _streaming(self, fn: Callable[..., Any], method: str, parse: Callable[[bytes], Any]) -> Callable[..., Any]:
         is_async = inspect.isasyncgenfunction(fn)
 
         async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            request, _ = await self._read_request(requests, context, method)
+            request, _ = await self._read_request(requests, context, method, None, parse)
             if is_async:  # coroutine streams (long-lived watches) bound their own number and duration
                 async for item in fn(request, context):
                     yield item
@@ -362,15 +369,13 @@ class Runtime:
         self._terminated.wait()
 
 
-def _settle(message: Any, fast: Callable[[bytes], Any] | None,
-            parse: Callable[[bytes], Any] | None) -> tuple[Any, Any]:
-    """_read_request's result for the one message read: (request, None), or (None, the fast path's answer)."""
-    if fast is None:
-        return message, None
-    answer = fast(message)
-    if answer is not None:
-        return None, answer
-    assert parse is not None
+def _settle(message: bytes, fast: Callable[[bytes], Any] | None, parse: Callable[[bytes], Any]) -> tuple[Any, Any]:
+    """_read_request's result for the one message read: (request, None), or (None, the fast path's answer);
+    DecodeError when the message does not parse."""
+    if fast is not None:
+        answer = fast(message)
+        if answer is not None:
+            return None, answer
     return parse(message), None
 
 
