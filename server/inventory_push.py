@@ -246,6 +246,10 @@ class PushedNodes:
                 return "the node ended the feature fetch without an answer"
             if msg.WhichOneof("item") != "features":
                 return "the node's first WatchFeatures message carried no features"
+            if not self.is_pushed(address):
+                # it left the fleet while the fetch ran (its lease lapsed: the reconcile, on this loop, forgot
+                # it and removed its record): storing the answer would bring back a record nobody removes
+                return ""
             if not self.sync.apply(address, msg, known):
                 return "the node answered the feature fetch with a fingerprint it did not hold"
             return ""
