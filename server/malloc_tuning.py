@@ -14,7 +14,8 @@ threads; the process's CPU per node (os.times) did not change measurably: 1,000 
 227 kept 953-1077 vs 937-1030, 10,000 nodes 999-1114 vs 990-1154.
 
 Hand-written through ctypes because no maintained library wraps mallopt or malloc_trim; both are no-ops
-where the C library is not glibc. An operator's own MALLOC_ARENA_MAX (or GLIBC_TUNABLES) is left alone.
+where the C library is not glibc. An operator's own MALLOC_ARENA_MAX (or glibc.malloc.arena_max in
+GLIBC_TUNABLES) is left alone; GLIBC_TUNABLES about other things (glibc.pthread.rseq=0 ...) keeps the cap.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def limit_arenas(arenas: int = ARENAS) -> bool:
-    """Cap the process's malloc arenas at `arenas` (>= 1) unless MALLOC_ARENA_MAX or GLIBC_TUNABLES is set.
+    """Cap the process's malloc arenas at `arenas` (>= 1) unless MALLOC_ARENA_MAX is set or GLIBC_TUNABLES
+    sets glibc.malloc.arena_max.
     Call once from a server process's entry point, before it starts its threads (a thread keeps the arena
     it already has). True when the cap was set. ValueError for arenas < 1."""
     if arenas < 1:
         raise ValueError("arenas must be >= 1")
-    if os.environ.get("MALLOC_ARENA_MAX") or os.environ.get("GLIBC_TUNABLES"):
-        return False
+    if os.environ.get("MALLOC_ARENA_MAX") or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False  # the operator's choice (GLIBC_TUNABLES about other things says nothing about arenas)
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas) == 1)
 

@@ -77,6 +77,16 @@ def test_an_operators_malloc_arena_max_is_left_alone() -> None:
     assert said == "False" and 2 < arenas <= 4
 
 
+@pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt and malloc_info")
+def test_glibc_tunables_about_something_else_still_get_the_cap() -> None:
+    """GLIBC_TUNABLES set for another reason (a container image's glibc.pthread.rseq=0, a CPU tunable) says
+    nothing about arenas: the cap still applies; one naming glibc.malloc.arena_max is the operator's choice."""
+    said, arenas = _arenas("limit", GLIBC_TUNABLES="glibc.pthread.rseq=0:glibc.malloc.check=0")
+    assert said == "True" and arenas <= 2
+    said, arenas = _arenas("limit", GLIBC_TUNABLES="glibc.pthread.rseq=0:glibc.malloc.arena_max=4")
+    assert said == "False" and 2 < arenas <= 4
+
+
 def test_limit_arenas_refuses_a_count_below_one() -> None:
     with pytest.raises(ValueError, match="arenas"):
         limit_arenas(0)
