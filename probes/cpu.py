@@ -185,7 +185,9 @@ class CpuProbe(Probe):
         out = ProbeOutput(Features())
         f = out.features
         text = host.read_text(CPUINFO)
-        info = parsecache.per_round(host, "parse_cpuinfo", lambda: parse_cpuinfo(text)) if text is not None else None
+        info = None
+        if text is not None:  # the first processor's block: its fields are all the probe uses
+            info = parsecache.per_round(host, "parse_cpuinfo", lambda: parse_cpuinfo(text, first_only=True))
         arch, _ = host_arch(host, info)
         if text is None or info is None:
             out.notes.append(f"{CPUINFO} unreadable: cpu.cpuid and cpu.model unknown")

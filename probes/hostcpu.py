@@ -23,7 +23,7 @@ import platform
 import re
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,14 +69,28 @@ def _int0(text: str | None) -> int | None:
         return None
 
 
-def parse_cpuinfo(text: str) -> CpuInfo:
+def _blocks(text: str) -> Iterator[str]:
+    """text.split("\n\n"), one block at a time (a caller that stops early splits no further)."""
+    start = 0
+    while True:
+        end = text.find("\n\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 2
+
+
+def parse_cpuinfo(text: str, *, first_only: bool = False) -> CpuInfo:
     """Parse /proc/cpuinfo (x86, arm64, ppc64le, s390x). Junk lines are skipped; missing keys stay empty.
 
     s390x prints one header block (vendor_id) and `processor N:` lines; that block counts as the first.
+    first_only: stop after the first processor's block (every field but `processors` and `physical_ids`
+    is the same; a 192-CPU cpuinfo, ~5,000 lines, is not read past its first ~27).
     """
     info = CpuInfo()
     first = True
-    for block in text.split("\n\n"):
+    for block in _blocks(text):
         kv: dict[str, str] = {}
         for line in block.splitlines():
             key, sep, value = line.partition(":")
@@ -103,6 +117,8 @@ def parse_cpuinfo(text: str) -> CpuInfo:
         info.arm_part = _int0(kv.get("CPU part"))
         info.arm_revision = _int0(kv.get("CPU revision"))
         info.power_cpu = kv.get("cpu", "")
+        if first_only:
+            break
     return info
 
 
