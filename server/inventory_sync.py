@@ -54,8 +54,15 @@ WATCH_METHOD = "/nodecompat.v1.NodeService/WatchFeatures"
 # (VmRSS and tracemalloc, bench/bench_inventory.py's simulator): channelz off ~3.5 KiB (its trace nodes),
 # retries off ~6 KiB (the retry filter's per-call state; a broken stream is resubscribed here, with the
 # fingerprint held, never replayed by gRPC). tcp read-chunk and HPACK table sizes changed nothing measurable.
+# A node's features message, received by a stream or a push fetch: real nodes send 10-100 KiB (a full
+# kernel.config and hundreds of PCI functions stay near 1 MiB). Parsed into the store's Python form a message
+# costs ~35x its size at peak (a 15 MiB one: ~550 MiB of aggregator RSS), so the 16 MiB gRPC limit let 32
+# registrations answering such fetches take the aggregator to 2.7 GiB. A larger message fails the node's
+# stream or fetch (RESOURCE_EXHAUSTED: UNREACHABLE) and ValidateFleet asks that node live.
+MAX_FEATURES_MESSAGE_BYTES = 4 << 20
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    *MESSAGE_SIZE_OPTIONS,
+    *[o for o in MESSAGE_SIZE_OPTIONS if o[0] != "grpc.max_receive_message_length"],
+    ("grpc.max_receive_message_length", MAX_FEATURES_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.enable_channelz", 0),
