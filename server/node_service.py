@@ -164,9 +164,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         rnd = self.cache.current(timeout=0)
         if rnd is None:
             return None
-        answer = self.verdicts.get(rnd, raw)
-        if answer is not None:
-            return answer
+        if len(raw) <= self.verdicts.max_entry_bytes:  # a longer key is never kept: no lookup (its hash)
+            answer = self.verdicts.get(rnd, raw)
+            if answer is not None:
+                return answer
         try:
             request = node_pb2.ValidateImageRequest.FromString(raw)
         except DecodeError:
@@ -178,6 +179,10 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
 
     def _kept(self, request: node_pb2.ValidateImageRequest, rnd: ProbeRound) -> bytes | None:
         if request.WhichOneof("source") != "spec" or selection_problem(request.platform, request.tags):
+            return None
+        if len(request.spec) > self.registry.max_spec_bytes:
+            # refused by the handler, never kept: not hashed on the event loop (a 14 MiB spec took ~30 ms
+            # of it, twice per call, and Health waited behind it)
             return None
         key = spec_key(request.spec, request.tags, request.nfd_compat, request.nfd_json, (), (), self.node_name)
         return self.verdicts.get(rnd, key)
@@ -219,11 +224,12 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                 "image_digest": fetched.image_digest,
                 "artifact_digest": fetched.artifact_digest,
             }
+        # a spec past the limit is refused by _parse below and never kept: not hashed, not looked up
         key = spec_key(
             text, request.tags, request.nfd_compat, request.nfd_json, tuple(report_extra.items()), tuple(warnings),
             self.node_name,
-        )
-        cached = self.verdicts.get(rnd, key)
+        ) if len(text) <= self.registry.max_spec_bytes else None
+        cached = self.verdicts.get(rnd, key) if key is not None else None
         if cached is not None:
             if tracing.current_span_recording():  # the trace still shows where the answer came from
                 with _tracer.start_as_current_span("evaluate spec") as span:
@@ -256,7 +262,8 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         resp = node_pb2.ValidateImageResponse(compatible=verdict.compatible, score=verdict.score)
         wire.fill(resp.report, verdict)
         data = resp.SerializeToString()
-        self.verdicts.put(rnd, key, data)
+        if key is not None:
+            self.verdicts.put(rnd, key, data)
         return data
 
     def _parse_uncached(self, text: str, nfd_compat: bool, deadline: float | None = None) -> Spec:
