@@ -28,7 +28,7 @@ from etcd3gw import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 from etcd3gw.utils import _decode, _encode, _increment_last_byte
 
-from nodecompat.server.http_deadline import deadline_session, within
+from nodecompat.oci.deadline import Deadline, deadline_scope, release, watched_session
 from nodecompat.server.registration_store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -224,9 +224,15 @@ class PrefixWatch:
         etcd cancels it (e.g. the revision was compacted): the caller reloads."""
         body = {"create_request": {"key": _encode(self.prefix), "range_end": _encode(_increment_last_byte(self.prefix)),
                                    "start_revision": start_revision}}
-        with within(CALL_TIMEOUT):  # the answer's head within a call's deadline (a trickling peer: _post_bounded)
+        head = Deadline(time.monotonic() + CALL_TIMEOUT)  # the answer's head within a call's deadline
+        with deadline_scope(head):  # (a trickling peer: _post_bounded)
             resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
                                        timeout=(CALL_TIMEOUT, WATCH_READ_TIMEOUT))
+        if head.fired:  # a head cut short by the shutdown may parse as complete
+            resp.close()
+            raise StoreUnavailable(f"etcd watch not answered within {CALL_TIMEOUT}s")
+        conn = resp.raw.connection
+        release(conn.sock if conn is not None else None)  # the stream is read with its own bounds
         with resp:
             if resp.status_code != 200:
                 raise StoreUnavailable(f"etcd watch answered HTTP {resp.status_code}")
@@ -284,13 +290,15 @@ def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answ
     max_answer bytes (read no further); ValueError when it is not a JSON object; Etcd3Exception on a non-200 status (its
     body's first MAX_ERROR_BYTES in the message). The whole call (connect, status line, headers, body) ends
     within CALL_TIMEOUT however slowly the peer sends."""
-    deadline = time.monotonic() + CALL_TIMEOUT
+    deadline = Deadline(time.monotonic() + CALL_TIMEOUT)
     data = bytearray()
+    late = ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s")
     # requests knows only per-receive timeouts: a peer sending its status line, headers or body a byte now and
-    # then kept one call going for hours. within() shuts the connection down at the deadline, whatever step
-    # the call is at (server/http_deadline.py).
+    # then kept one call going for hours. The session's sockets are shut down at the deadline, whatever step
+    # the call is at (nodecompat/oci/deadline.py, as for registry calls); a head or body cut short that way
+    # may even parse as complete, hence the check of `fired`.
     try:
-        with within(CALL_TIMEOUT):
+        with deadline_scope(deadline):
             resp = client.session.post(client.get_url(path), json=body, timeout=CALL_TIMEOUT, stream=True)
             with resp:
                 limit = max_answer if resp.status_code == 200 else MAX_ERROR_BYTES
@@ -300,12 +308,12 @@ def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answ
                         if resp.status_code != 200:
                             break
                         return None
-                    if time.monotonic() > deadline:
-                        raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s")
     except (requests.RequestException, OSError) as exc:
-        if time.monotonic() >= deadline:
-            raise ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s") from exc
+        if deadline.fired:
+            raise late from exc
         raise
+    if deadline.fired:
+        raise late
     if resp.status_code != 200:
         raise Etcd3Exception(bytes(data[:limit]).decode("utf-8", "replace"), resp.reason)
     answer = json.loads(data)
@@ -338,7 +346,7 @@ def _session(ca: str | None, cert: str | None, key: str | None) -> requests.Sess
     the environment silently replaces the session's CA (psf/requests#2998, #3829; seen on this machine: --store-ca
     ignored, etcd's certificate "unable to get local issuer"), and HTTP(S)_PROXY would send the calls to
     etcd's own listed endpoints through a proxy."""
-    s = deadline_session()
+    s = watched_session()
     s.trust_env = False
     if ca:
         s.verify = ca

@@ -1,6 +1,6 @@
 """An etcd endpoint that sends its answer's body a byte at a time, each byte within the read timeout
 (server/etcd_kv.py _post_bounded: "the whole call (connect, status line, headers, body) ends within
-CALL_TIMEOUT however slowly the peer sends"; server/http_deadline.py). A read of one 64 KiB part used to wait
+CALL_TIMEOUT however slowly the peer sends"; nodecompat/oci/deadline.py). A read of one 64 KiB part used to wait
 for all of it, and requests' post() waited for the whole head, so such a peer held a store call (a
 registration, a lease keepalive, the inventory's prefix load) for hours. Real sockets on loopback.
 """

@@ -13,6 +13,9 @@ their socket with the deadline active on the calling thread (`deadline_scope`) w
 each time they send a request on a kept-alive connection. A socket belongs to the last operation that
 used it, so an earlier operation's deadline never cuts a later one's exchange; a socket shut down while
 idle in the pool is seen as dropped by urllib3 and replaced.
+
+Also used by the aggregator's etcd client (server/etcd_kv.py) for the same reason; a long-lived stream
+whose head came in time is `release`d from its deadline.
 """
 
 from __future__ import annotations
@@ -108,6 +111,13 @@ def deadline_scope(deadline: Deadline) -> Iterator[None]:
         yield
     finally:
         _local.deadline = previous
+
+
+def release(sock: socket.socket | None) -> None:
+    """`sock` belongs to no deadline any more (a stream whose head came in time, read with its own bounds)."""
+    if sock is not None:
+        with _WATCHDOG._cond:
+            _WATCHDOG._owner.pop(sock, None)
 
 
 def _register(sock: Any) -> None:
