@@ -207,8 +207,10 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         if got >= n:
             row(f"full re-registration after an aggregator restart, push ({n} registered nodes fetched and held, "
                 "all re-registering at once)", took, "s", limit_restart_s)
-        else:
-            print(f"  (full re-registration NOT complete: {got}/{n} held after {took:.0f} s)")
+        else:  # a figure over the nodes held so far would read as met: the row says what happened
+            print(f"ROW full re-registration after an aggregator restart, push ({n} registered nodes, all "
+                  f"re-registering at once) | NOT complete: {got}/{n} held after {took:.0f} s | issue 12 limit "
+                  f"{limit_restart_s:g} s | ratio > {took / limit_restart_s:.2f} | target <= 1 | NOT MET")
         print(f"  (aggregator CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / max(1, got) * 1e3:.2f} ms a node held; "
               f"{push.fetches} fetches, {beats[0]} heartbeats handled; real daemons come back spread over one "
               f"beat, {lease_ttl / 3:g} s; loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
@@ -224,8 +226,13 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
               f"{rate:.0f}/s of the {n / (lease_ttl / 3):.0f}/s {n} nodes send, {per_beat * 1e3:.2f} ms of aggregator "
               "CPU each; one connection per node from the simulated daemons to the aggregator, as each LeaseKeeper "
               "holds)")
-        row(f"aggregator RSS growth per registered node, push model ({got} of {n} held, heartbeating every "
-            f"{lease_ttl / 3:g} s, no stream held)", (rss1 - rss0) / max(1, got), "B", limit_node_bytes)
+        name = (f"aggregator RSS growth per registered node, push model ({got} of {n} held, heartbeating every "
+                f"{lease_ttl / 3:g} s, no stream held)")
+        if got >= n:
+            row(name, (rss1 - rss0) / max(1, got), "B", limit_node_bytes)
+        else:  # not every node held: not the figure the issue asks for, whatever it divides to
+            print(f"ROW {name} | {(rss1 - rss0) / max(1, got):,.0f} B a held node, only {got} of {n} held | issue 12 "
+                  f"limit {limit_node_bytes:,.0f} B | ratio n/a | target <= 1 with all {n} held | NOT MET")
         from nodecompat.server.malloc_tuning import malloc_trim
 
         malloc_trim()
