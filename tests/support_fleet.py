@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from support_daemon import free_port, health_status, stop_process
 from support_otlp import OtlpReceiver
 
 from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.v1 import inventory_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = REPO / "tests" / "fixtures" / "hosts"
@@ -332,3 +333,24 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         for p in procs:
             p.terminate()
         otlp.stop()
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
+    """Poll `pred` every 50 ms until it is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def first_watch_message(address: str) -> inventory_pb2.WatchFeaturesResponse:
+    """A daemon's first WatchFeatures message (its current features, round id and fingerprint)."""
+    with grpc.insecure_channel(address) as ch:
+        call = ch.unary_stream(
+            "/nodecompat.v1.NodeService/WatchFeatures",
+            request_serializer=inventory_pb2.WatchFeaturesRequest.SerializeToString,
+            response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
+        )(inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=5.0), timeout=30)
+        first = next(call)
+        call.cancel()
+    return first  # type: ignore[no-any-return]

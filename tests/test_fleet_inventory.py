@@ -23,6 +23,7 @@ import grpc
 import pytest
 from support_cli import features_snapshot, fleet_validate_why_not
 from support_fleet import Proc, aggregator, start_node
+from support_fleet import wait_until as _wait
 from support_fleetmem import GPU_SPEC, NVIDIA_ONLY, load_module, unload_module
 from support_hosts import copy_fixture
 
@@ -49,13 +50,6 @@ class InvFleet:
     agg: AggregatorDaemon
     address: str
     tmp: Path
-
-
-def _wait(pred, timeout: float = 60.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _synced(agg: AggregatorDaemon, n: int) -> bool:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support_cli import fleet_validate_why_not
 from support_fleet import Proc, aggregator, start_node
+from support_fleet import wait_until as _wait
 from support_hosts import copy_fixture
 
 from nodecompat.clients.fleet_client import FleetAnswer, FleetClient
@@ -92,13 +92,6 @@ def _site(tmp: Path) -> Path:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nodecompat-rack-probe\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[nodecompat.probes]\nrack = nodecompat_rack_probe:RackProbe\n")
     return site
-
-
-def _wait(pred, timeout: float = 60.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from support_fleet import Proc, aggregator, start_node
+from support_fleet import wait_until as _wait
 from support_fleetmem import NVIDIA_ONLY, load_module, unload_module
 from support_hosts import copy_fixture
 from test_fleet_inventory import _refresh, _Watch
@@ -42,13 +43,6 @@ class PushFleet:
     agg: AggregatorDaemon
     address: str
     tmp: Path
-
-
-def _wait(pred, timeout: float = 60.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _synced(agg: AggregatorDaemon, names: set[str]) -> bool:

@@ -15,30 +15,18 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support_fleet import Proc, aggregator, start_node
+from support_fleet import Proc, aggregator, first_watch_message, start_node
 
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.server.aggregator import AggregatorDaemon
 from nodecompat.server.inventory_sync import SyncConfig
 from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
-from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2
+from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 SPEC = Path(__file__).resolve().parents[1] / "examples" / "gpu-node.yaml"
 YEAR_9999 = 253402300799  # the last second a google.protobuf.Timestamp may hold
-
-
-def _fingerprint(node: Proc) -> str:
-    with grpc.insecure_channel(node.address) as ch:
-        call = ch.unary_stream(
-            "/nodecompat.v1.NodeService/WatchFeatures",
-            request_serializer=inventory_pb2.WatchFeaturesRequest.SerializeToString,
-            response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
-        )(inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=5.0), timeout=30)
-        first = next(call)
-        call.cancel()
-    return first.features.fingerprint
 
 
 @pytest.fixture()
@@ -47,7 +35,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[AggregatorDaemon, Proc, str]]:
     try:
         with aggregator(lease_ttl=9.0, registration=RegistrationPolicy(allow_unauthenticated=True),
                         sync=SyncConfig(heartbeat=1.0, stale_after=3.0, reconcile_interval=0.2)) as agg:
-            yield agg, node, _fingerprint(node)
+            yield agg, node, first_watch_message(node.address).features.fingerprint
     finally:
         node.kill()
 

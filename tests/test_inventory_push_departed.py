@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support_fleet import aggregator, free_port, start_node
+from support_fleet import aggregator, first_watch_message, free_port, start_node
 
 from nodecompat.server.aggregator import AggregatorDaemon
 from nodecompat.server.inventory_sync import SyncConfig
@@ -31,24 +31,12 @@ pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the
 ANSWER_AFTER = 4.0  # s the slow node takes to answer a fetch
 
 
-def _first_message(address: str) -> inventory_pb2.WatchFeaturesResponse:
-    with grpc.insecure_channel(address) as ch:
-        call = ch.unary_stream(
-            "/nodecompat.v1.NodeService/WatchFeatures",
-            request_serializer=inventory_pb2.WatchFeaturesRequest.SerializeToString,
-            response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
-        )(inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=5.0), timeout=30)
-        first = next(call)
-        call.cancel()
-    return first
-
-
 @pytest.fixture()
 def slow_node(tmp_path: Path) -> Iterator[tuple[str, str, threading.Event]]:
     """(address, fingerprint, answered): a gRPC server whose WatchFeatures answers after ANSWER_AFTER s."""
     real = start_node(tmp_path, "departed-1", "plain-vm")
     try:
-        msg = _first_message(real.address)
+        msg = first_watch_message(real.address)
     finally:
         real.kill()
     answered = threading.Event()

@@ -18,13 +18,13 @@ from typing import Any
 import grpc
 import pytest
 from support_dos import half_open_calls
+from support_runtime import KEPT, KeptServicer
 
 from nodecompat.server.node_service import serialize_or_pass
 from nodecompat.server.read_deadlines import ReadDeadlines
 from nodecompat.server.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import node_pb2
 
-KEPT = node_pb2.ValidateImageResponse(compatible=True, score=7).SerializeToString()
 VALIDATE = "/nodecompat.v1.NodeService/ValidateImage"
 
 
@@ -107,28 +107,9 @@ def test_waits_that_end_before_their_deadline_are_never_cancelled() -> None:
     assert (left, cancelled) == (0, 0)
 
 
-class _Servicer:
-    def __init__(self) -> None:
-        self.slow_calls = 0
-
-    def GetFeatures(self, request: Any, context: Any) -> Any:
-        raise NotImplementedError
-
-    def ValidateImage(self, request: Any, context: Any) -> node_pb2.ValidateImageResponse:
-        self.slow_calls += 1
-        return node_pb2.ValidateImageResponse(compatible=False, score=1)
-
-    def WatchFeatures(self, request: Any, context: Any) -> Any:
-        return iter(())
-
-    @staticmethod
-    def kept(raw: bytes) -> bytes | None:  # the fast path gets the request message's bytes
-        return KEPT if node_pb2.ValidateImageRequest.FromString(raw).spec == "kept" else None
-
-
 @pytest.fixture
-def served() -> Iterator[tuple[_Servicer, Runtime, str]]:
-    servicer = _Servicer()
+def served() -> Iterator[tuple[KeptServicer, Runtime, str]]:
+    servicer = KeptServicer()
     rt = Runtime("deadline-test", RuntimeLimits(workers=2, max_concurrent_calls=8, request_timeout=1.0), [])
     rt.add_servicer(servicer, node_pb2.DESCRIPTOR.services_by_name["NodeService"],
                     {"ValidateImage": serialize_or_pass}, fast_paths={"ValidateImage": servicer.kept})

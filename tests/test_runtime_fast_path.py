@@ -12,35 +12,25 @@ from typing import Any
 
 import grpc
 import pytest
+from support_runtime import KEPT, KeptServicer
 
 from nodecompat.server.node_service import serialize_or_pass
 from nodecompat.server.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
-KEPT = node_pb2.ValidateImageResponse(compatible=True, score=7).SerializeToString()
 
+class _Servicer(KeptServicer):
+    """GetFeatures holds the only worker and the only admission slot until the test releases it."""
 
-class _Servicer:
     def __init__(self) -> None:
+        super().__init__()
         self.holding = threading.Event()
         self.release = threading.Event()
-        self.slow_calls = 0
 
     def GetFeatures(self, request: Any, context: Any) -> features_pb2.GetFeaturesResponse:
         self.holding.set()
         self.release.wait(30)
         return features_pb2.GetFeaturesResponse(node_name="held")
-
-    def ValidateImage(self, request: Any, context: Any) -> node_pb2.ValidateImageResponse:
-        self.slow_calls += 1
-        return node_pb2.ValidateImageResponse(compatible=False, score=1)
-
-    def WatchFeatures(self, request: Any, context: Any) -> Any:
-        return iter(())
-
-    @staticmethod
-    def kept(raw: bytes) -> bytes | None:  # the fast path gets the request message's bytes
-        return KEPT if node_pb2.ValidateImageRequest.FromString(raw).spec == "kept" else None
 
 
 @pytest.fixture
