@@ -17,8 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support_fleet import aggregator, free_port, start_node
-from test_inventory_push_departed import _first_message
+from support_fleet import aggregator, first_watch_message, free_port, start_node
 
 from nodecompat.server.aggregator import AggregatorDaemon
 from nodecompat.server.inventory_sync import MAX_FEATURES_MESSAGE_BYTES, SyncConfig
@@ -33,7 +32,7 @@ def big_node(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(address, announced fingerprint) of a gRPC server whose WatchFeatures sends a ~6 MiB message."""
     real = start_node(tmp_path, "big-1", "plain-vm")
     try:
-        msg = _first_message(real.address)
+        msg = first_watch_message(real.address)
     finally:
         real.kill()
     flags = msg.features.features.flags["cpu.cpuid"].elements
