@@ -3,9 +3,11 @@ nodes that push their feature state in their RegisterNode heartbeats, with no st
 
 The simulator (a child process: its channels are not the aggregator's memory) stands in for N daemons:
 - one grpc.aio channel (one HTTP/2 connection) to the aggregator per node, as each daemon's LeaseKeeper has;
-- each node calls RegisterNode with its lease key, name, address, round id, probe time and fingerprint (one
-  of `profiles` feature sets), first all at once (at most REGISTER_IN_FLIGHT in flight: the aggregator
-  restarted and every daemon comes back), then every granted ttl/3 seconds (the real cadence), jittered;
+- each node calls RegisterNode with its lease key, name, address, round id, probe time, fingerprint (one
+  of `profiles` feature sets) and identity (system.name nodename: its own name, as LeaseKeeper sends it), so
+  the aggregator fetches the nodes of a profile until it holds its set and holds the others from it without a
+  fetch; first all at once (at most REGISTER_IN_FLIGHT in flight: the aggregator restarted and every daemon
+  comes back), then every granted ttl/3 seconds (the real cadence), jittered;
 - it serves the one-shot feature fetch (WatchFeatures with `once`): one grpc.aio server per profile, on
   0.0.0.0:PORT_k, node i at its own loopback address 127.x.y.z:PORT_(i mod profiles), so the aggregator
   makes one connection per fetch, as to a real node, and gets the set the node announced. (Node names in the
@@ -101,6 +103,7 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
         req = fleet_pb2.RegisterNodeRequest(name=f"sim-{i:05d}", address=node_address(i, ports[i % k]),
                                             round_id=1, fingerprint=changes[i % k].fingerprint)
         req.probed_at.CopyFrom(changes[i % k].probed_at)
+        req.identity["system.name"].elements["nodename"] = req.name
         md = ((LEASE_KEY_METADATA, secrets.token_hex(32)),)
         beat = lease_ttl / 3
         async with gate:  # the first registration (retried as LeaseKeeper does, on its beat), bounded in flight
@@ -212,7 +215,8 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
                   f"re-registering at once) | NOT complete: {got}/{n} held after {took:.0f} s | issue 12 limit "
                   f"{limit_restart_s:g} s | ratio > {took / limit_restart_s:.2f} | target <= 1 | NOT MET")
         print(f"  (aggregator CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / max(1, got) * 1e3:.2f} ms a node held; "
-              f"{push.fetches} fetches, {beats[0]} heartbeats handled; real daemons come back spread over one "
+              f"{push.fetches} fetches, {push.adopted} held without a fetch, {beats[0]} heartbeats handled; real "
+              f"daemons come back spread over one "
               f"beat, {lease_ttl / 3:g} s; loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
         b0, t1, c1 = beats[0], time.perf_counter(), process_cpu("self")
         time.sleep(3.0)  # the last fetch channels close; every node's own connection is open (30 s idle limit)

@@ -26,7 +26,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat import wire
-from nodecompat.fleet.fingerprint import fingerprint
+from nodecompat.fleet.fingerprint import fingerprint, split_identity
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.v1 import inventory_pb2
 
@@ -45,6 +45,10 @@ def clamp_heartbeat(asked: float, default: float = DEFAULT_HEARTBEAT) -> float:
     return min(MAX_HEARTBEAT, max(MIN_HEARTBEAT, asked))
 
 
+# what a registration heartbeat carries: (round id, probe time, fingerprint, identity triples)
+PushState = tuple[int, Timestamp, str, tuple[tuple[str, str, str], ...]]
+
+
 @dataclass(frozen=True)
 class _State:
     round_id: int
@@ -52,6 +56,7 @@ class _State:
     probed_at: Timestamp
     change: inventory_pb2.WatchFeaturesResponse  # the FeaturesChange of the round that set this fingerprint
     change_round: int
+    identity: tuple[tuple[str, str, str], ...] = ()  # the round's identity triples (split_identity)
 
 
 class _Watcher:
@@ -88,6 +93,7 @@ class FeatureWatchHub:
     def on_round(self, rnd: ProbeRound) -> None:
         """Record a finished probe round; build a FeaturesChange only when the fingerprint changed."""
         fp = fingerprint(rnd.features, rnd.unknown_features())
+        _, identity = split_identity(rnd.features)
         ts = Timestamp()
         ts.FromDatetime(rnd.probed_at)
         with self._lock:
@@ -95,7 +101,7 @@ class FeatureWatchHub:
             rid = self._round_id
             prev = self._state
         if prev is not None and prev.fingerprint == fp:
-            state = _State(rid, fp, ts, prev.change, prev.change_round)
+            state = _State(rid, fp, ts, prev.change, prev.change_round, identity)
         else:
             change = inventory_pb2.WatchFeaturesResponse(
                 features=inventory_pb2.FeaturesChange(
@@ -107,7 +113,7 @@ class FeatureWatchHub:
                     probes=[wire.status_to_proto(s) for s in rnd.statuses],
                 )
             )
-            state = _State(rid, fp, ts, change, rid)
+            state = _State(rid, fp, ts, change, rid, identity)
         with self._lock:
             self._state = state
             watchers = list(self._watchers)
@@ -120,12 +126,13 @@ class FeatureWatchHub:
                 except Exception:  # a listener's bug must not stop the watchers' feed
                     log.exception("feature watch change listener")
 
-    def push_state(self) -> tuple[int, Timestamp, str] | None:
-        """(round id, probe time, fingerprint) of the latest round, None before the first: what a
-        registration heartbeat carries (RegisterNodeRequest round_id/probed_at/fingerprint)."""
+    def push_state(self) -> PushState | None:
+        """(round id, probe time, fingerprint, identity triples) of the latest round, None before the first:
+        what a registration heartbeat carries (RegisterNodeRequest round_id/probed_at/fingerprint/identity;
+        identity as split_identity gives it, e.g. (("system.name", "nodename", "node-1"),))."""
         with self._lock:
             state = self._state
-        return None if state is None else (state.round_id, state.probed_at, state.fingerprint)
+        return None if state is None else (state.round_id, state.probed_at, state.fingerprint, state.identity)
 
     def watchers(self) -> int:
         with self._lock:

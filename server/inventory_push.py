@@ -8,7 +8,15 @@ when its fingerprint changes (server/registration.py), its latest probe round's 
 fingerprint (RegisterNodeRequest round_id/probed_at/fingerprint). For such a node:
 - a heartbeat whose fingerprint equals the one the store holds refreshes the record (its time, its round,
   its probe time: as_of is the heartbeat's probe time) and nothing else happens;
-- a new node, or a fingerprint the store does not hold for it, makes the aggregator fetch the features once:
+- a new node, or a fingerprint the store does not hold for it, whose registration carries its identity
+  attributes (RegisterNodeRequest.identity: system.name nodename, what the fingerprint leaves out) and whose
+  fingerprint the store already holds for another node, is held at once from that set plus its identity:
+  no fetch (FeatureStore.put_fingerprint; WatchFleet sees the transition as after a fetch). The node's
+  fingerprint is then trusted as its fetched features would be (the registrant is authenticated; a node
+  answering a fetch could send any features too), and its address is not dialled (ListNodes health-checks
+  it as any node without a recent contact);
+- otherwise a new node, or a fingerprint the store does not hold for it, makes the aggregator fetch the
+  features once:
   one WatchFeatures call (known_fingerprint: the one held, `once`: the daemon ends the stream after its first
   message), then the channel is closed. The message goes through the same path as a stream's (InventorySync
   _handle: the store recomputes the fingerprint, sets are shared per fingerprint). When what was stored does
@@ -21,7 +29,8 @@ fingerprint (RegisterNodeRequest round_id/probed_at/fingerprint). For such a nod
 
 Bounds (a registration's fingerprint is untrusted input): the fingerprint must be "sha256:" + 64 lowercase
 hex digits and the probe time a valid Timestamp after 1970 (else RegisterNode is INVALID_ARGUMENT:
-push_problem; a probe time later than now is stored as now, so a wrong clock or a lie makes nothing look
+push_problem; identity only IDENTITY's features and elements, values of 1-253 characters: at most one
+triple per IDENTITY element; a probe time later than now is stored as now, so a wrong clock or a lie makes nothing look
 fresh: nodecompat/fleet/store.py); at most `max_fetching` fetches run at once over all nodes, each within
 `fetch_timeout` seconds (a deadline the node cannot stretch); per node at most one fetch is in flight or
 waiting, and fetches start at least `min_fetch_interval` seconds apart (a backoff doubling to BACKOFF_MAX
@@ -49,8 +58,9 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from nodecompat.fleet.fingerprint import IDENTITY
 from nodecompat.fleet.store import STATE_UNREACHABLE
-from nodecompat.server.fleet_members import SOURCE_REGISTERED, FleetNode
+from nodecompat.server.fleet_members import MAX_FIELD, SOURCE_REGISTERED, FleetNode
 from nodecompat.v1 import fleet_pb2, inventory_pb2
 
 if TYPE_CHECKING:
@@ -73,9 +83,20 @@ def push_problem(request: fleet_pb2.RegisterNodeRequest) -> str:
     """Why the request's feature state cannot be used ("" when it can or when there is none)."""
     fp = request.fingerprint
     if not fp:
-        if request.round_id or request.HasField("probed_at"):
-            return "round_id/probed_at given without a fingerprint"
+        if request.round_id or request.HasField("probed_at") or request.identity:
+            return "round_id/probed_at/identity given without a fingerprint"
         return ""
+    for feature, attr in request.identity.items():
+        keys = IDENTITY.get(feature)
+        if keys is None:
+            return (f"identity feature {feature[:80]!r} is not an identity attribute (only "
+                    f"{', '.join(sorted(IDENTITY))})")
+        for element, value in attr.elements.items():
+            if element not in keys:
+                return (f"identity element {feature}/{element[:80]!r} is not an identity attribute (only "
+                        f"{', '.join(sorted(keys))})")
+            if not 0 < len(value) <= MAX_FIELD:
+                return f"identity {feature}/{element} must be 1-{MAX_FIELD} characters, got {len(value)}"
     if len(fp) != 71 or not FINGERPRINT_RE.match(fp):
         return "fingerprint must be 'sha256:' followed by 64 lowercase hex digits"
     if request.HasField("probed_at"):
@@ -115,6 +136,7 @@ class PushedNodes:
         self._sem: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.fetches = 0  # fetches started (counts retries)
+        self.adopted = 0  # nodes held from a set the store held under their fingerprint, without a fetch
         self.open_channels = 0  # channels open now (fetches in flight)
 
     # -- any thread ----------------------------------------------------------------------------------
@@ -138,12 +160,29 @@ class PushedNodes:
                 entry.probed_at, entry.stale_after = probed, stale_after
         if self.store.heartbeat(address, request.round_id, fp, probed_at=probed):
             return  # what the store holds is current: its time and round refreshed
+        node = FleetNode(name, address, dict(labels), SOURCE_REGISTERED)
+        if self._adopt(node, request, probed):
+            return
         with self._lock:
             if entry.busy or self._nodes.get(address) is not entry:
                 return  # the fetch in flight or waiting compares with this announcement when it ends
             entry.busy = True
-        node = FleetNode(name, address, dict(labels), SOURCE_REGISTERED)
         self.sync.loop.call_soon_threadsafe(self._schedule, node)
+
+    def _adopt(self, node: FleetNode, request: fleet_pb2.RegisterNodeRequest, probed: float) -> bool:
+        """Hold the node from the set stored under its announced fingerprint plus the identity it sent (module
+        doc); False when it sent no identity or no such set is held (then it is fetched)."""
+        identity = tuple(sorted((feature, element, value) for feature, attr in request.identity.items()
+                                for element, value in attr.elements.items()))
+        if not identity:
+            return False
+        rec = self.store.put_fingerprint(request.fingerprint, node.address, node.name, identity, probed,
+                                         request.round_id, node.labels)
+        if rec is None:
+            return False
+        self.adopted += 1
+        self.sync.loop.call_soon_threadsafe(self.sync.note_node, node)  # as _schedule does before a fetch
+        return True
 
     def is_pushed(self, address: str) -> bool:
         with self._lock:

@@ -7,9 +7,11 @@ forgets everything, the next heartbeat puts the node back. stop() deregisters (b
 that shuts down cleanly leaves at once; a node that dies leaves when its lease lapses.
 
 Push model (docs/inventory.md): given `feature_state` (the WatchFeatures hub's push_state), every heartbeat
-carries the latest probe round's id, probe time and fingerprint, and poke() (hooked to the hub's on_change)
-sends one at once when the fingerprint changes instead of at the next beat, so the aggregator learns of a
-change within a probe round and fetches the features once, holding no stream to this daemon.
+carries the latest probe round's id, probe time, fingerprint and identity attributes (system.name nodename),
+and poke() (hooked to the hub's on_change) sends one at once when the fingerprint changes instead of at the
+next beat, so the aggregator learns of a change within a probe round and fetches the features once (or, when
+it already holds a set with that fingerprint, holds the node with its identity and fetches nothing), holding
+no stream to this daemon.
 
 Several aggregators (replicas sharing registrations through etcd, `serve --register A,B,C` or the flag
 repeated): each beat goes to the aggregator that answered last (at first, the first listed); when it cannot
@@ -73,14 +75,15 @@ class LeaseKeeper:
         tls_key: str | None = None,
         tls_ca: str | None = None,
         token: bytes | None = None,
-        feature_state: Callable[[], tuple[int, Timestamp, str] | None] | None = None,
+        feature_state: Callable[[], tuple[int, Timestamp, str, tuple[tuple[str, str, str], ...]] | None] | None = None,
     ) -> None:
         """aggregator: one address, a comma-separated list or a list (tried in order, module doc); ttl 0 takes
         the aggregator's default lease; TLS is used when tls_ca (or a cert) is given.
 
         Every call carries a random lease key (only this keeper can renew or deregister its lease,
         server/registration_auth.py) and, when given, the fleet's shared registration token. feature_state:
-        () -> (round id, probe time, fingerprint) or None before the first round (module doc: push model)."""
+        () -> (round id, probe time, fingerprint, identity triples) or None before the first round (module doc:
+        push model; the hub's push_state)."""
         self.aggregators = parse_aggregators(aggregator)
         self.current = 0  # index of the aggregator that answered last
         self.request = fleet_pb2.RegisterNodeRequest(
@@ -145,8 +148,10 @@ class LeaseKeeper:
             return self.request
         request = fleet_pb2.RegisterNodeRequest()
         request.CopyFrom(self.request)
-        request.round_id, probed_at, request.fingerprint = state
+        request.round_id, probed_at, request.fingerprint, identity = state
         request.probed_at.CopyFrom(probed_at)
+        for feature, element, value in identity:  # the aggregator holds a known set without a fetch
+            request.identity[feature].elements[element] = value
         return request
 
     def poke(self) -> None:

@@ -187,8 +187,27 @@ class FeatureStore:
         wire key is unknown (the caller then parses and calls put with wire_key)."""
         with self._lock:
             fp = self._aliases.get(wire_key)
-            fs = self._sets.get(fp) if fp else None
-            if fp is None or fs is None:
+        if fp is None:
+            return None
+        return self.put_fingerprint(fp, key, name, identity, probed_at, round_id, labels)
+
+    def put_fingerprint(
+        self,
+        fp: str,
+        key: str,
+        name: str,
+        identity: tuple[tuple[str, str, str], ...],
+        probed_at: float,
+        round_id: int,
+        labels: Mapping[str, str] | None = None,
+    ) -> NodeRecord | None:
+        """Store a node's round as the set held under fingerprint `fp` ("sha256:<64 hex>") plus its own
+        `identity` triples (feature, element, value): no features given, none parsed. The listeners see the
+        transition as for put(). None when no set with that fingerprint is held (the caller gets the
+        features: put)."""
+        with self._lock:
+            fs = self._sets.get(fp)
+            if fs is None:
                 return None
             old = self._nodes.get(key)
             fs.nodes += 1

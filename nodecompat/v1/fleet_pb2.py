@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from nodecompat.v1 import features_pb2 as nodecompat_dot_v1_dot_features__pb2
 from nodecompat.v1 import inventory_pb2 as nodecompat_dot_v1_dot_inventory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nodecompat/v1/fleet.proto\x12\rnodecompat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dnodecompat/v1/inventory.proto\"\x84\x03\n\x14ValidateFleetRequest\x12\x0f\n\x05image\x18\x01 \x01(\tH\x00\x12\x0e\n\x04spec\x18\x02 \x01(\tH\x00\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x12\n\nplain_http\x18\x05 \x01(\x08\x12\x43\n\x08selector\x18\x06 \x03(\x0b\x32\x31.nodecompat.v1.ValidateFleetRequest.SelectorEntry\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x12\n\nnfd_compat\x18\x08 \x01(\x08\x12\x1d\n\x15max_staleness_seconds\x18\t \x01(\x01\x12\x32\n\ranswer_source\x18\n \x01(\x0e\x32\x1b.nodecompat.v1.AnswerSource\x12\x17\n\x0fgrouped_results\x18\x0b \x01(\x08\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"\x81\x03\n\nNodeResult\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x35\n\x06labels\x18\x03 \x03(\x0b\x32%.nodecompat.v1.NodeResult.LabelsEntry\x12\x12\n\ncompatible\x18\x04 \x01(\x08\x12\r\n\x05score\x18\x05 \x01(\x05\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x17\n\x0flatency_seconds\x18\x08 \x01(\x01\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\x12)\n\x05\x61s_of\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06source\x18\x0c \x01(\x0e\x32\x1b.nodecompat.v1.AnswerSource\x12\x13\n\x0b\x66ingerprint\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\nRankedNode\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x12\n\ncompatible\x18\x02 \x01(\x08\x12\r\n\x05score\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\"\xc3\x02\n\x0c\x46leetSummary\x12\x12\n\ncompatible\x18\x01 \x01(\x05\x12\x14\n\x0cincompatible\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12*\n\x07ranking\x18\x04 \x03(\x0b\x32\x19.nodecompat.v1.RankedNode\x12\x14\n\x0cimage_digest\x18\x05 \x01(\t\x12\x17\n\x0f\x61rtifact_digest\x18\x06 \x01(\t\x12\x14\n\x0cwall_seconds\x18\x07 \x01(\x01\x12-\n\x07why_not\x18\x08 \x03(\x0b\x32\x1c.nodecompat.v1.SetExclusions\x12\x16\n\x0e\x66rom_inventory\x18\t \x01(\x05\x12\x0c\n\x04live\x18\n \x01(\x05\x12\x14\n\x0cprobe_failed\x18\x0b \x01(\x05\x12\x1d\n\x15\x64istinct_feature_sets\x18\x0c \x01(\x05\"\xd4\x01\n\x15ValidateFleetResponse\x12)\n\x04node\x18\x01 \x01(\x0b\x32\x19.nodecompat.v1.NodeResultH\x00\x12.\n\x07summary\x18\x02 \x01(\x0b\x32\x1b.nodecompat.v1.FleetSummaryH\x00\x12+\n\x05nodes\x18\x03 \x01(\x0b\x32\x1a.nodecompat.v1.NodeResultsH\x00\x12+\n\x06groups\x18\x04 \x01(\x0b\x32\x19.nodecompat.v1.NodeGroupsH\x00\x42\x06\n\x04item\"7\n\x0bNodeResults\x12(\n\x05nodes\x18\x01 \x03(\x0b\x32\x19.nodecompat.v1.NodeResult\"\x88\x01\n\tNodeGroup\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.nodecompat.v1.NodeResult\x12\x12\n\nnode_names\x18\x02 \x03(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x15\n\ras_of_seconds\x18\x04 \x03(\x01\x12\x12\n\nlabel_sets\x18\x05 \x03(\r\"n\n\x08LabelSet\x12\x33\n\x06labels\x18\x01 \x03(\x0b\x32#.nodecompat.v1.LabelSet.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\nNodeGroups\x12(\n\x06groups\x18\x01 \x03(\x0b\x32\x18.nodecompat.v1.NodeGroup\x12+\n\nlabel_sets\x18\x02 \x03(\x0b\x32\x17.nodecompat.v1.LabelSet\"\xab\x01\n\x10ListNodesRequest\x12?\n\x08selector\x18\x01 \x03(\x0b\x32-.nodecompat.v1.ListNodesRequest.SelectorEntry\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdf\x01\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.nodecompat.v1.NodeInfo.LabelsEntry\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x30\n\x0clast_contact\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06health\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x11ListNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.nodecompat.v1.NodeInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8e\x02\n\x13RegisterNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12>\n\x06labels\x18\x03 \x03(\x0b\x32..nodecompat.v1.RegisterNodeRequest.LabelsEntry\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x01\x12\x10\n\x08round_id\x18\x05 \x01(\x04\x12-\n\tprobed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x14RegisterNodeResponse\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x01\"%\n\x15\x44\x65registerNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65registerNodeResponse2\x90\x04\n\x0c\x46leetService\x12\\\n\rValidateFleet\x12#.nodecompat.v1.ValidateFleetRequest\x1a$.nodecompat.v1.ValidateFleetResponse0\x01\x12N\n\tListNodes\x12\x1f.nodecompat.v1.ListNodesRequest\x1a .nodecompat.v1.ListNodesResponse\x12W\n\x0cRegisterNode\x12\".nodecompat.v1.RegisterNodeRequest\x1a#.nodecompat.v1.RegisterNodeResponse\x12]\n\x0e\x44\x65registerNode\x12$.nodecompat.v1.DeregisterNodeRequest\x1a%.nodecompat.v1.DeregisterNodeResponse\x12S\n\nWatchFleet\x12 .nodecompat.v1.WatchFleetRequest\x1a!.nodecompat.v1.WatchFleetResponse0\x01\x12\x45\n\x06WhatIf\x12\x1c.nodecompat.v1.WhatIfRequest\x1a\x1d.nodecompat.v1.WhatIfResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nodecompat/v1/fleet.proto\x12\rnodecompat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnodecompat/v1/features.proto\x1a\x1dnodecompat/v1/inventory.proto\"\x84\x03\n\x14ValidateFleetRequest\x12\x0f\n\x05image\x18\x01 \x01(\tH\x00\x12\x0e\n\x04spec\x18\x02 \x01(\tH\x00\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x12\n\nplain_http\x18\x05 \x01(\x08\x12\x43\n\x08selector\x18\x06 \x03(\x0b\x32\x31.nodecompat.v1.ValidateFleetRequest.SelectorEntry\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x12\n\nnfd_compat\x18\x08 \x01(\x08\x12\x1d\n\x15max_staleness_seconds\x18\t \x01(\x01\x12\x32\n\ranswer_source\x18\n \x01(\x0e\x32\x1b.nodecompat.v1.AnswerSource\x12\x17\n\x0fgrouped_results\x18\x0b \x01(\x08\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"\x81\x03\n\nNodeResult\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x35\n\x06labels\x18\x03 \x03(\x0b\x32%.nodecompat.v1.NodeResult.LabelsEntry\x12\x12\n\ncompatible\x18\x04 \x01(\x08\x12\r\n\x05score\x18\x05 \x01(\x05\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x17\n\x0flatency_seconds\x18\x08 \x01(\x01\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\x12)\n\x05\x61s_of\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06source\x18\x0c \x01(\x0e\x32\x1b.nodecompat.v1.AnswerSource\x12\x13\n\x0b\x66ingerprint\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\nRankedNode\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x12\n\ncompatible\x18\x02 \x01(\x08\x12\r\n\x05score\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\"\xc3\x02\n\x0c\x46leetSummary\x12\x12\n\ncompatible\x18\x01 \x01(\x05\x12\x14\n\x0cincompatible\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12*\n\x07ranking\x18\x04 \x03(\x0b\x32\x19.nodecompat.v1.RankedNode\x12\x14\n\x0cimage_digest\x18\x05 \x01(\t\x12\x17\n\x0f\x61rtifact_digest\x18\x06 \x01(\t\x12\x14\n\x0cwall_seconds\x18\x07 \x01(\x01\x12-\n\x07why_not\x18\x08 \x03(\x0b\x32\x1c.nodecompat.v1.SetExclusions\x12\x16\n\x0e\x66rom_inventory\x18\t \x01(\x05\x12\x0c\n\x04live\x18\n \x01(\x05\x12\x14\n\x0cprobe_failed\x18\x0b \x01(\x05\x12\x1d\n\x15\x64istinct_feature_sets\x18\x0c \x01(\x05\"\xd4\x01\n\x15ValidateFleetResponse\x12)\n\x04node\x18\x01 \x01(\x0b\x32\x19.nodecompat.v1.NodeResultH\x00\x12.\n\x07summary\x18\x02 \x01(\x0b\x32\x1b.nodecompat.v1.FleetSummaryH\x00\x12+\n\x05nodes\x18\x03 \x01(\x0b\x32\x1a.nodecompat.v1.NodeResultsH\x00\x12+\n\x06groups\x18\x04 \x01(\x0b\x32\x19.nodecompat.v1.NodeGroupsH\x00\x42\x06\n\x04item\"7\n\x0bNodeResults\x12(\n\x05nodes\x18\x01 \x03(\x0b\x32\x19.nodecompat.v1.NodeResult\"\x88\x01\n\tNodeGroup\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.nodecompat.v1.NodeResult\x12\x12\n\nnode_names\x18\x02 \x03(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x15\n\ras_of_seconds\x18\x04 \x03(\x01\x12\x12\n\nlabel_sets\x18\x05 \x03(\r\"n\n\x08LabelSet\x12\x33\n\x06labels\x18\x01 \x03(\x0b\x32#.nodecompat.v1.LabelSet.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\nNodeGroups\x12(\n\x06groups\x18\x01 \x03(\x0b\x32\x18.nodecompat.v1.NodeGroup\x12+\n\nlabel_sets\x18\x02 \x03(\x0b\x32\x17.nodecompat.v1.LabelSet\"\xab\x01\n\x10ListNodesRequest\x12?\n\x08selector\x18\x01 \x03(\x0b\x32-.nodecompat.v1.ListNodesRequest.SelectorEntry\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdf\x01\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.nodecompat.v1.NodeInfo.LabelsEntry\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x30\n\x0clast_contact\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06health\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x11ListNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.nodecompat.v1.NodeInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa4\x03\n\x13RegisterNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12>\n\x06labels\x18\x03 \x03(\x0b\x32..nodecompat.v1.RegisterNodeRequest.LabelsEntry\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x01\x12\x10\n\x08round_id\x18\x05 \x01(\x04\x12-\n\tprobed_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\t\x12\x42\n\x08identity\x18\x08 \x03(\x0b\x32\x30.nodecompat.v1.RegisterNodeRequest.IdentityEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aP\n\rIdentityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.nodecompat.v1.AttributeFeature:\x02\x38\x01\"+\n\x14RegisterNodeResponse\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x01\"%\n\x15\x44\x65registerNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65registerNodeResponse2\x90\x04\n\x0c\x46leetService\x12\\\n\rValidateFleet\x12#.nodecompat.v1.ValidateFleetRequest\x1a$.nodecompat.v1.ValidateFleetResponse0\x01\x12N\n\tListNodes\x12\x1f.nodecompat.v1.ListNodesRequest\x1a .nodecompat.v1.ListNodesResponse\x12W\n\x0cRegisterNode\x12\".nodecompat.v1.RegisterNodeRequest\x1a#.nodecompat.v1.RegisterNodeResponse\x12]\n\x0e\x44\x65registerNode\x12$.nodecompat.v1.DeregisterNodeRequest\x1a%.nodecompat.v1.DeregisterNodeResponse\x12S\n\nWatchFleet\x12 .nodecompat.v1.WatchFleetRequest\x1a!.nodecompat.v1.WatchFleetResponse0\x01\x12\x45\n\x06WhatIf\x12\x1c.nodecompat.v1.WhatIfRequest\x1a\x1d.nodecompat.v1.WhatIfResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,50 +46,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEINFO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERNODEREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_REGISTERNODEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_VALIDATEFLEETREQUEST']._serialized_start=109
-  _globals['_VALIDATEFLEETREQUEST']._serialized_end=497
-  _globals['_VALIDATEFLEETREQUEST_SELECTORENTRY']._serialized_start=440
-  _globals['_VALIDATEFLEETREQUEST_SELECTORENTRY']._serialized_end=487
-  _globals['_NODERESULT']._serialized_start=500
-  _globals['_NODERESULT']._serialized_end=885
-  _globals['_NODERESULT_LABELSENTRY']._serialized_start=840
-  _globals['_NODERESULT_LABELSENTRY']._serialized_end=885
-  _globals['_RANKEDNODE']._serialized_start=887
-  _globals['_RANKEDNODE']._serialized_end=969
-  _globals['_FLEETSUMMARY']._serialized_start=972
-  _globals['_FLEETSUMMARY']._serialized_end=1295
-  _globals['_VALIDATEFLEETRESPONSE']._serialized_start=1298
-  _globals['_VALIDATEFLEETRESPONSE']._serialized_end=1510
-  _globals['_NODERESULTS']._serialized_start=1512
-  _globals['_NODERESULTS']._serialized_end=1567
-  _globals['_NODEGROUP']._serialized_start=1570
-  _globals['_NODEGROUP']._serialized_end=1706
-  _globals['_LABELSET']._serialized_start=1708
-  _globals['_LABELSET']._serialized_end=1818
-  _globals['_LABELSET_LABELSENTRY']._serialized_start=840
-  _globals['_LABELSET_LABELSENTRY']._serialized_end=885
-  _globals['_NODEGROUPS']._serialized_start=1820
-  _globals['_NODEGROUPS']._serialized_end=1919
-  _globals['_LISTNODESREQUEST']._serialized_start=1922
-  _globals['_LISTNODESREQUEST']._serialized_end=2093
-  _globals['_LISTNODESREQUEST_SELECTORENTRY']._serialized_start=440
-  _globals['_LISTNODESREQUEST_SELECTORENTRY']._serialized_end=487
-  _globals['_NODEINFO']._serialized_start=2096
-  _globals['_NODEINFO']._serialized_end=2319
-  _globals['_NODEINFO_LABELSENTRY']._serialized_start=840
-  _globals['_NODEINFO_LABELSENTRY']._serialized_end=885
-  _globals['_LISTNODESRESPONSE']._serialized_start=2321
-  _globals['_LISTNODESRESPONSE']._serialized_end=2405
-  _globals['_REGISTERNODEREQUEST']._serialized_start=2408
-  _globals['_REGISTERNODEREQUEST']._serialized_end=2678
-  _globals['_REGISTERNODEREQUEST_LABELSENTRY']._serialized_start=840
-  _globals['_REGISTERNODEREQUEST_LABELSENTRY']._serialized_end=885
-  _globals['_REGISTERNODERESPONSE']._serialized_start=2680
-  _globals['_REGISTERNODERESPONSE']._serialized_end=2723
-  _globals['_DEREGISTERNODEREQUEST']._serialized_start=2725
-  _globals['_DEREGISTERNODEREQUEST']._serialized_end=2762
-  _globals['_DEREGISTERNODERESPONSE']._serialized_start=2764
-  _globals['_DEREGISTERNODERESPONSE']._serialized_end=2788
-  _globals['_FLEETSERVICE']._serialized_start=2791
-  _globals['_FLEETSERVICE']._serialized_end=3319
+  _globals['_REGISTERNODEREQUEST_IDENTITYENTRY']._loaded_options = None
+  _globals['_REGISTERNODEREQUEST_IDENTITYENTRY']._serialized_options = b'8\001'
+  _globals['_VALIDATEFLEETREQUEST']._serialized_start=139
+  _globals['_VALIDATEFLEETREQUEST']._serialized_end=527
+  _globals['_VALIDATEFLEETREQUEST_SELECTORENTRY']._serialized_start=470
+  _globals['_VALIDATEFLEETREQUEST_SELECTORENTRY']._serialized_end=517
+  _globals['_NODERESULT']._serialized_start=530
+  _globals['_NODERESULT']._serialized_end=915
+  _globals['_NODERESULT_LABELSENTRY']._serialized_start=870
+  _globals['_NODERESULT_LABELSENTRY']._serialized_end=915
+  _globals['_RANKEDNODE']._serialized_start=917
+  _globals['_RANKEDNODE']._serialized_end=999
+  _globals['_FLEETSUMMARY']._serialized_start=1002
+  _globals['_FLEETSUMMARY']._serialized_end=1325
+  _globals['_VALIDATEFLEETRESPONSE']._serialized_start=1328
+  _globals['_VALIDATEFLEETRESPONSE']._serialized_end=1540
+  _globals['_NODERESULTS']._serialized_start=1542
+  _globals['_NODERESULTS']._serialized_end=1597
+  _globals['_NODEGROUP']._serialized_start=1600
+  _globals['_NODEGROUP']._serialized_end=1736
+  _globals['_LABELSET']._serialized_start=1738
+  _globals['_LABELSET']._serialized_end=1848
+  _globals['_LABELSET_LABELSENTRY']._serialized_start=870
+  _globals['_LABELSET_LABELSENTRY']._serialized_end=915
+  _globals['_NODEGROUPS']._serialized_start=1850
+  _globals['_NODEGROUPS']._serialized_end=1949
+  _globals['_LISTNODESREQUEST']._serialized_start=1952
+  _globals['_LISTNODESREQUEST']._serialized_end=2123
+  _globals['_LISTNODESREQUEST_SELECTORENTRY']._serialized_start=470
+  _globals['_LISTNODESREQUEST_SELECTORENTRY']._serialized_end=517
+  _globals['_NODEINFO']._serialized_start=2126
+  _globals['_NODEINFO']._serialized_end=2349
+  _globals['_NODEINFO_LABELSENTRY']._serialized_start=870
+  _globals['_NODEINFO_LABELSENTRY']._serialized_end=915
+  _globals['_LISTNODESRESPONSE']._serialized_start=2351
+  _globals['_LISTNODESRESPONSE']._serialized_end=2435
+  _globals['_REGISTERNODEREQUEST']._serialized_start=2438
+  _globals['_REGISTERNODEREQUEST']._serialized_end=2858
+  _globals['_REGISTERNODEREQUEST_LABELSENTRY']._serialized_start=870
+  _globals['_REGISTERNODEREQUEST_LABELSENTRY']._serialized_end=915
+  _globals['_REGISTERNODEREQUEST_IDENTITYENTRY']._serialized_start=2778
+  _globals['_REGISTERNODEREQUEST_IDENTITYENTRY']._serialized_end=2858
+  _globals['_REGISTERNODERESPONSE']._serialized_start=2860
+  _globals['_REGISTERNODERESPONSE']._serialized_end=2903
+  _globals['_DEREGISTERNODEREQUEST']._serialized_start=2905
+  _globals['_DEREGISTERNODEREQUEST']._serialized_end=2942
+  _globals['_DEREGISTERNODERESPONSE']._serialized_start=2944
+  _globals['_DEREGISTERNODERESPONSE']._serialized_end=2968
+  _globals['_FLEETSERVICE']._serialized_start=2971
+  _globals['_FLEETSERVICE']._serialized_end=3499
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from nodecompat.v1 import features_pb2 as _features_pb2
 from nodecompat.v1 import inventory_pb2 as _inventory_pb2
 import builtins as _builtins
 import sys
@@ -604,6 +605,27 @@ class RegisterNodeRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class IdentityEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _features_pb2.AttributeFeature: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _features_pb2.AttributeFeature | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
@@ -611,6 +633,7 @@ class RegisterNodeRequest(_message.Message):
     ROUND_ID_FIELD_NUMBER: _builtins.int
     PROBED_AT_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     ttl_seconds: _builtins.float
@@ -629,6 +652,14 @@ class RegisterNodeRequest(_message.Message):
     def probed_at(self) -> _timestamp_pb2.Timestamp:
         """That round's probe time."""
 
+    @_builtins.property
+    def identity(self) -> _containers.MessageMap[_builtins.str, _features_pb2.AttributeFeature]:
+        """The node's identity attributes, left out of the fingerprint (nodecompat.fleet.fingerprint IDENTITY:
+        system.name -> {nodename: ...}), as Features.attributes carries them. With them the aggregator holds a
+        new node whose fingerprint it already stores without fetching its features (server/inventory_push.py).
+        Only IDENTITY's features and elements, values of at most 253 characters; anything else is INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -639,10 +670,11 @@ class RegisterNodeRequest(_message.Message):
         round_id: _builtins.int = ...,
         probed_at: _timestamp_pb2.Timestamp | None = ...,
         fingerprint: _builtins.str = ...,
+        identity: _abc.Mapping[_builtins.str, _features_pb2.AttributeFeature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["probed_at", b"probed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "fingerprint", b"fingerprint", "labels", b"labels", "name", b"name", "probed_at", b"probed_at", "round_id", b"round_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "fingerprint", b"fingerprint", "identity", b"identity", "labels", b"labels", "name", b"name", "probed_at", b"probed_at", "round_id", b"round_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
