@@ -47,7 +47,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -333,6 +332,8 @@ def main() -> None:
         agg.stop(grace=0)
 
     # -- full resubscribe after a restart --------------------------------------------------------------
+    from inventory_push_sim import count_held  # type: ignore[import-not-found]
+
     from nodecompat.server.inventory_sync import InventorySync, SyncConfig
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -346,16 +347,7 @@ def main() -> None:
         sim_port = int(port_file.read_text())
         members = [FleetNode(x.name, node_address(i, sim_port), x.labels, "file") for i, x in enumerate(nodes)]
         fresh = FeatureStore()
-        held = [0]
-        all_held = threading.Event()
-
-        def count(old: object, new: object) -> None:  # a store listener: no polling of 10,000 records
-            if new is not None and new.has_features and (old is None or not old.has_features):  # type: ignore[attr-defined]
-                held[0] += 1
-                if held[0] >= n:
-                    all_held.set()
-
-        fresh.listeners.append(count)
+        held, all_held = count_held(fresh, n)
         gc.collect()
         rss0 = rss_bytes()
         cpu0, sim0 = process_cpu("self"), process_cpu(str(sim.pid))

@@ -153,6 +153,22 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
     asyncio.run(run())
 
 
+def count_held(store: Any, n: int) -> tuple[list[int], threading.Event]:
+    """([nodes held so far], an Event set once `n` are held) kept by a listener on `store` (a FeatureStore):
+    a node counts when its record first has features. No polling of 10,000 records."""
+    held = [0]
+    all_held = threading.Event()
+
+    def count(old: Any, new: Any) -> None:
+        if new is not None and new.has_features and (old is None or not old.has_features):
+            held[0] += 1
+            if held[0] >= n:
+                all_held.set()
+
+    store.listeners.append(count)
+    return held, all_held
+
+
 def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss_bytes: Callable[[], int],
               process_cpu: Callable[[str], float], limit_node_bytes: float, limit_restart_s: float,
               lease_ttl: float = LEASE_TTL, wait_all: float = WAIT_ALL) -> None:
@@ -172,16 +188,7 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
     port = agg.start()
     assert agg.store is not None and agg.sync is not None and agg.sync.push is not None
     push, store = agg.sync.push, agg.store
-    held = [0]
-    all_held = threading.Event()
-
-    def count(old: object, new: object) -> None:  # a store listener: no polling of 10,000 records
-        if new is not None and new.has_features and (old is None or not old.has_features):  # type: ignore[attr-defined]
-            held[0] += 1
-            if held[0] >= n:
-                all_held.set()
-
-    store.listeners.append(count)
+    held, all_held = count_held(store, n)
     beats = [0]
     announce = push.announce
 
