@@ -45,11 +45,12 @@ class HeldParents:
     """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW, or how often it
     was asked for while not held yet (_FIRST, _FIRST - 1, ...)."""
 
-    __slots__ = ("__weakref__", "fds", "root_fd", "state")
+    __slots__ = ("__weakref__", "fds", "file_flags", "root_fd", "state")
 
     def __init__(self, root_fd: int | None) -> None:
         """root_fd: the host root's descriptor (openat2 resolves in it), None for the host root `/`."""
         self.root_fd = root_fd
+        self.file_flags = _FILE_FLAGS if root_fd is not None else _ROOT_FILE_FLAGS  # a file's open(2) flags
         self.state: dict[str, int] = {}
         self.fds: list[int] = []
         weakref.finalize(self, _close_all, self.fds)
@@ -99,7 +100,7 @@ class HeldParents:
         if d < 0:
             return d
         try:
-            return os.open(parts[1], _FILE_FLAGS if self.root_fd is not None else _ROOT_FILE_FLAGS, dir_fd=d)
+            return os.open(parts[1], self.file_flags, dir_fd=d)
         except OSError as exc:
             if self.root_fd is not None and exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 return SLOW  # a link: resolved as a whole path, never followed from here

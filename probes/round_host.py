@@ -113,51 +113,74 @@ class RoundHost(HostRoot):
     # -- memoized reads --------------------------------------------------------------------------------
 
     def read_bytes(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> bytes | None:
+        path = host_path if type(host_path) is str else os.fspath(host_path)
         if within is not None:  # confined reads (features.d) are not memoized: the key would need `within`
-            return self._read(os.fspath(host_path), within)
-        key = ("b", os.fspath(host_path))
-        try:
-            return self.memo[key]  # type: ignore[return-value]
-        except KeyError:
-            pass
-        value = self.memo[key] = self._read(key[1], None)
-        return value
+            return self._read(path, within)
+        key = ("b", path)
+        value = self.memo.get(key, _UNSET)  # a miss costs no KeyError (most reads of a round are misses)
+        if value is _UNSET:
+            value = self.memo[key] = self._read(path, None)
+        return value  # type: ignore[return-value]
 
     def read_text(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> str | None:
+        path = host_path if type(host_path) is str else os.fspath(host_path)
         if within is not None:
-            return _text(self._read(os.fspath(host_path), within))
-        key = ("t", os.fspath(host_path))
-        try:
-            return self.memo[key]  # type: ignore[return-value]
-        except KeyError:
-            pass
-        value = self.memo[key] = _text(self.read_bytes(key[1]))
-        return value
+            return _text(self._read(path, within))
+        memo = self.memo
+        key = ("t", path)
+        value = memo.get(key, _UNSET)
+        if value is _UNSET:
+            bkey = ("b", path)
+            raw = memo.get(bkey, _UNSET)
+            if raw is _UNSET:
+                raw = memo[bkey] = self._read(path, None)
+            value = memo[key] = _text(raw)  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
         path = host_path if type(host_path) is str else os.fspath(host_path)
         memo = self.memo
         key = ("1", path)
-        try:
-            return memo[key]  # type: ignore[return-value]
-        except KeyError:
-            pass
+        value = memo.get(key, _UNSET)
+        if value is not _UNSET:
+            return value  # type: ignore[return-value]
         bkey = ("b", path)
         raw = memo.get(bkey, _UNSET)
         if raw is _UNSET:
             raw = memo[bkey] = self._read(path, None)
-        text = _text(raw)  # type: ignore[arg-type]
-        value = memo[key] = None if text is None else text.splitlines()[0].strip() if text.strip() else ""
-        return value
+        if raw is None:
+            value = memo[key] = None
+            return None
+        text = raw.decode("utf-8", errors="replace")  # type: ignore[attr-defined]  # _text, inline
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        line = memo[key] = text.splitlines()[0].strip() if text.strip() else ""
+        return line
 
     def _read(self, text: str, within: str | None) -> bytes | None:
-        """HostRoot.read_bytes (bounded, FIFOs and sockets refused, None when unreadable) in one frame."""
+        """HostRoot.read_bytes (bounded, FIFOs and sockets refused, None when unreadable) in one frame.
+        The common case, a file of a directory the round holds, is opened by name right here (what
+        HeldParents.open_file does for it, without its two frames); the rest as before."""
         fd = -1
-        held = self._parents[0] if self._parents else self._held()
-        if held is not None and within is None:  # through a held directory (or known missing)
-            fd = held.open_file(text)
-            if fd == MISSING:
-                return None
+        if within is None:
+            held = self._parents[0] if self._parents else self._held()
+            if held is not None:  # through a held directory (or known missing)
+                parent, _, name = text.rpartition("/")
+                # a held (or missing) parent's key came from split(): only for a plain last name
+                d = held.state.get(parent, SLOW) if name and name != "." and name != ".." else SLOW
+                if d >= 0:
+                    try:
+                        fd = os.open(name, held.file_flags, dir_fd=d)
+                    except OSError as exc:
+                        if held.root_fd is None or (exc.errno != errno.ELOOP and exc.errno != errno.ENOTDIR):
+                            return None  # missing, unreadable: as HostRoot's read
+                        # a link under a host root: resolved as a whole path below, never followed here
+                elif d == MISSING:
+                    return None
+                else:
+                    fd = held.open_file(text)
+                    if fd == MISSING:
+                        return None
         if fd >= 0:
             pass
         elif within is None and self._state and openat2_ready():
@@ -175,10 +198,10 @@ class RoundHost(HostRoot):
                 return None
         elif within is None and self._state:  # a file in a directory already held
             parent, _, name = text.rpartition("/")
-            d = self._state[0].by_text.get(parent)
-            if d is not None and name and name != "." and name != "..":
+            sub = self._state[0].by_text.get(parent)
+            if sub is not None and name and name != "." and name != "..":
                 try:
-                    fd = os.open(name, _OPEN_FLAGS, dir_fd=d[1])
+                    fd = os.open(name, _OPEN_FLAGS, dir_fd=sub[1])
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         return None  # missing, unreadable: as HostRoot's read
