@@ -62,8 +62,44 @@ from nodecompat.probes.root_resolve import (
 
 _ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _CHUNK = 1 << 16
-_PAGE = os.sysconf("SC_PAGE_SIZE")  # kernfs binary attributes: at most this per read(2)
+_FIRST_READ = 4096  # bytes asked by a file's first read (most host files a round reads are shorter)
 _UNSET = object()
+
+
+def _read_rest(fd: int, data: bytes) -> bytes | None:
+    """The rest of a file whose first `data` came from pread at offset 0, read to its end (None past
+    MAX_READ_BYTES). Sized by fstat when the file says its size (a large disk file in one read); sysfs
+    binary attributes hand out a page per read and procfs files say 0: chunks until an empty read."""
+    total = len(data)
+    want = max(os.fstat(fd).st_size + 1 - total, _CHUNK)  # a disk file's size (+1 to see its end) at once
+    chunks = [data]
+    while True:
+        chunk = os.pread(fd, min(want, MAX_READ_BYTES + 1 - total), total)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > MAX_READ_BYTES:
+            return None
+        chunks.append(chunk)
+        want = _CHUNK  # then chunks: a sysfs binary attribute gives a page per read whatever is asked
+
+
+def _read_stream(fd: int) -> bytes | None:
+    """A file without offsets (pread gave ESPIPE): FIFOs and sockets refused (a FIFO's writer could
+    keep the round waiting), anything else (a terminal) read to its end as HostRoot does, bounded."""
+    mode = os.fstat(fd).st_mode
+    if stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode):
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, _CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > MAX_READ_BYTES:
+            return None
+        chunks.append(chunk)
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -211,35 +247,18 @@ class RoundHost(HostRoot):
             except OSError:
                 return None
         try:
-            st = os.fstat(fd)
-            mode = st.st_mode
-            if stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode):
-                return None
-            size = _CHUNK if st.st_size < _CHUNK else min(st.st_size + 1, MAX_READ_BYTES + 1)
-            data = os.read(fd, size)
-            if not data:
-                return data
-            if len(data) < size and st.st_size and stat_mod.S_ISREG(mode) and (
-                    len(data) == st.st_size or len(data) % _PAGE):
-                # A regular file with a size that gave less than asked is at its end (a disk file, or a
-                # sysfs attribute, shown whole in one read): no second read to see it. procfs files
-                # (size 0) and pipes read on to the end, as HostRoot does; so do sysfs binary attributes
-                # (a whole page short of their size: kernfs hands out one page per read).
-                return data
-            chunks = [data]
-            total = len(data)
-            while True:
-                chunk = os.read(fd, _CHUNK)
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > MAX_READ_BYTES:
-                    return None
-                chunks.append(chunk)
-            if total > MAX_READ_BYTES:
-                return None
-            return data if len(chunks) == 1 else b"".join(chunks)
-        except OSError:
+            # pread, not read: a FIFO, pipe or terminal has no offsets (ESPIPE), so it is refused below
+            # without an fstat per file (its stat_result cost more than the read). A first read of a
+            # page: /proc/sys zero-fills a kernel buffer of the size asked on every read (64 KiB cost
+            # ~12 us more per file); the empty read at the end asks for one byte, for the same reason.
+            data = os.pread(fd, _FIRST_READ, 0)
+            n = len(data)
+            if n < _FIRST_READ and (not n or not os.pread(fd, 1, n)):
+                return data  # the whole file: the next read found its end
+            return _read_rest(fd, data)
+        except OSError as exc:
+            if exc.errno == errno.ESPIPE:
+                return _read_stream(fd)
             return None
         finally:
             os.close(fd)

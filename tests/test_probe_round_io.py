@@ -104,3 +104,59 @@ def test_cpuid_registers_are_read_once_per_process(monkeypatch: pytest.MonkeyPat
     assert again is not None
     assert [again(leaf, 0) for leaf in (0, 1, 7)] == first
     assert opened == []
+
+
+def _fifo_with_a_writer(path: Path) -> tuple[int, int]:
+    """A FIFO at `path` held open by a writer that already wrote a line (a plain read would get it)."""
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer open without blocking
+    writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    os.write(writer, b"from-the-fifo\n")
+    return reader, writer
+
+
+@pytest.mark.parametrize("where", ["tmp-root-openat2", "tmp-root-walk", "slash"])
+def test_a_round_refuses_fifos_whatever_way_it_opens_them(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO is refused (None, as HostRoot's ENXIO), not read and not waited on: with no writer, with a
+    writer that wrote data, opened by whole path and through a held directory (its siblings read first),
+    under a host root (openat2 and the descriptor walk) and at `/`. The round reads with pread, which a
+    FIFO refuses (ESPIPE); without that check the writer's line would be returned."""
+    from nodecompat.probes import root_resolve
+
+    monkeypatch.setattr(root_resolve, "USE_OPENAT2", where != "tmp-root-walk")
+    root = tmp_path / "root"
+    d = root / "sys" / "d"
+    d.mkdir(parents=True)
+    for n in ("a", "b", "c"):
+        (d / n).write_text(f"{n}\n")
+    os.mkfifo(d / "silent")
+    fds = _fifo_with_a_writer(d / "talking")
+    try:
+        host = HostRoot(Path("/")) if where == "slash" else HostRoot(root)
+        base = str(d) if where == "slash" else "/sys/d"
+        for first in ("silent", "talking"):  # before the directory is held: a whole-path open
+            rnd = RoundHost.over(host)
+            assert rnd.read_bytes(f"{base}/{first}") is None
+            assert rnd.read_line(f"{base}/{first}") is None
+            assert [rnd.read_line(f"{base}/{n}") for n in ("a", "b", "c")] == ["a", "b", "c"]
+            for name in ("silent", "talking"):  # now through the held directory
+                assert rnd.read_bytes(f"{base}/{name}") is None, name
+                assert rnd.read_text(f"{base}/{name}") is None, name
+        assert host.read_bytes(f"{base}/talking") is None  # HostRoot's answer, for comparison
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 8192, 70_000])
+def test_a_round_reads_files_around_its_first_read_size_whole(tmp_path: Path, size: int) -> None:
+    """A round's first read asks for a page (round_host._FIRST_READ) and a one-byte read finds the end:
+    files shorter than, equal to and longer than that page, and longer than a read chunk, read whole."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = bytes(i % 251 for i in range(size))
+    (root / "f").write_bytes(data)
+    assert RoundHost.over(HostRoot(root)).read_bytes("/f") == data == HostRoot(root).read_bytes("/f")
+    assert RoundHost.over(SLASH).read_bytes(str(root / "f")) == data
