@@ -160,3 +160,39 @@ def test_a_round_reads_files_around_its_first_read_size_whole(tmp_path: Path, si
     (root / "f").write_bytes(data)
     assert RoundHost.over(HostRoot(root)).read_bytes("/f") == data == HostRoot(root).read_bytes("/f")
     assert RoundHost.over(SLASH).read_bytes(str(root / "f")) == data
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "held-directories"])
+def test_a_link_out_of_the_root_as_the_last_name_in_a_held_directory_is_not_followed(
+    tmp_path: Path, openat2: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path of a round's read opens a file by name in a held directory with O_NOFOLLOW: a last
+    name that is a link (absolute, or relative climbing past the root) is resolved as the host root's,
+    re-rooted, never followed by the kernel from the held directory. Without O_NOFOLLOW there the secret
+    outside the root would be read instead of the re-rooted copy."""
+    from nodecompat.probes import root_resolve
+
+    monkeypatch.setattr(root_resolve, "USE_OPENAT2", openat2)
+    root = tmp_path / "root"
+    d = root / "sys" / "d"
+    d.mkdir(parents=True)
+    for n in ("a", "b"):
+        (d / n).write_text(f"{n}\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("SECRET\n")
+    rerooted = root / str(outside).lstrip("/")
+    rerooted.mkdir(parents=True)
+    (rerooted / "secret").write_text("REROOTED\n")
+    os.symlink(outside / "secret", d / "abs")  # absolute: means <root>/<outside>/secret
+    os.symlink("../" * 12 + str(outside / "secret").lstrip("/"), d / "climb")  # `..` stops at the root
+    os.symlink("/proc/self/environ", d / "environ")  # re-rooted: <root>/proc/self/environ, not there
+    rnd = RoundHost.over(HostRoot(root))
+    assert [rnd.read_line("/sys/d/a"), rnd.read_line("/sys/d/b")] == ["a", "b"]
+    held = rnd._held()
+    if openat2:
+        assert held is not None and held.state["/sys/d"] >= 0, "the directory is held: the fast path is taken"
+    assert rnd.read_line("/sys/d/abs") == "REROOTED"
+    assert rnd.read_line("/sys/d/climb") == "REROOTED"
+    assert rnd.read_bytes("/sys/d/environ") is None
+    assert "SECRET" not in repr([rnd.read_bytes("/sys/d/abs"), rnd.read_text("/sys/d/climb")])
