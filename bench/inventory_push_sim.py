@@ -210,9 +210,11 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
             assert sim.poll() is None, "the simulator ended"
             time.sleep(0.02)
         t0 = time.perf_counter()
+        sim0 = process_cpu(str(sim.pid))
         all_held.wait(wait_all)
         took = time.perf_counter() - t0
         cpu1 = process_cpu("self")
+        sim1 = process_cpu(str(sim.pid))
         got = held[0]
         if got >= n:
             row(f"full re-registration after an aggregator restart, push ({n} registered nodes fetched and held, "
@@ -222,7 +224,9 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
                   f"re-registering at once) | NOT complete: {got}/{n} held after {took:.0f} s | issue 12 limit "
                   f"{limit_restart_s:g} s | ratio > {took / limit_restart_s:.2f} | target <= 1 | NOT MET")
         print(f"  (aggregator CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / max(1, got) * 1e3:.2f} ms a node held; "
-              f"{push.fetches} fetches, {push.adopted} held without a fetch, {beats[0]} heartbeats handled; real "
+              f"{push.fetches} fetches, {push.adopted} held without a fetch, {beats[0]} heartbeats handled, "
+              f"{agg.runtime.gate.answers} RegisterNode calls answered on the event loop, "
+              f"{agg.runtime.gate.declined} not (loop lag); simulator CPU {sim1 - sim0:.2f} s; real "
               f"daemons come back spread over one "
               f"beat, {lease_ttl / 3:g} s; loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
         b0, t1, c1 = beats[0], time.perf_counter(), process_cpu("self")

@@ -76,6 +76,9 @@ class LeaseRegistry:
     def _reload_file(self, strict: bool = False) -> None:
         raise NotImplementedError  # NodeInventory's
 
+    def _file_changed(self) -> bool:
+        raise NotImplementedError  # NodeInventory's
+
     def grant_ttl(self, requested: float) -> float:
         if not requested or math.isnan(requested) or requested <= 0:
             return self.lease_ttl
@@ -91,6 +94,23 @@ class LeaseRegistry:
         NotRegistrant when a live lease of the name belongs to another principal, RegistrationsFull
         when a new name would exceed `max_registrations` live leases.
         """
+        granted = self._register(name, address, labels, ttl, principal, True)
+        assert granted is not None
+        return granted
+
+    def register_now(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str = "anonymous"
+    ) -> float | None:
+        """register() without waiting (for an event loop): None, with nothing changed, when it would wait —
+        for the shared store (a network round trip), for the lock (another thread holds it), or for a
+        re-read of the nodes file (it changed since it was last read). Raises as register()."""
+        return self._register(name, address, labels, ttl, principal, False)
+
+    def _register(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str, wait: bool
+    ) -> float | None:
+        if not wait and self.store is not None:
+            return None
         if problem := name_problem(name):
             raise ValueError(f"name {problem}")
         if len(address) > MAX_ADDRESS:
@@ -104,11 +124,16 @@ class LeaseRegistry:
                 f"address {address!r} has a wildcard host ({host or 'empty'}): it means 'every interface' to a "
                 "listener and cannot be dialled; register the node's reachable address (serve --advertise)"
             )
-        clean = check_labels(dict(labels), "labels")
+        clean = check_labels(labels, "labels")
         granted = self.grant_ttl(ttl)
-        self._reload_file()
+        if wait:
+            self._reload_file()
+        elif self._file_changed():
+            return None
         now = self._clock()
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
             holder = self._lease_by_address.get(address)
             if holder is not None and holder != name:
                 lease = self._leases[holder]
@@ -134,6 +159,8 @@ class LeaseRegistry:
                     )
             if self.store is None:
                 self._put_lease(name, address, clean, granted, principal, now)
+        finally:
+            self._lock.release()
         if self.store is not None:  # outside the lock: the store's transaction settles races across replicas
             # A move frees the old address in the store when the old etcd lease is revoked or lapses.
             self.store.claim(StoredLease(name, address, clean, principal, granted))
@@ -146,6 +173,15 @@ class LeaseRegistry:
     ) -> None:
         """Caller holds the lock."""
         previous = self._leases.get(name)
+        contact = self._contacts.get(address)
+        if (previous is not None and previous.node.address == address and previous.principal == principal
+                and previous.node.labels == labels and self._lease_by_address.get(address) == name):
+            previous.expires = now + ttl  # a renewal (a heartbeat): the lease's node stays as it is
+            if contact is not None:
+                contact.at = utc_now()
+                return
+            self._contacts[address] = Contact(utc_now(), "UNKNOWN")
+            return
         if previous is not None and previous.node.address != address:
             self._lease_by_address.pop(previous.node.address, None)  # the node moved
         holder = self._lease_by_address.get(address)
@@ -153,7 +189,7 @@ class LeaseRegistry:
             self._drop_lease(holder, "its address was taken in the shared store")
         self._leases[name] = _Lease(FleetNode(name, address, dict(labels), SOURCE_REGISTERED), now + ttl, principal)
         self._lease_by_address[address] = name
-        self._contacts[address] = replace(self._contacts.get(address) or Contact(utc_now(), "UNKNOWN"), at=utc_now())
+        self._contacts[address] = replace(contact or Contact(utc_now(), "UNKNOWN"), at=utc_now())
 
     def apply_stored(self, name: str, lease: StoredLease | None) -> None:
         """A change seen in the shared store (any replica's registration; None: it left the store)."""

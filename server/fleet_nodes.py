@@ -162,6 +162,10 @@ class NodeInventory(LeaseRegistry):
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
+    def _file_changed(self) -> bool:
+        """Whether the nodes file's stat signature differs from the one last read (a stat, no lock)."""
+        return self.nodes_file is not None and self._file_signature() != self._file_sig
+
     def _reload_file(self, strict: bool = False) -> None:
         if self.nodes_file is None:
             return

@@ -46,8 +46,9 @@ from nodecompat.server.fleet_watch import Aborted, FleetWatchHub, WatchSpec, wat
 from nodecompat.server.inventory_answers import Plan, finish_summary, grouped_summary, plan
 from nodecompat.server.inventory_push import PushedNodes, push_problem
 from nodecompat.server.node_service import RegistryOptions
-from nodecompat.server.registration_auth import RegistrationDenied, RegistrationPolicy, caller_of
+from nodecompat.server.registration_auth import Caller, RegistrationDenied, RegistrationPolicy, caller_of
 from nodecompat.server.registration_store import StoreUnavailable
+from nodecompat.server.runtime_context import AbortRpc
 from nodecompat.server.whatif_service import what_if
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2
 
@@ -285,19 +286,40 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     def RegisterNode(
         self, request: fleet_pb2.RegisterNodeRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.RegisterNodeResponse:
-        principal = self._registrant(request.name, context, "RegisterNode")
-        if problem := push_problem(request):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name[:80]!r}: {problem}")
         try:
-            ttl = self.inventory.register(
-                request.name, request.address, dict(request.labels), request.ttl_seconds, principal
-            )
+            answer = self._register(request, caller_of(context), wait=True)
+        except AbortRpc as exc:
+            context.abort(exc.code, exc.details)
+            raise
+        assert answer is not None
+        return answer
+
+    def register_on_loop(
+        self, request: fleet_pb2.RegisterNodeRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.RegisterNodeResponse | None:
+        """RegisterNode answered on the server's event loop (server/runtime.py call fast path: no worker, no
+        admission slot), with RegisterNode's checks, refusals (AbortRpc) and effects; None, with nothing
+        changed, when the lease table would wait (the shared store of replicas, a held lock, a changed
+        nodes file: NodeInventory.register_now), and the call takes RegisterNode in a worker."""
+        return self._register(request, caller_of(context), wait=False)
+
+    def _register(self, request: fleet_pb2.RegisterNodeRequest, caller: Caller,
+                  wait: bool) -> fleet_pb2.RegisterNodeResponse | None:
+        """RegisterNode's work; AbortRpc with the status of a refusal; None only when not `wait`ing."""
+        principal = self._principal(caller, request.name, "RegisterNode")
+        if problem := push_problem(request):
+            raise AbortRpc(grpc.StatusCode.INVALID_ARGUMENT, f"RegisterNode {request.name[:80]!r}: {problem}")
+        labels = dict(request.labels)
+        register = self.inventory.register if wait else self.inventory.register_now
+        try:
+            ttl = register(request.name, request.address, labels, request.ttl_seconds, principal)
         except _REGISTER_ERRORS as exc:
             code, hint = next((c, h) for t, c, h in _REGISTER_STATUS if isinstance(exc, t))
-            context.abort(code, f"RegisterNode {request.name[:80]!r}: {exc}{hint}")
-            raise
+            raise AbortRpc(code, f"RegisterNode {request.name[:80]!r}: {exc}{hint}") from None
+        if ttl is None:
+            return None
         if self.push is not None:
-            self.push.announce(request.address, request.name, request.labels, ttl, request)
+            self.push.announce(request.address, request.name, labels, ttl, request)
         return fleet_pb2.RegisterNodeResponse(ttl_seconds=ttl)
 
     def DeregisterNode(
@@ -317,8 +339,15 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
     def _registrant(self, name: str, context: grpc.ServicerContext, rpc: str) -> str:
         """The principal a lease of `name` is bound to; aborts PERMISSION_DENIED/UNAUTHENTICATED."""
         try:
-            return self.options.registration.principal(caller_of(context), name)
+            return self._principal(caller_of(context), name, rpc)
+        except AbortRpc as exc:
+            context.abort(exc.code, exc.details)
+            raise
+
+    def _principal(self, caller: Caller, name: str, rpc: str) -> str:
+        """The principal a lease of `name` is bound to; AbortRpc PERMISSION_DENIED/UNAUTHENTICATED."""
+        try:
+            return self.options.registration.principal(caller, name)
         except RegistrationDenied as exc:
             code = grpc.StatusCode.UNAUTHENTICATED if exc.unauthenticated else grpc.StatusCode.PERMISSION_DENIED
-            context.abort(code, f"{rpc} {name[:80]!r}: {exc}")
-            raise
+            raise AbortRpc(code, f"{rpc} {name[:80]!r}: {exc}") from None

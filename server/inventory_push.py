@@ -135,6 +135,7 @@ class PushedNodes:
         self._nodes: dict[str, _Pushed] = {}
         self._sem: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._noting: list[FleetNode] = []  # adopted nodes the sync's loop has yet to note (under _lock)
         self.fetches = 0  # fetches started (counts retries)
         self.adopted = 0  # nodes held from a set the store held under their fingerprint, without a fetch
         self.open_channels = 0  # channels open now (fetches in flight)
@@ -181,8 +182,19 @@ class PushedNodes:
         if rec is None:
             return False
         self.adopted += 1
-        self.sync.loop.call_soon_threadsafe(self.sync.note_node, node)  # as _schedule does before a fetch
+        with self._lock:  # noted on the sync's loop as _schedule does before a fetch; one wake-up for a burst
+            self._noting.append(node)
+            first = len(self._noting) == 1
+        if first:
+            self.sync.loop.call_soon_threadsafe(self._note_adopted)
         return True
+
+    def _note_adopted(self) -> None:
+        """The sync's loop: note the nodes adopted since the last call (sync.note_node)."""
+        with self._lock:
+            nodes, self._noting = self._noting, []
+        for node in nodes:
+            self.sync.note_node(node)
 
     def is_pushed(self, address: str) -> bool:
         with self._lock:

@@ -19,6 +19,9 @@ Here (hand-written on grpc.aio because no maintained library adapts sync service
   DEADLINE_EXCEEDED at it even when its thread is still busy (the thread's slot is freed when it ends).
 - Sync handlers (plain methods; generators for server streaming) run in a ThreadPoolExecutor of `workers`
   threads, carrying the call's OpenTelemetry context; coroutine handlers run on the loop directly.
+- Fast paths (per unary method, optional) answer on the loop with no worker and no admission slot: a message
+  fast path gets the request's bytes before parsing; a call fast path the parsed request and the context,
+  while the loop does not lag (server/loop_gate.py). None from either: the call goes the usual way.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from google.protobuf.message import DecodeError
 
 # What handlers see (limits, SyncContext, AbortRpc) lives in runtime_context; these names are also
 # imported from here.
+from nodecompat.server.loop_gate import LoopGate
 from nodecompat.server.read_deadlines import ReadDeadlines
 from nodecompat.server.runtime_context import (
     AbortRpc,
@@ -78,6 +82,7 @@ class Runtime:
         self.executor = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix=name)
         self.inflight = 0  # admitted work calls whose work has not ended (loop thread only)
         self.refused = 0
+        self.gate = LoopGate(self.loop)  # when call fast paths may answer; their counters (loop thread)
         self._terminated = threading.Event()
         self._read_deadlines = ReadDeadlines(self.loop)  # request messages' deadlines (loop thread only)
 
@@ -104,7 +109,8 @@ class Runtime:
     # -- services ----------------------------------------------------------------------------------
     def add_servicer(self, servicer: object, service: _descriptor.ServiceDescriptor,
                      response_serializers: dict[str, Callable[[Any], bytes]] | None = None,
-                     fast_paths: dict[str, Callable[[bytes], Any]] | None = None) -> None:
+                     fast_paths: dict[str, Callable[[bytes], Any]] | None = None,
+                     call_fast_paths: dict[str, Callable[[Any, grpc.aio.ServicerContext], Any]] | None = None) -> None:
         """Serve every method of `service` from the same-named method of `servicer` (sync or async).
 
         response_serializers: per method name, a serializer replacing the message's SerializeToString
@@ -112,6 +118,10 @@ class Runtime:
         fast_paths: per unary method name, a non-blocking function called on the event loop with the
         request message as received, serialized (bytes: it is parsed only when this has no answer), before
         admission; a result other than None is the answer (no worker, no admission slot).
+        call_fast_paths: per unary method name, a non-blocking function called on the event loop with the
+        parsed request and the call's grpc.aio context, before admission, unless the loop lags (loop_gate.py);
+        a result other than None is the answer (no worker, no admission slot), AbortRpc its refusal (the
+        call's status), None sends the call the usual way (it must not have changed anything then).
         """
         handlers: dict[str, grpc.RpcMethodHandler] = {}
         for method in service.methods:
@@ -130,8 +140,9 @@ class Runtime:
                     behavior, request_deserializer=None, response_serializer=serialize)
                 continue
             fast = (fast_paths or {}).get(method.name)
+            on_loop = (call_fast_paths or {}).get(method.name)
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                self._unary(fn, method.full_name, fast, req_cls.FromString),
+                self._unary(fn, method.full_name, fast, req_cls.FromString, on_loop),
                 request_deserializer=None, response_serializer=serialize)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
@@ -213,13 +224,22 @@ class Runtime:
         return f"{method}: the caller's deadline passed before the work was done"
 
     def _unary(self, fn: Callable[..., Any], method: str, fast: Callable[[bytes], Any] | None,
-               parse: Callable[[bytes], Any]) -> Callable[..., Any]:
+               parse: Callable[[bytes], Any],
+               on_loop: Callable[[Any, grpc.aio.ServicerContext], Any] | None = None) -> Callable[..., Any]:
         is_async = inspect.iscoroutinefunction(fn)
 
         async def behavior(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             request, answer = await self._read_request(requests, context, method, fast, parse)
             if answer is not None:  # e.g. a kept answer: no worker, no admission slot
                 return answer
+            if on_loop is not None and self.gate.open():
+                try:
+                    answer = on_loop(request, context)
+                except AbortRpc as exc:
+                    await context.abort(exc.code, exc.details, exc.trailing_metadata)
+                if answer is not None:  # e.g. a lease renewed: no worker, no admission slot
+                    self.gate.answers += 1
+                    return answer
             deadline, capped = self._deadline(context)
             refusal = self._admit(method)
             if refusal:
