@@ -29,6 +29,7 @@ with links out of the root, loops, dangling and missing parts). Reads confined t
 With the host root at `/` the kernel's resolution is chroot's own (`..` stops at `/`, every real path
 is inside the root), so a path is opened directly, in one system call.
 
+Reads are bounded in bytes (probes/bounded_read.py: MAX_READ_BYTES, FIFOs refused, not waited on).
 Bounds: at most root_resolve.MAX_HELD_DIRS directory descriptors per round (past that, reads take HostRoot's path);
 they are closed when the RoundHost is collected (weakref.finalize), never while a probe that hung past
 its timeout may still read through them. Hand-written because it must keep HostRoot's confinement
@@ -44,7 +45,8 @@ import stat as stat_mod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodecompat.hostroot import _OPEN_FLAGS, MAX_READ_BYTES, HostPathEscape, HostRoot
+from nodecompat.hostroot import _OPEN_FLAGS, HostPathEscape, HostRoot
+from nodecompat.probes.bounded_read import FIRST_READ, read_rest, read_stream
 from nodecompat.probes.held_parents import MISSING, SLOW, HeldParents
 from nodecompat.probes.root_resolve import (
     OPENAT2_READ,
@@ -61,45 +63,7 @@ from nodecompat.probes.root_resolve import (
 )
 
 _ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-_CHUNK = 1 << 16
-_FIRST_READ = 4096  # bytes asked by a file's first read (most host files a round reads are shorter)
 _UNSET = object()
-
-
-def _read_rest(fd: int, data: bytes) -> bytes | None:
-    """The rest of a file whose first `data` came from pread at offset 0, read to its end (None past
-    MAX_READ_BYTES). Sized by fstat when the file says its size (a large disk file in one read); sysfs
-    binary attributes hand out a page per read and procfs files say 0: chunks until an empty read."""
-    total = len(data)
-    want = max(os.fstat(fd).st_size + 1 - total, _CHUNK)  # a disk file's size (+1 to see its end) at once
-    chunks = [data]
-    while True:
-        chunk = os.pread(fd, min(want, MAX_READ_BYTES + 1 - total), total)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > MAX_READ_BYTES:
-            return None
-        chunks.append(chunk)
-        want = _CHUNK  # then chunks: a sysfs binary attribute gives a page per read whatever is asked
-
-
-def _read_stream(fd: int) -> bytes | None:
-    """A file without offsets (pread gave ESPIPE): FIFOs and sockets refused (a FIFO's writer could
-    keep the round waiting), anything else (a terminal) read to its end as HostRoot does, bounded."""
-    mode = os.fstat(fd).st_mode
-    if stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode):
-        return None
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = os.read(fd, _CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > MAX_READ_BYTES:
-            return None
-        chunks.append(chunk)
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -247,18 +211,15 @@ class RoundHost(HostRoot):
             except OSError:
                 return None
         try:
-            # pread, not read: a FIFO, pipe or terminal has no offsets (ESPIPE), so it is refused below
-            # without an fstat per file (its stat_result cost more than the read). A first read of a
-            # page: /proc/sys zero-fills a kernel buffer of the size asked on every read (64 KiB cost
-            # ~12 us more per file); the empty read at the end asks for one byte, for the same reason.
-            data = os.pread(fd, _FIRST_READ, 0)
+            # pread, a page, then one byte to find the end; ESPIPE: no offsets (a FIFO). bounded_read.py
+            data = os.pread(fd, FIRST_READ, 0)
             n = len(data)
-            if n < _FIRST_READ and (not n or not os.pread(fd, 1, n)):
+            if n < FIRST_READ and (not n or not os.pread(fd, 1, n)):
                 return data  # the whole file: the next read found its end
-            return _read_rest(fd, data)
+            return read_rest(fd, data)
         except OSError as exc:
             if exc.errno == errno.ESPIPE:
-                return _read_stream(fd)
+                return read_stream(fd)
             return None
         finally:
             os.close(fd)

@@ -152,7 +152,7 @@ def test_a_round_refuses_fifos_whatever_way_it_opens_them(
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 8192, 70_000])
 def test_a_round_reads_files_around_its_first_read_size_whole(tmp_path: Path, size: int) -> None:
-    """A round's first read asks for a page (round_host._FIRST_READ) and a one-byte read finds the end:
+    """A round's first read asks for a page (bounded_read.FIRST_READ) and a one-byte read finds the end:
     files shorter than, equal to and longer than that page, and longer than a read chunk, read whole."""
     root = tmp_path / "root"
     root.mkdir()

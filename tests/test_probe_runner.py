@@ -351,7 +351,7 @@ def test_a_round_delivers_what_each_probe_finds_through_hostroot(host: str) -> N
 def test_round_reads_whole_files_of_every_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A round's read is HostRoot's whole-file read: procfs files (size 0, several reads), sysfs
     attributes, a file larger than one read chunk; over the byte bound: unreadable (None)."""
-    from nodecompat.probes import round_host
+    from nodecompat.probes import bounded_read
 
     slash = HostRoot(Path("/"))
     memo = _RoundHost.over(slash)
@@ -365,5 +365,5 @@ def test_round_reads_whole_files_of_every_kind(tmp_path: Path, monkeypatch: pyte
     host = HostRoot(root)
     assert _RoundHost.over(host).read_bytes("/big") == big == host.read_bytes("/big")
     assert _RoundHost.over(host).read_bytes("/empty") == b""
-    monkeypatch.setattr(round_host, "MAX_READ_BYTES", len(big) - 1)
+    monkeypatch.setattr(bounded_read, "MAX_READ_BYTES", len(big) - 1)
     assert _RoundHost.over(host).read_bytes("/big") is None

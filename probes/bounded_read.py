@@ -1,0 +1,55 @@
+"""Bounded whole-file reads of a probe round, past its first read (probes/round_host.py makes that one
+inline): the rest of a file read to its end, at most MAX_READ_BYTES, and files without offsets.
+
+A round reads a file with pread: a page at offset 0, then one byte to find the end (most host files
+are shorter than a page). /proc/sys zero-fills a kernel buffer of the size asked on every read, so a
+64 KiB read cost ~12 us more per file than a page; a FIFO, pipe or terminal has no offsets, so pread
+refuses it (ESPIPE) and read_stream decides, without an fstat per file. Hand-written: a few lines of
+os.pread that must keep HostRoot.open_bytes's answers (bounded, FIFOs and sockets refused).
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+
+from nodecompat.hostroot import MAX_READ_BYTES
+
+CHUNK = 1 << 16  # bytes asked per read past the first page
+FIRST_READ = 4096  # bytes asked by a file's first read (most host files a round reads are shorter)
+
+
+def read_rest(fd: int, data: bytes) -> bytes | None:
+    """The rest of a file whose first `data` came from pread at offset 0, read to its end (None past
+    MAX_READ_BYTES). Sized by fstat when the file says its size (a large disk file in one read); sysfs
+    binary attributes hand out a page per read and procfs files say 0: chunks until an empty read."""
+    total = len(data)
+    want = max(os.fstat(fd).st_size + 1 - total, CHUNK)  # a disk file's size (+1 to see its end) at once
+    chunks = [data]
+    while True:
+        chunk = os.pread(fd, min(want, MAX_READ_BYTES + 1 - total), total)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > MAX_READ_BYTES:
+            return None
+        chunks.append(chunk)
+        want = CHUNK  # then chunks: a sysfs binary attribute gives a page per read whatever is asked
+
+
+def read_stream(fd: int) -> bytes | None:
+    """A file without offsets (pread gave ESPIPE): FIFOs and sockets refused (a FIFO's writer could
+    keep the round waiting), anything else (a terminal) read to its end as HostRoot does, bounded."""
+    mode = os.fstat(fd).st_mode
+    if stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode):
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > MAX_READ_BYTES:
+            return None
+        chunks.append(chunk)
