@@ -44,7 +44,7 @@ class FirstHealthChecks:
     def unchecked(self) -> list[str]:
         """Addresses of current nodes whose health nobody has seen yet (UNKNOWN: never checked or called;
         a registration alone says nothing about the daemon's health)."""
-        return [v.node.address for v in self.inventory.views() if v.health == "UNKNOWN"]
+        return self.inventory.unchecked()
 
     def run_once(self) -> int:
         """Check up to `batch` unchecked nodes; returns how many were checked."""

@@ -246,11 +246,15 @@ class LeaseRegistry:
             log.info("node %s (%s) left the fleet: %s", name, lease.node.address, why)
 
     def _expire(self, now: float) -> None:
-        """Drop lapsed leases and leases whose address the nodes file now gives another name. Caller locks."""
+        """Drop lapsed leases and leases whose address the nodes file now gives another name. Caller locks.
+        Every lookup calls it (10,000 leases: the lease table's lock is held for the loop), so the
+        shadowing rules are looked at only when there is a nodes file or DNS node that could shadow."""
+        lapsed = [name for name, lease in self._leases.items() if lease.expires <= now]
+        for name in lapsed:
+            self._drop_lease(name, "lease lapsed")
+        if not self._file_nodes and not any(self._dns_nodes.values()):
+            return
         for name, lease in list(self._leases.items()):
-            if lease.expires <= now:
-                self._drop_lease(name, "lease lapsed")
-                continue
             try:
                 self._check_shadowing(name, lease.node.address)
             except (AddressInUse, NameInUse) as exc:

@@ -227,20 +227,24 @@ class NodeInventory(LeaseRegistry):
         self._reload_file()
         now = self._clock()
         by_address: dict[str, FleetNode] = {}
+        reported: dict[str, str] = {}
         with self._lock:
             self._expire(now)
-            candidates = [
-                *self._file_nodes,
-                *(lease.node for lease in self._leases.values()),
-                *(n for nodes in self._dns_nodes.values() for n in nodes),
-            ]
-            for n in candidates:
-                cur = by_address.get(n.address)
-                if cur is None or SOURCE_PRIORITY[n.source] < SOURCE_PRIORITY[cur.source]:
-                    by_address[n.address] = n
+            # by source, in SOURCE_PRIORITY order (file, registered, DNS): an address's first node wins
+            for n in self._file_nodes:
+                by_address.setdefault(n.address, n)
+            if by_address:
+                for lease in self._leases.values():
+                    by_address.setdefault(lease.node.address, lease.node)
+            else:  # (one holder per registered address: fleet_leases.py)
+                by_address = {lease.node.address: lease.node for lease in self._leases.values()}
+            dns = [n for nodes in self._dns_nodes.values() for n in nodes]
+            for n in dns:
+                by_address.setdefault(n.address, n)
             for gone in [a for a in self._contacts if a not in by_address]:  # departed nodes
                 del self._contacts[gone]
-            reported = {a: c.reported_name for a, c in self._contacts.items() if c.reported_name}
+            if dns:
+                reported = {a: c.reported_name for a, c in self._contacts.items() if c.reported_name}
         out = []
         for n in by_address.values():
             if n.source == SOURCE_DNS and n.address in reported:  # DNS only knows addresses
@@ -248,6 +252,14 @@ class NodeInventory(LeaseRegistry):
             if not selector or n.matches(selector):
                 out.append(n)
         return sorted(out, key=_by_name)
+
+    def unchecked(self) -> list[str]:
+        """The addresses of current members (nodes()' order) whose health nobody has seen yet: no contact,
+        or health UNKNOWN (what FirstHealthChecks checks; views() without a NodeView per node)."""
+        nodes = self.nodes()
+        with self._lock:
+            got = self._contacts
+            return [n.address for n in nodes if (c := got.get(n.address)) is None or c.health == "UNKNOWN"]
 
     def addresses(self) -> set[str]:
         """The addresses of the current members: nodes()' addresses without its naming, selection and order
