@@ -53,3 +53,11 @@ def read_stream(fd: int) -> bytes | None:
         if total > MAX_READ_BYTES:
             return None
         chunks.append(chunk)
+
+
+def text_of(raw: bytes | None) -> str | None:
+    """HostRoot.read_text's decoding: undecodable bytes replaced, universal newlines."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text

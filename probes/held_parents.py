@@ -30,7 +30,7 @@ import weakref
 
 from nodecompat.hostroot import _OPEN_FLAGS
 from nodecompat.probes import root_resolve
-from nodecompat.probes.root_resolve import PATH_FLAGS, NoOpenat2, _close_all, open_in_root_errno
+from nodecompat.probes.root_resolve import PATH_FLAGS, NoOpenat2, _close_all
 
 MISSING = -1  # the directory does not resolve: no path in it does
 SLOW = -2  # not held (unreadable, over the bound, no openat2): resolve each whole path
@@ -48,12 +48,13 @@ class HeldParents:
     """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW, or how often it
     was asked for while not held yet (_FIRST, _FIRST - 1, ...)."""
 
-    __slots__ = ("__weakref__", "fds", "file_flags", "root_fd", "state")
+    __slots__ = ("__weakref__", "fds", "file_flags", "open_dir", "root_fd", "state")
 
     def __init__(self, root_fd: int | None) -> None:
         """root_fd: the host root's descriptor (openat2 resolves in it), None for the host root `/`."""
         self.root_fd = root_fd
         self.file_flags = _FILE_FLAGS if root_fd is not None else _ROOT_FILE_FLAGS  # a file's open(2) flags
+        self.open_dir = None if root_fd is None else root_resolve.opener(root_fd, PATH_FLAGS | os.O_DIRECTORY)
         self.state: dict[str, int] = {}
         self.fds: list[int] = []
         weakref.finalize(self, _close_all, self.fds)
@@ -82,8 +83,10 @@ class HeldParents:
             except OSError as exc:
                 return MISSING if exc.errno in (errno.ENOENT, errno.ENOTDIR) else SLOW
         else:
+            if self.open_dir is None:
+                return SLOW
             try:
-                fd = open_in_root_errno(self.root_fd, parent, PATH_FLAGS | os.O_DIRECTORY)
+                fd = self.open_dir(parent)
             except (NoOpenat2, ValueError):
                 return SLOW
             if fd < 0:

@@ -13,6 +13,7 @@ import os
 import stat as stat_mod
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from nodecompat.hostroot import _OPEN_FLAGS, MAX_SYMLINKS
@@ -93,6 +94,26 @@ def _openat2_init(root_fd: int) -> None:
             fd: int = fn(number, fdarg, path, how, size)
             return fd if fd >= 0 else -get_errno()
 
+        def opener(dirfd: int, flags: int) -> Any:
+            """open_in_root_errno(dirfd, text, flags) in one frame, its ctypes arguments made once."""
+            how = pointer(OpenHow(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS))
+            fdarg = c_long(dirfd)
+            enc, errs = _FS_ENCODING, _FS_ERRORS
+
+            def open_text(text: str) -> int:
+                if "\0" in text:
+                    raise ValueError("embedded null byte")
+                fd: int = fn(number, fdarg, (text.rstrip("/") or "/").encode(enc, errs), how, size)
+                if fd >= 0:
+                    return fd
+                err: int = get_errno()
+                if err == errno.EAGAIN:  # a rename raced a `..`: open_in_root_errno's retries
+                    return open_in_root_errno(dirfd, text, flags)
+                return -err
+
+            return open_text
+
+        call.opener = opener  # type: ignore[attr-defined]
         probe = call(root_fd, b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except (OSError, AttributeError, ImportError):
         _openat2_state[:] = [None]
@@ -122,6 +143,17 @@ def open_in_root_errno(root_fd: int, text: str, flags: int) -> int:
             if fd == -errno.EAGAIN:
                 raise NoOpenat2
     return fd
+
+
+def opener(root_fd: int, flags: int) -> Callable[[str], int] | None:
+    """open_in_root_errno(root_fd, ·, flags) for one round's root descriptor and flags, as one call
+    (the frames and look-ups of the general one cost more than the difference between openat2 and a
+    plain open); None when openat2 is unavailable. Raises as open_in_root_errno."""
+    state = _openat2_state[0] if _openat2_state else None
+    if state is None or not USE_OPENAT2:
+        return None
+    made: Callable[[str], int] = state.opener(root_fd, flags)
+    return made
 
 
 def open_in_root(root_fd: int, text: str, flags: int) -> int:

@@ -42,11 +42,12 @@ import dataclasses
 import errno
 import os
 import stat as stat_mod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodecompat.hostroot import _OPEN_FLAGS, HostPathEscape, HostRoot
-from nodecompat.probes.bounded_read import FIRST_READ, read_rest, read_stream
+from nodecompat.probes.bounded_read import FIRST_READ, read_rest, read_stream, text_of
 from nodecompat.probes.held_parents import MISSING, SLOW, HeldParents
 from nodecompat.probes.root_resolve import (
     OPENAT2_READ,
@@ -57,21 +58,13 @@ from nodecompat.probes.root_resolve import (
     Overflow,
     components,
     open_in_root,
-    open_in_root_errno,
     openat2_ready,
+    opener,
     resolved_in_root,
 )
 
 _ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _UNSET = object()
-
-
-def _text(raw: bytes | None) -> str | None:
-    """HostRoot.read_text's decoding: undecodable bytes replaced, universal newlines."""
-    if raw is None:
-        return None
-    text = raw.decode("utf-8", errors="replace")
-    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 @dataclass(frozen=True)
@@ -81,6 +74,8 @@ class RoundHost(HostRoot):
     memo: dict[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
     _state: list[DirTable] = field(default_factory=list, compare=False, repr=False)
     _parents: list[HeldParents | None] = field(default_factory=list, compare=False, repr=False)
+    # openat2 in the round's root, one call each (root_resolve.opener): [for a read, for an O_PATH stat]
+    _open2: list[Callable[[str], int]] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def over(cls, host: HostRoot) -> RoundHost:
@@ -106,7 +101,12 @@ class RoundHost(HostRoot):
             held: HeldParents | None = HeldParents(None)
         else:
             table = self._dirs()
-            held = HeldParents(table.root[1]) if table is not None and openat2_ready() else None
+            held = None
+            if table is not None and openat2_ready():
+                held = HeldParents(table.root[1])
+                read, path = opener(table.root[1], OPENAT2_READ), opener(table.root[1], PATH_FLAGS)
+                if read is not None and path is not None:
+                    self._open2.extend((read, path))
         self._parents.append(held)
         return held
 
@@ -125,7 +125,7 @@ class RoundHost(HostRoot):
     def read_text(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> str | None:
         path = host_path if type(host_path) is str else os.fspath(host_path)
         if within is not None:
-            return _text(self._read(path, within))
+            return text_of(self._read(path, within))
         memo = self.memo
         key = ("t", path)
         value = memo.get(key, _UNSET)
@@ -134,7 +134,7 @@ class RoundHost(HostRoot):
             raw = memo.get(bkey, _UNSET)
             if raw is _UNSET:
                 raw = memo[bkey] = self._read(path, None)
-            value = memo[key] = _text(raw)  # type: ignore[arg-type]
+            value = memo[key] = text_of(raw)  # type: ignore[arg-type]
         return value  # type: ignore[return-value]
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
@@ -183,9 +183,9 @@ class RoundHost(HostRoot):
                         return None
         if fd >= 0:
             pass
-        elif within is None and self._state and openat2_ready():
+        elif within is None and self._open2:
             try:  # the kernel resolves the whole path inside the root: one system call
-                fd = open_in_root_errno(self._state[0].root[1], text, OPENAT2_READ)
+                fd = self._open2[0](text)
             except NoOpenat2:
                 fd = -1
             else:
@@ -252,9 +252,9 @@ class RoundHost(HostRoot):
             got = held.stat_file(text)
             if got != SLOW:
                 return got  # type: ignore[return-value]
-        if self._state and openat2_ready():
+        if self._open2:
             try:
-                fd = open_in_root_errno(self._state[0].root[1], text, PATH_FLAGS)
+                fd = self._open2[1](text)
             except NoOpenat2:
                 fd = -errno.ENOSYS
             if fd >= 0:
