@@ -19,6 +19,17 @@ be reached (any failure but a refusal) the others are tried in the order given w
 dead replica costs one beat's delay, not the lease. A refusal (bad address, address taken, denied) is the
 fleet's answer, the same from every replica sharing the store: no failover. The same lease key goes to
 every aggregator, so a replica renews a lease another granted.
+
+Connections (docs/inventory.md, "Registered daemons' connections"): each beat opens its own channel and closes
+it when the call ends, so between beats the daemon holds no connection to the aggregator. A held HTTP/2
+connection costs the aggregator ~18 KiB (plaintext) or ~52 KiB (mTLS) of RSS, past issue 12's 10 KiB a node;
+the beat (every ttl/3, 10 s by default) is far apart, and the aggregator's idle limit (30 s) must stay long for
+WatchFleet and ValidateFleet callers, so the daemon is the one that closes. gRPC's own client idle timeout does
+not do it (measured: every connection stayed open with grpc.client_idle_timeout_ms=1000, grpcio 1.85). The
+price is aggregator CPU per beat (bench/bench_lease_conn.py, 1,000 nodes, medians of 3): a TCP + HTTP/2 setup,
+1.45 ms a beat instead of 1.29 (within the noise), and with mTLS a full handshake, 2.50 ms instead of 1.41.
+No TLS session cache: resuming (grpc's client LRU; it only works
+when the aggregator is given by host name) saved no measurable CPU with EC certificates and stalled some beats.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -89,10 +101,10 @@ class LeaseKeeper:
         self.request = fleet_pb2.RegisterNodeRequest(
             name=name, address=address, labels=dict(labels or {}), ttl_seconds=ttl
         )
-        creds = tls.ClientTls(tls_ca, tls_cert, tls_key).credentials()
-        self._channels = [tls.open_channel(a, creds, [("grpc.max_reconnect_backoff_ms", 2000)])
-                          for a in self.aggregators]
-        self._stubs = [fleet_pb2_grpc.FleetServiceStub(c) for c in self._channels]
+        self._credentials = tls.ClientTls(tls_ca, tls_cert, tls_key).credentials()
+        # a connection of the channel's own (no sharing through gRPC's global subchannel pool), so close() closes
+        # it (module doc: connections)
+        self._options: list[tuple[str, object]] = [("grpc.use_local_subchannel_pool", 1)]
         self._metadata: list[tuple[str, str]] = [(LEASE_KEY_METADATA, secrets.token_hex(32))]
         if token is not None:
             self._metadata.append((TOKEN_METADATA, token.decode("ascii")))
@@ -118,7 +130,7 @@ class LeaseKeeper:
         for i in range(n):
             idx = (first + i) % n
             try:
-                resp = self._stubs[idx].RegisterNode(request, timeout=CALL_TIMEOUT, metadata=self._metadata)
+                resp = self._call(idx, "RegisterNode", request, CALL_TIMEOUT)
             except grpc.RpcError as exc:
                 msg = f"{exc.code().name}: {exc.details()}"
                 refused = exc.code() in REFUSALS
@@ -140,6 +152,16 @@ class LeaseKeeper:
             return True
         self.registered.clear()
         return False
+
+    def _call(self, idx: int, method: str, request: object, timeout: float) -> Any:
+        """One FleetService call to aggregator `idx` on a channel opened for it and closed when it ends (module
+        doc: connections); grpc.RpcError as the call raises it."""
+        channel = tls.open_channel(self.aggregators[idx], self._credentials, self._options)
+        try:
+            stub = fleet_pb2_grpc.FleetServiceStub(channel)
+            return getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
+        finally:
+            channel.close()
 
     def _beat_request(self) -> fleet_pb2.RegisterNodeRequest:
         """The registration with the current feature state (when there is one)."""
@@ -184,10 +206,6 @@ class LeaseKeeper:
         if self._thread is not None:
             self._thread.join(timeout=CALL_TIMEOUT)
         try:
-            self._stubs[self.current].DeregisterNode(
-                fleet_pb2.DeregisterNodeRequest(name=self.request.name), timeout=2.0, metadata=self._metadata
-            )
+            self._call(self.current, "DeregisterNode", fleet_pb2.DeregisterNodeRequest(name=self.request.name), 2.0)
         except grpc.RpcError as exc:
             log.info("deregistration from %s failed: %s", self.aggregator, exc.code().name)
-        for ch in self._channels:
-            ch.close()
