@@ -158,13 +158,18 @@ def one(policy: str, with_tls: bool, n: int) -> None:
         max_connection_idle=2.0 if policy == "server-idle" else AggregatorConfig.max_connection_idle))
     port = agg.start()
     beats = [0]
-    register = agg.inventory.register
 
-    def counted(*a, **kw):  # type: ignore[no-untyped-def]
-        beats[0] += 1
-        return register(*a, **kw)
+    def counting(register):  # type: ignore[no-untyped-def]
+        def counted(*a, **kw):  # type: ignore[no-untyped-def]
+            ttl = register(*a, **kw)
+            beats[0] += ttl is not None  # register_now's None: the call goes on to register in a worker
+            return ttl
 
-    agg.inventory.register = counted  # type: ignore[method-assign]
+        return counted
+
+    # RegisterNode on the event loop (register_now) or in a worker (register)
+    agg.inventory.register = counting(agg.inventory.register)  # type: ignore[method-assign]
+    agg.inventory.register_now = counting(agg.inventory.register_now)  # type: ignore[method-assign]
     gc.collect()
     time.sleep(0.5)
     rss0 = rss_bytes()
