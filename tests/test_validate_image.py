@@ -32,10 +32,12 @@ ALLOW_LOOPBACK = ("--allowed-registries", "http://127.0.0.1:*")  # test registri
 NEEDS_KERNEL_7 = sr.spec_yaml(note="kernel>7").replace('Gt, value: ["2"]', 'Gt, value: ["7"]')
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):
-    d = start_daemon(tmp_path, "--host-root", PLAIN_VM, *ALLOW_LOOPBACK, name="vm-1",
-                     env=sr.env_without_docker(tmp_path))
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    """One daemon for the module: no test changes its configuration, and each test uses its own repository
+    (repo_name) and its own proxies, so what one test caches is never what another asks for."""
+    tmp = tmp_path_factory.mktemp("validate-image-daemon")
+    d = start_daemon(tmp, "--host-root", PLAIN_VM, *ALLOW_LOOPBACK, name="vm-1", env=sr.env_without_docker(tmp))
     yield d
     d.terminate()
 
