@@ -9,11 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from support_daemon import health_status, make_plugin, start_daemon
+from support_daemon import DaemonProcess, health_status, make_plugin, start_daemon
 
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
@@ -58,6 +59,15 @@ class SlowProbe(Probe):
 """
 
 
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """A daemon with the default flags on this machine, shared by the tests that only call it (none changes its
+    configuration; the one refresh asked for is within a single test)."""
+    d = start_daemon(tmp_path_factory.mktemp("daemon"))
+    yield d
+    d.terminate()
+
+
 def _plugin_env(tmp_path: Path, names: dict[str, str]) -> dict[str, str]:
     site = make_plugin(tmp_path, "acmeprobes", PLUGINS, names)
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
@@ -97,23 +107,20 @@ def test_grpcurl_lists_services_checks_health_and_gets_features(tmp_path: Path) 
         assert d.terminate() == 0
 
 
-def test_get_features_prefix_filter_and_refresh(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path)
-    try:
-        with grpc.insecure_channel(d.address) as ch:
-            stub = node_pb2_grpc.NodeServiceStub(ch)
-            full = stub.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10)
-            assert "kernel.version" in full.features.attributes
-            only = stub.GetFeatures(features_pb2.GetFeaturesRequest(prefixes=["kernel.version"]), timeout=10)
-            names = set(only.features.flags) | set(only.features.attributes) | set(only.features.instances)
-            assert names == {"kernel.version"}
-            assert only.features.attributes["kernel.version"].elements["full"]
-            again = stub.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10)
-            assert again.probed_at == full.probed_at  # cached
-            fresh = stub.GetFeatures(features_pb2.GetFeaturesRequest(refresh=True), timeout=10)
-            assert fresh.probed_at.ToDatetime() > full.probed_at.ToDatetime()
-    finally:
-        d.terminate()
+def test_get_features_prefix_filter_and_refresh(daemon: DaemonProcess) -> None:
+    d = daemon
+    with grpc.insecure_channel(d.address) as ch:
+        stub = node_pb2_grpc.NodeServiceStub(ch)
+        full = stub.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10)
+        assert "kernel.version" in full.features.attributes
+        only = stub.GetFeatures(features_pb2.GetFeaturesRequest(prefixes=["kernel.version"]), timeout=10)
+        names = set(only.features.flags) | set(only.features.attributes) | set(only.features.instances)
+        assert names == {"kernel.version"}
+        assert only.features.attributes["kernel.version"].elements["full"]
+        again = stub.GetFeatures(features_pb2.GetFeaturesRequest(), timeout=10)
+        assert again.probed_at == full.probed_at  # cached
+        fresh = stub.GetFeatures(features_pb2.GetFeaturesRequest(refresh=True), timeout=10)
+        assert fresh.probed_at.ToDatetime() > full.probed_at.ToDatetime()
 
 
 def test_third_party_probes_raising_and_hanging_are_isolated(tmp_path: Path) -> None:
@@ -184,36 +191,30 @@ def test_health_not_serving_until_first_round_then_sigterm_drains(tmp_path: Path
         slow_file.unlink(missing_ok=True)
 
 
-def test_validate_image_without_source_is_invalid_argument(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path)
-    try:
-        with grpc.insecure_channel(d.address) as ch:
-            stub = node_pb2_grpc.NodeServiceStub(ch)
-            with pytest.raises(grpc.RpcError) as err:
-                stub.ValidateImage(node_pb2.ValidateImageRequest(), timeout=10)
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "image" in (err.value.details() or "")
-    finally:
-        d.terminate()
+def test_validate_image_without_source_is_invalid_argument(daemon: DaemonProcess) -> None:
+    d = daemon
+    with grpc.insecure_channel(d.address) as ch:
+        stub = node_pb2_grpc.NodeServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ValidateImage(node_pb2.ValidateImageRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "image" in (err.value.details() or "")
 
 
-def test_cli_features_local_and_from_daemon_agree(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path)
-    try:
-        cli = [sys.executable, "-m", "nodecompat.clients.cli", "features", "-o", "json", "--prefix", "pci."]
-        local = subprocess.run(cli, capture_output=True, text=True, timeout=60)
-        remote = subprocess.run([*cli, "--node", d.address], capture_output=True, text=True, timeout=60)
-        assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
-        lj, rj = json.loads(local.stdout), json.loads(remote.stdout)
-        assert lj["instances"]["pci.device"] == rj["instances"]["pci.device"]
-        assert {p["name"] for p in rj["probes"]} >= {"pci", "kernel"}
-        table = subprocess.run(
-            [sys.executable, "-m", "nodecompat.clients.cli", "features", "--node", d.address],
-            capture_output=True, text=True, timeout=60,
-        )
-        assert "pci.device  (instances" in table.stdout and "probes:" in table.stdout
-    finally:
-        d.terminate()
+def test_cli_features_local_and_from_daemon_agree(daemon: DaemonProcess) -> None:
+    d = daemon
+    cli = [sys.executable, "-m", "nodecompat.clients.cli", "features", "-o", "json", "--prefix", "pci."]
+    local = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    remote = subprocess.run([*cli, "--node", d.address], capture_output=True, text=True, timeout=60)
+    assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
+    lj, rj = json.loads(local.stdout), json.loads(remote.stdout)
+    assert lj["instances"]["pci.device"] == rj["instances"]["pci.device"]
+    assert {p["name"] for p in rj["probes"]} >= {"pci", "kernel"}
+    table = subprocess.run(
+        [sys.executable, "-m", "nodecompat.clients.cli", "features", "--node", d.address],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert "pci.device  (instances" in table.stdout and "probes:" in table.stdout
 
 
 def test_cli_features_errors_are_exit_2(tmp_path: Path) -> None:
@@ -224,19 +225,16 @@ def test_cli_features_errors_are_exit_2(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "not a directory" in bad.stderr and bad.stdout == ""
 
 
-def test_serve_refuses_a_busy_port_and_a_missing_host_root(tmp_path: Path) -> None:
-    d = start_daemon(tmp_path)
-    try:
-        cli = [sys.executable, "-m", "nodecompat.clients.cli", "serve", "--no-hotplug"]
-        busy = subprocess.run([*cli, "--listen", d.address], capture_output=True, text=True, timeout=60)
-        assert busy.returncode == 2 and busy.stderr == (
-            f"nodecompat serve: --listen {d.address}: port {d.address.rpartition(':')[2]} is already in use "
-            "(another `nodecompat serve`, `make run` or aggregator?): stop it, or choose a free port with "
-            "--listen HOST:PORT (`make run LISTEN=HOST:PORT`)\n"
-        )  # one readable line: no gRPC core log line (`add_port.cc ... Failed to add port`) before it
-        assert health_status(d.address) == "SERVING"  # the first daemon is unharmed (no SO_REUSEPORT)
-    finally:
-        d.terminate()
+def test_serve_refuses_a_busy_port_and_a_missing_host_root(daemon: DaemonProcess, tmp_path: Path) -> None:
+    d = daemon
+    cli = [sys.executable, "-m", "nodecompat.clients.cli", "serve", "--no-hotplug"]
+    busy = subprocess.run([*cli, "--listen", d.address], capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 2 and busy.stderr == (
+        f"nodecompat serve: --listen {d.address}: port {d.address.rpartition(':')[2]} is already in use "
+        "(another `nodecompat serve`, `make run` or aggregator?): stop it, or choose a free port with "
+        "--listen HOST:PORT (`make run LISTEN=HOST:PORT`)\n"
+    )  # one readable line: no gRPC core log line (`add_port.cc ... Failed to add port`) before it
+    assert health_status(d.address) == "SERVING"  # the first daemon is unharmed (no SO_REUSEPORT)
     missing = subprocess.run([*cli, "--host-root", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
 
