@@ -143,7 +143,12 @@ import nodecompat.server.first_round as fr
 fr.REAP_WAIT = 0.0
 first = fr.ForkedRound.start(sys.argv[1], ["slow"], "n", [], None)
 out = {"status": first._reap(kill=False)}
-time.sleep(4)  # the probe sleeps 1 s, then the child writes its round (nobody reads it) and exits
+# the probe sleeps 1 s, then the child writes its round (nobody reads it) and exits: wait (up to 30 s) for its
+# /proc entry to go, which only a waitpid by the parent's reaper thread does (a zombie keeps it; nothing
+# here calls waitpid before `reaped` below)
+deadline = time.monotonic() + 30
+while os.path.exists(f"/proc/{first.pid}") and time.monotonic() < deadline:
+    time.sleep(0.05)
 out["reaped"] = reaped(first.pid)
 out["zombie"] = os.path.exists(f"/proc/{first.pid}")
 print(json.dumps(out))

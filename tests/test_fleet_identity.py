@@ -22,6 +22,7 @@ from support_fleet import (
     make_node_cert,
     start_aggregator_process,
     start_node,
+    wait_until,
     write_nodes_file,
 )
 
@@ -143,8 +144,8 @@ def test_daemon_registers_with_the_token_file(tmp_path: Path) -> None:
                     break
                 time.sleep(0.1)
             assert names == ["edge-t"]
-        time.sleep(0.5)
-        assert "UNAUTHENTICATED" in intruder.log.read_text()
+        wait_until(lambda: "UNAUTHENTICATED" in intruder.log.read_text(), 30,
+                   "the intruder's registration refused with UNAUTHENTICATED in its log")
     finally:
         node.kill()
         intruder.kill()
