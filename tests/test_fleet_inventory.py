@@ -146,9 +146,12 @@ def test_max_staleness_sends_older_inventory_entries_live(inv: InvFleet) -> None
         b = c.validate(spec_text=NVIDIA_ONLY, timeout=20, max_staleness=1e-3)  # every probe round is older
         assert {n.source for n in b.nodes} == {"LIVE"} and (b.summary.live, b.summary.from_inventory) == (6, 0)  # type: ignore[attr-defined]
         assert {n.name: n.compatible for n in a.nodes} == {n.name: n.compatible for n in b.nodes}
-        time.sleep(3)  # let the other nodes' rounds age, then give gpu-1 a fresh one
         store = inv.agg.store
         assert store is not None
+        # let the other nodes' rounds age (3 s at least, what a fixed 3 s sleep gave), then give gpu-1 a
+        # fresh one; rounds made before this test started may be that old already
+        _wait(lambda: all(time.time() - r.probed_at >= 3.0 for r in store.records() if r.name != "gpu-1"),
+              what="the other nodes' rounds 3 s old")
         before = store.get(inv.nodes["gpu-1"].address)
         assert before is not None
         _refresh(inv.nodes["gpu-1"])
