@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -230,22 +231,41 @@ def openat2(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return bool(request.param)
 
 
+HostTree = tuple[Path, list[str], list[tuple[object, ...]]]
+
+
+@pytest.fixture(scope="module")
+def walked_tree(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], HostTree]:
+    """host -> (a copy of its fixture tree with _hostile_links, every path worth asking, HostRoot's answer
+    for each path), made once per host for the module: HostRoot's component walk does not depend on
+    root_resolve.USE_OPENAT2, and nothing writes to the copy, so both `openat2` cases compare against the
+    same answers (their walk is most of the test's time) instead of walking a fresh copy each."""
+    made: dict[str, HostTree] = {}
+
+    def get(host: str) -> HostTree:
+        if host not in made:
+            root = tmp_path_factory.mktemp(f"walked-{host}") / "host"
+            shutil.copytree(FIXTURES / host, root, symlinks=True)
+            paths = _every_path(root, _hostile_links(root))
+            plain = HostRoot(root)
+            made[host] = (root, paths, [_answers(plain, p) for p in paths])
+        return made[host]
+
+    return get
+
+
 @pytest.mark.parametrize("host", ["h100-server", "amd-mi300", "plain-vm"])
 def test_round_reads_through_held_directories_give_hostroots_answers(
-    host: str, tmp_path: Path, openat2: bool
+    host: str, walked_tree: Callable[[str], HostTree], openat2: bool
 ) -> None:
     """RoundHost (openat2 with RESOLVE_IN_ROOT, or directories opened once per round and files opened
     relative to them with O_NOFOLLOW) answers every read exactly as HostRoot's component walk does,
     for every path of a fixture tree (sysfs links included), through `..`, links out of the root,
     loops, dangling and missing parts; each path asked twice (the second answer from the memo) and in
     one shared round."""
-    root = tmp_path / "host"
-    shutil.copytree(FIXTURES / host, root, symlinks=True)
-    paths = _every_path(root, _hostile_links(root))
-    plain = HostRoot(root)
-    memo = _RoundHost.over(plain)
-    for p in paths:
-        want = _answers(plain, p)
+    root, paths, wants = walked_tree(host)
+    memo = _RoundHost.over(HostRoot(root))
+    for p, want in zip(paths, wants, strict=True):
         assert _answers(memo, p) == want, p
         assert _answers(memo, p) == want, p
     assert memo.read_text("/sys/abs-link/os-release") == (root / "etc" / "os-release").read_text()
