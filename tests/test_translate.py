@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from support_fleetmem import fixture_round
 
 from nodecompat.engine.evaluate import evaluate
 from nodecompat.engine.expressions import parse_version
-from nodecompat.engine.spec import parse_spec
+from nodecompat.engine.spec import Spec, parse_spec
 from nodecompat.features import Features, Instance, InstanceFeature
 from nodecompat.translate import dra, nfd
 from nodecompat.translate.common import TranslateError, merge_set
@@ -199,11 +200,19 @@ def _cel(expression: str) -> Any:
     return env.program(env.compile(expression), functions=FUNCTIONS)
 
 
-def _nodecompat_says(spec_text: str, set_index: int, feature: str, attrs: dict[str, str]) -> bool:
-    """nodecompat's verdict for one set on a node holding only this one device."""
+@functools.lru_cache(maxsize=64)
+def _one_set(spec_text: str, set_index: int) -> Spec:
+    """The spec parsed, with only its set `set_index` kept: made once per set (parsing and copying the whole
+    spec for every device was most of the DRA test's time); evaluate() does not change a spec."""
     spec = parse_spec(spec_text)
     one = copy.deepcopy(spec)
     one.compatibilities = [spec.compatibilities[set_index]]
+    return one
+
+
+def _nodecompat_says(spec_text: str, set_index: int, feature: str, attrs: dict[str, str]) -> bool:
+    """nodecompat's verdict for one set on a node holding only this one device."""
+    one = _one_set(spec_text, set_index)
     f = Features()
     f.instances[feature] = InstanceFeature([Instance(dict(attrs))])
     return evaluate(one, f).compatible
