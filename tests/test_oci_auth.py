@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -41,14 +42,23 @@ def no_docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty-docker-config"))
 
 
-@pytest.fixture
-def attached(
-    auth_registry: sr.RegistryProcess, repo_name: str, tmp_path: Path, no_docker_config: None, ca: str
-) -> sr.PushedImage:
-    img = sr.push_image(auth_registry.host, repo_name, tmp_path, creds=CREDS)
-    auth = RegistryAuth.from_sources(username=sr.USER, password=sr.PASSWORD)
-    attach_spec(img.reference, sr.spec_yaml(note="auth"), ca_file=ca, auth=auth)
+@pytest.fixture(scope="module")
+def attached_image(auth_registry: sr.RegistryProcess, tmp_path_factory: pytest.TempPathFactory) -> sr.PushedImage:
+    """An image with a spec attached in the auth registry, pushed once for the module: the tests only read it
+    (each with its own credentials and docker config)."""
+    assert auth_registry.tls is not None
+    tmp = tmp_path_factory.mktemp("oci-auth")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOCKER_CONFIG", str(tmp / "empty-docker-config"))
+        img = sr.push_image(auth_registry.host, f"nc/t{uuid.uuid4().hex[:12]}", tmp, creds=CREDS)
+        auth = RegistryAuth.from_sources(username=sr.USER, password=sr.PASSWORD)
+        attach_spec(img.reference, sr.spec_yaml(note="auth"), ca_file=str(auth_registry.tls[0]), auth=auth)
     return img
+
+
+@pytest.fixture
+def attached(attached_image: sr.PushedImage, no_docker_config: None) -> sr.PushedImage:
+    return attached_image
 
 
 def test_username_password(attached: sr.PushedImage, ca: str) -> None:
