@@ -24,8 +24,14 @@ def read_rest(fd: int, data: bytes) -> bytes | None:
     MAX_READ_BYTES). Sized by fstat when the file says its size (a large disk file in one read); sysfs
     binary attributes hand out a page per read and procfs files say 0: chunks until an empty read."""
     total = len(data)
-    want = max(os.fstat(fd).st_size + 1 - total, CHUNK)  # a disk file's size (+1 to see its end) at once
+    size = os.fstat(fd).st_size
     chunks = [data]
+    if not size and total >= FIRST_READ:
+        # procfs (size 0) past a page: read again from offset 0, 64 KiB at a time, as HostRoot does.
+        # Some /proc/sys handlers (proc_dointvec, proc_do_large_bitmap) answer a read at offset 0
+        # only: going on at 4096 would cut a longer value there instead of reading it whole.
+        chunks, total = [], 0
+    want = max(size + 1 - total, CHUNK)  # a disk file's size (+1 to see its end) at once
     while True:
         chunk = os.pread(fd, min(want, MAX_READ_BYTES + 1 - total), total)
         if not chunk:
