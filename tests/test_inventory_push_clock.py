@@ -29,15 +29,22 @@ SPEC = Path(__file__).resolve().parents[1] / "examples" / "gpu-node.yaml"
 YEAR_9999 = 253402300799  # the last second a google.protobuf.Timestamp may hold
 
 
-@pytest.fixture()
-def setup(tmp_path: Path) -> Iterator[tuple[AggregatorDaemon, Proc, str]]:
-    node = start_node(tmp_path, "clock-1", "plain-vm")
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str]]:
+    """The daemon and its fingerprint, once for the module: the tests only read its features (each has its
+    own aggregator, which is what a registration changes)."""
+    proc = start_node(tmp_path_factory.mktemp("clock"), "clock-1", "plain-vm")
     try:
-        with aggregator(lease_ttl=9.0, registration=RegistrationPolicy(allow_unauthenticated=True),
-                        sync=SyncConfig(heartbeat=1.0, stale_after=3.0, reconcile_interval=0.2)) as agg:
-            yield agg, node, first_watch_message(node.address).features.fingerprint
+        yield proc, first_watch_message(proc.address).features.fingerprint
     finally:
-        node.kill()
+        proc.kill()
+
+
+@pytest.fixture()
+def setup(node: tuple[Proc, str]) -> Iterator[tuple[AggregatorDaemon, Proc, str]]:
+    with aggregator(lease_ttl=9.0, registration=RegistrationPolicy(allow_unauthenticated=True),
+                    sync=SyncConfig(heartbeat=1.0, stale_after=3.0, reconcile_interval=0.2)) as agg:
+        yield agg, node[0], node[1]
 
 
 def _register(agg: AggregatorDaemon, node: Proc, fp: str, seconds: int) -> None:
