@@ -21,6 +21,7 @@ from nodecompat.fleet.store import FeatureStore
 from nodecompat.server import limits
 from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig
 from nodecompat.server.first_check import FirstHealthChecks
+from nodecompat.server.fleet_leases import DEFAULT_MAX_HEARTBEATS_PER_SECOND
 from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS, FleetNode, NodeInventory
 from nodecompat.server.fleet_results import deadline_margin, summarize
 from nodecompat.server.fleet_service import (
@@ -73,6 +74,9 @@ class AggregatorConfig:
     dns: list[tuple[str, int]] = field(default_factory=list)
     dns_interval: float = 30.0
     lease_ttl: float = 30.0
+    # Leases lengthen with their number so that all their heartbeats stay under this many RegisterNode a second
+    # (server/fleet_leases.py grant_ttl; `--max-heartbeats-per-second`); 0: every lease is lease_ttl or as asked.
+    max_heartbeats_per_second: float = DEFAULT_MAX_HEARTBEATS_PER_SECOND
     max_registrations: int = MAX_REGISTRATIONS
     concurrency: int = 64
     node_timeout: float = 10.0
@@ -116,6 +120,7 @@ class AggregatorDaemon:
             dns=config.dns,
             dns_interval=config.dns_interval,
             lease_ttl=config.lease_ttl,
+            max_heartbeats_per_second=config.max_heartbeats_per_second,
             max_registrations=config.max_registrations,
             store=open_registration_store(config.store, config.store_prefix, ca=config.store_ca,
                                           cert=config.store_cert, key=config.store_key),

@@ -16,7 +16,9 @@ by these rules:
   that same daemon) describes it; nothing is lost. A file entry likewise describes a DNS address.
 
 Registrations are capped (`max_registrations`, RESOURCE_EXHAUSTED past it); a registered address must be
-one others can dial (a wildcard host such as 0.0.0.0 or :: is refused). LeaseRegistry is a mixin of
+one others can dial (a wildcard host such as 0.0.0.0 or :: is refused). The granted lease grows with the
+number of leases held so that their heartbeats together stay under `max_heartbeats_per_second` (grant_ttl,
+as Nomad scales its heartbeat TTL). LeaseRegistry is a mixin of
 NodeInventory (server/fleet_nodes.py), which owns the state it declares and the nodes file it re-reads.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -49,6 +52,13 @@ from nodecompat.server.registration_store import RegistrationStore, StoredLease
 
 log = logging.getLogger("nodecompat.server.fleet_nodes")  # the inventory's log, as before the split
 
+BEATS_PER_LEASE = 3  # a LeaseKeeper renews every granted ttl/3 (server/registration.py)
+# RegisterNode/s all leases together send at most (grant_ttl): ~1.3-1.5 ms of aggregator CPU each (a connection per
+# beat, bench/bench_lease_conn.py), so 200/s is ~30% of one core (mTLS, ~2.5 ms: ~50%); 10,000 nodes get 150 s.
+DEFAULT_MAX_HEARTBEATS_PER_SECOND = 200.0
+MAX_SCALED_TTL = 600.0  # s: the rate-scaled lease at most (a dead node leaves within 10 minutes at any size)
+TTL_STAGGER = 0.1  # a rate-scaled lease is lengthened by up to this fraction at random (Nomad's stagger)
+
 
 @dataclass(slots=True)
 class _Lease:
@@ -64,6 +74,8 @@ class LeaseRegistry:
     max_registrations: int
     nodes_file: Path | None
     lease_ttl: float
+    max_heartbeats_per_second: float  # 0: leases are not scaled with their number (grant_ttl)
+    ttl_stagger: float
     _clock: Callable[[], float]
     _lock: threading.Lock
     _file_nodes: list[FleetNode]
@@ -80,9 +92,31 @@ class LeaseRegistry:
         raise NotImplementedError  # NodeInventory's
 
     def grant_ttl(self, requested: float) -> float:
+        """The lease (s) granted to a RegisterNode asking for `requested` s (0, NaN or negative: none asked).
+
+        Unscaled: lease_ttl when none is asked, else the request within [MIN_LEASE_TTL, max(lease_ttl,
+        MAX_LEASE_TTL)]. Rate-scaled (max_heartbeats_per_second > 0): at least BEATS_PER_LEASE * leases /
+        max_heartbeats_per_second, `leases` being the leases held now (a renewal counts its own; a new node's
+        first grant counts the others; lapsed ones until a lookup drops them), so that all of them, each
+        renewed every ttl/3 (LeaseKeeper), send at most max_heartbeats_per_second RegisterNode a second together;
+        the scaled value is lengthened by up to ttl_stagger at random (beats of a fleet started at once spread
+        out) and is at most MAX_SCALED_TTL, so a dead node leaves within 10 minutes however big the fleet (the
+        rate bound then no longer holds: 40,000 leases at 200/s). An unscaled grant longer than that stays.
+        As Nomad (nomad/heartbeat.go, resetHeartbeatTimer: ttl = RateScaledInterval(max_heartbeats_per_second,
+        min_heartbeat_ttl, nodes) + RandomStagger(ttl); its server block docs: "max_heartbeats_per_second ...
+        This allows the TTL to be increased to meet the target rate").
+        """
         if not requested or math.isnan(requested) or requested <= 0:
-            return self.lease_ttl
-        return min(max(requested, MIN_LEASE_TTL), max(self.lease_ttl, MAX_LEASE_TTL))
+            granted = self.lease_ttl
+        else:
+            granted = min(max(requested, MIN_LEASE_TTL), max(self.lease_ttl, MAX_LEASE_TTL))
+        if self.max_heartbeats_per_second <= 0:
+            return granted
+        scaled = BEATS_PER_LEASE * len(self._leases) / self.max_heartbeats_per_second
+        if scaled <= granted:
+            return granted
+        stagger = 1.0 + self.ttl_stagger * random.random() if self.ttl_stagger > 0 else 1.0
+        return max(granted, min(scaled * stagger, MAX_SCALED_TTL))
 
     def register(
         self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str = "anonymous"

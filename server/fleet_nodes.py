@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nodecompat.hostport import is_wildcard_host, split_address
-from nodecompat.server.fleet_leases import LeaseRegistry, _Lease
+from nodecompat.server.fleet_leases import TTL_STAGGER, LeaseRegistry, _Lease
 from nodecompat.server.fleet_members import (
     MAX_ADDRESS,
     MAX_FIELD,
@@ -120,6 +120,7 @@ class NodeInventory(LeaseRegistry):
         dns: list[tuple[str, int]] | None = None,
         dns_interval: float = 30.0,
         lease_ttl: float = 30.0,
+        max_heartbeats_per_second: float = 0.0,
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.monotonic,
         max_registrations: int = MAX_REGISTRATIONS,
@@ -133,6 +134,8 @@ class NodeInventory(LeaseRegistry):
         self.dns = list(dns or [])
         self.dns_interval = dns_interval
         self.lease_ttl = lease_ttl
+        self.max_heartbeats_per_second = max_heartbeats_per_second  # leases scaled with their number (grant_ttl)
+        self.ttl_stagger = TTL_STAGGER
         self._resolve = resolver
         self._clock = clock
         self._lock = threading.Lock()

@@ -23,7 +23,8 @@ fingerprint (RegisterNodeRequest round_id/probed_at/fingerprint). For such a nod
   not equal what the node announces last (it changed meanwhile, or it lies), another fetch follows after a
   backoff;
 - staleness is heartbeat silence: a record not refreshed for two lease beats + 1 s (2 x ttl/3 + 1 s of the
-  granted lease; a stream's is 3 heartbeats + 1 s) is STALE; lease expiry means the node left, as before.
+  granted lease, which grows with the fleet: fleet_leases.grant_ttl; a stream's: 3 heartbeats + 1 s) is
+  STALE; lease expiry means the node left, as before.
   A node whose fetch fails is UNREACHABLE with the error (its last features kept, never refreshed by a
   heartbeat announcing another fingerprint), as a node whose stream fails.
 

@@ -66,7 +66,8 @@ class ValidateFleetRequest(_message.Message):
     """NFD mode: NFD's tolerance and NFD's view (see ValidateImageRequest.nfd_compat)."""
     max_staleness_seconds: _builtins.float
     """Nodes whose inventory features are older than this (seconds) are asked live; 0 means the
-    aggregator's default (its heartbeat timeout).
+    aggregator's default (its heartbeat timeout; for a registered node 2 x its granted lease / 3 + 1 s,
+    which grows with the fleet: RegisterNodeResponse.ttl_seconds).
     """
     answer_source: _inventory_pb2.AnswerSource.ValueType
     """LIVE forces a ValidateImage call to every node; unset or INVENTORY answers from the inventory."""
@@ -686,6 +687,10 @@ class RegisterNodeResponse(_message.Message):
 
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     ttl_seconds: _builtins.float
+    """The lease granted (s); renew every ttl_seconds / 3. At least what was asked (or the aggregator's
+    --lease-ttl), longer in a big fleet: 3 x leases held / --max-heartbeats-per-second (+ up to 10% at
+    random, the scaled part at most 600 s), so all renewals together stay under that rate.
+    """
     def __init__(
         self,
         *,

@@ -341,7 +341,9 @@ class FleetEvent(_message.Message):
         UNREACHABLE: FleetEvent._State.ValueType  # 3
         """The node's stream cannot be (re)established."""
         STALE: FleetEvent._State.ValueType  # 4
-        """The node's stream has been silent past the heartbeat timeout."""
+        """The node's stream has been silent past the heartbeat timeout (a registered node's lease heartbeats:
+        2 beats + 1 s of its granted lease, which grows with the fleet: RegisterNodeResponse.ttl_seconds).
+        """
         LEFT: FleetEvent._State.ValueType  # 5
         """The node left the fleet (nodes file, DNS, lease) or the selector."""
 
@@ -352,7 +354,9 @@ class FleetEvent(_message.Message):
     UNREACHABLE: FleetEvent.State.ValueType  # 3
     """The node's stream cannot be (re)established."""
     STALE: FleetEvent.State.ValueType  # 4
-    """The node's stream has been silent past the heartbeat timeout."""
+    """The node's stream has been silent past the heartbeat timeout (a registered node's lease heartbeats:
+    2 beats + 1 s of its granted lease, which grows with the fleet: RegisterNodeResponse.ttl_seconds).
+    """
     LEFT: FleetEvent.State.ValueType  # 5
     """The node left the fleet (nodes file, DNS, lease) or the selector."""
 
