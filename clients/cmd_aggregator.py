@@ -43,8 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dns-interval", type=float, default=30.0, help="seconds between DNS re-resolutions")
     p.add_argument("--lease-ttl", type=float, default=30.0,
-                   help="lease (s) granted to a registered node that asks for none (longer in a big fleet: "
-                   "--max-heartbeats-per-second)")
+                   help="lease (s) granted to a registered node that asks for none")
     p.add_argument("--max-heartbeats-per-second", type=float, default=DEFAULT_MAX_HEARTBEATS_PER_SECOND,
                    metavar="RATE",
                    help="registered daemons renew every lease/3, so leases lengthen with their number to keep "
