@@ -27,7 +27,7 @@ the beat (every ttl/3, 10 s by default) is far apart, and the aggregator's idle 
 WatchFleet and ValidateFleet callers, so the daemon is the one that closes. gRPC's own client idle timeout does
 not do it (measured: every connection stayed open with grpc.client_idle_timeout_ms=1000, grpcio 1.85). The
 price is aggregator CPU per beat (bench/bench_lease_conn.py, 1,000 nodes, medians of 3): a TCP + HTTP/2 setup,
-1.45 ms a beat instead of 1.29 (within the noise), and with mTLS a full handshake, 2.50 ms instead of 1.41.
+1.23 ms a beat instead of 1.06, and with mTLS a full handshake, 2.18 ms instead of 1.15.
 No TLS session cache: resuming (grpc's client LRU; it only works
 when the aggregator is given by host name) saved no measurable CPU with EC certificates and stalled some beats.
 """
