@@ -51,6 +51,7 @@ from nodecompat.server.runtime_context import (
     AbortRpc,
     RuntimeLimits,
     SyncContext,
+    abandoned,
     apply_status,
     call_sync,
     check_start,
@@ -256,11 +257,13 @@ class Runtime:
                     result = await asyncio.shield(fut)
             except TimeoutError:
                 sctx.cancelled.set()
+                fut.add_done_callback(abandoned)
                 if is_async:
                     fut.cancel()
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._late(method, capped))
             except asyncio.CancelledError:  # the caller cancelled: let the thread notice, free its slot later
                 sctx.cancelled.set()
+                fut.add_done_callback(abandoned)
                 if is_async:
                     fut.cancel()
                 raise

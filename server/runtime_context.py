@@ -9,6 +9,8 @@ is raised by its abort(), as grpc's sync context does, and turned into the call'
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+log = logging.getLogger("nodecompat.server.runtime")
 
 
 @dataclass(frozen=True)
@@ -124,3 +128,14 @@ async def apply_status(sctx: SyncContext, context: grpc.aio.ServicerContext) -> 
         await context.abort(sctx.code, sctx.details or "")
     if sctx.details is not None:
         context.set_details(sctx.details)
+
+
+def abandoned(fut: asyncio.Future[Any]) -> None:
+    """Done callback of a work its call no longer awaits (answered at its deadline, or cancelled): the outcome
+    is read here, an AbortRpc (e.g. "waited for a free worker") silently, anything else logged; asyncio would
+    otherwise log every one as "Future exception was never retrieved"."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None and not isinstance(exc, AbortRpc):
+        log.error("a call's work failed after the call had ended", exc_info=exc)
