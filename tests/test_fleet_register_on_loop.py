@@ -207,3 +207,24 @@ def test_the_gate_closes_while_the_loop_lags_and_reopens() -> None:
     loop.close()
     assert seen == [True, False, True]
     assert gate.declined == 1
+
+
+def test_the_gate_lets_in_a_bounded_burst_between_two_probes() -> None:
+    """Calls that arrive together are served in one loop iteration, before the probe can see the lag they
+    cause: at most `burst` are let in until the probe has run."""
+    loop = asyncio.new_event_loop()
+    gate = LoopGate(loop, limit=0.1, burst=5)
+    seen: list[list[bool]] = []
+
+    async def scenario() -> None:
+        seen.append([gate.open() for _ in range(8)])  # one iteration: 5 let in, 3 declined
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        seen.append([gate.open() for _ in range(2)])  # the probe ran (no lag): let in again
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(scenario(),))
+    thread.start()
+    thread.join(10)
+    loop.close()
+    assert seen == [[True] * 5 + [False] * 3, [True, True]]
+    assert gate.declined == 3
