@@ -17,8 +17,10 @@ The simulator (a child process: its channels are not the aggregator's memory) st
 The aggregator is a real AggregatorDaemon in a process of its own (bench_inventory runs these rows in a fresh
 process: after other rows, freed heap pages are reused and the growth read 6-10 KB a node instead of 27-37 KB)
 with the RegisterNode servicer, lease table, inventory sync with its push table, feature store, first health
-checks as shipped. The measured state: every node held with features, then one beat interval (ttl/3, at most
-10 s) of heartbeats as the shipped LeaseKeeper sends them, each on a connection of its own closed when the call ends
+checks as shipped, --max-heartbeats-per-second at its default (leases lengthen with their number). The measured
+state: every node held with features, the first registrants' short leases renewed, then one beat interval of the
+lease granted then (ttl/3, at most 60 s) of heartbeats as the shipped LeaseKeeper sends them, each on a connection
+of its own closed when the call ends
 (server/registration.py, module doc: connections); the aggregator's CPU over it divided by the heartbeats it
 handled, its RSS growth (from just after its start, divided by N) and the connections open then (daemons'
 to it, counted with `ss`; its pooled ones to the nodes, which the first health checks opened); then at rest,
@@ -133,8 +135,8 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
                 register = channel.unary_unary("/nodecompat.v1.FleetService/RegisterNode",
                                                request_serializer=fleet_pb2.RegisterNodeRequest.SerializeToString,
                                                response_deserializer=fleet_pb2.RegisterNodeResponse.FromString)
-            try:
-                await register(req, timeout=5, metadata=md)
+            try:  # the lease granted follows the fleet's size (grant_ttl): the next beat follows it, as LeaseKeeper's
+                beat = (await register(req, timeout=5, metadata=md)).ttl_seconds / 3
                 stats["ok"] += 1
             except grpc.aio.AioRpcError as exc:
                 stats[exc.code().name] = stats.get(exc.code().name, 0) + 1
@@ -186,6 +188,7 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
 
     from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
     from nodecompat.server.channel_pool import TRIM_DELAY
+    from nodecompat.server.fleet_leases import MAX_SCALED_TTL
     from nodecompat.server.inventory_sync import SyncConfig
     from nodecompat.server.registration_auth import RegistrationPolicy
 
@@ -238,8 +241,16 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
               f"{agg.runtime.gate.declined} not (loop lag); simulator CPU {sim1 - sim0:.2f} s; real "
               f"daemons come back spread over one "
               f"beat, {lease_ttl / 3:g} s; loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
+        # the lease granted at rest (server/fleet_leases.py grant_ttl, before its 0-10% stagger): longer with more
+        # leases so that all beats stay under the aggregator's --max-heartbeats-per-second
+        max_rate = agg.config.max_heartbeats_per_second
+        granted = max(lease_ttl, min(3 * got / max_rate, MAX_SCALED_TTL)) if max_rate > 0 else lease_ttl
+        stagger = " (+0-10%)" if granted > lease_ttl else ""
+        sent = got / (granted * (1.05 if granted > lease_ttl else 1.0) / 3)  # mean stagger +5%
+        time.sleep(lease_ttl / 3 * 1.1 + 1.0)  # the first registrants' short leases renewed to the granted one
+        window = min(granted / 3 * 1.05, 60.0)  # one whole beat (the re-registration burst left the beats in waves)
         b0, t1, c1 = beats[0], time.perf_counter(), process_cpu("self")
-        time.sleep(min(lease_ttl / 3, 10.0) + 1.0)  # the measured state (module doc): heartbeats as they come
+        time.sleep(window)  # the measured state (module doc): heartbeats as they come
         rate = (beats[0] - b0) / (time.perf_counter() - t1)
         per_beat = (process_cpu("self") - c1) / max(1, beats[0] - b0)
         gc.collect()
@@ -251,8 +262,10 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
                else "a connection per beat, closed after it, as LeaseKeeper does")
         print(f"  (held: {len(push)} pushed nodes, {agg.sync.subscriptions()} streams, {push.open_channels} fetch "
               f"channels open, {store.distinct_sets()} distinct sets, {stale} not OK; over "
-              f"{min(lease_ttl / 3, 10):g} s after all were held, heartbeats handled {rate:.0f}/s of the "
-              f"{n / (lease_ttl / 3):.0f}/s {n} nodes send, "
+              f"{window:g} s at rest, leases granted {granted:g} s{stagger} (--lease-ttl {lease_ttl:g}, at most "
+              f"{max_rate:g} beats/s), heartbeats handled {rate:.0f}/s of the ~{sent:.0f}/s {got} nodes send"
+              f" ({'keeps up' if rate >= 0.9 * sent else 'does NOT keep up'}; beats take "
+              f"{rate * per_beat * 100:.0f}% of a core), "
               f"{f'{per_beat * 1e3:.2f} ms' if beats[0] > b0 else 'n/a'} of aggregator CPU each (bench_lease_conn.py "
               f"compares connection policies); simulated daemons: {how}; loadavg "
               f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
@@ -271,7 +284,7 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         est = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"], capture_output=True,
                              text=True).stdout.count("\n")
         name = (f"aggregator RSS growth per registered node at rest, push model ({got} of {n} held, beating every "
-                f"{lease_ttl / 3:g} s, {n - unchecked} first-checked; {est} daemon connections and {len(agg.pool)} "
+                f"{granted / 3:g} s, {n - unchecked} first-checked; {est} daemon connections and {len(agg.pool)} "
                 "pooled channels open then)")
         if got >= n:
             row(name, (rss2 - rss0) / max(1, got), "B", limit_node_bytes)
