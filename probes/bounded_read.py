@@ -45,10 +45,20 @@ def read_rest(fd: int, data: bytes) -> bytes | None:
 
 def read_stream(fd: int) -> bytes | None:
     """A file without offsets (pread gave ESPIPE): FIFOs and sockets refused (a FIFO's writer could
-    keep the round waiting), anything else (a terminal) read to its end as HostRoot does, bounded."""
-    mode = os.fstat(fd).st_mode
-    if stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode):
+    keep the round waiting), anything else (a terminal) read to its end as HostRoot does, bounded; None when
+    a read fails (a terminal with nothing to read: EAGAIN, the round opens O_NONBLOCK; a hung-up one: EIO),
+    as HostRoot.read_bytes: the caller's `except OSError` has already run and would not catch it."""
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode):
+            return None
+        return _read_to_end(fd)
+    except OSError:
         return None
+
+
+def _read_to_end(fd: int) -> bytes | None:
+    """os.read until an empty read; None past MAX_READ_BYTES; OSError as os.read raises it."""
     chunks: list[bytes] = []
     total = 0
     while True:

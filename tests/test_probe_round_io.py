@@ -196,3 +196,24 @@ def test_a_link_out_of_the_root_as_the_last_name_in_a_held_directory_is_not_foll
     assert rnd.read_line("/sys/d/climb") == "REROOTED"
     assert rnd.read_bytes("/sys/d/environ") is None
     assert "SECRET" not in repr([rnd.read_bytes("/sys/d/abs"), rnd.read_text("/sys/d/climb")])
+
+
+def test_a_terminal_is_unreadable_not_an_error_for_the_round() -> None:
+    """A terminal has no offsets (pread: ESPIPE), so the round reads it as a stream, O_NONBLOCK: with nothing
+    to read that read fails (EAGAIN), and once the other side hangs up it fails again (EIO). HostRoot's
+    read_bytes answers None both times; the round gave the OSError to the probe (bounded_read.read_stream
+    ran inside _read's `except OSError`, so nothing caught it) and the probe lost every feature it had."""
+    master, slave = os.openpty()
+    try:
+        path = os.ttyname(slave)
+        round_host = RoundHost.over(SLASH)
+        assert SLASH.read_bytes(path) is None
+        assert round_host.read_bytes(path) is None  # EAGAIN: nothing written to the terminal
+        assert round_host.read_text(path) is None
+        os.close(master)
+        master = -1
+        assert RoundHost.over(SLASH).read_bytes(path) is None  # EIO: its other side hung up
+    finally:
+        os.close(slave)
+        if master >= 0:
+            os.close(master)
