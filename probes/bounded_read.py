@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+from collections.abc import Callable
 
 from nodecompat.hostroot import MAX_READ_BYTES
 
@@ -32,15 +33,7 @@ def read_rest(fd: int, data: bytes) -> bytes | None:
         # only: going on at 4096 would cut a longer value there instead of reading it whole.
         chunks, total = [], 0
     want = max(size + 1 - total, CHUNK)  # a disk file's size (+1 to see its end) at once
-    while True:
-        chunk = os.pread(fd, min(want, MAX_READ_BYTES + 1 - total), total)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > MAX_READ_BYTES:
-            return None
-        chunks.append(chunk)
-        want = CHUNK  # then chunks: a sysfs binary attribute gives a page per read whatever is asked
+    return _drain(lambda n, at: os.pread(fd, n, at), chunks, total, want)
 
 
 def read_stream(fd: int) -> bytes | None:
@@ -52,23 +45,24 @@ def read_stream(fd: int) -> bytes | None:
         mode = os.fstat(fd).st_mode
         if stat_mod.S_ISFIFO(mode) or stat_mod.S_ISSOCK(mode):
             return None
-        return _read_to_end(fd)
+        return _drain(lambda n, _at: os.read(fd, n), [], 0, CHUNK)
     except OSError:
         return None
 
 
-def _read_to_end(fd: int) -> bytes | None:
-    """os.read until an empty read; None past MAX_READ_BYTES; OSError as os.read raises it."""
-    chunks: list[bytes] = []
-    total = 0
+def _drain(read: Callable[[int, int], bytes], chunks: list[bytes], total: int, want: int) -> bytes | None:
+    """`chunks` (`total` bytes so far) and what read(n, offset) gives until an empty read: asking `want`
+    bytes first, then CHUNK (a sysfs binary attribute gives a page per read whatever is asked); None past
+    MAX_READ_BYTES (at most one byte more is read); OSError as `read` raises it."""
     while True:
-        chunk = os.read(fd, CHUNK)
+        chunk = read(min(want, MAX_READ_BYTES + 1 - total), total)
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
         if total > MAX_READ_BYTES:
             return None
         chunks.append(chunk)
+        want = CHUNK
 
 
 def text_of(raw: bytes | None) -> str | None:

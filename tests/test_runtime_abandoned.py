@@ -8,34 +8,20 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import grpc
 import pytest
-from support_runtime import KeptServicer
+from support_runtime import HoldingServicer
 
 from nodecompat.server.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
 
-class _Held(KeptServicer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.holding = threading.Event()
-        self.release = threading.Event()
-
-    def GetFeatures(self, request: Any, context: Any) -> features_pb2.GetFeaturesResponse:
-        self.holding.set()
-        self.release.wait(30)
-        return features_pb2.GetFeaturesResponse(node_name="held")
-
-
 def test_work_refused_after_its_call_ended_is_not_logged_as_never_retrieved(
         caplog: pytest.LogCaptureFixture) -> None:
-    servicer = _Held()
+    servicer = HoldingServicer()
     rt = Runtime("abandoned-test", RuntimeLimits(workers=1, max_concurrent_calls=8, request_timeout=2.0), [])
     rt.add_servicer(servicer, node_pb2.DESCRIPTOR.services_by_name["NodeService"])
     port = rt.bind("127.0.0.1:0", None)

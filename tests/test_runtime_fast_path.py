@@ -6,36 +6,21 @@ GetFeatures holds the only worker and the only admission slot until the test let
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import pytest
-from support_runtime import KEPT, KeptServicer
+from support_runtime import KEPT, HoldingServicer
 
 from nodecompat.server.node_service import serialize_or_pass
 from nodecompat.server.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
 
-class _Servicer(KeptServicer):
-    """GetFeatures holds the only worker and the only admission slot until the test releases it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.holding = threading.Event()
-        self.release = threading.Event()
-
-    def GetFeatures(self, request: Any, context: Any) -> features_pb2.GetFeaturesResponse:
-        self.holding.set()
-        self.release.wait(30)
-        return features_pb2.GetFeaturesResponse(node_name="held")
-
-
 @pytest.fixture
 def served() -> Any:
-    servicer = _Servicer()
+    servicer = HoldingServicer()
     rt = Runtime("fast-test", RuntimeLimits(workers=1, max_concurrent_calls=1, request_timeout=2.0), [])
     rt.add_servicer(servicer, node_pb2.DESCRIPTOR.services_by_name["NodeService"],
                     {"ValidateImage": serialize_or_pass}, fast_paths={"ValidateImage": servicer.kept})
