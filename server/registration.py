@@ -128,6 +128,8 @@ class LeaseKeeper:
         first = self.current
         request = self._beat_request()
         for i in range(n):
+            if i and self._stop.is_set():
+                break  # stop() deregisters once this call ended: a failover now would register a stopped node
             idx = (first + i) % n
             try:
                 resp = self._call(idx, "RegisterNode", request, CALL_TIMEOUT)
@@ -204,8 +206,11 @@ class LeaseKeeper:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=CALL_TIMEOUT)
+            # a beat in flight makes one call more at most (heartbeat stops failing over), which ends by its
+            # deadline: waiting for it puts the deregistration after it, not before a registration
+            self._thread.join(timeout=CALL_TIMEOUT + 1.0)
+        idx = self.current
         try:
-            self._call(self.current, "DeregisterNode", fleet_pb2.DeregisterNodeRequest(name=self.request.name), 2.0)
+            self._call(idx, "DeregisterNode", fleet_pb2.DeregisterNodeRequest(name=self.request.name), 2.0)
         except grpc.RpcError as exc:
-            log.info("deregistration from %s failed: %s", self.aggregator, exc.code().name)
+            log.info("deregistration from %s failed: %s", self.aggregators[idx], exc.code().name)

@@ -8,6 +8,7 @@ iproute2) counting the established connections whose local port is the aggregato
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -19,7 +20,7 @@ from support_daemon import free_port
 from support_fleet import aggregator, make_certs
 from support_fleet import wait_until as _wait
 
-from nodecompat.server import tls
+from nodecompat.server import registration, tls
 from nodecompat.server.aggregator import AggregatorDaemon
 from nodecompat.server.registration import LeaseKeeper
 from nodecompat.server.registration_auth import RegistrationPolicy
@@ -107,3 +108,53 @@ def test_failover_still_reaches_the_second_aggregator_beat_after_beat(plain_agg:
     renews_without_holding_a_connection(plain_agg, keeper)
     assert keeper.aggregator == plain_agg.address  # type: ignore[attr-defined]
 
+
+
+class _Silent:
+    """A listener that takes connections (the kernel completes the handshake) and never answers; `accepted`
+    is set once a caller connected."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.accepted.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_stop_during_a_hung_beat_leaves_no_registration_behind(
+        plain_agg: AggregatorDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two aggregators listed first take the connection and never answer; the third answers. stop() is called
+    while the beat waits on the first: it waits for that call (its deadline) and deregisters, and the beat
+    does not go on to the other aggregators afterwards. Before, stop() gave up joining after CALL_TIMEOUT while
+    the beat failed over, and the beat registered the stopped daemon with the third aggregator after its
+    deregistration: a node that shut down stayed listed until its lease lapsed (here 60 s; up to 600 s in a
+    big fleet)."""
+    monkeypatch.setattr(registration, "CALL_TIMEOUT", 1.0)  # each hung call ends after 1 s
+    silent = [_Silent(), _Silent()]
+    try:
+        keeper = LeaseKeeper([silent[0].address, silent[1].address, plain_agg.address],  # type: ignore[attr-defined]
+                             name="edge-stopped", address=f"127.0.0.1:{free_port()}", ttl=60.0)
+        keeper.start()
+        assert silent[0].accepted.wait(10), "the first beat never reached the first aggregator"
+        keeper.stop()
+        assert keeper._thread is not None and not keeper._thread.is_alive(), "the beat outlived stop()"
+        time.sleep(3 * registration.CALL_TIMEOUT)  # when a failover beat would have reached the third
+        assert "edge-stopped" not in registered(plain_agg)
+    finally:
+        for s in silent:
+            s.close()
