@@ -51,7 +51,13 @@ class TcpProxy:
                 _reset(client)
                 continue
             with self._lock:
-                self._conns += [client, server]
+                closed = self._closed.is_set()  # accepted as close() ran: its cut() has already swept
+                if not closed:
+                    self._conns += [client, server]
+            if closed:
+                _reset(client)
+                _reset(server)
+                return
             for src, dst in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
@@ -84,8 +90,13 @@ class TcpProxy:
 
 
 def _reset(s: socket.socket) -> None:
+    """Reset the connection (RST, not FIN). shutdown(SHUT_RD) first wakes a pump thread blocked in recv() on
+    it: until that recv returns it holds the socket open in the kernel, and close() alone would leave the
+    connection up (the peer, e.g. a daemon draining on SIGTERM, would wait for it)."""
     with contextlib.suppress(OSError):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RD)
     with contextlib.suppress(OSError):
         s.close()
 
