@@ -182,8 +182,8 @@ class PushedNodes:
                                          request.round_id, node.labels)
         if rec is None:
             return False
-        self.adopted += 1
         with self._lock:  # noted on the sync's loop as _schedule does before a fetch; one wake-up for a burst
+            self.adopted += 1  # under the lock: announce runs on the event loop and in workers
             self._noting.append(node)
             first = len(self._noting) == 1
         if first:
