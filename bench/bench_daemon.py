@@ -151,7 +151,7 @@ def main() -> int:
     os.environ.clear()
     os.environ.update(env)
     try:
-        import nodecompat.server.runtime  # noqa: F401  (the daemon serves on grpc.aio)
+        import nodecompat.server.runtime.runtime  # noqa: F401  (the daemon serves on grpc.aio)
 
         kind = "aio"
     except ImportError:

@@ -6,8 +6,8 @@ Linux), so the aggregator opens one channel and one TCP connection per node exac
 fleet, while the simulator answers from a precomputed ValidateImageResponse (the real evaluation
 of one node is measured by the daemon's own benchmarks; this one measures the fan-out). The
 aggregator runs in this process with its defaults (concurrency 64, `--pool-mib` 96) and the process
-settings of `nodecompat aggregator` (server/malloc_tuning.py limit_arenas before any thread starts,
-server/gc_tuning.py tune_for_serving), and is driven through the real client, with the aggregator's default
+settings of `nodecompat aggregator` (server/runtime/malloc_tuning.py limit_arenas before any thread starts,
+server/runtime/gc_tuning.py tune_for_serving), and is driven through the real client, with the aggregator's default
 overall deadline. Figures: the first (cold: connections set up)
 call and the median (min, max) of warm calls; failed nodes (must be 0: every node reported OK within the
 deadline); the aggregator's RSS growth per known node (each size runs in its own process): right after the
@@ -136,13 +136,13 @@ def aio_floor(addresses: list[str], concurrency: int, rounds: int) -> list[float
 def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp: Path,
              pool_bytes: int) -> dict[str, object]:
     """Child process: one aggregator for n simulated nodes; cold + warm calls; RSS; optionally the row."""
-    from nodecompat.server.malloc_tuning import limit_arenas
+    from nodecompat.server.runtime.malloc_tuning import limit_arenas
 
     limit_arenas()  # as `nodecompat aggregator` does, before any thread starts
     from nodecompat.clients.fleet_client import FleetClient
-    from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-    from nodecompat.server.channel_pool import TRIM_DELAY
-    from nodecompat.server.gc_tuning import tune_for_serving
+    from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+    from nodecompat.server.fleet.channel_pool import TRIM_DELAY
+    from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
     nodes = tmp / f"nodes-{n}.json"
     addresses = [node_address(i, port) for i in range(n)]

@@ -9,7 +9,7 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
 - Memory per node beyond the shared feature sets: tracemalloc growth of the FeatureStore from 20 nodes
   (one per profile) to 10,000, divided by the 9,980 added nodes; plus the aggregator process's RSS growth
   per node while it holds 10,000 WatchFeatures subscriptions (channels, streams, coroutines).
-- Registered nodes (the push model, server/inventory_push.py; bench/inventory_push_sim.py): the aggregator's
+- Registered nodes (the push model, server/inventory/inventory_push.py; bench/inventory_push_sim.py): the aggregator's
   RSS growth per registered node while 10,000 simulated daemons heartbeat with their fingerprints (one
   connection per heartbeat to the aggregator, closed after it, as LeaseKeeper does; no stream held by it),
   measured in a process of its own, and the full re-registration after a restart (all 10,000 registering at
@@ -24,7 +24,7 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
   since both share this machine's CPUs.
 
 This process stands in for the aggregator process, so it sets malloc's arenas and the garbage collector as
-`nodecompat aggregator` does before it starts (server/malloc_tuning.py limit_arenas, server/gc_tuning.py
+`nodecompat aggregator` does before it starts (server/runtime/malloc_tuning.py limit_arenas, server/runtime/gc_tuning.py
 tune_for_serving); the simulator sets it the same
 way (it stands in for 10,000 machines: its collector walking 10,000 streams is no aggregator cost).
 
@@ -111,7 +111,7 @@ def serve_simulator(port_file: str, n_profiles: int) -> None:
     # in for 10,000 daemons on their own machines, so its own per-stream work is kept to sending bytes
     # (the aggregator receives exactly what a daemon sends; it does all of its own work).
     n_nodes = int(os.environ.get("BENCH_SIM_NODES", "10000"))
-    from nodecompat.server.gc_tuning import tune_for_serving
+    from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
     tune_for_serving()
     now = time.time()
@@ -199,11 +199,11 @@ def main() -> None:
         serve_simulator(args.serve_simulator, args.profiles)
         return
     sys.path.insert(0, str(ROOT))
-    from nodecompat.server.malloc_tuning import limit_arenas
+    from nodecompat.server.runtime.malloc_tuning import limit_arenas
 
     limit_arenas()  # as `nodecompat aggregator` does, before any thread starts (module doc)
     if args.push_only:
-        from nodecompat.server.gc_tuning import tune_for_serving
+        from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
         tune_for_serving()
         push_part(args.nodes, args.profiles, args.lease_ttl)
@@ -211,10 +211,10 @@ def main() -> None:
     from nodecompat.engine.spec import parse_spec
     from nodecompat.fleet.fingerprint import split_identity
     from nodecompat.fleet.store import FeatureStore, spec_key
-    from nodecompat.server.aggregator import summarize
-    from nodecompat.server.fleet_nodes import FleetNode
-    from nodecompat.server.gc_tuning import tune_for_serving
-    from nodecompat.server.inventory_answers import finish_summary, grouped_summary, plan
+    from nodecompat.server.fleet.aggregator import summarize
+    from nodecompat.server.inventory.fleet_nodes import FleetNode
+    from nodecompat.server.inventory.inventory_answers import finish_summary, grouped_summary, plan
+    from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
     n, k, lease_ttl = args.nodes, args.profiles, args.lease_ttl
     print(f"inventory: {n} simulated nodes in {k} profiles; {os.cpu_count()} CPUs")
@@ -267,7 +267,7 @@ def main() -> None:
 
     # -- the same over gRPC, through the client --------------------------------------------------------
     from nodecompat.clients.fleet_client import FleetClient
-    from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+    from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-inventory-"))
     nodes_file = tmp / "nodes.json"
@@ -335,7 +335,7 @@ def main() -> None:
     # -- full resubscribe after a restart --------------------------------------------------------------
     from inventory_push_sim import count_held  # type: ignore[import-not-found]
 
-    from nodecompat.server.inventory_sync import InventorySync, SyncConfig
+    from nodecompat.server.inventory.inventory_sync import InventorySync, SyncConfig
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

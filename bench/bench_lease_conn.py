@@ -1,4 +1,4 @@
-"""What a registered daemon's connection policy costs the aggregator (server/registration.py, module doc:
+"""What a registered daemon's connection policy costs the aggregator (server/node/registration.py, module doc:
 connections; docs/inventory.md): CPU per heartbeat and RSS per registered node, plaintext and mutual TLS.
 
 Policies (simulated daemons in a child process, one grpc.aio channel per node with a subchannel of its own,
@@ -70,7 +70,7 @@ def daemons(agg: str, n: int, policy: str, certs: str) -> None:
     from grpc.experimental.session_cache import ssl_session_cache_lru
 
     from nodecompat.server import tls
-    from nodecompat.server.registration_auth import LEASE_KEY_METADATA
+    from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA
     from nodecompat.v1 import fleet_pb2
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -137,10 +137,10 @@ def one(policy: str, with_tls: bool, n: int) -> None:
     from bench_inventory import process_cpu, rss_bytes  # type: ignore[import-not-found]
 
     from nodecompat.server import tls
-    from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-    from nodecompat.server.gc_tuning import tune_for_serving
-    from nodecompat.server.malloc_tuning import limit_arenas
-    from nodecompat.server.registration_auth import RegistrationPolicy
+    from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+    from nodecompat.server.inventory.registration_auth import RegistrationPolicy
+    from nodecompat.server.runtime.gc_tuning import tune_for_serving
+    from nodecompat.server.runtime.malloc_tuning import limit_arenas
 
     limit_arenas()  # as `nodecompat aggregator` does
     tune_for_serving()

@@ -36,7 +36,7 @@ def _clients(address: str, n: int) -> None:
     """Child: register n nodes, print REGISTERED, wait for a line, renew each RENEWALS times, print RENEWED."""
     import grpc
 
-    from nodecompat.server.registration_auth import LEASE_KEY_METADATA
+    from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA
     from nodecompat.v1 import fleet_pb2
 
     async def run() -> None:
@@ -64,8 +64,8 @@ def _clients(address: str, n: int) -> None:
 
 def _one(on_loop: bool, n: int) -> tuple[float, float, int]:
     """(aggregator CPU s per renewal, renewals a second, calls answered on the loop) for one mode."""
-    from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-    from nodecompat.server.registration_auth import RegistrationPolicy
+    from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+    from nodecompat.server.inventory.registration_auth import RegistrationPolicy
 
     agg = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=600, max_registrations=n + 16,
                                             registration=RegistrationPolicy(allow_unauthenticated=True), sync=None))

@@ -11,7 +11,7 @@ through A (RegisterNode over gRPC, 8 at a time); then, one at a time, SAMPLE mor
 ValidateFleet (every node, default deadline) through A and through B, beside the same call through an
 aggregator with the same 1,000 nodes in a nodes file and no store.
 
-Then the live inventory shared out (server/inventory_shards.py): three replicas with the inventory on, the
+Then the live inventory shared out (server/inventory/inventory_shards.py): three replicas with the inventory on, the
 same 1,000 nodes from a nodes file, served WatchFeatures by bench_inventory.py's simulator (5 profiles):
 - how the subscriptions are shared out (each node once; per replica) and the time until every replica holds
   every node (its own share through its streams, the rest through etcd);
@@ -46,8 +46,8 @@ from support_daemon import stop_process  # noqa: E402
 from support_etcd import start_etcd_cluster  # noqa: E402
 
 from nodecompat.clients.fleet_client import FleetClient  # noqa: E402
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon  # noqa: E402
-from nodecompat.server.registration_auth import RegistrationPolicy  # noqa: E402
+from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon  # noqa: E402
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy  # noqa: E402
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc  # noqa: E402
 
 
@@ -167,8 +167,8 @@ def sharded(n: int, store: str, tmp: Path) -> None:
 
     from bench_inventory import node_address as sim_address
 
-    from nodecompat.server.inventory_shards import REPLICA_TTL
-    from nodecompat.server.inventory_sync import SyncConfig
+    from nodecompat.server.inventory.inventory_shards import REPLICA_TTL
+    from nodecompat.server.inventory.inventory_sync import SyncConfig
 
     port_file = tmp / "inventory-port"
     sim = subprocess.Popen([sys.executable, str(BENCH / "bench_inventory.py"), "--serve-simulator", str(port_file),

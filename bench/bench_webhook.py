@@ -82,7 +82,7 @@ def main() -> None:
     from support_webhook import WebhookProc, pod, review
 
     from nodecompat.fleet.store import FeatureStore
-    from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+    from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
     n, k = args.nodes, args.profiles

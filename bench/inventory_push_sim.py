@@ -1,4 +1,4 @@
-"""bench/bench_inventory.py's push-model rows (server/inventory_push.py): an aggregator holding N registered
+"""bench/bench_inventory.py's push-model rows (server/inventory/inventory_push.py): an aggregator holding N registered
 nodes that push their feature state in their RegisterNode heartbeats, with no stream to any of them.
 
 The simulator (a child process: its channels are not the aggregator's memory) stands in for N daemons:
@@ -21,7 +21,7 @@ checks as shipped, --max-heartbeats-per-second at its default (leases lengthen w
 state: every node held with features, the first registrants' short leases renewed, then one beat interval of the
 lease granted then (ttl/3, at most 60 s) of heartbeats as the shipped LeaseKeeper sends them, each on a connection
 of its own closed when the call ends
-(server/registration.py, module doc: connections); the aggregator's CPU over it divided by the heartbeats it
+(server/node/registration.py, module doc: connections); the aggregator's CPU over it divided by the heartbeats it
 handled, its RSS growth (from just after its start, divided by N) and the connections open then (daemons'
 to it, counted with `ss`; its pooled ones to the nodes, which the first health checks opened); then at rest,
 the row: the pooled channels closed as the pool's idle sweep closes them 60-90 s later (fast-forwarded).
@@ -63,8 +63,8 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
 
     from nodecompat import wire
     from nodecompat.fleet.fingerprint import fingerprint
-    from nodecompat.server.gc_tuning import tune_for_serving
-    from nodecompat.server.registration_auth import LEASE_KEY_METADATA
+    from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA
+    from nodecompat.server.runtime.gc_tuning import tune_for_serving
     from nodecompat.v1 import fleet_pb2, inventory_pb2
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -186,11 +186,11 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
     aggregator's lease (heartbeats every third of it); wait_all: seconds to wait for every node to be held."""
     import gc
 
-    from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-    from nodecompat.server.channel_pool import TRIM_DELAY
-    from nodecompat.server.fleet_leases import MAX_SCALED_TTL
-    from nodecompat.server.inventory_sync import SyncConfig
-    from nodecompat.server.registration_auth import RegistrationPolicy
+    from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+    from nodecompat.server.fleet.channel_pool import TRIM_DELAY
+    from nodecompat.server.inventory.fleet_leases import MAX_SCALED_TTL
+    from nodecompat.server.inventory.inventory_sync import SyncConfig
+    from nodecompat.server.inventory.registration_auth import RegistrationPolicy
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -241,7 +241,7 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
               f"{agg.runtime.gate.declined} not (loop lag); simulator CPU {sim1 - sim0:.2f} s; real "
               f"daemons come back spread over one "
               f"beat, {lease_ttl / 3:g} s; loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
-        # the lease granted at rest (server/fleet_leases.py grant_ttl, before its 0-10% stagger): longer with more
+        # the lease granted at rest (inventory/fleet_leases.py grant_ttl, before its 0-10% stagger): longer with more
         # leases so that all beats stay under the aggregator's --max-heartbeats-per-second
         max_rate = agg.config.max_heartbeats_per_second
         granted = max(lease_ttl, min(3 * got / max_rate, MAX_SCALED_TTL)) if max_rate > 0 else lease_ttl

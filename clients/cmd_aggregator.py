@@ -13,12 +13,12 @@ from nodecompat.clients import exit_codes
 from nodecompat.clients.cmd_serve import LOG_LEVELS, add_registry_policy_flag, registry_policy
 from nodecompat.clients.runtime_args import add_runtime_flags, runtime_config, runtime_problem
 from nodecompat.server import limits
-from nodecompat.server.fleet_leases import DEFAULT_MAX_HEARTBEATS_PER_SECOND, MAX_SCALED_TTL
-from nodecompat.server.fleet_nodes import MAX_REGISTRATIONS
+from nodecompat.server.inventory.fleet_leases import DEFAULT_MAX_HEARTBEATS_PER_SECOND, MAX_SCALED_TTL
+from nodecompat.server.inventory.fleet_nodes import MAX_REGISTRATIONS
 
 if TYPE_CHECKING:
-    from nodecompat.server.aggregator import AggregatorConfig
-    from nodecompat.server.inventory_sync import SyncConfig
+    from nodecompat.server.fleet.aggregator import AggregatorConfig
+    from nodecompat.server.inventory.inventory_sync import SyncConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50050"
 MIB = 1024 * 1024
@@ -112,9 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def build_config(args: argparse.Namespace) -> AggregatorConfig:
     """AggregatorConfig from the flags; ValueError/TlsConfigError with a message naming the flag."""
     from nodecompat.server import tls
-    from nodecompat.server.aggregator import AggregatorConfig
-    from nodecompat.server.fleet_nodes import parse_dns_target
-    from nodecompat.server.node_service import RegistryOptions
+    from nodecompat.server.fleet.aggregator import AggregatorConfig
+    from nodecompat.server.inventory.fleet_nodes import parse_dns_target
+    from nodecompat.server.node.node_service import RegistryOptions
 
     problem = runtime_problem(args)
     if problem:
@@ -154,7 +154,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         registry_auth = RegistryAuth.from_sources(ca_file=args.ca_file)
     except RegistryError as exc:
         raise ValueError(f"registry credentials: {exc}") from None
-    from nodecompat.server.registration_auth import RegistrationPolicy, load_identity_map, read_token_file
+    from nodecompat.server.inventory.registration_auth import RegistrationPolicy, load_identity_map, read_token_file
 
     if args.registration_identities and not args.tls_ca:
         raise ValueError("--registration-identities maps client certificates: it needs --tls-ca (mutual TLS)")
@@ -192,7 +192,7 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
 
 
 def _sync_config(args: argparse.Namespace) -> SyncConfig:
-    from nodecompat.server.inventory_sync import SyncConfig
+    from nodecompat.server.inventory.inventory_sync import SyncConfig
 
     if not (1.0 <= args.heartbeat <= 300.0):
         raise ValueError(f"--heartbeat must be within [1, 300] seconds, got {args.heartbeat:g}")
@@ -204,27 +204,27 @@ def _sync_config(args: argparse.Namespace) -> SyncConfig:
 def run(args: argparse.Namespace) -> int:
     from nodecompat.clients.listen_check import listen_problem
     from nodecompat.server import telemetry
-    from nodecompat.server.aggregator import AggregatorDaemon
-    from nodecompat.server.grpc_server import run_until_signal
+    from nodecompat.server.fleet.aggregator import AggregatorDaemon
+    from nodecompat.server.runtime.grpc_server import run_until_signal
 
     problem = listen_problem(args.listen)
     if problem:
         print(f"nodecompat aggregator: {problem}", file=sys.stderr)
         return exit_codes.ERROR
-    from nodecompat.server.malloc_tuning import limit_arenas
+    from nodecompat.server.runtime.malloc_tuning import limit_arenas
 
-    limit_arenas()  # before any thread starts (tracing's exporter, the server's): server/malloc_tuning.py
+    limit_arenas()  # before any thread starts (tracing's exporter, the server's): server/runtime/malloc_tuning.py
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         provider = telemetry.init_tracing("nodecompat-aggregator")
     except ValueError as exc:
         print(f"nodecompat aggregator: tracing: {exc}", file=sys.stderr)
         return exit_codes.ERROR
-    from nodecompat.server.gc_tuning import tune_for_serving
+    from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
     try:
         daemon = AggregatorDaemon(build_config(args))
-        # before start(): the inventory's resubscribe to every known node begins inside it (server/gc_tuning.py)
+        # before start(): the inventory's resubscribe to every known node begins inside it (server/runtime/gc_tuning.py)
         tune_for_serving()
         port = daemon.start()
     except (ValueError, OSError) as exc:

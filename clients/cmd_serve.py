@@ -19,8 +19,8 @@ from nodecompat.server import limits
 
 if TYPE_CHECKING:
     from nodecompat.oci.policy import RegistryPolicy
-    from nodecompat.server.daemon import NodeDaemon
-    from nodecompat.server.first_round import ForkedRound
+    from nodecompat.server.node.daemon import NodeDaemon
+    from nodecompat.server.node.first_round import ForkedRound
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -119,7 +119,7 @@ def check_args(args: argparse.Namespace) -> str:
     except ValueError as exc:
         return str(exc)
     if args.node_name:
-        from nodecompat.server.fleet_nodes import name_problem
+        from nodecompat.server.inventory.fleet_nodes import name_problem
 
         problem = name_problem(args.node_name)
         if problem:
@@ -152,7 +152,7 @@ def check_args(args: argparse.Namespace) -> str:
     if args.tls_ca and not args.tls_cert:
         return "--tls-ca (mutual TLS) needs --tls-cert and --tls-key"
     if args.registration_token_file:
-        from nodecompat.server.registration_auth import read_token_file
+        from nodecompat.server.inventory.registration_auth import read_token_file
 
         try:
             read_token_file(args.registration_token_file)
@@ -161,7 +161,7 @@ def check_args(args: argparse.Namespace) -> str:
         if not args.register:
             return "--registration-token-file is for --register"
     if args.register:
-        from nodecompat.server.registration import parse_aggregators
+        from nodecompat.server.node.registration import parse_aggregators
 
         try:
             for aggregator in parse_aggregators(args.register):
@@ -252,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
     first_round = None
     if not telemetry.tracing_requested():  # traced, the first round's spans are the parent's to export
         # Before gRPC is imported: the first probe round runs in a child on the other core meanwhile
-        from nodecompat.server.first_round import ForkedRound
+        from nodecompat.server.node.first_round import ForkedRound
 
         first_round = ForkedRound.start(args.host_root, args.probes.split(",") if args.probes else None, name,
                                         _sysctl_names(args), args.probe_timeout)
@@ -265,9 +265,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, name: str, first_round: ForkedRound | None) -> int:
     from nodecompat.server import telemetry
-    from nodecompat.server.daemon import DaemonConfig, NodeDaemon
-    from nodecompat.server.grpc_server import run_until_signal
-    from nodecompat.server.node_service import RegistryOptions
+    from nodecompat.server.node.daemon import DaemonConfig, NodeDaemon
+    from nodecompat.server.node.node_service import RegistryOptions
+    from nodecompat.server.runtime.grpc_server import run_until_signal
 
     try:
         provider = telemetry.init_tracing("nodecompat-node")
@@ -324,8 +324,8 @@ def _serve(args: argparse.Namespace, name: str, first_round: ForkedRound | None)
 
     logging.getLogger("nodecompat.serve").info("%s", describe(config.registry.policy))
     if args.register:
-        from nodecompat.server.registration import LeaseKeeper
-        from nodecompat.server.registration_auth import read_token_file
+        from nodecompat.server.inventory.registration_auth import read_token_file
+        from nodecompat.server.node.registration import LeaseKeeper
 
         labels = dict(kv.strip().split("=", 1) for kv in args.labels.split(",") if kv.strip())
         keeper = LeaseKeeper(

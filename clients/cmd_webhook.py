@@ -93,8 +93,8 @@ def register(subparsers: Any) -> None:
 def _config(args: argparse.Namespace) -> Any:
     from nodecompat.hostport import split_address
     from nodecompat.server.tls import ClientTls
-    from nodecompat.server.webhook import WebhookConfig
-    from nodecompat.server.webhook_tls import server_ssl_context
+    from nodecompat.server.webhook.webhook import WebhookConfig
+    from nodecompat.server.webhook.webhook_tls import server_ssl_context
 
     if not 0.5 <= args.deadline <= 30:
         raise ValueError("--deadline must be between 0.5 and 30 seconds (the API server waits at most 30)")
@@ -130,11 +130,11 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _tune_gc() -> None:
     """Once serving: start-up objects frozen out of the collector's sight and the young generation collected
-    every 10,000 allocations (server/gc_tuning.py: each review allocates tens of thousands of short-lived
+    every 10,000 allocations (server/runtime/gc_tuning.py: each review allocates tens of thousands of short-lived
     objects — two grouped ValidateFleet answers of 1,000 nodes, the JSONPatch — so with the defaults a full
     collection over every start-up object landed inside some reviews: bench_webhook warm p99 55-63 ms with
     the defaults, 31-35 ms tuned, p50 unchanged)."""
-    from nodecompat.server.gc_tuning import tune_for_serving
+    from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
     tune_for_serving()
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from nodecompat.oci.errors import InvalidArgumentError
     from nodecompat.oci.policy import describe
     from nodecompat.server.tls import TlsConfigError
-    from nodecompat.server.webhook import serve
+    from nodecompat.server.webhook.webhook import serve
 
     try:
         config = _config(args)

@@ -153,7 +153,7 @@ class FleetAnswer:
     def __post_init__(self) -> None:
         if not self.summary.ranking and self.nodes:  # a grouped answer: the aggregator's order, made here
             ranked = sorted(self.nodes, key=lambda n: (not n.compatible, -n.score, n.name, n.address))
-            self.summary.ranking = [n.name for n in ranked]  # (as server/fleet_results.py summarize)
+            self.summary.ranking = [n.name for n in ranked]  # (as server/fleet/fleet_results.py summarize)
 
     def ranked(self) -> list[NodeVerdict]:
         """Nodes in the summary's order (compatible first, then score, then name)."""

@@ -1,6 +1,6 @@
 """Flags for the server runtime's limits, shared by `nodecompat serve` and `nodecompat aggregator`.
 
-Each limit is described in docs/security.md ("Limits"); server/runtime.py says how it is enforced.
+Each limit is described in docs/security.md ("Limits"); server/runtime/runtime.py says how it is enforced.
 """
 
 from __future__ import annotations

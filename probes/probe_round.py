@@ -2,7 +2,7 @@
 
 Apart from probes/runner.py (which runs rounds and re-exports both names) so that code holding or
 sending a round — the daemon's feature cache, the wire conversion, a round received from the start-up
-prober (server/first_round.py) — does not import the runner, the registry and the host readers: the
+prober (server/node/first_round.py) — does not import the runner, the registry and the host readers: the
 node daemon reaches SERVING without them (issue 11 fast start).
 """
 

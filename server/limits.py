@@ -1,26 +1,26 @@
 """Defaults of the servers' denial-of-service limits, in one grpc-free module (the CLI imports it to print
 them in --help without loading grpc). docs/security.md ("Limits") lists each with the reason for it."""
 
-# server/runtime.py: admission and call duration
+# server/runtime/runtime.py: admission and call duration
 WORKERS = 16  # threads running blocking work (evaluation, registry fetches, probe rounds)
 MAX_CONCURRENT_CALLS = 64  # work calls admitted at once (Health and reflection are not counted)
 DAEMON_MAX_CALL_SECONDS = 120.0  # a call without a deadline (or a longer one) ends by then
 AGGREGATOR_MAX_CALL_SECONDS = 600.0
 REQUEST_TIMEOUT = 10.0  # the request message must arrive within this of the call's start (half-open calls)
 
-# server/feature_cache.py: GetFeatures(refresh=true) runs a probe round at most once per this many seconds
+# server/node/feature_cache.py: GetFeatures(refresh=true) runs a probe round at most once per this many seconds
 MIN_REFRESH_INTERVAL = 5.0
 
-# server/list_pages.py: ListNodes pages (DEFAULT_PAGE_SIZE 500, MAX_PAGE_SIZE 1000 there)
+# server/fleet/list_pages.py: ListNodes pages (DEFAULT_PAGE_SIZE 500, MAX_PAGE_SIZE 1000 there)
 
-# server/grpc_server.py: connections
+# server/runtime/grpc_server.py: connections
 MAX_CONNECTION_IDLE = 30.0  # s without a call: the connection is closed (GOAWAY)
 # (no grpc.max_concurrent_streams: with it, gRPC core refuses new streams, Health's too, under a flood;
 # half-open calls are bounded by REQUEST_TIMEOUT instead)
 KEEPALIVE_TIME = 60.0
 KEEPALIVE_TIMEOUT = 20.0
 
-# server/channel_pool.py: the aggregator's pooled node connections (`aggregator --pool-mib`). What one connected
+# server/fleet/channel_pool.py: the aggregator's pooled node connections (`aggregator --pool-mib`). What one connected
 # grpc.aio channel costs the aggregator, measured (grpcio 1.85, 1,000 channels to one simulator, live malloc
 # bytes and anonymous RSS): ~3.8 KiB made, ~26.5 KiB connected, ~29.3 KiB after its first call, plus ~1.8 KiB
 # of Python objects (aio Channel, its WeakSet of calls, PoolEntry); no channel argument shrinks it much.

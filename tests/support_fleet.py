@@ -23,7 +23,7 @@ import pytest
 from support_daemon import free_port, health_status, stop_process
 from support_otlp import OtlpReceiver
 
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
 from nodecompat.v1 import inventory_pb2
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""A NodeService servicer for tests of server/runtime.py's fast path (ValidateImage's kept answers): the fast
+"""A NodeService servicer for tests of server/runtime/runtime.py's fast path (ValidateImage's kept answers): the fast
 path keeps KEPT for a request whose spec is "kept"; any other ValidateImage goes to the worker path (counted)."""
 
 from __future__ import annotations

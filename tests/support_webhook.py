@@ -26,8 +26,8 @@ from support_daemon import free_port, stop_process
 from support_fleet import Certs, Proc, aggregator, default_labels, make_certs, start_fleet, write_nodes_file
 from support_registry import push_image, push_raw_artifact, subject_of
 
-from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.server.webhook import WebhookConfig, serve
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.webhook.webhook import WebhookConfig, serve
 
 ALLOW_TEST_REGISTRY = ("--allowed-registries", "http://127.0.0.1:*", "--plain-http")  # the loopback registries
 
@@ -168,7 +168,7 @@ def admits(pod_obj: Mapping[str, Any], labels: Mapping[str, str], name: str = ""
 
 @contextlib.contextmanager
 def webhook_in_thread(config: WebhookConfig) -> Iterator[None]:
-    """Serve `config` (server/webhook.py serve) on an event loop in a daemon thread while the block runs;
+    """Serve `config` (server/webhook/webhook.py serve) on an event loop in a daemon thread while the block runs;
     returns once the server listens, stops it (15 s bound) on exit."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()

@@ -252,7 +252,7 @@ def test_daemon_without_otel_imports_no_tracing_sdk_nor_registry_client() -> Non
     code = """
 import sys
 from nodecompat.server import telemetry
-from nodecompat.server.daemon import DaemonConfig, NodeDaemon
+from nodecompat.server.node.daemon import DaemonConfig, NodeDaemon
 d = NodeDaemon(DaemonConfig(listen="127.0.0.1:0", host_root=sys.argv[1], hotplug=False))
 d.start()
 d.cache.current(timeout=30)

@@ -182,7 +182,7 @@ def _expanded_args(doc: dict[str, Any]) -> Any:
 def test_aggregator_runs_three_replicas_sharing_registrations_through_etcd() -> None:
     """Issue 14: replicas: 3 with --store etcd://... from the nodecompat-store ConfigMap, rollouts that
     never drop below three ready replicas, replicas spread over nodes."""
-    from nodecompat.server.store_etcd import parse_store_url
+    from nodecompat.server.inventory.store_etcd import parse_store_url
 
     dep = one("Deployment", "nodecompat-aggregator")
     assert dep["spec"]["replicas"] == 3

@@ -19,9 +19,9 @@ from support_daemon import free_port, health_status, start_daemon
 from support_dos import HealthProbe, codes
 from support_fleet import host_root, start_aggregator_process
 
-from nodecompat.server.feature_cache import REFRESH_BURST
-from nodecompat.server.fleet_nodes import MAX_LABEL_BYTES
-from nodecompat.server.list_pages import MAX_PAGE_SIZE, decode_token, encode_token, page_size
+from nodecompat.server.fleet.list_pages import MAX_PAGE_SIZE, decode_token, encode_token, page_size
+from nodecompat.server.inventory.fleet_nodes import MAX_LABEL_BYTES
+from nodecompat.server.node.feature_cache import REFRESH_BURST
 from nodecompat.v1 import features_pb2, fleet_pb2, fleet_pb2_grpc, node_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]

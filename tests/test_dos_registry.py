@@ -127,7 +127,7 @@ def test_watchfleet_specs_resolving_from_a_slow_registry_do_not_starve_other_wat
     that every watcher's membership/event work shares, and before taking a watcher slot. 20 watches naming
     an image on a trickling registry left an inline-spec watcher without its first `synced` for its whole
     25 s deadline; 40 were all accepted past the cap of 32. Now resolution has its own pool, after the slot."""
-    from nodecompat.server.fleet_watch import MAX_FLEET_WATCHERS
+    from nodecompat.server.fleet.fleet_watch import MAX_FLEET_WATCHERS
     from nodecompat.v1 import inventory_pb2
 
     trickle = TrickleRegistry("headers")

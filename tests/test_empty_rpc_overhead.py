@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from support_hosts import fixture_host
 
-from nodecompat.server.daemon import DaemonConfig, NodeDaemon
+from nodecompat.server.node.daemon import DaemonConfig, NodeDaemon
 
 CALLS = 500
 

@@ -1,4 +1,4 @@
-"""etcd_kv bounded against its gateway (server/etcd_kv.py; issue 14's "every buffer is bounded in bytes"):
+"""etcd_kv bounded against its gateway (server/inventory/etcd_kv.py; issue 14's "every buffer is bounded in bytes"):
 a prefix load is read in Range pages pinned to the first page's revision, so the pages are one snapshot even
 while keys are written and deleted between them, and holds at most its byte bound; a Range, lease or
 transaction answer or a watch line larger than its bound is refused while it is read, not after it was
@@ -20,9 +20,9 @@ import pytest
 import requests
 from support_etcd import Etcd, etcd  # noqa: F401 (fixture)
 
-from nodecompat.server import etcd_kv
-from nodecompat.server.etcd_kv import EtcdEndpoints, PrefixWatch
-from nodecompat.server.registration_store import StoreUnavailable
+from nodecompat.server.inventory import etcd_kv
+from nodecompat.server.inventory.etcd_kv import EtcdEndpoints, PrefixWatch
+from nodecompat.server.inventory.registration_store import StoreUnavailable
 
 ENDLESS = 96 << 20  # bytes a hostile gateway tries to send
 CUT_BY = 32 << 20  # at most this much may have left it (the bound plus loopback socket buffers, ~10 MiB)

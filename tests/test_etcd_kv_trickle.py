@@ -1,5 +1,5 @@
 """An etcd endpoint that sends its answer's body a byte at a time, each byte within the read timeout
-(server/etcd_kv.py _post_bounded: "the whole call (connect, status line, headers, body) ends within
+(server/inventory/etcd_kv.py _post_bounded: "the whole call (connect, status line, headers, body) ends within
 CALL_TIMEOUT however slowly the peer sends"; nodecompat/oci/deadline.py). A read of one 64 KiB part used to wait
 for all of it, and requests' post() waited for the whole head, so such a peer held a store call (a
 registration, a lease keepalive, the inventory's prefix load) for hours. Real sockets on loopback.
@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from nodecompat.server.etcd_kv import EtcdEndpoints
-from nodecompat.server.registration_store import StoreUnavailable
+from nodecompat.server.inventory.etcd_kv import EtcdEndpoints
+from nodecompat.server.inventory.registration_store import StoreUnavailable
 
 
 class TrickleGateway:
@@ -91,7 +91,7 @@ def test_a_trickled_answer_ends_the_call_at_its_deadline(chunked: bool, head: bo
 
 def test_a_watch_whose_head_trickles_is_given_up_within_a_calls_deadline() -> None:
     # PrefixWatch's stream is long-lived, but the answer's head must come within a call's deadline.
-    from nodecompat.server.etcd_kv import CALL_TIMEOUT, PrefixWatch
+    from nodecompat.server.inventory.etcd_kv import CALL_TIMEOUT, PrefixWatch
 
     gw = TrickleGateway(False, head=True)
     store = EtcdEndpoints([gw.address])

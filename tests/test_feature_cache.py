@@ -12,7 +12,7 @@ import pytest
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.runner import ProbeRound, ProbeRunner
-from nodecompat.server.feature_cache import FeatureCache
+from nodecompat.server.node.feature_cache import FeatureCache
 
 
 class CountingProbe(Probe):

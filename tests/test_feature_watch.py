@@ -18,10 +18,10 @@ from nodecompat.fleet.fingerprint import fingerprint
 from nodecompat.fleet.store import STATE_OK, STATE_UNREACHABLE, FeatureStore
 from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
-from nodecompat.server.feature_cache import FeatureCache
-from nodecompat.server.feature_watch import FeatureWatchHub
-from nodecompat.server.fleet_nodes import FleetNode
-from nodecompat.server.inventory_sync import InventorySync, SyncConfig
+from nodecompat.server.inventory.fleet_nodes import FleetNode
+from nodecompat.server.inventory.inventory_sync import InventorySync, SyncConfig
+from nodecompat.server.node.feature_cache import FeatureCache
+from nodecompat.server.node.feature_watch import FeatureWatchHub
 from nodecompat.v1 import inventory_pb2, node_pb2_grpc
 
 

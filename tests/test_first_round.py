@@ -1,5 +1,5 @@
 """`nodecompat serve`'s first probe round from a child forked before gRPC is imported
-(server/first_round.py, issue 11 fast start): the same round the daemon would run itself, the daemon's own
+(server/node/first_round.py, issue 11 fast start): the same round the daemon would run itself, the daemon's own
 round whenever the child's is not a plain success, no child left behind, and no fork where it is unsafe."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import grpc
 from support_daemon import health_status, make_plugin, start_daemon
 from support_hosts import FIXTURES
 
-from nodecompat.server.first_round import ForkedRound
+from nodecompat.server.node.first_round import ForkedRound
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
 H100 = str(FIXTURES / "h100-server")
@@ -67,7 +67,7 @@ def test_the_forked_round_is_the_round_the_daemon_would_run_and_the_parent_impor
     code = _REAPED + """
 import json, os, sys
 from pathlib import Path
-from nodecompat.server.first_round import ForkedRound, configured_probes
+from nodecompat.server.node.first_round import ForkedRound, configured_probes
 root, sysctl = sys.argv[1], ["net.ipv4.tcp_rmem"]
 first = ForkedRound.start(root, None, "forked-node", sysctl, None)
 assert first is not None
@@ -101,7 +101,7 @@ def test_no_round_from_the_child_when_a_probe_timed_out_or_the_child_died(tmp_pa
     knob.write_text("60")
     code = _REAPED + """
 import json, os, signal, sys, time
-from nodecompat.server.first_round import ForkedRound
+from nodecompat.server.node.first_round import ForkedRound
 out = {}
 # A probe hung in the child: only the runner that abandoned the call can say "still hung" later, so the
 # daemon probes itself.
@@ -139,7 +139,7 @@ def test_a_child_still_running_after_the_reap_wait_is_reaped_later_not_left_a_zo
     knob.write_text("1")
     code = _REAPED + """
 import json, os, sys, time
-import nodecompat.server.first_round as fr
+import nodecompat.server.node.first_round as fr
 fr.REAP_WAIT = 0.0
 first = fr.ForkedRound.start(sys.argv[1], ["slow"], "n", [], None)
 out = {"status": first._reap(kill=False)}
@@ -163,7 +163,7 @@ def test_no_fork_once_grpc_is_imported_or_another_thread_runs() -> None:
     assert ForkedRound.start(H100, ["kernel"], "n", [], None) is None
     code = """
 import json, threading
-from nodecompat.server.first_round import ForkedRound
+from nodecompat.server.node.first_round import ForkedRound
 stop = threading.Event()
 t = threading.Thread(target=stop.wait)
 t.start()
@@ -270,7 +270,7 @@ def test_the_child_ends_when_its_parent_is_killed_while_it_probes(tmp_path: Path
     knob.write_text("60")
     code = """
 import os, signal, sys
-from nodecompat.server.first_round import ForkedRound
+from nodecompat.server.node.first_round import ForkedRound
 first = ForkedRound.start(sys.argv[1], ["slow"], "n", [], None)
 print(first.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

@@ -38,10 +38,10 @@ from support_registry import registry  # noqa: F401 (fixture)
 
 from nodecompat.clients.fleet_client import FleetCallError, FleetClient, NodeEntry, NodeVerdict
 from nodecompat.oci.policy import RegistryPolicy
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
 from nodecompat.server.errors import MAX_TAGS
-from nodecompat.server.node_service import RegistryOptions
-from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy
+from nodecompat.server.node.node_service import RegistryOptions
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]

@@ -17,9 +17,9 @@ import grpc
 import pytest
 from support_daemon import free_port
 
-from nodecompat.server.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
-from nodecompat.server.fleet_nodes import SOURCE_DNS, SOURCE_FILE, FleetNode, NodeInventory
-from nodecompat.server.fleet_results import contact, live_message, node_result
+from nodecompat.server.fleet.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
+from nodecompat.server.fleet.fleet_results import contact, live_message, node_result
+from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, SOURCE_FILE, FleetNode, NodeInventory
 from nodecompat.v1 import fleet_pb2, inventory_pb2, node_pb2, node_pb2_grpc, validation_pb2
 
 

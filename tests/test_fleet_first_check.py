@@ -12,8 +12,8 @@ from support_daemon import free_port
 from support_fleet import aggregator, start_node, write_nodes_file
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.first_check import FirstHealthChecks
-from nodecompat.server.fleet_nodes import NodeInventory
+from nodecompat.server.inventory.first_check import FirstHealthChecks
+from nodecompat.server.inventory.fleet_nodes import NodeInventory
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
 

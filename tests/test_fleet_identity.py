@@ -28,7 +28,7 @@ from support_fleet import (
 
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.server import tls
-from nodecompat.server.registration_auth import (
+from nodecompat.server.inventory.registration_auth import (
     LEASE_KEY_METADATA,
     TOKEN_METADATA,
     RegistrationPolicy,

@@ -28,13 +28,13 @@ from support_fleetmem import GPU_SPEC, NVIDIA_ONLY, load_module, unload_module
 from support_hosts import copy_fixture
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.inventory_sync import SyncConfig
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
 from nodecompat.v1 import features_pb2, fleet_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2_grpc
 
 # The daemon serves WatchFeatures as a coroutine stream: it needs the grpc.aio server runtime (issue 8's
-# server/runtime.py); on the thread-pool server the stream cannot run, so these tests wait for it.
-pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+# server/runtime/runtime.py); on the thread-pool server the stream cannot run, so these tests wait for it.
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 STALE_AFTER = 3.0
@@ -106,7 +106,7 @@ def _raw(address: str, spec: str, grouped: bool) -> list[fleet_pb2.ValidateFleet
 def test_grouped_answers_carry_the_same_results_as_per_node_answers(inv: InvFleet) -> None:
     """grouped_results (additive, fleet.proto) only changes the form: expanded, every node's NodeResult is the
     one a caller without the field gets; the summary is the same but for the ranking, which is left out."""
-    from nodecompat.server.inventory_answers import expand_groups
+    from nodecompat.server.inventory.inventory_answers import expand_groups
 
     for spec in (GPU_SPEC, NVIDIA_ONLY):
         old = _raw(inv.address, spec, grouped=False)  # a caller that does not know the field

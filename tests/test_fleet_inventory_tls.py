@@ -16,10 +16,10 @@ from support_otlp import OtlpReceiver
 
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.server import tls
-from nodecompat.server.inventory_sync import SyncConfig
+from nodecompat.server.inventory.inventory_sync import SyncConfig
 from nodecompat.v1 import fleet_pb2_grpc, inventory_pb2, node_pb2_grpc
 
-pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 
 def _first_watch_message(address: str, creds: grpc.ChannelCredentials | None) -> inventory_pb2.WatchFeaturesResponse:
@@ -118,7 +118,7 @@ def test_new_streams_are_traced_end_to_end(tmp_path: Path) -> None:
 
 
 def test_pushed_registration_is_fetched_over_mutual_tls_and_traced(tmp_path: Path) -> None:
-    """The push model's one-shot fetch (server/inventory_push.py) uses the aggregator's client certificate
+    """The push model's one-shot fetch (server/inventory/inventory_push.py) uses the aggregator's client certificate
     and is traced like a stream: its client span is exported while the aggregator runs (the call ended:
     no stream is held), in the same trace as the daemon's server span."""
     otlp = OtlpReceiver()

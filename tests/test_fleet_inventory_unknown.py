@@ -19,10 +19,10 @@ from support_fleet import wait_until as _wait
 from support_hosts import copy_fixture
 
 from nodecompat.clients.fleet_client import FleetAnswer, FleetClient
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.inventory_sync import SyncConfig
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
 
-pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 PLUGIN = '''
 """A site probe: rack.location from the host's /etc/rack.conf (key=value lines); a malformed file is an error."""

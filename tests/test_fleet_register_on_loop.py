@@ -1,5 +1,5 @@
 """RegisterNode answered on the aggregator's event loop (FleetService.register_on_loop, a call fast path of
-server/runtime.py gated by server/loop_gate.py): a real in-process aggregator on a loopback port, real gRPC
+server/runtime/runtime.py gated by runtime/loop_gate.py): a real in-process aggregator on a loopback port, real gRPC
 clients, and a real gRPC server standing in for the node's WatchFeatures (the push model's one-shot fetch).
 
 The runtime counts the calls a fast path answered (runtime.gate.answers), so each test says which path
@@ -30,10 +30,10 @@ from support_fleet import wait_until as _wait
 from nodecompat import wire
 from nodecompat.features import Features
 from nodecompat.fleet.fingerprint import fingerprint
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.server.loop_gate import LoopGate
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.runtime.loop_gate import LoopGate
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)  # the lease key binds renewals

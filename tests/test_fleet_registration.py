@@ -15,8 +15,8 @@ from support_daemon import free_port
 from support_fleet import aggregator, write_nodes_file
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]

@@ -1,4 +1,4 @@
-"""Lease TTLs scaled by the number of leases (server/fleet_leases.py grant_ttl, `aggregator
+"""Lease TTLs scaled by the number of leases (server/inventory/fleet_leases.py grant_ttl, `aggregator
 --max-heartbeats-per-second`), as Nomad scales its heartbeat TTL (nomad/heartbeat.go: RateScaledInterval).
 
 A real in-process aggregator on a loopback port and real gRPC clients: with a rate of 2 heartbeats a second and
@@ -20,10 +20,10 @@ from support_fleet import aggregator, wait_until
 
 from nodecompat.clients.cli import build_parser
 from nodecompat.clients.cmd_aggregator import build_config
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.fleet_leases import DEFAULT_MAX_HEARTBEATS_PER_SECOND, MAX_SCALED_TTL
-from nodecompat.server.registration import LeaseKeeper
-from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.fleet_leases import DEFAULT_MAX_HEARTBEATS_PER_SECOND, MAX_SCALED_TTL
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy
+from nodecompat.server.node.registration import LeaseKeeper
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)

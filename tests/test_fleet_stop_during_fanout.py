@@ -1,4 +1,4 @@
-"""SIGTERM to the aggregator while a ValidateFleet waits for a node that does not answer (server/fanout.py
+"""SIGTERM to the aggregator while a ValidateFleet waits for a node that does not answer (server/fleet/fanout.py
 run_batches, after 6f758a9 put the fan-out on the server's own event loop).
 
 The server's loop stops at shutdown once the grace has ended; a fan-out still waiting for a slow node then

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from nodecompat.clients.cmd_fleet import parse_selector, render_table
 from nodecompat.clients.fleet_client import FleetAnswer, FleetSummary, NodeVerdict
-from nodecompat.server.aggregator import deadline_margin, failure_reasons, summarize
-from nodecompat.server.fanout import ChannelPool, FanoutConfig
-from nodecompat.server.fleet_nodes import (
+from nodecompat.server.fleet.aggregator import deadline_margin, failure_reasons, summarize
+from nodecompat.server.fleet.fanout import ChannelPool, FanoutConfig
+from nodecompat.server.inventory.fleet_nodes import (
     MAX_LABEL_VALUE,
     AddressInUse,
     NameInUse,
@@ -106,7 +106,7 @@ def test_a_deeply_nested_edit_keeps_the_previous_nodes(tmp_path: Path, caplog: p
     inv = NodeInventory(nodes_file=path)
     inv.load()
     path.write_text("[" * 200_000)
-    with caplog.at_level("ERROR", logger="nodecompat.server.fleet_nodes"):
+    with caplog.at_level("ERROR", logger="nodecompat.server.inventory.fleet_nodes"):
         assert [n.name for n in inv.nodes()] == ["a"]  # raised RecursionError before: every call failed
         assert [n.name for n in inv.nodes()] == ["a"]
     assert "nesting deeper" in inv.file_error and str(path) in inv.file_error
@@ -497,7 +497,7 @@ def test_channel_pool_budget_is_in_bytes_and_a_repeated_scan_finds_the_pooled_ch
     pooled) and the pooled ones stay: a scan larger than the pool, repeated in the same order (what a
     fan-out does), finds the first max_channels addresses' channels every time (least-recently-used
     eviction would have closed each of them before its turn came again: no warm channel at all)."""
-    from nodecompat.server.channel_pool import CONNECTION_BYTES, MAX_POOL_BYTES
+    from nodecompat.server.fleet.channel_pool import CONNECTION_BYTES, MAX_POOL_BYTES
 
     assert ChannelPool().max_channels == MAX_POOL_BYTES // CONNECTION_BYTES
     assert ChannelPool(max_bytes=3 * CONNECTION_BYTES).max_channels == 3

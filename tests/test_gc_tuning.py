@@ -1,4 +1,4 @@
-"""server/gc_tuning.py: what `nodecompat aggregator` and `nodecompat webhook` set before serving (in a child
+"""server/runtime/gc_tuning.py: what `nodecompat aggregator` and `nodecompat webhook` set before serving (in a child
 interpreter: the setting is process-wide and must not leak into the test process)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 CHILD = """
 import gc
-from nodecompat.server.gc_tuning import GC_GEN0_THRESHOLD, tune_for_serving
+from nodecompat.server.runtime.gc_tuning import GC_GEN0_THRESHOLD, tune_for_serving
 before = gc.get_threshold()
 start_up = [object() for _ in range(3)] + [[] for _ in range(3)]  # tracked start-up state
 tune_for_serving()

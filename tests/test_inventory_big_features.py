@@ -1,4 +1,4 @@
-"""A node's features message larger than the inventory takes (server/inventory_sync.py
+"""A node's features message larger than the inventory takes (server/inventory/inventory_sync.py
 MAX_FEATURES_MESSAGE_BYTES, 4 MiB) is refused before it is parsed: the node is UNREACHABLE in the inventory
 (the error says the message is too large) and ValidateFleet asks it live. Parsed, a features message costs
 the aggregator ~35x its size (a 15 MiB one ~550 MiB; 32 registrations answering such fetches took it to
@@ -19,12 +19,12 @@ import grpc
 import pytest
 from support_fleet import aggregator, first_watch_message, free_port, start_node
 
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.inventory_sync import MAX_FEATURES_MESSAGE_BYTES, SyncConfig
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import MAX_FEATURES_MESSAGE_BYTES, SyncConfig
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2
 
-pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The push model (server/inventory_push.py): real `nodecompat serve --register` daemons on copies of fixture
+"""The push model (server/inventory/inventory_push.py): real `nodecompat serve --register` daemons on copies of fixture
 hosts behind a real in-process aggregator. Their heartbeats carry the feature state; the aggregator fetches
 the features once per change and holds no stream or channel to them; a host change reaches WatchFleet
 through the heartbeat; heartbeat silence is STALE; an old-style registration (no fingerprint) still gets a
@@ -24,13 +24,13 @@ from support_hosts import copy_fixture
 from test_fleet_inventory import _refresh, _Watch
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.server.registration import LeaseKeeper
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.node.registration import LeaseKeeper
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
-pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 LEASE_TTL = 9.0  # heartbeats every 3 s; STALE after 2 x 3 + 1 = 7 s of silence; the lease lapses at 9 s
 HOSTS = {"gpu-1": "h100-server", "gpu-2": "h100-server", "vm-1": "plain-vm"}

@@ -1,4 +1,4 @@
-"""The push model's adoption (server/inventory_push.py): a registered daemon whose fingerprint the aggregator
+"""The push model's adoption (server/inventory/inventory_push.py): a registered daemon whose fingerprint the aggregator
 already holds for another node is held from that set plus the identity its registration carries
 (RegisterNodeRequest.identity, system.name nodename), without a fetch; its identity is its own, so a spec
 reading system.name nodename answers per node, from the inventory as live. A registration whose identity
@@ -16,12 +16,12 @@ from support_fleet import wait_until as _wait
 from support_hosts import copy_fixture
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
-pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 LEASE_TTL = 9.0
 

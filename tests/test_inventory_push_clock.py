@@ -1,4 +1,4 @@
-"""A registration's probe time is untrusted input (server/inventory_push.py, push model): a registrant (or a
+"""A registration's probe time is untrusted input (server/inventory/inventory_push.py, push model): a registrant (or a
 daemon whose clock is wrong) announcing its node's real fingerprint with a probe time far in the future must
 neither make the node's stored features look fresh forever (ValidateFleet's max_staleness would never ask
 it live again, and `max` keeps the future time across later honest heartbeats) nor put an as_of the
@@ -18,12 +18,12 @@ import pytest
 from support_fleet import Proc, aggregator, first_watch_message, start_node
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
-pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 SPEC = Path(__file__).resolve().parents[1] / "examples" / "gpu-node.yaml"
 YEAR_9999 = 253402300799  # the last second a google.protobuf.Timestamp may hold

@@ -1,4 +1,4 @@
-"""A push fetch that ends after its node left the fleet (server/inventory_push.py) must not put the node back
+"""A push fetch that ends after its node left the fleet (server/inventory/inventory_push.py) must not put the node back
 into the inventory store. A registrant announces a fingerprint for a node whose WatchFeatures answers
 slowly (here 4 s, well within the 10 s fetch deadline), then stops heartbeating; its 1 s lease lapses and the
 node leaves (store.remove) while the fetch is in flight. Before, the late answer was applied anyway: a
@@ -21,12 +21,12 @@ import grpc
 import pytest
 from support_fleet import aggregator, first_watch_message, free_port, start_node
 
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, inventory_pb2
 
-pytest.importorskip("nodecompat.server.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
 
 ANSWER_AFTER = 4.0  # s the slow node takes to answer a fetch
 

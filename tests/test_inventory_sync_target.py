@@ -1,4 +1,4 @@
-"""InventorySync's channel target for a node address (server/inventory_sync.py channel_target).
+"""InventorySync's channel target for a node address (server/inventory/inventory_sync.py channel_target).
 
 IP literals go to gRPC's ipv4:/ipv6: resolvers (gRPC doc/naming.md) with the authority kept as the address
 (what a dns: target would have used, and what a node certificate's IP SAN is checked against: the mTLS
@@ -22,10 +22,10 @@ from nodecompat.fleet.fingerprint import fingerprint
 from nodecompat.fleet.store import STATE_OK, FeatureStore
 from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
-from nodecompat.server.feature_cache import FeatureCache
-from nodecompat.server.feature_watch import FeatureWatchHub
-from nodecompat.server.fleet_nodes import FleetNode
-from nodecompat.server.inventory_sync import CHANNEL_OPTIONS, InventorySync, SyncConfig, channel_target
+from nodecompat.server.inventory.fleet_nodes import FleetNode
+from nodecompat.server.inventory.inventory_sync import CHANNEL_OPTIONS, InventorySync, SyncConfig, channel_target
+from nodecompat.server.node.feature_cache import FeatureCache
+from nodecompat.server.node.feature_watch import FeatureWatchHub
 from nodecompat.v1 import inventory_pb2
 
 

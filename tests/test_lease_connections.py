@@ -1,4 +1,4 @@
-"""A registered daemon's connection to the aggregator (server/registration.py, module doc: connections): the
+"""A registered daemon's connection to the aggregator (server/node/registration.py, module doc: connections): the
 LeaseKeeper opens a connection for each beat and closes it when the call ends, so between beats the aggregator
 holds no connection from it (a held one costs it ~23 KiB, issue 12's budget is 10 KiB a node); the lease still
 renews, over plaintext and mutual TLS, and stop() still deregisters.
@@ -20,10 +20,11 @@ from support_daemon import free_port
 from support_fleet import aggregator, make_certs
 from support_fleet import wait_until as _wait
 
-from nodecompat.server import registration, tls
-from nodecompat.server.aggregator import AggregatorDaemon
-from nodecompat.server.registration import LeaseKeeper
-from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.server import tls
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy
+from nodecompat.server.node import registration
+from nodecompat.server.node.registration import LeaseKeeper
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)  # these tests are about connections, not identity
 TTL = 3.0  # the lease the keeper asks for: a beat a second, the lease lapses after 3 s without one

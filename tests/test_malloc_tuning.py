@@ -1,4 +1,4 @@
-"""server/malloc_tuning.py: the aggregator process caps glibc's malloc arenas before its threads start.
+"""server/runtime/malloc_tuning.py: the aggregator process caps glibc's malloc arenas before its threads start.
 
 Real processes: a child Python allocates from many threads at once and reports how many arenas glibc made
 (malloc_info's <heap> elements), with and without limit_arenas(), and with an operator's MALLOC_ARENA_MAX;
@@ -20,12 +20,12 @@ from support_daemon import free_port
 from support_fleet import SPEC_ANY, start_aggregator_process
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.malloc_tuning import _glibc, limit_arenas
+from nodecompat.server.runtime.malloc_tuning import _glibc, limit_arenas
 
 CHILD = textwrap.dedent(
     """
     import ctypes, sys, tempfile, threading
-    from nodecompat.server.malloc_tuning import limit_arenas
+    from nodecompat.server.runtime.malloc_tuning import limit_arenas
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]

@@ -146,7 +146,7 @@ def test_serve_refuses_a_bad_sysctl_name():
 
 
 def test_daemon_hands_sysctl_names_to_the_probe():
-    from nodecompat.server.daemon import DaemonConfig, NodeDaemon
+    from nodecompat.server.node.daemon import DaemonConfig, NodeDaemon
 
     daemon = NodeDaemon(DaemonConfig(listen="127.0.0.1:0", probes=["sysctl"], sysctl=["net.core.rmem_max"]))
     try:

@@ -1,5 +1,5 @@
-"""The wait for a call's request message is bounded without a timer per call (server/read_deadlines.py,
-used by server/runtime.py): the loop's one timer cancels exactly the waits whose deadline passed, is
+"""The wait for a call's request message is bounded without a timer per call (server/runtime/read_deadlines.py,
+used by server/runtime/runtime.py): the loop's one timer cancels exactly the waits whose deadline passed, is
 re-armed for an earlier deadline entered later, and tells its own cancellations from anybody else's.
 Then, on a real grpc.aio Runtime on a real port: a half-open call ends DEADLINE_EXCEEDED at the request
 timeout, a message whose half-close never comes is served at that timeout (fast path and worker path), and
@@ -20,9 +20,9 @@ import pytest
 from support_dos import half_open_calls
 from support_runtime import KEPT, KeptServicer
 
-from nodecompat.server.node_service import serialize_or_pass
-from nodecompat.server.read_deadlines import ReadDeadlines
-from nodecompat.server.runtime import Runtime, RuntimeLimits
+from nodecompat.server.node.node_service import serialize_or_pass
+from nodecompat.server.runtime.read_deadlines import ReadDeadlines
+from nodecompat.server.runtime.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import node_pb2
 
 VALIDATE = "/nodecompat.v1.NodeService/ValidateImage"

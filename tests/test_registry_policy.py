@@ -26,7 +26,7 @@ from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.discovery import fetch_compat_spec
 from nodecompat.oci.errors import PermissionDeniedError, RegistryError
 from nodecompat.oci.policy import RegistryPolicy, parse_pattern
-from nodecompat.server.node_service import RegistryOptions
+from nodecompat.server.node.node_service import RegistryOptions
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, node_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]

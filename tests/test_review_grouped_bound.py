@@ -1,5 +1,5 @@
-"""Review finding: grouped ValidateFleet answers from the inventory (server/inventory_answers._grouped) were cut
-at GROUPED_BYTES counting only the nodes' own fields, not the shared results the message carries. A spec that
+"""Review finding: grouped ValidateFleet answers from the inventory (server/inventory/inventory_answers._grouped)
+were cut at GROUPED_BYTES counting only the nodes' own fields, not the shared results the message carries. A spec that
 reads a node's identity (system.name nodename) has one result per node, so one message grew with the fleet:
 3,000 incompatible nodes made one 3.7 MB message, ~15,000 pass FleetClient's 16 MiB receive limit (and
 grpcurl's 4 MiB default far sooner). A real FeatureStore, a real parsed spec, the real plan()."""
@@ -11,8 +11,8 @@ import time
 from nodecompat.engine.spec import parse_spec
 from nodecompat.features import Features
 from nodecompat.fleet.store import FeatureStore
-from nodecompat.server.fleet_nodes import FleetNode
-from nodecompat.server.inventory_answers import GROUPED_BYTES, expand_groups, plan
+from nodecompat.server.inventory.fleet_nodes import FleetNode
+from nodecompat.server.inventory.inventory_answers import GROUPED_BYTES, expand_groups, plan
 
 NODES = 3000
 VALUES = ", ".join(f'"no-such-node-name-{i:04d}"' for i in range(60))

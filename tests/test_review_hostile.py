@@ -16,10 +16,10 @@ from nodecompat.fleet.fingerprint import canonical_bytes, fingerprint
 from nodecompat.fleet.store import FeatureStore
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.round_host import RoundHost
-from nodecompat.server.etcd_kv import EtcdEndpoints
-from nodecompat.server.fleet_members import FleetNode
-from nodecompat.server.inventory_shards import InventoryShards
-from nodecompat.server.shard_docs import NodeDoc
+from nodecompat.server.inventory.etcd_kv import EtcdEndpoints
+from nodecompat.server.inventory.fleet_members import FleetNode
+from nodecompat.server.inventory.inventory_shards import InventoryShards
+from nodecompat.server.inventory.shard_docs import NodeDoc
 
 # sysfs binary attributes (kernfs bin files) hand out at most one page per read(2) whatever their size
 # (fs/kernfs/file.c, kernfs_file_read_iter: len = min(count, PAGE_SIZE)), while their st_size is the whole.

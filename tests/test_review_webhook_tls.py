@@ -1,4 +1,4 @@
-"""Review finding: the webhook's certificate reload (server/webhook_tls.py) runs in the TLS handshake callback
+"""Review finding: the webhook's certificate reload (server/webhook/webhook_tls.py) runs in the TLS handshake callback
 on the event loop. A certificate path swapped for a FIFO (or a symlink to one) made load_cert_chain block
 there until a writer appeared — every handshake and the whole loop with it. What is not a regular file of at
 most MAX_PEM_BYTES is now a pair that does not load: the previous certificate keeps serving."""
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support_fleet import make_certs
 
-from nodecompat.server.webhook_tls import MAX_PEM_BYTES, CertReloader
+from nodecompat.server.webhook.webhook_tls import MAX_PEM_BYTES, CertReloader
 
 
 @pytest.mark.parametrize("swap", ["fifo", "link-to-fifo", "huge"])

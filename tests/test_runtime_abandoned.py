@@ -1,4 +1,4 @@
-"""server/runtime.py: a work call answered DEADLINE_EXCEEDED while it still waits for a worker leaves its work
+"""server/runtime/runtime.py: a work call answered DEADLINE_EXCEEDED while it still waits for a worker leaves its work
 queued; when a worker takes it, the work refuses to start (AbortRpc "waited for a free worker"). Nobody
 awaits that outcome any more: it is read by runtime_context.abandoned, not logged by asyncio as "Future
 exception was never retrieved" (one such log line per call past its deadline in an overloaded aggregator,
@@ -15,7 +15,7 @@ import grpc
 import pytest
 from support_runtime import HoldingServicer
 
-from nodecompat.server.runtime import Runtime, RuntimeLimits
+from nodecompat.server.runtime.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
 

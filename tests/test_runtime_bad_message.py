@@ -1,7 +1,7 @@
 """A request message that does not parse is the caller's error: INVALID_ARGUMENT naming the method, on
 every method of a real daemon (the ValidateImage fast path's bytes, the worker path's unary methods,
 WatchFeatures' stream), and the daemon answers on. grpc.aio's own deserializer failure surfaced as UNKNOWN
-'Unexpected <class DecodeError>' (server/runtime.py parses the message itself now)."""
+'Unexpected <class DecodeError>' (server/runtime/runtime.py parses the message itself now)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import grpc
 import pytest
 from support_daemon import daemon_factory, health_status  # noqa: F401  (fixture)
 
-pytest.importorskip("nodecompat.server.runtime", reason="the grpc.aio server runtime")
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="the grpc.aio server runtime")
 
 HOST = Path(__file__).parent / "fixtures" / "hosts" / "plain-vm"
 CORRUPT = b"\x0a\x05ab"  # field 1, length 5, only 2 bytes follow

@@ -1,4 +1,4 @@
-"""server/runtime.py's fast path (ValidateImage's kept answers): an answer the fast path has is sent on the
+"""server/runtime/runtime.py's fast path (ValidateImage's kept answers): an answer the fast path has is sent on the
 event loop right after the request message, needing neither a worker thread nor an admission slot, while
 every other call still goes through admission (RESOURCE_EXHAUSTED when the slots are taken) and the
 request-message rules. A real grpc.aio Runtime on a real port, with a NodeService servicer whose
@@ -13,8 +13,8 @@ import grpc
 import pytest
 from support_runtime import KEPT, HoldingServicer
 
-from nodecompat.server.node_service import serialize_or_pass
-from nodecompat.server.runtime import Runtime, RuntimeLimits
+from nodecompat.server.node.node_service import serialize_or_pass
+from nodecompat.server.runtime.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 
 

@@ -2,7 +2,7 @@
 
 Found by the hostile review: a sync streaming handler (the aggregator's live ValidateFleet) blocked on a full
 buffer only checked for cancellation, so a caller with no deadline that stopped reading held a worker thread
-and an admission slot until its connection closed. Real grpc.aio server (server/runtime.py) on loopback.
+and an admission slot until its connection closed. Real grpc.aio server (server/runtime/runtime.py) on loopback.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from nodecompat.server.runtime import Runtime, RuntimeLimits
+from nodecompat.server.runtime.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 BIG = "x" * 65536  # 64 KiB a message: HTTP/2 windows and the runtime's buffer fill after a few hundred

@@ -1,4 +1,4 @@
-"""server/runtime.py's stop: a stream still open when the server stops (its caller gone, or cut by the
+"""server/runtime/runtime.py's stop: a stream still open when the server stops (its caller gone, or cut by the
 shutdown) ends its handler on the event loop before the loop stops — its finally blocks run, so what they
 end (an OpenTelemetry span, a watcher's slot) is ended and exported. gRPC core reports the server shut down
 as soon as its calls are over, while the Python tasks of those calls may not have run their cancellation
@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from nodecompat.server.runtime import Runtime, RuntimeLimits
+from nodecompat.server.runtime.runtime import Runtime, RuntimeLimits
 from nodecompat.v1 import inventory_pb2
 
 

@@ -20,14 +20,14 @@ from support_daemon import start_daemon
 from support_hosts import fixture_host
 
 from nodecompat.fleet.fingerprint import fingerprint
-from nodecompat.server import grpc_server
-from nodecompat.server.daemon import DaemonConfig, NodeDaemon
+from nodecompat.server.node.daemon import DaemonConfig, NodeDaemon
+from nodecompat.server.runtime import grpc_server
 from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2_grpc
 
 H100 = fixture_host("h100-server")
 
 # Imported by a call that needs them, or by the warm-up after SERVING; never before SERVING.
-WARMED = ("grpc_reflection.v1alpha.reflection", "nodecompat.server.feature_watch", "nodecompat.engine.evaluate",
+WARMED = ("grpc_reflection.v1alpha.reflection", "nodecompat.server.node.feature_watch", "nodecompat.engine.evaluate",
           "nodecompat.engine.spec", "yaml", "re2", "nodecompat.probes.catalog")
 LEFT_OUT = (*WARMED, "importlib.metadata", "google.rpc.error_details_pb2")
 
@@ -35,7 +35,7 @@ LEFT_OUT = (*WARMED, "importlib.metadata", "google.rpc.error_details_pb2")
 def test_serving_without_what_only_calls_need_then_warm_up_brings_it() -> None:
     code = f"""
 import sys
-from nodecompat.server.daemon import DaemonConfig, NodeDaemon
+from nodecompat.server.node.daemon import DaemonConfig, NodeDaemon
 left_out = {LEFT_OUT!r}
 d = NodeDaemon(DaemonConfig(listen="127.0.0.1:0", host_root=sys.argv[1], hotplug=False))
 d.start()

@@ -25,7 +25,7 @@ from nodecompat.server.errors import (
     problems_status,
     spec_error_message,
 )
-from nodecompat.server.parse_cache import CAP_ENV, ParseCache, spec_cost
+from nodecompat.server.node.parse_cache import CAP_ENV, ParseCache, spec_cost
 from nodecompat.v1 import node_pb2, node_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 aggregators with `--store etcd://` on one Debian etcd-server; a real `nodecompat serve --register` daemon
 registers through one and is listed and validated through the other; its etcd lease lapsing removes it from
 both (and from etcd); an address claimed through both replicas at once goes to exactly one
-(server/store_etcd.py: one transaction per claim)."""
+(server/inventory/store_etcd.py: one transaction per claim)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from support_etcd import Etcd, etcd, start_etcd, wait_for  # noqa: F401 (fixture
 from support_fleet import SPEC_ANY, start_node
 
 from nodecompat.clients.fleet_client import FleetClient, NodeEntry
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
-from nodecompat.server.registration_store import open_registration_store
-from nodecompat.server.store_etcd import parse_store_url
+from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.inventory.registration_store import open_registration_store
+from nodecompat.server.inventory.store_etcd import parse_store_url
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)  # identity is tests/test_fleet_identity.py's subject

@@ -4,7 +4,7 @@ through replica A (RegisterNode with the lease key a daemon sends, renewed every
 does) are listed and validated through replica B; killing the etcd leader (the first endpoint both replicas
 use) changes nothing visible: every registration stays listed through B, renewals go on and a new
 registration through A is accepted and reaches B; killing replica A (SIGKILL) loses no node from B's fleet
-while the same registrants renew through B (server/store_etcd.py: a renewal through another replica moves
+while the same registrants renew through B (server/inventory/store_etcd.py: a renewal through another replica moves
 the keys onto its own lease); with every etcd member gone, B still answers ValidateFleet for the daemons and
 refuses new registrations UNAVAILABLE naming etcd."""
 
@@ -22,7 +22,7 @@ from support_etcd import Etcd, leader, start_etcd_cluster, wait_for
 from support_fleet import FLEET, SPEC_ANY, Proc, start_aggregator_process, start_node
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 TTL = 5.0  # seconds: each registration's lease

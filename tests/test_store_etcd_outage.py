@@ -1,6 +1,6 @@
 """An etcd outage under two aggregator replicas (issue 14: "keeps answering from what it has, reports itself
-NOT_SERVING only for what it cannot know, recovers when etcd returns"; server/store_etcd.py,
-server/registration_health.py, server/inventory_shards.py). One etcd, killed for longer than two leases, then
+NOT_SERVING only for what it cannot know, recovers when etcd returns"; server/inventory/store_etcd.py,
+registration_health.py, inventory_shards.py). One etcd, killed for longer than two leases, then
 restarted on the same ports and data: through the outage both replicas list the registered nodes and answer
 the daemon from the inventory, renewals (the daemon's own `serve --register` heartbeats through A, a
 registrant's through B) are answered OK, a new name is refused UNAVAILABLE naming etcd, health says
@@ -24,10 +24,10 @@ from support_etcd import Etcd, start_etcd, wait_for
 from support_fleet import SPEC_ANY, start_node
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.aggregator import FLEET_SERVICE, AggregatorConfig, AggregatorDaemon
-from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.server.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
-from nodecompat.server.registration_health import REGISTRATION_HEALTH
+from nodecompat.server.fleet.aggregator import FLEET_SERVICE, AggregatorConfig, AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.inventory.registration_auth import LEASE_KEY_METADATA, RegistrationPolicy
+from nodecompat.server.inventory.registration_health import REGISTRATION_HEALTH
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)

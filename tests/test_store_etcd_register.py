@@ -1,5 +1,5 @@
 """`nodecompat serve --register` with several aggregator addresses (issue 14: replicas sharing registrations
-through etcd; server/registration.py): comma-separated and repeated forms, an unreachable first address
+through etcd; server/node/registration.py): comma-separated and repeated forms, an unreachable first address
 skipped, heartbeats to the first reachable replica, and failover to the next one when it dies, without the
 node ever leaving the fleet as the surviving replica sees it."""
 
@@ -16,9 +16,9 @@ from support_etcd import Etcd, etcd, wait_for  # noqa: F401 (fixture)
 from support_fleet import start_node
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-from nodecompat.server.registration import LeaseKeeper, parse_aggregators
-from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy
+from nodecompat.server.node.registration import LeaseKeeper, parse_aggregators
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)
 TTL = 3.0  # seconds: the aggregators' default lease; the daemon renews every TTL/3

@@ -1,4 +1,4 @@
-"""The live inventory shared out among aggregator replicas over etcd (issue 14, server/inventory_shards.py):
+"""The live inventory shared out among aggregator replicas over etcd (issue 14, server/inventory/inventory_shards.py):
 one etcd, three real `nodecompat serve` daemons registered through replica A, three replicas (A and B
 in-process, C an `nodecompat aggregator` process). Every node is subscribed (WatchFeatures) by exactly one
 replica; ValidateFleet through any replica answers every node from the inventory; SIGKILL of C: its nodes are
@@ -21,11 +21,11 @@ from support_fleet import FLEET, SPEC_ANY, Proc, start_aggregator_process, start
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.features import Features
 from nodecompat.fleet.fingerprint import fingerprint
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-from nodecompat.server.inventory_shards import REPLICA_TTL, NodeDoc, rendezvous_owner
-from nodecompat.server.inventory_sync import SyncConfig
-from nodecompat.server.registration_auth import RegistrationPolicy
-from nodecompat.server.shard_docs import decode_set, encode_set
+from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.server.inventory.inventory_shards import REPLICA_TTL, NodeDoc, rendezvous_owner
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy
+from nodecompat.server.inventory.shard_docs import decode_set, encode_set
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)

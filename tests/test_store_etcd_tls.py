@@ -1,5 +1,5 @@
 """Aggregator replicas over an etcd that serves HTTPS and requires client certificates (issue 14, "etcd TLS
-flags"): `--store-ca/--store-cert/--store-key` (server/store_etcd.py); certificates from tests/support_fleet's
+flags"): `--store-ca/--store-cert/--store-key` (server/inventory/store_etcd.py); certificates from tests/support_fleet's
 openssl test CA. A replica started from the CLI with the flags and an in-process one with the same files
 share a registration; a replica without a client certificate, one trusting another CA, and one speaking
 plain HTTP are refused by etcd and say UNAVAILABLE naming etcd; flags that cannot work are refused at start."""
@@ -18,8 +18,8 @@ from test_store_etcd_failover import listed
 
 from nodecompat.clients.cli import build_parser
 from nodecompat.clients.cmd_aggregator import build_config
-from nodecompat.server.aggregator import AggregatorConfig, AggregatorDaemon
-from nodecompat.server.registration_auth import RegistrationPolicy
+from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nodecompat.server.daemon import DaemonConfig, NodeDaemon
+from nodecompat.server.node.daemon import DaemonConfig, NodeDaemon
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc
 from nodecompat.verdict_cache import ENTRY_OVERHEAD, VerdictCache, spec_key
 

@@ -29,7 +29,7 @@ from support_fleet import (
 from support_registry import push_image, push_raw_artifact, registry, subject_of  # noqa: F401 (fixture)
 from support_webhook import WebhookProc, admits, apply, fleet_behind_webhooks, patch_of, pod, push_spec_images, review
 
-from nodecompat.server.inventory_sync import SyncConfig
+from nodecompat.server.inventory.inventory_sync import SyncConfig
 
 pytestmark = pytest.mark.registry
 K8S = kubernetes_validate.latest_version()

@@ -1,4 +1,4 @@
-"""Limits of `nodecompat webhook` (server/webhook.py) under hostile load, on a real server (loopback, real
+"""Limits of `nodecompat webhook` (server/webhook/webhook.py) under hostile load, on a real server (loopback, real
 TLS with an openssl CA): a cap on reviews handled at once (past it HTTP 503 at once, /healthz still
 answering), and a body trickled byte by byte cannot hold a slot past the request's deadline."""
 
@@ -21,7 +21,7 @@ from support_daemon import free_port
 from support_fleet import make_certs
 from support_webhook import pod, review, webhook_in_thread
 
-from nodecompat.server.webhook import WebhookConfig
+from nodecompat.server.webhook.webhook import WebhookConfig
 
 DEADLINE = 2.0
 
@@ -253,8 +253,8 @@ def test_large_reviews_are_parsed_in_a_worker_process_and_answer_the_same(tmp_pa
 
     from nodecompat.admission import review as rv
     from nodecompat.admission.placement import hostname_requirement, placement_patch
-    from nodecompat.server.webhook import Webhook
-    from nodecompat.server.webhook_parse import PARSE_INLINE_BYTES
+    from nodecompat.server.webhook.webhook import Webhook
+    from nodecompat.server.webhook.webhook_parse import PARSE_INLINE_BYTES
 
     rev = _big_review("big")
     affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [

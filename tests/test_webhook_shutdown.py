@@ -1,4 +1,4 @@
-"""The webhook's parse workers and its shutdown (server/webhook_parse.py).
+"""The webhook's parse workers and its shutdown (server/webhook/webhook_parse.py).
 
 A container runtime or a terminal signals the whole process group. The parse workers must leave those
 signals to the webhook (a worker killed under it turns the next large review into a 503), and the webhook

@@ -1,4 +1,4 @@
-"""Slowloris against `nodecompat webhook` (server/webhook.py): a peer that opens TCP and never finishes
+"""Slowloris against `nodecompat webhook` (server/webhook/webhook.py): a peer that opens TCP and never finishes
 the TLS handshake, or finishes it and trickles request-header bytes, is disconnected by the webhook's
 handshake and header timeouts instead of holding a connection for aiohttp's defaults (60 s handshake,
 3,630 s keep-alive), while /healthz answers throughout. Real server on loopback, real TLS (openssl CA)."""
@@ -18,7 +18,7 @@ from support_daemon import free_port
 from support_fleet import make_certs
 from support_webhook import webhook_in_thread
 
-from nodecompat.server.webhook import WebhookConfig
+from nodecompat.server.webhook.webhook import WebhookConfig
 
 HANDSHAKE = 1.0
 HEADERS = 2.0

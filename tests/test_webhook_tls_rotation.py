@@ -1,4 +1,4 @@
-"""Serving-certificate rotation of `nodecompat webhook` (server/webhook_tls.py) without a restart: the
+"""Serving-certificate rotation of `nodecompat webhook` (server/webhook/webhook_tls.py) without a restart: the
 cert/key are mounted the way the kubelet mounts a Secret (files behind a `..data` symlink that is swapped
 atomically when cert-manager renews the Secret). A real TLS client (the stdlib's ssl, verifying against the
 test CA, with and without SNI) sees the renewed certificate on new connections; a broken renewed pair (key

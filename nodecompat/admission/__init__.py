@@ -1,2 +1,2 @@
 """Admission (admission.k8s.io/v1) core of `nodecompat webhook`: reading AdmissionReviews, deciding, and
-the JSONPatch that places a pod on fitting nodes. No grpc, no HTTP here (server/webhook.py serves it)."""
+the JSONPatch that places a pod on fitting nodes. No grpc, no HTTP here (server/webhook/webhook.py serves it)."""

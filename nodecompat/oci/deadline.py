@@ -14,7 +14,7 @@ each time they send a request on a kept-alive connection. A socket belongs to th
 used it, so an earlier operation's deadline never cuts a later one's exchange; a socket shut down while
 idle in the pool is seen as dropped by urllib3 and replaced.
 
-Also used by the aggregator's etcd client (server/etcd_kv.py) for the same reason; a long-lived stream
+Also used by the aggregator's etcd client (server/inventory/etcd_kv.py) for the same reason; a long-lived stream
 whose head came in time is `release`d from its deadline.
 """
 

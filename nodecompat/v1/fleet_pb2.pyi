@@ -657,7 +657,7 @@ class RegisterNodeRequest(_message.Message):
     def identity(self) -> _containers.MessageMap[_builtins.str, _features_pb2.AttributeFeature]:
         """The node's identity attributes, left out of the fingerprint (nodecompat.fleet.fingerprint IDENTITY:
         system.name -> {nodename: ...}), as Features.attributes carries them. With them the aggregator holds a
-        new node whose fingerprint it already stores without fetching its features (server/inventory_push.py).
+        new node whose fingerprint it already stores without fetching its features (server/inventory/inventory_push.py).
         Only IDENTITY's features and elements, values of at most 253 characters; anything else is INVALID_ARGUMENT.
         """
 

@@ -1,0 +1,307 @@
+"""Registered fleet nodes: leases (RegisterNode/DeregisterNode) and the address-collision rules.
+
+Registered nodes hold a lease that lapses unless renewed. One address is one node (it is one daemon),
+and no node may vanish silently because another claims its address, so address collisions are settled
+by these rules:
+- registration vs registration: a RegisterNode for an address held by a different name with a live lease
+  is refused (AddressInUse, ALREADY_EXISTS on the wire) naming the holder; once that lease lapses or is
+  deregistered the address is free. Renewing under the same name may move the node to a new address.
+- registration vs nodes file: the file is the operator's word, so a registration of a file node's address
+  under a different name is refused the same way, naming the file entry. (Refused rather than listed twice:
+  ListNodes has no field to say "same daemon as", and two names for one daemon would be validated twice.)
+  A registration with the file node's own name is accepted and changes nothing visible. If the file is
+  later edited to claim a registered node's address, that lease is dropped with a warning and its next
+  heartbeat is refused, so the daemon's log says which file entry took its address.
+- registration vs DNS: a DNS record knows only an address, so the registration (a name and labels for
+  that same daemon) describes it; nothing is lost. A file entry likewise describes a DNS address.
+
+Registrations are capped (`max_registrations`, RESOURCE_EXHAUSTED past it); a registered address must be
+one others can dial (a wildcard host such as 0.0.0.0 or :: is refused). The granted lease grows with the
+number of leases held so that their heartbeats together stay under `max_heartbeats_per_second` (grant_ttl,
+as Nomad scales its heartbeat TTL). LeaseRegistry is a mixin of
+NodeInventory (server/inventory/fleet_nodes.py), which owns the state it declares and the nodes file it re-reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nodecompat.hostport import is_wildcard_host, split_address
+from nodecompat.server.inventory.fleet_members import (
+    MAX_ADDRESS,
+    MAX_LEASE_TTL,
+    MIN_LEASE_TTL,
+    SOURCE_REGISTERED,
+    AddressInUse,
+    Contact,
+    FleetNode,
+    NameInUse,
+    NotRegistrant,
+    RegistrationsFull,
+    check_labels,
+    name_problem,
+    utc_now,
+)
+from nodecompat.server.inventory.registration_store import RegistrationStore, StoredLease
+
+log = logging.getLogger("nodecompat.server.inventory.fleet_nodes")  # the inventory's log, as before the split
+
+BEATS_PER_LEASE = 3  # a LeaseKeeper renews every granted ttl/3 (server/node/registration.py)
+# RegisterNode/s all leases together send at most (grant_ttl): ~1.3-1.5 ms of aggregator CPU each (a connection per
+# beat, bench/bench_lease_conn.py), so 200/s is ~30% of one core (mTLS, ~2.5 ms: ~50%); 10,000 nodes get 150 s.
+DEFAULT_MAX_HEARTBEATS_PER_SECOND = 200.0
+MAX_SCALED_TTL = 600.0  # s: the rate-scaled lease at most (a dead node leaves within 10 minutes at any size)
+TTL_STAGGER = 0.1  # a rate-scaled lease is lengthened by up to this fraction at random (Nomad's stagger)
+
+
+@dataclass(slots=True)
+class _Lease:
+    node: FleetNode
+    expires: float
+    principal: str = "anonymous"  # who registered it (server/inventory/registration_auth.py); only they renew
+
+
+class LeaseRegistry:
+    """Registrations and their collision rules; mixed into NodeInventory, which sets these attributes."""
+
+    store: RegistrationStore | None
+    max_registrations: int
+    nodes_file: Path | None
+    lease_ttl: float
+    max_heartbeats_per_second: float  # 0: leases are not scaled with their number (grant_ttl)
+    ttl_stagger: float
+    _clock: Callable[[], float]
+    _lock: threading.Lock
+    _file_nodes: list[FleetNode]
+    _file_by_address: dict[str, FleetNode]
+    _dns_nodes: dict[tuple[str, int], list[FleetNode]]
+    _leases: dict[str, _Lease]
+    _lease_by_address: dict[str, str]  # address -> registered name (one holder per address)
+    _contacts: dict[str, Contact]
+
+    def _reload_file(self, strict: bool = False) -> None:
+        raise NotImplementedError  # NodeInventory's
+
+    def _file_changed(self) -> bool:
+        raise NotImplementedError  # NodeInventory's
+
+    def grant_ttl(self, requested: float) -> float:
+        """The lease (s) granted to a RegisterNode asking for `requested` s (0, NaN or negative: none asked).
+
+        Unscaled: lease_ttl when none is asked, else the request within [MIN_LEASE_TTL, max(lease_ttl,
+        MAX_LEASE_TTL)]. Rate-scaled (max_heartbeats_per_second > 0): at least BEATS_PER_LEASE * leases /
+        max_heartbeats_per_second, `leases` being the leases held now (a renewal counts its own; a new node's
+        first grant counts the others; lapsed ones until a lookup drops them), so that all of them, each
+        renewed every ttl/3 (LeaseKeeper), send at most max_heartbeats_per_second RegisterNode a second together;
+        the scaled value is lengthened by up to ttl_stagger at random (beats of a fleet started at once spread
+        out) and is at most MAX_SCALED_TTL, so a dead node leaves within 10 minutes however big the fleet (the
+        rate bound then no longer holds: 40,000 leases at 200/s). An unscaled grant longer than that stays.
+        As Nomad (nomad/heartbeat.go, resetHeartbeatTimer: ttl = RateScaledInterval(max_heartbeats_per_second,
+        min_heartbeat_ttl, nodes) + RandomStagger(ttl); its server block docs: "max_heartbeats_per_second ...
+        This allows the TTL to be increased to meet the target rate").
+        """
+        if not requested or math.isnan(requested) or requested <= 0:
+            granted = self.lease_ttl
+        else:
+            granted = min(max(requested, MIN_LEASE_TTL), max(self.lease_ttl, MAX_LEASE_TTL))
+        if self.max_heartbeats_per_second <= 0:
+            return granted
+        scaled = BEATS_PER_LEASE * len(self._leases) / self.max_heartbeats_per_second
+        if scaled <= granted:
+            return granted
+        stagger = 1.0 + self.ttl_stagger * random.random() if self.ttl_stagger > 0 else 1.0
+        return max(granted, min(scaled * stagger, MAX_SCALED_TTL))
+
+    def register(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str = "anonymous"
+    ) -> float:
+        """Create or renew a lease; returns the granted ttl.
+
+        ValueError on a bad name/address/labels, AddressInUse when another node holds the address (or
+        the nodes file or DNS gives it), NameInUse when the nodes file or DNS has the name,
+        NotRegistrant when a live lease of the name belongs to another principal, RegistrationsFull
+        when a new name would exceed `max_registrations` live leases.
+        """
+        granted = self._register(name, address, labels, ttl, principal, True)
+        assert granted is not None
+        return granted
+
+    def register_now(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str = "anonymous"
+    ) -> float | None:
+        """register() without waiting (for an event loop): None, with nothing changed, when it would wait —
+        for the shared store (a network round trip), for the lock (another thread holds it), or for a
+        re-read of the nodes file (it changed since it was last read). Raises as register()."""
+        return self._register(name, address, labels, ttl, principal, False)
+
+    def _register(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str, wait: bool
+    ) -> float | None:
+        if not wait and self.store is not None:
+            return None
+        if problem := name_problem(name):
+            raise ValueError(f"name {problem}")
+        if len(address) > MAX_ADDRESS:
+            raise ValueError(f"address must be at most {MAX_ADDRESS} characters")
+        try:
+            host, _port = split_address(address)
+        except ValueError as exc:
+            raise ValueError(f"address {exc}") from None
+        if is_wildcard_host(host):
+            raise ValueError(
+                f"address {address!r} has a wildcard host ({host or 'empty'}): it means 'every interface' to a "
+                "listener and cannot be dialled; register the node's reachable address (serve --advertise)"
+            )
+        clean = check_labels(labels, "labels")
+        granted = self.grant_ttl(ttl)
+        if wait:
+            self._reload_file()
+        elif self._file_changed():
+            return None
+        now = self._clock()
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
+            holder = self._lease_by_address.get(address)
+            if holder is not None and holder != name:
+                lease = self._leases[holder]
+                if lease.expires > now:
+                    raise AddressInUse(
+                        f"address {address} is held by registered node {holder!r} (lease ends in "
+                        f"{lease.expires - now:.0f}s); two names cannot share one daemon's address"
+                    )
+                self._drop_lease(holder, "lease lapsed")
+            self._check_shadowing(name, address)
+            current = self._leases.get(name)
+            if current is not None and current.expires > now and current.principal != principal:
+                raise NotRegistrant(
+                    f"node {name!r} is registered by another registrant (lease ends in "
+                    f"{current.expires - now:.0f}s); only its registrant can renew it"
+                )
+            if name not in self._leases and len(self._leases) >= self.max_registrations:
+                self._expire(now)
+                if len(self._leases) >= self.max_registrations:
+                    raise RegistrationsFull(
+                        f"the aggregator holds {len(self._leases)} registrations, its limit; "
+                        "retry later or raise the limit"
+                    )
+            if self.store is None:
+                self._put_lease(name, address, clean, granted, principal, now)
+        finally:
+            self._lock.release()
+        if self.store is not None:  # outside the lock: the store's transaction settles races across replicas
+            # A move frees the old address in the store when the old etcd lease is revoked or lapses.
+            self.store.claim(StoredLease(name, address, clean, principal, granted))
+            with self._lock:
+                self._put_lease(name, address, clean, granted, principal, self._clock())
+        return granted
+
+    def _put_lease(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str, now: float
+    ) -> None:
+        """Caller holds the lock."""
+        previous = self._leases.get(name)
+        contact = self._contacts.get(address)
+        if (previous is not None and previous.node.address == address and previous.principal == principal
+                and previous.node.labels == labels and self._lease_by_address.get(address) == name):
+            previous.expires = now + ttl  # a renewal (a heartbeat): the lease's node stays as it is
+            if contact is not None:
+                contact.at = utc_now()
+                return
+            self._contacts[address] = Contact(utc_now(), "UNKNOWN")
+            return
+        if previous is not None and previous.node.address != address:
+            self._lease_by_address.pop(previous.node.address, None)  # the node moved
+        holder = self._lease_by_address.get(address)
+        if holder is not None and holder != name and holder in self._leases:
+            self._drop_lease(holder, "its address was taken in the shared store")
+        self._leases[name] = _Lease(FleetNode(name, address, dict(labels), SOURCE_REGISTERED), now + ttl, principal)
+        self._lease_by_address[address] = name
+        self._contacts[address] = replace(contact or Contact(utc_now(), "UNKNOWN"), at=utc_now())
+
+    def apply_stored(self, name: str, lease: StoredLease | None) -> None:
+        """A change seen in the shared store (any replica's registration; None: it left the store)."""
+        with self._lock:
+            if lease is None:
+                if name in self._leases:
+                    self._drop_lease(name, "left the shared store (deregistered or lease lapsed)")
+                return
+            self._put_lease(name, lease.address, lease.labels, lease.ttl, lease.principal, self._clock())
+
+    def deregister(self, name: str, principal: str = "anonymous") -> bool:
+        """Drop `name`'s lease; NotRegistrant when a live lease belongs to another principal."""
+        with self._lock:
+            lease = self._leases.get(name)
+            if lease is None:
+                return False
+            if lease.principal != principal and lease.expires > self._clock():
+                raise NotRegistrant(f"node {name!r} was registered by another registrant; only it can deregister")
+            self._drop_lease(name, "")
+        if self.store is not None:
+            self.store.release(name, lease.node.address)
+        return True
+
+    def _check_shadowing(self, name: str, address: str) -> None:
+        """A registration never shadows a node of the nodes file or DNS (name or address). Caller locks."""
+        file_node = self._file_by_address.get(address)
+        if file_node is not None and file_node.name != name:
+            raise AddressInUse(
+                f"address {address} is node {file_node.name!r} in the nodes file {self.nodes_file}; "
+                f"register under that name or use another address"
+            )
+        if file_node is None and any(n.name == name for n in self._file_nodes):
+            raise NameInUse(f"node {name!r} is in the nodes file {self.nodes_file}; a registration cannot shadow it")
+        for (dns_host, dns_port), nodes in self._dns_nodes.items():
+            for n in nodes:
+                reported = (c.reported_name if (c := self._contacts.get(n.address)) else "") or n.name
+                if n.address == address or reported == name:
+                    raise NameInUse(
+                        f"node {reported!r} ({n.address}) comes from DNS ({dns_host}:{dns_port}); a registration "
+                        "cannot shadow it (same name or address)"
+                    )
+
+    def registrations(self) -> int:
+        """Leases held, lapsed ones included until the next lookup drops them."""
+        with self._lock:
+            return len(self._leases)
+
+    def _drop_lease(self, name: str, why: str) -> None:
+        """Caller holds the lock."""
+        lease = self._leases.pop(name)
+        if self._lease_by_address.get(lease.node.address) == name:
+            del self._lease_by_address[lease.node.address]
+        if why:
+            log.info("node %s (%s) left the fleet: %s", name, lease.node.address, why)
+
+    def _expire(self, now: float) -> None:
+        """Drop lapsed leases and leases whose address the nodes file now gives another name. Caller locks.
+        Every lookup calls it (10,000 leases: the lease table's lock is held for the loop), so the
+        shadowing rules are looked at only when there is a nodes file or DNS node that could shadow."""
+        lapsed = [name for name, lease in self._leases.items() if lease.expires <= now]
+        for name in lapsed:
+            self._drop_lease(name, "lease lapsed")
+        if not self._file_nodes and not any(self._dns_nodes.values()):
+            return
+        for name, lease in list(self._leases.items()):
+            try:
+                self._check_shadowing(name, lease.node.address)
+            except (AddressInUse, NameInUse) as exc:
+                log.warning("registered node %s: lease dropped: %s", name, exc)
+                self._drop_lease(name, "")
+                continue
+            file_node = self._file_by_address.get(lease.node.address)
+            if file_node is not None and file_node.name != name:
+                log.warning(
+                    "registered node %s: its address %s is now node %r in the nodes file; lease dropped "
+                    "(its next heartbeat will be refused with the reason)",
+                    name,
+                    lease.node.address,
+                    file_node.name,
+                )
+                self._drop_lease(name, "")

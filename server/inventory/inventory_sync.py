@@ -1,0 +1,391 @@
+"""The aggregator's live inventory: one WatchFeatures stream per known node, feeding the FeatureStore.
+
+Runs on its own grpc.aio event loop thread ("inventory-aio"), so it costs a coroutine per node, not a
+thread, and is independent of how the servicers run. Every `reconcile_interval` it compares the
+membership (nodes file, DNS, registrations: server/inventory/fleet_nodes.py) with its subscriptions: new nodes
+get a subscriber, departed nodes are cancelled and removed from the store (LEFT).
+
+A subscriber (re)connects with at most `max_connecting` streams being set up at once (bounded
+concurrency: a 10,000-node resubscribe after a restart does not open 10,000 handshakes at once; a stream
+holds its slot until its first message or `connect_slot_seconds`, so dead nodes do not hold it up), with
+exponential backoff and jitter between attempts (0.2 s doubling to 30 s). A node whose stream fails
+is UNREACHABLE; one whose stream is open but silent past `stale_after` (default 3 heartbeats + 1 s) is
+STALE; both keep their last features (they are what ValidateFleet re-checks live). The daemon's
+fingerprint claim decides nothing: the store recomputes it. A reconnect sends the fingerprint held,
+so an unchanged node answers with a message without features.
+
+Registrations that announce their feature state in their heartbeats (the push model) get no stream: with
+`push`, those nodes are kept by PushedNodes (server/inventory/inventory_push.py), which fetches their features once per
+change through this object's channels and message handling; the stale timer applies their own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from nodecompat import wire
+from nodecompat.fleet.fingerprint import IDENTITY
+from nodecompat.fleet.store import STATE_OK, STATE_STALE, STATE_UNREACHABLE, FeatureStore, StoreFull
+from nodecompat.probes.runner import ProbeRound
+from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, FleetNode
+from nodecompat.server.runtime.grpc_server import MESSAGE_SIZE_OPTIONS
+from nodecompat.v1 import inventory_pb2
+
+if TYPE_CHECKING:
+    from nodecompat.server.inventory.inventory_push import PushedNodes
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
+WATCH_METHOD = "/nodecompat.v1.NodeService/WatchFeatures"
+# One channel (connection) per subscribed node: what each option saves was measured with 2,000 streams
+# (VmRSS and tracemalloc, bench/bench_inventory.py's simulator): channelz off ~3.5 KiB (its trace nodes),
+# retries off ~6 KiB (the retry filter's per-call state; a broken stream is resubscribed here, with the
+# fingerprint held, never replayed by gRPC). tcp read-chunk and HPACK table sizes changed nothing measurable.
+# A node's features message, received by a stream or a push fetch: real nodes send 10-100 KiB (a full
+# kernel.config and hundreds of PCI functions stay near 1 MiB). Parsed into the store's Python form a message
+# costs ~35x its size at peak (a 15 MiB one: ~550 MiB of aggregator RSS), so the 16 MiB gRPC limit let 32
+# registrations answering such fetches take the aggregator to 2.7 GiB. A larger message fails the node's
+# stream or fetch (RESOURCE_EXHAUSTED: UNREACHABLE) and ValidateFleet asks that node live.
+MAX_FEATURES_MESSAGE_BYTES = 4 << 20
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *[o for o in MESSAGE_SIZE_OPTIONS if o[0] != "grpc.max_receive_message_length"],
+    ("grpc.max_receive_message_length", MAX_FEATURES_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.enable_channelz", 0),
+    ("grpc.enable_retries", 0),
+    # No BDP probing: it sizes HTTP/2 flow-control windows for bulk transfers by pinging on received data;
+    # a watch stream carries a first message well inside the default 64 KiB window, then small heartbeats.
+    # Measured with bench/bench_inventory.py's resubscribe (10,000 streams, with ipv4: targets below):
+    # gRPC core's event-engine threads ~0.6 -> ~0.4 ms of CPU a node.
+    ("grpc.http2.bdp_probe", 0),
+]
+
+
+@dataclass
+class SyncConfig:
+    heartbeat: float = 10.0  # s, asked of every daemon
+    stale_after: float = 0.0  # s without a message -> STALE; 0: 3 heartbeats + 1 s
+    max_connecting: int = 64  # streams being established at once
+    # A stream holds its connecting slot until its first message or this many seconds, whichever is first:
+    # a node that accepts TCP but never answers (gRPC's connect timeout is 20 s) does not hold up the rest
+    # of a resubscribe; it keeps trying outside the bound.
+    connect_slot_seconds: float = 2.0
+    reconcile_interval: float = 1.0  # s between membership checks
+
+    @property
+    def stale_timeout(self) -> float:
+        return self.stale_after or 3 * self.heartbeat + 1.0
+
+
+class InventorySync:
+    def __init__(
+        self,
+        members: Callable[[], list[FleetNode]],
+        store: FeatureStore,
+        credentials: grpc.ChannelCredentials | None = None,
+        config: SyncConfig | None = None,
+        on_reported_name: Callable[[str, str], None] | None = None,
+        push: bool = False,
+    ) -> None:
+        """push: registrations that announce a fingerprint are kept without a stream (PushedNodes, `push`)."""
+        self.members = members
+        self.store = store
+        self.credentials = credentials
+        self.config = config or SyncConfig()
+        self.on_reported_name = on_reported_name
+        self.loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._nodes: dict[str, FleetNode] = {}
+        self._connecting: asyncio.Semaphore | None = None
+        self._main: asyncio.Future[Any] | None = None
+        self._interceptors: list[Any] | None = None  # client tracing interceptors, decided once at start()
+        self.connects = 0  # streams established (counts reconnects)
+        self.push: PushedNodes | None = None
+        if push:
+            from nodecompat.server.inventory.inventory_push import PushedNodes
+
+            self.push = PushedNodes(self)
+
+    # -- lifecycle (any thread) ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._interceptors = _client_interceptors()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="inventory-aio", daemon=True)
+        self._thread.start()
+        self._main = asyncio.run_coroutine_threadsafe(self._run(), self.loop)  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            tasks = [*self._tasks.values(), *(self.push.tasks() if self.push is not None else [])]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._main is not None:
+            self._main.cancel()
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        except Exception:
+            log.exception("inventory sync shutdown")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self._thread = None
+
+    def subscriptions(self) -> int:
+        return len(self._tasks)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        self._connecting = asyncio.Semaphore(self.config.max_connecting)
+        while True:
+            try:
+                self._reconcile()
+                self._mark_stale()
+            except Exception:
+                log.exception("inventory reconcile failed")
+            await asyncio.sleep(min(self.config.reconcile_interval, self.config.stale_timeout / 4))
+
+    def _reconcile(self) -> None:
+        current = {n.address: n for n in self.members()}
+        pushed = self.push.addresses() if self.push is not None else set()
+        for address in [a for a in self._nodes if a not in current]:
+            task = self._tasks.pop(address, None)
+            if task is not None:
+                task.cancel()
+            self._nodes.pop(address, None)
+            if self.push is not None:
+                self.push.forget(address)
+            self.store.remove(address)
+        for address, node in current.items():
+            self._nodes[address] = node
+            if address in pushed:  # its heartbeats carry its state: no stream (server/inventory/inventory_push.py)
+                task = self._tasks.pop(address, None)
+                if task is not None:
+                    task.cancel()
+            elif address not in self._tasks:
+                self._tasks[address] = asyncio.ensure_future(self._subscribe(address))
+
+    def note_node(self, node: FleetNode) -> None:
+        """A member known before the next reconcile sees it (a registration pushing its state); loop thread."""
+        self._nodes.setdefault(node.address, node)
+
+    def _mark_stale(self) -> None:
+        now = time.monotonic()
+        limit = self.config.stale_timeout
+        push = self.push
+        for rec in self.store.records():
+            if rec.state != STATE_OK or not rec.has_features:
+                continue
+            own = push.stale_after(rec.key) if push is not None else None
+            silence = now - rec.heard_at
+            if silence > (own or limit):
+                what = "heartbeat from the registered node" if own else "message from the node"
+                self.store.set_state(
+                    rec.key, rec.name, STATE_STALE, f"no {what} for {silence:.1f} s "
+                    f"(heartbeat timeout {own or limit:g} s)"
+                )
+
+    def _name(self, address: str, reported: str) -> str:
+        node = self._nodes.get(address)
+        if node is None:
+            return reported or address
+        if node.source == SOURCE_DNS and reported:
+            return reported
+        return node.name
+
+    def _labels(self, address: str) -> dict[str, str]:
+        node = self._nodes.get(address)
+        return dict(node.labels) if node else {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A new channel to the node (credentials, tracing interceptors, options); loop thread."""
+        return self._channel(address)
+
+    def apply(self, address: str, msg: inventory_pb2.WatchFeaturesResponse, known: str) -> bool:
+        """One WatchFeatures message into the store (a stream's or a push fetch's); see _handle."""
+        return self._handle(address, msg, known)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        target, options = channel_target(address)
+        if self.credentials is not None:
+            return grpc.aio.secure_channel(target, self.credentials, options=options,
+                                           interceptors=self._interceptors)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=self._interceptors)
+
+    async def _subscribe(self, address: str) -> None:
+        delay = BACKOFF_MIN
+        assert self._connecting is not None
+        while True:
+            got_message = False
+            error = ""
+            channel: grpc.aio.Channel | None = None
+            held = self.store.get(address)
+            known = held.fingerprint if held is not None and held.has_features else ""
+            try:
+                await self._connecting.acquire()
+                slot = _Slot(self._connecting)
+                timer = asyncio.get_running_loop().call_later(self.config.connect_slot_seconds, slot.release)
+                try:
+                    channel = self._channel(address)  # made once a connecting slot is ours, not 10,000 at once
+                    call = channel.unary_stream(  # one method handle, not a stub's four
+                        WATCH_METHOD,
+                        request_serializer=inventory_pb2.WatchFeaturesRequest.SerializeToString,
+                        response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
+                    )(inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=self.config.heartbeat,
+                                                         known_fingerprint=known))
+                    while True:
+                        msg = await call.read()  # read() in this coroutine: no async-generator per stream
+                        if msg is grpc.aio.EOF:
+                            error = "the node ended the stream"
+                            break
+                        if not got_message:
+                            timer.cancel()
+                            slot.release()
+                            self.connects += 1
+                        if not self._handle(address, msg, known):
+                            error = "the node's stream skipped a change; resubscribing"
+                            known = ""
+                            break
+                        got_message = True
+                        delay = BACKOFF_MIN
+                finally:
+                    timer.cancel()
+                    slot.release()
+            except asyncio.CancelledError:
+                if channel is not None:
+                    await channel.close(None)
+                raise
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:  # a bug or a malformed message: keep the others going
+                log.exception("subscription to %s", address)
+                error = f"{type(exc).__name__}: {exc}"
+            if channel is not None:
+                await channel.close(None)
+            if error:
+                rec = self.store.get(address)
+                self.store.set_state(address, self._name(address, rec.name if rec else ""), STATE_UNREACHABLE,
+                                     error)
+            if not got_message:
+                delay = min(BACKOFF_MAX, delay * 2)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    def _handle(self, address: str, msg: inventory_pb2.WatchFeaturesResponse, known: str) -> bool:
+        """Apply one message; False when it cannot be applied (resubscribe without a known fingerprint)."""
+        kind = msg.WhichOneof("item")
+        if kind == "features":
+            ch = msg.features
+            name = self._name(address, ch.node_name)
+            if ch.node_name and self.on_reported_name is not None:
+                self.on_reported_name(address, ch.node_name)
+            probed = ch.probed_at.ToNanoseconds() / 1e9 if ch.HasField("probed_at") else time.time()
+            if ch.features_omitted:
+                return bool(known) and self.store.heartbeat(address, ch.round_id, ch.fingerprint, probed_at=probed)
+            identity, wire_key = _wire_key(ch)
+            if self.store.put_known(wire_key, address, name, identity, probed, ch.round_id,
+                                    self._labels(address)) is not None:
+                return True
+            rnd = ProbeRound(
+                features=wire.features_from_proto(ch.features),
+                statuses=[wire.status_from_proto(st) for st in ch.probes],
+                probed_at=datetime.now(UTC),
+            )
+            try:
+                self.store.put(address, name, rnd.features, rnd.unknown_features(), probed, ch.round_id,
+                               labels=self._labels(address), wire_key=wire_key)
+            except StoreFull as exc:
+                self.store.set_state(address, name, STATE_UNREACHABLE, str(exc))
+            return True
+        if kind == "heartbeat":
+            hb = msg.heartbeat
+            probed = hb.probed_at.ToNanoseconds() / 1e9 if hb.HasField("probed_at") else 0.0
+            return self.store.heartbeat(address, hb.round_id, hb.fingerprint, probed_at=probed)
+        return True
+
+
+class _Slot:
+    """One connecting slot of the semaphore, released at most once (first message, timer or the end)."""
+
+    __slots__ = ("sem",)
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self.sem: asyncio.Semaphore | None = sem
+
+    def release(self) -> None:
+        if self.sem is not None:
+            self.sem.release()
+            self.sem = None
+
+
+def _wire_key(ch: inventory_pb2.FeaturesChange) -> tuple[tuple[tuple[str, str, str], ...], str]:
+    """(identity triples, sha256 of the deterministic wire form of features + probe outcomes without identity
+    attributes and timings): two nodes with the same key have the same canonical set, so the second is stored
+    without parsing (a 10,000-node resubscribe parses each distinct set once). The identity elements are taken
+    out of the received message for the hash and put back (no copy of the features)."""
+    feats = ch.features
+    identity: list[tuple[str, str, str]] = []
+    for name, keys in IDENTITY.items():
+        if name in feats.attributes:
+            elements = feats.attributes[name].elements
+            for k in sorted(keys & set(elements.keys())):
+                identity.append((name, k, elements[k]))
+                del elements[k]
+    h = hashlib.sha256(feats.SerializeToString(deterministic=True))
+    for name, k, v in identity:
+        feats.attributes[name].elements[k] = v
+    for st in ch.probes:  # what decides unknown facts: which probe failed, why, and what it provides
+        if not st.ok:
+            h.update(b"\0" + st.name.encode() + b"\0" + st.error.encode() + b"\0" + "\0".join(st.features).encode())
+    return tuple(identity), h.hexdigest()
+
+
+def channel_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
+    """(gRPC target, channel options) for a node address "HOST:PORT".
+
+    An IP literal ("10.0.0.7:50051", "[fd00::7]:50051") becomes an `ipv4:`/`ipv6:` target (gRPC naming,
+    doc/naming.md): the channel skips the DNS resolver, whose work for a literal is a resolution round on
+    gRPC core's threads per channel. The authority (HTTP/2 :authority and the name a TLS certificate is
+    checked against) is kept as the address itself through grpc.default_authority, exactly what the
+    default dns: target would have used. Anything else (a host name) is passed through unchanged."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address, CHANNEL_OPTIONS
+    if host.startswith("[") and host.endswith("]"):
+        family, bare, version = socket.AF_INET6, host[1:-1], 6
+    else:
+        family, bare, version = socket.AF_INET, host, 4
+    try:
+        socket.inet_pton(family, bare)  # strict literals only (no zone, no short IPv4 forms); C, not ipaddress
+    except OSError:
+        return address, CHANNEL_OPTIONS
+    return f"ipv{version}:{address}", [*CHANNEL_OPTIONS, ("grpc.default_authority", address)]
+
+
+def _client_interceptors() -> list[Any] | None:
+    from nodecompat.server.telemetry import tracing_requested
+
+    if not tracing_requested():
+        return None
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())
+
+
+__all__ = ["STATE_OK", "InventorySync", "SyncConfig"]
