@@ -3,6 +3,9 @@
 CALL_TIMEOUT however slowly the peer sends"; nodecompat/oci/deadline.py). A read of one 64 KiB part used to wait
 for all of it, and requests' post() waited for the whole head, so such a peer held a store call (a
 registration, a lease keepalive, the inventory's prefix load) for hours. Real sockets on loopback.
+
+The store is made with a 1.5 s call deadline (EtcdEndpoints(call_timeout=...); the product's is CALL_TIMEOUT,
+5 s): the bound is the same code path, the trickle (a byte every 0.2 s) stays well inside each read's timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import pytest
 
 from nodecompat.server.inventory.etcd_kv import EtcdEndpoints
 from nodecompat.server.inventory.registration_store import StoreUnavailable
+
+CALL_DEADLINE = 1.5  # s: the store's call_timeout here (CALL_TIMEOUT, 5 s, in the product)
 
 
 class TrickleGateway:
@@ -69,7 +74,7 @@ class TrickleGateway:
                          ids=["body-by-length", "body-chunked", "status-and-headers"])
 def test_a_trickled_answer_ends_the_call_at_its_deadline(chunked: bool, head: bool) -> None:
     gw = TrickleGateway(chunked, head=head)
-    store = EtcdEndpoints([gw.address])
+    store = EtcdEndpoints([gw.address], call_timeout=CALL_DEADLINE)
     got: list[BaseException | object] = []
 
     def load() -> None:
@@ -81,20 +86,20 @@ def test_a_trickled_answer_ends_the_call_at_its_deadline(chunked: bool, head: bo
     t = threading.Thread(target=load, daemon=True)
     t.start()
     try:
-        t.join(120)  # CALL_TIMEOUT is 5 s; sending the whole answer would take ~5.5 hours
+        t.join(120)  # the call's deadline is 1.5 s; sending the whole answer would take ~5.5 hours
         assert not t.is_alive(), "the store call is still reading the trickled answer"
         assert isinstance(got[0], StoreUnavailable), got
-        assert "not complete within" in str(got[0])
+        assert f"not complete within {CALL_DEADLINE}s" in str(got[0])
     finally:
         gw.close()
 
 
 def test_a_watch_whose_head_trickles_is_given_up_within_a_calls_deadline() -> None:
     # PrefixWatch's stream is long-lived, but the answer's head must come within a call's deadline.
-    from nodecompat.server.inventory.etcd_kv import CALL_TIMEOUT, PrefixWatch
+    from nodecompat.server.inventory.etcd_kv import PrefixWatch
 
     gw = TrickleGateway(False, head=True)
-    store = EtcdEndpoints([gw.address])
+    store = EtcdEndpoints([gw.address], call_timeout=CALL_DEADLINE)
     watch = PrefixWatch(store, "/p/", lambda kvs: None, lambda k, v, d: None)
     got: list[BaseException] = []
 
@@ -111,6 +116,6 @@ def test_a_watch_whose_head_trickles_is_given_up_within_a_calls_deadline() -> No
         t.join(120)
         assert not t.is_alive(), "the watch is still waiting for the trickled head"
         assert got, "the watch returned as if etcd had answered"
-        assert time.monotonic() - started < CALL_TIMEOUT + 10
+        assert time.monotonic() - started < CALL_DEADLINE + 10
     finally:
         gw.close()

@@ -56,14 +56,19 @@ class EtcdEndpoints:
     """One etcd3gw client per endpoint; each call goes to the endpoint that answered last, then the others."""
 
     def __init__(self, endpoints: list[tuple[str, int]], *, ca: str | None = None, cert: str | None = None,
-                 key: str | None = None) -> None:
-        """endpoints [(host, port)]; ca/cert/key PEM paths: any set -> HTTPS (cert and key go together)."""
+                 key: str | None = None, call_timeout: float = CALL_TIMEOUT) -> None:
+        """endpoints [(host, port)]; ca/cert/key PEM paths: any set -> HTTPS (cert and key go together);
+        call_timeout: seconds one etcd call (connect, head, body) or a watch's head may take (CALL_TIMEOUT;
+        tests pass a shorter one). ValueError: no endpoint, cert without key, call_timeout <= 0."""
         if not endpoints:
             raise ValueError("etcd store: at least one endpoint")
         if bool(cert) != bool(key):
             raise ValueError("--store-cert and --store-key go together (the client certificate and its key)")
+        if not call_timeout > 0:
+            raise ValueError(f"etcd store: call_timeout must be > 0 s, not {call_timeout!r}")
+        self.call_timeout = call_timeout
         protocol = "https" if (ca or cert) else "http"
-        self.clients = [Etcd3Client(host=h, port=p, protocol=protocol, timeout=CALL_TIMEOUT, api_path="/v3/",
+        self.clients = [Etcd3Client(host=h, port=p, protocol=protocol, timeout=call_timeout, api_path="/v3/",
                                     session=_session(ca, cert, key)) for h, p in endpoints]
         self.current = 0
 
@@ -87,7 +92,8 @@ class EtcdEndpoints:
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST /v3/<path> with a JSON body on the first answering endpoint; the decoded answer, read with a
         bound (MAX_CALL_ANSWER: lease, transaction answers; an endpoint answering more counts as failed)."""
-        return self.call(lambda c: _answer_within(_post_bounded(c, path, body, MAX_CALL_ANSWER), path))
+        timeout = self.call_timeout
+        return self.call(lambda c: _answer_within(_post_bounded(c, path, body, MAX_CALL_ANSWER, timeout), path))
 
     def grant(self, ttl: int) -> int:
         """A new lease of `ttl` whole seconds; its id."""
@@ -139,7 +145,7 @@ class EtcdEndpoints:
                 body["revision"] = revision
             # an answer within the bound is at most 4/3 of what is left (base64) plus each KeyValue's JSON
             cap = (max_bytes - held) * 4 // 3 + 4 + want * RANGE_KV_OVERHEAD + MAX_ERROR_BYTES
-            resp = self.call(lambda c: _post_bounded(c, "/kv/range", body, cap))  # noqa: B023 (called at once)
+            resp = self.call(lambda c: _post_bounded(c, "/kv/range", body, cap, self.call_timeout))  # noqa: B023 (called at once)
             if resp is None:
                 raise StoreUnavailable(self._too_large(prefix, max_bytes, f"a Range answer over {cap} bytes"))
             if not revision:
@@ -190,7 +196,7 @@ class PrefixWatch:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=CALL_TIMEOUT + 1)
+            self._thread.join(timeout=self.etcd.call_timeout + 1)
 
     def _loop(self) -> None:
         backoff = WATCH_BACKOFF[0]
@@ -224,13 +230,14 @@ class PrefixWatch:
         etcd cancels it (e.g. the revision was compacted): the caller reloads."""
         body = {"create_request": {"key": _encode(self.prefix), "range_end": _encode(_increment_last_byte(self.prefix)),
                                    "start_revision": start_revision}}
-        head = Deadline(time.monotonic() + CALL_TIMEOUT)  # the answer's head within a call's deadline
+        call_timeout = self.etcd.call_timeout
+        head = Deadline(time.monotonic() + call_timeout)  # the answer's head within a call's deadline
         with deadline_scope(head):  # (a trickling peer: _post_bounded)
             resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
-                                       timeout=(CALL_TIMEOUT, WATCH_READ_TIMEOUT))
+                                       timeout=(call_timeout, WATCH_READ_TIMEOUT))
         if head.fired:  # a head cut short by the shutdown may parse as complete
             resp.close()
-            raise StoreUnavailable(f"etcd watch not answered within {CALL_TIMEOUT}s")
+            raise StoreUnavailable(f"etcd watch not answered within {call_timeout}s")
         conn = resp.raw.connection
         release(conn.sock if conn is not None else None)  # the stream is read with its own bounds
         with resp:
@@ -285,21 +292,22 @@ def _bounded_lines(resp: requests.Response, max_line: int) -> Iterator[bytes]:
         yield bytes(buf)
 
 
-def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answer: int) -> dict[str, Any] | None:
+def _post_bounded(client: Etcd3Client, path: str, body: dict[str, Any], max_answer: int,
+                  call_timeout: float = CALL_TIMEOUT) -> dict[str, Any] | None:
     """POST /v3/<path> on one endpoint, its JSON answer read with a bound: None when it is larger than
     max_answer bytes (read no further); ValueError when it is not a JSON object; Etcd3Exception on a non-200 status (its
     body's first MAX_ERROR_BYTES in the message). The whole call (connect, status line, headers, body) ends
-    within CALL_TIMEOUT however slowly the peer sends."""
-    deadline = Deadline(time.monotonic() + CALL_TIMEOUT)
+    within call_timeout seconds (EtcdEndpoints.call_timeout) however slowly the peer sends."""
+    deadline = Deadline(time.monotonic() + call_timeout)
     data = bytearray()
-    late = ValueError(f"etcd answer to {path} not complete within {CALL_TIMEOUT}s")
+    late = ValueError(f"etcd answer to {path} not complete within {call_timeout}s")
     # requests knows only per-receive timeouts: a peer sending its status line, headers or body a byte now and
     # then kept one call going for hours. The session's sockets are shut down at the deadline, whatever step
     # the call is at (nodecompat/oci/deadline.py, as for registry calls); a head or body cut short that way
     # may even parse as complete, hence the check of `fired`.
     try:
         with deadline_scope(deadline):
-            resp = client.session.post(client.get_url(path), json=body, timeout=CALL_TIMEOUT, stream=True)
+            resp = client.session.post(client.get_url(path), json=body, timeout=call_timeout, stream=True)
             with resp:
                 limit = max_answer if resp.status_code == 200 else MAX_ERROR_BYTES
                 for part in resp.iter_content(chunk_size=64 << 10):
