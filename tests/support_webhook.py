@@ -104,13 +104,15 @@ class WebhookProc:
             time.sleep(0.2)
         raise AssertionError(f"webhook not ready: {self.log.read_text()}")
 
-    def post(self, path: str, body: Any, *, timeout: float = 30.0) -> requests.Response:
+    def post(self, path: str, body: Any, *, timeout: float = 30.0, api_timeout: int = 10) -> requests.Response:
+        """POST as the API server does: `api_timeout` is the webhook's timeoutSeconds (?timeout=Ns), which
+        may shorten the webhook's own --deadline to api_timeout - 1 s (server/webhook/webhook.py _deadline)."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return self.session.post(f"{self.url}{path}?timeout=10s", data=data, timeout=timeout,
+        return self.session.post(f"{self.url}{path}?timeout={api_timeout}s", data=data, timeout=timeout,
                                  headers={"Content-Type": "application/json"})
 
-    def admit(self, path: str, rev: dict[str, Any]) -> dict[str, Any]:
-        r = self.post(path, rev)
+    def admit(self, path: str, rev: dict[str, Any], *, api_timeout: int = 10) -> dict[str, Any]:
+        r = self.post(path, rev, api_timeout=api_timeout)
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"

@@ -234,12 +234,13 @@ def black_hole() -> Iterator[str]:
 def test_registry_down_follows_the_failure_policy(world: World) -> None:
     dead = f"127.0.0.1:{free_port()}/webhook/gone:v1"
     with black_hole() as hole:
-        for image in (dead, f"{hole}/webhook/stuck:v1"):
+        for image, api_timeout in ((dead, 10), (f"{hole}/webhook/stuck:v1", 3)):
             p = pod("down", [image])
-            resp = world.fail.admit("/mutate", review(p))
+            # the API server's timeoutSeconds of 3 s: the stuck registry is waited for 2 s, not --deadline's 8 s
+            resp = world.fail.admit("/mutate", review(p), api_timeout=api_timeout)
             assert resp["allowed"] is False and resp["status"]["code"] == 503
             assert "registry" in resp["status"]["message"] or "deadline" in resp["status"]["message"]
-            resp = world.ignore.admit("/mutate", review(p))
+            resp = world.ignore.admit("/mutate", review(p), api_timeout=api_timeout)
             assert resp["allowed"] is True and "not checked (failure policy ignore)" in resp["warnings"][0]
             assert "affinity" not in apply(p, resp)["spec"]
     # outside the allow-list: refused without a connection, per the same policy
