@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LISTEN = "127.0.0.1:50050"
 MIB = 1024 * 1024
+DEFAULT_STATE_MAX_BYTES = 64 * MIB  # server/inventory/inventory_snapshot.py DEFAULT_MAX_BYTES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replica-id", default="", metavar="ID",
                    help="this replica's name among those sharing the inventory through --store (default: random; "
                    "a Deployment can pass the pod name)")
+    p.add_argument("--state-file", default=None, metavar="PATH",
+                   help="remember the registered nodes and their features in PATH (written atomically, mode 0600, at "
+                   "most every 5 s when something changed and on a graceful stop) and hold them again at start: "
+                   "each must renew within its lease or it leaves (docs/inventory.md, Restarts). Not with --store")
+    p.add_argument("--state-max-mib", type=float, default=DEFAULT_STATE_MAX_BYTES / MIB, metavar="MIB",
+                   help=f"a snapshot larger than this is neither written nor read (default "
+                   f"{DEFAULT_STATE_MAX_BYTES // MIB}; 10,000 nodes take ~1.3 MB)")
     p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
     p.add_argument("--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one")
     p.add_argument(
@@ -142,6 +150,15 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         raise ValueError("--store-cert and --store-key go together (the client certificate and its key)")
     if args.replica_id and (not args.replica_id.isprintable() or "/" in args.replica_id or len(args.replica_id) > 128):
         raise ValueError("--replica-id: at most 128 printable characters, no '/'")
+    if args.state_file is not None:
+        if args.store:
+            raise ValueError("--state-file is for one aggregator: replicas sharing --store etcd:// hold their "
+                             "registrations in etcd already (docs/inventory.md, Restarts)")
+        state_dir = os.path.dirname(os.path.abspath(args.state_file))
+        if not args.state_file or not os.path.isdir(state_dir):
+            raise ValueError(f"--state-file {args.state_file!r}: its directory {state_dir} does not exist")
+    if not (math.isfinite(args.state_max_mib) and 0 < args.state_max_mib <= 4096):
+        raise ValueError("--state-max-mib must be within (0, 4096]")
     server_creds = node_creds = None
     if args.tls_cert or args.tls_key:
         server_creds = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
@@ -179,6 +196,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         store_cert=args.store_cert,
         store_key=args.store_key,
         replica_id=args.replica_id,
+        state_file=args.state_file,
+        state_max_bytes=int(args.state_max_mib * MIB),
         concurrency=args.concurrency,
         node_timeout=args.node_timeout,
         pool_bytes=int(args.pool_mib * MIB),

@@ -117,6 +117,8 @@ class FeatureStore:
         self._aliases: dict[str, str] = {}
         self.listeners: list[Listener] = []
         self.stats = _Stats()
+        # bumped by every write, heartbeats included (a snapshot writer compares it: "did anything change?")
+        self.generation = 0
 
     # -- writing -----------------------------------------------------------------------------------
     def put(
@@ -170,6 +172,7 @@ class FeatureStore:
                 labels=tuple(sorted((labels or (old and dict(old.labels)) or {}).items())),
             )
             self._nodes[key] = new
+            self.generation += 1
         self._notify(old, new)
         return new
 
@@ -220,6 +223,7 @@ class FeatureStore:
                 labels=tuple(sorted((labels or (old and dict(old.labels)) or {}).items())),
             )
             self._nodes[key] = new
+            self.generation += 1
         self._notify(old, new)
         return new
 
@@ -234,6 +238,7 @@ class FeatureStore:
             new = replace(old, heard_at=time.monotonic(), round_id=max(round_id, old.round_id), state=STATE_OK,
                           error="", probed_at=max(_not_after_now(probed_at), old.probed_at))
             self._nodes[key] = new
+            self.generation += 1
         if old.state != STATE_OK:
             self._notify(old, new)
         return True
@@ -247,6 +252,7 @@ class FeatureStore:
             else:
                 new = NodeRecord(key=key, name=name, state=state, error=error)
             self._nodes[key] = new
+            self.generation += 1
         if old is None or old.state != state:
             self._notify(old, new)
         return new
@@ -255,6 +261,7 @@ class FeatureStore:
         """The node left the fleet."""
         with self._lock:
             old = self._nodes.pop(key, None)
+            self.generation += 1
             if old is not None and old.has_features:
                 self._release(old.fingerprint)
         if old is not None:

@@ -32,6 +32,12 @@ from nodecompat.server.fleet.fleet_watch import FleetWatchHub
 from nodecompat.server.inventory.first_check import FirstHealthChecks
 from nodecompat.server.inventory.fleet_leases import DEFAULT_MAX_HEARTBEATS_PER_SECOND
 from nodecompat.server.inventory.fleet_nodes import MAX_REGISTRATIONS, FleetNode, NodeInventory
+from nodecompat.server.inventory.inventory_snapshot import (
+    DEFAULT_MAX_BYTES,
+    WRITE_INTERVAL,
+    SnapshotWriter,
+    load_snapshot,
+)
 from nodecompat.server.inventory.inventory_sync import InventorySync, SyncConfig
 from nodecompat.server.inventory.registration_auth import RegistrationPolicy
 from nodecompat.server.inventory.registration_health import set_registration_health, watch_registration_health
@@ -108,6 +114,10 @@ class AggregatorConfig:
     # This replica's name among those sharing the inventory through the store (server/inventory/inventory_shards.py);
     # "" picks a random one. A Deployment can pass the pod name.
     replica_id: str = ""
+    # The inventory snapshot (server/inventory/inventory_snapshot.py): None keeps nothing across restarts.
+    state_file: str | None = None
+    state_max_bytes: int = DEFAULT_MAX_BYTES  # a bigger snapshot is not written (`--state-max-mib`)
+    state_interval: float = WRITE_INTERVAL  # s: at most one write this often, when something changed
 
 
 class AggregatorDaemon:
@@ -173,9 +183,20 @@ class AggregatorDaemon:
             self.service.push = self.sync.push
             self.service.store = self.store
             self.service.fleet_watch = FleetWatchHub(self.store, self.inventory.nodes)
+        self.state: SnapshotWriter | None = None
+        if config.state_file:
+            if self.inventory.store is not None:
+                raise ValueError("--state-file is for one aggregator: replicas sharing --store etcd:// hold their "
+                                 "registrations in etcd already (docs/inventory.md, Restarts)")
+            self.state = SnapshotWriter(config.state_file, self.inventory, self.store,
+                                        max_bytes=config.state_max_bytes, interval=config.state_interval,
+                                        health=self.health)
 
     def start(self) -> int:
         self.inventory.load()
+        if self.state is not None:  # before serving: restored nodes are answered from the first call
+            load_snapshot(self.state.path, self.inventory, self.store, self.sync.push if self.sync else None,
+                          max_bytes=self.config.state_max_bytes)
         raise_open_file_limit()
         self.port = bind(self.runtime, self.config.listen, self.config.server_credentials)
         self.runtime.start()
@@ -186,6 +207,8 @@ class AggregatorDaemon:
             self.shards.start()
         if self.sync is not None:
             self.sync.start()
+        if self.state is not None:
+            self.state.start()
         set_health(self.health, [FLEET_SERVICE], True)
         set_registration_health(self.health, self.inventory.store)
         log.info("aggregator serving on %s (port %d); %s", self.config.listen, self.port,
@@ -200,6 +223,8 @@ class AggregatorDaemon:
         self.health.enter_graceful_shutdown()
         self.first_checks.stop()
         self.runtime.stop(self.config.grace if grace is None else grace)
+        if self.state is not None:  # no RPC changes it any more: the last write
+            self.state.stop()
         if self.shards is not None:
             self.shards.stop()
         if self.sync is not None:

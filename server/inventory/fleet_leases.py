@@ -65,6 +65,24 @@ class _Lease:
     node: FleetNode
     expires: float
     principal: str = "anonymous"  # who registered it (server/inventory/registration_auth.py); only they renew
+    ttl: float = 0.0  # s: the lease granted last (what a snapshot keeps: server/inventory/inventory_snapshot.py)
+
+
+def registration_problem(name: str, address: str) -> str:
+    """Why a registration of `name` at `address` is refused before any lookup ("" when it is not): the name's
+    rules, the address's length and form, no wildcard host (RegisterNode's INVALID_ARGUMENT)."""
+    if problem := name_problem(name):
+        return f"name {problem}"
+    if len(address) > MAX_ADDRESS:
+        return f"address must be at most {MAX_ADDRESS} characters"
+    try:
+        host, _port = split_address(address)
+    except ValueError as exc:
+        return f"address {exc}"
+    if is_wildcard_host(host):
+        return (f"address {address!r} has a wildcard host ({host or 'empty'}): it means 'every interface' to a "
+                "listener and cannot be dialled; register the node's reachable address (serve --advertise)")
+    return ""
 
 
 class LeaseRegistry:
@@ -145,19 +163,8 @@ class LeaseRegistry:
     ) -> float | None:
         if not wait and self.store is not None:
             return None
-        if problem := name_problem(name):
-            raise ValueError(f"name {problem}")
-        if len(address) > MAX_ADDRESS:
-            raise ValueError(f"address must be at most {MAX_ADDRESS} characters")
-        try:
-            host, _port = split_address(address)
-        except ValueError as exc:
-            raise ValueError(f"address {exc}") from None
-        if is_wildcard_host(host):
-            raise ValueError(
-                f"address {address!r} has a wildcard host ({host or 'empty'}): it means 'every interface' to a "
-                "listener and cannot be dialled; register the node's reachable address (serve --advertise)"
-            )
+        if problem := registration_problem(name, address):
+            raise ValueError(problem)
         clean = check_labels(labels, "labels")
         granted = self.grant_ttl(ttl)
         if wait:
@@ -210,7 +217,7 @@ class LeaseRegistry:
         contact = self._contacts.get(address)
         if (previous is not None and previous.node.address == address and previous.principal == principal
                 and previous.node.labels == labels and self._lease_by_address.get(address) == name):
-            previous.expires = now + ttl  # a renewal (a heartbeat): the lease's node stays as it is
+            previous.expires, previous.ttl = now + ttl, ttl  # a renewal (a heartbeat): the node stays as it is
             if contact is not None:
                 contact.at = utc_now()
                 return
@@ -221,9 +228,49 @@ class LeaseRegistry:
         holder = self._lease_by_address.get(address)
         if holder is not None and holder != name and holder in self._leases:
             self._drop_lease(holder, "its address was taken in the shared store")
-        self._leases[name] = _Lease(FleetNode(name, address, dict(labels), SOURCE_REGISTERED), now + ttl, principal)
+        self._leases[name] = _Lease(FleetNode(name, address, dict(labels), SOURCE_REGISTERED), now + ttl, principal,
+                                    ttl)
         self._lease_by_address[address] = name
         self._contacts[address] = replace(contact or Contact(utc_now(), "UNKNOWN"), at=utc_now())
+
+    def restore(
+        self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str
+    ) -> tuple[str, float]:
+        """Hold a lease read back from a snapshot (server/inventory/inventory_snapshot.py): checked as a new
+        RegisterNode is (name, address, labels, collisions with leases held, the nodes file and DNS,
+        max_registrations), its timer started now for `ttl` s (bounded as grant_ttl bounds a lease; NaN or
+        <= 0: lease_ttl), bound to `principal`. ("", the lease's ttl) when held, else (why not, 0.0): nothing
+        changed."""
+        if problem := registration_problem(name, address):
+            return problem, 0.0
+        try:
+            clean = check_labels(labels, "labels")
+        except ValueError as exc:
+            return str(exc), 0.0
+        if not principal or len(principal) > 256 or not principal.isprintable():
+            return "principal must be 1-256 printable characters", 0.0
+        top = max(self.lease_ttl, MAX_LEASE_TTL, MAX_SCALED_TTL)
+        ttl = min(max(ttl, MIN_LEASE_TTL), top) if ttl > 0 and math.isfinite(ttl) else self.lease_ttl
+        with self._lock:
+            if name in self._leases:
+                return f"node {name!r} is registered already", 0.0
+            holder = self._lease_by_address.get(address)
+            if holder is not None:
+                return f"address {address} is held by registered node {holder!r}", 0.0
+            try:
+                self._check_shadowing(name, address)
+            except (AddressInUse, NameInUse) as exc:
+                return str(exc), 0.0
+            if len(self._leases) >= self.max_registrations:
+                return f"the aggregator holds {len(self._leases)} registrations (--max-registrations)", 0.0
+            self._put_lease(name, address, clean, ttl, principal, self._clock())
+        return "", ttl
+
+    def lease_states(self) -> list[tuple[FleetNode, str, float]]:
+        """(node, principal, granted ttl s) of every live lease, under one lock (what a snapshot writes)."""
+        now = self._clock()
+        with self._lock:
+            return [(lease.node, lease.principal, lease.ttl) for lease in self._leases.values() if lease.expires > now]
 
     def apply_stored(self, name: str, lease: StoredLease | None) -> None:
         """A change seen in the shared store (any replica's registration; None: it left the store)."""

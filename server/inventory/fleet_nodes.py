@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 from nodecompat.hostport import is_wildcard_host, split_address
@@ -298,6 +299,19 @@ class NodeInventory(LeaseRegistry):
             for address, health, reported_name in contacts:
                 prev = got.get(address)
                 got[address] = Contact(now, health, reported_name or (prev.reported_name if prev else ""))
+
+    def healths(self) -> dict[str, str]:
+        """address -> the health last seen there, for every address with a contact (one lock)."""
+        with self._lock:
+            return {a: c.health for a, c in self._contacts.items()}
+
+    def restore_contact(self, address: str, health: str, at: datetime) -> None:
+        """A contact read back from a snapshot: `health` seen at `at` (before the restart). A first health
+        check skips the address unless health is UNKNOWN; ListNodes checks it again once `at` is older than
+        its HEALTH_STALE_AFTER, as any contact (server/inventory/inventory_snapshot.py)."""
+        with self._lock:
+            prev = self._contacts.get(address)
+            self._contacts[address] = Contact(at, health, prev.reported_name if prev else "")
 
     # -- background refresh ------------------------------------------------------------------------
     def start(self, file_interval: float = 2.0) -> None:

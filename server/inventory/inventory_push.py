@@ -197,6 +197,13 @@ class PushedNodes:
         for node in nodes:
             self.sync.note_node(node)
 
+    def restore(self, address: str, name: str, fingerprint: str, round_id: int, probed_at: float,
+                ttl: float) -> None:
+        """A node read back from a snapshot whose record the store holds again (inventory_snapshot.py): its
+        next heartbeat announcing the same fingerprint is a plain renewal (no fetch); no stream is opened."""
+        with self._lock:
+            self._nodes[address] = _Pushed(name, fingerprint, round_id, probed_at, 2 * ttl / 3 + 1.0)
+
     def is_pushed(self, address: str) -> bool:
         with self._lock:
             return address in self._nodes
