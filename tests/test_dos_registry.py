@@ -25,6 +25,8 @@ from nodecompat.oci.errors import DeadlineExceededError
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc, node_pb2, node_pb2_grpc
 
 HANG_SECONDS = 60.0
+CALL_DEADLINE = 3.0  # s: the caller's deadline of each slow-registry call (the trickle sends 3 bytes meanwhile)
+WATCH_DEADLINE = 10.0  # s: each slow WatchFleet's deadline; the slots they hold are tested within it
 
 
 @pytest.fixture(params=["headers", "body"])
@@ -67,7 +69,7 @@ def _call_all(fn, n: int) -> list[grpc.RpcError | object]:  # type: ignore[no-un
         t.start()
     for t in threads:
         t.join(HANG_SECONDS)
-    assert not any(t.is_alive() for t in threads), "calls with a 5 s deadline still running"
+    assert not any(t.is_alive() for t in threads), f"calls with a {CALL_DEADLINE:g} s deadline still running"
     return out
 
 
@@ -81,7 +83,8 @@ def test_daemon_twenty_slow_registry_calls_neither_wedge_it_nor_stop_health(
             stub = node_pb2_grpc.NodeServiceStub(ch)
             results = _call_all(
                 lambda i: stub.ValidateImage(
-                    node_pb2.ValidateImageRequest(image=f"{trickle.address}/a/b:c{i}", plain_http=True), timeout=5
+                    node_pb2.ValidateImageRequest(image=f"{trickle.address}/a/b:c{i}", plain_http=True),
+                    timeout=CALL_DEADLINE,
                 ),
                 20,
             )
@@ -107,7 +110,8 @@ def test_aggregator_twenty_slow_registry_calls_neither_wedge_it_nor_stop_health(
             stub = fleet_pb2_grpc.FleetServiceStub(ch)
             results = _call_all(
                 lambda i: list(stub.ValidateFleet(
-                    fleet_pb2.ValidateFleetRequest(image=f"{trickle.address}/a/b:c{i}", plain_http=True), timeout=5
+                    fleet_pb2.ValidateFleetRequest(image=f"{trickle.address}/a/b:c{i}", plain_http=True),
+                    timeout=CALL_DEADLINE,
                 )),
                 20,
             )
@@ -126,7 +130,9 @@ def test_watchfleet_specs_resolving_from_a_slow_registry_do_not_starve_other_wat
     """Review finding: WatchFleet resolved its image on the loop's default executor (6 threads on 2 cores)
     that every watcher's membership/event work shares, and before taking a watcher slot. 20 watches naming
     an image on a trickling registry left an inline-spec watcher without its first `synced` for its whole
-    25 s deadline; 40 were all accepted past the cap of 32. Now resolution has its own pool, after the slot."""
+    25 s deadline; 40 were all accepted past the cap of 32. Now resolution has its own pool, after the slot.
+    The slow watches' WATCH_DEADLINE (10 s) leaves room for the inline watcher's sync and the 32 more calls
+    while the first 20 hold their slots; every one that holds a slot then ends DEADLINE_EXCEEDED."""
     from nodecompat.server.fleet.fleet_watch import MAX_FLEET_WATCHERS
     from nodecompat.v1 import inventory_pb2
 
@@ -137,7 +143,7 @@ def test_watchfleet_specs_resolving_from_a_slow_registry_do_not_starve_other_wat
             stub = fleet_pb2_grpc.FleetServiceStub(ch)
             slow = [
                 stub.WatchFleet(inventory_pb2.WatchFleetRequest(image=f"{trickle.address}/a/b:w{i}", plain_http=True),
-                                timeout=20)
+                                timeout=WATCH_DEADLINE)
                 for i in range(20)
             ]
             end = time.monotonic() + HANG_SECONDS  # the slow resolutions are under way (6 fill the old pool)
@@ -150,7 +156,7 @@ def test_watchfleet_specs_resolving_from_a_slow_registry_do_not_starve_other_wat
             legit.cancel()
             extra = [
                 stub.WatchFleet(inventory_pb2.WatchFleetRequest(image=f"{trickle.address}/a/b:x{i}", plain_http=True),
-                                timeout=20)
+                                timeout=WATCH_DEADLINE)
                 for i in range(MAX_FLEET_WATCHERS)
             ]
             codes = []
