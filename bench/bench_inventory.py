@@ -379,9 +379,18 @@ def main() -> None:
 
 def push_part(n: int, k: int, lease_ttl: float) -> None:
     """The registered-node figures: the push model (bench/inventory_push_sim.py)."""
-    from inventory_push_sim import push_rows  # type: ignore[import-not-found]
+    import secrets
 
-    push_rows(n, k, row, rss_bytes, process_cpu, LIMIT_NODE_BYTES, LIMIT_RESUBSCRIBE_S, lease_ttl=lease_ttl)
+    from inventory_push_sim import push_rows  # type: ignore[import-not-found]
+    from inventory_restart_sim import restart_rows  # type: ignore[import-not-found]
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-state-"))
+    state, seed = tmp / "inventory.state", secrets.token_hex(8)
+    ports = push_rows(n, k, row, rss_bytes, process_cpu, LIMIT_NODE_BYTES, LIMIT_RESUBSCRIBE_S, lease_ttl=lease_ttl,
+                      state_file=state, seed=seed)
+    sys.stdout.flush()
+    # the restart rows: an aggregator process started on the snapshot the push rows' aggregator wrote at its stop
+    restart_rows(n, k, lease_ttl, state, ports, seed, row, process_cpu, LIMIT_RESUBSCRIBE_S)
 
 
 if __name__ == "__main__":

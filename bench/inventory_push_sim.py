@@ -35,6 +35,7 @@ with grpc.client_idle_timeout_ms (experiments).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import resource
@@ -59,7 +60,8 @@ WAIT_ALL = 120.0  # s: past this the rows are printed for the nodes held, and sa
 
 def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> None:
     import grpc
-    from bench_inventory import node_address, profiles  # type: ignore[import-not-found]
+    from bench_inventory import node_address, profiles
+    from grpc_health.v1 import health_pb2  # type: ignore[import-not-found]
 
     from nodecompat import wire
     from nodecompat.fleet.fingerprint import fingerprint
@@ -86,6 +88,8 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
         m.features.attributes["system.name"].elements["nodename"] = m.node_name
         answers[i % k].append(inventory_pb2.WatchFeaturesResponse(features=m).SerializeToString())
     served = [0] * k
+    seed = os.environ.get("BENCH_LEASE_SEED", "")  # the same lease keys in a second simulator (restart rows)
+    fixed_ports = [int(x) for x in os.environ.get("BENCH_PORTS", "").split(",") if x]  # the same addresses
 
     def handler(p: int) -> grpc.GenericRpcHandler:
         async def watch(request, context):  # type: ignore[no-untyped-def]
@@ -97,6 +101,14 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
         return grpc.method_handlers_generic_handler("nodecompat.v1.NodeService", {
             "WatchFeatures": grpc.unary_stream_rpc_method_handler(
                 watch, request_deserializer=inventory_pb2.WatchFeaturesRequest.FromString, response_serializer=None)})
+
+    serving = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
+
+    async def check(request, context):  # type: ignore[no-untyped-def]
+        return serving  # a daemon's health answer: SERVING (the aggregator's first health checks)
+
+    health = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(check, request_deserializer=None, response_serializer=None)})
 
     shared = int(os.environ.get("BENCH_PUSH_CHANNELS", "0"))  # an experiment: nodes share this many channels
     pool: list[grpc.aio.Channel] = []
@@ -114,13 +126,17 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
                                             round_id=1, fingerprint=changes[i % k].fingerprint)
         req.probed_at.CopyFrom(changes[i % k].probed_at)
         req.identity["system.name"].elements["nodename"] = req.name
-        md = ((LEASE_KEY_METADATA, secrets.token_hex(32)),)
+        key = hashlib.sha256(f"{seed}:{i}".encode()).hexdigest() if seed else secrets.token_hex(32)
+        md = ((LEASE_KEY_METADATA, key),)
         beat = lease_ttl / 3
         async with gate:  # the first registration (retried as LeaseKeeper does, on its beat), bounded in flight
             while True:
                 try:
                     beat = (await register(req, timeout=10, metadata=md)).ttl_seconds / 3
                     stats["ok"] += 1
+                    stats["first"] += 1
+                    if stats["first"] == n:  # every node registered once: the restart rows' end
+                        Path(port_file + ".done").write_text(f"{time.perf_counter() - t0[0]} {sum(served)}")
                     break
                 except grpc.aio.AioRpcError as exc:
                     stats[exc.code().name] = stats.get(exc.code().name, 0) + 1
@@ -143,18 +159,21 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
             if per_beat:
                 await channel.close()
 
+    t0 = [0.0]
+
     async def run() -> None:
         servers, ports = [], []
         for p in range(k):
             server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-            server.add_generic_rpc_handlers((handler(p),))
-            ports.append(server.add_insecure_port("0.0.0.0:0"))
+            server.add_generic_rpc_handlers((handler(p), health))
+            ports.append(server.add_insecure_port(f"0.0.0.0:{fixed_ports[p] if fixed_ports else 0}"))
             await server.start()
             servers.append(server)
         gate = asyncio.Semaphore(REGISTER_IN_FLIGHT)
-        stats: dict[str, int] = {"ok": 0}
+        stats: dict[str, int] = {"ok": 0, "first": 0}
+        t0[0] = time.perf_counter()
         tasks = [asyncio.ensure_future(node(i, ports, gate, stats)) for i in range(n)]
-        Path(port_file).write_text("ready")
+        Path(port_file).write_text(",".join(map(str, ports)))
         while True:
             await asyncio.sleep(5)
             print(f"  (simulator: {stats})", file=sys.stderr, flush=True)
@@ -181,14 +200,18 @@ def count_held(store: Any, n: int) -> tuple[list[int], threading.Event]:
 
 def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss_bytes: Callable[[], int],
               process_cpu: Callable[[str], float], limit_node_bytes: float, limit_restart_s: float,
-              lease_ttl: float = LEASE_TTL, wait_all: float = WAIT_ALL) -> None:
+              lease_ttl: float = LEASE_TTL, wait_all: float = WAIT_ALL, state_file: Path | None = None,
+              seed: str = "") -> str:
     """Start an aggregator here and the simulator as a child; print the push rows (module doc). lease_ttl: the
-    aggregator's lease (heartbeats every third of it); wait_all: seconds to wait for every node to be held."""
+    aggregator's lease (heartbeats every third of it); wait_all: seconds to wait for every node to be held;
+    state_file: the aggregator keeps its snapshot there (written on demand here: the write rows, and at its
+    stop); seed: the simulated daemons' lease keys derive from it. Returns the simulator's ports (comma-joined)."""
     import gc
 
     from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
     from nodecompat.server.fleet.channel_pool import TRIM_DELAY
     from nodecompat.server.inventory.fleet_leases import MAX_SCALED_TTL
+    from nodecompat.server.inventory.inventory_snapshot import WRITE_INTERVAL
     from nodecompat.server.inventory.inventory_sync import SyncConfig
     from nodecompat.server.inventory.registration_auth import RegistrationPolicy
 
@@ -196,7 +219,8 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     agg = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=lease_ttl, max_registrations=n,
                                             registration=RegistrationPolicy(allow_unauthenticated=True),
-                                            sync=SyncConfig()))
+                                            sync=SyncConfig(), state_file=str(state_file) if state_file else None,
+                                            state_interval=3600.0))
     port = agg.start()
     assert agg.store is not None and agg.sync is not None and agg.sync.push is not None
     push, store = agg.sync.push, agg.store
@@ -216,11 +240,13 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
     rss0 = rss_bytes()
     cpu0 = process_cpu("self")
     sim = subprocess.Popen([sys.executable, __file__, "--simulate", str(ready), f"127.0.0.1:{port}", str(n), str(k),
-                            str(lease_ttl)], env={**os.environ, "PYTHONPATH": str(ROOT / "bench")})
+                            str(lease_ttl)], env={**os.environ, "PYTHONPATH": str(ROOT / "bench"),
+                                                 "BENCH_LEASE_SEED": seed})
     try:
-        while not ready.exists():
+        while not (ready.exists() and ready.read_text()):
             assert sim.poll() is None, "the simulator ended"
             time.sleep(0.02)
+        ports = ready.read_text()
         t0 = time.perf_counter()
         sim0 = process_cpu(str(sim.pid))
         all_held.wait(wait_all)
@@ -291,6 +317,17 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         else:  # not every node held: not the figure the issue asks for, whatever it divides to
             print(f"ROW {name} | {(rss2 - rss0) / max(1, got):,.0f} B a held node, only {got} of {n} held | issue 12 "
                   f"limit {limit_node_bytes:,.0f} B | ratio n/a | target <= 1 with all {n} held | NOT MET")
+        if agg.state is not None:  # the snapshot of what is held now, written 3 times (inventory/inventory_snapshot.py)
+            cpu = []
+            for _ in range(3):
+                agg.state.write_now(force=True)
+                cpu.append(agg.state.last_cpu)
+            cpu.sort()
+            print(f"ROW snapshot write at {got} registered nodes ({store.distinct_sets()} sets; collect, serialize, "
+                  f"fsync'd atomic write, off the loop) | {cpu[1] * 1e3:.0f} ms CPU (min {cpu[0] * 1e3:.0f}, max "
+                  f"{cpu[2] * 1e3:.0f}), {agg.state.last_bytes:,} bytes | no issue limit (at most one write every "
+                  f"{WRITE_INTERVAL:g} s) | ratio n/a | info")
+        return ports
     finally:
         sim.terminate()
         sim.wait()
