@@ -238,3 +238,18 @@ def test_state_file_with_etcd_is_refused(tmp_path: Path) -> None:
                         f"127.0.0.1:{free_port()}", "--state-file", str(tmp_path / "s"), "--store",
                         "etcd://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--state-file is for one aggregator" in r.stderr, r.stderr
+
+
+def test_the_systemd_unit_keeps_the_snapshot_in_its_state_directory() -> None:
+    from nodecompat.clients.cli import build_parser
+    from nodecompat.clients.cmd_aggregator import build_config
+
+    unit = (Path(__file__).resolve().parents[1] / "deploy/systemd/nodecompat-aggregator.service").read_text()
+    keys = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert keys["StateDirectory"] == "nodecompat-aggregator" and keys["DynamicUser"] == "yes"
+    state_dir = "/tmp"  # what systemd sets STATE_DIRECTORY to, here an existing directory
+    argv = keys["ExecStart"].replace("${STATE_DIRECTORY}", state_dir).replace(
+        "$NODECOMPAT_ARGS", keys["Environment"].removeprefix("NODECOMPAT_ARGS=")).split()
+    assert argv[:2] == ["/usr/local/bin/nodecompat", "aggregator"]
+    config = build_config(build_parser().parse_args(argv[1:]))
+    assert config.state_file == f"{state_dir}/inventory.state"
