@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Queue
@@ -397,6 +397,24 @@ def test_grpcurl_lists_and_calls_the_new_rpcs(inv: InvFleet) -> None:
     def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
 
+    def grpcurl_stream(done: Callable[[str], bool], *args: str) -> str:
+        """A streaming call through grpcurl (bounded by its -max-time): its output (stderr after stdout)
+        once `done(output)` holds (grpcurl is then stopped: the stream never ends on its own) or grpcurl
+        has exited."""
+        proc = subprocess.Popen([GRPCURL, "-plaintext", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        out = ""
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # ends when grpcurl exits at -max-time at the latest
+                out += line
+                if done(out):
+                    break
+        finally:
+            proc.kill()
+            proc.wait(30)
+        return out
+
     node = inv.nodes["gpu-1"].address
     listed = grpcurl(node, "list", "nodecompat.v1.NodeService")
     assert "nodecompat.v1.NodeService.WatchFeatures" in listed.stdout, listed.stderr
@@ -404,15 +422,16 @@ def test_grpcurl_lists_and_calls_the_new_rpcs(inv: InvFleet) -> None:
     assert {"nodecompat.v1.FleetService.WatchFleet", "nodecompat.v1.FleetService.WhatIf"} <= set(
         listed.stdout.split()), listed.stderr
     # the first message of WatchFeatures: the current features with round id and fingerprint
-    got = grpcurl("-max-time", "3", "-d", '{"heartbeat_seconds": 1}', node, "nodecompat.v1.NodeService/WatchFeatures")
-    first = json.loads(got.stdout[: got.stdout.index("\n}\n") + 2])
-    assert set(first) == {"features"}, got.stdout[:300]
+    got = grpcurl_stream(lambda out: "\n}\n" in out, "-max-time", "3", "-d", '{"heartbeat_seconds": 1}', node,
+                         "nodecompat.v1.NodeService/WatchFeatures")
+    first = json.loads(got[: got.index("\n}\n") + 2])
+    assert set(first) == {"features"}, got[:300]
     change = first["features"]
     assert change.get("nodeName", change.get("node_name")) == "gpu-1", list(change)
     assert change["fingerprint"].startswith("sha256:") and int(change.get("roundId", change.get("round_id"))) >= 1
-    got = grpcurl("-max-time", "3", "-d", json.dumps({"spec": NVIDIA_ONLY}), inv.address,
-                  "nodecompat.v1.FleetService/WatchFleet")
-    assert '"synced"' in got.stdout and '"COMPATIBLE"' in got.stdout, got.stderr
+    got = grpcurl_stream(lambda out: '"synced"' in out and '"COMPATIBLE"' in out, "-max-time", "3", "-d",
+                         json.dumps({"spec": NVIDIA_ONLY}), inv.address, "nodecompat.v1.FleetService/WatchFleet")
+    assert '"synced"' in got and '"COMPATIBLE"' in got, got[-2000:]
     got = grpcurl("-d", json.dumps({"specs": [{"spec": NVIDIA_ONLY, "name": "nv"}], "selector": {"host": "amd-mi300"}}),
                   inv.address, "nodecompat.v1.FleetService/WhatIf")
     (row,) = json.loads(got.stdout)["rows"]
