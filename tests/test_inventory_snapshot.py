@@ -253,3 +253,34 @@ def test_the_systemd_unit_keeps_the_snapshot_in_its_state_directory() -> None:
     assert argv[:2] == ["/usr/local/bin/nodecompat", "aggregator"]
     config = build_config(build_parser().parse_args(argv[1:]))
     assert config.state_file == f"{state_dir}/inventory.state"
+
+
+def test_a_snapshot_over_the_limit_is_not_written_and_health_says_so(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from nodecompat.server.inventory.inventory_snapshot import STATE_HEALTH
+
+    state = tmp_path / "state"
+
+    def status(address: str) -> int:
+        with grpc.insecure_channel(address) as ch:
+            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=STATE_HEALTH),
+                                                        timeout=10).status
+
+    with aggregator(state_file=str(state), state_max_bytes=200, registration=RegistrationPolicy(
+            allow_unauthenticated=True), sync=SyncConfig(), check_new_nodes=False) as agg:
+        address = agg.address  # type: ignore[attr-defined]
+        assert agg.state is not None and status(address) == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(address) as ch:
+            for i in range(4):  # leases only (no fingerprint): ~60 bytes each in the snapshot
+                fleet_pb2_grpc.FleetServiceStub(ch).RegisterNode(fleet_pb2.RegisterNodeRequest(
+                    name=f"big-{i}", address=f"127.0.3.{i + 1}:7000", labels={"rack": "r" * 40}), timeout=10,
+                    metadata=[(LEASE_KEY_METADATA, secrets.token_hex(32))])
+        assert not agg.state.write_now()
+        assert not state.exists() and "over --state-max-mib" in agg.state.problem
+        assert "over --state-max-mib" in caplog.text
+        wait_until(lambda: status(address) == health_pb2.HealthCheckResponse.NOT_SERVING, 10, "NOT_SERVING")
+        agg.state.max_bytes = 1 << 20  # the operator's larger limit: the next write goes through
+        assert agg.state.write_now() and state.exists()
+        wait_until(lambda: status(address) == health_pb2.HealthCheckResponse.SERVING, 10, "SERVING again")
