@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "each must renew within its lease or it leaves (docs/inventory.md, Restarts). Not with --store")
     p.add_argument("--state-max-mib", type=float, default=DEFAULT_STATE_MAX_BYTES / MIB, metavar="MIB",
                    help=f"a snapshot larger than this is neither written nor read (default "
-                   f"{DEFAULT_STATE_MAX_BYTES // MIB}; 10,000 nodes take ~1.3 MB)")
+                   f"{DEFAULT_STATE_MAX_BYTES // MIB}; 10,000 nodes take 2.7 MB)")
     p.add_argument("--concurrency", type=int, default=64, help="node calls in flight at once")
     p.add_argument("--node-timeout", type=float, default=10.0, help="per-node deadline (s), inside the overall one")
     p.add_argument(
