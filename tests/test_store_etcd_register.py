@@ -66,7 +66,9 @@ def test_serve_register_fails_over_between_replicas(etcd: Etcd, tmp_path) -> Non
             with FleetClient(address) as client:
                 return {n.name for n in client.list_nodes(timeout=5)}
 
-        wait_for("edge1 registered (through A: the first reachable) and seen by B", lambda: names(b_addr) == {"edge1"})
+        # the daemon logs its registration once A's answer is back, which may be after B already lists it
+        wait_for("edge1 registered (through A: the first reachable) and seen by B",
+                 lambda: names(b_addr) == {"edge1"} and "registered with " in node.log.read_text())
         log = node.log.read_text()
         assert f"registered with {a_addr} as edge1" in log and f"registered with {b_addr}" not in log, log[-3000:]
 
