@@ -27,7 +27,7 @@ from nodecompat.server.node import registration
 from nodecompat.server.node.registration import LeaseKeeper
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)  # these tests are about connections, not identity
-TTL = 3.0  # the lease the keeper asks for: a beat a second, the lease lapses after 3 s without one
+TTL = 2.0  # the lease the keeper asks for: a beat every 0.67 s, the lease lapses after 2 s without one
 
 
 def established(port: int) -> int:
@@ -52,7 +52,7 @@ def watch_connections(port: int, seconds: float) -> list[int]:
 
 
 def renews_without_holding_a_connection(agg: AggregatorDaemon, keeper: LeaseKeeper) -> None:
-    """Over 2 leases (6 beats): the node stays registered (so it renewed: a lease lapses after 3 s), and the
+    """Over 2 leases (6 beats): the node stays registered (so it renewed: a lease lapses after TTL), and the
     aggregator's connection count is 0 at most samples and never above 1 (one beat's call at a time)."""
     port = int(agg.address.rsplit(":", 1)[1])  # type: ignore[attr-defined]
     keeper.start()
