@@ -161,7 +161,7 @@ def fresh_process_ms(root: Path, runs: int) -> float:
 
 
 def _run_closed(probes: list[Probe], host: HostRoot) -> None:
-    runner = ProbeRunner(probes, host)
+    runner = ProbeRunner(probes, host)  # memoizing, as the daemon's: its one round logs for a next one
     try:
         runner.run()
     finally:
@@ -223,39 +223,65 @@ def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
         print(f"  fresh interpreter: imports + first round, median of {subprocess_runs}: {fp:8.1f} ms")
 
 
-def rows(label: str, root: Path, repeats: int, runs: int) -> str:
-    """The table's row: a cold full round (new probe instances, a new runner: probe_once) / the bare
-    reads of the same files, `repeats` times (each the median of `runs`, the two alternating run by run).
-    The ratio is of wall times; beside it the same ratio in process CPU time, which a loaded machine
+def _first_round(host: HostRoot) -> None:
+    """A runner's first round: new probe instances (entry points read), a new runner, nothing to reuse
+    (every memoizable probe's host operations logged for the next round, as the daemon's first round)."""
+    _run_closed(load_probes()[0], host)
+
+
+def rows(label: str, root: Path, repeats: int, runs: int) -> list[str]:
+    """The table's two rows against the bare reads of the same files, `repeats` times (each the median
+    of `runs`; the first round, a steady round and the bare reads alternating run by run):
+    (a) a runner's first round (new probe instances, a new ProbeRunner: no memo; _first_round);
+    (b) a steady round of a long-lived runner on an unchanged host: each memoizable probe's logged host
+    operations are replayed (every file read again, compared), discover() only where an answer
+    changed or the probe is not memoizable (probes/probe_memo.py) - the daemon's cost per round.
+    Ratios of wall times; beside them the same ratios in process CPU time, which a loaded machine
     distorts less (a 4 ms round is preempted more often than a 1.5 ms replay, and waits a time slice
     each time: at load ~17 on the 2 cores, wall ratios of 6-14 were seen where the CPU ratio was ~3)."""
     probes, _ = load_probes()
     all_ops = recorded_ops(root, probes)
     host = HostRoot(root)
-    fig, lim = [], []
-    cpu: list[float] = []  # the same ratio in process CPU time (worker thread included)
-    for _ in range(repeats):
-        # Round and bare reads alternate run by run, so a neighbour's load on the shared machine
-        # weighs on both alike (before: a block of `runs` rounds, then a block of bare reads).
-        f, b, fc, bc = [], [], [], []
-        for _ in range(runs):
-            for fn, wall, used in ((lambda: probe_once(host), f, fc), (lambda: replay(all_ops), b, bc)):
-                c0, t0 = time.process_time(), time.perf_counter()
-                fn()
-                wall.append((time.perf_counter() - t0) * 1000)
-                used.append((time.process_time() - c0) * 1000)
-        fig.append(statistics.median(f))
-        lim.append(statistics.median(b))
-        cpu.append(statistics.median(fc) / statistics.median(bc))
-    ratios = [f / b for f, b in zip(fig, lim, strict=True)]
-    med = statistics.median(ratios)
-    return (
-        f"ROW cold full probe round / bare reads of the same files, {label} | {statistics.median(fig):.2f} ms "
-        f"(min {min(fig):.2f}, max {max(fig):.2f}) | bare reads {statistics.median(lim):.2f} ms "
-        f"(min {min(lim):.2f}, max {max(lim):.2f}), {len(all_ops)} host operations | ratio {med:.2f} "
-        f"(min {min(ratios):.2f}, max {max(ratios):.2f}; in process CPU time {statistics.median(cpu):.2f}, "
-        f"min {min(cpu):.2f}, max {max(cpu):.2f}) | target <= 1.5 | {'met' if med <= 1.5 else 'NOT MET'}"
-    )
+    steady = ProbeRunner(load_probes()[0], host)
+    steady.run()  # its first round: the memo the steady rounds replay
+    kinds = ("first", "steady", "bare")
+    fns = {"first": lambda: _first_round(host), "steady": steady.run, "bare": lambda: replay(all_ops)}
+    med: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}  # process CPU time (worker thread included)
+    try:
+        for _ in range(repeats):
+            # Alternate run by run, so a neighbour's load on the shared machine weighs on all alike.
+            wall: dict[str, list[float]] = {k: [] for k in kinds}
+            used: dict[str, list[float]] = {k: [] for k in kinds}
+            for _ in range(runs):
+                for k in kinds:
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    fns[k]()
+                    wall[k].append((time.perf_counter() - t0) * 1000)
+                    used[k].append((time.process_time() - c0) * 1000)
+            for k in kinds:
+                med[k].append(statistics.median(wall[k]))
+                cpu[k].append(statistics.median(used[k]))
+    finally:
+        steady.close()
+    lim = med["bare"]
+    out = []
+    for k, what in (
+        ("first", "(a) first probe round of a runner (new probe instances, no memo)"),
+        ("steady", "(b) steady probe round of a long-lived runner, unchanged host (reads replayed)"),
+    ):
+        fig = med[k]
+        ratios = [f / b for f, b in zip(fig, lim, strict=True)]
+        cr = [f / b for f, b in zip(cpu[k], cpu["bare"], strict=True)]
+        m = statistics.median(ratios)
+        out.append(
+            f"ROW {what} / bare reads of the same files, {label} | {statistics.median(fig):.2f} ms "
+            f"(min {min(fig):.2f}, max {max(fig):.2f}) | bare reads {statistics.median(lim):.2f} ms "
+            f"(min {min(lim):.2f}, max {max(lim):.2f}), {len(all_ops)} host operations | ratio {m:.2f} "
+            f"(min {min(ratios):.2f}, max {max(ratios):.2f}; in process CPU time {statistics.median(cr):.2f}, "
+            f"min {min(cr):.2f}, max {max(cr):.2f}) | target <= 1.5 | {'met' if m <= 1.5 else 'NOT MET'}"
+        )
+    return out
 
 
 def main() -> int:
@@ -267,8 +293,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.rows:
-        print(rows("this machine (/)", Path("/"), args.repeats, args.runs))
-        print(rows("fixture h100-server", FIXTURE, args.repeats, args.runs))
+        for label, root in (("this machine (/)", Path("/")), ("fixture h100-server", FIXTURE)):
+            print("\n".join(rows(label, root, args.repeats, args.runs)))
         return 0
     sp = 0 if args.no_subprocess else args.subprocess_runs
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")

@@ -138,6 +138,11 @@ class Probe(ABC):
     features: ClassVar[tuple[FeatureInfo, ...]]
     # Seconds after which a discover() call is abandoned and reported as hung.
     timeout: ClassVar[float] = 10.0
+    # True: discover() reads nothing but the host it is given (and inputs it logs with
+    # probe_memo.noted / refuses with probe_memo.not_replayable), so a long-lived runner may reuse
+    # its last result while a replay of its reads answers the same (probes/probe_memo.py). False
+    # (the default, so a plugin nobody audited for it): run every round.
+    memoizable: ClassVar[bool] = False
 
     @abstractmethod
     def discover(self, host: HostRoot) -> ProbeOutput:

@@ -132,6 +132,7 @@ def topology(host: HostRoot) -> dict[str, str]:
 
 class CpuProbe(Probe):
     name = "cpu"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "cpu.cpuid",

@@ -115,6 +115,7 @@ def sst(host: HostRoot, cpuid: CpuidFn | None) -> tuple[dict[str, str] | None, s
 
 class CpuPowerProbe(Probe):
     name = "cpu_power"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "cpu.pstate",

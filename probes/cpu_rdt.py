@@ -65,6 +65,7 @@ def rdt(host: HostRoot, info: CpuInfo, cpuid: CpuidFn | None, notes: list[str]) 
 
 class CpuRdtProbe(Probe):
     name = "cpu_rdt"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "cpu.rdt",

@@ -151,6 +151,7 @@ def x86_security(host: HostRoot, info: CpuInfo | None, cpuid: CpuidFn | None, no
 
 class CpuSecurityProbe(Probe):
     name = "cpu_security"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "cpu.security",

@@ -36,6 +36,7 @@ from nodecompat.probes.nvidia_info import (
     split_version,
 )
 from nodecompat.probes.pci_ids import lookup, marketing_name, read_pci_ids
+from nodecompat.probes.probe_memo import not_replayable
 from nodecompat.probes.sysfs_pci import PCI_DEVICES, PciDevice, list_pci_devices
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ _D = PCI_DEVICES + "/<bdf>/"
 
 class GpuProbe(Probe):
     name = "gpu"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     timeout = 20.0  # NVML init can take seconds on a big box
     features = (
         FeatureInfo(
@@ -214,6 +216,7 @@ class GpuProbe(Probe):
         nvml: NvmlData | None = None
         if any(d.vendor == "10de" for d in gpus):
             if host.root == SLASH:
+                not_replayable(host, "NVML")  # a library call a replay cannot ask again: run every round
                 nvml, why = read_nvml()
                 if why:
                     out.notes.append(why)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes import parsecache
+from nodecompat.probes.probe_memo import RecordingHost, noted
 
 SLASH = Path("/")  # made once: a Path is built and compared part by part
 CPUINFO = "/proc/cpuinfo"
@@ -251,10 +252,18 @@ def cpuid_reader(host: HostRoot) -> CpuidFn | None:
 
     Only for the real root `/`, and only when /dev/cpu/0/cpuid is a readable character device.
     The returned function raises OSError if a read fails. Registers are read once per process (as
-    klauspost/cpuid's init() does for NFD) and then served from memory.
+    klauspost/cpuid's init() does for NFD) and then served from memory. On a probe's recording host
+    (probes/probe_memo.py) the device's state and each register read are logged as inputs.
     """
-    if host.root != SLASH or not _cpuid_device_usable():
+    if host.root != SLASH or not noted(host, _cpuid_device_usable):
         return None
+    if isinstance(host, RecordingHost):  # registers are inputs too: a replay asks for them again
+        recording = host
+
+        def logged(leaf: int, subleaf: int = 0) -> Regs:
+            return noted(recording, _cpuid, leaf, subleaf)
+
+        return logged
     return _cpuid
 
 

@@ -63,6 +63,7 @@ def _int_or_none(v: str | None) -> str | None:
 
 class HugepagesProbe(Probe):
     name = "hugepages"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "memory.hugepages",

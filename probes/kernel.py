@@ -142,6 +142,7 @@ class KernelProbe(Probe):
     """Kernel facts, from procfs/sysfs/config files under the host root."""
 
     name = "kernel"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "kernel.version",

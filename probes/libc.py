@@ -79,6 +79,7 @@ def _read_glibc(host: HostRoot, path: str) -> str | None:
 
 class LibcProbe(Probe):
     name = "libc"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "system.libc",

@@ -94,6 +94,7 @@ def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = N
 
 class LocalProbe(Probe):
     name = "local"
+    memoizable = False  # "# +expiry-time" lines count until a time: its result depends on the clock
     features = (
         FeatureInfo(
             "local.feature",

@@ -15,6 +15,7 @@ from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.hostcpu import SLASH
+from nodecompat.probes.probe_memo import not_replayable
 
 NODE_BUS = "/sys/bus/node/devices"
 SWAPS = "/proc/swaps"
@@ -57,6 +58,7 @@ def node_names(host: HostRoot) -> list[str] | None:
 
 class MemoryProbe(Probe):
     name = "memory"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "memory.numa",
@@ -142,6 +144,7 @@ class MemoryProbe(Probe):
         if host.root == SLASH:
             total, avail, swap = mi.get("MemTotal"), mi.get("MemAvailable"), mi.get("SwapTotal")
             if total is None or swap is None or not avail or avail > total:
+                not_replayable(host, "psutil")  # not the host tree: run every round
                 return _psutil_size()  # psutil's estimates for old kernels and odd values
             # What psutil.virtual_memory().total/.available and swap_memory().total give here (psutil
             # _pslinux.py: MemTotal, MemAvailable when 0 < it <= MemTotal, SwapTotal; kB * 1024), read

@@ -31,6 +31,7 @@ _COMMON = (
 
 class NicProbe(Probe):
     name = "nic"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "network.device",

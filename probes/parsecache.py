@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.probe_memo import RecordingHost, parsed_identity
+from nodecompat.probes.probe_memo import per_round as memo_per_round
 from nodecompat.probes.round_host import RoundHost
 
 T = TypeVar("T")
@@ -49,7 +51,9 @@ def parsed(host: HostRoot, host_path: str, kind: str, parse: Callable[[], T]) ->
     """`parse()` of the file at `host_path`, reused while the file's identity is unchanged.
 
     `kind` names the parse (two parsers of one file do not share an entry). The result is shared
-    between rounds: callers must not change it."""
+    between rounds: callers must not change it. On a probe's recording host (probes/probe_memo.py)
+    the identity is logged and the parse's own reads are not: a replay decides on the identity, as
+    this cache does."""
     ident = identity(host, host_path)
     key = (os.fspath(host.path(host_path)), kind)
     if ident is not None:
@@ -58,7 +62,10 @@ def parsed(host: HostRoot, host_path: str, kind: str, parse: Callable[[], T]) ->
             if hit is not None and hit[0] == ident:
                 _cache.move_to_end(key)
                 return hit[1]  # type: ignore[return-value]
-    value = parse()
+    if ident is not None and isinstance(host, RecordingHost):  # the identity stands for the file (probe_memo)
+        value = parsed_identity(host, ident, parse, lambda: identity(host, host_path))
+    else:
+        value = parse()
     if ident is not None and identity(host, host_path) == ident:  # unchanged while we parsed it
         with _lock:
             _cache[key] = (ident, value)
@@ -75,6 +82,8 @@ def per_round(host: HostRoot, key: str, compute: Callable[[], T]) -> T:
     must not change it. On any other HostRoot (a probe run alone, a recording host) compute() is called."""
     if not isinstance(host, RoundHost):
         return compute()
+    if isinstance(host, RecordingHost):  # the value with the log of the reads it came from
+        return memo_per_round(host, key, compute)
     memo = host.memo
     mkey = ("=", key)
     try:

@@ -18,6 +18,7 @@ _D = PCI_DEVICES + "/<bdf>/"
 
 class PciProbe(Probe):
     name = "pci"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "pci.device",

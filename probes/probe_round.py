@@ -23,6 +23,9 @@ class ProbeStatus:
     features: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     timed_out: bool = False
+    # True: the probe's last output, reused because every host operation it made answered the same
+    # this round (probes/probe_memo.py); discover() was not called. Not sent on the wire.
+    reused: bool = False
 
 
 @dataclass

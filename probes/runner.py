@@ -29,6 +29,7 @@ from nodecompat import tracing
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
+from nodecompat.probes.probe_memo import Memo, RecordingHost, finish, replays
 from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
 from nodecompat.probes.round_host import RoundHost
@@ -41,10 +42,14 @@ __all__ = ["ProbeRound", "ProbeRunner", "ProbeStatus", "probe_once"]  # the roun
 class _Call:
     """One probe's call in a round: filled in by the worker, read by the round."""
 
-    __slots__ = ("error", "finished", "output", "probe", "started", "worker")
+    __slots__ = ("error", "finished", "fresh", "memo", "output", "probe", "record", "reused", "started", "worker")
 
-    def __init__(self, probe: Probe) -> None:
+    def __init__(self, probe: Probe, memo: Memo | None = None, record: bool = False) -> None:
         self.probe = probe
+        self.memo = memo  # the probe's last outcome and the log that validates it (probe_memo.py)
+        self.record = record  # log this call's host operations (the probe is memoizable)
+        self.fresh: Memo | None = None  # this call's memo, when it ran, recorded and succeeded
+        self.reused = False  # the log replayed identically: output is memo.output, discover() not called
         self.output: ProbeOutput | None = None
         self.error: BaseException | None = None
         self.started: float | None = None
@@ -147,18 +152,37 @@ def _release(worker: _Worker) -> None:
 def _discover(call: _Call, host: HostRoot, traced: bool = True) -> None:
     if not traced:  # OpenTelemetry not imported: no span can be recorded (nodecompat/tracing.py)
         try:
-            call.output = call.probe.discover(host)
+            _memoized(call, host)
         except BaseException as exc:  # isolate everything, including SystemExit from a plugin
             call.error = exc
         return
     with _tracer.start_as_current_span(f"probe {call.probe.name}") as span:
         span.set_attribute("nodecompat.probe", call.probe.name)
         try:
-            call.output = call.probe.discover(host)
+            _memoized(call, host)
         except BaseException as exc:  # isolate everything, including SystemExit from a plugin
             call.error = exc
             span.record_exception(exc)
             tracing.set_error(span, str(exc))
+        if call.reused:
+            span.set_attribute("nodecompat.probe.reused", True)
+
+
+def _memoized(call: _Call, host: HostRoot) -> None:
+    """The probe's last output when its log replays identically on this round's host, else discover()
+    (on a recording view of the host when the probe is memoizable; probes/probe_memo.py)."""
+    memo = call.memo
+    if memo is not None and isinstance(host, RoundHost) and replays(memo, host):
+        call.output = memo.output
+        call.reused = True
+        return
+    if call.record and isinstance(host, RoundHost):
+        view = RecordingHost.of(host)
+        out = call.output = call.probe.discover(view)
+        if not _check_output(call.probe, out):
+            call.fresh = finish(view.log, out)
+        return
+    call.output = call.probe.discover(host)
 
 
 class ProbeRunner:
@@ -170,8 +194,15 @@ class ProbeRunner:
         host: HostRoot,
         load_errors: Iterable[LoadError] = (),
         timeout: float | None = None,
+        memoize: bool = True,
     ) -> None:
+        """memoize: reuse a memoizable probe's last output while its logged host operations answer the
+        same (probes/probe_memo.py); False for a runner used once (probe_once), which would only pay
+        for the log."""
         self.probes = list(probes)
+        self.memoize = memoize
+        # id(probe) -> (the probe, its memo); bounded: one per probe, MAX_LOG_BYTES each
+        self._memo: dict[int, tuple[Probe, Memo]] = {}
         self.host = host
         self.load_errors = list(load_errors)
         self.timeout_override = timeout
@@ -246,7 +277,9 @@ class ProbeRunner:
                 )
                 continue
             self._hung.pop(probe.name, None)
-            calls.append(_Call(probe))
+            record = self.memoize and type(probe).memoizable
+            held = self._memo.get(id(probe)) if record else None
+            calls.append(_Call(probe, held[1] if held is not None and held[0] is probe else None, record))
 
         self._run_calls(calls, RoundHost.over(self.host))
 
@@ -273,6 +306,7 @@ class ProbeRunner:
                 else:
                     assert isinstance(call.output, ProbeOutput)
                     st.ok = True
+                    st.reused = call.reused
                     st.notes = list(call.output.notes)
                     undeclared = call.output.features.names() - set(declared)
                     if undeclared:
@@ -285,6 +319,11 @@ class ProbeRunner:
                         features.merge(call.output.features.subset(declared))
                         taken.update(declared)
             statuses[p.name] = st
+            if not call.reused:  # a new outcome (or none): the old memo no longer holds
+                if call.fresh is not None and st.ok:
+                    self._memo[id(p)] = (p, call.fresh)
+                else:
+                    self._memo.pop(id(p), None)
         for le in self.load_errors:
             statuses[le.name] = ProbeStatus(le.name, ok=False, error=le.error)
         ordered = [statuses[k] for k in sorted(statuses)]
@@ -327,7 +366,7 @@ def probe_once(host: HostRoot, only: Iterable[str] | None = None, timeout: float
     from nodecompat.probes.registry import load_probes
 
     probes, errors = load_probes(only)
-    runner = ProbeRunner(probes, host, errors, timeout=timeout)
+    runner = ProbeRunner(probes, host, errors, timeout=timeout, memoize=False)  # one round: nothing to reuse
     try:
         return runner.run()
     finally:

@@ -17,6 +17,7 @@ QUEUE_ATTRS = ("dax", "rotational", "nr_zones", "zoned")
 
 class StorageProbe(Probe):
     name = "storage"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "storage.block",

@@ -84,6 +84,7 @@ def sysctl_path(name: str) -> str:
 
 class SysctlProbe(Probe):
     name = "sysctl"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "kernel.sysctl",

@@ -17,6 +17,7 @@ import re
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.probe_memo import noted
 
 OS_RELEASE = "/etc/os-release"
 DMI_ID = "/sys/devices/virtual/dmi/id"
@@ -52,6 +53,7 @@ def parse_os_release(text: str) -> dict[str, str]:
 
 class SystemProbe(Probe):
     name = "system"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "system.osrelease",
@@ -105,7 +107,7 @@ class SystemProbe(Probe):
         if dmi:
             f.add_attributes("system.dmiid", dmi)
 
-        name = self.node_name or os.environ.get("NODE_NAME")
+        name = self.node_name or noted(host, os.environ.get, "NODE_NAME")  # an input a replay asks again
         if name:
             f.add_attributes("system.name", {"nodename": name})
         else:

@@ -42,6 +42,7 @@ def usb_instances(host: HostRoot, dev: str) -> list[dict[str, str]] | None:
 
 class UsbProbe(Probe):
     name = "usb"
+    memoizable = True  # reads only its host (probes/probe_memo.py)
     features = (
         FeatureInfo(
             "usb.device",

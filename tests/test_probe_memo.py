@@ -1,0 +1,267 @@
+"""A long-lived runner reuses a probe's last result while a replay of its host operations answers the
+same (probes/probe_memo.py): real fixture trees copied to tmp, real probes, discover() calls counted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nodecompat.features import Features
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes import parsecache, probe_memo
+from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.probe_round import ProbeRound
+from nodecompat.probes.registry import load_probes
+from nodecompat.probes.runner import ProbeRunner
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hosts"
+
+
+def _tree(tmp_path: Path, name: str = "h100-server") -> Path:
+    root = tmp_path / "host"
+    shutil.copytree(FIXTURES / name, root, symlinks=True)
+    return root
+
+
+class Counted:
+    """The registered probes, each discover() call counted by probe name."""
+
+    def __init__(self) -> None:
+        self.probes, errors = load_probes()
+        assert not errors
+        self.calls: dict[str, int] = {p.name: 0 for p in self.probes}
+        for p in self.probes:
+            p.discover = self._counting(p.name, p.discover)  # type: ignore[method-assign]
+
+    def _counting(self, name: str, discover: Callable[[HostRoot], ProbeOutput]) -> Callable[[HostRoot], ProbeOutput]:
+        def counted(host: HostRoot) -> ProbeOutput:
+            self.calls[name] += 1
+            return discover(host)
+
+        return counted
+
+    def ran(self, action: Callable[[], ProbeRound]) -> tuple[ProbeRound, set[str]]:
+        """The round `action` runs and the names of the probes whose discover() it called."""
+        before = dict(self.calls)
+        r = action()
+        return r, {n for n, c in self.calls.items() if c != before[n]}
+
+
+def _fresh(root: Path) -> ProbeRound:
+    probes, _ = load_probes()
+    return ProbeRunner(probes, HostRoot(root), memoize=False).run()
+
+
+def _touch_later(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_an_unchanged_host_reuses_every_memoizable_result_equal_to_a_fresh_round(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    parsecache.clear()
+    c = Counted()
+    runner = ProbeRunner(c.probes, HostRoot(root))
+    try:
+        r1, ran1 = c.ran(runner.run)
+        r2, ran2 = c.ran(runner.run)
+        r3, ran3 = c.ran(runner.run)
+    finally:
+        runner.close()
+    memoizable = {p.name for p in c.probes if type(p).memoizable}
+    assert ran1 == set(c.calls)
+    assert memoizable and "local" not in memoizable  # local's expiry-time lines depend on the clock
+    assert ran2 == ran3 == set(c.calls) - memoizable  # discover() of every memoizable probe not called
+    assert {s.name for s in r2.statuses if s.reused} == memoizable
+    fresh = _fresh(root)
+    for r in (r2, r3):
+        assert r.features == fresh.features == r1.features
+        assert [(s.name, s.ok, s.error, s.notes, s.features) for s in r.statuses] == [
+            (s.name, s.ok, s.error, s.notes, s.features) for s in fresh.statuses
+        ]
+    # the same objects: the kept output's features moved into each round, not parsed again
+    assert r3.features.attributes["kernel.config"] is r1.features.attributes["kernel.config"]
+    assert r3.features.instances["pci.device"] is r1.features.instances["pci.device"]
+
+
+@pytest.mark.parametrize(
+    "change, probe, check",
+    [
+        (  # unload a module: kernel.loadedmodule loses it
+            lambda root: _unload(root, "nvidia_uvm"),
+            "kernel",
+            lambda f: "nvidia_uvm" not in f.flags["kernel.loadedmodule"].elements,
+        ),
+        (  # a PCI function's device id changes: pci.device and gpu.device (list_pci_devices, shared per round)
+            lambda root: (root / "sys/devices/pci0000:18/0000:18:00.0/device").write_text("0x2331\n"),
+            "pci",
+            lambda f: any(i.attributes.get("device") == "2331" for i in f.instances["pci.device"].elements),
+        ),
+        (  # a kernel option changes (a new mtime: the config's parse is keyed by identity, parsecache.py)
+            lambda root: _set_kconfig(root, "CONFIG_NODECOMPAT_MEMO_TEST=y\n"),
+            "kernel",
+            lambda f: f.attributes["kernel.config"].elements.get("NODECOMPAT_MEMO_TEST") == "y",
+        ),
+        (  # a hugepage pool is resized
+            lambda root: _more_hugepages(root),
+            "hugepages",
+            lambda f: "7" in f.attributes["memory.hugepages"].elements.values(),
+        ),
+    ],
+    ids=["module-unloaded", "pci-device-file", "kernel-option", "hugepages"],
+)
+def test_a_changed_host_file_is_seen_by_the_next_round(
+    tmp_path: Path, change: Callable[[Path], object], probe: str, check: Callable[[Features], bool]
+) -> None:
+    root = _tree(tmp_path)
+    parsecache.clear()
+    c = Counted()
+    runner = ProbeRunner(c.probes, HostRoot(root))
+    try:
+        r1, _ = c.ran(runner.run)
+        assert not check(r1.features)
+        c.ran(runner.run)  # a steady round: served from the memo
+        change(root)
+        r3, ran3 = c.ran(runner.run)
+        r4, ran4 = c.ran(runner.run)
+    finally:
+        runner.close()
+    assert probe in ran3, "the changed input must make the probe run again"
+    assert check(r3.features), "a stale result was served after the host changed"
+    assert r3.features == _fresh(root).features
+    assert probe not in ran4 and check(r4.features)  # recorded anew: the next steady round reuses it
+    if probe == "pci":  # gpu reads the same functions through the round's shared list
+        assert "gpu" in ran3
+
+
+def _unload(root: Path, module: str) -> None:
+    path = root / "proc/modules"
+    path.write_text("".join(ln for ln in path.read_text().splitlines(True) if not ln.startswith(module + " ")))
+
+
+def _set_kconfig(root: Path, extra: str) -> None:
+    release = (root / "proc/sys/kernel/osrelease").read_text().strip()
+    path = root / "boot" / f"config-{release}"
+    path.write_text(path.read_text() + extra)
+    _touch_later(path)
+
+
+def _more_hugepages(root: Path) -> None:
+    pool = root / "sys/kernel/mm/hugepages"
+    sizes = sorted(pool.iterdir())
+    assert sizes, "fixture has hugepage pools"
+    (sizes[0] / "nr_hugepages").write_text("7\n")
+
+
+class ReadsOneFile(Probe):
+    """A test probe reading one host file through the host root; memoizable unless told otherwise."""
+
+    name = "readsone"
+    features = (FeatureInfo("readsone.file", frozenset({"attribute"})),)
+
+    def __init__(self, path: str, memoizable: bool = True, replayable: bool = True) -> None:
+        self.path = path
+        self.calls = 0
+        self.replayable = replayable
+        type(self).memoizable = memoizable  # a class per test below
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        self.calls += 1
+        if not self.replayable:
+            probe_memo.not_replayable(host, "a source a replay cannot ask again")
+        raw = host.read_bytes(self.path)
+        out = ProbeOutput()
+        out.features.add_attributes("readsone.file", {"size": str(len(raw or b""))})
+        return out
+
+
+def _rounds(probe: ReadsOneFile, root: Path, n: int) -> list[ProbeRound]:
+    runner = ProbeRunner([probe], HostRoot(root))
+    try:
+        return [runner.run() for _ in range(n)]
+    finally:
+        runner.close()
+
+
+def test_a_probe_that_is_not_memoizable_always_runs(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+
+    class Memoizable(ReadsOneFile):
+        pass
+
+    class NotMemoizable(ReadsOneFile):
+        pass
+
+    class NotReplayable(ReadsOneFile):
+        pass
+
+    kept = Memoizable("/f")
+    assert [r.statuses[0].reused for r in _rounds(kept, tmp_path, 3)] == [False, True, True]
+    assert kept.calls == 1
+    never = NotMemoizable("/f", memoizable=False)
+    assert [r.statuses[0].reused for r in _rounds(never, tmp_path, 3)] == [False, False, False]
+    assert never.calls == 3
+    refused = NotReplayable("/f", replayable=False)  # memoizable class, but used a non-host source
+    _rounds(refused, tmp_path, 3)
+    assert refused.calls == 3
+    assert Probe.memoizable is False  # a plugin nobody audited runs every round
+
+
+def test_a_memo_over_its_byte_bound_is_dropped(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(b"x" * (probe_memo.MAX_LOG_BYTES + 1))
+    (tmp_path / "small").write_bytes(b"x" * 1000)
+
+    class Big(ReadsOneFile):
+        pass
+
+    big, small = Big("/big"), Big("/small")
+    rounds = _rounds(big, tmp_path, 3)
+    assert big.calls == 3 and not any(r.statuses[0].reused for r in rounds)
+    assert rounds[-1].features.attributes["readsone.file"].elements["size"] == str(probe_memo.MAX_LOG_BYTES + 1)
+    _rounds(small, tmp_path, 3)
+    assert small.calls == 1
+
+
+def test_a_failed_probe_is_not_memoized(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+
+    class Failing(ReadsOneFile):
+        def discover(self, host: HostRoot) -> ProbeOutput:
+            super().discover(host)
+            raise RuntimeError("boom")
+
+    p = Failing("/f")
+    rounds = _rounds(p, tmp_path, 3)
+    assert p.calls == 3
+    assert all(not r.statuses[0].ok and r.statuses[0].error == "RuntimeError: boom" for r in rounds)
+
+
+def test_an_input_outside_the_tree_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """system.name comes from $NODE_NAME: logged with probe_memo.noted, so a change is seen."""
+    root = _tree(tmp_path)
+    monkeypatch.setenv("NODE_NAME", "node-a")
+    probes, _ = load_probes(["system"])
+    runner = ProbeRunner(probes, HostRoot(root))
+    try:
+        r1, r2 = runner.run(), runner.run()
+        monkeypatch.setenv("NODE_NAME", "node-b")
+        r3 = runner.run()
+    finally:
+        runner.close()
+    assert r2.statuses[0].reused and not r3.statuses[0].reused
+    assert r1.features.attributes["system.name"].elements == {"nodename": "node-a"}
+    assert r3.features.attributes["system.name"].elements == {"nodename": "node-b"}
+
+
+def test_probe_once_keeps_no_memo(tmp_path: Path) -> None:
+    """A one-round runner (probe_once, the CLI) logs nothing; nothing hidden outlives it."""
+    from nodecompat.probes.runner import probe_once
+
+    root = _tree(tmp_path)
+    r = probe_once(HostRoot(root))
+    assert not any(s.reused for s in r.statuses)
+    assert r.features == _fresh(root).features
