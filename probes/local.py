@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from nodecompat.features import Features
 from nodecompat.hostroot import HostPathEscape, HostRoot
 from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.probe_memo import not_replayable
 
 MAX_FILE_SIZE = 64 * 1024
 DIRECTIVE_PREFIX = "# +"
@@ -94,7 +95,7 @@ def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = N
 
 class LocalProbe(Probe):
     name = "local"
-    memoizable = False  # "# +expiry-time" lines count until a time: its result depends on the clock
+    memoizable = True  # reads only its host; a file with "# +expiry-time" (the clock decides) is not replayable
     features = (
         FeatureInfo(
             "local.feature",
@@ -141,6 +142,8 @@ class LocalProbe(Probe):
             if text is None:
                 out.notes.append(f"{path}: unreadable")
                 continue
+            if "expiry-time" in text:  # its lines count until a time: the clock decides, not the host
+                not_replayable(host, "a feature file with an expiry time")
             parsed = parse_feature_file(text, path)
             out.notes.extend(parsed.errors)
             features.update(parsed.features)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nodecompat.probes.base import ProbeOutput
+from nodecompat.probes.bounded_read import text_of
 from nodecompat.probes.round_host import RoundHost
 
 T = TypeVar("T")
@@ -99,8 +100,11 @@ class _Log:
 # -- replay functions: fn(host, *args) -> the answer as logged ----------------------------------------
 
 
-def _read_bytes(host: RoundHost, path: str, within: str | None) -> bytes | None:
-    return host.read_bytes(path, within=within) if within is not None else RoundHost.read_bytes(host, path)
+_read_bytes = RoundHost.read_bytes  # (host, path): a whole read, as the round's memo holds it (no extra frame)
+
+
+def _read_within(host: RoundHost, path: str, within: str) -> bytes | None:
+    return RoundHost.read_bytes(host, path, within=within)
 
 
 def _open_bytes(host: RoundHost, path: str, within: str | None, max_bytes: int) -> bytes:
@@ -164,27 +168,29 @@ class RecordingHost(RoundHost):
         log.entries.append((fn, args, result if answer is None else answer(result)))
         return result
 
-    def _bytes_of(self, path: str, within: str | None) -> bytes | None:
-        """The bytes a read_text/read_line of `path` decoded (the round's memo has them unless `within`)."""
-        return self.memo.get(("b", path)) if within is None else RoundHost.read_bytes(self, path, within=within)  # type: ignore[return-value]
-
     # reads: the bytes are the answer
     def read_bytes(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> bytes | None:
-        return self._call(_read_bytes, (os.fspath(host_path), within))
+        if within is not None:
+            return self._call(_read_within, (os.fspath(host_path), within))
+        return self._call(_read_bytes, (os.fspath(host_path),))
 
     def read_text(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> str | None:
         path = os.fspath(host_path)
-        text = RoundHost.read_text(self, path, within=within)  # calls no method noted here
+        if within is not None:  # confined reads are not in the round's memo: read once, decoded here
+            raw = RoundHost.read_bytes(self, path, within=within)
+            if not self.log.depth:
+                self.log.entries.append((_read_within, (path, within), raw))
+            return text_of(raw)
+        text = RoundHost.read_text(self, path)  # calls no method noted here
         if not self.log.depth:
-            raw = self._bytes_of(path, within) if text is not None else None
-            self.log.entries.append((_read_bytes, (path, within), raw))
+            self.log.entries.append((_read_bytes, (path,), self.memo.get(("b", path))))
         return text
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
         path = os.fspath(host_path)
         line = RoundHost.read_line(self, path)  # calls no method noted here
         if not self.log.depth:
-            self.log.entries.append((_read_bytes, (path, None), self.memo.get(("b", path))))
+            self.log.entries.append((_read_bytes, (path,), self.memo.get(("b", path))))
         return line
 
     def open_bytes(self, host_path: str | os.PathLike[str], *, within: str | None = None,
@@ -303,7 +309,7 @@ def _never() -> object:
 
 @dataclass
 class Memo:
-    """A probe's reusable outcome: its log (entries without repeats) and the output they led to."""
+    """A probe's reusable outcome: its log and the output it led to."""
 
     entries: list[Entry]
     output: ProbeOutput
@@ -311,39 +317,22 @@ class Memo:
 
 
 def finish(log: _Log, output: ProbeOutput) -> Memo | None:
-    """The memo of a successful, replayable recording, or None (poisoned, answers disagree within
-    the round, or over MAX_LOG_BYTES)."""
+    """The memo of a successful, replayable recording, or None (poisoned, or over MAX_LOG_BYTES). An
+    operation made twice is compared twice on replay (a few are: a config's identity before and after
+    its parse), so two different answers within one round never replay equal."""
     if log.poisoned:
         return None
-    seen: dict[tuple[Any, ...], Any] = {}
-    entries: list[Entry] = []
-    size = 0
-    for fn, args, answer in log.entries:
-        key = (fn, args)
-        if key in seen:
-            if not _same(seen[key], answer):
-                return None  # one operation, two answers in one round: nothing to compare with
-            continue
-        seen[key] = answer
-        entries.append((fn, args, answer))
-        size += _ENTRY_BYTES + _weight(answer)
-        if size > MAX_LOG_BYTES:
-            return None
+    entries = log.entries
+    size = _ENTRY_BYTES * len(entries)
+    for _fn, _args, answer in entries:
+        kind = type(answer)
+        if kind is bytes or kind is str:
+            size += len(answer)
+        elif kind is list:
+            size += 8 * len(answer) + sum(map(len, answer))
+    if size > MAX_LOG_BYTES:
+        return None
     return Memo(entries, output, size)
-
-
-def _weight(answer: object) -> int:
-    if isinstance(answer, bytes):
-        return len(answer)
-    if isinstance(answer, list):
-        return sum(len(x) for x in answer if isinstance(x, str)) + 8 * len(answer)
-    if isinstance(answer, str):
-        return len(answer)
-    return 0
-
-
-def _same(a: object, b: object) -> bool:
-    return a is b or a == b
 
 
 def replays(memo: Memo, host: RoundHost) -> bool:

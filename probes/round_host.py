@@ -236,13 +236,11 @@ class RoundHost(HostRoot):
         return st is not None and stat_mod.S_ISREG(st.st_mode)
 
     def _stat_memo(self, host_path: str | os.PathLike[str]) -> os.stat_result | None:
-        key = ("s", os.fspath(host_path))
-        try:
-            return self.memo[key]  # type: ignore[return-value]
-        except KeyError:
-            pass
-        value = self.memo[key] = self.stat_or_none(key[1])
-        return value
+        key = ("s", host_path if type(host_path) is str else os.fspath(host_path))
+        value = self.memo.get(key, _UNSET)  # a miss costs no KeyError
+        if value is _UNSET:
+            value = self.memo[key] = self.stat_or_none(key[1])
+        return value  # type: ignore[return-value]
 
     def stat_or_none(self, text: str) -> os.stat_result | None:
         """HostRoot.stat, None where it raises (missing, unreachable, outside the root); not memoized,
@@ -278,12 +276,10 @@ class RoundHost(HostRoot):
 
     def link_target_name(self, host_path: str | os.PathLike[str]) -> str | None:
         key = ("k", os.fspath(host_path))
-        try:
-            return self.memo[key]  # type: ignore[return-value]
-        except KeyError:
-            pass
-        value = self.memo[key] = self._link_target_name(key[1])
-        return value
+        value = self.memo.get(key, _UNSET)
+        if value is _UNSET:
+            value = self.memo[key] = self._link_target_name(key[1])
+        return value  # type: ignore[return-value]
 
     def _link_target_name(self, text: str) -> str | None:
         held = self._parents[0] if self._parents else self._held()
@@ -292,13 +288,13 @@ class RoundHost(HostRoot):
             if got != SLOW:
                 return got  # type: ignore[return-value]
         table = self._dirs()
-        if table is None:
-            return super().link_target_name(text)
         text = text.rstrip("/")
         parent, _, name = text.rpartition("/")
         if not name or name in (".", ".."):
             return None
         try:
+            if table is None:  # root `/`: the kernel resolves the parent as chroot (HostRoot: realpath, ~100 us)
+                return os.path.basename(os.readlink(text if text.startswith("/") else "/" + text))
             try:
                 fd = open_in_root(table.root[1], parent or "/", PATH_FLAGS | os.O_DIRECTORY)
             except NoOpenat2:

@@ -74,9 +74,11 @@ def test_an_unchanged_host_reuses_every_memoizable_result_equal_to_a_fresh_round
         runner.close()
     memoizable = {p.name for p in c.probes if type(p).memoizable}
     assert ran1 == set(c.calls)
-    assert memoizable and "local" not in memoizable  # local's expiry-time lines depend on the clock
-    assert ran2 == ran3 == set(c.calls) - memoizable  # discover() of every memoizable probe not called
-    assert {s.name for s in r2.statuses if s.reused} == memoizable
+    assert memoizable == set(c.calls)  # every built-in probe, audited (probes/probe_memo.py)
+    # discover() not called, except local's: h100-server's features.d/site has an expiry-time line
+    assert "expiry-time" in (root / "etc/kubernetes/node-feature-discovery/features.d/site").read_text()
+    assert ran2 == ran3 == {"local"}
+    assert {s.name for s in r2.statuses if s.reused} == memoizable - {"local"}
     fresh = _fresh(root)
     for r in (r2, r3):
         assert r.features == fresh.features == r1.features
@@ -265,3 +267,23 @@ def test_probe_once_keeps_no_memo(tmp_path: Path) -> None:
     r = probe_once(HostRoot(root))
     assert not any(s.reused for s in r.statuses)
     assert r.features == _fresh(root).features
+
+
+def test_a_feature_file_with_an_expiry_time_makes_local_run_every_round(tmp_path: Path) -> None:
+    """local's lines under "# +expiry-time" count until a time (the clock decides, not the host): not
+    replayable; a features.d without one is reused, and a new file there is seen."""
+    root = _tree(tmp_path, "plain-vm")
+    fd = root / HostRoot().features_d.lstrip("/")
+    fd.mkdir(parents=True, exist_ok=True)
+    (fd / "plain").write_text("a=1\n")
+    probes, _ = load_probes(["local"])
+    runner = ProbeRunner(probes, HostRoot(root))
+    try:
+        reused = [runner.run().statuses[0].reused for _ in range(2)]
+        (fd / "timed").write_text("# +expiry-time=2999-01-01T00:00:00Z\nb=2\n")
+        rounds = [runner.run() for _ in range(3)]
+    finally:
+        runner.close()
+    assert reused == [False, True]
+    assert [r.statuses[0].reused for r in rounds] == [False, False, False]
+    assert rounds[-1].features.attributes["local.feature"].elements == {"a": "1", "b": "2"}
