@@ -2,6 +2,8 @@
 
 For the real host (/) and the h100-server fixture tree this prints, as medians of N runs:
 - the cold full round: new probe instances + probe_once(HostRoot(root)) (runner, spans, merge);
+- a steady round: a long-lived ProbeRunner's round on an unchanged host (each memoizable probe's logged
+  host operations replayed and compared, its last result reused: probes/probe_memo.py);
 - each probe's discover() alone on a round's host, with new instances;
 - the bare cost of the I/O: every host operation a round performs, recorded once on a round's own
   host (RecordingRoundHost: each file read, stat, directory listing and link read, once each, in
@@ -16,6 +18,9 @@ lookup was never recorded (the ~90 files the h100 tree lacks cost the round and 
 link read was replayed as a listing of its directory, each path was stat'ed twice to find its kind
 (os.path.islink, os.path.isdir) and files were read through Python's buffered open() (fstat, ioctl,
 lseek, two reads): a limit ~2.2x the cost of the same reads done bare, i.e. unfair in our favour.
+
+--rows prints the table's two rows against the bare reads: (a) a runner's first round, (b) a steady
+round (see rows()).
 
 Usage: .venv/bin/python bench/bench_probes.py [--runs N] [--no-subprocess] [--rows [--repeats N]]
 """
@@ -189,6 +194,10 @@ def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
     bare = median_ms(lambda: replay(all_ops), runs)
     load = median_ms(load_probes, runs)
     warm = median_ms(lambda: _run_closed([factories[n]() for n in names], host), runs)
+    long_lived = ProbeRunner(probes, host)
+    long_lived.run()  # its first round logs what the steady rounds replay (probes/probe_memo.py)
+    steady = median_ms(long_lived.run, runs)
+    long_lived.close()
     inline = median_ms(lambda: _in_thread(names, factories, RoundHost.over(host)), runs)
     memo_host = RoundHost.over(host)
     _in_thread(names, factories, memo_host)
@@ -204,6 +213,7 @@ def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
     print(f"  full round  probe_once (new instances, runner)   {full:8.2f} ms")
     print(f"    of which  registry load_probes() (entry points) {load:8.2f} ms")
     print(f"    of which  ProbeRunner.run(), probes preloaded   {warm:8.2f} ms")
+    print(f"  steady      a long-lived runner's round, unchanged {steady:7.2f} ms")
     print(f"  in thread   discover() one after another, no runner {inline:6.2f} ms")
     print(f"  own work    the same, memoized reads from memory  {own:8.2f} ms")
     print(f"  bare I/O    same operations, syscall wrappers    {bare:8.2f} ms")

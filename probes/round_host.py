@@ -27,13 +27,11 @@ with links out of the root, loops, dangling and missing parts). Reads confined t
 (`within=`, features.d) go through the held descriptors and are checked against the subtree.
 
 With the host root at `/` the kernel's resolution is chroot's own (`..` stops at `/`, every real path
-is inside the root), so a path is opened directly, in one system call.
-
-Reads are bounded in bytes (probes/bounded_read.py: MAX_READ_BYTES, FIFOs refused, not waited on).
-Bounds: at most root_resolve.MAX_HELD_DIRS directory descriptors per round (past that, reads take HostRoot's path);
-they are closed when the RoundHost is collected (weakref.finalize), never while a probe that hung past
-its timeout may still read through them. Hand-written because it must keep HostRoot's confinement
-exactly.
+is inside the root), so a path is opened (a link read, a path resolved) directly, in one system call.
+Reads are bounded in bytes (bounded_read.py: MAX_READ_BYTES, FIFOs refused, not waited on); at most
+root_resolve.MAX_HELD_DIRS directory descriptors per round (past that, reads take HostRoot's path),
+closed when the RoundHost is collected (weakref.finalize), never while a probe that hung past its
+timeout may still read through them. Hand-written: it must keep HostRoot's confinement exactly.
 """
 
 from __future__ import annotations
@@ -384,6 +382,14 @@ class RoundHost(HostRoot):
     def host_resolve(self, host_path: str | os.PathLike[str], *, strict: bool = False) -> str:
         text = os.fspath(host_path)
         table = self._dirs()
+        if strict and table is None and "\0" not in text:  # root `/`: the kernel resolves as chroot (not
+            fd = os.open(text if text.startswith("/") else "/" + text, os.O_PATH | os.O_CLOEXEC)  # a walk)
+            try:
+                return os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass  # no /proc: HostRoot's walk
+            finally:
+                os.close(fd)
         if not strict or table is None:
             return super().host_resolve(text, strict=strict)
         if openat2_ready():  # the kernel resolves it in the root; /proc/self/fd names what it found

@@ -19,7 +19,15 @@ SLASH = HostRoot(Path("/"))
 
 def _answers(host: HostRoot, p: str) -> tuple[object, ...]:
     return (host.read_bytes(p), host.read_line(p), host.exists(p), host.is_dir(p), host.is_file(p),
-            host.link_target_name(p))
+            host.link_target_name(p), _resolved(host, p), _resolved(host, p + "/../.."))
+
+
+def _resolved(host: HostRoot, p: str) -> object:
+    """host_resolve(strict): at `/` the round asks the kernel (one open), HostRoot walks the path."""
+    try:
+        return host.host_resolve(p, strict=True)
+    except OSError as exc:
+        return type(exc), exc.errno
 
 
 def _stable_real_paths() -> list[str]:
