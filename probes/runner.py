@@ -14,7 +14,10 @@ the GIL from the worker between its reads and doubled a round's cost), and a clo
 idle worker to the next runner (at most MAX_IDLE_WORKERS are kept), so probe_once pays no thread start.
 
 Within one round the probes share a read-through memo of the host (probes/round_host.py): the PCI and
-GPU probes walk the same sysfs tree, and a file read twice in one round is read once.
+GPU probes walk the same sysfs tree, and a file read twice in one round is read once. Across the rounds
+of one runner (the daemon's), a memoizable probe whose logged host operations all answer the same again
+is not run: its last output is reused (probes/probe_memo.py; the replay runs on the worker, under the
+probe's timeout, as discover() would). probe_once keeps no memo.
 """
 
 from __future__ import annotations
