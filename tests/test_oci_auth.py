@@ -19,7 +19,7 @@ import pytest
 import support_registry as sr
 
 from nodecompat.oci.attach import attach_spec
-from nodecompat.oci.auth import RECHECK_SECONDS, RegistryAuth
+from nodecompat.oci.auth import RegistryAuth
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.discovery import fetch_compat_spec
 from nodecompat.oci.errors import RegistryError
@@ -29,6 +29,7 @@ auth_registry = sr.auth_registry
 registry = sr.registry
 repo_name = sr.repo_name
 CREDS = f"{sr.USER}:{sr.PASSWORD}"
+RECHECK = 0.2  # s: the docker config's recheck period in the rotation test (the product's RECHECK_SECONDS is 1 s)
 
 
 @pytest.fixture
@@ -114,21 +115,22 @@ def test_a_rotated_docker_config_is_followed_without_a_restart(
     good = (sr.docker_config(tmp_path / "good", auth_registry.host, sr.USER, sr.PASSWORD) / "config.json").read_text()
     secret = sr.docker_config(tmp_path / "secret", auth_registry.host, sr.USER, "an-expired-password")
     monkeypatch.setenv("DOCKER_CONFIG", str(secret))
-    auth = RegistryAuth.from_sources()  # read once, as a daemon or webhook does at start
+    # read once, as a daemon or webhook does at start; looked at again every 0.2 s (RECHECK_SECONDS is 1 s)
+    auth = RegistryAuth.from_sources(recheck_seconds=RECHECK)
     with pytest.raises(RegistryError, match="rejected the credentials"):
         fetch_compat_spec(attached.reference, ca_file=ca, auth=auth)
     before = auth.identity()
     _rotate(secret, good)
-    time.sleep(RECHECK_SECONDS + 0.2)
+    time.sleep(RECHECK + 0.2)
     assert "auth" in fetch_compat_spec(attached.reference, ca_file=ca, auth=auth).text
     assert auth.identity() != before  # caches keyed by it do not serve what the old credentials got
     # A rotation that does not load (a half-written or broken file) keeps the credentials read before.
     _rotate(secret, "{not json")
-    time.sleep(RECHECK_SECONDS + 0.2)
+    time.sleep(RECHECK + 0.2)
     assert "auth" in fetch_compat_spec(attached.reference, ca_file=ca, auth=auth).text
     # A file that is gone is no credentials, as at start.
     (secret / "config.json").unlink()
-    time.sleep(RECHECK_SECONDS + 0.2)
+    time.sleep(RECHECK + 0.2)
     with pytest.raises(RegistryError, match="needs credentials"):
         fetch_compat_spec(attached.reference, ca_file=ca, auth=auth)
 

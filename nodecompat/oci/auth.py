@@ -57,8 +57,10 @@ class RegistryAuth:
         token: str | None = None,
         docker_config: bool | str | os.PathLike[str] = True,
         ca_file: str | None = None,
+        recheck_seconds: float = RECHECK_SECONDS,
     ) -> RegistryAuth:
-        """Explicit values; docker_config: True = the default file, a path = that file, False = none."""
+        """Explicit values; docker_config: True = the default file, a path = that file, False = none;
+        recheck_seconds: how often (at most) that file is looked at again for a change (DockerConfigFile)."""
         if token and (username or password):
             raise InvalidArgumentError("give either a registry token or a username/password, not both")
         if bool(username) != bool(password):
@@ -68,7 +70,7 @@ class RegistryAuth:
         watched = None
         if docker_config:
             path = default_docker_config_path() if docker_config is True else Path(docker_config)
-            watched = DockerConfigFile(path)  # read now: a broken file is an error at start
+            watched = DockerConfigFile(path, recheck_seconds)  # read now: a broken file is an error at start
         return cls(username or None, password or None, token or None, {}, ca_file, watched)
 
     def current_docker_auths(self) -> dict[str, Credential]:
@@ -99,13 +101,17 @@ class RegistryAuth:
 
 class DockerConfigFile:
     """A docker config file's `auths`, re-read when the file changes: its (device, inode, size, mtime) is
-    looked at no more than once per RECHECK_SECONDS, on use. A change that does not load (broken JSON, a
-    half-written file) keeps the credentials read before, with a warning — a rotation in progress must not
-    drop every credential; a file that is gone means no credentials, as at start."""
+    looked at no more than once per `recheck_seconds` (RECHECK_SECONDS), on use. A change that does not load
+    (broken JSON, a half-written file) keeps the credentials read before, with a warning — a rotation in
+    progress must not drop every credential; a file that is gone means no credentials, as at start."""
 
-    def __init__(self, path: Path) -> None:
-        """Reads the file now; InvalidArgumentError when it is broken (module load_docker_config)."""
+    def __init__(self, path: Path, recheck_seconds: float = RECHECK_SECONDS) -> None:
+        """Reads the file now; InvalidArgumentError when it is broken (module load_docker_config).
+        recheck_seconds >= 0: the least time between two looks at the file (tests pass a shorter one)."""
+        if not recheck_seconds >= 0:
+            raise ValueError(f"recheck_seconds must be >= 0, not {recheck_seconds!r}")
         self.path = path
+        self.recheck_seconds = recheck_seconds
         self._lock = threading.Lock()
         self._stamp = _stamp(path)
         self._auths = load_docker_config(path)
@@ -114,10 +120,10 @@ class DockerConfigFile:
     def auths(self) -> dict[str, Credential]:
         """The credentials by host as of now (a dict not to be modified)."""
         now = time.monotonic()
-        if now - self._checked < RECHECK_SECONDS:
+        if now - self._checked < self.recheck_seconds:
             return self._auths
         with self._lock:
-            if now - self._checked < RECHECK_SECONDS:  # another thread looked meanwhile
+            if now - self._checked < self.recheck_seconds:  # another thread looked meanwhile
                 return self._auths
             self._checked = now
             stamp = _stamp(self.path)
