@@ -105,13 +105,14 @@ def _code(stub: fleet_pb2_grpc.FleetServiceStub, req: fleet_pb2.RegisterNodeRequ
 
 
 def test_a_renewal_on_the_loop_renews_the_lease(agg: AggregatorDaemon) -> None:
-    """A 2 s lease renewed every 0.5 s on the loop outlives it; left alone it lapses."""
+    """A 1 s lease (the aggregator's MIN_LEASE_TTL) renewed every 0.25 s on the loop outlives it; left alone
+    it lapses."""
     key = secrets.token_hex(16)
     with grpc.insecure_channel(agg.address) as ch:  # type: ignore[attr-defined]
         stub = fleet_pb2_grpc.FleetServiceStub(ch)
-        for _ in range(8):  # 4 s of renewals: twice the lease
-            assert _code(stub, _request("n1", "127.0.0.1:9", ttl=2.0), key) == grpc.StatusCode.OK
-            time.sleep(0.5)
+        for _ in range(8):  # 2 s of renewals: twice the lease
+            assert _code(stub, _request("n1", "127.0.0.1:9", ttl=1.0), key) == grpc.StatusCode.OK
+            time.sleep(0.25)
         assert [n.name for n in agg.inventory.nodes()] == ["n1"]
         assert agg.runtime.gate.answers == 8  # every call was answered on the loop, none by a worker
         _wait(lambda: not agg.inventory.nodes(), what="the lease to lapse", timeout=10)
