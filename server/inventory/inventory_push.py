@@ -151,7 +151,8 @@ class PushedNodes:
             with self._lock:
                 self._nodes.pop(address, None)
             return
-        probed = request.probed_at.seconds + request.probed_at.nanos / 1e9 if request.HasField("probed_at") else 0.0
+        # as the fetch and the streams convert it (inventory_sync._handle): one probe time, one float, whichever path
+        probed = request.probed_at.ToNanoseconds() / 1e9 if request.HasField("probed_at") else 0.0
         stale_after = 2 * ttl / 3 + 1.0
         with self._lock:
             entry = self._nodes.get(address)

@@ -363,7 +363,7 @@ def load_snapshot(path: str | Path, inventory: NodeInventory, store: FeatureStor
             inventory.restore_contact(node.address, "SERVING", at)
         if not fp or store is None:
             continue  # a lease only: its features come from the node (a stream or its next announcement)
-        probed = req.probed_at.seconds + req.probed_at.nanos / 1e9 if req.HasField("probed_at") else 0.0
+        probed = req.probed_at.ToNanoseconds() / 1e9 if req.HasField("probed_at") else 0.0
         if abs(node.probed_at_seconds - probed) < 1e-6:  # the exact value (NaN or far off: the Timestamp's)
             probed = node.probed_at_seconds
         identity = tuple(sorted((f, e, v) for f, a in node.identity.items() for e, v in a.elements.items()))
