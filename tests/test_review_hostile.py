@@ -37,6 +37,12 @@ def test_round_reads_a_sysfs_binary_attribute_whole_as_hostroot() -> None:
     assert got == whole
 
 
+def _endpoints(host: str, port: str) -> EtcdEndpoints:
+    """The readers' etcd: idle watch streams re-opened every 0.25 s (WATCH_READ_TIMEOUT is 1 s), so stop()
+    waits that long at most for each of the shards' watches."""
+    return EtcdEndpoints([(host, int(port))], watch_read_timeout=0.25)
+
+
 def _client(e: Etcd) -> Etcd3Client:
     host, port = e.endpoint.rsplit(":", 1)
     return Etcd3Client(host=host, port=int(port), api_path="/v3/")
@@ -60,7 +66,7 @@ def test_a_hostile_shard_document_does_not_hide_the_others(etcd: Etcd, hostile: 
     host, port = etcd.endpoint.rsplit(":", 1)
     store = FeatureStore()
     members = [FleetNode("n1", address), FleetNode("n9", "10.0.0.9:1")]
-    shards = InventoryShards(EtcdEndpoints([(host, int(port))]), prefix, lambda: members, store, replica_id="me")
+    shards = InventoryShards(_endpoints(host, port), prefix, lambda: members, store, replica_id="me")
     shards.start()
     try:
         wait_for("the valid document applied beside a hostile one", lambda: store.get(address) is not None,
@@ -103,7 +109,7 @@ def test_shard_readers_believe_only_leased_keys_of_live_owners_with_sane_probe_t
     host, port = etcd.endpoint.rsplit(":", 1)
     store = FeatureStore()
     members = [FleetNode(f"n{i}", a) for i, a in enumerate(docs)]
-    shards = InventoryShards(EtcdEndpoints([(host, int(port))]), prefix, lambda: members, store, replica_id="me")
+    shards = InventoryShards(_endpoints(host, port), prefix, lambda: members, store, replica_id="me")
     shards.start()
     try:
         assert shards.replicas() == frozenset({"me", "other"})  # the lease-less ghost is no replica

@@ -56,17 +56,22 @@ class EtcdEndpoints:
     """One etcd3gw client per endpoint; each call goes to the endpoint that answered last, then the others."""
 
     def __init__(self, endpoints: list[tuple[str, int]], *, ca: str | None = None, cert: str | None = None,
-                 key: str | None = None, call_timeout: float = CALL_TIMEOUT) -> None:
+                 key: str | None = None, call_timeout: float = CALL_TIMEOUT,
+                 watch_read_timeout: float = WATCH_READ_TIMEOUT) -> None:
         """endpoints [(host, port)]; ca/cert/key PEM paths: any set -> HTTPS (cert and key go together);
-        call_timeout: seconds one etcd call (connect, head, body) or a watch's head may take (CALL_TIMEOUT;
-        tests pass a shorter one). ValueError: no endpoint, cert without key, call_timeout <= 0."""
+        call_timeout: seconds one etcd call (connect, head, body) or a watch's head may take (CALL_TIMEOUT);
+        watch_read_timeout: seconds an idle watch stream is kept before it is re-opened, which is also how
+        long a PrefixWatch's stop() may wait for its stream (WATCH_READ_TIMEOUT). Tests pass shorter ones.
+        ValueError: no endpoint, cert without key, a timeout <= 0."""
         if not endpoints:
             raise ValueError("etcd store: at least one endpoint")
         if bool(cert) != bool(key):
             raise ValueError("--store-cert and --store-key go together (the client certificate and its key)")
-        if not call_timeout > 0:
-            raise ValueError(f"etcd store: call_timeout must be > 0 s, not {call_timeout!r}")
+        if not call_timeout > 0 or not watch_read_timeout > 0:
+            raise ValueError(f"etcd store: call_timeout and watch_read_timeout must be > 0 s, not "
+                             f"{call_timeout!r} and {watch_read_timeout!r}")
         self.call_timeout = call_timeout
+        self.watch_read_timeout = watch_read_timeout
         protocol = "https" if (ca or cert) else "http"
         self.clients = [Etcd3Client(host=h, port=p, protocol=protocol, timeout=call_timeout, api_path="/v3/",
                                     session=_session(ca, cert, key)) for h, p in endpoints]
@@ -174,9 +179,9 @@ class EtcdEndpoints:
 class PrefixWatch:
     """Everything under a prefix, kept current: on (re)connect on_load([(key, value)]) is called with the whole
     prefix, then on_event for every change; on_state(True) after the load and after every watch round etcd
-    answered, on_state(False) when the stream breaks. One daemon thread; stop() returns within
-    WATCH_READ_TIMEOUT (+ one call's timeout). leased_only: a key put without a lease is treated as absent
-    (left out of the load, and its put reported as a delete)."""
+    answered, on_state(False) when the stream breaks. One daemon thread; stop() returns within the endpoints'
+    watch_read_timeout (WATCH_READ_TIMEOUT; + one call's timeout). leased_only: a key put without a lease is
+    treated as absent (left out of the load, and its put reported as a delete)."""
 
     def __init__(self, etcd: EtcdEndpoints, prefix: str, on_load: Callable[[list[tuple[str, bytes]]], None],
                  on_event: OnEvent, on_state: Callable[[bool], None] | None = None, name: str = "etcd-watch",
@@ -211,7 +216,7 @@ class PrefixWatch:
                 start = self._watch_once(self.etcd.clients[self.etcd.current], start)
                 self.on_state(True)  # etcd answered this round (clears a failure seen by another call meanwhile)
                 backoff = WATCH_BACKOFF[0]
-                continue  # an idle stream ends every WATCH_READ_TIMEOUT: watch again from where it was
+                continue  # an idle stream ends every watch_read_timeout: watch again from where it was
             except (StoreUnavailable, Etcd3Exception, requests.RequestException, OSError, ValueError) as exc:
                 if self._stop.is_set():
                     return
@@ -225,7 +230,7 @@ class PrefixWatch:
             backoff = min(backoff * 2, WATCH_BACKOFF[1])
 
     def _watch_once(self, client: Etcd3Client, start_revision: int) -> int:
-        """One watch stream from start_revision until it has been idle WATCH_READ_TIMEOUT, or stop(); returns the
+        """One watch stream from start_revision until it has been idle watch_read_timeout, or stop(); returns the
         revision to watch from next. StoreUnavailable (or a requests error) when the stream cannot be opened or
         etcd cancels it (e.g. the revision was compacted): the caller reloads."""
         body = {"create_request": {"key": _encode(self.prefix), "range_end": _encode(_increment_last_byte(self.prefix)),
@@ -234,7 +239,7 @@ class PrefixWatch:
         head = Deadline(time.monotonic() + call_timeout)  # the answer's head within a call's deadline
         with deadline_scope(head):  # (a trickling peer: _post_bounded)
             resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
-                                       timeout=(call_timeout, WATCH_READ_TIMEOUT))
+                                       timeout=(call_timeout, self.etcd.watch_read_timeout))
         if head.fired:  # a head cut short by the shutdown may parse as complete
             resp.close()
             raise StoreUnavailable(f"etcd watch not answered within {call_timeout}s")
