@@ -166,7 +166,7 @@ def _held(state: Path, caplog: pytest.LogCaptureFixture, **kw: object) -> dict[s
 GOOD, OTHER = _set("6"), _set("5")
 
 
-@pytest.mark.parametrize("mangle", ["truncated", "random", "oversized", "directory"])
+@pytest.mark.parametrize("mangle", ["truncated", "random", "oversized", "directory", "symlink", "fifo"])
 def test_an_unreadable_file_starts_empty_and_serves(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                     mangle: str) -> None:
     state = tmp_path / "state"
@@ -179,10 +179,17 @@ def test_an_unreadable_file_starts_empty_and_serves(tmp_path: Path, caplog: pyte
     elif mangle == "oversized":
         state.write_bytes(data)
         kw["state_max_bytes"] = len(data) - 1
+    elif mangle == "symlink":  # a link planted at PATH is not followed (to a good snapshot here), and says so
+        (tmp_path / "elsewhere").write_bytes(data)
+        state.symlink_to(tmp_path / "elsewhere")
+    elif mangle == "fifo":  # nothing writes to it: a read that waited would never end
+        os.mkfifo(state)
     else:
         state.mkdir()
     assert _held(state, caplog, **kw) == {}
     assert "starting with an empty inventory" in caplog.text
+    if mangle == "symlink":
+        assert "is a symbolic link (not followed" in caplog.text
 
 
 def test_entries_failing_the_registration_rules_are_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -215,6 +222,20 @@ def test_more_nodes_than_max_registrations_are_refused(tmp_path: Path, caplog: p
                             [GOOD]))
     assert len(_held(state, caplog, max_registrations=5)) == 5
     assert "15 entries dropped" in caplog.text
+
+
+def test_a_file_of_a_million_tiny_entries_is_read_only_up_to_its_bound(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Hostile counts under the byte limit: 1,000,000 empty node entries (2 bytes each, ~150 once parsed) were
+    all parsed and checked before serving (~6 s and ~200 MB; at 64 MiB ~5 GB). Only the first twice
+    --max-registrations fields are looked at: the work dropped is bounded by the limit, not the file."""
+    state = tmp_path / "state"
+    good = _snap([{"name": f"n{i}", "address": f"127.0.3.{i + 1}:7000", "fp": GOOD[0]} for i in range(3)], [GOOD])
+    state.write_bytes(good + b"\x22\x00" * 1_000_000)
+    assert len(_held(state, caplog, max_registrations=5)) == 3  # the real entries first are still held
+    assert "(more sets or nodes than twice --max-registrations): not read" in caplog.text
+    dropped = [line for line in caplog.text.splitlines() if "dropped:" in line]
+    assert sum(int(line.split(" entr")[0].rsplit(" ", 1)[1]) for line in dropped) <= 4 * 5 + 16 + 1
 
 
 def test_an_aggregator_writes_what_it_holds_and_reads_it_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -14,8 +14,9 @@ Bounded: a snapshot larger than `max_bytes` (--state-max-mib) is not written: lo
 STATE_HEALTH ("nodecompat.v1.FleetService/StateFile") is NOT_SERVING until a write succeeds again (a
 failed write says so the same way).
 
-Read (load_snapshot, at start, before serving) as untrusted input: the size is checked (fstat) before
-reading; any error reading or parsing (truncated, random bytes, another version) logs a warning and the
+Read (load_snapshot, at start, before serving) as untrusted input (server/inventory/snapshot_read.py: the size
+checked (fstat) before reading, at most twice --max-registrations sets and nodes parsed, none oversized);
+any error reading or parsing (truncated, random bytes, another version) logs a warning and the
 aggregator starts empty: it never crashes or refuses to start because of this file. Every feature set's
 fingerprint is recomputed from its canonical bytes after parsing them as NFD's wire form (Features.from_nfd,
 strict); a set whose digest differs, or that does not parse, is dropped with its nodes. Every node is checked
@@ -48,7 +49,6 @@ import json
 import logging
 import math
 import os
-import stat
 import tempfile
 import threading
 import time
@@ -58,12 +58,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from google.protobuf.message import DecodeError
-
 from nodecompat.features import Features
 from nodecompat.fleet.fingerprint import canonical_bytes, with_identity
 from nodecompat.fleet.store import FeatureStore, StoreFull
 from nodecompat.server.inventory.inventory_push import push_problem
+from nodecompat.server.inventory.snapshot_read import VERSION, read_snapshot
 from nodecompat.v1 import fleet_pb2, snapshot_pb2
 
 if TYPE_CHECKING:
@@ -73,7 +72,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
 DEFAULT_MAX_BYTES = 64 << 20  # --state-max-mib 64: 10,000 nodes in 20 profiles take 2.7 MB
 WRITE_INTERVAL = 5.0  # s: at most one write this often (when something changed)
 STATE_HEALTH = "nodecompat.v1.FleetService/StateFile"
@@ -247,41 +245,6 @@ class SnapshotWriter:
         self.write_now()
 
 
-def _read(path: Path, max_bytes: int) -> snapshot_pb2.InventorySnapshot | str:
-    """The parsed file, or why not ("" when there is none: a first start)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return ""
-    except OSError as exc:
-        return f"cannot open: {exc}"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        if st.st_size > max_bytes:
-            return f"{st.st_size:,} bytes, over --state-max-mib ({max_bytes:,} bytes)"
-        chunks, left = [], max_bytes + 1
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-    except OSError as exc:
-        return f"cannot read: {exc}"
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:
-        return f"over --state-max-mib ({max_bytes:,} bytes) when read"
-    snap = snapshot_pb2.InventorySnapshot()
-    try:
-        snap.ParseFromString(data)
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        return f"not a snapshot (cannot parse: {exc or 'malformed'})"
-    if snap.version != VERSION:
-        return f"snapshot version {snap.version}, this aggregator reads version {VERSION}"
-    return snap
-
-
 def _feature_set(entry: snapshot_pb2.SnapshotFeatureSet) -> tuple[Features, dict[str, str]] | str:
     """A set's features and unknown map, or why it is dropped (its digest, its form)."""
     fp = entry.fingerprint
@@ -310,17 +273,17 @@ def load_snapshot(path: str | Path, inventory: NodeInventory, store: FeatureStor
     serving. Returns what was held and dropped (also logged)."""
     path = Path(path)
     report = LoadReport()
-    got = _read(path, max_bytes)
+    got = read_snapshot(path, max_bytes, 2 * inventory.max_registrations)
     if isinstance(got, str):
         if got:
             report.error = got
             log.warning("state file %s ignored, starting with an empty inventory: %s", path, got)
         return report
-    snap = got
+    snap, report.dropped = got
     written = snap.written_at.seconds + snap.written_at.nanos / 1e9
     at = datetime.fromtimestamp(min(max(written, 0.0), time.time()), UTC)
     sets: dict[str, tuple[Features, dict[str, str]]] = {}
-    examples: dict[str, str] = {}
+    examples: dict[str, str] = dict.fromkeys(report.dropped, "(not parsed)")
 
     def drop(reason: str, what: str) -> None:
         report.dropped[reason] += 1
