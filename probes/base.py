@@ -141,7 +141,8 @@ class Probe(ABC):
     # True: discover() reads nothing but the host it is given (and inputs it logs with
     # probe_memo.noted / refuses with probe_memo.not_replayable), so a long-lived runner may reuse
     # its last result while a replay of its reads answers the same (probes/probe_memo.py). False
-    # (the default, so a plugin nobody audited for it): run every round.
+    # (the default, so a plugin nobody audited for it): run every round. Declared per class: a subclass
+    # does not inherit it (probe_memo.declared_memoizable).
     memoizable: ClassVar[bool] = False
 
     @abstractmethod

@@ -26,7 +26,9 @@ What the log holds, per operation (fn, args, answer), fn(round host, *args) givi
   device's state and registers (hostcpu.py), $NODE_NAME (system.py).
 A probe that uses a source that cannot be asked again cheaply (NVML, psutil, the clock) calls
 `not_replayable(host)` on that path and is run every round; a probe class whose `memoizable` is False
-(probes/base.py: the default, so a third-party plugin nobody audited always runs) is never memoized.
+(probes/base.py: the default, so a third-party plugin nobody audited always runs) is never memoized, nor
+is one that inherits True without declaring it itself (`declared_memoizable`): a plugin subclassing a
+built-in probe to change its discover() was never audited for it.
 
 Bounded: a log (answers counted in bytes, ~64 bytes per operation) over MAX_LOG_BYTES is dropped and
 the probe runs every round. Only a successful outcome is kept (features + notes: the probe's status is
@@ -247,6 +249,13 @@ class RecordingHost(RoundHost):
 
     def host_resolve(self, host_path: str | os.PathLike[str], *, strict: bool = False) -> str:
         return self._call(_host_resolve, (os.fspath(host_path), strict))
+
+
+def declared_memoizable(probe_type: type) -> bool:
+    """Whether `probe_type` itself declares `memoizable = True` (in its own class body): the promise is
+    about that class's code, so a subclass inheriting it (a plugin overriding discover() or a helper it
+    calls) is run every round until it declares it too."""
+    return vars(probe_type).get("memoizable") is True
 
 
 def noted(host: object, fn: Callable[..., T], *args: Any) -> T:

@@ -32,7 +32,7 @@ from nodecompat import tracing
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
-from nodecompat.probes.probe_memo import Memo, RecordingHost, finish, replays
+from nodecompat.probes.probe_memo import Memo, RecordingHost, declared_memoizable, finish, replays
 from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
 from nodecompat.probes.round_host import RoundHost
@@ -280,7 +280,7 @@ class ProbeRunner:
                 )
                 continue
             self._hung.pop(probe.name, None)
-            record = self.memoize and type(probe).memoizable
+            record = self.memoize and declared_memoizable(type(probe))
             held = self._memo.get(id(probe)) if record else None
             calls.append(_Call(probe, held[1] if held is not None and held[0] is probe else None, record))
 

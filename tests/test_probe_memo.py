@@ -287,3 +287,44 @@ def test_a_feature_file_with_an_expiry_time_makes_local_run_every_round(tmp_path
     assert reused == [False, True]
     assert [r.statuses[0].reused for r in rounds] == [False, False, False]
     assert rounds[-1].features.attributes["local.feature"].elements == {"a": "1", "b": "2"}
+
+
+_OUTSIDE = {"value": "1"}  # an input that is not the host tree (a plugin's own state, the clock, a library)
+
+
+def test_a_plugin_subclassing_a_memoizable_probe_is_not_memoized_unless_it_says_so(tmp_path: Path) -> None:
+    """memoizable is a promise about one class's discover(); a plugin subclass that overrides discover() (or
+    anything it calls) was never audited for it, yet inherited True: its result was reused while the host
+    tree was unchanged, and a change of what it reads elsewhere was never published."""
+    (tmp_path / "f").write_bytes(b"abc")
+
+    class Audited(ReadsOneFile):
+        pass
+
+    class Plugin(Audited):  # a third party's tweak: reads something besides the host
+        def discover(self, host: HostRoot) -> ProbeOutput:
+            out = super().discover(host)
+            out.features.add_attributes("readsone.file", {"outside": _OUTSIDE["value"]})
+            return out
+
+    Audited("/f")  # the base says memoizable (ReadsOneFile sets it on the class)
+    probe = Plugin.__new__(Plugin)
+    probe.path, probe.calls, probe.replayable = "/f", 0, True  # the plugin itself declares nothing
+    assert "memoizable" not in Plugin.__dict__ and Plugin.memoizable is True
+    runner = ProbeRunner([probe], HostRoot(tmp_path))
+    try:
+        first = runner.run()
+        _OUTSIDE["value"] = "2"
+        second = runner.run()
+    finally:
+        runner.close()
+    assert first.features.attributes["readsone.file"].elements["outside"] == "1"
+    assert second.features.attributes["readsone.file"].elements["outside"] == "2"
+    assert not second.statuses[0].reused and probe.calls == 2
+
+    class Declared(Plugin):
+        memoizable = True  # a subclass that declares it is memoized as before
+
+    again = Declared.__new__(Declared)
+    again.path, again.calls, again.replayable = "/f", 0, True
+    assert [r.statuses[0].reused for r in _rounds(again, tmp_path, 3)] == [False, True, True]
