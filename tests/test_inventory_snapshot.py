@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support_daemon import free_port
+from support_daemon import free_port, stop_process
 from support_fleet import SPEC_RANKED, Proc, aggregator, start_node, wait_until
 from support_proxy import TcpProxy
 
@@ -305,3 +305,37 @@ def test_a_snapshot_over_the_limit_is_not_written_and_health_says_so(tmp_path: P
         agg.state.max_bytes = 1 << 20  # the operator's larger limit: the next write goes through
         assert agg.state.write_now() and state.exists()
         wait_until(lambda: status(address) == health_pb2.HealthCheckResponse.SERVING, 10, "SERVING again")
+
+
+def test_one_aggregator_per_state_file_and_a_crashed_write_leaves_nothing(tmp_path: Path) -> None:
+    """A crash (SIGKILL, power) during a write left its `.NAME.XXXX.tmp` (up to --state-max-mib each) beside
+    the file forever; two aggregators given one --state-file each overwrote the other's inventory every 5 s
+    and a restart held whichever wrote last. Now the first claims the file and cleans up, the second refuses
+    to start and says why."""
+    state = tmp_path / "state"
+    left = tmp_path / ".state.k3x9q2ab.tmp"  # what mkstemp named a write a crash interrupted
+    left.write_bytes(b"\0" * 4096)
+    other = tmp_path / ".other.k3x9q2ab.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"x")
+    cmd = [sys.executable, "-m", "nodecompat.clients.cli", "aggregator", "--state-file", str(state),
+           "--allow-unauthenticated-registration"]
+    first_listen = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "first.log"
+    first = Proc("aggregator", subprocess.Popen([*cmd, "--listen", first_listen], stdout=log.open("wb"),
+                                                stderr=subprocess.STDOUT), first_listen, log)
+    try:
+        first.wait_serving()
+        assert not left.exists() and other.exists()
+        assert "removed 1 temporary file(s) left by an interrupted write" in log.read_text()
+        second = subprocess.run([*cmd, "--listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode != 0
+        assert "another aggregator uses it" in second.stderr and str(state) in second.stderr
+    finally:
+        first.terminate()
+    again = subprocess.Popen([*cmd, "--listen", first_listen], stdout=(tmp_path / "again.log").open("wb"),
+                             stderr=subprocess.STDOUT)
+    try:  # the lock ends with its process: a restart claims the file again
+        Proc("aggregator", again, first_listen, tmp_path / "again.log").wait_serving()
+    finally:
+        stop_process(again, 10)

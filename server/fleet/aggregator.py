@@ -195,6 +195,7 @@ class AggregatorDaemon:
     def start(self) -> int:
         self.inventory.load()
         if self.state is not None:  # before serving: restored nodes are answered from the first call
+            self.state.claim()
             load_snapshot(self.state.path, self.inventory, self.store, self.sync.push if self.sync else None,
                           max_bytes=self.config.state_max_bytes)
         raise_open_file_limit()

@@ -10,6 +10,8 @@ seen at its address. Protobuf because the project already ships it, it is compac
 and fast to read and write from C (upb), and its reader never executes anything; schema evolution is
 protobuf's. Atomic: a temporary file in the same directory (mode 0600), written, fsync'd, renamed over PATH,
 then the directory fsync'd, so a crash leaves the previous snapshot or the new one, never half of one.
+One aggregator per file: SnapshotWriter.claim() flocks `.NAME.lock` (a second one refuses to start) and
+removes the temporary files a crash left.
 Bounded: a snapshot larger than `max_bytes` (--state-max-mib) is not written: logged, and the health name
 STATE_HEALTH ("nodecompat.v1.FleetService/StateFile") is NOT_SERVING until a write succeeds again (a
 failed write says so the same way).
@@ -44,6 +46,7 @@ Hand-written: the glue between the lease table, the feature store and a protobuf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -181,6 +184,7 @@ class SnapshotWriter:
         self.last_bytes = 0
         self.last_cpu = 0.0  # s of this thread's CPU for the last write (collect + serialize + write)
         self.problem = ""  # why the last write did not happen ("" after a good one)
+        self._lock_fd = -1  # claim(): the flock held on .NAME.lock (kept until the process ends)
         if health is not None:
             health.names.append(STATE_HEALTH)
 
@@ -226,6 +230,36 @@ class SnapshotWriter:
         status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
         if self.health.runtime.loop.is_running():
             self.health.runtime.call(self.health.servicer.set(STATE_HEALTH, status))
+
+    def claim(self) -> None:
+        """Take the state file for this aggregator (before load_snapshot): an exclusive flock on
+        `.NAME.lock` beside it, held until the process ends, then remove the temporary files a crashed
+        writer left (`.NAME.*.tmp`; nobody else writes them while the lock is held). ValueError, naming
+        the path, when another aggregator holds it (two writing one file would each overwrite the other's
+        inventory) or the directory is not writable."""
+        import fcntl
+
+        lock = self.path.parent / f".{self.path.name}.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise ValueError(f"--state-file {self.path}: cannot create {lock} ({exc.strerror}): the directory "
+                             "must be writable by the aggregator") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise ValueError(f"--state-file {self.path}: another aggregator uses it (it holds {lock}); give "
+                             "each aggregator its own state file") from exc
+        self._lock_fd = fd
+        stale = [e for e in os.scandir(self.path.parent) if e.name.startswith(f".{self.path.name}.")
+                 and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False)]
+        for entry in stale:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        if stale:
+            log.warning("state file %s: removed %d temporary file(s) left by an interrupted write (e.g. %s)",
+                        self.path, len(stale), stale[0].name)
 
     def start(self) -> None:
         if self._thread is None:
