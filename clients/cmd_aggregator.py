@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-file", default=None, metavar="PATH",
                    help="remember the registered nodes and their features in PATH (written atomically, mode 0600, at "
                    "most every 5 s when something changed and on a graceful stop) and hold them again at start: "
-                   "each must renew within its lease or it leaves (docs/inventory.md, Restarts). Not with --store")
+                   "each must renew within its lease or it leaves (docs/inventory.md, Restarts). One aggregator "
+                   "per PATH (it locks .NAME.lock beside it; the directory must be writable). Not with --store")
     p.add_argument("--state-max-mib", type=float, default=DEFAULT_STATE_MAX_BYTES / MIB, metavar="MIB",
                    help=f"a snapshot larger than this is neither written nor read (default "
                    f"{DEFAULT_STATE_MAX_BYTES // MIB}; 10,000 nodes take 2.7 MB)")
