@@ -319,7 +319,11 @@ class ProbeRunner:
                     if type(p).__module__.startswith("nodecompat.probes."):
                         _take(features, call.output.features, declared, taken)
                     else:  # a plugin may keep and change what it returned: copy it
-                        features.merge(call.output.features.subset(declared))
+                        sub = call.output.features.subset(declared)
+                        for kind in ("flags", "attributes", "instances"):
+                            for name in getattr(sub, kind).keys() & getattr(features, kind).keys():
+                                _detach(features, kind, name)
+                        features.merge(sub)
                         taken.update(declared)
             statuses[p.name] = st
             if not call.reused:  # a new outcome (or none): the old memo no longer holds
@@ -336,9 +340,11 @@ class ProbeRunner:
 def _take(into: Features, out: Features, declared: list[str], taken: set[str]) -> None:
     """Move the declared features of a finished probe's output into the round's features.
 
-    For built-in probes only: their output is a fresh object dropped after this, so a feature no earlier probe
-    delivered is moved as-is instead of copied element by element (kernel.config has thousands);
-    only a feature two probes both deliver is merged (Features.merge: later values win)."""
+    For built-in probes only: their output is not changed by anyone after this (it may be kept by the memo
+    and reused next round: probes/probe_memo.py), so a feature no earlier probe delivered is moved as-is
+    instead of copied element by element (kernel.config has thousands); a feature two probes both deliver
+    is merged (Features.merge: later values win) into a copy of what the round holds (_detach), never into
+    the earlier probe's own object."""
     keep = set(declared)
     for kind in ("flags", "attributes", "instances"):
         src = getattr(out, kind)
@@ -347,10 +353,19 @@ def _take(into: Features, out: Features, declared: list[str], taken: set[str]) -
             if name not in keep:
                 continue
             if name in taken or name in dst:
+                if name in dst:
+                    _detach(into, kind, name)
                 into.merge(Features(**{kind: {name: feat}}))
             else:
                 dst[name] = feat
             taken.add(name)
+
+
+def _detach(into: Features, kind: str, name: str) -> None:
+    """Replace `into`'s feature `name` of `kind` ("flags", "attributes", "instances") by a copy, before
+    something is merged into it: the object may be a probe's output that the memo keeps and reuses."""
+    dst = getattr(into, kind)
+    dst[name] = getattr(Features(**{kind: {name: dst[name]}}).copy(), kind)[name]
 
 
 def _check_output(probe: Probe, output: object) -> str:

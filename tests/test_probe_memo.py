@@ -328,3 +328,42 @@ def test_a_plugin_subclassing_a_memoizable_probe_is_not_memoized_unless_it_says_
     again = Declared.__new__(Declared)
     again.path, again.calls, again.replayable = "/f", 0, True
     assert [r.statuses[0].reused for r in _rounds(again, tmp_path, 3)] == [False, True, True]
+
+
+class ExtendsKernelVersion(Probe):
+    """A plugin adding an element to a built-in probe's feature (kernel.version), from a host file."""
+
+    name = "zz-extends-kernel"  # runs after `kernel` (probes are sorted by name)
+    features = (FeatureInfo("kernel.version", frozenset({"attribute"})),)
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput()
+        raw = host.read_bytes("/etc/extra")
+        if raw is not None:
+            out.features.add_attributes("kernel.version", {"extra": raw.decode()})
+        return out
+
+
+def test_a_reused_output_is_not_changed_by_a_later_probe_delivering_the_same_feature(tmp_path: Path) -> None:
+    """The round took a built-in probe's features by reference (its output was dropped after the round); with
+    the memo that output is kept and reused, so a later probe's merge into the same feature wrote into the
+    memo: once the plugin stopped delivering `extra`, the reused kernel output still published it."""
+    root = _tree(tmp_path)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc" / "extra").write_text("a")
+    kernel, errors = load_probes(["kernel"])
+    assert not errors
+    runner = ProbeRunner([*kernel, ExtendsKernelVersion()], HostRoot(root))
+    try:
+        first = runner.run()
+        (root / "etc" / "extra").unlink()
+        second = runner.run()
+        third = runner.run()
+    finally:
+        runner.close()
+    assert first.features.attributes["kernel.version"].elements["extra"] == "a"
+    assert next(s for s in second.statuses if s.name == "kernel").reused  # the kernel's host is unchanged
+    for r in (second, third):
+        assert "extra" not in r.features.attributes["kernel.version"].elements
+        assert r.features.attributes["kernel.version"].elements == _fresh(root).features.attributes[
+            "kernel.version"].elements
