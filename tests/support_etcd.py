@@ -16,6 +16,11 @@ import requests
 from support_daemon import free_port, stop_process
 from support_fleet import Certs
 
+# s: the in-process replicas' etcd watch read timeout (AggregatorConfig.store_watch_read_timeout; the product's
+# WATCH_READ_TIMEOUT is 1 s). An idle watch is re-opened that often from the same revision, and stop() waits at
+# most that long for each of a replica's watches instead of up to a second each.
+WATCH_READ_TIMEOUT = 0.25
+
 
 @dataclass
 class Etcd:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from etcd3gw import Etcd3Client
 from support_daemon import free_port, stop_process
-from support_etcd import Etcd, etcd, start_etcd, wait_for  # noqa: F401 (fixture)
+from support_etcd import WATCH_READ_TIMEOUT, Etcd, etcd, start_etcd, wait_for  # noqa: F401 (fixture)
 from support_fleet import SPEC_ANY, start_node
 
 from nodecompat.clients.fleet_client import FleetClient, NodeEntry
@@ -34,7 +34,8 @@ def replicas(store: str, prefix: str, n: int = 2, lease_ttl: float = 2.0) -> Ite
     try:
         for _ in range(n):
             d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=lease_ttl, registration=OPEN,
-                                                  sync=None, store=store, store_prefix=prefix))
+                                                  sync=None, store=store, store_prefix=prefix,
+                                                  store_watch_read_timeout=WATCH_READ_TIMEOUT))
             d.address = f"127.0.0.1:{d.start()}"  # type: ignore[attr-defined]
             aggs.append(d)
         yield aggs

@@ -20,7 +20,7 @@ import pytest
 from etcd3gw import Etcd3Client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support_daemon import free_port, stop_process
-from support_etcd import Etcd, start_etcd, wait_for
+from support_etcd import WATCH_READ_TIMEOUT, Etcd, start_etcd, wait_for
 from support_fleet import SPEC_ANY, start_node
 
 from nodecompat.clients.fleet_client import FleetClient
@@ -39,7 +39,7 @@ OUTAGE = 3 * TTL  # seconds etcd stays down: longer than two leases
 def replica(store: str, prefix: str) -> Iterator[AggregatorDaemon]:
     d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=TTL, registration=OPEN,
                                           sync=SyncConfig(heartbeat=1.0), store=store, store_prefix=prefix,
-                                          check_new_nodes=False))
+                                          check_new_nodes=False, store_watch_read_timeout=WATCH_READ_TIMEOUT))
     d.address = f"127.0.0.1:{d.start()}"  # type: ignore[attr-defined]
     try:
         yield d

@@ -12,7 +12,7 @@ import uuid
 import grpc
 import pytest
 from support_daemon import free_port
-from support_etcd import Etcd, etcd, wait_for  # noqa: F401 (fixture)
+from support_etcd import WATCH_READ_TIMEOUT, Etcd, etcd, wait_for  # noqa: F401 (fixture)
 from support_fleet import start_node
 
 from nodecompat.clients.fleet_client import FleetClient
@@ -36,7 +36,8 @@ def test_a_refusal_is_not_failed_over(etcd: Etcd) -> None:  # noqa: F811
     """ALREADY_EXISTS from one replica is the fleet's answer (shared store): the next is not asked."""
     prefix = f"/reg-{uuid.uuid4().hex}/"
     a = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=60, registration=OPEN, sync=None,
-                                          store=etcd.url, store_prefix=prefix))
+                                          store=etcd.url, store_prefix=prefix,
+                                          store_watch_read_timeout=WATCH_READ_TIMEOUT))
     a_addr = f"127.0.0.1:{a.start()}"
     taken = f"127.0.0.1:{free_port()}"
     holder = LeaseKeeper(a_addr, name="holder", address=taken)
@@ -54,7 +55,8 @@ def test_a_refusal_is_not_failed_over(etcd: Etcd) -> None:  # noqa: F811
 def test_serve_register_fails_over_between_replicas(etcd: Etcd, tmp_path) -> None:  # noqa: F811
     prefix = f"/reg-{uuid.uuid4().hex}/"
     aggs = [AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=TTL, registration=OPEN, sync=None,
-                                              store=etcd.url, store_prefix=prefix)) for _ in range(2)]
+                                              store=etcd.url, store_prefix=prefix,
+                                              store_watch_read_timeout=WATCH_READ_TIMEOUT)) for _ in range(2)]
     a_addr, b_addr = (f"127.0.0.1:{d.start()}" for d in aggs)
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     node = None

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from etcd3gw import Etcd3Client
-from support_etcd import Etcd, etcd, wait_for  # noqa: F401 (fixture)
+from support_etcd import WATCH_READ_TIMEOUT, Etcd, etcd, wait_for  # noqa: F401 (fixture)
 from support_fleet import FLEET, SPEC_ANY, Proc, start_aggregator_process, start_node
 
 from nodecompat.clients.fleet_client import FleetClient
@@ -71,7 +71,8 @@ def test_a_shared_feature_set_round_trips_and_is_checked_against_its_fingerprint
 def in_process(store: str, prefix: str, replica_id: str) -> Iterator[AggregatorDaemon]:
     d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=600.0, registration=OPEN,
                                           sync=SyncConfig(heartbeat=1.0), store=store, store_prefix=prefix,
-                                          replica_id=replica_id, check_new_nodes=False))
+                                          replica_id=replica_id, check_new_nodes=False,
+                                          store_watch_read_timeout=WATCH_READ_TIMEOUT))
     d.address = f"127.0.0.1:{d.start()}"  # type: ignore[attr-defined]
     try:
         yield d

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from support_daemon import stop_process
-from support_etcd import Etcd, start_etcd, wait_for
+from support_etcd import WATCH_READ_TIMEOUT, Etcd, start_etcd, wait_for
 from support_fleet import Certs, make_certs, start_aggregator_process
 from test_store_etcd_failover import listed
 
@@ -37,7 +37,8 @@ def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Etcd, C
 
 def _in_process(store: str, prefix: str, **tls: object) -> AggregatorDaemon:
     d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=600.0, registration=OPEN, sync=None,
-                                          store=store, store_prefix=prefix, **tls))  # type: ignore[arg-type]
+                                          store=store, store_prefix=prefix, **tls,  # type: ignore[arg-type]
+                                          store_watch_read_timeout=WATCH_READ_TIMEOUT))
     d.address = f"127.0.0.1:{d.start()}"  # type: ignore[attr-defined]
     return d
 

@@ -111,6 +111,9 @@ class AggregatorConfig:
     store_ca: str | None = None  # etcd over HTTPS: CA, client certificate and key (PEM paths)
     store_cert: str | None = None
     store_key: str | None = None
+    # s an idle etcd watch stream is kept before it is re-opened (None: etcd_kv.WATCH_READ_TIMEOUT); it also bounds
+    # how long stop() waits for each watch. Tests pass a shorter one.
+    store_watch_read_timeout: float | None = None
     # This replica's name among those sharing the inventory through the store (server/inventory/inventory_shards.py);
     # "" picks a random one. A Deployment can pass the pod name.
     replica_id: str = ""
@@ -133,7 +136,8 @@ class AggregatorDaemon:
             max_heartbeats_per_second=config.max_heartbeats_per_second,
             max_registrations=config.max_registrations,
             store=open_registration_store(config.store, config.store_prefix, ca=config.store_ca,
-                                          cert=config.store_cert, key=config.store_key),
+                                          cert=config.store_cert, key=config.store_key,
+                                          watch_read_timeout=config.store_watch_read_timeout),
         )
         rt_limits = RuntimeLimits(
             workers=config.workers,

@@ -50,10 +50,12 @@ class RegistrationStore(Protocol):
 
 
 def open_registration_store(url: str, prefix: str = "/nodecompat/", *, ca: str | None = None,
-                            cert: str | None = None, key: str | None = None) -> RegistrationStore | None:
+                            cert: str | None = None, key: str | None = None,
+                            watch_read_timeout: float | None = None) -> RegistrationStore | None:
     """--store URL -> a store (None for "" or memory://: registrations stay in this process); ca/cert/key:
-    --store-ca/--store-cert/--store-key PEM paths (etcd over HTTPS). ValueError on a URL or TLS flags it
-    cannot use. etcd3gw is imported only when etcd is asked for."""
+    --store-ca/--store-cert/--store-key PEM paths (etcd over HTTPS); watch_read_timeout: seconds an idle etcd
+    watch stream is kept before it is re-opened (None: etcd_kv.WATCH_READ_TIMEOUT; tests pass a shorter one).
+    ValueError on a URL or TLS flags it cannot use. etcd3gw is imported only when etcd is asked for."""
     if not url or url == "memory://":
         if ca or cert or key:
             raise ValueError("--store-ca/--store-cert/--store-key are for --store etcd://...")
@@ -61,5 +63,6 @@ def open_registration_store(url: str, prefix: str = "/nodecompat/", *, ca: str |
     if url.startswith("etcd://"):
         from nodecompat.server.inventory.store_etcd import EtcdRegistrationStore, parse_store_url
 
-        return EtcdRegistrationStore(parse_store_url(url), prefix, ca=ca, cert=cert, key=key)
+        return EtcdRegistrationStore(parse_store_url(url), prefix, ca=ca, cert=cert, key=key,
+                                     watch_read_timeout=watch_read_timeout)
     raise ValueError(f"--store {url!r}: expected etcd://HOST:PORT[,HOST:PORT...] (or nothing: in memory)")

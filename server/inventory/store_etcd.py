@@ -47,7 +47,7 @@ from typing import Any
 from etcd3gw.utils import _decode, _encode
 
 from nodecompat.hostport import split_address
-from nodecompat.server.inventory.etcd_kv import CALL_TIMEOUT, EtcdEndpoints, PrefixWatch
+from nodecompat.server.inventory.etcd_kv import CALL_TIMEOUT, WATCH_READ_TIMEOUT, EtcdEndpoints, PrefixWatch
 from nodecompat.server.inventory.fleet_nodes import AddressInUse
 from nodecompat.server.inventory.registration_store import Apply, StoredLease, StoreUnavailable
 
@@ -78,10 +78,12 @@ class EtcdRegistrationStore:
     """RegistrationStore (server/inventory/registration_store.py) over etcd's v3 gateway."""
 
     def __init__(self, endpoints: list[tuple[str, int]], prefix: str = "/nodecompat/", *, ca: str | None = None,
-                 cert: str | None = None, key: str | None = None) -> None:
+                 cert: str | None = None, key: str | None = None, watch_read_timeout: float | None = None) -> None:
         """endpoints [(host, port)]; ca/cert/key PEM file paths: any of them set -> HTTPS (cert and key
-        together or neither; ValueError otherwise)."""
-        self.etcd = EtcdEndpoints(endpoints, ca=ca, cert=cert, key=key)
+        together or neither; ValueError otherwise); watch_read_timeout: EtcdEndpoints' (None: WATCH_READ_TIMEOUT)."""
+        self.etcd = EtcdEndpoints(endpoints, ca=ca, cert=cert, key=key,
+                                  watch_read_timeout=WATCH_READ_TIMEOUT if watch_read_timeout is None
+                                  else watch_read_timeout)
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._lock = threading.Lock()
         self._my_leases: dict[str, int] = {}  # name -> the etcd lease id this replica granted last
