@@ -23,11 +23,8 @@ cpu.coprocessor is always published: nx_gzip on ppc64le (coprocessor_ppc64le.go)
 
 from __future__ import annotations
 
-import re
-
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes import parsecache
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.cpuid_names import nfd_arm64_cpuid, nfd_x86_cpuid
 from nodecompat.probes.hostcpu import (
@@ -37,6 +34,8 @@ from nodecompat.probes.hostcpu import (
     cpuid_reader,
     host_arch,
     parse_cpuinfo,
+    read_cpuinfo,
+    s390x_model,
 )
 from nodecompat.probes.hypervisor import (
     CLOCKSOURCES,
@@ -47,7 +46,7 @@ from nodecompat.probes.hypervisor import (
     hypervisor,
 )
 
-__all__ = ["CpuInfo", "CpuProbe", "arm64_model", "parse_cpuinfo", "topology"]
+__all__ = ["CpuInfo", "CpuProbe", "arm64_model", "parse_cpuinfo", "s390x_model", "topology"]
 
 CPU_DEVICES = "/sys/bus/cpu/devices"
 MIDR = "/sys/devices/system/cpu/cpu0/regs/identification/midr_el1"
@@ -69,7 +68,6 @@ ARM_IMPLEMENTERS = {
     0x56: "Marvell",
     0x69: "Intel",
 }
-_FORBIDDEN = re.compile(r"[^-A-Za-z0-9_.]+")
 
 
 def midr_from_cpuinfo(info: CpuInfo) -> int | None:
@@ -90,28 +88,6 @@ def arm64_model(info: CpuInfo, midr: int | None) -> dict[str, str]:
         "family": str((midr >> 16) & 0xFF),
         "id": str(midr & 0xFFFF),
     }
-
-
-def s390x_model(text: str) -> dict[str, str]:
-    """NFD getS390xAttributes() + getCPUModel() override rules over /proc/cpuinfo."""
-    vendor, family, ident = "", "0", "0"
-    for line in text.split("\n"):
-        key, sep, val = line.partition(":")
-        if not sep:
-            continue
-        key, val = key.strip(), val.strip()
-        if key == "vendor_id":
-            vendor = _FORBIDDEN.sub("_", val)
-        elif key == "machine":
-            ident = val
-        elif key == "identification" and family == "0":
-            family = val
-    out = {"vendor_id": vendor or "VendorUnknown", "family": "0", "id": "0"}
-    if family not in ("", "0"):
-        out["family"] = family
-    if ident not in ("", "0"):
-        out["id"] = ident
-    return out
 
 
 def topology(host: HostRoot) -> dict[str, str]:
@@ -185,17 +161,14 @@ class CpuProbe(Probe):
     def discover(self, host: HostRoot) -> ProbeOutput:
         out = ProbeOutput(Features())
         f = out.features
-        text = host.read_text(CPUINFO)
-        info = None
-        if text is not None:  # the first processor's block: its fields are all the probe uses
-            info = parsecache.per_round(host, "parse_cpuinfo", lambda: parse_cpuinfo(text, first_only=True))
+        info = read_cpuinfo(host)  # what the probe uses of /proc/cpuinfo (hostcpu.cpuinfo_facts)
         arch, _ = host_arch(host, info)
-        if text is None or info is None:
+        if info is None:
             out.notes.append(f"{CPUINFO} unreadable: cpu.cpuid and cpu.model unknown")
         else:
             cpuid = cpuid_reader(host) if arch == "amd64" else None
             self._cpuid(f, out.notes, info, arch, cpuid)
-            model = self._model(host, text, info, arch)
+            model = self._model(host, info, arch)
             hv, note = hypervisor(host, arch, info, cpuid)
             if hv is not None:
                 model["hypervisor"] = hv
@@ -237,7 +210,7 @@ class CpuProbe(Probe):
             notes.append(f"CPUID device read failed ({exc}): cpu.cpuid attribute AVX10_VERSION left out")
 
     @staticmethod
-    def _model(host: HostRoot, text: str, info: CpuInfo, arch: str | None) -> dict[str, str]:
+    def _model(host: HostRoot, info: CpuInfo, arch: str | None) -> dict[str, str]:
         if arch == "amd64":
             model = {"vendor_id": VENDOR_MAPPING.get(info.vendor_id, "VendorUnknown")}
             if info.family is not None:
@@ -254,6 +227,6 @@ class CpuProbe(Probe):
                 except ValueError:
                     midr = None
             return arm64_model(info, midr if midr is not None else midr_from_cpuinfo(info))
-        if arch == "s390x":
-            return s390x_model(text)
+        if arch == "s390x":  # cpuinfo_facts computed it for s390x-shaped and unrecognised cpuinfo
+            return dict(info.s390x) if info.s390x is not None else s390x_model("")
         return {"vendor_id": "VendorUnknown", "family": "0", "id": "0"}

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodecompat.hostroot import HostRoot
-from nodecompat.probes import parsecache
-from nodecompat.probes.probe_memo import RecordingHost, noted
+from nodecompat.probes.bounded_read import text_of
+from nodecompat.probes.probe_memo import RecordingHost, derived, noted
 
 SLASH = Path("/")  # made once: a Path is built and compared part by part
 CPUINFO = "/proc/cpuinfo"
@@ -59,6 +59,7 @@ class CpuInfo:
     power_cpu: str = ""
     physical_ids: set[str] = field(default_factory=set)
     processors: int = 0
+    s390x: dict[str, str] | None = None  # NFD's s390x model attributes (cpuinfo_facts), else None
 
 
 def _int0(text: str | None) -> int | None:
@@ -169,20 +170,51 @@ def host_arch(host: HostRoot, info: CpuInfo | None) -> tuple[str | None, str]:
 
 
 def read_cpuinfo(host: HostRoot) -> CpuInfo | None:
-    """The first processor's facts (flags, vendor, MIDR fields); only that block is parsed, so a
-    512-CPU cpuinfo costs the cpu_* probes no more than a 2-CPU one, and once per round (shared by
-    the round's probes: not to be changed). None when unreadable."""
-    return parsecache.per_round(host, "read_cpuinfo", lambda: _read_cpuinfo(host))
+    """What the cpu probes use of /proc/cpuinfo (cpuinfo_facts), None when unreadable. Parsed once per
+    round (shared by the round's probes: not to be changed); on a probe's recording host only these facts
+    are logged (probe_memo.derived), so a replay compares them, not the bytes: cpu MHz and bogomips,
+    which change between reads on a host with frequency scaling, do not make the cpu probes run again."""
+    return derived(host, CPUINFO, cpuinfo_facts)
 
 
-def _read_cpuinfo(host: HostRoot) -> CpuInfo | None:
-    text = host.read_text(CPUINFO)
+def cpuinfo_facts(raw: bytes | None) -> CpuInfo | None:
+    """The first processor's facts of /proc/cpuinfo `raw` (parse_cpuinfo(first_only=True): flags, vendor,
+    family, model, MIDR fields; only that block is parsed, so a 512-CPU cpuinfo costs no more than a
+    2-CPU one) and, on s390x, NFD's model attributes (s390x_model over every line). None when unreadable.
+    Everything the cpu probes take from /proc/cpuinfo is in this value: they do not read the file
+    otherwise (tests/test_probe_memo_volatile.py changes each line and compares with a fresh round)."""
+    text = text_of(raw)
     if text is None:
         return None
-    first, sep, _rest = text.partition("\n\n")
-    if text.startswith("vendor_id") and "IBM/S390" in first:
-        return parse_cpuinfo(text)  # s390x: a header block before the per-CPU ones
-    return parse_cpuinfo(first + sep)
+    info = parse_cpuinfo(text, first_only=True)
+    if cpuinfo_arch(info) in ("s390x", None):  # s390x, or the architecture comes from elsewhere (host_arch)
+        info.s390x = s390x_model(text)  # NFD getS390xAttributes() reads every line
+    return info
+
+
+_FORBIDDEN = re.compile(r"[^-A-Za-z0-9_.]+")
+
+
+def s390x_model(text: str) -> dict[str, str]:
+    """NFD getS390xAttributes() + getCPUModel() override rules over /proc/cpuinfo (source/cpu/cpu.go)."""
+    vendor, family, ident = "", "0", "0"
+    for line in text.split("\n"):
+        key, sep, val = line.partition(":")
+        if not sep:
+            continue
+        key, val = key.strip(), val.strip()
+        if key == "vendor_id":
+            vendor = _FORBIDDEN.sub("_", val)
+        elif key == "machine":
+            ident = val
+        elif key == "identification" and family == "0":
+            family = val
+    out = {"vendor_id": vendor or "VendorUnknown", "family": "0", "id": "0"}
+    if family not in ("", "0"):
+        out["family"] = family
+    if ident not in ("", "0"):
+        out["id"] = ident
+    return out
 
 
 # CPUID registers of this machine, read once per process: NFD's klauspost/cpuid detects them once,

@@ -14,8 +14,9 @@ from __future__ import annotations
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.bounded_read import text_of
 from nodecompat.probes.hostcpu import SLASH
-from nodecompat.probes.probe_memo import not_replayable
+from nodecompat.probes.probe_memo import derived, not_replayable
 
 NODE_BUS = "/sys/bus/node/devices"
 SWAPS = "/proc/swaps"
@@ -39,6 +40,22 @@ def parse_meminfo(text: str) -> dict[str, int]:
             value *= 1024
         out[key.strip()] = value
     return out
+
+
+SIZE_KEYS = ("MemTotal", "MemAvailable", "SwapTotal")  # the meminfo fields memory.size is made of
+
+
+def meminfo_sizes(raw: bytes | None) -> dict[str, int] | None:
+    """{key: bytes} of /proc/meminfo `raw` for SIZE_KEYS only (parse_meminfo's values; a key absent from
+    the file absent here), None when unreadable. All the memory probe uses of meminfo: the rest
+    (MemFree, Cached, HugePages_* ...) changes between reads without changing a published feature (NFD's
+    memory.hugepages comes from sysfs, source/memory/memory.go, as probes/hugepages.py reads it), so a
+    replay compares this value (probe_memo.derived), not the bytes."""
+    text = text_of(raw)
+    if text is None:
+        return None
+    mi = parse_meminfo(text)
+    return {k: mi[k] for k in SIZE_KEYS if k in mi}
 
 
 def swap_enabled(text: str) -> bool:
@@ -108,9 +125,7 @@ class MemoryProbe(Probe):
         f = out.features
         nodes = node_names(host)
         if nodes is not None:
-            f.add_attributes(
-                "memory.numa", {"is_numa": str(len(nodes) > 1).lower(), "node_count": str(len(nodes))}
-            )
+            f.add_attributes("memory.numa", {"is_numa": str(len(nodes) > 1).lower(), "node_count": str(len(nodes))})
         else:
             out.notes.append(f"{NODE_BUS} cannot be listed: memory.numa left out, as NFD does")
 
@@ -139,8 +154,7 @@ class MemoryProbe(Probe):
 
     @staticmethod
     def _size(host: HostRoot) -> dict[str, str]:
-        text = host.read_text(MEMINFO)
-        mi = parse_meminfo(text) if text is not None else {}
+        mi = derived(host, MEMINFO, meminfo_sizes) or {}  # only what memory.size publishes (probe_memo)
         if host.root == SLASH:
             total, avail, swap = mi.get("MemTotal"), mi.get("MemAvailable"), mi.get("SwapTotal")
             if total is None or swap is None or not avail or avail > total:

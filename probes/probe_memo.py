@@ -22,6 +22,9 @@ What the log holds, per operation (fn, args, answer), fn(round host, *args) givi
   logged: the probe itself reuses that parse while the identity is unchanged, so the replay decides as
   the probe would. parsecache.per_round values carry the log of their computation, so a probe served
   from the round's memo by another probe's computation still logs the reads it depends on;
+- `derived(host, path, derive)`: derive(the file's bytes) only, for a file whose other parts change
+  between reads (cpuinfo's cpu MHz and bogomips, meminfo's MemFree): the file is read again on replay
+  and only the value the probe uses is compared (hostcpu.cpuinfo_facts, memory.meminfo_sizes);
 - inputs that are not the host file tree, logged with `noted()` and asked again on replay: the CPUID
   device's state and registers (hostcpu.py), $NODE_NAME (system.py).
 A probe that uses a source that cannot be asked again cheaply (NVML, psutil, the clock) calls
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import ProbeOutput
 from nodecompat.probes.bounded_read import text_of
 from nodecompat.probes.round_host import RoundHost
@@ -54,6 +58,7 @@ from nodecompat.probes.round_host import RoundHost
 T = TypeVar("T")
 MAX_LOG_BYTES = 1 << 20  # a probe whose answers weigh more is not memoized
 _ENTRY_BYTES = 64  # what one operation is counted for besides its answer's bytes
+_UNSET = object()
 
 Entry = tuple[Callable[..., Any], tuple[Any, ...], Any]  # (fn, args, answer): fn(host, *args) == answer
 
@@ -131,6 +136,16 @@ def _host_resolve(host: RoundHost, path: str, strict: bool) -> str:
 
 def _noted(_host: RoundHost, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
+
+
+def _derived(host: RoundHost, path: str, derive: Callable[[bytes | None], Any]) -> Any:
+    """derive(the bytes of `path` as the round read them), once per round and function (the round's memo)."""
+    memo: dict[Any, Any] = host.memo
+    key = ("d", path, derive)
+    value = memo.get(key, _UNSET)
+    if value is _UNSET:
+        value = memo[key] = derive(RoundHost.read_bytes(host, path))
+    return value
 
 
 def _identity(host: RoundHost, path: str) -> object:
@@ -264,6 +279,22 @@ def noted(host: object, fn: Callable[..., T], *args: Any) -> T:
     if not isinstance(host, RecordingHost) or host.log.depth:
         return fn(*args)
     return host._call(_noted, (fn, *args))
+
+
+def derived(host: HostRoot, path: str, derive: Callable[[bytes | None], T]) -> T:
+    """derive(the bytes of host file `path`, None when unreadable): what a probe depends on from a file
+    whose other parts change between reads (/proc/cpuinfo's cpu MHz, /proc/meminfo's MemFree). On a
+    recording host only that value is logged, not the bytes, so a replay reads the file again (through
+    the round's host, as any read) and compares derive(new bytes) with it (==): a change of what the
+    probe uses is seen, a change of the rest is not a reason to run it again. The probe must use
+    nothing else of the file (it does not read it otherwise), and `derive` must be a deterministic
+    module-level function of the bytes. Computed once per round and function (the round's memo: the
+    cpu probes share one parse); on a HostRoot that is not a round's, derive(host.read_bytes(path))."""
+    if isinstance(host, RecordingHost) and not host.log.depth:
+        return host._call(_derived, (path, derive))
+    if isinstance(host, RoundHost):
+        return _derived(host, path, derive)
+    return derive(host.read_bytes(path))
 
 
 def not_replayable(host: object, why: str) -> None:
