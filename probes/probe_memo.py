@@ -164,9 +164,10 @@ class RecordingHost(RoundHost):
     @classmethod
     def of(cls, round_host: RoundHost) -> RecordingHost:
         """A new recording view sharing `round_host`'s memo, descriptors and resolved root."""
-        new = cls(round_host.root, round_host.features_d, round_host.memo, round_host._state,
-                  round_host._parents, round_host._open2)  # fmt: skip
-        new.__dict__["_real_root"] = round_host._real_root
+        new = object.__new__(cls)  # the frozen dataclass's __init__ (a guarded setattr per field) skipped:
+        d = new.__dict__  # one per probe per round
+        d.update(round_host.__dict__)  # root, features_d, memo, descriptors, _real_root: the same objects
+        d["log"] = _Log()
         return new
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], answer: Callable[[Any], Any] | None = None) -> Any:
@@ -187,9 +188,19 @@ class RecordingHost(RoundHost):
 
     # reads: the bytes are the answer
     def read_bytes(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> bytes | None:
+        path = host_path if type(host_path) is str else os.fspath(host_path)
         if within is not None:
-            return self._call(_read_within, (os.fspath(host_path), within))
-        return self._call(_read_bytes, (os.fspath(host_path),))
+            return self._call(_read_within, (path, within))
+        log = self.log  # RoundHost.read_bytes calls no method noted here: no depth to keep (one frame less)
+        try:
+            raw = RoundHost.read_bytes(self, path)
+        except Exception as exc:
+            if not log.depth:
+                log.entries.append((_read_bytes, (path,), _raised(exc)))
+            raise
+        if not log.depth:
+            log.entries.append((_read_bytes, (path,), raw))
+        return raw
 
     def read_text(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> str | None:
         path = os.fspath(host_path)
@@ -364,7 +375,7 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
         return None
     entries = log.entries
     size = _ENTRY_BYTES * len(entries)
-    for _fn, _args, answer in entries:
+    for _fn, _args, answer in entries:  # measured: faster than comprehensions or filters over the entries
         kind = type(answer)
         if kind is bytes or kind is str:
             size += len(answer)
@@ -376,10 +387,20 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
 
 
 def replays(memo: Memo, host: RoundHost) -> bool:
-    """Whether every operation of the memo's log answers the same on `host` (stops at the first difference)."""
+    """Whether every operation of the memo's log answers the same on `host` (stops at the first difference).
+    A whole read (most of a log) is RoundHost.read_bytes done here, without its frame: the round's memo,
+    else the round's confined read (RoundHost._read, as read_bytes calls it); bytes compared with ==."""
+    mem = host.memo
+    read = host._read
     for fn, args, answer in memo.entries:
         try:
-            got = fn(host, *args)
+            if fn is _read_bytes:
+                key = ("b", args[0])
+                got = mem.get(key, _UNSET)
+                if got is _UNSET:
+                    got = mem[key] = read(args[0], None)
+            else:
+                got = fn(host, *args)
         except Exception as exc:
             got = _raised(exc)
         if got is not answer and got != answer:
