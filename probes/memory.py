@@ -54,7 +54,9 @@ def meminfo_sizes(raw: bytes | None) -> dict[str, int] | None:
     text = text_of(raw)
     if text is None:
         return None
-    mi = parse_meminfo(text)
+    # parse_meminfo over the lines that can hold one of the keys (~6 of ~55): every such line has "Total"
+    # or "Avail" in it, so the values are parse_meminfo's (a repeated key: the last one, as there)
+    mi = parse_meminfo("\n".join(ln for ln in text.splitlines() if "Total" in ln or "Avail" in ln))
     return {k: mi[k] for k in SIZE_KEYS if k in mi}
 
 

@@ -59,6 +59,7 @@ T = TypeVar("T")
 MAX_LOG_BYTES = 1 << 20  # a probe whose answers weigh more is not memoized
 _ENTRY_BYTES = 64  # what one operation is counted for besides its answer's bytes
 _UNSET = object()
+MAX_SEEN_BYTES = 64 << 10  # a derived file's bytes are kept beside its value (a replay shortcut) up to this size
 
 Entry = tuple[Callable[..., Any], tuple[Any, ...], Any]  # (fn, args, answer): fn(host, *args) == answer
 
@@ -138,14 +139,20 @@ def _noted(_host: RoundHost, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-def _derived(host: RoundHost, path: str, derive: Callable[[bytes | None], Any]) -> Any:
-    """derive(the bytes of `path` as the round read them), once per round and function (the round's memo)."""
+def _derived(host: RoundHost, path: str, derive: Callable[[bytes | None], Any], seen: Any = _UNSET,
+             value: Any = None) -> Any:  # fmt: skip
+    """derive(the bytes of `path` as the round read them), once per round and function (the round's memo).
+    A replay passes the bytes the logged `value` came from (`seen`, when kept): equal bytes give that value
+    without deriving again (derive is deterministic), so an unchanged file costs a comparison of bytes."""
+    raw = RoundHost.read_bytes(host, path)
+    if seen is not _UNSET and (raw is seen or raw == seen):
+        return value
     memo: dict[Any, Any] = host.memo
     key = ("d", path, derive)
-    value = memo.get(key, _UNSET)
-    if value is _UNSET:
-        value = memo[key] = derive(RoundHost.read_bytes(host, path))
-    return value
+    got = memo.get(key, _UNSET)
+    if got is _UNSET:
+        got = memo[key] = derive(raw)
+    return got
 
 
 def _identity(host: RoundHost, path: str) -> object:
@@ -302,7 +309,20 @@ def derived(host: HostRoot, path: str, derive: Callable[[bytes | None], T]) -> T
     module-level function of the bytes. Computed once per round and function (the round's memo: the
     cpu probes share one parse); on a HostRoot that is not a round's, derive(host.read_bytes(path))."""
     if isinstance(host, RecordingHost) and not host.log.depth:
-        return host._call(_derived, (path, derive))
+        log = host.log
+        log.depth = 1
+        try:
+            raw = RoundHost.read_bytes(host, path)
+            value = _derived(host, path, derive)
+        except Exception as exc:
+            log.entries.append((_derived, (path, derive), _raised(exc)))
+            raise
+        finally:
+            log.depth = 0
+        # the bytes beside the value (counted in the log's size), so a replay of an unchanged file derives nothing
+        seen = raw if raw is None or len(raw) <= MAX_SEEN_BYTES else _UNSET
+        log.entries.append((_derived, (path, derive, seen, value), value))
+        return value
     if isinstance(host, RoundHost):
         return _derived(host, path, derive)
     return derive(host.read_bytes(path))
@@ -375,12 +395,14 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
         return None
     entries = log.entries
     size = _ENTRY_BYTES * len(entries)
-    for _fn, _args, answer in entries:  # measured: faster than comprehensions or filters over the entries
+    for fn, args, answer in entries:  # measured: faster than comprehensions or filters over the entries
         kind = type(answer)
         if kind is bytes or kind is str:
             size += len(answer)
         elif kind is list:
             size += 8 * len(answer) + sum(map(len, answer))
+        elif fn is _derived and len(args) > 2 and type(args[2]) is bytes:
+            size += len(args[2])  # the bytes kept beside a derived value
     if size > MAX_LOG_BYTES:
         return None
     return Memo(entries, output, size)

@@ -188,3 +188,44 @@ def test_every_line_changed_gives_what_a_fresh_round_gives(tmp_path: Path, fixtu
             assert _view(r) == _view(_fresh(root)), f"stale after {new!r} -> {original[i]!r}"
     finally:
         m.close()
+
+
+def test_a_cpuinfo_too_large_to_keep_beside_its_facts_is_still_compared_by_them(tmp_path: Path) -> None:
+    """A replay compares the file's bytes with those its logged value came from (a shortcut, bytes kept up to
+    probe_memo.MAX_SEEN_BYTES); past that (a many-CPU host) the facts are derived again and compared."""
+    from nodecompat.probes import probe_memo
+
+    root = _tree(tmp_path, "h100-server")
+    cpuinfo = root / "proc/cpuinfo"
+    block = cpuinfo.read_text().split("\n\n")[0].strip("\n")
+    blocks = [block.replace("processor\t: 0", f"processor\t: {i}") for i in range(64)]
+    cpuinfo.write_text("\n\n".join(blocks) + "\n\n")
+    assert cpuinfo.stat().st_size > probe_memo.MAX_SEEN_BYTES
+    m = Memoized(root)
+    try:
+        _edit(cpuinfo, "cpu MHz", lambda v: str(float(v) + 1))
+        r1, ran1 = m.run()
+        _edit(cpuinfo, "flags", lambda v: " ".join(f for f in v.split() if f != "avx512f"))
+        r2, ran2 = m.run()
+    finally:
+        m.close()
+    assert ran1 == set() and "AVX512F" in r1.features.flags["cpu.cpuid"].elements
+    assert "cpu" in ran2 and "AVX512F" not in r2.features.flags["cpu.cpuid"].elements
+    assert _view(r2) == _view(_fresh(root))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "MemTotal: 10 kB\nMemFree: 5 kB\nMemAvailable: 7 kB\nSwapTotal: 0 kB\n",
+        " MemTotal : 10 kB\nMemTotal: 11 kB\nMemAvailable: x kB\nSwapTotal: 3\n",  # spaces, repeated, junk
+        "MemAvailable:\nSwapTotal: 1 MB\r\nHugePages_Total: 4\nMemTotal 5 kB\n",
+        "",
+    ],
+)
+def test_meminfo_sizes_are_parse_meminfos_values(text: str) -> None:
+    from nodecompat.probes.memory import SIZE_KEYS, meminfo_sizes, parse_meminfo
+
+    mi = parse_meminfo(text.replace("\r\n", "\n"))
+    assert meminfo_sizes(text.encode()) == {k: mi[k] for k in SIZE_KEYS if k in mi}
+    assert meminfo_sizes(None) is None
