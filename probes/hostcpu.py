@@ -29,7 +29,8 @@ from pathlib import Path
 
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.bounded_read import text_of
-from nodecompat.probes.probe_memo import RecordingHost, derived, noted
+from nodecompat.probes.memo_derived import derived
+from nodecompat.probes.probe_memo import RecordingHost, noted
 
 SLASH = Path("/")  # made once: a Path is built and compared part by part
 CPUINFO = "/proc/cpuinfo"

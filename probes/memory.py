@@ -16,7 +16,8 @@ from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.bounded_read import text_of
 from nodecompat.probes.hostcpu import SLASH
-from nodecompat.probes.probe_memo import derived, not_replayable
+from nodecompat.probes.memo_derived import derived
+from nodecompat.probes.probe_memo import not_replayable
 
 NODE_BUS = "/sys/bus/node/devices"
 SWAPS = "/proc/swaps"

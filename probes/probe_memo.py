@@ -24,7 +24,8 @@ What the log holds, per operation (fn, args, answer), fn(round host, *args) givi
   from the round's memo by another probe's computation still logs the reads it depends on;
 - `derived(host, path, derive)`: derive(the file's bytes) only, for a file whose other parts change
   between reads (cpuinfo's cpu MHz and bogomips, meminfo's MemFree): the file is read again on replay
-  and only the value the probe uses is compared (hostcpu.cpuinfo_facts, memory.meminfo_sizes);
+  and only the value the probe uses is compared (probes/memo_derived.py: hostcpu.cpuinfo_facts,
+  memory.meminfo_sizes);
 - inputs that are not the host file tree, logged with `noted()` and asked again on replay: the CPUID
   device's state and registers (hostcpu.py), $NODE_NAME (system.py).
 A probe that uses a source that cannot be asked again cheaply (NVML, psutil, the clock) calls
@@ -50,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import ProbeOutput
 from nodecompat.probes.bounded_read import text_of
 from nodecompat.probes.round_host import RoundHost
@@ -59,7 +59,6 @@ T = TypeVar("T")
 MAX_LOG_BYTES = 1 << 20  # a probe whose answers weigh more is not memoized
 _ENTRY_BYTES = 64  # what one operation is counted for besides its answer's bytes
 _UNSET = object()
-MAX_SEEN_BYTES = 64 << 10  # a derived file's bytes are kept beside its value (a replay shortcut) up to this size
 
 Entry = tuple[Callable[..., Any], tuple[Any, ...], Any]  # (fn, args, answer): fn(host, *args) == answer
 
@@ -137,22 +136,6 @@ def _host_resolve(host: RoundHost, path: str, strict: bool) -> str:
 
 def _noted(_host: RoundHost, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
-
-
-def _derived(host: RoundHost, path: str, derive: Callable[[bytes | None], Any], seen: Any = _UNSET,
-             value: Any = None) -> Any:  # fmt: skip
-    """derive(the bytes of `path` as the round read them), once per round and function (the round's memo).
-    A replay passes the bytes the logged `value` came from (`seen`, when kept): equal bytes give that value
-    without deriving again (derive is deterministic), so an unchanged file costs a comparison of bytes."""
-    raw = RoundHost.read_bytes(host, path)
-    if seen is not _UNSET and (raw is seen or raw == seen):
-        return value
-    memo: dict[Any, Any] = host.memo
-    key = ("d", path, derive)
-    got = memo.get(key, _UNSET)
-    if got is _UNSET:
-        got = memo[key] = derive(raw)
-    return got
 
 
 def _identity(host: RoundHost, path: str) -> object:
@@ -299,35 +282,6 @@ def noted(host: object, fn: Callable[..., T], *args: Any) -> T:
     return host._call(_noted, (fn, *args))
 
 
-def derived(host: HostRoot, path: str, derive: Callable[[bytes | None], T]) -> T:
-    """derive(the bytes of host file `path`, None when unreadable): what a probe depends on from a file
-    whose other parts change between reads (/proc/cpuinfo's cpu MHz, /proc/meminfo's MemFree). On a
-    recording host only that value is logged, not the bytes, so a replay reads the file again (through
-    the round's host, as any read) and compares derive(new bytes) with it (==): a change of what the
-    probe uses is seen, a change of the rest is not a reason to run it again. The probe must use
-    nothing else of the file (it does not read it otherwise), and `derive` must be a deterministic
-    module-level function of the bytes. Computed once per round and function (the round's memo: the
-    cpu probes share one parse); on a HostRoot that is not a round's, derive(host.read_bytes(path))."""
-    if isinstance(host, RecordingHost) and not host.log.depth:
-        log = host.log
-        log.depth = 1
-        try:
-            raw = RoundHost.read_bytes(host, path)
-            value = _derived(host, path, derive)
-        except Exception as exc:
-            log.entries.append((_derived, (path, derive), _raised(exc)))
-            raise
-        finally:
-            log.depth = 0
-        # the bytes beside the value (counted in the log's size), so a replay of an unchanged file derives nothing
-        seen = raw if raw is None or len(raw) <= MAX_SEEN_BYTES else _UNSET
-        log.entries.append((_derived, (path, derive, seen, value), value))
-        return value
-    if isinstance(host, RoundHost):
-        return _derived(host, path, derive)
-    return derive(host.read_bytes(path))
-
-
 def not_replayable(host: object, why: str) -> None:
     """Say that the probe's outcome this round came from a source a replay cannot ask again (NVML,
     psutil, the clock): it is not reused, the probe runs next round. No effect on other hosts."""
@@ -395,14 +349,14 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
         return None
     entries = log.entries
     size = _ENTRY_BYTES * len(entries)
-    for fn, args, answer in entries:  # measured: faster than comprehensions or filters over the entries
+    for _fn, args, answer in entries:  # measured: faster than comprehensions or filters over the entries
         kind = type(answer)
         if kind is bytes or kind is str:
             size += len(answer)
         elif kind is list:
             size += 8 * len(answer) + sum(map(len, answer))
-        elif fn is _derived and len(args) > 2 and type(args[2]) is bytes:
-            size += len(args[2])  # the bytes kept beside a derived value
+        elif len(args) > 2 and type(args[2]) is bytes:
+            size += len(args[2])  # bytes kept in the operation (memo_derived: those a value came from)
     if size > MAX_LOG_BYTES:
         return None
     return Memo(entries, output, size)

@@ -1,4 +1,4 @@
-"""Volatile host files and the probe memo (probes/probe_memo.py `derived`): the cpu probes depend only on
+"""Volatile host files and the probe memo (probes/memo_derived.py): the cpu probes depend only on
 hostcpu.cpuinfo_facts of /proc/cpuinfo and the memory probe only on memory.meminfo_sizes of /proc/meminfo,
 so a change of cpu MHz or MemFree between rounds reuses the memo while a change of anything a probe
 publishes makes it run. Real fixture trees copied to tmp, real probes, a fresh (unmemoized) round compared."""
@@ -192,15 +192,15 @@ def test_every_line_changed_gives_what_a_fresh_round_gives(tmp_path: Path, fixtu
 
 def test_a_cpuinfo_too_large_to_keep_beside_its_facts_is_still_compared_by_them(tmp_path: Path) -> None:
     """A replay compares the file's bytes with those its logged value came from (a shortcut, bytes kept up to
-    probe_memo.MAX_SEEN_BYTES); past that (a many-CPU host) the facts are derived again and compared."""
-    from nodecompat.probes import probe_memo
+    memo_derived.MAX_SEEN_BYTES); past that (a many-CPU host) the facts are derived again and compared."""
+    from nodecompat.probes import memo_derived
 
     root = _tree(tmp_path, "h100-server")
     cpuinfo = root / "proc/cpuinfo"
     block = cpuinfo.read_text().split("\n\n")[0].strip("\n")
     blocks = [block.replace("processor\t: 0", f"processor\t: {i}") for i in range(64)]
     cpuinfo.write_text("\n\n".join(blocks) + "\n\n")
-    assert cpuinfo.stat().st_size > probe_memo.MAX_SEEN_BYTES
+    assert cpuinfo.stat().st_size > memo_derived.MAX_SEEN_BYTES
     m = Memoized(root)
     try:
         _edit(cpuinfo, "cpu MHz", lambda v: str(float(v) + 1))
