@@ -291,7 +291,8 @@ def not_replayable(host: object, why: str) -> None:
 
 def per_round(host: RecordingHost, key: str, compute: Callable[[], T]) -> T:
     """parsecache.per_round on a recording host: the value with the log of its computation, so every
-    probe using it logs the operations it depends on (whichever probe computed it)."""
+    probe using it logs the operations it depends on (whichever probe computed it), and with the
+    not_replayable reason its computation gave, so every probe using it runs again next round."""
     log = host.log
     if log.depth:  # inside an unlogged parse: computed, not kept (its log would be incomplete)
         return compute()
@@ -299,15 +300,18 @@ def per_round(host: RecordingHost, key: str, compute: Callable[[], T]) -> T:
     hit: Any = host.memo.get(mkey)
     if hit is not None:
         log.entries.extend(hit[1])
+        if hit[2]:  # computed from a source a replay cannot ask again: so is every use of it
+            not_replayable(host, hit[2])
         return hit[0]
-    outer = log.entries
-    log.entries = []
+    outer, before = log.entries, log.poisoned
+    log.entries, log.poisoned = [], ""
     try:
         value = compute()
     finally:
         inner, log.entries = log.entries, outer
+        why, log.poisoned = log.poisoned, before or log.poisoned
         outer.extend(inner)
-    host.memo[mkey] = (value, inner)
+    host.memo[mkey] = (value, inner, why)
     return value
 
 

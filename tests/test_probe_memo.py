@@ -367,3 +367,47 @@ def test_a_reused_output_is_not_changed_by_a_later_probe_delivering_the_same_fea
         assert "extra" not in r.features.attributes["kernel.version"].elements
         assert r.features.attributes["kernel.version"].elements == _fresh(root).features.attributes[
             "kernel.version"].elements
+
+
+_DRAWN = {"n": 0}
+
+
+def _drawn(host: HostRoot) -> str:
+    """A value several probes share once per round, from a source a replay cannot ask again."""
+    probe_memo.not_replayable(host, "a source a replay cannot ask again")
+    _DRAWN["n"] += 1
+    return str(_DRAWN["n"])
+
+
+class SharesFirst(Probe):
+    name = "shares-a"
+    memoizable = True
+    features = (FeatureInfo("shares.a", frozenset({"attribute"})),)
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput()
+        out.features.add_attributes(self.features[0].name,
+                                    {"v": parsecache.per_round(host, "drawn", lambda: _drawn(host))})
+        return out
+
+
+class SharesSecond(SharesFirst):
+    name = "shares-b"
+    memoizable = True
+    features = (FeatureInfo("shares.b", frozenset({"attribute"})),)
+
+
+def test_a_per_round_value_from_a_non_replayable_source_is_not_replayable_for_its_other_users(
+        tmp_path: Path) -> None:
+    """parsecache.per_round hands a value computed by one probe to the others with the log of its computation,
+    but not_replayable() marked only the probe that computed it: the second user was reused with the first
+    round's value while the first published a new one."""
+    _DRAWN["n"] = 0
+    runner = ProbeRunner([SharesFirst(), SharesSecond()], HostRoot(tmp_path))
+    try:
+        rounds = [runner.run() for _ in range(3)]
+    finally:
+        runner.close()
+    for name in ("shares.a", "shares.b"):
+        assert [r.features.attributes[name].elements["v"] for r in rounds] == ["1", "2", "3"], name
+    assert not any(s.reused for r in rounds for s in r.statuses)
