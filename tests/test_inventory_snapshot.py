@@ -339,3 +339,36 @@ def test_one_aggregator_per_state_file_and_a_crashed_write_leaves_nothing(tmp_pa
         Proc("aggregator", again, first_listen, tmp_path / "again.log").wait_serving()
     finally:
         stop_process(again, 10)
+
+
+def test_a_lease_table_change_that_keeps_the_count_is_written(tmp_path: Path) -> None:
+    """The writer wrote when the feature store's generation or the number of leases changed: a lease-only node
+    leaving while another registered (or one moving or changing its labels) within one interval changed
+    neither, so the snapshot kept the old lease table until something else changed (a restart then held the
+    node that had left and not the one that came)."""
+    state = tmp_path / "state"
+
+    def held() -> dict[str, tuple[str, dict[str, str]]]:
+        snap = snapshot_pb2.InventorySnapshot.FromString(state.read_bytes())
+        return {n.name: (n.address, dict(n.labels)) for n in snap.nodes}
+
+    with aggregator(state_file=str(state), state_interval=3600, registration=RegistrationPolicy(
+            allow_unauthenticated=True), sync=SyncConfig(), check_new_nodes=False) as agg:
+        assert agg.state is not None
+        key = [(LEASE_KEY_METADATA, secrets.token_hex(32))]
+        with grpc.insecure_channel(agg.address) as ch:  # type: ignore[attr-defined]
+            stub = fleet_pb2_grpc.FleetServiceStub(ch)
+
+            def register(name: str, address: str, rack: str) -> None:
+                stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, labels={"rack": rack}),
+                                  timeout=10, metadata=key)
+
+            register("a", "127.0.4.1:7000", "1")
+            assert agg.state.write_now() and held() == {"a": ("127.0.4.1:7000", {"rack": "1"})}
+            stub.DeregisterNode(fleet_pb2.DeregisterNodeRequest(name="a"), timeout=10, metadata=key)
+            register("b", "127.0.4.2:7000", "1")
+            assert agg.state.write_now() and held() == {"b": ("127.0.4.2:7000", {"rack": "1"})}
+            register("b", "127.0.4.3:7000", "2")  # moved, relabelled
+            assert agg.state.write_now() and held() == {"b": ("127.0.4.3:7000", {"rack": "2"})}
+            register("b", "127.0.4.3:7000", "2")  # a renewal: nothing to write
+            assert not agg.state.write_now()

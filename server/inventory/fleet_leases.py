@@ -100,6 +100,7 @@ class LeaseRegistry:
     _file_by_address: dict[str, FleetNode]
     _dns_nodes: dict[tuple[str, int], list[FleetNode]]
     _leases: dict[str, _Lease]
+    lease_changes: int  # leases put (not renewals) or dropped since the start
     _lease_by_address: dict[str, str]  # address -> registered name (one holder per address)
     _contacts: dict[str, Contact]
 
@@ -223,6 +224,7 @@ class LeaseRegistry:
                 return
             self._contacts[address] = Contact(utc_now(), "UNKNOWN")
             return
+        self.lease_changes += 1  # a new lease, a move, new labels or a new principal
         if previous is not None and previous.node.address != address:
             self._lease_by_address.pop(previous.node.address, None)  # the node moved
         holder = self._lease_by_address.get(address)
@@ -321,6 +323,7 @@ class LeaseRegistry:
     def _drop_lease(self, name: str, why: str) -> None:
         """Caller holds the lock."""
         lease = self._leases.pop(name)
+        self.lease_changes += 1
         if self._lease_by_address.get(lease.node.address) == name:
             del self._lease_by_address[lease.node.address]
         if why:

@@ -145,6 +145,7 @@ class NodeInventory(LeaseRegistry):
         self._file_sig: tuple[int, int, int] | None = None
         self._dns_nodes: dict[tuple[str, int], list[FleetNode]] = {}
         self._leases: dict[str, _Lease] = {}
+        self.lease_changes = 0  # leases put (not renewals) or dropped: a snapshot writer's signature
         self._lease_by_address: dict[str, str] = {}  # address -> registered name (one holder per address)
         self._contacts: dict[str, Contact] = {}
         self._stop = threading.Event()

@@ -1,7 +1,7 @@
 """The inventory snapshot (`nodecompat aggregator --state-file PATH`): the fleet remembered across restarts.
 
 Written: by SnapshotWriter, a thread of its own (never the event loop), at most every `interval` seconds when
-the feature store or the lease table changed since the last write (FeatureStore.generation, the leases held),
+the feature store or the lease table changed since the last write (FeatureStore.generation, lease_changes),
 and once more on a graceful stop. The file is an InventorySnapshot (protos/nodecompat/v1/snapshot.proto):
 each distinct feature set once (fingerprint -> canonical bytes, nodecompat/fleet/fingerprint.py: what the
 fingerprint digests, so a reader recomputes it), and per registered node its name, address, labels,
@@ -176,7 +176,7 @@ class SnapshotWriter:
         self.interval = interval
         self.health = health
         self._cache: dict[str, bytes] = {}
-        self._seen: tuple[int, int] | None = None  # (store generation, leases) at the last write
+        self._seen: tuple[int, int] | None = None  # (store generation, lease changes) at the last write
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -189,7 +189,7 @@ class SnapshotWriter:
             health.names.append(STATE_HEALTH)
 
     def _signature(self) -> tuple[int, int]:
-        return (self.store.generation if self.store is not None else 0, self.inventory.registrations())
+        return (self.store.generation if self.store is not None else 0, self.inventory.lease_changes)
 
     def write_now(self, force: bool = False) -> bool:
         """Write the snapshot if anything changed since the last write (or `force`); True when written.
