@@ -21,6 +21,10 @@ file cited per feature): a feature or attribute marked `nfd=True` that NFD does 
         FeatureInfo("memory.size", ..., nfd=False),              # a whole feature of ours
     )
 
+Volatile (`volatile=True`): a runtime usage value (memory.size `available_bytes`, free huge pages), a
+fact of one round but not of the node's profile; the fingerprint and the inventory leave it out
+(nodecompat/fleet/volatile.py). NFD publishes no such value (source/memory/memory.go has no free memory).
+
 Attribute names may be patterns: a `<...>` part stands for any non-empty text (`hugepages-<size>`);
 when several declarations match a name, an exact one wins, else the one with the most literal text
 (`hugepages-<size>.total` over `hugepages-<size>` for `hugepages-2Mi.total`).
@@ -51,6 +55,11 @@ class AttributeInfo:
     # hidden in NFD mode.
     nfd: bool = True
     description: str = ""
+    # True: a runtime usage value (free memory, free huge pages) that changes from round to round on a
+    # busy host. It is a fact of the round (GetFeatures, the node's own ValidateImage) but not part of
+    # the node's profile: the fingerprint, WatchFeatures and the aggregator's stored sets leave it out
+    # (nodecompat/fleet/volatile.py), and the aggregator answers a spec reading it live.
+    volatile: bool = False
 
     def matches(self, name: str) -> bool:
         """Whether attribute `name` is this declaration (exactly, or by its `<...>` pattern)."""

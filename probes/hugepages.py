@@ -82,7 +82,10 @@ class HugepagesProbe(Probe):
                     description="pages in the pool; size as a k8s quantity (2Mi, 1Gi)",
                 ),
                 AttributeInfo("hugepages-<size>.total", "int", GLOBAL + "/hugepages-<n>kB/nr_hugepages", nfd=False),
-                AttributeInfo("hugepages-<size>.free", "int", GLOBAL + "/hugepages-<n>kB/free_hugepages", nfd=False),
+                AttributeInfo(
+                    "hugepages-<size>.free", "int", GLOBAL + "/hugepages-<n>kB/free_hugepages", nfd=False,
+                    volatile=True,
+                ),
             ),
             source=GLOBAL,
             absent='enabled: "false" when the directory is missing (kernel without hugetlbfs)',
@@ -100,7 +103,10 @@ class HugepagesProbe(Probe):
                     description="k8s quantity, e.g. 1Gi",
                 ),
                 AttributeInfo("total", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/nr_hugepages", nfd=False),
-                AttributeInfo("free", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/free_hugepages", nfd=False),
+                AttributeInfo(
+                    "free", "int", NODES + "/node<N>/hugepages/hugepages-<n>kB/free_hugepages", nfd=False,
+                    volatile=True,
+                ),
             ),
             nfd=False,
             source=NODES,

@@ -115,7 +115,7 @@ class MemoryProbe(Probe):
             absent="absent when /proc/meminfo is unreadable",
             attributes=(
                 AttributeInfo("total_bytes", "int", MEMINFO + " MemTotal", nfd=False),
-                AttributeInfo("available_bytes", "int", MEMINFO + " MemAvailable", nfd=False),
+                AttributeInfo("available_bytes", "int", MEMINFO + " MemAvailable", nfd=False, volatile=True),
                 AttributeInfo("swap_total_bytes", "int", MEMINFO + " SwapTotal", nfd=False),
             ),
             nfd=False,

@@ -43,7 +43,10 @@ name -> value maps). *attribute* `<...>` parts are placeholders (e.g. `hugepages
 `hugepages-1Gi`); `(any)` means the set of attributes is open (one per config option, os-release
 key, feature-file key); `(names)` lists what a flag feature holds. *host source file* paths are
 relative to the host root (`--host-root`, default `/`); `<bdf>` is a PCI address, `<if>` an
-interface name.
+interface name. An attribute marked **volatile** is a runtime usage value (free memory, free huge
+pages): a fact of the probe round (GetFeatures, the node's ValidateImage), but not part of the node's
+profile, so its fingerprint, WatchFeatures and the aggregator's inventory leave it out, and a fleet
+question reading it is answered live (docs/inventory.md "Usage values").
 """
 
 
@@ -61,6 +64,8 @@ def _rows(feat: FeatureInfo) -> Iterable[tuple[str, str, str, str, str, str]]:
         return
     for a in feat.attributes:
         desc = f" — {a.description}" if a.description else ""
+        if a.volatile:
+            desc += " (**volatile**: a usage value, not in the node's profile)"
         yield (feat.name, kinds, f"`{a.name}`{desc}", a.type, a.source or feat.source,
                "yes" if a.nfd and feat.nfd else "no")  # fmt: skip
 

@@ -5,7 +5,10 @@ sorted; instance order kept, since NFD's matcher reports instances by index) ser
 sorted keys and no whitespace, plus the features whose facts are unknown (a failed probe) with why,
 because they change verdicts. Node identity attributes (IDENTITY: system.name.nodename, which the system
 probe sets to the node's own name) are left out, so two nodes on identical hardware and software share
-one fingerprint; the inventory keeps identity per node and overlays it when a spec reads it.
+one fingerprint; the inventory keeps identity per node and overlays it when a spec reads it. Volatile
+elements (runtime usage values such as memory.size available_bytes, declared `volatile` in the probes'
+catalog: nodecompat/fleet/volatile.py) are left out too: they change every round of a busy host and are
+not part of the profile, so the fingerprint changes only when the profile does.
 hashlib and json are the standard library's; nothing to hand-write beyond choosing the form.
 """
 
@@ -16,6 +19,7 @@ import json
 from collections.abc import Mapping
 
 from nodecompat.features import AttributeFeature, Features
+from nodecompat.fleet.volatile import strip_volatile
 
 # Per-node attributes that are not a property of the hardware/software profile: feature -> element names.
 IDENTITY: dict[str, frozenset[str]] = {"system.name": frozenset({"nodename"})}
@@ -60,6 +64,6 @@ def canonical_bytes(features: Features, unknown: Mapping[str, str] | None = None
 
 
 def fingerprint(features: Features, unknown: Mapping[str, str] | None = None) -> str:
-    """"sha256:<64 hex>" of the canonical feature set, identity attributes left out."""
-    shared, _ = split_identity(features)
+    """"sha256:<64 hex>" of the canonical feature set, identity attributes and volatile elements left out."""
+    shared, _ = split_identity(strip_volatile(features))
     return "sha256:" + hashlib.sha256(canonical_bytes(shared, unknown)).hexdigest()

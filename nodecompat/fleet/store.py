@@ -4,7 +4,8 @@ each distinct feature set stored once and shared by every node with the same fin
 A node record is a few hundred bytes (name, address, fingerprint, identity attributes, times, state);
 the feature sets — tens to hundreds of KiB each — live once per fingerprint with a reference count, and
 go when their last node leaves. A spec is evaluated once per distinct set (verified homogeneous group),
-plus once per node only when the spec reads an identity attribute (system.name.nodename). Bounded:
+plus once per node only when the spec reads an identity attribute (system.name.nodename). Volatile elements
+(usage values: nodecompat/fleet/volatile.py) are never stored; a spec reading one is answered live. Bounded:
 at most `max_set_bytes` of canonical feature sets; a node whose new set does not fit is refused
 (StoreFull) and the caller answers it live instead. Thread-safe (one lock; evaluation happens outside it).
 """
@@ -23,6 +24,7 @@ from nodecompat.engine.spec import Spec
 from nodecompat.engine.verdict import Verdict
 from nodecompat.features import Features
 from nodecompat.fleet.fingerprint import IDENTITY, canonical_bytes, split_identity, with_identity
+from nodecompat.fleet.volatile import strip_volatile
 
 MAX_SET_BYTES = 256 << 20  # canonical bytes of all distinct feature sets together
 MAX_VERDICTS = 4096  # cached verdicts, keyed by (spec, tags, feature set)
@@ -137,7 +139,7 @@ class FeatureStore:
 
         `fingerprint` may be passed when the sender computed it (it is recomputed here either way: a
         daemon's claim decides nothing)."""
-        shared, identity = split_identity(features)
+        shared, identity = split_identity(strip_volatile(features))  # the profile: no usage values kept
         unk = dict(unknown or {})
         raw = canonical_bytes(shared, unk)
         fp = "sha256:" + hashlib.sha256(raw).hexdigest()

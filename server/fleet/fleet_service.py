@@ -27,6 +27,7 @@ from opentelemetry import trace
 
 from nodecompat.engine.spec import Spec, SpecError, SpecTimeout, parse_spec
 from nodecompat.fleet.store import FeatureStore, spec_key
+from nodecompat.fleet.volatile import reads_volatile
 from nodecompat.oci.cache import SpecCache
 from nodecompat.oci.errors import RegistryError
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
@@ -227,12 +228,13 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext, nodes: list[FleetNode],
         spec: Spec, spec_text: str,
     ) -> Plan | None:
-        """The nodes answered from the inventory (server/inventory/inventory_answers.py); None: all live."""
+        """The nodes answered from the inventory (server/inventory/inventory_answers.py); None: all live (no
+        inventory, source LIVE asked, or a spec reading a volatile usage value the inventory does not keep)."""
         staleness = request.max_staleness_seconds
         if math.isnan(staleness) or staleness < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_staleness_seconds must be >= 0, got {staleness}")
-        if self.store is None or request.answer_source == inventory_pb2.LIVE:
-            return None
+        if self.store is None or request.answer_source == inventory_pb2.LIVE or reads_volatile(spec):
+            return None  # a usage value (nodecompat/fleet/volatile.py) is not in any stored set: every node live
         return plan(self.store, nodes, spec, spec_key(spec_text, request.nfd_compat), list(request.tags),
                     staleness, request.nfd_compat, grouped=request.grouped_results)
 

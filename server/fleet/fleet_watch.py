@@ -30,6 +30,7 @@ import grpc
 from nodecompat.engine.spec import Spec
 from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.fleet.store import STATE_OK, STATE_STALE, FeatureStore, NodeRecord, spec_key
+from nodecompat.fleet.volatile import volatile_problem
 from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.server.inventory.inventory_answers import timestamp
 from nodecompat.v1 import fleet_pb2, inventory_pb2
@@ -243,7 +244,8 @@ def watch_spec(
     check_spec: Callable[[str, Any, str, bool], Spec],
     default_timeout: float,
 ) -> WatchSpec:
-    """The spec of a WatchFleet request, checked as ValidateFleet checks its own (Aborted on a problem)."""
+    """The spec of a WatchFleet request, checked as ValidateFleet checks its own (Aborted on a problem;
+    FAILED_PRECONDITION for a spec reading a volatile usage value: nodecompat/fleet/volatile.py)."""
     ctx: Any = RaisingContext(None)
     as_validate = fleet_pb2.ValidateFleetRequest(
         tags=request.tags, platform=request.platform, plain_http=request.plain_http, nfd_compat=request.nfd_compat,
@@ -258,5 +260,7 @@ def watch_spec(
     check_request(as_validate, ctx)
     text, image_digest, artifact_digest = resolve(as_validate, ctx, time.monotonic() + default_timeout)
     spec = check_spec(text, ctx, request.image or "inline spec", request.nfd_compat)
+    if problem := volatile_problem(spec):  # transitions come from stored sets, which hold no usage values
+        ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, f"WatchFleet: {problem}")
     return WatchSpec(spec, text, list(request.tags), request.nfd_compat, dict(request.selector),
                      image_digest, artifact_digest)

@@ -4,8 +4,11 @@ Each spec (inline or by image reference, resolved once through the aggregator's 
 evaluated once per distinct feature set held (FeatureStore.evaluate); a node the inventory cannot
 answer for (no features yet, STALE, UNREACHABLE) gets a cell with that status instead of a verdict —
 what-if is a planning question over known facts, so it does not fan out. A spec that cannot be fetched
-or parsed is an error on its row, not on the call. Bounded: at most MAX_WHATIF_SPECS specs and
-MAX_WHATIF_CELLS cells (specs x nodes) per call, INVALID_ARGUMENT past either with what to do.
+or parsed is an error on its row, not on the call; so is a spec reading a volatile usage value
+(memory.size available_bytes, free huge pages: nodecompat/fleet/volatile.py), which no stored set holds
+(FAILED_PRECONDITION on the row, naming the element and saying to use ValidateFleet LIVE or ValidateImage).
+Bounded: at most MAX_WHATIF_SPECS specs and MAX_WHATIF_CELLS cells (specs x nodes) per call,
+INVALID_ARGUMENT past either with what to do.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import grpc
 
 from nodecompat.engine.spec import Spec
 from nodecompat.fleet.store import STATE_OK, FeatureStore, spec_key
+from nodecompat.fleet.volatile import volatile_problem
 from nodecompat.fleet.whatif import MAX_WHATIF_SPECS, Cell, Row, cell_from_verdict
 from nodecompat.server.fleet.fleet_watch import Aborted, RaisingContext
 from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, FleetNode
@@ -76,6 +80,8 @@ def what_if(
                 raise Aborted(grpc.StatusCode.INVALID_ARGUMENT, "set either `image` or `spec`")
             text, row.image_digest, row.artifact_digest = resolve(as_validate, RaisingContext(), deadline)
             spec = parse(text, RaisingContext(), ws.image or row.name, request.nfd_compat)
+            if problem := volatile_problem(spec):  # no stored set holds usage values (fleet/volatile.py)
+                raise Aborted(grpc.StatusCode.FAILED_PRECONDITION, f"WhatIf: {problem}")
         except Aborted as exc:
             row.error = f"{exc.code.name}: {exc.details}"
             out.rows.append(_row_message(row))

@@ -4,7 +4,10 @@ The hub hangs off the feature cache's round callback: each probe round gets the 
 fingerprint (nodecompat.fleet.fingerprint); a round whose fingerprint differs from the last builds one
 FeaturesChange message, shared by every watcher. A watcher gets the current round first, then one
 message per change, and a heartbeat (latest round id, probe time and fingerprint) when nothing changed
-for its heartbeat interval. Idle cost per watcher: one coroutine sleeping on an asyncio.Event — no
+for its heartbeat interval. The messages carry the node's profile: volatile elements (usage values such as
+memory.size available_bytes, nodecompat/fleet/volatile.py) are left out, as the fingerprint leaves them
+out (a change message is kept and sent for many rounds: its usage values would be stale); GetFeatures
+has them fresh. Idle cost per watcher: one coroutine sleeping on an asyncio.Event — no
 thread, no timer besides its own wait, no copy of the features.
 
 Bounds (hostile callers are normal callers): at most `max_watchers` streams (more: RESOURCE_EXHAUSTED
@@ -27,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat import wire
 from nodecompat.fleet.fingerprint import fingerprint, split_identity
+from nodecompat.fleet.volatile import strip_volatile
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.v1 import inventory_pb2
 
@@ -92,8 +96,9 @@ class FeatureWatchHub:
     # -- fed by the feature cache (probe thread) ----------------------------------------------------
     def on_round(self, rnd: ProbeRound) -> None:
         """Record a finished probe round; build a FeaturesChange only when the fingerprint changed."""
-        fp = fingerprint(rnd.features, rnd.unknown_features())
-        _, identity = split_identity(rnd.features)
+        profile = strip_volatile(rnd.features)  # no usage values: a watcher holds this message for many rounds
+        fp = fingerprint(profile, rnd.unknown_features())
+        _, identity = split_identity(profile)
         ts = Timestamp()
         ts.FromDatetime(rnd.probed_at)
         with self._lock:
@@ -109,7 +114,7 @@ class FeatureWatchHub:
                     round_id=rid,
                     probed_at=ts,
                     fingerprint=fp,
-                    features=wire.features_to_proto(rnd.features),
+                    features=wire.features_to_proto(profile),
                     probes=[wire.status_to_proto(s) for s in rnd.statuses],
                 )
             )

@@ -1,0 +1,212 @@
+"""Volatile usage values (nodecompat/fleet/volatile.py) are facts of a round, not of a node's profile.
+
+memory.size `available_bytes` (/proc/meminfo MemAvailable) and the free huge page counts
+(`hugepages-<size>.free`, memory.hugepages.node `free`: free_hugepages) change on every round of a busy
+host. NFD publishes no such value: its source/memory/memory.go reads no free memory at all (NUMA nodes,
+swap, NVDIMMs, and hugepages' nr_hugepages only), so these are nodecompat additions, and keeping them out
+of the fingerprint changes no NFD semantics. Real `serve --register` daemons on copies of a fixture host
+behind a real in-process aggregator: a usage change is no WatchFeatures change, no fetch, no new stored
+set; a profile change (MemTotal, nr_hugepages) is; a fleet question reading a usage value is answered
+live with the current value, and WatchFleet/WhatIf, which answer from stored sets only, refuse it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from support_fleet import Proc, aggregator, start_node
+from support_fleet import wait_until as _wait
+from support_hosts import copy_fixture
+
+from nodecompat.clients.fleet_client import FleetClient
+from nodecompat.engine.spec import parse_spec
+from nodecompat.fleet.fingerprint import fingerprint
+from nodecompat.fleet.volatile import reads_volatile
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes.runner import probe_once
+from nodecompat.server.fleet.aggregator import AggregatorDaemon
+from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.inventory.registration_auth import RegistrationPolicy
+from nodecompat.v1 import features_pb2, fleet_pb2_grpc, inventory_pb2, node_pb2_grpc
+
+pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
+
+HOST = "plain-vm"  # MemAvailable 23000000 kB; 2Mi and 1Gi pools with free_hugepages, globally and on node0
+NAMES = ("vm-a", "vm-b")
+LEASE_TTL = 3.0  # a registration heartbeat every second
+
+
+def _spec(expressions: str, feature: str = "memory.size") -> str:
+    return ("version: v1alpha1\ncompatibilities:\n- rules:\n  - name: r\n    matchFeatures:\n"
+            f"    - feature: {feature}\n      matchExpressions: {expressions}\n")
+
+
+READS_AVAILABLE = _spec("{available_bytes: {op: Gt, value: ['20000000000']}}")  # 20 GB: the fixture has 23.5
+READS_TOTAL = _spec("{total_bytes: {op: Gt, value: ['1']}}")
+
+
+def _set_line(path: Path, key: str, value: str) -> None:
+    text = path.read_text()
+    new = re.sub(rf"^{re.escape(key)}:\s+\d+ kB$", f"{key}:       {value} kB", text, count=1, flags=re.M)
+    assert new != text, key
+    path.write_text(new)
+
+
+def _set_free_hugepages(root: Path, value: str) -> None:
+    for p in [*root.glob("sys/kernel/mm/hugepages/*/free_hugepages"),
+              *root.glob("sys/devices/system/node/node*/hugepages/*/free_hugepages")]:
+        p.write_text(value + "\n")
+
+
+# -- the bug on this machine, and the probe level -------------------------------------------------------
+def test_two_rounds_on_this_host_give_one_fingerprint() -> None:
+    """The bug: MemAvailable moves between any two rounds of a real host (here made sure by touching 64 MiB
+    in between), and it used to be in the fingerprint, so every round was a 'change'."""
+    first = probe_once(HostRoot(Path("/")))
+    ballast = bytearray(64 << 20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    second = probe_once(HostRoot(Path("/")))
+    del ballast
+    a, b = (r.features.attributes.get("memory.size") for r in (first, second))
+    assert a is not None and b is not None and a.elements["available_bytes"] != b.elements["available_bytes"]
+    assert fingerprint(first.features, first.unknown_features()) == fingerprint(second.features,
+                                                                                  second.unknown_features())
+
+
+def test_usage_values_leave_the_fingerprint_alone_and_sizes_change_it(tmp_path: Path) -> None:
+    root = Path(copy_fixture(HOST, tmp_path).root)
+
+    def fp() -> str:
+        r = probe_once(HostRoot(root), only=["memory", "hugepages"])
+        return fingerprint(r.features, r.unknown_features())
+
+    base = fp()
+    _set_line(root / "proc/meminfo", "MemAvailable", "1000000")
+    _set_free_hugepages(root, "0")
+    assert fp() == base  # usage only: the same profile
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").write_text("7\n")
+    pools = fp()
+    assert pools != base  # nr_hugepages is the profile
+    _set_line(root / "proc/meminfo", "MemTotal", "48234496")
+    assert fp() not in (base, pools)
+
+
+def test_what_a_spec_reads_is_judged_conservatively() -> None:
+    def read(feature: str, body: str) -> list[str]:
+        text = ("version: v1alpha1\ncompatibilities:\n- rules:\n  - name: r\n    matchAny:\n    - matchFeatures:\n"
+                f"      - feature: {feature}\n        {body}\n")
+        return reads_volatile(parse_spec(text))
+
+    assert reads_volatile(parse_spec(READS_AVAILABLE)) == ["memory.size available_bytes"]
+    assert reads_volatile(parse_spec(READS_TOTAL)) == []
+    assert read("memory.hugepages", "matchExpressions: {hugepages-2Mi.free: {op: Gt, value: ['0']}}") == [
+        "memory.hugepages hugepages-2Mi.free"]
+    assert read("memory.hugepages", "matchExpressions: {hugepages-2Mi: {op: Gt, value: ['0']}}") == []
+    assert read("memory.hugepages.node", "matchExpressions: {free: {op: Gt, value: ['0']}}") == [
+        "memory.hugepages.node free"]
+    assert read("memory.hugepages.node", "matchExpressions: {total: {op: Gt, value: ['0']}}") == []
+    # a name pattern may match a usage value: conservative
+    assert read("memory.size", "matchName: {op: In, value: [total_bytes]}") == [
+        "memory.size matchName (may match available_bytes)"]
+    assert read("kernel.version", "matchExpressions: {major: {op: Gt, value: ['4']}}") == []
+
+
+# -- real daemons behind a real aggregator --------------------------------------------------------------
+@dataclass
+class VolFleet:
+    nodes: dict[str, Proc]
+    roots: dict[str, Path]
+    agg: AggregatorDaemon
+    address: str
+
+
+@pytest.fixture(scope="module")
+def vol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VolFleet]:
+    tmp = tmp_path_factory.mktemp("volatile")
+    roots = {n: Path(copy_fixture(HOST, tmp / n).root) for n in NAMES}
+    with aggregator(lease_ttl=LEASE_TTL, registration=RegistrationPolicy(allow_unauthenticated=True),
+                    sync=SyncConfig(heartbeat=1.0, stale_after=3.0, reconcile_interval=0.2)) as agg:
+        address = agg.address  # type: ignore[attr-defined]
+        procs = {n: start_node(tmp, n, HOST, root=roots[n], wait=False, args=["--register", address]) for n in NAMES}
+        try:
+            for p in procs.values():
+                p.wait_serving()
+            store = agg.store
+            assert store is not None
+            _wait(lambda: len(store.records()) == 2 and all(r.has_features and r.state == "OK"
+                                                              for r in store.records()), 30, "both nodes held")
+            yield VolFleet(procs, roots, agg, address)
+        finally:
+            for p in procs.values():
+                p.kill()
+
+
+def _refresh(p: Proc) -> features_pb2.GetFeaturesResponse:
+    with grpc.insecure_channel(p.address) as ch:
+        return node_pb2_grpc.NodeServiceStub(ch).GetFeatures(  # type: ignore[no-any-return]
+            features_pb2.GetFeaturesRequest(refresh=True, prefixes=["memory."]), timeout=30)
+
+
+def test_a_usage_change_is_no_change_and_a_usage_question_is_answered_live(vol: VolFleet) -> None:
+    agg, store = vol.agg, vol.agg.store
+    assert store is not None and agg.sync is not None and agg.sync.push is not None
+    a, b = (vol.nodes[n] for n in NAMES)
+    assert store.distinct_sets() == 1  # identical hosts: one stored set
+    held = store.get(a.address)
+    assert held is not None
+    fetches = agg.sync.push.fetches
+    with grpc.insecure_channel(a.address) as ch:
+        watch = ch.unary_stream(
+            "/nodecompat.v1.NodeService/WatchFeatures",
+            request_serializer=inventory_pb2.WatchFeaturesRequest.SerializeToString,
+            response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
+        )(inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=1.0), timeout=30)
+        first = next(watch).features
+        assert first.fingerprint == held.fingerprint
+        assert "available_bytes" not in first.features.attributes["memory.size"].elements  # the profile only
+        _set_line(vol.roots[NAMES[0]] / "proc/meminfo", "MemAvailable", "1000000")  # ~1 GB: under the 20 GB asked
+        _set_free_hugepages(vol.roots[NAMES[0]], "0")
+        got = _refresh(a)
+        # GetFeatures keeps the round's usage values, fresh
+        assert got.features.attributes["memory.size"].elements["available_bytes"] == str(1000000 * 1024)
+        hb = next(watch)
+        while hb.WhichOneof("item") == "heartbeat" and hb.heartbeat.round_id <= first.round_id:
+            hb = next(watch)
+        watch.cancel()
+    assert hb.WhichOneof("item") == "heartbeat" and hb.heartbeat.fingerprint == first.fingerprint  # no change
+    new_round = hb.heartbeat.round_id
+    _wait(lambda: store.get(a.address).round_id >= new_round, 10, "a's beat with the new round")  # type: ignore[union-attr]
+    assert agg.sync.push.fetches == fetches and store.distinct_sets() == 1  # nothing fetched, still shared
+    assert store.get(a.address).fingerprint == store.get(b.address).fingerprint  # type: ignore[union-attr]
+
+    with FleetClient(vol.address) as c:
+        usage = c.validate(spec_text=READS_AVAILABLE, timeout=20)
+        sizes = c.validate(spec_text=READS_TOTAL, timeout=20)
+    assert {n.name: (n.source, n.compatible) for n in usage.nodes} == {  # type: ignore[attr-defined]
+        NAMES[0]: ("LIVE", False), NAMES[1]: ("LIVE", True)}  # the verdict follows the current value
+    assert (usage.summary.from_inventory, usage.summary.live) == (0, 2)  # type: ignore[attr-defined]
+    assert {n.source for n in sizes.nodes} == {"INVENTORY"} and all(n.compatible for n in sizes.nodes)  # type: ignore[attr-defined]
+
+    with grpc.insecure_channel(vol.address) as ch:
+        stub = fleet_pb2_grpc.FleetServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            next(stub.WatchFleet(inventory_pb2.WatchFleetRequest(spec=READS_AVAILABLE), timeout=10))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "memory.size available_bytes" in err.value.details() and "LIVE" in err.value.details()
+        rows = stub.WhatIf(inventory_pb2.WhatIfRequest(specs=[inventory_pb2.WhatIfSpec(spec=READS_AVAILABLE),
+                                                               inventory_pb2.WhatIfSpec(spec=READS_TOTAL)]),
+                           timeout=10).rows
+    assert rows[0].error.startswith("FAILED_PRECONDITION") and "available_bytes" in rows[0].error
+    assert not rows[1].error and rows[1].fits == 2
+
+    # the profile did change: MemTotal -> a new fingerprint, fetched at once, no longer shared
+    _set_line(vol.roots[NAMES[0]] / "proc/meminfo", "MemTotal", "48234496")
+    _refresh(a)
+    _wait(lambda: store.get(a.address).fingerprint != held.fingerprint, 10, "a's new profile held")  # type: ignore[union-attr]
+    assert agg.sync.push.fetches > fetches and store.distinct_sets() == 2
