@@ -2,10 +2,13 @@
 
 Runs, one after another (so they do not compete for the 2 cores):
 - bench/bench_daemon.py — ValidateImage cached/uncached vs Health/Check, nodecompat vs bare gRPC server, daemon RSS;
-- bench/bench_probes.py --rows — a cold full probe round vs bare reads of the same files;
+- bench/bench_probes.py --rows — a probe round vs bare reads of the same files: (a) a runner's first round (no
+  memo), (b) a steady round of a long-lived runner on an unchanged host (probes/probe_memo.py), / and h100-server;
 - bench/bench_fleet.py — fleet wall time and per-node cost at 10, 100, 1,000 and 10,000 simulated nodes,
   aggregator RSS per known node, and the fan-out vs grpc.aio floor row;
 - bench/bench_cli.py (when present) — CLI start-up rows;
+- bench/bench_inventory.py — issue 12 at 10,000 nodes in 20 profiles: ValidateFleet from the inventory, store
+  memory, resubscribe, the push model (RSS, heartbeats, re-registration) and restarts with --state-file;
 - bench/bench_webhook.py — admission latency p50/p99 of `nodecompat webhook`, 1,000 nodes, warm and cold;
 - bench/bench_store_etcd.py — replicas over a three-member etcd: registration-to-visible latency across
   replicas and ValidateFleet through each replica, 1,000 registered nodes; the inventory shared out among three
