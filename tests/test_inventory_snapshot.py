@@ -372,3 +372,21 @@ def test_a_lease_table_change_that_keeps_the_count_is_written(tmp_path: Path) ->
             assert agg.state.write_now() and held() == {"b": ("127.0.4.3:7000", {"rack": "2"})}
             register("b", "127.0.4.3:7000", "2")  # a renewal: nothing to write
             assert not agg.state.write_now()
+
+
+def test_a_stopped_aggregator_gives_the_state_file_up(tmp_path: Path) -> None:
+    """The claim's flock was kept until the process ended, so an aggregator stopped in a process (an embedding
+    program, `make bench`'s push rows) kept every later aggregator from the file: the bench's restart row read
+    "0/10000 held" because its aggregator exited with 'another aggregator uses it'. stop() writes, then releases;
+    while the first runs, the second still refuses."""
+    state = tmp_path / "state"
+    kw: dict[str, object] = {"state_file": str(state), "registration": RegistrationPolicy(allow_unauthenticated=True),
+                             "sync": SyncConfig(), "check_new_nodes": False}
+    with aggregator(**kw) as first:  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="another aggregator uses it"), aggregator(**kw):  # type: ignore[arg-type]
+            pass
+        with grpc.insecure_channel(first.address) as ch:  # type: ignore[attr-defined]
+            fleet_pb2_grpc.FleetServiceStub(ch).RegisterNode(fleet_pb2.RegisterNodeRequest(
+                name="kept", address="127.0.2.9:7000", ttl_seconds=60), timeout=10)
+    with aggregator(**kw) as second:  # type: ignore[arg-type]
+        assert [n.name for n in collect(second.inventory, second.store).nodes] == ["kept"]  # type: ignore[attr-defined]

@@ -184,7 +184,7 @@ class SnapshotWriter:
         self.last_bytes = 0
         self.last_cpu = 0.0  # s of this thread's CPU for the last write (collect + serialize + write)
         self.problem = ""  # why the last write did not happen ("" after a good one)
-        self._lock_fd = -1  # claim(): the flock held on .NAME.lock (kept until the process ends)
+        self._lock_fd = -1  # claim(): the flock held on .NAME.lock (until stop() or the process ends)
         if health is not None:
             health.names.append(STATE_HEALTH)
 
@@ -233,7 +233,7 @@ class SnapshotWriter:
 
     def claim(self) -> None:
         """Take the state file for this aggregator (before load_snapshot): an exclusive flock on
-        `.NAME.lock` beside it, held until the process ends, then remove the temporary files a crashed
+        `.NAME.lock` beside it, held until stop() or the process ends, then remove the temporary files a crashed
         writer left (`.NAME.*.tmp`; nobody else writes them while the lock is held). ValueError, naming
         the path, when another aggregator holds it (two writing one file would each overwrite the other's
         inventory) or the directory is not writable."""
@@ -272,11 +272,16 @@ class SnapshotWriter:
             self.write_now()
 
     def stop(self) -> None:
-        """End the thread and write what is held now (a graceful stop)."""
+        """End the thread, write what is held now (a graceful stop), then give the file up: the claim's flock
+        is released, so an aggregator started next (a restart in the same process or another) may claim it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.write_now()
+        with self._write_lock:  # no write may run past the release
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # closing the descriptor releases its flock
+                self._lock_fd = -1
 
 
 def _feature_set(entry: snapshot_pb2.SnapshotFeatureSet) -> tuple[Features, dict[str, str]] | str:
