@@ -210,3 +210,56 @@ def test_a_usage_change_is_no_change_and_a_usage_question_is_answered_live(vol: 
     _refresh(a)
     _wait(lambda: store.get(a.address).fingerprint != held.fingerprint, 10, "a's new profile held")  # type: ignore[union-attr]
     assert agg.sync.push.fetches > fetches and store.distinct_sets() == 2
+
+
+def test_an_older_daemon_counting_usage_values_is_renewed_by_its_heartbeats(tmp_path: Path) -> None:
+    """A daemon from before volatile values computes its fingerprint over them (one canonical form of the
+    whole round). The store recomputes the fingerprint without them, so the daemon's own never matched what
+    was held: every heartbeat of its stream 'missed a change' (resubscribe, full set sent again) and every
+    push fetch ended 'holds X, announced Y' (fetched again after a backoff, for good). The fingerprint the
+    node sent with a set it still reports is the same set: a heartbeat naming it renews the record."""
+    import hashlib
+
+    from nodecompat import wire
+    from nodecompat.fleet.fingerprint import canonical_bytes, split_identity
+    from nodecompat.fleet.store import FeatureStore
+    from nodecompat.server.inventory.inventory_sync import InventorySync
+
+    root = Path(copy_fixture(HOST, tmp_path).root)
+    rnd = probe_once(HostRoot(root), only=["memory", "hugepages", "system"])
+    shared, _ = split_identity(rnd.features)  # the older daemon's fingerprint: usage values in
+    old_fp = "sha256:" + hashlib.sha256(canonical_bytes(shared, rnd.unknown_features())).hexdigest()
+    assert old_fp != fingerprint(rnd.features, rnd.unknown_features())
+    store = FeatureStore()
+    sync = InventorySync(lambda: [], store)
+    try:
+        change = inventory_pb2.FeaturesChange(node_name="old", round_id=1, fingerprint=old_fp,
+                                              features=wire.features_to_proto(rnd.features))
+        assert sync.apply("10.0.0.9:7000", inventory_pb2.WatchFeaturesResponse(features=change), "")
+        held = store.get("10.0.0.9:7000")
+        assert held is not None and held.fingerprint != old_fp  # the profile is what is stored
+        beat = inventory_pb2.WatchFeaturesResponse(
+            heartbeat=inventory_pb2.FeaturesHeartbeat(round_id=2, fingerprint=old_fp))
+        assert sync.apply("10.0.0.9:7000", beat, held.fingerprint)  # a renewal, not a missed change
+        assert store.get("10.0.0.9:7000").round_id == 2  # type: ignore[union-attr]
+        assert store.heartbeat("10.0.0.9:7000", 3, old_fp)  # as a push registration's beat is checked
+        assert not store.heartbeat("10.0.0.9:7000", 4, "sha256:" + "0" * 64)  # another one is a change
+    finally:
+        sync.loop.close()
+
+
+def test_wire_forms_of_one_kept_set_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older daemon's wire form carries its usage values: each round is a new wire key (store alias) for
+    the one profile set, which stays held (its peers share it), so the aliases were never dropped: one
+    entry per node per round, for good. They are bounded, oldest first out (an alias only saves a parse)."""
+    from nodecompat.fleet import store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAX_ALIASES", 4)
+    rnd = probe_once(HostRoot(Path(copy_fixture(HOST, tmp_path).root)), only=["memory"])
+    store = store_mod.FeatureStore()
+    store.put("peer:1", "peer", rnd.features, None, 0.0, 1)  # keeps the set held
+    for i in range(10):
+        store.put("old:1", "old", rnd.features, None, 0.0, i, wire_key=f"round-{i}")
+    assert store.put_known("round-9", "old:1", "old", (), 0.0, 10) is not None  # the newest are kept
+    assert store.put_known("round-0", "old:1", "old", (), 0.0, 11) is None  # the oldest went
+    assert len(store._aliases) == 4

@@ -28,6 +28,7 @@ from nodecompat.fleet.volatile import strip_volatile
 
 MAX_SET_BYTES = 256 << 20  # canonical bytes of all distinct feature sets together
 MAX_VERDICTS = 4096  # cached verdicts, keyed by (spec, tags, feature set)
+MAX_ALIASES = 65536  # wire form -> fingerprint entries (~250 bytes each): store._alias
 
 STATE_OK = "OK"
 STATE_STALE = "STALE"
@@ -72,6 +73,10 @@ class NodeRecord:
     state: str = STATE_OK
     error: str = ""
     labels: tuple[tuple[str, str], ...] = ()
+    # the fingerprint the node itself gave this set when it differs from `fingerprint`: a daemon from before
+    # volatile values (nodecompat/fleet/volatile.py) computes it over its usage values too. Its heartbeats
+    # name that one; it is the same set, so they renew the record (else every beat refetched it, for good).
+    announced: str = ""
 
     @property
     def has_features(self) -> bool:
@@ -138,7 +143,8 @@ class FeatureStore:
         """Store a node's new probe round. Returns the new record; StoreFull when a new set does not fit.
 
         `fingerprint` may be passed when the sender computed it (it is recomputed here either way: a
-        daemon's claim decides nothing)."""
+        daemon's claim decides nothing; one that differs is kept as NodeRecord.announced, so that the
+        sender's heartbeats naming it renew the record)."""
         shared, identity = split_identity(strip_volatile(features))  # the profile: no usage values kept
         unk = dict(unknown or {})
         raw = canonical_bytes(shared, unk)
@@ -159,7 +165,7 @@ class FeatureStore:
                 self._bytes += len(raw)
             fs.nodes += 1
             if wire_key:
-                self._aliases[wire_key] = fp
+                self._alias(wire_key, fp)
             if old is not None and old.has_features:
                 self._release(old.fingerprint)
             new = NodeRecord(
@@ -172,6 +178,7 @@ class FeatureStore:
                 heard_at=time.monotonic(),
                 state=STATE_OK,
                 labels=tuple(sorted((labels or (old and dict(old.labels)) or {}).items())),
+                announced=fingerprint if fingerprint and fingerprint != fp else "",
             )
             self._nodes[key] = new
             self.generation += 1
@@ -187,14 +194,16 @@ class FeatureStore:
         probed_at: float,
         round_id: int,
         labels: Mapping[str, str] | None = None,
+        announced: str = "",
     ) -> NodeRecord | None:
         """Store a round whose wire form (identity stripped) was seen before: no parsing. None when the
-        wire key is unknown (the caller then parses and calls put with wire_key)."""
+        wire key is unknown (the caller then parses and calls put with wire_key). `announced`: the
+        fingerprint the sender gave (as put's `fingerprint`)."""
         with self._lock:
             fp = self._aliases.get(wire_key)
         if fp is None:
             return None
-        return self.put_fingerprint(fp, key, name, identity, probed_at, round_id, labels)
+        return self.put_fingerprint(fp, key, name, identity, probed_at, round_id, labels, announced=announced)
 
     def put_fingerprint(
         self,
@@ -205,11 +214,12 @@ class FeatureStore:
         probed_at: float,
         round_id: int,
         labels: Mapping[str, str] | None = None,
+        announced: str = "",
     ) -> NodeRecord | None:
         """Store a node's round as the set held under fingerprint `fp` ("sha256:<64 hex>") plus its own
         `identity` triples (feature, element, value): no features given, none parsed. The listeners see the
         transition as for put(). None when no set with that fingerprint is held (the caller gets the
-        features: put)."""
+        features: put). `announced`: the fingerprint the sender gave, when it differs (NodeRecord.announced)."""
         with self._lock:
             fs = self._sets.get(fp)
             if fs is None:
@@ -223,6 +233,7 @@ class FeatureStore:
                 round_id=round_id,
                 heard_at=time.monotonic(), state=STATE_OK,
                 labels=tuple(sorted((labels or (old and dict(old.labels)) or {}).items())),
+                announced=announced if announced != fp else "",
             )
             self._nodes[key] = new
             self.generation += 1
@@ -232,10 +243,11 @@ class FeatureStore:
     def heartbeat(self, key: str, round_id: int, fingerprint: str, probed_at: float = 0.0) -> bool:
         """A heartbeat from the node: refresh its time (and the probe time of a newer round with the same
         features, epoch seconds). False when it does not match what is stored (a change was missed: the
-        caller should resubscribe)."""
+        caller should resubscribe). The fingerprint the node announced with the set it sent
+        (NodeRecord.announced: an older daemon's, usage values in) names the same set."""
         with self._lock:
             old = self._nodes.get(key)
-            if old is None or old.fingerprint != fingerprint:
+            if old is None or (fingerprint != old.fingerprint and not (old.announced and fingerprint == old.announced)):
                 return False
             new = replace(old, heard_at=time.monotonic(), round_id=max(round_id, old.round_id), state=STATE_OK,
                           error="", probed_at=max(_not_after_now(probed_at), old.probed_at))
@@ -268,6 +280,15 @@ class FeatureStore:
                 self._release(old.fingerprint)
         if old is not None:
             self._notify(old, None)
+
+    def _alias(self, wire_key: str, fp: str) -> None:
+        """Remember a wire form's set (lock held). At most MAX_ALIASES, oldest first out: an older daemon's
+        wire form holds its usage values, so each of its rounds is a new wire key for a set that stays held
+        (shared with its peers), and nothing else would ever drop them. An alias only saves a parse."""
+        self._aliases.pop(wire_key, None)
+        while len(self._aliases) >= MAX_ALIASES:
+            del self._aliases[next(iter(self._aliases))]
+        self._aliases[wire_key] = fp
 
     def _release(self, fp: str) -> None:
         fs = self._sets[fp]

@@ -270,7 +270,7 @@ class PushedNodes:
             if entry is None:
                 return
             rec = self.store.get(address)
-            current = rec is not None and rec.has_features and rec.fingerprint == entry.fingerprint
+            current = rec is not None and rec.has_features and entry.fingerprint in (rec.fingerprint, rec.announced)
             if current and not error:
                 entry.failures, entry.busy = 0, False
                 return
@@ -286,7 +286,7 @@ class PushedNodes:
     async def _fetch_once(self, address: str) -> str:
         """One WatchFeatures call, its first message applied; "" or what went wrong."""
         held = self.store.get(address)
-        known = held.fingerprint if held is not None and held.has_features else ""
+        known = (held.announced or held.fingerprint) if held is not None and held.has_features else ""
         channel = self.sync.channel(address)
         self.open_channels += 1
         try:

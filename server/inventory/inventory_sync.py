@@ -237,7 +237,7 @@ class InventorySync:
             error = ""
             channel: grpc.aio.Channel | None = None
             held = self.store.get(address)
-            known = held.fingerprint if held is not None and held.has_features else ""
+            known = (held.announced or held.fingerprint) if held is not None and held.has_features else ""
             try:
                 await self._connecting.acquire()
                 slot = _Slot(self._connecting)
@@ -300,7 +300,7 @@ class InventorySync:
                 return bool(known) and self.store.heartbeat(address, ch.round_id, ch.fingerprint, probed_at=probed)
             identity, wire_key = _wire_key(ch)
             if self.store.put_known(wire_key, address, name, identity, probed, ch.round_id,
-                                    self._labels(address)) is not None:
+                                    self._labels(address), announced=ch.fingerprint) is not None:
                 return True
             rnd = ProbeRound(
                 features=wire.features_from_proto(ch.features),
@@ -309,7 +309,7 @@ class InventorySync:
             )
             try:
                 self.store.put(address, name, rnd.features, rnd.unknown_features(), probed, ch.round_id,
-                               labels=self._labels(address), wire_key=wire_key)
+                               labels=self._labels(address), fingerprint=ch.fingerprint, wire_key=wire_key)
             except StoreFull as exc:
                 self.store.set_state(address, name, STATE_UNREACHABLE, str(exc))
             return True
