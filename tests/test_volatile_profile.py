@@ -263,3 +263,37 @@ def test_wire_forms_of_one_kept_set_are_bounded(tmp_path: Path, monkeypatch: pyt
     assert store.put_known("round-9", "old:1", "old", (), 0.0, 10) is not None  # the newest are kept
     assert store.put_known("round-0", "old:1", "old", (), 0.0, 11) is None  # the oldest went
     assert len(store._aliases) == 4
+
+
+def test_a_state_file_written_before_volatile_values_is_held_again(tmp_path: Path) -> None:
+    """An aggregator from before volatile values kept them in its sets, so its state file's sets (and node
+    fingerprints) hold memory.size available_bytes. Read back after the upgrade, the store keeps the profile
+    (another fingerprint): each node was then dropped 'feature set not held' and the restart held no features
+    at all. They are held under the profile's fingerprint, the file's one kept as what the node announced."""
+    import hashlib
+
+    from nodecompat.features import Features
+    from nodecompat.fleet.fingerprint import canonical_bytes
+    from nodecompat.v1 import snapshot_pb2
+
+    f = Features()
+    f.add_attributes("memory.size", {"total_bytes": "8589934592", "available_bytes": "4294967296"})
+    raw = canonical_bytes(f)
+    old_fp = "sha256:" + hashlib.sha256(raw).hexdigest()
+    snap = snapshot_pb2.InventorySnapshot(version=1)
+    snap.sets.add(fingerprint=old_fp, canonical=raw)
+    for i in range(3):
+        n = snap.nodes.add(name=f"n{i}", address=f"127.0.2.{i + 1}:7000", fingerprint=old_fp, principal="key:x",
+                           lease_ttl_seconds=60, round_id=1)
+        n.probed_at.seconds = 1_700_000_000
+    state = tmp_path / "state"
+    state.write_bytes(snap.SerializeToString())
+    with aggregator(state_file=str(state), registration=RegistrationPolicy(allow_unauthenticated=True),
+                    sync=SyncConfig(), check_new_nodes=False) as agg:
+        store = agg.store
+        assert store is not None
+        held = {r.name: r for r in store.records() if r.has_features}
+        assert sorted(held) == ["n0", "n1", "n2"]
+        assert store.distinct_sets() == 1
+        assert {(r.fingerprint, r.announced) for r in held.values()} == {(fingerprint(f), old_fp)}
+        assert store.heartbeat("127.0.2.1:7000", 2, old_fp)  # the node's own (older daemon) beat renews it

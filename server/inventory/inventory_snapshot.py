@@ -337,7 +337,9 @@ def load_snapshot(path: str | Path, inventory: NodeInventory, store: FeatureStor
                 drop(parsed, entry.fingerprint)
             else:
                 sets[entry.fingerprint] = parsed
-    placed: set[str] = set()  # fingerprints the store holds now
+    # the file's fingerprint -> the one the store holds it under: they differ for a file written before
+    # volatile values (nodecompat/fleet/volatile.py), whose sets hold usage values the store leaves out
+    placed: dict[str, str] = {}
     for node in snap.nodes:
         req = fleet_pb2.RegisterNodeRequest(name=node.name, address=node.address, fingerprint=node.fingerprint,
                                             round_id=node.round_id)
@@ -372,23 +374,24 @@ def load_snapshot(path: str | Path, inventory: NodeInventory, store: FeatureStor
         labels = dict(node.labels)
         try:
             if fp in placed:
-                rec = store.put_fingerprint(fp, node.address, node.name, identity, probed, node.round_id, labels)
+                rec = store.put_fingerprint(placed[fp], node.address, node.name, identity, probed, node.round_id,
+                                            labels, announced=fp)
             else:
                 features, unknown = sets[fp]
                 rec = store.put(node.address, node.name, with_identity(features, identity), unknown, probed,
-                                node.round_id, labels=labels)
+                                node.round_id, labels=labels, fingerprint=fp)
         except StoreFull as exc:
             drop("feature store full", str(exc))
             continue
-        if rec is None or rec.fingerprint != fp:  # cannot happen after the checks above; never held wrongly
+        if rec is None or rec.fingerprint != placed.get(fp, rec.fingerprint):  # cannot happen; never held wrongly
             if rec is not None:
                 store.remove(node.address)
             drop("feature set not held", node.name)
             continue
-        placed.add(fp)
+        placed[fp] = rec.fingerprint
         if push is not None:
             push.restore(node.address, node.name, fp, node.round_id, probed, ttl)
-    report.sets = len(placed)
+    report.sets = len(set(placed.values()))
     for reason, n in report.dropped.items():
         log.warning("state file %s: %d entr%s dropped: %s (e.g. %r)", path, n, "y" if n == 1 else "ies", reason,
                     examples[reason])
