@@ -172,3 +172,36 @@ def test_subscriptions_shared_out_and_taken_over_when_a_replica_dies(etcd: Etcd,
     finally:
         for p in procs:
             p.kill()
+
+
+def test_a_document_of_a_replica_from_before_volatile_values_is_applied_once(etcd: Etcd) -> None:  # noqa: F811
+    """A replica from before volatile values (a rolling upgrade) stores sets with their usage values, under their
+    fingerprint; this replica's store keeps the profile under another. Every reconcile pass compared the document's
+    fingerprint with the record's, found them different and put the node again (a new generation, a transition
+    for WatchFleet's listeners, each pass, for every such node). The document's fingerprint is kept as the one
+    the set was announced under: applied once, the record is current."""
+    from nodecompat.fleet.store import FeatureStore
+    from nodecompat.server.inventory.etcd_kv import EtcdEndpoints
+    from nodecompat.server.inventory.fleet_nodes import SOURCE_REGISTERED, FleetNode
+    from nodecompat.server.inventory.inventory_shards import InventoryShards
+
+    feats = Features()
+    feats.add_attributes("memory.size", {"total_bytes": "8589934592", "available_bytes": "4294967296"})
+    raw = encode_set(feats, {})
+    old_fp = "sha256:" + hashlib.sha256(raw).hexdigest()  # the older replica's fingerprint: usage values in
+    assert old_fp != fingerprint(feats)
+    host, port = etcd.endpoint.rsplit(":", 1)
+    kv = EtcdEndpoints([(host, int(port))])
+    prefix = f"/t-{uuid.uuid4().hex[:8]}"
+    kv.put_many([(f"{prefix}/shards/sets/{old_fp}/old", raw, 0)])
+    store = FeatureStore()
+    node = FleetNode("n1", "127.0.3.1:7000", {}, SOURCE_REGISTERED)
+    shards = InventoryShards(kv, prefix, lambda: [node], store, replica_id="new")
+    doc = NodeDoc("old", "n1", old_fp, (), time.time() - 5, 3, "OK", "")
+    now = time.monotonic()
+    shards._apply_doc(node, doc, None, now)
+    rec = store.get(node.address)
+    assert rec is not None and rec.fingerprint == fingerprint(feats) and rec.announced == old_fp
+    generation = store.generation
+    shards._apply_doc(node, doc, rec, now)  # the next reconcile pass, the same document
+    assert store.generation == generation  # nothing put again

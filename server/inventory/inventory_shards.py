@@ -333,7 +333,9 @@ class InventoryShards:
 
     def _apply_doc(self, node: FleetNode, doc: NodeDoc, rec: NodeRecord | None, now: float) -> None:
         address = node.address
-        if doc.fingerprint and (rec is None or rec.fingerprint != doc.fingerprint):
+        # the record holds the document's set when the fingerprints agree, or when the document's is the one the
+        # set was announced under (a replica from before volatile values: usage values in, NodeRecord.announced)
+        if doc.fingerprint and (rec is None or doc.fingerprint not in (rec.fingerprint, rec.announced)):
             if not self._put_features(node, doc):
                 return
             rec = self.store.get(address)
@@ -355,7 +357,7 @@ class InventoryShards:
         labels = dict(node.labels)
         alias = "etcd:" + doc.fingerprint
         if self.store.put_known(alias, node.address, doc.name, doc.identity, doc.probed_at, doc.round_id,
-                                labels) is not None:
+                                labels, announced=doc.fingerprint) is not None:
             self._reported(node, doc)
             return True
         fs = self.store.feature_set(doc.fingerprint)
@@ -372,7 +374,7 @@ class InventoryShards:
                 return False
         try:
             self.store.put(node.address, doc.name, with_identity(features, doc.identity), unknown, doc.probed_at,
-                           doc.round_id, labels=labels, wire_key=alias)
+                           doc.round_id, labels=labels, fingerprint=doc.fingerprint, wire_key=alias)
         except StoreFull as exc:
             log.warning("inventory shards: %s", exc)
             return False
