@@ -390,3 +390,9 @@ def test_a_stopped_aggregator_gives_the_state_file_up(tmp_path: Path) -> None:
                 name="kept", address="127.0.2.9:7000", ttl_seconds=60), timeout=10)
     with aggregator(**kw) as second:  # type: ignore[arg-type]
         assert [n.name for n in collect(second.inventory, second.store).nodes] == ["kept"]  # type: ignore[attr-defined]
+        second.inventory.deregister("kept", "anonymous")  # the second's inventory now differs from the first's
+        assert second.state.write_now()  # type: ignore[union-attr]
+        mine = state.read_bytes()
+        # the first gave the file up: a late write of its (stale) inventory would overwrite the second's
+        assert not first.state.write_now(force=True) and "given up" in first.state.problem  # type: ignore[union-attr]
+        assert state.read_bytes() == mine

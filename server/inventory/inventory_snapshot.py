@@ -185,6 +185,7 @@ class SnapshotWriter:
         self.last_cpu = 0.0  # s of this thread's CPU for the last write (collect + serialize + write)
         self.problem = ""  # why the last write did not happen ("" after a good one)
         self._lock_fd = -1  # claim(): the flock held on .NAME.lock (until stop() or the process ends)
+        self._given_up = False  # stop() released the claim: no write after it (another aggregator may own the file)
         if health is not None:
             health.names.append(STATE_HEALTH)
 
@@ -192,9 +193,13 @@ class SnapshotWriter:
         return (self.store.generation if self.store is not None else 0, self.inventory.lease_changes)
 
     def write_now(self, force: bool = False) -> bool:
-        """Write the snapshot if anything changed since the last write (or `force`); True when written.
-        Never raises: a failure or an oversized snapshot is logged, kept in `problem` and in the health."""
+        """Write the snapshot if anything changed since the last write (or `force`); True when written. False
+        after stop() (the file was given up: a late write would overwrite the next aggregator's). Never raises:
+        a failure or an oversized snapshot is logged, kept in `problem` and in the health."""
         with self._write_lock:
+            if self._given_up:
+                self.problem = "stopped: the state file was given up (another aggregator may use it); not written"
+                return False
             sig = self._signature()
             if not force and sig == self._seen:
                 return False
@@ -282,6 +287,7 @@ class SnapshotWriter:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # closing the descriptor releases its flock
                 self._lock_fd = -1
+            self._given_up = True
 
 
 def _feature_set(entry: snapshot_pb2.SnapshotFeatureSet) -> tuple[Features, dict[str, str]] | str:
