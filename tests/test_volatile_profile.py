@@ -297,3 +297,29 @@ def test_a_state_file_written_before_volatile_values_is_held_again(tmp_path: Pat
         assert store.distinct_sets() == 1
         assert {(r.fingerprint, r.announced) for r in held.values()} == {(fingerprint(f), old_fp)}
         assert store.heartbeat("127.0.2.1:7000", 2, old_fp)  # the node's own (older daemon) beat renews it
+
+
+def test_a_usage_change_pokes_no_registration_beat(tmp_path: Path) -> None:
+    """The hub's on_change is what sends a --register daemon's heartbeat at once (server/node/registration.py
+    poke): rounds that differ only in usage values must not call it (each would be a beat, then a fetch, every
+    round); a profile change must. Real probe rounds of a fixture host copy."""
+    from nodecompat.server.node.feature_watch import FeatureWatchHub
+
+    root = Path(copy_fixture(HOST, tmp_path).root)
+    hub = FeatureWatchHub("vm-a")
+    pokes: list[int] = []
+    hub.on_change.append(lambda: pokes.append(1))
+
+    def round_() -> None:
+        hub.on_round(probe_once(HostRoot(root), only=["memory", "hugepages"]))
+
+    round_()
+    assert len(pokes) == 1  # the first round is a change
+    for value in ("1000000", "2000000", "3000000"):
+        _set_line(root / "proc/meminfo", "MemAvailable", value)
+        _set_free_hugepages(root, value[0])
+        round_()
+    assert len(pokes) == 1  # usage only: no beat
+    _set_line(root / "proc/meminfo", "MemTotal", "48234496")
+    round_()
+    assert len(pokes) == 2
