@@ -5,7 +5,8 @@ missing), yet workloads fail on them: Elasticsearch needs vm.max_map_count >= 26
 on vm.overcommit_memory, rootless and sandboxed runtimes need user namespaces, databases need
 fs.file-max / net.core.somaxconn. The allow-list below is read from /proc/sys under the host root
 (`vm.max_map_count` is /proc/sys/vm/max_map_count); `serve --sysctl NAME[,NAME...]` (repeatable)
-adds names. Values are the file's text with runs of whitespace made one space
+adds names (the counters among them, USAGE_SYSCTLS such as fs.file-nr, are declared volatile: not
+part of the node's profile). Values are the file's text with runs of whitespace made one space
 ("32768\t60999" -> "32768 60999"), so `Gt`/`In` work on numbers and words alike. A setting the
 kernel does not have (kernel.unprivileged_userns_clone exists only on Debian/Ubuntu kernels) or
 cannot be read is left out and listed in the probe status. Names are checked: dotted segments of
@@ -48,6 +49,22 @@ DEFAULT_SYSCTLS: dict[str, str] = {
     "net.core.somaxconn": "listen backlog of servers",
     "net.ipv4.ip_local_port_range": "ephemeral ports (two numbers)",
     "net.ipv4.ip_forward": "routers, VPNs, CNI",
+}
+# Counters and per-read values a `serve --sysctl` may add: usage, not settings. Declared volatile (probes/base.py),
+# so the node's fingerprint and the aggregator's inventory leave them out and a fleet question reading one is
+# answered live (nodecompat/fleet/volatile.py).
+USAGE_SYSCTLS: dict[str, str] = {
+    "fs.file-nr": "open file handles now (usage)",
+    "fs.inode-nr": "inodes in use now (usage)",
+    "fs.inode-state": "inodes in use now (usage)",
+    "fs.dentry-state": "dentry cache now (usage)",
+    "fs.aio-nr": "AIO contexts in use now (usage)",
+    "kernel.ns_last_pid": "last PID handed out (usage)",
+    "kernel.pty.nr": "pseudo-terminals in use now (usage)",
+    "kernel.random.entropy_avail": "entropy pool now (usage)",
+    "kernel.random.uuid": "a new UUID on every read",
+    "kernel.random.boot_id": "per boot, per node",
+    "net.netfilter.nf_conntrack_count": "tracked connections now (usage)",
 }
 _NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$")
 
@@ -93,6 +110,8 @@ class SysctlProbe(Probe):
             attributes=(
                 *(AttributeInfo(n, "string", sysctl_path(n), nfd=False, description=why)
                   for n, why in DEFAULT_SYSCTLS.items()),
+                *(AttributeInfo(n, "string", sysctl_path(n), nfd=False, volatile=True, description=why)
+                  for n, why in USAGE_SYSCTLS.items()),
                 AttributeInfo("<name>", "string", PROC_SYS + "/<name with . as />", nfd=False,
                               description="any name added with serve --sysctl"),
             ),

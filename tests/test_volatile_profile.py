@@ -26,9 +26,10 @@ from support_hosts import copy_fixture
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.engine.spec import parse_spec
 from nodecompat.fleet.fingerprint import fingerprint
-from nodecompat.fleet.volatile import reads_volatile
+from nodecompat.fleet.volatile import reads_volatile, strip_volatile
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.runner import probe_once
+from nodecompat.probes.sysctl import SysctlProbe
 from nodecompat.server.fleet.aggregator import AggregatorDaemon
 from nodecompat.server.inventory.inventory_sync import SyncConfig
 from nodecompat.server.inventory.registration_auth import RegistrationPolicy
@@ -95,6 +96,20 @@ def test_usage_values_leave_the_fingerprint_alone_and_sizes_change_it(tmp_path: 
     assert pools != base  # nr_hugepages is the profile
     _set_line(root / "proc/meminfo", "MemTotal", "48234496")
     assert fp() not in (base, pools)
+
+
+def test_counter_sysctls_added_with_serve_sysctl_are_usage_too() -> None:
+    """kernel.random.uuid is new on every read, fs.file-nr counts open files: `serve --sysctl` may add them,
+    and they stay out of the profile while the settings (vm.max_map_count) stay in."""
+    probe = SysctlProbe(extra=["kernel.random.uuid", "fs.file-nr"])
+    one, two = (probe.discover(HostRoot(Path("/"))).features for _ in range(2))
+    a, b = one.attributes["kernel.sysctl"].elements, two.attributes["kernel.sysctl"].elements
+    assert a["kernel.random.uuid"] != b["kernel.random.uuid"] and "vm.max_map_count" in a
+    assert fingerprint(one) == fingerprint(two)
+    assert strip_volatile(one).attributes["kernel.sysctl"].elements.keys() == a.keys() - {
+        "kernel.random.uuid", "fs.file-nr"}
+    assert reads_volatile(parse_spec(_spec("{fs.file-nr: {op: Exists}}", "kernel.sysctl"))) == [
+        "kernel.sysctl fs.file-nr"]
 
 
 def test_what_a_spec_reads_is_judged_conservatively() -> None:
