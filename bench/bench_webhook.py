@@ -8,13 +8,20 @@ certificate and keep-alive (as the API server does). Each request is an Admissio
 containers and an init container.
 - cold: the first review of each image (its artifact resolved from the registry and parsed);
 - warm: reviews of images seen before (artifact cached by digest, tag within its 30 s TTL).
+The cold p99 row is the maximum of its 20 reviews, and they are not alike: review 0 is the webhook's first
+and resolves 2 new images at once (2 registry resolutions, 2 new specs at the aggregator), reviews 1-18 one
+new image each (a pod's second image is the next one), review 19 none. Review 0 decides that row in every
+run (measured with --cold-detail: 84-242 ms against 30-70 ms for the others), so a second cold sample
+follows the warm reviews: --cold-more (default 80) reviews each naming exactly one image never seen
+(containers [new, seen], initContainers [new]), none the webhook's first; its rows give p50, p95 and p99.
 Rows print p50 and p99 against issue 13's target (warm p99 <= 50 ms) and KEP-2403's 100 ms, and the warm
 figures against a floor measured in the same run, alternated with the warm reviews: the pod's two
 ValidateFleet calls made straight to the aggregator as the webhook makes them (grouped_results; what the
 webhook cannot avoid); the ratio is the webhook's own share (target <= 1.5, ours). The load average is
 printed beside them (the machine may be shared).
 
-    .venv/bin/python bench/bench_webhook.py [--nodes 1000] [--images 20] [--warm 400] [--cold-detail]
+    .venv/bin/python bench/bench_webhook.py [--nodes 1000] [--images 20] [--warm 400] [--cold-more 80]
+        [--cold-detail]
 
 --cold-detail prints every cold review: its latency, the webhook's own log line for it (total, slowest registry
 wait, slowest aggregator wait) and the cyclic GC pauses of this process (which hosts the aggregator) inside it.
@@ -78,6 +85,8 @@ def main() -> None:
     ap.add_argument("--profiles", type=int, default=20)
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--warm", type=int, default=400)
+    ap.add_argument("--cold-more", type=int, default=80,
+                    help="more cold reviews after the first --images ones, each with exactly one image never seen")
     ap.add_argument("--cold-detail", action="store_true",
                     help="print every cold review: its latency, the webhook's own breakdown, this process's GC pauses")
     args = ap.parse_args()
@@ -124,6 +133,12 @@ def main() -> None:
             img = push_image(reg.host, f"bench/app{i}", tmp)
             push_raw_artifact(reg.host, f"bench/app{i}", subject_of(img), layers=[SPEC.format(i=i).encode()])
             images.append(img.reference)
+        more = []
+        for i in range(args.cold_more):
+            img = push_image(reg.host, f"bench/new{i}", tmp)
+            push_raw_artifact(reg.host, f"bench/new{i}", subject_of(img),
+                              layers=[SPEC.format(i=f"new{i}").encode()])
+            more.append(img.reference)
         certs = make_certs(tmp / "pki")
         hook = WebhookProc(tmp, certs.ca, certs.cert, certs.key, f"127.0.0.1:{port}", "--allowed-registries",
                            "http://127.0.0.1:*", "--plain-http").wait_ready()
@@ -202,6 +217,16 @@ def main() -> None:
                 assert sum(ex.map(one, (i, i + 1))) == 2 * n
                 floor.append(time.perf_counter() - t0)
         channel.close()
+        # the second cold sample, after the warm reviews (so the rows above are measured as before): reviews
+        # each naming exactly one image never seen (containers [new, seen], initContainers [new]), none of them
+        # the webhook's first review
+        cold_one = []
+        for j, new in enumerate(more):
+            rev = review(pod(f"n{j}", [new, images[0]], init=[new]))
+            t0 = time.perf_counter()
+            resp = hook.post("/mutate", rev).json()["response"]
+            cold_one.append(time.perf_counter() - t0)
+            assert resp["allowed"], resp
         assert summary is not None and "patch" in summary
         print(f"  ({len(cold)} cold, {len(warm)} warm reviews; a warm answer places the pod on "
               f"{n // 3}-ish of {n} nodes by name)", flush=True)
@@ -211,6 +236,13 @@ def main() -> None:
             "KEP-2403 target")
         row(f"webhook admission, cold p99 ({n} nodes, artifact from the registry)", p(cold, 99), LIMIT_KEP_S,
             "KEP-2403 target")
+        print(f"  (p99 of {len(cold)} lies between its two slowest reviews; review 0 is the webhook's first and "
+              f"resolves 2 new images, reviews 1-{len(cold) - 2} one each, review {len(cold) - 1} none; review 0 took "
+              f"{cold[0] * 1e3:.1f} ms, the slowest of the others {max(cold[1:]) * 1e3:.1f} ms)", flush=True)
+        if cold_one:
+            for q in (50, 95, 99):
+                row(f"webhook admission, cold p{q} ({n} nodes, {len(cold_one)} reviews of one new image each)",
+                    p(cold_one, q), LIMIT_KEP_S, "KEP-2403 target")
         print(f"  load average {Path('/proc/loadavg').read_text().split()[0]}; floor: the pod's two ValidateFleet "
               f"calls straight to the aggregator (gRPC, grouped, {n} nodes each): "
               f"p50 {p(floor, 50) * 1e3:.1f} ms, p99 {p(floor, 99) * 1e3:.1f} ms", flush=True)
@@ -221,7 +253,8 @@ def main() -> None:
                   f"| {'met' if ratio <= 1.5 else 'NOT MET'}", flush=True)
         # where a warm answer's time goes, from the webhook's own log (the slowest image's waits)
         pattern = r"in ([\d.]+) ms \(registry ([\d.]+) ms, aggregator ([\d.]+) ms"
-        waits = [tuple(map(float, m)) for m in re.findall(pattern, hook.log.read_text())][len(images) :]
+        logged = [tuple(map(float, m)) for m in re.findall(pattern, hook.log.read_text())]
+        waits = logged[len(images) : len(images) + len(warm)]  # the warm reviews' lines
         if waits:
             print("  warm, inside the webhook (median): total {:.1f} ms = registry cache {:.1f} ms + aggregator "
                   "ValidateFleet {:.1f} ms + the rest".format(*(statistics.median(w[j] for w in waits)

@@ -58,7 +58,7 @@ def main() -> int:
     rows += run("bench_fleet.py", "--sizes", "10,100,1000" if args.quick else "10,100,1000,10000")
     rows += run("bench_cli.py")
     rows += run("bench_inventory.py", *(["--nodes", "1000"] if args.quick else []))
-    rows += run("bench_webhook.py", *(["--warm", "100", "--images", "5"] if args.quick else []))
+    rows += run("bench_webhook.py", *(["--warm", "100", "--images", "5", "--cold-more", "10"] if args.quick else []))
     rows += run("bench_store_etcd.py", *(["--sample", "20"] if args.quick else []))
     print("\n== issue 11 table: figure | limit measured in the same run | ratio | target (median of 3, min, max)")
     for r in rows:
