@@ -58,7 +58,8 @@ class AttributeInfo:
     # True: a runtime usage value (free memory, free huge pages) that changes from round to round on a
     # busy host. It is a fact of the round (GetFeatures, the node's own ValidateImage) but not part of
     # the node's profile: the fingerprint, WatchFeatures and the aggregator's stored sets leave it out
-    # (nodecompat/fleet/volatile.py), and the aggregator answers a spec reading it live.
+    # (nodecompat/fleet/volatile.py), and the aggregator answers a spec reading it live. Built-in probes only:
+    # a plugin's declaration is ignored (the aggregator may not have the plugin: its values stay in the profile).
     volatile: bool = False
 
     def matches(self, name: str) -> bool:

@@ -13,8 +13,12 @@ names what a spec reads (a matchExpressions key a volatile declaration matches, 
 feature that has volatile elements: a name pattern could match one), and ValidateFleet then asks every
 node live (docs/inventory.md "Usage values").
 
-Declarations come from the registered probes' catalog (built once). Hand-written: a filter over our own
-data classes.
+Declarations come from the built-in probes only (nodecompat.probes.*, built once), never a plugin's: the
+node strips what it declares, the aggregator judges what a spec reads by what it declares, and a plugin
+installed on the nodes is usually not installed on the aggregator. Had a node stripped a plugin's volatile
+element, the aggregator (not knowing it) would answer a spec reading it from a stored set that lacks it: a
+wrong verdict. A plugin's usage values stay in the profile (its fingerprint moves with them: slower, right).
+Hand-written: a filter over our own data classes.
 """
 
 from __future__ import annotations
@@ -26,18 +30,25 @@ from nodecompat.engine.spec import Spec
 from nodecompat.features import AttributeFeature, Features, Instance, InstanceFeature
 from nodecompat.probes.base import AttributeInfo
 
+BUILTIN_MODULES = "nodecompat.probes."  # where the probes every node and aggregator have live
+
 
 @cache
 def volatile_declarations() -> dict[str, tuple[AttributeInfo, ...]]:
-    """{lower-case feature name: its volatile AttributeInfo declarations} over the registered probes
-    (built once per process; features without volatile elements are not listed)."""
-    from nodecompat.probes.catalog import FeatureCatalog
+    """{lower-case feature name: its volatile AttributeInfo declarations} over the registered built-in probes
+    (a probe class defined in BUILTIN_MODULES; plugins' are ignored: module doc). Built once per process;
+    features without volatile elements are not listed."""
+    from nodecompat.probes.registry import load_probes
 
     out: dict[str, tuple[AttributeInfo, ...]] = {}
-    for name, info in FeatureCatalog.registered().infos.items():
-        vols = tuple(a for a in info.attributes or () if a.volatile)
-        if vols:
-            out[name] = vols
+    probes, _ = load_probes()
+    for probe in probes:
+        if not type(probe).__module__.startswith(BUILTIN_MODULES):
+            continue
+        for info in probe.features:
+            vols = tuple(a for a in info.attributes or () if a.volatile)
+            if vols:
+                out[info.name.lower()] = out.get(info.name.lower(), ()) + vols
     return out
 
 
