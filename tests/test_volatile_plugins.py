@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support_daemon import make_plugin
 from support_fleet import aggregator, start_node
 from support_fleet import wait_until as _wait
 from support_hosts import copy_fixture
@@ -50,13 +51,7 @@ compatibilities:
 
 
 def test_a_plugins_volatile_element_is_kept_and_answered_right(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "nodecompat_queue_probe.py").write_text(PLUGIN)
-    dist = site / "nodecompat_queue_probe-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nodecompat-queue-probe\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[nodecompat.probes]\nqueue = nodecompat_queue_probe:QueueProbe\n")
+    site = make_plugin(tmp_path, "nodecompat_queue_probe", PLUGIN, {"queue": "nodecompat_queue_probe:QueueProbe"})
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     root = Path(copy_fixture("plain-vm", tmp_path / "n").root)
     node = start_node(tmp_path, "vm-q", "plain-vm", root=root, env=env)
