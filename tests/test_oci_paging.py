@@ -20,7 +20,7 @@ from nodecompat.oci.discovery import open_repository
 from nodecompat.oci.errors import UnavailableError
 from nodecompat.oci.manifest import Descriptor
 from nodecompat.oci.reference import parse_reference
-from nodecompat.oci.transport import Budget
+from nodecompat.oci.sessions import Budget
 
 SUBJECT = Descriptor(mt.OCI_MANIFEST, "sha256:" + "a" * 64, 10)
 

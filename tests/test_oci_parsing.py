@@ -16,7 +16,7 @@ from nodecompat.oci.errors import INVALID_ARGUMENT, RegistryError
 from nodecompat.oci.manifest import Descriptor, parse_descriptor, parse_descriptor_list, parse_json_object
 from nodecompat.oci.platform import Platform, host_goarch, parse_platform
 from nodecompat.oci.reference import Reference, parse_reference
-from nodecompat.oci.transport import Budget, parse_challenge
+from nodecompat.oci.sessions import Budget, parse_challenge
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

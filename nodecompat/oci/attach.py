@@ -27,7 +27,7 @@ from nodecompat.oci.manifest import Descriptor, parse_descriptor_list
 from nodecompat.oci.platform import parse_platform
 from nodecompat.oci.reference import parse_reference
 from nodecompat.oci.repository import digest_of
-from nodecompat.oci.transport import Budget
+from nodecompat.oci.sessions import Budget
 
 SPEC_TITLE = "image-compatibility.yaml"
 

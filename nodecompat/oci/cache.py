@@ -27,7 +27,7 @@ from nodecompat.oci.errors import InvalidArgumentError
 from nodecompat.oci.platform import parse_platform
 from nodecompat.oci.policy import RegistryPolicy
 from nodecompat.oci.reference import parse_reference
-from nodecompat.oci.transport import Budget, SessionPool
+from nodecompat.oci.sessions import Budget, SessionPool
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -32,7 +32,8 @@ from nodecompat.oci.platform import Platform, parse_platform
 from nodecompat.oci.policy import RegistryPolicy
 from nodecompat.oci.reference import Reference, parse_reference
 from nodecompat.oci.repository import Repository
-from nodecompat.oci.transport import Budget, SessionPool, Transport
+from nodecompat.oci.sessions import Budget, SessionPool
+from nodecompat.oci.transport import Transport
 
 MAX_CANDIDATES = 64  # artifact manifests we are willing to fetch to learn their type or date
 _OLDEST = datetime.min.replace(tzinfo=UTC)

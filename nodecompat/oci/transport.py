@@ -13,8 +13,7 @@ What this module owns:
 - Auth: anonymous first; on a 401 challenge, `Bearer realm=..,service=..,scope=..` fetches a token
   (with basic credentials when we have them, or uses a given token directly, like oras-go's
   AccessToken), `Basic` sends credentials. Tokens are cached per host/scope until they expire.
-- SessionPool: one requests.Session per (thread, host) for keep-alive; sessions are not shared
-  between threads because requests does not promise that is safe.
+- Budget, SessionPool and the challenge parser live in nodecompat/oci/sessions.py.
 - Policy (nodecompat.oci.policy, docs/security.md): with a RegistryPolicy the host is checked before
   any connection, and so is every redirect target and token realm. Redirects are followed by hand
   (at most MAX_REDIRECTS, GET/HEAD only), only to hosts the policy allows. Credentials (basic,
@@ -29,10 +28,8 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -40,7 +37,7 @@ import requests
 from opentelemetry import trace
 
 from nodecompat.oci.auth import RegistryAuth
-from nodecompat.oci.deadline import Deadline, deadline_scope, watched_session
+from nodecompat.oci.deadline import deadline_scope
 from nodecompat.oci.errors import (
     DeadlineExceededError,
     PermissionDeniedError,
@@ -49,92 +46,18 @@ from nodecompat.oci.errors import (
     UnavailableError,
 )
 from nodecompat.oci.policy import RegistryPolicy
+from nodecompat.oci.sessions import Budget, SessionPool, parse_challenge
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 4
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 PER_REQUEST_TIMEOUT = 10.0
-USER_AGENT = "nodecompat-oci/0.1"
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 log = logging.getLogger(__name__)
-_PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
 _tracer = trace.get_tracer("nodecompat.oci")
-
-
-class Budget:
-    """A monotonic deadline shared by every request of one operation."""
-
-    def __init__(self, timeout: float) -> None:
-        if not timeout or timeout <= 0:
-            raise DeadlineExceededError("no time left for the registry operation (timeout <= 0)")
-        self.timeout = float(timeout)
-        self.deadline = time.monotonic() + self.timeout
-        self.sockets = Deadline(self.deadline)  # shuts the operation's sockets down at the deadline
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def check(self, what: str) -> float:
-        left = self.remaining()
-        if left <= 0:
-            raise DeadlineExceededError(
-                f"registry operation exceeded its {self.timeout:g}s budget while {what}"
-            )
-        return left
-
-
-@dataclass
-class _Token:
-    header: str
-    expires: float
-
-
-@dataclass
-class SessionPool:
-    """Keep-alive sessions and auth tokens, shareable across calls and threads (e.g. by SpecCache)."""
-
-    _local: threading.local = field(default_factory=threading.local)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _tokens: dict[tuple[str, ...], _Token] = field(default_factory=dict)
-
-    def session(self, host: str) -> requests.Session:
-        sessions: dict[str, requests.Session] | None = getattr(self._local, "sessions", None)
-        if sessions is None:
-            sessions = self._local.sessions = {}
-        sess = sessions.get(host)
-        if sess is None:
-            sess = watched_session()
-            sess.headers["User-Agent"] = USER_AGENT
-            sess.trust_env = False  # no proxies or netrc from the environment behind our back
-            sessions[host] = sess
-        return sess
-
-    def get_token(self, key: tuple[str, ...]) -> str | None:
-        with self._lock:
-            tok = self._tokens.get(key)
-            if tok is None:
-                return None
-            if tok.expires < time.monotonic():
-                del self._tokens[key]
-                return None
-            return tok.header
-
-    def put_token(self, key: tuple[str, ...], header: str, ttl: float) -> None:
-        with self._lock:
-            if len(self._tokens) > 1024:
-                self._tokens.clear()
-            self._tokens[key] = _Token(header, time.monotonic() + max(ttl - 5.0, 1.0))
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """Split `Bearer realm="..",service=".."` into ("bearer", {...})."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
-              for m in _PARAM_RE.finditer(rest)}
-    return scheme.lower(), params
 
 
 class Transport:
