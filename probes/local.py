@@ -5,6 +5,10 @@ Same file format and rules as NFD's source/local (hooks are gone upstream, so no
 - `# +no-feature` / `# +no-label` keep the NEXT key out of local.feature / local.label (and remove
   an earlier value of that key from the same file);
 - `# +expiry-time=<RFC3339>` makes the following lines of that file count only until then;
+  for the probe memo (probes/probe_memo.py) which of the files' expiry times have passed is an input
+  asked again each round (noted_answer), so a result is reused until one passes (or the clock is set
+  back over one), then the probe runs: the lines are dropped in the first round past the time, as NFD
+  drops them at its first read past it (source/local/local.go, parseFeatureFile, expiry-time);
 - an unknown or malformed directive is reported (file:line) and parsing goes on, as in NFD;
 - dot-files, non-regular files and files over 64 KiB are ignored; later files (by name) win.
 This is also where NVIDIA GFD writes its labels (features.d/gfd), so GFD data is visible here.
@@ -20,7 +24,7 @@ from datetime import UTC, datetime
 from nodecompat.features import Features
 from nodecompat.hostroot import HostPathEscape, HostRoot
 from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
-from nodecompat.probes.probe_memo import not_replayable
+from nodecompat.probes.probe_memo import noted_answer
 
 MAX_FILE_SIZE = 64 * 1024
 DIRECTIVE_PREFIX = "# +"
@@ -33,6 +37,7 @@ class FeatureFile:
     features: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    expiries: list[datetime] = field(default_factory=list)  # every valid expiry-time of the file, in order
 
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
@@ -68,6 +73,7 @@ def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = N
                         continue
                     try:
                         expiry = _parse_rfc3339(value)
+                        out.expiries.append(expiry)
                     except ValueError as exc:
                         out.errors.append(f"{name}:{lineno}: bad expiry-time: {exc}")
                 elif key == "no-feature":
@@ -95,7 +101,7 @@ def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = N
 
 class LocalProbe(Probe):
     name = "local"
-    memoizable = True  # reads only its host; a file with "# +expiry-time" (the clock decides) is not replayable
+    memoizable = True  # reads only its host, and the clock against its expiry times (an input asked again)
     features = (
         FeatureInfo(
             "local.feature",
@@ -116,6 +122,8 @@ class LocalProbe(Probe):
     )
 
     def discover(self, host: HostRoot) -> ProbeOutput:
+        now = datetime.now(UTC)  # one moment for every file, the one the memo's answer is computed at
+        expiries: list[datetime] = []
         out = ProbeOutput(Features())
         features: dict[str, str] = {}
         labels: dict[str, str] = {}
@@ -142,12 +150,21 @@ class LocalProbe(Probe):
             if text is None:
                 out.notes.append(f"{path}: unreadable")
                 continue
-            if "expiry-time" in text:  # its lines count until a time: the clock decides, not the host
-                not_replayable(host, "a feature file with an expiry time")
-            parsed = parse_feature_file(text, path)
+            parsed = parse_feature_file(text, path, now)
+            expiries.extend(parsed.expiries)
             out.notes.extend(parsed.errors)
             features.update(parsed.features)
             labels.update(parsed.labels)
         out.features.add_attributes("local.feature", features)
         out.features.add_attributes("local.label", labels)
+        if expiries:  # the result holds while these answer the same (a replay asks the clock again)
+            times = tuple(expiries)
+            noted_answer(host, passed, (times,), passed(times, now))
         return out
+
+
+def passed(expiries: tuple[datetime, ...], now: datetime | None = None) -> tuple[bool, ...]:
+    """For each expiry time, whether it has passed at `now` (default: the clock now), as
+    parse_feature_file decides it (`expiry < now`): what local's result depends on besides the files."""
+    at = now or datetime.now(UTC)
+    return tuple(e < at for e in expiries)

@@ -26,8 +26,10 @@ What the log holds, per operation (fn, args, answer), fn(round host, *args) givi
   between reads (cpuinfo's cpu MHz and bogomips, meminfo's MemFree): the file is read again on replay
   and only the value the probe uses is compared (probes/memo_derived.py: hostcpu.cpuinfo_facts,
   memory.meminfo_sizes);
-- inputs that are not the host file tree, logged with `noted()` and asked again on replay: the CPUID
-  device's state and registers (hostcpu.py), $NODE_NAME (system.py).
+- inputs that are not the host file tree, logged with `noted()` (or `noted_answer()`, the answer the
+  probe computed) and asked again on replay: the CPUID device's state and registers (hostcpu.py),
+  $NODE_NAME (system.py), which of features.d's expiry times have passed (local.py: the result is
+  reused until one passes, then local runs).
 A probe that uses a source that cannot be asked again cheaply (NVML, psutil, the clock) calls
 `not_replayable(host)` on that path and is run every round; a probe class whose `memoizable` is False
 (probes/base.py: the default, so a third-party plugin nobody audited always runs) is never memoized, nor
@@ -280,6 +282,14 @@ def noted(host: object, fn: Callable[..., T], *args: Any) -> T:
     if not isinstance(host, RecordingHost) or host.log.depth:
         return fn(*args)
     return host._call(_noted, (fn, *args))
+
+
+def noted_answer(host: object, fn: Callable[..., Any], args: tuple[Any, ...], answer: Any) -> None:
+    """Log that fn(*args) answered `answer` for the probe, computed by the probe itself at the moment its
+    result depended on it (the clock a parse was made with: probes/local.py); a replay calls fn(*args)
+    again and the probe runs when it answers otherwise. No effect on other hosts."""
+    if isinstance(host, RecordingHost) and not host.log.depth:
+        host.log.entries.append((_noted, (fn, *args), answer))
 
 
 def not_replayable(host: object, why: str) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -75,10 +77,11 @@ def test_an_unchanged_host_reuses_every_memoizable_result_equal_to_a_fresh_round
     memoizable = {p.name for p in c.probes if type(p).memoizable}
     assert ran1 == set(c.calls)
     assert memoizable == set(c.calls)  # every built-in probe, audited (probes/probe_memo.py)
-    # discover() not called, except local's: h100-server's features.d/site has an expiry-time line
+    # discover() not called, local's included: h100-server's features.d/site has an expiry-time line, long
+    # past (an input asked again each round: which expiry times have passed, probes/local.py)
     assert "expiry-time" in (root / "etc/kubernetes/node-feature-discovery/features.d/site").read_text()
-    assert ran2 == ran3 == {"local"}
-    assert {s.name for s in r2.statuses if s.reused} == memoizable - {"local"}
+    assert ran2 == ran3 == set()
+    assert {s.name for s in r2.statuses if s.reused} == memoizable
     fresh = _fresh(root)
     for r in (r2, r3):
         assert r.features == fresh.features == r1.features
@@ -269,24 +272,50 @@ def test_probe_once_keeps_no_memo(tmp_path: Path) -> None:
     assert r.features == _fresh(root).features
 
 
-def test_a_feature_file_with_an_expiry_time_makes_local_run_every_round(tmp_path: Path) -> None:
-    """local's lines under "# +expiry-time" count until a time (the clock decides, not the host): not
-    replayable; a features.d without one is reused, and a new file there is seen."""
+def test_a_feature_file_with_an_expiry_time_is_reused_until_the_time_passes(tmp_path: Path) -> None:
+    """local's lines under "# +expiry-time" count until that time (NFD source/local/local.go,
+    parseFeatureFile). Which expiry times have passed is an input the memo asks again each round: the
+    result is reused while none passes, and the round after one passes runs local, which drops the lines
+    (a memo reusing it blindly would keep publishing "b" past its time). A file's change is still seen."""
     root = _tree(tmp_path, "plain-vm")
     fd = root / HostRoot().features_d.lstrip("/")
     fd.mkdir(parents=True, exist_ok=True)
     (fd / "plain").write_text("a=1\n")
     probes, _ = load_probes(["local"])
     runner = ProbeRunner(probes, HostRoot(root))
+    soon = datetime.now(UTC) + timedelta(seconds=1.5)
     try:
         reused = [runner.run().statuses[0].reused for _ in range(2)]
         (fd / "timed").write_text("# +expiry-time=2999-01-01T00:00:00Z\nb=2\n")
-        rounds = [runner.run() for _ in range(3)]
+        far = [runner.run() for _ in range(2)]
+        (fd / "timed").write_text(f"c=3\n# +expiry-time={soon.isoformat()}\nb=2\n")
+        before = [runner.run() for _ in range(2)]
+        time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
+        after = [runner.run() for _ in range(2)]
     finally:
         runner.close()
     assert reused == [False, True]
-    assert [r.statuses[0].reused for r in rounds] == [False, False, False]
-    assert rounds[-1].features.attributes["local.feature"].elements == {"a": "1", "b": "2"}
+    assert [r.statuses[0].reused for r in far] == [False, True]  # a new file seen, then reused
+    assert far[-1].features.attributes["local.feature"].elements == {"a": "1", "b": "2"}
+    assert [r.statuses[0].reused for r in before] == [False, True]
+    assert before[-1].features.attributes["local.feature"].elements == {"a": "1", "b": "2", "c": "3"}
+    assert after[0].statuses[0].reused is False, "the expiry time passed: local must run again"
+    assert after[0].features.attributes["local.feature"].elements == {"a": "1", "c": "3"}
+    assert after[1].statuses[0].reused is True
+    assert after[1].features.attributes["local.feature"].elements == {"a": "1", "c": "3"}
+
+
+def test_local_expiry_answer_is_the_clock_the_parse_used() -> None:
+    """The memo's answer for the expiry times is computed at the moment the files were parsed with, so a
+    time passing between the parse and the log cannot make a stale parse look current."""
+    from nodecompat.probes.local import parse_feature_file, passed
+
+    t = datetime(2999, 1, 1, tzinfo=UTC)
+    parsed = parse_feature_file("# +expiry-time=2999-01-01T00:00:00Z\nk=1\n", "f", t - timedelta(seconds=1))
+    assert parsed.features == {"k": "1"} and parsed.expiries == [t]
+    assert passed((t,), t - timedelta(seconds=1)) == (False,)
+    assert passed((t,), t + timedelta(seconds=1)) == (True,)
+    assert passed((t,)) == (False,)  # the clock now
 
 
 _OUTSIDE = {"value": "1"}  # an input that is not the host tree (a plugin's own state, the clock, a library)
