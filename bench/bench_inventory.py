@@ -192,6 +192,8 @@ def main() -> None:
     ap.add_argument("--profiles", type=int, default=20)
     ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--push-only", action="store_true", help="only the registered-node (push model) rows")
+    ap.add_argument("--streams-only", action="store_true",
+                    help="only the resubscribe and streams RSS rows (nodes file / DNS nodes), in a fresh process")
     ap.add_argument("--lease-ttl", type=float, default=30.0,
                     help="the aggregator's lease in the push rows (heartbeats every third; 30 s as shipped)")
     args = ap.parse_args()
@@ -202,6 +204,12 @@ def main() -> None:
     from nodecompat.server.runtime.malloc_tuning import limit_arenas
 
     limit_arenas()  # as `nodecompat aggregator` does, before any thread starts (module doc)
+    if args.streams_only:  # the resubscribe and streams RSS rows alone, in a process of their own
+        from nodecompat.server.runtime.gc_tuning import tune_for_serving as tune
+
+        tune()  # as `nodecompat aggregator` does at start (module doc)
+        streams_part(args.nodes, args.profiles, Path(tempfile.mkdtemp(prefix="bench-inventory-")))
+        return
     if args.push_only:
         from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
@@ -332,9 +340,21 @@ def main() -> None:
     finally:
         agg.stop(grace=0)
 
-    # -- full resubscribe after a restart --------------------------------------------------------------
+    streams_part(n, k, tmp)
+    # in a fresh process: here, the heap pages the rows above freed would take the push model's allocations and
+    # its RSS growth would read a third of what it is (bench/inventory_push_sim.py, module doc)
+    sys.stdout.flush()
+    subprocess.run([sys.executable, __file__, "--push-only", "--nodes", str(n), "--profiles", str(k), "--lease-ttl",
+                    str(lease_ttl)], check=True)
+
+
+def streams_part(n: int, k: int, tmp: Path) -> None:
+    """The streamed-node rows: a fresh InventorySync subscribing to `n` simulated nodes in `k` profiles, each node
+    its own loopback address (module doc); tmp: a directory for the simulator's port file."""
     from inventory_push_sim import count_held  # type: ignore[import-not-found]
 
+    from nodecompat.fleet.store import FeatureStore
+    from nodecompat.server.inventory.fleet_nodes import FleetNode
     from nodecompat.server.inventory.inventory_sync import InventorySync, SyncConfig
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -346,7 +366,8 @@ def main() -> None:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
         sim_port = int(port_file.read_text())
-        members = [FleetNode(x.name, node_address(i, sim_port), x.labels, "file") for i, x in enumerate(nodes)]
+        members = [FleetNode(f"sim-{i:05d}", node_address(i, sim_port), {"profile": str(i % k)}, "file")
+                   for i in range(n)]
         fresh = FeatureStore()
         held, all_held = count_held(fresh, n)
         gc.collect()
@@ -370,11 +391,6 @@ def main() -> None:
     finally:
         sim.terminate()
         sim.wait()
-    # in a fresh process: here, the heap pages the rows above freed would take the push model's allocations and
-    # its RSS growth would read a third of what it is (bench/inventory_push_sim.py, module doc)
-    sys.stdout.flush()
-    subprocess.run([sys.executable, __file__, "--push-only", "--nodes", str(n), "--profiles", str(k), "--lease-ttl",
-                    str(lease_ttl)], check=True)
 
 
 def push_part(n: int, k: int, lease_ttl: float) -> None:
