@@ -18,6 +18,13 @@ HostRoot's (tests/test_probe_runner.py on every path of the fixture trees, tests
 at `/`). Bounded: at most root_resolve.MAX_HELD_DIRS descriptors per round, closed when the round's
 host is collected (weakref.finalize), as the round's other descriptors.
 
+A long-lived runner's next round knows which directories the last one asked for HOLD_AT times or more
+(`hint`, probes/runner.py: the previous round's held and missing directories): those are held the first
+time they are asked for, so their first file is opened by name too instead of through a whole-path
+resolution (openat2 through ctypes under a host root). The hint is only about when to hold: a
+directory is held exactly as without it (the same resolution, fresh each round, never a descriptor of an
+earlier round), so what a read answers and what it is confined to do not change.
+
 Hand-written: a per-round cache of directory descriptors with chroot semantics has no library.
 """
 
@@ -48,10 +55,12 @@ class HeldParents:
     """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW, or how often it
     was asked for while not held yet (_FIRST, _FIRST - 1, ...)."""
 
-    __slots__ = ("__weakref__", "fds", "file_flags", "open_dir", "root_fd", "state")
+    __slots__ = ("__weakref__", "fds", "file_flags", "hint", "open_dir", "root_fd", "state")
 
-    def __init__(self, root_fd: int | None) -> None:
-        """root_fd: the host root's descriptor (openat2 resolves in it), None for the host root `/`."""
+    def __init__(self, root_fd: int | None, hint: frozenset[str] = frozenset()) -> None:
+        """root_fd: the host root's descriptor (openat2 resolves in it), None for the host root `/`;
+        hint: host directories to hold the first time they are asked for (last round's, worth holding)."""
+        self.hint = hint
         self.root_fd = root_fd
         self.file_flags = _FILE_FLAGS if root_fd is not None else _ROOT_FILE_FLAGS  # a file's open(2) flags
         self.open_dir = None if root_fd is None else root_resolve.opener(root_fd, PATH_FLAGS | os.O_DIRECTORY)
@@ -64,6 +73,9 @@ class HeldParents:
         does not resolve, else SLOW (the caller resolves the whole path itself)."""
         st = self.state.get(parent)
         if st is None:
+            if parent in self.hint:  # asked for often last round: held at once
+                st = self.state[parent] = self._hold(parent)
+                return st
             self.state[parent] = _FIRST
             return SLOW
         if st > _FIRST:
@@ -140,6 +152,16 @@ class HeldParents:
             return os.path.basename(os.readlink(parts[1], dir_fd=d))
         except OSError:
             return None
+
+
+def worth_holding(held: HeldParents | None) -> frozenset[str]:
+    """The directories `held` (a finished round's) held or found missing: each was asked for HOLD_AT
+    times or more, the next round's hint. At most MAX_HELD_DIRS (the bound on descriptors anyway)."""
+    if held is None:
+        return frozenset()
+    state = held.state.copy()  # one C call: a probe still running (hung) may add to it meanwhile
+    keep = [d for d, v in state.items() if v >= 0 or v == MISSING]
+    return frozenset(keep[: root_resolve.MAX_HELD_DIRS])
 
 
 def split(text: str) -> tuple[str, str] | None:

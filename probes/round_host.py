@@ -74,12 +74,22 @@ class RoundHost(HostRoot):
     _parents: list[HeldParents | None] = field(default_factory=list, compare=False, repr=False)
     # openat2 in the round's root, one call each (root_resolve.opener): [for a read, for an O_PATH stat]
     _open2: list[Callable[[str], int]] = field(default_factory=list, compare=False, repr=False)
+    # directories to hold the first time they are asked for (held_parents.py: the last round's)
+    hold_hint: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
-    def over(cls, host: HostRoot) -> RoundHost:
+    def over(cls, host: HostRoot, hold_hint: frozenset[str] = frozenset()) -> RoundHost:
+        """A new round's host reading `host`'s tree; hold_hint: held_parents.worth_holding of the last
+        round (a long-lived runner's), directories held at their first use."""
         new = cls(**{f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.init})
         new.__dict__["_real_root"] = host._real_root  # the caller's, resolved once (os.path.realpath)
+        if hold_hint:
+            new.__dict__["hold_hint"] = hold_hint
         return new
+
+    def held_parents(self) -> HeldParents | None:
+        """The round's held directories, None when it holds none (made on first use)."""
+        return self._parents[0] if self._parents else None
 
     def _dirs(self) -> DirTable | None:
         """The descriptor table (None with the host root at `/`, where the kernel resolves as chroot)."""
@@ -96,12 +106,12 @@ class RoundHost(HostRoot):
         if self._parents:
             return self._parents[0]
         if self._real_root == "/":
-            held: HeldParents | None = HeldParents(None)
+            held: HeldParents | None = HeldParents(None, self.hold_hint)
         else:
             table = self._dirs()
             held = None
             if table is not None and openat2_ready():
-                held = HeldParents(table.root[1])
+                held = HeldParents(table.root[1], self.hold_hint)
                 read, path = opener(table.root[1], OPENAT2_READ), opener(table.root[1], PATH_FLAGS)
                 if read is not None and path is not None:
                     self._open2.extend((read, path))

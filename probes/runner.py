@@ -17,7 +17,8 @@ Within one round the probes share a read-through memo of the host (probes/round_
 GPU probes walk the same sysfs tree, and a file read twice in one round is read once. Across the rounds
 of one runner (the daemon's), a memoizable probe whose logged host operations all answer the same again
 is not run: its last output is reused (probes/probe_memo.py; the replay runs on the worker, under the
-probe's timeout, as discover() would). probe_once keeps no memo.
+probe's timeout, as discover() would). probe_once keeps no memo. A round's host holds the directories the
+last round read several files of from their first use (held_parents.py, the hint).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from nodecompat import tracing
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
+from nodecompat.probes.held_parents import worth_holding
 from nodecompat.probes.probe_memo import Memo, RecordingHost, declared_memoizable, finish, replays
 from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
@@ -206,6 +208,7 @@ class ProbeRunner:
         self.memoize = memoize
         # id(probe) -> (the probe, its memo); bounded: one per probe, MAX_LOG_BYTES each
         self._memo: dict[int, tuple[Probe, Memo]] = {}
+        self._hold_hint: frozenset[str] = frozenset()  # the last round's directories worth holding at once
         self.host = host
         self.load_errors = list(load_errors)
         self.timeout_override = timeout
@@ -284,7 +287,9 @@ class ProbeRunner:
             held = self._memo.get(id(probe)) if record else None
             calls.append(_Call(probe, held[1] if held is not None and held[0] is probe else None, record))
 
-        self._run_calls(calls, RoundHost.over(self.host))
+        round_host = RoundHost.over(self.host, self._hold_hint)
+        self._run_calls(calls, round_host)
+        self._hold_hint = worth_holding(round_host.held_parents())
 
         features = Features()
         taken: set[str] = set()

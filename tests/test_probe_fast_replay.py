@@ -1,0 +1,117 @@
+"""The steady round's fast paths (issue 11) keep the round's confinement and never reuse a stale result:
+a real runner over a real tree in tmp, a memoizable test probe, links swapped in between rounds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes import root_resolve
+from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.probe_round import ProbeRound
+from nodecompat.probes.round_host import RoundHost
+from nodecompat.probes.runner import ProbeRunner
+
+
+class ReadsDir(Probe):
+    """Reads /sys/d/a and /sys/d/b (one directory, asked for twice: held, and hinted next round) and lists
+    /sys/d; publishes what it read."""
+
+    name = "readsdir"
+    memoizable = True
+    features = (FeatureInfo("readsdir.files", frozenset({"attribute"})),)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        self.calls += 1
+        out = ProbeOutput()
+        got = {n: repr(host.read_bytes(f"/sys/d/{n}")) for n in ("a", "b")}
+        got["names"] = ",".join(host.listdir("/sys/d"))
+        out.features.add_attributes("readsdir.files", got)
+        return out
+
+
+def _files(r: ProbeRound) -> dict[str, str]:
+    return r.features.attributes["readsdir.files"].elements
+
+
+@pytest.fixture(params=[True, False], ids=["openat2", "walk"])
+def openat2(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    monkeypatch.setattr(root_resolve, "USE_OPENAT2", request.param)
+    return bool(request.param)
+
+
+def _tree(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "root"
+    d = root / "sys" / "d"
+    d.mkdir(parents=True)
+    (d / "a").write_bytes(b"A\n")
+    (d / "b").write_bytes(b"B\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a").write_bytes(b"SECRET-a\n")
+    (outside / "b").write_bytes(b"SECRET-b\n")
+    return root, outside
+
+
+def test_a_hinted_directory_is_held_at_its_first_use_and_answers_as_before(tmp_path: Path, openat2: bool) -> None:
+    """The next round holds the last round's held directories at once (held_parents.py hint): its first
+    file is opened by name in the held directory, and every answer is HostRoot's."""
+    root, _ = _tree(tmp_path)
+    plain = HostRoot(root)
+    first = RoundHost.over(plain)
+    assert [first.read_bytes("/sys/d/a"), first.read_bytes("/sys/d/b")] == [b"A\n", b"B\n"]
+    held = first.held_parents()
+    if not openat2:  # under a host root without openat2 the round walks directory descriptors instead
+        assert held is None
+        return
+    from nodecompat.probes.held_parents import worth_holding
+
+    hint = worth_holding(held)
+    assert hint == frozenset({"/sys/d"})
+    nxt = RoundHost.over(plain, hint)
+    assert nxt.read_bytes("/sys/d/a") == b"A\n" == plain.read_bytes("/sys/d/a")
+    again = nxt.held_parents()
+    assert again is not None and again.state["/sys/d"] >= 0, "held at its first use"
+    assert nxt.read_bytes("/sys/d/missing") is None and nxt.read_bytes("/sys/d/b") == b"B\n"
+
+
+def test_a_link_out_of_the_root_swapped_in_between_steady_rounds_is_refused_and_seen(
+    tmp_path: Path, openat2: bool
+) -> None:
+    """Between steady rounds (the runner holds /sys/d at once, hinted, and replays the probe's reads),
+    the last name is swapped for an absolute link out of the root, then the directory itself for one: the
+    replay reads through the round's confinement (O_NOFOLLOW by name, the link re-rooted inside the root),
+    so the probe runs again and publishes the re-rooted answer, never the file outside."""
+    root, outside = _tree(tmp_path)
+    probe = ReadsDir()
+    runner = ProbeRunner([probe], HostRoot(root))
+    try:
+        r1, r2 = runner.run(), runner.run()
+        assert probe.calls == 1 and r2.statuses[0].reused and _files(r2) == _files(r1)
+        assert _files(r1) == {"a": repr(b"A\n"), "b": repr(b"B\n"), "names": "a,b"}
+        os.unlink(root / "sys" / "d" / "b")
+        os.symlink(outside / "b", root / "sys" / "d" / "b")  # absolute: means <root>/<outside>/b, not there
+        r3, r4 = runner.run(), runner.run()
+        os.rename(root / "sys" / "d", root / "sys" / "old")
+        os.symlink(outside, root / "sys" / "d")  # the directory: re-rooted, <root>/<outside> is not there
+        r5, r6 = runner.run(), runner.run()
+        (root / "sys" / "e").mkdir()
+        os.unlink(root / "sys" / "d")
+        os.rename(root / "sys" / "old", root / "sys" / "d")
+        (root / "sys" / "d" / "a").write_bytes(b"A2\n")  # a published input changes: seen
+        r7 = runner.run()
+    finally:
+        runner.close()
+    assert not r3.statuses[0].reused and _files(r3)["b"] == "None"
+    assert r4.statuses[0].reused and _files(r4) == _files(r3)
+    assert not r5.statuses[0].reused
+    assert _files(r5) == {"a": "None", "b": "None", "names": ""}
+    assert r6.statuses[0].reused
+    assert not r7.statuses[0].reused and _files(r7)["a"] == repr(b"A2\n")
+    assert "SECRET" not in repr([_files(r) for r in (r3, r4, r5, r6, r7)])
