@@ -10,6 +10,7 @@ os.pread that must keep HostRoot.open_bytes's answers (bounded, FIFOs and socket
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_mod
 from collections.abc import Callable
@@ -18,6 +19,24 @@ from nodecompat.hostroot import MAX_READ_BYTES
 
 CHUNK = 1 << 16  # bytes asked per read past the first page
 FIRST_READ = 4096  # bytes asked by a file's first read (most host files a round reads are shorter)
+
+
+def read_whole(fd: int) -> bytes | None:
+    """A round's whole read of an open file, then closed: pread a page at offset 0, then one byte to find
+    the end, the rest by read_rest; ESPIPE (no offsets): read_stream. None when a read fails or the file
+    is over MAX_READ_BYTES (HostRoot.read_bytes's answers)."""
+    try:
+        data = os.pread(fd, FIRST_READ, 0)
+        n = len(data)
+        if n < FIRST_READ and (not n or not os.pread(fd, 1, n)):
+            return data  # the whole file: the next read found its end
+        return read_rest(fd, data)
+    except OSError as exc:
+        if exc.errno == errno.ESPIPE:
+            return read_stream(fd)
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_rest(fd: int, data: bytes) -> bytes | None:

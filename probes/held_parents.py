@@ -154,9 +154,10 @@ class HeldParents:
             return None
 
 
-def worth_holding(held: HeldParents | None) -> frozenset[str]:
-    """The directories `held` (a finished round's) held or found missing: each was asked for HOLD_AT
-    times or more, the next round's hint. At most MAX_HELD_DIRS (the bound on descriptors anyway)."""
+def worth_holding(parents: list[HeldParents | None]) -> frozenset[str]:
+    """The directories a finished round (its RoundHost._parents: [] or [held or None]) held or found
+    missing: each was asked for HOLD_AT times or more, the next round's hint. At most MAX_HELD_DIRS."""
+    held = parents[0] if parents else None
     if held is None:
         return frozenset()
     state = held.state.copy()  # one C call: a probe still running (hung) may add to it meanwhile

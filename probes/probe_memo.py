@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nodecompat.probes.base import ProbeOutput
 from nodecompat.probes.bounded_read import text_of
 from nodecompat.probes.round_host import RoundHost
 
@@ -344,55 +343,3 @@ def parsed_identity(host: RecordingHost, ident: object, parse: Callable[[], T], 
 
 def _never() -> object:
     return None
-
-
-@dataclass
-class Memo:
-    """A probe's reusable outcome: its log and the output it led to."""
-
-    entries: list[Entry]
-    output: ProbeOutput
-    size: int  # bytes counted for the bound
-
-
-def finish(log: _Log, output: ProbeOutput) -> Memo | None:
-    """The memo of a successful, replayable recording, or None (poisoned, or over MAX_LOG_BYTES). An
-    operation made twice is compared twice on replay (a few are: a config's identity before and after
-    its parse), so two different answers within one round never replay equal."""
-    if log.poisoned:
-        return None
-    entries = log.entries
-    size = _ENTRY_BYTES * len(entries)
-    for _fn, args, answer in entries:  # measured: faster than comprehensions or filters over the entries
-        kind = type(answer)
-        if kind is bytes or kind is str:
-            size += len(answer)
-        elif kind is list:
-            size += 8 * len(answer) + sum(map(len, answer))
-        elif len(args) > 2 and type(args[2]) is bytes:
-            size += len(args[2])  # bytes kept in the operation (memo_derived: those a value came from)
-    if size > MAX_LOG_BYTES:
-        return None
-    return Memo(entries, output, size)
-
-
-def replays(memo: Memo, host: RoundHost) -> bool:
-    """Whether every operation of the memo's log answers the same on `host` (stops at the first difference).
-    A whole read (most of a log) is RoundHost.read_bytes done here, without its frame: the round's memo,
-    else the round's confined read (RoundHost._read, as read_bytes calls it); bytes compared with ==."""
-    mem = host.memo
-    read = host._read
-    for fn, args, answer in memo.entries:
-        try:
-            if fn is _read_bytes:
-                key = ("b", args[0])
-                got = mem.get(key, _UNSET)
-                if got is _UNSET:
-                    got = mem[key] = read(args[0], None)
-            else:
-                got = fn(host, *args)
-        except Exception as exc:
-            got = _raised(exc)
-        if got is not answer and got != answer:
-            return False
-    return True

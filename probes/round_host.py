@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodecompat.hostroot import _OPEN_FLAGS, HostPathEscape, HostRoot
-from nodecompat.probes.bounded_read import FIRST_READ, read_rest, read_stream, text_of
+from nodecompat.probes.bounded_read import read_whole, text_of
 from nodecompat.probes.held_parents import MISSING, SLOW, HeldParents
 from nodecompat.probes.root_resolve import (
     OPENAT2_READ,
@@ -74,22 +74,15 @@ class RoundHost(HostRoot):
     _parents: list[HeldParents | None] = field(default_factory=list, compare=False, repr=False)
     # openat2 in the round's root, one call each (root_resolve.opener): [for a read, for an O_PATH stat]
     _open2: list[Callable[[str], int]] = field(default_factory=list, compare=False, repr=False)
-    # directories to hold the first time they are asked for (held_parents.py: the last round's)
-    hold_hint: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    hold_hint: frozenset[str] = field(default=frozenset(), compare=False, repr=False)  # see over()
 
     @classmethod
     def over(cls, host: HostRoot, hold_hint: frozenset[str] = frozenset()) -> RoundHost:
-        """A new round's host reading `host`'s tree; hold_hint: held_parents.worth_holding of the last
-        round (a long-lived runner's), directories held at their first use."""
+        """A round's host over `host`'s tree; hold_hint: directories held at first use (held_parents.py)."""
         new = cls(**{f.name: getattr(host, f.name) for f in dataclasses.fields(host) if f.init})
         new.__dict__["_real_root"] = host._real_root  # the caller's, resolved once (os.path.realpath)
-        if hold_hint:
-            new.__dict__["hold_hint"] = hold_hint
+        new.__dict__["hold_hint"] = hold_hint
         return new
-
-    def held_parents(self) -> HeldParents | None:
-        """The round's held directories, None when it holds none (made on first use)."""
-        return self._parents[0] if self._parents else None
 
     def _dirs(self) -> DirTable | None:
         """The descriptor table (None with the host root at `/`, where the kernel resolves as chroot)."""
@@ -97,8 +90,7 @@ class RoundHost(HostRoot):
             return self._state[0]
         if self._real_root == "/":
             return None
-        table = DirTable(self._real_root)
-        self._state.append(table)
+        self._state.append(DirTable(self._real_root))
         return self._state[0]
 
     def _held(self) -> HeldParents | None:
@@ -168,8 +160,7 @@ class RoundHost(HostRoot):
     def _read(self, text: str, within: str | None) -> bytes | None:
         """HostRoot.read_bytes (bounded, FIFOs and sockets refused, None when unreadable) in one frame.
         The common case, a file of a directory the round holds, is opened by name right here (what
-        HeldParents.open_file does for it, without its two frames); the rest as before."""
-        fd = -1
+        HeldParents.open_file does for it, without its two frames); the rest by _read_path."""
         if within is None:
             held = self._parents[0] if self._parents else self._held()
             if held is not None:  # through a held directory (or known missing)
@@ -183,22 +174,28 @@ class RoundHost(HostRoot):
                         if held.root_fd is None or (exc.errno != errno.ELOOP and exc.errno != errno.ENOTDIR):
                             return None  # missing, unreadable: as HostRoot's read
                         # a link under a host root: resolved as a whole path below, never followed here
+                    else:
+                        return read_whole(fd)  # a page, then one byte to find the end; closes fd
                 elif d == MISSING:
                     return None
                 else:
                     fd = held.open_file(text)
                     if fd == MISSING:
                         return None
-        if fd >= 0:
-            pass
-        elif within is None and self._open2:
+                    if fd >= 0:
+                        return read_whole(fd)
+        return self._read_path(text, within)
+
+    def _read_path(self, text: str, within: str | None) -> bytes | None:
+        """_read of a file not opened through a held directory: its whole path resolved in the root."""
+        fd = -1
+        if within is None and self._open2:
             try:  # the kernel resolves the whole path inside the root: one system call
                 fd = self._open2[0](text)
-            except NoOpenat2:
-                fd = -1
-            else:
                 if fd < 0:
                     return None  # missing, unreadable: as HostRoot's read
+            except NoOpenat2:
+                fd = -1
         elif within is None and not self._state and self._real_root == "/":  # the kernel resolves as chroot
             try:
                 fd = os.open(text if text.startswith("/") else "/" + text, _ROOT_OPEN_FLAGS)
@@ -218,19 +215,7 @@ class RoundHost(HostRoot):
                 fd = self._open(text, within)
             except OSError:
                 return None
-        try:
-            # pread, a page, then one byte to find the end; ESPIPE: no offsets (a FIFO). bounded_read.py
-            data = os.pread(fd, FIRST_READ, 0)
-            n = len(data)
-            if n < FIRST_READ and (not n or not os.pread(fd, 1, n)):
-                return data  # the whole file: the next read found its end
-            return read_rest(fd, data)
-        except OSError as exc:
-            if exc.errno == errno.ESPIPE:
-                return read_stream(fd)
-            return None
-        finally:
-            os.close(fd)
+        return read_whole(fd)  # a page, then one byte to find the end; closes fd (bounded_read.py)
 
     def exists(self, host_path: str | os.PathLike[str]) -> bool:
         return self._stat_memo(host_path) is not None

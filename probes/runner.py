@@ -34,7 +34,8 @@ from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
 from nodecompat.probes.held_parents import worth_holding
-from nodecompat.probes.probe_memo import Memo, RecordingHost, declared_memoizable, finish, replays
+from nodecompat.probes.memo_replay import Memo, finish, replays
+from nodecompat.probes.probe_memo import RecordingHost, declared_memoizable
 from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
 from nodecompat.probes.round_host import RoundHost
@@ -289,7 +290,7 @@ class ProbeRunner:
 
         round_host = RoundHost.over(self.host, self._hold_hint)
         self._run_calls(calls, round_host)
-        self._hold_hint = worth_holding(round_host.held_parents())
+        self._hold_hint = worth_holding(round_host._parents)
 
         features = Features()
         taken: set[str] = set()

@@ -1,0 +1,135 @@
+"""A probe memo's outcome and its replay (probes/probe_memo.py records the log; this decides reuse).
+
+`finish` turns a recording's log into a Memo: the whole reads (RoundHost.read_bytes of a path: most of a
+log, ~75% on the fixture trees) compiled into a flat list of (the round memo's key, parent directory,
+last name, answer), each path once, and the rest of the log as it was. `replays` compares every entry
+with what the round's host answers now: the reads in one tight loop (`replay_reads`), the rest through
+their logged functions. Every entry answers for itself (fn(host, *args) == answer), so the order in
+which they are compared does not change the decision, only where a changed host stops it.
+
+replay_reads is RoundHost._read's common case written out for a list: a file of a directory the round
+holds (held_parents.py; held at its first use when the last round held it) is opened by its one last name
+relative to the held descriptor, O_NOFOLLOW under a host root (a link there, ELOOP/ENOTDIR, is read by the
+round's whole-path resolution, openat2 RESOLVE_IN_ROOT or the descriptor walk, never followed from the
+held directory), and read bounded (bounded_read.read_whole); a directory known missing answers None
+without a system call; anything else goes through RoundHost._read itself. The answer is stored in the
+round's memo, as RoundHost.read_bytes would, so a probe that runs after a difference, or another probe
+reading the same file, gets the same bytes. Hand-written: part of the probe memo (no library).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodecompat.probes.base import ProbeOutput
+from nodecompat.probes.bounded_read import read_whole
+from nodecompat.probes.held_parents import MISSING
+from nodecompat.probes.probe_memo import _ENTRY_BYTES, _UNSET, MAX_LOG_BYTES, Entry, Raised, _Log, _raised, _read_bytes
+from nodecompat.probes.round_host import RoundHost
+
+ReadItem = tuple[tuple[str, str], str | None, str, Any]  # (("b", path), parent or None, last name, answer)
+
+
+@dataclass
+class Memo:
+    """A probe's reusable outcome: its log and the output it led to. `reads`: the log's whole reads
+    compiled for replay_reads, each path once; `others`: the rest of the log, in order."""
+
+    entries: list[Entry]
+    output: ProbeOutput
+    size: int  # bytes counted for the bound
+    reads: list[ReadItem] = field(default_factory=list)
+    others: list[Entry] = field(default_factory=list)
+
+
+def finish(log: _Log, output: ProbeOutput) -> Memo | None:
+    """The memo of a successful, replayable recording, or None (poisoned, or over MAX_LOG_BYTES). An
+    operation made twice is compared twice on replay (a few are: a config's identity before and after
+    its parse), so two different answers within one round never replay equal; a read logged twice with
+    the same answer object (the round's memo served it) is compared once."""
+    if log.poisoned:
+        return None
+    entries = log.entries
+    size = _ENTRY_BYTES * len(entries)
+    for _fn, args, answer in entries:  # measured: faster than comprehensions or filters over the entries
+        kind = type(answer)
+        if kind is bytes or kind is str:
+            size += len(answer)
+        elif kind is list:
+            size += 8 * len(answer) + sum(map(len, answer))
+        elif len(args) > 2 and type(args[2]) is bytes:
+            size += len(args[2])  # bytes kept in the operation (memo_derived: those a value came from)
+    if size > MAX_LOG_BYTES:
+        return None
+    reads: list[ReadItem] = []
+    others: list[Entry] = []
+    seen: dict[str, Any] = {}
+    for entry in entries:
+        fn, args, answer = entry
+        if fn is not _read_bytes or isinstance(answer, Raised):
+            others.append(entry)  # a read that raised is compared as it was logged (its exception)
+            continue
+        path = args[0]
+        if seen.get(path, _UNSET) is answer:
+            continue
+        seen[path] = answer
+        parent, _, name = path.rpartition("/")
+        plain = bool(parent) and bool(name) and name != "." and name != ".." and path[0] == "/"  # split()'s rule
+        reads.append((("b", path), parent if plain else None, name, answer))
+    return Memo(entries, output, size, reads, others)
+
+
+def replay_reads(host: RoundHost, items: list[ReadItem]) -> bool:
+    """Whether every read of `items` gives its answer on `host` now (stops at the first difference); each
+    read done once per round (the round's memo, filled as RoundHost.read_bytes fills it)."""
+    mem: dict[Any, Any] = host.memo
+    held = host._parents[0] if host._parents else host._held()
+    state = held.state if held is not None else None
+    follow_root = held is not None and held.root_fd is not None  # under a host root: links not followed here
+    try:
+        for key, parent, name, answer in items:
+            got = mem.get(key, _UNSET)
+            if got is _UNSET:
+                d = -2
+                if state is not None and parent is not None:
+                    d = state.get(parent, -2)
+                    if d < 0 and d != MISSING:
+                        d = held.lookup(parent)  # type: ignore[union-attr]  # counted; held when due (hint)
+                if d >= 0:
+                    try:
+                        fd = os.open(name, held.file_flags, dir_fd=d)  # type: ignore[union-attr]
+                    except OSError as exc:
+                        if follow_root and (exc.errno == errno.ELOOP or exc.errno == errno.ENOTDIR):
+                            got = host._read_path(key[1], None)  # a link: the whole path, resolved in the root
+                        else:
+                            got = None  # missing, unreadable: as HostRoot's read
+                    else:
+                        got = read_whole(fd)
+                elif d == MISSING:
+                    got = None
+                else:  # not held (asked for once so far), or no held directories: the whole path
+                    got = host._read_path(key[1], None)
+                mem[key] = got
+            if got is not answer and got != answer:
+                return False
+    except Exception:
+        return False  # not as logged (a logged read that raised is compared with the others, as logged)
+    return True
+
+
+def replays(memo: Memo, host: RoundHost) -> bool:
+    """Whether every operation of the memo's log answers the same on `host` (stops at the first
+    difference): the whole reads through replay_reads, the rest through their logged functions."""
+    if memo.reads and not replay_reads(host, memo.reads):
+        return False
+    for fn, args, answer in memo.others:
+        try:
+            got = fn(host, *args)
+        except Exception as exc:
+            got = _raised(exc)
+        if got is not answer and got != answer:
+            return False
+    return True
