@@ -205,3 +205,57 @@ def test_a_document_of_a_replica_from_before_volatile_values_is_applied_once(etc
     generation = store.generation
     shards._apply_doc(node, doc, rec, now)  # the next reconcile pass, the same document
     assert store.generation == generation  # nothing put again
+
+
+def test_a_document_overwritten_by_a_former_owner_and_deleted_is_written_again(etcd: Etcd, tmp_path) -> None:  # noqa: F811
+    """A former owner's late write: A's _publish takes the nodes it owns, the node moves to B (B subscribes, hears
+    it, publishes its document), then A's etcd write lands on top of B's and A's next pass deletes it as no longer
+    its own. B still believed its document was in etcd and never wrote it again: every other replica lost the node
+    for good (its record STALE, or none after A's own was removed), and a replica's death was never fully taken
+    over (bench_store_etcd.py's `sharded` rows, issue 12). B now writes it again (its watch shows the overwrite)."""
+    import dataclasses
+
+    prefix = f"/shards-{uuid.uuid4().hex}/"
+    daemons = [start_node(tmp_path, name, host, wait=False) for name, host in FLEET.items()]
+    try:
+        for d in daemons:
+            d.wait_serving()
+        fleet = {d.address: d.name for d in daemons}
+        while True:  # B must own some node
+            ids = ["a-" + uuid.uuid4().hex[:8], "b-" + uuid.uuid4().hex[:8]]
+            owners = {x: rendezvous_owner(x, frozenset(ids)) for x in fleet}
+            if ids[1] in owners.values():
+                break
+        moved = next(x for x, o in owners.items() if o == ids[1])
+        with in_process(etcd.url, prefix, ids[0]) as a, in_process(etcd.url, prefix, ids[1]) as b:
+            with grpc.insecure_channel(a.address) as ch:  # type: ignore[attr-defined]
+                stub = fleet_pb2_grpc.FleetServiceStub(ch)
+                for address, name in fleet.items():
+                    stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, ttl_seconds=600),
+                                      timeout=10)
+            expected = sorted((n, "OK", True, "INVENTORY") for n in fleet.values())
+
+            def shared_out() -> bool:
+                published = docs(etcd, prefix)
+                return ({x: d.owner for x, d in published.items()} == owners
+                        and all(answers(r.address) == expected for r in (a, b)))  # type: ignore[attr-defined]
+
+            wait_for("every node published by its owner and answered from the inventory by both", shared_out, 30)
+            assert a.shards is not None and b.shards is not None
+            # what A's _publish does with a document it computed while the node was still its own: the put (on A's
+            # lease, landing after B's) and the note of what it wrote; A's next pass deletes it (not A's any more)
+            late = dataclasses.replace(docs(etcd, prefix)[moved], owner=ids[0])
+            a.shards.etcd.put_many([(a.shards._doc_key(moved), late.encode(), a.shards._lease)])
+            with a.shards._lock:
+                a.shards._published[moved] = late
+            wait_for("A's late document deleted by A or overwritten by B",
+                     lambda: getattr(docs(etcd, prefix).get(moved), "owner", "") != ids[0], 10)
+            wait_for(f"{fleet[moved]}'s document written again by its owner B",
+                     lambda: moved in docs(etcd, prefix) and docs(etcd, prefix)[moved].owner == ids[1], 10)
+            wait_for(f"{fleet[moved]} answered from the inventory through A and B again",
+                     lambda: all(answers(r.address) == expected for r in (a, b)), 10)  # type: ignore[attr-defined]
+            rec = a.store.get(moved) if a.store is not None else None
+            assert rec is not None and rec.state == "OK" and moved in b.shards.owned() and moved not in a.shards.owned()
+    finally:
+        for d in daemons:
+            d.kill()

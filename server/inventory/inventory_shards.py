@@ -13,7 +13,8 @@ hashing; no maintained library does rendezvous hashing over a dynamic etcd membe
 
 What the owner publishes, all on its replica lease (so it vanishes with the replica):
   P shards/nodes/ADDRESS    JSON {owner, name, fingerprint, identity, probed_at, round_id, state, error}
-                            (< MAX_DOC_BYTES; rewritten when one of those changes, coalesced per PUBLISH_INTERVAL)
+                            (< MAX_DOC_BYTES; rewritten when one of those changes, coalesced per PUBLISH_INTERVAL,
+                            and when the watch shows it deleted or overwritten by another writer)
   P shards/sets/FP/ID       the canonical feature set (nodecompat/fleet/fingerprint.py: sha256 of these bytes
                             is FP), one copy per owning replica, written once, deleted when none of its nodes
                             uses it; at most MAX_SET_BYTES (a larger set is not shared: others answer it live)
@@ -165,13 +166,17 @@ class InventoryShards:
 
     # -- the other owners' documents ---------------------------------------------------------------
     def _load_docs(self, kvs: list[tuple[str, bytes]]) -> None:
-        docs = {}
+        docs, mine = {}, set()
         for key, raw in kvs:
             doc = self._decode(key, raw)
             if doc is not None and doc.owner != self.id:
                 docs[key[len(self.prefix) + 6:]] = doc
+            elif doc is not None:
+                mine.add(key[len(self.prefix) + 6:])
         with self._lock:
             self._docs = docs
+            for address in [a for a in self._published if a not in mine]:  # not in etcd as written: write again
+                del self._published[address]
 
     def _doc_event(self, key: str, raw: bytes, deleted: bool) -> None:
         address = key[len(self.prefix) + 6:]
@@ -181,6 +186,10 @@ class InventoryShards:
                 self._docs.pop(address, None)
             else:
                 self._docs[address] = doc
+            if doc is None or doc.owner != self.id:
+                # deleted or overwritten (e.g. a former owner's late write, then its delete): written again by
+                # the next _publish while the node is this replica's (else the others lost it for good)
+                self._published.pop(address, None)
 
     @staticmethod
     def _decode(key: str, raw: bytes) -> NodeDoc | None:
