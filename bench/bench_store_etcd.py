@@ -19,9 +19,10 @@ same 1,000 nodes from a nodes file, served WatchFeatures by bench_inventory.py's
   store holding all 1,000 subscriptions itself (alternated);
 - a replica's death (its lease left to lapse, as after SIGKILL): the time until the two others hold every
   subscription, beside the bound REPLICA_TTL + 5 s.
-No asserts: it prints figures.
+No asserts: it prints figures. A replica that does not hold every node when a row's wait ends prints why for up to
+10 of the missing nodes (explain()). --sharded-only runs the shared-out rows alone.
 
-    .venv/bin/python bench/bench_store_etcd.py [--nodes 1000] [--sample 50]
+    .venv/bin/python bench/bench_store_etcd.py [--nodes 1000] [--sample 50] [--sharded-only]
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from support_daemon import stop_process  # noqa: E402
 from support_etcd import start_etcd_cluster  # noqa: E402
 
 from nodecompat.clients.fleet_client import FleetClient  # noqa: E402
+from nodecompat.fleet.store import NodeRecord  # noqa: E402
 from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon  # noqa: E402
 from nodecompat.server.inventory.registration_auth import RegistrationPolicy  # noqa: E402
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc  # noqa: E402
@@ -84,8 +86,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--sample", type=int, default=50, help="registrations timed one at a time (each way)")
+    ap.add_argument("--sharded-only", action="store_true", help="only the inventory shared out (3 replicas)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-etcd-"))
+    if args.sharded_only:
+        members = start_etcd_cluster(tmp, 3)
+        try:
+            sharded(args.nodes, "etcd://" + ",".join(m.endpoint for m in members), tmp)
+        finally:
+            for m in members:
+                stop_process(m.proc, 5.0)
+        return
     port_file = tmp / "port"
     sim = subprocess.Popen([sys.executable, str(BENCH / "bench_fleet.py"), "--serve-simulator", str(port_file)])
     members = start_etcd_cluster(tmp, 3)
@@ -196,6 +207,9 @@ def sharded(n: int, store: str, tmp: Path) -> None:
         while not all(full(d) for d in aggs) and time.monotonic() < deadline:
             time.sleep(0.05)
         held = time.perf_counter() - t0
+        for d in aggs:
+            if not full(d):
+                explain(d, aggs, n)
         shares = [d.sync.subscriptions() for d in aggs if d.sync is not None]
         owned = [d.shards.owned() for d in aggs if d.shards is not None]
         once = len(set().union(*owned)) == n and sum(len(o) for o in owned) == n
@@ -238,6 +252,9 @@ def sharded(n: int, store: str, tmp: Path) -> None:
                 break
             time.sleep(0.05)
         took = time.perf_counter() - t2
+        for d in survivors:
+            if not full(d):
+                explain(d, survivors, n)
         bound = REPLICA_TTL + 5.0
         print(f"ROW replica death: its {lost} nodes subscribed by the two others again | {took:.1f} s | bound "
               f"replica lease {REPLICA_TTL} s + 5 s | ratio {took / bound:.2f} | target <= 1 | "
@@ -247,6 +264,42 @@ def sharded(n: int, store: str, tmp: Path) -> None:
             d.stop(grace=0)
         sim.terminate()
         sim.wait()
+
+
+def _rec(r: NodeRecord | None) -> object:
+    """A record as (has_features, state, fingerprint, announced, error, seconds since heard), shortened."""
+    if r is None:
+        return None
+    return (r.has_features, r.state, r.fingerprint[:15], r.announced[:15], r.error[:80],
+            round(time.monotonic() - r.heard_at, 1))
+
+
+def explain(d: AggregatorDaemon, aggs: list[AggregatorDaemon], n: int) -> None:
+    """Why replica `d` does not hold every node: per missing node (up to 10) its record, its owner as each replica
+    sees it, the document `d` holds, who subscribes to it, and the owner's record, what the owner believes it
+    published and what etcd holds (how issue 12's lost nodes were found: a former owner's late write)."""
+    assert d.store is not None and d.shards is not None
+    recs = {r.key: r for r in d.store.records()}
+    names = {id(a): "ABCD"[k] for k, a in enumerate(aggs)}
+    missing = [m.address for m in d.inventory.nodes()
+               if (r := recs.get(m.address)) is None or not r.has_features or r.state != "OK"]
+    print(f"  replica {names[id(d)]} ({d.shards.id}) lacks {len(missing)} of {n} nodes; replicas seen "
+          f"{sorted(d.shards.replicas())}")
+    for address in missing[:10]:
+        doc = d.shards._docs.get(address)
+        subs = [names[id(a)] for a in aggs if a.sync is not None and address in a.sync._tasks]
+        owners = [a.shards.owner(address) for a in aggs if a.shards is not None]
+        print(f"    {address}: record {_rec(recs.get(address))}; owner as seen by each {owners}; doc "
+              f"{None if doc is None else (doc.owner, doc.fingerprint[:15], doc.state, doc.error[:60])}; "
+              f"subscribed by {subs}")
+        for a in aggs:
+            sh = a.shards
+            assert sh is not None and a.store is not None
+            if sh.owner(address) == sh.id:
+                kvs, _ = sh.etcd.range_prefix(sh._doc_key(address))
+                print(f"      owner {names[id(a)]}: record {_rec(a.store.get(address))}; owned since "
+                      f"{sh._owned_since.get(address, 0) - time.monotonic():.1f} s; published "
+                      f"{sh._published.get(address)}; in etcd {[v[:120] for _, v in kvs]}")
 
 
 if __name__ == "__main__":
