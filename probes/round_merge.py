@@ -1,0 +1,50 @@
+"""Merging the probes' outputs into a round's features (probes/runner.py), and reusing that merge.
+
+_take moves a built-in probe's declared features into the round's Features (its objects, not copies;
+_detach copies one before something is merged into it). A long-lived runner whose round reused every
+probe's last output (probe_memo: nothing changed on the host) builds the same features as the last
+round from the same objects: `copied` gives the last round's Features with its three dicts copied
+(the feature objects shared, as _take shares them), so the merge is not done again.
+Hand-written: a few dict moves with the sharing rules of the probe memo.
+"""
+
+from __future__ import annotations
+
+from nodecompat.features import Features
+
+
+def copied(last: Features) -> Features:
+    """A new Features holding `last`'s feature objects (its flags/attributes/instances dicts copied, so
+    a consumer adding or removing a feature in one round does not change another round's)."""
+    return Features(flags=dict(last.flags), attributes=dict(last.attributes), instances=dict(last.instances))
+
+
+def _take(into: Features, out: Features, declared: list[str], taken: set[str]) -> None:
+    """Move the declared features of a finished probe's output into the round's features.
+
+    For built-in probes only: their output is not changed by anyone after this (it may be kept by the memo
+    and reused next round: probes/probe_memo.py), so a feature no earlier probe delivered is moved as-is
+    instead of copied element by element (kernel.config has thousands); a feature two probes both deliver
+    is merged (Features.merge: later values win) into a copy of what the round holds (_detach), never into
+    the earlier probe's own object."""
+    keep = set(declared)
+    for kind in ("flags", "attributes", "instances"):
+        src = getattr(out, kind)
+        dst = getattr(into, kind)
+        for name, feat in src.items():
+            if name not in keep:
+                continue
+            if name in taken or name in dst:
+                if name in dst:
+                    _detach(into, kind, name)
+                into.merge(Features(**{kind: {name: feat}}))
+            else:
+                dst[name] = feat
+            taken.add(name)
+
+
+def _detach(into: Features, kind: str, name: str) -> None:
+    """Replace `into`'s feature `name` of `kind` ("flags", "attributes", "instances") by a copy, before
+    something is merged into it: the object may be a probe's output that the memo keeps and reuses."""
+    dst = getattr(into, kind)
+    dst[name] = getattr(Features(**{kind: {name: dst[name]}}).copy(), kind)[name]
