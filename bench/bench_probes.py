@@ -22,7 +22,9 @@ lseek, two reads): a limit ~2.2x the cost of the same reads done bare, i.e. unfa
 --rows prints the table's two rows against the bare reads: (a) a runner's first round, (b) a steady
 round (see rows()).
 
-Usage: .venv/bin/python bench/bench_probes.py [--runs N] [--no-subprocess] [--rows [--repeats N]]
+--detail prints where a steady round's time goes, per operation (bench/probe_detail.py).
+
+Usage: .venv/bin/python bench/bench_probes.py [--runs N] [--no-subprocess] [--rows [--repeats N]] [--detail]
 """
 
 from __future__ import annotations
@@ -301,7 +303,14 @@ def main() -> int:
     parser.add_argument("--no-subprocess", action="store_true")
     parser.add_argument("--rows", action="store_true", help="only the table's rows (median of --repeats)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--detail", action="store_true", help="where a steady round's time goes, per operation")
     args = parser.parse_args()
+    if args.detail:
+        from probe_detail import detail  # bench/probe_detail.py, beside this file
+
+        for label, root in (("this machine (/)", Path("/")), ("fixture h100-server", FIXTURE)):
+            detail(label, root, max(args.runs, 300))
+        return 0
     if args.rows:
         for label, root in (("this machine (/)", Path("/")), ("fixture h100-server", FIXTURE)):
             print("\n".join(rows(label, root, args.repeats, args.runs)))
