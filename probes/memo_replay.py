@@ -54,7 +54,11 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
         return None
     entries = log.entries
     size = _ENTRY_BYTES * len(entries)
-    for _fn, args, answer in entries:  # measured: faster than comprehensions or filters over the entries
+    reads: list[ReadItem] = []
+    others: list[Entry] = []
+    seen: dict[str, Any] = {}
+    for entry in entries:  # one pass: the size, and the reads compiled (measured: no comprehension is faster)
+        fn, args, answer = entry
         kind = type(answer)
         if kind is bytes or kind is str:
             size += len(answer)
@@ -62,14 +66,7 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
             size += 8 * len(answer) + sum(map(len, answer))
         elif len(args) > 2 and type(args[2]) is bytes:
             size += len(args[2])  # bytes kept in the operation (memo_derived: those a value came from)
-    if size > MAX_LOG_BYTES:
-        return None
-    reads: list[ReadItem] = []
-    others: list[Entry] = []
-    seen: dict[str, Any] = {}
-    for entry in entries:
-        fn, args, answer = entry
-        if fn is not _read_bytes or isinstance(answer, Raised):
+        if fn is not _read_bytes or kind is Raised:
             others.append(entry)  # a read that raised is compared as it was logged (its exception)
             continue
         path = args[0]
@@ -77,8 +74,10 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
             continue
         seen[path] = answer
         parent, _, name = path.rpartition("/")
-        plain = bool(parent) and bool(name) and name != "." and name != ".." and path[0] == "/"  # split()'s rule
+        plain = parent and name and name != "." and name != ".." and path[0] == "/"  # held_parents.split's rule
         reads.append((("b", path), parent if plain else None, name, answer))
+    if size > MAX_LOG_BYTES:
+        return None
     return Memo(entries, output, size, reads, others)
 
 
