@@ -2,10 +2,12 @@
 
 Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 holds):
 - ValidateFleet from the inventory: the aggregator's answer for 10,000 nodes (plan: one evaluation per
-  distinct set + 10,000 NodeResults, or the grouped form + summary with why-not counts), in-process, cold
-  (new spec) and warm; and the same call end to end over gRPC, the caller reading every node's result:
-  one NodeResult per node (callers that do not set grouped_results) and grouped_results (what FleetClient
-  asks for), alternated in the same run.
+  distinct set + 10,000 NodeResults, or the grouped form + summary with why-not counts, to the bytes sent),
+  in-process, cold (new spec, no node's pieces kept: server/fleet/fleet_bytes.py), warm, and per node a
+  probe round later (every node's probe time moved, so its as_of is serialized again); and the same call
+  end to end over gRPC, the caller reading every node's result: one NodeResult per node (callers that do
+  not set grouped_results), grouped_results (what FleetClient asks for) and per node a probe round later,
+  alternated in the same run. `--validate-only` stops after these rows.
 - Memory per node beyond the shared feature sets: tracemalloc growth of the FeatureStore from 20 nodes
   (one per profile) to 10,000, divided by the 9,980 added nodes; plus the aggregator process's RSS growth
   per node while it holds 10,000 WatchFeatures subscriptions (channels, streams, coroutines).
@@ -194,6 +196,8 @@ def main() -> None:
     ap.add_argument("--push-only", action="store_true", help="only the registered-node (push model) rows")
     ap.add_argument("--streams-only", action="store_true",
                     help="only the resubscribe and streams RSS rows (nodes file / DNS nodes), in a fresh process")
+    ap.add_argument("--validate-only", action="store_true",
+                    help="only the memory and ValidateFleet rows (no resubscribe, no push model)")
     ap.add_argument("--lease-ttl", type=float, default=30.0,
                     help="the aggregator's lease in the push rows (heartbeats every third; 30 s as shipped)")
     args = ap.parse_args()
@@ -219,9 +223,10 @@ def main() -> None:
     from nodecompat.engine.spec import parse_spec
     from nodecompat.fleet.fingerprint import split_identity
     from nodecompat.fleet.store import FeatureStore, spec_key
-    from nodecompat.server.fleet.aggregator import summarize
+    from nodecompat.server.fleet.fleet_bytes import NodeBytes, serialize_or_pass, summary_message
+    from nodecompat.server.fleet.fleet_results import fleet_summary
     from nodecompat.server.inventory.fleet_nodes import FleetNode
-    from nodecompat.server.inventory.inventory_answers import finish_summary, grouped_summary, plan
+    from nodecompat.server.inventory.inventory_answers import finish_summary, plan
     from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
     n, k, lease_ttl = args.nodes, args.profiles, args.lease_ttl
@@ -256,14 +261,16 @@ def main() -> None:
     spec = parse_spec(SPEC)
     skey = spec_key(SPEC, False)
 
+    node_bytes = NodeBytes()  # as FleetService keeps it
+
     def answer(grouped: bool) -> float:
+        """plan() to every message's bytes, as FleetService.ValidateFleet answers (the messages serialized)."""
         t0 = time.perf_counter()
-        p = plan(store, nodes, spec, skey, [], 0.0, grouped=grouped)
-        s = summarize(p.results, "", "", 0.0)
-        if grouped:
-            grouped_summary(s, p)
+        p = plan(store, nodes, spec, skey, [], 0.0, grouped=grouped, node_bytes=node_bytes)
+        s = fleet_summary(p, p.ranking, "", "", 0.0)
         finish_summary(s, p, [], 0)
-        assert p.answered == n and not p.live and s.compatible + s.incompatible == n
+        sent = [serialize_or_pass(m) for m in p.batches] + [summary_message(s, p.ranking)]
+        assert p.answered == n and not p.live and s.compatible + s.incompatible == n and sent
         return time.perf_counter() - t0
 
     cold = answer(False)
@@ -272,6 +279,18 @@ def main() -> None:
         warm = sorted(answer(grouped) for _ in range(5))
         row(f"ValidateFleet from inventory, in-process, warm, {'grouped' if grouped else 'per node'} (median of 5)",
             warm[2], "s", LIMIT_VALIDATE_S)
+
+    def round_later() -> float:
+        """answer(False) after every node's next probe round (same features: a heartbeat moves its probe
+        time, so every as_of changes and NodeBytes serializes it again), as between two calls a minute apart."""
+        later = time.time()
+        for rec in store.records():
+            store.heartbeat(rec.key, rec.round_id + 1, rec.fingerprint, later)
+        return answer(False)
+
+    moved = sorted(round_later() for _ in range(5))
+    row("ValidateFleet from inventory, in-process, per node, a probe round later (every as_of moved; median of 5)",
+        moved[2], "s", LIMIT_VALIDATE_S)
 
     # -- the same over gRPC, through the client --------------------------------------------------------
     from nodecompat.clients.fleet_client import FleetClient
@@ -317,11 +336,17 @@ def main() -> None:
         call(grouped)
         old_runs: list[tuple[float, int, float]] = []
         new_runs: list[tuple[float, int, float]] = []
-        for _ in range(5):  # alternated: a neighbour's load weighs on both forms alike
+        moved_runs: list[tuple[float, int, float]] = []
+        for _ in range(5):  # alternated: a neighbour's load weighs on all forms alike
             old_runs.append(call(per_node))
             new_runs.append(call(grouped))
+            later = time.time()  # every node's next probe round (as round_later above), then per node again
+            for rec in store.records():
+                store.heartbeat(rec.key, rec.round_id + 1, rec.fingerprint, later)
+            moved_runs.append(call(per_node))
         for name, runs in (("one NodeResult per node (callers without grouped_results)", old_runs),
-                           ("grouped_results (FleetClient)", new_runs)):
+                           ("grouped_results (FleetClient)", new_runs),
+                           ("one NodeResult per node, a probe round later (every as_of moved)", moved_runs)):
             runs.sort()
             took, _, server_wall = runs[len(runs) // 2]
             assert all(r[1] == n for r in runs), [r[1] for r in runs]
@@ -339,6 +364,8 @@ def main() -> None:
         channel.close()
     finally:
         agg.stop(grace=0)
+    if args.validate_only:
+        return
 
     streams_part(n, k, tmp)
     # in a fresh process: here, the heap pages the rows above freed would take the push model's allocations and

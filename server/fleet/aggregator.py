@@ -20,6 +20,7 @@ from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.fleet.store import FeatureStore
 from nodecompat.server import limits
 from nodecompat.server.fleet.fanout import ChannelPool, FanOut, FanoutConfig
+from nodecompat.server.fleet.fleet_bytes import serialize_or_pass
 from nodecompat.server.fleet.fleet_results import deadline_margin, summarize
 from nodecompat.server.fleet.fleet_service import (
     FLEET_SERVICE,
@@ -160,6 +161,7 @@ class AggregatorDaemon:
         self.first_checks = FirstHealthChecks(self.inventory, self.service.check_health)
         # A lease renewal (10,000 daemons: 1,000 a second) is answered on the loop unless it would wait.
         self.runtime.add_servicer(self.service, fleet_pb2.DESCRIPTOR.services_by_name["FleetService"],
+                                  {"ValidateFleet": serialize_or_pass},  # answers from fleet_bytes.py: bytes
                                   call_fast_paths={"RegisterNode": self.service.register_on_loop})
         self.health = add_standard_services(self.runtime, [FLEET_SERVICE])
         self.port = 0

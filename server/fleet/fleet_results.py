@@ -7,10 +7,13 @@ nodes first, then by descending score, then by name and address (a stable order 
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nodecompat.fleet.reasons import failure_reasons
 from nodecompat.server.fleet.fanout import NodeOutcome
+from nodecompat.server.fleet.fleet_bytes import Ranking
 from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, NodeView
 from nodecompat.v1 import fleet_pb2, inventory_pb2
 
@@ -101,6 +104,24 @@ def add_node_info(out: fleet_pb2.ListNodesResponse, view: NodeView) -> None:
         ts = Timestamp()
         ts.FromDatetime(view.last_contact)
         info.last_contact.CopyFrom(ts)
+
+
+def fleet_summary(
+    held: Any, ranking: Ranking, image_digest: str, artifact_digest: str, wall: float
+) -> fleet_pb2.FleetSummary:
+    """The FleetSummary of a ValidateFleet call without its ranking (server/fleet/fleet_bytes.py
+    summary_message adds it): the counts summarize() gives, over the inventory's answers (`held`, an
+    inventory_answers.Plan, or None) and the live results counted in `ranking`."""
+    answered = held.answered if held is not None else 0
+    compatible = (held.compatible if held is not None else 0) + ranking.live_compatible
+    return fleet_pb2.FleetSummary(
+        compatible=compatible,
+        incompatible=answered + ranking.live_ok - compatible,
+        failed=ranking.live_failed,
+        image_digest=image_digest,
+        artifact_digest=artifact_digest,
+        wall_seconds=wall,
+    )
 
 
 def summarize(

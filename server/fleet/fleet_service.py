@@ -33,7 +33,8 @@ from nodecompat.oci.errors import RegistryError
 from nodecompat.server.errors import registry_status, selection_problem, spec_error_status
 from nodecompat.server.fleet import list_pages
 from nodecompat.server.fleet.fanout import FanOut
-from nodecompat.server.fleet.fleet_results import add_node_info, contact, deadline_margin, live_message, summarize
+from nodecompat.server.fleet.fleet_bytes import NodeBytes, Ranking, summary_message
+from nodecompat.server.fleet.fleet_results import add_node_info, contact, deadline_margin, fleet_summary, live_message
 from nodecompat.server.fleet.fleet_watch import Aborted, FleetWatchHub, WatchSpec, watch_spec
 from nodecompat.server.fleet.whatif_service import what_if
 from nodecompat.server.inventory.fleet_nodes import (
@@ -45,7 +46,7 @@ from nodecompat.server.inventory.fleet_nodes import (
     NotRegistrant,
     RegistrationsFull,
 )
-from nodecompat.server.inventory.inventory_answers import Plan, finish_summary, grouped_summary, plan
+from nodecompat.server.inventory.inventory_answers import Plan, finish_summary, plan
 from nodecompat.server.inventory.inventory_push import PushedNodes, push_problem
 from nodecompat.server.inventory.registration_auth import Caller, RegistrationDenied, RegistrationPolicy, caller_of
 from nodecompat.server.inventory.registration_store import StoreUnavailable
@@ -92,11 +93,15 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         self.fleet_watch: FleetWatchHub | None = None
         # Registrations announcing their feature state (push model, server/inventory/inventory_push.py); None: ignored.
         self.push: PushedNodes | None = None
+        # Per node the serialized fields of its NodeResult that are its own (server/fleet/fleet_bytes.py), bounded.
+        self.node_bytes = NodeBytes()
 
     # -- ValidateFleet -----------------------------------------------------------------------------
     def ValidateFleet(
         self, request: fleet_pb2.ValidateFleetRequest, context: grpc.ServicerContext
-    ) -> Iterator[fleet_pb2.ValidateFleetResponse]:
+    ) -> Iterator[fleet_pb2.ValidateFleetResponse | bytes]:
+        """The answer's messages; those answered from the inventory node by node and the summary already
+        serialized (server/fleet/fleet_bytes.py), sent as they are (aggregator.py: serialize_or_pass)."""
         started = time.monotonic()
         source = request.WhichOneof("source")
         if source is None:
@@ -125,26 +130,26 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
             node_request = node_pb2.ValidateImageRequest(
                 spec=spec_text, tags=list(request.tags), nfd_compat=request.nfd_compat
             )
-            results: list[fleet_pb2.NodeResult] = []
             held = self._from_inventory(request, context, nodes, spec, spec_text)
+            # one NodeResult per node: the summary's ranking (inventory nodes added by plan(), live ones here)
+            ranking = held.ranking if held is not None else Ranking(keep=not request.grouped_results)
             if held is not None:
-                results.extend(held.results)
-                yield from held.batches
+                yield from held.batches  # serialized (server/fleet/fleet_bytes.py) or NodeGroups messages
             if held is None or held.live:
                 self.prune_channels()
             live_reports: list[Any] = []
+            live_count = 0
             for batch in self.fanout.run_batches(held.live if held else nodes, node_request, deadline, parent):
                 self.inventory.record_contacts([contact(o) for o in batch])
                 live_reports.extend(o.response.report for o in batch if o.response is not None and o.status == "OK")
                 message, added = live_message(batch)
-                results.extend(added)
+                ranking.add_live(added)
+                live_count += len(added)
                 yield message
-            summary = summarize(results, image_digest, artifact_digest, time.monotonic() - started)
-            if request.grouped_results:
-                grouped_summary(summary, held)
-            finish_summary(summary, held, live_reports, len(results) - (len(held.results) if held else 0))
+            summary = fleet_summary(held, ranking, image_digest, artifact_digest, time.monotonic() - started)
+            finish_summary(summary, held, live_reports, live_count)
             span.set_attribute("nodecompat.fleet.compatible", summary.compatible)
-            yield fleet_pb2.ValidateFleetResponse(summary=summary)
+            yield summary_message(summary, ranking)
         finally:
             span.end()
 
@@ -236,7 +241,7 @@ class FleetService(fleet_pb2_grpc.FleetServiceServicer):
         if self.store is None or request.answer_source == inventory_pb2.LIVE or reads_volatile(spec):
             return None  # a usage value (nodecompat/fleet/volatile.py) is not in any stored set: every node live
         return plan(self.store, nodes, spec, spec_key(spec_text, request.nfd_compat), list(request.tags),
-                    staleness, request.nfd_compat, grouped=request.grouped_results)
+                    staleness, request.nfd_compat, grouped=request.grouped_results, node_bytes=self.node_bytes)
 
     # -- ListNodes ---------------------------------------------------------------------------------
     def ListNodes(
