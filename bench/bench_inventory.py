@@ -41,7 +41,6 @@ No asserts: it prints figures.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import gc
 import json
@@ -99,66 +98,6 @@ def node_address(i: int, port: int) -> str:
     return f"127.{1 + i // 62500}.{(i // 250) % 250}.{1 + i % 250}:{port}"
 
 
-# -- the simulator (child process) --------------------------------------------------------------------
-def serve_simulator(port_file: str, n_profiles: int) -> None:
-    import grpc
-
-    from nodecompat import wire
-    from nodecompat.fleet.fingerprint import fingerprint
-    from nodecompat.v1 import inventory_pb2
-
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # Every node's first message is built and serialized before the port is published: the simulator stands
-    # in for 10,000 daemons on their own machines, so its own per-stream work is kept to sending bytes
-    # (the aggregator receives exactly what a daemon sends; it does all of its own work).
-    n_nodes = int(os.environ.get("BENCH_SIM_NODES", "10000"))
-    from nodecompat.server.runtime.gc_tuning import tune_for_serving
-
-    tune_for_serving()
-    now = time.time()
-    first: list[bytes] = []
-    heartbeats: list[bytes] = []
-    for k, f in enumerate(profiles(n_profiles)):
-        base = inventory_pb2.FeaturesChange(node_name="sim", round_id=1, fingerprint=fingerprint(f),
-                                            features=wire.features_to_proto(f))
-        base.probed_at.FromNanoseconds(int(now * 1e9))
-        for i in range(k, n_nodes, n_profiles):
-            while len(first) <= i:
-                first.append(b"")
-            m = inventory_pb2.FeaturesChange()
-            m.CopyFrom(base)
-            m.node_name = f"sim-{i:05d}"
-            m.features.attributes["system.name"].elements["nodename"] = m.node_name
-            first[i] = inventory_pb2.WatchFeaturesResponse(features=m).SerializeToString()
-        heartbeats.append(inventory_pb2.WatchFeaturesResponse(heartbeat=inventory_pb2.FeaturesHeartbeat(
-            round_id=1, fingerprint=base.fingerprint, heartbeat_seconds=10)).SerializeToString())
-    counter = [0]
-
-    async def watch(request, context):  # type: ignore[no-untyped-def]
-        i = counter[0] % n_nodes
-        counter[0] += 1
-        yield first[i]
-        while True:
-            await asyncio.sleep(request.heartbeat_seconds or 10)
-            yield heartbeats[i % n_profiles]
-
-    handler = grpc.method_handlers_generic_handler("nodecompat.v1.NodeService", {
-        "WatchFeatures": grpc.unary_stream_rpc_method_handler(
-            watch, request_deserializer=inventory_pb2.WatchFeaturesRequest.FromString, response_serializer=None),
-    })
-
-    async def run() -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port("0.0.0.0:0")
-        await server.start()
-        Path(port_file).write_text(str(port))
-        await server.wait_for_termination()
-
-    asyncio.run(run())
-
-
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -193,6 +132,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--profiles", type=int, default=20)
     ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--older-daemons", action="store_true", help=argparse.SUPPRESS)  # the simulator's `older`
     ap.add_argument("--push-only", action="store_true", help="only the registered-node (push model) rows")
     ap.add_argument("--streams-only", action="store_true",
                     help="only the resubscribe and streams RSS rows (nodes file / DNS nodes), in a fresh process")
@@ -201,8 +141,10 @@ def main() -> None:
     ap.add_argument("--lease-ttl", type=float, default=30.0,
                     help="the aggregator's lease in the push rows (heartbeats every third; 30 s as shipped)")
     args = ap.parse_args()
-    if args.serve_simulator:
-        serve_simulator(args.serve_simulator, args.profiles)
+    if args.serve_simulator:  # the simulator (child process): bench/inventory_stream_sim.py
+        from inventory_stream_sim import serve_simulator  # type: ignore[import-not-found]
+
+        serve_simulator(args.serve_simulator, args.profiles, args.older_daemons)
         return
     sys.path.insert(0, str(ROOT))
     from nodecompat.server.runtime.malloc_tuning import limit_arenas

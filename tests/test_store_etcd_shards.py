@@ -68,10 +68,10 @@ def test_a_shared_feature_set_round_trips_and_is_checked_against_its_fingerprint
 
 
 @contextlib.contextmanager
-def in_process(store: str, prefix: str, replica_id: str) -> Iterator[AggregatorDaemon]:
+def in_process(store: str, prefix: str, replica_id: str, nodes_file: str | None = None) -> Iterator[AggregatorDaemon]:
     d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", lease_ttl=600.0, registration=OPEN,
                                           sync=SyncConfig(heartbeat=1.0), store=store, store_prefix=prefix,
-                                          replica_id=replica_id, check_new_nodes=False,
+                                          replica_id=replica_id, check_new_nodes=False, nodes_file=nodes_file,
                                           store_watch_read_timeout=WATCH_READ_TIMEOUT))
     d.address = f"127.0.0.1:{d.start()}"  # type: ignore[attr-defined]
     try:
@@ -259,3 +259,58 @@ def test_a_document_overwritten_by_a_former_owner_and_deleted_is_written_again(e
     finally:
         for d in daemons:
             d.kill()
+
+
+def test_older_daemons_are_shared_out_renewed_and_taken_over(etcd: Etcd, tmp_path) -> None:  # noqa: F811
+    """Daemons from before volatile values (bench/bench_inventory.py's simulator with --older-daemons: usage values
+    in their features and in the fingerprint they announce, so every owner's record has announced != fingerprint)
+    behind two replicas: every replica answers every node from the inventory, the heartbeats naming the announced
+    fingerprint renew the owners' records (no stream resubscribed: a 'missed change' would reconnect it), and a
+    replica's death is taken over. A mixed-version fleet takes this path; the bench's simulator took it by mistake
+    until it computed its fingerprint from what it sends (issue 12's `sharded` rows were lost documents instead:
+    test_a_document_overwritten_by_a_former_owner_and_deleted_is_written_again)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    n = 20
+    port_file = tmp_path / "sim-port"
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_inventory.py"
+    sim = subprocess.Popen([sys.executable, str(bench), "--serve-simulator", str(port_file), "--profiles", "3",
+                            "--older-daemons"], env={**os.environ, "BENCH_SIM_NODES": str(n)})
+    try:
+        wait_for("the simulator's port", lambda: port_file.exists() and bool(port_file.read_text()), 60)
+        port = int(port_file.read_text())
+        names = {f"127.1.0.{1 + i}:{port}": f"sim-{i:05d}" for i in range(n)}  # bench_inventory.node_address
+        nodes_file = tmp_path / "nodes.json"
+        nodes_file.write_text(json.dumps([{"name": v, "address": k} for k, v in names.items()]))
+        prefix = f"/shards-{uuid.uuid4().hex}/"
+        expected = sorted((v, "OK", True, "INVENTORY") for v in names.values())
+        with (in_process(etcd.url, prefix, "a-" + uuid.uuid4().hex[:8], str(nodes_file)) as a,
+              in_process(etcd.url, prefix, "b-" + uuid.uuid4().hex[:8], str(nodes_file)) as b):
+            assert a.shards is not None and b.shards is not None and a.sync is not None and b.sync is not None
+
+            def owners_hold(*live: AggregatorDaemon) -> bool:
+                mine = [(d.store.get(x) if d.store else None) for d in live for x in d.shards.owned()]  # type: ignore[union-attr]
+                return len(mine) == n and all(r is not None and r.state == "OK" and r.announced for r in mine)
+
+            wait_for("every node held by its owner with the fingerprint it announced", lambda: owners_hold(a, b), 30)
+            for d in (a, b):
+                wait_for("every node answered from the inventory", lambda d=d: answers(d.address) == expected, 30)
+            mine = [(d.store.get(x) if d.store else None) for d in (a, b) for x in d.shards.owned()]
+            assert all(r is not None and r.announced != r.fingerprint for r in mine)  # the older-daemon path
+            connects = a.sync.connects + b.sync.connects
+            time.sleep(3.5)  # 3 heartbeats (1 s)
+            assert a.sync.connects + b.sync.connects == connects  # every heartbeat renewed: no stream reconnected
+            for d in (a, b):
+                assert answers(d.address) == expected
+            b.shards._lease = 0  # not revoked: B's lease lapses as after SIGKILL
+            b.stop(grace=0)
+            wait_for("B's nodes taken over by A", lambda: a.shards.owned() == set(names) and owners_hold(a),  # type: ignore[union-attr]
+                     TAKEOVER_BOUND)
+            assert answers(a.address) == expected  # type: ignore[attr-defined]
+    finally:
+        sim.terminate()
+        sim.wait()
