@@ -338,3 +338,15 @@ class DirTable:
                 links += 1
         except Loop:
             raise OSError(errno.ELOOP, f"{text}: more than {MAX_SYMLINKS} symbolic links") from None
+
+    def host_path(self, text: str, real_root: str) -> str:
+        """The host path `text` resolves to, strictly (OSError when it does not): openat2 in the root and
+        /proc/self/fd's name of what it found, else lstat_final's walk; Overflow as the walk raises it."""
+        if openat2_ready():
+            found = resolved_in_root(self.root[1], text, real_root)
+            if found is not None:
+                return found
+        _, d, name = self.lstat_final(text)
+        if name == ".":
+            return d[0]
+        return "/" + name if d[0] == "/" else d[0] + "/" + name

@@ -20,10 +20,9 @@ target resolved the same way, an absolute target from the host root, at most MAX
 So the kernel follows no link and no `..` for us: every descriptor is, by induction from the root's,
 a directory that was inside the host root when it was opened, and a component swapped for a link
 between two reads is refused by O_NOFOLLOW, not followed. Both give what openat2(RESOLVE_IN_ROOT)
-guarantees, which replaces the /proc/self/fd check (it existed to close the window between a
-path-string resolution and the open, a window neither has). Answers are HostRoot's
-(tests/test_probe_runner.py compares both ways with HostRoot on every path of the fixture trees,
-with links out of the root, loops, dangling and missing parts). Reads confined to a subtree
+guarantees, which replaces the /proc/self/fd check (it closed a window between resolving and opening
+that neither has). Answers are HostRoot's (tests/test_probe_runner.py: both ways, every path of the
+fixture trees, links out of the root, loops, dangling and missing parts). Reads confined to a subtree
 (`within=`, features.d) go through the held descriptors and are checked against the subtree.
 
 With the host root at `/` the kernel's resolution is chroot's own (`..` stops at `/`, every real path
@@ -58,7 +57,6 @@ from nodecompat.probes.root_resolve import (
     open_in_root,
     openat2_ready,
     opener,
-    resolved_in_root,
 )
 
 _ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
@@ -72,7 +70,7 @@ class RoundHost(HostRoot):
     memo: dict[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
     _state: list[DirTable] = field(default_factory=list, compare=False, repr=False)
     _parents: list[HeldParents | None] = field(default_factory=list, compare=False, repr=False)
-    # openat2 in the round's root, one call each (root_resolve.opener): [for a read, for an O_PATH stat]
+    # openat2 in the round's root, one call each (root_resolve.opener): [a read, an O_PATH stat, a listing]
     _open2: list[Callable[[str], int]] = field(default_factory=list, compare=False, repr=False)
     hold_hint: frozenset[str] = field(default=frozenset(), compare=False, repr=False)  # see over()
 
@@ -104,9 +102,10 @@ class RoundHost(HostRoot):
             held = None
             if table is not None and openat2_ready():
                 held = HeldParents(table.root[1], self.hold_hint)
-                read, path = opener(table.root[1], OPENAT2_READ), opener(table.root[1], PATH_FLAGS)
-                if read is not None and path is not None:
-                    self._open2.extend((read, path))
+                flags = (OPENAT2_READ, PATH_FLAGS, OPENAT2_READ | os.O_DIRECTORY)
+                made = [opener(table.root[1], f) for f in flags]
+                if all(m is not None for m in made):
+                    self._open2.extend(made)  # type: ignore[arg-type]
         self._parents.append(held)
         return held
 
@@ -186,8 +185,7 @@ class RoundHost(HostRoot):
                         return read_whole(fd)
         return self._read_path(text, within)
 
-    def _read_path(self, text: str, within: str | None) -> bytes | None:
-        """_read of a file not opened through a held directory: its whole path resolved in the root."""
+    def _read_path(self, text: str, within: str | None) -> bytes | None:  # _read, the whole path resolved
         fd = -1
         if within is None and self._open2:
             try:  # the kernel resolves the whole path inside the root: one system call
@@ -263,8 +261,23 @@ class RoundHost(HostRoot):
     def listdir(self, host_path: str | os.PathLike[str]) -> list[str]:
         key = ("l", os.fspath(host_path))
         hit = self.memo.get(key)
-        if hit is None:
-            hit = self.memo[key] = super().listdir(key[1])
+        if hit is None:  # HostRoot.listdir; under a host root its openat2 as RoundHost._open makes it, in one call
+            try:
+                fd = self._open2[2](key[1]) if self._parents and self._open2 else -errno.ENOSYS
+            except NoOpenat2:
+                fd = -errno.ENOSYS
+            if fd == -errno.ENOSYS:
+                hit = super().listdir(key[1])
+            elif fd < 0:
+                hit = []
+            else:
+                try:
+                    hit = sorted(os.listdir(fd))
+                except OSError:
+                    hit = []
+                finally:
+                    os.close(fd)
+            self.memo[key] = hit
         return list(hit)  # type: ignore[call-overload]
 
     def link_target_name(self, host_path: str | os.PathLike[str]) -> str | None:
@@ -387,15 +400,7 @@ class RoundHost(HostRoot):
                 os.close(fd)
         if not strict or table is None:
             return super().host_resolve(text, strict=strict)
-        if openat2_ready():  # the kernel resolves it in the root; /proc/self/fd names what it found
-            found = resolved_in_root(table.root[1], text, self._real_root)
-            if found is not None:
-                return found
         try:
-            _, d, name = table.lstat_final(text)
+            return table.host_path(text, self._real_root)
         except Overflow:
             return super().host_resolve(text, strict=strict)
-        if name == ".":
-            return d[0]
-        return "/" + name if d[0] == "/" else d[0] + "/" + name
-
