@@ -314,3 +314,84 @@ def test_older_daemons_are_shared_out_renewed_and_taken_over(etcd: Etcd, tmp_pat
     finally:
         sim.terminate()
         sim.wait()
+
+
+def test_a_late_overwrite_and_deletion_heard_while_the_owner_notes_its_own_write_is_written_again(
+    etcd: Etcd, tmp_path  # noqa: F811
+) -> None:
+    """The previous test's race, one step later: the owner B's watch hears a former owner's late put and its deletion
+    pass after B's own put has landed in etcd but before B notes what it wrote (_publish's put_many has returned,
+    _published not yet updated). Noting the write after the put undid the watch's `written again` (its pop found
+    nothing to drop), so B believed its document was in etcd while etcd held none: every other replica lost the
+    node for good. Real etcd, 3 real daemons, 2 in-process replicas; B's put is followed, before it returns to
+    _publish, by A's late put and A's deletion (as A's own passes make them) and B's watch handling both."""
+    import dataclasses
+    import threading
+
+    prefix = f"/shards-{uuid.uuid4().hex}/"
+    daemons = [start_node(tmp_path, name, host, wait=False) for name, host in FLEET.items()]
+    try:
+        for d in daemons:
+            d.wait_serving()
+        fleet = {d.address: d.name for d in daemons}
+        while True:  # B must own some node
+            ids = ["a-" + uuid.uuid4().hex[:8], "b-" + uuid.uuid4().hex[:8]]
+            owners = {x: rendezvous_owner(x, frozenset(ids)) for x in fleet}
+            if ids[1] in owners.values():
+                break
+        moved = next(x for x, o in owners.items() if o == ids[1])
+        with in_process(etcd.url, prefix, ids[0]) as a, in_process(etcd.url, prefix, ids[1]) as b:
+            with grpc.insecure_channel(a.address) as ch:  # type: ignore[attr-defined]
+                stub = fleet_pb2_grpc.FleetServiceStub(ch)
+                for address, name in fleet.items():
+                    stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, ttl_seconds=600),
+                                      timeout=10)
+            expected = sorted((n, "OK", True, "INVENTORY") for n in fleet.values())
+            wait_for("every node published by its owner and answered from the inventory by both",
+                     lambda: {x: d.owner for x, d in docs(etcd, prefix).items()} == owners
+                     and all(answers(r.address) == expected for r in (a, b)), 30)  # type: ignore[attr-defined]
+            assert a.shards is not None and b.shards is not None
+            sa, sb = a.shards, b.shards
+            key = sb._doc_key(moved)
+            heard: list[bool] = []  # B's watch: each event of the moved node's key handled (deleted?)
+            watch = next(w for w in sb._watches if w.prefix.endswith("nodes/"))
+            handle = watch.on_event
+
+            def on_event(k: str, raw: bytes, deleted: bool) -> None:
+                handle(k, raw, deleted)
+                if k == key:
+                    heard.append(deleted)
+
+            watch.on_event = on_event  # type: ignore[method-assign]
+            put_many = sb.etcd.put_many
+            raced = threading.Event()
+
+            def late_put_and_delete(puts, deletes=()):  # type: ignore[no-untyped-def]
+                put_many(puts, deletes)
+                if raced.is_set() or not any(k == key for k, _, _ in puts):
+                    return
+                raced.set()
+                late = dataclasses.replace(docs(etcd, prefix)[moved], owner=ids[0])
+                sa.etcd.put_many([(key, late.encode(), sa._lease)])  # A's late put, on A's lease
+                sa.etcd.txn({"compare": [{"key": _b64(key), "result": "EQUAL", "target": "LEASE", "lease": sa._lease}],
+                             "success": [{"request_delete_range": {"key": _b64(key)}}], "failure": []})
+                wait_for("B's watch handled A's put and deletion", lambda: heard[-2:] == [False, True], 10)
+
+            sb.etcd.put_many = late_put_and_delete  # type: ignore[method-assign]
+            with sb._lock:
+                heard.clear()
+                sb._published.pop(moved, None)  # B writes its document again at its next pass
+            wait_for("the race played", raced.is_set, 10)
+            wait_for(f"{fleet[moved]}'s document written again by its owner B",
+                     lambda: moved in docs(etcd, prefix) and docs(etcd, prefix)[moved].owner == ids[1], 10)
+            wait_for(f"{fleet[moved]} answered from the inventory through A and B",
+                     lambda: all(answers(r.address) == expected for r in (a, b)), 10)  # type: ignore[attr-defined]
+    finally:
+        for d in daemons:
+            d.kill()
+
+
+def _b64(key: str) -> str:
+    import base64
+
+    return base64.b64encode(key.encode()).decode()

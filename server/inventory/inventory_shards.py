@@ -299,10 +299,16 @@ class InventoryShards:
         if set_puts:  # the sets first: a reader fetches a node's set when it sees the node
             self.etcd.put_many(set_puts)
             self._sets_published.update(k.split("/")[-2] for k, _, _ in set_puts)
-        if puts:
-            self.etcd.put_many(puts)
-        with self._lock:
+        with self._lock:  # noted before the put: the watch may hear an overwrite as soon as the put lands
             self._published.update(new_docs)
+        if puts:
+            try:
+                self.etcd.put_many(puts)
+            except BaseException:
+                with self._lock:  # not written: written at the next pass
+                    for address in [a for a, d in new_docs.items() if self._published.get(a) is d]:
+                        del self._published[address]
+                raise
         for address in gone:  # no longer this replica's: delete its document unless the new owner rewrote it
             key = self._doc_key(address)
             self.etcd.txn({"compare": [{"key": _encode(key), "result": "EQUAL", "target": "LEASE",
