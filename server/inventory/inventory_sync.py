@@ -245,23 +245,20 @@ class InventorySync:
             known = (held.announced or held.fingerprint) if held is not None and held.has_features else ""
             try:
                 await self._connecting.acquire()
-                slot = _Slot(self._connecting)
-                timer = asyncio.get_running_loop().call_later(self.config.connect_slot_seconds, slot.release)
+                slot = _Slot(self._connecting, self.config.connect_slot_seconds)
                 try:
                     channel = self._channel(address)  # made once a connecting slot is ours, not 10,000 at once
-                    call = channel.unary_stream(  # one method handle, not a stub's four
-                        WATCH_METHOD,
-                        request_serializer=inventory_pb2.WatchFeaturesRequest.SerializeToString,
+                    call = channel.unary_stream(  # one method handle, not a stub's four; the request as bytes
+                        WATCH_METHOD, request_serializer=None,  # (the call keeps it for the stream's life)
                         response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
                     )(inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=self.config.heartbeat,
-                                                         known_fingerprint=known))
+                                                         known_fingerprint=known).SerializeToString())
                     while True:
                         msg = await call.read()  # read() in this coroutine: no async-generator per stream
                         if msg is grpc.aio.EOF:
                             error = "the node ended the stream"
                             break
                         if not got_message:
-                            timer.cancel()
                             slot.release()
                             self.connects += 1
                         if not self._handle(address, msg, known):
@@ -274,7 +271,6 @@ class InventorySync:
                         # message is 4-6x its wire size (bench_inventory.py --streams-only, 10,000 streams)
                         msg = None
                 finally:
-                    timer.cancel()
                     slot.release()
             except asyncio.CancelledError:
                 if channel is not None:
@@ -329,14 +325,19 @@ class InventorySync:
 
 
 class _Slot:
-    """One connecting slot of the semaphore, released at most once (first message, timer or the end)."""
+    """One connecting slot of the semaphore (acquired), released at most once: at the first message, after
+    `seconds` (its own timer) or at the end. Released, it holds nothing (the stream keeps it for its life)."""
 
-    __slots__ = ("sem",)
+    __slots__ = ("sem", "timer")
 
-    def __init__(self, sem: asyncio.Semaphore) -> None:
+    def __init__(self, sem: asyncio.Semaphore, seconds: float) -> None:
         self.sem: asyncio.Semaphore | None = sem
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(seconds, self.release)
 
     def release(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.sem is not None:
             self.sem.release()
             self.sem = None
