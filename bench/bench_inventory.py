@@ -23,7 +23,8 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
   (as bench_fleet.py does), so there is one TCP connection and one stream per node. The simulator sends
   bytes serialized before the clock starts (it stands in for 10,000 machines; the aggregator receives what
   daemons send and does all its own work); the aggregator's and the simulator's CPU seconds are printed,
-  since both share this machine's CPUs.
+  since both share this machine's CPUs. bench/streams_breakdown.py splits the streams RSS row into its stages
+  (channels connected, streams open, first messages held; glibc malloc vs Python; with or without mTLS).
 
 This process stands in for the aggregator process, so it sets malloc's arenas and the garbage collector as
 `nodecompat aggregator` does before it starts (server/runtime/malloc_tuning.py limit_arenas, server/runtime/gc_tuning.py
