@@ -7,7 +7,6 @@ it), and no library walks a tree by descriptors with chroot's link semantics.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat as stat_mod
@@ -38,9 +37,14 @@ class Overflow(Exception):
 
 
 def _close_all(fds: list[int]) -> None:
+    """Close a round's descriptors (its finalizer). try/except, not contextlib.suppress: a context manager
+    made per descriptor cost more than the close (~40-110 of them per round)."""
+    close = os.close
     for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        try:  # noqa: SIM105 (measured: suppress() costs more than the close)
+            close(fd)
+        except OSError:
+            pass
     fds.clear()
 
 
