@@ -36,29 +36,26 @@ ReadItem = tuple[tuple[str, str], str | None, str, Any]  # (("b", path), parent 
 @dataclass
 class Memo:
     """A probe's reusable outcome: its log and the output it led to. `reads`: the log's whole reads
-    compiled for replay_reads, each path once; `others`: the rest of the log, in order."""
+    compiled for replay_reads, each path once; `others`: the rest of the log, in order; both made by
+    `compile_log` at the memo's first replay (a first round, which only records, does not pay for it)."""
 
     entries: list[Entry]
     output: ProbeOutput
     size: int  # bytes counted for the bound
     reads: list[ReadItem] = field(default_factory=list)
     others: list[Entry] = field(default_factory=list)
+    compiled: bool = False
 
 
 def finish(log: _Log, output: ProbeOutput) -> Memo | None:
     """The memo of a successful, replayable recording, or None (poisoned, or over MAX_LOG_BYTES). An
     operation made twice is compared twice on replay (a few are: a config's identity before and after
-    its parse), so two different answers within one round never replay equal; a read logged twice with
-    the same answer object (the round's memo served it) is compared once."""
+    its parse), so two different answers within one round never replay equal."""
     if log.poisoned:
         return None
     entries = log.entries
     size = _ENTRY_BYTES * len(entries)
-    reads: list[ReadItem] = []
-    others: list[Entry] = []
-    seen: dict[str, Any] = {}
-    for entry in entries:  # one pass: the size, and the reads compiled (measured: no comprehension is faster)
-        fn, args, answer = entry
+    for _fn, args, answer in entries:  # measured: faster than comprehensions or filters over the entries
         kind = type(answer)
         if kind is bytes or kind is str:
             size += len(answer)
@@ -66,7 +63,20 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
             size += 8 * len(answer) + sum(map(len, answer))
         elif len(args) > 2 and type(args[2]) is bytes:
             size += len(args[2])  # bytes kept in the operation (memo_derived: those a value came from)
-        if fn is not _read_bytes or kind is Raised:
+    if size > MAX_LOG_BYTES:
+        return None
+    return Memo(entries, output, size)
+
+
+def compile_log(memo: Memo) -> None:
+    """Split the memo's log into its compiled reads and the rest (once; a read logged twice with the same
+    answer object, the round's memo having served it, is compared once)."""
+    reads: list[ReadItem] = []
+    others: list[Entry] = []
+    seen: dict[str, Any] = {}
+    for entry in memo.entries:
+        fn, args, answer = entry
+        if fn is not _read_bytes or type(answer) is Raised:
             others.append(entry)  # a read that raised is compared as it was logged (its exception)
             continue
         path = args[0]
@@ -76,9 +86,7 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
         parent, _, name = path.rpartition("/")
         plain = parent and name and name != "." and name != ".." and path[0] == "/"  # held_parents.split's rule
         reads.append((("b", path), parent if plain else None, name, answer))
-    if size > MAX_LOG_BYTES:
-        return None
-    return Memo(entries, output, size, reads, others)
+    memo.reads, memo.others, memo.compiled = reads, others, True
 
 
 def replay_reads(host: RoundHost, items: list[ReadItem]) -> bool:
@@ -122,6 +130,8 @@ def replay_reads(host: RoundHost, items: list[ReadItem]) -> bool:
 def replays(memo: Memo, host: RoundHost) -> bool:
     """Whether every operation of the memo's log answers the same on `host` (stops at the first
     difference): the whole reads through replay_reads, the rest through their logged functions."""
+    if not memo.compiled:
+        compile_log(memo)
     if memo.reads and not replay_reads(host, memo.reads):
         return False
     for fn, args, answer in memo.others:
