@@ -111,7 +111,7 @@ def _compare(store: FeatureStore, nodes: list[FleetNode], spec_text: str, cache:
 def _fleet(n: int) -> tuple[FeatureStore, list[FleetNode]]:
     """n nodes over the three fixture profiles, with varied labels; node 5 is a DNS node whose daemon
     reported a name, node 6 a DNS node that reported none, node 7 STALE, node 8 unknown to the store, node 9
-    probed 10 minutes ago; names not in address order."""
+    probed 10 minutes ago, node 10 at a whole second; names not in address order."""
     store = FeatureStore()
     now = time.time()
     nodes = []
@@ -124,7 +124,7 @@ def _fleet(n: int) -> tuple[FeatureStore, list[FleetNode]]:
         if i == 8:
             continue
         reported = "reported-5" if i == 5 else "" if i == 6 else name
-        at = now - (600 if i == 9 else 0) + i * 1e-3
+        at = float(int(now)) if i == 10 else now - (600 if i == 9 else 0) + i * 1e-3  # node 10: nanos 0
         k = i % 3
         if i < 3:  # each profile's first node: its features, with its own host name (identity)
             f = copy.deepcopy(fixture_round(PROFILES[k]).features)
@@ -164,6 +164,20 @@ def test_node_answers_from_pieces_are_the_old_bytes_across_changes() -> None:
     changed = {a for a, e in cache.entries.items() if e[:6] != before[a]}
     assert changed == {nodes[i].address for i in (0, 1, 2, 4, 5)}, changed
     assert cache.entries[nodes[5].address][2] == "reported-again"
+
+
+def test_an_as_of_written_by_hand_is_upbs() -> None:
+    """fleet_bytes._stamp (a probe round later, as_of is written without upb) against upb's encoding."""
+    from nodecompat.server.fleet.fleet_bytes import _stamp
+
+    now = time.time()
+    for probed in (1.0, 1.5, 127.0, 128.25, now, float(int(now)), now + 0.999999999, 2.0**31 + 1e-6, 2.0**35 + 0.5,
+                   *(now + i * 1.37e-4 for i in range(2000))):
+        r = fleet_pb2.NodeResult()
+        secs = int(probed)
+        r.as_of.seconds = secs
+        r.as_of.nanos = int((probed - secs) * 1e9)
+        assert _stamp(probed) == r.SerializeToString(), probed
 
 
 def test_the_pieces_kept_are_bounded_in_bytes() -> None:

@@ -67,6 +67,7 @@ NODES_TAG = _tag(fleet_pb2.ValidateFleetResponse, "nodes")
 SUMMARY_TAG = _tag(fleet_pb2.ValidateFleetResponse, "summary")
 NODE_TAG = _tag(fleet_pb2.NodeResults, "nodes")
 RANKING_TAG = _tag(fleet_pb2.FleetSummary, "ranking")
+_AS_OF_TAG = _tag(fleet_pb2.NodeResult, "as_of")
 
 
 def _numbers(message: Any) -> dict[str, int]:
@@ -95,6 +96,28 @@ def fields_bytes(message: Any, low: int, high: int) -> bytes:
         if not low <= fd.number <= high:
             part.ClearField(fd.name)
     return part.SerializeToString()
+
+
+_SECONDS: dict[int, bytes] = {}
+
+
+def _stamp(probed: float) -> bytes:
+    """NodeResult's as_of field (11) for `probed` >= 1 epoch seconds, as entry() sets it and upb encodes it
+    (Timestamp seconds = 1, nanos = 2, varints, nanos left out when 0): written here because this is the one
+    piece serialized again every probe round for every node, and upb's message + serialize cost ~1.45 us
+    against ~1.0 (the seconds' bytes kept per second, at most 4,096). tests/test_fleet_bytes.py compares it
+    with upb's encoding."""
+    secs = int(probed)
+    nanos = int((probed - secs) * 1e9)
+    body = _SECONDS.get(secs)
+    if body is None:
+        body = b"\x08" + varint(secs) if secs else b""
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        _SECONDS[secs] = body
+    if nanos:
+        body += b"\x10" + varint(nanos)
+    return _AS_OF_TAG + varint(len(body)) + body
 
 
 def _string_field_size(text: str) -> int:
@@ -161,7 +184,12 @@ class NodeBytes:
 def entry(node: FleetNode, probed: float, name: str, old: Entry | None = None) -> Entry:
     """`node`'s pieces, named `name`, probed at `probed` (epoch seconds). Only the as_of field is serialized
     again when `old` (its entry) holds the same node and name: a probe round later (a node's probe time moves
-    every round) costs ~2 us a node, a node not seen ~4 us (10,000 nodes, CPU time on this 2-CPU machine)."""
+    every round) costs ~2 us a node (as_of written by _stamp), a node not seen ~4 us (10,000 nodes, CPU time
+    on this 2-CPU machine)."""
+    if old is not None and old[2] == name and (old[0] is node or old[0] == node) and probed >= 1:
+        stamp = _stamp(probed)  # a probe round later: only as_of again
+        own_len = len(old[3]) + len(old[4]) + len(stamp)
+        return (node, probed, name, old[3], old[4], stamp, own_len, own_len + ENTRY_OVERHEAD)
     r = fleet_pb2.NodeResult()
     if old is not None and old[2] == name and (old[0] is node or old[0] == node):
         name_field, own = old[3], old[4]
