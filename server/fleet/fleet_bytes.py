@@ -13,11 +13,11 @@ encoding, and a repeated field's encoding is its elements', one after another. S
 - per node and probe time (kept in NodeBytes, bounded in bytes): its node_name field (1, shared by NodeResult
   and RankedNode), address and labels (2-3) and as_of (11), serialized by upb in one message and cut at the
   node_name field's size and at the size of fields 1-3 (ByteSize); a probe round later (a node's probe time
-  moves every round) only as_of is serialized again;
+  moves every round) only as_of is written again, by _stamp (the one field encoded here, see there);
 - per call: tag + length + those pieces joined, per node, per message of BATCH nodes, and for the ranking.
 
-Only the tags and lengths of embedded messages are written here (the tags from the descriptors), and the
-size of a string field computed to cut at; every field is serialized by upb, so its encoding is upb's. The
+Only the tags and lengths of embedded messages are written here (the tags from the descriptors), the size of
+a string field computed to cut at, and a moved as_of; every other field is serialized by upb. The
 field numbers relied on are checked at import. tests/test_fleet_bytes.py compares the result with the
 messages built the old way.
 """
