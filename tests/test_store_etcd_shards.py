@@ -11,6 +11,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -207,14 +208,13 @@ def test_a_document_of_a_replica_from_before_volatile_values_is_applied_once(etc
     assert store.generation == generation  # nothing put again
 
 
-def test_a_document_overwritten_by_a_former_owner_and_deleted_is_written_again(etcd: Etcd, tmp_path) -> None:  # noqa: F811
-    """A former owner's late write: A's _publish takes the nodes it owns, the node moves to B (B subscribes, hears
-    it, publishes its document), then A's etcd write lands on top of B's and A's next pass deletes it as no longer
-    its own. B still believed its document was in etcd and never wrote it again: every other replica lost the node
-    for good (its record STALE, or none after A's own was removed), and a replica's death was never fully taken
-    over (bench_store_etcd.py's `sharded` rows, issue 12). B now writes it again (its watch shows the overwrite)."""
-    import dataclasses
-
+@contextlib.contextmanager
+def two_replicas_b_owning_a_node(e: Etcd, tmp_path: Path) -> Iterator[tuple[AggregatorDaemon, AggregatorDaemon, str,
+                                                                             list[str], dict[str, str], str, list]]:
+    """The fleet's 3 real daemons registered through replica A of two in-process replicas (ids: A, B) sharing one
+    etcd prefix, B owning at least one node (`moved`, which A would own alone); yields once every document is
+    published by its owner and both answer every node from the inventory: (a, b, prefix, ids, fleet address ->
+    name, moved, expected answers). The daemons are killed after."""
     prefix = f"/shards-{uuid.uuid4().hex}/"
     daemons = [start_node(tmp_path, name, host, wait=False) for name, host in FLEET.items()]
     try:
@@ -227,38 +227,46 @@ def test_a_document_overwritten_by_a_former_owner_and_deleted_is_written_again(e
             if ids[1] in owners.values():
                 break
         moved = next(x for x, o in owners.items() if o == ids[1])
-        with in_process(etcd.url, prefix, ids[0]) as a, in_process(etcd.url, prefix, ids[1]) as b:
+        with in_process(e.url, prefix, ids[0]) as a, in_process(e.url, prefix, ids[1]) as b:
             with grpc.insecure_channel(a.address) as ch:  # type: ignore[attr-defined]
                 stub = fleet_pb2_grpc.FleetServiceStub(ch)
                 for address, name in fleet.items():
                     stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, ttl_seconds=600),
                                       timeout=10)
             expected = sorted((n, "OK", True, "INVENTORY") for n in fleet.values())
-
-            def shared_out() -> bool:
-                published = docs(etcd, prefix)
-                return ({x: d.owner for x, d in published.items()} == owners
-                        and all(answers(r.address) == expected for r in (a, b)))  # type: ignore[attr-defined]
-
-            wait_for("every node published by its owner and answered from the inventory by both", shared_out, 30)
-            assert a.shards is not None and b.shards is not None
-            # what A's _publish does with a document it computed while the node was still its own: the put (on A's
-            # lease, landing after B's) and the note of what it wrote; A's next pass deletes it (not A's any more)
-            late = dataclasses.replace(docs(etcd, prefix)[moved], owner=ids[0])
-            a.shards.etcd.put_many([(a.shards._doc_key(moved), late.encode(), a.shards._lease)])
-            with a.shards._lock:
-                a.shards._published[moved] = late
-            wait_for("A's late document deleted by A or overwritten by B",
-                     lambda: getattr(docs(etcd, prefix).get(moved), "owner", "") != ids[0], 10)
-            wait_for(f"{fleet[moved]}'s document written again by its owner B",
-                     lambda: moved in docs(etcd, prefix) and docs(etcd, prefix)[moved].owner == ids[1], 10)
-            wait_for(f"{fleet[moved]} answered from the inventory through A and B again",
-                     lambda: all(answers(r.address) == expected for r in (a, b)), 10)  # type: ignore[attr-defined]
-            rec = a.store.get(moved) if a.store is not None else None
-            assert rec is not None and rec.state == "OK" and moved in b.shards.owned() and moved not in a.shards.owned()
+            wait_for("every node published by its owner and answered from the inventory by both",
+                     lambda: {x: d.owner for x, d in docs(e, prefix).items()} == owners
+                     and all(answers(r.address) == expected for r in (a, b)), 30)  # type: ignore[attr-defined]
+            yield a, b, prefix, ids, fleet, moved, expected
     finally:
         for d in daemons:
             d.kill()
+
+
+def test_a_document_overwritten_by_a_former_owner_and_deleted_is_written_again(etcd: Etcd, tmp_path) -> None:  # noqa: F811
+    """A former owner's late write: A's _publish takes the nodes it owns, the node moves to B (B subscribes, hears
+    it, publishes its document), then A's etcd write lands on top of B's and A's next pass deletes it as no longer
+    its own. B still believed its document was in etcd and never wrote it again: every other replica lost the node
+    for good (its record STALE, or none after A's own was removed), and a replica's death was never fully taken
+    over (bench_store_etcd.py's `sharded` rows, issue 12). B now writes it again (its watch shows the overwrite)."""
+    import dataclasses
+
+    with two_replicas_b_owning_a_node(etcd, tmp_path) as (a, b, prefix, ids, fleet, moved, expected):
+        assert a.shards is not None and b.shards is not None
+        # what A's _publish does with a document it computed while the node was still its own: the put (on A's
+        # lease, landing after B's) and the note of what it wrote; A's next pass deletes it (not A's any more)
+        late = dataclasses.replace(docs(etcd, prefix)[moved], owner=ids[0])
+        a.shards.etcd.put_many([(a.shards._doc_key(moved), late.encode(), a.shards._lease)])
+        with a.shards._lock:
+            a.shards._published[moved] = late
+        wait_for("A's late document deleted by A or overwritten by B",
+                 lambda: getattr(docs(etcd, prefix).get(moved), "owner", "") != ids[0], 10)
+        wait_for(f"{fleet[moved]}'s document written again by its owner B",
+                 lambda: getattr(docs(etcd, prefix).get(moved), "owner", "") == ids[1], 10)  # one read
+        wait_for(f"{fleet[moved]} answered from the inventory through A and B again",
+                 lambda: all(answers(r.address) == expected for r in (a, b)), 10)  # type: ignore[attr-defined]
+        rec = a.store.get(moved) if a.store is not None else None
+        assert rec is not None and rec.state == "OK" and moved in b.shards.owned() and moved not in a.shards.owned()
 
 
 def test_older_daemons_are_shared_out_renewed_and_taken_over(etcd: Etcd, tmp_path) -> None:  # noqa: F811
@@ -273,7 +281,6 @@ def test_older_daemons_are_shared_out_renewed_and_taken_over(etcd: Etcd, tmp_pat
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     n = 20
     port_file = tmp_path / "sim-port"
@@ -328,67 +335,43 @@ def test_a_late_overwrite_and_deletion_heard_while_the_owner_notes_its_own_write
     import dataclasses
     import threading
 
-    prefix = f"/shards-{uuid.uuid4().hex}/"
-    daemons = [start_node(tmp_path, name, host, wait=False) for name, host in FLEET.items()]
-    try:
-        for d in daemons:
-            d.wait_serving()
-        fleet = {d.address: d.name for d in daemons}
-        while True:  # B must own some node
-            ids = ["a-" + uuid.uuid4().hex[:8], "b-" + uuid.uuid4().hex[:8]]
-            owners = {x: rendezvous_owner(x, frozenset(ids)) for x in fleet}
-            if ids[1] in owners.values():
-                break
-        moved = next(x for x, o in owners.items() if o == ids[1])
-        with in_process(etcd.url, prefix, ids[0]) as a, in_process(etcd.url, prefix, ids[1]) as b:
-            with grpc.insecure_channel(a.address) as ch:  # type: ignore[attr-defined]
-                stub = fleet_pb2_grpc.FleetServiceStub(ch)
-                for address, name in fleet.items():
-                    stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, ttl_seconds=600),
-                                      timeout=10)
-            expected = sorted((n, "OK", True, "INVENTORY") for n in fleet.values())
-            wait_for("every node published by its owner and answered from the inventory by both",
-                     lambda: {x: d.owner for x, d in docs(etcd, prefix).items()} == owners
-                     and all(answers(r.address) == expected for r in (a, b)), 30)  # type: ignore[attr-defined]
-            assert a.shards is not None and b.shards is not None
-            sa, sb = a.shards, b.shards
-            key = sb._doc_key(moved)
-            heard: list[bool] = []  # B's watch: each event of the moved node's key handled (deleted?)
-            watch = next(w for w in sb._watches if w.prefix.endswith("nodes/"))
-            handle = watch.on_event
+    with two_replicas_b_owning_a_node(etcd, tmp_path) as (a, b, prefix, ids, fleet, moved, expected):
+        assert a.shards is not None and b.shards is not None
+        sa, sb = a.shards, b.shards
+        key = sb._doc_key(moved)
+        heard: list[bool] = []  # B's watch: each event of the moved node's key handled (deleted?)
+        watch = next(w for w in sb._watches if w.prefix.endswith("nodes/"))
+        handle = watch.on_event
 
-            def on_event(k: str, raw: bytes, deleted: bool) -> None:
-                handle(k, raw, deleted)
-                if k == key:
-                    heard.append(deleted)
+        def on_event(k: str, raw: bytes, deleted: bool) -> None:
+            handle(k, raw, deleted)
+            if k == key:
+                heard.append(deleted)
 
-            watch.on_event = on_event  # type: ignore[method-assign]
-            put_many = sb.etcd.put_many
-            raced = threading.Event()
+        watch.on_event = on_event  # type: ignore[method-assign]
+        put_many = sb.etcd.put_many
+        raced = threading.Event()
 
-            def late_put_and_delete(puts, deletes=()):  # type: ignore[no-untyped-def]
-                put_many(puts, deletes)
-                if raced.is_set() or not any(k == key for k, _, _ in puts):
-                    return
-                raced.set()
-                late = dataclasses.replace(docs(etcd, prefix)[moved], owner=ids[0])
-                sa.etcd.put_many([(key, late.encode(), sa._lease)])  # A's late put, on A's lease
-                sa.etcd.txn({"compare": [{"key": _b64(key), "result": "EQUAL", "target": "LEASE", "lease": sa._lease}],
-                             "success": [{"request_delete_range": {"key": _b64(key)}}], "failure": []})
-                wait_for("B's watch handled A's put and deletion", lambda: heard[-2:] == [False, True], 10)
+        def late_put_and_delete(puts, deletes=()):  # type: ignore[no-untyped-def]
+            put_many(puts, deletes)
+            if raced.is_set() or not any(k == key for k, _, _ in puts):
+                return
+            raced.set()
+            late = dataclasses.replace(docs(etcd, prefix)[moved], owner=ids[0])
+            sa.etcd.put_many([(key, late.encode(), sa._lease)])  # A's late put, on A's lease
+            sa.etcd.txn({"compare": [{"key": _b64(key), "result": "EQUAL", "target": "LEASE", "lease": sa._lease}],
+                         "success": [{"request_delete_range": {"key": _b64(key)}}], "failure": []})
+            wait_for("B's watch handled A's put and deletion", lambda: heard[-2:] == [False, True], 10)
 
-            sb.etcd.put_many = late_put_and_delete  # type: ignore[method-assign]
-            with sb._lock:
-                heard.clear()
-                sb._published.pop(moved, None)  # B writes its document again at its next pass
-            wait_for("the race played", raced.is_set, 10)
-            wait_for(f"{fleet[moved]}'s document written again by its owner B",
-                     lambda: moved in docs(etcd, prefix) and docs(etcd, prefix)[moved].owner == ids[1], 10)
-            wait_for(f"{fleet[moved]} answered from the inventory through A and B",
-                     lambda: all(answers(r.address) == expected for r in (a, b)), 10)  # type: ignore[attr-defined]
-    finally:
-        for d in daemons:
-            d.kill()
+        sb.etcd.put_many = late_put_and_delete  # type: ignore[method-assign]
+        with sb._lock:
+            heard.clear()
+            sb._published.pop(moved, None)  # B writes its document again at its next pass
+        wait_for("the race played", raced.is_set, 10)
+        wait_for(f"{fleet[moved]}'s document written again by its owner B",
+                 lambda: getattr(docs(etcd, prefix).get(moved), "owner", "") == ids[1], 10)  # one read
+        wait_for(f"{fleet[moved]} answered from the inventory through A and B",
+                 lambda: all(answers(r.address) == expected for r in (a, b)), 10)  # type: ignore[attr-defined]
 
 
 def _b64(key: str) -> str:
