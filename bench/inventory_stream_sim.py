@@ -16,38 +16,26 @@ from pathlib import Path
 from bench_inventory import profiles
 
 
-def serve_simulator(port_file: str, n_profiles: int, older: bool = False) -> None:
-    """Serve WatchFeatures for BENCH_SIM_NODES nodes (env, default 10,000) of `n_profiles` profiles on 0.0.0.0;
-    the port is written to `port_file` once every message is built. Each node sends what a current daemon sends
-    (server/node/feature_watch.py on_round: its profile without usage values, the fingerprint computed from exactly
-    that, its nodename in), then heartbeats naming that fingerprint. older: what a daemon from before volatile
-    values sends instead (its features with usage values, memory.size available_bytes differing per node, and a
-    fingerprint computed over them): the aggregator's announced != fingerprint path (NodeRecord.announced)."""
+def node_messages(n_nodes: int, n_profiles: int, probed_at_ns: int,
+                  older: bool = False) -> tuple[list[bytes], list[bytes]]:
+    """Each simulated node's serialized WatchFeaturesResponse messages: (first: its features, heartbeat), node i of
+    profile i % n_profiles, named sim-{i:05d}. What a current daemon sends (server/node/feature_watch.py on_round:
+    its profile without usage values, its nodename in, the fingerprint computed from exactly that); older: what a
+    daemon from before volatile values sends (usage values in, memory.size available_bytes differing per node, and
+    a fingerprint computed over them). Used by serve_simulator and bench/streams_breakdown.py."""
     import hashlib
-
-    import grpc
 
     from nodecompat import wire
     from nodecompat.fleet.fingerprint import canonical_bytes, fingerprint, split_identity
     from nodecompat.fleet.volatile import strip_volatile
     from nodecompat.v1 import inventory_pb2
 
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # Every node's first message is built and serialized before the port is published: the simulator stands
-    # in for 10,000 daemons on their own machines, so its own per-stream work is kept to sending bytes
-    # (the aggregator receives exactly what a daemon sends; it does all of its own work).
-    n_nodes = int(os.environ.get("BENCH_SIM_NODES", "10000"))
-    from nodecompat.server.runtime.gc_tuning import tune_for_serving
-
-    tune_for_serving()
-    now = time.time()
     first: list[bytes] = [b""] * n_nodes
     heartbeats: list[bytes] = [b""] * n_nodes
     for k, f in enumerate(profiles(n_profiles)):
         sent = f if older else strip_volatile(f)
         base = inventory_pb2.FeaturesChange(node_name="sim", round_id=1, features=wire.features_to_proto(sent))
-        base.probed_at.FromNanoseconds(int(now * 1e9))
+        base.probed_at.FromNanoseconds(probed_at_ns)
         fp = ""
         for i in range(k, n_nodes, n_profiles):
             m = inventory_pb2.FeaturesChange()
@@ -63,6 +51,30 @@ def serve_simulator(port_file: str, n_profiles: int, older: bool = False) -> Non
             first[i] = inventory_pb2.WatchFeaturesResponse(features=m).SerializeToString()
             heartbeats[i] = inventory_pb2.WatchFeaturesResponse(heartbeat=inventory_pb2.FeaturesHeartbeat(
                 round_id=1, fingerprint=m.fingerprint, heartbeat_seconds=10)).SerializeToString()
+    return first, heartbeats
+
+
+def serve_simulator(port_file: str, n_profiles: int, older: bool = False) -> None:
+    """Serve WatchFeatures for BENCH_SIM_NODES nodes (env, default 10,000) of `n_profiles` profiles on 0.0.0.0;
+    the port is written to `port_file` once every message is built. Each node sends what a current daemon sends
+    (server/node/feature_watch.py on_round: its profile without usage values, the fingerprint computed from exactly
+    that, its nodename in), then heartbeats naming that fingerprint. older: what a daemon from before volatile
+    values sends instead (its features with usage values, memory.size available_bytes differing per node, and a
+    fingerprint computed over them): the aggregator's announced != fingerprint path (NodeRecord.announced)."""
+    import grpc
+
+    from nodecompat.v1 import inventory_pb2
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Every node's first message is built and serialized before the port is published: the simulator stands
+    # in for 10,000 daemons on their own machines, so its own per-stream work is kept to sending bytes
+    # (the aggregator receives exactly what a daemon sends; it does all of its own work).
+    n_nodes = int(os.environ.get("BENCH_SIM_NODES", "10000"))
+    from nodecompat.server.runtime.gc_tuning import tune_for_serving
+
+    tune_for_serving()
+    first, heartbeats = node_messages(n_nodes, n_profiles, time.time_ns(), older)
     counter = [0]
 
     async def watch(request, context):  # type: ignore[no-untyped-def]

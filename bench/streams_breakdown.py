@@ -91,30 +91,13 @@ class Stages:
 def simulator(port_file: str, n: int, gate: str, tls_dir: str) -> None:
     """Serve WatchFeatures for n nodes: initial metadata at once, the first message once `gate` exists."""
     import grpc
-    from bench_inventory import profiles
+    from inventory_stream_sim import node_messages
 
-    from nodecompat import wire
-    from nodecompat.fleet.fingerprint import fingerprint
-    from nodecompat.fleet.volatile import strip_volatile
     from nodecompat.v1 import inventory_pb2
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    first, beats = [b""] * n, [b""] * n
-    for k, f in enumerate(profiles(PROFILES)):  # what a current daemon sends (as bench/inventory_stream_sim.py)
-        base = inventory_pb2.FeaturesChange(node_name="sim", round_id=1, features=wire.features_to_proto(
-            strip_volatile(f)))
-        base.probed_at.FromNanoseconds(time.time_ns())
-        fp = ""
-        for i in range(k, n, PROFILES):
-            m = inventory_pb2.FeaturesChange()
-            m.CopyFrom(base)
-            m.node_name = f"sim-{i:05d}"
-            m.features.attributes["system.name"].elements["nodename"] = m.node_name
-            fp = m.fingerprint = fp or fingerprint(wire.features_from_proto(m.features))
-            first[i] = inventory_pb2.WatchFeaturesResponse(features=m).SerializeToString()
-            beats[i] = inventory_pb2.WatchFeaturesResponse(heartbeat=inventory_pb2.FeaturesHeartbeat(
-                round_id=1, fingerprint=fp, heartbeat_seconds=10)).SerializeToString()
+    first, beats = node_messages(n, PROFILES, time.time_ns())  # what current daemons send, as bench_inventory's
     opened = [0]
 
     async def watch(request: Any, context: Any) -> Any:
