@@ -16,7 +16,7 @@ from support_hosts import copy_fixture
 
 from nodecompat import wire
 from nodecompat.fleet.fingerprint import fingerprint
-from nodecompat.fleet.store import STATE_OK, STATE_UNREACHABLE, FeatureStore
+from nodecompat.fleet.store import STATE_OK, STATE_UNREACHABLE, FeatureStore, NodeRecord
 from nodecompat.probes.registry import load_probes
 from nodecompat.probes.runner import ProbeRunner
 from nodecompat.server.inventory.fleet_nodes import FleetNode
@@ -50,6 +50,16 @@ def node(tmp_path: Path) -> Iterator[tuple[FeatureCache, FeatureWatchHub, AioSer
 
 def _stub(address: str) -> node_pb2_grpc.NodeServiceStub:
     return node_pb2_grpc.NodeServiceStub(grpc.insecure_channel(address))
+
+
+def held_with_features(store: FeatureStore, address: str, timeout: float) -> NodeRecord:
+    """Poll every 50 ms until `store` holds `address` with its features; its record. AssertionError after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (rec := store.get(address)) is None or not rec.has_features:
+        assert time.monotonic() < deadline, f"{address} not held with features in {timeout:g}s"
+        time.sleep(0.05)
+    return rec
 
 
 def test_current_features_first_then_heartbeats_then_one_message_per_change(node) -> None:  # type: ignore[no-untyped-def]
@@ -128,9 +138,7 @@ def test_subscriber_keeps_the_inventory_and_marks_a_vanished_node_unreachable(no
     sync.start()
     try:
         deadline = time.monotonic() + 30
-        while (rec := store.get(server.address)) is None or not rec.has_features:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        rec = held_with_features(store, server.address, 30)
         assert rec.state == STATE_OK and rec.name == "gpu-a" and dict(rec.labels) == {"zone": "a"}
         feats, _ = store.node_features(rec)  # type: ignore[misc]
         assert rec.fingerprint == fingerprint(cache.current().features, {})  # type: ignore[union-attr]
@@ -167,10 +175,7 @@ def test_a_subscriber_holds_no_message_while_it_waits_for_the_next(node) -> None
                          config=SyncConfig(heartbeat=60, reconcile_interval=0.2))
     sync.start()
     try:
-        deadline = time.monotonic() + 30
-        while (rec := store.get(server.address)) is None or not rec.has_features:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        held_with_features(store, server.address, 30)
 
         async def held() -> list[str]:  # on the inventory's loop: the subscriber is suspended in call.read()
             frame = sync._tasks[server.address].get_coro().cr_frame
@@ -197,10 +202,7 @@ def test_a_node_that_never_answers_does_not_hold_up_the_others(node) -> None:  #
         heartbeat=1, max_connecting=1, connect_slot_seconds=0.5, reconcile_interval=0.2))
     sync.start()
     try:
-        deadline = time.monotonic() + 60
-        while (rec := store.get(server.address)) is None or not rec.has_features:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        rec = held_with_features(store, server.address, 60)
         # the silent node has not failed yet: gpu-a did not wait for its attempt to end
         held = store.get(silent_address)
         assert held is None or held.state != STATE_UNREACHABLE, held

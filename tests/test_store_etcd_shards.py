@@ -101,6 +101,14 @@ def answers(address: str) -> list[tuple[str, str, bool, str]]:
     return sorted((v.name, v.status, v.compatible, v.source) for v in answer.nodes)
 
 
+def register_all(aggregator: str, fleet: dict[str, str]) -> None:
+    """RegisterNode every (address -> name) of `fleet` through the aggregator at `aggregator` (lease 600 s)."""
+    with grpc.insecure_channel(aggregator) as ch:
+        stub = fleet_pb2_grpc.FleetServiceStub(ch)
+        for address, name in fleet.items():
+            stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, ttl_seconds=600), timeout=10)
+
+
 def test_subscriptions_shared_out_and_taken_over_when_a_replica_dies(etcd: Etcd, tmp_path) -> None:  # noqa: F811
     prefix = f"/shards-{uuid.uuid4().hex}/"
     daemons = [start_node(tmp_path, name, host, wait=False) for name, host in FLEET.items()]
@@ -116,11 +124,7 @@ def test_subscriptions_shared_out_and_taken_over_when_a_replica_dies(etcd: Etcd,
             if c_id in owners.values():
                 break
         with in_process(etcd.url, prefix, ids[0]) as a, in_process(etcd.url, prefix, ids[1]) as b:
-            with grpc.insecure_channel(a.address) as ch:  # type: ignore[attr-defined]
-                stub = fleet_pb2_grpc.FleetServiceStub(ch)
-                for address, name in fleet.items():
-                    stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, ttl_seconds=600),
-                                      timeout=10)
+            register_all(a.address, fleet)  # type: ignore[attr-defined]
             c = start_aggregator_process(tmp_path, "--store", etcd.url, "--store-prefix", prefix,
                                          "--replica-id", c_id, "--heartbeat", "1",
                                          "--allow-unauthenticated-registration", inventory=True)
@@ -228,11 +232,7 @@ def two_replicas_b_owning_a_node(e: Etcd, tmp_path: Path) -> Iterator[tuple[Aggr
                 break
         moved = next(x for x, o in owners.items() if o == ids[1])
         with in_process(e.url, prefix, ids[0]) as a, in_process(e.url, prefix, ids[1]) as b:
-            with grpc.insecure_channel(a.address) as ch:  # type: ignore[attr-defined]
-                stub = fleet_pb2_grpc.FleetServiceStub(ch)
-                for address, name in fleet.items():
-                    stub.RegisterNode(fleet_pb2.RegisterNodeRequest(name=name, address=address, ttl_seconds=600),
-                                      timeout=10)
+            register_all(a.address, fleet)  # type: ignore[attr-defined]
             expected = sorted((n, "OK", True, "INVENTORY") for n in fleet.values())
             wait_for("every node published by its owner and answered from the inventory by both",
                      lambda: {x: d.owner for x, d in docs(e, prefix).items()} == owners
