@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nodecompat.v1 import features_pb2 as nodecompat_dot_v1_dot_features__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnodecompat/v1/snapshot.proto\x12\rnodecompat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnodecompat/v1/features.proto\"\xb1\x01\n\x11InventorySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\r\x12.\n\nwritten_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x04sets\x18\x03 \x03(\x0b\x32!.nodecompat.v1.SnapshotFeatureSet\x12*\n\x05nodes\x18\x04 \x03(\x0b\x32\x1b.nodecompat.v1.SnapshotNode\"<\n\x12SnapshotFeatureSet\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\"\xd3\x03\n\x0cSnapshotNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.nodecompat.v1.SnapshotNode.LabelsEntry\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12;\n\x08identity\x18\x05 \x03(\x0b\x32).nodecompat.v1.SnapshotNode.IdentityEntry\x12\x10\n\x08round_id\x18\x06 \x01(\x04\x12-\n\tprobed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x08 \x01(\t\x12\x19\n\x11lease_ttl_seconds\x18\t \x01(\x01\x12\x0e\n\x06health\x18\n \x01(\t\x12\x19\n\x11probed_at_seconds\x18\x0b \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aP\n\rIdentityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.nodecompat.v1.AttributeFeature:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnodecompat/v1/snapshot.proto\x12\rnodecompat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnodecompat/v1/features.proto\"\xb1\x01\n\x11InventorySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\r\x12.\n\nwritten_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x04sets\x18\x03 \x03(\x0b\x32!.nodecompat.v1.SnapshotFeatureSet\x12*\n\x05nodes\x18\x04 \x03(\x0b\x32\x1b.nodecompat.v1.SnapshotNode\"<\n\x12SnapshotFeatureSet\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x11\n\tcanonical\x18\x02 \x01(\x0c\"\xf8\x03\n\x0cSnapshotNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.nodecompat.v1.SnapshotNode.LabelsEntry\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12;\n\x08identity\x18\x05 \x03(\x0b\x32).nodecompat.v1.SnapshotNode.IdentityEntry\x12\x10\n\x08round_id\x18\x06 \x01(\x04\x12-\n\tprobed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x08 \x01(\t\x12\x19\n\x11lease_ttl_seconds\x18\t \x01(\x01\x12\x0e\n\x06health\x18\n \x01(\t\x12\x19\n\x11probed_at_seconds\x18\x0b \x01(\x01\x12\x10\n\x08streamed\x18\x0c \x01(\x08\x12\x11\n\tannounced\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aP\n\rIdentityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.nodecompat.v1.AttributeFeature:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTFEATURESET']._serialized_start=290
   _globals['_SNAPSHOTFEATURESET']._serialized_end=350
   _globals['_SNAPSHOTNODE']._serialized_start=353
-  _globals['_SNAPSHOTNODE']._serialized_end=820
-  _globals['_SNAPSHOTNODE_LABELSENTRY']._serialized_start=693
-  _globals['_SNAPSHOTNODE_LABELSENTRY']._serialized_end=738
-  _globals['_SNAPSHOTNODE_IDENTITYENTRY']._serialized_start=740
-  _globals['_SNAPSHOTNODE_IDENTITYENTRY']._serialized_end=820
+  _globals['_SNAPSHOTNODE']._serialized_end=857
+  _globals['_SNAPSHOTNODE_LABELSENTRY']._serialized_start=730
+  _globals['_SNAPSHOTNODE_LABELSENTRY']._serialized_end=775
+  _globals['_SNAPSHOTNODE_IDENTITYENTRY']._serialized_start=777
+  _globals['_SNAPSHOTNODE_IDENTITYENTRY']._serialized_end=857
 # @@protoc_insertion_point(module_scope)

@@ -137,9 +137,11 @@ class SnapshotNode(_message.Message):
     LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     PROBED_AT_SECONDS_FIELD_NUMBER: _builtins.int
+    STREAMED_FIELD_NUMBER: _builtins.int
+    ANNOUNCED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
-    """host:port the node registered (its RegisterNode address)."""
+    """host:port the node registered (its RegisterNode address), or its nodes-file / DNS address (streamed)."""
     fingerprint: _builtins.str
     """The feature set it holds ("sha256:<64 hex>", one of InventorySnapshot.sets)."""
     round_id: _builtins.int
@@ -152,6 +154,14 @@ class SnapshotNode(_message.Message):
     probed_at_seconds: _builtins.float
     """probed_at as the aggregator holds it (epoch seconds, a double: restored bit for bit, so as_of is unchanged);
     used only when within 1 µs of probed_at.
+    """
+    streamed: _builtins.bool
+    """A node of the nodes file or DNS (kept by its WatchFeatures stream; no lease: principal and lease_ttl_seconds
+    unset). Held again only while its address is still listed there, with the name and labels listed now.
+    """
+    announced: _builtins.str
+    """The fingerprint the node's daemon gave its set when it differs from `fingerprint` (an older daemon's, usage
+    values in): sent back as WatchFeaturesRequest.known_fingerprint, as NodeRecord.announced is. Streamed only.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -177,10 +187,12 @@ class SnapshotNode(_message.Message):
         lease_ttl_seconds: _builtins.float = ...,
         health: _builtins.str = ...,
         probed_at_seconds: _builtins.float = ...,
+        streamed: _builtins.bool = ...,
+        announced: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["probed_at", b"probed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "fingerprint", b"fingerprint", "health", b"health", "identity", b"identity", "labels", b"labels", "lease_ttl_seconds", b"lease_ttl_seconds", "name", b"name", "principal", b"principal", "probed_at", b"probed_at", "probed_at_seconds", b"probed_at_seconds", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "announced", b"announced", "fingerprint", b"fingerprint", "health", b"health", "identity", b"identity", "labels", b"labels", "lease_ttl_seconds", b"lease_ttl_seconds", "name", b"name", "principal", b"principal", "probed_at", b"probed_at", "probed_at_seconds", b"probed_at_seconds", "round_id", b"round_id", "streamed", b"streamed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

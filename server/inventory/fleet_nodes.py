@@ -306,13 +306,14 @@ class NodeInventory(LeaseRegistry):
         with self._lock:
             return {a: c.health for a, c in self._contacts.items()}
 
-    def restore_contact(self, address: str, health: str, at: datetime) -> None:
-        """A contact read back from a snapshot: `health` seen at `at` (before the restart). A first health
-        check skips the address unless health is UNKNOWN; ListNodes checks it again once `at` is older than
-        its HEALTH_STALE_AFTER, as any contact (server/inventory/inventory_snapshot.py)."""
+    def restore_contact(self, address: str, health: str, at: datetime, reported_name: str = "") -> None:
+        """A contact read back from a snapshot: `health` seen at `at` (before the restart), and the name the
+        node's daemon reported (a DNS node's name). A first health check skips the address unless health is
+        UNKNOWN; ListNodes checks it again once `at` is older than its HEALTH_STALE_AFTER, as any contact
+        (server/inventory/inventory_snapshot.py)."""
         with self._lock:
             prev = self._contacts.get(address)
-            self._contacts[address] = Contact(at, health, prev.reported_name if prev else "")
+            self._contacts[address] = Contact(at, health, reported_name or (prev.reported_name if prev else ""))
 
     # -- background refresh ------------------------------------------------------------------------
     def start(self, file_interval: float = 2.0) -> None:

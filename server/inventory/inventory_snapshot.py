@@ -1,32 +1,32 @@
 """The inventory snapshot (`nodecompat aggregator --state-file PATH`): the fleet remembered across restarts.
 
-Written: by SnapshotWriter, a thread of its own (never the event loop), at most every `interval` seconds when
-the feature store or the lease table changed since the last write (FeatureStore.generation, lease_changes),
-and once more on a graceful stop. The file is an InventorySnapshot (protos/nodecompat/v1/snapshot.proto):
-each distinct feature set once (fingerprint -> canonical bytes, nodecompat/fleet/fingerprint.py: what the
-fingerprint digests, so a reader recomputes it), and per registered node its name, address, labels,
-fingerprint, identity attributes, round id, probe time, lease principal, granted lease and the health last
-seen at its address. Protobuf because the project already ships it, it is compact (10,000 nodes: 2.7 MB)
-and fast to read and write from C (upb), and its reader never executes anything; schema evolution is
-protobuf's. Atomic: a temporary file in the same directory (mode 0600), written, fsync'd, renamed over PATH,
-then the directory fsync'd, so a crash leaves the previous snapshot or the new one, never half of one.
-One aggregator per file: SnapshotWriter.claim() flocks `.NAME.lock` (a second one refuses to start) and
-removes the temporary files a crash left.
-Bounded: a snapshot larger than `max_bytes` (--state-max-mib) is not written: logged, and the health name
-STATE_HEALTH ("nodecompat.v1.FleetService/StateFile") is NOT_SERVING until a write succeeds again (a
-failed write says so the same way).
+Written: by SnapshotWriter, a thread of its own (never the event loop), at most every `interval` seconds when the
+feature store or the lease table changed since the last write (FeatureStore.generation, lease_changes), and once more
+on a graceful stop. The file is an InventorySnapshot (protos/nodecompat/v1/snapshot.proto): each distinct feature set
+once (fingerprint -> canonical bytes, nodecompat/fleet/fingerprint.py: what the fingerprint digests, so a reader
+recomputes it), and per registered node its name, address, labels, fingerprint, identity attributes, round id, probe
+time, lease principal, granted lease and the health last seen at its address; then the streamed nodes (nodes file,
+DNS, no lease: server/inventory/snapshot_streams.py). Protobuf because the project already ships it, it is compact
+(10,000 nodes: 2.7 MB) and fast to read and write from C (upb), and its reader never executes anything; schema
+evolution is protobuf's. Atomic: a temporary file in the same directory (mode 0600), written, fsync'd, renamed over
+PATH, then the directory fsync'd, so a crash leaves the previous snapshot or the new one, never half of one. One
+aggregator per file: SnapshotWriter.claim() flocks `.NAME.lock` (a second one refuses to start) and removes the
+temporary files a crash left. Bounded: a snapshot larger than `max_bytes` (--state-max-mib) is not written: logged,
+and the health name STATE_HEALTH ("nodecompat.v1.FleetService/StateFile") is NOT_SERVING until a write succeeds again
+(a failed write says so the same way).
 
-Read (load_snapshot, at start, before serving) as untrusted input (server/inventory/snapshot_read.py: the size
-checked (fstat) before reading, at most twice --max-registrations sets and nodes parsed, none oversized);
-any error reading or parsing (truncated, random bytes, another version) logs a warning and the
-aggregator starts empty: it never crashes or refuses to start because of this file. Every feature set's
-fingerprint is recomputed from its canonical bytes after parsing them as NFD's wire form (Features.from_nfd,
-strict); a set whose digest differs, or that does not parse, is dropped with its nodes. Every node is checked
-as a RegisterNode is (name, address, labels: fleet_leases.restore; fingerprint format, identity bounds,
-probe time: inventory_push.push_problem), against the leases held, the nodes file and DNS (a node of the
-same name or address there wins: the restored entry is dropped), and at most --max-registrations are held.
-A probe time later than now is stored as now (FeatureStore). Dropped entries are counted and logged, one
-line per reason with an example.
+Read (load_snapshot, at start, before serving) as untrusted input (server/inventory/snapshot_read.py: the size checked
+(fstat) before reading, at most twice --max-registrations sets and nodes plus the nodes the nodes file and DNS list
+parsed, none oversized); any error reading or parsing (truncated, random bytes, another version) logs a warning and
+the aggregator starts empty: it never crashes or refuses to start because of this file. Every feature set's
+fingerprint is recomputed from its canonical bytes after parsing them as NFD's wire form (Features.from_nfd, strict);
+a set whose digest differs, or that does not parse, is dropped with its nodes. Every node is checked as a RegisterNode
+is (name, address, labels: fleet_leases.restore; fingerprint format, identity bounds, probe time:
+inventory_push.push_problem), against the leases held, the nodes file and DNS (a node of the same name or address
+there wins: the restored entry is dropped), and at most --max-registrations are held. A probe time later than now is
+stored as now (FeatureStore). A streamed entry is held only at an address the nodes file or DNS still lists, under its
+current name (server/inventory/snapshot_streams.py). Dropped entries are counted and logged, one line per reason with
+an example.
 
 Restored nodes are held at once (ListNodes, ValidateFleet, WatchFleet, WhatIf see them with their as_of) and
 their lease timers restart at load, as Nomad does on leader election (nomad/leader.go
@@ -62,10 +62,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodecompat.features import Features
-from nodecompat.fleet.fingerprint import canonical_bytes, with_identity
-from nodecompat.fleet.store import FeatureStore, StoreFull
+from nodecompat.fleet.fingerprint import canonical_bytes
+from nodecompat.fleet.store import FeatureStore
 from nodecompat.server.inventory.inventory_push import push_problem
 from nodecompat.server.inventory.snapshot_read import VERSION, read_snapshot
+from nodecompat.server.inventory.snapshot_streams import (
+    collect_streamed,
+    hold,
+    listed,
+    probed_at,
+    restore_streamed,
+)
 from nodecompat.v1 import fleet_pb2, snapshot_pb2
 
 if TYPE_CHECKING:
@@ -89,7 +96,8 @@ class SnapshotTooBig(Exception):
 class LoadReport:
     """What load_snapshot did: nodes and sets held, entries dropped by reason, and the first problem met."""
 
-    nodes: int = 0
+    nodes: int = 0  # registered
+    streamed: int = 0  # nodes file / DNS (server/inventory/snapshot_streams.py)
     sets: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     error: str = ""  # the whole file was refused (the aggregator started empty)
@@ -102,8 +110,9 @@ def _ts(seconds: float) -> tuple[int, int]:
 
 def collect(inventory: NodeInventory, store: FeatureStore | None,
             cache: dict[str, bytes] | None = None) -> snapshot_pb2.InventorySnapshot:
-    """The snapshot of what `inventory` and `store` hold now (registered nodes only). `cache`: fingerprint ->
-    canonical bytes kept between writes (a set's bytes never change under its fingerprint)."""
+    """The snapshot of what `inventory` and `store` hold now: registered nodes, then the streamed ones (nodes file,
+    DNS: server/inventory/snapshot_streams.py). `cache`: fingerprint -> canonical bytes kept between writes (a set's
+    bytes never change under its fingerprint)."""
     cache = {} if cache is None else cache
     snap = snapshot_pb2.InventorySnapshot(version=VERSION)
     snap.written_at.FromNanoseconds(time.time_ns())
@@ -124,6 +133,8 @@ def collect(inventory: NodeInventory, store: FeatureStore | None,
         for feature, element, value in rec.identity:
             entry.identity[feature].elements[element] = value
         used.add(rec.fingerprint)
+    if store is not None:
+        used |= collect_streamed(inventory, store, snap, {n.address for n, _, _ in leases}, healths)
     for fp in sorted(used):
         raw = cache.get(fp)
         if raw is None and store is not None and (fs := store.feature_set(fp)) is not None:
@@ -318,7 +329,8 @@ def load_snapshot(path: str | Path, inventory: NodeInventory, store: FeatureStor
     serving. Returns what was held and dropped (also logged)."""
     path = Path(path)
     report = LoadReport()
-    got = read_snapshot(path, max_bytes, 2 * inventory.max_registrations)
+    members = listed(inventory)  # the nodes file's and DNS's nodes: streamed entries are held only at these
+    got = read_snapshot(path, max_bytes, 2 * inventory.max_registrations + len(members))
     if isinstance(got, str):
         if got:
             report.error = got
@@ -360,6 +372,9 @@ def load_snapshot(path: str | Path, inventory: NodeInventory, store: FeatureStor
         if fp and store is not None and fp not in sets:
             drop("node whose feature set is missing or was dropped", node.name)
             continue
+        if node.streamed:
+            report.streamed += restore_streamed(node, req, members, inventory, store, sets, placed, at, drop)
+            continue
         if len(node.principal) > MAX_PRINCIPAL:
             drop(f"principal longer than {MAX_PRINCIPAL} characters", node.name)
             continue
@@ -373,36 +388,19 @@ def load_snapshot(path: str | Path, inventory: NodeInventory, store: FeatureStor
             inventory.restore_contact(node.address, "SERVING", at)
         if not fp or store is None:
             continue  # a lease only: its features come from the node (a stream or its next announcement)
-        probed = req.probed_at.ToNanoseconds() / 1e9 if req.HasField("probed_at") else 0.0
-        if abs(node.probed_at_seconds - probed) < 1e-6:  # the exact value (NaN or far off: the Timestamp's)
-            probed = node.probed_at_seconds
-        identity = tuple(sorted((f, e, v) for f, a in node.identity.items() for e, v in a.elements.items()))
-        labels = dict(node.labels)
-        try:
-            if fp in placed:
-                rec = store.put_fingerprint(placed[fp], node.address, node.name, identity, probed, node.round_id,
-                                            labels, announced=fp)
-            else:
-                features, unknown = sets[fp]
-                rec = store.put(node.address, node.name, with_identity(features, identity), unknown, probed,
-                                node.round_id, labels=labels, fingerprint=fp)
-        except StoreFull as exc:
-            drop("feature store full", str(exc))
+        got_rec = hold(store, node, req, sets, placed, node.name, dict(node.labels), fp)
+        if isinstance(got_rec, tuple):
+            drop(*got_rec)
             continue
-        if rec is None or rec.fingerprint != placed.get(fp, rec.fingerprint):  # cannot happen; never held wrongly
-            if rec is not None:
-                store.remove(node.address)
-            drop("feature set not held", node.name)
-            continue
-        placed[fp] = rec.fingerprint
         if push is not None:
-            push.restore(node.address, node.name, fp, node.round_id, probed, ttl)
+            push.restore(node.address, node.name, fp, node.round_id, probed_at(node, req), ttl)
     report.sets = len(set(placed.values()))
     for reason, n in report.dropped.items():
         log.warning("state file %s: %d entr%s dropped: %s (e.g. %r)", path, n, "y" if n == 1 else "ies", reason,
                     examples[reason])
-    log.info("state file %s: %d registered node(s) and %d feature set(s) held again, %d entr%s dropped; "
-             "each must renew within its lease", path, report.nodes, report.sets, sum(report.dropped.values()),
+    log.info("state file %s: %d registered node(s) and %d feature set(s) held again, with %d streamed node(s) "
+             "(nodes file, DNS); %d entr%s dropped; each registered one must renew within its lease", path,
+             report.nodes, report.sets, report.streamed, sum(report.dropped.values()),
              "y" if sum(report.dropped.values()) == 1 else "ies")
     return report
 

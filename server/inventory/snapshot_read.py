@@ -3,10 +3,11 @@
 A snapshot is untrusted input. Its byte size is bounded (--state-max-mib), but protobuf's count of entries is
 not: an empty SnapshotNode takes 2 bytes on the wire and ~150 bytes once parsed, and each costs a check, so a
 64 MiB file of empty entries held ~5 GB and took ~190 s of CPU before Health said SERVING (measured: 4,000,000
-entries, 667 MB and 22.9 s). So the file's top level is walked first (a tag and a length per field, nothing
-parsed) and only the first `max_entries` sets and nodes are kept (a snapshot written by an aggregator holds at
-most --max-registrations of each); what follows is not read, a node entry over MAX_NODE_BYTES or a set entry
-over MAX_SET_ENTRY_BYTES is dropped unparsed. Then what is kept is parsed at once by protobuf (upb).
+entries, 667 MB and 22.9 s). So the file's top level is walked first (a tag and a length per field, nothing parsed)
+and only the first `max_entries` sets and nodes are kept (a snapshot written by an aggregator holds at most
+--max-registrations of each plus the nodes file's and DNS's nodes: the caller's bound); what follows is not read, a
+node entry over MAX_NODE_BYTES or a set entry over MAX_SET_ENTRY_BYTES is dropped unparsed. Then what is kept is
+parsed at once by protobuf (upb).
 Hand-written: protobuf's Python API has no parse with limits on counts; the walk is the wire format's
 (https://protobuf.dev/programming-guides/encoding/), ~20 lines.
 """
@@ -57,7 +58,7 @@ def bounded(data: bytes, max_entries: int) -> tuple[bytes, Counter[str]]:
         fields += 1
         if fields > 2 * max_entries + 16:
             dropped[f"entries past the first {2 * max_entries + 16:,} fields (more sets or nodes than twice "
-                    f"--max-registrations): not read"] += 1
+                    f"--max-registrations plus the nodes file's and DNS's nodes): not read"] += 1
             break
         start = pos
         key, pos = _varint(data, pos)
@@ -78,7 +79,8 @@ def bounded(data: bytes, max_entries: int) -> tuple[bytes, Counter[str]]:
             what = "set" if number == SETS else "node"
             limit = MAX_SET_ENTRY_BYTES if number == SETS else MAX_NODE_BYTES
             if kept[number] >= max_entries:
-                dropped[f"{what} entries past the first {max_entries:,} (twice --max-registrations)"] += 1
+                dropped[f"{what} entries past the first {max_entries:,} (twice --max-registrations plus the "
+                        f"nodes file's and DNS's nodes)"] += 1
                 continue
             if size > limit:
                 dropped[f"{what} entry over {limit:,} bytes (not parsed)"] += 1
