@@ -107,14 +107,15 @@ def kconfig(host: HostRoot, version: str | None, config_file: str | None = None)
     (probes/parsecache.py); the returned dict is shared and must not be changed."""
     paths = ([config_file] if config_file else []) + kconfig_search_paths(version)
     for p in paths:
-        if parsecache.identity(host, p) is None:  # missing, or not a regular file
+        ident = parsecache.identity(host, p)
+        if ident is None:  # missing, or not a regular file
             continue
 
         def parse(p: str = p) -> dict[str, str] | None:
             found = read_kconfig(host, None, p)
             return None if found is None or found[0] != p else parse_kconfig(found[1])
 
-        cfg = parsecache.parsed(host, p, "kconfig", parse)
+        cfg = parsecache.parsed(host, p, "kconfig", parse, ident)  # the identity just taken: one stat
         if cfg is not None:
             return p, cfg
     return None

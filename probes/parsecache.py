@@ -13,7 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.probe_memo import RecordingHost, parsed_identity
@@ -47,14 +47,18 @@ def identity(host: HostRoot, host_path: str) -> tuple[int, int, int, int] | None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def parsed(host: HostRoot, host_path: str, kind: str, parse: Callable[[], T]) -> T:
+def parsed(host: HostRoot, host_path: str, kind: str, parse: Callable[[], T],
+           ident: tuple[int, int, int, int] | Literal[False] | None = False) -> T:
     """`parse()` of the file at `host_path`, reused while the file's identity is unchanged.
 
     `kind` names the parse (two parsers of one file do not share an entry). The result is shared
     between rounds: callers must not change it. On a probe's recording host (probes/probe_memo.py)
     the identity is logged and the parse's own reads are not: a replay decides on the identity, as
-    this cache does."""
-    ident = identity(host, host_path)
+    this cache does. `ident`: identity(host, host_path) when the caller has just taken it on this same
+    host (kernel.kconfig checks each candidate's), so the file is not stat'ed twice for one lookup; False
+    (the default): taken here."""
+    if ident is False:
+        ident = identity(host, host_path)
     key = (os.fspath(host.path(host_path)), kind)
     if ident is not None:
         with _lock:

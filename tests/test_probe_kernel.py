@@ -219,3 +219,29 @@ def test_search_order_matches_nfd():
     assert paths.index("/usr/src/linux-6.1.0/.config") < paths.index("/usr/lib/modules/6.1.0/config")
     assert kconfig_search_paths(None) == ["/proc/config.gz", "/usr/src/linux/.config"]
     assert read_kconfig(fixture_host("plain-vm"), None) is not None  # /proc/config.gz needs no version
+
+
+def test_a_kernel_config_is_stated_once_per_round_once_parsed(tmp_path):
+    """kconfig() takes each candidate's identity once: the parse cache (probes/parsecache.py) is handed the
+    identity the search just took, so a config parsed in an earlier round costs one stat on the round's
+    host, not two; a changed file is still parsed anew (its identity differs)."""
+    from nodecompat.probes.round_host import RoundHost
+
+    host = copy_fixture("h100-server", tmp_path)
+    cfg = "/boot/config-5.15.0-91-generic"
+    stats: list[str] = []
+
+    class Counting(RoundHost):
+        def stat_or_none(self, text: str) -> os.stat_result | None:
+            stats.append(text)
+            return super().stat_or_none(text)
+
+    first = KernelProbe().discover(Counting.over(host))  # parsed (kept for the next rounds)
+    assert first.features.attributes["kernel.config"].elements["NUMA"] == "y"
+    stats.clear()
+    KernelProbe().discover(Counting.over(host))
+    assert stats.count(cfg) == 1, stats
+    with open(host.resolve(cfg), "a") as f:
+        f.write("CONFIG_NODECOMPAT_TEST=y\n")
+    out = KernelProbe().discover(Counting.over(host))
+    assert out.features.attributes["kernel.config"].elements["NODECOMPAT_TEST"] == "y"
