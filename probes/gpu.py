@@ -31,7 +31,7 @@ from nodecompat.probes.nvidia_info import (
     compute_capability,
     cuda_for_driver,
     cuda_from_nvml,
-    parse_information,
+    information_model,
     parse_nvrm_version,
     split_version,
 )
@@ -235,7 +235,7 @@ class GpuProbe(Probe):
                     attrs["driver_version"] = nv_version
                 info_text = host.read_text(f"{NV_GPUS}/{dev.address}/information")
                 if info_text:
-                    model = parse_information(info_text).get("Model")
+                    model = information_model(info_text)
                     if model:
                         attrs["product"] = model
                 if nvml and dev.address in nvml.devices:

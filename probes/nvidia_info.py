@@ -68,6 +68,20 @@ def parse_information(text: str) -> dict[str, str]:
     return out
 
 
+def information_model(text: str) -> str | None:
+    """parse_information(text).get("Model") without building the dict of every line: the value of the
+    last `Model: ...` line (key and value stripped, as there), None when no line has that key. The gpu
+    probe publishes only the model of that file (gpu.device `product`)."""
+    if "Model" not in text:
+        return None
+    for line in reversed(text.splitlines()):
+        if "Model" in line:
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "Model":
+                return value.strip()
+    return None
+
+
 def split_version(version: str) -> dict[str, str]:
     """'550.54.15' -> {major: 550, minor: 54, revision: 15}; leading zeros kept (as GFD does)."""
     parts = version.strip().split(".")

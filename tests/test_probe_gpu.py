@@ -14,6 +14,7 @@ from nodecompat.probes.nvidia_info import (
     compute_capability,
     cuda_for_driver,
     cuda_from_nvml,
+    information_model,
     parse_information,
     parse_nvrm_version,
     split_version,
@@ -177,6 +178,24 @@ def test_nvrm_banner_parsing():
 def test_information_parsing():
     info = parse_information("Model: \t\t NVIDIA A100-SXM4-80GB\nBus Location: \t 0000:07:00.0\nnonsense\n")
     assert info == {"Model": "NVIDIA A100-SXM4-80GB", "Bus Location": "0000:07:00.0"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Model: \t\t NVIDIA A100-SXM4-80GB\nBus Location: \t 0000:07:00.0\nnonsense\n",
+        "IRQ: 305\nModel: first\n  Model  :  second : with colon \r\nModel\nModel Name: not it\n",
+        "Model:\n",
+        "ModelModel: x\nXModel: y\n",
+        "no key here\n",
+        "",
+        "Model: a\u2028Model: b\x85c",  # splitlines' other separators
+        "\x0bModel\x0c: spaced\n",
+    ],
+)
+def test_information_model_is_the_parsed_model(text):
+    """information_model (what the gpu probe publishes of the file) is parse_information's "Model"."""
+    assert information_model(text) == parse_information(text).get("Model")
 
 
 @pytest.mark.parametrize(
