@@ -30,6 +30,9 @@ OPTIONAL = {
     "iommu/intel-iommu/version": "iommu/intel-iommu/version",
 }
 
+_MANDATORY_IDS = MANDATORY[1:]  # after "class", read first
+_OPTIONAL_ITEMS = tuple(OPTIONAL.items())
+
 
 @dataclass
 class PciDevice:
@@ -67,7 +70,12 @@ class PciDevice:
 def strip_hex(value: str) -> str:
     """'0x10de' -> '10de' (NFD strips the prefix and keeps the case the kernel printed)."""
     v = value.strip()
-    return v[2:] if v.lower().startswith("0x") else v
+    # v.lower().startswith("0x") without lowering the whole value: only "0", "x" and "X" lower to text
+    # starting with "0" or "x" (every code point checked)
+    return v[2:] if v[:2] in _HEX_PREFIXES else v
+
+
+_HEX_PREFIXES = ("0x", "0X")
 
 
 def class_code(value: str) -> str:
@@ -77,19 +85,24 @@ def class_code(value: str) -> str:
 
 def read_pci_device(host: HostRoot, address: str) -> PciDevice | None:
     """Read one device under /sys/bus/pci/devices/<address>; None if a mandatory file is unreadable."""
-    base = f"{PCI_DEVICES}/{address}"
-    nfd: dict[str, str] = {}
-    for name in MANDATORY:
-        raw = host.read_line(f"{base}/{name}")
-        if raw is None or raw == "":
+    base = f"{PCI_DEVICES}/{address}/"
+    read_line = host.read_line
+    raw = read_line(base + "class")
+    if not raw:  # None or ""
+        return None
+    nfd: dict[str, str] = {"class": strip_hex(raw)[:4]}  # class_code
+    for name in _MANDATORY_IDS:
+        raw = read_line(base + name)
+        if not raw:
             return None
-        nfd[name] = class_code(raw) if name == "class" else strip_hex(raw)
-    for attr, rel in OPTIONAL.items():
-        raw = host.read_line(f"{base}/{rel}")
-        if raw is not None and raw != "":
+        v = raw.strip()  # strip_hex, inline
+        nfd[name] = v[2:] if v[:2] in _HEX_PREFIXES else v
+    for attr, rel in _OPTIONAL_ITEMS:
+        raw = read_line(base + rel)
+        if raw:
             nfd[attr] = raw
-    driver = host.link_target_name(f"{base}/driver")
-    numa = host.read_line(f"{base}/numa_node")
+    driver = host.link_target_name(base + "driver")
+    numa = read_line(base + "numa_node")
     return PciDevice(address=address, nfd=nfd, driver=driver, numa_node=numa or None)
 
 

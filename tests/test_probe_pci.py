@@ -211,3 +211,22 @@ def test_symlink_loop_does_not_crash(tmp_path):
     os.unlink(link)
     os.symlink("device", link)  # points at itself
     assert pci_address_of(host, "/sys/class/net/eth0/device") is None
+
+
+def test_strip_hex_is_the_lowercased_prefix_rule_for_any_text():
+    """strip_hex drops a "0x"/"0X" prefix exactly when value.strip().lower().startswith("0x") (its rule
+    before it checked the two characters instead of lowering the value): no code point but "0", "x" and
+    "X" lowers to text starting with "0" or "x" ("\u0130" lowers to two code points, the Kelvin sign to k)."""
+    import sys
+
+    def reference(value: str) -> str:
+        v = value.strip()
+        return v[2:] if v.lower().startswith("0x") else v
+
+    starting = {c for c in map(chr, range(sys.maxunicode + 1)) if c.lower()[:1] in ("0", "x")}
+    assert starting == {"0", "x", "X"}
+    for c in [*starting, "\u0130", "\u212a", "\u0445", "\uff10", "\uff58", " ", "\n"]:
+        for text in (c + "x10", "0" + c + "10", c + c, c):
+            assert strip_hex(text) == reference(text), repr(text)
+    for text in ("0x10de", "0X10DE", " 0x\n", "0x", "0", "", "x0", "\u0130x1"):
+        assert strip_hex(text) == reference(text)
