@@ -26,7 +26,7 @@ from __future__ import annotations
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
-from nodecompat.probes.cpuid_names import nfd_arm64_cpuid, nfd_x86_cpuid
+from nodecompat.probes.cpuid_names import cached_nfd_cpuid
 from nodecompat.probes.hostcpu import (
     CPUINFO,
     CpuidFn,
@@ -185,9 +185,9 @@ class CpuProbe(Probe):
     @staticmethod
     def _cpuid(f: Features, notes: list[str], info: CpuInfo, arch: str | None, cpuid: CpuidFn | None) -> None:
         if info.flags:
-            f.add_flags("cpu.cpuid", nfd_x86_cpuid(info.flags))
+            f.add_flags("cpu.cpuid", cached_nfd_cpuid(frozenset(info.flags), False))
         elif info.arm_features:
-            f.add_flags("cpu.cpuid", nfd_arm64_cpuid(info.arm_features))
+            f.add_flags("cpu.cpuid", cached_nfd_cpuid(frozenset(info.arm_features), True))
         else:
             f.add_flags("cpu.cpuid", ())
             notes.append(f"{CPUINFO} has no flags/Features line: cpu.cpuid is empty")

@@ -17,6 +17,8 @@ upper-casing within NFD's known set.
 
 from __future__ import annotations
 
+import functools
+
 # Linux /proc/cpuinfo flag -> klauspost/cpuid FeatureID name (x86).
 LINUX_TO_KLAUSPOST: dict[str, str] = {
     "3dnow": "AMD3DNOW",
@@ -272,6 +274,15 @@ def nfd_x86_cpuid(linux_flags: set[str] | frozenset[str]) -> set[str]:
     names = x86_flags(linux_flags)
     level = x64_level(names)
     return names | {f"X86_64_V{i}" for i in range(1, level + 1)}
+
+
+@functools.lru_cache(maxsize=8)
+def cached_nfd_cpuid(flags: frozenset[str], arm: bool) -> frozenset[str]:
+    """nfd_x86_cpuid(flags) (or nfd_arm64_cpuid when `arm`), kept for the last 8 flag sets: a host's
+    cpuinfo flags are the same every round (16-34 us of a round's cpu probe to translate again,
+    92-174 flags). Bounded by count (8) and by each set's size (the cpuinfo read's own bound); shared,
+    hence frozen."""
+    return frozenset(nfd_arm64_cpuid(flags) if arm else nfd_x86_cpuid(flags))
 
 
 def nfd_arm64_cpuid(features: set[str] | frozenset[str]) -> set[str]:

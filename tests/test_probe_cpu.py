@@ -512,3 +512,27 @@ def test_arm64_without_hwcap_cpuid_is_what_klauspost_reports():
 def test_parse_cpuinfo_tolerates_junk(junk):
     info = parse_cpuinfo(junk)
     assert info.processors <= 1
+
+
+def test_the_kept_cpuid_translation_is_the_translation():
+    """cached_nfd_cpuid (the cpu probe's: kept for the last 8 flag sets) answers nfd_x86_cpuid /
+    nfd_arm64_cpuid's set, frozen (shared between rounds), for each fixture's cpuinfo; a changed flag set
+    is translated anew."""
+    from support_hosts import FIXTURES
+
+    from nodecompat.probes.cpuid_names import cached_nfd_cpuid
+
+    seen = 0
+    for info_path in sorted(FIXTURES.glob("*/proc/cpuinfo")):
+        info = parse_cpuinfo(info_path.read_text(), first_only=True)
+        if info.flags:
+            got = cached_nfd_cpuid(frozenset(info.flags), False)
+            assert got == nfd_x86_cpuid(info.flags) and isinstance(got, frozenset)
+            fewer = frozenset(info.flags - {"avx2"})
+            assert cached_nfd_cpuid(fewer, False) == nfd_x86_cpuid(fewer)
+            seen += 1
+        elif info.arm_features:
+            got = cached_nfd_cpuid(frozenset(info.arm_features), True)
+            assert got == nfd_arm64_cpuid(info.arm_features) and isinstance(got, frozenset)
+            seen += 1
+    assert seen >= 5
