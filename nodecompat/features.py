@@ -54,20 +54,16 @@ class Features:
         self.flags.setdefault(name, FlagFeature()).elements.update(elements)
 
     def add_attributes(self, name: str, elements: Mapping[str, str]) -> None:
-        self.attributes.setdefault(name, AttributeFeature()).elements.update(
-            {k: str(v) for k, v in elements.items()}
-        )
+        self.attributes.setdefault(name, AttributeFeature()).elements.update(_str_values(elements))
 
     def add_instance(self, name: str, attributes: Mapping[str, str]) -> None:
-        self.instances.setdefault(name, InstanceFeature()).elements.append(
-            Instance({k: str(v) for k, v in attributes.items()})
-        )
+        self.instances.setdefault(name, InstanceFeature()).elements.append(Instance(_str_values(attributes)))
 
     def set_instances(self, name: str, instances: Iterable[Mapping[str, str]]) -> None:
         """Declare an instance feature (present even when it has no instances)."""
-        feat = self.instances.setdefault(name, InstanceFeature())
+        append = self.instances.setdefault(name, InstanceFeature()).elements.append
         for attrs in instances:
-            feat.elements.append(Instance({k: str(v) for k, v in attrs.items()}))
+            append(Instance(_str_values(attrs)))
 
     def merge(self, other: Features) -> None:
         """Add every fact of `other` (later facts win for attribute values)."""
@@ -188,6 +184,21 @@ class Features:
                         insts.append({str(k): _wire_str(v, f"{where}[{i}].attributes.{k}") for k, v in attrs.items()})
                     out.set_instances(name, insts)
         return out
+
+
+_ONLY_STR = frozenset({str})
+
+
+def _str_values(elements: Mapping[str, str]) -> dict[str, str]:
+    """A new dict of `elements` with every value str(value), as {k: str(v) for k, v in elements.items()}.
+    The probes pass dicts of str values (a round builds ~50): those are copied with dict() and their
+    values' types checked in C (map(type, ...)), not converted one by one; anything else (another
+    Mapping, a value of another type or of a subclass of str) goes through the comprehension."""
+    if type(elements) is dict:
+        out = dict(elements)
+        if _ONLY_STR.issuperset(map(type, out.values())):
+            return out
+    return {k: str(v) for k, v in elements.items()}
 
 
 def _wire_str(v: Any, where: str) -> str:

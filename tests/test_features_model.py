@@ -86,3 +86,27 @@ def test_validate_with_a_missing_host_root_is_an_error_not_a_verdict(tmp_path) -
         [sys.executable, "-m", "nodecompat.clients.cli", "validate", "--spec", str(spec), "--host-root",
          str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "is not a directory" in done.stderr and done.stdout == ""
+
+
+def test_built_values_are_plain_strings_whatever_was_passed() -> None:
+    """add_attributes / add_instance / set_instances keep a dict of their own with str values: a dict of
+    str copied (a later change of the caller's dict does not reach the features), other values, str
+    subclasses and other Mappings converted one by one as before."""
+    from collections import OrderedDict
+
+    class Tagged(str):
+        pass
+
+    f = Features()
+    given = {"a": "1", "b": "2"}
+    f.add_attributes("x.plain", given)
+    given["a"] = "changed"
+    f.add_attributes("x.mixed", {"n": 3, "t": True, "s": Tagged("v")})  # type: ignore[dict-item]
+    f.add_instance("x.inst", OrderedDict(k=Tagged("w")))
+    f.set_instances("x.set", [{"id": 7}, {"id": "8"}])  # type: ignore[dict-item]
+    assert f.attributes["x.plain"].elements == {"a": "1", "b": "2"}
+    mixed = f.attributes["x.mixed"].elements
+    assert mixed == {"n": "3", "t": "True", "s": "v"} and all(type(v) is str for v in mixed.values())
+    inst = f.instances["x.inst"].elements[0].attributes
+    assert inst == {"k": "w"} and type(inst) is dict and type(inst["k"]) is str
+    assert [i.attributes for i in f.instances["x.set"].elements] == [{"id": "7"}, {"id": "8"}]
