@@ -18,6 +18,7 @@ from nodecompat.probes.registry import load_probes
 from nodecompat.probes.round_host import RoundHost
 from nodecompat.probes.runner import ProbeRunner
 
+_C_CALLS = ("replay_reads", "stat_fields", "open_text", "openat2", "read_whole")  # probes/_hostc.c
 _SYSCALLS = (("open", "open"), ("pread", "read"), ("read", "read"), ("close", "close"), ("stat", "stat"),
              ("fstat", "stat"), ("lstat", "stat"), ("listdir", "listdir"), ("readlink", "readlink"))
 
@@ -27,10 +28,12 @@ def detail(label: str, root: Path, rounds: int) -> None:
     (on this thread, the round's hold hint), and within the replays each system call wrapper's time and
     count (os.open/pread/close/stat/listdir/readlink, openat2 through ctypes), the answers' comparisons
     (timed apart: each answer against an equal copy) and the rest (bookkeeping: the loops, the memo's
-    look-ups, path handling, frames), per round, against the bare reads of the same files. The wrappers
+    look-ups, path handling, frames), per round, against the bare reads of the same files. With the C
+    helper built (probes/host_c.py) its calls are timed as a whole ("C replay_reads": a probe's reads
+    opened, read, compared and put in the round's memo, all in C). The wrappers
     add their own cost (subtracted). Wall times, the least of 5 passes of rounds/5 rounds each per figure
     (a loaded machine's preemption mostly left out). Figures only."""
-    from nodecompat.probes import root_resolve
+    from nodecompat.probes import host_c, root_resolve
     from nodecompat.probes.memo_replay import replays
 
     probes, _ = load_probes()
@@ -71,10 +74,14 @@ def detail(label: str, root: Path, rounds: int) -> None:
 
     saved = {name: getattr(os, name) for name, _ in _SYSCALLS}
     state = root_resolve._openat2_state[0] if root_resolve._openat2_state else None
+    c = host_c.module()  # the C helper: its calls timed as a whole (system calls and comparisons inside)
+    c_saved = {name: getattr(c, name) for name in _C_CALLS} if c is not None else {}
     try:
         for name, kind in _SYSCALLS:
             setattr(os, name, timed(saved[name], kind))
-        if state is not None:
+        for name, fn in c_saved.items():
+            setattr(c, name, timed(fn, f"C {name}"))
+        if state is not None and c is None:
             def opener(fd: int, flags: int) -> object:
                 return timed(state.opener(fd, flags), "openat2 (ctypes)")
 
@@ -99,6 +106,8 @@ def detail(label: str, root: Path, rounds: int) -> None:
     finally:
         for name, fn in saved.items():
             setattr(os, name, fn)
+        for name, fn in c_saved.items():
+            setattr(c, name, fn)
         if state is not None:
             root_resolve._openat2_state[0] = state
     nop = timed(lambda: None, "x")

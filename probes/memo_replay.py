@@ -24,10 +24,23 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodecompat.hostroot import MAX_READ_BYTES
+from nodecompat.probes import host_c
 from nodecompat.probes.base import ProbeOutput
 from nodecompat.probes.bounded_read import read_whole
 from nodecompat.probes.held_parents import MISSING
-from nodecompat.probes.probe_memo import _ENTRY_BYTES, _UNSET, MAX_LOG_BYTES, Entry, Raised, _Log, _raised, _read_bytes
+from nodecompat.probes.probe_memo import (
+    _ENTRY_BYTES,
+    _UNSET,
+    MAX_LOG_BYTES,
+    Entry,
+    Raised,
+    _Log,
+    _raised,
+    _read_bytes,
+    _stat_or_none,
+)
+from nodecompat.probes.root_resolve import OPENAT2_READ, NoOpenat2
 from nodecompat.probes.round_host import RoundHost
 
 ReadItem = tuple[tuple[str, str], str | None, str, Any]  # (("b", path), parent or None, last name, answer)
@@ -45,6 +58,10 @@ class Memo:
     reads: list[ReadItem] = field(default_factory=list)
     others: list[Entry] = field(default_factory=list)
     compiled: bool = False
+    # the C helper's form (host_c.py): for the host root `/` (True) or a host root (False), made at need
+    c_root: bool | None = None
+    c_reads: list[tuple[tuple[str, str], bytes, Any]] = field(default_factory=list)
+    c_stats: list[bytes | None] = field(default_factory=list)  # others[i]'s path for stat_fields, or None
 
 
 def finish(log: _Log, output: ProbeOutput) -> Memo | None:
@@ -127,11 +144,69 @@ def replay_reads(host: RoundHost, items: list[ReadItem]) -> bool:
     return True
 
 
+def _c_path(path: str, at_root: bool) -> bytes | None:
+    """`path` as the round opens it: at `/` as given (made absolute), under a host root without its
+    trailing "/" (root_resolve.open_in_root_errno); None for a path the C helper cannot take (a NUL)."""
+    if "\0" in path:
+        return None
+    text = (path if path.startswith("/") else "/" + path) if at_root else (path.rstrip("/") or "/")
+    return os.fsencode(text)
+
+
+def compile_c(memo: Memo, at_root: bool) -> bool:
+    """The memo's reads and stat_or_none calls in the C helper's form (once per kind of root); False when
+    a path cannot take it (the Python replay decides)."""
+    if memo.c_root is not at_root:
+        c_reads = []
+        for key, _parent, _name, answer in memo.reads:
+            raw = _c_path(key[1], at_root)
+            if raw is None:
+                return False
+            c_reads.append((key, raw, answer))
+        memo.c_reads = c_reads
+        memo.c_stats = [_c_path(args[0], at_root) if fn is _stat_or_none else None for fn, args, _ in memo.others]
+        memo.c_root = at_root
+    return True
+
+
+def replay_c(memo: Memo, host: RoundHost, c: Any, dirfd: int) -> bool:
+    """replays() through the C helper: the reads in one call (c.replay_reads), stat_or_none by
+    c.stat_fields, the rest through their logged functions."""
+    if memo.c_reads:
+        at = c.replay_reads(dirfd, OPENAT2_READ, host.memo, memo.c_reads, MAX_READ_BYTES)
+        if at >= 0:
+            if memo.c_reads[at][0] in host.memo:
+                return False  # a difference (what the round read is in its memo, as RoundHost's read)
+            if not replay_reads(host, memo.reads[at:]):  # openat2 kept racing a rename: the Python way
+                return False
+    stats = memo.c_stats
+    for i, (fn, args, answer) in enumerate(memo.others):
+        raw = stats[i]
+        try:
+            got = c.stat_fields(dirfd, raw) if raw is not None else fn(host, *args)
+        except NoOpenat2:
+            got = fn(host, *args)
+        except Exception as exc:
+            got = _raised(exc)
+        if got is not answer and got != answer:
+            return False
+    return True
+
+
 def replays(memo: Memo, host: RoundHost) -> bool:
     """Whether every operation of the memo's log answers the same on `host` (stops at the first
-    difference): the whole reads through replay_reads, the rest through their logged functions."""
+    difference): the whole reads through replay_reads, the rest through their logged functions; through
+    the C helper where it is built and the round resolves by openat2 or at `/` (probes/host_c.py)."""
     if not memo.compiled:
         compile_log(memo)
+    c = host_c.module()
+    if c is not None:
+        dirfd = host_c.dirfd_of(host)
+        if dirfd is not None and compile_c(memo, dirfd < 0):
+            try:
+                return replay_c(memo, host, c, dirfd)
+            except Exception:
+                return False  # not as logged (as replay_reads)
     if memo.reads and not replay_reads(host, memo.reads):
         return False
     for fn, args, answer in memo.others:

@@ -1,13 +1,15 @@
 """Resolving host paths inside a host root for a probe round: openat2(RESOLVE_IN_ROOT), else a walk
 through directory descriptors held for the round. How and why: probes/round_host.py's docstring.
 
-Hand-written: Python has no openat2 binding (ctypes calls it, imported only when a round first needs
-it), and no library walks a tree by descriptors with chroot's link semantics.
+Hand-written: Python has no openat2 binding (the C helper calls it, probes/host_c.py; without it ctypes,
+imported only when a round first needs it), and no library walks a tree by descriptors with chroot's
+link semantics.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat as stat_mod
 import sys
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nodecompat.hostroot import _OPEN_FLAGS, MAX_SYMLINKS
+from nodecompat.probes import host_c
 
 MAX_HELD_DIRS = 256  # directory descriptors one round may hold (a round on h100-server holds ~60)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -59,15 +62,62 @@ RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 USE_OPENAT2 = True  # tests turn it off to exercise the descriptor walk (kernels before 5.6, seccomp)
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-_openat2_state: list[Any] = []  # [] untried; [None] unavailable; [(syscall, hows)] available
+_openat2_state: list[Any] = []  # [] untried; [None] unavailable; [_c_call] available
 
 
 class NoOpenat2(Exception):
     """openat2 is unavailable here (or a rename kept racing it): the descriptor walk decides."""
 
 
+def _c_call(dirfd: int, path: bytes, flags: int) -> int:
+    """openat2(dirfd, path, flags) in the root: a descriptor or -errno, through the C helper when it is
+    built and in use (probes/host_c.py), else through ctypes."""
+    c = host_c.module()
+    if c is None:
+        return _ctypes_call(dirfd)(dirfd, path, flags)
+    return c.openat2(dirfd, path, flags)
+
+
+def _c_opener(dirfd: int, flags: int) -> Callable[[str], int]:
+    c = host_c.module()
+    if c is None:
+        return _ctypes_call(dirfd).opener(dirfd, flags)
+    c.set_retry_error(NoOpenat2)  # a third EAGAIN (a rename racing a `..`): NoOpenat2, as the ctypes path
+    return functools.partial(c.open_text, dirfd, flags)
+
+
+_c_call.opener = _c_opener  # type: ignore[attr-defined]
+_ctypes_state: list[Any] = []  # the ctypes call ([None]: unavailable), made at its first use
+
+
+def _ctypes_call(root_fd: int) -> Any:
+    """The ctypes call (made once, tried on root_fd); NoOpenat2 when ctypes cannot make it."""
+    if not _ctypes_state:
+        _ctypes_state[:] = [_ctypes_init(root_fd)]
+    if _ctypes_state[0] is None:
+        raise NoOpenat2
+    return _ctypes_state[0]
+
+
 def _openat2_init(root_fd: int) -> None:
-    """Find out once per process whether openat2(RESOLVE_IN_ROOT) works (ctypes imported only then)."""
+    """Find out once per process whether openat2(RESOLVE_IN_ROOT) works: through the C helper when built
+    (probes/host_c.py), else through ctypes (imported only then)."""
+    c = host_c.module()
+    if c is None:
+        ok = _ctypes_state[0] if _ctypes_state else _ctypes_init(root_fd)
+        _ctypes_state[:] = [ok]
+        _openat2_state[:] = [_c_call if ok is not None else None]
+        return
+    probe = c.openat2(root_fd, b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    if probe < 0:  # ENOSYS (before 5.6), EPERM (a seccomp filter), E2BIG/EINVAL (no such flags)
+        _openat2_state[:] = [None]
+        return
+    os.close(probe)
+    _openat2_state[:] = [_c_call]
+
+
+def _ctypes_init(root_fd: int) -> Any:
+    """openat2 through ctypes (the path without the C helper): the call, or None when it does not work."""
     try:
         import ctypes
 
@@ -120,13 +170,11 @@ def _openat2_init(root_fd: int) -> None:
         call.opener = opener  # type: ignore[attr-defined]
         probe = call(root_fd, b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except (OSError, AttributeError, ImportError):
-        _openat2_state[:] = [None]
-        return
+        return None
     if probe < 0:  # ENOSYS (before 5.6), EPERM (a seccomp filter), E2BIG/EINVAL (no such flags)
-        _openat2_state[:] = [None]
-        return
+        return None
     os.close(probe)
-    _openat2_state[:] = [call]
+    return call
 
 
 def open_in_root_errno(root_fd: int, text: str, flags: int) -> int:

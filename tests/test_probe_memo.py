@@ -326,6 +326,7 @@ def test_a_plugin_subclassing_a_memoizable_probe_is_not_memoized_unless_it_says_
     anything it calls) was never audited for it, yet inherited True: its result was reused while the host
     tree was unchanged, and a change of what it reads elsewhere was never published."""
     (tmp_path / "f").write_bytes(b"abc")
+    _OUTSIDE["value"] = "1"  # the test runs once per path (conftest.py host_reads): each starts from "1"
 
     class Audited(ReadsOneFile):
         pass

@@ -1,0 +1,421 @@
+/* nodecompat.probes._hostc: a probe round's confined host reads in C (issue 11).
+ *
+ * Hand-written because Python has no openat2(2) binding: the round resolves every host path inside the
+ * host root with openat2(root descriptor, path, {flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS}),
+ * which Python reached through ctypes (~5 us a call, of which the system call is ~1). This module makes
+ * that call, the round's bounded whole-file read (probes/bounded_read.read_whole, ported line for line)
+ * and a steady round's batch replay of a probe's logged reads (probes/memo_replay.replay_reads) without
+ * a Python object per operation. The GIL is released around every system call, so the runner's
+ * watchdog (probes/runner.py) still runs while a read is stuck and abandons the worker as before.
+ *
+ * Same answers as the Python path it replaces (probes/host_c.py is its wrapper; without a compiler the
+ * package installs without this module and the ctypes path is used):
+ *   openat2(dirfd, path: bytes, flags) -> descriptor, or -errno (EAGAIN retried twice, as the ctypes
+ *       path; a third EAGAIN is returned for the caller to raise NoOpenat2);
+ *   open_text(dirfd, flags, text: str) -> as openat2, `text` encoded as os.fsencode, trailing "/" dropped
+ *       ("" -> "/"); ValueError on an embedded NUL; the exception class set by set_retry_error on a third
+ *       EAGAIN; dirfd -1 means the host root "/": open(2) of the path, the kernel resolving as chroot;
+ *   read_whole(fd, max_bytes) -> bytes, or None (unreadable, a FIFO or socket, over max_bytes); closes fd;
+ *   stat_fields(dirfd, path: bytes) -> (mode, ino, dev, nlink, uid, gid, size, mtime_ns, ctime_ns) of
+ *       what the path resolves to (openat2 O_PATH + fstat; dirfd -1: stat(2)), or None;
+ *   replay_reads(dirfd, flags, memo: dict, items: list, max_bytes) -> index of the first item whose read
+ *       differs from its logged answer, or -1; items are (memo key, path: bytes, answer: bytes | None).
+ *       An item already in `memo` is compared with what the memo holds (no system call); otherwise the
+ *       file is opened (openat2 in the root, or open(2) at "/"), read as read_whole and compared in C;
+ *       `memo[key]` is set to the answer when equal, to the bytes read (or None) at the first difference.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+#define FIRST_READ 4096
+#define CHUNK 65536
+
+static PyObject *retry_error = NULL; /* root_resolve.NoOpenat2, set once */
+
+/* openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS (dirfd >= 0), else open(2) (the host root "/");
+ * -errno on failure; EAGAIN (a rename raced a "..") tried three times in all. GIL not held. */
+static int open_nogil(int dirfd, const char *path, int flags) {
+    if (dirfd < 0) {
+        int fd = open(path, flags);
+        return fd >= 0 ? fd : -errno;
+    }
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (unsigned long long)(unsigned int)flags;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    for (int i = 0; i < 3; i++) {
+        long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+        if (fd >= 0)
+            return (int)fd;
+        if (errno != EAGAIN)
+            return -errno;
+    }
+    return -EAGAIN;
+}
+
+typedef struct {
+    char *buf;
+    size_t cap;
+} Buf;
+
+static int buf_reserve(Buf *b, size_t need) {
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : FIRST_READ;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(b->buf, cap);
+    if (p == NULL)
+        return -1;
+    b->buf = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* A file without offsets (ESPIPE): FIFOs and sockets refused, anything else read to its end, bounded.
+ * bounded_read.read_stream. 0 and *len on success, -1 when the answer is None. GIL not held. */
+static int read_stream(int fd, Buf *b, size_t *len, size_t max_bytes) {
+    struct stat st;
+    if (fstat(fd, &st) != 0 || S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))
+        return -1;
+    size_t total = 0;
+    for (;;) {
+        size_t ask = CHUNK;
+        if (ask > max_bytes + 1 - total)
+            ask = max_bytes + 1 - total;
+        if (buf_reserve(b, total + ask) != 0)
+            return -1;
+        ssize_t r = read(fd, b->buf + total, ask);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        total += (size_t)r;
+        if (total > max_bytes)
+            return -1;
+    }
+    *len = total;
+    return 0;
+}
+
+/* bounded_read.read_whole without closing: pread a page at 0, one byte to find the end, the rest as
+ * read_rest (fstat's size; procfs past a page read again from 0), ESPIPE -> read_stream.
+ * 0 and *len on success, -1 when the answer is None. GIL not held. */
+static int read_fd(int fd, Buf *b, size_t *len, size_t max_bytes) {
+    if (buf_reserve(b, FIRST_READ) != 0)
+        return -1;
+    ssize_t n = pread(fd, b->buf, FIRST_READ, 0);
+    if (n < 0)
+        return errno == ESPIPE ? read_stream(fd, b, len, max_bytes) : -1;
+    size_t total = (size_t)n;
+    if (total > max_bytes)
+        return -1; /* a bound under a page (tests): never more than the bound is answered */
+    if (n < FIRST_READ) {
+        if (n == 0) {
+            *len = 0;
+            return 0;
+        }
+        char one;
+        ssize_t r = pread(fd, &one, 1, n);
+        if (r < 0)
+            return errno == ESPIPE ? read_stream(fd, b, len, max_bytes) : -1;
+        if (r == 0) {
+            *len = total;
+            return 0;
+        }
+    }
+    /* read_rest */
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -1;
+    size_t size = st.st_size > 0 ? (size_t)st.st_size : 0;
+    if (!size && total >= FIRST_READ)
+        total = 0; /* procfs past a page: read again from offset 0 */
+    size_t want = size + 1 > total ? size + 1 - total : 0;
+    if (want < CHUNK)
+        want = CHUNK;
+    for (;;) {
+        size_t ask = want;
+        if (ask > max_bytes + 1 - total)
+            ask = max_bytes + 1 - total;
+        if (buf_reserve(b, total + ask) != 0)
+            return -1;
+        ssize_t r = pread(fd, b->buf + total, ask, (off_t)total);
+        if (r < 0)
+            return errno == ESPIPE ? read_stream(fd, b, len, max_bytes) : -1;
+        if (r == 0) {
+            *len = total;
+            return 0;
+        }
+        total += (size_t)r;
+        if (total > max_bytes)
+            return -1;
+        want = CHUNK;
+    }
+}
+
+/* The path of `text` as os.fsencode gives it, trailing "/" dropped ("" -> "/"), in `out` (a new
+ * reference: bytes) with its start and length; -1 with an exception set. */
+static int encode_path(PyObject *text, int strip, PyObject **out) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "path must be str");
+        return -1;
+    }
+    PyObject *raw = PyUnicode_EncodeFSDefault(text);
+    if (raw == NULL)
+        return -1;
+    const char *s = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if ((Py_ssize_t)strlen(s) != n) {
+        Py_DECREF(raw);
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return -1;
+    }
+    if (strip) {
+        Py_ssize_t k = n;
+        while (k > 0 && s[k - 1] == '/')
+            k--;
+        if (k != n || n == 0) {
+            PyObject *cut = k ? PyBytes_FromStringAndSize(s, k) : PyBytes_FromStringAndSize("/", 1);
+            Py_DECREF(raw);
+            if (cut == NULL)
+                return -1;
+            raw = cut;
+        }
+    }
+    *out = raw;
+    return 0;
+}
+
+static PyObject *py_set_retry_error(PyObject *self, PyObject *arg) {
+    Py_XSETREF(retry_error, Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_openat2(PyObject *self, PyObject *args) {
+    int dirfd, flags;
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "iy#i", &dirfd, &path, &n, &flags))
+        return NULL;
+    if ((Py_ssize_t)strlen(path) != n) {
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return NULL;
+    }
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = open_nogil(dirfd, path, flags);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *py_open_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "open_text(dirfd, flags, text)");
+        return NULL;
+    }
+    long dirfd_l = PyLong_AsLong(args[0]);
+    long flags_l = PyLong_AsLong(args[1]);
+    if ((dirfd_l == -1 || flags_l == -1) && PyErr_Occurred())
+        return NULL;
+    int dirfd = (int)dirfd_l, flags = (int)flags_l;
+    PyObject *raw;
+    if (encode_path(args[2], dirfd >= 0, &raw) != 0)
+        return NULL;
+    int fd;
+    const char *path = PyBytes_AS_STRING(raw);
+    Py_BEGIN_ALLOW_THREADS
+    fd = open_nogil(dirfd, path, flags);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(raw);
+    if (fd == -EAGAIN && dirfd >= 0 && retry_error != NULL) {
+        PyErr_SetNone(retry_error);
+        return NULL;
+    }
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *py_read_whole(PyObject *self, PyObject *args) {
+    int fd;
+    Py_ssize_t max_bytes;
+    if (!PyArg_ParseTuple(args, "in", &fd, &max_bytes))
+        return NULL;
+    Buf b = {NULL, 0};
+    size_t len = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = read_fd(fd, &b, &len, (size_t)max_bytes);
+    close(fd);
+    Py_END_ALLOW_THREADS
+    PyObject *out;
+    if (rc != 0)
+        out = Py_NewRef(Py_None);
+    else
+        out = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)len);
+    free(b.buf);
+    return out;
+}
+
+static PyObject *fields_of(const struct stat *st) {
+    return Py_BuildValue("(KKKKKKLLL)", (unsigned long long)st->st_mode, (unsigned long long)st->st_ino,
+                         (unsigned long long)st->st_dev, (unsigned long long)st->st_nlink,
+                         (unsigned long long)st->st_uid, (unsigned long long)st->st_gid,
+                         (long long)st->st_size,
+                         (long long)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec,
+                         (long long)st->st_ctim.tv_sec * 1000000000LL + st->st_ctim.tv_nsec);
+}
+
+static PyObject *py_stat_fields(PyObject *self, PyObject *args) {
+    int dirfd;
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "iy#", &dirfd, &path, &n))
+        return NULL;
+    if ((Py_ssize_t)strlen(path) != n) {
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return NULL;
+    }
+    struct stat st;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    if (dirfd < 0) {
+        rc = stat(path, &st);
+    } else {
+        int fd = open_nogil(dirfd, path, O_PATH | O_CLOEXEC);
+        if (fd < 0) {
+            rc = fd;
+        } else {
+            rc = fstat(fd, &st);
+            close(fd);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (rc == -EAGAIN && dirfd >= 0 && retry_error != NULL) {
+        PyErr_SetNone(retry_error);
+        return NULL;
+    }
+    if (rc != 0)
+        Py_RETURN_NONE;
+    return fields_of(&st);
+}
+
+static PyObject *py_replay_reads(PyObject *self, PyObject *args) {
+    int dirfd, flags;
+    PyObject *memo, *items;
+    Py_ssize_t max_bytes;
+    if (!PyArg_ParseTuple(args, "iiO!O!n", &dirfd, &flags, &PyDict_Type, &memo, &PyList_Type, &items,
+                          &max_bytes))
+        return NULL;
+    Buf b = {NULL, 0};
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    Py_ssize_t at = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3 || !PyBytes_Check(PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "items are (key, path: bytes, answer)");
+            goto error;
+        }
+        PyObject *key = PyTuple_GET_ITEM(item, 0);
+        PyObject *answer = PyTuple_GET_ITEM(item, 2);
+        PyObject *got = PyDict_GetItemWithError(memo, key); /* borrowed */
+        if (got != NULL) {                                   /* read this round already: compare only */
+            int eq = PyObject_RichCompareBool(got, answer, Py_EQ);
+            if (eq < 0)
+                goto error;
+            if (!eq) {
+                at = i;
+                break;
+            }
+            continue;
+        }
+        if (PyErr_Occurred())
+            goto error;
+        PyObject *pathobj = PyTuple_GET_ITEM(item, 1);
+        Py_INCREF(pathobj); /* kept while the GIL is released */
+        const char *path = PyBytes_AS_STRING(pathobj);
+        size_t len = 0;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        int fd = open_nogil(dirfd, path, flags);
+        if (fd == -EAGAIN && dirfd >= 0) {
+            rc = -2; /* the caller resolves it the Python way (NoOpenat2) */
+        } else if (fd < 0) {
+            rc = -1;
+        } else {
+            rc = read_fd(fd, &b, &len, (size_t)max_bytes);
+            close(fd);
+        }
+        Py_END_ALLOW_THREADS
+        Py_DECREF(pathobj);
+        if (rc == -2) {
+            at = i; /* not stored: the probe (or the Python replay) reads it itself */
+            break;
+        }
+        int eq;
+        if (answer == Py_None)
+            eq = rc != 0;
+        else if (PyBytes_CheckExact(answer))
+            eq = rc == 0 && (size_t)PyBytes_GET_SIZE(answer) == len &&
+                 memcmp(PyBytes_AS_STRING(answer), b.buf, len) == 0;
+        else
+            eq = 0;
+        if (eq) {
+            if (PyDict_SetItem(memo, key, answer) != 0)
+                goto error;
+            continue;
+        }
+        PyObject *value = rc == 0 ? PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)len) : Py_NewRef(Py_None);
+        if (value == NULL)
+            goto error;
+        int bad = PyDict_SetItem(memo, key, value);
+        Py_DECREF(value);
+        if (bad)
+            goto error;
+        at = i;
+        break;
+    }
+    free(b.buf);
+    return PyLong_FromSsize_t(at);
+error:
+    free(b.buf);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"openat2", py_openat2, METH_VARARGS, "openat2(dirfd, path, flags) -> fd or -errno (RESOLVE_IN_ROOT)"},
+    {"open_text", (PyCFunction)(void (*)(void))py_open_text, METH_FASTCALL,
+     "open_text(dirfd, flags, text) -> fd or -errno"},
+    {"read_whole", py_read_whole, METH_VARARGS, "read_whole(fd, max_bytes) -> bytes or None; closes fd"},
+    {"stat_fields", py_stat_fields, METH_VARARGS, "stat_fields(dirfd, path) -> 9 stat fields or None"},
+    {"replay_reads", py_replay_reads, METH_VARARGS,
+     "replay_reads(dirfd, flags, memo, items, max_bytes) -> first differing index or -1"},
+    {"set_retry_error", py_set_retry_error, METH_O, "the exception raised after three EAGAINs"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hostc", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__hostc(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "RESOLVE_IN_ROOT", RESOLVE_IN_ROOT) != 0 ||
+        PyModule_AddIntConstant(m, "RESOLVE_NO_MAGICLINKS", RESOLVE_NO_MAGICLINKS) != 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

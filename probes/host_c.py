@@ -1,0 +1,49 @@
+"""The probe round's C helper (probes/_hostc.c, built by setup.py as nodecompat.probes._hostc), if built.
+
+Hand-written in C because Python has no openat2(2) binding: a round resolves every host path inside the
+host root with openat2(root descriptor, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), which Python can
+only reach through ctypes (~5 us a call for a ~1 us system call). The module makes that call, the round's
+bounded read (bounded_read.read_whole's answers) and a steady round's batch replay of a probe's logged
+reads (memo_replay.replay_reads: every system call in C, no Python object per read), releasing the GIL
+around each system call so the runner's watchdog still abandons a worker stuck in a read.
+
+The extension is optional (setup.py: optional=True): where it was not built (no compiler), `module()` is
+None and the rounds take the ctypes/Python path, which gives the same answers (tests run both:
+tests/test_probe_c_helper.py and the fixtures forcing the fallback with USE_C = False).
+
+module() -> the extension module or None; dirfd_of(host) -> the descriptor its functions resolve in
+for a round's host: the host root's O_PATH descriptor under a host root when openat2 works there, -1 at
+the host root `/` (open(2): the kernel resolves as chroot there), None when the round must walk
+descriptors instead (no openat2: kernels before 5.6, a seccomp filter).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+try:
+    from nodecompat.probes import _hostc as _built
+except ImportError:  # not built (no compiler when installed): the ctypes path
+    _built = None  # type: ignore[assignment, unused-ignore]
+
+USE_C = True  # tests turn it off to exercise the ctypes/Python fallback
+
+
+def module() -> ModuleType | None:
+    """The C helper when built and in use, else None."""
+    return _built if USE_C else None
+
+
+def dirfd_of(host: Any) -> int | None:
+    """For a RoundHost: -1 at the host root `/`, the root descriptor under a host root where openat2
+    resolves (root_resolve.openat2_ready), else None (the descriptor walk decides: not for C)."""
+    if host._real_root == "/":
+        return -1
+    from nodecompat.probes.root_resolve import openat2_ready
+
+    table = host._dirs()
+    if table is None or not openat2_ready():
+        return None
+    fd: int = table.root[1]
+    return fd
