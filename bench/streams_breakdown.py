@@ -17,6 +17,11 @@ leaf.key with DNS:localhost, as tests/support_fleet.py make_certs writes; the au
 
     .venv/bin/python bench/streams_breakdown.py {channels,streams} [--nodes 1000] [--tls DIR] [--tracemalloc]
 
+`args` runs bench/channel_args.py (its own options follow): the bytes a channel costs connected, after one unary
+call and with a stream open, for each candidate gRPC core channel argument alone, plain or mutual TLS.
+
+    .venv/bin/python bench/streams_breakdown.py args [--nodes 2000] [--tls] [--variants ...] [--repeat 1]
+
 No asserts: it prints figures.
 """
 
@@ -133,6 +138,13 @@ def simulator(port_file: str, n: int, gate: str, tls_dir: str) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["args"]:  # per channel argument: bench/channel_args.py, with the options that follow
+        sys.path.insert(0, str(ROOT / "bench"))
+        import channel_args  # type: ignore[import-not-found]
+
+        del sys.argv[1]
+        channel_args.main()
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["channels", "streams"])
     ap.add_argument("--nodes", type=int, default=1000)
