@@ -158,26 +158,48 @@ def test_node_answers_from_pieces_are_the_old_bytes_across_changes() -> None:
         store.put(nodes[i].address, name, rnd.features, {}, at, 2)
     nodes[2] = FleetNode(nodes[2].name, nodes[2].address, {"zone": "moved", "new": "1"}, "file")
     nodes[4] = FleetNode("rénamé-4-" + "x" * 130, nodes[4].address, nodes[4].labels, "file")  # UTF-8, 2-byte length
-    before = {a: e[:6] for a, e in cache.entries.items()}
+    before = {a: e[:4] for a, e in cache.entries.items()}
     for spec in (GPU_SPEC, IDENTITY_SPEC):
         _compare(store, nodes, spec, cache)
-    changed = {a for a, e in cache.entries.items() if e[:6] != before[a]}
-    assert changed == {nodes[i].address for i in (0, 1, 2, 4, 5)}, changed
-    assert cache.entries[nodes[5].address][2] == "reported-again"
+    # the pieces kept do not move with a probe time (nodes 0 and 1 keep theirs: as_of is the record's)
+    changed = {a for a, e in cache.entries.items() if e[:4] != before[a]}
+    assert changed == {nodes[i].address for i in (2, 4, 5)}, changed
+    assert cache.entries[nodes[5].address][1] == "reported-again"
 
 
-def test_an_as_of_written_by_hand_is_upbs() -> None:
-    """fleet_bytes._stamp (a probe round later, as_of is written without upb) against upb's encoding."""
-    from nodecompat.server.fleet.fleet_bytes import _stamp
+def test_a_probe_round_later_is_the_old_bytes_with_no_piece_serialized_again() -> None:
+    """Every node's probe time moves (heartbeats of a next round, as a minute later): the answer is the old way's
+    bytes, every as_of the new time, and not one node's pieces are serialized again (each entry is the same object)."""
+    store, nodes = _fleet(BATCH + 11)
+    cache = NodeBytes()
+    _compare(store, nodes, GPU_SPEC, cache)
+    kept = dict(cache.entries)
+    time.sleep(0.01)
+    later = time.time()
+    for rec in store.records():
+        if rec.has_features:
+            assert store.heartbeat(rec.key, rec.round_id + 1, rec.fingerprint, later)
+    p = _compare(store, nodes, GPU_SPEC, cache)  # the old way writes each record's new probe time
+    assert kept and all(cache.entries[a] is e for a, e in kept.items())
+    got = [r for m in p.batches for r in fleet_pb2.ValidateFleetResponse.FromString(m).nodes.nodes]
+    assert len(got) == p.answered and {(r.as_of.seconds, r.as_of.nanos) for r in got} == {
+        (int(later), int((later - int(later)) * 1e9))}
+
+
+def test_an_as_of_written_by_the_store_is_upbs() -> None:
+    """NodeRecord.as_of (nodecompat/fleet/timestamp_wire.py, written when the store records a probe time) behind
+    its tag and length (fleet_bytes.as_of_field) against upb's encoding of the NodeResult's as_of."""
+    from nodecompat.fleet.store import NodeRecord
+    from nodecompat.server.fleet.fleet_bytes import as_of_field
 
     now = time.time()
-    for probed in (1.0, 1.5, 127.0, 128.25, now, float(int(now)), now + 0.999999999, 2.0**31 + 1e-6, 2.0**35 + 0.5,
-                   *(now + i * 1.37e-4 for i in range(2000))):
+    for probed in (0.0, 0.5, 1e-9, 1.0, 1.5, 127.0, 128.25, now, float(int(now)), now + 0.999999999, 2.0**31 + 1e-6,
+                   2.0**35 + 0.5, -1.0, -1.5, -(2.0**40) - 0.25, *(now + i * 1.37e-4 for i in range(2000))):
         r = fleet_pb2.NodeResult()
         secs = int(probed)
         r.as_of.seconds = secs
         r.as_of.nanos = int((probed - secs) * 1e9)
-        assert _stamp(probed) == r.SerializeToString(), probed
+        assert as_of_field(NodeRecord(key="k", name="n", probed_at=probed)) == r.SerializeToString(), probed
 
 
 def test_the_pieces_kept_are_bounded_in_bytes() -> None:
@@ -186,7 +208,7 @@ def test_the_pieces_kept_are_bounded_in_bytes() -> None:
     for _ in range(2):
         _compare(store, nodes, GPU_SPEC, cache)
         assert 0 < cache.bytes <= 20_000 and len(cache.entries) < 100
-        assert cache.bytes == sum(e[7] for e in cache.entries.values())
+        assert cache.bytes == sum(e[5] for e in cache.entries.values())
 
 
 def _raw_call(address: str, request: fleet_pb2.ValidateFleetRequest) -> list[bytes]:

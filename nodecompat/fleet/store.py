@@ -17,13 +17,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from nodecompat.engine.evaluate import evaluate
 from nodecompat.engine.spec import Spec
 from nodecompat.engine.verdict import Verdict
 from nodecompat.features import Features
 from nodecompat.fleet.fingerprint import IDENTITY, canonical_bytes, split_identity, with_identity
+from nodecompat.fleet.timestamp_wire import timestamp_bytes
 from nodecompat.fleet.volatile import strip_volatile
 
 MAX_SET_BYTES = 256 << 20  # canonical bytes of all distinct feature sets together
@@ -77,6 +78,12 @@ class NodeRecord:
     # volatile values (nodecompat/fleet/volatile.py) computes it over its usage values too. Its heartbeats
     # name that one; it is the same set, so they renew the record (else every beat refetched it, for good).
     announced: str = ""
+    # probed_at as a serialized Timestamp (nodecompat/fleet/timestamp_wire.py), written with the record: an
+    # answer copies it, encoding nothing per node a round later (server/fleet/fleet_bytes.py)
+    as_of: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "as_of", timestamp_bytes(self.probed_at))
 
     @property
     def has_features(self) -> bool:
@@ -249,8 +256,10 @@ class FeatureStore:
             old = self._nodes.get(key)
             if old is None or (fingerprint != old.fingerprint and not (old.announced and fingerprint == old.announced)):
                 return False
-            new = replace(old, heard_at=time.monotonic(), round_id=max(round_id, old.round_id), state=STATE_OK,
-                          error="", probed_at=max(_not_after_now(probed_at), old.probed_at))
+            new = NodeRecord(  # not dataclasses.replace: ~2x its speed, and one heartbeat a node a round
+                key=old.key, name=old.name, fingerprint=old.fingerprint, identity=old.identity, labels=old.labels,
+                probed_at=max(_not_after_now(probed_at), old.probed_at), round_id=max(round_id, old.round_id),
+                heard_at=time.monotonic(), state=STATE_OK, error="", announced=old.announced)
             self._nodes[key] = new
             self.generation += 1
         if old.state != STATE_OK:

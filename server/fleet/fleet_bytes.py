@@ -10,14 +10,15 @@ encoding, and a repeated field's encoding is its elements', one after another. S
 
 - per verdict (spec x distinct feature set, once per call): the NodeResult fields 4-10 (compatible, score,
   status, reasons) and 12-13 (source, fingerprint), and the RankedNode fields 2-4, serialized by upb;
-- per node and probe time (kept in NodeBytes, bounded in bytes): its node_name field (1, shared by NodeResult
-  and RankedNode), address and labels (2-3) and as_of (11), serialized by upb in one message and cut at the
-  node_name field's size and at the size of fields 1-3 (ByteSize); a probe round later (a node's probe time
-  moves every round) only as_of is written again, by _stamp (the one field encoded here, see there);
+- per node (kept in NodeBytes, bounded in bytes): its node_name field (1, shared by NodeResult and RankedNode),
+  address and labels (2-3), serialized by upb in one message and cut at the node_name field's size;
+- per node and probe time: as_of (11), the Timestamp the store wrote when it recorded the probe time
+  (NodeRecord.as_of, nodecompat/fleet/timestamp_wire.py) behind its tag and length. A node's probe time moves
+  every probe round, so nothing kept here depends on it: an answer a round later encodes nothing per node;
 - per call: tag + length + those pieces joined, per node, per message of BATCH nodes, and for the ranking.
 
-Only the tags and lengths of embedded messages are written here (the tags from the descriptors), the size of
-a string field computed to cut at, and a moved as_of; every other field is serialized by upb. The
+Only the tags and lengths of embedded messages are written here (the tags from the descriptors) and the size
+of a string field computed to cut at; every other field is serialized by upb, as_of by the store. The
 field numbers relied on are checked at import. tests/test_fleet_bytes.py compares the result with the
 messages built the old way.
 """
@@ -33,12 +34,12 @@ from nodecompat.fleet.store import NodeRecord
 from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.v1 import fleet_pb2
 
-# Bytes of per-node pieces kept (NodeBytes): ~350 B a node (10,000 nodes: ~3.5 MiB) with short names and
-# labels, so ~90,000 nodes fit; past it the oldest entries go (their nodes are serialized again when asked).
+# Bytes of per-node pieces kept (NodeBytes): ~250 B a node (10,000 nodes: ~2.5 MiB) with short names and
+# labels, so ~120,000 nodes fit; past it the oldest entries go (their nodes are serialized again when asked).
 MAX_NODE_BYTES = 32 << 20
-# Estimated bytes an entry costs beyond its pieces' lengths: its tuple, dict slot, float, 3 bytes objects'
-# headers (tracemalloc, 10,000 entries with 55 B of pieces each: 334 B an entry, so ~280 B beyond them).
-ENTRY_OVERHEAD = 320
+# Estimated bytes an entry costs beyond its pieces' lengths: its tuple, dict slot, 2 bytes objects' headers
+# (tracemalloc, 10,000 entries with 41 B of pieces each: 248 B an entry, so ~207 B beyond them).
+ENTRY_OVERHEAD = 240
 
 
 def varint(n: int) -> bytes:
@@ -98,26 +99,13 @@ def fields_bytes(message: Any, low: int, high: int) -> bytes:
     return part.SerializeToString()
 
 
-_SECONDS: dict[int, bytes] = {}
+# as_of's tag and length per length of a Timestamp's encoding (at most 22 bytes: two 10-byte varints + tags)
+_AS_OF_HEADS = [_AS_OF_TAG + varint(n) for n in range(23)]
 
 
-def _stamp(probed: float) -> bytes:
-    """NodeResult's as_of field (11) for `probed` >= 1 epoch seconds, as entry() sets it and upb encodes it
-    (Timestamp seconds = 1, nanos = 2, varints, nanos left out when 0): written here because this is the one
-    piece serialized again every probe round for every node, and upb's message + serialize cost ~1.45 us
-    against ~1.0 (the seconds' bytes kept per second, at most 4,096). tests/test_fleet_bytes.py compares it
-    with upb's encoding."""
-    secs = int(probed)
-    nanos = int((probed - secs) * 1e9)
-    body = _SECONDS.get(secs)
-    if body is None:
-        body = b"\x08" + varint(secs) if secs else b""
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        _SECONDS[secs] = body
-    if nanos:
-        body += b"\x10" + varint(nanos)
-    return _AS_OF_TAG + varint(len(body)) + body
+def as_of_field(record: NodeRecord) -> bytes:
+    """NodeResult's as_of field (11) for `record`'s probe time: its tag, length and the store's encoding."""
+    return _AS_OF_HEADS[len(record.as_of)] + record.as_of
 
 
 def _string_field_size(text: str) -> int:
@@ -143,14 +131,14 @@ class Verdict:
         self.bucket: list[tuple[str, str, bytes, bytes]] = []  # this call's ranking entries of its key
 
 
-# (node, probe time, name, node_name field, address+labels fields, as_of field, their length, bytes counted)
-Entry = tuple[FleetNode, float, str, bytes, bytes, bytes, int, int]
+# (node, name, node_name field, address+labels fields, their length, bytes counted)
+Entry = tuple[FleetNode, str, bytes, bytes, int, int]
 
 
 class NodeBytes:
-    """Per node (by address) the pieces of its NodeResult that are its own, for one probe time: the
-    node_name field, the address and labels fields, the as_of field (bytes, upb's encoding). Bounded by
-    `max_bytes` (estimated: pieces' lengths + ENTRY_OVERHEAD each); past it the oldest entries are dropped.
+    """Per node (by address) the pieces of its NodeResult that are its own and do not move with its probe
+    time: the node_name field, the address and labels fields (bytes, upb's encoding). Bounded by `max_bytes`
+    (estimated: pieces' lengths + ENTRY_OVERHEAD each); past it the oldest entries are dropped.
     Safe for concurrent calls: lookups read the dict (atomic), changes hold a lock."""
 
     def __init__(self, max_bytes: int = MAX_NODE_BYTES) -> None:
@@ -159,9 +147,9 @@ class NodeBytes:
         self.bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, node: FleetNode, probed: float, name: str, old: Entry | None = None) -> Entry:
-        """Serialize `node`'s pieces (entry(): named `name`, probed at `probed`) and keep them."""
-        e = entry(node, probed, name, old)
+    def put(self, node: FleetNode, name: str) -> Entry:
+        """Serialize `node`'s pieces (entry(): named `name`) and keep them."""
+        e = entry(node, name)
         self.keep([e])
         return e
 
@@ -175,43 +163,28 @@ class NodeBytes:
                 address = e[0].address
                 old = entries.get(address)
                 entries[address] = e
-                total += e[7] if old is None else e[7] - old[7]
+                total += e[5] if old is None else e[5] - old[5]
             while total > self.max_bytes and entries:
-                total -= entries.pop(next(iter(entries)))[7]
+                total -= entries.pop(next(iter(entries)))[5]
             self.bytes = total
 
 
-def entry(node: FleetNode, probed: float, name: str, old: Entry | None = None) -> Entry:
-    """`node`'s pieces, named `name`, probed at `probed` (epoch seconds). Only the as_of field is serialized
-    again when `old` (its entry) holds the same node and name: a probe round later (a node's probe time moves
-    every round) costs ~2 us a node (as_of written by _stamp), a node not seen ~4 us (10,000 nodes, CPU time
-    on this 2-CPU machine)."""
-    if old is not None and old[2] == name and (old[0] is node or old[0] == node) and probed >= 1:
-        stamp = _stamp(probed)  # a probe round later: only as_of again
-        own_len = len(old[3]) + len(old[4]) + len(stamp)
-        return (node, probed, name, old[3], old[4], stamp, own_len, own_len + ENTRY_OVERHEAD)
+def entry(node: FleetNode, name: str) -> Entry:
+    """`node`'s pieces, named `name`: fields 1-3 serialized by upb, split after the node_name field (~3 us a
+    node, 10,000 nodes, CPU time on this 2-CPU machine). Asked again only when the node, its labels or its
+    name change, or its entry was dropped (NodeBytes' bound)."""
     r = fleet_pb2.NodeResult()
-    if old is not None and old[2] == name and (old[0] is node or old[0] == node):
-        name_field, own = old[3], old[4]
-        start = -1
-    else:
-        r.node_name = name
-        r.address = node.address
-        if node.labels:
-            lab = r.labels
-            for lk, lv in node.labels.items():
-                lab[lk] = lv
-        start = r.ByteSize()
-    secs = int(probed)
-    as_of = r.as_of
-    as_of.seconds = secs
-    as_of.nanos = int((probed - secs) * 1e9)
-    stamp = r.SerializeToString()
-    if start >= 0:  # fields 1-3, then as_of (11): split after the node_name field and before as_of
-        k = _string_field_size(name)
-        name_field, own, stamp = stamp[:k], stamp[k:start], stamp[start:]
-    own_len = len(name_field) + len(own) + len(stamp)
-    return (node, probed, name, name_field, own, stamp, own_len, own_len + ENTRY_OVERHEAD)
+    r.node_name = name
+    r.address = node.address
+    if node.labels:
+        lab = r.labels
+        for lk, lv in node.labels.items():
+            lab[lk] = lv
+    own = r.SerializeToString()
+    k = _string_field_size(name)
+    name_field, own = own[:k], own[k:]
+    own_len = len(name_field) + len(own)
+    return (node, name, name_field, own, own_len, own_len + ENTRY_OVERHEAD)
 
 
 class Ranking:
@@ -267,7 +240,8 @@ def node_messages(
 ) -> list[bytes]:
     """The ValidateFleetResponse messages (serialized) carrying one NodeResult per answered node, `batch`
     nodes a message, in order; each node also goes to `ranking`. `answered`: (node, its record, its
-    verdict's key in `verdicts`). The node's name is the one its daemon reported for a DNS node."""
+    verdict's key in `verdicts`). The node's name is the one its daemon reported for a DNS node; its as_of
+    the record's (written by the store: NodeRecord.as_of)."""
     messages: list[bytes] = []
     get = cache.entries.get
     keep = ranking.keep
@@ -275,26 +249,27 @@ def node_messages(
         for v in verdicts.values():
             v.bucket = ranking.bucket(v.key)
     heads = _NODE_HEADS
+    as_of_heads = _AS_OF_HEADS
     for start in range(0, len(answered), batch):
         pieces: list[bytes] = []
         add = pieces.extend
         size = 0
         fresh: list[Entry] = []  # kept once per message (one lock)
         for node, rec, vk in answered[start:start + batch]:
-            probed = rec.probed_at
             e = get(node.address)
-            if e is None or (e[0] is not node and e[0] != node) or e[1] != probed or (
-                node.source == SOURCE_DNS and e[2] != (rec.name or node.name)
+            if e is None or (e[0] is not node and e[0] != node) or (
+                node.source == SOURCE_DNS and e[1] != (rec.name or node.name)
             ):
-                e = entry(node, probed, rec.name if node.source == SOURCE_DNS and rec.name else node.name, e)
+                e = entry(node, rec.name if node.source == SOURCE_DNS and rec.name else node.name)
                 fresh.append(e)
             v = verdicts[vk]
-            n = e[6] + v.sizes
+            as_of = rec.as_of
+            n = e[4] + v.sizes + 2 + len(as_of)  # as_of: one tag byte, one length byte (<= 22)
             head = heads.get(n) or _head(heads, NODE_TAG, n)
-            add((head, e[3], e[4], v.before, e[5], v.after))
+            add((head, e[2], e[3], v.before, as_of_heads[len(as_of)], as_of, v.after))
             size += len(head) + n
             if keep:
-                v.bucket.append((e[2], node.address, e[3], v.rank))
+                v.bucket.append((e[1], node.address, e[2], v.rank))
         messages.append(NODES_TAG + varint(size) + b"".join(pieces))
         if fresh:
             cache.keep(fresh)

@@ -65,7 +65,7 @@ def plan(
 ) -> Plan:
     """Answer what the inventory can; the rest go to `live` (in the order given).
 
-    Per node its result's bytes are its own fields' (kept in `node_bytes` per node and probe time; a
+    Per node its result's bytes are its own fields' (kept in `node_bytes` per node, its as_of the record's: a
     fresh NodeBytes when None) joined with its group's template's (verdict, reasons, fingerprint:
     serialized once per distinct set), server/fleet/fleet_bytes.py: ~1 us a node. `grouped` (the request's
     grouped_results) sends each template once with the nodes sharing it column by column
