@@ -90,6 +90,8 @@ def _tags(args: argparse.Namespace) -> list[str]:
 
 @dataclass
 class SpecSource:
+    """The spec's text and, when it came from a registry, the image and artifact it was attached to."""
+
     text: str
     image: str = ""
     image_digest: str = ""

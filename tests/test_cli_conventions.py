@@ -242,7 +242,9 @@ def test_validate_imports_only_what_it_uses(tmp_path: Path) -> None:
     assert "nodecompat.engine.evaluate" in mods
     for heavy in ("grpc", "requests", "nodecompat.oci.discovery", "opentelemetry.sdk.trace",
                   "nodecompat.clients.cmd_serve", "nodecompat.clients.cmd_fleet", "nodecompat.probes.runner",
-                  "nodecompat.probes.registry"):  # the probes' catalog is loaded only when a name is missing
+                  "nodecompat.probes.registry",  # the probes' catalog is loaded only when a name is missing
+                  "nodecompat.probes.catalog", "nodecompat.hostroot",  # ... its module too (engine/evaluate.py)
+                  "re2", "nodecompat.engine.goregexp"):  # Go's dialect and RE2: by the first regex only
         assert heavy not in mods, heavy
     assert "grpc" not in _modules_after(["lint", str(SPEC)])
     assert "grpc" not in _modules_after(["--help"]) | _modules_after(["features", "--host-root", str(H100)])

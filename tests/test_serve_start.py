@@ -28,7 +28,8 @@ H100 = fixture_host("h100-server")
 
 # Imported by a call that needs them, or by the warm-up after SERVING; never before SERVING.
 WARMED = ("grpc_reflection.v1alpha.reflection", "nodecompat.server.node.feature_watch", "nodecompat.engine.evaluate",
-          "nodecompat.engine.spec", "yaml", "re2", "nodecompat.probes.catalog")
+          "nodecompat.engine.spec", "yaml", "re2", "nodecompat.probes.catalog", "nodecompat.engine.goregexp",
+          "nodecompat.engine.expression_regex")
 LEFT_OUT = (*WARMED, "importlib.metadata", "google.rpc.error_details_pb2")
 
 

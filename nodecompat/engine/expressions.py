@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecompat.engine import goregexp
 from nodecompat.engine.expression_ops import (
     ANY,
     DOES_NOT_EXIST,
@@ -50,9 +49,9 @@ from nodecompat.engine.expression_ops import (
     TYPES,
     VALUE_OPS,
 )
-from nodecompat.engine.expression_regex import compile_any
 from nodecompat.engine.expression_values import atoi_or_error, go_atoi, go_quote, parse_version, values_repr
 from nodecompat.engine.limits import MAX_ECHOED_VALUE_CHARS
+from nodecompat.engine.plain import Plain
 
 __all__ = [
     "ANY",
@@ -91,8 +90,8 @@ class ExpressionError(ValueError):
     """The expression cannot be evaluated (bad op, value count, regex, number or version)."""
 
 
-@dataclass
-class MatchExpression:
+@dataclass(repr=False, eq=False)
+class MatchExpression(Plain):
     """`{op, value, type}` as written in a spec. `values` keeps the user's order."""
 
     op: str = ""
@@ -160,7 +159,12 @@ class CompiledExpression:
 
     def _prepare_regexes(self) -> None:
         """Check each value as Go's regexp.Compile would (NFD's dialect), then compile RE2 programs
-        within MAX_REGEX_MEM each; keep one union program (or, if that does not fit, one per value)."""
+        within MAX_REGEX_MEM each; keep one union program (or, if that does not fit, one per value).
+        Go's dialect and RE2 are imported here, by the first regex: a spec without one (and `nodecompat
+        validate` for it, issue 11's start-up row) never pays for them (~8 ms)."""
+        from nodecompat.engine import goregexp
+        from nodecompat.engine.expression_regex import compile_any
+
         e = self.expr
         translated = []
         for i, v in enumerate(e.values):

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 from nodecompat.engine.expressions import DOES_NOT_EXIST, IN, IN_REGEXP, NOT_IN, ExpressionError, MatchExpression
 from nodecompat.engine.limits import MAX_ECHOED
+from nodecompat.engine.plain import Plain
 
 # Evaluation errors kept per term (NFD itself stops at the first one).
 MAX_ERRORS_KEPT = MAX_ECHOED
 
 
-@dataclass(slots=True)
-class Outcome:
+@dataclass(slots=True, repr=False, eq=False)
+class Outcome(Plain):
     """One expression against one place (the flag part, the attribute part or one instance)."""
 
     matched: bool
@@ -43,8 +44,8 @@ def _eval(expr: MatchExpression, present: bool, value: str | None, errors: list[
         return Outcome(False, present, value, str(exc))
 
 
-@dataclass
-class ColumnCache:
+@dataclass(repr=False, eq=False)
+class ColumnCache(Plain):
     """Per-evaluation memo: one attribute's values over a feature's instances, and node values as numbers."""
 
     columns: dict[tuple[int, str], list[str | None]] = field(default_factory=dict)
@@ -59,8 +60,8 @@ class ColumnCache:
         return vals
 
 
-@dataclass
-class MultiResult:
+@dataclass(repr=False, eq=False)
+class MultiResult(Plain):
     """Everything MatchMulti computes for one term's matchExpressions."""
 
     names: list[str]
@@ -251,8 +252,8 @@ def name_plan(expr: MatchExpression) -> Callable[[Iterable[str]], set[str]] | No
     return plan
 
 
-@dataclass
-class NamesResult:
+@dataclass(repr=False, eq=False)
+class NamesResult(Plain):
     """Everything MatchNamesMulti computes for one matchName expression."""
 
     matched: bool

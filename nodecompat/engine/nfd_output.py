@@ -21,11 +21,12 @@ from typing import Any
 
 from nodecompat.engine.expressions import MatchExpression, go_quote
 from nodecompat.engine.matcher import MultiResult, NamesResult
+from nodecompat.engine.plain import Plain
 from nodecompat.engine.spec import Compatibility, FeatureTerm
 
 
-@dataclass
-class TermEval:
+@dataclass(repr=False, eq=False)
+class TermEval(Plain):
     """One term as the evaluator computed it on the node's raw facts."""
 
     term: FeatureTerm
@@ -42,8 +43,10 @@ class TermEval:
         )
 
 
-@dataclass
-class NfdRule:
+@dataclass(repr=False, eq=False)
+class NfdRule(Plain):
+    """One rule as NFD's validate-node reports it: its terms' evaluations and matchAny elements."""
+
     name: str
     match_features: list[TermEval] = field(default_factory=list)
     match_any: list[list[TermEval]] = field(default_factory=list)
@@ -56,14 +59,18 @@ class NfdRule:
         return mf and ma
 
 
-@dataclass
-class NfdSet:
+@dataclass(repr=False, eq=False)
+class NfdSet(Plain):
+    """One compatibility set and its rules, in NFD's report."""
+
     compat: Compatibility
     rules: list[NfdRule] = field(default_factory=list)
 
 
-@dataclass
-class _Processed:
+@dataclass(repr=False, eq=False)
+class _Processed(Plain):
+    """One term as NFD prints it (lower-cased feature, its expressions or matchName)."""
+
     feature: str  # lower-cased, as NFD stores it
     expressions: dict[str, MatchExpression] | None
     match_name: MatchExpression | None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nodecompat.engine.expressions import MatchExpression
+from nodecompat.engine.plain import Plain
 
 SPEC_VERSION = "v1alpha1"
 # The attribute feature where each rule publishes its `vars` for later rules (NFD's back-reference).
@@ -29,37 +30,47 @@ class SpecError(ValueError):
 
 
 # -- model ---------------------------------------------------------------------------------------
-@dataclass
-class FeatureTerm:
+@dataclass(repr=False, eq=False)
+class FeatureTerm(Plain):
+    """One matchFeatures element: a feature and its matchExpressions and/or matchName."""
+
     feature: str
     # None when absent (NFD's nil map); {} is an explicit empty set, which matches any present feature.
     match_expressions: dict[str, MatchExpression] | None = None
     match_name: MatchExpression | None = None
 
 
-@dataclass
-class MatchAnyElem:
+@dataclass(repr=False, eq=False)
+class MatchAnyElem(Plain):
+    """One matchAny element: terms that must all match."""
+
     match_features: list[FeatureTerm] = field(default_factory=list)
 
 
-@dataclass
-class Rule:
+@dataclass(repr=False, eq=False)
+class Rule(Plain):
+    """One rule of a compatibility set: matchFeatures, matchAny, and the vars it publishes."""
+
     name: str = ""
     match_features: list[FeatureTerm] = field(default_factory=list)
     match_any: list[MatchAnyElem] = field(default_factory=list)
     vars: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Compatibility:
+@dataclass(repr=False, eq=False)
+class Compatibility(Plain):
+    """One compatibility set: its rules, weight, tag and description."""
+
     rules: list[Rule] = field(default_factory=list)
     weight: int = 0
     tag: str = ""
     description: str = ""
 
 
-@dataclass
-class Spec:
+@dataclass(repr=False, eq=False)
+class Spec(Plain):
+    """A parsed image compatibility spec (v1alpha1) with the parser's warnings and mode."""
+
     version: str = ""
     compatibilities: list[Compatibility] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

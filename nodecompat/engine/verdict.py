@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodecompat.engine.plain import Plain
+
 # FactStatus (validation.proto), by its proto enum names: why a term/expression has its outcome.
 FACT_UNSPECIFIED = "FACT_STATUS_UNSPECIFIED"  # evaluated against what the probes reported
 FACT_ABSENT = "FACT_STATUS_ABSENT"  # a probe provides it; this node does not have it
@@ -20,8 +22,10 @@ FACT_NFD_HIDDEN = "FACT_STATUS_NFD_HIDDEN"  # a nodecompat addition, hidden in N
 FACT_PROBE_FAILED = "FACT_STATUS_PROBE_FAILED"  # the probe providing it failed (unknown)
 
 
-@dataclass
-class ExpressionVerdict:
+@dataclass(repr=False, eq=False)
+class ExpressionVerdict(Plain):
+    """One matchExpression (or matchName) of a term against the node: outcome, what the node has, why."""
+
     feature: str = ""
     element: str = ""  # empty for matchName
     matcher_type: str = "matchExpression"  # or "matchName"
@@ -37,8 +41,10 @@ class ExpressionVerdict:
     suggestion: str = ""
 
 
-@dataclass
-class TermVerdict:
+@dataclass(repr=False, eq=False)
+class TermVerdict(Plain):
+    """One feature term (matchFeatures element): matched when every expression matched."""
+
     feature: str = ""
     matched: bool = False
     feature_present: bool = False
@@ -48,14 +54,18 @@ class TermVerdict:
     suggestion: str = ""
 
 
-@dataclass
-class MatchAnyVerdict:
+@dataclass(repr=False, eq=False)
+class MatchAnyVerdict(Plain):
+    """One matchAny element: its terms, matched when all of them matched."""
+
     matched: bool = False
     terms: list[TermVerdict] = field(default_factory=list)
 
 
-@dataclass
-class RuleVerdict:
+@dataclass(repr=False, eq=False)
+class RuleVerdict(Plain):
+    """One rule: matched when its matchFeatures terms and one matchAny element (if any) matched."""
+
     name: str = ""
     matched: bool = False
     unknown: bool = False
@@ -64,8 +74,10 @@ class RuleVerdict:
     vars: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class SetVerdict:
+@dataclass(repr=False, eq=False)
+class SetVerdict(Plain):
+    """One compatibility set (by index in the spec): passed when all its rules matched."""
+
     index: int = 0
     description: str = ""
     tag: str = ""
@@ -77,8 +89,8 @@ class SetVerdict:
     rules: list[RuleVerdict] = field(default_factory=list)
 
 
-@dataclass
-class UnseenName:
+@dataclass(repr=False, eq=False)
+class UnseenName(Plain):
     """A name the spec uses that the evaluation could not see (not provided, or hidden in NFD's view)."""
 
     feature: str = ""
@@ -88,8 +100,10 @@ class UnseenName:
     message: str = ""
 
 
-@dataclass
-class Verdict:
+@dataclass(repr=False, eq=False)
+class Verdict(Plain):
+    """The whole answer for one node: per set, overall compatible/score, warnings and NFD's own output."""
+
     compatible: bool = False
     score: int = 0
     sets: list[SetVerdict] = field(default_factory=list)

@@ -52,6 +52,8 @@ WARM_UP_MODULES = (
     "re2",
     "yaml",
     "nodecompat.engine.expressions",
+    "nodecompat.engine.goregexp",  # imported by the first regex (expressions._prepare_regexes), not with expressions
+    "nodecompat.engine.expression_regex",
     "nodecompat.engine.matcher",
     "nodecompat.engine.spec",
     "nodecompat.engine.report",
