@@ -27,6 +27,7 @@ from support_fleet import aggregator, free_port, make_certs
 
 from nodecompat import wire
 from nodecompat.clients.fleet_client import FleetClient
+from nodecompat.engine.limits import MAX_SPEC_BYTES
 from nodecompat.fleet.fingerprint import fingerprint
 from nodecompat.fleet.store import STATE_OK, FeatureStore
 from nodecompat.server import tls
@@ -115,9 +116,11 @@ def test_a_features_message_just_under_the_limit_arrives_whole(tmp_path: Path, m
         server.stop(0)
 
 
-def test_a_validate_answer_near_the_message_limit_reaches_the_fleet_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mutual_tls", [False, True], ids=["plain", "mtls"])
+def test_a_validate_answer_near_the_message_limit_reaches_the_fleet_answer(tmp_path: Path, mutual_tls: bool) -> None:
     """Three nodes answer ValidateImage with ~12 MiB each (their NFD JSON, plus a 1 MiB failure reason); the live
-    fan-out takes each through the pool's channel and ValidateFleet's answer carries every reason."""
+    fan-out sends each a spec near MAX_SPEC_BYTES and takes the answer through the pool's channel (its TLS records
+    4 KiB at most); ValidateFleet's answer carries every reason."""
     detail = "x" * (1 << 20)
     resp = node_pb2.ValidateImageResponse(compatible=False)
     resp.report.nfd_json = "n" * (MAX_MESSAGE_BYTES - (4 << 20))
@@ -128,16 +131,23 @@ def test_a_validate_answer_near_the_message_limit_reaches_the_fleet_answer(tmp_p
     answer = resp.SerializeToString()
     assert MAX_MESSAGE_BYTES - (4 << 20) < len(answer) < MAX_MESSAGE_BYTES
 
+    specs: list[str] = []
+
     def validate(request: bytes, context: grpc.ServicerContext) -> bytes:
+        specs.append(node_pb2.ValidateImageRequest.FromString(request).spec)
         return answer
 
-    servers = [serve({"ValidateImage": grpc.unary_unary_rpc_method_handler(validate)}) for _ in range(3)]
+    certs = make_certs(tmp_path / "certs") if mutual_tls else None
+    servers = [serve({"ValidateImage": grpc.unary_unary_rpc_method_handler(validate)}, certs.dir if certs else None)
+               for _ in range(3)]
     nodes = tmp_path / "nodes.json"
     nodes.write_text(json.dumps([{"name": f"big-{i}", "address": a} for i, (_, a) in enumerate(servers)]))
     spec = ("version: v1alpha1\ncompatibilities:\n- rules:\n  - name: big\n    matchFeatures:\n"
             "    - feature: kernel.version\n      matchExpressions: {major: {op: Gt, value: ['4']}}\n")
+    spec += "#" + "p" * (MAX_SPEC_BYTES - len(spec) - 1024) + "\n"  # a comment: the spec just under its limit
+    node_credentials = tls.channel_credentials(certs.ca, certs.cert, certs.key) if certs else None
     try:
-        with aggregator(nodes_file=str(nodes), check_new_nodes=False) as agg, \
+        with aggregator(nodes_file=str(nodes), check_new_nodes=False, node_credentials=node_credentials) as agg, \
                 FleetClient(agg.address) as client:  # type: ignore[attr-defined]
             ans = client.validate(spec_text=spec, timeout=60)
         assert len(ans.nodes) == 3
@@ -145,6 +155,7 @@ def test_a_validate_answer_near_the_message_limit_reaches_the_fleet_answer(tmp_p
             assert node.status == "OK", node
             assert not node.compatible
             assert any(detail in r for r in node.reasons), [r[:80] for r in node.reasons]
+        assert specs == [spec] * 3
     finally:
         for server, _ in servers:
             server.stop(0)

@@ -45,6 +45,12 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     # channelz keeps per-channel/subchannel/socket trace nodes: ~3.5 KiB of each pooled connection's ~35.
     ("grpc.enable_channelz", 0),
+    # TLS records this side writes of at most 4 KiB (16 KiB by default): gRPC's SSL frame protector keeps a buffer
+    # of that size per connection for what the aggregator sends (ValidateImage requests, HTTP/2 control frames);
+    # answers are the node's records, unaffected. bench/channel_args.py --tls, 2,000 channels, a channel after one
+    # call: 91.7-92.0k -> 87.7-87.8k (1 KiB, the subscriptions' choice: 85.0-85.1k, but a 1 MiB spec then costs
+    # ~0.5-0.8 ms more client CPU a node in 1,024 records; at 4 KiB no difference measured from 300 B to 1 MiB).
+    ("grpc.tsi.max_frame_size", 4096),
 ]
 MAX_CHANNELS = MAX_POOL_BYTES // CONNECTION_BYTES
 # Close pooled channels unused this long: twice the daemons' own idle limit (their side of an idle
