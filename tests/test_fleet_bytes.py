@@ -269,3 +269,22 @@ def test_a_mixed_inventory_and_live_answer_over_grpc_is_the_old_bytes(tmp_path: 
     finally:
         for d in daemons:
             d.kill()
+
+
+def test_a_node_s_own_fields_written_by_hand_are_upbs() -> None:
+    """fleet_bytes.entry writes node_name, address and a single label itself (more labels: upb): the same bytes
+    as upb's for empty names, addresses, keys and values, multi-byte UTF-8, a 2-byte length, and two labels."""
+    from nodecompat.server.fleet.fleet_bytes import entry
+
+    long = "ü" * 100  # 200 bytes: a 2-byte length
+    for node in (FleetNode("n", "a:1", {}, "file"), FleetNode("", "", {}, "file"),
+                 FleetNode("", "a:1", {"": ""}, "file"), FleetNode(long, long, {long: long}, "file"),
+                 FleetNode("x", "10.0.0.1:7", {"": "b"}, "file"),
+                 FleetNode("x", "y", {"a": ""}, "file"), FleetNode("x", "y", {"zone": "b", "rack": "r-7"}, "file")):
+        for name in (node.name, "reported", ""):
+            e = entry(node, name)
+            r = fleet_pb2.NodeResult(node_name=name, address=node.address)
+            for k, v in node.labels.items():
+                r.labels[k] = v
+            assert e[2] + e[3] == r.SerializeToString() and e[2] == fleet_pb2.NodeResult(
+                node_name=name).SerializeToString(), (node, name)
