@@ -18,7 +18,8 @@ from nodecompat.probes.registry import load_probes
 from nodecompat.probes.round_host import RoundHost
 from nodecompat.probes.runner import ProbeRunner
 
-_C_CALLS = ("replay_reads", "stat_fields", "open_text", "openat2", "read_whole")  # probes/_hostc.c
+# the C helper's calls (probes/_hostc.c)
+_C_CALLS = ("replay_reads", "stat_fields", "listdir", "link_name", "open_text", "openat2", "read_whole")
 _SYSCALLS = (("open", "open"), ("pread", "read"), ("read", "read"), ("close", "close"), ("stat", "stat"),
              ("fstat", "stat"), ("lstat", "stat"), ("listdir", "listdir"), ("readlink", "readlink"))
 

@@ -18,17 +18,28 @@
  *   read_whole(fd, max_bytes) -> bytes, or None (unreadable, a FIFO or socket, over max_bytes); closes fd;
  *   stat_fields(dirfd, path: bytes) -> (mode, ino, dev, nlink, uid, gid, size, mtime_ns, ctime_ns) of
  *       what the path resolves to (openat2 O_PATH + fstat; dirfd -1: stat(2)), or None;
- *   replay_reads(dirfd, flags, memo: dict, items: list, max_bytes) -> index of the first item whose read
- *       differs from its logged answer, or -1; items are (memo key, path: bytes, answer: bytes | None).
- *       An item already in `memo` is compared with what the memo holds (no system call); otherwise the
- *       file is opened (openat2 in the root, or open(2) at "/"), read as read_whole and compared in C;
- *       `memo[key]` is set to the answer when equal, to the bytes read (or None) at the first difference.
+ *   link_name(dirfd, parent: bytes, name: bytes) -> basename of link `name`'s target in directory `parent`
+ *       (resolved in the root; dirfd -1: open(2)), or None (RoundHost.link_target_name's answers);
+ *   listdir(dirfd, path: bytes, flags) -> the directory's names but . and .., sorted as str, or
+ *       None when it cannot be opened or read;
+ *   replay_reads(dirfd, flags, memo: dict, items: list, max_bytes, state, lookup, file_flags, link_whole)
+ *       -> index of the first item whose read differs from its logged answer, or -1; items are (memo key,
+ *       path: bytes, answer: bytes | None, parent: str | None, name: bytes). An item already in `memo`
+ *       is compared with what the memo holds (no system call); otherwise the file is opened as
+ *       memo_replay.replay_reads opens it: by `name` in its parent's held directory (state: the round's
+ *       HeldParents.state or None, lookup: its lookup(parent) when the parent is not held yet; a link
+ *       there, ELOOP/ENOTDIR, resolved as the whole path when link_whole), nothing for a missing
+ *       directory, else the whole path (openat2 in the root, or open(2) at "/" when dirfd is -1), read as
+ *       read_whole and compared in C; `memo[key]` is set to the answer when equal, to the bytes read (or
+ *       None) at the first difference. A third EAGAIN from openat2 returns that index, memo unset.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/openat2.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +52,8 @@
 #endif
 
 #define FIRST_READ 4096
+#define HELD_MISSING (-1) /* held_parents.MISSING: the directory does not resolve */
+#define HELD_SLOW (-2)    /* held_parents.SLOW: not held, the whole path is resolved */
 #define CHUNK 65536
 
 static PyObject *retry_error = NULL; /* root_resolve.NoOpenat2, set once */
@@ -312,20 +325,135 @@ static PyObject *py_stat_fields(PyObject *self, PyObject *args) {
     return fields_of(&st);
 }
 
-static PyObject *py_replay_reads(PyObject *self, PyObject *args) {
-    int dirfd, flags;
-    PyObject *memo, *items;
-    Py_ssize_t max_bytes;
-    if (!PyArg_ParseTuple(args, "iiO!O!n", &dirfd, &flags, &PyDict_Type, &memo, &PyList_Type, &items,
-                          &max_bytes))
+static PyObject *py_link_name(PyObject *self, PyObject *args) {
+    int dirfd;
+    const char *parent, *name;
+    Py_ssize_t np, nn;
+    if (!PyArg_ParseTuple(args, "iy#y#", &dirfd, &parent, &np, &name, &nn))
         return NULL;
+    if ((Py_ssize_t)strlen(parent) != np || (Py_ssize_t)strlen(name) != nn) {
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return NULL;
+    }
+    char target[PATH_MAX + 1];
+    ssize_t n;
+    int again = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int fd = dirfd < 0 ? open(parent, O_PATH | O_DIRECTORY | O_CLOEXEC)
+                       : open_nogil(dirfd, parent, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -EAGAIN && dirfd >= 0) {
+        again = 1;
+        n = -1;
+    } else if (fd < 0) {
+        n = -1;
+    } else {
+        n = readlinkat(fd, name, target, PATH_MAX);
+        close(fd);
+    }
+    Py_END_ALLOW_THREADS
+    if (again && retry_error != NULL) {
+        PyErr_SetNone(retry_error);
+        return NULL;
+    }
+    if (n < 0)
+        Py_RETURN_NONE;
+    target[n] = 0;
+    const char *base = strrchr(target, '/');
+    base = base ? base + 1 : target;
+    return PyUnicode_DecodeFSDefaultAndSize(base, (Py_ssize_t)(target + n - base));
+}
+
+static PyObject *py_listdir(PyObject *self, PyObject *args) {
+    int dirfd, flags;
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "iy#i", &dirfd, &path, &n, &flags))
+        return NULL;
+    if ((Py_ssize_t)strlen(path) != n) {
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return NULL;
+    }
+    char **names = NULL;
+    size_t count = 0, cap = 0;
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int fd = open_nogil(dirfd, path, flags | O_DIRECTORY);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (fd < 0) {
+        rc = fd;
+    } else if (dir == NULL) {
+        rc = -errno;
+        close(fd);
+    } else {
+        struct dirent *e;
+        errno = 0;
+        while ((e = readdir(dir)) != NULL) {
+            if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+                continue;
+            if (count == cap) {
+                size_t more = cap ? cap * 2 : 64;
+                char **p = realloc(names, more * sizeof *names);
+                if (p == NULL) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                names = p;
+                cap = more;
+            }
+            if ((names[count] = strdup(e->d_name)) == NULL) {
+                rc = -ENOMEM;
+                break;
+            }
+            count++;
+            errno = 0;
+        }
+        if (!rc && errno)
+            rc = -errno;
+        closedir(dir);
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (rc == -EAGAIN && dirfd >= 0 && retry_error != NULL) {
+        PyErr_SetNone(retry_error);
+    } else if (rc) {
+        out = Py_NewRef(Py_None);
+    } else if ((out = PyList_New((Py_ssize_t)count)) != NULL) {
+        for (size_t i = 0; i < count; i++) {
+            PyObject *name = PyUnicode_DecodeFSDefault(names[i]);
+            if (name == NULL) {
+                Py_CLEAR(out);
+                break;
+            }
+            PyList_SET_ITEM(out, (Py_ssize_t)i, name);
+        }
+        if (out != NULL && PyList_Sort(out) != 0) /* as sorted(os.listdir()): by code point */
+            Py_CLEAR(out);
+    }
+    for (size_t i = 0; i < count; i++)
+        free(names[i]);
+    free(names);
+    return out;
+}
+
+static PyObject *py_replay_reads(PyObject *self, PyObject *args) {
+    int dirfd, flags, file_flags, link_whole;
+    PyObject *memo, *items, *state, *lookup;
+    Py_ssize_t max_bytes;
+    if (!PyArg_ParseTuple(args, "iiO!O!nOOip", &dirfd, &flags, &PyDict_Type, &memo, &PyList_Type, &items,
+                          &max_bytes, &state, &lookup, &file_flags, &link_whole))
+        return NULL;
+    if (state != Py_None && !PyDict_Check(state)) {
+        PyErr_SetString(PyExc_TypeError, "state must be a dict or None");
+        return NULL;
+    }
     Buf b = {NULL, 0};
     Py_ssize_t count = PyList_GET_SIZE(items);
     Py_ssize_t at = -1;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3 || !PyBytes_Check(PyTuple_GET_ITEM(item, 1))) {
-            PyErr_SetString(PyExc_TypeError, "items are (key, path: bytes, answer)");
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 5 || !PyBytes_Check(PyTuple_GET_ITEM(item, 1)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(item, 4))) {
+            PyErr_SetString(PyExc_TypeError, "items are (key, path: bytes, answer, parent: str | None, name: bytes)");
             goto error;
         }
         PyObject *key = PyTuple_GET_ITEM(item, 0);
@@ -343,13 +471,46 @@ static PyObject *py_replay_reads(PyObject *self, PyObject *args) {
         }
         if (PyErr_Occurred())
             goto error;
+        /* The held directory of the parent (held_parents.py): state[parent], else held.lookup(parent)
+         * (counted, held when due), as memo_replay.replay_reads. */
+        long d = HELD_SLOW;
+        PyObject *parent = PyTuple_GET_ITEM(item, 3);
+        if (state != Py_None && parent != Py_None) {
+            PyObject *v = PyDict_GetItemWithError(state, parent);
+            if (v == NULL && PyErr_Occurred())
+                goto error;
+            d = v != NULL ? PyLong_AsLong(v) : HELD_SLOW;
+            if (d == -1 && PyErr_Occurred())
+                goto error;
+            if (d < 0 && d != HELD_MISSING) {
+                PyObject *r = PyObject_CallOneArg(lookup, parent);
+                if (r == NULL)
+                    goto error;
+                d = PyLong_AsLong(r);
+                Py_DECREF(r);
+                if (d == -1 && PyErr_Occurred())
+                    goto error;
+            }
+        }
         PyObject *pathobj = PyTuple_GET_ITEM(item, 1);
+        PyObject *nameobj = PyTuple_GET_ITEM(item, 4);
         Py_INCREF(pathobj); /* kept while the GIL is released */
+        Py_INCREF(nameobj);
         const char *path = PyBytes_AS_STRING(pathobj);
+        const char *name = PyBytes_AS_STRING(nameobj);
         size_t len = 0;
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        int fd = open_nogil(dirfd, path, flags);
+        int fd;
+        if (d >= 0) { /* by its name in the held directory; a link under a host root: the whole path */
+            fd = openat((int)d, name, file_flags);
+            if (fd < 0)
+                fd = link_whole && (errno == ELOOP || errno == ENOTDIR) ? open_nogil(dirfd, path, flags) : -errno;
+        } else if (d == HELD_MISSING) {
+            fd = -ENOENT;
+        } else {
+            fd = open_nogil(dirfd, path, flags);
+        }
         if (fd == -EAGAIN && dirfd >= 0) {
             rc = -2; /* the caller resolves it the Python way (NoOpenat2) */
         } else if (fd < 0) {
@@ -360,6 +521,7 @@ static PyObject *py_replay_reads(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
         Py_DECREF(pathobj);
+        Py_DECREF(nameobj);
         if (rc == -2) {
             at = i; /* not stored: the probe (or the Python replay) reads it itself */
             break;
@@ -401,7 +563,9 @@ static PyMethodDef methods[] = {
     {"read_whole", py_read_whole, METH_VARARGS, "read_whole(fd, max_bytes) -> bytes or None; closes fd"},
     {"stat_fields", py_stat_fields, METH_VARARGS, "stat_fields(dirfd, path) -> 9 stat fields or None"},
     {"replay_reads", py_replay_reads, METH_VARARGS,
-     "replay_reads(dirfd, flags, memo, items, max_bytes) -> first differing index or -1"},
+     "replay_reads(dirfd, flags, memo, items, max_bytes, state, lookup, file_flags, link_whole) -> first differing index or -1"},
+    {"link_name", py_link_name, METH_VARARGS, "link_name(dirfd, parent, name) -> basename of the link's target or None"},
+    {"listdir", py_listdir, METH_VARARGS, "listdir(dirfd, path, flags) -> sorted names, or None"},
     {"set_retry_error", py_set_retry_error, METH_O, "the exception raised after three EAGAINs"},
     {NULL, NULL, 0, NULL},
 };

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat as stat_mod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +61,8 @@ class Memo:
     compiled: bool = False
     # the C helper's form (host_c.py): for the host root `/` (True) or a host root (False), made at need
     c_root: bool | None = None
-    c_reads: list[tuple[tuple[str, str], bytes, Any]] = field(default_factory=list)
-    c_stats: list[bytes | None] = field(default_factory=list)  # others[i]'s path for stat_fields, or None
+    c_reads: list[tuple[tuple[str, str], bytes, Any, str | None, bytes]] = field(default_factory=list)
+    c_others: list[tuple[int, Any, Any]] = field(default_factory=list)  # others[i] for the C helper (_c_other)
 
 
 def finish(log: _Log, output: ProbeOutput) -> Memo | None:
@@ -153,37 +154,79 @@ def _c_path(path: str, at_root: bool) -> bytes | None:
     return os.fsencode(text)
 
 
+# what the C helper does for an entry of `others`: (kind, its arguments, the round memo's key)
+_PY, _STAT, _EXISTS, _IS_DIR, _IS_FILE, _LINK, _LIST, _NONE = range(8)
+_STAT_KINDS = {RoundHost.exists: _EXISTS, RoundHost.is_dir: _IS_DIR, RoundHost.is_file: _IS_FILE}
+
+
+def _c_other(fn: Any, args: tuple[Any, ...], at_root: bool) -> tuple[int, Any, Any]:
+    """An entry of `others` in the C helper's form: (_PY, None, None) for the logged function itself."""
+    path = args[0] if args and type(args[0]) is str else None
+    if path is None or "\0" in path:
+        return _PY, None, None
+    if fn is _stat_or_none:
+        return _STAT, _c_path(path, at_root), None
+    if fn in _STAT_KINDS:
+        return _STAT_KINDS[fn], _c_path(path, at_root), ("s", path)
+    if fn is RoundHost.listdir:
+        return _LIST, _c_path(path, at_root), ("l", path)
+    if fn is RoundHost.link_target_name:  # RoundHost._link_target_name's parent and name
+        text = path.rstrip("/")
+        if at_root:
+            text = text if text.startswith("/") else "/" + text
+        parent, _, name = text.rpartition("/")
+        if not name or name in (".", ".."):
+            return _NONE, None, None
+        return _LINK, (os.fsencode(parent.rstrip("/") or "/"), os.fsencode(name)), ("k", path)
+    return _PY, None, None
+
+
 def compile_c(memo: Memo, at_root: bool) -> bool:
-    """The memo's reads and stat_or_none calls in the C helper's form (once per kind of root); False when
-    a path cannot take it (the Python replay decides)."""
+    """The memo's log in the C helper's form (once per kind of root); False when a read's path cannot
+    take it (the Python replay decides)."""
     if memo.c_root is not at_root:
         c_reads = []
         for key, _parent, _name, answer in memo.reads:
             raw = _c_path(key[1], at_root)
             if raw is None:
                 return False
-            c_reads.append((key, raw, answer))
+            c_reads.append((key, raw, answer, _parent, os.fsencode(_name) if _parent is not None else b""))
         memo.c_reads = c_reads
-        memo.c_stats = [_c_path(args[0], at_root) if fn is _stat_or_none else None for fn, args, _ in memo.others]
+        memo.c_others = [_c_other(fn, args, at_root) for fn, args, _ in memo.others]
         memo.c_root = at_root
     return True
 
 
 def replay_c(memo: Memo, host: RoundHost, c: Any, dirfd: int) -> bool:
-    """replays() through the C helper: the reads in one call (c.replay_reads), stat_or_none by
-    c.stat_fields, the rest through their logged functions."""
+    """replays() through the C helper: the reads in one call (c.replay_reads), stats, listings and link
+    reads by its functions (the round's memo first, as RoundHost), the rest through their logged
+    functions."""
+    mem = host.memo
     if memo.c_reads:
-        at = c.replay_reads(dirfd, OPENAT2_READ, host.memo, memo.c_reads, MAX_READ_BYTES)
+        held = host._parents[0] if host._parents else host._held()
+        state, lookup, flags = (held.state, held.lookup, held.file_flags) if held is not None else (None, None, 0)
+        link_whole = held is not None and held.root_fd is not None  # under a host root: links not followed
+        at = c.replay_reads(dirfd, OPENAT2_READ, mem, memo.c_reads, MAX_READ_BYTES, state, lookup, flags, link_whole)
         if at >= 0:
-            if memo.c_reads[at][0] in host.memo:
+            if memo.c_reads[at][0] in mem:
                 return False  # a difference (what the round read is in its memo, as RoundHost's read)
             if not replay_reads(host, memo.reads[at:]):  # openat2 kept racing a rename: the Python way
                 return False
-    stats = memo.c_stats
-    for i, (fn, args, answer) in enumerate(memo.others):
-        raw = stats[i]
+    for (fn, args, answer), (kind, arg, key) in zip(memo.others, memo.c_others, strict=True):
         try:
-            got = c.stat_fields(dirfd, raw) if raw is not None else fn(host, *args)
+            if kind == _PY or (key is not None and key in mem):
+                got = fn(host, *args)
+            elif kind == _STAT:
+                got = c.stat_fields(dirfd, arg)
+            elif kind == _LIST:
+                got = mem[key] = c.listdir(dirfd, arg, OPENAT2_READ) or []
+            elif kind == _LINK:
+                got = mem[key] = c.link_name(dirfd, arg[0], arg[1])
+            elif kind == _NONE:
+                got = None
+            else:
+                st = c.stat_fields(dirfd, arg)
+                got = st is not None and (kind == _EXISTS or stat_mod.S_IFMT(st[0]) == _S_IF[kind])
         except NoOpenat2:
             got = fn(host, *args)
         except Exception as exc:
@@ -191,6 +234,9 @@ def replay_c(memo: Memo, host: RoundHost, c: Any, dirfd: int) -> bool:
         if got is not answer and got != answer:
             return False
     return True
+
+
+_S_IF = {_IS_DIR: stat_mod.S_IFDIR, _IS_FILE: stat_mod.S_IFREG}
 
 
 def replays(memo: Memo, host: RoundHost) -> bool:

@@ -39,6 +39,7 @@ def _root(tmp_path: Path) -> tuple[Path, Path, int]:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_bytes(b"SECRET\n")
+    (outside / "only-outside").write_bytes(b"SECRET\n")
     rerooted = root / str(outside).lstrip("/")
     rerooted.mkdir(parents=True)
     (rerooted / "secret").write_bytes(b"REROOTED\n")
@@ -49,6 +50,13 @@ def _root(tmp_path: Path) -> tuple[Path, Path, int]:
     return root, outside, os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
+def _replay(dirfd: int, flags: int, memo: dict[object, object], items: list[tuple[object, bytes, object]],
+            bound: int) -> int:  # fmt: skip
+    """C.replay_reads of (key, path, answer) items by whole paths (no held directories)."""
+    assert C is not None
+    return C.replay_reads(dirfd, flags, memo, [(*i, None, b"") for i in items], bound, None, None, 0, False)
+
+
 def _read(fd: int) -> bytes | None:
     assert C is not None
     return C.read_whole(fd, MAX_READ_BYTES) if fd >= 0 else None
@@ -57,7 +65,8 @@ def _read(fd: int) -> bytes | None:
 @needs_c
 def test_c_opens_and_stats_follow_no_link_out_of_the_root(tmp_path: Path) -> None:
     """openat2 RESOLVE_IN_ROOT in C: an absolute link, a `..` climb and a directory link are re-rooted,
-    /proc's magic links refused; the batch replay reads the same (the secret never)."""
+    /proc's magic links refused, for opens, stats, listings and link reads; the batch replay reads the
+    same (the secret never)."""
     assert C is not None
     root, outside, rfd = _root(tmp_path)
     try:
@@ -69,9 +78,14 @@ def test_c_opens_and_stats_follow_no_link_out_of_the_root(tmp_path: Path) -> Non
         inside = os.stat(root / str(outside).lstrip("/") / "secret")
         assert st is not None and st[1] == inside.st_ino != os.stat(outside / "secret").st_ino
         assert C.stat_fields(rfd, b"/sys/d/environ") is None
+        assert C.listdir(rfd, b"/sys/d/outdir", OPENAT2_READ) == ["secret"]  # <root>/<outside>, not <outside>
+        assert C.listdir(rfd, b"/sys/d", OPENAT2_READ) == sorted(os.listdir(root / "sys" / "d"))
+        assert C.listdir(rfd, b"/sys/d/environ", OPENAT2_READ) is None
+        assert C.link_name(rfd, b"/sys/d", b"abs") == "secret" and C.link_name(rfd, b"/sys/d", b"a") is None
+        assert C.link_name(rfd, b"/sys/d/outdir", b"secret") is None  # a file of the re-rooted directory
         memo: dict[object, object] = {}
         items = [(("b", f"/sys/d/{n}"), f"/sys/d/{n}".encode(), b"SECRET\n") for n in ("abs", "climb")]
-        assert C.replay_reads(rfd, OPENAT2_READ, memo, items, MAX_READ_BYTES) == 0
+        assert _replay(rfd, OPENAT2_READ, memo, items, MAX_READ_BYTES) == 0
         assert memo == {("b", "/sys/d/abs"): b"REROOTED\n"}  # the difference, as read inside the root
     finally:
         os.close(rfd)
@@ -93,7 +107,7 @@ def test_c_reads_answer_as_read_whole_and_stop_at_the_bound(tmp_path: Path, size
         assert C.read_whole(os.open(f, flags), bound) == want
         memo: dict[object, object] = {}
         item = (("b", str(f)), os.fsencode(f), f.read_bytes())
-        assert C.replay_reads(-1, flags, memo, [item], bound) == (-1 if want is not None else 0)
+        assert _replay(-1, flags, memo, [item], bound) == (-1 if want is not None else 0)
         assert memo[("b", str(f))] == want
 
 
@@ -124,11 +138,11 @@ def test_replay_reads_stops_at_the_first_difference_and_fills_the_memo(tmp_path:
         items = [(("b", "/sys/d/a"), b"/sys/d/a", a), (("b", "/sys/d/none"), b"/sys/d/none", missing),
                  (("b", "/sys/d/b"), b"/sys/d/b", b), (("b", "/sys/d/a/x"), b"/sys/d/a/x", None)]  # fmt: skip
         memo: dict[object, object] = {}
-        assert C.replay_reads(rfd, OPENAT2_READ, memo, items, MAX_READ_BYTES) == 2
+        assert _replay(rfd, OPENAT2_READ, memo, items, MAX_READ_BYTES) == 2
         assert memo[("b", "/sys/d/a")] is a and memo[("b", "/sys/d/none")] is None
         assert memo[("b", "/sys/d/b")] == b"new\n"
         memo[("b", "/sys/d/b")] = b"old\n"  # what another probe read this round: compared, not read again
-        assert C.replay_reads(rfd, OPENAT2_READ, memo, items, MAX_READ_BYTES) == -1
+        assert _replay(rfd, OPENAT2_READ, memo, items, MAX_READ_BYTES) == -1
     finally:
         os.close(rfd)
 
