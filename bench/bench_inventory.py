@@ -17,8 +17,10 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
   measured in a process of its own, and the full re-registration after a restart (all 10,000 registering at
   once until each one's features are fetched and held). The streams row above is what nodes from a nodes file
   or DNS cost.
-- Full resubscribe after an aggregator restart: a fresh InventorySync (empty store, as after a restart)
-  subscribing to 10,000 nodes until every node's features are held. One simulator process serves
+- Full resubscribe after an aggregator restart: a fresh InventorySync (empty store, as after a restart without a
+  snapshot) subscribing to 10,000 nodes until every node's features are held; then a real aggregator process
+  restarted with a snapshot of the 10,000 (--state-file): exec to all held, exec to all resubscribed (the daemons
+  answer with their features omitted; bench/inventory_restart_sim.py stream_restart_rows). One simulator process serves
   WatchFeatures for every node on 0.0.0.0:PORT; each node is its own loopback address 127.x.y.z:PORT
   (as bench_fleet.py does), so there is one TCP connection and one stream per node. The simulator sends
   bytes serialized before the clock starts (it stands in for 10,000 machines; the aggregator receives what
@@ -357,10 +359,14 @@ def streams_part(n: int, k: int, tmp: Path) -> None:
               f"{sim1 - sim0:.2f} s on the same {os.cpu_count()} CPUs; loadavg {loadavg()})")
         row(f"aggregator RSS growth per nodes file / DNS node (streams): {n} subscriptions (channels, streams, "
             "store)", (rss1 - rss0) / max(1, n), "B", LIMIT_NODE_BYTES)
+        from inventory_restart_sim import stream_restart_rows, stream_snapshot  # type: ignore[import-not-found]
+
+        snap = stream_snapshot(members, fresh, tmp)
         sync.stop()
     finally:
         sim.terminate()
         sim.wait()
+    stream_restart_rows(n, k, snap, sim_port, tmp, node_address, row, process_cpu, LIMIT_RESUBSCRIBE_S)
 
 
 def push_part(n: int, k: int, lease_ttl: float) -> None:

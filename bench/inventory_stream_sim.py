@@ -1,5 +1,6 @@
 """bench_inventory.py's WatchFeatures simulator (its child process, started as `bench_inventory.py --serve-simulator
-PORT_FILE [--profiles K] [--older-daemons]`, env BENCH_SIM_NODES): one process answering WatchFeatures for every
+PORT_FILE [--profiles K] [--older-daemons]`, env BENCH_SIM_NODES, BENCH_SIM_SENT: a file written once every node has
+answered a resubscribe with its features omitted): one process answering WatchFeatures for every
 simulated node (each its own loopback address, bench_inventory.node_address), used by bench_inventory.py,
 bench_store_etcd.py's `sharded` rows and tests/test_store_etcd_shards.py (older daemons). In its own module: it is
 the part other benches and tests share, and bench_inventory.py stays under the ~400-line rule.
@@ -16,13 +17,17 @@ from pathlib import Path
 from bench_inventory import profiles
 
 
-def node_messages(n_nodes: int, n_profiles: int, probed_at_ns: int,
-                  older: bool = False) -> tuple[list[bytes], list[bytes]]:
+def node_messages(n_nodes: int, n_profiles: int, probed_at_ns: int, older: bool = False,
+                  omitted: dict[str, list[tuple[bytes, bytes]]] | None = None) -> tuple[list[bytes], list[bytes]]:
     """Each simulated node's serialized WatchFeaturesResponse messages: (first: its features, heartbeat), node i of
     profile i % n_profiles, named sim-{i:05d}. What a current daemon sends (server/node/feature_watch.py on_round:
     its profile without usage values, its nodename in, the fingerprint computed from exactly that); older: what a
     daemon from before volatile values sends (usage values in, memory.size available_bytes differing per node, and
-    a fingerprint computed over them). Used by serve_simulator and bench/streams_breakdown.py."""
+    a fingerprint computed over them). Used by serve_simulator and bench/streams_breakdown.py. `omitted`, when
+    given, gets fingerprint -> [(first message with its features omitted, heartbeat)] per node of that set: what
+    the daemon answers a request whose known_fingerprint is its current one (server/node/feature_watch.py: the
+    first message without features, features_omitted, its round id, probe time, name and fingerprint), here a
+    round later (round 2, probed 1 s after `probed_at_ns`: its as_of tells an aggregator's resubscribe happened)."""
     import hashlib
 
     from nodecompat import wire
@@ -51,6 +56,12 @@ def node_messages(n_nodes: int, n_profiles: int, probed_at_ns: int,
             first[i] = inventory_pb2.WatchFeaturesResponse(features=m).SerializeToString()
             heartbeats[i] = inventory_pb2.WatchFeaturesResponse(heartbeat=inventory_pb2.FeaturesHeartbeat(
                 round_id=1, fingerprint=m.fingerprint, heartbeat_seconds=10)).SerializeToString()
+            if omitted is not None:  # a round later (the daemon probed meanwhile), the same features
+                m.ClearField("features")
+                m.features_omitted, m.round_id = True, 2
+                m.probed_at.FromNanoseconds(probed_at_ns + 1_000_000_000)
+                omitted.setdefault(m.fingerprint, []).append(
+                    (inventory_pb2.WatchFeaturesResponse(features=m).SerializeToString(), heartbeats[i]))
     return first, heartbeats
 
 
@@ -60,7 +71,10 @@ def serve_simulator(port_file: str, n_profiles: int, older: bool = False) -> Non
     (server/node/feature_watch.py on_round: its profile without usage values, the fingerprint computed from exactly
     that, its nodename in), then heartbeats naming that fingerprint. older: what a daemon from before volatile
     values sends instead (its features with usage values, memory.size available_bytes differing per node, and a
-    fingerprint computed over them): the aggregator's announced != fingerprint path (NodeRecord.announced)."""
+    fingerprint computed over them): the aggregator's announced != fingerprint path (NodeRecord.announced).
+    A request whose known_fingerprint is one of the nodes' current fingerprints is answered as an unchanged daemon
+    answers it: features omitted (the next node of that set; the simulator cannot tell which loopback address was
+    dialled, and the nodes of one set differ only in their name, which a nodes file overrides)."""
     import grpc
 
     from nodecompat.v1 import inventory_pb2
@@ -74,16 +88,31 @@ def serve_simulator(port_file: str, n_profiles: int, older: bool = False) -> Non
     from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
     tune_for_serving()
-    first, heartbeats = node_messages(n_nodes, n_profiles, time.time_ns(), older)
+    omitted: dict[str, list[tuple[bytes, bytes]]] = {}
+    first, heartbeats = node_messages(n_nodes, n_profiles, time.time_ns(), older, omitted)
     counter = [0]
+    counters = dict.fromkeys(omitted, 0)
+    sent_file = os.environ.get("BENCH_SIM_SENT", "")  # written once n_nodes omitted first messages were sent
+    sent = [0]
 
     async def watch(request, context):  # type: ignore[no-untyped-def]
-        i = counter[0] % n_nodes
-        counter[0] += 1
-        yield first[i]
+        same = omitted.get(request.known_fingerprint)
+        if same is not None:  # an unchanged daemon's answer to a reconnect
+            j = counters[request.known_fingerprint]
+            counters[request.known_fingerprint] = j + 1
+            msg, beat = same[j % len(same)]
+        else:
+            i = counter[0] % n_nodes
+            counter[0] += 1
+            msg, beat = first[i], heartbeats[i]
+        yield msg
+        if same is not None:
+            sent[0] += 1
+            if sent[0] == n_nodes and sent_file:
+                Path(sent_file).write_text(f"{time.time():.3f}")
         while True:
             await asyncio.sleep(request.heartbeat_seconds or 10)
-            yield heartbeats[i]
+            yield beat
 
     handler = grpc.method_handlers_generic_handler("nodecompat.v1.NodeService", {
         "WatchFeatures": grpc.unary_stream_rpc_method_handler(
