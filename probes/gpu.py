@@ -35,7 +35,7 @@ from nodecompat.probes.nvidia_info import (
     parse_nvrm_version,
     split_version,
 )
-from nodecompat.probes.pci_ids import lookup, marketing_name, read_pci_ids
+from nodecompat.probes.pci_ids import PciIds, host_pci_ids, marketing_name
 from nodecompat.probes.probe_memo import not_replayable
 from nodecompat.probes.sysfs_pci import PCI_DEVICES, PciDevice, list_pci_devices
 
@@ -225,7 +225,7 @@ class GpuProbe(Probe):
 
         nv_version = (nvml.driver_version if nvml else None) or nvidia_driver_version(host)
         amd_version = host.read_line(AMDGPU_VERSION) or None
-        pci_ids: str | None = None
+        pci_ids: PciIds | None = None
         kfd = kfd_targets(host) if any(d.vendor == "1002" for d in gpus) else {}
         instances = []
         for dev in gpus:
@@ -251,10 +251,8 @@ class GpuProbe(Probe):
                     attrs["product"] = pname
             if "product" not in attrs:
                 if pci_ids is None:
-                    pci_ids = read_pci_ids(host) or ""
-                name = lookup(
-                    pci_ids, dev.vendor, dev.device, dev.nfd["subsystem_vendor"], dev.nfd["subsystem_device"]
-                )
+                    pci_ids = host_pci_ids(host)
+                name = pci_ids.name(dev.vendor, dev.device, dev.nfd["subsystem_vendor"], dev.nfd["subsystem_device"])
                 if name.subsystem or name.device:
                     attrs["product"] = marketing_name(name.subsystem or name.device or "")
             if dev.vendor == "10de" and "compute_major" not in attrs and "product" in attrs:

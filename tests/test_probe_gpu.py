@@ -297,3 +297,35 @@ def test_pci_ids_lookup():
     assert lookup(text, "abcd", "0001") == lookup("", "10de", "2330")
     assert marketing_name("GH100 [H100 PCIe]") == "H100 PCIe"
     assert marketing_name("Instinct MI300X") == "Instinct MI300X"
+
+
+def test_pci_ids_is_kept_between_rounds_while_the_file_is_unchanged(tmp_path):
+    """pci_ids.host_pci_ids: a later round on the same pci.ids (same device, inode, size, mtime) neither
+    reads it nor scans it again for a GPU already named, and names what a fresh read names; a rewritten
+    file (new size and mtime) is read again and its new names published."""
+    from nodecompat.probes.round_host import RoundHost
+
+    host = copy_fixture("amd-mi300", tmp_path)
+    ids = "/usr/share/hwdata/pci.ids"
+    reads: list[str] = []
+
+    class Counting(RoundHost):
+        def read_text(self, host_path, *, within=None):  # type: ignore[no-untyped-def]
+            reads.append(str(host_path))
+            return super().read_text(host_path, within=within)
+
+    def products() -> list[str]:
+        out = GpuProbe().discover(Counting.over(host))
+        return [i.attributes.get("product", "") for i in out.features.instances["gpu.device"].elements]
+
+    first = products()
+    assert first and set(first) == {"Instinct MI300X"}
+    reads.clear()
+    assert products() == first
+    assert ids not in reads
+    path = host.path(ids)
+    text = path.read_text().replace("1002 74a1  Instinct MI300X", "1002 74a1  Instinct MI300X (renamed)")
+    path.write_text(text)
+    os.utime(path, ns=(1, 1))  # a different mtime whatever the clock's resolution
+    assert set(products()) == {"Instinct MI300X (renamed)"}
+    assert ids in reads
