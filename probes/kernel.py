@@ -139,6 +139,27 @@ def parse_builtin_modules(text: str) -> set[str]:
     return out
 
 
+def builtin_modules(host: HostRoot, path: str) -> frozenset[str] | None:
+    """parse_builtin_modules of host file `path` (modules.builtin), None when unreadable. The parse is kept
+    between rounds while the file's identity is unchanged (probes/parsecache.py, as the kernel config: a
+    distribution kernel's file has ~1,000-6,000 lines and does not change while the kernel runs); a path
+    that is not a regular file is read and parsed each time, as before, and one that cannot be stat'ed
+    (missing) is not read. Shared: not to be changed."""
+    st = parsecache.stat_result(host, path)
+    if st is None:  # missing: nothing to read
+        return None
+    ident = parsecache.identity_of(st)
+    if ident is None:  # not a regular file: read as before, nothing kept
+        text = host.read_text(path)
+        return None if text is None else frozenset(parse_builtin_modules(text))
+
+    def parse() -> frozenset[str] | None:
+        text = host.read_text(path)
+        return None if text is None else frozenset(parse_builtin_modules(text))
+
+    return parsecache.parsed(host, path, "modules.builtin", parse, ident)
+
+
 class KernelProbe(Probe):
     """Kernel facts, from procfs/sysfs/config files under the host root."""
 
@@ -229,13 +250,13 @@ class KernelProbe(Probe):
             f.add_flags("kernel.loadedmodule", loaded)
 
         builtin_path = f"/lib/modules/{version}/modules.builtin"
-        builtin = host.read_text(builtin_path) if version else None
+        builtin = builtin_modules(host, builtin_path) if version else None
         if not version:
             out.notes.append("kernel version unknown: modules.builtin not read, kernel.enabledmodule left out")
         elif builtin is None:
             out.notes.append(f"{builtin_path} unreadable: kernel.enabledmodule left out, as NFD does")
         else:
-            f.add_flags("kernel.enabledmodule", loaded | parse_builtin_modules(builtin))
+            f.add_flags("kernel.enabledmodule", loaded | builtin)
 
         # NFD selinux.go: no /sys/fs -> error (absent); no enforce file -> false; unreadable -> absent.
         enforce = host.read_bytes(SELINUX_ENFORCE)

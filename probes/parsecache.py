@@ -29,20 +29,27 @@ _cache: OrderedDict[tuple[str, str], tuple[tuple[int, int, int, int], object]] =
 
 def identity(host: HostRoot, host_path: str) -> tuple[int, int, int, int] | None:
     """(st_dev, st_ino, st_size, st_mtime_ns) of a regular host file, or None when it is not one."""
-    if isinstance(host, RoundHost):  # the round's stat: a missing file costs no OSError
+    return identity_of(stat_result(host, host_path))
+
+
+def stat_result(host: HostRoot, host_path: str) -> os.stat_result | None:
+    """The host file's stat, resolved inside the host root as a read is (the round's stat on a round's
+    host: a missing file costs no OSError), or None when it cannot be stat'ed (missing, unreachable): a
+    read of it would find nothing either."""
+    if isinstance(host, RoundHost):
         try:
-            found = host.stat_or_none(host_path)
+            return host.stat_or_none(host_path)
         except ValueError:
             return None
-        if found is None:
-            return None
-        st = found
-    else:
-        try:
-            st = host.stat(host_path)  # resolved inside the host root, as the read itself is
-        except (OSError, ValueError):
-            return None
-    if (st.st_mode & 0o170000) != 0o100000:
+    try:
+        return host.stat(host_path)
+    except (OSError, ValueError):
+        return None
+
+
+def identity_of(st: os.stat_result | None) -> tuple[int, int, int, int] | None:
+    """identity() from a stat result: None unless it is a regular file's."""
+    if st is None or (st.st_mode & 0o170000) != 0o100000:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 

@@ -91,10 +91,14 @@ def host_pci_ids(host: HostRoot) -> PciIds:
     (probes/parsecache.py, as the kernel config): a ~1.3 MB file is then neither read nor scanned again
     for a name already looked up (a scan splits the whole text into lines: milliseconds a GPU). A path
     that is not a regular file is read as read_pci_ids reads it, for this call only. As for the kernel
-    config, a regular file found unreadable is taken as unreadable until its identity changes."""
+    config, a regular file found unreadable is taken as unreadable until its identity changes; a path that
+    cannot be stat'ed (missing) is not read."""
     for p in PCI_IDS_PATHS:
-        ident = parsecache.identity(host, p)
-        if ident is None:  # missing, or not a regular file: read as before, nothing kept
+        st = parsecache.stat_result(host, p)
+        if st is None:  # missing: nothing to read
+            continue
+        ident = parsecache.identity_of(st)
+        if ident is None:  # not a regular file: read as before, nothing kept
             text = host.read_text(p)
             if text is not None:
                 return PciIds(text)

@@ -245,3 +245,39 @@ def test_a_kernel_config_is_stated_once_per_round_once_parsed(tmp_path):
         f.write("CONFIG_NODECOMPAT_TEST=y\n")
     out = KernelProbe().discover(Counting.over(host))
     assert out.features.attributes["kernel.config"].elements["NODECOMPAT_TEST"] == "y"
+
+
+def test_modules_builtin_is_kept_between_rounds_while_the_file_is_unchanged(tmp_path):
+    """kernel.builtin_modules: a later round on the same modules.builtin (same device, inode, size, mtime)
+    does not read it again and publishes the same kernel.enabledmodule; a rewritten file is read again;
+    a missing one is not read at all (its stat says so) and kernel.enabledmodule is left out, as NFD."""
+    from nodecompat.probes.round_host import RoundHost
+
+    host = copy_fixture("h100-server", tmp_path)
+    builtin = "/lib/modules/5.15.0-91-generic/modules.builtin"
+    reads: list[str] = []
+
+    class Counting(RoundHost):
+        def read_text(self, host_path, *, within=None):  # type: ignore[no-untyped-def]
+            reads.append(str(host_path))
+            return super().read_text(host_path, within=within)
+
+    def enabled() -> set[str] | None:
+        out = KernelProbe().discover(Counting.over(host))
+        feat = out.features.flags.get("kernel.enabledmodule")
+        return None if feat is None else set(feat.elements)
+
+    first = enabled()
+    assert first is not None and first > H100_LOADED and "vfio-pci-core" in first
+    reads.clear()
+    assert enabled() == first
+    assert builtin not in reads
+    path = host.path(builtin)
+    path.write_text(path.read_text() + "kernel/drivers/test/nodecompat_test.ko\n")
+    os.utime(path, ns=(1, 1))
+    assert enabled() == first | {"nodecompat_test"}
+    assert builtin in reads
+    path.unlink()
+    reads.clear()
+    assert enabled() is None
+    assert builtin not in reads
