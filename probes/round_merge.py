@@ -4,13 +4,19 @@ _take moves a built-in probe's declared features into the round's Features (its 
 _detach copies one before something is merged into it). A long-lived runner whose round reused every
 probe's last output (probe_memo: nothing changed on the host) builds the same features as the last
 round from the same objects: `copied` gives the last round's Features with its three dicts copied
-(the feature objects shared, as _take shares them), so the merge is not done again.
+(the feature objects shared, as _take shares them), so the merge is not done again; `again` gives that
+whole round (its statuses too) without the runner's merge loop.
 Hand-written: a few dict moves with the sharing rules of the probe memo.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
 from nodecompat.features import Features
+from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 
 
 def copied(last: Features) -> Features:
@@ -48,3 +54,21 @@ def _detach(into: Features, kind: str, name: str) -> None:
     something is merged into it: the object may be a probe's output that the memo keeps and reuses."""
     dst = getattr(into, kind)
     dst[name] = getattr(Features(**{kind: {name: dst[name]}}).copy(), kind)[name]
+
+
+def again(calls: list[Any], last: Features, notes: dict[str, list[str]], statuses: dict[str, ProbeStatus],
+          load_errors: Iterable[Any]) -> ProbeRound:  # fmt: skip
+    """The runner's round (probes/runner.py) when every call finished and reused the output the last
+    round's features `last` were built from: those features (dicts copied) and each probe's status (ok,
+    reused, its last notes copied, its declared features), without the merge and the output checks.
+    `calls`: the runner's _Call objects; `statuses`: those already decided (probes still hung), to which
+    these and the load errors are added. The runner's `last` and `notes` are never handed out, so a
+    consumer changing this round's features or notes does not change the next round's."""
+    for call in calls:
+        p = call.probe
+        took = call.finished - call.started
+        statuses[p.name] = ProbeStatus(p.name, True, "", took, p.feature_names(), list(notes[p.name]), False, True)
+    for le in load_errors:
+        statuses[le.name] = ProbeStatus(le.name, ok=False, error=le.error)
+    ordered = [statuses[k] for k in sorted(statuses)]
+    return ProbeRound(features=copied(last), statuses=ordered, probed_at=datetime.now(UTC))

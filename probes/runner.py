@@ -39,7 +39,7 @@ from nodecompat.probes.probe_memo import RecordingHost, declared_memoizable
 from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
 from nodecompat.probes.round_host import RoundHost
-from nodecompat.probes.round_merge import _detach, _take, copied
+from nodecompat.probes.round_merge import _detach, _take, again, copied
 
 _tracer = tracing.LazyTracer("nodecompat.probes")  # OpenTelemetry only once imported (fast start)
 _RoundHost = RoundHost  # its name before the split (tests import it from here)
@@ -298,13 +298,16 @@ class ProbeRunner:
         # Every probe's output is the one the last round's features were built from (all reused, none
         # failed): those features again, their dicts copied (round_merge.copied), no merge done again.
         outputs = [c.output for c in calls]
+        last = self._last
         same = (
-            self._last is not None
+            last is not None
             and all(c.reused for c in calls)
-            and len(outputs) == len(self._last[0])
-            and all(a is b for a, b in zip(outputs, self._last[0], strict=True))
+            and len(outputs) == len(last[0])
+            and all(a is b for a, b in zip(outputs, last[0], strict=True))
         )
-        features = copied(self._last[1]) if same and self._last is not None else Features()
+        if same and last is not None and all(c.finished is not None and c.error is None for c in calls):
+            return again(calls, last[1], last[2], statuses, self.load_errors)
+        features = copied(last[1]) if same and last is not None else Features()
         taken: set[str] = set()
         now = time.monotonic()
         for call in calls:

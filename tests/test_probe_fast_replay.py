@@ -119,8 +119,9 @@ def test_a_link_out_of_the_root_swapped_in_between_steady_rounds_is_refused_and_
 
 def test_a_round_that_reused_every_probe_gives_the_last_merge_in_dicts_of_its_own(tmp_path: Path) -> None:
     """A round reusing every probe's output gives the last round's features again without merging them
-    anew (round_merge.copied); its dicts are its own, so a consumer removing a feature from one round's
-    features does not remove it from the next; a changed input is merged anew."""
+    anew (round_merge.again); its dicts, statuses and notes are its own, so a consumer removing a feature
+    from one round's features, or changing a status's notes, does not change the next; a changed input is
+    merged anew."""
     root, _ = _tree(tmp_path)
     probe = ReadsDir()
     runner = ProbeRunner([probe], HostRoot(root))
@@ -129,11 +130,14 @@ def test_a_round_that_reused_every_probe_gives_the_last_merge_in_dicts_of_its_ow
         assert r2.statuses[0].reused and r2.features == r1.features and r2.features is not r1.features
         del r2.features.attributes["readsdir.files"]  # a consumer's change to the round it was given
         r1.features.attributes.clear()
+        r2.statuses[0].notes.append("a consumer's note")
+        r2.statuses[0].features.clear()
         r3 = runner.run()
         (root / "sys" / "d" / "b").write_bytes(b"B2\n")
         r4, r5 = runner.run(), runner.run()
     finally:
         runner.close()
     assert r3.statuses[0].reused and _files(r3) == {"a": repr(b"A\n"), "b": repr(b"B\n"), "names": "a,b"}
+    assert r3.statuses[0].notes == [] and r3.statuses[0].features == ["readsdir.files"]
     assert not r4.statuses[0].reused and _files(r4)["b"] == repr(b"B2\n")
     assert r5.statuses[0].reused and r5.features == r4.features
