@@ -17,7 +17,7 @@ upper-casing within NFD's known set.
 
 from __future__ import annotations
 
-import functools
+import threading
 
 # Linux /proc/cpuinfo flag -> klauspost/cpuid FeatureID name (x86).
 LINUX_TO_KLAUSPOST: dict[str, str] = {
@@ -276,13 +276,32 @@ def nfd_x86_cpuid(linux_flags: set[str] | frozenset[str]) -> set[str]:
     return names | {f"X86_64_V{i}" for i in range(1, level + 1)}
 
 
-@functools.lru_cache(maxsize=8)
+# What cached_nfd_cpuid keeps: the last 8 flag sets translated, each of at most MAX_KEPT_FLAGS flags of
+# MAX_KEPT_FLAG_CHARS characters in all (real hosts: 92-174 flags, ~1 KiB), so ~1.5 MB at most whatever a
+# host root's cpuinfo says (it can hold up to the 32 MiB read bound).
+MAX_KEPT = 8
+MAX_KEPT_FLAGS = 1024
+MAX_KEPT_FLAG_CHARS = 16 << 10
+_kept: dict[tuple[frozenset[str], bool], frozenset[str]] = {}
+_kept_lock = threading.Lock()
+
+
 def cached_nfd_cpuid(flags: frozenset[str], arm: bool) -> frozenset[str]:
-    """nfd_x86_cpuid(flags) (or nfd_arm64_cpuid when `arm`), kept for the last 8 flag sets: a host's
-    cpuinfo flags are the same every round (16-34 us of a round's cpu probe to translate again,
-    92-174 flags). Bounded by count (8) and by each set's size (the cpuinfo read's own bound); shared,
-    hence frozen."""
-    return frozenset(nfd_arm64_cpuid(flags) if arm else nfd_x86_cpuid(flags))
+    """nfd_x86_cpuid(flags) (or nfd_arm64_cpuid when `arm`), kept for the last MAX_KEPT flag sets: a
+    host's cpuinfo flags are the same every round (16-34 us of a round's cpu probe to translate again,
+    92-174 flags; a kept one costs a lookup). Bounded in bytes: a set over MAX_KEPT_FLAGS flags or
+    MAX_KEPT_FLAG_CHARS characters is translated and not kept (the size is counted on a miss only).
+    Shared, hence frozen."""
+    key = (flags, arm)
+    got = _kept.get(key)
+    if got is None:
+        got = frozenset(nfd_arm64_cpuid(flags) if arm else nfd_x86_cpuid(flags))
+        if len(flags) <= MAX_KEPT_FLAGS and sum(map(len, flags)) <= MAX_KEPT_FLAG_CHARS:
+            with _kept_lock:  # the probes run in worker threads
+                while len(_kept) >= MAX_KEPT:
+                    del _kept[next(iter(_kept))]  # the oldest
+                _kept[key] = got
+    return got
 
 
 def nfd_arm64_cpuid(features: set[str] | frozenset[str]) -> set[str]:

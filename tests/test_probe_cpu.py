@@ -536,3 +536,32 @@ def test_the_kept_cpuid_translation_is_the_translation():
             assert got == nfd_arm64_cpuid(info.arm_features) and isinstance(got, frozenset)
             seen += 1
     assert seen >= 5
+
+
+def test_a_huge_flags_line_is_not_kept_after_the_round(tmp_path):
+    """The kept cpuid translations are bounded in bytes, not only in count: a host root whose cpuinfo
+    flags line holds 100,000 extra words (~4 MB of text, ~13 MB as a frozenset) gives the same cpu.cpuid
+    and, once its rounds are over, leaves no more than before it (was: each such set kept by
+    cached_nfd_cpuid's lru_cache: 25.8 MB after these two, up to 8 sets of up to the 32 MiB read bound)."""
+    import gc
+    import tracemalloc
+
+    plain = run(CpuProbe(), fixture_host("h100-server"))[0]["flags"]["cpu.cpuid"]
+    hosts = []
+    for seed in range(2):
+        host = copy_fixture("h100-server", tmp_path / str(seed))
+        info = host.root / "proc" / "cpuinfo"
+        extra = " ".join(f"{tmp_path.name}{seed}_{i}" for i in range(100_000))  # new words each run
+        info.write_text(info.read_text().replace("flags\t: ", f"flags\t: {extra} ", 1))
+        hosts.append(host)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for host in hosts:
+            assert run(CpuProbe(), host)[0]["flags"]["cpu.cpuid"] == plain
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2_000_000, f"{kept:,} bytes kept after two rounds"
