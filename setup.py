@@ -5,7 +5,12 @@ header). optional=True: on a box without a compiler `pip install` still succeeds
 the ctypes path (probes/host_c.py says which is in use).
 """
 
+import zlib
+from pathlib import Path
+
 from setuptools import Extension, setup
+
+SOURCE = Path(__file__).resolve().parent / "probes" / "_hostc.c"
 
 setup(
     ext_modules=[
@@ -14,6 +19,8 @@ setup(
             sources=["probes/_hostc.c"],
             optional=True,
             extra_compile_args=["-O2", "-Wall"],
+            # probes/host_c.py uses the module only with the source it was built from (a stale editable build)
+            define_macros=[("HOSTC_SOURCE_CRC32", f'"{zlib.crc32(SOURCE.read_bytes()):08x}"')],
         )
     ]
 )

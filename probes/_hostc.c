@@ -51,6 +51,10 @@
 #define SYS_openat2 437
 #endif
 
+#ifndef HOSTC_SOURCE_CRC32
+#define HOSTC_SOURCE_CRC32 "" /* setup.py gives this file's CRC-32 (probes/host_c.py: a stale build is not used) */
+#endif
+
 #define FIRST_READ 4096
 #define HELD_MISSING (-1) /* held_parents.MISSING: the directory does not resolve */
 #define HELD_SLOW (-2)    /* held_parents.SLOW: not held, the whole path is resolved */
@@ -577,7 +581,8 @@ PyMODINIT_FUNC PyInit__hostc(void) {
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntConstant(m, "RESOLVE_IN_ROOT", RESOLVE_IN_ROOT) != 0 ||
-        PyModule_AddIntConstant(m, "RESOLVE_NO_MAGICLINKS", RESOLVE_NO_MAGICLINKS) != 0) {
+        PyModule_AddIntConstant(m, "RESOLVE_NO_MAGICLINKS", RESOLVE_NO_MAGICLINKS) != 0 ||
+        PyModule_AddStringConstant(m, "SOURCE_CRC32", HOSTC_SOURCE_CRC32) != 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -3,6 +3,7 @@ from typing import Any
 
 RESOLVE_IN_ROOT: int
 RESOLVE_NO_MAGICLINKS: int
+SOURCE_CRC32: str  # CRC-32 of the _hostc.c it was built from (setup.py), hex
 
 def openat2(dirfd: int, path: bytes, flags: int, /) -> int: ...
 def open_text(dirfd: int, flags: int, text: str, /) -> int: ...

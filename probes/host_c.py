@@ -19,13 +19,41 @@ descriptors instead (no openat2: kernels before 5.6, a seccomp filter).
 
 from __future__ import annotations
 
+import logging
+import zlib
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 try:
-    from nodecompat.probes import _hostc as _built
+    from nodecompat.probes import _hostc as _imported
 except ImportError:  # not built (no compiler when installed): the ctypes path
-    _built = None  # type: ignore[assignment, unused-ignore]
+    _imported = None  # type: ignore[assignment, unused-ignore]
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("_hostc.c")  # beside this module in a source tree (an editable install)
+
+
+def _fresh(built: ModuleType | None, source: Path) -> ModuleType | None:
+    """`built` when it was compiled from `source` (setup.py writes the source's CRC-32 into the module as
+    SOURCE_CRC32) or when there is no source there (a wheel); else None, logged. An editable install keeps
+    the module of its last `pip install -e .`: after a pull that changed _hostc.c its functions take other
+    arguments, and each round's replay would fail inside memo_replay.replays' `except` (every probe run
+    again, nothing said), so the ctypes path is used until it is rebuilt."""
+    if built is None:
+        return None
+    try:
+        text = source.read_bytes()
+    except OSError:
+        return built
+    if getattr(built, "SOURCE_CRC32", None) == f"{zlib.crc32(text):08x}":
+        return built
+    log.warning("nodecompat.probes._hostc was built from another %s than the one there now: not used (the "
+                "probe rounds take the ctypes path); run `make install` to rebuild it", source)
+    return None
+
+
+_built = _fresh(_imported, SOURCE)
 
 USE_C = True  # tests turn it off to exercise the ctypes/Python fallback
 

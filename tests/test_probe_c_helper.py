@@ -31,6 +31,33 @@ def test_the_c_helper_is_built_where_a_compiler_is() -> None:
     assert C is not None, "nodecompat.probes._hostc was not built: run `make install`"
 
 
+def test_the_c_helper_in_use_is_built_from_this_source() -> None:
+    """An editable install keeps the module built from the probes/_hostc.c of its `pip install -e .`: after
+    a pull or rebase that changed the C file it was loaded as it was, its functions taking other arguments,
+    and every steady round's replay failed inside replays()' `except Exception` (measured on h100-server:
+    2 of 16 probes reused a round instead of 16, nothing logged). It is used only when built from the
+    source beside it (setup.py writes the source's CRC-32 into it)."""
+    if host_c._imported is None:
+        pytest.skip("the C helper is not built here")
+    assert host_c.SOURCE.exists(), "probes/_hostc.c is beside host_c.py in this source tree"
+    assert C is host_c._imported, "nodecompat.probes._hostc was built from another probes/_hostc.c: run `make install`"
+
+
+def test_a_helper_built_from_another_source_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """host_c takes the built module only with the source it was built from (else the ctypes path, said
+    in the log); where no source is beside it (a wheel) the build is trusted."""
+    built = host_c._imported
+    if built is None or not host_c.SOURCE.exists():
+        pytest.skip("the C helper is not built here")
+    changed = tmp_path / "_hostc.c"
+    changed.write_bytes(host_c.SOURCE.read_bytes() + b"/* changed after the build */\n")
+    with caplog.at_level("WARNING", logger="nodecompat.probes.host_c"):
+        assert host_c._fresh(built, changed) is None
+    assert "make install" in caplog.text
+    assert host_c._fresh(built, tmp_path / "absent.c") is built
+    assert host_c._fresh(built, host_c.SOURCE) is host_c._built  # this source: used (when fresh)
+
+
 def _root(tmp_path: Path) -> tuple[Path, Path, int]:
     root = tmp_path / "root"
     d = root / "sys" / "d"
