@@ -91,6 +91,7 @@ class NodeRecord:
 
 
 Listener = Callable[[NodeRecord | None, NodeRecord | None], None]
+_VerdictKey = tuple[str, tuple[str, ...], str, tuple[tuple[str, str, str], ...]]
 
 
 @dataclass
@@ -124,9 +125,7 @@ class FeatureStore:
         self._nodes: dict[str, NodeRecord] = {}
         self._sets: dict[str, FeatureSet] = {}
         self._bytes = 0
-        self._verdicts: OrderedDict[tuple[str, tuple[str, ...], str, tuple[tuple[str, str, str], ...]], Verdict] = (
-            OrderedDict()
-        )
+        self._verdicts: OrderedDict[_VerdictKey, Verdict] = OrderedDict()  # (spec key, tags, fingerprint, identity)
         # sha256 of a sender's wire form (identity stripped) -> fingerprint, so a known set is not re-parsed
         self._aliases: dict[str, str] = {}
         self.listeners: list[Listener] = []
