@@ -3,7 +3,10 @@ within one round (`per_round`).
 
 A file's identity is (device, inode, size, mtime in ns) from one stat(): a kernel config does not
 change while the kernel runs, but parsing its ~7,000 lines is most of a kernel probe's round, so
-the parse is reused until the file is replaced or rewritten. Bounded: at most MAX_ENTRIES files.
+the parse is reused until the file is replaced or rewritten. Bounded: at most MAX_ENTRIES files, only
+files of at most MAX_KEPT_FILE_BYTES, and MAX_KEPT_BYTES of files in all (their sizes: a parse's objects
+are a few times its file's bytes; a host root's file may be up to the 32 MiB read bound, real ones are
+~0.3 MB: a kernel config, ~1.4 MB: pci.ids).
 Hand-written (functools.lru_cache cannot key on a stat result taken at call time).
 """
 
@@ -22,6 +25,8 @@ from nodecompat.probes.round_host import RoundHost
 
 T = TypeVar("T")
 MAX_ENTRIES = 32
+MAX_KEPT_FILE_BYTES = 4 << 20  # a larger file is parsed every time it is asked for, never kept
+MAX_KEPT_BYTES = 16 << 20  # the kept parses' files together (st_size); the oldest go first
 
 _lock = threading.Lock()
 _cache: OrderedDict[tuple[str, str], tuple[tuple[int, int, int, int], object]] = OrderedDict()
@@ -77,12 +82,13 @@ def parsed(host: HostRoot, host_path: str, kind: str, parse: Callable[[], T],
         value = parsed_identity(host, ident, parse, lambda: identity(host, host_path))
     else:
         value = parse()
-    if ident is not None and identity(host, host_path) == ident:  # unchanged while we parsed it
-        with _lock:
+    if ident is not None and ident[2] <= MAX_KEPT_FILE_BYTES and identity(host, host_path) == ident:
+        with _lock:  # unchanged while we parsed it: kept
             _cache[key] = (ident, value)
             _cache.move_to_end(key)
-            while len(_cache) > MAX_ENTRIES:
-                _cache.popitem(last=False)
+            kept = sum(entry[0][2] for entry in _cache.values())
+            while len(_cache) > MAX_ENTRIES or kept > MAX_KEPT_BYTES:
+                kept -= _cache.popitem(last=False)[1][0][2]
     return value
 
 

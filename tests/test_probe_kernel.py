@@ -281,3 +281,43 @@ def test_modules_builtin_is_kept_between_rounds_while_the_file_is_unchanged(tmp_
     reads.clear()
     assert enabled() is None
     assert builtin not in reads
+
+
+def test_parses_kept_between_rounds_are_bounded_in_bytes(tmp_path):
+    """parsecache keeps a file's parse between rounds bounded by the files' bytes, not only by their count
+    (32): host roots whose modules.builtin and kernel config are padded to ~4.8 MB each (a host root's file
+    may be up to the 32 MiB read bound) give the same kernel features and leave no parse of them behind
+    (was: every such parse kept, up to 32 files; 400,000-line files of ~17 MB: ~45 MB kept each)."""
+    import gc
+    import tracemalloc
+
+    from nodecompat.probes import parsecache
+
+    config = "/boot/config-5.15.0-91-generic"
+    builtin = "/lib/modules/5.15.0-91-generic/modules.builtin"
+    plain = run(KernelProbe(), fixture_host("h100-server"))[0]
+    hosts = []
+    for seed in range(2):
+        host = copy_fixture("h100-server", tmp_path / str(seed))
+        word = f"{tmp_path.name}_{seed}"  # new text each run: nothing kept from another test
+        pad = "x" * 4000  # long lines: the bytes, not the parse's work (~4.8 MB a file)
+        for path, line in ((builtin, "kernel/drivers/x/{}_{}_{}.ko\n"), (config, "# CONFIG_{}_{}_{} is not set\n")):
+            p = host.path(path)
+            p.write_text(p.read_text() + "".join(line.format(word, i, pad) for i in range(1_200)))
+        hosts.append(host)
+    parsecache.clear()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for host in hosts:
+            got = run(KernelProbe(), host)[0]
+            assert {k: v for k, v in got["flags"].items() if k != "kernel.enabledmodule"} == {
+                k: v for k, v in plain["flags"].items() if k != "kernel.enabledmodule"}
+            assert got["attributes"] == plain["attributes"]
+            del got  # its kernel.enabledmodule holds the padded names
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 3_000_000, f"{kept:,} bytes kept after two rounds"
