@@ -65,12 +65,16 @@ def module() -> ModuleType | None:
 
 def dirfd_of(host: Any) -> int | None:
     """For a RoundHost: -1 at the host root `/`, the root descriptor under a host root where openat2
-    resolves (root_resolve.openat2_ready), else None (the descriptor walk decides: not for C)."""
+    resolves (root_resolve.openat2_ready), else None (the descriptor walk decides: not for C; also when the
+    host root itself cannot be opened)."""
     if host._real_root == "/":
         return -1
     from nodecompat.probes.root_resolve import openat2_ready
 
-    table = host._dirs()
+    try:
+        table = host._dirs()
+    except OSError:  # the host root cannot be opened (not there, its mount gone): the Python replay answers,
+        return None  # as the round's reads do (each read None), never an exception out of replays()
     if table is None or not openat2_ready():
         return None
     fd: int = table.root[1]

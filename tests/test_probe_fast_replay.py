@@ -141,3 +141,26 @@ def test_a_round_that_reused_every_probe_gives_the_last_merge_in_dicts_of_its_ow
     assert r3.statuses[0].notes == [] and r3.statuses[0].features == ["readsdir.files"]
     assert not r4.statuses[0].reused and _files(r4)["b"] == repr(b"B2\n")
     assert r5.statuses[0].reused and r5.features == r4.features
+
+
+def test_a_host_root_that_is_not_there_gives_the_same_round_every_round(tmp_path: Path) -> None:
+    """A daemon started on a host root that does not exist (or whose mount went away) publishes the same
+    features and statuses every round, as the first; the probes that succeeded are reused. With the C helper
+    the steady round's replay opened the root for its descriptor outside replays()' error handling: the
+    FileNotFoundError failed gpu and usb every second round (their instances dropped, then back), so the
+    fingerprint changed every round and every watcher was sent the node's features again."""
+    from nodecompat.probes.registry import load_probes
+
+    probes, _ = load_probes()
+    runner = ProbeRunner(probes, HostRoot(tmp_path / "not-there"))
+    try:
+        rounds = [runner.run() for _ in range(4)]
+    finally:
+        runner.close()
+    first = rounds[0]
+    ok = {s.name for s in first.statuses if s.ok}
+    assert {"gpu", "usb"} <= ok  # nothing to list: no devices, not an error
+    for r in rounds[1:]:
+        assert r.features.to_nfd() == first.features.to_nfd()
+        assert [(s.name, s.ok, s.error) for s in r.statuses] == [(s.name, s.ok, s.error) for s in first.statuses]
+        assert {s.name for s in r.statuses if s.reused} == ok
