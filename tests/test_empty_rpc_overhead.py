@@ -99,7 +99,7 @@ def bare() -> Iterator[tuple[int, Callable[[Coroutine[Any, Any, Any]], Any]]]:
 def test_an_empty_call_does_the_python_work_of_a_bare_server(bare, monkeypatch) -> None:
     for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    d = NodeDaemon(DaemonConfig(listen="127.0.0.1:0", host_root=str(fixture_host("h100-server")), hotplug=False))
+    d = NodeDaemon(DaemonConfig(listen="127.0.0.1:0", host_root=str(fixture_host("h100-server").root), hotplug=False))
     port = d.start()
     try:
         assert d.cache.current(timeout=30) is not None

@@ -75,7 +75,7 @@ def test_reflection_is_imported_on_its_first_call_and_describes_the_services(tmp
 
 @pytest.fixture
 def daemon() -> Iterator[NodeDaemon]:
-    d = NodeDaemon(DaemonConfig(listen="127.0.0.1:0", host_root=str(H100), node_name="lazy-hub", hotplug=False,
+    d = NodeDaemon(DaemonConfig(listen="127.0.0.1:0", host_root=str(H100.root), node_name="lazy-hub", hotplug=False,
                                 min_refresh_interval=0))
     d.start()
     yield d
