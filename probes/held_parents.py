@@ -3,7 +3,7 @@
 A round asks for many files of one directory (ten attributes of each PCI function, seventeen DMI
 fields, the sysctl settings of /proc/sys/kernel) and for several files of directories the host does
 not have (DMI on a VM, /proc/sys/vm in a tree without it). Resolving each whole path again costs a
-path walk (and, under a host root other than `/`, an openat2 call through ctypes) per file; a
+path walk (and, under a host root other than `/`, an openat2 call: C helper or ctypes) per file; a
 missing file costs a failed lookup and, at `/`, an OSError.
 
 So the HOLD_AT-th (second) time a directory is asked for (one asked for fewer times costs nothing extra:
@@ -21,7 +21,7 @@ host is collected (weakref.finalize), as the round's other descriptors.
 A long-lived runner's next round knows which directories the last one asked for HOLD_AT times or more
 (`hint`, probes/runner.py: the previous round's held and missing directories): those are held the first
 time they are asked for, so their first file is opened by name too instead of through a whole-path
-resolution (openat2 through ctypes under a host root). The hint is only about when to hold: a
+resolution (openat2 under a host root). The hint is only about when to hold: a
 directory is held exactly as without it (the same resolution, fresh each round, never a descriptor of an
 earlier round), so what a read answers and what it is confined to do not change.
 

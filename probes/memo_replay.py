@@ -14,7 +14,13 @@ round's whole-path resolution, openat2 RESOLVE_IN_ROOT or the descriptor walk, n
 held directory), and read bounded (bounded_read.read_whole); a directory known missing answers None
 without a system call; anything else goes through RoundHost._read itself. The answer is stored in the
 round's memo, as RoundHost.read_bytes would, so a probe that runs after a difference, or another probe
-reading the same file, gets the same bytes. Hand-written: part of the probe memo (no library).
+reading the same file, gets the same bytes.
+
+Where the C helper is built (probes/host_c.py, probes/_hostc.c) and the round resolves by openat2 or at
+`/`, `replay_c` does the same in C: a memo's reads in one call (held directories, whole paths, the
+bounded read and the comparison with no Python object per read; the round's memo filled alike), its
+stats, listings and link reads by the helper's functions; the rest through their logged functions.
+Hand-written: part of the probe memo (no library).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ an lstat each and checks the opened descriptor's real path (/proc/self/fd): 6-8 
 openat2(root descriptor, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): the kernel itself resolves
 the path as if the host root were `/` (absolute link targets re-rooted, `..` stopping at the root,
 at most 40 links) in one system call, race-free. Python has no binding for openat2, so it is called
-through ctypes (imported only then). Elsewhere every directory a round touches is opened once, as an
+by the C helper or ctypes (host_c.py). Elsewhere every directory a round touches is opened once, as an
 O_PATH descriptor, by `openat(parent descriptor, one name, O_NOFOLLOW)` starting from a descriptor
 of the host root, and each file is opened relative to its directory's descriptor with O_NOFOLLOW. A
 name that is a symbolic link (the open fails with ELOOP or ENOTDIR) is read with readlinkat and its
