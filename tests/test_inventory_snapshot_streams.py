@@ -31,6 +31,8 @@ pytest.importorskip("nodecompat.server.runtime.runtime", reason="the inventory n
 
 from support_fleet import aggregator
 
+from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
+
 HEARTBEAT = 1.0
 SYNC = SyncConfig(heartbeat=HEARTBEAT, reconcile_interval=0.2)  # STALE after 3 heartbeats + 1 s
 
@@ -222,3 +224,37 @@ def test_the_entry_bound_counts_the_listed_nodes(tmp_path: Path, caplog: pytest.
         assert agg.store is not None
         assert len(agg.store.records()) == 30
     assert "with 30 streamed node(s)" in caplog.text
+
+
+def test_a_restored_node_the_nodes_file_drops_before_the_first_reconcile_leaves_the_store(tmp_path: Path) -> None:
+    """Issue 12: the nodes file loses a restored streamed node after the snapshot is read and before the sync's
+    first reconcile (the file watcher's reload lands in that gap: here made certain by reloading the file just
+    before the sync starts); the node leaves the store at the reconcile as any departed member does, the one still
+    listed stays. Without the fix the dropped node's record stays in the store for the aggregator's life."""
+    port = _dead_port()  # nothing answers there: no stream replaces or removes what is restored
+    listed = {"stays": f"127.0.0.1:{port}", "goes": f"127.0.0.2:{port}"}
+    nodes, state = tmp_path / "nodes.json", tmp_path / "state"
+    _nodes_file(nodes, listed)
+    state.write_bytes(_streamed([{"name": n, "address": a} for n, a in listed.items()], [GOOD]))
+    d = AggregatorDaemon(AggregatorConfig(listen="127.0.0.1:0", nodes_file=str(nodes), state_file=str(state),
+                                          sync=SYNC, check_new_nodes=False))
+    assert d.sync is not None and d.store is not None
+    sync_start = d.sync.start
+
+    def start_after_the_file_changed() -> None:
+        assert {r.key for r in d.store.records()} == set(listed.values())  # type: ignore[union-attr]  # restored
+        _nodes_file(nodes, {"stays": listed["stays"]})
+        d.inventory.load()  # the file watcher's reload, before the first reconcile
+        sync_start()
+
+    d.sync.start = start_after_the_file_changed  # type: ignore[method-assign]
+    d.start()
+    try:
+        store = d.store
+        wait_until(lambda: store.get(listed["goes"]) is None, 10 * SYNC.reconcile_interval + 10,
+                   "the dropped restored node removed from the store")
+        assert store.get(listed["stays"]) is not None
+        assert sorted(r.key for r in store.records()) == [listed["stays"]]
+        assert [v.node.name for v in d.inventory.views()] == ["stays"]
+    finally:
+        d.stop(grace=0)

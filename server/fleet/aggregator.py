@@ -204,6 +204,8 @@ class AggregatorDaemon:
             self.state.claim()
             load_snapshot(self.state.path, self.inventory, self.store, self.sync.push if self.sync else None,
                           max_bytes=self.config.state_max_bytes)
+            if self.sync is not None and self.store is not None:  # gone from the nodes file before the first reconcile
+                self.sync.note_restored(r.key for r in self.store.records())
         raise_open_file_limit()
         self.port = bind(self.runtime, self.config.listen, self.config.server_credentials)
         self.runtime.start()

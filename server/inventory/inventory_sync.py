@@ -28,7 +28,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -116,6 +116,7 @@ class InventorySync:
         self._thread: threading.Thread | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._nodes: dict[str, FleetNode] = {}
+        self._restored: set[str] = set()  # note_restored(): looked at by the first reconcile only
         self._connecting: asyncio.Semaphore | None = None
         self._main: asyncio.Future[Any] | None = None
         self._interceptors: list[Any] | None = None  # client tracing interceptors, decided once at start()
@@ -153,6 +154,12 @@ class InventorySync:
         self._thread.join(10)
         self._thread = None
 
+    def note_restored(self, addresses: Iterable[str]) -> None:
+        """Addresses the store holds from a snapshot (inventory_snapshot.load_snapshot); call before start(). The
+        first reconcile removes those that are no longer members (dropped from the nodes file after the load), as
+        it removes a departed member: it knows only the nodes it has seen in the membership."""
+        self._restored.update(addresses)
+
     def subscriptions(self) -> int:
         return len(self._tasks)
 
@@ -170,7 +177,8 @@ class InventorySync:
     def _reconcile(self) -> None:
         current = {n.address: n for n in self.members()}
         pushed = self.push.addresses() if self.push is not None else set()
-        for address in [a for a in self._nodes if a not in current]:
+        known, self._restored = self._nodes.keys() | self._restored, set()
+        for address in [a for a in known if a not in current]:
             task = self._tasks.pop(address, None)
             if task is not None:
                 task.cancel()
