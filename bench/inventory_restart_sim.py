@@ -68,6 +68,17 @@ def _held(address: str) -> int:
         return 0
 
 
+def _wait_held(address: str, n: int, t0: float, agg: subprocess.Popen) -> tuple[int, float]:  # type: ignore[type-arg]
+    """Polls _held every 0.2 s until n nodes are held, 120 s from t0 passed or the aggregator exited:
+    (nodes held, seconds since t0)."""
+    held = 0
+    while held < n and time.perf_counter() - t0 < 120 and agg.poll() is None:
+        held = _held(address)
+        if held < n:
+            time.sleep(0.2)
+    return held, time.perf_counter() - t0
+
+
 def restart_rows(n: int, k: int, lease_ttl: float, state: Path, ports: str, seed: str,
                  row: Callable[[str, float, str, float], None], process_cpu: Callable[[str], float],
                  limit_s: float) -> None:
@@ -83,12 +94,7 @@ def restart_rows(n: int, k: int, lease_ttl: float, state: Path, ports: str, seed
                             "--allow-unauthenticated-registration", "--log-level", "WARNING"], cwd=ROOT)
     sim = None
     try:
-        held = 0
-        while held < n and time.perf_counter() - t0 < 120 and agg.poll() is None:
-            held = _held(address)
-            if held < n:
-                time.sleep(0.2)
-        took = time.perf_counter() - t0
+        held, took = _wait_held(address, n, t0, agg)
         if held >= n:
             row(f"aggregator restart with a snapshot of {n} registered nodes ({size:,} bytes): exec to all held "
                 "(ValidateFleet from the inventory)", took, "s", limit_s)
@@ -210,12 +216,7 @@ def _restart(n: int, k: int, snap: snapshot_pb2.InventorySnapshot, old_port: int
                             "--nodes-file", str(nodes_file), "--state-file", str(state), "--heartbeat", "10",
                             "--log-level", "WARNING"], cwd=ROOT)
     try:
-        held = 0
-        while held < n and time.perf_counter() - t0 < 120 and agg.poll() is None:
-            held = _held(address)
-            if held < n:
-                time.sleep(0.2)
-        took = time.perf_counter() - t0
+        held, took = _wait_held(address, n, t0, agg)
         cpu_held = process_cpu(str(agg.pid))
         if held < n:
             print(f"ROW aggregator restart with a snapshot of {n} streamed nodes | NOT complete: {held}/{n} held after "

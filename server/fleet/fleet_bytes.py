@@ -31,6 +31,7 @@ from operator import itemgetter
 from typing import Any
 
 from nodecompat.fleet.store import NodeRecord
+from nodecompat.fleet.timestamp_wire import varint  # protobuf's base-128 varint, one copy for both
 from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, FleetNode
 from nodecompat.v1 import fleet_pb2
 
@@ -40,21 +41,6 @@ MAX_NODE_BYTES = 32 << 20
 # Estimated bytes an entry costs beyond its pieces' lengths: its tuple, dict slot, 2 bytes objects' headers
 # (tracemalloc, 10,000 entries with 41 B of pieces each: 248 B an entry, so ~207 B beyond them).
 ENTRY_OVERHEAD = 240
-
-
-def varint(n: int) -> bytes:
-    """The base-128 varint encoding of n >= 0 (protobuf lengths)."""
-    if n < 0x80:
-        return _SMALL[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SMALL = [bytes((i,)) for i in range(0x80)]
 
 
 def _tag(message: Any, field: str) -> bytes:
