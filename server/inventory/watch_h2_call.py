@@ -1,0 +1,163 @@
+"""What the lean WatchFeatures client (server/inventory/watch_h2.py) shares with the gRPC path: its errors (a
+grpc.aio.AioRpcError, so InventorySync's handling is unchanged), the status mappings of the gRPC HTTP/2 spec
+(doc/PROTOCOL-HTTP2.md, doc/http-grpc-status-mapping.md), the client span the gRPC path's OpenTelemetry
+interceptor makes (name = the method, kind CLIENT, rpc.* attributes, traceparent sent), and the TLS context made
+from the same PEM files as server/tls.py channel_credentials (ALPN h2, TLS 1.2+, client certificate)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import hpack
+from hyperframe import frame as hf
+
+from nodecompat.server.tls import ClientTls, _read_pem
+
+METHOD = "/nodecompat.v1.NodeService/WatchFeatures"
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_FRAME = 16384  # SETTINGS_MAX_FRAME_SIZE we keep (the default): a larger frame is a FRAME_SIZE_ERROR
+MAX_HEADER_LIST = 16384  # bytes of decoded headers or trailers we take (advertised)
+_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+# RST_STREAM error code -> status (PROTOCOL-HTTP2.md "Errors")
+RST_TO_GRPC = {0x0: grpc.StatusCode.INTERNAL, 0x1: grpc.StatusCode.INTERNAL, 0x2: grpc.StatusCode.INTERNAL,
+               0x3: grpc.StatusCode.INTERNAL, 0x4: grpc.StatusCode.INTERNAL, 0x6: grpc.StatusCode.INTERNAL,
+               0x7: grpc.StatusCode.UNAVAILABLE, 0x8: grpc.StatusCode.CANCELLED, 0x9: grpc.StatusCode.INTERNAL,
+               0xA: grpc.StatusCode.INTERNAL, 0xB: grpc.StatusCode.RESOURCE_EXHAUSTED,
+               0xC: grpc.StatusCode.PERMISSION_DENIED}
+# HTTP :status other than 200 -> status (http-grpc-status-mapping.md)
+HTTP_TO_GRPC = {b"400": grpc.StatusCode.INTERNAL, b"401": grpc.StatusCode.UNAUTHENTICATED,
+                b"403": grpc.StatusCode.PERMISSION_DENIED, b"404": grpc.StatusCode.UNIMPLEMENTED,
+                b"429": grpc.StatusCode.UNAVAILABLE, b"502": grpc.StatusCode.UNAVAILABLE,
+                b"503": grpc.StatusCode.UNAVAILABLE, b"504": grpc.StatusCode.UNAVAILABLE}
+
+
+@dataclass(frozen=True)
+class H2Options:
+    """How to reach the nodes: TLS context (ALPN h2, client certificate; None: plaintext), :authority override
+    (None: the address, as the gRPC path's grpc.default_authority), limits in bytes and seconds."""
+
+    ssl: ssl.SSLContext | None = None
+    authority: str | None = None
+    max_message: int = 4 << 20
+    window: int = 256 * 1024  # the stream's and the connection's receive window, bytes
+    connect_timeout: float = 20.0  # TCP + TLS + the peer's first SETTINGS, s
+    keepalive: float = 20.0  # s of silence before a PING
+    keepalive_timeout: float = 10.0  # s for its ACK
+    timeout: float | None = None  # the call's deadline (grpc-timeout), s; None: none, as the gRPC path
+    trace: bool = False  # a client span, traceparent sent (server/telemetry.py tracing_requested())
+
+
+def h2_options(files: ClientTls | None, tls: bool, trace: bool, max_message: int) -> H2Options:
+    """The options InventorySync's h2 streams share: `tls` (the gRPC path has channel credentials) needs `files`,
+    the PEM files they were made from. Raises ValueError without them, TlsConfigError/ssl.SSLError for bad files."""
+    if tls and (files is None or not files.enabled):
+        raise ValueError("--watch-transport h2 under TLS needs the PEM files (SyncConfig.watch_tls)")
+    return H2Options(ssl=ssl_context(files) if tls and files is not None else None, max_message=max_message,
+                     trace=trace)
+
+
+class H2WatchError(grpc.aio.AioRpcError):
+    """The call's end with a status other than OK: code() and details() as a grpc.aio call's error."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def status_code(raw: bytes) -> grpc.StatusCode:
+    """grpc-status's value -> StatusCode (UNKNOWN for a value that is not one)."""
+    try:
+        return _BY_VALUE.get(int(raw), grpc.StatusCode.UNKNOWN)
+    except ValueError:
+        return grpc.StatusCode.UNKNOWN
+
+
+def authority_of(authority: str) -> str:
+    """The host a certificate is checked against: "host:port" / "[v6]:port" -> host, as gRPC core does."""
+    host, sep, port = authority.rpartition(":")
+    if not sep or not port.isdigit():
+        host = authority
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def ssl_context(files: ClientTls) -> ssl.SSLContext:
+    """Client TLS from the PEM files of server/tls.py (CA: `ca` or the system roots; `cert`+`key` presented).
+
+    Raises TlsConfigError naming the flag for an unreadable or non-PEM file, ssl.SSLError for bad contents."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if files.ca:
+        ctx.load_verify_locations(cadata=_read_pem(files.ca, "--tls-ca").decode())
+    if files.cert or files.key:
+        if not (files.cert and files.key):
+            from nodecompat.server.tls import TlsConfigError
+
+            raise TlsConfigError("a client certificate needs both --tls-cert and --tls-key")
+        _read_pem(files.cert, "--tls-cert")
+        _read_pem(files.key, "--tls-key")
+        ctx.load_cert_chain(files.cert, files.key)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def start_span(trace_on: bool) -> Any:
+    """The client span the gRPC path's interceptor starts (opentelemetry-instrumentation-grpc), or None."""
+    if not trace_on:
+        return None
+    from opentelemetry import trace
+
+    service, method = METHOD.lstrip("/").split("/", 1)
+    return trace.get_tracer("nodecompat.server.inventory.watch_h2").start_span(
+        METHOD, kind=trace.SpanKind.CLIENT, attributes={"rpc.system": "grpc", "rpc.method": method,
+                                                        "rpc.service": service, "rpc.grpc.status_code": 0})
+
+
+def trace_headers(span: Any) -> list[tuple[str, str]]:
+    """traceparent (and tracestate, baggage) for the span, as the interceptor injects them in the metadata."""
+    from opentelemetry import propagate, trace
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return [(k.lower(), v) for k, v in carrier.items()]
+
+
+def end_span(span: Any, error: H2WatchError | None) -> None:
+    """End the span; an error sets its status code attribute and ERROR status, as the interceptor does."""
+    if error is not None:
+        from opentelemetry.trace.status import Status, StatusCode
+
+        span.set_attribute("rpc.grpc.status_code", error.code().value[0])
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error.details()}"))
+    span.end()
+
+
+def request_frames(authority: str, request: bytes, opts: H2Options, span: Any) -> bytes:
+    """What the client writes first: the preface, SETTINGS (header table 0, push off, one stream, opts.window),
+    the connection's WINDOW_UPDATE up to opts.window, HEADERS for POST METHOD (grpc-timeout with opts.timeout,
+    traceparent with a span) and the request as one length-prefixed message with END_STREAM. The hpack encoder
+    is made for these headers and dropped (table size 0: the node keeps no entry of ours either)."""
+    headers = [(":method", "POST"), (":scheme", "https" if opts.ssl else "http"), (":path", METHOD),
+               (":authority", authority), ("te", "trailers"), ("content-type", "application/grpc"),
+               ("user-agent", "nodecompat-h2watch")]
+    if opts.timeout is not None:
+        headers.append(("grpc-timeout", f"{max(1, int(opts.timeout * 1000))}m"))
+    if span is not None:
+        headers.extend(trace_headers(span))
+    enc = hpack.Encoder()
+    enc.header_table_size = 0
+    block = enc.encode(headers)
+    settings = hf.SettingsFrame(0, settings={
+        hf.SettingsFrame.HEADER_TABLE_SIZE: 0, hf.SettingsFrame.ENABLE_PUSH: 0,
+        hf.SettingsFrame.MAX_CONCURRENT_STREAMS: 1, hf.SettingsFrame.INITIAL_WINDOW_SIZE: opts.window,
+        hf.SettingsFrame.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST})
+    body = b"\x00" + len(request).to_bytes(4, "big") + request
+    out = [PREFACE, settings.serialize()]
+    if opts.window > 65535:
+        out.append(hf.WindowUpdateFrame(0, window_increment=opts.window - 65535).serialize())
+    out.append(hf.HeadersFrame(1, block, flags=["END_HEADERS"]).serialize())
+    for i in range(0, len(body), MAX_FRAME):
+        last = i + MAX_FRAME >= len(body)
+        out.append(hf.DataFrame(1, body[i:i + MAX_FRAME], flags=["END_STREAM"] if last else []).serialize())
+    return b"".join(out)

@@ -1,0 +1,84 @@
+"""TLS for the lean WatchFeatures client (server/inventory/watch_h2.py): an ssl.SSLObject over two memory BIOs
+inside the connection's own object. asyncio's TLS transport (sslproto) allocates a 256 KiB read buffer per
+connection (SSLProtocol.max_size, Python 3.11), ~25x what the rest of a stream costs; here TLS costs OpenSSL's own
+per-connection state and the records in flight. The handshake is driven by the bytes received; the HTTP/2 preface
+and request (`pending`) are written once it is done and ALPN chose "h2" (as gRPC core requires)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import grpc
+
+READ_CHUNK = 16384 + 9  # one HTTP/2 frame of the maximum size we take
+
+
+class TlsBio:
+    """Mixin of H2Watch: the attributes and methods below are H2Watch's (slots there)."""
+
+    __slots__ = ()
+    address: str
+    pending: bytes
+    error: Any
+    tls: tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO] | None
+    transport: asyncio.Transport | None
+
+    def _fail(self, code: grpc.StatusCode, details: str, h2_code: int | None = None, goaway: bool = False) -> None:
+        raise NotImplementedError
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+    def _handshake(self) -> None:
+        assert self.tls is not None
+        sslobj = self.tls[0]
+        try:
+            sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush_tls()
+            return
+        except ssl.SSLError as exc:
+            self._fail(grpc.StatusCode.UNAVAILABLE, f"TLS handshake with {self.address} failed: {exc}")
+            return
+        if sslobj.selected_alpn_protocol() != "h2":
+            self._fail(grpc.StatusCode.UNAVAILABLE, f"{self.address} did not negotiate HTTP/2 (ALPN h2)")
+            return
+        if self.pending:
+            out, self.pending = self.pending, b""  # type: ignore[misc]
+            self._write(out)
+        self._flush_tls()
+        self._wake()
+
+    def _unwrap(self, data: bytes) -> bytes:
+        assert self.tls is not None
+        sslobj, inc, _ = self.tls
+        inc.write(data)
+        if self.pending:  # handshaking
+            self._handshake()
+            if self.pending or self.error is not None:
+                return b""
+        chunks = []
+        try:
+            while True:
+                chunk = sslobj.read(READ_CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            self._fail(grpc.StatusCode.UNAVAILABLE, f"TLS error from {self.address}: {exc}")
+            return b""
+        self._flush_tls()
+        return b"".join(chunks)
+
+    def _flush_tls(self) -> None:
+        assert self.tls is not None
+        out = self.tls[2].read()
+        if out and self.transport is not None:
+            self.transport.write(out)
