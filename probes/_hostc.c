@@ -31,7 +31,17 @@
  *       there, ELOOP/ENOTDIR, resolved as the whole path when link_whole), nothing for a missing
  *       directory, else the whole path (openat2 in the root, or open(2) at "/" when dirfd is -1), read as
  *       read_whole and compared in C; `memo[key]` is set to the answer when equal, to the bytes read (or
- *       None) at the first difference. A third EAGAIN from openat2 returns that index, memo unset.
+ *       None) at the first difference. A third EAGAIN from openat2 returns that index, memo unset;
+ *   round_read(ctx, memo, path: str, kind, entries) -> a round's read of host file `path` as RoundHost
+ *       read_bytes (kind 0: bytes or None), read_text (1: text_of) or read_line (2) answers it, the round's
+ *       memo consulted and filled as they do (keys ("b", path), ("t", path), ("1", path)); the file opened
+ *       as RoundHost._read opens it (by name in its parent's held directory, HeldParents.lookup when not
+ *       held yet, a link there resolved as the whole path when link_whole; nothing for a missing
+ *       directory; else the whole path) and read as read_whole. When `entries` is a list, a probe's
+ *       recording (probes/probe_memo.py RecordingHost) is noted there in the same call: (fn, (path,),
+ *       the bytes answer). ctx: (dirfd, flags, state, lookup, file_flags, link_whole, max_bytes, fn),
+ *       made once per round host (probes/host_c.py read_ctx). NotImplemented (nothing stored or noted)
+ *       for what the Python path answers instead: a path with a NUL, openat2 racing a rename 3 times.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -560,6 +570,248 @@ error:
     return NULL;
 }
 
+
+static PyObject *memo_kb = NULL, *memo_kt = NULL, *memo_k1 = NULL; /* the round memo's key kinds, interned */
+
+/* The bytes a round reads for `path` (RoundHost._read, within None), a new reference (bytes or None);
+ * Py_NotImplemented (new reference) when the Python path must answer; NULL with an exception. */
+static PyObject *round_read_raw(PyObject *path, int dirfd, int flags, PyObject *state, PyObject *lookup,
+                                int file_flags, int link_whole, Py_ssize_t max_bytes) {
+    PyObject *raw = PyUnicode_EncodeFSDefault(path);
+    if (raw == NULL)
+        return NULL;
+    const char *s = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if ((Py_ssize_t)strlen(s) != n) { /* a NUL: os.open's ValueError, raised by the Python path */
+        Py_DECREF(raw);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    /* held_parents.split: (parent, name) of an absolute path whose last part is a plain name */
+    const char *slash = n ? memrchr(s, '/', (size_t)n) : NULL;
+    const char *name = slash ? slash + 1 : s;
+    int plain = slash != NULL && slash != s && *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 &&
+                s[0] == '/';
+    long d = HELD_SLOW;
+    if (plain && state != Py_None) {
+        Py_ssize_t at = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
+        PyObject *parent = at > 0 ? PyUnicode_Substring(path, 0, at) : NULL;
+        if (parent == NULL) {
+            Py_DECREF(raw);
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        PyObject *v = PyDict_GetItemWithError(state, parent);
+        if (v == NULL && PyErr_Occurred())
+            goto fail_parent;
+        d = v != NULL ? PyLong_AsLong(v) : HELD_SLOW;
+        if (d == -1 && PyErr_Occurred())
+            goto fail_parent;
+        if (d < 0 && d != HELD_MISSING) { /* not held yet: counted, held when due (HeldParents.lookup) */
+            PyObject *r = PyObject_CallOneArg(lookup, parent);
+            if (r == NULL)
+                goto fail_parent;
+            d = PyLong_AsLong(r);
+            Py_DECREF(r);
+            if (d == -1 && PyErr_Occurred())
+                goto fail_parent;
+        }
+        Py_DECREF(parent);
+        goto read;
+    fail_parent:
+        Py_DECREF(parent);
+        Py_DECREF(raw);
+        return NULL;
+    }
+read:;
+    /* the whole path: at "/" made absolute (open(2) resolves as chroot), under a host root without its
+     * trailing "/" ("" -> "/"), as open_text */
+    char *whole = malloc((size_t)n + 2);
+    if (whole == NULL) {
+        Py_DECREF(raw);
+        return PyErr_NoMemory();
+    }
+    if (dirfd < 0) {
+        size_t k = 0;
+        if (s[0] != '/')
+            whole[k++] = '/';
+        memcpy(whole + k, s, (size_t)n + 1);
+    } else {
+        Py_ssize_t k = n;
+        while (k > 0 && s[k - 1] == '/')
+            k--;
+        if (k == 0) {
+            strcpy(whole, "/");
+        } else {
+            memcpy(whole, s, (size_t)k);
+            whole[k] = 0;
+        }
+    }
+    Buf b = {NULL, 0};
+    size_t len = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    int fd;
+    if (d >= 0) { /* by its name in the held directory; a link under a host root: the whole path */
+        fd = openat((int)d, name, file_flags);
+        if (fd < 0)
+            fd = link_whole && (errno == ELOOP || errno == ENOTDIR) ? open_nogil(dirfd, whole, flags) : -errno;
+    } else if (d == HELD_MISSING) {
+        fd = -ENOENT;
+    } else {
+        fd = open_nogil(dirfd, whole, flags);
+    }
+    if (fd == -EAGAIN && dirfd >= 0) {
+        rc = -2; /* openat2 kept racing a rename: the Python path (NoOpenat2, the descriptor walk) */
+    } else if (fd < 0) {
+        rc = -1;
+    } else {
+        rc = read_fd(fd, &b, &len, (size_t)max_bytes);
+        close(fd);
+    }
+    Py_END_ALLOW_THREADS
+    free(whole);
+    Py_DECREF(raw);
+    PyObject *out;
+    if (rc == -2)
+        out = Py_NewRef(Py_NotImplemented);
+    else if (rc != 0)
+        out = Py_NewRef(Py_None);
+    else
+        out = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)len);
+    free(b.buf);
+    return out;
+}
+
+/* bounded_read.text_of: undecodable bytes replaced, universal newlines. A new reference. */
+static PyObject *text_of(PyObject *raw) {
+    PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), "replace");
+    if (text == NULL || PyUnicode_FindChar(text, '\r', 0, PyUnicode_GET_LENGTH(text), 1) < 0)
+        return text;
+    PyObject *crlf = PyUnicode_FromString("\r\n"), *cr = PyUnicode_FromString("\r"), *lf = PyUnicode_FromString("\n");
+    PyObject *one = NULL, *two = NULL;
+    if (crlf != NULL && cr != NULL && lf != NULL && (one = PyUnicode_Replace(text, crlf, lf, -1)) != NULL)
+        two = PyUnicode_Replace(one, cr, lf, -1);
+    Py_XDECREF(crlf);
+    Py_XDECREF(cr);
+    Py_XDECREF(lf);
+    Py_XDECREF(one);
+    Py_DECREF(text);
+    return two;
+}
+
+/* RoundHost.read_line's answer from a text: its first line stripped, "" when it is all blank. */
+static PyObject *first_line(PyObject *text) {
+    PyObject *stripped = PyObject_CallMethod(text, "strip", NULL);
+    if (stripped == NULL || PyUnicode_GET_LENGTH(stripped) == 0)
+        return stripped;
+    Py_DECREF(stripped);
+    PyObject *lines = PyUnicode_Splitlines(text, 0);
+    if (lines == NULL)
+        return NULL;
+    PyObject *out = PyObject_CallMethod(PyList_GET_ITEM(lines, 0), "strip", NULL);
+    Py_DECREF(lines);
+    return out;
+}
+
+static PyObject *py_round_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 8 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "round_read(ctx: tuple of 8, memo: dict, path, kind, entries)");
+        return NULL;
+    }
+    PyObject *ctx = args[0], *memo = args[1], *path = args[2], *entries = args[4];
+    if (!PyUnicode_CheckExact(path))
+        Py_RETURN_NOTIMPLEMENTED;
+    long kind = PyLong_AsLong(args[3]);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    if (entries != Py_None && !PyList_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "entries must be a list or None");
+        return NULL;
+    }
+    PyObject *kkey = kind == 1 ? memo_kt : memo_k1;
+    PyObject *bkey = PyTuple_Pack(2, memo_kb, path), *key = NULL, *raw = NULL, *out = NULL;
+    if (bkey == NULL)
+        return NULL;
+    if (kind != 0) { /* the text or line kept this round */
+        if ((key = PyTuple_Pack(2, kkey, path)) == NULL)
+            goto done;
+        PyObject *hit = PyDict_GetItemWithError(memo, key);
+        if (hit == NULL && PyErr_Occurred())
+            goto done;
+        if (hit != NULL) {
+            PyObject *got = PyDict_GetItemWithError(memo, bkey);
+            if (got == NULL && PyErr_Occurred())
+                goto done;
+            raw = Py_NewRef(got != NULL ? got : Py_None);
+            out = Py_NewRef(hit);
+            goto note;
+        }
+    }
+    PyObject *got = PyDict_GetItemWithError(memo, bkey);
+    if (got == NULL && PyErr_Occurred())
+        goto done;
+    if (got != NULL) {
+        raw = Py_NewRef(got);
+    } else {
+        long dirfd = PyLong_AsLong(PyTuple_GET_ITEM(ctx, 0)), flags = PyLong_AsLong(PyTuple_GET_ITEM(ctx, 1));
+        long file_flags = PyLong_AsLong(PyTuple_GET_ITEM(ctx, 4));
+        int link_whole = PyObject_IsTrue(PyTuple_GET_ITEM(ctx, 5));
+        Py_ssize_t max_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 6));
+        if (PyErr_Occurred())
+            goto done;
+        raw = round_read_raw(path, (int)dirfd, (int)flags, PyTuple_GET_ITEM(ctx, 2), PyTuple_GET_ITEM(ctx, 3),
+                             (int)file_flags, link_whole, max_bytes);
+        if (raw == NULL)
+            goto done;
+        if (raw == Py_NotImplemented) {
+            out = raw;
+            raw = NULL;
+            goto done;
+        }
+        if (PyDict_SetItem(memo, bkey, raw) != 0)
+            goto done;
+    }
+    if (kind == 0) {
+        out = Py_NewRef(raw);
+    } else {
+        if (raw == Py_None) {
+            out = Py_NewRef(Py_None);
+        } else {
+            PyObject *text = text_of(raw);
+            if (text == NULL)
+                goto done;
+            if (kind == 1) {
+                out = text;
+            } else {
+                out = first_line(text);
+                Py_DECREF(text);
+                if (out == NULL)
+                    goto done;
+            }
+        }
+        if (PyDict_SetItem(memo, key, out) != 0) {
+            Py_CLEAR(out);
+            goto done;
+        }
+    }
+note:
+    if (entries != Py_None) { /* the recording's entry: (fn, (path,), the bytes) */
+        PyObject *entry = Py_BuildValue("(O(O)O)", PyTuple_GET_ITEM(ctx, 7), path, raw);
+        if (entry == NULL || PyList_Append(entries, entry) != 0) {
+            Py_XDECREF(entry);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(entry);
+    }
+done:
+    Py_XDECREF(raw);
+    Py_XDECREF(key);
+    Py_DECREF(bkey);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"openat2", py_openat2, METH_VARARGS, "openat2(dirfd, path, flags) -> fd or -errno (RESOLVE_IN_ROOT)"},
     {"open_text", (PyCFunction)(void (*)(void))py_open_text, METH_FASTCALL,
@@ -570,6 +822,8 @@ static PyMethodDef methods[] = {
      "replay_reads(dirfd, flags, memo, items, max_bytes, state, lookup, file_flags, link_whole) -> first differing index or -1"},
     {"link_name", py_link_name, METH_VARARGS, "link_name(dirfd, parent, name) -> basename of the link's target or None"},
     {"listdir", py_listdir, METH_VARARGS, "listdir(dirfd, path, flags) -> sorted names, or None"},
+    {"round_read", (PyCFunction)(void (*)(void))py_round_read, METH_FASTCALL,
+     "round_read(ctx, memo, path, kind, entries) -> a round's read (bytes, text or first line)"},
     {"set_retry_error", py_set_retry_error, METH_O, "the exception raised after three EAGAINs"},
     {NULL, NULL, 0, NULL},
 };
@@ -577,6 +831,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hostc", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__hostc(void) {
+    if ((memo_kb = PyUnicode_InternFromString("b")) == NULL || (memo_kt = PyUnicode_InternFromString("t")) == NULL ||
+        (memo_k1 = PyUnicode_InternFromString("1")) == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

@@ -14,7 +14,9 @@ tests/test_probe_c_helper.py and the fixtures forcing the fallback with USE_C = 
 module() -> the extension module or None; dirfd_of(host) -> the descriptor its functions resolve in
 for a round's host: the host root's O_PATH descriptor under a host root when openat2 works there, -1 at
 the host root `/` (open(2): the kernel resolves as chroot there), None when the round must walk
-descriptors instead (no openat2: kernels before 5.6, a seccomp filter).
+descriptors instead (no openat2: kernels before 5.6, a seccomp filter); reader(host) -> the round's reads
+in C for that host (RoundHost.read_bytes/read_text/read_line, and a recording's entry noted in the same
+call: probes/probe_memo.py), or None.
 """
 
 from __future__ import annotations
@@ -79,3 +81,28 @@ def dirfd_of(host: Any) -> int | None:
         return None
     fd: int = table.root[1]
     return fd
+
+
+def reader(host: Any) -> Any:
+    """For a RoundHost: `_hostc.round_read` bound to the round's context (a callable (memo, path, kind,
+    entries) -> bytes | str | None, or NotImplemented where the Python path answers), or None where the
+    round's reads take the Python path (no C helper, no openat2 under a host root: the descriptor walk)."""
+    c = module()
+    if c is None:
+        return None
+    dirfd = dirfd_of(host)
+    if dirfd is None:
+        return None
+    held = host._parents[0] if host._parents else host._held()
+    if held is None or (dirfd >= 0 and not host._open2):
+        return None
+    import functools
+
+    from nodecompat.probes import bounded_read
+    from nodecompat.probes.probe_memo import _read_bytes
+    from nodecompat.probes.root_resolve import OPENAT2_READ
+
+    link_whole = held.root_fd is not None  # under a host root: a link in a held directory is not followed
+    ctx = (dirfd, OPENAT2_READ, held.state, held.lookup, held.file_flags, link_whole,
+           bounded_read.MAX_READ_BYTES, _read_bytes)
+    return functools.partial(c.round_read, ctx)

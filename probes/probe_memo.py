@@ -183,6 +183,9 @@ class RecordingHost(RoundHost):
         if within is not None:
             return self._call(_read_within, (path, within))
         log = self.log  # RoundHost.read_bytes calls no method noted here: no depth to keep (one frame less)
+        c = (self._cr or self.c_reader())[0]  # the read and its entry in one C call (host_c.reader)
+        if c is not None and (got := c(self.memo, path, 0, None if log.depth else log.entries)) is not NotImplemented:
+            return got
         try:
             raw = RoundHost.read_bytes(self, path)
         except Exception as exc:
@@ -200,13 +203,21 @@ class RecordingHost(RoundHost):
             if not self.log.depth:
                 self.log.entries.append((_read_within, (path, within), raw))
             return text_of(raw)
+        c = (self._cr or self.c_reader())[0]
+        if c is not None and (got := c(self.memo, path, 1, None if self.log.depth else self.log.entries)) \
+                is not NotImplemented:
+            return got
         text = RoundHost.read_text(self, path)  # calls no method noted here
         if not self.log.depth:
             self.log.entries.append((_read_bytes, (path,), self.memo.get(("b", path))))
         return text
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
-        path = os.fspath(host_path)
+        path = host_path if type(host_path) is str else os.fspath(host_path)
+        c = (self._cr or self.c_reader())[0]
+        if c is not None and (got := c(self.memo, path, 2, None if self.log.depth else self.log.entries)) \
+                is not NotImplemented:
+            return got
         line = RoundHost.read_line(self, path)  # calls no method noted here
         if not self.log.depth:
             self.log.entries.append((_read_bytes, (path,), self.memo.get(("b", path))))

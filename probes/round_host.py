@@ -42,8 +42,10 @@ import stat as stat_mod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nodecompat.hostroot import _OPEN_FLAGS, HostPathEscape, HostRoot
+from nodecompat.probes import host_c
 from nodecompat.probes.bounded_read import read_whole, text_of
 from nodecompat.probes.held_parents import MISSING, SLOW, HeldParents
 from nodecompat.probes.root_resolve import (
@@ -73,6 +75,7 @@ class RoundHost(HostRoot):
     # openat2 in the round's root, one call each (root_resolve.opener): [a read, an O_PATH stat, a listing]
     _open2: list[Callable[[str], int]] = field(default_factory=list, compare=False, repr=False)
     hold_hint: frozenset[str] = field(default=frozenset(), compare=False, repr=False)  # see over()
+    _cr: list[Callable[..., Any] | None] = field(default_factory=list, compare=False, repr=False)  # c_reader
 
     @classmethod
     def over(cls, host: HostRoot, hold_hint: frozenset[str] = frozenset()) -> RoundHost:
@@ -109,12 +112,22 @@ class RoundHost(HostRoot):
         self._parents.append(held)
         return held
 
+    def c_reader(self) -> list[Callable[..., Any] | None]:
+        """[the round's reads in C (host_c.reader: memo, open, read, decode and a recording's entry in one
+        call), or None where they take the Python path below], made at the round's first read."""
+        if not self._cr:
+            self._cr.append(host_c.reader(self))
+        return self._cr
+
     # -- memoized reads --------------------------------------------------------------------------------
 
     def read_bytes(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> bytes | None:
         path = host_path if type(host_path) is str else os.fspath(host_path)
         if within is not None:  # confined reads (features.d) are not memoized: the key would need `within`
             return self._read(path, within)
+        c = (self._cr or self.c_reader())[0]
+        if c is not None and (got := c(self.memo, path, 0, None)) is not NotImplemented:
+            return got
         key = ("b", path)
         value = self.memo.get(key, _UNSET)  # a miss costs no KeyError (most reads of a round are misses)
         if value is _UNSET:
@@ -125,6 +138,9 @@ class RoundHost(HostRoot):
         path = host_path if type(host_path) is str else os.fspath(host_path)
         if within is not None:
             return text_of(self._read(path, within))
+        c = (self._cr or self.c_reader())[0]
+        if c is not None and (got := c(self.memo, path, 1, None)) is not NotImplemented:
+            return got
         memo = self.memo
         key = ("t", path)
         value = memo.get(key, _UNSET)
@@ -138,6 +154,9 @@ class RoundHost(HostRoot):
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
         path = host_path if type(host_path) is str else os.fspath(host_path)
+        c = (self._cr or self.c_reader())[0]
+        if c is not None and (got := c(self.memo, path, 2, None)) is not NotImplemented:
+            return got
         memo = self.memo
         key = ("1", path)
         value = memo.get(key, _UNSET)

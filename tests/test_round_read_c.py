@@ -1,0 +1,116 @@
+"""A probe round's reads in C (probes/_hostc.c round_read through probes/host_c.py reader): the same answers,
+the same round memo and the same recording entries as the Python path (RoundHost.read_bytes/read_text/
+read_line, RecordingHost noting each read), confined to the host root and bounded alike; where the helper is
+built a round's reads and their entries are made in one C call, not through Python's read_whole."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodecompat.hostroot import HostRoot
+from nodecompat.probes import bounded_read, host_c, round_host
+from nodecompat.probes.probe_memo import RecordingHost
+from nodecompat.probes.round_host import RoundHost
+
+needs_c = pytest.mark.skipif(host_c._built is None, reason="the C helper is not built here")
+
+
+def _tree(tmp_path: Path) -> HostRoot:
+    root = tmp_path / "root"
+    d = root / "sys" / "d"
+    d.mkdir(parents=True)
+    (d / "a").write_bytes(b"A\n")
+    (d / "crlf").write_bytes(b"one\r\ntwo\rthree\n")
+    (d / "blank").write_bytes(b"  \n\t\n")
+    (d / "empty").write_bytes(b"")
+    (d / "bad").write_bytes(b"\xff\xfe caf\xc3\xa9\n second")
+    (d / "big").write_bytes(bytes(range(256)) * 400)  # 100 KiB: past the first page, several chunks
+    (d / "over").write_bytes(b"x" * 200_000)
+    os.mkfifo(d / "fifo")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"SECRET\n")
+    rerooted = root / str(outside).lstrip("/")
+    rerooted.mkdir(parents=True)
+    (rerooted / "secret").write_bytes(b"REROOTED\n")
+    os.symlink(outside / "secret", d / "abs")  # absolute: re-rooted inside the root
+    os.symlink("../" * 12 + str(outside / "secret").lstrip("/"), d / "climb")  # `..` stops at the root
+    os.symlink("/proc/self/environ", d / "environ")  # re-rooted: not there
+    os.symlink(outside, d / "outdir")  # a directory link out: re-rooted
+    return HostRoot(root)
+
+
+def _paths(outside: Path) -> list[str]:
+    names = ["a", "crlf", "blank", "empty", "bad", "big", "over", "fifo", "abs", "climb", "environ", "missing",
+             "outdir/secret", "a/", ".", ".."]
+    return ([f"/sys/d/{n}" for n in names] + ["/sys/d", "/sys/nothere/x", "/sys/nothere/y", "sys/d/a", "/", "",
+            f"{outside}/secret", "/sys/d/../d/a"])  # fmt: skip
+
+
+def _session(host: HostRoot, use_c: bool, paths: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
+    """Every kind of read of every path, twice, on one round's recording host: answers, entries, memo."""
+    monkeypatch.setattr(host_c, "USE_C", use_c)
+    rh = RoundHost.over(host)
+    rec = RecordingHost.of(rh)
+    answers = []
+    for _ in range(2):
+        for p in paths:
+            for read in (rec.read_line, rec.read_text, rec.read_bytes, rh.read_line, rh.read_text, rh.read_bytes):
+                answers.append((p, read.__name__, read(p)))
+    assert (rh.c_reader()[0] is not None) == (use_c and host_c._built is not None)
+    entries = [(fn, args, answer) for fn, args, answer in rec.log.entries]
+    return answers, entries, dict(rh.memo)
+
+
+@needs_c
+def test_round_reads_in_c_answer_record_and_fill_the_memo_as_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = _tree(tmp_path)
+    monkeypatch.setattr(bounded_read, "MAX_READ_BYTES", 150_000)  # "over" is past the bound: None on both paths
+    paths = _paths(tmp_path / "outside")
+    c = _session(host, True, paths, monkeypatch)
+    py = _session(host, False, paths, monkeypatch)
+    assert c == py
+    got = {(p, kind): v for p, kind, v in c[0]}
+    assert got["/sys/d/abs", "read_bytes"] == got["/sys/d/climb", "read_bytes"] == b"REROOTED\n"  # never SECRET
+    assert got["/sys/d/outdir/secret", "read_bytes"] == b"REROOTED\n"
+    assert got["/sys/d/environ", "read_bytes"] is None and got["/sys/d/fifo", "read_bytes"] is None
+    assert got["/sys/d/over", "read_bytes"] is None and len(got["/sys/d/big", "read_bytes"]) == 102400
+    assert got["/sys/d/crlf", "read_text"] == "one\ntwo\nthree\n" and got["/sys/d/blank", "read_line"] == ""
+    for use_c in (True, False):  # a NUL: os.open's ValueError on both paths (the C reader hands it back)
+        monkeypatch.setattr(host_c, "USE_C", use_c)
+        with pytest.raises(ValueError):
+            RoundHost.over(host).read_bytes("/sys/d/a\0b")
+
+
+@needs_c
+def test_round_reads_in_c_at_the_host_root_slash_answer_as_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = ["/proc/cpuinfo", "/proc/sys/kernel/osrelease", "/proc/sys/kernel/ostype", "/etc/os-release",
+             "/proc/crypto", "/no/such/dir/x", "/no/such/dir/y", "proc/sys/kernel/osrelease", "/proc/sys/kernel/"]
+    assert _session(HostRoot(Path("/")), True, paths, monkeypatch) == _session(
+        HostRoot(Path("/")), False, paths, monkeypatch)
+
+
+@needs_c
+def test_a_recording_round_reads_and_notes_in_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the helper is built a round's read and its recording entry are one C call: Python's read path
+    (read_whole) is not taken, and the entry holds the very bytes the round's memo holds."""
+    host = _tree(tmp_path)
+    monkeypatch.setattr(host_c, "USE_C", True)
+
+    def no_python_read(fd: int) -> bytes | None:
+        raise AssertionError("read through Python's read_whole")
+
+    monkeypatch.setattr(round_host, "read_whole", no_python_read)
+    rec = RecordingHost.of(RoundHost.over(host))
+    assert rec.read_line("/sys/d/a") == "A" and rec.read_text("/sys/d/crlf") == "one\ntwo\nthree\n"
+    assert rec.read_bytes("/sys/d/abs") == b"REROOTED\n" and rec.read_bytes("/sys/d/missing") is None
+    assert [(args, answer) for _fn, args, answer in rec.log.entries] == [
+        (("/sys/d/a",), b"A\n"), (("/sys/d/crlf",), b"one\r\ntwo\rthree\n"), (("/sys/d/abs",), b"REROOTED\n"),
+        (("/sys/d/missing",), None)]  # fmt: skip
+    assert rec.log.entries[0][2] is rec.memo["b", "/sys/d/a"]
