@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--push-only", action="store_true", help="only the registered-node (push model) rows")
     ap.add_argument("--streams-only", action="store_true",
                     help="only the resubscribe and streams RSS rows (nodes file / DNS nodes), in a fresh process")
+    ap.add_argument("--watch-transport", choices=["grpc", "h2"], default="grpc",
+                    help="the streams' client in the resubscribe rows (SyncConfig.watch_transport)")
     ap.add_argument("--validate-only", action="store_true",
                     help="only the memory and ValidateFleet rows (no resubscribe, no push model)")
     ap.add_argument("--lease-ttl", type=float, default=30.0,
@@ -157,7 +159,7 @@ def main() -> None:
         from nodecompat.server.runtime.gc_tuning import tune_for_serving as tune
 
         tune()  # as `nodecompat aggregator` does at start (module doc)
-        streams_part(args.nodes, args.profiles, Path(tempfile.mkdtemp(prefix="bench-inventory-")))
+        streams_part(args.nodes, args.profiles, Path(tempfile.mkdtemp(prefix="bench-inventory-")), args.watch_transport)
         return
     if args.push_only:
         from nodecompat.server.runtime.gc_tuning import tune_for_serving
@@ -320,9 +322,10 @@ def main() -> None:
                     str(lease_ttl)], check=True)
 
 
-def streams_part(n: int, k: int, tmp: Path) -> None:
+def streams_part(n: int, k: int, tmp: Path, transport: str = "grpc") -> None:
     """The streamed-node rows: a fresh InventorySync subscribing to `n` simulated nodes in `k` profiles, each node
-    its own loopback address (module doc); tmp: a directory for the simulator's port file."""
+    its own loopback address (module doc); tmp: a directory for the simulator's port file; transport:
+    SyncConfig.watch_transport of the fresh InventorySync (the restarted aggregator process uses grpc)."""
     from inventory_push_sim import count_held  # type: ignore[import-not-found]
 
     from nodecompat.fleet.store import FeatureStore
@@ -345,7 +348,8 @@ def streams_part(n: int, k: int, tmp: Path) -> None:
         gc.collect()
         rss0 = rss_bytes()
         cpu0, sim0 = process_cpu("self"), process_cpu(str(sim.pid))
-        config = SyncConfig(heartbeat=10.0)  # what the aggregator ships with (max_connecting, connect slot)
+        # what the aggregator ships with (max_connecting, connect slot)
+        config = SyncConfig(heartbeat=10.0, watch_transport=transport)
         sync = InventorySync(lambda: members, fresh, config=config)
         t0 = time.perf_counter()
         sync.start()
@@ -353,7 +357,8 @@ def streams_part(n: int, k: int, tmp: Path) -> None:
         took = time.perf_counter() - t0
         cpu1, sim1 = process_cpu("self"), process_cpu(str(sim.pid))
         rss1 = rss_bytes()
-        row(f"full resubscribe after a restart ({held[0]}/{n} nodes held, {config.max_connecting} connecting at once)",
+        row(f"full resubscribe after a restart ({held[0]}/{n} nodes held, {config.max_connecting} connecting at once, "
+            f"{transport})",
             took, "s", LIMIT_RESUBSCRIBE_S)
         print(f"  (aggregator CPU {cpu1 - cpu0:.2f} s = {(cpu1 - cpu0) / n * 1e3:.2f} ms a node; the simulator's "
               f"{sim1 - sim0:.2f} s on the same {os.cpu_count()} CPUs; loadavg {loadavg()})")

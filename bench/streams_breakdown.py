@@ -16,6 +16,10 @@ figures: its traces are malloc'd). `--tls DIR` runs both ends with mutual TLS (D
 leaf.key with DNS:localhost, as tests/support_fleet.py make_certs writes; the authority is set to localhost).
 
     .venv/bin/python bench/streams_breakdown.py {channels,streams} [--nodes 1000] [--tls DIR] [--tracemalloc]
+        [--transport {grpc,h2}]
+
+`--transport h2` runs the streams on the lean client (server/inventory/watch_h2.py, SyncConfig.watch_transport);
+`streams` also prints the aggregator's CPU a node (process CPU from start until every first message is held).
 
 `args` runs bench/channel_args.py (its own options follow): the bytes a channel costs connected, after one unary
 call and with a stream open, for each candidate gRPC core channel argument alone, plain or mutual TLS.
@@ -137,6 +141,24 @@ def simulator(port_file: str, n: int, gate: str, tls_dir: str) -> None:
     asyncio.run(run())
 
 
+def localhost_h2(inventory_sync: Any) -> None:
+    """The simulator's certificate names localhost: the h2 streams' :authority and TLS name (as the gRPC path's
+    grpc.default_authority patch below), one options object for every stream."""
+    from dataclasses import replace
+
+    base = inventory_sync.H2Watch
+    shared: dict[int, Any] = {}
+
+    class LocalhostWatch(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def __init__(self, address: str, request: bytes, options: Any, deserialize: Any) -> None:
+            opts = shared.setdefault(id(options), replace(options, authority="localhost"))
+            super().__init__(address, request, opts, deserialize)
+
+    inventory_sync.H2Watch = LocalhostWatch
+
+
 def main() -> None:
     if sys.argv[1:2] == ["args"]:  # per channel argument: bench/channel_args.py, with the options that follow
         sys.path.insert(0, str(ROOT / "bench"))
@@ -150,6 +172,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--tls", default="", help="directory with ca.crt, leaf.crt, leaf.key (DNS:localhost)")
     ap.add_argument("--tracemalloc", action="store_true")
+    ap.add_argument("--transport", choices=["grpc", "h2"], default="grpc", help="SyncConfig.watch_transport")
     ap.add_argument("--simulator", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
@@ -181,10 +204,13 @@ def main() -> None:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
         port = int(port_file.read_text())
-        credentials = None
+        credentials = files = None
         if args.tls:
             d = Path(args.tls)
             credentials = tls.channel_credentials(d / "ca.crt", d / "leaf.crt", d / "leaf.key")
+            files = tls.ClientTls(str(d / "ca.crt"), str(d / "leaf.crt"), str(d / "leaf.key"))
+            if args.transport == "h2":
+                localhost_h2(inventory_sync)
             options = [*inventory_sync.CHANNEL_OPTIONS, ("grpc.default_authority", "localhost")]
             inventory_sync.channel_target = lambda a: (f"ipv4:{a}", options)  # the certificate names localhost
         members = [FleetNode(f"sim-{i:05d}", node_address(i, port), {}, "file") for i in range(n)]
@@ -215,7 +241,9 @@ def main() -> None:
             print(f"{n} channels connected in {time.perf_counter() - t0:.1f} s")
             stages.show("channels connected")
             return
-        config = inventory_sync.SyncConfig(heartbeat=10.0, connect_slot_seconds=0.02)  # no first message to wait for
+        config = inventory_sync.SyncConfig(heartbeat=10.0, connect_slot_seconds=0.02,  # no first message to wait for
+                                           watch_transport=args.transport, watch_tls=files)
+        cpu0 = time.process_time()
         sync = inventory_sync.InventorySync(lambda: members, store, credentials=credentials, config=config)
         sync.start()
         opened = Path(f"{port_file}.opened")
@@ -227,7 +255,9 @@ def main() -> None:
         gate.write_text("")
         all_held.wait(600)
         time.sleep(0.5)
-        print(f"{held[0]} nodes held")
+        cpu = time.process_time() - cpu0
+        print(f"{held[0]} nodes held ({args.transport}); aggregator CPU {cpu:.2f} s = {cpu / n * 1e3:.3f} ms a node; "
+              f"all held {time.perf_counter() - t0:.1f} s after start")
         stages.show("first messages held")
         gc.collect()
         stages.show("+ gc.collect()")

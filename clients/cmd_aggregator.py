@@ -102,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not keep a live inventory (WatchFeatures streams); every answer fans out live")
     p.add_argument("--heartbeat", type=float, default=10.0,
                    help="seconds between the daemons' heartbeats on their WatchFeatures streams (default 10)")
+    p.add_argument("--watch-transport", choices=["grpc", "h2"], default="grpc",
+                   help="the inventory's WatchFeatures streams: grpc (a gRPC core channel each, ~52 KB a node) or h2 "
+                   "(a lean HTTP/2 client, server/inventory/watch_h2.py; same TLS files); default grpc")
     p.add_argument("--stale-after", type=float, default=0.0,
                    help="a node whose stream is silent this long is STALE (default: 3 heartbeats + 1 s)")
     add_registry_policy_flag(p, "ValidateFleet")
@@ -218,7 +221,11 @@ def _sync_config(args: argparse.Namespace) -> SyncConfig:
         raise ValueError(f"--heartbeat must be within [1, 300] seconds, got {args.heartbeat:g}")
     if args.stale_after and args.stale_after < args.heartbeat:
         raise ValueError(f"--stale-after ({args.stale_after:g}) must be at least --heartbeat ({args.heartbeat:g})")
-    return SyncConfig(heartbeat=args.heartbeat, stale_after=args.stale_after)
+    from nodecompat.server.tls import ClientTls
+
+    files = ClientTls(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls_ca or args.tls_cert) else None
+    return SyncConfig(heartbeat=args.heartbeat, stale_after=args.stale_after,
+                      watch_transport=getattr(args, "watch_transport", "grpc"), watch_tls=files)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -58,8 +58,8 @@ def _synced(agg: AggregatorDaemon, n: int) -> bool:
     return len(recs) == n and all(r.has_features and r.state == "OK" for r in recs)
 
 
-@pytest.fixture(scope="module")
-def inv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InvFleet]:
+@pytest.fixture(scope="module", params=["grpc", "h2"])  # SyncConfig.watch_transport: every test with both
+def inv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InvFleet]:
     tmp = tmp_path_factory.mktemp("inventory")
     roots = {name: Path(copy_fixture(host, tmp / name).root) for name, host in HOSTS.items()}
     procs = {name: start_node(tmp, name, HOSTS[name], root=roots[name], wait=False) for name in HOSTS}
@@ -70,7 +70,8 @@ def inv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InvFleet]:
         nodes_file.write_text(json.dumps([{"name": n, "address": p.address, "labels": {"host": HOSTS[n]}}
                                           for n, p in procs.items()]))
         with aggregator(nodes_file=str(nodes_file),
-                        sync=SyncConfig(heartbeat=1.0, stale_after=STALE_AFTER, reconcile_interval=0.2)) as agg:
+                        sync=SyncConfig(heartbeat=1.0, stale_after=STALE_AFTER, reconcile_interval=0.2,
+                                        watch_transport=request.param)) as agg:
             _wait(lambda: _synced(agg, len(HOSTS)), what="every node in the inventory")
             yield InvFleet(procs, roots, agg, agg.address, tmp)  # type: ignore[attr-defined]
     finally:

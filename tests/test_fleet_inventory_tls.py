@@ -17,6 +17,7 @@ from support_otlp import OtlpReceiver
 from nodecompat.clients.fleet_client import FleetClient
 from nodecompat.server import tls
 from nodecompat.server.inventory.inventory_sync import SyncConfig
+from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import fleet_pb2_grpc, inventory_pb2, node_pb2_grpc
 
 pytest.importorskip("nodecompat.server.runtime.runtime", reason="WatchFeatures needs the grpc.aio server runtime")
@@ -32,7 +33,8 @@ def _first_watch_message(address: str, creds: grpc.ChannelCredentials | None) ->
         channel.close()
 
 
-def test_inventory_over_mutual_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])
+def test_inventory_over_mutual_tls(tmp_path: Path, transport: str) -> None:
     certs = make_certs(tmp_path / "pki")
     flags = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-ca", str(certs.ca)]
     good = tls.channel_credentials(certs.ca, certs.cert, certs.key)
@@ -50,7 +52,8 @@ def test_inventory_over_mutual_tls(tmp_path: Path) -> None:
                 _first_watch_message(procs[0].address, creds)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         with aggregator(nodes_file=str(nodes), node_credentials=good,
-                        sync=SyncConfig(heartbeat=1.0, reconcile_interval=0.2)) as agg:
+                        sync=SyncConfig(heartbeat=1.0, reconcile_interval=0.2, watch_transport=transport,
+                                        watch_tls=ClientTls(str(certs.ca), str(certs.cert), str(certs.key)))) as agg:
             deadline = time.monotonic() + 30
             while True:
                 with FleetClient(agg.address) as c:  # type: ignore[attr-defined]
@@ -62,7 +65,8 @@ def test_inventory_over_mutual_tls(tmp_path: Path) -> None:
                 ("h100", "INVENTORY", True), ("mi300", "INVENTORY", False)}
         # an aggregator without a client certificate holds nothing: every node is asked live (and refused)
         with aggregator(nodes_file=str(nodes), node_credentials=tls.channel_credentials(certs.ca),
-                        sync=SyncConfig(heartbeat=1.0, reconcile_interval=0.2)) as anon:
+                        sync=SyncConfig(heartbeat=1.0, reconcile_interval=0.2, watch_transport=transport,
+                                        watch_tls=ClientTls(str(certs.ca)))) as anon:
             time.sleep(1.0)
             with FleetClient(anon.address) as c:  # type: ignore[attr-defined]
                 a = c.validate(spec_text=NVIDIA_ONLY, timeout=5)
@@ -73,13 +77,15 @@ def test_inventory_over_mutual_tls(tmp_path: Path) -> None:
             p.terminate()
 
 
-def test_new_streams_are_traced_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])
+def test_new_streams_are_traced_end_to_end(tmp_path: Path, transport: str) -> None:
     otlp = OtlpReceiver()
     node = start_node(tmp_path, "h100", "h100-server", env=otlp.env("nodecompat-node"))
     nodes = tmp_path / "nodes.json"
     write_nodes_file(nodes, [node])
     agg = start_aggregator_process(tmp_path, "--nodes-file", str(nodes), "--heartbeat", "1",
-                                   env=otlp.env("nodecompat-aggregator"), inventory=True)
+                                   "--watch-transport", transport, env=otlp.env("nodecompat-aggregator"),
+                                   inventory=True)
     try:
         with FleetClient(agg.address) as c:
             deadline = time.monotonic() + 30

@@ -9,6 +9,7 @@ server on a real port; a registration announcing it (push model); a real in-proc
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -80,3 +81,22 @@ def test_a_features_message_past_the_inventory_limit_is_refused_unparsed(big_nod
             time.sleep(0.05)
         assert not rec.has_features, "a features message past the limit was parsed into the store"
         assert rec.state == "UNREACHABLE" and "RESOURCE_EXHAUSTED" in rec.error, rec
+
+
+@pytest.mark.parametrize("transport", ["grpc", "h2"])
+def test_a_streamed_features_message_past_the_limit_fails_the_stream(big_node: tuple[str, str], tmp_path: Path,
+                                                                     transport: str) -> None:
+    """The same limit on a nodes-file node's WatchFeatures stream, with either client (SyncConfig.watch_transport):
+    RESOURCE_EXHAUSTED before the message is parsed, the node UNREACHABLE."""
+    address, _ = big_node
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps([{"name": "big-1", "address": address}]))
+    with aggregator(nodes_file=str(nodes), sync=SyncConfig(heartbeat=1.0, stale_after=3.0, reconcile_interval=0.2,
+                                                           watch_transport=transport)) as agg:
+        agg_: AggregatorDaemon = agg
+        assert agg_.store is not None
+        deadline = time.monotonic() + 60
+        while (rec := agg_.store.get(address)) is None or rec.state != "UNREACHABLE":
+            assert time.monotonic() < deadline, "the stream never failed"
+            time.sleep(0.05)
+        assert not rec.has_features and "RESOURCE_EXHAUSTED" in rec.error and "larger than max" in rec.error, rec

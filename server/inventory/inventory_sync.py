@@ -40,7 +40,10 @@ from nodecompat.fleet.fingerprint import IDENTITY
 from nodecompat.fleet.store import STATE_OK, STATE_STALE, STATE_UNREACHABLE, FeatureStore, StoreFull
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, FleetNode
+from nodecompat.server.inventory.watch_h2 import H2Watch
+from nodecompat.server.inventory.watch_h2_call import H2Options, h2_options
 from nodecompat.server.runtime.grpc_server import MESSAGE_SIZE_OPTIONS
+from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import inventory_pb2
 
 if TYPE_CHECKING:
@@ -90,6 +93,9 @@ class SyncConfig:
     # of a resubscribe; it keeps trying outside the bound.
     connect_slot_seconds: float = 2.0
     reconcile_interval: float = 1.0  # s between membership checks
+    # "h2": streams on server/inventory/watch_h2.py (no gRPC core channel); TLS: the credentials' PEM files
+    watch_transport: str = "grpc"
+    watch_tls: ClientTls | None = None
 
     @property
     def stale_timeout(self) -> float:
@@ -120,6 +126,7 @@ class InventorySync:
         self._connecting: asyncio.Semaphore | None = None
         self._main: asyncio.Future[Any] | None = None
         self._interceptors: list[Any] | None = None  # client tracing interceptors, decided once at start()
+        self._h2: H2Options | None = None  # SyncConfig.watch_transport "h2": decided once at start()
         self.connects = 0  # streams established (counts reconnects)
         self.push: PushedNodes | None = None
         if push:
@@ -130,6 +137,9 @@ class InventorySync:
     # -- lifecycle (any thread) ----------------------------------------------------------------------
     def start(self) -> None:
         self._interceptors = _client_interceptors()
+        if self.config.watch_transport == "h2":
+            self._h2 = h2_options(self.config.watch_tls, self.credentials is not None, self._interceptors is not None,
+                                  MAX_FEATURES_MESSAGE_BYTES)
         self._thread = threading.Thread(target=self.loop.run_forever, name="inventory-aio", daemon=True)
         self._thread.start()
         self._main = asyncio.run_coroutine_threadsafe(self._run(), self.loop)  # type: ignore[assignment]
@@ -248,19 +258,24 @@ class InventorySync:
         while True:
             got_message = False
             error = ""
-            channel: grpc.aio.Channel | None = None
+            channel: grpc.aio.Channel | H2Watch | None = None
             held = self.store.get(address)
             known = (held.announced or held.fingerprint) if held is not None and held.has_features else ""
             try:
                 await self._connecting.acquire()
                 slot = _Slot(self._connecting, self.config.connect_slot_seconds)
                 try:
-                    channel = self._channel(address)  # made once a connecting slot is ours, not 10,000 at once
-                    call = channel.unary_stream(  # one method handle, not a stub's four; the request as bytes
-                        WATCH_METHOD, request_serializer=None,  # (the call keeps it for the stream's life)
-                        response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
-                    )(inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=self.config.heartbeat,
-                                                         known_fingerprint=known).SerializeToString())
+                    request = inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=self.config.heartbeat,
+                                                                 known_fingerprint=known).SerializeToString()
+                    if self._h2 is not None:  # the same read()/EOF/close() and AioRpcError codes (watch_h2.py)
+                        call = channel = H2Watch(address, request, self._h2,
+                                                 inventory_pb2.WatchFeaturesResponse.FromString)
+                    else:
+                        channel = ch = self._channel(address)  # made once a connecting slot is ours, not 10,000 at once
+                        call = ch.unary_stream(  # one method handle, not a stub's four; the request as bytes
+                            WATCH_METHOD, request_serializer=None,  # (the call keeps it for the stream's life)
+                            response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
+                        )(request)
                     while True:
                         msg = await call.read()  # read() in this coroutine: no async-generator per stream
                         if msg is grpc.aio.EOF:

@@ -13,6 +13,9 @@ from typing import Any
 import grpc
 
 READ_CHUNK = 16384 + 9  # one HTTP/2 frame of the maximum size we take
+# Bytes received handed to OpenSSL at a time: a memory BIO keeps the capacity of the most it ever held (per
+# connection, for its life), so feeding a 256 KiB socket read at once would keep 256 KiB.
+FEED = 4096
 
 
 class TlsBio:
@@ -57,23 +60,26 @@ class TlsBio:
     def _unwrap(self, data: bytes) -> bytes:
         assert self.tls is not None
         sslobj, inc, _ = self.tls
-        inc.write(data)
-        if self.pending:  # handshaking
-            self._handshake()
-            if self.pending or self.error is not None:
-                return b""
         chunks = []
-        try:
-            while True:
-                chunk = sslobj.read(READ_CHUNK)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError as exc:
-            self._fail(grpc.StatusCode.UNAVAILABLE, f"TLS error from {self.address}: {exc}")
-            return b""
+        for i in range(0, len(data), FEED):  # fed in pieces, each drained: the BIO's buffer never grows past one
+            inc.write(data[i:i + FEED])
+            if self.pending:  # handshaking
+                self._handshake()
+                if self.error is not None:
+                    return b""
+                if self.pending:
+                    continue
+            try:
+                while True:
+                    chunk = sslobj.read(READ_CHUNK)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                self._fail(grpc.StatusCode.UNAVAILABLE, f"TLS error from {self.address}: {exc}")
+                return b""
         self._flush_tls()
         return b"".join(chunks)
 
