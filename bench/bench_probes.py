@@ -59,7 +59,7 @@ class RecordingRoundHost(RoundHost):
 
     ops: dict[tuple[str, str], None] = field(default_factory=dict, compare=False)
 
-    def c_reader(self) -> list[Callable[..., Any] | None]:
+    def c_reader(self) -> list[Any]:
         """No reads in C: each goes through _read, which notes it."""
         if not self._cr:
             self._cr.append(None)

@@ -22,6 +22,7 @@ call: probes/probe_memo.py), or None.
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from pathlib import Path
 from types import ModuleType
@@ -83,26 +84,44 @@ def dirfd_of(host: Any) -> int | None:
     return fd
 
 
-def reader(host: Any) -> Any:
-    """For a RoundHost: `_hostc.round_read` bound to the round's context (a callable (memo, path, kind,
-    entries) -> bytes | str | None, or NotImplemented where the Python path answers), or None where the
-    round's reads take the Python path (no C helper, no openat2 under a host root: the descriptor walk)."""
+def reader(host: Any) -> list[Any]:
+    """For a RoundHost: [`_hostc.round_read` bound to the round's context (a callable (memo, path, kind,
+    entries) -> bytes | str | None, or NotImplemented where the Python path answers), the module, the
+    descriptor its functions resolve in (dirfd_of), the round's held directories (HeldParents.state)], or
+    [None] where the round's host operations take the Python path (no C helper, no openat2 under a host
+    root: the descriptor walk)."""
     c = module()
     if c is None:
-        return None
+        return [None]
     dirfd = dirfd_of(host)
     if dirfd is None:
-        return None
+        return [None]
     held = host._parents[0] if host._parents else host._held()
     if held is None or (dirfd >= 0 and not host._open2):
-        return None
-    import functools
+        return [None]
+    if not _fixed:
+        import functools
 
-    from nodecompat.probes import bounded_read
-    from nodecompat.probes.probe_memo import _read_bytes
-    from nodecompat.probes.root_resolve import OPENAT2_READ
+        from nodecompat.probes.probe_memo import _read_bytes
+        from nodecompat.probes.root_resolve import OPENAT2_READ
 
+        _fixed[:] = [functools.partial, OPENAT2_READ, _read_bytes]
+    from nodecompat.probes import bounded_read  # its bound as it is now (tests lower it)
+
+    partial, flags, read_bytes = _fixed
     link_whole = held.root_fd is not None  # under a host root: a link in a held directory is not followed
-    ctx = (dirfd, OPENAT2_READ, held.state, held.lookup, held.file_flags, link_whole,
-           bounded_read.MAX_READ_BYTES, _read_bytes)
-    return functools.partial(c.round_read, ctx)
+    ctx = (dirfd, flags, held.state, held.lookup, held.file_flags, link_whole, bounded_read.MAX_READ_BYTES,
+           read_bytes)
+    return [partial(c.round_read, ctx), c, dirfd, held.state]
+
+
+_fixed: list[Any] = []  # functools.partial, root_resolve.OPENAT2_READ, probe_memo._read_bytes (imported once)
+
+
+def c_path(path: str, at_root: bool) -> bytes | None:
+    """`path` as the round opens it: at `/` as given (made absolute), under a host root without its
+    trailing "/" (root_resolve.open_in_root_errno); None for a path the C helper cannot take (a NUL)."""
+    if "\0" in path:
+        return None
+    text = (path if path.startswith("/") else "/" + path) if at_root else (path.rstrip("/") or "/")
+    return os.fsencode(text)

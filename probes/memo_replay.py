@@ -151,13 +151,7 @@ def replay_reads(host: RoundHost, items: list[ReadItem]) -> bool:
     return True
 
 
-def _c_path(path: str, at_root: bool) -> bytes | None:
-    """`path` as the round opens it: at `/` as given (made absolute), under a host root without its
-    trailing "/" (root_resolve.open_in_root_errno); None for a path the C helper cannot take (a NUL)."""
-    if "\0" in path:
-        return None
-    text = (path if path.startswith("/") else "/" + path) if at_root else (path.rstrip("/") or "/")
-    return os.fsencode(text)
+_c_path = host_c.c_path  # `path` as the round opens it in C
 
 
 # what the C helper does for an entry of `others`: (kind, its arguments, the round memo's key)

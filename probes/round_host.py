@@ -75,7 +75,7 @@ class RoundHost(HostRoot):
     # openat2 in the round's root, one call each (root_resolve.opener): [a read, an O_PATH stat, a listing]
     _open2: list[Callable[[str], int]] = field(default_factory=list, compare=False, repr=False)
     hold_hint: frozenset[str] = field(default=frozenset(), compare=False, repr=False)  # see over()
-    _cr: list[Callable[..., Any] | None] = field(default_factory=list, compare=False, repr=False)  # c_reader
+    _cr: list[Any] = field(default_factory=list, compare=False, repr=False)  # c_reader()
 
     @classmethod
     def over(cls, host: HostRoot, hold_hint: frozenset[str] = frozenset()) -> RoundHost:
@@ -112,11 +112,11 @@ class RoundHost(HostRoot):
         self._parents.append(held)
         return held
 
-    def c_reader(self) -> list[Callable[..., Any] | None]:
+    def c_reader(self) -> list[Any]:
         """[the round's reads in C (host_c.reader: memo, open, read, decode and a recording's entry in one
         call), or None where they take the Python path below], made at the round's first read."""
         if not self._cr:
-            self._cr.append(host_c.reader(self))
+            self._cr.extend(host_c.reader(self))  # [reader, the C module, its dirfd] or [None]
         return self._cr
 
     # -- memoized reads --------------------------------------------------------------------------------
@@ -239,18 +239,36 @@ class RoundHost(HostRoot):
 
     def is_dir(self, host_path: str | os.PathLike[str]) -> bool:
         st = self._stat_memo(host_path)
-        return st is not None and stat_mod.S_ISDIR(st.st_mode)
+        return st is not None and stat_mod.S_ISDIR(st[0])
 
     def is_file(self, host_path: str | os.PathLike[str]) -> bool:
         st = self._stat_memo(host_path)
-        return st is not None and stat_mod.S_ISREG(st.st_mode)
+        return st is not None and stat_mod.S_ISREG(st[0])
 
-    def _stat_memo(self, host_path: str | os.PathLike[str]) -> os.stat_result | None:
+    def _stat_memo(self, host_path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+        """The path's stat (an os.stat_result, or the C helper's stat_fields: st_mode first) or None, once a
+        round."""
         key = ("s", host_path if type(host_path) is str else os.fspath(host_path))
         value = self.memo.get(key, _UNSET)  # a miss costs no KeyError
         if value is _UNSET:
-            value = self.memo[key] = self.stat_or_none(key[1])
+            cr = self._cr or self.c_reader()
+            raw = host_c.c_path(key[1], cr[2] < 0) if cr[0] is not None and self._c_whole(cr, key[1]) else None
+            try:  # noqa: SIM105 (a context manager per stat costs more than the stat)
+                value = cr[1].stat_fields(cr[2], raw) if raw is not None else _UNSET
+            except NoOpenat2:  # openat2 kept racing a rename: the Python path
+                pass
+            if value is _UNSET:
+                value = self.stat_or_none(key[1])
+            self.memo[key] = value
         return value  # type: ignore[return-value]
+
+    @staticmethod
+    def _c_whole(cr: list[Any], text: str) -> bool:
+        """Whether the C helper may answer for `text` by its whole path: its directory is neither held nor
+        known missing this round (held_parents.py: those answer through the held descriptor, as stat_file
+        and link_name do, so a round's answers about one directory stay consistent)."""
+        parent, _, name = text.rpartition("/")
+        return cr[3].get(parent, SLOW) < MISSING or not name or name == "." or name == ".." or text[0] != "/"
 
     def stat_or_none(self, text: str) -> os.stat_result | None:
         """HostRoot.stat, None where it raises (missing, unreachable, outside the root); not memoized,
@@ -280,6 +298,12 @@ class RoundHost(HostRoot):
     def listdir(self, host_path: str | os.PathLike[str]) -> list[str]:
         key = ("l", os.fspath(host_path))
         hit = self.memo.get(key)
+        cr = self._cr or self.c_reader()
+        if hit is None and cr[0] is not None and (raw := host_c.c_path(key[1], cr[2] < 0)) is not None:
+            try:  # noqa: SIM105  in C: the directory opened as below, its names read and sorted
+                hit = self.memo[key] = cr[1].listdir(cr[2], raw, OPENAT2_READ) or []
+            except NoOpenat2:
+                pass
         if hit is None:  # HostRoot.listdir; under a host root its openat2 as RoundHost._open makes it, in one call
             try:
                 fd = self._open2[2](key[1]) if self._parents and self._open2 else -errno.ENOSYS
@@ -307,6 +331,18 @@ class RoundHost(HostRoot):
         return value  # type: ignore[return-value]
 
     def _link_target_name(self, text: str) -> str | None:
+        cr = self._cr or self.c_reader()
+        if cr[0] is not None and "\0" not in text and self._c_whole(cr, text):  # in C: the parent opened in the
+            # root (open(2) at `/`), readlinkat
+            at_root = cr[2] < 0
+            whole = text.rstrip("/")
+            parent, _, name = (whole if not at_root or whole.startswith("/") else "/" + whole).rpartition("/")
+            if not name or name in (".", ".."):
+                return None
+            try:
+                return cr[1].link_name(cr[2], os.fsencode(parent.rstrip("/") or "/"), os.fsencode(name))
+            except NoOpenat2:
+                pass
         held = self._parents[0] if self._parents else self._held()
         if held is not None:  # through a held directory (or known missing)
             got = held.link_name(text)

@@ -1,7 +1,8 @@
-"""A probe round's reads in C (probes/_hostc.c round_read through probes/host_c.py reader): the same answers,
-the same round memo and the same recording entries as the Python path (RoundHost.read_bytes/read_text/
-read_line, RecordingHost noting each read), confined to the host root and bounded alike; where the helper is
-built a round's reads and their entries are made in one C call, not through Python's read_whole."""
+"""A probe round's host operations in C (probes/_hostc.c round_read, stat_fields, listdir, link_name through
+probes/host_c.py reader): the same answers, the same round memo and the same recording entries as the Python
+path (RoundHost.read_bytes/read_text/read_line, exists/is_dir/is_file, listdir, link_target_name;
+RecordingHost noting each), confined to the host root and bounded alike; where the helper is built a round's
+reads and their entries are made in one C call, not through Python's read_whole."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _tree(tmp_path: Path) -> HostRoot:
 
 def _paths(outside: Path) -> list[str]:
     names = ["a", "crlf", "blank", "empty", "bad", "big", "over", "fifo", "abs", "climb", "environ", "missing",
-             "outdir/secret", "a/", ".", ".."]
+             "outdir/secret", "outdir", "a/", ".", ".."]
     return ([f"/sys/d/{n}" for n in names] + ["/sys/d", "/sys/nothere/x", "/sys/nothere/y", "sys/d/a", "/", "",
             f"{outside}/secret", "/sys/d/../d/a"])  # fmt: skip
 
@@ -59,11 +60,15 @@ def _session(host: HostRoot, use_c: bool, paths: list[str], monkeypatch: pytest.
     answers = []
     for _ in range(2):
         for p in paths:
-            for read in (rec.read_line, rec.read_text, rec.read_bytes, rh.read_line, rh.read_text, rh.read_bytes):
+            for read in (rec.read_line, rec.read_text, rec.read_bytes, rh.read_line, rh.read_text, rh.read_bytes,
+                         rec.exists, rec.is_dir, rec.is_file, rec.listdir, rec.link_target_name, rh.exists,
+                         rh.is_dir, rh.is_file, rh.listdir, rh.link_target_name):
                 answers.append((p, read.__name__, read(p)))
     assert (rh.c_reader()[0] is not None) == (use_c and host_c._built is not None)
     entries = [(fn, args, answer) for fn, args, answer in rec.log.entries]
-    return answers, entries, dict(rh.memo)
+    # a stat kept for the round: an os.stat_result (Python) or the C helper's fields, st_mode first in both
+    memo = {k: (v if k[0] != "s" else v and v[0]) for k, v in rh.memo.items()}
+    return answers, entries, memo
 
 
 @needs_c
@@ -82,6 +87,8 @@ def test_round_reads_in_c_answer_record_and_fill_the_memo_as_python(
     assert got["/sys/d/environ", "read_bytes"] is None and got["/sys/d/fifo", "read_bytes"] is None
     assert got["/sys/d/over", "read_bytes"] is None and len(got["/sys/d/big", "read_bytes"]) == 102400
     assert got["/sys/d/crlf", "read_text"] == "one\ntwo\nthree\n" and got["/sys/d/blank", "read_line"] == ""
+    assert got["/sys/d/outdir/secret", "is_file"] and got["/sys/d/outdir", "is_dir"]  # re-rooted: <root>/<outside>
+    assert got["/sys/d/abs", "link_target_name"] == "secret" and got["/sys/d", "listdir"][:3] == ["a", "abs", "bad"]
     for use_c in (True, False):  # a NUL: os.open's ValueError on both paths (the C reader hands it back)
         monkeypatch.setattr(host_c, "USE_C", use_c)
         with pytest.raises(ValueError):
