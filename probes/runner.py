@@ -23,6 +23,7 @@ last round read several files of from their first use (held_parents.py, the hint
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -69,10 +70,23 @@ class _Call:
 
 
 class _Worker:
-    """A thread running batches of probe calls in order; abandoned (never reused) once a call hangs."""
+    """A thread running batches of probe calls in order; abandoned (never reused) once a call hangs.
+
+    The hand-off is two plain locks used as binary semaphores: `go` (held while there is nothing to
+    run; submit releases it) and `done` (released by the worker at the end of each batch; the round
+    waits on it with the running call's deadline). A waiter is woken by the very release the other side
+    makes last: a Condition's notify made before its waiter had released the GIL cost the woken thread
+    a second sleep, on the GIL (issue 11: the hand-off was most of a steady round's cost beyond its
+    reads)."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.done = threading.Lock()
+        self.done.acquire()
+        # taken (uncontended but for a hang) to start or finish a call, and by the round to abandon the
+        # worker: a call is never started by a worker the round has abandoned and handed the rest on from
+        self.claim = threading.Lock()
         self.batch: list[_Call] = []
         self.host: HostRoot | None = None
         self.ctx: Any = None  # OpenTelemetry's context of the round, None while it is not imported
@@ -82,47 +96,49 @@ class _Worker:
         self.thread.start()
 
     def submit(self, calls: list[_Call], host: HostRoot, ctx: Any) -> None:
-        with self.cond:
-            self.batch, self.host, self.ctx = list(calls), host, ctx
-            for c in calls:
-                c.worker = self
-            self.cond.notify_all()
+        """Run `calls` in order (the worker is idle: its last batch is done); `done` is released after."""
+        self.batch, self.host, self.ctx = list(calls), host, ctx
+        for c in calls:
+            c.worker = self
+        self.go.release()
 
     def _loop(self) -> None:
         while True:
-            with self.cond:
-                while not self.batch and not self.abandoned:
-                    self.cond.wait()
-                if self.abandoned and not self.batch:
-                    return
-                batch, host, ctx = self.batch, self.host, self.ctx
-                self.batch, self.host, self.ctx = [], None, None
+            self.go.acquire()
+            if self.abandoned:
+                return
+            batch, host, ctx = self.batch, self.host, self.ctx
+            self.batch, self.host, self.ctx = [], None, None
             assert host is not None
             token = tracing.attach(ctx)  # probe spans nest under the caller's span
             traced = ctx is not None or tracing.loaded()  # asked once per batch, not per probe
             try:
                 for call in batch:
-                    with self.cond:
+                    with self.claim:
                         if self.abandoned:  # the round moved the rest to a fresh worker
                             return
                         self.current = call
                         call.started = time.monotonic()
                     _discover(call, host, traced)
-                    with self.cond:
+                    with self.claim:
                         call.finished = time.monotonic()
                         self.current = None
-                        if call is batch[-1]:  # the round's watcher wakes once, at the end of the batch
-                            self.cond.notify_all()
             finally:
                 tracing.detach(token)
                 # The round's host (and the descriptors it holds) is not kept by an idle worker.
                 del batch, host, ctx
+            if self.abandoned:
+                return
+            self.done.release()  # the round's watcher wakes once, at the end of the batch
 
     def abandon(self) -> None:
-        with self.cond:
-            self.abandoned = True
-            self.batch = []
-            self.cond.notify_all()
+        """Let the thread end: now when idle, else after the call it is in (never given work again)."""
+        self.abandoned = True
+        self.batch = []
+        # An idle worker wakes to end; a busy one ends after its call. RuntimeError: already released
+        # (the worker takes it, sees `abandoned` and ends).
+        with contextlib.suppress(RuntimeError):
+            self.go.release()
 
     def stop(self) -> None:
         self.abandon()
@@ -146,8 +162,7 @@ def _acquire() -> _Worker:
 
 def _release(worker: _Worker) -> None:
     """Keep a healthy idle worker for the next runner (bounded), else let its thread end."""
-    with worker.cond:
-        healthy = not worker.abandoned and worker.current is None and not worker.batch
+    healthy = not worker.abandoned and worker.current is None and not worker.batch
     if healthy:
         with _idle_lock:
             if len(_idle) < MAX_IDLE_WORKERS:
@@ -244,31 +259,32 @@ class ProbeRunner:
                 self._worker = _acquire()
             worker = self._worker
             worker.submit(todo, host, ctx)
-            with worker.cond:
-                while True:
-                    if all(c.done for c in todo):
+            while True:
+                # Sleep until the batch ends or the running call's deadline passes: no wake-up per
+                # probe (each one would take the GIL from the worker between its reads).
+                cur = worker.current
+                started = cur.started if cur is not None else None
+                if cur is None or started is None:  # between calls: none can be late before this
+                    left = max(0.001, min((self._timeout(c.probe) for c in todo if not c.done), default=0.0))
+                elif cur.done:  # it finished as it was read: the worker moves on
+                    left = 0.001
+                else:
+                    left = started + self._timeout(cur.probe) - time.monotonic()
+                if left > 0:
+                    if worker.done.acquire(timeout=left):
                         todo = []
                         break
-                    # Sleep until the batch ends or the running call's deadline passes: no wake-up per
-                    # probe (each one would take the GIL from the worker between its reads).
-                    cur = worker.current
-                    now = time.monotonic()
-                    if cur is None or cur.started is None:  # between calls: none can be late before this
-                        left = min(self._timeout(c.probe) for c in todo if not c.done)
-                    else:
-                        left = cur.started + self._timeout(cur.probe) - now
-                    if left > 0:
-                        worker.cond.wait(left)
+                    continue
+                # `cur` hung: leave it (and this worker) behind; the rest go to a fresh worker.
+                assert cur is not None
+                with worker.claim:
+                    if cur.done:  # it returned as its deadline passed: not hung
                         continue
-                    # `cur` hung: leave it (and this worker) behind; the rest go to a fresh worker.
-                    assert cur is not None
-                    worker.abandoned = True
-                    worker.batch = []
-                    worker.cond.notify_all()
+                    worker.abandon()
                     i = todo.index(cur)
                     todo = [c for c in todo[i + 1 :] if c.started is None]
-                    self._worker = None
-                    break
+                self._worker = None
+                break
 
     def _run_locked(self) -> ProbeRound:
         statuses: dict[str, ProbeStatus] = {}
