@@ -55,7 +55,7 @@ class HeldParents:
     """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW, or how often it
     was asked for while not held yet (_FIRST, _FIRST - 1, ...)."""
 
-    __slots__ = ("__weakref__", "fds", "file_flags", "hint", "open_dir", "root_fd", "state")
+    __slots__ = ("__weakref__", "fds", "file_flags", "hint", "kept", "open_dir", "root_fd", "state")
 
     def __init__(self, root_fd: int | None, hint: frozenset[str] = frozenset()) -> None:
         """root_fd: the host root's descriptor (openat2 resolves in it), None for the host root `/`;
@@ -65,6 +65,7 @@ class HeldParents:
         self.file_flags = _FILE_FLAGS if root_fd is not None else _ROOT_FILE_FLAGS  # a file's open(2) flags
         self.open_dir = None if root_fd is None else root_resolve.opener(root_fd, PATH_FLAGS | os.O_DIRECTORY)
         self.state: dict[str, int] = {}
+        self.kept: list[str] = []  # the directories held or found missing (worth_holding)
         self.fds: list[int] = []
         weakref.finalize(self, _close_all, self.fds)
 
@@ -75,6 +76,8 @@ class HeldParents:
         if st is None:
             if parent in self.hint:  # asked for often last round: held at once
                 st = self.state[parent] = self._hold(parent)
+                if st >= 0 or st == MISSING:
+                    self.kept.append(parent)
                 return st
             self.state[parent] = _FIRST
             return SLOW
@@ -84,6 +87,8 @@ class HeldParents:
             self.state[parent] = st - 1
             return SLOW
         st = self.state[parent] = self._hold(parent)
+        if st >= 0 or st == MISSING:
+            self.kept.append(parent)
         return st
 
     def _hold(self, parent: str) -> int:
@@ -160,6 +165,9 @@ def worth_holding(parents: list[HeldParents | None]) -> frozenset[str]:
     held = parents[0] if parents else None
     if held is None:
         return frozenset()
+    kept, hint = held.kept, held.hint
+    if len(kept) == len(hint) and hint.issuperset(kept):  # a steady round: the hint again, not rebuilt
+        return hint
     state = held.state.copy()  # one C call: a probe still running (hung) may add to it meanwhile
     keep = [d for d, v in state.items() if v >= 0 or v == MISSING]
     return frozenset(keep[: root_resolve.MAX_HELD_DIRS])

@@ -56,18 +56,19 @@ def _detach(into: Features, kind: str, name: str) -> None:
     dst[name] = getattr(Features(**{kind: {name: dst[name]}}).copy(), kind)[name]
 
 
-def again(calls: list[Any], last: Features, notes: dict[str, list[str]], statuses: dict[str, ProbeStatus],
-          load_errors: Iterable[Any]) -> ProbeRound:  # fmt: skip
+def again(calls: list[Any], declared: list[list[str]], last: Features, notes: dict[str, list[str]],
+          statuses: dict[str, ProbeStatus], load_errors: Iterable[Any]) -> ProbeRound:  # fmt: skip
     """The runner's round (probes/runner.py) when every call finished and reused the output the last
     round's features `last` were built from: those features (dicts copied) and each probe's status (ok,
     reused, its last notes copied, its declared features), without the merge and the output checks.
-    `calls`: the runner's _Call objects; `statuses`: those already decided (probes still hung), to which
-    these and the load errors are added. The runner's `last` and `notes` are never handed out, so a
+    `calls`: the runner's _Call objects; `declared`: each call's probe's feature names (copied into its
+    status); `statuses`: those already decided (probes still hung), to which these and the load errors are
+    added. The runner's `last` and `notes` are never handed out, so a
     consumer changing this round's features or notes does not change the next round's."""
-    for call in calls:
-        p = call.probe
+    for call, names in zip(calls, declared, strict=True):
+        name = call.probe.name
         took = call.finished - call.started
-        statuses[p.name] = ProbeStatus(p.name, True, "", took, p.feature_names(), list(notes[p.name]), False, True)
+        statuses[name] = ProbeStatus(name, True, "", took, list(names), list(notes[name]), False, True)
     for le in load_errors:
         statuses[le.name] = ProbeStatus(le.name, ok=False, error=le.error)
     ordered = [statuses[k] for k in sorted(statuses)]

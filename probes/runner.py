@@ -35,7 +35,7 @@ from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
 from nodecompat.probes.held_parents import worth_holding
-from nodecompat.probes.memo_replay import Memo, finish, replays
+from nodecompat.probes.memo_replay import Memo, ReplayContext, finish, replay_context, replays
 from nodecompat.probes.probe_memo import RecordingHost, declared_memoizable
 from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
@@ -112,6 +112,7 @@ class _Worker:
             assert host is not None
             token = tracing.attach(ctx)  # probe spans nest under the caller's span
             traced = ctx is not None or tracing.loaded()  # asked once per batch, not per probe
+            replay: list[ReplayContext] = []  # memo_replay.replay_context of the round's host, at need
             try:
                 for call in batch:
                     with self.claim:
@@ -119,7 +120,7 @@ class _Worker:
                             return
                         self.current = call
                         call.started = time.monotonic()
-                    _discover(call, host, traced)
+                    _discover(call, host, traced, replay)
                     with self.claim:
                         call.finished = time.monotonic()
                         self.current = None
@@ -171,17 +172,21 @@ def _release(worker: _Worker) -> None:
     worker.stop()
 
 
-def _discover(call: _Call, host: HostRoot, traced: bool = True) -> None:
+def _discover(call: _Call, host: HostRoot, traced: bool = True, replay: list[ReplayContext] | None = None) -> None:
+    """Run one call (its replay or discover()), recording the outcome in `call`; replay: a batch's holder
+    of the round's replay context (made by the first call that replays, used by the others)."""
+    if replay is None:
+        replay = []
     if not traced:  # OpenTelemetry not imported: no span can be recorded (nodecompat/tracing.py)
         try:
-            _memoized(call, host)
+            _memoized(call, host, replay)
         except BaseException as exc:  # isolate everything, including SystemExit from a plugin
             call.error = exc
         return
     with _tracer.start_as_current_span(f"probe {call.probe.name}") as span:
         span.set_attribute("nodecompat.probe", call.probe.name)
         try:
-            _memoized(call, host)
+            _memoized(call, host, replay)
         except BaseException as exc:  # isolate everything, including SystemExit from a plugin
             call.error = exc
             span.record_exception(exc)
@@ -190,14 +195,18 @@ def _discover(call: _Call, host: HostRoot, traced: bool = True) -> None:
             span.set_attribute("nodecompat.probe.reused", True)
 
 
-def _memoized(call: _Call, host: HostRoot) -> None:
+def _memoized(call: _Call, host: HostRoot, replay: list[ReplayContext]) -> None:
     """The probe's last output when its log replays identically on this round's host, else discover()
-    (on a recording view of the host when the probe is memoizable; probes/probe_memo.py)."""
+    (on a recording view of the host when the probe is memoizable; probes/probe_memo.py). replay: the
+    round's replay context once a call of the batch made it (memo_replay.replay_context), else []."""
     memo = call.memo
-    if memo is not None and isinstance(host, RoundHost) and replays(memo, host):
-        call.output = memo.output
-        call.reused = True
-        return
+    if memo is not None and isinstance(host, RoundHost):
+        if not replay:
+            replay.append(replay_context(host))
+        if replays(memo, host, replay[0]):
+            call.output = memo.output
+            call.reused = True
+            return
     if call.record and isinstance(host, RoundHost):
         view = RecordingHost.of(host)
         out = call.output = call.probe.discover(view)
@@ -232,8 +241,23 @@ class ProbeRunner:
         self.load_errors = list(load_errors)
         self.timeout_override = timeout
         self._hung: dict[str, _Call] = {}
+        # id(probe) -> (the probe, its `features` tuple, their names): feature_names() made once per probe
+        self._names: dict[int, tuple[Probe, object, list[str]]] = {}
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+
+    def _declared(self, probe: Probe) -> list[str]:
+        """probe.feature_names(), kept while the probe's `features` is the same tuple (FeatureInfo is
+        frozen) and its class does not override feature_names(); the caller copies it before handing it
+        out (ProbeStatus.features). A steady round asked it again per probe: ~40 us a round."""
+        feats = probe.features
+        hit = self._names.get(id(probe))
+        if hit is not None and hit[0] is probe and hit[1] is feats:
+            return hit[2]
+        names = probe.feature_names()
+        if type(feats) is tuple and type(probe).feature_names is Probe.feature_names:
+            self._names[id(probe)] = (probe, feats, names)
+        return names
 
     def _timeout(self, probe: Probe) -> float:
         return self.timeout_override if self.timeout_override is not None else probe.timeout
@@ -298,7 +322,7 @@ class ProbeRunner:
                     ok=False,
                     error=f"still hung: the call started {time.monotonic() - prev.started:.0f}s ago "
                     "has not returned, so the probe was not started again",
-                    features=probe.feature_names(),
+                    features=list(self._declared(probe)),
                     timed_out=True,
                 )
                 continue
@@ -322,14 +346,14 @@ class ProbeRunner:
             and all(a is b for a, b in zip(outputs, last[0], strict=True))
         )
         if same and last is not None and all(c.finished is not None and c.error is None for c in calls):
-            return again(calls, last[1], last[2], statuses, self.load_errors)
+            return again(calls, [self._declared(c.probe) for c in calls], last[1], last[2], statuses, self.load_errors)
         features = copied(last[1]) if same and last is not None else Features()
         taken: set[str] = set()
         now = time.monotonic()
         for call in calls:
             p = call.probe
-            declared = p.feature_names()
-            st = ProbeStatus(p.name, ok=False, features=declared)
+            declared = self._declared(p)
+            st = ProbeStatus(p.name, ok=False, features=list(declared))
             if not call.done:
                 self._hung[p.name] = call
                 st.timed_out = True

@@ -164,3 +164,80 @@ def test_a_host_root_that_is_not_there_gives_the_same_round_every_round(tmp_path
         assert r.features.to_nfd() == first.features.to_nfd()
         assert [(s.name, s.ok, s.error) for s in r.statuses] == [(s.name, s.ok, s.error) for s in first.statuses]
         assert {s.name for s in r.statuses if s.reused} == ok
+
+
+class NamesChange(ReadsDir):
+    """ReadsDir whose feature_names() is its own (a plugin may compute it): `names` as it is now."""
+
+    memoizable = True  # declared by the class itself (probe_memo.declared_memoizable)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names = ["readsdir.files"]
+
+    def feature_names(self) -> list[str]:
+        return list(self.names)
+
+
+def test_a_status_declares_the_probes_features_as_they_are_in_that_round(tmp_path: Path) -> None:
+    """The runner keeps each probe's feature names between rounds (asked once per probe, not per round):
+    a probe given other `features`, or whose own feature_names() answers otherwise, is declared so in the
+    next steady round's status (reused output, round_merge.again), and a consumer changing a status's list
+    does not change the next round's."""
+    root, _ = _tree(tmp_path)
+    plain, own = ReadsDir(), NamesChange()
+    own.name = "ownnames"  # type: ignore[misc]
+    runner = ProbeRunner([plain, own], HostRoot(root))
+    try:
+        runner.run()
+        r2 = runner.run()
+        assert all(s.reused for s in r2.statuses)
+        assert [s.features for s in r2.statuses] == [["readsdir.files"], ["readsdir.files"]]
+        r2.statuses[0].features.append("consumer.added")
+        plain.features = (*ReadsDir.features, FeatureInfo("readsdir.more", frozenset({"attribute"})))  # type: ignore[misc]
+        own.names = ["readsdir.files", "ownnames.extra"]
+        r3 = runner.run()
+    finally:
+        runner.close()
+    assert all(s.reused for s in r3.statuses)
+    st = {s.name: s.features for s in r3.statuses}
+    assert st == {"readsdir": ["readsdir.files", "readsdir.more"], "ownnames": ["readsdir.files", "ownnames.extra"]}
+
+
+class ReadsDirs(Probe):
+    """Reads files a and b of each directory in `dirs` (each asked for twice: held, hinted next round);
+    not memoizable, so every round asks for what `dirs` says then."""
+
+    name = "readsdirs"
+    features = (FeatureInfo("readsdirs.files", frozenset({"attribute"})),)
+
+    def __init__(self, dirs: list[str]) -> None:
+        self.dirs = dirs
+
+    def discover(self, host: HostRoot) -> ProbeOutput:
+        out = ProbeOutput()
+        got = {f"{d}/{n}": repr(host.read_bytes(f"{d}/{n}")) for d in self.dirs for n in ("a", "b")}
+        out.features.add_attributes("readsdirs.files", got)
+        return out
+
+
+def test_the_hold_hint_follows_the_directories_the_last_round_asked_for(tmp_path: Path) -> None:
+    """The next round's hint (held_parents.worth_holding) is the directories the last round held or found
+    missing: the same hint again after a round that asked for the same ones, another one after a round that
+    asked for as many other directories, a larger one after a round that asked for more."""
+    root, _ = _tree(tmp_path)
+    (root / "sys" / "e").mkdir()
+    for n in ("a", "b"):
+        (root / "sys" / "e" / n).write_bytes(b"E\n")
+    probe = ReadsDirs(["/sys/d"])
+    runner = ProbeRunner([probe], HostRoot(root))
+    hints = []
+    try:
+        for dirs in (["/sys/d"], ["/sys/d"], ["/sys/e"], ["/sys/e", "/sys/gone"], ["/sys/e"], []):
+            probe.dirs = dirs
+            rnd = runner.run()
+            assert rnd.statuses[0].ok
+            hints.append(set(runner._hold_hint))
+    finally:
+        runner.close()
+    assert hints == [{"/sys/d"}, {"/sys/d"}, {"/sys/e"}, {"/sys/e", "/sys/gone"}, {"/sys/e"}, set()]
