@@ -22,9 +22,11 @@ lseek, two reads): a limit ~2.2x the cost of the same reads done bare, i.e. unfa
 --rows prints the table's two rows against the bare reads: (a) a runner's first round, (b) a steady
 round (see rows()).
 
---detail prints where a steady round's time goes, per operation (bench/probe_detail.py).
+--detail prints where a steady round's time goes, per operation (bench/probe_detail.py); --first-split where
+a runner's first round goes, part by part (bench/probe_first_split.py).
 
 Usage: .venv/bin/python bench/bench_probes.py [--runs N] [--no-subprocess] [--rows [--repeats N]] [--detail]
+       [--first-split [--repeats N]]
 """
 
 from __future__ import annotations
@@ -311,7 +313,14 @@ def main() -> int:
     parser.add_argument("--rows", action="store_true", help="only the table's rows (median of --repeats)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--detail", action="store_true", help="where a steady round's time goes, per operation")
+    parser.add_argument("--first-split", action="store_true", help="where a runner's first round goes, by part")
     args = parser.parse_args()
+    if args.first_split:
+        from probe_first_split import first_split  # bench/probe_first_split.py, beside this file
+
+        for label, root in (("this machine (/)", Path("/")), ("fixture h100-server", FIXTURE)):
+            first_split(label, root, args.repeats, args.runs)
+        return 0
     if args.detail:
         from probe_detail import detail  # bench/probe_detail.py, beside this file
 
