@@ -196,7 +196,7 @@ class AggregatorDaemon:
                                  "registrations in etcd already (docs/inventory.md, Restarts)")
             self.state = SnapshotWriter(config.state_file, self.inventory, self.store,
                                         max_bytes=config.state_max_bytes, interval=config.state_interval,
-                                        health=self.health)
+                                        health=self.health, busy=self.sync.resubscribing if self.sync else None)
 
     def start(self) -> int:
         self.inventory.load()

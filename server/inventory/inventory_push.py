@@ -219,6 +219,11 @@ class PushedNodes:
             entry = self._nodes.get(address)
             return None if entry is None else entry.stale_after
 
+    def stale_timeouts(self) -> dict[str, float]:
+        """address -> stale_after() of every pushed node (a copy, taken under the lock once)."""
+        with self._lock:
+            return {a: e.stale_after for a, e in self._nodes.items()}
+
     def forget(self, address: str) -> None:
         """The node left the fleet (its lease ended): no more fetches for it."""
         with self._lock:

@@ -1,7 +1,8 @@
 """The inventory snapshot (`nodecompat aggregator --state-file PATH`): the fleet remembered across restarts.
 
 Written: by SnapshotWriter, a thread of its own (never the event loop), at most every `interval` seconds when the
-feature store or the lease table changed since the last write (FeatureStore.generation, lease_changes), and once more
+feature store or the lease table changed since the last write (FeatureStore.generation, lease_changes; a write waits
+while the inventory's streams are being opened, InventorySync.resubscribing, at most MAX_DEFER), and once more
 on a graceful stop. The file is an InventorySnapshot (protos/nodecompat/v1/snapshot.proto): each distinct feature set
 once (fingerprint -> canonical bytes, nodecompat/fleet/fingerprint.py: what the fingerprint digests, so a reader
 recomputes it), and per registered node its name, address, labels, fingerprint, identity attributes, round id, probe
@@ -52,10 +53,10 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,7 @@ from nodecompat.server.inventory.snapshot_streams import (
     probed_at,
     restore_streamed,
 )
+from nodecompat.server.inventory.snapshot_write import write_atomic
 from nodecompat.v1 import fleet_pb2, snapshot_pb2
 
 if TYPE_CHECKING:
@@ -84,6 +86,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 << 20  # --state-max-mib 64: 10,000 nodes in 20 profiles take 2.7 MB
 WRITE_INTERVAL = 5.0  # s: at most one write this often (when something changed)
+# s a periodic write waits at most while `busy` (streams being opened: InventorySync.resubscribing). A write of 10,000
+# nodes takes ~0.3-0.45 s of CPU holding the GIL (the streams' event loop waits meanwhile), and during an aggregator's
+# resubscribe it would only move the restored nodes' probe times by a round.
+MAX_DEFER = 30.0
 STATE_HEALTH = "nodecompat.v1.FleetService/StateFile"
 MAX_PRINCIPAL = 256
 
@@ -146,41 +152,16 @@ def collect(inventory: NodeInventory, store: FeatureStore | None,
     return snap
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a 0600 temporary file beside it, fsync, rename, fsync of the
-    directory. OSError when any step fails (the previous file stays)."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 class SnapshotWriter:
     """Writes the snapshot to `path` from a thread of its own: start(), stop() (a last write), write_now()."""
 
     def __init__(self, path: str | Path, inventory: NodeInventory, store: FeatureStore | None, *,
                  max_bytes: int = DEFAULT_MAX_BYTES, interval: float = WRITE_INTERVAL,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None, busy: Callable[[], bool] | None = None,
+                 max_defer: float = MAX_DEFER) -> None:
+        """busy: while it answers True, periodic writes wait (at most `max_defer` s); stop() and write_now() do not."""
         self.path = Path(path)
+        self.busy, self.max_defer = busy, max_defer
         self.inventory = inventory
         self.store = store
         self.max_bytes = max_bytes
@@ -284,7 +265,12 @@ class SnapshotWriter:
             self._thread.start()
 
     def _loop(self) -> None:
+        waited = 0.0
         while not self._stop.wait(self.interval):
+            if self.busy is not None and waited < self.max_defer and self.busy():
+                waited += self.interval
+                continue
+            waited = 0.0
             self.write_now()
 
     def stop(self) -> None:

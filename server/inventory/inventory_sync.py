@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,9 +39,14 @@ from nodecompat.fleet.fingerprint import IDENTITY
 from nodecompat.fleet.store import STATE_OK, STATE_STALE, STATE_UNREACHABLE, FeatureStore, StoreFull
 from nodecompat.probes.runner import ProbeRound
 from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, FleetNode
+from nodecompat.server.inventory.node_channel import (  # re-exported: their home before node_channel.py
+    CHANNEL_OPTIONS,
+    MAX_FEATURES_MESSAGE_BYTES,
+    channel_target,
+    client_interceptors,
+)
 from nodecompat.server.inventory.watch_h2 import H2Watch
 from nodecompat.server.inventory.watch_h2_call import H2Options, h2_options
-from nodecompat.server.runtime.grpc_server import MESSAGE_SIZE_OPTIONS
 from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import inventory_pb2
 
@@ -53,36 +57,6 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
 WATCH_METHOD = "/nodecompat.v1.NodeService/WatchFeatures"
-# One channel (connection) per subscribed node: what each option saves was measured with 2,000 streams
-# (VmRSS and tracemalloc, bench/bench_inventory.py's simulator): channelz off ~3.5 KiB (its trace nodes),
-# retries off ~6 KiB (the retry filter's per-call state; a broken stream is resubscribed here, with the
-# fingerprint held, never replayed by gRPC). tcp read-chunk and HPACK table sizes changed nothing measurable.
-# A node's features message, received by a stream or a push fetch: real nodes send 10-100 KiB (a full
-# kernel.config and hundreds of PCI functions stay near 1 MiB). Parsed into the store's Python form a message
-# costs ~35x its size at peak (a 15 MiB one: ~550 MiB of aggregator RSS), so the 16 MiB gRPC limit let 32
-# registrations answering such fetches take the aggregator to 2.7 GiB. A larger message fails the node's
-# stream or fetch (RESOURCE_EXHAUSTED: UNREACHABLE) and ValidateFleet asks that node live.
-MAX_FEATURES_MESSAGE_BYTES = 4 << 20
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    *[o for o in MESSAGE_SIZE_OPTIONS if o[0] != "grpc.max_receive_message_length"],
-    ("grpc.max_receive_message_length", MAX_FEATURES_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.enable_channelz", 0),
-    ("grpc.enable_retries", 0),
-    # No BDP probing: it sizes HTTP/2 flow-control windows for bulk transfers by pinging on received data;
-    # a watch stream carries a first message well inside the default 64 KiB window, then small heartbeats.
-    # Measured with bench/bench_inventory.py's resubscribe (10,000 streams, with ipv4: targets below):
-    # gRPC core's event-engine threads ~0.6 -> ~0.4 ms of CPU a node.
-    ("grpc.http2.bdp_probe", 0),
-    # TLS records this side writes of at most 1 KiB (TSI's lower bound; 16 KiB by default): gRPC's SSL frame
-    # protector keeps a buffer of that size per connection for what the aggregator sends (its request, HTTP/2
-    # WINDOW_UPDATE and PING frames); what it receives is unaffected. mTLS, 1,000 streams (RSS a node after
-    # the first messages, 2 runs each): 130.7/128.8 -> 119.7/119.6 KB (4 KiB: 123.0/122.8). Nothing without TLS.
-    ("grpc.tsi.max_frame_size", 1024),
-]
-
-
 @dataclass
 class SyncConfig:
     heartbeat: float = 10.0  # s, asked of every daemon
@@ -123,11 +97,15 @@ class InventorySync:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._nodes: dict[str, FleetNode] = {}
         self._restored: set[str] = set()  # note_restored(): looked at by the first reconcile only
+        # what the last reconcile acted on: the next one with the same members and pushed addresses, no restored
+        # address and no note_node since has nothing to do (10,000 members: ~7 ms a second saved)
+        self._seen: tuple[list[FleetNode], set[str]] | None = None
         self._connecting: asyncio.Semaphore | None = None
         self._main: asyncio.Future[Any] | None = None
         self._interceptors: list[Any] | None = None  # client tracing interceptors, decided once at start()
         self._h2: H2Options | None = None  # SyncConfig.watch_transport "h2": decided once at start()
         self.connects = 0  # streams established (counts reconnects)
+        self.slots_held = 0  # connecting slots held now (_Slot): streams being opened
         self.push: PushedNodes | None = None
         if push:
             from nodecompat.server.inventory.inventory_push import PushedNodes
@@ -136,7 +114,7 @@ class InventorySync:
 
     # -- lifecycle (any thread) ----------------------------------------------------------------------
     def start(self) -> None:
-        self._interceptors = _client_interceptors()
+        self._interceptors = client_interceptors()
         if self.config.watch_transport == "h2":
             self._h2 = h2_options(self.config.watch_tls, self.credentials is not None, self._interceptors is not None,
                                   MAX_FEATURES_MESSAGE_BYTES)
@@ -173,6 +151,12 @@ class InventorySync:
     def subscriptions(self) -> int:
         return len(self._tasks)
 
+    def resubscribing(self) -> bool:
+        """True while every connecting slot is held (`max_connecting` streams being opened, none has its first
+        message yet): a wave of (re)subscriptions such as an aggregator's start, not a few dead nodes retrying.
+        Any thread (reads one int)."""
+        return self.slots_held >= self.config.max_connecting
+
     # -- the loop ------------------------------------------------------------------------------------
     async def _run(self) -> None:
         self._connecting = asyncio.Semaphore(self.config.max_connecting)
@@ -185,8 +169,12 @@ class InventorySync:
             await asyncio.sleep(min(self.config.reconcile_interval, self.config.stale_timeout / 4))
 
     def _reconcile(self) -> None:
-        current = {n.address: n for n in self.members()}
+        members = self.members()
         pushed = self.push.addresses() if self.push is not None else set()
+        if not self._restored and self._seen is not None and self._seen[1] == pushed and self._seen[0] == members:
+            return  # as the last one left it: every member has its stream (or is pushed), no departed node
+        self._seen = (list(members), pushed)  # a copy: members() may hand out a list it changes later
+        current = {n.address: n for n in members}
         known, self._restored = self._nodes.keys() | self._restored, set()
         for address in [a for a in known if a not in current]:
             task = self._tasks.pop(address, None)
@@ -207,16 +195,18 @@ class InventorySync:
 
     def note_node(self, node: FleetNode) -> None:
         """A member known before the next reconcile sees it (a registration pushing its state); loop thread."""
-        self._nodes.setdefault(node.address, node)
+        if node.address not in self._nodes:
+            self._nodes[node.address] = node
+            self._seen = None  # the next reconcile looks at it (and drops it if it is not a member by then)
 
     def _mark_stale(self) -> None:
         now = time.monotonic()
         limit = self.config.stale_timeout
-        push = self.push
+        own_limits = self.push.stale_timeouts() if self.push is not None else {}  # one lock, not one a node
         for rec in self.store.records():
             if rec.state != STATE_OK or not rec.has_features:
                 continue
-            own = push.stale_after(rec.key) if push is not None else None
+            own = own_limits.get(rec.key)
             silence = now - rec.heard_at
             if silence > (own or limit):
                 what = "heartbeat from the registered node" if own else "message from the node"
@@ -263,7 +253,7 @@ class InventorySync:
             known = (held.announced or held.fingerprint) if held is not None and held.has_features else ""
             try:
                 await self._connecting.acquire()
-                slot = _Slot(self._connecting, self.config.connect_slot_seconds)
+                slot = _Slot(self._connecting, self.config.connect_slot_seconds, self)
                 try:
                     request = inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=self.config.heartbeat,
                                                                  known_fingerprint=known).SerializeToString()
@@ -349,12 +339,15 @@ class InventorySync:
 
 class _Slot:
     """One connecting slot of the semaphore (acquired), released at most once: at the first message, after
-    `seconds` (its own timer) or at the end. Released, it holds nothing (the stream keeps it for its life)."""
+    `seconds` (its own timer) or at the end. Released, it holds nothing (the stream keeps it for its life).
+    `sync.slots_held` counts the slots not released."""
 
-    __slots__ = ("sem", "timer")
+    __slots__ = ("sem", "sync", "timer")
 
-    def __init__(self, sem: asyncio.Semaphore, seconds: float) -> None:
+    def __init__(self, sem: asyncio.Semaphore, seconds: float, sync: InventorySync) -> None:
         self.sem: asyncio.Semaphore | None = sem
+        self.sync = sync
+        sync.slots_held += 1
         self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(seconds, self.release)
 
     def release(self) -> None:
@@ -364,6 +357,7 @@ class _Slot:
         if self.sem is not None:
             self.sem.release()
             self.sem = None
+            self.sync.slots_held -= 1
 
 
 def _wire_key(ch: inventory_pb2.FeaturesChange) -> tuple[tuple[tuple[str, str, str], ...], str]:
@@ -388,36 +382,4 @@ def _wire_key(ch: inventory_pb2.FeaturesChange) -> tuple[tuple[tuple[str, str, s
     return tuple(identity), h.hexdigest()
 
 
-def channel_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
-    """(gRPC target, channel options) for a node address "HOST:PORT".
-
-    An IP literal ("10.0.0.7:50051", "[fd00::7]:50051") becomes an `ipv4:`/`ipv6:` target (gRPC naming,
-    doc/naming.md): the channel skips the DNS resolver, whose work for a literal is a resolution round on
-    gRPC core's threads per channel. The authority (HTTP/2 :authority and the name a TLS certificate is
-    checked against) is kept as the address itself through grpc.default_authority, exactly what the
-    default dns: target would have used. Anything else (a host name) is passed through unchanged."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        return address, CHANNEL_OPTIONS
-    if host.startswith("[") and host.endswith("]"):
-        family, bare, version = socket.AF_INET6, host[1:-1], 6
-    else:
-        family, bare, version = socket.AF_INET, host, 4
-    try:
-        socket.inet_pton(family, bare)  # strict literals only (no zone, no short IPv4 forms); C, not ipaddress
-    except OSError:
-        return address, CHANNEL_OPTIONS
-    return f"ipv{version}:{address}", [*CHANNEL_OPTIONS, ("grpc.default_authority", address)]
-
-
-def _client_interceptors() -> list[Any] | None:
-    from nodecompat.server.telemetry import tracing_requested
-
-    if not tracing_requested():
-        return None
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-    return list(aio_client_interceptors())
-
-
-__all__ = ["STATE_OK", "InventorySync", "SyncConfig"]
+__all__ = ["CHANNEL_OPTIONS", "MAX_FEATURES_MESSAGE_BYTES", "STATE_OK", "InventorySync", "SyncConfig", "channel_target"]
