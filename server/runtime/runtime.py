@@ -55,6 +55,8 @@ from nodecompat.server.runtime.runtime_context import (
     apply_status,
     call_sync,
     check_start,
+    leave_to_core,
+    timer_left,
 )
 
 __all__ = ["STREAM_BUFFER", "AbortRpc", "Runtime", "RuntimeLimits", "SyncContext"]
@@ -160,6 +162,7 @@ class Runtime:
         the loop's ReadDeadlines (server/runtime/read_deadlines.py: no timer per call)."""
         left = context.time_remaining()
         wait = self.limits.request_timeout if left is None else min(self.limits.request_timeout, left)
+        callers = left is not None and left <= self.limits.request_timeout  # the wait ends at the caller's deadline
         task = asyncio.current_task()
         assert task is not None
         deadlines = self._read_deadlines
@@ -180,6 +183,7 @@ class Runtime:
                 raise
             complete = request is not EOF  # message but no half-close: serve it anyway
             if not complete:
+                await leave_to_core(time.monotonic(), not callers)
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"{method}: the request message did not arrive within {wait:g} s of the call's start",
@@ -211,7 +215,9 @@ class Runtime:
             self.loop.call_soon_threadsafe(self._release)
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> tuple[float, bool]:
-        """(monotonic deadline, whether the cap rather than the caller set it)."""
+        """(monotonic deadline, whether the cap rather than the caller set it). The caller's deadline is
+        enforced by gRPC core, which ends the call at it: the runtime's own timer then fires only
+        CORE_END_GRACE later, as a backstop (timer_left), and answers are left to core near it (leave_to_core)."""
         left = context.time_remaining()
         cap = self.limits.max_call_seconds
         if left is None or left > cap:
@@ -253,7 +259,7 @@ class Runtime:
                 fut = self.loop.run_in_executor(self.executor, run, call_sync, fn, request, sctx, method)
             fut.add_done_callback(self._release)
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):  # no task, unlike wait_for
+                async with asyncio.timeout(timer_left(deadline, capped)):  # no task, unlike wait_for
                     result = await asyncio.shield(fut)
             except TimeoutError:
                 sctx.cancelled.set()
@@ -268,7 +274,9 @@ class Runtime:
                     fut.cancel()
                 raise
             except AbortRpc as exc:
+                await leave_to_core(deadline, capped)
                 await context.abort(exc.code, exc.details, exc.trailing_metadata)
+            await leave_to_core(deadline, capped)
             await apply_status(sctx, context)
             return result
 
@@ -322,20 +330,23 @@ class Runtime:
                         ready.clear()
                         if out.empty():
                             try:  # asyncio.timeout, not wait_for: no task per wait (one per streamed item)
-                                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                                async with asyncio.timeout(timer_left(deadline, capped)):
                                     await ready.wait()
                             except TimeoutError:
                                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._late(method, capped))
                         continue
                     if kind == "item":
                         room.release()
+                        await leave_to_core(deadline, capped)
                         yield value
                     elif kind == "end":
                         break
                     elif isinstance(value, AbortRpc):
+                        await leave_to_core(deadline, capped)
                         await context.abort(value.code, value.details, value.trailing_metadata)
                     else:
                         raise value
+                await leave_to_core(deadline, capped)
                 await apply_status(sctx, context)
             finally:
                 sctx.cancelled.set()

@@ -139,3 +139,32 @@ def abandoned(fut: asyncio.Future[Any]) -> None:
     exc = fut.exception()
     if exc is not None and not isinstance(exc, AbortRpc):
         log.error("a call's work failed after the call had ended", exc_info=exc)
+
+
+CORE_END_MARGIN = 0.02  # s: a status or answer ready this close to the caller's own deadline is left to gRPC core
+CORE_END_GRACE = 1.0  # s past the caller's deadline the runtime waits for core to end a call before ending it
+
+
+async def leave_to_core(deadline: float, capped: bool) -> None:
+    """Call before writing a work call's answer or status (deadline: time.monotonic() seconds; capped: the
+    server's cap, not the caller, set it). When the caller set it and it is less than CORE_END_MARGIN away or
+    past, waits for gRPC core, which ends the call itself at the caller's deadline (DEADLINE_EXCEEDED) and has
+    grpc.aio cancel the call's task, so this wait normally ends in CancelledError; returns after
+    CORE_END_GRACE past the deadline if core did not end it. Otherwise returns at once.
+
+    Why: a status written at the moment core ends the call goes to an ended call; its batch fails in core
+    and grpc.aio logs "ExecuteBatchError raised in core by servicer method" at ERROR unless it has already
+    seen the client's close (grpc 1.85 grpc/_cython/_cygrpc/aio/server.pyx.pxi, _handle_exceptions and
+    _handle_cancellation_from_core, two completions whose order is not fixed). A caller choosing its deadline
+    could make the daemon log errors at will."""
+    if capped:
+        return
+    left = deadline - time.monotonic()
+    if left < CORE_END_MARGIN:
+        await asyncio.sleep(max(0.0, left) + CORE_END_GRACE)
+
+
+def timer_left(deadline: float, capped: bool) -> float:
+    """Seconds until the runtime ends a work call itself (deadline: time.monotonic() seconds): at the cap; when the
+    caller set the deadline, CORE_END_GRACE after it, by when gRPC core has ended the call (leave_to_core)."""
+    return max(0.0, deadline + (0.0 if capped else CORE_END_GRACE) - time.monotonic())
