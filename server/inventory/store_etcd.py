@@ -11,8 +11,9 @@ Layout under the prefix P (default /nodecompat/):
   P addresses/ADDRESS   NAME  (who holds the address)
 both bound to one etcd lease granted with the node's lease TTL (rounded up to whole seconds), so a node
 whose heartbeats stop leaves the store, and through the watch every replica, when etcd expires the lease.
-Every heartbeat grants a fresh lease, moves both keys onto it in one transaction, then revokes the lease
-this replica granted before (a renewal through another replica leaves the old lease to lapse on its own).
+Every heartbeat grants a fresh lease, moves both keys onto it in one transaction, then revokes the lease of
+this replica's write that etcd applied before it (by the transactions' revisions: overlapping renewals of one
+node never revoke the lease holding its keys; a renewal through another replica leaves the old lease to lapse).
 
 Address collisions are one etcd transaction each, never check-then-write: "the address key holds my
 name" -> write; else "the address key does not exist" -> write; else refused naming the holder. Two
@@ -86,7 +87,9 @@ class EtcdRegistrationStore:
                                   else watch_read_timeout)
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._lock = threading.Lock()
-        self._my_leases: dict[str, int] = {}  # name -> the etcd lease id this replica granted last
+        # name -> (etcd lease id, revision of the transaction that put the node's keys on it): this replica's latest
+        # write of the node (the highest revision: renewals of one node may overlap, see _claim)
+        self._my_leases: dict[str, tuple[int, int]] = {}
         self._seen: dict[str, StoredLease] = {}  # name -> the registration as last seen in (or written to) the store
         self._hold: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -157,11 +160,21 @@ class EtcdRegistrationStore:
                 "two names cannot share one daemon's address"
             )
         self._set_available(True)
+        # Two renewals of one node may overlap (a renewal kept through an outage written by the watch thread while
+        # the node's next heartbeat is handled, or two heartbeats): the keys are on the lease of the transaction
+        # etcd applied last, whatever order the writers get here in. Only a lease whose write etcd superseded is
+        # revoked: revoking "the lease noted before" revoked the one holding the keys when the later transaction's
+        # writer noted its lease first, and etcd deleted the node (tests/test_store_etcd_renewal_race.py).
+        revision = int((resp.get("header") or {}).get("revision") or 0)
         with self._lock:
             previous = self._my_leases.get(lease.name)
-            self._my_leases[lease.name] = lease_id
-        if previous is not None and previous != lease_id:
-            self.etcd.revoke(previous)
+            if previous is None or not revision or revision > previous[1]:  # (no revision answered: as before)
+                self._my_leases[lease.name] = (lease_id, revision)
+                superseded = previous[0] if previous is not None and previous[0] != lease_id else None
+            else:  # a later renewal of this node has been noted: this lease holds no key now
+                superseded = lease_id
+        if superseded is not None:
+            self.etcd.revoke(superseded)
 
     def release(self, name: str, address: str) -> None:
         addr_key = _encode(self._address_key(address))
@@ -178,9 +191,9 @@ class EtcdRegistrationStore:
             self._set_available(False)
             raise
         with self._lock:
-            lease_id = self._my_leases.pop(name, None)
-        if lease_id is not None:
-            self.etcd.revoke(lease_id)
+            mine = self._my_leases.pop(name, None)
+        if mine is not None:
+            self.etcd.revoke(mine[0])
 
     def _revoke(self, lease_id: int) -> None:
         self.etcd.revoke(lease_id)
