@@ -47,6 +47,7 @@ from nodecompat.server.inventory.node_channel import (  # re-exported: their hom
 )
 from nodecompat.server.inventory.watch_h2 import H2Watch
 from nodecompat.server.inventory.watch_h2_call import H2Options, h2_options
+from nodecompat.server.runtime.task_outcome import forget_outcome
 from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import inventory_pb2
 
@@ -130,7 +131,13 @@ class InventorySync:
             tasks = [*self._tasks.values(), *(self.push.tasks() if self.push is not None else [])]
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)  # each closes its channel (_subscribe)
+            # A cancelled task's CancelledError holds its frames, a grpc.aio call in their locals, and the call
+            # gRPC core's channel and connection (every stream's still ESTABLISHED seconds after stop() returned):
+            # dropped with the tasks, the calls are freed here and core closes their connections.
+            for t in tasks:
+                forget_outcome(t)
+            self._tasks.clear()
 
         if self._main is not None:
             self._main.cancel()
