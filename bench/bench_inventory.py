@@ -27,6 +27,8 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
   daemons send and does all its own work); the aggregator's and the simulator's CPU seconds are printed,
   since both share this machine's CPUs. bench/streams_breakdown.py splits the streams RSS row into its stages
   (channels connected, streams open, first messages held; glibc malloc vs Python; with or without mTLS).
+  The streamed rows are printed for both clients of the streams (`aggregator --watch-transport`): grpc (a gRPC
+  core channel each) and h2 (server/inventory/watch_h2.py); `--streams-only --watch-transport T` runs one.
 
 This process stands in for the aggregator process, so it sets malloc's arenas and the garbage collector as
 `nodecompat aggregator` does before it starts (server/runtime/malloc_tuning.py limit_arenas, server/runtime/gc_tuning.py
@@ -314,7 +316,8 @@ def main() -> None:
     if args.validate_only:
         return
 
-    streams_part(n, k, tmp)
+    for transport in ("grpc", "h2"):  # SyncConfig.watch_transport: the streamed rows with either client
+        streams_part(n, k, Path(tempfile.mkdtemp(prefix=f"bench-inventory-{transport}-")), transport)
     # in a fresh process: here, the heap pages the rows above freed would take the push model's allocations and
     # its RSS growth would read a third of what it is (bench/inventory_push_sim.py, module doc)
     sys.stdout.flush()
@@ -371,7 +374,7 @@ def streams_part(n: int, k: int, tmp: Path, transport: str = "grpc") -> None:
     finally:
         sim.terminate()
         sim.wait()
-    stream_restart_rows(n, k, snap, sim_port, tmp, node_address, row, process_cpu, LIMIT_RESUBSCRIBE_S)
+    stream_restart_rows(n, k, snap, sim_port, tmp, node_address, row, process_cpu, LIMIT_RESUBSCRIBE_S, transport)
 
 
 def push_part(n: int, k: int, lease_ttl: float) -> None:

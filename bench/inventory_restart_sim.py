@@ -173,11 +173,11 @@ def stream_snapshot(members: list[FleetNode], store: FeatureStore, tmp: Path) ->
 
 def stream_restart_rows(n: int, k: int, snap: snapshot_pb2.InventorySnapshot, old_port: int, tmp: Path,
                         node_address: Callable[[int, int], str], row: Callable[[str, float, str, float], None],
-                        process_cpu: Callable[[str], float], limit_s: float) -> None:
+                        process_cpu: Callable[[str], float], limit_s: float, transport: str = "grpc") -> None:
     """Print rows (c) and (d) (module doc) for n nodes in k profiles whose snapshot `snap` was taken of simulated
     nodes on port `old_port` (that simulator stopped: a simulator of its own serves these rows, its nodes at the
     same loopback addresses on its port); tmp: a directory for the nodes file, the snapshot and the simulator's
-    files."""
+    files; transport: the aggregator's --watch-transport."""
     port_file, sent = tmp / "port-restart", tmp / "sent"
     sim = subprocess.Popen([sys.executable, str(Path(__file__).parent / "bench_inventory.py"), "--serve-simulator",
                             str(port_file), "--profiles", str(k)],
@@ -187,7 +187,7 @@ def stream_restart_rows(n: int, k: int, snap: snapshot_pb2.InventorySnapshot, ol
             assert sim.poll() is None, "the simulator ended"
             time.sleep(0.05)
         port = int(port_file.read_text())
-        _restart(n, k, snap, old_port, port, sim.pid, sent, tmp, node_address, row, process_cpu, limit_s)
+        _restart(n, k, snap, old_port, port, sim.pid, sent, tmp, node_address, row, process_cpu, limit_s, transport)
     finally:
         sim.terminate()
         sim.wait()
@@ -196,7 +196,7 @@ def stream_restart_rows(n: int, k: int, snap: snapshot_pb2.InventorySnapshot, ol
 def _restart(n: int, k: int, snap: snapshot_pb2.InventorySnapshot, old_port: int, sim_port: int, sim_pid: int,
              sent: Path, tmp: Path, node_address: Callable[[int, int], str],
              row: Callable[[str, float, str, float], None], process_cpu: Callable[[str], float],
-             limit_s: float) -> None:
+             limit_s: float, transport: str) -> None:
     from nodecompat.server.inventory.inventory_snapshot import write_atomic
 
     nodes_file, state = tmp / "nodes.json", tmp / "streams.state"
@@ -214,7 +214,7 @@ def _restart(n: int, k: int, snap: snapshot_pb2.InventorySnapshot, old_port: int
     t0 = time.perf_counter()
     agg = subprocess.Popen([sys.executable, "-m", "nodecompat.clients.cli", "aggregator", "--listen", address,
                             "--nodes-file", str(nodes_file), "--state-file", str(state), "--heartbeat", "10",
-                            "--log-level", "WARNING"], cwd=ROOT)
+                            "--watch-transport", transport, "--log-level", "WARNING"], cwd=ROOT)
     try:
         held, took = _wait_held(address, n, t0, agg)
         cpu_held = process_cpu(str(agg.pid))
@@ -222,8 +222,8 @@ def _restart(n: int, k: int, snap: snapshot_pb2.InventorySnapshot, old_port: int
             print(f"ROW aggregator restart with a snapshot of {n} streamed nodes | NOT complete: {held}/{n} held after "
                   f"{took:.0f} s | issue 12 limit {limit_s:g} s | ratio n/a | target <= 1 | NOT MET")
             return
-        row(f"aggregator restart with a snapshot of {n} streamed nodes ({size:,} bytes): exec to all held "
-            "(ValidateFleet from the inventory)", took, "s", limit_s)
+        row(f"aggregator restart ({transport}) with a snapshot of {n} streamed nodes ({size:,} bytes): exec to all "
+            "held (ValidateFleet from the inventory)", took, "s", limit_s)
         print(f"  (aggregator CPU from its exec {cpu_held:.2f} s = {cpu_held / n * 1e3:.2f} ms a node)")
         fresh = 0
         while time.perf_counter() - t0 < 120 and agg.poll() is None:
@@ -238,8 +238,8 @@ def _restart(n: int, k: int, snap: snapshot_pb2.InventorySnapshot, old_port: int
             print(f"ROW aggregator restart with a snapshot of {n} streamed nodes: all resubscribed | NOT complete: "
                   f"{fresh}/{n} after {took:.0f} s | issue 12 limit {limit_s:g} s | ratio n/a | target <= 1 | NOT MET")
             return
-        row(f"aggregator restart with a snapshot of {n} streamed nodes: exec to all resubscribed (every stream open, "
-            "its first message handled: features omitted)", took, "s", limit_s)
+        row(f"aggregator restart ({transport}) with a snapshot of {n} streamed nodes: exec to all resubscribed "
+            "(every stream open, its first message handled: features omitted)", took, "s", limit_s)
         print(f"  (aggregator CPU from its exec {cpu:.2f} s = {cpu / n * 1e3:.2f} ms a node; simulator CPU "
               f"{sim_cpu:.2f} s = {sim_cpu / n * 1e3:.2f} ms a node, on the same {os.cpu_count()} CPUs; loadavg "
               f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
