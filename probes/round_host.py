@@ -30,7 +30,11 @@ is inside the root), so a path is opened (a link read, a path resolved) directly
 Reads are bounded in bytes (bounded_read.py: MAX_READ_BYTES, FIFOs refused, not waited on); at most
 root_resolve.MAX_HELD_DIRS directory descriptors per round (past that, reads take HostRoot's path),
 closed when the RoundHost is collected (weakref.finalize), never while a probe that hung past its
-timeout may still read through them. Hand-written: it must keep HostRoot's confinement exactly.
+timeout may still read through them. Where the C helper serves the round (host_c.reader: built, and openat2
+under a host root), a read, exists/is_dir/is_file, a listing and a link read are each one call into it, the
+same resolution and bounds in C (a probe's recording entry noted in that call); the Python below answers
+the rest. The path primitives (_open, stat, host_resolve) are in round_paths.py. Hand-written: it must keep
+HostRoot's confinement exactly.
 """
 
 from __future__ import annotations
@@ -44,29 +48,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodecompat.hostroot import _OPEN_FLAGS, HostPathEscape, HostRoot
+from nodecompat.hostroot import _OPEN_FLAGS, HostRoot
 from nodecompat.probes import host_c
 from nodecompat.probes.bounded_read import read_whole, text_of
 from nodecompat.probes.held_parents import MISSING, SLOW, HeldParents
 from nodecompat.probes.root_resolve import (
     OPENAT2_READ,
     PATH_FLAGS,
-    Dir,
     DirTable,
     NoOpenat2,
     Overflow,
-    components,
     open_in_root,
     openat2_ready,
     opener,
 )
+from nodecompat.probes.round_paths import ROOT_OPEN_FLAGS, RootPrimitives
 
-_ROOT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 _UNSET = object()
 
 
 @dataclass(frozen=True)
-class RoundHost(HostRoot):
+class RoundHost(RootPrimitives):
     """The round's host: every read goes to the host once per round, then comes from the memo."""
 
     memo: dict[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
@@ -215,7 +217,7 @@ class RoundHost(HostRoot):
                 fd = -1
         elif within is None and not self._state and self._real_root == "/":  # the kernel resolves as chroot
             try:
-                fd = os.open(text if text.startswith("/") else "/" + text, _ROOT_OPEN_FLAGS)
+                fd = os.open(text if text.startswith("/") else "/" + text, ROOT_OPEN_FLAGS)
             except OSError:
                 return None
         elif within is None and self._state:  # a file in a directory already held
@@ -385,77 +387,3 @@ class RoundHost(HostRoot):
         if hit is None:
             hit = self.memo[key] = super().resolve(key[1], strict=strict)
         return hit  # type: ignore[return-value]
-
-    # -- the primitives HostRoot's reads go through ----------------------------------------------------
-
-    def _open(self, host_path: str | os.PathLike[str], within: str | None, flags: int = 0) -> int:
-        text = os.fspath(host_path)
-        table = self._dirs()
-        if table is None:
-            if within is not None:
-                return super()._open(text, within, flags)
-            # root `/`: the kernel's own resolution is chroot's
-            return os.open(text if text.startswith("/") else "/" + text, _ROOT_OPEN_FLAGS | flags)
-        try:
-            if within is not None:
-                _, d, name = self._confined(table, text, within)
-                return os.open(name, _OPEN_FLAGS | flags, dir_fd=d[1])
-            try:
-                return open_in_root(table.root[1], text, OPENAT2_READ | flags)
-            except NoOpenat2:
-                return table.open(text, _OPEN_FLAGS | flags)
-        except Overflow:
-            return super()._open(text, within, flags)
-
-    def stat(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> os.stat_result:
-        text = os.fspath(host_path)
-        table = self._dirs()
-        if table is None:
-            if within is not None:
-                return super().stat(text, within=within)
-            return os.stat(text if text.startswith("/") else "/" + text)  # the kernel follows as chroot
-        try:
-            if within is not None:
-                return self._confined(table, text, within)[0]
-            try:
-                fd = open_in_root(table.root[1], text, PATH_FLAGS)
-            except NoOpenat2:
-                return table.lstat_final(text)[0]
-            try:
-                return os.fstat(fd)
-            finally:
-                os.close(fd)
-        except Overflow:
-            return super().stat(text, within=within)
-
-    def _confined(self, table: DirTable, text: str, within: str) -> tuple[os.stat_result, Dir, str]:
-        """lstat_final of `text`, refused (HostPathEscape, as HostRoot.resolve words it) when it
-        resolves outside the host directory `within`."""
-        key = ("w", within)
-        base = self.memo.get(key)
-        if base is None:
-            base = self.memo[key] = components(super().host_resolve(within))
-        st, d, name = table.lstat_final(text)
-        real = d[0] if name == "." else ("/" + name if d[0] == "/" else d[0] + "/" + name)
-        parts = components(real)
-        if parts[: len(base)] != base:  # type: ignore[arg-type]
-            raise HostPathEscape(text, within, real)
-        return st, d, name
-
-    def host_resolve(self, host_path: str | os.PathLike[str], *, strict: bool = False) -> str:
-        text = os.fspath(host_path)
-        table = self._dirs()
-        if strict and table is None and "\0" not in text:  # root `/`: the kernel resolves as chroot (not
-            fd = os.open(text if text.startswith("/") else "/" + text, os.O_PATH | os.O_CLOEXEC)  # a walk)
-            try:
-                return os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                pass  # no /proc: HostRoot's walk
-            finally:
-                os.close(fd)
-        if not strict or table is None:
-            return super().host_resolve(text, strict=strict)
-        try:
-            return table.host_path(text, self._real_root)
-        except Overflow:
-            return super().host_resolve(text, strict=strict)
