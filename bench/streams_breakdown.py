@@ -141,12 +141,14 @@ def simulator(port_file: str, n: int, gate: str, tls_dir: str) -> None:
     asyncio.run(run())
 
 
-def localhost_h2(inventory_sync: Any) -> None:
+def localhost_h2() -> None:
     """The simulator's certificate names localhost: the h2 streams' :authority and TLS name (as the gRPC path's
     grpc.default_authority patch below), one options object for every stream."""
     from dataclasses import replace
 
-    base = inventory_sync.H2Watch
+    from nodecompat.server.inventory import watch_h2
+
+    base = watch_h2.H2Watch
     shared: dict[int, Any] = {}
 
     class LocalhostWatch(base):  # type: ignore[misc, valid-type]
@@ -156,7 +158,7 @@ def localhost_h2(inventory_sync: Any) -> None:
             opts = shared.setdefault(id(options), replace(options, authority="localhost"))
             super().__init__(address, request, opts, deserialize)
 
-    inventory_sync.H2Watch = LocalhostWatch
+    watch_h2.H2Watch = LocalhostWatch  # type: ignore[misc]
 
 
 def main() -> None:
@@ -210,7 +212,7 @@ def main() -> None:
             credentials = tls.channel_credentials(d / "ca.crt", d / "leaf.crt", d / "leaf.key")
             files = tls.ClientTls(str(d / "ca.crt"), str(d / "leaf.crt"), str(d / "leaf.key"))
             if args.transport == "h2":
-                localhost_h2(inventory_sync)
+                localhost_h2()
             options = [*inventory_sync.CHANNEL_OPTIONS, ("grpc.default_authority", "localhost")]
             inventory_sync.channel_target = lambda a: (f"ipv4:{a}", options)  # the certificate names localhost
         members = [FleetNode(f"sim-{i:05d}", node_address(i, port), {}, "file") for i in range(n)]

@@ -45,14 +45,14 @@ from nodecompat.server.inventory.node_channel import (  # re-exported: their hom
     channel_target,
     client_interceptors,
 )
-from nodecompat.server.inventory.watch_h2 import H2Watch
-from nodecompat.server.inventory.watch_h2_call import H2Options, h2_options
 from nodecompat.server.runtime.task_outcome import forget_outcome
 from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import inventory_pb2
 
 if TYPE_CHECKING:
     from nodecompat.server.inventory.inventory_push import PushedNodes
+    from nodecompat.server.inventory.watch_h2 import H2Watch
+    from nodecompat.server.inventory.watch_h2_call import H2Options
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class InventorySync:
         self._main: asyncio.Future[Any] | None = None
         self._interceptors: list[Any] | None = None  # client tracing interceptors, decided once at start()
         self._h2: H2Options | None = None  # SyncConfig.watch_transport "h2": decided once at start()
+        self._h2_watch: type[H2Watch] | None = None
         self.connects = 0  # streams established (counts reconnects)
         self.slots_held = 0  # connecting slots held now (_Slot): streams being opened
         self.push: PushedNodes | None = None
@@ -116,7 +117,11 @@ class InventorySync:
     # -- lifecycle (any thread) ----------------------------------------------------------------------
     def start(self) -> None:
         self._interceptors = client_interceptors()
-        if self.config.watch_transport == "h2":
+        if self.config.watch_transport == "h2":  # hyperframe and hpack imported for this transport only
+            from nodecompat.server.inventory import watch_h2
+            from nodecompat.server.inventory.watch_h2_call import h2_options
+
+            self._h2_watch = watch_h2.H2Watch
             self._h2 = h2_options(self.config.watch_tls, self.credentials is not None, self._interceptors is not None,
                                   MAX_FEATURES_MESSAGE_BYTES)
         self._thread = threading.Thread(target=self.loop.run_forever, name="inventory-aio", daemon=True)
@@ -264,8 +269,8 @@ class InventorySync:
                 try:
                     request = inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=self.config.heartbeat,
                                                                  known_fingerprint=known).SerializeToString()
-                    if self._h2 is not None:  # the same read()/EOF/close() and AioRpcError codes (watch_h2.py)
-                        call = channel = H2Watch(address, request, self._h2,
+                    if self._h2 is not None and self._h2_watch is not None:  # same read()/EOF/close(), errors
+                        call = channel = self._h2_watch(address, request, self._h2,
                                                  inventory_pb2.WatchFeaturesResponse.FromString)
                     else:
                         channel = ch = self._channel(address)  # made once a connecting slot is ours, not 10,000 at once
