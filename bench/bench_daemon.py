@@ -7,9 +7,11 @@
 - Health/Check on a nodecompat daemon with tracing off  vs  the same on a bare gRPC server (same kind
   of server, same health servicer, nothing else), serially and with 16 in flight (>= 0.97); beside it
   each server's CPU per call (tests/test_empty_rpc_overhead.py shows the Python work per call is equal).
-Every figure is taken 3 times, figure and limit interleaved (6 alternating slices each time, so a
-neighbour's load on a shared machine weighs on both); each row prints the median with min and max of
-the figure, the limit and their ratio. Also the daemon's RSS. Prints; asserts nothing.
+Every figure is taken 3 times, figure and limit interleaved (turns of 0.05 s, a b b a ..., so a
+neighbour's load on a shared machine weighs on both: paired_rates); each row prints the median with min
+and max of the figure, the limit and their ratio. A control measured the same way, a second bare server
+against the first, shows the method's own spread on this machine at that moment. Also the daemon's RSS.
+Prints; asserts nothing.
 
 Usage: .venv/bin/python bench/bench_daemon.py [--seconds S] [--repeats N]
 """
@@ -21,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -89,29 +92,53 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+SLICE = 0.05  # s: one target's turn in paired_rates
+
+
 def paired_rates(a: Callable[[], object], b: Callable[[], object], seconds: float, inflight: int,
-                 slices: int = 6, pids: tuple[int, int] | None = None,
+                 slice_seconds: float = SLICE, pids: tuple[int, int] | None = None,
                  cpu_per_call: dict[str, list[float]] | None = None) -> tuple[float, float]:
-    """Calls per second of `a` and of `b`, each measured for `seconds` in `slices` alternating slices
-    (a, b, a, b, ...), so that a neighbour's load on a shared machine weighs on both alike. With `pids`
-    (the servers answering a and b), each one's CPU seconds per call are appended to cpu_per_call["a"/"b"]:
-    a figure a busy machine disturbs far less than calls/s."""
-    calls = {"a": 0.0, "b": 0.0}
-    spent = {"a": 0.0, "b": 0.0}
-    cpu = {"a": 0.0, "b": 0.0}
-    for _ in range(slices):
-        for i, (key, fn) in enumerate((("a", a), ("b", b))):
-            c0 = proc_cpu(pids[i]) if pids else 0.0
-            t0 = time.monotonic()
-            r = rate(fn, seconds / slices, inflight)
-            dt = time.monotonic() - t0
-            cpu[key] += (proc_cpu(pids[i]) - c0) if pids else 0.0
-            calls[key] += r * dt
-            spent[key] += dt
+    """Calls per second of `a` and of `b`, each given `seconds` in turns of `slice_seconds` (a b b a a b b a ...),
+    so that a neighbour's load on a shared machine weighs on both alike: the same `inflight` caller threads
+    run throughout and the main thread points them at one target per turn (a call is counted for the target
+    it started on). Short turns matter: on this shared 2-CPU machine the load changes within a second. Two
+    identical bare servers, 1.5 s each, 5 repeats, load 28-50: serial 0.33-2.22 of each other (median 0.72)
+    with 6 turns of 0.25 s and a new thread pool per turn (the method before), 0.81-2.06 (median 0.93) this
+    way; 16 in flight 0.74-1.34 (0.76) before, 0.78-1.04 (0.97) this way.
+    With `pids` (the servers answering a and b), each one's CPU seconds per call are appended to
+    cpu_per_call["a"/"b"]: a figure a busy machine disturbs far less than calls/s."""
+    fns = (a, b)
+    target = [0]
+    done = threading.Event()
+    counts = [[0, 0] for _ in range(inflight)]
+
+    def caller(mine: list[int]) -> None:
+        while not done.is_set():
+            t = target[0]
+            fns[t]()
+            mine[t] += 1
+
+    spent = [0.0, 0.0]
+    cpu0 = [proc_cpu(p) for p in pids] if pids else []
+    threads = [threading.Thread(target=caller, args=(c,), daemon=True) for c in counts]
+    turns = max(4, 4 * round(seconds / (2 * slice_seconds)))  # a multiple of 4: starts and ends with a
+    t_prev = time.monotonic()
+    for th in threads:
+        th.start()
+    for i in range(turns):
+        target[0] = (i + 1) // 2 % 2  # 0 1 1 0 0 1 1 0 ...: a drift in load weighs on both alike
+        time.sleep(slice_seconds)
+        now = time.monotonic()
+        spent[target[0]] += now - t_prev
+        t_prev = now
+    calls = [sum(c[k] for c in counts) for k in (0, 1)]  # calls ended by the last turn's end
+    done.set()
+    for th in threads:
+        th.join()
     if pids and cpu_per_call is not None:
-        for key in ("a", "b"):
-            cpu_per_call.setdefault(key, []).append(cpu[key] / calls[key])
-    return calls["a"] / spent["a"], calls["b"] / spent["b"]
+        for k, key in enumerate(("a", "b")):
+            cpu_per_call.setdefault(key, []).append((proc_cpu(pids[k]) - cpu0[k]) / calls[k])
+    return calls[0] / spent[0], calls[1] / spent[1]
 
 
 def fmt(values: list[float], unit: str, scale: float = 1.0, digits: int = 0) -> str:
@@ -159,12 +186,16 @@ def main() -> int:
     d = start_daemon(tmp, name="bench")
     bare_addr = f"127.0.0.1:{free_port()}"
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, bare_addr, kind])
+    twin_addr = f"127.0.0.1:{free_port()}"  # the control: a second bare server, measured against the first
+    twin = subprocess.Popen([sys.executable, "-c", BARE_SERVER, twin_addr, kind])
     rows: list[str] = []
     try:
         ch = grpc.insecure_channel(d.address)
         bch = grpc.insecure_channel(bare_addr)
+        tch = grpc.insecure_channel(twin_addr)
         health = health_pb2_grpc.HealthStub(ch)
         bare_health = health_pb2_grpc.HealthStub(bch)
+        twin_health = health_pb2_grpc.HealthStub(tch)
         node = node_pb2_grpc.NodeServiceStub(ch)
         check = health_pb2.HealthCheckRequest()
         inline = node_pb2.ValidateImageRequest(spec=SPEC)
@@ -172,9 +203,11 @@ def main() -> int:
         calls: dict[str, Callable[[], object]] = {
             "health": lambda: health.Check(check, timeout=10),
             "bare": lambda: bare_health.Check(check, timeout=10),
+            "twin": lambda: twin_health.Check(check, timeout=10),
             "cached": lambda: node.ValidateImage(inline, timeout=10),
         }
         grpc.channel_ready_future(bch).result(timeout=20)
+        grpc.channel_ready_future(tch).result(timeout=20)
         for c in calls.values():
             for _ in range(20):
                 c()  # warm: connections, the parsed spec, the cached answer
@@ -183,7 +216,7 @@ def main() -> int:
               f"{args.seconds:g}s per figure; {args.repeats} repeats; {os.cpu_count()} CPUs")
         notes: list[str] = []
         for inflight in (1, 16):
-            h, v, b, hh = [], [], [], []
+            h, v, b, hh, tw, bb = [], [], [], [], [], []
             per_call: dict[str, list[float]] = {}
             for _ in range(args.repeats):
                 vr, hr = paired_rates(calls["cached"], calls["health"], args.seconds, inflight)
@@ -193,11 +226,17 @@ def main() -> int:
                                        pids=(d.proc.pid, bare.pid), cpu_per_call=per_call)
                 hh.append(hhr)
                 b.append(br)
+                twr, bbr = paired_rates(calls["twin"], calls["bare"], args.seconds, inflight)
+                tw.append(twr)
+                bb.append(bbr)
             mode = "serial" if inflight == 1 else "16 in flight"
             rows.append(row(f"ValidateImage inline, cached answer / empty RPC (Health/Check), {mode}", v, h,
                             "Health/Check", "calls/s", True, 0.8))
             rows.append(row(f"empty RPC (Health/Check) nodecompat daemon, tracing off / bare {kind} grpc server, "
                             f"{mode}", hh, b, "bare server", "calls/s", True, 0.97))
+            control = [t / x for t, x in zip(tw, bb, strict=True)]
+            notes.append(f"  control, {mode}: a second bare server / the bare server (identical: the method's own "
+                         f"spread) ratio {fmt(control, '', digits=2)}")
             notes.append(f"  server CPU per empty call, {mode}: nodecompat daemon {fmt(per_call['a'], 'us', 1e6)}, "
                          f"bare server {fmt(per_call['b'], 'us', 1e6)} (all threads, /proc/PID/stat)")
         unc, hl = [], []
@@ -223,9 +262,11 @@ def main() -> int:
         print(f"RSS daemon after the runs: {rss_kib(d.proc.pid) / 1024:.1f} MiB")
         ch.close()
         bch.close()
+        tch.close()
     finally:
         d.terminate()
         stop_process(bare, 5)
+        stop_process(twin, 5)
     return 0
 
 

@@ -42,7 +42,23 @@ MESSAGE_SIZE_OPTIONS = [
 
 
 def server_options(max_connection_idle: float = MAX_CONNECTION_IDLE) -> list[tuple[str, object]]:
-    """gRPC core options of every nodecompat server (message sizes, connection limits, no SO_REUSEPORT)."""
+    """gRPC core options of every nodecompat server (message sizes, connection limits, no SO_REUSEPORT).
+
+    What they cost an empty call (issue 11: Health/Check within 0.97 of a bare grpc.aio server), counted
+    as instructions the server executes per call under callgrind (bench/bench_server_options.py
+    --instructions; a bare server 502-508 k a call, ~0.6% apart run to run): max_connection_idle_ms,
+    which adds gRPC core's idle/max-age filter to every call, +0.9-1.6% (506.2/507.4 k beside 501.7/502.6 k
+    in one run, 513.4 k beside 505.3 k in another); the keepalive pair and the message limits +0.3% each
+    (inside the spread); the whole list +0.5-0.7%; the daemon as a whole +0.2-1.0% (507.2 k beside 506.0 k,
+    510.5 k beside 505.3 k). Per call, daemon and bare server make the same ~40 system calls and ~11
+    context switches (perf stat): at 1-2% of the server's work, the gaps the bench's calls/s rows
+    showed on this shared machine were their spread (a second bare server measures as far off).
+    max_connection_idle stays: it is what closes idle connections (tests/test_dos_floods.py), and nothing
+    cheaper does it: grpc.max_connection_age_ms is enforced by the same filter (grpc
+    src/core/ext/filters/channel_idle/legacy_channel_idle_filter.cc), keepalive closes only peers that
+    stop answering, and a sweep from outside core sees TCP traffic, not calls, so it could not tell an idle
+    connection from one holding a quiet WatchFeatures stream.
+    """
     return [
         *MESSAGE_SIZE_OPTIONS,
         ("grpc.so_reuseport", 0),
