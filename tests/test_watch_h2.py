@@ -180,6 +180,26 @@ def test_a_graceful_goaway_lets_the_stream_end_with_its_trailers() -> None:
     assert got[0].heartbeat.round_id == 3 and got[1] is grpc.aio.EOF
 
 
+def test_a_header_block_that_never_ends_is_refused() -> None:
+    """A HEADERS frame without END_HEADERS followed by empty CONTINUATIONs grows no buffer, and each frame counts
+    as the peer being heard, so neither the header-list bound nor the keepalive would ever end the call (the only
+    waits a watch stream has). gRPC core refuses it at once ("Too many zero length continuation frames without
+    end_headers", INTERNAL); so must we, instead of parsing them for as long as the peer sends them."""
+
+    def answer(w: asyncio.StreamWriter) -> None:
+        enc = hpack.Encoder()
+        w.write(hf.HeadersFrame(1, enc.encode([(":status", "200")])).serialize())  # no END_HEADERS
+        w.write(hf.ContinuationFrame(1, b"").serialize() * 20_000)
+
+    async def run() -> None:
+        async with raw_node(answer) as address:
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # (without the check: UNAVAILABLE, keepalive)
+                await _read_all(address, H2Options(connect_timeout=5, keepalive=0.5, keepalive_timeout=0.5))
+            assert err.value.code() == grpc.StatusCode.INTERNAL and "CONTINUATION" in (err.value.details() or "")
+
+    asyncio.run(run())
+
+
 def test_a_peer_sending_past_the_window_is_refused() -> None:
     """Messages queued unread stop our WINDOW_UPDATEs once they fill the window; a peer that keeps sending
     (640 KiB here, the window is 256 KiB) is cut off instead of filling the aggregator's memory."""

@@ -303,6 +303,9 @@ class H2Watch(TlsBio, asyncio.Protocol):
         if f.stream_id != 1 or (isinstance(f, hf.ContinuationFrame) and self.hblock is None):
             self._protocol_error(f"{type(f).__name__} on stream {f.stream_id}", PROTOCOL_ERROR)
             return
+        if not f.data and "END_HEADERS" not in f.flags and isinstance(f, hf.ContinuationFrame):  # as gRPC core:
+            self._protocol_error("an empty CONTINUATION without END_HEADERS", PROTOCOL_ERROR)  # no end, no growth
+            return
         if isinstance(f, hf.HeadersFrame):
             self.hblock, self.hend = bytearray(f.data), "END_STREAM" in f.flags
         else:
