@@ -172,6 +172,7 @@ class InventorySync:
     # -- the loop ------------------------------------------------------------------------------------
     async def _run(self) -> None:
         self._connecting = asyncio.Semaphore(self.config.max_connecting)
+        self._seen = None  # this run's first reconcile is a whole one (stop() drops the tasks)
         while True:
             try:
                 self._reconcile()
