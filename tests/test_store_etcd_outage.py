@@ -31,7 +31,10 @@ from nodecompat.server.inventory.registration_health import REGISTRATION_HEALTH
 from nodecompat.v1 import fleet_pb2, fleet_pb2_grpc
 
 OPEN = RegistrationPolicy(allow_unauthenticated=True)
-TTL = 3.0  # seconds: the registrations' lease (the daemon renews every TTL/3)
+TTL = 5.0  # seconds: the registrations' lease (the daemon renews every TTL/3). After the restart etcd gives the
+# leases granted before the outage about TTL + its election time; a replica whose first write after the restart
+# takes longer than that (seen past 5.5 s on a 2-CPU machine at load 17-37 with TTL 3) loses the node until its
+# next renewal. Production leases are 30 s; see the note on issue 14's open item.
 OUTAGE = 3 * TTL  # seconds etcd stays down: longer than two leases
 
 
