@@ -73,9 +73,13 @@ def test_addresses_are_checked_before_dialling(argv: list[str], words: str) -> N
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["serve", "--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem is not a readable file"),
-        (["serve", "--node-name", "a\nb"], "--node-name: must be printable"),
-        (["aggregator", "--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem is not a readable file"),
+        # --listen 127.0.0.1:0: the default port may be taken by another process on the machine, and the listen
+        # address is checked first
+        (["serve", "--listen", "127.0.0.1:0", "--ca-file", "/nonexistent/ca.pem"],
+         "--ca-file /nonexistent/ca.pem is not a readable file"),
+        (["serve", "--listen", "127.0.0.1:0", "--node-name", "a\nb"], "--node-name: must be printable"),
+        (["aggregator", "--listen", "127.0.0.1:0", "--ca-file", "/nonexistent/ca.pem"],
+         "--ca-file /nonexistent/ca.pem is not a readable file"),
     ],
 )
 def test_servers_check_files_and_names_at_start(argv: list[str], words: str) -> None:
