@@ -40,15 +40,16 @@ from support_daemon import free_port, start_daemon, stop_process  # noqa: E402
 
 from nodecompat.v1 import features_pb2, node_pb2, node_pb2_grpc  # noqa: E402
 
+# argv: ADDRESS {aio,sync} [OPTIONS_JSON: the aio server's options, as [[name, value], ...]; bench_server_options.py]
 BARE_SERVER = """
-import asyncio, sys
+import asyncio, json, sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 aio = sys.argv[2] == "aio"
 if aio:
     from grpc_health.v1.health import aio as health_aio
     async def main():
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[tuple(o) for o in json.loads(sys.argv[3] if len(sys.argv) > 3 else "[]")])
         h = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(h, server)
         server.add_insecure_port(sys.argv[1])

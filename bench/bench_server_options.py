@@ -37,26 +37,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_daemon import proc_cpu, rate  # noqa: E402
+from bench_daemon import BARE_SERVER, proc_cpu, rate  # noqa: E402
 from support_daemon import free_port, start_daemon, stop_process  # noqa: E402
 
 from nodecompat.server.runtime.grpc_server import server_options  # noqa: E402
-
-SERVER = """
-import asyncio, json, sys
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-async def main():
-    server = grpc.aio.server(options=[tuple(o) for o in json.loads(sys.argv[2])])
-    h = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(h, server)
-    server.add_insecure_port(sys.argv[1])
-    await server.start()
-    await h.set("", health_pb2.HealthCheckResponse.SERVING)
-    await server.wait_for_termination()
-asyncio.run(main())
-"""
 
 # the options that go together (keepalive time and timeout; the message limits)
 GROUPS = {
@@ -136,7 +120,8 @@ def instructions(chosen: dict[str, list[tuple[str, object]]], with_daemon: bool,
     jobs: dict[str, tuple[list[str], str, dict[str, object]]] = {}
     for name, opts in chosen.items():
         addr = f"127.0.0.1:{free_port()}"
-        jobs[name] = ([sys.executable, "-c", SERVER, addr, json.dumps(opts)], addr, {"Health/Check": health})
+        argv = [sys.executable, "-c", BARE_SERVER, addr, "aio", json.dumps(opts)]
+        jobs[name] = (argv, addr, {"Health/Check": health})
     if with_daemon:
         addr = f"127.0.0.1:{free_port()}"
         jobs["daemon"] = ([sys.executable, "-m", "nodecompat.clients.cli", "serve", "--listen", addr, "--node-name",
@@ -177,7 +162,7 @@ def main() -> int:
     try:
         for name, opts in chosen.items():
             addrs[name] = f"127.0.0.1:{free_port()}"
-            procs[name] = subprocess.Popen([sys.executable, "-c", SERVER, addrs[name], json.dumps(opts)])
+            procs[name] = subprocess.Popen([sys.executable, "-c", BARE_SERVER, addrs[name], "aio", json.dumps(opts)])
         if not args.no_daemon and (not wanted or "daemon" in wanted):
             tmp = Path("/tmp/nodecompat-bench")
             tmp.mkdir(exist_ok=True)
