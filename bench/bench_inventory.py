@@ -28,7 +28,7 @@ Figures, each with its limit from the issue and the ratio figure/limit (<= 1.0 h
   since both share this machine's CPUs. bench/streams_breakdown.py splits the streams RSS row into its stages
   (channels connected, streams open, first messages held; glibc malloc vs Python; with or without mTLS).
   The streamed rows are printed for both clients of the streams (`aggregator --watch-transport`): grpc (a gRPC
-  core channel each) and h2 (server/inventory/watch_h2.py); `--streams-only --watch-transport T` runs one.
+  core channel each) and h2 (server/h2/watch.py); `--streams-only --watch-transport T` runs one.
 
 This process stands in for the aggregator process, so it sets malloc's arenas and the garbage collector as
 `nodecompat aggregator` does before it starts (server/runtime/malloc_tuning.py limit_arenas, server/runtime/gc_tuning.py

@@ -18,7 +18,7 @@ leaf.key with DNS:localhost, as tests/support_fleet.py make_certs writes; the au
     .venv/bin/python bench/streams_breakdown.py {channels,streams} [--nodes 1000] [--tls DIR] [--tracemalloc]
         [--transport {grpc,h2}]
 
-`--transport h2` runs the streams on the lean client (server/inventory/watch_h2.py, SyncConfig.watch_transport);
+`--transport h2` runs the streams on the lean client (server/h2/watch.py, SyncConfig.watch_transport);
 `streams` also prints the aggregator's CPU a node (process CPU from start until every first message is held).
 
 `args` runs bench/channel_args.py (its own options follow): the bytes a channel costs connected, after one unary
@@ -146,9 +146,9 @@ def localhost_h2() -> None:
     grpc.default_authority patch below), one options object for every stream."""
     from dataclasses import replace
 
-    from nodecompat.server.inventory import watch_h2
+    from nodecompat.server.h2 import watch as h2_watch
 
-    base = watch_h2.H2Watch
+    base = h2_watch.H2Watch
     shared: dict[int, Any] = {}
 
     class LocalhostWatch(base):  # type: ignore[misc, valid-type]
@@ -158,7 +158,7 @@ def localhost_h2() -> None:
             opts = shared.setdefault(id(options), replace(options, authority="localhost"))
             super().__init__(address, request, opts, deserialize)
 
-    watch_h2.H2Watch = LocalhostWatch  # type: ignore[misc]
+    h2_watch.H2Watch = LocalhostWatch  # type: ignore[misc]
 
 
 def main() -> None:

@@ -104,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds between the daemons' heartbeats on their WatchFeatures streams (default 10)")
     p.add_argument("--watch-transport", choices=["grpc", "h2"], default="grpc",
                    help="the inventory's WatchFeatures streams: grpc (a gRPC core channel each, ~52 KB a node) or h2 "
-                   "(a lean HTTP/2 client, server/inventory/watch_h2.py; same TLS files); default grpc")
+                   "(a lean HTTP/2 client, server/h2/watch.py; same TLS files); default grpc")
     p.add_argument("--stale-after", type=float, default=0.0,
                    help="a node whose stream is silent this long is STALE (default: 3 heartbeats + 1 s)")
     add_registry_policy_flag(p, "ValidateFleet")

@@ -1,4 +1,4 @@
-"""The lean WatchFeatures client (server/inventory/watch_h2.py) against real servers on real ports: a grpc.aio
+"""The lean WatchFeatures client (server/h2/watch.py) against real servers on real ports: a grpc.aio
 server (gRPC core's HTTP/2) for what a daemon does, and a raw HTTP/2 server written with hyperframe/hpack for
 what gRPC core will not do on demand (a GOAWAY that refuses the stream, a peer ignoring flow control). Each test
 checks one guarantee and the grpc.StatusCode InventorySync's error handling relies on (gRPC core gives the same)."""
@@ -18,8 +18,8 @@ import pytest
 from hyperframe import frame as hf
 from support_fleet import make_certs
 
-from nodecompat.server.inventory.watch_h2 import H2Watch
-from nodecompat.server.inventory.watch_h2_call import H2Options, ssl_context
+from nodecompat.server.h2.call import H2Options, ssl_context
+from nodecompat.server.h2.watch import H2Watch
 from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import inventory_pb2
 

@@ -50,9 +50,9 @@ from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import inventory_pb2
 
 if TYPE_CHECKING:
+    from nodecompat.server.h2.call import H2Options
+    from nodecompat.server.h2.watch import H2Watch
     from nodecompat.server.inventory.inventory_push import PushedNodes
-    from nodecompat.server.inventory.watch_h2 import H2Watch
-    from nodecompat.server.inventory.watch_h2_call import H2Options
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class SyncConfig:
     # of a resubscribe; it keeps trying outside the bound.
     connect_slot_seconds: float = 2.0
     reconcile_interval: float = 1.0  # s between membership checks
-    # "h2": streams on server/inventory/watch_h2.py (no gRPC core channel); TLS: the credentials' PEM files
+    # "h2": streams on server/h2/watch.py (no gRPC core channel); TLS: the credentials' PEM files
     watch_transport: str = "grpc"
     watch_tls: ClientTls | None = None
 
@@ -118,10 +118,10 @@ class InventorySync:
     def start(self) -> None:
         self._interceptors = client_interceptors()
         if self.config.watch_transport == "h2":  # hyperframe and hpack imported for this transport only
-            from nodecompat.server.inventory import watch_h2
-            from nodecompat.server.inventory.watch_h2_call import h2_options
+            from nodecompat.server.h2 import watch as h2_watch
+            from nodecompat.server.h2.call import h2_options
 
-            self._h2_watch = watch_h2.H2Watch
+            self._h2_watch = h2_watch.H2Watch
             self._h2 = h2_options(self.config.watch_tls, self.credentials is not None, self._interceptors is not None,
                                   MAX_FEATURES_MESSAGE_BYTES)
         self._thread = threading.Thread(target=self.loop.run_forever, name="inventory-aio", daemon=True)

@@ -1,4 +1,4 @@
-"""What the lean WatchFeatures client (server/inventory/watch_h2.py) shares with the gRPC path: its errors (a
+"""What the lean WatchFeatures client (server/h2/watch.py) shares with the gRPC path: its errors (a
 grpc.aio.AioRpcError, so InventorySync's handling is unchanged), the status mappings of the gRPC HTTP/2 spec
 (doc/PROTOCOL-HTTP2.md, doc/http-grpc-status-mapping.md), the client span the gRPC path's OpenTelemetry
 interceptor makes (name = the method, kind CLIENT, rpc.* attributes, traceparent sent), and the TLS context made
@@ -109,7 +109,7 @@ def start_span(trace_on: bool) -> Any:
     from opentelemetry import trace
 
     service, method = METHOD.lstrip("/").split("/", 1)
-    return trace.get_tracer("nodecompat.server.inventory.watch_h2").start_span(
+    return trace.get_tracer("nodecompat.server.h2.watch").start_span(
         METHOD, kind=trace.SpanKind.CLIENT, attributes={"rpc.system": "grpc", "rpc.method": method,
                                                         "rpc.service": service, "rpc.grpc.status_code": 0})
 

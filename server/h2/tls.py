@@ -1,4 +1,4 @@
-"""TLS for the lean WatchFeatures client (server/inventory/watch_h2.py): an ssl.SSLObject over two memory BIOs
+"""TLS for the lean HTTP/2 gRPC client (server/h2/connection.py): an ssl.SSLObject over two memory BIOs
 inside the connection's own object. asyncio's TLS transport (sslproto) allocates a 256 KiB read buffer per
 connection (SSLProtocol.max_size, Python 3.11), ~25x what the rest of a stream costs; here TLS costs OpenSSL's own
 per-connection state and the records in flight. The handshake is driven by the bytes received; the HTTP/2 preface
@@ -19,7 +19,7 @@ FEED = 4096
 
 
 class TlsBio:
-    """Mixin of H2Watch: the attributes and methods below are H2Watch's (slots there)."""
+    """Mixin of H2Connection: the attributes and methods below are H2Connection's (slots there)."""
 
     __slots__ = ()
     address: str
