@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--older-daemons", action="store_true", help=argparse.SUPPRESS)  # the simulator's `older`
     ap.add_argument("--push-only", action="store_true", help="only the registered-node (push model) rows")
+    ap.add_argument("--burst-only", action="store_true",
+                    help="with --push-only: the floor and the re-registration row alone (no rest, no restart rows)")
     ap.add_argument("--streams-only", action="store_true",
                     help="only the resubscribe and streams RSS rows (nodes file / DNS nodes), in a fresh process")
     ap.add_argument("--watch-transport", choices=["grpc", "h2"], default="grpc",
@@ -167,7 +169,7 @@ def main() -> None:
         from nodecompat.server.runtime.gc_tuning import tune_for_serving
 
         tune_for_serving()
-        push_part(args.nodes, args.profiles, args.lease_ttl)
+        push_part(args.nodes, args.profiles, args.lease_ttl, args.burst_only)
         return
     from nodecompat.engine.spec import parse_spec
     from nodecompat.fleet.fingerprint import split_identity
@@ -382,8 +384,9 @@ def streams_part(n: int, k: int, tmp: Path, transport: str = "grpc") -> None:
     stream_restart_rows(n, k, snap, sim_port, tmp, node_address, row, process_cpu, LIMIT_RESUBSCRIBE_S, transport)
 
 
-def push_part(n: int, k: int, lease_ttl: float) -> None:
-    """The registered-node figures: the push model (bench/inventory_push_sim.py)."""
+def push_part(n: int, k: int, lease_ttl: float, burst_only: bool = False) -> None:
+    """The registered-node figures: the push model (bench/inventory_push_sim.py); burst_only: the floor and the
+    re-registration row alone."""
     import secrets
 
     from inventory_push_sim import push_rows  # type: ignore[import-not-found]
@@ -392,8 +395,10 @@ def push_part(n: int, k: int, lease_ttl: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-state-"))
     state, seed = tmp / "inventory.state", secrets.token_hex(8)
     ports = push_rows(n, k, row, rss_bytes, process_cpu, LIMIT_NODE_BYTES, LIMIT_RESUBSCRIBE_S, lease_ttl=lease_ttl,
-                      state_file=state, seed=seed)
+                      state_file=state, seed=seed, burst_only=burst_only)
     sys.stdout.flush()
+    if burst_only:
+        return
     # the restart rows: an aggregator process started on the snapshot the push rows' aggregator wrote at its stop
     restart_rows(n, k, lease_ttl, state, ports, seed, row, process_cpu, LIMIT_RESUBSCRIBE_S)
 

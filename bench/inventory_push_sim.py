@@ -29,6 +29,11 @@ BENCH_KEEP_CONNECTION=1 holds each daemon's connection instead (LeaseKeeper befo
 aggregator's 30 s idle limit outlasts the 10 s beat, so all N stay open); BENCH_IDLE_MS=MS a kept channel
 with grpc.client_idle_timeout_ms (experiments).
 
+The floor beside the re-registration row (same run, before the aggregator starts; bench/push_floor.py): the same
+simulator against a bare grpc.aio server answering RegisterNode with constant bytes.
+The footnote splits the re-registration's wall time: the aggregator's and the simulator's CPU seconds against
+the 2 x wall CPU seconds the machine's CPUs had (the rest is waiting, or other processes' load: loadavg).
+
     .venv/bin/python bench/inventory_push_sim.py --simulate PORT_FILE AGG_ADDR N PROFILES TTL  (child, internal)
 """
 
@@ -201,12 +206,17 @@ def count_held(store: Any, n: int) -> tuple[list[int], threading.Event]:
 def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss_bytes: Callable[[], int],
               process_cpu: Callable[[str], float], limit_node_bytes: float, limit_restart_s: float,
               lease_ttl: float = LEASE_TTL, wait_all: float = WAIT_ALL, state_file: Path | None = None,
-              seed: str = "") -> str:
+              seed: str = "", burst_only: bool = False) -> str:
     """Start an aggregator here and the simulator as a child; print the push rows (module doc). lease_ttl: the
     aggregator's lease (heartbeats every third of it); wait_all: seconds to wait for every node to be held;
     state_file: the aggregator keeps its snapshot there (written on demand here: the write rows, and at its
-    stop); seed: the simulated daemons' lease keys derive from it. Returns the simulator's ports (comma-joined)."""
+    stop); seed: the simulated daemons' lease keys derive from it; burst_only: print the floor and the
+    re-registration row and stop there. Returns the simulator's ports (comma-joined)."""
     import gc
+
+    from push_floor import floor  # type: ignore[import-not-found]
+
+    bare = floor(n, k, lease_ttl, process_cpu, wait_all)  # before the aggregator starts: nothing else of ours runs
 
     from nodecompat.server.fleet.aggregator import AggregatorConfig, AggregatorDaemon
     from nodecompat.server.fleet.channel_pool import TRIM_DELAY
@@ -233,6 +243,14 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         announce(*a, **kw)
 
     push.announce = counted  # type: ignore[method-assign]
+    checked = [0]  # addresses the first health checks dialled (each one a connection to a node)
+    first_check = agg.first_checks.check
+
+    def counted_check(addresses: list[str], timeout: float) -> None:
+        checked[0] += len(addresses)
+        first_check(addresses, timeout)
+
+    agg.first_checks.check = counted_check
     tmp = Path(tempfile.mkdtemp(prefix="bench-push-"))
     ready = tmp / "ready"
     gc.collect()
@@ -254,6 +272,11 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         cpu1 = process_cpu("self")
         sim1 = process_cpu(str(sim.pid))
         got = held[0]
+        checked_in_burst = checked[0]
+        answered, end = Path(str(ready) + ".done"), time.monotonic() + 5.0
+        while not (answered.exists() and answered.read_text()) and time.monotonic() < end:
+            time.sleep(0.02)  # the last answers reach the simulator just after the aggregator holds the nodes
+        sim_answered = float(answered.read_text().split()[0]) if answered.exists() and answered.read_text() else 0.0
         if got >= n:
             row(f"full re-registration after an aggregator restart, push ({n} registered nodes fetched and held, "
                 "all re-registering at once)", took, "s", limit_restart_s)
@@ -267,6 +290,24 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
               f"{agg.runtime.gate.declined} not (loop lag); simulator CPU {sim1 - sim0:.2f} s; real "
               f"daemons come back spread over one "
               f"beat, {lease_ttl / 3:g} s; loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])})")
+        cpus = os.cpu_count() or 1
+        agg_cpu, sim_cpu = cpu1 - cpu0, sim1 - sim0
+        idle = max(0.0, cpus * took - agg_cpu - sim_cpu)
+        print(f"  (split of the {took:.2f} s wall ({cpus} CPUs: {cpus * took:.1f} CPU s): aggregator "
+              f"{agg_cpu:.2f} CPU s ({agg_cpu / took:.2f} CPUs), simulator {sim_cpu:.2f} CPU s "
+              f"({sim_cpu / took:.2f} CPUs), not ours (idle or other processes) {idle:.1f} CPU s; every first "
+              f"RegisterNode answered at {sim_answered:.2f} s; {checked_in_burst} first health checks dialled "
+              f"during the burst)")
+        if bare is None:
+            print(f"  (floor: NOT complete: the bare grpc.aio server did not answer {n} first calls in {wait_all:g} s)")
+        else:
+            print(f"  (floor, same run: the same simulator against a bare grpc.aio server answering RegisterNode "
+                  f"with constant bytes: {bare[0]:.2f} s for {n} new connections making one call each, "
+                  f"{REGISTER_IN_FLIGHT} in flight; server CPU {bare[1]:.2f} s, simulator CPU {bare[2]:.2f} s; "
+                  f"the row is {took / bare[0]:.2f}x the floor, the issue's {limit_restart_s:g} s is "
+                  f"{limit_restart_s / bare[0]:.2f}x it)")
+        if burst_only:
+            return ""
         # the lease granted at rest (inventory/fleet_leases.py grant_ttl, before its 0-10% stagger): longer with more
         # leases so that all beats stay under the aggregator's --max-heartbeats-per-second
         max_rate = agg.config.max_heartbeats_per_second
