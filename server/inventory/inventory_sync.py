@@ -45,6 +45,7 @@ from nodecompat.server.inventory.node_channel import (  # re-exported: their hom
     channel_target,
     client_interceptors,
 )
+from nodecompat.server.inventory.watch_transport import GrpcWatch, choose_h2, with_deadline
 from nodecompat.server.runtime.task_outcome import forget_outcome
 from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import inventory_pb2
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 30.0
-WATCH_METHOD = "/nodecompat.v1.NodeService/WatchFeatures"
 @dataclass
 class SyncConfig:
     heartbeat: float = 10.0  # s, asked of every daemon
@@ -117,13 +117,14 @@ class InventorySync:
     # -- lifecycle (any thread) ----------------------------------------------------------------------
     def start(self) -> None:
         self._interceptors = client_interceptors()
-        if self.config.watch_transport == "h2":  # hyperframe and hpack imported for this transport only
+        # h2 unless it cannot be (TLS credentials without their PEM files: grpc, one WARNING); hyperframe and hpack
+        # are imported for h2 only
+        self._h2 = choose_h2(self.config.watch_transport, self.config.watch_tls, self.credentials is not None,
+                             self._interceptors is not None, MAX_FEATURES_MESSAGE_BYTES)
+        if self._h2 is not None:
             from nodecompat.server.h2 import watch as h2_watch
-            from nodecompat.server.h2.call import h2_options
 
             self._h2_watch = h2_watch.H2Watch
-            self._h2 = h2_options(self.config.watch_tls, self.credentials is not None, self._interceptors is not None,
-                                  MAX_FEATURES_MESSAGE_BYTES)
         self._thread = threading.Thread(target=self.loop.run_forever, name="inventory-aio", daemon=True)
         self._thread.start()
         self._main = asyncio.run_coroutine_threadsafe(self._run(), self.loop)  # type: ignore[assignment]
@@ -248,6 +249,16 @@ class InventorySync:
         """One WatchFeatures message into the store (a stream's or a push fetch's); see _handle."""
         return self._handle(address, msg, known)
 
+    def open_watch(self, address: str, request: bytes, timeout: float | None = None) -> GrpcWatch | H2Watch:
+        """A WatchFeatures call to the node on the sync's client (start() chose it): `request` the serialized
+        WatchFeaturesRequest, `timeout` its deadline in seconds (None: none). read() / close() as grpc.aio's
+        (server/inventory/watch_transport.py); nothing is connected before the first read() (h2) or until gRPC
+        core connects (grpc). Loop thread."""
+        if self._h2 is not None and self._h2_watch is not None:
+            return self._h2_watch(address, request, with_deadline(self._h2, timeout),
+                                  inventory_pb2.WatchFeaturesResponse.FromString)
+        return GrpcWatch(self._channel(address), request, inventory_pb2.WatchFeaturesResponse.FromString, timeout)
+
     def _channel(self, address: str) -> grpc.aio.Channel:
         target, options = channel_target(address)
         if self.credentials is not None:
@@ -261,7 +272,7 @@ class InventorySync:
         while True:
             got_message = False
             error = ""
-            channel: grpc.aio.Channel | H2Watch | None = None
+            call: GrpcWatch | H2Watch | None = None
             held = self.store.get(address)
             known = (held.announced or held.fingerprint) if held is not None and held.has_features else ""
             try:
@@ -270,15 +281,7 @@ class InventorySync:
                 try:
                     request = inventory_pb2.WatchFeaturesRequest(heartbeat_seconds=self.config.heartbeat,
                                                                  known_fingerprint=known).SerializeToString()
-                    if self._h2 is not None and self._h2_watch is not None:  # same read()/EOF/close(), errors
-                        call = channel = self._h2_watch(address, request, self._h2,
-                                                 inventory_pb2.WatchFeaturesResponse.FromString)
-                    else:
-                        channel = ch = self._channel(address)  # made once a connecting slot is ours, not 10,000 at once
-                        call = ch.unary_stream(  # one method handle, not a stub's four; the request as bytes
-                            WATCH_METHOD, request_serializer=None,  # (the call keeps it for the stream's life)
-                            response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
-                        )(request)
+                    call = self.open_watch(address, request)  # once a connecting slot is ours, not 10,000 at once
                     while True:
                         msg = await call.read()  # read() in this coroutine: no async-generator per stream
                         if msg is grpc.aio.EOF:
@@ -299,16 +302,16 @@ class InventorySync:
                 finally:
                     slot.release()
             except asyncio.CancelledError:
-                if channel is not None:
-                    await channel.close(None)
+                if call is not None:
+                    await call.close(None)
                 raise
             except grpc.aio.AioRpcError as exc:
                 error = f"{exc.code().name}: {exc.details()}"
             except Exception as exc:  # a bug or a malformed message: keep the others going
                 log.exception("subscription to %s", address)
                 error = f"{type(exc).__name__}: {exc}"
-            if channel is not None:
-                await channel.close(None)
+            if call is not None:
+                await call.close(None)
             if error:
                 rec = self.store.get(address)
                 self.store.set_state(address, self._name(address, rec.name if rec else ""), STATE_UNREACHABLE,
