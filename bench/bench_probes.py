@@ -3,7 +3,8 @@
 For the real host (/) and the h100-server fixture tree this prints, as medians of N runs:
 - the cold full round: new probe instances + probe_once(HostRoot(root)) (runner, spans, merge);
 - a steady round: a long-lived ProbeRunner's round on an unchanged host (each memoizable probe's logged
-  host operations replayed and compared, its last result reused: probes/probe_memo.py);
+  host operations replayed and compared, its last result reused: probes/probe_memo.py), run as the
+  daemon's refresh loop runs it (daemon_round);
 - each probe's discover() alone on a round's host, with new instances;
 - the bare cost of the I/O: every host operation a round performs, recorded once on a round's own
   host (RecordingRoundHost: each file read, stat, directory listing and link read, once each, in
@@ -206,8 +207,9 @@ def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
     load = median_ms(load_probes, runs)
     warm = median_ms(lambda: _run_closed([factories[n]() for n in names], host), runs)
     long_lived = ProbeRunner(probes, host)
-    long_lived.run()  # its first round logs what the steady rounds replay (probes/probe_memo.py)
-    steady = median_ms(long_lived.run, runs)
+    loop_round = daemon_round(long_lived)
+    loop_round()  # its first round logs what the steady rounds replay (probes/probe_memo.py)
+    steady = median_ms(loop_round, runs)
     long_lived.close()
     inline = median_ms(lambda: _in_thread(names, factories, RoundHost.over(host)), runs)
     memo_host = RoundHost.over(host)
@@ -244,6 +246,15 @@ def bench_root(label: str, root: Path, runs: int, subprocess_runs: int) -> None:
         print(f"  fresh interpreter: imports + first round, median of {subprocess_runs}: {fp:8.1f} ms")
 
 
+def daemon_round(runner: ProbeRunner) -> Callable[[], object]:
+    """One round of `runner` as the daemon's refresh loop runs it, on the calling thread: FeatureCache's
+    round (server/node/feature_cache.py: ProbeRunner.run_here under the watchdog, no hand-off to a worker
+    thread, then published to the cache and its waiters; no on_round consumer)."""
+    from nodecompat.server.node.feature_cache import FeatureCache
+
+    return FeatureCache(runner)._refresh_here
+
+
 def _first_round(host: HostRoot) -> None:
     """A runner's first round: new probe instances (entry points read), a new runner, nothing to reuse
     (every memoizable probe's host operations logged for the next round, as the daemon's first round)."""
@@ -256,7 +267,9 @@ def rows(label: str, root: Path, repeats: int, runs: int) -> list[str]:
     (a) a runner's first round (new probe instances, a new ProbeRunner: no memo; _first_round);
     (b) a steady round of a long-lived runner on an unchanged host: each memoizable probe's logged host
     operations are replayed (every file read again, compared), discover() only where an answer
-    changed or the probe is not memoizable (probes/probe_memo.py) - the daemon's cost per round.
+    changed or the probe is not memoizable (probes/probe_memo.py) - the daemon's cost per round, run
+    as the daemon's refresh loop runs it (daemon_round: FeatureCache's round on the calling thread,
+    ProbeRunner.run_here under the watchdog, then published).
     Ratios of wall times; beside them the same ratios in process CPU time, which a loaded machine
     distorts less (a 4 ms round is preempted more often than a 1.5 ms replay, and waits a time slice
     each time: at load ~17 on the 2 cores, wall ratios of 6-14 were seen where the CPU ratio was ~3)."""
@@ -264,11 +277,12 @@ def rows(label: str, root: Path, repeats: int, runs: int) -> list[str]:
     all_ops = recorded_ops(root, probes)
     host = HostRoot(root)
     steady = ProbeRunner(load_probes()[0], host)
-    steady.run()  # its first round: the memo the steady rounds replay
+    loop_round = daemon_round(steady)
+    loop_round()  # its first round: the memo the steady rounds replay
     kinds = ("first", "steady", "bare")
-    fns = {"first": lambda: _first_round(host), "steady": steady.run, "bare": lambda: replay(all_ops)}
+    fns = {"first": lambda: _first_round(host), "steady": loop_round, "bare": lambda: replay(all_ops)}
     med: dict[str, list[float]] = {k: [] for k in kinds}
-    cpu: dict[str, list[float]] = {k: [] for k in kinds}  # process CPU time (worker thread included)
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}  # process CPU time (all threads)
     try:
         for _ in range(repeats):
             # Alternate run by run, so a neighbour's load on the shared machine weighs on all alike.

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_probes import recorded_ops, replay
+from bench_probes import daemon_round, recorded_ops, replay
 
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.registry import load_probes
@@ -25,7 +25,8 @@ _SYSCALLS = (("open", "open"), ("pread", "read"), ("read", "read"), ("close", "c
 
 
 def detail(label: str, root: Path, rounds: int) -> None:
-    """Where a steady round's time goes (--detail): a long-lived runner's round, the probes' replays alone
+    """Where a steady round's time goes (--detail): a long-lived runner's round (as the daemon's refresh loop
+    runs it: bench_probes.daemon_round), the probes' replays alone
     (on this thread, the round's hold hint), and within the replays each system call wrapper's time and
     count (os.open/pread/close/stat/listdir/readlink, openat2 through ctypes), the answers' comparisons
     (timed apart: each answer against an equal copy) and the rest (bookkeeping: the loops, the memo's
@@ -41,8 +42,9 @@ def detail(label: str, root: Path, rounds: int) -> None:
     ops = recorded_ops(root, probes)
     host = HostRoot(root)
     runner = ProbeRunner(load_probes()[0], host)
-    runner.run()
-    runner.run()
+    loop_round = daemon_round(runner)  # as the daemon's refresh loop runs it
+    loop_round()
+    loop_round()
     memos = [m for _p, m in runner._memo.values()]
 
     def replayed() -> None:
@@ -58,7 +60,7 @@ def detail(label: str, root: Path, rounds: int) -> None:
             samples.append((time.process_time_ns() - c0) / 1000)
         return statistics.median(samples)
 
-    bare, run, rep = cpu_us(lambda: replay(ops)), cpu_us(runner.run), cpu_us(replayed)
+    bare, run, rep = cpu_us(lambda: replay(ops)), cpu_us(loop_round), cpu_us(replayed)
     spent: dict[str, int] = {}
     count: dict[str, int] = {}
 
@@ -127,7 +129,7 @@ def detail(label: str, root: Path, rounds: int) -> None:
     sys_us = sum(v for k, v in spent.items() if k != "x") / 1000 / rounds - per_wrap * calls
     print(f"\n== {label}: steady round (load average {os.getloadavg()[0]:.1f})")
     print(f"  bare reads {bare:8.1f} us ({len(ops)} operations; these three: median process CPU time)")
-    print(f"  runner.run {run:8.1f} us  x{run / bare:.2f}   (runner: hand-off, statuses, features {run - rep:.1f} us)")
+    print(f"  loop round {run:8.1f} us  x{run / bare:.2f}   (runner: statuses, features, publish {run - rep:.1f} us)")
     print(f"  replays    {rep:8.1f} us  x{rep / bare:.2f}   ({len(answers)} logged answers)")
     for kind in sorted(spent, key=lambda k: -spent[k]):
         if kind == "x":

@@ -13,6 +13,14 @@ until the batch is done or the running call's deadline passes (no wake-up per pr
 the GIL from the worker between its reads and doubled a round's cost), and a closed runner hands its
 idle worker to the next runner (at most MAX_IDLE_WORKERS are kept), so probe_once pays no thread start.
 
+run_here() is the same round without the hand-off, for a thread that exists only to probe (the daemon's
+refresh loop, server/node/feature_cache.py): the calls run on that thread, and a process-wide watchdog
+(probes/round_watchdog.py) that never waits on a round abandons the thread when a call passes its
+deadline and hands the calls after it to the loop's on_hang, which finishes the round on a new thread
+(same statuses as run(): the hung probe timed out, then "still hung" until its call returns; whatever
+the abandoned thread returns later is dropped). The hand-off cost two thread wake-ups a round: on two
+shared cores most of a steady round's cost beyond its reads (issue 11).
+
 Within one round the probes share a read-through memo of the host (probes/round_host.py): the PCI and
 GPU probes walk the same sysfs tree, and a file read twice in one round is read once. Across the rounds
 of one runner (the daemon's), a memoizable probe whose logged host operations all answer the same again
@@ -23,9 +31,10 @@ last round read several files of from their first use (held_parents.py, the hint
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from nodecompat import tracing
@@ -39,11 +48,21 @@ from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
 from nodecompat.probes.round_host import RoundHost
 from nodecompat.probes.round_merge import _detach, _take, again, copied
+from nodecompat.probes.round_watchdog import WATCHDOG, HereCalls
 from nodecompat.probes.runner_worker import _acquire, _Call, _check_output, _release, _Worker
 
 _tracer = tracing.LazyTracer("nodecompat.probes")  # OpenTelemetry only once imported (fast start)
 _RoundHost = RoundHost  # its name before the split (tests import it from here)
 __all__ = ["ProbeRound", "ProbeRunner", "ProbeStatus", "probe_once"]  # the round's types live in probe_round
+
+
+class _Begun:
+    """A round begun: the statuses decided before it runs (probes still hung), its calls, its host."""
+
+    __slots__ = ("calls", "host", "statuses")
+
+    def __init__(self, statuses: dict[str, ProbeStatus], calls: list[_Call], host: RoundHost) -> None:
+        self.statuses, self.calls, self.host = statuses, calls, host
 
 
 class ProbeRunner:
@@ -75,6 +94,7 @@ class ProbeRunner:
         self._names: dict[int, tuple[Probe, object, list[str]]] = {}
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+        self._here_calls: HereCalls | None = None  # run_here's calls on the current loop thread
 
     def _declared(self, probe: Probe) -> list[str]:
         """probe.feature_names(), kept while the probe's `features` is the same tuple (FeatureInfo is
@@ -99,10 +119,68 @@ class ProbeRunner:
             if self._worker is not None:
                 _release(self._worker)
                 self._worker = None
+            if self._here_calls is not None:
+                WATCHDOG.unwatch(self._here_calls)
+                self._here_calls = None
 
     def run(self) -> ProbeRound:
+        """One round, its calls handed to a worker thread (the caller waits; a call past its timeout is
+        left behind with its worker and reported timed out). Any thread may call it."""
         with self._lock, _tracer.start_as_current_span("probe round"):
-            return self._run_locked()
+            begun = self._begin()
+            self._run_calls(begun.calls, begun.host)
+            return self._finish(begun)
+
+    def run_here(self, on_hang: Callable[[Callable[[], ProbeRound | None]], None]) -> ProbeRound | None:
+        """One round, its calls run on the calling thread (no hand-off: probes/round_watchdog.py), for a
+        thread that exists only to probe and may be abandoned (the daemon's refresh loop). Returns the
+        round, or None when a call hung past its timeout: the watchdog then abandoned this thread (when
+        the call returns, None is all it gets: the round is no longer its own) and called
+        on_hang(finish) on its own thread, where finish() (run it on a new thread: it runs the calls
+        after the hung one here, with the same isolation) returns the round, the hung probe reported
+        timed out as by run(), or None if another call hangs (on_hang is then called again)."""
+        self._lock.acquire()  # released by whichever thread finishes the round (_here)
+        with _tracer.start_as_current_span("probe round"):
+            try:
+                begun = self._begin()
+            except BaseException:
+                self._lock.release()
+                raise
+            return self._here(begun, begun.calls, on_hang, tracing.current_context())
+
+    def _here(self, begun: _Begun, calls: list[_Call], on_hang: Callable[[Callable[[], ProbeRound | None]], None],
+              ctx: object) -> ProbeRound | None:  # fmt: skip
+        """Run `calls` of `begun` on this thread, self._lock held for it (taken by run_here, maybe on
+        another thread); release it once the round is built, or leave it to the continuation (None)."""
+        here = self._here_calls
+        try:
+            if here is None or here.abandoned:
+                idle = min((self._timeout(p) for p in self.probes), default=Probe.timeout)
+                here = self._here_calls = HereCalls(idle, self.timeout_override)
+                WATCHDOG.watch(here)
+
+            def hung(rest: list[_Call]) -> None:
+                on_hang(functools.partial(self._resume, begun, rest, on_hang, ctx))
+
+            if not here.run(calls, begun.host, hung):
+                return None
+        except BaseException:
+            if here is None or not here.abandoned:
+                self._lock.release()
+            raise
+        try:
+            return self._finish(begun)
+        finally:
+            self._lock.release()
+
+    def _resume(self, begun: _Begun, rest: list[_Call], on_hang: Callable[[Callable[[], ProbeRound | None]], None],
+                ctx: object) -> ProbeRound | None:  # fmt: skip
+        """run_here's round after a hung call, on the thread that carries on: the calls not started."""
+        token = tracing.attach(ctx)  # probe spans nest under the round's span
+        try:
+            return self._here(begun, rest, on_hang, ctx)
+        finally:
+            tracing.detach(token)
 
     def _run_calls(self, calls: list[_Call], host: HostRoot) -> None:
         """Run `calls` in order on the worker; a call past its timeout is left behind with its worker."""
@@ -135,12 +213,14 @@ class ProbeRunner:
                     if cur.done:  # it returned as its deadline passed: not hung
                         continue
                     worker.abandon()
+                    cur.abandoned = True
                     i = todo.index(cur)
                     todo = [c for c in todo[i + 1 :] if c.started is None]
                 self._worker = None
                 break
 
-    def _run_locked(self) -> ProbeRound:
+    def _begin(self) -> _Begun:
+        """A round's calls (the probes not still hung) and its host, the still hung ones' statuses."""
         statuses: dict[str, ProbeStatus] = {}
         calls: list[_Call] = []
         for probe in self.probes:
@@ -161,9 +241,12 @@ class ProbeRunner:
             held = self._memo.get(id(probe)) if record else None
             calls.append(_Call(probe, held[1] if held is not None and held[0] is probe else None, record))
 
-        round_host = RoundHost.over(self.host, self._hold_hint)
-        self._run_calls(calls, round_host)
-        self._hold_hint = worth_holding(round_host._parents)
+        return _Begun(statuses, calls, RoundHost.over(self.host, self._hold_hint))
+
+    def _finish(self, begun: _Begun) -> ProbeRound:
+        """The round from its calls' outcomes (each finished, failed or hung)."""
+        statuses, calls = begun.statuses, begun.calls
+        self._hold_hint = worth_holding(begun.host._parents)
 
         # Every probe's output is the one the last round's features were built from (all reused, none
         # failed): those features again, their dicts copied (round_merge.copied), no merge done again.
@@ -171,7 +254,7 @@ class ProbeRunner:
         last = self._last
         same = (
             last is not None
-            and all(c.reused for c in calls)
+            and all(c.reused and not c.abandoned for c in calls)
             and len(outputs) == len(last[0])
             and all(a is b for a, b in zip(outputs, last[0], strict=True))
         )
@@ -184,7 +267,7 @@ class ProbeRunner:
             p = call.probe
             declared = self._declared(p)
             st = ProbeStatus(p.name, ok=False, features=list(declared))
-            if not call.done:
+            if call.abandoned or not call.done:
                 self._hung[p.name] = call
                 st.timed_out = True
                 st.duration_seconds = now - (call.started or now)

@@ -28,7 +28,8 @@ _tracer = tracing.LazyTracer("nodecompat.probes")  # OpenTelemetry only once imp
 class _Call:
     """One probe's call in a round: filled in by the worker, read by the round."""
 
-    __slots__ = ("error", "finished", "fresh", "memo", "output", "probe", "record", "reused", "started", "worker")
+    __slots__ = ("abandoned", "error", "finished", "fresh", "memo", "output", "probe", "record", "reused", "started",
+                 "worker")
 
     def __init__(self, probe: Probe, memo: Memo | None = None, record: bool = False) -> None:
         self.probe = probe
@@ -41,6 +42,8 @@ class _Call:
         self.started: float | None = None
         self.finished: float | None = None
         self.worker: _Worker | None = None
+        # left behind past its timeout: the round reports it timed out even if it returns meanwhile
+        self.abandoned = False
 
     @property
     def done(self) -> bool:

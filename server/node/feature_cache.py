@@ -5,6 +5,13 @@ coalesced: a caller that asks while a round is running waits for that round inst
 another, so a burst of `refresh=true` calls costs one probe round; and callers start at most one round
 per `min_refresh_interval` on average (a token bucket allowing REFRESH_BURST in a row): a refresh past
 that gets the last round, so 73 refresh calls a second from one client cost a round every interval.
+
+The refresh loop's rounds (the interval's, a hot-plug poke's) run on the loop's own thread, with no
+hand-off to a probe worker (ProbeRunner.run_here): when a probe call hangs, the runner's watchdog
+abandons that thread and a new loop thread finishes the round (the probe timed out), publishes it and
+carries on; the abandoned thread publishes nothing when its call returns, and ends. A caller's refresh
+(GetFeatures refresh=true) that starts a round runs it through ProbeRunner.run() (a worker thread):
+an RPC thread is never abandoned.
 """
 
 from __future__ import annotations
@@ -66,15 +73,47 @@ class FeatureCache:
         log.info("refresh requested: %s", reason)
         self._wake.set()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _loop(self, resume: Callable[[], ProbeRound | None] | None = None) -> None:
+        """The refresh loop: a round now, then every `interval` seconds or when poked. Its rounds run on
+        this thread (the runner's run_here: no hand-off to a worker); when a probe call hangs, the
+        runner's watchdog abandons this thread and _on_hang starts a new one with `resume`, which
+        finishes that round (the hung probe timed out), publishes it and carries on as the loop."""
+        if resume is not None:
             try:
-                self.refresh()
+                if self._run_and_publish(resume) is None:  # another call of the round hung
+                    return
+            except Exception:
+                if not self._stop.is_set():
+                    log.exception("probe round failed")
+            self._wake.wait(self.interval)
+        while not self._stop.is_set():
+            self._wake.clear()  # a poke from here on is answered by this round or the next
+            try:
+                if self._refresh_here() is None:  # this thread was abandoned in a hung probe call
+                    return
             except Exception:  # keep refreshing; the runner already isolates probes
                 if not self._stop.is_set():  # a round cut short by stop() is not news
                     log.exception("probe round failed")
             self._wake.wait(self.interval)
-            self._wake.clear()
+
+    def _on_hang(self, finish: Callable[[], ProbeRound | None]) -> None:
+        """The runner's watchdog abandoned the loop's thread in a hung call (on the watchdog's thread):
+        a new loop thread finishes the round and carries on."""
+        thread = threading.Thread(target=self._loop, args=(finish,), name="feature-refresh", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _refresh_here(self) -> ProbeRound | None:
+        """refresh() with the round run on this thread (the loop's; the runner's run_here when it has
+        one); None when this thread was abandoned in a hung call (the round is published by the thread
+        that carries on)."""
+        joined = self._join_or_begin()
+        if joined is not None:
+            return joined
+        run_here = getattr(self.runner, "run_here", None)
+        if run_here is None:
+            return self._run_and_publish(self.runner.run)
+        return self._run_and_publish(lambda: run_here(self._on_hang))
 
     def requested_refresh(self) -> ProbeRound:
         """A caller's refresh (GetFeatures refresh=true): join the round in progress, else run one if the
@@ -94,6 +133,16 @@ class FeatureCache:
 
     def refresh(self) -> ProbeRound:
         """Run a probe round now, or join the one already running; return its result."""
+        joined = self._join_or_begin()
+        if joined is not None:
+            return joined
+        rnd = self._run_and_publish(self.runner.run)
+        assert rnd is not None  # run() always returns a round
+        return rnd
+
+    def _join_or_begin(self) -> ProbeRound | None:
+        """The round in progress, once it ends (its failure raised as RuntimeError); None when none was
+        running: the caller then runs one (marked running here) and passes it to _run_and_publish."""
         with self._cond:
             if self._running:
                 gen = self._generation
@@ -104,24 +153,32 @@ class FeatureCache:
                 assert self._round is not None
                 return self._round
             self._running = True
-        rnd: ProbeRound | None = None
-        failure: BaseException | None = None
+            return None
+
+    def _run_and_publish(self, run: Callable[[], ProbeRound | None]) -> ProbeRound | None:
+        """run() the round begun by _join_or_begin, then publish it (or its failure) to those who joined
+        it and to on_round; None (nothing published, the round still running) when run() says this
+        thread was abandoned: whoever finishes the round publishes it through here."""
         try:
-            rnd = self.runner.run()
+            rnd = run()
         except BaseException as exc:
-            failure = exc
+            self._ended(None, exc)
             raise
-        finally:
-            with self._cond:
-                self._running = False
-                self._generation += 1
-                self._failure = failure
-                if rnd is not None:
-                    self._round = rnd
-                self._cond.notify_all()
+        if rnd is None:
+            return None
+        self._ended(rnd, None)
         for cb in self.on_round:
             cb(rnd)
         return rnd
+
+    def _ended(self, rnd: ProbeRound | None, failure: BaseException | None) -> None:
+        with self._cond:
+            self._running = False
+            self._generation += 1
+            self._failure = failure
+            if rnd is not None:
+                self._round = rnd
+            self._cond.notify_all()
 
     def current(self, timeout: float | None = None) -> ProbeRound | None:
         """The latest round; waits up to `timeout` for the first one. None if there is none yet."""

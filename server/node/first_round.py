@@ -256,6 +256,14 @@ class StartupRunner:
 
     def run(self) -> ProbeRound:
         """The child's round the first time (FeatureCache runs one round at a time), else a new round."""
+        return self._first_round() or self.runner().run()
+
+    def run_here(self, on_hang: Callable[[Callable[[], ProbeRound | None]], None]) -> ProbeRound | None:
+        """run(), with the daemon's own rounds run on the calling thread (ProbeRunner.run_here)."""
+        return self._first_round() or self.runner().run_here(on_hang)
+
+    def _first_round(self) -> ProbeRound | None:
+        """The child's round, once; None when it is gone or sent none (the caller then probes here)."""
         first = self._first
         if first is not None:
             rnd = first.result()
@@ -264,7 +272,7 @@ class StartupRunner:
                 return rnd
             if self._cancelled:  # no round of our own while the daemon stops
                 raise RuntimeError("the daemon stopped before its first probe round")
-        return self.runner().run()
+        return None
 
     def cancel_first(self) -> None:
         """Kill the child still running the first round (the daemon stops before it answered)."""
