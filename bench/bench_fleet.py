@@ -25,8 +25,13 @@ target (connections past it are made and closed per fan-out), with both figures 
 node right after the calls and the fan-out / floor ratio. A connected channel holds ~31 KiB, so no budget
 meets both targets at 1,000 nodes (docs/security.md, "Aggregator memory and --pool-mib").
 
+Every figure is printed for each fan-out transport (`--transport`, the aggregator's --fanout-transport): by
+default the aggregator's own default first and the other beside it; grpc (a grpc.aio channel a node) and h2 (the
+lean HTTP/2 client, server/h2/unary.py: ~4 KiB a kept connection). The trade-off row is grpc's (with h2 the
+default budget keeps ~24,000 connections).
+
     .venv/bin/python bench/bench_fleet.py [--sizes 10,100,1000,10000] [--repeat 3] [--concurrency 64]
-        [--pool-mib 96] [--tradeoff-mib 10 (0: no trade-off row)]
+        [--pool-mib 96] [--tradeoff-mib 10 (0: no trade-off row)] [--transport grpc,h2]
 
 No asserts: it prints figures.
 """
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -42,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +141,7 @@ def aio_floor(addresses: list[str], concurrency: int, rounds: int) -> list[float
 
 
 def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp: Path,
-             pool_bytes: int) -> dict[str, object]:
+             pool_bytes: int, transport: str = "grpc") -> dict[str, object]:
     """Child process: one aggregator for n simulated nodes; cold + warm calls; RSS; optionally the row."""
     from nodecompat.server.runtime.malloc_tuning import limit_arenas
 
@@ -149,7 +156,8 @@ def one_size(n: int, port: int, concurrency: int, repeat: int, floor: bool, tmp:
     nodes.write_text(json.dumps([{"name": f"sim-{i:05d}", "address": a} for i, a in enumerate(addresses)]))
     agg = AggregatorDaemon(
         AggregatorConfig(listen="127.0.0.1:0", nodes_file=str(nodes), concurrency=concurrency, node_timeout=30,
-                         check_new_nodes=False, sync=None, pool_bytes=pool_bytes)  # live fan-out only: no inventory
+                         check_new_nodes=False, sync=None, pool_bytes=pool_bytes,
+                         fanout_transport=transport)  # live fan-out only: no inventory
     )
     tune_for_serving()  # as `nodecompat aggregator` does, before start()
     agg_port = agg.start()
@@ -206,6 +214,68 @@ def ratio_figures(fig: list[float], lim: list[float]) -> tuple[str, float]:
     ), med
 
 
+
+def default_transports() -> str:
+    """"D,O": D the fan-out transport `nodecompat aggregator` uses without flags, O the other one."""
+    from nodecompat.clients import cmd_aggregator
+
+    ap = argparse.ArgumentParser()
+    cmd_aggregator.register(ap.add_subparsers(dest="cmd"))
+    flags = ap.parse_args(["aggregator"])
+    first = flags.fanout_transport or flags.watch_transport
+    return f"{first},{'grpc' if first == 'h2' else 'h2'}"
+
+
+def rows_for(transport: str, child: Callable[[int, float], dict[str, Any]], args: argparse.Namespace) -> None:
+    """Every size, the row and the memory rows for one --fanout-transport (child(n, pool_mib) runs one size)."""
+    label = f"[--fanout-transport {transport}]"
+    print(
+        f"{label}\n{'nodes':>6} {'cold wall':>10} {'warm wall median (min, max)':>30} {'per node':>9} "
+        f"{'reported':>9} {'failed':>7} {'deadline':>9} {'agg RSS':>8} {'RSS/node':>9} {'at rest':>8}"
+    )
+    row = None
+    memory_rows = []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        res = child(n, args.pool_mib)
+        warm = res["warm"]
+        med = statistics.median(warm)
+        print(
+            f"{n:>6} {res['cold'] * 1e3:>8.0f}ms {med * 1e3:>10.0f}ms ({min(warm) * 1e3:.0f}, "
+            f"{max(warm) * 1e3:.0f}) {'':>6} {med / n * 1e6:>7.0f}us {res['reported']:>9} {res['failed']:>7} "
+            f"{res['deadline']:>8.0f}s {res['rss_mib']:>6.0f}MiB {res['rss_per_node_kib']:>7.1f}KiB "
+            f"{res['rest_per_node_kib']:>5.1f}KiB"
+        )
+        if "row" in res:
+            row = (n, *res["row"])
+        if n >= 1000:
+            memory_rows.append((n, min(n, res["kept"]), res["rss_per_node_kib"], res["rest_per_node_kib"]))
+    if row is not None:
+        n, fig, lim = row
+        cols, med = ratio_figures(fig, lim)
+        print(
+            f"ROW {label} fleet fan-out cost per node ({n} nodes) / one unary grpc.aio call from the same process | "
+            f"{cols} | target <= 1.3 | {'met' if med <= 1.3 else 'NOT MET'}"
+        )
+    for n, kept, after, rest in memory_rows:  # one process per size: a single figure each, no median
+        print(
+            f"ROW {label} aggregator RSS per known node ({n} nodes) | right after the calls ("
+            f"{kept} connections kept) {after:.1f} KiB |"
+            f" at rest (idle channels closed) {rest:.1f} KiB | target <= 20 KiB | "
+            f"{'met' if after <= 20 else 'NOT MET'} right after, {'met' if rest <= 20 else 'NOT MET'} at rest"
+        )
+    if args.tradeoff_mib > 0 and row is not None and transport == "grpc":  # a budget for the memory target
+        n = row[0]
+        res = child(n, args.tradeoff_mib)
+        cols, med = ratio_figures(*res["row"])
+        after = res["rss_per_node_kib"]
+        print(
+            f"ROW {label} trade-off at {n} nodes, --pool-mib {args.tradeoff_mib:g} ({min(n, res['kept'])} "
+            f"connections kept): RSS per known node right after {after:.1f} KiB (target <= 20: "
+            f"{'met' if after <= 20 else 'NOT MET'}) | fan-out cost per node {cols} | target <= 1.3 | "
+            f"{'met' if med <= 1.3 else 'NOT MET'}"
+        )
+
+
 def main() -> None:
     from nodecompat.server.limits import MAX_POOL_BYTES
 
@@ -217,6 +287,8 @@ def main() -> None:
     ap.add_argument("--pool-mib", type=float, default=MAX_POOL_BYTES / MIB, help="the aggregator's --pool-mib")
     ap.add_argument("--tradeoff-mib", type=float, default=TRADEOFF_MIB,
                     help="--pool-mib of the trade-off row at --row-size nodes (0: no trade-off row)")
+    ap.add_argument("--transport", default=None, help="the aggregator's --fanout-transport: grpc, h2 or both "
+                    "(every row for each, in this order); default: the aggregator's default first, the other beside it")
     ap.add_argument("--serve-simulator", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -227,7 +299,7 @@ def main() -> None:
         return
     if args.one:
         res = one_size(args.one, args.port, args.concurrency, args.repeat, args.one == args.row_size, Path(args.tmp),
-                       int(args.pool_mib * MIB))
+                       int(args.pool_mib * MIB), args.transport)
         print(json.dumps(res))
         return
 
@@ -235,10 +307,10 @@ def main() -> None:
     port_file = tmp / "port"
     sim = subprocess.Popen([sys.executable, __file__, "--serve-simulator", str(port_file)])
 
-    def child(n: int, pool_mib: float) -> dict[str, Any]:
+    def child(n: int, pool_mib: float, transport: str) -> dict[str, Any]:
         cmd = [sys.executable, __file__, "--one", str(n), "--port", str(port), "--tmp", str(tmp),
                "--repeat", str(args.repeat), "--concurrency", str(args.concurrency),
-               "--row-size", str(args.row_size), "--pool-mib", str(pool_mib)]
+               "--row-size", str(args.row_size), "--pool-mib", str(pool_mib), "--transport", transport]
         out: dict[str, Any] = json.loads(
             subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         return out
@@ -252,51 +324,8 @@ def main() -> None:
             f"aggregator in its own process per size, concurrency {args.concurrency}, --pool-mib {args.pool_mib:g}; "
             f"{os.cpu_count()} CPUs"
         )
-        print(
-            f"{'nodes':>6} {'cold wall':>10} {'warm wall median (min, max)':>30} {'per node':>9} "
-            f"{'reported':>9} {'failed':>7} {'deadline':>9} {'agg RSS':>8} {'RSS/node':>9} {'at rest':>8}"
-        )
-        row = None
-        memory_rows = []
-        for n in [int(x) for x in args.sizes.split(",")]:
-            res = child(n, args.pool_mib)
-            warm = res["warm"]
-            med = statistics.median(warm)
-            print(
-                f"{n:>6} {res['cold'] * 1e3:>8.0f}ms {med * 1e3:>10.0f}ms ({min(warm) * 1e3:.0f}, "
-                f"{max(warm) * 1e3:.0f}) {'':>6} {med / n * 1e6:>7.0f}us {res['reported']:>9} {res['failed']:>7} "
-                f"{res['deadline']:>8.0f}s {res['rss_mib']:>6.0f}MiB {res['rss_per_node_kib']:>7.1f}KiB "
-                f"{res['rest_per_node_kib']:>5.1f}KiB"
-            )
-            if "row" in res:
-                row = (n, *res["row"])
-            if n >= 1000:
-                memory_rows.append((n, min(n, res["kept"]), res["rss_per_node_kib"], res["rest_per_node_kib"]))
-        if row is not None:
-            n, fig, lim = row
-            cols, med = ratio_figures(fig, lim)
-            print(
-                f"ROW fleet fan-out cost per node ({n} nodes) / one unary grpc.aio call from the same process | "
-                f"{cols} | target <= 1.3 | {'met' if med <= 1.3 else 'NOT MET'}"
-            )
-        for n, kept, after, rest in memory_rows:  # one process per size: a single figure each, no median
-            print(
-                f"ROW aggregator RSS per known node ({n} nodes) | right after the calls ("
-                f"{kept} connections kept) {after:.1f} KiB |"
-                f" at rest (idle channels closed) {rest:.1f} KiB | target <= 20 KiB | "
-                f"{'met' if after <= 20 else 'NOT MET'} right after, {'met' if rest <= 20 else 'NOT MET'} at rest"
-            )
-        if args.tradeoff_mib > 0 and row is not None:  # the same fleet, a budget for the memory target
-            n = row[0]
-            res = child(n, args.tradeoff_mib)
-            cols, med = ratio_figures(*res["row"])
-            after = res["rss_per_node_kib"]
-            print(
-                f"ROW trade-off at {n} nodes, --pool-mib {args.tradeoff_mib:g} ({min(n, res['kept'])} connections "
-                f"kept): RSS per known node right after {after:.1f} KiB (target <= 20: "
-                f"{'met' if after <= 20 else 'NOT MET'}) | fan-out cost per node {cols} | target <= 1.3 | "
-                f"{'met' if med <= 1.3 else 'NOT MET'}"
-            )
+        for transport in (args.transport or default_transports()).split(","):
+            rows_for(transport, functools.partial(child, transport=transport), args)
     finally:
         sim.terminate()
         sim.wait()

@@ -105,6 +105,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--watch-transport", choices=["grpc", "h2"], default="grpc",
                    help="the inventory's WatchFeatures streams: grpc (a gRPC core channel each, ~52 KB a node) or h2 "
                    "(a lean HTTP/2 client, server/h2/watch.py; same TLS files); default grpc")
+    p.add_argument("--fanout-transport", choices=["grpc", "h2"], default=None,
+                   help="the live fan-out's calls (ValidateFleet LIVE, what-if, ListNodes health): grpc (a gRPC "
+                   "core channel a node, ~36 KiB kept warm) or h2 (the lean HTTP/2 client, server/h2/unary.py, ~4 KiB; "
+                   "same TLS files); default: as --watch-transport")
     p.add_argument("--stale-after", type=float, default=0.0,
                    help="a node whose stream is silent this long is STALE (default: 3 heartbeats + 1 s)")
     add_registry_policy_flag(p, "ValidateFleet")
@@ -208,6 +212,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         default_timeout=args.default_timeout,
         server_credentials=server_creds,
         node_credentials=node_creds,
+        fanout_transport=args.fanout_transport or getattr(args, "watch_transport", "grpc"),
+        node_tls=tls.ClientTls(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls_ca or args.tls_cert) else None,
         registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=registry_policy(args)),
         sync=None if args.no_inventory else _sync_config(args),
         **runtime_config(args),  # type: ignore[arg-type]

@@ -30,3 +30,6 @@ CONNECTION_BYTES = 36 * 1024
 # 3 runs: all kept, 34.8-35.4 KiB RSS per known node right after a fan-out and fan-out/floor 1.12-1.23; 227
 # kept (8 MiB) 17.1-17.4 KiB and median 1.88; docs/security.md, "Aggregator memory and --pool-mib").
 MAX_POOL_BYTES = 96 * 1024 * 1024
+# What the pool keeps per node address with --fanout-transport h2 (server/h2/unary.py: its channel and connection,
+# the asyncio transport and socket, the pool entry and its two method objects), the unit of the same budget.
+H2_CONNECTION_BYTES = 4 * 1024

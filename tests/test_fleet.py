@@ -160,7 +160,10 @@ def unread_bytes(port: int) -> dict[str, int]:
     return out
 
 
-def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # AggregatorConfig.fanout_transport
+def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(
+    fleet: Fleet, tmp_path: Path, transport: str,
+) -> None:
     """A daemon killed while our request sits in its socket: UNAVAILABLE (retried once), the others answer.
 
     The victim is SIGSTOPped after a first call has warmed the aggregator's connection to it, so the fleet
@@ -171,7 +174,7 @@ def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(fleet: Fleet,
     timeout = 15.0
     try:
         with (
-            aggregator(nodes_file=str(nodes_file(fleet, tmp_path, extra))) as agg,
+            aggregator(nodes_file=str(nodes_file(fleet, tmp_path, extra)), fanout_transport=transport) as agg,
             FleetClient(agg.address) as c,
         ):
             warm = c.validate(spec_text=SPEC_NVIDIA, timeout=timeout)
@@ -211,11 +214,15 @@ def test_killed_daemon_mid_call_is_unavailable_and_the_rest_answer(fleet: Fleet,
     assert summary_at < deadline
 
 
-def test_slow_daemon_is_deadline_exceeded_alone(fleet: Fleet, tmp_path: Path, tcp_proxy) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # AggregatorConfig.fanout_transport
+def test_slow_daemon_is_deadline_exceeded_alone(fleet: Fleet, tmp_path: Path, tcp_proxy, transport: str) -> None:
     proxy: TcpProxy = tcp_proxy(fleet.by_name("h100").address, delay=5.0)
     extra = [{"name": "slow", "address": proxy.address}]
     path = nodes_file(fleet, tmp_path, extra)
-    with aggregator(nodes_file=str(path), node_timeout=1.0) as agg, FleetClient(agg.address) as client:
+    with (
+        aggregator(nodes_file=str(path), node_timeout=1.0, fanout_transport=transport) as agg,
+        FleetClient(agg.address) as client,
+    ):
         answer = client.validate(spec_text=SPEC_ANY, timeout=20)
     got = by_name(answer.nodes)
     assert got["slow"].status == "DEADLINE_EXCEEDED" and got["slow"].attempts == 1
@@ -223,12 +230,18 @@ def test_slow_daemon_is_deadline_exceeded_alone(fleet: Fleet, tmp_path: Path, tc
     assert answer.summary.failed == 1 and answer.summary.compatible == 3
 
 
-def test_summary_arrives_before_the_callers_own_deadline(fleet: Fleet, tmp_path: Path, tcp_proxy) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # AggregatorConfig.fanout_transport
+def test_summary_arrives_before_the_callers_own_deadline(
+    fleet: Fleet, tmp_path: Path, tcp_proxy, transport: str,
+) -> None:
     """No request timeout, a node timeout beyond the caller's gRPC deadline: the caller's deadline rules."""
     proxy: TcpProxy = tcp_proxy(fleet.by_name("vm").address, delay=30.0)
     extra = [{"name": "stuck", "address": proxy.address}]
     path = nodes_file(fleet, tmp_path, extra)
-    with aggregator(nodes_file=str(path), node_timeout=60.0) as agg, grpc.insecure_channel(agg.address) as ch:
+    with (
+        aggregator(nodes_file=str(path), node_timeout=60.0, fanout_transport=transport) as agg,
+        grpc.insecure_channel(agg.address) as ch,
+    ):
         stub = fleet_pb2_grpc.FleetServiceStub(ch)
         items = list(stub.ValidateFleet(fleet_pb2.ValidateFleetRequest(spec=SPEC_ANY), timeout=3.0))
     # Had the aggregator been late, the call itself would have failed with DEADLINE_EXCEEDED above.
@@ -240,12 +253,16 @@ def test_summary_arrives_before_the_callers_own_deadline(fleet: Fleet, tmp_path:
     assert {nodes[n].status for n in ("h100", "mi300", "vm")} == {"OK"}
 
 
-def test_concurrency_bound_leaves_queued_nodes_reported(fleet: Fleet, tmp_path: Path, tcp_proxy) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # AggregatorConfig.fanout_transport
+def test_concurrency_bound_leaves_queued_nodes_reported(
+    fleet: Fleet, tmp_path: Path, tcp_proxy, transport: str,
+) -> None:
     """One call at a time and a stuck first node: the others never get a turn, and are reported."""
     proxy: TcpProxy = tcp_proxy(fleet.by_name("vm").address, delay=30.0)
     extra = [{"name": "a-stuck", "address": proxy.address}]  # sorts first
     with (
-        aggregator(nodes_file=str(nodes_file(fleet, tmp_path, extra)), concurrency=1, node_timeout=60.0) as agg,
+        aggregator(nodes_file=str(nodes_file(fleet, tmp_path, extra)), concurrency=1, node_timeout=60.0,
+                   fanout_transport=transport) as agg,
         FleetClient(agg.address) as client,
     ):
         answer = client.validate(spec_text=SPEC_ANY, timeout=1.5)
@@ -257,9 +274,10 @@ def test_concurrency_bound_leaves_queued_nodes_reported(fleet: Fleet, tmp_path: 
         assert "turn" in got[name].error
 
 
-def test_channels_are_reused_between_calls(fleet: Fleet, tmp_path: Path, tcp_proxy) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # AggregatorConfig.fanout_transport
+def test_channels_are_reused_between_calls(fleet: Fleet, tmp_path: Path, tcp_proxy, transport: str) -> None:
     proxy: TcpProxy = tcp_proxy(fleet.by_name("mi300").address)
-    with aggregator(nodes_file=str(write_nodes_file(tmp_path / "n.json", []))) as agg:
+    with aggregator(nodes_file=str(write_nodes_file(tmp_path / "n.json", [])), fanout_transport=transport) as agg:
         write_nodes_file(tmp_path / "n.json", [], extra=[{"name": "mi300", "address": proxy.address}])
         with FleetClient(agg.address) as client:
             for _ in range(3):
@@ -301,10 +319,11 @@ def test_dns_discovery_of_localhost(fleet: Fleet, tmp_path: Path) -> None:
         assert any(n.name == "mi300" and n.health == "SERVING" for n in client.list_nodes())
 
 
-def test_list_nodes_reports_health(fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # AggregatorConfig.fanout_transport
+def test_list_nodes_reports_health(fleet: Fleet, tmp_path: Path, transport: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
     path = nodes_file(fleet, tmp_path, [{"name": "dead", "address": dead}])
-    with aggregator(nodes_file=str(path)) as agg, FleetClient(agg.address) as client:
+    with aggregator(nodes_file=str(path), fanout_transport=transport) as agg, FleetClient(agg.address) as client:
         listed = {n.name: n for n in client.list_nodes()}
     assert listed["dead"].health == "UNAVAILABLE"
     assert {listed[n].health for n in ("h100", "mi300", "vm")} == {"SERVING"}
@@ -477,11 +496,12 @@ def test_aggregator_cli_rejects_bad_configuration(tmp_path: Path) -> None:
     assert r.returncode == 2 and "missing.crt" in r.stderr
 
 
-def test_one_trace_per_fleet_call(fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # AggregatorConfig.fanout_transport
+def test_one_trace_per_fleet_call(fleet: Fleet, tmp_path: Path, transport: str) -> None:
     otlp = fleet.otlp
     agg = start_aggregator_process(
         tmp_path, "--nodes-file", str(nodes_file(fleet, tmp_path)), "--allowed-registries", "http://127.0.0.1:*",
-        env=otlp.env("nodecompat-aggregator"),
+        "--fanout-transport", transport, env=otlp.env("nodecompat-aggregator"),
     )
     try:
         otlp.clear()

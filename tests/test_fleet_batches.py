@@ -19,6 +19,8 @@ from support_daemon import free_port
 
 from nodecompat.server.fleet.fanout import ChannelPool, FanOut, FanoutConfig, NodeOutcome
 from nodecompat.server.fleet.fleet_results import contact, live_message, node_result
+from nodecompat.server.h2.call import H2Options
+from nodecompat.server.h2.unary import H2Channel
 from nodecompat.server.inventory.fleet_nodes import SOURCE_DNS, SOURCE_FILE, FleetNode, NodeInventory
 from nodecompat.v1 import fleet_pb2, inventory_pb2, node_pb2, node_pb2_grpc, validation_pb2
 
@@ -41,6 +43,20 @@ class _Node(node_pb2_grpc.NodeServiceServicer):
         with self.lock:
             self.calls += 1
         return _response(True)
+
+
+@pytest.fixture(params=["grpc", "h2"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The pool's channels: grpc.aio's, or the lean HTTP/2 client's (server/h2/unary.py, --fanout-transport h2)."""
+    return str(request.param)
+
+
+def _h2(transport: str) -> H2Options | None:
+    return H2Options() if transport == "h2" else None
+
+
+def _closed(ch: Any) -> bool:
+    return bool(ch.closed()) if isinstance(ch, H2Channel) else bool(ch._channel.closed())
 
 
 @pytest.fixture
@@ -97,12 +113,12 @@ def test_contacts_of_a_batch_are_recorded_like_one_by_one() -> None:
     assert (got["10.0.0.3:1"].health, got["10.0.0.3:1"].reported_name) == ("UNAVAILABLE", "gpu-7")
 
 
-def test_run_batches_accounts_for_every_node_within_the_limit(node_server: tuple[int, _Node]) -> None:
+def test_run_batches_accounts_for_every_node_within_the_limit(node_server: tuple[int, _Node], transport: str) -> None:
     port, servicer = node_server
     dead = free_port()  # nobody listens: UNAVAILABLE, retried once
     nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(20)]
     nodes.append(FleetNode("dead", f"127.0.0.1:{dead}"))
-    pool = ChannelPool()
+    pool = ChannelPool(h2=_h2(transport))
     fan = FanOut(pool, FanoutConfig(concurrency=8, node_timeout=5.0, retry_backoff=0.05))
     try:
         request = node_pb2.ValidateImageRequest(spec="x")
@@ -118,7 +134,7 @@ def test_run_batches_accounts_for_every_node_within_the_limit(node_server: tuple
         pool.close()
 
 
-def test_run_batches_reports_what_the_deadline_cut_off(node_server: tuple[int, _Node]) -> None:
+def test_run_batches_reports_what_the_deadline_cut_off(node_server: tuple[int, _Node], transport: str) -> None:
     """A node that never answers (a listener that accepts and says nothing) is reported DEADLINE_EXCEEDED."""
     import socket
 
@@ -128,7 +144,7 @@ def test_run_batches_reports_what_the_deadline_cut_off(node_server: tuple[int, _
     silent.listen(8)
     try:
         nodes = [FleetNode("ok", f"127.0.0.1:{port}"), FleetNode("silent", f"127.0.0.1:{silent.getsockname()[1]}")]
-        pool = ChannelPool()
+        pool = ChannelPool(h2=_h2(transport))
         fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=30.0))
         try:
             started = time.monotonic()
@@ -142,12 +158,14 @@ def test_run_batches_reports_what_the_deadline_cut_off(node_server: tuple[int, _
     assert got["silent"].status == "DEADLINE_EXCEEDED" and "fleet deadline" in got["silent"].error
 
 
-def test_run_batches_lingers_for_a_burst_but_never_past_the_deadline(node_server: tuple[int, _Node]) -> None:
+def test_run_batches_lingers_for_a_burst_but_never_past_the_deadline(
+    node_server: tuple[int, _Node], transport: str
+) -> None:
     """A batch waits for the outcomes that follow its first one, yet the fleet deadline bounds that wait: a
     linger far longer than the deadline still hands every outcome over, and the fan-out ends, by then."""
     port, _ = node_server
     nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(12)]
-    pool = ChannelPool()
+    pool = ChannelPool(h2=_h2(transport))
     fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=5.0))
     try:
         request = node_pb2.ValidateImageRequest(spec="x")
@@ -162,14 +180,14 @@ def test_run_batches_lingers_for_a_burst_but_never_past_the_deadline(node_server
     assert took < 60  # bounded by the 2 s deadline, not by the 120 s linger (a wide margin: no timing claim)
 
 
-def test_stream_from_another_loop_accounts_for_every_node(node_server: tuple[int, _Node]) -> None:
+def test_stream_from_another_loop_accounts_for_every_node(node_server: tuple[int, _Node], transport: str) -> None:
     """FanOut.stream() from a loop other than the pool's: every node once, including one nobody answers."""
     import asyncio
 
     port, _ = node_server
     nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(6)]
     nodes.append(FleetNode("dead", f"127.0.0.1:{free_port()}"))
-    pool = ChannelPool()
+    pool = ChannelPool(h2=_h2(transport))
     fan = FanOut(pool, FanoutConfig(concurrency=3, node_timeout=5.0, retry_backoff=0.05))
 
     async def collect() -> list[NodeOutcome]:
@@ -186,7 +204,7 @@ def test_stream_from_another_loop_accounts_for_every_node(node_server: tuple[int
 
 
 def test_fan_out_past_the_pool_budget_reports_every_node_and_closes_the_extra_channels(
-    node_server: tuple[int, _Node],
+    node_server: tuple[int, _Node], transport: str,
 ) -> None:
     """A fleet larger than the pool's budget: every node answers, twice over; the pool keeps its first
     max_channels channels (the second fan-out finds them), and every channel made past the budget is closed
@@ -205,7 +223,7 @@ def test_fan_out_past_the_pool_budget_reports_every_node_and_closes_the_extra_ch
 
     nodes = [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(10)]
     nodes.append(FleetNode("dead", f"127.0.0.1:{free_port()}"))
-    pool = Counting(max_channels=3)
+    pool = Counting(max_channels=3, h2=_h2(transport))
     fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=5.0, retry_backoff=0.05))
     try:
         request = node_pb2.ValidateImageRequest(spec="x")
@@ -227,7 +245,7 @@ def test_fan_out_past_the_pool_budget_reports_every_node_and_closes_the_extra_ch
 
         async def closed() -> bool:
             for _ in range(100):  # the closes run as tasks on the pool's loop: wait for them, bounded
-                if all(ch._channel.closed() for ch in Counting.released):
+                if all(_closed(ch) for ch in Counting.released):
                     return True
                 await asyncio.sleep(0.05)
             return False
@@ -238,14 +256,14 @@ def test_fan_out_past_the_pool_budget_reports_every_node_and_closes_the_extra_ch
 
 
 def test_pool_on_a_loop_of_the_callers_runs_the_fan_out_there_and_leaves_the_loop_running(
-    node_server: tuple[int, _Node],
+    node_server: tuple[int, _Node], transport: str,
 ) -> None:
     """ChannelPool(loop=...) (the aggregator passes its server's loop): the fan-out's calls run on that loop,
     no thread of the pool's own is started, a blocking call() from that loop is refused instead of
     deadlocking, and close() closes the channels but leaves the loop running."""
     import asyncio
 
-    loop, runner, pool, fan, nodes = _pool_on_a_callers_loop(node_server[0], 4)
+    loop, runner, pool, fan, nodes = _pool_on_a_callers_loop(node_server[0], 4, transport)
     try:
         got = list(fan.run(nodes, node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 20))
         assert sorted(o.node.name for o in got) == ["n0", "n1", "n2", "n3"] and {o.status for o in got} == {"OK"}
@@ -274,9 +292,11 @@ def test_pool_on_a_loop_of_the_callers_runs_the_fan_out_there_and_leaves_the_loo
         loop.close()
 
 
-def test_pool_on_a_loop_that_stopped_first_still_closes_its_channels(node_server: tuple[int, _Node]) -> None:
+def test_pool_on_a_loop_that_stopped_first_still_closes_its_channels(
+    node_server: tuple[int, _Node], transport: str
+) -> None:
     """The aggregator stops its server (and loop) before the pool: close() then closes the channels at once."""
-    loop, runner, pool, fan, nodes = _pool_on_a_callers_loop(node_server[0], 3)
+    loop, runner, pool, fan, nodes = _pool_on_a_callers_loop(node_server[0], 3, transport)
     try:
         assert {o.status for o in fan.run(nodes, node_pb2.ValidateImageRequest(spec="x"), time.monotonic() + 20)} == {
             "OK"
@@ -286,12 +306,12 @@ def test_pool_on_a_loop_that_stopped_first_still_closes_its_channels(node_server
         loop.call_soon_threadsafe(loop.stop)
         runner.join(10)
     pool.close()
-    assert len(pool) == 0 and all(ch._channel.closed() for ch in channels)
+    assert len(pool) == 0 and all(_closed(ch) for ch in channels)
     loop.close()
 
 
 def _pool_on_a_callers_loop(
-    port: int, count: int
+    port: int, count: int, transport: str
 ) -> tuple[Any, threading.Thread, ChannelPool, FanOut, list[FleetNode]]:
     """A running event loop of the caller's ("callers-loop" thread), a ChannelPool and FanOut on it, and
     `count` nodes at 127.0.0.1..count:port. The caller stops the loop and closes the pool, in its own order."""
@@ -300,7 +320,7 @@ def _pool_on_a_callers_loop(
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, name="callers-loop", daemon=True)
     runner.start()
-    pool = ChannelPool(loop=loop)
+    pool = ChannelPool(loop=loop, h2=_h2(transport))
     fan = FanOut(pool, FanoutConfig(concurrency=2, node_timeout=5.0))
     return loop, runner, pool, fan, [FleetNode(f"n{i}", f"127.0.0.{1 + i}:{port}") for i in range(count)]
 
@@ -309,18 +329,20 @@ async def _all_closed(channels: list[grpc.aio.Channel]) -> bool:
     import asyncio
 
     for _ in range(100):  # closes run as tasks on the loop: wait for them, bounded
-        if all(ch._channel.closed() for ch in channels):
+        if all(_closed(ch) for ch in channels):
             return True
         await asyncio.sleep(0.05)
     return False
 
 
-def test_pool_closes_channels_idle_past_the_bound_but_not_those_in_use(node_server: tuple[int, _Node]) -> None:
+def test_pool_closes_channels_idle_past_the_bound_but_not_those_in_use(
+    node_server: tuple[int, _Node], transport: str
+) -> None:
     """The sweep closes a channel unused for idle_close s; one held by a call in progress stays; a closed
     address gets a new channel on its next use, and a fan-out over it still answers."""
     port, _ = node_server
     a, b = f"127.0.0.1:{port}", f"127.0.0.2:{port}"
-    pool = ChannelPool(idle_close=0.2)
+    pool = ChannelPool(idle_close=0.2, h2=_h2(transport))
     fan = FanOut(pool, FanoutConfig(concurrency=4, node_timeout=5.0))
     try:
         with pool.in_use([b]):

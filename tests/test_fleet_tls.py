@@ -28,7 +28,8 @@ from nodecompat.server import tls
 CLI = [sys.executable, "-m", "nodecompat.clients.cli"]
 
 
-def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # the aggregator's --fanout-transport
+def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path: Path, transport: str) -> None:
     certs = make_certs(tmp_path / "pki")
     flags = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-ca", str(certs.ca)]
     good = tls.channel_credentials(certs.ca, certs.cert, certs.key)
@@ -39,7 +40,8 @@ def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path:
     ]
     write_nodes_file(nodes_path, procs)
     agg = start_aggregator_process(
-        tmp_path, "--nodes-file", str(nodes_path), "--lease-ttl", "5", *flags, credentials=good
+        tmp_path, "--nodes-file", str(nodes_path), "--lease-ttl", "5", "--fanout-transport", transport, *flags,
+        credentials=good,
     )
     # A registering node's certificate names it (SAN DNS "vm"): docs/security.md, "Fleet membership".
     vm_cert, vm_key = make_node_cert(certs, "vm")
@@ -112,7 +114,8 @@ def test_fleet_over_mutual_tls_and_refusal_without_a_valid_certificate(tmp_path:
 
         # An aggregator that cannot present a client certificate is refused by every daemon.
         with (
-            aggregator(nodes_file=str(nodes_path), node_credentials=tls.channel_credentials(certs.ca)) as anon,
+            aggregator(nodes_file=str(nodes_path), node_credentials=tls.channel_credentials(certs.ca),
+                       fanout_transport=transport, node_tls=tls.ClientTls(str(certs.ca), None, None)) as anon,
             FleetClient(anon.address) as client,
         ):
             answer = client.validate(spec_text=SPEC_NVIDIA, timeout=10)

@@ -492,6 +492,34 @@ def test_aggregator_flags_set_the_registration_cap() -> None:
         build_config(parser.parse_args(["aggregator", "--max-registrations", "-1"]))
 
 
+def test_fanout_transport_follows_the_watch_transport_unless_given() -> None:
+    """--fanout-transport defaults to --watch-transport's choice; h2 keeps the same byte budget in ~4 KiB units."""
+    import grpc
+
+    from nodecompat.clients.cli import build_parser
+    from nodecompat.clients.cmd_aggregator import build_config
+    from nodecompat.server.fleet.aggregator import AggregatorConfig, fanout_h2_options
+    from nodecompat.server.fleet.channel_pool import ChannelPool
+    from nodecompat.server.limits import H2_CONNECTION_BYTES
+
+    parser = build_parser()
+
+    def transport(*flags: str) -> str:
+        return build_config(parser.parse_args(["aggregator", *flags])).fanout_transport
+
+    assert transport("--watch-transport", "h2") == "h2" and transport("--watch-transport", "grpc") == "grpc"
+    assert transport("--watch-transport", "h2", "--fanout-transport", "grpc") == "grpc"
+    assert transport("--watch-transport", "grpc", "--fanout-transport", "h2") == "h2"
+    assert fanout_h2_options(AggregatorConfig(fanout_transport="grpc")) is None
+    opts = fanout_h2_options(AggregatorConfig(fanout_transport="h2"))
+    assert opts is not None and opts.ssl is None
+    assert ChannelPool(max_bytes=10 * H2_CONNECTION_BYTES, h2=opts).max_channels == 10
+    with pytest.raises(ValueError, match="PEM files"):  # TLS to the nodes, but no files to make the h2 context
+        fanout_h2_options(AggregatorConfig(fanout_transport="h2", node_credentials=grpc.ssl_channel_credentials()))
+    with pytest.raises(ValueError, match="grpc or h2"):
+        fanout_h2_options(AggregatorConfig(fanout_transport="quic"))
+
+
 def test_channel_pool_budget_is_in_bytes_and_a_repeated_scan_finds_the_pooled_channels() -> None:
     """The default cap comes from the byte budget. Past the cap a caller gets a channel of its own (not
     pooled) and the pooled ones stay: a scan larger than the pool, repeated in the same order (what a

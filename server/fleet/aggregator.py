@@ -52,9 +52,11 @@ from nodecompat.server.runtime.grpc_server import (
     set_health,
 )
 from nodecompat.server.runtime.runtime import RuntimeLimits
+from nodecompat.server.tls import ClientTls
 from nodecompat.v1 import fleet_pb2
 
 if TYPE_CHECKING:
+    from nodecompat.server.h2.call import H2Options
     from nodecompat.server.inventory.inventory_shards import InventoryShards
 
 __all__ = [
@@ -90,6 +92,11 @@ class AggregatorConfig:
     # Bytes of node connections kept warm between fan-outs (server/fleet/channel_pool.py; limits.MAX_POOL_BYTES):
     # less memory, and every node past it reconnects on each fan-out (`--pool-mib`).
     pool_bytes: int = limits.MAX_POOL_BYTES
+    # The live fan-out's transport (ValidateFleet LIVE, what-if live, ListNodes health checks): "grpc" (a grpc.aio
+    # channel a node, ~36 KiB kept) or "h2" (server/h2/unary.py, ~4 KiB kept); `--fanout-transport`, which follows
+    # `--watch-transport` unless given. TLS for h2: the PEM files node_credentials were made from (node_tls).
+    fanout_transport: str = "grpc"
+    node_tls: ClientTls | None = None
     default_timeout: float = 30.0
     workers: int = limits.WORKERS
     max_concurrent_calls: int = limits.MAX_CONCURRENT_CALLS
@@ -124,6 +131,23 @@ class AggregatorConfig:
     state_interval: float = WRITE_INTERVAL  # s: at most one write this often, when something changed
 
 
+def fanout_h2_options(config: AggregatorConfig) -> H2Options | None:
+    """The lean client's options for the fan-out (None: fanout_transport "grpc"). Raises ValueError for an unknown
+    transport or TLS (node_credentials) without its PEM files (node_tls), TlsConfigError/ssl.SSLError for bad files."""
+    if config.fanout_transport == "grpc":
+        return None
+    if config.fanout_transport != "h2":
+        raise ValueError(f"fanout_transport must be grpc or h2, not {config.fanout_transport!r}")
+    from nodecompat.server.h2.call import H2Options, ssl_context
+    from nodecompat.server.runtime.grpc_server import MAX_MESSAGE_BYTES
+
+    tls = config.node_credentials is not None
+    if tls and (config.node_tls is None or not config.node_tls.enabled):
+        raise ValueError("--fanout-transport h2 under TLS needs the PEM files (AggregatorConfig.node_tls)")
+    return H2Options(ssl=ssl_context(config.node_tls) if tls and config.node_tls else None,
+                     max_message=MAX_MESSAGE_BYTES)
+
+
 class AggregatorDaemon:
     """A running aggregator. start() loads the inventory (NodesFileError on a bad file), binds, serves."""
 
@@ -149,7 +173,8 @@ class AggregatorDaemon:
         self.runtime = new_runtime("fleet-rpc", rt_limits, config.max_connection_idle)
         # The fan-out runs on the server's own loop: grpc.aio wakes every loop it knows for each completion and
         # forwards it to the one that owns the call, so a separate fan-out loop cost a second wake-up per node.
-        self.pool = ChannelPool(config.node_credentials, max_bytes=config.pool_bytes, loop=self.runtime.loop)
+        self.pool = ChannelPool(config.node_credentials, max_bytes=config.pool_bytes, loop=self.runtime.loop,
+                                h2=fanout_h2_options(config))
         self.fanout = FanOut(self.pool, FanoutConfig(concurrency=config.concurrency, node_timeout=config.node_timeout))
         self.service = FleetService(
             self.inventory,

@@ -11,7 +11,9 @@ sweep on the pool's loop: a connected channel costs ~35 KiB in gRPC core, and th
 connections idle for 30 s themselves (server/limits.py MAX_CONNECTION_IDLE), so a channel kept longer
 holds memory and no warm connection. glibc keeps the heap pages freed by closed connections, so after a
 sweep that closed many the pool asks it to return them (server/runtime/malloc_tuning.py malloc_trim).
-Split out of server/fleet/fanout.py, which re-exports these names.
+With `h2` options the pool's channels are the lean HTTP/2 client's (server/h2/unary.py H2Channel: ~4 KiB a kept
+connection, H2_CONNECTION_BYTES, instead of ~36; the aggregator's --fanout-transport h2): the same entries, budget
+(in bytes), idle sweep, pruning and health checks. Split out of server/fleet/fanout.py, which re-exports these names.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from nodecompat.server.limits import CONNECTION_BYTES, MAX_POOL_BYTES  # (their measurements are there)
+from nodecompat.server.limits import (  # (their measurements are there)
+    CONNECTION_BYTES,
+    H2_CONNECTION_BYTES,
+    MAX_POOL_BYTES,
+)
 from nodecompat.server.runtime.grpc_server import MESSAGE_SIZE_OPTIONS
 from nodecompat.server.runtime.malloc_tuning import malloc_trim
 from nodecompat.v1 import node_pb2
+
+if TYPE_CHECKING:
+    from nodecompat.server.h2.call import H2Options
 
 log = logging.getLogger("nodecompat.server.fleet.fanout")  # the fan-out's log, as before the split
 T = TypeVar("T")
@@ -68,7 +77,8 @@ class PoolEntry:
 
     __slots__ = ("_health", "channel", "inflight", "transient", "used", "validate")
 
-    def __init__(self, channel: grpc.aio.Channel, transient: bool = False) -> None:
+    def __init__(self, channel: Any, transient: bool = False) -> None:
+        """channel: a grpc.aio.Channel, or an H2Channel (server/h2/unary.py: the same unary_unary and close)."""
         self.channel = channel
         self.transient = transient  # made past the pool's budget: closed once its call ends (release)
         self.inflight = 0
@@ -78,10 +88,10 @@ class PoolEntry:
             request_serializer=node_pb2.ValidateImageRequest.SerializeToString,
             response_deserializer=node_pb2.ValidateImageResponse.FromString,
         )
-        self._health: grpc.aio.UnaryUnaryMultiCallable | None = None
+        self._health: Any = None
 
     @property
-    def health(self) -> grpc.aio.UnaryUnaryMultiCallable:
+    def health(self) -> Any:
         """Health/Check on this channel (made on first use: most fan-outs never check health)."""
         if self._health is None:
             self._health = self.channel.unary_unary(
@@ -111,20 +121,24 @@ class ChannelPool:
         idle_close: float = IDLE_CLOSE,
         max_bytes: int = MAX_POOL_BYTES,
         loop: asyncio.AbstractEventLoop | None = None,
+        h2: H2Options | None = None,
     ) -> None:
-        """max_bytes: the pool's budget (bytes, CONNECTION_BYTES per channel) unless max_channels (a count)
-        is given; idle_close: seconds a channel may go unused before a sweep closes it (> 0); loop: run on
+        """max_bytes: the pool's budget (bytes, CONNECTION_BYTES per channel, H2_CONNECTION_BYTES with `h2`) unless
+        max_channels (a count) is given; h2: channels of the lean HTTP/2 client with these options (TLS, sizes)
+        instead of grpc.aio's (`credentials` is then unused); idle_close: seconds a channel may go unused before
+        a sweep closes it (> 0); loop: run on
         this event loop, running on a thread of the caller's (e.g. the server's own), instead of starting one.
         grpc.aio hands each completion to the loops it knows through one socket all of them watch, and
         forwards it (call_soon_threadsafe) when the one that read it does not own the call: with the fan-out
         on the server's loop, a node's answer wakes one thread, not two or three."""
         if max_channels is None:
-            max_channels = max_bytes // CONNECTION_BYTES
+            max_channels = max_bytes // (CONNECTION_BYTES if h2 is None else H2_CONNECTION_BYTES)
         if max_channels < 1:
             raise ValueError("max_channels must be >= 1")
         if not idle_close > 0:
             raise ValueError("idle_close must be > 0")
         self.credentials = credentials
+        self.h2 = h2
         self.max_channels = max_channels
         self.idle_close = idle_close
         self._sweep: asyncio.TimerHandle | None = None
@@ -187,7 +201,12 @@ class ChannelPool:
             full = len(self._entries) >= self.max_channels
             if not full and self._sweep is None:
                 self._sweep = asyncio.get_running_loop().call_later(self.idle_close / 2, self._sweep_idle)
-        if self.credentials is None:
+        ch: Any
+        if self.h2 is not None:
+            from nodecompat.server.h2.unary import H2Channel
+
+            ch = H2Channel(address, self.h2)
+        elif self.credentials is None:
             ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         else:
             ch = grpc.aio.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
@@ -302,6 +321,9 @@ class ChannelPool:
                 self._close(closing, loop)
             else:  # it stopped first (the server's, at shutdown): no call can be in flight; close them now
                 for ch in closing:
+                    if hasattr(ch, "close_now"):  # an H2Channel: its socket closed at once
+                        ch.close_now()
+                        continue
                     core = getattr(ch, "_channel", None)  # grpc.aio's AioChannel: close() is synchronous
                     if core is not None and not core.closed():
                         core.close()
