@@ -197,23 +197,26 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
         self.streams[s.id] = s
         if not self.sent_block:
             self.sent_block, block = True, b"\x20" + block  # dynamic table size update: 0
-        self._write(hf.HeadersFrame(s.id, block, flags=["END_HEADERS"]).serialize())
-        s.out = body
-        self._flush(s)
+        s.out = memoryview(body)  # sliced without copying as the windows let it go
+        self._flush(s, hf.HeadersFrame(s.id, block, flags=["END_HEADERS"]).serialize())  # one write, one send
         return s
 
     def has_slot(self) -> bool:
         return len(self.streams) < self.peer_max
 
-    def _flush(self, s: Stream) -> None:
+    def _flush(self, s: Stream, first: bytes = b"") -> None:
+        """Write `first` and as much of the request as the windows allow, in one transport write."""
+        frames = [first]
         while s.out and self.error is None:
             n = min(len(s.out), MAX_FRAME, self.conn_send, s.send_window)
             if n <= 0:
-                return
+                break
             chunk, s.out = s.out[:n], s.out[n:]
             self.conn_send -= n
             s.send_window -= n
-            self._write(hf.DataFrame(s.id, chunk, flags=[] if s.out else ["END_STREAM"]).serialize())
+            frames.append(hf.DataFrame(s.id, bytes(chunk), flags=[] if s.out else ["END_STREAM"]).serialize())
+        if len(frames) > 1 or first:
+            self._write(b"".join(frames))
 
     def _flush_all(self) -> None:
         for s in list(self.streams.values()):

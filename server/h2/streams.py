@@ -29,6 +29,24 @@ def decoder() -> hpack.Decoder:
     return dec
 
 
+# Decoded header blocks by their bytes: with a 0-byte table a block's decoding depends on nothing else, and a node
+# answers every call with the same few blocks (":status 200 ...", "grpc-status 0"): decoded once, not per call.
+_DECODED: dict[bytes, dict[bytes, bytes]] = {}
+DECODED_MAX, DECODED_BLOCK_MAX = 256, 512  # entries, bytes a block: at most ~130 KiB however hostile the nodes
+
+
+def decode(block: bytes) -> dict[bytes, bytes]:
+    """A header block -> {name: value} (raw bytes; read-only: it may be shared). Raises hpack.HPACKError."""
+    got = _DECODED.get(block)
+    if got is None:
+        got = dict(decoder().decode(block, raw=True))
+        if len(block) <= DECODED_BLOCK_MAX:
+            if len(_DECODED) >= DECODED_MAX:
+                _DECODED.clear()
+            _DECODED[block] = got
+    return got
+
+
 class Stream:
     """One call's stream: its future (set to the response bytes, or an H2WatchError) and what is in transit."""
 
@@ -40,7 +58,7 @@ class Stream:
         self.mbuf = bytearray()
         self.need = -1  # bytes of the message being reassembled; -1: its 5-byte prefix is next
         self.msg: bytes | None = None
-        self.out = b""  # request bytes the peer's windows did not let us send yet
+        self.out = memoryview(b"")  # request bytes the peer's windows did not let us send yet
         self.unacked = 0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -139,7 +157,7 @@ class StreamFrames:
         if "END_HEADERS" not in f.flags:
             return
         block, self.hblock = bytes(self.hblock), None
-        headers = dict(decoder().decode(block, raw=True))  # decoded even for a stream we ended: the table's rule
+        headers = decode(block)  # decoded even for a stream we ended (a table's rule; ours is 0 bytes)
         s = self.streams.get(self.hstream)
         if s is not None:
             self._headers(s, headers, self.hend)

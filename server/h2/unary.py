@@ -130,7 +130,7 @@ class H2Channel:
         if not self.authority:
             self.authority = encoder().encode([(":authority", self.opts.authority or self.address)])
         block = _static(method, self.opts.ssl is not None) + self.authority + _tail()
-        s = conn.open_stream(fut, block + encoder().encode(extra) if extra else block,
+        s = conn.open_stream(fut, block + encoder().encode(extra, huffman=False) if extra else block,
                              b"\x00" + len(body).to_bytes(4, "big") + body)
         if deadline is not None and not fut.done():
             s.timer = loop.call_at(deadline, conn.abort_stream, s, grpc.StatusCode.DEADLINE_EXCEEDED,
