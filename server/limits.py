@@ -33,3 +33,6 @@ MAX_POOL_BYTES = 96 * 1024 * 1024
 # What the pool keeps per node address with --fanout-transport h2 (server/h2/unary.py: its channel and connection,
 # the asyncio transport and socket, the pool entry and its two method objects), the unit of the same budget.
 H2_CONNECTION_BYTES = 4 * 1024
+# The same under TLS: OpenSSL's per-connection state (the session, the peer's certificate chain) is most of it
+# (500 H2Channels to one mTLS grpc.aio server, two calls each, RSS growth: ~31.5 KB a connection).
+H2_TLS_CONNECTION_BYTES = 32 * 1024

@@ -494,13 +494,16 @@ def test_aggregator_flags_set_the_registration_cap() -> None:
 
 def test_fanout_transport_follows_the_watch_transport_unless_given() -> None:
     """--fanout-transport defaults to --watch-transport's choice; h2 keeps the same byte budget in ~4 KiB units."""
+    import ssl
+
     import grpc
 
     from nodecompat.clients.cli import build_parser
     from nodecompat.clients.cmd_aggregator import build_config
     from nodecompat.server.fleet.aggregator import AggregatorConfig, fanout_h2_options
     from nodecompat.server.fleet.channel_pool import ChannelPool
-    from nodecompat.server.limits import H2_CONNECTION_BYTES
+    from nodecompat.server.h2.call import H2Options
+    from nodecompat.server.limits import H2_CONNECTION_BYTES, H2_TLS_CONNECTION_BYTES
 
     parser = build_parser()
 
@@ -514,6 +517,8 @@ def test_fanout_transport_follows_the_watch_transport_unless_given() -> None:
     opts = fanout_h2_options(AggregatorConfig(fanout_transport="h2"))
     assert opts is not None and opts.ssl is None
     assert ChannelPool(max_bytes=10 * H2_CONNECTION_BYTES, h2=opts).max_channels == 10
+    tls_opts = H2Options(ssl=ssl.create_default_context())  # OpenSSL's state: a TLS connection's own unit
+    assert ChannelPool(max_bytes=10 * H2_TLS_CONNECTION_BYTES, h2=tls_opts).max_channels == 10
     with pytest.raises(ValueError, match="PEM files"):  # TLS to the nodes, but no files to make the h2 context
         fanout_h2_options(AggregatorConfig(fanout_transport="h2", node_credentials=grpc.ssl_channel_credentials()))
     with pytest.raises(ValueError, match="grpc or h2"):

@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2
 from nodecompat.server.limits import (  # (their measurements are there)
     CONNECTION_BYTES,
     H2_CONNECTION_BYTES,
+    H2_TLS_CONNECTION_BYTES,
     MAX_POOL_BYTES,
 )
 from nodecompat.server.runtime.grpc_server import MESSAGE_SIZE_OPTIONS
@@ -123,16 +124,17 @@ class ChannelPool:
         loop: asyncio.AbstractEventLoop | None = None,
         h2: H2Options | None = None,
     ) -> None:
-        """max_bytes: the pool's budget (bytes, CONNECTION_BYTES per channel, H2_CONNECTION_BYTES with `h2`) unless
-        max_channels (a count) is given; h2: channels of the lean HTTP/2 client with these options (TLS, sizes)
-        instead of grpc.aio's (`credentials` is then unused); idle_close: seconds a channel may go unused before
-        a sweep closes it (> 0); loop: run on
-        this event loop, running on a thread of the caller's (e.g. the server's own), instead of starting one.
+        """max_bytes: the pool's budget (bytes, CONNECTION_BYTES per channel; with `h2` H2_CONNECTION_BYTES, under
+        TLS H2_TLS_CONNECTION_BYTES) unless max_channels (a count) is given; h2: channels of the lean HTTP/2
+        client with these options (TLS, sizes) instead of grpc.aio's (`credentials` is then unused); idle_close:
+        seconds a channel may go unused before a sweep closes it (> 0); loop: run on this event loop, running on
+        a thread of the caller's (e.g. the server's own), instead of starting one.
         grpc.aio hands each completion to the loops it knows through one socket all of them watch, and
         forwards it (call_soon_threadsafe) when the one that read it does not own the call: with the fan-out
         on the server's loop, a node's answer wakes one thread, not two or three."""
         if max_channels is None:
-            max_channels = max_bytes // (CONNECTION_BYTES if h2 is None else H2_CONNECTION_BYTES)
+            unit = CONNECTION_BYTES if h2 is None else H2_TLS_CONNECTION_BYTES if h2.ssl else H2_CONNECTION_BYTES
+            max_channels = max_bytes // unit
         if max_channels < 1:
             raise ValueError("max_channels must be >= 1")
         if not idle_close > 0:
