@@ -101,6 +101,7 @@ class LeaseRegistry:
     _dns_nodes: dict[tuple[str, int], list[FleetNode]]
     _leases: dict[str, _Lease]
     lease_changes: int  # leases put (not renewals) or dropped since the start
+    lease_puts: int  # leases put or renewed since the start (a registration burst's measure: first_check.py)
     _lease_by_address: dict[str, str]  # address -> registered name (one holder per address)
     _contacts: dict[str, Contact]
 
@@ -214,6 +215,7 @@ class LeaseRegistry:
         self, name: str, address: str, labels: Mapping[str, str], ttl: float, principal: str, now: float
     ) -> None:
         """Caller holds the lock."""
+        self.lease_puts += 1
         previous = self._leases.get(name)
         contact = self._contacts.get(address)
         if (previous is not None and previous.node.address == address and previous.principal == principal

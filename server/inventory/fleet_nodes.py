@@ -146,6 +146,7 @@ class NodeInventory(LeaseRegistry):
         self._dns_nodes: dict[tuple[str, int], list[FleetNode]] = {}
         self._leases: dict[str, _Lease] = {}
         self.lease_changes = 0  # leases put (not renewals) or dropped: a snapshot writer's signature
+        self.lease_puts = 0  # leases put or renewed (the first health checks' burst measure: first_check.py)
         self._lease_by_address: dict[str, str] = {}  # address -> registered name (one holder per address)
         self._contacts: dict[str, Contact] = {}
         self._stop = threading.Event()
