@@ -10,8 +10,10 @@
  *
  * Same answers as the Python path it replaces (probes/host_c.py is its wrapper; without a compiler the
  * package installs without this module and the ctypes path is used):
- *   openat2(dirfd, path: bytes, flags) -> descriptor, or -errno (EAGAIN retried twice, as the ctypes
- *       path; a third EAGAIN is returned for the caller to raise NoOpenat2);
+ *   openat2(dirfd, path: bytes, flags, beneath=False) -> descriptor, or -errno (EAGAIN retried twice, as
+ *       the ctypes path; a third EAGAIN is returned for the caller to raise NoOpenat2); beneath: resolved
+ *       with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS instead (EXDEV for an absolute link or a ".." out of
+ *       dirfd: round_paths.py's confined reads then take their walk);
  *   open_text(dirfd, flags, text: str) -> as openat2, `text` encoded as os.fsencode, trailing "/" dropped
  *       ("" -> "/"); ValueError on an embedded NUL; the exception class set by set_retry_error on a third
  *       EAGAIN; dirfd -1 means the host root "/": open(2) of the path, the kernel resolving as chroot;
@@ -74,15 +76,22 @@ static PyObject *retry_error = NULL; /* root_resolve.NoOpenat2, set once */
 
 /* openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS (dirfd >= 0), else open(2) (the host root "/");
  * -errno on failure; EAGAIN (a rename raced a "..") tried three times in all. GIL not held. */
+static int open_resolve_nogil(int dirfd, const char *path, int flags, unsigned long long resolve);
+
 static int open_nogil(int dirfd, const char *path, int flags) {
     if (dirfd < 0) {
         int fd = open(path, flags);
         return fd >= 0 ? fd : -errno;
     }
+    return open_resolve_nogil(dirfd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
+}
+
+/* openat2(dirfd, path, {flags, 0, resolve}); -errno on failure, EAGAIN tried three times. GIL not held. */
+static int open_resolve_nogil(int dirfd, const char *path, int flags, unsigned long long resolve) {
     struct open_how how;
     memset(&how, 0, sizeof how);
     how.flags = (unsigned long long)(unsigned int)flags;
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    how.resolve = resolve;
     for (int i = 0; i < 3; i++) {
         long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
         if (fd >= 0)
@@ -233,18 +242,23 @@ static PyObject *py_set_retry_error(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *py_openat2(PyObject *self, PyObject *args) {
-    int dirfd, flags;
+    int dirfd, flags, beneath = 0;
     const char *path;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "iy#i", &dirfd, &path, &n, &flags))
+    if (!PyArg_ParseTuple(args, "iy#i|p", &dirfd, &path, &n, &flags, &beneath))
         return NULL;
     if ((Py_ssize_t)strlen(path) != n) {
         PyErr_SetString(PyExc_ValueError, "embedded null byte");
         return NULL;
     }
+    if (beneath && dirfd < 0) {
+        PyErr_SetString(PyExc_ValueError, "openat2 beneath needs a directory descriptor");
+        return NULL;
+    }
     int fd;
     Py_BEGIN_ALLOW_THREADS
-    fd = open_nogil(dirfd, path, flags);
+    fd = beneath ? open_resolve_nogil(dirfd, path, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+                 : open_nogil(dirfd, path, flags);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(fd);
 }
@@ -813,7 +827,8 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"openat2", py_openat2, METH_VARARGS, "openat2(dirfd, path, flags) -> fd or -errno (RESOLVE_IN_ROOT)"},
+    {"openat2", py_openat2, METH_VARARGS,
+     "openat2(dirfd, path, flags, beneath=False) -> fd or -errno (RESOLVE_IN_ROOT, or RESOLVE_BENEATH)"},
     {"open_text", (PyCFunction)(void (*)(void))py_open_text, METH_FASTCALL,
      "open_text(dirfd, flags, text) -> fd or -errno"},
     {"read_whole", py_read_whole, METH_VARARGS, "read_whole(fd, max_bytes) -> bytes or None; closes fd"},

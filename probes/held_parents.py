@@ -55,7 +55,7 @@ class HeldParents:
     """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW, or how often it
     was asked for while not held yet (_FIRST, _FIRST - 1, ...)."""
 
-    __slots__ = ("__weakref__", "fds", "file_flags", "hint", "kept", "open_dir", "root_fd", "state")
+    __slots__ = ("__weakref__", "beneath", "fds", "file_flags", "hint", "kept", "open_dir", "root_fd", "state")
 
     def __init__(self, root_fd: int | None, hint: frozenset[str] = frozenset()) -> None:
         """root_fd: the host root's descriptor (openat2 resolves in it), None for the host root `/`;
@@ -67,6 +67,7 @@ class HeldParents:
         self.state: dict[str, int] = {}
         self.kept: list[str] = []  # the directories held or found missing (worth_holding)
         self.fds: list[int] = []
+        self.beneath: dict[str, int] = {}  # a confining directory -> its descriptor or -1 (round_paths._beneath)
         weakref.finalize(self, _close_all, self.fds)
 
     def lookup(self, parent: str) -> int:

@@ -23,7 +23,8 @@ between two reads is refused by O_NOFOLLOW, not followed. Both give what openat2
 guarantees, which replaces the /proc/self/fd check (it closed a window between resolving and opening
 that neither has). Answers are HostRoot's (tests/test_probe_runner.py: both ways, every path of the
 fixture trees, links out of the root, loops, dangling and missing parts). Reads confined to a subtree
-(`within=`, features.d) go through the held descriptors and are checked against the subtree.
+(`within=`, features.d) go through the held descriptors and are checked against the subtree; with the C
+helper an entry of the subtree is first opened beneath the subtree's descriptor (round_paths._beneath).
 
 With the host root at `/` the kernel's resolution is chroot's own (`..` stops at `/`, every real path
 is inside the root), so a path is opened (a link read, a path resolved) directly, in one system call.

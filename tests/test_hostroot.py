@@ -172,3 +172,64 @@ def test_fifos_are_not_waited_on_and_reads_are_bounded(tmp_path: Path) -> None:
         host.open_bytes("/big", max_bytes=1024)
     assert exc.value.errno == errno.EFBIG
     assert host.open_bytes("/big") == b"x" * 2048
+
+
+def _entry_answers(host: HostRoot, fd: str, names: list[str]) -> dict[str, tuple[object, object]]:
+    """Per features.d entry: stat(within=fd) (its fields, or the exception's type, errno and strerror, what
+    the local probe's note says) and read_bytes(within=fd)."""
+    out: dict[str, tuple[object, object]] = {}
+    for name in names:
+        path = f"{fd}/{name}"
+        try:
+            st = host.stat(path, within=fd)
+            got: object = (st.st_mode, st.st_ino, st.st_dev, st.st_size)
+        except OSError as exc:
+            got = (type(exc), exc.errno, exc.strerror)  # the words a probe's note quotes
+        out[name] = (got, host.read_bytes(path, within=fd))
+    return out
+
+
+@pytest.mark.parametrize("at_slash", [False, True], ids=["tmp-root", "root-slash"])
+def test_features_d_entries_opened_beneath_answer_as_the_walk(
+    tmp_path: Path, at_slash: bool, host_reads: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's confined stat and read of a features.d entry (round_paths._beneath: openat2 RESOLVE_BENEATH
+    from features.d's descriptor, in C) answer exactly as HostRoot's walk for every kind of entry: a file, a
+    link staying inside (relative, absolute, through a sub-directory), links out (absolute, `..`, /proc),
+    a dangling link, a loop, a FIFO (not waited on), a directory. With the C helper the entries that stay
+    inside are opened beneath (one call each), the others by the walk, which words their refusal."""
+    from nodecompat.probes import round_paths
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    fdir = _hostile_tree(root, outside)
+    (fdir / "sub").mkdir()
+    (fdir / "sub" / "deep").write_text("deep=1\n")
+    os.symlink("sub/deep", fdir / "rel-in")
+    os.symlink("sub/../honest", fdir / "dotdot-in")
+    os.symlink(f"{FD}/honest" if not at_slash else str(fdir / "honest"), fdir / "abs-in")
+    os.symlink("nowhere", fdir / "dangling")
+    os.symlink("loop", fdir / "loop")
+    os.mkfifo(fdir / "fifo")
+    host = HostRoot(Path("/"), features_d=str(fdir)) if at_slash else HostRoot(root)
+    within = str(fdir) if at_slash else FD
+    names = sorted(os.listdir(fdir))
+    opened: list[str] = []
+    beneath = round_paths.RootPrimitives._beneath
+
+    def spy(self: round_paths.RootPrimitives, text: str, w: str, flags: int) -> int:
+        fd = beneath(self, text, w, flags)
+        if fd >= 0:
+            opened.append(text.rpartition("/")[2])
+        return fd
+
+    monkeypatch.setattr(round_paths.RootPrimitives, "_beneath", spy)
+    expected = _entry_answers(host, within, names)
+    assert expected["honest"] == (expected["honest"][0], b"honest=1\n")
+    assert expected["fifo"][1] is None
+    assert _entry_answers(RoundHost.over(host), within, names) == expected
+    if host_reads == "c":
+        assert sorted(set(opened)) == ["dotdot-in", "fifo", "honest", "rel-in", "sub"]
+    else:
+        assert opened == []
