@@ -140,7 +140,7 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
                 self._settings(f.settings)
         elif isinstance(f, hf.PingFrame):
             if "ACK" not in f.flags:
-                self._write(hf.PingFrame(0, f.opaque_data, flags=["ACK"]).serialize())
+                self._ping_ack(f.opaque_data)
         elif isinstance(f, hf.RstStreamFrame):
             self.end_stream(f.stream_id, RST_TO_GRPC.get(f.error_code, grpc.StatusCode.INTERNAL),
                             f"the node reset the stream (RST_STREAM error {f.error_code})")
@@ -162,6 +162,15 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
             self.ready.set_result(None)
         self._flush_all()
         self._release_slots()
+
+    def _ping_ack(self, data: bytes) -> None:
+        """Answer a PING, unless the node does not read what we send: what waits in our buffer is requests it
+        let us send (<= options.max_message each) and answers like this one; past max_message + 64 KiB, the
+        connection ends (a node sending PINGs and never reading would otherwise grow it without end)."""
+        if self.transport is not None and self.transport.get_write_buffer_size() > self.opts.max_message + 65536:
+            self._fail(grpc.StatusCode.UNAVAILABLE, f"{self.address} does not read what it is sent")
+            return
+        self._write(hf.PingFrame(0, data, flags=["ACK"]).serialize())
 
     def tls_ready(self) -> bool:
         return self.tls is None or self.pending == b""
