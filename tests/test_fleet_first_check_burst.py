@@ -60,6 +60,29 @@ def test_a_burst_defers_the_checks_for_at_most_max_defer_then_they_run_until_non
     assert first.run_once() == 0 and first.deferred == 5
 
 
+def test_new_leases_coming_fast_are_a_burst_at_any_call_rate_and_a_small_backlog_is_checked_at_once() -> None:
+    """A restart without a snapshot on a loaded machine: every registration is a new lease, at a rate under the
+    steady heartbeat rate (here burst_rate is off: only new_rate counts)."""
+    inv = NodeInventory()
+    now = [0.0]
+    checked: list[str] = []
+    first = FirstHealthChecks(inv, lambda addresses, timeout: checked.extend(addresses), burst_rate=0.0,
+                              new_rate=10.0, clock=lambda: now[0])
+    first.run_once()
+    for i in range(12):  # 12 new leases in 1 s (over 10/s) but only 12 unchecked (min_backlog 16): checked
+        inv.register(f"a{i:02d}", f"127.0.0.1:{21000 + i}", {}, 0.0)
+    now[0] += 1.0
+    assert first.run_once() == 12 and first.deferred == 0
+    for i in range(12):  # renewals are no new leases: no burst
+        inv.register(f"a{i:02d}", f"127.0.0.1:{21000 + i}", {}, 0.0)
+    now[0] += 1.0
+    assert first.run_once() == 12 and first.deferred == 0
+    for i in range(12, 32):  # 20 new leases in 1 s and 32 unchecked: a burst
+        inv.register(f"a{i:02d}", f"127.0.0.1:{21000 + i}", {}, 0.0)
+    now[0] += 1.0
+    assert first.run_once() == 0 and first.deferred == 1
+
+
 def test_a_slow_trickle_of_registrations_is_checked_at_once() -> None:
     inv = NodeInventory(max_heartbeats_per_second=2.0)  # the default burst rate: at least batch / interval
     now = [0.0]
@@ -83,6 +106,7 @@ def test_an_unreachable_registered_node_is_seen_unavailable_while_the_burst_goes
     with aggregator(registration=OPEN) as agg, grpc.insecure_channel(agg.address) as ch:  # type: ignore[attr-defined]
         agg.first_checks.burst_rate = 5.0  # RegisterNode a second: the loop below is far over it
         agg.first_checks.max_defer = 2.0
+        agg.first_checks.min_backlog = 0  # (3 nodes: by default a backlog of up to 16 is checked at once)
         stub = fleet_pb2_grpc.FleetServiceStub(ch)
 
         def burst() -> None:

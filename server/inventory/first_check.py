@@ -13,11 +13,12 @@ During a registration burst (an aggregator restart: every daemon re-registers at
 at most `max_defer` seconds: each check dials the node back (a new connection, on both sides), and dialling
 thousands of nodes back while they all register made the burst take twice as long (bench/bench_inventory.py
 --push-only --burst-only, 10,000 nodes: 2,879-4,327 nodes dialled during the burst; 52.0 s with the checks,
-19.5 s without, same machine minutes apart). A burst is RegisterNode accepted faster than `burst_rate` a
-second over one round (leases put or renewed: NodeInventory.lease_puts; by default twice the rate the
-leases are scaled to, --max-heartbeats-per-second, so a fleet beating at its steady rate is no burst, and never
-below the rate the checks follow, `batch` per `interval`).
-The deferral is bounded: once the checks have waited `max_defer` seconds in all since the last time every
+19.5 s without, same machine minutes apart). A burst, over one round: new leases faster than `new_rate` a
+second (32: a restart without a snapshot, where every registration is new, at any machine load), or RegisterNode
+accepted (leases put or renewed: NodeInventory.lease_puts) faster than `burst_rate` a second (by default twice
+the rate the leases are scaled to, --max-heartbeats-per-second, so a fleet beating at its steady rate is no
+burst); and more than `min_backlog` (16) nodes unchecked, so a few new nodes are checked at once whatever else
+comes. The deferral is bounded: once the checks have waited `max_defer` seconds in all since the last time every
 node was checked, they run every round (as without a burst) until no node is left unchecked, and only then
 may a burst defer them again. So a registered node nobody can reach is seen UNAVAILABLE at most `max_defer`
 seconds (plus the backlog at `batch` per `interval`) later than without the deferral, however the
@@ -38,7 +39,9 @@ from nodecompat.server.inventory.fleet_nodes import NodeInventory
 log = logging.getLogger(__name__)
 
 MAX_DEFER = 30.0  # s the first checks may wait for registration bursts, in all, between two empty backlogs
-BURST_FACTOR = 2.0  # a burst: RegisterNode accepted faster than this many times the leases' scaled rate
+BURST_FACTOR = 2.0  # a burst: RegisterNode accepted faster than this many times the leases' scaled rate,
+NEW_RATE = 32.0  # or new leases faster than this a second (a restart without a snapshot: every one is new)
+MIN_BACKLOG = 16  # unchecked nodes at most that a burst never defers (a few new nodes are checked at once)
 
 
 class FirstHealthChecks:
@@ -53,14 +56,17 @@ class FirstHealthChecks:
         timeout: float = 1.0,
         batch: int = 64,
         burst_rate: float | None = None,
+        new_rate: float = NEW_RATE,
+        min_backlog: int = MIN_BACKLOG,
         max_defer: float = MAX_DEFER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """check(addresses, timeout s) records each address's health (FleetService.check_health). burst_rate:
-        RegisterNode a second above which the checks wait (module doc; None: BURST_FACTOR x the inventory's
-        max_heartbeats_per_second, or x DEFAULT_MAX_HEARTBEATS_PER_SECOND when the leases are not scaled, and
-        at least batch / interval, the rate the checks follow; 0: the checks never wait); max_defer: s they may
-        wait in all between two empty backlogs; clock: seconds."""
+        """check(addresses, timeout s) records each address's health (FleetService.check_health). A round waits
+        (module doc) while more than `min_backlog` nodes are unchecked and, since the last round, new leases came
+        faster than `new_rate` a second or RegisterNode was accepted faster than `burst_rate` a second (None:
+        BURST_FACTOR x the inventory's max_heartbeats_per_second, or x DEFAULT_MAX_HEARTBEATS_PER_SECOND when the
+        leases are not scaled, and at least batch / interval); a rate of 0 turns its test off. max_defer: s the
+        rounds may wait in all between two empty backlogs; clock: seconds."""
         self.inventory = inventory
         self.check = check
         self.interval = interval
@@ -71,9 +77,11 @@ class FirstHealthChecks:
             burst_rate = max(BURST_FACTOR * (beats if beats > 0 else DEFAULT_MAX_HEARTBEATS_PER_SECOND),
                              batch / interval)
         self.burst_rate = burst_rate
+        self.new_rate = new_rate
+        self.min_backlog = min_backlog
         self.max_defer = max_defer
         self._clock = clock
-        self._puts: tuple[float, int] | None = None  # (clock, lease_puts) at the last round
+        self._last: tuple[float, int, int] | None = None  # (clock, lease_puts, lease_changes) at the last round
         self._waited = 0.0  # s the checks waited for bursts since the backlog was last empty
         self.deferred = 0  # rounds skipped for a burst (for tests and the bench)
         self._stop = threading.Event()
@@ -87,28 +95,31 @@ class FirstHealthChecks:
     def run_once(self) -> int:
         """Check up to `batch` unchecked nodes, unless a registration burst defers them (module doc); returns how
         many were checked."""
-        if self._burst():
-            self.deferred += 1
-            return 0
+        since = self._burst()
         unchecked = self.unchecked()
         if not unchecked:
             self._waited = 0.0  # every node checked: a later burst may defer the checks again
+            return 0
+        if since > 0 and len(unchecked) > self.min_backlog and self._waited < self.max_defer:
+            self._waited += since
+            self.deferred += 1
             return 0
         todo = unchecked[: self.batch]
         self.check(todo, self.timeout)
         return len(todo)
 
-    def _burst(self) -> bool:
-        """Whether this round waits: RegisterNode accepted faster than burst_rate since the last round, and the
-        checks have waited less than max_defer since the backlog was last empty (that wait grows here)."""
-        now, puts = self._clock(), self.inventory.lease_puts
-        last, self._puts = self._puts, (now, puts)
-        if last is None or self.burst_rate <= 0 or now <= last[0] or self._waited >= self.max_defer:
-            return False
-        if (puts - last[1]) / (now - last[0]) <= self.burst_rate:
-            return False
-        self._waited += now - last[0]
-        return True
+    def _burst(self) -> float:
+        """Seconds since the last round when registrations came as a burst since then (new leases faster than
+        new_rate, or RegisterNode accepted faster than burst_rate, a second), else 0."""
+        inv = self.inventory
+        now, puts, changes = self._clock(), inv.lease_puts, inv.lease_changes
+        last, self._last = self._last, (now, puts, changes)
+        if last is None or now <= last[0]:
+            return 0.0
+        since = now - last[0]
+        if 0 < self.new_rate < (changes - last[2]) / since or 0 < self.burst_rate < (puts - last[1]) / since:
+            return since
+        return 0.0
 
     def start(self) -> None:
         if self._thread is None:
