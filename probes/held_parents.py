@@ -6,7 +6,8 @@ not have (DMI on a VM, /proc/sys/vm in a tree without it). Resolving each whole 
 path walk (and, under a host root other than `/`, an openat2 call: C helper or ctypes) per file; a
 missing file costs a failed lookup and, at `/`, an OSError.
 
-So the HOLD_AT-th (second) time a directory is asked for (one asked for fewer times costs nothing extra:
+So the HOLD_AT-th (second; FIRST_HOLD_AT-th, third, in a round without a hint, below) time a directory is
+asked for (one asked for fewer times costs nothing extra:
 holding costs an open and a close, more than a whole-path open), it is opened once, as an O_PATH
 descriptor, resolved exactly as a whole path would be: openat2(RESOLVE_IN_ROOT) under a host root
 (probes/root_resolve.py), the kernel's own resolution at `/` (chroot's there). Its files are then
@@ -45,7 +46,13 @@ SLOW = -2  # not held (unreadable, over the bound, no openat2): resolve each who
 # first: 69 of the 108 directories a round asks for on h100-server are asked for once). Measured, cold
 # full rounds alternated (3, 2, 1), 3 runs: h100-server 2-3% less CPU at 2 than at 3, / 3-5%; 1 no better.
 HOLD_AT = 2
+# A round without a hint (a runner's first, or probe_once's only one) holds a directory the third time it is
+# asked for: it cannot know yet which directories are asked for again, and a directory asked for twice costs
+# two whole-path opens, less than a hold, a name open and a close. The directories asked for HOLD_AT times
+# are still its hint for the next round (worth_holding), so a steady round holds what it held before.
+FIRST_HOLD_AT = 3
 _FIRST = -3  # asked for once; -4, -5 ... asked for more often, not held yet
+_ASKED_ENOUGH = _FIRST - (HOLD_AT - 1)  # not held yet, asked for HOLD_AT times or more
 _ROOT_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = _OPEN_FLAGS  # under a host root: O_NOFOLLOW, a link is resolved as a whole path
 _ROOT_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # at `/`: the kernel follows links as chroot
@@ -55,17 +62,19 @@ class HeldParents:
     """Host directory path (as probes write it) -> held O_PATH descriptor, MISSING, SLOW, or how often it
     was asked for while not held yet (_FIRST, _FIRST - 1, ...)."""
 
-    __slots__ = ("__weakref__", "beneath", "fds", "file_flags", "hint", "kept", "open_dir", "root_fd", "state")
+    __slots__ = ("__weakref__", "beneath", "fds", "file_flags", "hint", "hold_at", "kept", "open_dir", "root_fd",
+                 "state")
 
     def __init__(self, root_fd: int | None, hint: frozenset[str] = frozenset()) -> None:
         """root_fd: the host root's descriptor (openat2 resolves in it), None for the host root `/`;
         hint: host directories to hold the first time they are asked for (last round's, worth holding)."""
         self.hint = hint
+        self.hold_at = HOLD_AT if hint else FIRST_HOLD_AT  # the request at which a directory is held
         self.root_fd = root_fd
         self.file_flags = _FILE_FLAGS if root_fd is not None else _ROOT_FILE_FLAGS  # a file's open(2) flags
         self.open_dir = None if root_fd is None else root_resolve.opener(root_fd, PATH_FLAGS | os.O_DIRECTORY)
         self.state: dict[str, int] = {}
-        self.kept: list[str] = []  # the directories held or found missing (worth_holding)
+        self.kept: list[str] = []  # the directories held, found missing or asked for HOLD_AT times (worth_holding)
         self.fds: list[int] = []
         self.beneath: dict[str, int] = {}  # a confining directory -> its descriptor or -1 (round_paths._beneath)
         weakref.finalize(self, _close_all, self.fds)
@@ -84,11 +93,14 @@ class HeldParents:
             return SLOW
         if st > _FIRST:
             return st
-        if _FIRST - st + 2 < HOLD_AT:  # asked for fewer times than HOLD_AT: not held yet
+        asked = _FIRST - st + 2  # this request's number
+        if asked < self.hold_at:  # not held yet
             self.state[parent] = st - 1
+            if asked == HOLD_AT:  # worth holding at once next round (held here at hold_at)
+                self.kept.append(parent)
             return SLOW
         st = self.state[parent] = self._hold(parent)
-        if st >= 0 or st == MISSING:
+        if (st >= 0 or st == MISSING) and asked == HOLD_AT:  # (at a later request it is in kept already)
             self.kept.append(parent)
         return st
 
@@ -161,8 +173,9 @@ class HeldParents:
 
 
 def worth_holding(parents: list[HeldParents | None]) -> frozenset[str]:
-    """The directories a finished round (its RoundHost._parents: [] or [held or None]) held or found
-    missing: each was asked for HOLD_AT times or more, the next round's hint. At most MAX_HELD_DIRS."""
+    """The directories a finished round (its RoundHost._parents: [] or [held or None]) asked for HOLD_AT
+    times or more (held, found missing, or not held yet in a round holding at FIRST_HOLD_AT): the next
+    round's hint. At most MAX_HELD_DIRS."""
     held = parents[0] if parents else None
     if held is None:
         return frozenset()
@@ -170,7 +183,7 @@ def worth_holding(parents: list[HeldParents | None]) -> frozenset[str]:
     if len(kept) == len(hint) and hint.issuperset(kept):  # a steady round: the hint again, not rebuilt
         return hint
     state = held.state.copy()  # one C call: a probe still running (hung) may add to it meanwhile
-    keep = [d for d, v in state.items() if v >= 0 or v == MISSING]
+    keep = [d for d, v in state.items() if v >= 0 or v == MISSING or v <= _ASKED_ENOUGH]
     return frozenset(keep[: root_resolve.MAX_HELD_DIRS])
 
 

@@ -81,6 +81,37 @@ def test_a_hinted_directory_is_held_at_its_first_use_and_answers_as_before(tmp_p
     assert nxt.read_bytes("/sys/d/missing") is None and nxt.read_bytes("/sys/d/b") == b"B\n"
 
 
+def test_a_first_round_holds_at_the_third_request_and_hints_what_was_asked_for_twice(
+    tmp_path: Path, openat2: bool
+) -> None:
+    """A round without a hint (a runner's first) holds a directory at its FIRST_HOLD_AT-th (third) request, not
+    its second: two whole-path opens cost less than a hold, a name open and a close. Its hint for the next
+    round still names the directory asked for twice, which that round holds at once (as before), and every
+    answer is HostRoot's."""
+    from nodecompat.probes.held_parents import FIRST_HOLD_AT, worth_holding
+
+    assert FIRST_HOLD_AT == 3
+    root, _ = _tree(tmp_path)
+    (root / "sys" / "d" / "c").write_bytes(b"C\n")
+    plain = HostRoot(root)
+    first = RoundHost.over(plain)
+    assert [first.read_bytes("/sys/d/a"), first.read_bytes("/sys/d/b")] == [b"A\n", b"B\n"]
+    held = first._held()
+    if not openat2:  # under a host root without openat2 the round walks directory descriptors instead
+        assert held is None
+        return
+    assert held.state["/sys/d"] < -2, "asked for twice: not held yet"
+    assert worth_holding(first._parents) == frozenset({"/sys/d"})
+    assert first.read_bytes("/sys/d/c") == b"C\n" == plain.read_bytes("/sys/d/c")
+    assert held.state["/sys/d"] >= 0, "held at the third request"
+    assert first.read_bytes("/sys/d/nope") is None
+    assert worth_holding(first._parents) == frozenset({"/sys/d"})
+    nxt = RoundHost.over(plain, frozenset({"/sys/d"}))
+    assert nxt.read_bytes("/sys/d/a") == b"A\n"
+    again = nxt._held()
+    assert again is not None and again.state["/sys/d"] >= 0, "hinted: held at its first use"
+
+
 def test_a_link_out_of_the_root_swapped_in_between_steady_rounds_is_refused_and_seen(
     tmp_path: Path, openat2: bool
 ) -> None:
