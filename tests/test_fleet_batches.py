@@ -302,11 +302,14 @@ def test_pool_on_a_loop_that_stopped_first_still_closes_its_channels(
             "OK"
         }
         channels = [pool.channel(n.address) for n in nodes]
+        # h2: the connections' sockets (nobody runs the loop's deferred close any more: closed at once, or leaked)
+        sockets = [ch.conn.transport.get_extra_info("socket") for ch in channels if isinstance(ch, H2Channel)]
     finally:
         loop.call_soon_threadsafe(loop.stop)
         runner.join(10)
     pool.close()
     assert len(pool) == 0 and all(_closed(ch) for ch in channels)
+    assert all(sock.fileno() == -1 for sock in sockets) and len(sockets) == (3 if transport == "h2" else 0)
     loop.close()
 
 
