@@ -18,7 +18,8 @@ fingerprint (RegisterNodeRequest round_id/probed_at/fingerprint). For such a nod
 - otherwise a new node, or a fingerprint the store does not hold for it, makes the aggregator fetch the
   features once:
   one WatchFeatures call (known_fingerprint: the one held, `once`: the daemon ends the stream after its first
-  message), then the channel is closed. The message goes through the same path as a stream's (InventorySync
+  message) on the streams' client (SyncConfig.watch_transport: h2, no gRPC core channel, or grpc), then its
+  connection is closed. The message goes through the same path as a stream's (InventorySync
   _handle: the store recomputes the fingerprint, sets are shared per fingerprint). When what was stored does
   not equal what the node announces last (it changed meanwhile, or it lies), another fetch follows after a
   backoff;
@@ -76,7 +77,6 @@ MAX_FETCHING = 32  # fetches in flight at once, all nodes together
 FETCH_TIMEOUT = 10.0  # s: one fetch, connection set-up included
 MIN_FETCH_INTERVAL = 1.0  # s between the starts of two fetches of one node
 BACKOFF_MAX = 30.0  # s: the longest wait before re-fetching a node whose fetch failed or mismatched
-WATCH_METHOD = "/nodecompat.v1.NodeService/WatchFeatures"
 MAX_TIMESTAMP_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the last second a Timestamp may hold
 
 
@@ -123,7 +123,7 @@ class _Pushed:
 
 class PushedNodes:
     """The registered nodes that push their state. announce() from any thread; the fetches run on the
-    InventorySync's event loop (its channels, credentials and tracing interceptors)."""
+    InventorySync's event loop (its client of WatchFeatures, credentials and tracing: InventorySync.open_watch)."""
 
     def __init__(self, sync: InventorySync, *, max_fetching: int = MAX_FETCHING, fetch_timeout: float = FETCH_TIMEOUT,
                  min_fetch_interval: float = MIN_FETCH_INTERVAL) -> None:
@@ -139,7 +139,7 @@ class PushedNodes:
         self._noting: list[FleetNode] = []  # adopted nodes the sync's loop has yet to note (under _lock)
         self.fetches = 0  # fetches started (counts retries)
         self.adopted = 0  # nodes held from a set the store held under their fingerprint, without a fetch
-        self.open_channels = 0  # channels open now (fetches in flight)
+        self.open_channels = 0  # connections open now (fetches in flight, on either client)
 
     # -- any thread ----------------------------------------------------------------------------------
     def announce(self, address: str, name: str, labels: Mapping[str, str], ttl: float,
@@ -292,21 +292,16 @@ class PushedNodes:
         """One WatchFeatures call, its first message applied; "" or what went wrong."""
         held = self.store.get(address)
         known = (held.announced or held.fingerprint) if held is not None and held.has_features else ""
-        channel = self.sync.channel(address)
+        # on the streams' client (InventorySync.open_watch: h2 or a gRPC core channel), within fetch_timeout
+        call = self.sync.open_watch(address, inventory_pb2.WatchFeaturesRequest(
+            known_fingerprint=known, once=True, heartbeat_seconds=1.0).SerializeToString(), self.fetch_timeout)
         self.open_channels += 1
         try:
-            call = channel.unary_stream(
-                WATCH_METHOD,
-                request_serializer=inventory_pb2.WatchFeaturesRequest.SerializeToString,
-                response_deserializer=inventory_pb2.WatchFeaturesResponse.FromString,
-            )(inventory_pb2.WatchFeaturesRequest(known_fingerprint=known, once=True, heartbeat_seconds=1.0),
-              timeout=self.fetch_timeout)
-            try:
-                msg = await call.read()
-                if msg is not grpc.aio.EOF:
-                    await call.read()  # the end of the stream (once): the call and its tracing span end here
-            finally:
-                call.cancel()  # a daemon ignoring `once` sends a heartbeat within 1 s instead
+            msg = await call.read()
+            if msg is not grpc.aio.EOF:
+                # the end of the stream (once): the call and its tracing span end here; a daemon ignoring `once`
+                # sends a heartbeat within 1 s instead, and close() below cancels the call
+                await call.read()
             if msg is grpc.aio.EOF:
                 return "the node ended the feature fetch without an answer"
             if msg.WhichOneof("item") != "features":
@@ -324,7 +319,7 @@ class PushedNodes:
             log.exception("feature fetch from %s", address)
             return f"{type(exc).__name__}: {exc}"
         finally:
-            await channel.close(None)
+            await call.close(None)
             self.open_channels -= 1
 
 

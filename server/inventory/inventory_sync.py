@@ -16,7 +16,8 @@ so an unchanged node answers with a message without features.
 
 Registrations that announce their feature state in their heartbeats (the push model) get no stream: with
 `push`, those nodes are kept by PushedNodes (server/inventory/inventory_push.py), which fetches their features once per
-change through this object's channels and message handling; the stale timer applies their own timeout.
+change through this object's client of WatchFeatures (open_watch) and message handling; the stale timer applies
+their own timeout.
 """
 
 from __future__ import annotations
