@@ -32,10 +32,21 @@ from collections.abc import Callable
 
 from nodecompat import tracing
 from nodecompat.hostroot import HostRoot
+from nodecompat.probes.base import Probe
 from nodecompat.probes.memo_replay import ReplayContext
 from nodecompat.probes.runner_worker import _Call, _discover
 
 log = logging.getLogger(__name__)
+DEFAULT_TIMEOUT = Probe.timeout
+
+
+def seconds(value: object) -> float:
+    """`value` as a timeout in seconds when it is a positive finite number, else Probe's default (10 s)."""
+    try:
+        t = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_TIMEOUT
+    return t if 0 < t < float("inf") else DEFAULT_TIMEOUT
 
 
 class HereCalls:
@@ -58,7 +69,9 @@ class HereCalls:
         self.on_hang: Callable[[list[_Call]], None] | None = None
 
     def timeout(self, call: _Call) -> float:
-        return self.override if self.override is not None else call.probe.timeout
+        """The call's timeout in seconds: the runner's override, else the probe's (a plugin's that is not
+        a positive number of seconds: Probe's default, so the watchdog still watches it)."""
+        return seconds(self.override if self.override is not None else call.probe.timeout)
 
     def run(self, calls: list[_Call], host: HostRoot, on_hang: Callable[[list[_Call]], None]) -> bool:
         """Run `calls` in order on this thread. True when all ran here; False when the watchdog

@@ -48,7 +48,7 @@ from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
 from nodecompat.probes.registry import LoadError
 from nodecompat.probes.round_host import RoundHost
 from nodecompat.probes.round_merge import _detach, _take, again, copied
-from nodecompat.probes.round_watchdog import WATCHDOG, HereCalls
+from nodecompat.probes.round_watchdog import WATCHDOG, HereCalls, seconds
 from nodecompat.probes.runner_worker import _acquire, _Call, _check_output, _release, _Worker
 
 _tracer = tracing.LazyTracer("nodecompat.probes")  # OpenTelemetry only once imported (fast start)
@@ -155,12 +155,23 @@ class ProbeRunner:
         here = self._here_calls
         try:
             if here is None or here.abandoned:
-                idle = min((self._timeout(p) for p in self.probes), default=Probe.timeout)
+                idle = min((seconds(self._timeout(p)) for p in self.probes), default=Probe.timeout)
                 here = self._here_calls = HereCalls(idle, self.timeout_override)
                 WATCHDOG.watch(here)
 
             def hung(rest: list[_Call]) -> None:
-                on_hang(functools.partial(self._resume, begun, rest, on_hang, ctx))
+                try:
+                    on_hang(functools.partial(self._resume, begun, rest, on_hang, ctx))
+                except BaseException as exc:  # no thread to carry on (none can start): the round ends here
+                    now = time.monotonic()
+                    for c in rest:
+                        c.started = c.finished = now
+                        c.error = RuntimeError(f"not run: the round could not carry on after a hung probe ({exc})")
+                    try:
+                        self._finish(begun)  # the outcomes recorded (the hung probe's included), nothing else
+                    finally:
+                        self._lock.release()
+                    raise
 
             if not here.run(calls, begun.host, hung):
                 return None

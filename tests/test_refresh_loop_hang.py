@@ -226,3 +226,31 @@ def test_run_here_returns_none_to_the_abandoned_thread_and_the_round_to_the_cont
         assert len(handed) == 1
     finally:
         runner.close()
+
+
+def test_when_no_thread_can_carry_on_the_round_still_ends(tmp_path: Path, pipe: PipeStuck) -> None:
+    """on_hang failing (no thread could start): the round is ended by the runner (its lock released, the
+    probes after the hung one reported not run), so the next round runs and reports the probe still hung."""
+    runner = ProbeRunner([pipe, Noting("z")], HostRoot(tmp_path))
+    tried = threading.Event()
+
+    def cannot(_finish: Callable[[], ProbeRound | None]) -> None:
+        tried.set()
+        raise RuntimeError("can't start new thread")
+
+    t = threading.Thread(target=runner.run_here, args=(cannot,), daemon=True)
+    t.start()
+    try:
+        assert tried.wait(WAIT)
+        nxt = runner.run()  # would wait forever on the runner's lock if the round had not ended
+        st = {s.name: s for s in nxt.statuses}
+        assert st["pipe"].timed_out and "still hung" in st["pipe"].error and st["z"].ok
+    finally:
+        runner.close()
+
+
+def test_a_plugins_timeout_that_is_not_seconds_is_watched_at_the_default() -> None:
+    from nodecompat.probes.round_watchdog import DEFAULT_TIMEOUT, seconds
+
+    assert seconds(0.3) == 0.3 and seconds(2) == 2.0
+    assert [seconds(v) for v in ("soon", None, 0, -1, float("nan"), float("inf"))] == [DEFAULT_TIMEOUT] * 6

@@ -99,9 +99,14 @@ class FeatureCache:
     def _on_hang(self, finish: Callable[[], ProbeRound | None]) -> None:
         """The runner's watchdog abandoned the loop's thread in a hung call (on the watchdog's thread):
         a new loop thread finishes the round and carries on."""
-        thread = threading.Thread(target=self._loop, args=(finish,), name="feature-refresh", daemon=True)
-        self._thread = thread
-        thread.start()
+        thread = self._thread = threading.Thread(target=self._loop, args=(finish,), name="feature-refresh",
+                                                 daemon=True)
+        try:
+            thread.start()
+        except BaseException as exc:  # no thread can start: the round fails (the runner ends it), no loop
+            log.error("probe round: no thread to carry on after a hung probe (%s): refreshes stop", exc)
+            self._ended(None, exc)
+            raise
 
     def _refresh_here(self) -> ProbeRound | None:
         """refresh() with the round run on this thread (the loop's; the runner's run_here when it has
