@@ -3,7 +3,8 @@
 Runs, one after another (so they do not compete for the 2 cores):
 - bench/bench_daemon.py — ValidateImage cached/uncached vs Health/Check, nodecompat vs bare gRPC server, daemon RSS;
 - bench/bench_probes.py --rows — a probe round vs bare reads of the same files: (a) a runner's first round (no
-  memo), (b) a steady round of a long-lived runner on an unchanged host (probes/probe_memo.py), / and h100-server;
+  memo), (b) a steady round of a long-lived runner on an unchanged host (probes/probe_memo.py), run as the
+  daemon's refresh loop runs it (on its own thread, no hand-off: probes/round_watchdog.py), / and h100-server;
 - bench/bench_fleet.py — fleet wall time and per-node cost at 10, 100, 1,000 and 10,000 simulated nodes,
   aggregator RSS per known node, and the fan-out vs grpc.aio floor row;
 - bench/bench_cli.py (when present) — CLI start-up rows;
