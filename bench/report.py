@@ -6,7 +6,8 @@ Runs, one after another (so they do not compete for the 2 cores):
   memo), (b) a steady round of a long-lived runner on an unchanged host (probes/probe_memo.py), run as the
   daemon's refresh loop runs it (on its own thread, no hand-off: probes/round_watchdog.py), / and h100-server;
 - bench/bench_fleet.py — fleet wall time and per-node cost at 10, 100, 1,000 and 10,000 simulated nodes,
-  aggregator RSS per known node, and the fan-out vs grpc.aio floor row;
+  aggregator RSS per known node, and the fan-out vs grpc.aio floor row, for the aggregator's default fan-out
+  transport and then the other (`--fanout-transport` grpc / h2);
 - bench/bench_cli.py (when present) — CLI start-up rows;
 - bench/bench_inventory.py — issue 12 at 10,000 nodes in 20 profiles: ValidateFleet from the inventory, store
   memory, resubscribe, the push model (RSS, heartbeats, re-registration) and restarts with --state-file;
