@@ -187,7 +187,14 @@ class H2Channel:
             if conn.slots is None:
                 conn.slots = deque()
             conn.slots.append(w)
-            await _until(w, loop, deadline)
+            try:
+                await _until(w, loop, deadline)
+            except BaseException:  # its deadline, its cancellation: the slot it may hold goes to the next waiter
+                if w.done():
+                    conn._release_slots()
+                else:
+                    w.cancel()  # skipped by _release_slots (before: a freed slot woke this gone waiter only)
+                raise
 
 
 def _connect_expired(conn: H2Mux) -> None:
