@@ -157,6 +157,8 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
             for s in self.streams.values():
                 s.send_window += delta
         self.peer_max = settings.get(hf.SettingsFrame.MAX_CONCURRENT_STREAMS, self.peer_max)
+        if not self._unread_ok():  # a SETTINGS flood from a node that never reads: as a PING flood
+            return
         self._write(_SETTINGS_ACK)
         if not self.ready.done() and self.tls_ready():
             self.ready.set_result(None)
@@ -167,10 +169,17 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
         """Answer a PING, unless the node does not read what we send: what waits in our buffer is requests it
         let us send (<= options.max_message each) and answers like this one; past max_message + 64 KiB, the
         connection ends (a node sending PINGs and never reading would otherwise grow it without end)."""
-        if self.transport is not None and self.transport.get_write_buffer_size() > self.opts.max_message + 65536:
-            self._fail(grpc.StatusCode.UNAVAILABLE, f"{self.address} does not read what it is sent")
+        if not self._unread_ok():
             return
         self._write(hf.PingFrame(0, data, flags=["ACK"]).serialize())
+
+    def _unread_ok(self) -> bool:
+        """False (and the connection ended UNAVAILABLE) when our unread writes passed max_message + 64 KiB: the
+        node does not read what we send (its PINGs and SETTINGS each ask for an answer)."""
+        if self.transport is not None and self.transport.get_write_buffer_size() > self.opts.max_message + 65536:
+            self._fail(grpc.StatusCode.UNAVAILABLE, f"{self.address} does not read what it is sent")
+            return False
+        return True
 
     def tls_ready(self) -> bool:
         return self.tls is None or self.pending == b""
