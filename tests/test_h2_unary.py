@@ -271,3 +271,52 @@ def test_a_node_that_went_away_is_reached_again_on_a_new_connection() -> None:
             await ch.close()
 
     run(main())
+
+
+def test_a_node_that_sends_pings_and_never_reads_loses_its_connection() -> None:
+    """Each PING is answered; a peer that floods PINGs and never reads (a tiny receive buffer, nothing read)
+    would grow our unread writes without end: past max_message + 64 KiB the connection ends, UNAVAILABLE."""
+    import threading
+
+    from hyperframe import frame as hf
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    stop = threading.Event()
+
+    def flood() -> None:
+        conn, _ = srv.accept()
+        pings = hf.PingFrame(0, b"12345678").serialize() * 256
+        sent = 0
+        try:
+            conn.sendall(hf.SettingsFrame(0).serialize())
+            while not stop.is_set() and sent < 50_000_000:  # bounded: the test fails, it does not hang
+                conn.sendall(pings)
+                sent += len(pings)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+
+    async def main() -> None:
+        ch = H2Channel(f"127.0.0.1:{srv.getsockname()[1]}", H2Options(max_message=1000))
+        validate, _ = _methods(ch)
+        try:
+            with pytest.raises(H2WatchError) as err:
+                await validate(Req(spec="x"), timeout=50)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "does not read what it is sent" in err.value.details()
+        finally:
+            await ch.close()
+
+    try:
+        run(main())
+    finally:
+        stop.set()
+        flooder.join(10)
+        srv.close()
