@@ -86,6 +86,8 @@ class FirstHealthChecks:
         self._last: tuple[float, int, int] | None = None  # (clock, lease_puts, lease_changes) at the last round
         self._waited = 0.0  # s the checks waited for bursts since the backlog was last empty
         self.deferred = 0  # rounds skipped for a burst (for tests and the bench)
+        self._round = 0  # rounds run (run_once calls)
+        self._seen: dict[str, float] = {}  # unchecked address -> round first seen unchecked, or last checked (+ 0.5)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,6 +101,12 @@ class FirstHealthChecks:
         many were checked."""
         since = self._burst()
         unchecked = self.unchecked()
+        self._round += 1
+        # the oldest first: first seen unchecked (or last checked, a node answering UNKNOWN) longest ago, ties in
+        # nodes()' order; not nodes()' order alone, where new nodes named before it (a registration storm) or
+        # `batch` nodes answering UNKNOWN for ever would keep a node from its first check for good
+        seen = self._seen
+        self._seen = order = {a: seen.get(a, self._round) for a in unchecked}  # only the unchecked are kept
         if not unchecked:
             self._waited = 0.0  # every node checked: a later burst may defer the checks again
             return 0
@@ -106,8 +114,10 @@ class FirstHealthChecks:
             self._waited += since
             self.deferred += 1
             return 0
-        todo = unchecked[: self.batch]
+        todo = sorted(unchecked, key=order.__getitem__)[: self.batch]
         self.check(todo, self.timeout)
+        for a in todo:  # checked now: after the nodes first seen this round, if it is still unchecked
+            order[a] = self._round + 0.5
         return len(todo)
 
     def _burst(self) -> float:
