@@ -6,11 +6,13 @@ ACKs queue as a PING flood's do). Real grpc.aio servers and real sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from typing import Any
 
 import grpc
+import hpack
 import pytest
 from hyperframe import frame as hf
 from test_h2_unary import Node, Req, Resp, _methods, run
@@ -115,6 +117,106 @@ def test_a_node_that_floods_settings_and_never_reads_ends_its_connection() -> No
                 await call
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
             assert "does not read" in (err.value.details() or "")
+        finally:
+            await ch.close()
+            peer.close()
+
+    run(main())
+
+
+class GoingAway:
+    """A raw HTTP/2 peer allowing one stream at a time. Its first connection takes one call, sends GOAWAY naming it
+    (last_stream_id 1) once `go_away` is set, and answers it once `release` is set; later connections answer every
+    call. An answer's score: 100 x the connection's number + the stream id."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.release, self.go_away = threading.Event(), threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn, len(self.conns)), daemon=True).start()
+
+    @staticmethod
+    def _frames(conn: socket.socket) -> Any:
+        buf = b""
+        while True:
+            while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            n = int.from_bytes(buf[:3], "big")
+            f, _ = hf.Frame.parse_frame_header(memoryview(buf[:9]))
+            f.parse_body(memoryview(buf[9:9 + n]))
+            buf = buf[9 + n:]
+            yield f
+
+    @staticmethod
+    def _answer(conn: socket.socket, sid: int, score: int) -> None:
+        enc = hpack.Encoder()
+        enc.header_table_size = 0
+        body = Resp(score=score).SerializeToString()
+        conn.sendall(hf.HeadersFrame(sid, enc.encode([(":status", "200"), ("content-type", "application/grpc")]),
+                                     flags=["END_HEADERS"]).serialize()
+                     + hf.DataFrame(sid, b"\0" + len(body).to_bytes(4, "big") + body).serialize()
+                     + hf.HeadersFrame(sid, enc.encode([("grpc-status", "0")]),
+                                       flags=["END_HEADERS", "END_STREAM"]).serialize())
+
+    def _serve(self, conn: socket.socket, k: int) -> None:
+        with contextlib.suppress(OSError):
+            conn.recv(24)  # the preface
+            conn.sendall(hf.SettingsFrame(0, settings={hf.SettingsFrame.MAX_CONCURRENT_STREAMS: 1}).serialize())
+            for f in self._frames(conn):
+                if isinstance(f, hf.DataFrame) and "END_STREAM" in f.flags:
+                    if k == 1:
+                        self.go_away.wait(30)
+                        conn.sendall(hf.GoAwayFrame(0, last_stream_id=f.stream_id).serialize())
+                        self.release.wait(30)
+                    self._answer(conn, f.stream_id, 100 * k + f.stream_id)
+
+    def close(self) -> None:
+        self.release.set()
+        self.go_away.set()
+        self.listener.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
+def test_a_call_waiting_for_a_slot_on_a_connection_going_away_goes_to_a_new_one() -> None:
+    """The node allows one stream; A holds it; B waits for a slot; the node sends GOAWAY naming A (A may still end).
+    B was never sent: it goes to a new connection at once and is answered there, as gRPC core moves a call it did not
+    send (before: B waited on the old connection until A ended, here past B's deadline: DEADLINE_EXCEEDED)."""
+    async def main() -> None:
+        peer = GoingAway()
+        ch = H2Channel(peer.address, H2Options())
+        validate, _ = _methods(ch)
+        try:
+            a = asyncio.ensure_future(validate(Req(spec="A"), timeout=30))
+            while ch.conn is None or not ch.conn.streams:
+                await asyncio.sleep(0.01)
+            first = ch.conn
+            b = asyncio.ensure_future(validate(Req(spec="B"), timeout=5))
+            while not first.slots:  # B waits for the one slot
+                await asyncio.sleep(0.01)
+            peer.go_away.set()
+            assert (await b).score == 201  # the second connection's stream 1
+            peer.release.set()
+            assert (await a).score == 101  # the call the GOAWAY named ends on the first connection
         finally:
             await ch.close()
             peer.close()

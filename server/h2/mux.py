@@ -203,6 +203,7 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
             why += ": " + f.additional_data.decode(errors="replace")[:200]
         for sid in [i for i in self.streams if i > f.last_stream_id]:
             self.end_stream(sid, grpc.StatusCode.UNAVAILABLE, f"{self.address} is going away ({why})")
+        self._release_slots()  # callers waiting for a slot here take a new connection (unary.py), not this one's end
         if not self.streams:
             self.close()
 

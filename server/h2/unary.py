@@ -121,6 +121,10 @@ class H2Channel:
             conn = await self._connection(loop, deadline)
         if not conn.has_slot():
             await self._slot(conn, loop, deadline)
+            if not conn.usable() and conn.error is None:  # going away while we waited: this call was never sent,
+                conn = await self._connection(loop, deadline)  # so it goes to a new connection (as gRPC core's)
+                if not conn.has_slot():
+                    await self._slot(conn, loop, deadline)
         if not conn.usable():  # it ended (or is going away) while we waited: the next call makes a new one
             raise conn.error or H2WatchError(grpc.StatusCode.UNAVAILABLE, f"{self.address} is going away")
         fut: asyncio.Future[bytes] = loop.create_future()
@@ -179,10 +183,13 @@ class H2Channel:
         return conn
 
     async def _slot(self, conn: H2Mux, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
-        """Wait until the node's stream limit lets one more call in (or the connection ends: its error)."""
+        """Wait until the node's stream limit lets one more call in (or the connection ends: its error; or it goes
+        away: return, the caller sees it unusable)."""
         while not conn.has_slot():
             if conn.error is not None:
                 raise conn.error
+            if not conn.usable():  # going away: no slot will come for a new stream here
+                return
             w: asyncio.Future[None] = loop.create_future()
             if conn.slots is None:
                 conn.slots = deque()
