@@ -143,7 +143,7 @@ def main() -> None:
                     help="with --push-only: the floor and the re-registration row alone (no rest, no restart rows)")
     ap.add_argument("--streams-only", action="store_true",
                     help="only the resubscribe and streams RSS rows (nodes file / DNS nodes), in a fresh process")
-    ap.add_argument("--watch-transport", choices=["grpc", "h2"], default="grpc",
+    ap.add_argument("--watch-transport", choices=["grpc", "h2"], default="h2",
                     help="the streams' client in the resubscribe rows (SyncConfig.watch_transport)")
     ap.add_argument("--validate-only", action="store_true",
                     help="only the memory and ValidateFleet rows (no resubscribe, no push model)")
@@ -332,10 +332,10 @@ def main() -> None:
                     str(lease_ttl)], check=True)
 
 
-def streams_part(n: int, k: int, tmp: Path, transport: str = "grpc") -> None:
+def streams_part(n: int, k: int, tmp: Path, transport: str = "h2") -> None:
     """The streamed-node rows: a fresh InventorySync subscribing to `n` simulated nodes in `k` profiles, each node
     its own loopback address (module doc); tmp: a directory for the simulator's port file; transport:
-    SyncConfig.watch_transport of the fresh InventorySync (the restarted aggregator process uses grpc)."""
+    SyncConfig.watch_transport of the fresh InventorySync and the restarted aggregator process's --watch-transport."""
     from inventory_push_sim import count_held  # type: ignore[import-not-found]
 
     from nodecompat.fleet.store import FeatureStore

@@ -102,13 +102,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not keep a live inventory (WatchFeatures streams); every answer fans out live")
     p.add_argument("--heartbeat", type=float, default=10.0,
                    help="seconds between the daemons' heartbeats on their WatchFeatures streams (default 10)")
-    p.add_argument("--watch-transport", choices=["grpc", "h2"], default="grpc",
-                   help="the inventory's WatchFeatures streams: grpc (a gRPC core channel each, ~52 KB a node) or h2 "
-                   "(a lean HTTP/2 client, server/h2/watch.py; same TLS files); default grpc")
+    p.add_argument("--watch-transport", choices=["grpc", "h2"], default=None,
+                   help="the inventory's WatchFeatures streams and registered nodes' feature fetches: h2 (a lean "
+                   "HTTP/2 client, server/h2/watch.py, ~6 KB a streamed node; same TLS files) or grpc (a gRPC core "
+                   "channel each, ~54 KB a node); default h2")
     p.add_argument("--fanout-transport", choices=["grpc", "h2"], default=None,
                    help="the live fan-out's calls (ValidateFleet LIVE, what-if, ListNodes health): grpc (a gRPC "
                    "core channel a node, ~36 KiB kept warm) or h2 (the lean HTTP/2 client, server/h2/unary.py, ~4 KiB; "
-                   "same TLS files); default: as --watch-transport")
+                   "same TLS files); default: as --watch-transport when given, else grpc")
     p.add_argument("--stale-after", type=float, default=0.0,
                    help="a node whose stream is silent this long is STALE (default: 3 heartbeats + 1 s)")
     add_registry_policy_flag(p, "ValidateFleet")
@@ -212,7 +213,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         default_timeout=args.default_timeout,
         server_credentials=server_creds,
         node_credentials=node_creds,
-        fanout_transport=args.fanout_transport or getattr(args, "watch_transport", "grpc"),
+        # as --watch-transport when given (not its default): h2 by default is the streams' choice, not the fan-out's
+        fanout_transport=args.fanout_transport or getattr(args, "watch_transport", None) or "grpc",
         node_tls=tls.ClientTls(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls_ca or args.tls_cert) else None,
         registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=registry_policy(args)),
         sync=None if args.no_inventory else _sync_config(args),
@@ -231,7 +233,7 @@ def _sync_config(args: argparse.Namespace) -> SyncConfig:
 
     files = ClientTls(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls_ca or args.tls_cert) else None
     return SyncConfig(heartbeat=args.heartbeat, stale_after=args.stale_after,
-                      watch_transport=getattr(args, "watch_transport", "grpc"), watch_tls=files)
+                      watch_transport=getattr(args, "watch_transport", None) or "h2", watch_tls=files)
 
 
 def run(args: argparse.Namespace) -> int:
