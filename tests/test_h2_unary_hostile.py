@@ -117,6 +117,13 @@ def test_a_node_that_floods_settings_and_never_reads_ends_its_connection() -> No
                 await call
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
             assert "does not read" in (err.value.details() or "")
+            # and the connection is really closed, our unread writes dropped (asyncio's close() alone waits for the
+            # peer to read them: for ever, the socket and ~66 KiB kept)
+            for _ in range(2000):
+                if sock.fileno() == -1:
+                    break
+                await asyncio.sleep(0.01)
+            assert sock.fileno() == -1, "the socket of a failed connection is still open"
         finally:
             await ch.close()
             peer.close()
@@ -219,6 +226,38 @@ def test_a_call_waiting_for_a_slot_on_a_connection_going_away_goes_to_a_new_one(
             assert (await a).score == 101  # the call the GOAWAY named ends on the first connection
         finally:
             await ch.close()
+            peer.close()
+
+    run(main())
+
+
+def test_the_streams_client_drops_the_connection_of_a_node_that_never_reads() -> None:
+    """The same for a WatchFeatures stream on the lean client (server/h2/watch.py, write bound 64 KiB): the call ends
+    UNAVAILABLE and its socket is closed (before: left open for as long as the node does not read, once per
+    resubscription)."""
+    from nodecompat.server.h2.watch import H2Watch
+
+    async def main() -> None:
+        peer = SettingsFlood()
+        call = H2Watch(peer.address, b"", H2Options())
+        try:
+            reader = asyncio.ensure_future(call.read())
+            while call.transport is None or not call.settings_seen:
+                await asyncio.sleep(0.01)
+            sock = call.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            peer.go.set()
+            with pytest.raises(H2WatchError) as err:
+                await reader
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "does not read" in (err.value.details() or "")
+            for _ in range(2000):
+                if sock.fileno() == -1:
+                    break
+                await asyncio.sleep(0.01)
+            assert sock.fileno() == -1, "the socket of a failed stream is still open"
+        finally:
+            await call.close()
             peer.close()
 
     run(main())

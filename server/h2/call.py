@@ -6,6 +6,8 @@ from the same PEM files as server/tls.py channel_credentials (ALPN h2, TLS 1.2+,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,23 @@ class H2WatchError(grpc.aio.AioRpcError):
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+CLOSE_GRACE = 2.0  # s a closed connection has to hand the peer what we wrote last (a GOAWAY, an RST_STREAM)
+
+
+def close_transport(transport: asyncio.Transport) -> None:
+    """Close a connection's transport, flushing what is written; aborted (its buffer dropped, the socket closed)
+    when the peer has not read it CLOSE_GRACE s later. asyncio's close() alone waits for a peer that stopped
+    reading for ever: its socket and our unread writes (up to the write bound: 64 KiB, max_message + 64 KiB) kept,
+    once per reconnection to a node that never reads."""
+    transport.close()
+    if transport.get_write_buffer_size():
+        try:
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
+        except RuntimeError:  # no loop running here: nothing would flush it
+            with contextlib.suppress(RuntimeError):  # (its loop closed: its socket is closed by its owner)
+                transport.abort()
 
 
 def status_code(raw: bytes) -> grpc.StatusCode:

@@ -34,6 +34,7 @@ from nodecompat.server.h2.call import (
     H2Options,
     H2WatchError,
     authority_of,
+    close_transport,
 )
 from nodecompat.server.h2.streams import CANCEL, FRAME_SIZE_ERROR, PROTOCOL_ERROR, Stream, StreamFrames
 from nodecompat.server.h2.tls import TlsBio
@@ -309,7 +310,7 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
         self.rbuf = bytearray()
         self.tls = None
         if self.transport is not None:
-            self.transport.close()  # flushes what is written (a GOAWAY, an RST_STREAM), then closes
+            close_transport(self.transport)  # flushes what is written (a GOAWAY, an RST_STREAM), then closes
             self.transport = None
 
     def abort_stream(self, s: Stream, code: grpc.StatusCode, details: str) -> None:

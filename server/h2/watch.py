@@ -40,7 +40,14 @@ from typing import Any
 import grpc
 from hyperframe import frame as hf
 
-from nodecompat.server.h2.call import HTTP_TO_GRPC, MAX_HEADER_LIST, H2WatchError, end_span, status_code
+from nodecompat.server.h2.call import (
+    HTTP_TO_GRPC,
+    MAX_HEADER_LIST,
+    H2WatchError,
+    close_transport,
+    end_span,
+    status_code,
+)
 from nodecompat.server.h2.connection import (
     _DECODER,
     CANCEL,
@@ -217,5 +224,5 @@ class H2Watch(H2Connection):
         self.mbuf = bytearray()
         self.tls = None
         if self.transport is not None:
-            self.transport.close()  # flushes what is written (an RST_STREAM, a GOAWAY), then closes
+            close_transport(self.transport)  # flushes what is written (an RST_STREAM, a GOAWAY), then closes
             self.transport = None
