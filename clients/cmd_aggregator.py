@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fanout-transport", choices=["grpc", "h2"], default=None,
                    help="the live fan-out's calls (ValidateFleet LIVE, what-if, ListNodes health): grpc (a gRPC "
                    "core channel a node, ~36 KiB kept warm) or h2 (the lean HTTP/2 client, server/h2/unary.py, ~4 KiB; "
-                   "same TLS files); default: as --watch-transport when given, else grpc")
+                   "same TLS files); default: as --watch-transport (h2)")
     p.add_argument("--stale-after", type=float, default=0.0,
                    help="a node whose stream is silent this long is STALE (default: 3 heartbeats + 1 s)")
     add_registry_policy_flag(p, "ValidateFleet")
@@ -213,8 +213,8 @@ def build_config(args: argparse.Namespace) -> AggregatorConfig:
         default_timeout=args.default_timeout,
         server_credentials=server_creds,
         node_credentials=node_creds,
-        # as --watch-transport when given (not its default): h2 by default is the streams' choice, not the fan-out's
-        fanout_transport=args.fanout_transport or getattr(args, "watch_transport", None) or "grpc",
+        # as --watch-transport (h2 when neither is given)
+        fanout_transport=args.fanout_transport or getattr(args, "watch_transport", None) or "h2",
         node_tls=tls.ClientTls(args.tls_ca, args.tls_cert, args.tls_key) if (args.tls_ca or args.tls_cert) else None,
         registry=RegistryOptions(ca_file=args.ca_file, auth=registry_auth, policy=registry_policy(args)),
         sync=None if args.no_inventory else _sync_config(args),

@@ -19,7 +19,7 @@ import pytest
 from support_fleet import SPEC_ANY, aggregator
 
 from nodecompat.clients.fleet_client import FleetClient
-from nodecompat.server.limits import CONNECTION_BYTES, MAX_POOL_BYTES
+from nodecompat.server.limits import CONNECTION_BYTES, H2_CONNECTION_BYTES, MAX_POOL_BYTES
 from nodecompat.v1 import node_pb2, node_pb2_grpc, validation_pb2
 
 
@@ -53,15 +53,17 @@ def test_pool_mib_flag_sets_the_budget_and_is_checked() -> None:
             build_config(parser.parse_args(["aggregator", "--pool-mib", bad]))
 
 
+@pytest.mark.parametrize(("transport", "unit"), [("grpc", CONNECTION_BYTES), ("h2", H2_CONNECTION_BYTES)])
 def test_aggregator_keeps_the_budgets_connections_and_still_answers_for_every_node(
-    node_port: int, tmp_path: Path
+    node_port: int, tmp_path: Path, transport: str, unit: int
 ) -> None:
-    """A budget of two connections and five nodes: every ValidateFleet answers for all five; the aggregator
-    keeps exactly two channels pooled between calls (the other three get channels of their own per call).
-    Without the budget reaching the pool, all five stay pooled."""
+    """A budget of two connections (in the fan-out transport's unit: server/limits.py) and five nodes: every
+    ValidateFleet answers for all five; the aggregator keeps exactly two channels pooled between calls (the
+    other three get channels of their own per call). Without the budget reaching the pool, all five stay pooled."""
     nodes = tmp_path / "nodes.json"
     nodes.write_text(json.dumps([{"name": f"n{i}", "address": f"127.0.0.{1 + i}:{node_port}"} for i in range(5)]))
-    with aggregator(nodes_file=str(nodes), pool_bytes=2 * CONNECTION_BYTES, check_new_nodes=False) as agg:
+    with aggregator(nodes_file=str(nodes), pool_bytes=2 * unit, check_new_nodes=False,
+                    fanout_transport=transport) as agg:
         assert agg.pool.max_channels == 2
         with FleetClient(agg.address) as client:
             kept = None

@@ -492,8 +492,9 @@ def test_aggregator_flags_set_the_registration_cap() -> None:
         build_config(parser.parse_args(["aggregator", "--max-registrations", "-1"]))
 
 
-def test_fanout_transport_follows_the_watch_transport_unless_given() -> None:
-    """--fanout-transport defaults to --watch-transport's choice; h2 keeps the same byte budget in ~4 KiB units."""
+def test_fanout_transport_follows_the_watch_transport_unless_given(caplog: pytest.LogCaptureFixture) -> None:
+    """--fanout-transport defaults to --watch-transport's choice (h2 when neither is given); h2 keeps the same byte
+    budget in ~4 KiB units; TLS credentials without their PEM files fall back to grpc with a WARNING."""
     import ssl
 
     import grpc
@@ -510,6 +511,7 @@ def test_fanout_transport_follows_the_watch_transport_unless_given() -> None:
     def transport(*flags: str) -> str:
         return build_config(parser.parse_args(["aggregator", *flags])).fanout_transport
 
+    assert transport() == "h2" and AggregatorConfig().fanout_transport == "h2"
     assert transport("--watch-transport", "h2") == "h2" and transport("--watch-transport", "grpc") == "grpc"
     assert transport("--watch-transport", "h2", "--fanout-transport", "grpc") == "grpc"
     assert transport("--watch-transport", "grpc", "--fanout-transport", "h2") == "h2"
@@ -519,8 +521,10 @@ def test_fanout_transport_follows_the_watch_transport_unless_given() -> None:
     assert ChannelPool(max_bytes=10 * H2_CONNECTION_BYTES, h2=opts).max_channels == 10
     tls_opts = H2Options(ssl=ssl.create_default_context())  # OpenSSL's state: a TLS connection's own unit
     assert ChannelPool(max_bytes=10 * H2_TLS_CONNECTION_BYTES, h2=tls_opts).max_channels == 10
-    with pytest.raises(ValueError, match="PEM files"):  # TLS to the nodes, but no files to make the h2 context
-        fanout_h2_options(AggregatorConfig(fanout_transport="h2", node_credentials=grpc.ssl_channel_credentials()))
+    # TLS to the nodes, but no files to make the h2 context: the grpc client, said once at WARNING
+    with caplog.at_level("WARNING", logger="nodecompat.server.fleet.aggregator"):
+        assert fanout_h2_options(AggregatorConfig(node_credentials=grpc.ssl_channel_credentials())) is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "node_tls=ClientTls" in caplog.text
     with pytest.raises(ValueError, match="grpc or h2"):
         fanout_h2_options(AggregatorConfig(fanout_transport="quic"))
 

@@ -92,10 +92,11 @@ class AggregatorConfig:
     # Bytes of node connections kept warm between fan-outs (server/fleet/channel_pool.py; limits.MAX_POOL_BYTES):
     # less memory, and every node past it reconnects on each fan-out (`--pool-mib`).
     pool_bytes: int = limits.MAX_POOL_BYTES
-    # The live fan-out's transport (ValidateFleet LIVE, what-if live, ListNodes health checks): "grpc" (a grpc.aio
-    # channel a node, ~36 KiB kept) or "h2" (server/h2/unary.py, ~4 KiB kept); `--fanout-transport`, which follows
-    # `--watch-transport` unless given. TLS for h2: the PEM files node_credentials were made from (node_tls).
-    fanout_transport: str = "grpc"
+    # The live fan-out's transport (ValidateFleet LIVE, what-if live, ListNodes health checks): "h2" (server/h2/unary.py,
+    # ~4 KiB kept a node; the default, as the streams') or "grpc" (a grpc.aio channel a node, ~36 KiB kept);
+    # `--fanout-transport`, which follows `--watch-transport`. TLS for h2: the PEM files node_credentials were made
+    # from (node_tls); credentials without them fall back to grpc (fanout_h2_options).
+    fanout_transport: str = "h2"
     node_tls: ClientTls | None = None
     default_timeout: float = 30.0
     workers: int = limits.WORKERS
@@ -132,8 +133,11 @@ class AggregatorConfig:
 
 
 def fanout_h2_options(config: AggregatorConfig) -> H2Options | None:
-    """The lean client's options for the fan-out (None: fanout_transport "grpc"). Raises ValueError for an unknown
-    transport or TLS (node_credentials) without its PEM files (node_tls), TlsConfigError/ssl.SSLError for bad files."""
+    """The lean client's options for the fan-out (None: the grpc client). None for fanout_transport "grpc", and for
+    "h2" under TLS given as node_credentials without the PEM files (node_tls) they were made from: gRPC does not
+    expose the certificates inside a credentials object, so the fan-out then uses grpc, logged once at WARNING
+    (as the streams do: server/inventory/watch_transport.py choose_h2). Raises ValueError for an unknown transport,
+    TlsConfigError/ssl.SSLError for bad files."""
     if config.fanout_transport == "grpc":
         return None
     if config.fanout_transport != "h2":
@@ -143,7 +147,11 @@ def fanout_h2_options(config: AggregatorConfig) -> H2Options | None:
 
     tls = config.node_credentials is not None
     if tls and (config.node_tls is None or not config.node_tls.enabled):
-        raise ValueError("--fanout-transport h2 under TLS needs the PEM files (AggregatorConfig.node_tls)")
+        log.warning("the live fan-out uses the grpc client, not h2: the aggregator was given node credentials "
+                    "without their PEM files; pass AggregatorConfig(node_tls=ClientTls(ca, cert, key)) with the "
+                    "files the credentials were made from (the --tls-* flags do), or fanout_transport='grpc' to "
+                    "choose grpc and silence this")
+        return None
     return H2Options(ssl=ssl_context(config.node_tls) if tls and config.node_tls else None,
                      max_message=MAX_MESSAGE_BYTES)
 
