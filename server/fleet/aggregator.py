@@ -92,8 +92,9 @@ class AggregatorConfig:
     # Bytes of node connections kept warm between fan-outs (server/fleet/channel_pool.py; limits.MAX_POOL_BYTES):
     # less memory, and every node past it reconnects on each fan-out (`--pool-mib`).
     pool_bytes: int = limits.MAX_POOL_BYTES
-    # The live fan-out's transport (ValidateFleet LIVE, what-if live, ListNodes health checks): "h2" (server/h2/unary.py,
-    # ~4 KiB kept a node; the default, as the streams') or "grpc" (a grpc.aio channel a node, ~36 KiB kept);
+    # The live fan-out's transport (ValidateFleet LIVE, what-if live, ListNodes health checks): "h2"
+    # (server/h2/unary.py, ~4 KiB kept a node; the default, as the streams') or "grpc" (a grpc.aio channel a node,
+    # ~36 KiB kept);
     # `--fanout-transport`, which follows `--watch-transport`. TLS for h2: the PEM files node_credentials were made
     # from (node_tls); credentials without them fall back to grpc (fanout_h2_options).
     fanout_transport: str = "h2"
