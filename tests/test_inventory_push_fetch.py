@@ -81,6 +81,14 @@ def announce(sync: InventorySync, node: Node, name: str, fp: str) -> None:
     sync.push.announce(node.address, name, {}, 30.0, req)
 
 
+def announce_and_join(sync: InventorySync, node: Node, name: str, fp: str, members: list[FleetNode]) -> None:
+    """The announcement, then the node among the members: a member the sync's reconcile sees before its
+    announcement gets a WatchFeatures stream of its own until the next reconcile cancels it, a second call this test
+    would count (RegisterNode puts the lease, then announces: a reconcile between the two does that too)."""
+    announce(sync, node, name, fp)
+    members.append(FleetNode(name, node.address, {}, SOURCE_REGISTERED))
+
+
 def grpc_channels_made(sync: InventorySync) -> list[str]:
     """Wraps sync._channel (every gRPC core channel the sync makes) to list the addresses dialled."""
     made: list[str] = []
@@ -98,14 +106,14 @@ def grpc_channels_made(sync: InventorySync) -> list[str]:
 def test_a_push_fetch_goes_through_the_streams_client(transport: str) -> None:
     first, fp = features_message("reg-1")
     node = Node(first)
-    members = [FleetNode("reg-1", node.address, {}, SOURCE_REGISTERED)]
+    members: list[FleetNode] = []  # the node becomes a member with its registration (announce_and_join)
     store = FeatureStore()
     sync = InventorySync(lambda: members, store, push=True,
                          config=SyncConfig(heartbeat=1.0, reconcile_interval=0.2, watch_transport=transport))
     made = grpc_channels_made(sync)
     try:
         sync.start()
-        announce(sync, node, "reg-1", fp)
+        announce_and_join(sync, node, "reg-1", fp, members)
         wait_for("the node held from its fetch", lambda: (r := store.get(node.address)) is not None
                  and r.has_features, 30)
         rec = store.get(node.address)
@@ -127,7 +135,7 @@ def test_a_push_fetch_goes_through_the_streams_client(transport: str) -> None:
 def test_a_node_that_never_answers_fails_the_fetch_at_its_deadline(transport: str) -> None:
     first, fp = features_message("reg-2")
     node = Node(first, silent=True)
-    members = [FleetNode("reg-2", node.address, {}, SOURCE_REGISTERED)]
+    members: list[FleetNode] = []  # the node becomes a member with its registration (announce_and_join)
     store = FeatureStore()
     sync = InventorySync(lambda: members, store, push=True,
                          config=SyncConfig(heartbeat=1.0, reconcile_interval=0.2, watch_transport=transport))
@@ -135,7 +143,7 @@ def test_a_node_that_never_answers_fails_the_fetch_at_its_deadline(transport: st
     sync.push.fetch_timeout = 1.0
     try:
         sync.start()
-        announce(sync, node, "reg-2", fp)
+        announce_and_join(sync, node, "reg-2", fp, members)
         wait_for("the fetch to fail", lambda: (r := store.get(node.address)) is not None
                  and r.state == STATE_UNREACHABLE, 30)
         rec = store.get(node.address)
