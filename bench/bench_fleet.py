@@ -217,12 +217,10 @@ def ratio_figures(fig: list[float], lim: list[float]) -> tuple[str, float]:
 
 def default_transports() -> str:
     """"D,O": D the fan-out transport `nodecompat aggregator` uses without flags, O the other one."""
-    from nodecompat.clients import cmd_aggregator
+    from nodecompat.clients.cli import build_parser
+    from nodecompat.clients.cmd_aggregator import build_config
 
-    ap = argparse.ArgumentParser()
-    cmd_aggregator.register(ap.add_subparsers(dest="cmd"))
-    flags = ap.parse_args(["aggregator"])
-    first = flags.fanout_transport or flags.watch_transport
+    first = build_config(build_parser().parse_args(["aggregator"])).fanout_transport  # the flags' defaults resolved
     return f"{first},{'grpc' if first == 'h2' else 'h2'}"
 
 
