@@ -129,10 +129,8 @@ class H2Connection(TlsBio, asyncio.Protocol):
             out, self.pending = self.pending, b""
             self._write(out)
             return
-        inc, out_bio = ssl.MemoryBIO(), ssl.MemoryBIO()
-        sslobj = self.opts.ssl.wrap_bio(inc, out_bio, server_hostname=authority_of(self.opts.authority or self.address))
-        self.tls = (sslobj, inc, out_bio)
-        self._handshake()  # the preface and the request are written once it is done
+        # the preface and the request are written once the handshake is done
+        self._start_tls(self.opts.ssl, authority_of(self.opts.authority or self.address))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -199,17 +197,7 @@ class H2Connection(TlsBio, asyncio.Protocol):
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        if self.tls is not None:
-            try:
-                self.tls[0].write(data)
-            except ssl.SSLError:
-                return
-            self._flush_tls()
-        else:
-            self.transport.write(data)
-        if self.transport.get_write_buffer_size() > WRITE_LIMIT:
+        if self._send(data) and self.transport is not None and self.transport.get_write_buffer_size() > WRITE_LIMIT:
             self._fail(grpc.StatusCode.UNAVAILABLE, f"{self.address} does not read what it is sent "
                        f"({WRITE_LIMIT} bytes waiting)")
 

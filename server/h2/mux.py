@@ -91,10 +91,7 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
             self._write(first)
             return
         self.pending = first  # written once the handshake is done (server/h2/tls.py)
-        inc, out_bio = ssl.MemoryBIO(), ssl.MemoryBIO()
-        sslobj = self.opts.ssl.wrap_bio(inc, out_bio, server_hostname=authority_of(self.opts.authority or self.address))
-        self.tls = (sslobj, inc, out_bio)
-        self._handshake()
+        self._start_tls(self.opts.ssl, authority_of(self.opts.authority or self.address))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -271,16 +268,7 @@ class H2Mux(StreamFrames, TlsBio, asyncio.Protocol):
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        if self.tls is not None:
-            try:
-                self.tls[0].write(data)
-            except ssl.SSLError:
-                return
-            self._flush_tls()
-        else:
-            self.transport.write(data)
+        self._send(data)  # its bound: _unread_ok, checked by the answers a node can make us send
 
     def _protocol_error(self, what: str, h2_code: int) -> None:
         self._write(hf.GoAwayFrame(0, last_stream_id=0, error_code=h2_code).serialize())

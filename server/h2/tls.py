@@ -37,6 +37,28 @@ class TlsBio:
     def _wake(self) -> None:
         raise NotImplementedError
 
+    def _send(self, data: bytes) -> bool:
+        """Write `data` (HTTP/2 bytes) to the node: through the TLS object when there is one, else straight to the
+        transport. False, nothing written, once the connection is gone or TLS failed (its error ends the connection
+        elsewhere)."""
+        if self.transport is None:
+            return False
+        if self.tls is not None:
+            try:
+                self.tls[0].write(data)
+            except ssl.SSLError:
+                return False
+            self._flush_tls()
+        else:
+            self.transport.write(data)
+        return True
+
+    def _start_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
+        """The TLS object over two memory BIOs, and the first handshake step (`pending` is written once it is done)."""
+        inc, out_bio = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = (context.wrap_bio(inc, out_bio, server_hostname=server_hostname), inc, out_bio)  # type: ignore[misc]
+        self._handshake()
+
     def _handshake(self) -> None:
         assert self.tls is not None
         sslobj = self.tls[0]
