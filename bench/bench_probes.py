@@ -256,15 +256,29 @@ def daemon_round(runner: ProbeRunner) -> Callable[[], object]:
 
 
 def _first_round(host: HostRoot) -> None:
-    """A runner's first round: new probe instances (entry points read), a new runner, nothing to reuse
-    (every memoizable probe's host operations logged for the next round, as the daemon's first round)."""
-    _run_closed(load_probes()[0], host)
+    """A runner's first round as the daemon runs it: new probe instances (the entry-point list read once
+    per process: registry._entry_points), a new runner, nothing to reuse (every memoizable probe's host
+    operations logged for the next round), its calls run on the calling thread under the watchdog
+    (ProbeRunner.run_here: the forked first-round child's, server/node/first_round.py, and the refresh
+    loop's when there is no child). Until Dec 2 it was ProbeRunner.run() (the calls handed to a worker
+    thread), which probe_once (the CLI) and a caller's refresh still use."""
+    runner = ProbeRunner(load_probes()[0], host)
+    try:
+        runner.run_here(_never)
+    finally:
+        runner.close()
+
+
+def _never(_finish: object) -> None:
+    """on_hang of the bench's rounds: a call of the bench never hangs (the round would be lost)."""
+    raise RuntimeError("a probe hung in the bench")
 
 
 def rows(label: str, root: Path, repeats: int, runs: int) -> list[str]:
     """The table's two rows against the bare reads of the same files, `repeats` times (each the median
     of `runs`; the first round, a steady round and the bare reads alternating run by run):
-    (a) a runner's first round (new probe instances, a new ProbeRunner: no memo; _first_round);
+    (a) a runner's first round (new probe instances, a new ProbeRunner: no memo, its calls on the calling
+    thread as the daemon's first round; _first_round);
     (b) a steady round of a long-lived runner on an unchanged host: each memoizable probe's logged host
     operations are replayed (every file read again, compared), discover() only where an answer
     changed or the probe is not memoizable (probes/probe_memo.py) - the daemon's cost per round, run

@@ -5,7 +5,8 @@ Figures only; nothing is asserted. Each figure is the median process CPU time (t
 of `runs` rounds, the kinds alternating run by run so a neighbour's load on the shared machine weighs on all
 alike, `repeats` times; the parts are differences of these, as ratios of the bare reads of the same run:
 - bare: the round's host operations done the cheapest way (bench_probes.replay);
-- first: a runner's first round (bench_probes._first_round: new instances, a new memoizing runner);
+- first: a runner's first round (bench_probes._first_round: new instances, a new memoizing runner, its calls
+  on this thread as the daemon runs its first round: ProbeRunner.run_here);
 - recorded: the same probes' discover() one after another on this thread, each memoizable one on its own
   recording view of one round host (probes/probe_memo.py), its log finished (memo_replay.finish): the first
   round's work without the runner;
@@ -13,7 +14,7 @@ alike, `repeats` times; the parts are differences of these, as ratios of the bar
 - own: the same with every read served from a round memo filled beforehand (the probes' own Python and
   the memo look-ups).
 Parts: probes' own Python = own; host-read layer (reads included) = plain - own; memo recording =
-recorded - plain; runner (worker hand-off, statuses, merge, entry points) = first - recorded.
+recorded - plain; runner (statuses, merge, entry points, watchdog) = first - recorded.
 """
 
 from __future__ import annotations

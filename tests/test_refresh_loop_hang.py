@@ -254,3 +254,25 @@ def test_a_plugins_timeout_that_is_not_seconds_is_watched_at_the_default() -> No
 
     assert seconds(0.3) == 0.3 and seconds(2) == 2.0
     assert [seconds(v) for v in ("soon", None, 0, -1, float("nan"), float("inf"))] == [DEFAULT_TIMEOUT] * 6
+
+
+def test_a_runner_watched_while_the_watchdog_sleeps_long_is_still_watched_at_its_own_timeout(
+    tmp_path: Path, pipe: PipeStuck
+) -> None:
+    """The watchdog is woken by a new runner only when its next look is too late for that runner (a first
+    round does not wake it otherwise): with a runner whose probes time out after an hour watched (the
+    watchdog sleeps an hour), a second runner's call stuck past its 0.3 s timeout is still abandoned."""
+    slow = ProbeRunner([Noting("a")], HostRoot(tmp_path), timeout=3600.0)
+    runner = ProbeRunner([pipe, Noting("z")], HostRoot(tmp_path))
+    handed: list[Callable[[], ProbeRound | None]] = []
+    try:
+        assert slow.run_here(handed.append) is not None  # watched: the next look an hour away at most
+        threading.Thread(target=runner.run_here, args=(handed.append,), daemon=True).start()
+        _until(lambda: bool(handed), "on_hang called by the watchdog within the stuck probe's timeout")
+        rnd = handed[0]()
+        assert rnd is not None
+        assert {s.name: s.timed_out for s in rnd.statuses} == {"pipe": True, "z": False}
+    finally:
+        pipe.unstick()
+        runner.close()
+        slow.close()

@@ -206,8 +206,11 @@ def _child(write_fd: int, host_root: str, only: list[str] | None, node_name: str
 
         probes, errors = configured_probes(only, node_name, sysctl)
         runner = ProbeRunner(probes, HostRoot(Path(host_root)), errors, timeout=timeout)
-        rnd = runner.run()
-        if not any(st.timed_out for st in rnd.statuses):
+        # On this thread (no hand-off to a worker: issue 11, the first round). A call that hangs past its
+        # timeout: the watchdog calls _no_answer on its thread, which ends the child without an answer,
+        # as a round with a timed-out probe would (the parent probes itself).
+        rnd = runner.run_here(_no_answer)
+        if rnd is not None and not any(st.timed_out for st in rnd.statuses):
             data = memoryview(pickle.dumps(rnd, protocol=pickle.HIGHEST_PROTOCOL))
             while data:
                 data = data[os.write(write_fd, data):]
@@ -215,6 +218,13 @@ def _child(write_fd: int, host_root: str, only: list[str] | None, node_name: str
         code = 1
     finally:
         os._exit(code)
+
+
+def _no_answer(_finish: object) -> NoReturn:
+    """In the child, on the watchdog's thread: a probe call hung past its timeout (ProbeRunner.run_here's
+    on_hang). Only the runner that abandoned the call can say "still hung" later, so the child sends
+    nothing and ends at once (its thread is stuck in the call); the parent runs the first round itself."""
+    os._exit(1)
 
 
 def _exit_when_unread(write_fd: int) -> None:
