@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import hpack
+import hpack.hpack
 from hyperframe import frame as hf
 
 from nodecompat.server.tls import ClientTls, _read_pem
@@ -155,28 +157,73 @@ def end_span(span: Any, error: H2WatchError | None) -> None:
 def request_frames(authority: str, request: bytes, opts: H2Options, span: Any) -> bytes:
     """What the client writes first: the preface, SETTINGS (header table 0, push off, one stream, opts.window),
     the connection's WINDOW_UPDATE up to opts.window, HEADERS for POST METHOD (grpc-timeout with opts.timeout,
-    traceparent with a span) and the request as one length-prefixed message with END_STREAM. The hpack encoder
-    is made for these headers and dropped (table size 0: the node keeps no entry of ours either)."""
-    headers = [(":method", "POST"), (":scheme", "https" if opts.ssl else "http"), (":path", METHOD),
-               (":authority", authority), ("te", "trailers"), ("content-type", "application/grpc"),
-               ("user-agent", "nodecompat-h2watch")]
-    if opts.timeout is not None:
-        headers.append(("grpc-timeout", f"{max(1, int(opts.timeout * 1000))}m"))
+    traceparent with a span) and the request as one length-prefixed message with END_STREAM. The header block
+    starts with a dynamic table size update to 0 and adds no entry (the node keeps none of ours).
+
+    Without a span, everything but :authority and the request is the same for every call with the same scheme,
+    deadline and window: those bytes are built once (_fixed_parts, a few entries) and :authority is a literal
+    without indexing (RFC 7541 6.2.2, name index 1) between the pseudo-headers and the rest."""
     if span is not None:
-        headers.extend(trace_headers(span))
-    enc = hpack.Encoder()
-    enc.header_table_size = 0
-    block = enc.encode(headers)
+        return _request_frames_traced(authority, request, opts, span)
+    start, pseudo, rest = _fixed_parts(opts.ssl is not None, opts.timeout, opts.window)
+    raw = authority.encode()
+    block = b"".join((pseudo, b"\x01", hpack.hpack.encode_integer(len(raw), 7), raw, rest))
+    return b"".join((start, _frame_header(len(block), 0x1, 0x4), block, _data_frames(request)))
+
+
+def _frame_header(length: int, kind: int, flags: int, stream: int = 1) -> bytes:
+    return length.to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big")
+
+
+def _data_frames(request: bytes) -> bytes:
+    """The request as one length-prefixed gRPC message in DATA frames of at most MAX_FRAME, END_STREAM on the last."""
+    body = b"\x00" + len(request).to_bytes(4, "big") + request
+    out = []
+    for i in range(0, len(body), MAX_FRAME):
+        chunk = body[i:i + MAX_FRAME]
+        out.append(_frame_header(len(chunk), 0x0, 0x1 if i + MAX_FRAME >= len(body) else 0x0) + chunk)
+    return b"".join(out)
+
+
+def _settings(window: int) -> bytes:
     settings = hf.SettingsFrame(0, settings={
         hf.SettingsFrame.HEADER_TABLE_SIZE: 0, hf.SettingsFrame.ENABLE_PUSH: 0,
-        hf.SettingsFrame.MAX_CONCURRENT_STREAMS: 1, hf.SettingsFrame.INITIAL_WINDOW_SIZE: opts.window,
+        hf.SettingsFrame.MAX_CONCURRENT_STREAMS: 1, hf.SettingsFrame.INITIAL_WINDOW_SIZE: window,
         hf.SettingsFrame.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST})
-    body = b"\x00" + len(request).to_bytes(4, "big") + request
     out = [PREFACE, settings.serialize()]
-    if opts.window > 65535:
-        out.append(hf.WindowUpdateFrame(0, window_increment=opts.window - 65535).serialize())
-    out.append(hf.HeadersFrame(1, block, flags=["END_HEADERS"]).serialize())
-    for i in range(0, len(body), MAX_FRAME):
-        last = i + MAX_FRAME >= len(body)
-        out.append(hf.DataFrame(1, body[i:i + MAX_FRAME], flags=["END_STREAM"] if last else []).serialize())
+    if window > 65535:
+        out.append(hf.WindowUpdateFrame(0, window_increment=window - 65535).serialize())
     return b"".join(out)
+
+
+def _headers(tls: bool, timeout: float | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The request's headers before :authority and after it."""
+    rest = [("te", "trailers"), ("content-type", "application/grpc"), ("user-agent", "nodecompat-h2watch")]
+    if timeout is not None:
+        rest.append(("grpc-timeout", f"{max(1, int(timeout * 1000))}m"))
+    return [(":method", "POST"), (":scheme", "https" if tls else "http"), (":path", METHOD)], rest
+
+
+def _encode(headers: list[tuple[str, str]]) -> bytes:
+    """A header block that starts with a table size update to 0 (the encoder's table is 0 too: no entry is ever
+    referred to)."""
+    enc = hpack.Encoder()
+    enc.header_table_size = 0
+    return enc.encode(headers)
+
+
+@functools.lru_cache(maxsize=16)
+def _fixed_parts(tls: bool, timeout: float | None, window: int) -> tuple[bytes, bytes, bytes]:
+    """(preface + SETTINGS + WINDOW_UPDATE, the header block's start: table size update and pseudo-headers, its
+    end: the other headers without the table size update)."""
+    pseudo, rest = _headers(tls, timeout)
+    tail = _encode(rest)
+    assert tail[:1] == b"\x20"  # the table size update to 0, once per block: at its start
+    return _settings(window), _encode(pseudo), tail[1:]
+
+
+def _request_frames_traced(authority: str, request: bytes, opts: H2Options, span: Any) -> bytes:
+    """request_frames with the span's trace headers (they differ per call: nothing is kept)."""
+    pseudo, rest = _headers(opts.ssl is not None, opts.timeout)
+    block = _encode([*pseudo, (":authority", authority), *rest, *trace_headers(span)])
+    return b"".join((_settings(opts.window), _frame_header(len(block), 0x1, 0x4), block, _data_frames(request)))

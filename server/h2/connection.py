@@ -35,6 +35,7 @@ from nodecompat.server.h2.call import (
 from nodecompat.server.h2.tls import TlsBio
 
 WRITE_LIMIT = 64 * 1024  # bytes of ours the peer has not read before the connection is dropped
+WRITE_BATCH = 16  # answers (ACKs, WINDOW_UPDATEs) of one read written together at most
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, CANCEL, FRAME_SIZE_ERROR = 0x1, 0x3, 0x8, 0x6
 _SETTINGS_ACK = hf.SettingsFrame(0, flags=["ACK"]).serialize()
 # One decoder for every connection: with a 0-byte table an entry "with incremental indexing" is evicted at once and
@@ -50,7 +51,7 @@ class H2Connection(TlsBio, asyncio.Protocol):
 
     __slots__ = ("address", "credit", "deadline", "deserialize", "error", "got_headers", "hblock", "heard", "hend",
                  "mbuf", "need", "opts", "pending", "pinged", "queue", "queued", "rbuf", "request", "settings_seen",
-                 "span", "state", "timer", "tls", "transport", "unacked", "waiter")
+                 "span", "state", "timer", "tls", "transport", "unacked", "waiter", "wbuf")
 
     def __init__(self, address: str, request: bytes, options: H2Options,
                  deserialize: Callable[[bytes], Any] = bytes) -> None:
@@ -74,6 +75,7 @@ class H2Connection(TlsBio, asyncio.Protocol):
         self.deadline: asyncio.TimerHandle | None = None  # the call's (options.timeout)
         self.heard = self.pinged = 0.0
         self.span: Any = None
+        self.wbuf: list[bytes] | None = None  # while data_received runs: what it answers, written once at its end
 
     # -- waiting and connecting -------------------------------------------------------------------------------------
     async def _wait(self) -> None:
@@ -139,6 +141,19 @@ class H2Connection(TlsBio, asyncio.Protocol):
                        + (f": {exc}" if exc else " by the node"))
 
     def data_received(self, data: bytes) -> None:
+        # what the frames of one read answer (a SETTINGS ACK, a PING ACK, a WINDOW_UPDATE) goes in one write
+        self.wbuf = []
+        try:
+            self._received(data)
+        finally:
+            self._flush_writes()
+
+    def _flush_writes(self) -> None:
+        out, self.wbuf = self.wbuf, None
+        if out:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _received(self, data: bytes) -> None:
         self.heard = asyncio.get_running_loop().time() if self.state == OPEN else self.heard
         if self.tls is not None:
             data = self._unwrap(data)
@@ -197,6 +212,12 @@ class H2Connection(TlsBio, asyncio.Protocol):
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
+        if self.wbuf is not None:
+            self.wbuf.append(data)
+            if len(self.wbuf) < WRITE_BATCH:
+                return
+            data = b"".join(self.wbuf)  # a flood of frames to answer: written (and the write bound checked) in batches
+            self.wbuf.clear()
         if self._send(data) and self.transport is not None and self.transport.get_write_buffer_size() > WRITE_LIMIT:
             self._fail(grpc.StatusCode.UNAVAILABLE, f"{self.address} does not read what it is sent "
                        f"({WRITE_LIMIT} bytes waiting)")

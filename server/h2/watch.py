@@ -216,6 +216,7 @@ class H2Watch(H2Connection):
         self._wake()
 
     def _teardown(self) -> None:
+        self._flush_writes()  # what data_received answered before this end (then the RST_STREAM or GOAWAY)
         for handle in (self.timer, self.deadline):
             if handle is not None:
                 handle.cancel()
