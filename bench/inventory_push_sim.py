@@ -309,13 +309,25 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         if burst_only:
             return ""
         # the lease granted at rest (inventory/fleet_leases.py grant_ttl, before its 0-10% stagger): longer with more
-        # leases so that all beats stay under the aggregator's --max-heartbeats-per-second
+        # leases so that all beats stay under the aggregator's --max-heartbeats-per-second. The burst's leases were
+        # longer (300-600 s while the registrations alone took that budget): the window starts when the first lease
+        # held is due for renewal, and the beats expected in it are those due then (a renewal is then granted the
+        # lease at rest)
         max_rate = agg.config.max_heartbeats_per_second
         granted = max(lease_ttl, min(3 * got / max_rate, MAX_SCALED_TTL)) if max_rate > 0 else lease_ttl
         stagger = " (+0-10%)" if granted > lease_ttl else ""
-        sent = got / (granted * (1.05 if granted > lease_ttl else 1.0) / 3)  # mean stagger +5%
-        time.sleep(lease_ttl / 3 * 1.1 + 1.0)  # the first registrants' short leases renewed to the granted one
+        time.sleep(1.0)
+        with agg.inventory._lock:
+            first = min((lease.expires - lease.ttl * 2 / 3 for lease in agg.inventory._leases.values()),
+                        default=time.monotonic())
+        time.sleep(min(max(0.0, first - time.monotonic()), MAX_SCALED_TTL / 3 + 5.0))
         window = min(granted / 3 * 1.05, 60.0)  # one whole beat (the re-registration burst left the beats in waves)
+        beat_at_rest = granted * (1.05 if granted > lease_ttl else 1.0) / 3  # mean stagger +5%
+        t_start = time.monotonic()
+        with agg.inventory._lock:
+            dues = [lease.expires - lease.ttl * 2 / 3 for lease in agg.inventory._leases.values()]
+        expected = sum(1 + int((t_start + window - d) // beat_at_rest) for d in dues if d <= t_start + window)
+        sent = expected / window
         b0, t1, c1 = beats[0], time.perf_counter(), process_cpu("self")
         time.sleep(window)  # the measured state (module doc): heartbeats as they come
         rate = (beats[0] - b0) / (time.perf_counter() - t1)
@@ -330,7 +342,7 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         print(f"  (held: {len(push)} pushed nodes, {agg.sync.subscriptions()} streams, {push.open_channels} fetch "
               f"channels open, {store.distinct_sets()} distinct sets, {stale} not OK; over "
               f"{window:g} s at rest, leases granted {granted:g} s{stagger} (--lease-ttl {lease_ttl:g}, at most "
-              f"{max_rate:g} beats/s), heartbeats handled {rate:.0f}/s of the ~{sent:.0f}/s {got} nodes send"
+              f"{max_rate:g} beats/s), heartbeats handled {rate:.0f}/s of the ~{sent:.0f}/s {got} nodes have due then"
               f" ({'keeps up' if rate >= 0.9 * sent else 'does NOT keep up'}; beats take "
               f"{rate * per_beat * 100:.0f}% of a core), "
               f"{f'{per_beat * 1e3:.2f} ms' if beats[0] > b0 else 'n/a'} of aggregator CPU each (bench_lease_conn.py "

@@ -64,6 +64,7 @@ from nodecompat.server.inventory.fleet_members import (
     system_resolver,
     utc_now,
 )
+from nodecompat.server.inventory.registration_rate import RegistrationRate
 from nodecompat.server.inventory.registration_store import RegistrationStore
 
 __all__ = [
@@ -145,6 +146,7 @@ class NodeInventory(LeaseRegistry):
         self._file_sig: tuple[int, int, int] | None = None
         self._dns_nodes: dict[tuple[str, int], list[FleetNode]] = {}
         self._leases: dict[str, _Lease] = {}
+        self._new_rate = RegistrationRate()  # new registrations a second (grant_ttl: a burst's leases)
         self.lease_changes = 0  # leases put (not renewals) or dropped: a snapshot writer's signature
         self.lease_puts = 0  # leases put or renewed (the first health checks' burst measure: first_check.py)
         self._lease_by_address: dict[str, str] = {}  # address -> registered name (one holder per address)
