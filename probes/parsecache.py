@@ -29,7 +29,7 @@ MAX_KEPT_FILE_BYTES = 4 << 20  # a larger file is parsed every time it is asked 
 MAX_KEPT_BYTES = 16 << 20  # the kept parses' files together (st_size); the oldest go first
 
 _lock = threading.Lock()
-_cache: OrderedDict[tuple[str, str], tuple[tuple[int, int, int, int], object]] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, str], tuple[tuple[int, int, int, int], object]] = OrderedDict()
 
 
 def identity(host: HostRoot, host_path: str) -> tuple[int, int, int, int] | None:
@@ -71,7 +71,10 @@ def parsed(host: HostRoot, host_path: str, kind: str, parse: Callable[[], T],
     (the default): taken here."""
     if ident is False:
         ident = identity(host, host_path)
-    key = (os.fspath(host.path(host_path)), kind)
+    # the root and the host path as given (its leading "/" dropped, as HostRoot.path does): building the
+    # lexical Path (host.path, pathlib) cost ~10 us a call, four calls a first round. Two spellings of one
+    # file are two entries, each checked against the file's identity.
+    key = (os.fspath(host.root), os.fspath(host_path).lstrip("/"), kind)
     if ident is not None:
         with _lock:
             hit = _cache.get(key)
