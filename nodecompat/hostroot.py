@@ -37,7 +37,48 @@ from pathlib import Path
 DEFAULT_FEATURES_D = "/etc/kubernetes/node-feature-discovery/features.d"
 MAX_SYMLINKS = 40  # Linux's own limit for one path resolution (MAXSYMLINKS)
 MAX_READ_BYTES = 32 << 20  # the largest host file a probe reads (pci.ids ~1.5 MB, cpuinfo of 512 CPUs ~2 MB)
+# The largest directory a probe lists, in entries and in bytes of names. The largest real ones are
+# /sys/bus/pci/devices (~1-2k functions on big hosts), /sys/class/net with SR-IOV VFs and their switchdev
+# representors (a few thousand), /sys/devices/system/cpu (~1k on the largest hosts) and /sys/block (a few
+# thousand LUNs on storage hosts): 65536 is >10x those, and a listing of it costs ~6 MB of Python strings
+# (review7: a 400,000-entry directory cost ~330 MB unbounded). Names: sysfs names are <= 16 bytes, NAME_MAX
+# is 255; 4 MiB is 65536 names of 64 bytes.
+MAX_LIST_ENTRIES = 1 << 16
+MAX_LIST_BYTES = 4 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class ListingTooLarge(Exception):
+    """A host directory with more entries (or bytes of names) than a probe lists: an error, never a
+    truncated listing. Deliberately not an OSError: probes read an unreadable path (OSError) as "absent",
+    and a truncated or empty set would publish "device absent", a value the probe did not establish; so
+    the probe fails and its status says this message (its features left out, probes/runner.py)."""
+
+    def __init__(self, host_path: str, what: str) -> None:
+        super().__init__(f"listing of {host_path} exceeds {what}: not listed (the probe publishes nothing from it)")
+        self.host_path = host_path
+
+
+def list_names(fd: int, host_path: str, max_entries: int | None = None, max_bytes: int | None = None) -> list[str]:
+    """Sorted names of the open directory `fd` (not closed here; . and .. left out), read entry by entry
+    (os.scandir: getdents in ~32 KB batches) and stopped at the bound, so a hostile directory never costs
+    more than the bound in memory. Bounds default to MAX_LIST_ENTRIES / MAX_LIST_BYTES (read at call time).
+    Raises ListingTooLarge past a bound, OSError when the directory cannot be read."""
+    entries = MAX_LIST_ENTRIES if max_entries is None else max_entries
+    limit = MAX_LIST_BYTES if max_bytes is None else max_bytes
+    names: list[str] = []
+    total = 0
+    with os.scandir(fd) as it:
+        for entry in it:
+            name = entry.name
+            total += len(name) if name.isascii() else len(os.fsencode(name))  # bytes, as the C helper counts
+            if len(names) >= entries:
+                raise ListingTooLarge(host_path, f"{entries} entries")
+            if total > limit:
+                raise ListingTooLarge(host_path, f"{limit} bytes of names")
+            names.append(name)
+    names.sort()
+    return names
 
 
 class HostPathEscape(OSError):
@@ -246,20 +287,21 @@ class HostRoot:
             return False
 
     def listdir(self, host_path: str | os.PathLike[str]) -> list[str]:
-        """Sorted entry names, or [] when the directory is missing, unreadable or outside the root."""
+        """Sorted entry names, or [] when the directory is missing, unreadable or outside the root.
+        ListingTooLarge past MAX_LIST_ENTRIES entries or MAX_LIST_BYTES bytes of names (list_names)."""
         try:
             fd = self._open(host_path, None, os.O_DIRECTORY)
         except OSError:
             return []
         try:
-            return sorted(os.listdir(fd))
+            return list_names(fd, os.fspath(host_path))
         except OSError:
             return []
         finally:
             os.close(fd)
 
     def iterdir(self, host_path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
-        """(name, host path) of each entry of a host directory, sorted by name."""
+        """(name, host path) of each entry of a host directory, sorted by name (ListingTooLarge as listdir)."""
         base = os.fspath(host_path).rstrip("/")
         for name in self.listdir(base):
             yield name, f"{base}/{name}"

@@ -22,8 +22,11 @@
  *       what the path resolves to (openat2 O_PATH + fstat; dirfd -1: stat(2)), or None;
  *   link_name(dirfd, parent: bytes, name: bytes) -> basename of link `name`'s target in directory `parent`
  *       (resolved in the root; dirfd -1: open(2)), or None (RoundHost.link_target_name's answers);
- *   listdir(dirfd, path: bytes, flags) -> the directory's names but . and .., sorted as str, or
- *       None when it cannot be opened or read;
+ *   listdir(dirfd, path: bytes, flags, max_entries, max_bytes) -> the directory's names but . and ..,
+ *       sorted as str, or None when it cannot be opened or read, or the int 1 when it has more than
+ *       max_entries names, 2 when their bytes exceed max_bytes (hostroot.list_names' order of checks):
+ *       readdir stops there (getdents in ~32 KB batches), so a hostile directory never costs more than the
+ *       bound in memory (probes/host_c.py listing() raises hostroot.ListingTooLarge for it);
  *   replay_reads(dirfd, flags, memo: dict, items: list, max_bytes, state, lookup, file_flags, link_whole)
  *       -> index of the first item whose read differs from its logged answer, or -1; items are (memo key,
  *       path: bytes, answer: bytes | None, parent: str | None, name: bytes). An item already in `memo`
@@ -394,16 +397,16 @@ static PyObject *py_link_name(PyObject *self, PyObject *args) {
 static PyObject *py_listdir(PyObject *self, PyObject *args) {
     int dirfd, flags;
     const char *path;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "iy#i", &dirfd, &path, &n, &flags))
+    Py_ssize_t n, max_entries, max_bytes;
+    if (!PyArg_ParseTuple(args, "iy#inn", &dirfd, &path, &n, &flags, &max_entries, &max_bytes))
         return NULL;
     if ((Py_ssize_t)strlen(path) != n) {
         PyErr_SetString(PyExc_ValueError, "embedded null byte");
         return NULL;
     }
     char **names = NULL;
-    size_t count = 0, cap = 0;
-    int rc = 0;
+    size_t count = 0, cap = 0, total = 0;
+    int rc = 0, over = 0;
     Py_BEGIN_ALLOW_THREADS
     int fd = open_nogil(dirfd, path, flags | O_DIRECTORY);
     DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
@@ -418,6 +421,11 @@ static PyObject *py_listdir(PyObject *self, PyObject *args) {
         while ((e = readdir(dir)) != NULL) {
             if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
                 continue;
+            total += strlen(e->d_name);
+            if ((Py_ssize_t)count >= max_entries || (Py_ssize_t)total > max_bytes) {
+                over = (Py_ssize_t)count >= max_entries ? 1 : 2; /* the bound: stop reading here */
+                break;
+            }
             if (count == cap) {
                 size_t more = cap ? cap * 2 : 64;
                 char **p = realloc(names, more * sizeof *names);
@@ -435,7 +443,7 @@ static PyObject *py_listdir(PyObject *self, PyObject *args) {
             count++;
             errno = 0;
         }
-        if (!rc && errno)
+        if (!rc && !over && errno)
             rc = -errno;
         closedir(dir);
     }
@@ -445,6 +453,8 @@ static PyObject *py_listdir(PyObject *self, PyObject *args) {
         PyErr_SetNone(retry_error);
     } else if (rc) {
         out = Py_NewRef(Py_None);
+    } else if (over) {
+        out = PyLong_FromLong(over);
     } else if ((out = PyList_New((Py_ssize_t)count)) != NULL) {
         for (size_t i = 0; i < count; i++) {
             PyObject *name = PyUnicode_DecodeFSDefault(names[i]);
@@ -836,7 +846,8 @@ static PyMethodDef methods[] = {
     {"replay_reads", py_replay_reads, METH_VARARGS,
      "replay_reads(dirfd, flags, memo, items, max_bytes, state, lookup, file_flags, link_whole) -> first differing index or -1"},
     {"link_name", py_link_name, METH_VARARGS, "link_name(dirfd, parent, name) -> basename of the link's target or None"},
-    {"listdir", py_listdir, METH_VARARGS, "listdir(dirfd, path, flags) -> sorted names, or None"},
+    {"listdir", py_listdir, METH_VARARGS,
+     "listdir(dirfd, path, flags, max_entries, max_bytes) -> sorted names, None, or 1/2 past a bound"},
     {"round_read", (PyCFunction)(void (*)(void))py_round_read, METH_FASTCALL,
      "round_read(ctx, memo, path, kind, entries) -> a round's read (bytes, text or first line)"},
     {"set_retry_error", py_set_retry_error, METH_O, "the exception raised after three EAGAINs"},

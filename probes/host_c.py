@@ -16,7 +16,7 @@ for a round's host: the host root's O_PATH descriptor under a host root when ope
 the host root `/` (open(2): the kernel resolves as chroot there), None when the round must walk
 descriptors instead (no openat2: kernels before 5.6, a seccomp filter); reader(host) -> the round's reads
 in C for that host (RoundHost.read_bytes/read_text/read_line, and a recording's entry noted in the same
-call: probes/probe_memo.py), or None.
+call: probes/probe_memo.py), or None; listing(memo, key, c, dirfd, raw, flags) -> a bounded listing in C.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import zlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from nodecompat import hostroot
 
 try:
     from nodecompat.probes import _hostc as _imported
@@ -125,3 +127,20 @@ def c_path(path: str, at_root: bool) -> bytes | None:
         return None
     text = (path if path.startswith("/") else "/" + path) if at_root else (path.rstrip("/") or "/")
     return os.fsencode(text)
+
+
+def listing(memo: dict[Any, Any], key: tuple[str, str], c: ModuleType, dirfd: int, raw: bytes, flags: int) -> list[str]:
+    """The C helper's listing of host directory key[1] (`raw`: c_path of it; flags: root_resolve.OPENAT2_READ)
+    stored in the round's memo at `key` as RoundHost.listdir stores it: the sorted names ([] when it cannot
+    be opened or read), or hostroot.ListingTooLarge, stored and raised, past hostroot.MAX_LIST_ENTRIES /
+    MAX_LIST_BYTES (read now: tests lower them; the C helper stops reading at the bound, never holding more).
+    NoOpenat2 when openat2 kept racing a rename (nothing stored)."""
+    entries, limit = hostroot.MAX_LIST_ENTRIES, hostroot.MAX_LIST_BYTES
+    got = c.listdir(dirfd, raw, flags, entries, limit)
+    if type(got) is int:  # 1: more entries than the bound, 2: more bytes of names
+        exc = hostroot.ListingTooLarge(key[1], f"{entries} entries" if got == 1 else f"{limit} bytes of names")
+        memo[key] = exc
+        raise exc
+    names: list[str] = got or []
+    memo[key] = names
+    return names

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodecompat.hostroot import _OPEN_FLAGS, HostRoot
+from nodecompat.hostroot import _OPEN_FLAGS, HostRoot, ListingTooLarge, list_names
 from nodecompat.probes import host_c
 from nodecompat.probes.bounded_read import read_whole, text_of
 from nodecompat.probes.held_parents import MISSING, SLOW, HeldParents
@@ -66,6 +66,7 @@ from nodecompat.probes.root_resolve import (
 from nodecompat.probes.round_paths import ROOT_OPEN_FLAGS, RootPrimitives
 
 _UNSET = object()
+
 
 
 @dataclass(frozen=True)
@@ -299,31 +300,40 @@ class RoundHost(RootPrimitives):
             return None
 
     def listdir(self, host_path: str | os.PathLike[str]) -> list[str]:
+        """HostRoot.listdir's answer, once a round; ListingTooLarge (every call of the round) past the bound."""
         key = ("l", os.fspath(host_path))
         hit = self.memo.get(key)
-        cr = self._cr or self.c_reader()
-        if hit is None and cr[0] is not None and (raw := host_c.c_path(key[1], cr[2] < 0)) is not None:
-            try:  # noqa: SIM105  in C: the directory opened as below, its names read and sorted
-                hit = self.memo[key] = cr[1].listdir(cr[2], raw, OPENAT2_READ) or []
-            except NoOpenat2:
-                pass
+        if hit is None:
+            cr = self._cr or self.c_reader()
+            if cr[0] is not None and (raw := host_c.c_path(key[1], cr[2] < 0)) is not None:
+                try:  # in C: the directory opened as below, its names read (bounded) and sorted
+                    hit = host_c.listing(self.memo, key, cr[1], cr[2], raw, OPENAT2_READ)
+                except NoOpenat2:
+                    pass
+                except ListingTooLarge as exc:
+                    hit = exc
         if hit is None:  # HostRoot.listdir; under a host root its openat2 as RoundHost._open makes it, in one call
             try:
                 fd = self._open2[2](key[1]) if self._parents and self._open2 else -errno.ENOSYS
             except NoOpenat2:
                 fd = -errno.ENOSYS
-            if fd == -errno.ENOSYS:
-                hit = super().listdir(key[1])
-            elif fd < 0:
-                hit = []
-            else:
-                try:
-                    hit = sorted(os.listdir(fd))
-                except OSError:
+            try:
+                if fd == -errno.ENOSYS:
+                    hit = super().listdir(key[1])
+                elif fd < 0:
                     hit = []
-                finally:
-                    os.close(fd)
+                else:
+                    try:
+                        hit = list_names(fd, key[1])
+                    except OSError:
+                        hit = []
+                    finally:
+                        os.close(fd)
+            except ListingTooLarge as exc:
+                hit = exc
             self.memo[key] = hit
+        if type(hit) is ListingTooLarge:
+            raise hit.with_traceback(None)
         return list(hit)  # type: ignore[call-overload]
 
     def link_target_name(self, host_path: str | os.PathLike[str]) -> str | None:

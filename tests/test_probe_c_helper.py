@@ -105,9 +105,9 @@ def test_c_opens_and_stats_follow_no_link_out_of_the_root(tmp_path: Path) -> Non
         inside = os.stat(root / str(outside).lstrip("/") / "secret")
         assert st is not None and st[1] == inside.st_ino != os.stat(outside / "secret").st_ino
         assert C.stat_fields(rfd, b"/sys/d/environ") is None
-        assert C.listdir(rfd, b"/sys/d/outdir", OPENAT2_READ) == ["secret"]  # <root>/<outside>, not <outside>
-        assert C.listdir(rfd, b"/sys/d", OPENAT2_READ) == sorted(os.listdir(root / "sys" / "d"))
-        assert C.listdir(rfd, b"/sys/d/environ", OPENAT2_READ) is None
+        assert C.listdir(rfd, b"/sys/d/outdir", OPENAT2_READ, 99, 999) == ["secret"]  # <root>/<outside>, not <outside>
+        assert C.listdir(rfd, b"/sys/d", OPENAT2_READ, 99, 999) == sorted(os.listdir(root / "sys" / "d"))
+        assert C.listdir(rfd, b"/sys/d/environ", OPENAT2_READ, 99, 999) is None
         assert C.link_name(rfd, b"/sys/d", b"abs") == "secret" and C.link_name(rfd, b"/sys/d", b"a") is None
         assert C.link_name(rfd, b"/sys/d/outdir", b"secret") is None  # a file of the re-rooted directory
         memo: dict[object, object] = {}
