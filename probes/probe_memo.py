@@ -51,6 +51,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import Any, TypeVar
 
 from nodecompat.probes.bounded_read import text_of
@@ -109,6 +110,7 @@ class _Log:
 
 
 _read_bytes = RoundHost.read_bytes  # (host, path): a whole read, as the round's memo holds it (no extra frame)
+_exists, _is_dir, _is_file = RoundHost.exists, RoundHost.is_dir, RoundHost.is_file  # (host, path): the boolean
 
 
 def _read_within(host: RoundHost, path: str, within: str) -> bytes | None:
@@ -227,15 +229,57 @@ class RecordingHost(RoundHost):
                    max_bytes: int = 32 << 20) -> bytes:  # fmt: skip
         return self._call(_open_bytes, (os.fspath(host_path), within, max_bytes))
 
-    # stat family: booleans, or the stat fields that do not change by reading
+    # stat family: booleans, or the stat fields that do not change by reading. exists/is_dir/is_file are
+    # _call(RoundHost.exists, ...) written out (~40 a round: two frames each); the entries are the same.
     def exists(self, host_path: str | os.PathLike[str]) -> bool:
-        return self._call(RoundHost.exists, (os.fspath(host_path),))
+        path = host_path if type(host_path) is str else os.fspath(host_path)
+        log = self.log
+        if log.depth:
+            return self._stat_memo(path) is not None
+        log.depth = 1
+        try:
+            found = self._stat_memo(path) is not None
+        except Exception as exc:
+            log.entries.append((_exists, (path,), _raised(exc)))
+            raise
+        finally:
+            log.depth = 0
+        log.entries.append((_exists, (path,), found))
+        return found
 
     def is_dir(self, host_path: str | os.PathLike[str]) -> bool:
-        return self._call(RoundHost.is_dir, (os.fspath(host_path),))
+        path = host_path if type(host_path) is str else os.fspath(host_path)
+        log = self.log
+        if log.depth:
+            return RoundHost.is_dir(self, path)
+        log.depth = 1
+        try:
+            st = self._stat_memo(path)
+        except Exception as exc:
+            log.entries.append((_is_dir, (path,), _raised(exc)))
+            raise
+        finally:
+            log.depth = 0
+        found = st is not None and S_ISDIR(st[0])
+        log.entries.append((_is_dir, (path,), found))
+        return found
 
     def is_file(self, host_path: str | os.PathLike[str]) -> bool:
-        return self._call(RoundHost.is_file, (os.fspath(host_path),))
+        path = host_path if type(host_path) is str else os.fspath(host_path)
+        log = self.log
+        if log.depth:
+            return RoundHost.is_file(self, path)
+        log.depth = 1
+        try:
+            st = self._stat_memo(path)
+        except Exception as exc:
+            log.entries.append((_is_file, (path,), _raised(exc)))
+            raise
+        finally:
+            log.depth = 0
+        found = st is not None and S_ISREG(st[0])
+        log.entries.append((_is_file, (path,), found))
+        return found
 
     def stat(self, host_path: str | os.PathLike[str], *, within: str | None = None) -> os.stat_result:
         path = os.fspath(host_path)

@@ -256,7 +256,14 @@ class RoundHost(RootPrimitives):
         value = self.memo.get(key, _UNSET)  # a miss costs no KeyError
         if value is _UNSET:
             cr = self._cr or self.c_reader()
-            raw = host_c.c_path(key[1], cr[2] < 0) if cr[0] is not None and self._c_whole(cr, key[1]) else None
+            raw = None
+            text = key[1]
+            if cr[0] is not None:  # _c_whole and host_c.c_path, inline (two frames per stat of a round)
+                parent, _, name = text.rpartition("/")
+                if (cr[3].get(parent, SLOW) < MISSING or not name or name == "." or name == ".." or text[0] != "/") \
+                        and "\0" not in text:
+                    raw = os.fsencode(text if text.startswith("/") else "/" + text) if cr[2] < 0 else \
+                        os.fsencode(text.rstrip("/") or "/")
             try:  # noqa: SIM105 (a context manager per stat costs more than the stat)
                 value = cr[1].stat_fields(cr[2], raw) if raw is not None else _UNSET
             except NoOpenat2:  # openat2 kept racing a rename: the Python path
