@@ -488,7 +488,8 @@ def test_aggregator_cli_rejects_bad_configuration(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "entry 0" in r.stderr and "port" in r.stderr
     r = subprocess.run(
-        [*CLI, "aggregator", "--tls-cert", str(tmp_path / "missing.crt"), "--tls-key", "x"],
+        # --listen 127.0.0.1:0: the default port may be taken on this machine, and the listen address is checked first
+        [*CLI, "aggregator", "--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "missing.crt"), "--tls-key", "x"],
         capture_output=True,
         text=True,
         timeout=60,

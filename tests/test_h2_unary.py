@@ -7,6 +7,7 @@ tests/test_fleet.py, test_fleet_batches.py and test_fleet_tls.py (parametrized w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -275,7 +276,10 @@ def test_a_node_that_went_away_is_reached_again_on_a_new_connection() -> None:
 
 def test_a_node_that_sends_pings_and_never_reads_loses_its_connection() -> None:
     """Each PING is answered; a peer that floods PINGs and never reads (a tiny receive buffer, nothing read)
-    would grow our unread writes without end: past max_message + 64 KiB the connection ends, UNAVAILABLE."""
+    would grow our unread writes without end: past max_message + 64 KiB the connection ends, UNAVAILABLE.
+    Our socket's send buffer is fixed small once connected (as test_h2_unary_hostile's SETTINGS flood): the kernel
+    would otherwise take up to tcp_wmem's 4 MiB of PING ACKs first, ~250,000 PINGs parsed before our own buffer
+    grows at all (~25 s of the suite at load 8, for the same assertion)."""
     import threading
 
     from hyperframe import frame as hf
@@ -284,14 +288,17 @@ def test_a_node_that_sends_pings_and_never_reads_loses_its_connection() -> None:
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
-    stop = threading.Event()
+    stop, go = threading.Event(), threading.Event()
+    accepted: list[socket.socket] = []
 
     def flood() -> None:
         conn, _ = srv.accept()
+        accepted.append(conn)
         pings = hf.PingFrame(0, b"12345678").serialize() * 256
         sent = 0
         try:
             conn.sendall(hf.SettingsFrame(0).serialize())
+            go.wait(30)
             while not stop.is_set() and sent < 50_000_000:  # bounded: the test fails, it does not hang
                 conn.sendall(pings)
                 sent += len(pings)
@@ -307,16 +314,27 @@ def test_a_node_that_sends_pings_and_never_reads_loses_its_connection() -> None:
         ch = H2Channel(f"127.0.0.1:{srv.getsockname()[1]}", H2Options(max_message=1000))
         validate, _ = _methods(ch)
         try:
+            call = asyncio.ensure_future(validate(Req(spec="x"), timeout=50))
+            while ch.conn is None or not ch.conn.ready.done():
+                await asyncio.sleep(0.01)
+            assert ch.conn.transport is not None
+            ch.conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            go.set()
             with pytest.raises(H2WatchError) as err:
-                await validate(Req(spec="x"), timeout=50)
+                await call
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "does not read what it is sent" in err.value.details()
         finally:
+            go.set()
             await ch.close()
 
     try:
         run(main())
     finally:
         stop.set()
+        go.set()
+        for conn in accepted:  # our side closes its failed connection a second or two later (asyncio's close):
+            with contextlib.suppress(OSError):  # end the flooder's blocked sendall now, not at the join's bound
+                conn.shutdown(socket.SHUT_RDWR)
         flooder.join(10)
         srv.close()
