@@ -3,7 +3,7 @@ connection that connects (TCP, TLS over memory BIOs, the peer's SETTINGS) within
 as they arrive (at most one partial frame, 16 KiB, kept unparsed), answers SETTINGS and PING, keeps the connection
 alive (a PING after options.keepalive s of silence, failing when unanswered within options.keepalive_timeout),
 turns GOAWAY, RST_STREAM and protocol errors into the call's error, and drops a peer that stops reading (64 KiB
-waiting). What a stream does with its DATA and HEADERS is the subclass's (server/h2/watch.py H2Watch): `_data`,
+waiting). What a stream does with its DATA and HEADERS is the subclass's (server/h2/watch.py H2Watch): `_data_frame`,
 `_header_fragment`, `_fail`.
 
 Why hand-written, and the wire libraries used: see server/h2/watch.py.
@@ -38,6 +38,8 @@ WRITE_LIMIT = 64 * 1024  # bytes of ours the peer has not read before the connec
 WRITE_BATCH = 16  # answers (ACKs, WINDOW_UPDATEs) of one read written together at most
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, CANCEL, FRAME_SIZE_ERROR = 0x1, 0x3, 0x8, 0x6
 _SETTINGS_ACK = hf.SettingsFrame(0, flags=["ACK"]).serialize()
+_PING_ACK_HEAD = hf.PingFrame(0, bytes(8), flags=["ACK"]).serialize()[:9]
+_FAST = frozenset((0x0, 0x4, 0x6, 0x8))  # DATA, SETTINGS, PING, WINDOW_UPDATE: H2Connection._fast
 # One decoder for every connection: with a 0-byte table an entry "with incremental indexing" is evicted at once and
 # a table-size update above 0 raises (InvalidTableSizeError), so no state outlives a decode (one event-loop thread).
 _DECODER = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
@@ -170,6 +172,9 @@ class H2Connection(TlsBio, asyncio.Protocol):
                     return
                 if n - pos < 9 + length:
                     break
+                if self.hblock is None and buf[pos + 3] in _FAST and self._fast(buf, pos, length):
+                    pos += 9 + length
+                    continue
                 f, _ = hf.Frame.parse_frame_header(memoryview(bytes(buf[pos:pos + 9])))
                 f.parse_body(memoryview(bytes(buf[pos + 9:pos + 9 + length])))
                 pos += 9 + length
@@ -181,11 +186,43 @@ class H2Connection(TlsBio, asyncio.Protocol):
             return
         self.rbuf = buf[pos:] if pos < n else bytearray()
 
+    def _fast(self, buf: bytearray, pos: int, length: int) -> bool:
+        """The frames every stream gets (DATA without padding, SETTINGS, PING, connection WINDOW_UPDATE) handled from
+        the bytes, as _frame handles them once hyperframe has parsed them; False (nothing done): one hyperframe parses
+        (an invalid one: its error), a DATA frame with padding, a frame on the wrong stream."""
+        kind, flags = buf[pos + 3], buf[pos + 4]
+        stream = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+        if kind == 0x0:
+            if flags & 0x8 or not stream:  # PADDED; DATA on stream 0 is hyperframe's error
+                return False
+            self._data_frame(stream, bool(flags & 0x1), bytes(buf[pos + 9:pos + 9 + length]), length)
+            return True
+        if stream:  # SETTINGS, PING and WINDOW_UPDATE on stream 0 only here
+            return False
+        if kind == 0x4:
+            if length % 6 or (flags & 0x1 and length):
+                return False
+            if not flags & 0x1:
+                self._write(_SETTINGS_ACK)
+                self.settings_seen = True
+                self._wake()
+            return True
+        if kind == 0x6:
+            if length != 8:
+                return False
+            if flags & 0x1:
+                self.pinged = 0.0
+            else:
+                self._write(_PING_ACK_HEAD + bytes(buf[pos + 9:pos + 17]))
+            return True
+        # WINDOW_UPDATE: nothing to do (we send one request, once) once it is valid (1 to 2^31-1, hyperframe's check)
+        return length == 4 and 1 <= int.from_bytes(buf[pos + 9:pos + 13], "big") <= 0x7FFFFFFF
+
     def _frame(self, f: hf.Frame) -> None:
         if self.hblock is not None and not isinstance(f, hf.ContinuationFrame):
             self._protocol_error("a header block interrupted", PROTOCOL_ERROR)
         elif isinstance(f, hf.DataFrame):
-            self._data(f)
+            self._data_frame(f.stream_id, "END_STREAM" in f.flags, f.data, f.flow_controlled_length)
         elif isinstance(f, hf.HeadersFrame | hf.ContinuationFrame):
             self._header_fragment(f)
         elif isinstance(f, hf.SettingsFrame):
@@ -244,7 +281,8 @@ class H2Connection(TlsBio, asyncio.Protocol):
             self.waiter.set_result(None)
 
     # -- the stream's (H2Watch) -------------------------------------------------------------------------------------
-    def _data(self, f: hf.DataFrame) -> None:
+    def _data_frame(self, stream: int, end_stream: bool, data: bytes, size: int) -> None:
+        """A DATA frame: its stream, END_STREAM, its data without padding, its flow-controlled size in bytes."""
         raise NotImplementedError
 
     def _header_fragment(self, f: hf.HeadersFrame | hf.ContinuationFrame) -> None:

@@ -58,6 +58,13 @@ from nodecompat.server.h2.connection import (
     H2Connection,
 )
 
+# Decoded header blocks by their bytes: the shared decoder keeps no state (a 0-byte table), so a block always decodes
+# to the same headers, and every node of a fleet answers with the same response header block (a 10,000-stream
+# resubscribe decoded it 10,000 times). Read only (_header_fragment, _trailers); at most DECODED_MAX blocks of at
+# most DECODED_BLOCK bytes, the first ones seen, kept for the process's life (a node sending others costs decoding).
+_DECODED: dict[bytes, dict[bytes, bytes]] = {}
+DECODED_MAX, DECODED_BLOCK = 64, 512
+
 
 class H2Watch(H2Connection):
     """One WatchFeatures call on its own connection. read() and close() on the loop that made it."""
@@ -93,19 +100,18 @@ class H2Watch(H2Connection):
         self._teardown()
 
     # -- the stream's frames ----------------------------------------------------------------------------------------
-    def _data(self, f: hf.DataFrame) -> None:
-        if f.stream_id != 1 or not self.got_headers:
-            self._protocol_error(f"DATA on stream {f.stream_id} before its headers", PROTOCOL_ERROR)
+    def _data_frame(self, stream: int, end_stream: bool, data: bytes, size: int) -> None:
+        if stream != 1 or not self.got_headers:
+            self._protocol_error(f"DATA on stream {stream} before its headers", PROTOCOL_ERROR)
             return
-        size = f.flow_controlled_length
         self.credit -= size
         if self.credit < 0:
             self._fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "the node sent past its flow-control window",
                        FLOW_CONTROL_ERROR)
             return
         self.unacked += size
-        self._reassemble(f.data)
-        if self.error is None and "END_STREAM" in f.flags:
+        self._reassemble(data)
+        if self.error is None and end_stream:
             self._fail(grpc.StatusCode.INTERNAL, "the node ended the stream without trailers")
             return
         self._update_window()
@@ -162,7 +168,11 @@ class H2Watch(H2Connection):
         if "END_HEADERS" not in f.flags:
             return
         block, self.hblock = bytes(self.hblock), None
-        headers = dict(_DECODER.decode(block, raw=True))
+        headers = _DECODED.get(block)
+        if headers is None:
+            headers = dict(_DECODER.decode(block, raw=True))
+            if len(block) <= DECODED_BLOCK and len(_DECODED) < DECODED_MAX:
+                _DECODED[block] = headers
         if not self.got_headers:
             self.got_headers = True
             status = headers.get(b":status", b"")
