@@ -208,7 +208,8 @@ class FeatureWatchHub:
     async def _write(self, context: grpc.aio.ServicerContext, msg: inventory_pb2.WatchFeaturesResponse) -> None:
         """Send one message; a watcher that has not taken it within slow_consumer_seconds is dropped."""
         try:
-            await asyncio.wait_for(context.write(msg), self.slow_consumer_seconds)
+            async with asyncio.timeout(self.slow_consumer_seconds):  # not wait_for: see _wait
+                await context.write(msg)
         except TimeoutError:
             self.dropped_slow += 1
             log.warning("WatchFeatures: dropping %s: a message untaken for %g s", context.peer(),
@@ -225,9 +226,15 @@ class FeatureWatchHub:
 
     @staticmethod
     async def _wait(w: _Watcher, timeout: float) -> bool:
-        """Wait for a round or the heartbeat interval; True when a round woke us."""
+        """Wait for a round or the heartbeat interval; True when a round woke us. CancelledError when the
+        call's task is cancelled (grpc.aio does so when the client resets the stream or the connection goes),
+        even when a round woke us in the same loop iteration: asyncio.timeout, not asyncio.wait_for, whose
+        Python 3.11 version returns the inner result and drops the cancellation when both land together
+        (CPython gh-86296, fixed in 3.12). A handler that lost its cancellation held its watcher slot until
+        its next write failed (up to the heartbeat, 300 s at most): MAX_WATCHERS such resets pinned the hub."""
         try:
-            await asyncio.wait_for(w.event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await w.event.wait()
         except TimeoutError:
             return False
         w.event.clear()
