@@ -187,6 +187,22 @@ def _simulate(port_file: str, agg: str, n: int, k: int, lease_ttl: float) -> Non
     asyncio.run(run())
 
 
+def expected_beats(leases: list[tuple[float, float]], t0: float, t1: float, beat_at_rest: float,
+                   jitter: float = 0.1) -> float:
+    """The heartbeats the simulated daemons are expected to send in [t0, t1] (time.monotonic() s), from the leases
+    held at t0 ((expires, ttl s) each, on the lease table's clock: time.monotonic()): a lease's next renewal comes at
+    its grant + ttl/3 x (1 +- jitter) (the simulator's jitter, uniform), then one every beat_at_rest s."""
+    total = 0.0
+    for expires, ttl in leases:
+        granted_at, beat = expires - ttl, ttl / 3
+        lo, hi = granted_at + beat * (1 - jitter), granted_at + beat * (1 + jitter)
+        a, z = max(lo, t0), min(hi, t1)
+        if z <= a or hi <= lo:
+            continue
+        total += (z - a) / (hi - lo) * (1 + int(max(0.0, t1 - (a + z) / 2) // beat_at_rest))
+    return total
+
+
 def count_held(store: Any, n: int) -> tuple[list[int], threading.Event]:
     """([nodes held so far], an Event set once `n` are held) kept by a listener on `store` (a FeatureStore):
     a node counts when its record first has features. No polling of 10,000 records."""
@@ -325,9 +341,8 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
         beat_at_rest = granted * (1.05 if granted > lease_ttl else 1.0) / 3  # mean stagger +5%
         t_start = time.monotonic()
         with agg.inventory._lock:
-            dues = [lease.expires - lease.ttl * 2 / 3 for lease in agg.inventory._leases.values()]
-        expected = sum(1 + int((t_start + window - d) // beat_at_rest) for d in dues if d <= t_start + window)
-        sent = expected / window
+            held_leases = [(lease.expires, lease.ttl) for lease in agg.inventory._leases.values()]
+        sent = expected_beats(held_leases, t_start, t_start + window, beat_at_rest) / window
         b0, t1, c1 = beats[0], time.perf_counter(), process_cpu("self")
         time.sleep(window)  # the measured state (module doc): heartbeats as they come
         rate = (beats[0] - b0) / (time.perf_counter() - t1)
