@@ -51,9 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "all renewals under RATE a second: lease = max(--lease-ttl, 3 x leases / RATE x (1 + 0-10%% at "
                    "random)), "
                    f"the scaled part at most {MAX_SCALED_TTL:g} s (as Nomad's max_heartbeats_per_second); new "
-                   "registrations count against RATE (renewals get RATE - new a second), and while they alone "
-                   f"exceed it (a restart: every daemon comes back) leases are {MAX_SCALED_TTL / 2:g}-"
-                   f"{MAX_SCALED_TTL:g} s at random. "
+                   "registrations count against RATE (renewals get RATE - new a second, at least RATE/2), and while "
+                   "they alone exceed it (a restart: every daemon comes back) new registrations' leases are "
+                   f"{MAX_SCALED_TTL / 2:g}-{MAX_SCALED_TTL:g} s at random. "
                    f"{DEFAULT_MAX_HEARTBEATS_PER_SECOND:g} is ~30%% of a core at ~1.4 ms a renewal; 10,000 nodes get "
                    "150-165 s leases, so a killed node is STALE after 2 beats + 1 s (~101 s) and leaves after 150 s; a "
                    "feature change is still pushed at once. 0: no scaling")

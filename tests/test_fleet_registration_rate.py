@@ -204,3 +204,29 @@ def test_the_flag_sets_the_rate_and_is_checked() -> None:
     for bad in ("-1", "nan", "inf"):
         with pytest.raises(ValueError, match="--max-heartbeats-per-second"):
             build_config(parser.parse_args(["aggregator", "--max-heartbeats-per-second", bad]))
+
+
+def test_one_name_churned_does_not_lengthen_other_leases(rated) -> None:  # type: ignore[no-untyped-def]
+    """A registrant holding one name at most, registering and deregistering it faster than the budget (real
+    RegisterNode/DeregisterNode calls): every registration is a new one, but the fleet does not grow. The other
+    nodes' renewals are granted at most twice their lease (3 * leases / (R / 2)), not a burst lease of 300-600 s:
+    before, a single name churned this way kept every renewal at 300-600 s for as long as it went on, whatever
+    --max-registrations (review9)."""
+    agg, stub, clock = rated
+    n = 10
+    for i in range(n):
+        _register(stub, i)
+    clock.pass_window()
+    quiet = _register(stub, 0)
+    assert quiet == 3 * n / 2  # Nomad's rule: 15 s
+    now = [clock()]
+    agg.inventory._clock = lambda: now[0]  # no time passes: the churn is all in the rate's window
+    churn = fleet_pb2.RegisterNodeRequest(name="churn", address="127.0.0.1:29999")
+    for _ in range(10):
+        stub.RegisterNode(churn, timeout=5)
+        stub.DeregisterNode(fleet_pb2.DeregisterNodeRequest(name="churn"), timeout=5)
+        assert agg.inventory.registrations() == n
+    renewals = [_register(stub, i) for i in range(n)]
+    assert all(quiet <= t <= 2 * quiet for t in renewals), renewals
+    # a new registration during the churn still gets the burst lease (a burst's leases fit the fleet it builds)
+    assert MAX_SCALED_TTL * BURST_TTL_SPREAD <= _register(stub, n) <= MAX_SCALED_TTL

@@ -115,7 +115,7 @@ class LeaseRegistry:
     def _file_changed(self) -> bool:
         raise NotImplementedError  # NodeInventory's
 
-    def grant_ttl(self, requested: float) -> float:
+    def grant_ttl(self, requested: float, renewal: bool = False) -> float:
         """The lease (s) granted to a RegisterNode asking for `requested` s (0, NaN or negative: none asked).
 
         Unscaled: lease_ttl when none is asked, else the request within [MIN_LEASE_TTL, max(lease_ttl,
@@ -137,6 +137,9 @@ class LeaseRegistry:
         node gets the failover TTL, 300 s by default, "longer than the usual TTL since clients are switching").
         A node gone during a burst thus leaves within 10 minutes, as any node of a fleet big enough; with no
         burst, the rule is Nomad's (new = 0). An unscaled grant longer than the scaled one stays.
+        A `renewal` (a live lease of the name renewed) gets at least R / 2 whatever `new`, and never the burst
+        lease: new registrations are counted whether or not the fleet grows (one name registered and deregistered
+        again and again), so they may at most double every other node's lease, not hold it at 300-600 s.
         """
         if not requested or math.isnan(requested) or requested <= 0:
             granted = self.lease_ttl
@@ -146,6 +149,8 @@ class LeaseRegistry:
         if rate <= 0:
             return granted
         spare = rate - self._new_rate.per_second(self._clock())  # what renewals may send a second
+        if renewal:
+            spare = max(spare, rate / 2)
         if spare <= 0:  # the registrations alone take the budget: a burst
             return max(granted, MAX_SCALED_TTL * (BURST_TTL_SPREAD + (1.0 - BURST_TTL_SPREAD) * random.random()))
         scaled = BEATS_PER_LEASE * len(self._leases) / spare
@@ -184,7 +189,8 @@ class LeaseRegistry:
         if problem := registration_problem(name, address):
             raise ValueError(problem)
         clean = check_labels(labels, "labels")
-        granted = self.grant_ttl(ttl)
+        current = self._leases.get(name)  # read again under the lock below; here: a renewal's grant
+        granted = self.grant_ttl(ttl, current is not None and current.expires > self._clock())
         if wait:
             self._reload_file()
         elif self._file_changed():
