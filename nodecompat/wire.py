@@ -16,12 +16,22 @@ from google.protobuf.message import Message
 
 from nodecompat.features import AttributeFeature, Features, FlagFeature, Instance, InstanceFeature
 from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
+from nodecompat.utf8 import utf8_features, utf8_text
 from nodecompat.v1 import features_pb2
 
 M = TypeVar("M", bound=Message)
 
 
 def features_to_proto(f: Features) -> features_pb2.Features:
+    """The features as a message; a name or value that is not UTF-8 (a host name read with surrogate escapes,
+    e.g. an interface called eth<0xff>) is carried escaped (nodecompat/utf8.py), never failing the whole answer."""
+    try:
+        return _features_to_proto(f)
+    except UnicodeEncodeError:  # rare: only then is every string looked at
+        return _features_to_proto(utf8_features(f))
+
+
+def _features_to_proto(f: Features) -> features_pb2.Features:
     msg = features_pb2.Features()
     for name, flag in f.flags.items():
         msg.flags[name].elements.extend(sorted(flag.elements))
@@ -45,13 +55,22 @@ def features_from_proto(msg: features_pb2.Features) -> Features:
 
 
 def status_to_proto(st: ProbeStatus) -> features_pb2.ProbeStatus:
+    """A probe's status as a message; its error and notes may name host files that are not UTF-8
+    (nodecompat/utf8.py)."""
+    try:
+        return _status_to_proto(st, st.error, st.notes)
+    except UnicodeEncodeError:
+        return _status_to_proto(st, utf8_text(st.error), [utf8_text(n) for n in st.notes])
+
+
+def _status_to_proto(st: ProbeStatus, error: str, notes: list[str]) -> features_pb2.ProbeStatus:
     return features_pb2.ProbeStatus(
         name=st.name,
         ok=st.ok,
-        error=st.error,
+        error=error,
         duration_seconds=st.duration_seconds,
         features=st.features,
-        notes=st.notes,
+        notes=notes,
         timed_out=st.timed_out,
     )
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from nodecompat.features import AttributeFeature, Features
 from nodecompat.fleet.volatile import strip_volatile
+from nodecompat.utf8 import utf8_features, utf8_mapping
 
 # Per-node attributes that are not a property of the hardware/software profile: feature -> element names.
 IDENTITY: dict[str, frozenset[str]] = {"system.name": frozenset({"nodename"})}
@@ -56,11 +57,15 @@ def with_identity(shared: Features, identity: tuple[tuple[str, str, str], ...]) 
 
 
 def canonical_bytes(features: Features, unknown: Mapping[str, str] | None = None) -> bytes:
-    """The canonical serialisation (identity attributes included only if the caller left them in)."""
+    """The canonical serialisation (identity attributes included only if the caller left them in); text that is
+    not UTF-8 escaped as nodecompat/wire.py sends it, so a receiver computes the same from what it got."""
     doc: dict[str, object] = {"features": features.to_nfd()}
     if unknown:
         doc["unknown"] = dict(sorted(unknown.items()))
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # host names that are not UTF-8: escaped as the wire carries them (nodecompat/utf8.py)
+        return canonical_bytes(utf8_features(features), utf8_mapping(unknown) if unknown else None)
 
 
 def fingerprint(features: Features, unknown: Mapping[str, str] | None = None) -> str:
