@@ -326,16 +326,16 @@ def push_rows(n: int, k: int, row: Callable[[str, float, str, float], None], rss
             return ""
         # the lease granted at rest (inventory/fleet_leases.py grant_ttl, before its 0-10% stagger): longer with more
         # leases so that all beats stay under the aggregator's --max-heartbeats-per-second. The burst's leases were
-        # longer (300-600 s while the registrations alone took that budget): the window starts when the first lease
-        # held is due for renewal, and the beats expected in it are those due then (a renewal is then granted the
-        # lease at rest)
+        # longer (300-600 s while the registrations alone took that budget): the window starts when a tenth of the
+        # leases held are due for renewal, and the beats expected in it are those due then (a renewal is then granted
+        # the lease at rest)
         max_rate = agg.config.max_heartbeats_per_second
         granted = max(lease_ttl, min(3 * got / max_rate, MAX_SCALED_TTL)) if max_rate > 0 else lease_ttl
         stagger = " (+0-10%)" if granted > lease_ttl else ""
         time.sleep(1.0)
         with agg.inventory._lock:
-            first = min((lease.expires - lease.ttl * 2 / 3 for lease in agg.inventory._leases.values()),
-                        default=time.monotonic())
+            dues = sorted(lease.expires - lease.ttl * 2 / 3 for lease in agg.inventory._leases.values())
+        first = dues[len(dues) // 10] if dues else time.monotonic()  # a tenth due: the wave, not a straggler
         time.sleep(min(max(0.0, first - time.monotonic()), MAX_SCALED_TTL / 3 + 5.0))
         window = min(granted / 3 * 1.05, 60.0)  # one whole beat (the re-registration burst left the beats in waves)
         beat_at_rest = granted * (1.05 if granted > lease_ttl else 1.0) / 3  # mean stagger +5%
