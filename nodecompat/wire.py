@@ -157,7 +157,10 @@ def _fill(msg: Message, obj: Any) -> None:
             continue
         if kind == _SCALAR:
             if value:
-                setattr(msg, name, value)
+                try:
+                    setattr(msg, name, value)
+                except UnicodeEncodeError:  # host text that is not UTF-8 (a matched interface's name): escaped
+                    setattr(msg, name, utf8_text(value))
         elif kind == _REPEATED_MESSAGE:
             if value:
                 add = getattr(msg, name).add
@@ -165,10 +168,19 @@ def _fill(msg: Message, obj: Any) -> None:
                     _fill(add(), item)
         elif kind == _REPEATED:
             if value:
-                getattr(msg, name).extend(value)
+                try:
+                    getattr(msg, name).extend(value)
+                except UnicodeEncodeError:
+                    del getattr(msg, name)[:]
+                    getattr(msg, name).extend(utf8_text(v) if isinstance(v, str) else v for v in value)
         elif kind == _MAP:
             if value:
-                getattr(msg, name).update(value)
+                try:
+                    getattr(msg, name).update(value)
+                except UnicodeEncodeError:
+                    getattr(msg, name).clear()
+                    getattr(msg, name).update({utf8_text(k) if isinstance(k, str) else k:
+                                               utf8_text(v) if isinstance(v, str) else v for k, v in value.items()})
         else:
             sub = getattr(msg, name)
             sub.SetInParent()

@@ -2,8 +2,9 @@
 any bytes but /, : and whitespace): Python reads them with surrogate escapes (os.fsdecode), which a protobuf string
 cannot carry. A probe's note naming such a file (features.d: local's "ignored, N bytes > 64 KiB") or a feature
 value from such a listing (/sys/class/net/<name>: network.device's name) must not fail the whole answer: before,
-GetFeatures answered UNKNOWN ("UnicodeEncodeError ... surrogates not allowed") and WatchFeatures failed for every
-caller, so the aggregator lost the node. The bytes are shown escaped (eth\\xff), as Python's backslashreplace.
+GetFeatures and ValidateImage answered UNKNOWN ("UnicodeEncodeError ... surrogates not allowed") and
+WatchFeatures failed for every caller, so the aggregator lost the node. The bytes are shown escaped (eth\\xff),
+as Python's backslashreplace.
 
 A real daemon process over a host root (tests/support_daemon.py) and real gRPC calls (review9)."""
 
@@ -19,7 +20,7 @@ from nodecompat import wire
 from nodecompat.fleet.fingerprint import fingerprint
 from nodecompat.hostroot import DEFAULT_FEATURES_D
 from nodecompat.probes.local import MAX_FILE_SIZE
-from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2_grpc
+from nodecompat.v1 import features_pb2, inventory_pb2, node_pb2, node_pb2_grpc
 
 
 def _host(root: Path) -> None:
@@ -49,6 +50,14 @@ def test_names_that_are_not_utf8_are_answered_escaped(tmp_path: Path) -> None:
             assert dict(got.features.attributes["local.feature"].elements) == {"k": "v"}
             names = [x.attributes["name"] for x in got.features.instances["network.device"].elements]
             assert names == ["eth\\xff"], names
+            spec = ("version: v1alpha1\ncompatibilities:\n- rules:\n  - name: nic\n    matchFeatures:\n"
+                    "    - feature: network.device\n      matchExpressions:\n        name: {op: In, value: [eth0]}\n")
+            for nfd in (False, True):  # the verdict names the element it saw (our report, and NFD's JSON)
+                verdict = stub.ValidateImage(node_pb2.ValidateImageRequest(spec=spec, nfd_compat=nfd, nfd_json=nfd),
+                                             timeout=30)
+                assert not verdict.compatible
+                seen = verdict.report.sets[0].rules[0].match_features[0].expressions[0]
+                assert seen.detail == "wanted In [eth0], node has eth\\xff", verdict
             first = next(iter(stub.WatchFeatures(inventory_pb2.WatchFeaturesRequest(once=True), timeout=30)))
             assert first.WhichOneof("item") == "features", first
             change = first.features
