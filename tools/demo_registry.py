@@ -30,7 +30,19 @@ class Stop(Exception):
     """A termination signal arrived."""
 
 
+_stopping = False  # a termination signal has been turned into Stop: later ones are ignored
+
+
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    """Raise Stop on the first termination signal, ignore every later one. Two arrive together when the
+    tool runs under make and its process group is signalled (README recipes: `make demo-registry`, stopped by
+    tools/readme_check.py's `kill -TERM -- -PGID`): GNU make forwards the SIGTERM it got to its child, which
+    the group's SIGTERM has reached too, so the second one landed while the clean-up was still re-arming the
+    handlers and escaped as a traceback (registry and temporary directory left behind)."""
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     raise Stop(signal.Signals(signum).name)
 
 
