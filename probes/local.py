@@ -10,7 +10,11 @@ Same file format and rules as NFD's source/local (hooks are gone upstream, so no
   back over one), then the probe runs: the lines are dropped in the first round past the time, as NFD
   drops them at its first read past it (source/local/local.go, parseFeatureFile, expiry-time);
 - an unknown or malformed directive is reported (file:line) and parsing goes on, as in NFD;
-- dot-files, non-regular files and files over 64 KiB are ignored; later files (by name) win.
+- dot-files, non-regular files and files over 64 KiB are ignored; later files (by name) win;
+- the files read together are bounded (MAX_TOTAL_BYTES, 1 MiB): past it the probe fails and publishes nothing
+  (FeatureFilesTooLarge), as past the listing bound (hostroot.MAX_LIST_ENTRIES), never a partial set. The listing
+  bound alone let features.d hold 65,536 files of 64 KiB (4 GiB): 6.3 MB of files cost the daemon ~290 MB RSS and
+  a 14 MB GetFeatures answer, over gRPC's 4 MiB receive limit (review9). NFD reads them unbounded.
 This is also where NVIDIA GFD writes its labels (features.d/gfd), so GFD data is visible here.
 """
 
@@ -27,6 +31,12 @@ from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.probe_memo import noted_answer
 
 MAX_FILE_SIZE = 64 * 1024
+MAX_TOTAL_BYTES = 1 << 20  # every feature file of one round together (real ones: a few, of < 1 KiB each)
+
+
+class FeatureFilesTooLarge(Exception):
+    """features.d's files together over MAX_TOTAL_BYTES: the probe fails (its status says so), publishing nothing.
+    Not an OSError (probes read those as "absent")."""
 DIRECTIVE_PREFIX = "# +"
 
 
@@ -128,6 +138,7 @@ class LocalProbe(Probe):
         features: dict[str, str] = {}
         labels: dict[str, str] = {}
         base = host.features_d.rstrip("/")
+        total = 0  # bytes of feature files read (MAX_TOTAL_BYTES)
         if not host.is_dir(base):
             out.notes.append(f"feature file directory {base} does not exist")
         for name, path in host.iterdir(base):
@@ -146,10 +157,14 @@ class LocalProbe(Probe):
             if st.st_size > MAX_FILE_SIZE:
                 out.notes.append(f"{path}: ignored, {st.st_size} bytes > {MAX_FILE_SIZE}")
                 continue
+            if total + st.st_size > MAX_TOTAL_BYTES:
+                raise FeatureFilesTooLarge(f"the feature files of {base} exceed {MAX_TOTAL_BYTES} bytes together "
+                                           f"(at {path}): not read (the probe publishes nothing from them)")
             text = host.read_text(path, within=base)
             if text is None:
                 out.notes.append(f"{path}: unreadable")
                 continue
+            total += len(text)  # as read (characters: a file that grew since its stat counts what was read)
             parsed = parse_feature_file(text, path, now)
             expiries.extend(parsed.expiries)
             out.notes.extend(parsed.errors)

@@ -18,7 +18,7 @@ import pytest
 
 from nodecompat import hostroot
 from nodecompat.hostroot import HostRoot, ListingTooLarge
-from nodecompat.probes.local import LocalProbe
+from nodecompat.probes.local import MAX_FILE_SIZE, MAX_TOTAL_BYTES, LocalProbe
 from nodecompat.probes.pci import PciProbe
 from nodecompat.probes.probe_round import ProbeRound
 from nodecompat.probes.round_host import RoundHost
@@ -148,3 +148,28 @@ def test_the_real_bound_keeps_a_huge_directorys_listing_bounded_in_memory(big_di
     finally:
         tracemalloc.stop()
     assert bounded < 0.7 * whole, (bounded, whole)
+
+
+def test_features_d_files_together_are_bounded_too(tmp_path: Path) -> None:
+    """Within the listing bound features.d could still hold 65,536 files of 64 KiB (4 GiB read, ~46x that in the
+    daemon's memory: 6.3 MB of files cost ~290 MB RSS and a 14 MB GetFeatures answer). 16 files of 64 KiB (the
+    bound, 1 MiB) publish; one byte more and the local probe fails and publishes nothing, the other probes still
+    publish, every round (review9)."""
+    _tree(tmp_path, 1)
+    fd = tmp_path / FEATURES_D
+    os.unlink(fd / "f000")
+    for i in range(MAX_TOTAL_BYTES // MAX_FILE_SIZE):
+        (fd / f"big{i:02d}").write_text("".join(f"k{i:02d}{j:04d}={'v' * 55}\n" for j in range(MAX_FILE_SIZE // 64)))
+    assert sum(p.stat().st_size for p in fd.iterdir()) == MAX_TOTAL_BYTES
+    runner = ProbeRunner([PciProbe(), LocalProbe()], HostRoot(tmp_path))
+    r = runner.run()
+    assert _status(r, "local") == (True, None)
+    assert len(r.features.attributes["local.feature"].elements) == MAX_TOTAL_BYTES // 64
+    (fd / "zz").write_text("x")
+    for _ in range(2):
+        r = runner.run()
+        ok, error = _status(r, "local")
+        assert not ok and error is not None
+        assert f"exceed {MAX_TOTAL_BYTES} bytes together (at /{FEATURES_D}/zz)" in error
+        assert "local.feature" not in r.features.attributes and "local.label" not in r.features.attributes
+        assert _status(r, "pci") == (True, None) and len(r.features.instances["pci.device"].elements) == 1
