@@ -169,7 +169,10 @@ class FleetWatchHub:
             )
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), MEMBERSHIP_INTERVAL)
+                    # asyncio.timeout, not wait_for, which on Python 3.11 drops a watcher's cancellation landing
+                    # with a wake-up (CPython gh-86296; server/node/feature_watch.py)
+                    async with asyncio.timeout(MEMBERSHIP_INTERVAL):
+                        await wake.wait()
                 wake.clear()
                 now_members = {n.address: n for n in await asyncio.to_thread(self.members, ws.selector)}
                 keys = set(dirty)
@@ -199,7 +202,8 @@ class FleetWatchHub:
 
     async def _write(self, context: grpc.aio.ServicerContext, msg: inventory_pb2.WatchFleetResponse) -> None:
         try:
-            await asyncio.wait_for(context.write(msg), self.slow_consumer_seconds)
+            async with asyncio.timeout(self.slow_consumer_seconds):  # not wait_for: see the membership wait
+                await context.write(msg)
         except TimeoutError:
             self.dropped_slow += 1
             await context.abort(

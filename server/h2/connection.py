@@ -102,7 +102,11 @@ class H2Connection(TlsBio, asyncio.Protocol):
             self.deadline = loop.call_later(self.opts.timeout, self._fail, grpc.StatusCode.DEADLINE_EXCEEDED,
                                             "Deadline Exceeded")
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: self, host, int(port)), self.opts.connect_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for turns a cancellation that lands as the connect
+            # fails (a refused port answers at once) into that failure (CPython gh-86296), and the cancelled
+            # subscription went on to its backoff sleep (InventorySync.stop then waited its whole bound)
+            async with asyncio.timeout(self.opts.connect_timeout):
+                await loop.create_connection(lambda: self, host, int(port))
         except (TimeoutError, OSError, ValueError) as exc:
             self._fail(grpc.StatusCode.UNAVAILABLE, f"failed to connect to {self.address}: "
                        f"{exc or f'no connection within {self.opts.connect_timeout:g} s'}")

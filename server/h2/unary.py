@@ -168,7 +168,8 @@ class H2Channel:
         limit = self.opts.connect_timeout if deadline is None else min(self.opts.connect_timeout,
                                                                       deadline - loop.time())
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: conn, host, int(port)), max(limit, 0.0))
+            async with asyncio.timeout(max(limit, 0.0)):  # not wait_for: it can lose a cancellation (connection.py)
+                await loop.create_connection(lambda: conn, host, int(port))
         except (TimeoutError, OSError, ValueError) as exc:
             late = deadline is not None and loop.time() >= deadline
             conn._fail(grpc.StatusCode.UNAVAILABLE, f"failed to connect to {self.address}: "
