@@ -97,6 +97,25 @@ class SettingsFlood:
         self.thread.join(30)
 
 
+async def _flooded_until_closed(peer: SettingsFlood, transport: asyncio.BaseTransport, pending: asyncio.Future[Any],
+                                what: str) -> None:
+    """Fix our socket's send buffer small (the kernel then takes little of our writes), let `peer` flood, and check
+    that `pending` ends UNAVAILABLE "does not read" and that the socket is really closed, our unread writes dropped
+    (asyncio's close() alone waits for the peer to read them: for ever, the socket and ~66 KiB kept)."""
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.go.set()
+    with pytest.raises(H2WatchError) as err:
+        await pending
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert "does not read" in (err.value.details() or "")
+    for _ in range(2000):
+        if sock.fileno() == -1:
+            break
+        await asyncio.sleep(0.01)
+    assert sock.fileno() == -1, f"the socket of a failed {what} is still open"
+
+
 def test_a_node_that_floods_settings_and_never_reads_ends_its_connection() -> None:
     """Each SETTINGS is ACKed; a node that never reads ours would grow the transport's buffer without end. The call
     ends UNAVAILABLE ("does not read") once our unread writes pass max_message + 64 KiB, before its deadline
@@ -110,20 +129,7 @@ def test_a_node_that_floods_settings_and_never_reads_ends_its_connection() -> No
             while ch.conn is None or not ch.conn.ready.done():
                 await asyncio.sleep(0.01)
             assert ch.conn.transport is not None
-            sock = ch.conn.transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # fixed: the kernel takes little of ours
-            peer.go.set()
-            with pytest.raises(H2WatchError) as err:
-                await call
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
-            assert "does not read" in (err.value.details() or "")
-            # and the connection is really closed, our unread writes dropped (asyncio's close() alone waits for the
-            # peer to read them: for ever, the socket and ~66 KiB kept)
-            for _ in range(2000):
-                if sock.fileno() == -1:
-                    break
-                await asyncio.sleep(0.01)
-            assert sock.fileno() == -1, "the socket of a failed connection is still open"
+            await _flooded_until_closed(peer, ch.conn.transport, call, "connection")
         finally:
             await ch.close()
             peer.close()
@@ -244,18 +250,7 @@ def test_the_streams_client_drops_the_connection_of_a_node_that_never_reads() ->
             reader = asyncio.ensure_future(call.read())
             while call.transport is None or not call.settings_seen:
                 await asyncio.sleep(0.01)
-            sock = call.transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            peer.go.set()
-            with pytest.raises(H2WatchError) as err:
-                await reader
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
-            assert "does not read" in (err.value.details() or "")
-            for _ in range(2000):
-                if sock.fileno() == -1:
-                    break
-                await asyncio.sleep(0.01)
-            assert sock.fileno() == -1, "the socket of a failed stream is still open"
+            await _flooded_until_closed(peer, call.transport, reader, "stream")
         finally:
             await call.close()
             peer.close()
