@@ -222,9 +222,13 @@ class LeaseRegistry:
                         f"the aggregator holds {len(self._leases)} registrations, its limit; "
                         "retry later or raise the limit"
                     )
-            if current is None or current.expires <= now:
-                self._new_rate.add(now)  # a new registration: grant_ttl counts it against the heartbeat budget
+            # A new registration (no live lease of the name) counts against the heartbeat budget (grant_ttl) once
+            # it is accepted: here with no store, after the store's claim with one (a claim refused or not
+            # answered costs the budget nothing, so refused registrations cannot lengthen every lease).
+            new = current is None or current.expires <= now
             if self.store is None:
+                if new:
+                    self._new_rate.add(now)
                 self._put_lease(name, address, clean, granted, principal, now)
         finally:
             self._lock.release()
@@ -232,7 +236,10 @@ class LeaseRegistry:
             # A move frees the old address in the store when the old etcd lease is revoked or lapses.
             self.store.claim(StoredLease(name, address, clean, principal, granted))
             with self._lock:
-                self._put_lease(name, address, clean, granted, principal, self._clock())
+                now = self._clock()
+                if new:
+                    self._new_rate.add(now)
+                self._put_lease(name, address, clean, granted, principal, now)
         return granted
 
     def _put_lease(
