@@ -65,6 +65,14 @@ class Features:
         for attrs in instances:
             append(Instance(_str_values(attrs)))
 
+    def put_instances(self, name: str, instances: Iterable[Instance]) -> None:
+        """Declare an instance feature (present even when it has no instances) holding these Instance objects
+        themselves: neither copied nor checked. For a probe that built each one from values it read as str
+        (as set_instances would hold them: a dict of str -> str) and keeps it between rounds for the same
+        input; they are shared (as a round's features are: probes/round_merge.py) and must not be changed.
+        Untrusted input (features.d, a wire message, a plugin) goes through set_instances."""
+        self.instances.setdefault(name, InstanceFeature()).elements.extend(instances)
+
     def merge(self, other: Features) -> None:
         """Add every fact of `other` (later facts win for attribute values)."""
         for n, f in other.flags.items():

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecompat.features import Features
+from nodecompat.features import Features, Instance
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.gpu_arch import KFD_NODES, NVML_ARCH, amd_architecture, kfd_targets, nvidia_architecture
@@ -47,11 +47,18 @@ NV_PROC_VERSION = "/proc/driver/nvidia/version"
 NV_GPUS = "/proc/driver/nvidia/gpus"
 AMDGPU_VERSION = "/sys/module/amdgpu/version"
 MIB = 1 << 20
+MAX_DERIVED = 8  # gpu.device instances kept with one PCI device (PciDevice.derived), for distinct inputs
+MAX_KEY_CHARS = 8192  # an input longer than this (a host root's information file) is not kept
 
 
 def is_gpu(dev: PciDevice) -> bool:
-    c = dev.pci_class.lower()
-    return dev.vendor.lower() in GPU_VENDORS and (c.startswith("03") or c in ("1200", "0b40"))
+    """Whether the device is a GPU (the module docstring's classes and vendors); decided once per device."""
+    got = dev.derived.get("is_gpu")
+    if got is None:
+        c = dev.pci_class.lower()
+        got = dev.vendor.lower() in GPU_VENDORS and (c.startswith("03") or c in ("1200", "0b40"))
+        dev.derived["is_gpu"] = got
+    return got
 
 
 @dataclass
@@ -225,43 +232,30 @@ class GpuProbe(Probe):
 
         nv_version = (nvml.driver_version if nvml else None) or nvidia_driver_version(host)
         amd_version = host.read_line(AMDGPU_VERSION) or None
-        pci_ids: PciIds | None = None
+        pci_ids: list[PciIds] = []  # the host's pci.ids, once this round, when a GPU's product needs it
         kfd = kfd_targets(host) if any(d.vendor == "1002" for d in gpus) else {}
         instances = []
         for dev in gpus:
-            attrs = self._base(dev)
+            # what this GPU's instance is made of besides the device (the files below are read every round);
+            # the instance is made once per distinct input and kept with the device (PciDevice.derived), unless
+            # it came from NVML or pci.ids (inputs not in this key)
             if dev.vendor == "10de":
-                if nv_version and dev.driver == "nvidia":
-                    attrs["driver_version"] = nv_version
                 info_text = host.read_text(f"{NV_GPUS}/{dev.address}/information")
-                if info_text:
-                    model = information_model(info_text)
-                    if model:
-                        attrs["product"] = model
-                if nvml and dev.address in nvml.devices:
-                    attrs.update(nvml.devices[dev.address])
+                key: tuple[str | None, ...] = ("gpu", nv_version, info_text)
             elif dev.vendor == "1002":
-                if amd_version and dev.driver == "amdgpu":
-                    attrs["driver_version"] = amd_version
                 vram = host.read_line(f"{PCI_DEVICES}/{dev.address}/mem_info_vram_total")
-                if vram and vram.isdigit():
-                    attrs["memory"] = str(int(vram) // MIB)
                 pname = host.read_line(f"{PCI_DEVICES}/{dev.address}/product_name")
-                if pname:
-                    attrs["product"] = pname
-            if "product" not in attrs:
-                if pci_ids is None:
-                    pci_ids = host_pci_ids(host)
-                name = pci_ids.name(dev.vendor, dev.device, dev.nfd["subsystem_vendor"], dev.nfd["subsystem_device"])
-                if name.subsystem or name.device:
-                    attrs["product"] = marketing_name(name.subsystem or name.device or "")
-            if dev.vendor == "10de" and "compute_major" not in attrs and "product" in attrs:
-                cc = compute_capability(attrs["product"])
-                if cc:
-                    attrs["compute_major"], attrs["compute_minor"] = str(cc[0]), str(cc[1])
-            self._architecture(dev, attrs, kfd)
-            instances.append(attrs)
-        out.features.set_instances("gpu.device", instances)
+                key = ("gpu", amd_version, vram, pname, kfd.get(dev.address))
+            else:
+                key = ("gpu",)
+            inst = None if nvml else dev.derived.get(key)
+            if inst is None:
+                attrs, keep = self._attrs(host, dev, key, nvml, kfd, pci_ids)
+                inst = Instance(attrs)
+                if keep and len(dev.derived) < MAX_DERIVED and sum(len(v) for v in key if v) <= MAX_KEY_CHARS:
+                    dev.derived[key] = inst
+            instances.append(inst)
+        out.features.put_instances("gpu.device", instances)
 
         driver = self._driver(gpus, nv_version, amd_version, nvml)
         if driver:
@@ -269,6 +263,46 @@ class GpuProbe(Probe):
         else:
             out.notes.append("GPU driver version unknown: gpu.driver left out")
         return out
+
+    @classmethod
+    def _attrs(cls, host: HostRoot, dev: PciDevice, key: tuple[str | None, ...], nvml: NvmlData | None,
+               kfd: dict[str, str], pci_ids: list[PciIds]) -> tuple[dict[str, str], bool]:
+        """(the gpu.device attributes of `dev`, whether they follow from `dev` and `key` alone: False when
+        NVML or pci.ids gave some). `key`: discover's, holding the files read for this GPU."""
+        attrs = cls._base(dev)
+        keep = nvml is None
+        if dev.vendor == "10de":
+            nv_version, info_text = key[1], key[2]
+            if nv_version and dev.driver == "nvidia":
+                attrs["driver_version"] = nv_version
+            if info_text:
+                model = information_model(info_text)
+                if model:
+                    attrs["product"] = model
+            if nvml and dev.address in nvml.devices:
+                attrs.update(nvml.devices[dev.address])
+        elif dev.vendor == "1002":
+            amd_version, vram, pname = key[1], key[2], key[3]
+            if amd_version and dev.driver == "amdgpu":
+                attrs["driver_version"] = amd_version
+            if vram and vram.isdigit():
+                attrs["memory"] = str(int(vram) // MIB)
+            if pname:
+                attrs["product"] = pname
+        if "product" not in attrs:
+            keep = False  # pci.ids: its own input
+            if not pci_ids:
+                pci_ids.append(host_pci_ids(host))
+            name = pci_ids[0].name(dev.vendor, dev.device, dev.nfd["subsystem_vendor"],
+                                           dev.nfd["subsystem_device"])
+            if name.subsystem or name.device:
+                attrs["product"] = marketing_name(name.subsystem or name.device or "")
+        if dev.vendor == "10de" and "compute_major" not in attrs and "product" in attrs:
+            cc = compute_capability(attrs["product"])
+            if cc:
+                attrs["compute_major"], attrs["compute_minor"] = str(cc[0]), str(cc[1])
+        cls._architecture(dev, attrs, kfd)
+        return attrs, keep
 
     @staticmethod
     def _architecture(dev: PciDevice, attrs: dict[str, str], kfd: dict[str, str]) -> None:

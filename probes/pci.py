@@ -67,7 +67,8 @@ class PciProbe(Probe):
             out.notes.append(f"{PCI_DEVICES} cannot be listed: pci.device left out, as NFD does")
             return out
         devices = list_pci_devices(host)
-        out.features.set_instances("pci.device", (d.attributes() for d in devices))
+        # each device's instance made once while its files read the same (PciDevice.instance)
+        out.features.put_instances("pci.device", [d.instance() for d in devices])
         skipped = len(host.listdir(PCI_DEVICES)) - len(devices)
         if skipped:
             out.notes.append(f"{skipped} PCI device(s) skipped: a mandatory sysfs file was unreadable")

@@ -11,9 +11,12 @@ sysfs files, and under a fixture root it cannot be pointed at a different tree.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Any
 
+from nodecompat.features import Instance
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes import parsecache
 
@@ -34,15 +37,21 @@ _MANDATORY_IDS = MANDATORY[1:]  # after "class", read first
 _OPTIONAL_ITEMS = tuple(OPTIONAL.items())
 
 
-@dataclass
+@dataclass(eq=False)
 class PciDevice:
-    """One PCI function: NFD's attributes plus the BDF address, driver and NUMA node."""
+    """One PCI function: NFD's attributes plus the BDF address, driver and NUMA node.
+
+    A device read by read_pci_device is shared: by the probes of a round, and between rounds while its
+    files read the same (_DEVICES); it must not be changed. `derived` holds what its consumers derive from
+    it alone (the pci.device instance, a gpu.device instance for given extra inputs), so a device whose files
+    are unchanged is derived once, not every round; bounded by its users (a few entries each)."""
 
     address: str
     nfd: dict[str, str]
     driver: str | None = None
     numa_node: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    derived: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def vendor(self) -> str:
@@ -66,6 +75,14 @@ class PciDevice:
             out["numa_node"] = self.numa_node
         return out
 
+    def instance(self) -> Instance:
+        """The pci.device instance (attributes(), str values), made once per device; shared: not to be
+        changed (Features.put_instances)."""
+        got = self.derived.get("pci.device")
+        if got is None:
+            got = self.derived["pci.device"] = Instance(self.attributes())
+        return got
+
 
 def strip_hex(value: str) -> str:
     """'0x10de' -> '10de' (NFD strips the prefix and keeps the case the kernel printed)."""
@@ -83,27 +100,70 @@ def class_code(value: str) -> str:
     return strip_hex(value)[:4]
 
 
-def read_pci_device(host: HostRoot, address: str) -> PciDevice | None:
-    """Read one device under /sys/bus/pci/devices/<address>; None if a mandatory file is unreadable."""
+# Devices as read, by the text of their files (address, class, vendor, device, subsystem_vendor,
+# subsystem_device, the three optional files, driver link name, numa_node): a round reads every file, and a
+# device whose files read as last time is the object built then (its derivations kept with it). Bounded:
+# MAX_DEVICES entries of at most MAX_DEVICE_CHARS characters of text each (sysfs values are a few bytes; a
+# host root's file may be long: such a device is built every time, never kept); cleared when full.
+MAX_DEVICES = 512
+MAX_DEVICE_CHARS = 1024
+_DEVICES: dict[tuple[str | None, ...], PciDevice] = {}
+_PATHS: dict[str, tuple[str, ...]] = {}  # address -> the 10 host paths read_pci_device reads, same bound
+_lock = threading.Lock()
+
+
+def _paths_of(address: str) -> tuple[str, ...]:
     base = f"{PCI_DEVICES}/{address}/"
+    paths = (base + "class", *(base + n for n in _MANDATORY_IDS), *(base + rel for _, rel in _OPTIONAL_ITEMS),
+             base + "driver", base + "numa_node")
+    with _lock:
+        if len(_PATHS) >= MAX_DEVICES:
+            _PATHS.clear()
+        _PATHS[address] = paths
+    return paths
+
+
+def read_pci_device(host: HostRoot, address: str) -> PciDevice | None:
+    """Read one device under /sys/bus/pci/devices/<address>; None if a mandatory file is unreadable (empty or
+    missing: NFD's pci source skips it). Every file is read on every call; the device returned is shared
+    (see PciDevice) and the same object while its files read the same."""
+    paths = _PATHS.get(address) or _paths_of(address)
     read_line = host.read_line
-    raw = read_line(base + "class")
+    raw = read_line(paths[0])
     if not raw:  # None or ""
         return None
-    nfd: dict[str, str] = {"class": strip_hex(raw)[:4]}  # class_code
-    for name in _MANDATORY_IDS:
-        raw = read_line(base + name)
+    ids = [address, raw]
+    for i in (1, 2, 3, 4):  # _MANDATORY_IDS
+        raw = read_line(paths[i])
         if not raw:
             return None
-        v = raw.strip()  # strip_hex, inline
-        nfd[name] = v[2:] if v[:2] in _HEX_PREFIXES else v
-    for attr, rel in _OPTIONAL_ITEMS:
-        raw = read_line(base + rel)
+        ids.append(raw)
+    key = (*ids, read_line(paths[5]), read_line(paths[6]), read_line(paths[7]), host.link_target_name(paths[8]),
+           read_line(paths[9]))
+    dev = _DEVICES.get(key)
+    if dev is None:
+        dev = _device(key)
+    return dev
+
+
+def _device(key: tuple[str | None, ...]) -> PciDevice:
+    """The PciDevice of read_pci_device's `key`, kept in _DEVICES when small enough."""
+    address, cls = key[0], key[1]
+    assert address is not None and cls is not None
+    nfd: dict[str, str] = {"class": strip_hex(cls)[:4]}  # class_code
+    for name, raw in zip(_MANDATORY_IDS, key[2:6], strict=True):
+        assert raw is not None
+        nfd[name] = strip_hex(raw)
+    for (attr, _), raw in zip(_OPTIONAL_ITEMS, key[6:9], strict=True):
         if raw:
             nfd[attr] = raw
-    driver = host.link_target_name(base + "driver")
-    numa = read_line(base + "numa_node")
-    return PciDevice(address=address, nfd=nfd, driver=driver, numa_node=numa or None)
+    dev = PciDevice(address=address, nfd=nfd, driver=key[9], numa_node=key[10] or None)
+    if sum(len(v) for v in key if v is not None) <= MAX_DEVICE_CHARS:
+        with _lock:
+            if len(_DEVICES) >= MAX_DEVICES:
+                _DEVICES.clear()
+            _DEVICES[key] = dev
+    return dev
 
 
 def list_pci_devices(host: HostRoot) -> list[PciDevice]:

@@ -1,0 +1,88 @@
+"""What the probes derive from files they read is kept between rounds for the same text (issue 11 row (a): a
+first round's own Python), never for other text: each round reads every file, a changed file gives the
+facts a fresh derivation gives, a kept object is the same object only while its inputs read the same, and
+long host text is derived every time, never kept."""
+
+from __future__ import annotations
+
+import os
+
+from support_hosts import copy_fixture
+
+from nodecompat.features import Features
+from nodecompat.probes import sysfs_pci
+from nodecompat.probes.gpu import GpuProbe
+from nodecompat.probes.pci import PciProbe
+from nodecompat.probes.round_host import RoundHost
+
+GPU_A, GPU_B = "0000:18:00.0", "0000:9a:00.0"
+
+
+def _round(host, *probes):  # type: ignore[no-untyped-def]
+    """One round's features of `probes` on a new round host of `host`."""
+    rh = RoundHost.over(host)
+    out = Features()
+    for p in probes:
+        out.merge(p.discover(rh).features)
+    return rh, out
+
+
+def _kept(host, *probes):  # type: ignore[no-untyped-def]
+    """Each probe's instance objects, by feature, of one round."""
+    rh = RoundHost.over(host)
+    got = {}
+    for p in probes:
+        for name, feat in p.discover(rh).features.instances.items():
+            got[name] = list(feat.elements)
+    return got
+
+
+def test_pci_and_gpu_instances_follow_their_files(tmp_path):
+    """gpu.device and pci.device: the same objects while the device's files read the same; a changed
+    information Model, numa_node or device id gives, for that device only, what a fresh derivation gives
+    (this test's expected values; sysfs_pci cleared for the fresh one)."""
+    host = copy_fixture("h100-server", tmp_path)
+    probes = (GpuProbe(), PciProbe())
+    first = _kept(host, *probes)
+    again = _kept(host, *probes)
+    for name in ("gpu.device", "pci.device"):
+        assert len(first[name]) == len(again[name]) > 0
+        assert all(a is b for a, b in zip(first[name], again[name], strict=True))
+
+    info = host.path(f"/proc/driver/nvidia/gpus/{GPU_A}/information")
+    info.write_text(info.read_text().replace("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"))
+    host.path(f"/sys/bus/pci/devices/{GPU_B}/numa_node").write_text("3\n")
+    changed = _kept(host, *probes)
+    by_addr = {i.attributes["address"]: i for i in changed["gpu.device"]}
+    assert by_addr[GPU_A].attributes["product"] == "NVIDIA A100-SXM4-80GB"
+    assert by_addr[GPU_A].attributes["compute_capability"] == "8.0"
+    assert by_addr[GPU_A].attributes["architecture"] == "Ampere"
+    assert by_addr[GPU_B].attributes["numa_node"] == "3"
+    pci_b = [i for i in changed["pci.device"] if i.attributes["address"] == GPU_B]
+    assert pci_b[0].attributes["numa_node"] == "3"
+    for old, new in zip(first["gpu.device"], changed["gpu.device"], strict=True):
+        assert (old is new) == (old.attributes["address"] not in (GPU_A, GPU_B))
+
+    sysfs_pci._DEVICES.clear()  # a fresh derivation of every device gives the same facts
+    _, kept = _round(host, *probes)
+    sysfs_pci._DEVICES.clear()
+    _, fresh = _round(host, *probes)
+    assert kept.to_nfd() == fresh.to_nfd()
+
+
+def test_a_device_with_long_file_text_is_read_not_kept(tmp_path):
+    """A device whose files hold more than MAX_DEVICE_CHARS characters (a host root's file may be long)
+    is published as read, and built again each round, never kept."""
+    host = copy_fixture("h100-server", tmp_path)
+    long_type = "DMA" + "x" * sysfs_pci.MAX_DEVICE_CHARS
+    group = host.path(f"/sys/bus/pci/devices/{GPU_A}/iommu_group")
+    os.makedirs(group, exist_ok=True)
+    (group / "type").write_text(long_type + "\n")
+    sysfs_pci._DEVICES.clear()
+    first = _kept(host, PciProbe())["pci.device"]
+    again = _kept(host, PciProbe())["pci.device"]
+    a1 = next(i for i in first if i.attributes["address"] == GPU_A)
+    a2 = next(i for i in again if i.attributes["address"] == GPU_A)
+    assert a1.attributes["iommu_group/type"] == long_type
+    assert a1 is not a2 and a1.attributes == a2.attributes
+    assert not any(k[0] == GPU_A for k in sysfs_pci._DEVICES)
