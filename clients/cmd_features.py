@@ -21,6 +21,7 @@ from nodecompat.clients.tls_args import (
     channel_credentials_from_args,
     tls_flags_given,
 )
+from nodecompat.utf8 import utf8_round
 
 if TYPE_CHECKING:
     from nodecompat.probes.runner import ProbeRound
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         from nodecompat.probes.catalog import FeatureCatalog
 
         rnd.features = FeatureCatalog.registered().nfd_view(rnd.features)
+    rnd = utf8_round(rnd)  # host names that are not UTF-8 spelt as the daemon sends them (eth\xff)
     if args.output == "json":
         json.dump(snapshot_json(rnd, node_name), sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")

@@ -34,6 +34,7 @@ from nodecompat.engine.limits import MAX_SNAPSHOT_BYTES, MAX_SPEC_BYTES
 from nodecompat.engine.spec import SpecError, parse_spec
 from nodecompat.engine.verdict import Verdict
 from nodecompat.features import Features
+from nodecompat.utf8 import utf8_json
 
 EXIT_OK, EXIT_NOT_COMPATIBLE, EXIT_ERROR = exit_codes.YES, exit_codes.NO, exit_codes.ERROR
 
@@ -236,7 +237,9 @@ def _verdict(args: argparse.Namespace, text: str) -> Verdict:
         features, unknown = rnd.features, rnd.unknown_features()
     verdict = evaluate(spec, features, tags=tags, unknown=unknown, nfd_view=nfd)
     verdict.warnings = [*spec.warnings, *verdict.warnings]
-    return verdict
+    # Evaluated on the host's names as read (as the daemon evaluates); host names that are not UTF-8 are then
+    # spelt as the daemon's answer spells them (eth\xff: nodecompat/utf8.py), in every output format.
+    return Verdict.from_dict(utf8_json(verdict.to_dict()))
 
 
 def render(args: argparse.Namespace, verdict: Verdict) -> str:

@@ -6,11 +6,18 @@ GetFeatures and ValidateImage answered UNKNOWN ("UnicodeEncodeError ... surrogat
 WatchFeatures failed for every caller, so the aggregator lost the node. The bytes are shown escaped (eth\\xff),
 as Python's backslashreplace.
 
-A real daemon process over a host root (tests/support_daemon.py) and real gRPC calls (review9)."""
+A real daemon process over a host root (tests/support_daemon.py) and real gRPC calls (review9). The CLI's local
+outputs spell these names as the daemon's answers do (one spelling: nodecompat/utf8.py): `nodecompat features`
+-o json wrote the surrogate escape (eth\\udcff, a lone surrogate Go's JSON decoder reads as U+FFFD) and its table
+and `validate`'s verdict wrote the raw byte (not UTF-8 at all); the real CLI is run as a user runs it and its
+output compared with its --node output from the real daemon over the same host tree."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -65,5 +72,53 @@ def test_names_that_are_not_utf8_are_answered_escaped(tmp_path: Path) -> None:
             # the node's fingerprint is the one a receiver computes from what it was sent (escaped alike)
             assert fingerprint(wire.features_from_proto(change.features)) == change.fingerprint
             assert any("big\\xff" in n for s in change.probes if s.name == "local" for n in s.notes), change.probes
+    finally:
+        d.terminate()
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    """`nodecompat ARGS...` as a user runs it: (exit code, stdout), stdout checked to be UTF-8."""
+    done = subprocess.run([sys.executable, "-m", "nodecompat.clients.cli", *args], capture_output=True, timeout=120)
+    assert done.returncode in (0, 1), done.stderr.decode(errors="replace")[-3000:]
+    return done.returncode, done.stdout.decode("utf-8")  # UnicodeDecodeError: a raw non-UTF-8 byte was printed
+
+
+NIC_SPEC = ("version: v1alpha1\ncompatibilities:\n- rules:\n  - name: nic\n    matchFeatures:\n"
+            "    - feature: network.device\n      matchExpressions:\n        name: {op: In, value: [eth0]}\n")
+
+
+def test_the_cli_spells_names_that_are_not_utf8_as_the_daemon_does(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    _host(root)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(NIC_SPEC)
+    d = start_daemon(tmp_path, "--host-root", str(root), "--probes", "local,nic")
+    try:
+        docs = {}
+        for where in (("--host-root", str(root)), ("--node", d.address)):
+            _code, out = _cli("features", *where, "-o", "json")
+            doc = json.loads(out)
+            docs[where[0]] = ([x["attributes"]["name"] for x in doc["instances"]["network.device"]["elements"]],
+                              next(p["notes"] for p in doc["probes"] if p["name"] == "local"))
+        local, daemon = docs["--host-root"], docs["--node"]
+        assert local == daemon, (local, daemon)
+        assert local[0] == ["eth\\xff"] and local[1][0].startswith(f"{DEFAULT_FEATURES_D}/big\\xff: ignored"), local
+        # a snapshot written locally reads back with the same spelling (validate --features)
+        snapshot = tmp_path / "snapshot.json"
+        snapshot.write_text(_cli("features", "--host-root", str(root), "-o", "json")[1])
+        for where in (("--host-root", str(root)), ("--node", d.address)):
+            _code, table = _cli("features", *where, "--prefix", "network.device", "--prefix", "local")
+            assert "name=eth\\xff " in table and f"note: {DEFAULT_FEATURES_D}/big\\xff: ignored" in table, table
+        detail = "wanted In [eth0], node has eth\\xff"
+        verdicts = {}
+        for where in (("--host-root", str(root)), ("--node", d.address), ("--features", str(snapshot))):
+            for nfd in ((), ("--nfd-compat",)):
+                code, out = _cli("validate", "--spec", str(spec), *where, *nfd, "-o", "json")
+                assert code == 1, out
+                seen = json.loads(out)["sets"][0]["rules"][0]["match_features"][0]["expressions"][0]
+                verdicts[(where[0], nfd)] = (seen["detail"], tuple(seen["actual"]), seen["instance"])
+                _code, table = _cli("validate", "--spec", str(spec), *where, *nfd)
+                assert f"network.device.name: {detail} on network.device[0] name=eth\\xff" in table, table
+        assert set(verdicts.values()) == {(detail, ("eth\\xff",), "network.device[0] name=eth\\xff")}, verdicts
     finally:
         d.terminate()
