@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import gzip
 import re
+import threading
 import zlib
 
-from nodecompat.features import AttributeFeature, Features
+from nodecompat.features import AttributeFeature, Features, FlagFeature
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes import parsecache
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
@@ -41,6 +42,23 @@ def parse_kernel_version(osrelease: str) -> dict[str, str]:
     if m:
         out.update({k: v or "" for k, v in m.groupdict().items()})
     return out
+
+
+_VERSIONS: dict[str, dict[str, str]] = {}  # osrelease -> parse_kernel_version's answer (shared: not changed)
+MAX_KEPT_TEXT = 256 << 10  # a text kept as a key below is at most this long (/proc/modules: ~10 KB)
+MAX_KEPT = 8  # entries of each cache below; cleared when full
+
+
+def _kernel_version(release: str) -> dict[str, str]:
+    """parse_kernel_version(release), once per distinct release (a short line); shared: not to be changed."""
+    got = _VERSIONS.get(release)
+    if got is None:
+        got = parse_kernel_version(release)
+        if len(release) <= 4096:
+            if len(_VERSIONS) >= MAX_KEPT:
+                _VERSIONS.clear()
+            _VERSIONS[release] = got
+    return got
 
 
 def kconfig_search_paths(version: str | None) -> list[str]:
@@ -105,15 +123,23 @@ def kconfig(host: HostRoot, version: str | None, config_file: str | None = None)
 
     The parse is kept between rounds while the file's identity (inode, size, mtime) is unchanged
     (probes/parsecache.py); the returned dict is shared and must not be changed."""
+    found = kconfig_feature(host, version, config_file)
+    return None if found is None else (found[0], found[1].elements)
+
+
+def kconfig_feature(host: HostRoot, version: str | None,
+                    config_file: str | None = None) -> tuple[str, AttributeFeature] | None:
+    """kconfig() as the kernel.config feature: (host path, AttributeFeature of the parse), the same object
+    while the file's identity is unchanged (parsecache), shared by the rounds' features: not to be changed."""
     paths = ([config_file] if config_file else []) + kconfig_search_paths(version)
     for p in paths:
         ident = parsecache.identity(host, p)
         if ident is None:  # missing, or not a regular file
             continue
 
-        def parse(p: str = p) -> dict[str, str] | None:
+        def parse(p: str = p) -> AttributeFeature | None:
             found = read_kconfig(host, None, p)
-            return None if found is None or found[0] != p else parse_kconfig(found[1])
+            return None if found is None or found[0] != p else AttributeFeature(parse_kconfig(found[1]))
 
         cfg = parsecache.parsed(host, p, "kconfig", parse, ident)  # the identity just taken: one stat
         if cfg is not None:
@@ -158,6 +184,39 @@ def builtin_modules(host: HostRoot, path: str) -> frozenset[str] | None:
         return None if text is None else frozenset(parse_builtin_modules(text))
 
     return parsecache.parsed(host, path, "modules.builtin", parse, ident)
+
+
+# /proc/modules text -> [kernel.loadedmodule, (the builtin set, kernel.enabledmodule made with it) or None]:
+# flag features made once per distinct text (and modules.builtin parse), shared by the rounds' features (not
+# to be changed); at most MAX_KEPT texts of at most MAX_KEPT_TEXT characters, each with a builtin set of at
+# most MAX_KEPT_TEXT characters of names (a real one: ~6,000 names, ~80 KB), cleared when full.
+_MODULE_FLAGS: dict[str | None, list[object]] = {}
+_lock = threading.Lock()
+
+
+def _module_flags(modules: str | None, builtin: frozenset[str] | None) -> tuple[FlagFeature, FlagFeature | None]:
+    """(kernel.loadedmodule of the /proc/modules text `modules` (None: unreadable, an empty set), and
+    kernel.enabledmodule: those plus `builtin`, None when `builtin` is None), made once per distinct input
+    (`builtin` by identity: parsecache's object while modules.builtin is unchanged)."""
+    kept = _MODULE_FLAGS.get(modules)
+    if kept is None:
+        kept = [FlagFeature(parse_modules(modules) if modules is not None else set()), None]
+        if modules is None or len(modules) <= MAX_KEPT_TEXT:
+            with _lock:
+                if len(_MODULE_FLAGS) >= MAX_KEPT:
+                    _MODULE_FLAGS.clear()
+                _MODULE_FLAGS[modules] = kept
+    loaded = kept[0]
+    assert isinstance(loaded, FlagFeature)
+    if builtin is None:
+        return loaded, None
+    pair = kept[1]  # one object, replaced whole: a thread never pairs one set with another's union
+    if isinstance(pair, tuple) and pair[0] is builtin:
+        return loaded, pair[1]
+    enabled = FlagFeature(loaded.elements | builtin)
+    if sum(map(len, builtin)) <= MAX_KEPT_TEXT:  # names of a long file (not kept by parsecache either): not kept
+        kept[1] = (builtin, enabled)
+    return loaded, enabled
 
 
 class KernelProbe(Probe):
@@ -226,37 +285,36 @@ class KernelProbe(Probe):
         version: str | None = None
         if release:
             version = release.strip()
-            f.add_attributes("kernel.version", parse_kernel_version(version))
+            f.add_attributes("kernel.version", _kernel_version(version))
         else:
             out.notes.append(f"{OSRELEASE} unreadable: kernel.version unknown")
 
-        found = kconfig(host, version, self.kconfig_file)
+        found = kconfig_feature(host, version, self.kconfig_file)
         if found is None:
             out.notes.append("no readable kernel config (/proc/config.gz, /boot/config-<v>, ...)")
         else:
-            # The parse holds str values already: a plain copy (the parse is shared between rounds), not
-            # add_attributes' str() of each of its thousands of values.
-            f.attributes["kernel.config"] = AttributeFeature(dict(found[1]))
+            # The parse's feature object, shared between rounds while the file is unchanged (str values
+            # already): neither add_attributes' str() of each of its thousands of values nor a copy.
+            f.attributes["kernel.config"] = found[1]
 
-        loaded: set[str] = set()
         modules = host.read_text(MODULES)
+        builtin_path = f"/lib/modules/{version}/modules.builtin"
+        builtin = builtin_modules(host, builtin_path) if version else None
+        loaded, enabled = _module_flags(modules, builtin)  # made once per distinct text: shared
         if modules is None:
             out.notes.append(
                 f"{MODULES} is missing (monolithic kernel without CONFIG_MODULES?): "
                 "kernel.loadedmodule left out, as NFD does"
             )
         else:
-            loaded = parse_modules(modules)
-            f.add_flags("kernel.loadedmodule", loaded)
+            f.flags["kernel.loadedmodule"] = loaded
 
-        builtin_path = f"/lib/modules/{version}/modules.builtin"
-        builtin = builtin_modules(host, builtin_path) if version else None
         if not version:
             out.notes.append("kernel version unknown: modules.builtin not read, kernel.enabledmodule left out")
-        elif builtin is None:
+        elif enabled is None:
             out.notes.append(f"{builtin_path} unreadable: kernel.enabledmodule left out, as NFD does")
         else:
-            f.add_flags("kernel.enabledmodule", loaded | builtin)
+            f.flags["kernel.enabledmodule"] = enabled
 
         # NFD selinux.go: no /sys/fs -> error (absent); no enforce file -> false; unreadable -> absent.
         enforce = host.read_bytes(SELINUX_ENFORCE)

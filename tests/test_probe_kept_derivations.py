@@ -86,3 +86,31 @@ def test_a_device_with_long_file_text_is_read_not_kept(tmp_path):
     assert a1.attributes["iommu_group/type"] == long_type
     assert a1 is not a2 and a1.attributes == a2.attributes
     assert not any(k[0] == GPU_A for k in sysfs_pci._DEVICES)
+
+
+def test_kernel_features_follow_their_files(tmp_path):
+    """kernel.config, kernel.loadedmodule and kernel.enabledmodule: the same objects while the config,
+    /proc/modules and modules.builtin read the same; a module loaded (a new /proc/modules text) gives the
+    sets a fresh parse gives (NFD source/kernel/modules.go: loaded = /proc/modules' first column, enabled =
+    loaded + modules.builtin's basenames), the config object kept as its file is unchanged."""
+    from nodecompat.probes.kernel import KernelProbe, parse_modules
+
+    host = copy_fixture("h100-server", tmp_path)
+
+    def feats():  # type: ignore[no-untyped-def]
+        return KernelProbe().discover(RoundHost.over(host)).features
+
+    first, again = feats(), feats()
+    for name in ("kernel.loadedmodule", "kernel.enabledmodule"):
+        assert first.flags[name] is again.flags[name]
+    assert first.attributes["kernel.config"] is again.attributes["kernel.config"]
+
+    modules = host.path("/proc/modules")
+    modules.write_text(modules.read_text() + "vfio_pci 16384 0 - Live 0x0000000000000000\n")
+    changed = feats()
+    loaded = parse_modules(modules.read_text())
+    assert "vfio_pci" in loaded and changed.flags["kernel.loadedmodule"].elements == loaded
+    enabled = changed.flags["kernel.enabledmodule"].elements
+    builtin = first.flags["kernel.enabledmodule"].elements - first.flags["kernel.loadedmodule"].elements
+    assert enabled == loaded | builtin
+    assert changed.attributes["kernel.config"] is first.attributes["kernel.config"]
