@@ -25,20 +25,23 @@ def copied(last: Features) -> Features:
     return Features(flags=dict(last.flags), attributes=dict(last.attributes), instances=dict(last.instances))
 
 
-def _take(into: Features, out: Features, declared: list[str], taken: set[str]) -> None:
-    """Move the declared features of a finished probe's output into the round's features.
+def _take(into: Features, out: Features, keep: frozenset[str] | set[str], taken: set[str]) -> list[str]:
+    """Move the declared features (`keep`) of a finished probe's output into the round's features; the
+    names of the output's features not declared (each once per kind they occur in: the caller reports them).
 
     For built-in probes only: their output is not changed by anyone after this (it may be kept by the memo
     and reused next round: probes/probe_memo.py), so a feature no earlier probe delivered is moved as-is
     instead of copied element by element (kernel.config has thousands); a feature two probes both deliver
     is merged (Features.merge: later values win) into a copy of what the round holds (_detach), never into
     the earlier probe's own object."""
-    keep = set(declared)
-    for kind in ("flags", "attributes", "instances"):
-        src = getattr(out, kind)
-        dst = getattr(into, kind)
+    undeclared: list[str] = []
+    kinds: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
+        ("flags", out.flags, into.flags), ("attributes", out.attributes, into.attributes),
+        ("instances", out.instances, into.instances))
+    for kind, src, dst in kinds:
         for name, feat in src.items():
             if name not in keep:
+                undeclared.append(name)
                 continue
             if name in taken or name in dst:
                 if name in dst:
@@ -47,6 +50,7 @@ def _take(into: Features, out: Features, declared: list[str], taken: set[str]) -
             else:
                 dst[name] = feat
             taken.add(name)
+    return undeclared
 
 
 def _detach(into: Features, kind: str, name: str) -> None:

@@ -73,29 +73,40 @@ class HereCalls:
         a positive number of seconds: Probe's default, so the watchdog still watches it)."""
         return seconds(self.override if self.override is not None else call.probe.timeout)
 
-    def run(self, calls: list[_Call], host: HostRoot, on_hang: Callable[[list[_Call]], None]) -> bool:
+    def run(self, calls: list[_Call], host: HostRoot, on_hang: Callable[[list[_Call]], None],
+            traced: bool | None = None) -> bool:
         """Run `calls` in order on this thread. True when all ran here; False when the watchdog
         abandoned this thread (a call ran past its timeout): the calls not started were given to
-        on_hang(rest), on the watchdog's thread, and this thread must drop the round."""
-        traced = tracing.loaded()  # asked once per round, not per probe
+        on_hang(rest), on the watchdog's thread, and this thread must drop the round. traced:
+        tracing.loaded() as the round began (None: asked here)."""
+        if traced is None:
+            traced = tracing.loaded()  # asked once per round, not per probe
         replay: list[ReplayContext] = []  # memo_replay.replay_context of the round's host, at need
         self.calls, self.on_hang = calls, on_hang
         claim = self.claim
+        # One critical section between two calls (the last one's end, the next one's start) and one clock
+        # reading: the time a call finished is the time the next one started.
+        claim.acquire()
+        held = True
         try:
+            now = time.monotonic()
             for call in calls:
-                with claim:
-                    if self.abandoned:
-                        return False
-                    self.current = call
-                    call.started = time.monotonic()
+                if self.abandoned:  # abandoned in the last call: the rest went to on_hang
+                    return False
+                self.current = call
+                call.started = now
+                claim.release()
+                held = False
                 _discover(call, host, traced, replay)
-                with claim:
-                    call.finished = time.monotonic()
-                    self.current = None
-                    if self.abandoned:  # abandoned in this call: the rest went to on_hang
-                        return False
-            return True
+                now = time.monotonic()
+                claim.acquire()
+                held = True
+                call.finished = now
+                self.current = None
+            return not self.abandoned
         finally:
+            if held:
+                claim.release()
             if not self.abandoned:
                 self.calls, self.on_hang = [], None
 

@@ -36,12 +36,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import cast
 
 from nodecompat import tracing
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import Probe, ProbeOutput
-from nodecompat.probes.held_parents import worth_holding
+from nodecompat.probes.held_parents import HeldParents, worth_holding
 from nodecompat.probes.memo_replay import Memo
 from nodecompat.probes.probe_memo import declared_memoizable
 from nodecompat.probes.probe_round import ProbeRound, ProbeStatus
@@ -54,6 +55,43 @@ from nodecompat.probes.runner_worker import _acquire, _Call, _check_output, _rel
 _tracer = tracing.LazyTracer("nodecompat.probes")  # OpenTelemetry only once imported (fast start)
 _RoundHost = RoundHost  # its name before the split (tests import it from here)
 __all__ = ["ProbeRound", "ProbeRunner", "ProbeStatus", "probe_once"]  # the round's types live in probe_round
+
+
+# A `features` tuple -> (the tuple, its names, their set): the declared names of a probe whose class does
+# not override feature_names(), made once per process per tuple (FeatureInfo is frozen), not once per probe
+# instance: a runner's first round has new instances (issue 11). Bounded: emptied past _MAX_DECLARED.
+_DECLARED: dict[int, tuple[object, list[str], frozenset[str]]] = {}
+_MAX_DECLARED = 1024
+
+
+def _declared_keep(probe: Probe) -> tuple[list[str], frozenset[str]]:
+    """(probe.feature_names(), the same as a set), kept per `features` tuple while the probe's class does
+    not override feature_names() (a plugin computing its own is asked every time). The list is shared:
+    copy it before handing it out (ProbeStatus.features)."""
+    feats = probe.features
+    if type(feats) is tuple and type(probe).feature_names is Probe.feature_names:
+        hit = _DECLARED.get(id(feats))
+        if hit is not None and hit[0] is feats:
+            return hit[1], hit[2]
+        names = probe.feature_names()
+        keep = frozenset(names)
+        if len(_DECLARED) >= _MAX_DECLARED:
+            _DECLARED.clear()
+        _DECLARED[id(feats)] = (feats, names, keep)
+        return names, keep
+    names = probe.feature_names()
+    return names, frozenset(names)
+
+
+class _HeldCounts:
+    """What held_parents.worth_holding reads of a finished round's HeldParents (its directory table, the
+    directories it kept, its hint), without the HeldParents itself: that one closes the round's held
+    descriptors when it is collected, which must not wait for the next round."""
+
+    __slots__ = ("hint", "kept", "state")
+
+    def __init__(self, held: HeldParents) -> None:
+        self.hint, self.kept, self.state = held.hint, held.kept, held.state
 
 
 class _Begun:
@@ -83,34 +121,48 @@ class ProbeRunner:
         self.memoize = memoize
         # id(probe) -> (the probe, its memo); bounded: one per probe, MAX_LOG_BYTES each
         self._memo: dict[int, tuple[Probe, Memo]] = {}
-        self._hold_hint: frozenset[str] = frozenset()  # the last round's directories worth holding at once
+        self._hint: frozenset[str] = frozenset()  # the last round's directories worth holding at once (_hold_hint)
+        self._hint_from: _HeldCounts | None = None  # the last round's held directories, not turned into it yet
         # the last round's outputs (all ok), its features (dicts of its own) and each probe's status notes
         self._last: tuple[list[ProbeOutput | None], Features, dict[str, list[str]]] | None = None
         self.host = host
         self.load_errors = list(load_errors)
         self.timeout_override = timeout
         self._hung: dict[str, _Call] = {}
-        # id(probe) -> (the probe, its `features` tuple, their names): feature_names() made once per probe
-        self._names: dict[int, tuple[Probe, object, list[str]]] = {}
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
         self._here_calls: HereCalls | None = None  # run_here's calls on the current loop thread
 
-    def _declared(self, probe: Probe) -> list[str]:
-        """probe.feature_names(), kept while the probe's `features` is the same tuple (FeatureInfo is
-        frozen) and its class does not override feature_names(); the caller copies it before handing it
-        out (ProbeStatus.features). A steady round asked it again per probe: ~40 us a round."""
-        feats = probe.features
-        hit = self._names.get(id(probe))
-        if hit is not None and hit[0] is probe and hit[1] is feats:
-            return hit[2]
-        names = probe.feature_names()
-        if type(feats) is tuple and type(probe).feature_names is Probe.feature_names:
-            self._names[id(probe)] = (probe, feats, names)
-        return names
+    @staticmethod
+    def _declared(probe: Probe) -> list[str]:
+        """probe.feature_names() (_declared_keep); the caller copies it before handing it out."""
+        return _declared_keep(probe)[0]
+
+    @property
+    def _hold_hint(self) -> frozenset[str]:
+        """The directories the last round asked for often enough to hold at once in the next
+        (held_parents.worth_holding), worked out when the next round begins: a runner that runs one
+        round (probe_once, the start-up prober, server/node/first_round.py) never needs it."""
+        src = self._hint_from
+        if src is not None:
+            self._hint_from = None
+            self._hint = worth_holding([cast(HeldParents, src)])
+        return self._hint
 
     def _timeout(self, probe: Probe) -> float:
         return self.timeout_override if self.timeout_override is not None else probe.timeout
+
+    def _idle_period(self) -> float:
+        """The shortest timeout of this runner's probes in seconds (round_watchdog.seconds of each): how
+        often the watchdog looks at run_here's calls while none runs."""
+        if self.timeout_override is not None:
+            return seconds(self.timeout_override)
+        timeouts: Iterable[object]
+        try:
+            timeouts = {p.timeout for p in self.probes}  # usually one or two values: each converted once
+        except TypeError:  # a plugin's unhashable timeout
+            timeouts = [p.timeout for p in self.probes]
+        return min((seconds(t) for t in timeouts), default=Probe.timeout)
 
     def close(self) -> None:
         """Hand the worker thread back to the process's idle workers (at most MAX_IDLE_WORKERS are
@@ -140,23 +192,30 @@ class ProbeRunner:
         after the hung one here, with the same isolation) returns the round, the hung probe reported
         timed out as by run(), or None if another call hangs (on_hang is then called again)."""
         self._lock.acquire()  # released by whichever thread finishes the round (_here)
+        if not tracing.loaded():  # no span can be recorded, no context exists: none made (nodecompat/tracing.py)
+            return self._begin_here(on_hang, None, False)
         with _tracer.start_as_current_span("probe round"):
-            try:
-                begun = self._begin()
-            except BaseException:
-                self._lock.release()
-                raise
-            return self._here(begun, begun.calls, on_hang, tracing.current_context())
+            return self._begin_here(on_hang, tracing.current_context(), True)
+
+    def _begin_here(self, on_hang: Callable[[Callable[[], ProbeRound | None]], None], ctx: object,
+                    traced: bool) -> ProbeRound | None:  # fmt: skip
+        """run_here's round from its start, self._lock held (released on an error here, else by _here)."""
+        try:
+            begun = self._begin()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._here(begun, begun.calls, on_hang, ctx, traced)
 
     def _here(self, begun: _Begun, calls: list[_Call], on_hang: Callable[[Callable[[], ProbeRound | None]], None],
-              ctx: object) -> ProbeRound | None:  # fmt: skip
+              ctx: object, traced: bool | None = None) -> ProbeRound | None:  # fmt: skip
         """Run `calls` of `begun` on this thread, self._lock held for it (taken by run_here, maybe on
-        another thread); release it once the round is built, or leave it to the continuation (None)."""
+        another thread); release it once the round is built, or leave it to the continuation (None).
+        traced: tracing.loaded() as the round began (None: asked again)."""
         here = self._here_calls
         try:
             if here is None or here.abandoned:
-                idle = min((seconds(self._timeout(p)) for p in self.probes), default=Probe.timeout)
-                here = self._here_calls = HereCalls(idle, self.timeout_override)
+                here = self._here_calls = HereCalls(self._idle_period(), self.timeout_override)
                 WATCHDOG.watch(here)
 
             def hung(rest: list[_Call]) -> None:
@@ -173,7 +232,7 @@ class ProbeRunner:
                         self._lock.release()
                     raise
 
-            if not here.run(calls, begun.host, hung):
+            if not here.run(calls, begun.host, hung, traced):
                 return None
         except BaseException:
             if here is None or not here.abandoned:
@@ -234,22 +293,24 @@ class ProbeRunner:
         """A round's calls (the probes not still hung) and its host, the still hung ones' statuses."""
         statuses: dict[str, ProbeStatus] = {}
         calls: list[_Call] = []
+        hung, memo, memoize = self._hung, self._memo, self.memoize
         for probe in self.probes:
-            prev = self._hung.get(probe.name)
-            if prev is not None and not prev.done:
-                assert prev.started is not None
-                statuses[probe.name] = ProbeStatus(
-                    probe.name,
-                    ok=False,
-                    error=f"still hung: the call started {time.monotonic() - prev.started:.0f}s ago "
-                    "has not returned, so the probe was not started again",
-                    features=list(self._declared(probe)),
-                    timed_out=True,
-                )
-                continue
-            self._hung.pop(probe.name, None)
-            record = self.memoize and declared_memoizable(type(probe))
-            held = self._memo.get(id(probe)) if record else None
+            if hung:
+                prev = hung.get(probe.name)
+                if prev is not None and not prev.done:
+                    assert prev.started is not None
+                    statuses[probe.name] = ProbeStatus(
+                        probe.name,
+                        ok=False,
+                        error=f"still hung: the call started {time.monotonic() - prev.started:.0f}s ago "
+                        "has not returned, so the probe was not started again",
+                        features=list(self._declared(probe)),
+                        timed_out=True,
+                    )
+                    continue
+                hung.pop(probe.name, None)
+            record = memoize and declared_memoizable(type(probe))
+            held = memo.get(id(probe)) if record and memo else None
             calls.append(_Call(probe, held[1] if held is not None and held[0] is probe else None, record))
 
         return _Begun(statuses, calls, RoundHost.over(self.host, self._hold_hint))
@@ -257,7 +318,8 @@ class ProbeRunner:
     def _finish(self, begun: _Begun) -> ProbeRound:
         """The round from its calls' outcomes (each finished, failed or hung)."""
         statuses, calls = begun.statuses, begun.calls
-        self._hold_hint = worth_holding(begun.host._parents)
+        held = begun.host._parents[0] if begun.host._parents else None  # the next round's hint: made when it begins
+        self._hint, self._hint_from = frozenset(), None if held is None else _HeldCounts(held)
 
         # Every probe's output is the one the last round's features were built from (all reused, none
         # failed): those features again, their dicts copied (round_merge.copied), no merge done again.
@@ -274,54 +336,57 @@ class ProbeRunner:
         features = copied(last[1]) if same and last is not None else Features()
         taken: set[str] = set()
         now = time.monotonic()
+        ok = len(calls) == len(self.probes)
+        notes: dict[str, list[str]] = {}
         for call in calls:
             p = call.probe
-            declared = self._declared(p)
-            st = ProbeStatus(p.name, ok=False, features=list(declared))
-            if call.abandoned or not call.done:
+            declared, keep = _declared_keep(p)
+            started, finished = call.started, call.finished
+            if call.abandoned or finished is None:
                 self._hung[p.name] = call
-                st.timed_out = True
-                st.duration_seconds = now - (call.started or now)
-                st.error = f"timed out after {self._timeout(p):g}s (probe hung; abandoned)"
+                st = ProbeStatus(p.name, False, f"timed out after {self._timeout(p):g}s (probe hung; abandoned)",
+                                 now - (started or now), list(declared), [], True)
             elif call.error is not None:
-                st.duration_seconds = (call.finished or now) - (call.started or now)
-                st.error = f"{type(call.error).__name__}: {call.error}"
-            elif same and self._last is not None:  # the same output as last round, all checked then
-                st.duration_seconds = (call.finished or now) - (call.started or now)
-                st.ok = st.reused = True
-                st.notes = list(self._last[2][p.name])
+                st = ProbeStatus(p.name, False, f"{type(call.error).__name__}: {call.error}",
+                                 finished - (started or now), list(declared))
+            elif same and last is not None:  # the same output as last round, all checked then
+                st = ProbeStatus(p.name, True, "", finished - (started or now), list(declared),
+                                 list(last[2][p.name]), False, True)
             else:
-                st.duration_seconds = (call.finished or now) - (call.started or now)
-                problem = _check_output(p, call.output)
+                out = call.output
+                # an output recorded into a memo (call.fresh) was checked then (runner_worker._memoized)
+                problem = "" if call.fresh is not None else _check_output(p, out)
                 if problem:
-                    st.error = problem
+                    st = ProbeStatus(p.name, False, problem, finished - (started or now), list(declared))
                 else:
-                    assert isinstance(call.output, ProbeOutput)
-                    st.ok = True
-                    st.reused = call.reused
-                    st.notes = list(call.output.notes)
-                    undeclared = call.output.features.names() - set(declared)
-                    if undeclared:
-                        st.notes.append(
-                            f"dropped features the probe does not declare: {', '.join(sorted(undeclared))}"
-                        )
+                    assert isinstance(out, ProbeOutput)
+                    st = ProbeStatus(p.name, True, "", finished - (started or now), list(declared), list(out.notes),
+                                     False, call.reused)
+                    undeclared: Iterable[str]
                     if type(p).__module__.startswith("nodecompat.probes."):
-                        _take(features, call.output.features, declared, taken)
+                        undeclared = _take(features, out.features, keep, taken)
                     else:  # a plugin may keep and change what it returned: copy it
-                        sub = call.output.features.subset(declared)
+                        undeclared = out.features.names() - keep
+                        sub = out.features.subset(declared)
                         for kind in ("flags", "attributes", "instances"):
                             for name in getattr(sub, kind).keys() & getattr(features, kind).keys():
                                 _detach(features, kind, name)
                         features.merge(sub)
                         taken.update(declared)
+                    if undeclared:
+                        st.notes.append(
+                            f"dropped features the probe does not declare: {', '.join(sorted(set(undeclared)))}"
+                        )
             statuses[p.name] = st
+            if st.ok:
+                notes[p.name] = list(st.notes)
+            else:
+                ok = False
             if not call.reused:  # a new outcome (or none): the old memo no longer holds
                 if call.fresh is not None and st.ok:
                     self._memo[id(p)] = (p, call.fresh)
                 else:
                     self._memo.pop(id(p), None)
-        ok = all(statuses[c.probe.name].ok for c in calls) and len(calls) == len(self.probes)
-        notes = {c.probe.name: list(statuses[c.probe.name].notes) for c in calls}
         self._last = (outputs, copied(features), notes) if ok and self.memoize else None  # dicts of its own
         for le in self.load_errors:
             statuses[le.name] = ProbeStatus(le.name, ok=False, error=le.error)

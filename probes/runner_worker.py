@@ -203,6 +203,7 @@ def _check_output(probe: Probe, output: object) -> str:
         return f"discover() returned {type(output).__name__}, not a ProbeOutput"
     if not isinstance(output.features, Features):
         return f"discover() returned features of type {type(output.features).__name__}, not Features"
-    if not all(isinstance(n, str) for n in output.notes):
+    notes = output.notes
+    if notes and not all(isinstance(n, str) for n in notes):
         return "discover() returned notes that are not strings"
     return ""
