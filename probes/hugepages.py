@@ -13,6 +13,7 @@ import re
 from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.textkept import TextKept
 
 GLOBAL = "/sys/kernel/mm/hugepages"
 NODES = "/sys/devices/system/node"
@@ -39,17 +40,29 @@ def quantity_name(size_kb: int) -> str:
     return str(size)
 
 
+# (directory, its names...) -> what read_pools reads there: (size name, nr_hugepages path, free_hugepages path)
+# of each hugepages-<n>kB entry, in listing order; made once per distinct listing (probes/textkept.py)
+_POOL_PLANS: TextKept[tuple[tuple[str, str, str], ...]] = TextKept(32, 64 << 10)
+# (NODES, its names...) -> (node number, its hugepages directory) of each node<N> entry, by number
+_NODE_PLANS: TextKept[tuple[tuple[int, str], ...]] = TextKept(8, 64 << 10)
+
+
+def _pool_plan(base: str, names: list[str]) -> tuple[tuple[str, str, str], ...]:
+    return tuple((quantity_name(int(m.group(1))), f"{base}/{name}/nr_hugepages", f"{base}/{name}/free_hugepages")
+                 for name in names if (m := _POOL.match(name)))
+
+
 def read_pools(host: HostRoot, base: str) -> list[tuple[str, str | None, str | None]]:
     """(size name, nr_hugepages, free_hugepages) of each hugepages-<n>kB dir under `base`."""
-    pools = []
-    for name, path in host.iterdir(base):
-        m = _POOL.match(name)
-        if not m:
-            continue
-        total = host.read_line(f"{path}/nr_hugepages")
-        free = host.read_line(f"{path}/free_hugepages")
-        pools.append((quantity_name(int(m.group(1))), _int_or_none(total), _int_or_none(free)))
-    return pools
+    base = base.rstrip("/")
+    names = host.listdir(base)
+    plan = _POOL_PLANS.get((base, *names), lambda: _pool_plan(base, names))
+    read_line = host.read_line
+    return [(size, _int_or_none(read_line(total)), _int_or_none(read_line(free))) for size, total, free in plan]
+
+
+def _node_plan(names: list[str]) -> tuple[tuple[int, str], ...]:
+    return tuple(sorted((int(m.group(1)), f"{NODES}/{name}/hugepages") for name in names if (m := _NODE.match(name))))
 
 
 def _int_or_none(v: str | None) -> str | None:
@@ -140,10 +153,10 @@ class HugepagesProbe(Probe):
             attrs["enabled"] = str(enabled).lower()
             out.features.add_attributes("memory.hugepages", attrs)
 
-        nodes = sorted((int(m.group(1)), path) for name, path in host.iterdir(NODES) if (m := _NODE.match(name)))
+        names = host.listdir(NODES)
         instances = []
-        for node, path in nodes:
-            for size, total, free in read_pools(host, f"{path}/hugepages"):
+        for node, pools in _NODE_PLANS.get((NODES, *names), lambda: _node_plan(names)):
+            for size, total, free in read_pools(host, pools):
                 inst = {"node": str(node), "size": size}
                 if total is not None:
                     inst["total"] = total

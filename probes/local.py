@@ -29,6 +29,7 @@ from nodecompat.features import Features
 from nodecompat.hostroot import HostPathEscape, HostRoot
 from nodecompat.probes.base import FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.probe_memo import noted_answer
+from nodecompat.probes.textkept import TextKept
 
 MAX_FILE_SIZE = 64 * 1024
 MAX_TOTAL_BYTES = 1 << 20  # every feature file of one round together (real ones: a few, of < 1 KiB each)
@@ -109,6 +110,24 @@ def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = N
     return out
 
 
+# (path, text) -> (its parse, which of its expiry times had passed then): a file's parse depends on its text,
+# its name and, of the clock, only on which expiry times have passed (parse_feature_file's `expiry < now`), so
+# it is made again when one of those answers differs; files over MAX_FILE_SIZE are never parsed at all
+_PARSES: TextKept[tuple[FeatureFile, tuple[bool, ...]]] = TextKept(32, MAX_FILE_SIZE + 4096)
+
+
+def _parse(path: str, text: str, now: datetime) -> FeatureFile:
+    """parse_feature_file(text, path, now), reused for the same path and text while its expiry times answer
+    the same at `now`. Shared: not to be changed."""
+    key = (path, text)
+    kept = _PARSES.peek(key)
+    if kept is not None and (not kept[0].expiries or passed(tuple(kept[0].expiries), now) == kept[1]):
+        return kept[0]
+    parsed = parse_feature_file(text, path, now)
+    _PARSES.put(key, (parsed, passed(tuple(parsed.expiries), now)))
+    return parsed
+
+
 class LocalProbe(Probe):
     name = "local"
     memoizable = True  # reads only its host, and the clock against its expiry times (an input asked again)
@@ -165,7 +184,7 @@ class LocalProbe(Probe):
                 out.notes.append(f"{path}: unreadable")
                 continue
             total += len(text)  # as read (characters: a file that grew since its stat counts what was read)
-            parsed = parse_feature_file(text, path, now)
+            parsed = _parse(path, text, now)  # the same parse_feature_file gives (kept by text: _PARSES)
             expiries.extend(parsed.expiries)
             out.notes.extend(parsed.errors)
             features.update(parsed.features)

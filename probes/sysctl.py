@@ -99,6 +99,24 @@ def sysctl_path(name: str) -> str:
     return PROC_SYS + "/" + name.replace(".", "/")
 
 
+_PLANS: dict[tuple[str, ...], tuple[tuple[str, str | None], ...]] = {}  # extra names -> plan (bounded, below)
+MAX_PLANS = 16
+
+
+def _plan(extra: list[str]) -> tuple[tuple[str, str | None], ...]:
+    """(name, its /proc/sys path, or None when name_problem refuses it) for the defaults then `extra` (those not
+    among the defaults), in that order: each name checked once per distinct list, not every round."""
+    key = tuple(extra)
+    got = _PLANS.get(key)
+    if got is None:
+        names = list(DEFAULT_SYSCTLS) + [n for n in extra if n not in DEFAULT_SYSCTLS]
+        got = tuple((n, None if name_problem(n) else sysctl_path(n)) for n in names)
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = got
+    return got
+
+
 class SysctlProbe(Probe):
     name = "sysctl"
     memoizable = True  # reads only its host (probes/probe_memo.py)
@@ -129,14 +147,14 @@ class SysctlProbe(Probe):
         if not host.is_dir(PROC_SYS):
             out.notes.append(f"{PROC_SYS} cannot be read: kernel.sysctl left out")
             return out
-        names = list(DEFAULT_SYSCTLS) + [n for n in self.sysctl_extra if n not in DEFAULT_SYSCTLS]
         values: dict[str, str] = {}
         missing: list[str] = []
-        for name in names:
-            if name_problem(name):
+        read_text = host.read_text
+        for name, path in _plan(self.sysctl_extra):
+            if path is None:  # name_problem
                 missing.append(name)
                 continue
-            text = host.read_text(sysctl_path(name))
+            text = read_text(path)
             if text is None or len(text) > MAX_VALUE:
                 missing.append(name)
                 continue

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import re
 
-from nodecompat.features import Features
+from nodecompat.features import AttributeFeature, Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.probe_memo import noted
+from nodecompat.probes.textkept import TextKept
 
 OS_RELEASE = "/etc/os-release"
 DMI_ID = "/sys/devices/virtual/dmi/id"
@@ -49,6 +50,10 @@ def parse_os_release(text: str) -> dict[str, str]:
                 if m2.group(part):
                     out[f"VERSION_ID.{part}"] = m2.group(part)
     return out
+
+
+_DMI_PATHS = tuple((a, f"{DMI_ID}/{a}") for a in DMI_ATTRS)
+_OS_RELEASES: TextKept[AttributeFeature] = TextKept(8, 64 << 10)  # os-release text -> system.osrelease (shared)
 
 
 class SystemProbe(Probe):
@@ -97,11 +102,13 @@ class SystemProbe(Probe):
         if text is None:
             out.notes.append(f"{OS_RELEASE} unreadable: system.osrelease left out")
         else:
-            f.add_attributes("system.osrelease", parse_os_release(text))
+            # made once per distinct text (probes/textkept.py): the feature object is shared, str values
+            f.attributes["system.osrelease"] = _OS_RELEASES.get(text, lambda: AttributeFeature(parse_os_release(text)))
 
         dmi = {}
-        for a in DMI_ATTRS:
-            v = host.read_line(f"{DMI_ID}/{a}")
+        read_line = host.read_line
+        for a, path in _DMI_PATHS:
+            v = read_line(path)
             if v is not None:
                 dmi[a] = v
         if dmi:

@@ -114,3 +114,67 @@ def test_kernel_features_follow_their_files(tmp_path):
     builtin = first.flags["kernel.enabledmodule"].elements - first.flags["kernel.loadedmodule"].elements
     assert enabled == loaded | builtin
     assert changed.attributes["kernel.config"] is first.attributes["kernel.config"]
+
+
+def test_text_kept_bounds():
+    """probes/textkept.py: an input longer than max_chars is derived every time and never kept; the map
+    never holds more than max_entries inputs."""
+    from nodecompat.probes.textkept import TextKept
+
+    kept: TextKept[list[str]] = TextKept(max_entries=3, max_chars=10)
+    made: list[str] = []
+
+    def make(k: str):  # type: ignore[no-untyped-def]
+        return lambda: made.append(k) or [k]
+
+    first = kept.get(("a", "bcd"), make("abcd"))
+    assert kept.get(("a", "bcd"), make("abcd")) is first and made == ["abcd"]
+    long = "x" * 11
+    assert kept.get(long, make(long)) == [long] and kept.get(long, make(long)) == [long]
+    assert made == ["abcd", long, long] and kept.peek(long) is None
+    for k in ("1", "2", "3", "4"):
+        kept.get(k, make(k))
+        assert len(kept) <= 3
+
+
+def test_local_parse_follows_text_and_expiry():
+    """local: a feature file's parse is kept for the same path and text while its expiry times answer the
+    same (NFD source/local/local.go parseFeatureFile drops lines after an expiry-time that has passed), so a
+    passed expiry drops the lines as a fresh parse does, and a changed text is parsed again."""
+    from datetime import UTC, datetime
+
+    from nodecompat.probes.local import _parse, parse_feature_file
+
+    text = "a=1\n# +expiry-time=2030-01-01T00:00:00Z\nb=2\n"
+    before, after = datetime(2029, 6, 1, tzinfo=UTC), datetime(2030, 6, 1, tzinfo=UTC)
+    p1 = _parse("/f", text, before)
+    assert p1.features == {"a": "1", "b": "2"} == parse_feature_file(text, "/f", before).features
+    assert _parse("/f", text, datetime(2029, 7, 1, tzinfo=UTC)) is p1  # the same answers: kept
+    p2 = _parse("/f", text, after)
+    assert p2.features == {"a": "1"} == parse_feature_file(text, "/f", after).features
+    assert _parse("/f", text, before).features == {"a": "1", "b": "2"}  # the clock set back over it
+    assert _parse("/f", text.replace("a=1", "a=3"), before).features == {"a": "3", "b": "2"}
+    assert _parse("/g", "# +bogus\n", before).errors == ["/g:1: unknown feature file directive 'bogus'"]
+
+
+def test_hugepages_and_os_release_follow_their_files(tmp_path):
+    """hugepages: a pool that appears (a new listing) is published as a fresh derivation publishes it; system:
+    os-release's feature object is kept while the text is the same, re-parsed when it changes."""
+    from nodecompat.probes.hugepages import HugepagesProbe
+    from nodecompat.probes.system import SystemProbe
+
+    host = copy_fixture("h100-server", tmp_path)
+    _, before = _round(host, HugepagesProbe(), SystemProbe(node_name="n"))
+    _, same = _round(host, HugepagesProbe(), SystemProbe(node_name="n"))
+    assert before.to_nfd() == same.to_nfd()
+    pool = host.path("/sys/devices/system/node/node1/hugepages/hugepages-64kB")
+    pool.mkdir()
+    (pool / "nr_hugepages").write_text("7\n")
+    (pool / "free_hugepages").write_text("5\n")
+    osr = host.path("/etc/os-release")
+    osr.write_text(osr.read_text() + 'VARIANT_ID="test"\n')
+    _, after = _round(host, HugepagesProbe(), SystemProbe(node_name="n"))
+    nodes = [i.attributes for i in after.instances["memory.hugepages.node"].elements]
+    assert {"node": "1", "size": "64Ki", "total": "7", "free": "5"} in nodes
+    assert len(nodes) == len(before.instances["memory.hugepages.node"].elements) + 1
+    assert after.attributes["system.osrelease"].elements["VARIANT_ID"] == "test"
