@@ -44,8 +44,11 @@
  *       held yet, a link there resolved as the whole path when link_whole; nothing for a missing
  *       directory; else the whole path) and read as read_whole. When `entries` is a list, a probe's
  *       recording (probes/probe_memo.py RecordingHost) is noted there in the same call: (fn, (path,),
- *       the bytes answer). ctx: (dirfd, flags, state, lookup, file_flags, link_whole, max_bytes, fn),
- *       made once per round host (probes/host_c.py read_ctx). NotImplemented (nothing stored or noted)
+ *       the bytes answer). ctx: (dirfd, flags, state, lookup, file_flags, link_whole, max_bytes, fn, hint,
+ *       kept, hold_at), made once per round host (probes/host_c.py reader): a directory not held yet is
+ *       counted here as HeldParents.lookup counts it (state, kept, hint, hold_at: its attributes), lookup
+ *       called only for the request that holds it or a directory of the hint. The first line of an ASCII
+ *       file is found without decoding the rest. NotImplemented (nothing stored or noted)
  *       for what the Python path answers instead: a path with a NUL, openat2 racing a rename 3 times.
  */
 #define PY_SSIZE_T_CLEAN
@@ -105,10 +108,20 @@ static int open_resolve_nogil(int dirfd, const char *path, int flags, unsigned l
     return -EAGAIN;
 }
 
+/* A read's buffer: a page on the caller's stack first (most host files are shorter: no malloc), moved to
+ * the heap when a file is longer. */
 typedef struct {
     char *buf;
     size_t cap;
+    int heap;
 } Buf;
+
+#define BUF_INIT(b, stack) Buf b = {(stack), sizeof(stack), 0}
+#define BUF_FREE(b)          \
+    do {                     \
+        if ((b).heap)        \
+            free((b).buf);   \
+    } while (0)
 
 static int buf_reserve(Buf *b, size_t need) {
     if (need <= b->cap)
@@ -116,11 +129,14 @@ static int buf_reserve(Buf *b, size_t need) {
     size_t cap = b->cap ? b->cap : FIRST_READ;
     while (cap < need)
         cap *= 2;
-    char *p = realloc(b->buf, cap);
+    char *p = b->heap ? realloc(b->buf, cap) : malloc(cap);
     if (p == NULL)
         return -1;
+    if (!b->heap && b->cap)
+        memcpy(p, b->buf, b->cap);
     b->buf = p;
     b->cap = cap;
+    b->heap = 1;
     return 0;
 }
 
@@ -297,7 +313,8 @@ static PyObject *py_read_whole(PyObject *self, PyObject *args) {
     Py_ssize_t max_bytes;
     if (!PyArg_ParseTuple(args, "in", &fd, &max_bytes))
         return NULL;
-    Buf b = {NULL, 0};
+    char first[FIRST_READ];
+    BUF_INIT(b, first);
     size_t len = 0;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -309,7 +326,7 @@ static PyObject *py_read_whole(PyObject *self, PyObject *args) {
         out = Py_NewRef(Py_None);
     else
         out = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)len);
-    free(b.buf);
+    BUF_FREE(b);
     return out;
 }
 
@@ -484,7 +501,8 @@ static PyObject *py_replay_reads(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "state must be a dict or None");
         return NULL;
     }
-    Buf b = {NULL, 0};
+    char first[FIRST_READ];
+    BUF_INIT(b, first);
     Py_ssize_t count = PyList_GET_SIZE(items);
     Py_ssize_t at = -1;
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -587,27 +605,96 @@ static PyObject *py_replay_reads(PyObject *self, PyObject *args) {
         at = i;
         break;
     }
-    free(b.buf);
+    BUF_FREE(b);
     return PyLong_FromSsize_t(at);
 error:
-    free(b.buf);
+    BUF_FREE(b);
     return NULL;
 }
 
 
 static PyObject *memo_kb = NULL, *memo_kt = NULL, *memo_k1 = NULL; /* the round memo's key kinds, interned */
 
+/* held_parents.py's states of a directory not held yet (HeldParents.lookup's counting, kept in step with it:
+ * host_c.reader checks the constants): _FIRST, asked once; _FIRST - 1, ... asked more often; HOLD_AT. */
+#define HELD_FIRST (-3)
+#define HELD_HOLD_AT 2
+
+/* HeldParents.lookup(parent) for a read: the held descriptor, HELD_MISSING or HELD_SLOW. The counting of a
+ * directory not held yet is done here (state, kept: the round's HeldParents.state and .kept); the Python
+ * `lookup` is called only where it decides more (a directory of the hint asked for the first time, the request
+ * that holds it, a state this does not know). -2 with an exception set on failure (HELD_SLOW is -2 too: the
+ * caller checks PyErr_Occurred). */
+static long held_dir(PyObject *state, PyObject *lookup, PyObject *hint, PyObject *kept, long hold_at,
+                     PyObject *parent) {
+    PyObject *v = PyDict_GetItemWithError(state, parent); /* borrowed */
+    long d;
+    if (v == NULL) {
+        if (PyErr_Occurred())
+            return HELD_SLOW;
+        int in_hint = PyAnySet_Check(hint) && PySet_GET_SIZE(hint) ? PySet_Contains(hint, parent) : 0;
+        if (in_hint < 0)
+            return HELD_SLOW;
+        if (!in_hint) { /* asked for the first time: counted, not held (the whole path is resolved) */
+            PyObject *first = PyLong_FromLong(HELD_FIRST);
+            if (first == NULL)
+                return HELD_SLOW;
+            PyDict_SetItem(state, parent, first); /* on failure the exception tells the caller */
+            Py_DECREF(first);
+            return HELD_SLOW;
+        }
+    } else {
+        d = PyLong_AsLong(v);
+        if (d == -1 && PyErr_Occurred())
+            return HELD_SLOW;
+        if (d > HELD_FIRST) /* held, missing, or not holdable (SLOW) */
+            return d;
+        long asked = HELD_FIRST - d + 2; /* this request's number */
+        if (asked < hold_at) {
+            PyObject *next = PyLong_FromLong(d - 1);
+            if (next == NULL)
+                return HELD_SLOW;
+            int bad = PyDict_SetItem(state, parent, next);
+            Py_DECREF(next);
+            if (bad)
+                return HELD_SLOW;
+            if (asked == HELD_HOLD_AT) /* worth holding at once next round (held here at hold_at) */
+                PyList_Append(kept, parent);
+            return HELD_SLOW;
+        }
+    }
+    PyObject *r = PyObject_CallOneArg(lookup, parent); /* held now (or the hint's): Python decides */
+    if (r == NULL)
+        return HELD_SLOW;
+    d = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return d;
+}
+
+/* The round's held directories for round_read: (state, lookup, hint, kept, hold_at) of its HeldParents. */
+typedef struct {
+    PyObject *state, *lookup, *hint, *kept;
+    long hold_at;
+} Held;
+
 /* The bytes a round reads for `path` (RoundHost._read, within None), a new reference (bytes or None);
  * Py_NotImplemented (new reference) when the Python path must answer; NULL with an exception. */
-static PyObject *round_read_raw(PyObject *path, int dirfd, int flags, PyObject *state, PyObject *lookup,
-                                int file_flags, int link_whole, Py_ssize_t max_bytes) {
-    PyObject *raw = PyUnicode_EncodeFSDefault(path);
-    if (raw == NULL)
-        return NULL;
-    const char *s = PyBytes_AS_STRING(raw);
-    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+static PyObject *round_read_raw(PyObject *path, int dirfd, int flags, const Held *held, int file_flags,
+                                int link_whole, Py_ssize_t max_bytes) {
+    PyObject *raw = NULL; /* the encoded path when it is not ASCII (os.fsencode's bytes) */
+    const char *s;
+    Py_ssize_t n;
+    if (PyUnicode_IS_ASCII(path)) { /* os.fsencode of ASCII text is the text itself: no copy */
+        s = (const char *)PyUnicode_DATA(path);
+        n = PyUnicode_GET_LENGTH(path);
+    } else {
+        if ((raw = PyUnicode_EncodeFSDefault(path)) == NULL)
+            return NULL;
+        s = PyBytes_AS_STRING(raw);
+        n = PyBytes_GET_SIZE(raw);
+    }
     if ((Py_ssize_t)strlen(s) != n) { /* a NUL: os.open's ValueError, raised by the Python path */
-        Py_DECREF(raw);
+        Py_XDECREF(raw);
         Py_RETURN_NOTIMPLEMENTED;
     }
     /* held_parents.split: (parent, name) of an absolute path whose last part is a plain name */
@@ -616,43 +703,28 @@ static PyObject *round_read_raw(PyObject *path, int dirfd, int flags, PyObject *
     int plain = slash != NULL && slash != s && *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 &&
                 s[0] == '/';
     long d = HELD_SLOW;
-    if (plain && state != Py_None) {
+    if (plain && held->state != Py_None) {
         Py_ssize_t at = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
         PyObject *parent = at > 0 ? PyUnicode_Substring(path, 0, at) : NULL;
         if (parent == NULL) {
-            Py_DECREF(raw);
+            Py_XDECREF(raw);
             if (PyErr_Occurred())
                 return NULL;
             Py_RETURN_NOTIMPLEMENTED;
         }
-        PyObject *v = PyDict_GetItemWithError(state, parent);
-        if (v == NULL && PyErr_Occurred())
-            goto fail_parent;
-        d = v != NULL ? PyLong_AsLong(v) : HELD_SLOW;
-        if (d == -1 && PyErr_Occurred())
-            goto fail_parent;
-        if (d < 0 && d != HELD_MISSING) { /* not held yet: counted, held when due (HeldParents.lookup) */
-            PyObject *r = PyObject_CallOneArg(lookup, parent);
-            if (r == NULL)
-                goto fail_parent;
-            d = PyLong_AsLong(r);
-            Py_DECREF(r);
-            if (d == -1 && PyErr_Occurred())
-                goto fail_parent;
+        d = held_dir(held->state, held->lookup, held->hint, held->kept, held->hold_at, parent);
+        Py_DECREF(parent);
+        if (d == HELD_SLOW && PyErr_Occurred()) {
+            Py_XDECREF(raw);
+            return NULL;
         }
-        Py_DECREF(parent);
-        goto read;
-    fail_parent:
-        Py_DECREF(parent);
-        Py_DECREF(raw);
-        return NULL;
     }
-read:;
     /* the whole path: at "/" made absolute (open(2) resolves as chroot), under a host root without its
-     * trailing "/" ("" -> "/"), as open_text */
-    char *whole = malloc((size_t)n + 2);
+     * trailing "/" ("" -> "/"), as open_text; on the stack unless it is longer than any path the kernel takes */
+    char stack_whole[PATH_MAX + 2];
+    char *whole = (size_t)n + 2 <= sizeof stack_whole ? stack_whole : malloc((size_t)n + 2);
     if (whole == NULL) {
-        Py_DECREF(raw);
+        Py_XDECREF(raw);
         return PyErr_NoMemory();
     }
     if (dirfd < 0) {
@@ -671,7 +743,8 @@ read:;
             whole[k] = 0;
         }
     }
-    Buf b = {NULL, 0};
+    char first[FIRST_READ];
+    BUF_INIT(b, first);
     size_t len = 0;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -694,8 +767,9 @@ read:;
         close(fd);
     }
     Py_END_ALLOW_THREADS
-    free(whole);
-    Py_DECREF(raw);
+    if (whole != stack_whole)
+        free(whole);
+    Py_XDECREF(raw);
     PyObject *out;
     if (rc == -2)
         out = Py_NewRef(Py_NotImplemented);
@@ -703,7 +777,7 @@ read:;
         out = Py_NewRef(Py_None);
     else
         out = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)len);
-    free(b.buf);
+    BUF_FREE(b);
     return out;
 }
 
@@ -738,9 +812,45 @@ static PyObject *first_line(PyObject *text) {
     return out;
 }
 
+/* str.strip()'s whitespace among ASCII characters (Python's _Py_ascii_whitespace) */
+static int ascii_space(unsigned char c) { return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20); }
+/* str.splitlines()'s line boundaries among ASCII characters (\r\n is \r then \n: the line ends at \r alike) */
+static int ascii_break(unsigned char c) { return (c >= 0x0a && c <= 0x0d) || (c >= 0x1c && c <= 0x1e); }
+
+/* first_line(text_of(raw)) for bytes that are all ASCII, without decoding the whole file: text_of's universal
+ * newlines only turn \r and \r\n into \n, which end the first line where they did. NULL with no exception
+ * set when raw is not all ASCII (the caller decodes it). */
+static PyObject *first_line_ascii(PyObject *raw) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw), end = -1, i;
+    int blank = 1;
+    for (i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c >= 0x80)
+            return NULL;
+        if (end < 0 && ascii_break(c))
+            end = i;
+        if (blank && !ascii_space(c))
+            blank = 0;
+        if (end >= 0 && !blank)
+            break; /* the rest cannot change the answer, but must be ASCII: checked below */
+    }
+    for (; i < n; i++)
+        if (p[i] >= 0x80)
+            return NULL;
+    if (blank)
+        return PyUnicode_New(0, 0);
+    Py_ssize_t a = 0, z = end < 0 ? n : end;
+    while (a < z && ascii_space(p[a]))
+        a++;
+    while (z > a && ascii_space(p[z - 1]))
+        z--;
+    return PyUnicode_DecodeASCII((const char *)p + a, z - a, NULL);
+}
+
 static PyObject *py_round_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 8 || !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "round_read(ctx: tuple of 8, memo: dict, path, kind, entries)");
+    if (nargs != 5 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 11 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "round_read(ctx: tuple of 11, memo: dict, path, kind, entries)");
         return NULL;
     }
     PyObject *ctx = args[0], *memo = args[1], *path = args[2], *entries = args[4];
@@ -782,10 +892,15 @@ static PyObject *py_round_read(PyObject *self, PyObject *const *args, Py_ssize_t
         long file_flags = PyLong_AsLong(PyTuple_GET_ITEM(ctx, 4));
         int link_whole = PyObject_IsTrue(PyTuple_GET_ITEM(ctx, 5));
         Py_ssize_t max_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 6));
+        Held held = {PyTuple_GET_ITEM(ctx, 2), PyTuple_GET_ITEM(ctx, 3), PyTuple_GET_ITEM(ctx, 8),
+                     PyTuple_GET_ITEM(ctx, 9), PyLong_AsLong(PyTuple_GET_ITEM(ctx, 10))};
         if (PyErr_Occurred())
             goto done;
-        raw = round_read_raw(path, (int)dirfd, (int)flags, PyTuple_GET_ITEM(ctx, 2), PyTuple_GET_ITEM(ctx, 3),
-                             (int)file_flags, link_whole, max_bytes);
+        if (held.state != Py_None && (!PyDict_Check(held.state) || !PyList_Check(held.kept))) {
+            PyErr_SetString(PyExc_TypeError, "round_read: the held directories' state must be a dict, kept a list");
+            goto done;
+        }
+        raw = round_read_raw(path, (int)dirfd, (int)flags, &held, (int)file_flags, link_whole, max_bytes);
         if (raw == NULL)
             goto done;
         if (raw == Py_NotImplemented) {
@@ -801,6 +916,10 @@ static PyObject *py_round_read(PyObject *self, PyObject *const *args, Py_ssize_t
     } else {
         if (raw == Py_None) {
             out = Py_NewRef(Py_None);
+        } else if (kind == 2 && (out = first_line_ascii(raw)) != NULL) {
+            ; /* the first line of an ASCII file, nothing else decoded */
+        } else if (PyErr_Occurred()) {
+            goto done;
         } else {
             PyObject *text = text_of(raw);
             if (text == NULL)

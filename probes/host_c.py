@@ -104,16 +104,22 @@ def reader(host: Any) -> list[Any]:
     if not _fixed:
         import functools
 
+        from nodecompat.probes import held_parents
         from nodecompat.probes.probe_memo import _read_bytes
         from nodecompat.probes.root_resolve import OPENAT2_READ
 
+        # _hostc.c's HELD_FIRST and HELD_HOLD_AT: the counting it does for HeldParents.lookup
+        if (held_parents._FIRST, held_parents.HOLD_AT, held_parents.MISSING, held_parents.SLOW) != (-3, 2, -1, -2):
+            raise RuntimeError("probes/_hostc.c counts held directories with other constants than held_parents.py")
         _fixed[:] = [functools.partial, OPENAT2_READ, _read_bytes]
     from nodecompat.probes import bounded_read  # its bound as it is now (tests lower it)
 
     partial, flags, read_bytes = _fixed
     link_whole = held.root_fd is not None  # under a host root: a link in a held directory is not followed
+    # the round's held directories: the C helper counts a directory not held yet as HeldParents.lookup does
+    # (its constants checked once in _fixed) and calls lookup where that decides more (the hold itself)
     ctx = (dirfd, flags, held.state, held.lookup, held.file_flags, link_whole, bounded_read.MAX_READ_BYTES,
-           read_bytes)
+           read_bytes, held.hint, held.kept, held.hold_at)
     return [partial(c.round_read, ctx), c, dirfd, held.state]
 
 

@@ -121,3 +121,62 @@ def test_a_recording_round_reads_and_notes_in_c(tmp_path: Path, monkeypatch: pyt
         (("/sys/d/a",), b"A\n"), (("/sys/d/crlf",), b"one\r\ntwo\rthree\n"), (("/sys/d/abs",), b"REROOTED\n"),
         (("/sys/d/missing",), None)]  # fmt: skip
     assert rec.log.entries[0][2] is rec.memo["b", "/sys/d/a"]
+
+
+def _first_line(raw: bytes) -> str:
+    """RoundHost.read_line's answer, as the Python path computes it (text_of, then its first line stripped)."""
+    text = bounded_read.text_of(raw)
+    assert text is not None
+    return text.splitlines()[0].strip() if text.strip() else ""
+
+
+@needs_c
+def test_first_lines_in_c_are_pythons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C reader's first line of an ASCII file (found without decoding the rest) is str.splitlines()[0]
+    .strip() of text_of(the bytes): every ASCII line break and blank, mixed, and non-ASCII files alike."""
+    import random
+
+    rnd = random.Random(11)
+    alphabet = [bytes([c]) for c in range(0, 0x21)] + [b"a", b"Z", b"0", b"\x7f", b"\r\n", b"\xc3\xa9", b"\xff"]
+    contents = [b"", b"\n", b"x", b" x \n y", b"\n\nx", b"\x1fx\x1f\n", b"\x1c", b"a\x85b", b"\r\r\nx", b"\t \x0b"]
+    contents += [b"".join(rnd.choice(alphabet) for _ in range(rnd.randrange(12))) for _ in range(400)]
+    d = tmp_path / "root" / "sys" / "l"
+    d.mkdir(parents=True)
+    for i, raw in enumerate(contents):
+        (d / str(i)).write_bytes(raw)
+    monkeypatch.setattr(host_c, "USE_C", True)
+    rh = RoundHost.over(HostRoot(tmp_path / "root"))
+    got = [rh.read_line(f"/sys/l/{i}") for i in range(len(contents))]
+    assert rh.c_reader()[0] is not None
+    assert got == [_first_line(raw) for raw in contents]
+
+
+def _held_after(host: HostRoot, use_c: bool, hint: frozenset[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The round's held directories after reads asking for directories 1 to 4 times (and a missing one):
+    each state (held descriptors as "held") and the directories kept for the next round's hint."""
+    monkeypatch.setattr(host_c, "USE_C", use_c)
+    rh = RoundHost.over(host, hint)
+    for times, parent in enumerate(("/sys/h1", "/sys/h2", "/sys/h3", "/sys/h4", "/sys/gone"), start=1):
+        for i in range(times):
+            rh.read_line(f"{parent}/f{i}")
+    held = rh._parents[0]
+    assert held is not None
+    return {k: "held" if v >= 0 else v for k, v in held.state.items()}, sorted(held.kept)
+
+
+@needs_c
+@pytest.mark.parametrize("hint", [frozenset(), frozenset({"/sys/h1", "/sys/gone"})])
+def test_held_directories_are_counted_in_c_as_lookup_counts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: frozenset[str]
+) -> None:
+    """The C reader counts a directory not held yet as HeldParents.lookup does (held at the same request,
+    the same directories kept for the next round's hint), with and without a hint."""
+    for n in range(1, 5):
+        d = tmp_path / "root" / "sys" / f"h{n}"
+        d.mkdir(parents=True)
+        for i in range(n):
+            (d / f"f{i}").write_bytes(b"%d\n" % i)
+    host = HostRoot(tmp_path / "root")
+    c = _held_after(host, True, hint, monkeypatch)
+    assert c == _held_after(host, False, hint, monkeypatch)
+    assert c[0]["/sys/h4"] == "held" and c[0]["/sys/h1"] == ("held" if hint else -3)
