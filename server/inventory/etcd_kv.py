@@ -237,14 +237,21 @@ class PrefixWatch:
                                    "start_revision": start_revision}}
         call_timeout = self.etcd.call_timeout
         head = Deadline(time.monotonic() + call_timeout)  # the answer's head within a call's deadline
+        # The first answer gets a call's timeout, as every other etcd call: with the idle stream's read timeout
+        # (watch_read_timeout, 1 s) an etcd pausing just over a second (a slow fsync, a leader election; SIGSTOP in
+        # tests/test_store_etcd_slow_watch.py) failed the watch, and registrations' health flapped NOT_SERVING and
+        # back while every registration went through.
         with deadline_scope(head):  # (a trickling peer: _post_bounded)
             resp = client.session.post(client.get_url("/watch"), json=body, stream=True,
-                                       timeout=(call_timeout, self.etcd.watch_read_timeout))
+                                       timeout=(call_timeout, call_timeout))
         if head.fired:  # a head cut short by the shutdown may parse as complete
             resp.close()
             raise StoreUnavailable(f"etcd watch not answered within {call_timeout}s")
         conn = resp.raw.connection
-        release(conn.sock if conn is not None else None)  # the stream is read with its own bounds
+        sock = conn.sock if conn is not None else None
+        release(sock)  # the stream is read with its own bounds
+        if sock is not None:
+            sock.settimeout(self.etcd.watch_read_timeout)  # the head came: an idle stream ends after this long
         with resp:
             if resp.status_code != 200:
                 raise StoreUnavailable(f"etcd watch answered HTTP {resp.status_code}")
