@@ -51,10 +51,18 @@ class Features:
 
     # -- building -------------------------------------------------------------------------------
     def add_flags(self, name: str, elements: Iterable[str]) -> None:
-        self.flags.setdefault(name, FlagFeature()).elements.update(elements)
+        feat = self.flags.get(name)
+        if feat is None:  # a new feature: its set made from `elements` in one step
+            self.flags[name] = FlagFeature(set(elements))
+        else:
+            feat.elements.update(elements)
 
     def add_attributes(self, name: str, elements: Mapping[str, str]) -> None:
-        self.attributes.setdefault(name, AttributeFeature()).elements.update(_str_values(elements))
+        feat = self.attributes.get(name)
+        if feat is None:  # a new feature holds _str_values' new dict itself (no second dict, no update)
+            self.attributes[name] = AttributeFeature(_str_values(elements))
+        else:
+            feat.elements.update(_str_values(elements))
 
     def add_instance(self, name: str, attributes: Mapping[str, str]) -> None:
         self.instances.setdefault(name, InstanceFeature()).elements.append(Instance(_str_values(attributes)))

@@ -11,10 +11,11 @@ We read sysfs rather than psutil.net_if_stats(): psutil reports speed 0 for both
 
 from __future__ import annotations
 
-from nodecompat.features import Features
+from nodecompat.features import Features, Instance
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.sysfs_pci import PCI_DEVICES, pci_address_of
+from nodecompat.probes.textkept import TextKept
 
 NET = "/sys/class/net"
 _I = NET + "/<if>/"
@@ -27,6 +28,32 @@ _COMMON = (
     AttributeInfo("speed", "int", _I + "speed", description="Mb/s; -1 when unknown; absent if unreadable"),
     AttributeInfo("mtu", "int", _I + "mtu"),
 )
+
+
+# (NET, names...) -> (name, its directory, [IFACE_FILES paths], its device link) of each interface, once per
+# distinct listing (bonding_masters left out)
+_PLANS: TextKept[tuple[tuple[str, str, tuple[str, ...], str], ...]] = TextKept(8, 64 << 10)
+# (kind, name, the values read...) -> the interface's instance (shared), once per distinct input: kind "v" a
+# virtual one (IFACE_FILES' values), "p" a physical one (then DEVICE_FILES', driver, address, numa_node)
+_INSTANCES: TextKept[Instance] = TextKept(256, 2048)
+_ATTRS_V = IFACE_FILES
+_ATTRS_P = (*IFACE_FILES, *DEVICE_FILES, "driver", "address")
+
+
+def _plan(names: list[str]) -> tuple[tuple[str, str, tuple[str, ...], str], ...]:
+    return tuple((name, f"{NET}/{name}", tuple(f"{NET}/{name}/{f}" for f in IFACE_FILES), f"{NET}/{name}/device")
+                 for name in names if name != "bonding_masters")
+
+
+def _instance(key: tuple[str | None, ...]) -> Instance:
+    """The instance of _INSTANCES' `key`: the name, then each value that is not None (numa_node: not empty)."""
+    attrs = {"name": str(key[1])}
+    for a, v in zip(_ATTRS_V if key[0] == "v" else _ATTRS_P, key[2:], strict=False):
+        if v is not None:
+            attrs[a] = v
+    if key[0] == "p" and key[-2] is not None and key[-1]:
+        attrs["numa_node"] = str(key[-1])
+    return Instance(attrs)
 
 
 class NicProbe(Probe):
@@ -70,38 +97,30 @@ class NicProbe(Probe):
             out = ProbeOutput(Features())
             out.notes.append(f"{NET} cannot be listed: network.device and network.virtual left out, as NFD does")
             return out
-        physical: list[dict[str, str]] = []
-        virtual: list[dict[str, str]] = []
-        for name, path in host.iterdir(NET):
-            if name == "bonding_masters":
-                continue
-            attrs = {"name": name}
-            for f in IFACE_FILES:
-                v = host.read_line(f"{path}/{f}")
-                if v is not None:
-                    attrs[f] = v
-            if host.exists(f"{path}/device"):
-                physical.append(self._physical(host, path, attrs))
+        physical: list[Instance] = []
+        virtual: list[Instance] = []
+        names = host.listdir(NET)
+        read_line = host.read_line
+        for name, path, files, device in _PLANS.get((NET, *names), lambda: _plan(names)):
+            values = [read_line(f) for f in files]
+            if host.exists(device):
+                key = ("p", name, *values, *self._physical(host, path))
+                physical.append(_INSTANCES.get(key, lambda key=key: _instance(key)))  # type: ignore[misc]
             else:
-                virtual.append(attrs)
+                key = ("v", name, *values)
+                virtual.append(_INSTANCES.get(key, lambda key=key: _instance(key)))  # type: ignore[misc]
         out = ProbeOutput(Features())
-        out.features.set_instances("network.device", physical)
-        out.features.set_instances("network.virtual", virtual)
+        out.features.put_instances("network.device", physical)
+        out.features.put_instances("network.virtual", virtual)
         return out
 
     @staticmethod
-    def _physical(host: HostRoot, path: str, attrs: dict[str, str]) -> dict[str, str]:
-        for f in DEVICE_FILES:
-            v = host.read_line(f"{path}/device/{f}")
-            if v is not None:
-                attrs[f] = v
-        driver = host.link_target_name(f"{path}/device/driver")
-        if driver is not None:
-            attrs["driver"] = driver
+    def _physical(host: HostRoot, path: str) -> tuple[str | None, ...]:
+        """(sriov_numvfs, sriov_totalvfs, driver, PCI address, that function's numa_node) as read, None for
+        what is unreadable (numa_node: None without an address)."""
+        values: list[str | None] = [host.read_line(f"{path}/device/{f}") for f in DEVICE_FILES]
+        values.append(host.link_target_name(f"{path}/device/driver"))
         bdf = pci_address_of(host, f"{path}/device")
-        if bdf is not None:
-            attrs["address"] = bdf
-            numa = host.read_line(f"{PCI_DEVICES}/{bdf}/numa_node")
-            if numa:
-                attrs["numa_node"] = numa
-        return attrs
+        values.append(bdf)
+        values.append(host.read_line(f"{PCI_DEVICES}/{bdf}/numa_node") if bdf is not None else None)
+        return tuple(values)

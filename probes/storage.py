@@ -7,12 +7,32 @@ When /sys/block cannot be listed NFD's Discover() fails and storage.block is abs
 
 from __future__ import annotations
 
-from nodecompat.features import Features
+from nodecompat.features import Features, Instance
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
+from nodecompat.probes.textkept import TextKept
 
 SYS_BLOCK = "/sys/block"
 QUEUE_ATTRS = ("dax", "rotational", "nr_zones", "zoned")
+
+
+# (SYS_BLOCK, names...) -> each entry's name and the paths of its QUEUE_ATTRS files, once per distinct listing
+_PLANS: TextKept[tuple[tuple[str, tuple[str, ...]], ...]] = TextKept(8, 64 << 10)
+# (name, the QUEUE_ATTRS files' text or None...) -> its storage.block instance (shared), once per distinct input
+_INSTANCES: TextKept[Instance] = TextKept(1024, 1024)
+
+
+def _plan(names: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((name, tuple(f"{SYS_BLOCK}/{name}/queue/{a}" for a in QUEUE_ATTRS)) for name in names)
+
+
+def _instance(key: tuple[str | None, ...]) -> Instance:
+    """The storage.block instance of _INSTANCES' `key`: the name and each readable value, trimmed."""
+    attrs = {"name": str(key[0])}
+    for a, v in zip(QUEUE_ATTRS, key[1:], strict=True):
+        if v is not None:
+            attrs[a] = v.strip()
+    return Instance(attrs)
 
 
 class StorageProbe(Probe):
@@ -39,13 +59,11 @@ class StorageProbe(Probe):
         if not host.is_dir(SYS_BLOCK):
             out.notes.append(f"{SYS_BLOCK} cannot be listed: storage.block left out, as NFD does")
             return out
+        names = host.listdir(SYS_BLOCK)
+        read_text = host.read_text
         instances = []
-        for name, path in host.iterdir(SYS_BLOCK):
-            attrs = {"name": name}
-            for a in QUEUE_ATTRS:
-                v = host.read_text(f"{path}/queue/{a}")
-                if v is not None:
-                    attrs[a] = v.strip()
-            instances.append(attrs)
-        out.features.set_instances("storage.block", instances)
+        for name, paths in _PLANS.get((SYS_BLOCK, *names), lambda: _plan(names)):
+            key = (name, *(read_text(p) for p in paths))  # every file read every round
+            instances.append(_INSTANCES.get(key, lambda key=key: _instance(key)))  # type: ignore[misc]
+        out.features.put_instances("storage.block", instances)
         return out

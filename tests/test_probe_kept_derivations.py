@@ -178,3 +178,37 @@ def test_hugepages_and_os_release_follow_their_files(tmp_path):
     assert {"node": "1", "size": "64Ki", "total": "7", "free": "5"} in nodes
     assert len(nodes) == len(before.instances["memory.hugepages.node"].elements) + 1
     assert after.attributes["system.osrelease"].elements["VARIANT_ID"] == "test"
+
+
+def test_nic_and_storage_instances_follow_their_files(tmp_path):
+    """network.device / network.virtual / storage.block: the same instance objects while the files read the
+    same; a changed speed, operstate or rotational value gives that interface's (device's) fresh facts (NFD
+    source/network and source/storage: each file's text as is, trimmed for storage)."""
+    from nodecompat.probes.nic import NicProbe
+    from nodecompat.probes.storage import StorageProbe
+
+    host = copy_fixture("plain-vm", tmp_path)  # eth0 (virtio: its PCI function found up the path), ifb0, lo, vda
+    probes = (NicProbe(), StorageProbe())
+    first, again = _kept(host, *probes), _kept(host, *probes)
+    for name in ("network.device", "network.virtual", "storage.block"):
+        assert first[name] and all(a is b for a, b in zip(first[name], again[name], strict=True))
+    phys = first["network.device"][0].attributes["name"]
+    host.path(f"/sys/class/net/{phys}/speed").write_text("400000\n")
+    host.path("/sys/class/net/ifb0/operstate").write_text("up\n")
+    disk = first["storage.block"][0].attributes["name"]
+    rot = host.path(f"/sys/block/{disk}/queue/rotational")
+    rot.write_text("1\n" if rot.read_text().strip() == "0" else "0\n")
+    changed = _kept(host, *probes)
+    dev = {i.attributes["name"]: i.attributes for i in changed["network.device"]}
+    virt = {i.attributes["name"]: i.attributes for i in changed["network.virtual"]}
+    assert dev[phys]["speed"] == "400000" and virt["ifb0"]["operstate"] == "up"
+    assert {k: v for k, v in dev[phys].items() if k != "speed"} == {
+        k: v for k, v in first["network.device"][0].attributes.items() if k != "speed"}
+    assert changed["storage.block"][0].attributes["rotational"] == rot.read_text().strip()
+    _, kept = _round(host, *probes)
+    from nodecompat.probes import nic, storage
+
+    nic._INSTANCES.clear()
+    storage._INSTANCES.clear()
+    _, fresh = _round(host, *probes)
+    assert kept.to_nfd() == fresh.to_nfd()
