@@ -45,6 +45,7 @@ from nodecompat.probes.hypervisor import (
     VMBUS_DEVICES,
     hypervisor,
 )
+from nodecompat.probes.textkept import TextKept
 
 __all__ = ["CpuInfo", "CpuProbe", "arm64_model", "parse_cpuinfo", "s390x_model", "topology"]
 
@@ -90,15 +91,27 @@ def arm64_model(info: CpuInfo, midr: int | None) -> dict[str, str]:
     }
 
 
+# (CPU_DEVICES, names...) -> each CPU's (thread_siblings_list path, physical_package_id path), once per distinct
+# listing (a 192-CPU host: 384 paths not built again every round)
+_TOPOLOGY_PLANS: TextKept[tuple[tuple[str, str], ...]] = TextKept(8, 64 << 10)
+
+
+def _topology_plan(cpus: list[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((f"{CPU_DEVICES}/{cpu}/topology/thread_siblings_list",
+                  f"{CPU_DEVICES}/{cpu}/topology/physical_package_id") for cpu in cpus)
+
+
 def topology(host: HostRoot) -> dict[str, str]:
     """NFD discoverTopology(): {} when the cpu list or any topology file is unreadable."""
     if not host.is_dir(CPU_DEVICES):
         return {}
     multithreading = False
     packages: set[str] = set()
-    for cpu in host.listdir(CPU_DEVICES):
-        sib = host.read_text(f"{CPU_DEVICES}/{cpu}/topology/thread_siblings_list")
-        pkg = host.read_text(f"{CPU_DEVICES}/{cpu}/topology/physical_package_id")
+    cpus = host.listdir(CPU_DEVICES)
+    read_text = host.read_text
+    for sib_path, pkg_path in _TOPOLOGY_PLANS.get((CPU_DEVICES, *cpus), lambda: _topology_plan(cpus)):
+        sib = read_text(sib_path)
+        pkg = read_text(pkg_path)
         if sib is None or pkg is None:
             return {}
         multithreading = multithreading or "," in sib or "-" in sib

@@ -22,6 +22,7 @@ from nodecompat.features import Features
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.hostcpu import CPUINFO, CpuidFn, cpuid_reader, host_arch, read_cpuinfo
+from nodecompat.probes.textkept import TextKept
 
 SYS_CPU = "/sys/devices/system/cpu"
 PSTATE = SYS_CPU + "/intel_pstate"
@@ -83,13 +84,18 @@ def cstate(host: HostRoot) -> tuple[dict[str, str] | None, str]:
         return None, f"{MAX_CSTATE} is not an integer"
 
 
+# (CPU_DEVICES, names...) -> each CPU's base_frequency path, once per distinct listing
+_SST_PLANS: TextKept[tuple[str, ...]] = TextKept(8, 64 << 10)
+
+
 def sst(host: HostRoot, cpuid: CpuidFn | None) -> tuple[dict[str, str] | None, str]:
     """NFD discoverSST()/discoverSSTBF(): (attributes, "") or (None, why it cannot be established)."""
     if not host.is_dir(CPU_DEVICES):
         return {}, ""  # ReadDir fails: NFD logs it and publishes the empty map
     freqs: list[int] = []
-    for cpu in host.listdir(CPU_DEVICES):
-        p = f"{CPU_DEVICES}/{cpu}/cpufreq/base_frequency"
+    cpus = host.listdir(CPU_DEVICES)
+    for p in _SST_PLANS.get((CPU_DEVICES, *cpus), lambda: tuple(f"{CPU_DEVICES}/{c}/cpufreq/base_frequency"
+                                                                for c in cpus)):
         if not host.exists(p):
             continue
         text = host.read_text(p)

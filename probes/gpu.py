@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecompat.features import Features, Instance
+from nodecompat.features import AttributeFeature, Features, Instance
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import AttributeInfo, FeatureInfo, Probe, ProbeOutput
 from nodecompat.probes.gpu_arch import KFD_NODES, NVML_ARCH, amd_architecture, kfd_targets, nvidia_architecture
@@ -38,6 +38,7 @@ from nodecompat.probes.nvidia_info import (
 from nodecompat.probes.pci_ids import PciIds, host_pci_ids, marketing_name
 from nodecompat.probes.probe_memo import not_replayable
 from nodecompat.probes.sysfs_pci import PCI_DEVICES, PciDevice, list_pci_devices
+from nodecompat.probes.textkept import TextKept
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,14 @@ def nvidia_driver_version(host: HostRoot) -> str | None:
 
 
 _D = PCI_DEVICES + "/<bdf>/"
+
+
+# (NVIDIA version, AMD version, an NVIDIA GPU on nvidia, an AMD GPU on amdgpu) -> gpu.driver (shared), without NVML
+_DRIVERS: TextKept[AttributeFeature | None] = TextKept(16, 1024)
+
+
+def _feature(attrs: dict[str, str]) -> AttributeFeature | None:
+    return AttributeFeature(attrs) if attrs else None
 
 
 class GpuProbe(Probe):
@@ -257,9 +266,15 @@ class GpuProbe(Probe):
             instances.append(inst)
         out.features.put_instances("gpu.device", instances)
 
-        driver = self._driver(gpus, nv_version, amd_version, nvml)
-        if driver:
-            out.features.add_attributes("gpu.driver", driver)
+        if nvml is None:  # from the versions read and which drivers the GPUs are bound to: once per distinct input
+            nv_bound = any(d.vendor == "10de" and d.driver == "nvidia" for d in gpus)
+            amd_bound = any(d.vendor == "1002" and d.driver == "amdgpu" for d in gpus)
+            driver_feature = _DRIVERS.get((nv_version, amd_version, str(nv_bound), str(amd_bound)),
+                                          lambda: _feature(self._driver(gpus, nv_version, amd_version, None)))
+        else:
+            driver_feature = _feature(self._driver(gpus, nv_version, amd_version, nvml))
+        if driver_feature is not None:
+            out.features.attributes["gpu.driver"] = driver_feature  # str values: shared, not changed
         else:
             out.notes.append("GPU driver version unknown: gpu.driver left out")
         return out

@@ -212,3 +212,29 @@ def test_nic_and_storage_instances_follow_their_files(tmp_path):
     storage._INSTANCES.clear()
     _, fresh = _round(host, *probes)
     assert kept.to_nfd() == fresh.to_nfd()
+
+
+def test_gpu_driver_and_cpu_topology_follow_their_files(tmp_path):
+    """gpu.driver (without NVML) is the same object while the version file and the GPUs' drivers read the
+    same, a new driver version gives its fresh facts; cpu.topology follows a CPU added to the listing (NFD
+    source/cpu discoverTopology: every cpu's thread_siblings_list and physical_package_id)."""
+    from nodecompat.probes.cpu import CpuProbe
+
+    host = copy_fixture("h100-server", tmp_path)
+    first, again = (GpuProbe().discover(RoundHost.over(host)).features for _ in range(2))
+    assert first.attributes["gpu.driver"] is again.attributes["gpu.driver"]
+    host.path("/sys/module/nvidia/version").write_text("535.161.08\n")
+    driver = _round(host, GpuProbe())[1].attributes["gpu.driver"].elements
+    assert (driver["version"], driver["major"], driver["revision"], driver["cuda_version"]) == (
+        "535.161.08", "535", "08", "12.2")
+
+    topo = _round(host, CpuProbe())[1].attributes["cpu.topology"].elements
+    cpus = host.path("/sys/bus/cpu/devices")
+    last = sorted(p.name for p in cpus.iterdir())[-1]
+    new = cpus / "cpu999"
+    new.mkdir()
+    (new / "topology").mkdir()
+    (new / "topology" / "thread_siblings_list").write_text("999\n")
+    (new / "topology" / "physical_package_id").write_text("7\n")
+    grown = _round(host, CpuProbe())[1].attributes["cpu.topology"].elements
+    assert int(grown["socket_count"]) == int(topo["socket_count"]) + 1, last
