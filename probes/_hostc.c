@@ -58,6 +58,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <linux/openat2.h>
 #include <stdlib.h>
 #include <string.h>
@@ -848,21 +849,10 @@ static PyObject *first_line_ascii(PyObject *raw) {
     return PyUnicode_DecodeASCII((const char *)p + a, z - a, NULL);
 }
 
-static PyObject *py_round_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 11 || !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "round_read(ctx: tuple of 11, memo: dict, path, kind, entries)");
-        return NULL;
-    }
-    PyObject *ctx = args[0], *memo = args[1], *path = args[2], *entries = args[4];
+/* round_read's work: ctx an 11-tuple, memo a dict, entries a list or None (checked by the callers). */
+static PyObject *round_read_impl(PyObject *ctx, PyObject *memo, PyObject *path, long kind, PyObject *entries) {
     if (!PyUnicode_CheckExact(path))
         Py_RETURN_NOTIMPLEMENTED;
-    long kind = PyLong_AsLong(args[3]);
-    if (kind == -1 && PyErr_Occurred())
-        return NULL;
-    if (entries != Py_None && !PyList_Check(entries)) {
-        PyErr_SetString(PyExc_TypeError, "entries must be a list or None");
-        return NULL;
-    }
     PyObject *kkey = kind == 1 ? memo_kt : memo_k1;
     PyObject *bkey = PyTuple_Pack(2, memo_kb, path), *key = NULL, *raw = NULL, *out = NULL;
     if (bkey == NULL)
@@ -955,6 +945,217 @@ done:
     return out;
 }
 
+static PyObject *py_round_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 11 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "round_read(ctx: tuple of 11, memo: dict, path, kind, entries)");
+        return NULL;
+    }
+    long kind = PyLong_AsLong(args[3]);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    if (args[4] != Py_None && !PyList_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "entries must be a list or None");
+        return NULL;
+    }
+    return round_read_impl(args[0], args[1], args[2], kind, args[4]);
+}
+
+/* Reader: a round host's read_bytes / read_text / read_line bound to round_read (probes/host_c.py bind),
+ * called by a probe with no Python frame: reader(path) is round_read(ctx, memo, path, kind, entries), entries
+ * being the recording's log.entries when `log` is a probe_memo._Log whose depth is 0 (None otherwise). Anything
+ * else (a keyword such as within=, a path that is not a str, what round_read hands back as NotImplemented)
+ * goes to func(host, *args, **kwargs): the host's own Python method (host held by a weak reference, so the
+ * reader in the host's __dict__ makes no reference cycle and the round's descriptors close when it goes). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *ctx, *memo, *log, *func, *host_ref;
+    long kind;
+} Reader;
+
+static PyObject *str_depth = NULL, *str_entries = NULL;
+
+static PyObject *reader_fallback(Reader *r, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *host = PyWeakref_GetObject(r->host_ref); /* borrowed */
+    if (host == NULL)
+        return NULL;
+    if (host == Py_None) {
+        PyErr_SetString(PyExc_ReferenceError, "the round host of this reader is gone");
+        return NULL;
+    }
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8], **all = total + 1 <= 8 ? small : PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *));
+    if (all == NULL)
+        return PyErr_NoMemory();
+    all[0] = host;
+    for (Py_ssize_t i = 0; i < total; i++)
+        all[i + 1] = args[i];
+    Py_INCREF(host);
+    PyObject *out = PyObject_Vectorcall(r->func, all, (size_t)(nargs + 1), kwnames);
+    Py_DECREF(host);
+    if (all != small)
+        PyMem_Free(all);
+    return out;
+}
+
+static PyObject *reader_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Reader *r = (Reader *)self;
+    if (PyVectorcall_NARGS(nargsf) == 1 && kwnames == NULL && PyUnicode_CheckExact(args[0])) {
+        PyObject *entries = Py_None;
+        if (r->log != Py_None) {
+            PyObject *depth = PyObject_GetAttr(r->log, str_depth);
+            if (depth == NULL)
+                return NULL;
+            int nested = PyObject_IsTrue(depth);
+            Py_DECREF(depth);
+            if (nested < 0)
+                return NULL;
+            if (!nested) {
+                if ((entries = PyObject_GetAttr(r->log, str_entries)) == NULL)
+                    return NULL;
+                if (!PyList_Check(entries)) {
+                    Py_DECREF(entries);
+                    PyErr_SetString(PyExc_TypeError, "a recording's entries must be a list");
+                    return NULL;
+                }
+            } else {
+                Py_INCREF(entries);
+            }
+        } else {
+            Py_INCREF(entries);
+        }
+        PyObject *out = round_read_impl(r->ctx, r->memo, args[0], r->kind, entries);
+        Py_DECREF(entries);
+        if (out != Py_NotImplemented)
+            return out;
+        Py_DECREF(out);
+    }
+    return reader_fallback(r, args, nargsf, kwnames);
+}
+
+static int reader_traverse(PyObject *self, visitproc visit, void *arg) {
+    Reader *r = (Reader *)self;
+    Py_VISIT(r->ctx);
+    Py_VISIT(r->memo);
+    Py_VISIT(r->log);
+    Py_VISIT(r->func);
+    Py_VISIT(r->host_ref);
+    return 0;
+}
+
+static int reader_clear(PyObject *self) {
+    Reader *r = (Reader *)self;
+    Py_CLEAR(r->ctx);
+    Py_CLEAR(r->memo);
+    Py_CLEAR(r->log);
+    Py_CLEAR(r->func);
+    Py_CLEAR(r->host_ref);
+    return 0;
+}
+
+static void reader_dealloc(PyObject *self) {
+    PyObject_GC_UnTrack(self);
+    reader_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *ctx, *memo, *log, *func, *host;
+    long kind;
+    if (!PyArg_ParseTuple(args, "O!O!lOOO:Reader", &PyTuple_Type, &ctx, &PyDict_Type, &memo, &kind, &log, &func,
+                          &host))
+        return NULL;
+    if (PyTuple_GET_SIZE(ctx) != 11 || kind < 0 || kind > 2) {
+        PyErr_SetString(PyExc_ValueError, "Reader(ctx: tuple of 11, memo, kind 0-2, log, func, host)");
+        return NULL;
+    }
+    PyObject *ref = PyWeakref_NewRef(host, NULL);
+    if (ref == NULL)
+        return NULL;
+    Reader *r = (Reader *)type->tp_alloc(type, 0);
+    if (r == NULL) {
+        Py_DECREF(ref);
+        return NULL;
+    }
+    r->vectorcall = reader_call;
+    r->ctx = Py_NewRef(ctx);
+    r->memo = Py_NewRef(memo);
+    r->log = Py_NewRef(log);
+    r->func = Py_NewRef(func);
+    r->host_ref = ref;
+    r->kind = kind;
+    return (PyObject *)r;
+}
+
+static PyObject *reader_name(PyObject *self, void *closure) {
+    static const char *names[] = {"read_bytes", "read_text", "read_line"};
+    return PyUnicode_FromString(names[((Reader *)self)->kind]);
+}
+
+static PyGetSetDef reader_getset[] = {
+    {"__name__", reader_name, NULL, "the host method this reader stands for", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "nodecompat.probes._hostc.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Reader(ctx, memo, kind, log, func, host): a round host's read method in C (round_read)",
+    .tp_new = reader_new,
+    .tp_dealloc = reader_dealloc,
+    .tp_traverse = reader_traverse,
+    .tp_clear = reader_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Reader, vectorcall),
+    .tp_getset = reader_getset,
+};
+
+/* bind(d, ctx, memo, log, funcs, host): Readers of `host` (kinds 0-2: read_bytes, read_text, read_line) put in its
+ * __dict__ `d` for each function of the 3-tuple funcs that is not None (one weak reference to host shared), and
+ * d["_bound"] = True (probes/host_c.py bind). */
+static PyObject *py_bind(PyObject *self, PyObject *args) {
+    PyObject *d, *ctx, *memo, *log, *funcs, *host;
+    if (!PyArg_ParseTuple(args, "O!O!O!OO!O:bind", &PyDict_Type, &d, &PyTuple_Type, &ctx, &PyDict_Type, &memo, &log,
+                          &PyTuple_Type, &funcs, &host))
+        return NULL;
+    if (PyTuple_GET_SIZE(ctx) != 11 || PyTuple_GET_SIZE(funcs) != 3) {
+        PyErr_SetString(PyExc_ValueError, "bind(d, ctx: tuple of 11, memo, log, funcs: tuple of 3, host)");
+        return NULL;
+    }
+    static const char *names[] = {"read_bytes", "read_text", "read_line"};
+    PyObject *ref = PyWeakref_NewRef(host, NULL);
+    if (ref == NULL)
+        return NULL;
+    for (long kind = 0; kind < 3; kind++) {
+        PyObject *func = PyTuple_GET_ITEM(funcs, kind);
+        if (func == Py_None)
+            continue;
+        Reader *r = PyObject_GC_New(Reader, &ReaderType);
+        if (r == NULL)
+            goto error;
+        r->vectorcall = reader_call;
+        r->ctx = Py_NewRef(ctx);
+        r->memo = Py_NewRef(memo);
+        r->log = Py_NewRef(log);
+        r->func = Py_NewRef(func);
+        r->host_ref = Py_NewRef(ref);
+        r->kind = kind;
+        PyObject_GC_Track((PyObject *)r);
+        int bad = PyDict_SetItemString(d, names[kind], (PyObject *)r);
+        Py_DECREF(r);
+        if (bad)
+            goto error;
+    }
+    Py_DECREF(ref);
+    if (PyDict_SetItemString(d, "_bound", Py_True) != 0)
+        return NULL;
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(ref);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"openat2", py_openat2, METH_VARARGS,
      "openat2(dirfd, path, flags, beneath=False) -> fd or -errno (RESOLVE_IN_ROOT, or RESOLVE_BENEATH)"},
@@ -969,6 +1170,7 @@ static PyMethodDef methods[] = {
      "listdir(dirfd, path, flags, max_entries, max_bytes) -> sorted names, None, or 1/2 past a bound"},
     {"round_read", (PyCFunction)(void (*)(void))py_round_read, METH_FASTCALL,
      "round_read(ctx, memo, path, kind, entries) -> a round's read (bytes, text or first line)"},
+    {"bind", py_bind, METH_VARARGS, "bind(d, ctx, memo, log, funcs, host): a host's read methods bound to round_read"},
     {"set_retry_error", py_set_retry_error, METH_O, "the exception raised after three EAGAINs"},
     {NULL, NULL, 0, NULL},
 };
@@ -977,11 +1179,16 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hostc", NULL, -1, m
 
 PyMODINIT_FUNC PyInit__hostc(void) {
     if ((memo_kb = PyUnicode_InternFromString("b")) == NULL || (memo_kt = PyUnicode_InternFromString("t")) == NULL ||
-        (memo_k1 = PyUnicode_InternFromString("1")) == NULL)
+        (memo_k1 = PyUnicode_InternFromString("1")) == NULL || (str_depth = PyUnicode_InternFromString("depth")) == NULL ||
+        (str_entries = PyUnicode_InternFromString("entries")) == NULL || PyType_Ready(&ReaderType) != 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) != 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "RESOLVE_IN_ROOT", RESOLVE_IN_ROOT) != 0 ||
         PyModule_AddIntConstant(m, "RESOLVE_NO_MAGICLINKS", RESOLVE_NO_MAGICLINKS) != 0 ||
         PyModule_AddStringConstant(m, "SOURCE_CRC32", HOSTC_SOURCE_CRC32) != 0) {

@@ -16,7 +16,8 @@ for a round's host: the host root's O_PATH descriptor under a host root when ope
 the host root `/` (open(2): the kernel resolves as chroot there), None when the round must walk
 descriptors instead (no openat2: kernels before 5.6, a seccomp filter); reader(host) -> the round's reads
 in C for that host (RoundHost.read_bytes/read_text/read_line, and a recording's entry noted in the same
-call: probes/probe_memo.py), or None; listing(memo, key, c, dirfd, raw, flags) -> a bounded listing in C.
+call: probes/probe_memo.py), or None; bind(host, ...) -> those methods of one host bound to it (no Python
+frame per read); listing(memo, key, c, dirfd, raw, flags) -> a bounded listing in C.
 """
 
 from __future__ import annotations
@@ -120,9 +121,28 @@ def reader(host: Any) -> list[Any]:
     # (its constants checked once in _fixed) and calls lookup where that decides more (the hold itself)
     ctx = (dirfd, flags, held.state, held.lookup, held.file_flags, link_whole, bounded_read.MAX_READ_BYTES,
            read_bytes, held.hint, held.kept, held.hold_at)
-    return [partial(c.round_read, ctx), c, dirfd, held.state]
+    return [partial(c.round_read, ctx), c, dirfd, held.state, ctx]
 
 
+READS = ("read_bytes", "read_text", "read_line")  # the round_read kinds 0, 1, 2
+
+
+def bind(host: Any, cr: list[Any], log: Any, base: type) -> None:
+    """Put the C helper's Reader for host's read_bytes / read_text / read_line in host.__dict__ (one C call,
+    _hostc.bind), so a probe's call is round_read itself, with no Python frame (the reader hands what it does
+    not answer to base's own method: a keyword, a path that is not a str, round_read's NotImplemented). cr:
+    reader(host) (its C reader in use); log: a recording's probe_memo._Log whose entries each read notes (None
+    for a round host); base: the class whose methods the readers stand for (RoundHost or RecordingHost). A
+    subclass overriding one of them (a test counting its reads) keeps its own method for that one."""
+    kind_type = type(host)
+    funcs = _plans.get((kind_type, base))
+    if funcs is None:
+        funcs = _plans[kind_type, base] = tuple(
+            f if getattr(kind_type, name) is f else None for f, name in ((getattr(base, n), n) for n in READS))
+    cr[1].bind(host.__dict__, cr[4], host.memo, log, funcs, host)
+
+
+_plans: dict[tuple[type, type], tuple[Any, ...]] = {}  # (host class, base) -> bind's functions (None: overridden)
 _fixed: list[Any] = []  # functools.partial, root_resolve.OPENAT2_READ, probe_memo._read_bytes (imported once)
 
 

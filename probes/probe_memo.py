@@ -54,6 +54,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 from typing import Any, TypeVar
 
+from nodecompat.probes import host_c
 from nodecompat.probes.bounded_read import text_of
 from nodecompat.probes.round_host import RoundHost
 
@@ -61,6 +62,7 @@ T = TypeVar("T")
 MAX_LOG_BYTES = 1 << 20  # a probe whose answers weigh more is not memoized
 _ENTRY_BYTES = 64  # what one operation is counted for besides its answer's bytes
 _UNSET = object()
+_BOUND = (*host_c.READS, "_bound")  # what host_c.bind puts in a host's __dict__
 
 Entry = tuple[Callable[..., Any], tuple[Any, ...], Any]  # (fn, args, answer): fn(host, *args) == answer
 
@@ -160,8 +162,18 @@ class RecordingHost(RoundHost):
         new = object.__new__(cls)  # the frozen dataclass's __init__ (a guarded setattr per field) skipped:
         d = new.__dict__  # one per probe per round
         d.update(round_host.__dict__)  # root, features_d, memo, descriptors, _real_root: the same objects
-        d["log"] = _Log()
+        log = d["log"] = _Log()
+        cr = round_host._cr
+        if cr and cr[0] is not None:  # the round's C reader: this view's reads bound to it, each noted in its log
+            host_c.bind(new, cr, log, RecordingHost)
+        else:  # the round host's C readers (if any) note nothing: this view binds its own at its first read
+            for name in _BOUND:
+                d.pop(name, None)
         return new
+
+    def _bind_readers(self, cr: list[Any]) -> None:
+        """This view's reads bound to the C reader `cr` (host_c.bind), each noted in its log."""
+        host_c.bind(self, cr, self.log, RecordingHost)
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], answer: Callable[[Any], Any] | None = None) -> Any:
         """fn(self, *args), noted with its answer (answer(result) when given) unless nested in another."""
@@ -185,7 +197,7 @@ class RecordingHost(RoundHost):
         if within is not None:
             return self._call(_read_within, (path, within))
         log = self.log  # RoundHost.read_bytes calls no method noted here: no depth to keep (one frame less)
-        c = (self._cr or self.c_reader())[0]  # the read and its entry in one C call (host_c.reader)
+        c = self.c_reader()[0]  # the read and its entry in one C call (host_c.reader)
         if c is not None and (got := c(self.memo, path, 0, None if log.depth else log.entries)) is not NotImplemented:
             return got
         try:
@@ -205,7 +217,7 @@ class RecordingHost(RoundHost):
             if not self.log.depth:
                 self.log.entries.append((_read_within, (path, within), raw))
             return text_of(raw)
-        c = (self._cr or self.c_reader())[0]
+        c = self.c_reader()[0]
         if c is not None and (got := c(self.memo, path, 1, None if self.log.depth else self.log.entries)) \
                 is not NotImplemented:
             return got
@@ -216,7 +228,7 @@ class RecordingHost(RoundHost):
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
         path = host_path if type(host_path) is str else os.fspath(host_path)
-        c = (self._cr or self.c_reader())[0]
+        c = self.c_reader()[0]
         if c is not None and (got := c(self.memo, path, 2, None if self.log.depth else self.log.entries)) \
                 is not NotImplemented:
             return got

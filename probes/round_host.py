@@ -118,10 +118,19 @@ class RoundHost(RootPrimitives):
 
     def c_reader(self) -> list[Any]:
         """[the round's reads in C (host_c.reader: memo, open, read, decode and a recording's entry in one
-        call), or None where they take the Python path below], made at the round's first read."""
-        if not self._cr:
-            self._cr.extend(host_c.reader(self))  # [reader, the C module, its dirfd] or [None]
-        return self._cr
+        call), or None where they take the Python path below], made at the round's first read. Where it is
+        in use, this host's read_bytes/read_text/read_line are then bound to it (host_c.bind: a probe's read
+        is one C call, no Python frame; the methods below answer what it hands back)."""
+        cr = self._cr
+        if not cr:
+            cr.extend(host_c.reader(self))  # [reader, the C module, its dirfd, held state, ctx] or [None]
+        if cr[0] is not None and "_bound" not in self.__dict__:
+            self._bind_readers(cr)
+        return cr
+
+    def _bind_readers(self, cr: list[Any]) -> None:
+        """This host's reads bound to the C reader `cr` (host_c.bind), noting nothing."""
+        host_c.bind(self, cr, None, RoundHost)
 
     # -- memoized reads --------------------------------------------------------------------------------
 
@@ -129,7 +138,7 @@ class RoundHost(RootPrimitives):
         path = host_path if type(host_path) is str else os.fspath(host_path)
         if within is not None:  # confined reads (features.d) are not memoized: the key would need `within`
             return self._read(path, within)
-        c = (self._cr or self.c_reader())[0]
+        c = self.c_reader()[0]
         if c is not None and (got := c(self.memo, path, 0, None)) is not NotImplemented:
             return got
         key = ("b", path)
@@ -142,7 +151,7 @@ class RoundHost(RootPrimitives):
         path = host_path if type(host_path) is str else os.fspath(host_path)
         if within is not None:
             return text_of(self._read(path, within))
-        c = (self._cr or self.c_reader())[0]
+        c = self.c_reader()[0]
         if c is not None and (got := c(self.memo, path, 1, None)) is not NotImplemented:
             return got
         memo = self.memo
@@ -158,7 +167,7 @@ class RoundHost(RootPrimitives):
 
     def read_line(self, host_path: str | os.PathLike[str]) -> str | None:
         path = host_path if type(host_path) is str else os.fspath(host_path)
-        c = (self._cr or self.c_reader())[0]
+        c = self.c_reader()[0]
         if c is not None and (got := c(self.memo, path, 2, None)) is not NotImplemented:
             return got
         memo = self.memo

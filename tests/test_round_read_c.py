@@ -180,3 +180,58 @@ def test_held_directories_are_counted_in_c_as_lookup_counts_them(
     c = _held_after(host, True, hint, monkeypatch)
     assert c == _held_after(host, False, hint, monkeypatch)
     assert c[0]["/sys/h4"] == "held" and c[0]["/sys/h1"] == ("held" if hint else -3)
+
+
+@needs_c
+def test_a_round_hosts_reads_are_the_c_reader_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the helper serves a round, a host's read_bytes/read_text/read_line are its Reader (host_c.bind: no
+    Python frame per read), a recording view's note each read; keywords and paths that are not str take the
+    Python methods; a subclass overriding a read keeps its own; the host holds no reference cycle (collected
+    as soon as it is dropped, its descriptors closed then)."""
+    import gc
+
+    from nodecompat.probes.probe_memo import _read_bytes, _read_within
+
+    host = _tree(tmp_path)
+    monkeypatch.setattr(host_c, "USE_C", True)
+    reader = host_c.module().Reader  # type: ignore[union-attr]
+    rh = RoundHost.over(host)
+    assert rh.read_line("/sys/d/a") == "A" and type(rh.__dict__["read_line"]) is reader
+    rec = RecordingHost.of(rh)
+    assert all(type(rec.__dict__[n]) is reader for n in ("read_bytes", "read_text", "read_line"))
+    assert rec.read_line("/sys/d/a") == "A" and rec.read_text(Path("/sys/d/crlf")) == "one\ntwo\nthree\n"
+    assert rec.read_bytes("/sys/d/a", within="/sys/d") == b"A\n" and rec.read_bytes("/sys/d/missing") is None
+    assert [(fn, args) for fn, args, _ in rec.log.entries] == [
+        (_read_bytes, ("/sys/d/a",)), (_read_bytes, ("/sys/d/crlf",)), (_read_within, ("/sys/d/a", "/sys/d")),
+        (_read_bytes, ("/sys/d/missing",))]  # fmt: skip
+    rh.read_line("/sys/d/blank")  # not noted: the round host's reader is not the view's
+    assert len(rec.log.entries) == 4
+
+    counted: list[str] = []
+
+    class Counting(RoundHost):
+        def read_text(self, host_path, *, within=None):  # type: ignore[no-untyped-def]
+            counted.append(str(host_path))
+            return super().read_text(host_path, within=within)
+
+    ch = Counting.over(host)
+    assert ch.read_line("/sys/d/a") == "A" and ch.read_text("/sys/d/a") == ch.read_text("/sys/d/a") == "A\n"
+    assert counted == ["/sys/d/a", "/sys/d/a"] and "read_text" not in ch.__dict__
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = open_fds()
+        one = RoundHost.over(host)
+        view = RecordingHost.of(one)
+        for _ in range(4):  # its directory held (descriptors open) from the third read
+            view.read_line("/sys/d/a")
+            one.read_bytes("/sys/d/big")
+        assert open_fds() > before
+        del one, view
+        assert open_fds() == before  # freed by reference counting alone
+    finally:
+        gc.enable()
