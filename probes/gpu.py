@@ -48,8 +48,10 @@ NV_PROC_VERSION = "/proc/driver/nvidia/version"
 NV_GPUS = "/proc/driver/nvidia/gpus"
 AMDGPU_VERSION = "/sys/module/amdgpu/version"
 MIB = 1 << 20
-MAX_DERIVED = 8  # gpu.device instances kept with one PCI device (PciDevice.derived), for distinct inputs
-MAX_KEY_CHARS = 8192  # an input longer than this (a host root's information file) is not kept
+# one gpu.device instance kept with a PCI device (PciDevice.derived["gpu"]: the last input's), and only for an
+# input of at most this many characters (a host root's information file may be long): with sysfs_pci's 512
+# devices at most ~2 MiB of input text kept
+MAX_KEY_CHARS = 4096
 
 
 def is_gpu(dev: PciDevice) -> bool:
@@ -257,12 +259,13 @@ class GpuProbe(Probe):
                 key = ("gpu", amd_version, vram, pname, kfd.get(dev.address))
             else:
                 key = ("gpu",)
-            inst = None if nvml else dev.derived.get(key)
+            kept = None if nvml else dev.derived.get("gpu")
+            inst = kept[1] if kept is not None and kept[0] == key else None
             if inst is None:
                 attrs, keep = self._attrs(host, dev, key, nvml, kfd, pci_ids)
                 inst = Instance(attrs)
-                if keep and len(dev.derived) < MAX_DERIVED and sum(len(v) for v in key if v) <= MAX_KEY_CHARS:
-                    dev.derived[key] = inst
+                if keep and sum(len(v) for v in key if v) <= MAX_KEY_CHARS:
+                    dev.derived["gpu"] = (key, inst)  # one object: a thread never pairs one key with another's
             instances.append(inst)
         out.features.put_instances("gpu.device", instances)
 

@@ -42,7 +42,7 @@ def quantity_name(size_kb: int) -> str:
 
 # (directory, its names...) -> what read_pools reads there: (size name, nr_hugepages path, free_hugepages path)
 # of each hugepages-<n>kB entry, in listing order; made once per distinct listing (probes/textkept.py)
-_POOL_PLANS: TextKept[tuple[tuple[str, str, str], ...]] = TextKept(32, 64 << 10)
+_POOL_PLANS: TextKept[tuple[tuple[str, str, str], ...]] = TextKept(64, 4096)
 # (NODES, its names...) -> (node number, its hugepages directory) of each node<N> entry, by number
 _NODE_PLANS: TextKept[tuple[tuple[int, str], ...]] = TextKept(8, 64 << 10)
 

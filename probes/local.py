@@ -112,8 +112,8 @@ def parse_feature_file(text: str, name: str = "<file>", now: datetime | None = N
 
 # (path, text) -> (its parse, which of its expiry times had passed then): a file's parse depends on its text,
 # its name and, of the clock, only on which expiry times have passed (parse_feature_file's `expiry < now`), so
-# it is made again when one of those answers differs; files over MAX_FILE_SIZE are never parsed at all
-_PARSES: TextKept[tuple[FeatureFile, tuple[bool, ...]]] = TextKept(32, MAX_FILE_SIZE + 4096)
+# it is made again when one of those answers differs; a file over 16 KiB is parsed every round, never kept
+_PARSES: TextKept[tuple[FeatureFile, tuple[bool, ...]]] = TextKept(16, 16 << 10)  # real files: < 1 KiB
 
 
 def _parse(path: str, text: str, now: datetime) -> FeatureFile:

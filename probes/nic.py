@@ -35,7 +35,7 @@ _COMMON = (
 _PLANS: TextKept[tuple[tuple[str, str, tuple[str, ...], str], ...]] = TextKept(8, 64 << 10)
 # (kind, name, the values read...) -> the interface's instance (shared), once per distinct input: kind "v" a
 # virtual one (IFACE_FILES' values), "p" a physical one (then DEVICE_FILES', driver, address, numa_node)
-_INSTANCES: TextKept[Instance] = TextKept(256, 2048)
+_INSTANCES: TextKept[Instance] = TextKept(1024, 2048)
 _ATTRS_V = IFACE_FILES
 _ATTRS_P = (*IFACE_FILES, *DEVICE_FILES, "driver", "address")
 

@@ -43,8 +43,8 @@ class PciDevice:
 
     A device read by read_pci_device is shared: by the probes of a round, and between rounds while its
     files read the same (_DEVICES); it must not be changed. `derived` holds what its consumers derive from
-    it alone (the pci.device instance, a gpu.device instance for given extra inputs), so a device whose files
-    are unchanged is derived once, not every round; bounded by its users (a few entries each)."""
+    it alone (the pci.device instance, whether it is a GPU, the gpu.device instance for the last extra input),
+    so a device whose files are unchanged is derived once, not every round; a fixed few keys."""
 
     address: str
     nfd: dict[str, str]

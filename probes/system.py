@@ -53,7 +53,7 @@ def parse_os_release(text: str) -> dict[str, str]:
 
 
 _DMI_PATHS = tuple((a, f"{DMI_ID}/{a}") for a in DMI_ATTRS)
-_OS_RELEASES: TextKept[AttributeFeature] = TextKept(8, 64 << 10)  # os-release text -> system.osrelease (shared)
+_OS_RELEASES: TextKept[AttributeFeature] = TextKept(4, 16 << 10)  # os-release text -> system.osrelease (shared)
 
 
 class SystemProbe(Probe):

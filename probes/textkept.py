@@ -8,8 +8,13 @@ Bounded: at most `max_entries` inputs, each of at most `max_chars` characters (s
 up); a longer input is derived every time, never kept; the whole map is cleared when full (inputs of a
 host change rarely; a round after a clear derives again). parsecache.py keeps parses by a file's identity
 (a stat); this keeps them by the text itself, for files with no useful identity (procfs, sysfs) or read
-within a confined directory. Hand-written: functools.lru_cache bounds entries, not their size, and keeps
-no value that the caller decides not to keep.
+within a confined directory. Users (entries x characters of input each): cpu and cpu_power listings (8 x 64
+KiB each), gpu.driver (16 x 1 KiB), hugepages listings (64 x 4 KiB, 8 x 64 KiB), local files (16 x 16 KiB),
+nic listings (8 x 64 KiB) and interfaces (1,024 x 2 KiB), storage listings (8 x 64 KiB) and devices (1,024 x 1
+KiB), os-release (4 x 16 KiB): at most ~6 MiB of input text in all, with what was derived from it; sysfs_pci
+keeps PCI devices apart (512 x 1 KiB, each with its last gpu.device input of <= 4 KiB).
+Hand-written: functools.lru_cache bounds entries, not their size, and keeps no value that the caller decides
+not to keep.
 """
 
 from __future__ import annotations
