@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 from nodecompat.features import Instance
@@ -192,7 +191,9 @@ def pci_address_of(host: HostRoot, host_path: str) -> str | None:
         real = host.host_resolve(host_path, strict=True)
     except (OSError, RuntimeError):  # missing, or a symlink loop (RuntimeError before 3.13)
         return None
-    for part in reversed(PurePosixPath(real).parts):
+    # the resolved path's components (what PurePosixPath(real).parts gives, without building a path object:
+    # a resolved path has no empty, "." or ".." component)
+    for part in reversed(real.split("/")):
         if BDF_RE.match(part):
             return part
     return None
