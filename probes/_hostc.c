@@ -37,6 +37,10 @@
  *       directory, else the whole path (openat2 in the root, or open(2) at "/" when dirfd is -1), read as
  *       read_whole and compared in C; `memo[key]` is set to the answer when equal, to the bytes read (or
  *       None) at the first difference. A third EAGAIN from openat2 returns that index, memo unset;
+ *   Reader / bind(d, ctx, memo, log, funcs, host, notes): a round host's read_bytes, read_text, read_line,
+ *       exists, is_dir, is_file put in its __dict__ as callables answering as round_read (round_stat for the
+ *       three stats: RoundHost._stat_memo in C, the round memo's ("s", path) kept alike) with no Python frame,
+ *       the host's own method answering the rest (probes/host_c.py bind says which);
  *   round_read(ctx, memo, path: str, kind, entries) -> a round's read of host file `path` as RoundHost
  *       read_bytes (kind 0: bytes or None), read_text (1: text_of) or read_line (2) answers it, the round's
  *       memo consulted and filled as they do (keys ("b", path), ("t", path), ("1", path)); the file opened
@@ -960,6 +964,150 @@ static PyObject *py_round_read(PyObject *self, PyObject *const *args, Py_ssize_t
     return round_read_impl(args[0], args[1], args[2], kind, args[4]);
 }
 
+static PyObject *memo_ks = NULL; /* the round memo's key kind of a stat ("s"), interned */
+
+/* RoundHost._stat_memo's stat of `path`, once a round: the round memo's ("s", path) (an os.stat_result or
+ * stat_fields' tuple, st_mode first; None when it does not resolve), else stat'ed as _stat_memo stats it: through
+ * its parent's held descriptor when the round holds it (fstatat; under a host root without following a last
+ * link, which is then stat'ed by its whole path), None when the parent is known missing, else by the whole path
+ * (stat_fields: openat2 O_PATH + fstat in the root, stat(2) at "/"), the parent not counted (as _stat_memo's C
+ * path). kind 3: exists, 4: is_dir, 5: is_file; the answer (a bool), or Py_NotImplemented for the Python path
+ * (a NUL, openat2 racing a rename). When `entries` is a list the recording's entry (note, (path,), answer) is
+ * appended. A new reference, NULL with an exception. */
+static PyObject *round_stat_impl(PyObject *ctx, PyObject *memo, PyObject *path, long kind, PyObject *entries,
+                                 PyObject *note) {
+    PyObject *key = PyTuple_Pack(2, memo_ks, path);
+    if (key == NULL)
+        return NULL;
+    PyObject *value = PyDict_GetItemWithError(memo, key); /* borrowed */
+    if (value != NULL) {
+        Py_INCREF(value);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    } else {
+        PyObject *raw = NULL;
+        const char *s;
+        Py_ssize_t n;
+        if (PyUnicode_IS_ASCII(path)) {
+            s = (const char *)PyUnicode_DATA(path);
+            n = PyUnicode_GET_LENGTH(path);
+        } else {
+            if ((raw = PyUnicode_EncodeFSDefault(path)) == NULL) {
+                Py_DECREF(key);
+                return NULL;
+            }
+            s = PyBytes_AS_STRING(raw);
+            n = PyBytes_GET_SIZE(raw);
+        }
+        if ((Py_ssize_t)strlen(s) != n || (size_t)n + 2 > PATH_MAX + 2) { /* a NUL, a path too long: Python */
+            Py_XDECREF(raw);
+            Py_DECREF(key);
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        long dirfd = PyLong_AsLong(PyTuple_GET_ITEM(ctx, 0));
+        int link_whole = PyObject_IsTrue(PyTuple_GET_ITEM(ctx, 5));
+        PyObject *state = PyTuple_GET_ITEM(ctx, 2);
+        const char *slash = n ? memrchr(s, '/', (size_t)n) : NULL;
+        const char *name = slash ? slash + 1 : s;
+        int plain = slash != NULL && slash != s && *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 &&
+                    s[0] == '/';
+        long d = HELD_SLOW;
+        if (plain && PyDict_Check(state)) {
+            Py_ssize_t at = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
+            PyObject *parent = at > 0 ? PyUnicode_Substring(path, 0, at) : NULL;
+            PyObject *v = parent != NULL ? PyDict_GetItemWithError(state, parent) : NULL;
+            Py_XDECREF(parent);
+            if (v != NULL)
+                d = PyLong_AsLong(v);
+            if (PyErr_Occurred()) {
+                Py_XDECREF(raw);
+                Py_DECREF(key);
+                return NULL;
+            }
+        }
+        char whole[PATH_MAX + 2];
+        if (dirfd < 0) {
+            size_t k = 0;
+            if (s[0] != '/')
+                whole[k++] = '/';
+            memcpy(whole + k, s, (size_t)n + 1);
+        } else {
+            Py_ssize_t k = n;
+            while (k > 0 && s[k - 1] == '/')
+                k--;
+            if (k == 0) {
+                strcpy(whole, "/");
+            } else {
+                memcpy(whole, s, (size_t)k);
+                whole[k] = 0;
+            }
+        }
+        struct stat st;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = 1; /* 1: by the whole path */
+        if (d >= 0) {
+            rc = fstatat((int)d, name, &st, link_whole ? AT_SYMLINK_NOFOLLOW : 0) == 0 ? 0 : -1;
+            if (rc == 0 && link_whole && S_ISLNK(st.st_mode))
+                rc = 1; /* a link under a host root: resolved as a whole path, never followed from here */
+        } else if (d == HELD_MISSING) {
+            rc = -1;
+        }
+        if (rc == 1) {
+            if (dirfd < 0) {
+                rc = stat(whole, &st) == 0 ? 0 : -1;
+            } else {
+                int fd = open_nogil((int)dirfd, whole, O_PATH | O_CLOEXEC);
+                if (fd == -EAGAIN) {
+                    rc = -2;
+                } else if (fd < 0) {
+                    rc = -1;
+                } else {
+                    rc = fstat(fd, &st) == 0 ? 0 : -1;
+                    close(fd);
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+        Py_XDECREF(raw);
+        if (rc == -2) { /* openat2 kept racing a rename: the Python path (NoOpenat2, the descriptor walk) */
+            Py_DECREF(key);
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        value = rc == 0 ? fields_of(&st) : Py_NewRef(Py_None);
+        if (value == NULL || PyDict_SetItem(memo, key, value) != 0) {
+            Py_XDECREF(value);
+            Py_DECREF(key);
+            return NULL;
+        }
+    }
+    Py_DECREF(key);
+    int found = value != Py_None;
+    if (found && kind != 3) {
+        PyObject *mode = PySequence_GetItem(value, 0);
+        unsigned long m = mode != NULL ? PyLong_AsUnsignedLong(mode) : 0;
+        Py_XDECREF(mode);
+        if (PyErr_Occurred()) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        found = kind == 4 ? S_ISDIR(m) : S_ISREG(m);
+    }
+    Py_DECREF(value);
+    PyObject *out = PyBool_FromLong(found);
+    if (entries != Py_None) { /* the recording's entry: (fn, (path,), the boolean) */
+        PyObject *entry = Py_BuildValue("(O(O)O)", note, path, out);
+        if (entry == NULL || PyList_Append(entries, entry) != 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(entry);
+    }
+    return out;
+}
+
 /* Reader: a round host's read_bytes / read_text / read_line bound to round_read (probes/host_c.py bind),
  * called by a probe with no Python frame: reader(path) is round_read(ctx, memo, path, kind, entries), entries
  * being the recording's log.entries when `log` is a probe_memo._Log whose depth is 0 (None otherwise). Anything
@@ -969,7 +1117,7 @@ static PyObject *py_round_read(PyObject *self, PyObject *const *args, Py_ssize_t
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *ctx, *memo, *log, *func, *host_ref;
+    PyObject *ctx, *memo, *log, *func, *host_ref, *note; /* note: the recording entry's function (stats) */
     long kind;
 } Reader;
 
@@ -1024,7 +1172,8 @@ static PyObject *reader_call(PyObject *self, PyObject *const *args, size_t nargs
         } else {
             Py_INCREF(entries);
         }
-        PyObject *out = round_read_impl(r->ctx, r->memo, args[0], r->kind, entries);
+        PyObject *out = r->kind < 3 ? round_read_impl(r->ctx, r->memo, args[0], r->kind, entries)
+                                    : round_stat_impl(r->ctx, r->memo, args[0], r->kind, entries, r->note);
         Py_DECREF(entries);
         if (out != Py_NotImplemented)
             return out;
@@ -1040,6 +1189,7 @@ static int reader_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(r->log);
     Py_VISIT(r->func);
     Py_VISIT(r->host_ref);
+    Py_VISIT(r->note);
     return 0;
 }
 
@@ -1050,6 +1200,7 @@ static int reader_clear(PyObject *self) {
     Py_CLEAR(r->log);
     Py_CLEAR(r->func);
     Py_CLEAR(r->host_ref);
+    Py_CLEAR(r->note);
     return 0;
 }
 
@@ -1083,12 +1234,13 @@ static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     r->log = Py_NewRef(log);
     r->func = Py_NewRef(func);
     r->host_ref = ref;
+    r->note = Py_NewRef(Py_None);
     r->kind = kind;
     return (PyObject *)r;
 }
 
 static PyObject *reader_name(PyObject *self, void *closure) {
-    static const char *names[] = {"read_bytes", "read_text", "read_line"};
+    static const char *names[] = {"read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file"};
     return PyUnicode_FromString(names[((Reader *)self)->kind]);
 }
 
@@ -1111,23 +1263,24 @@ static PyTypeObject ReaderType = {
     .tp_getset = reader_getset,
 };
 
-/* bind(d, ctx, memo, log, funcs, host): Readers of `host` (kinds 0-2: read_bytes, read_text, read_line) put in its
- * __dict__ `d` for each function of the 3-tuple funcs that is not None (one weak reference to host shared), and
- * d["_bound"] = True (probes/host_c.py bind). */
+/* bind(d, ctx, memo, log, funcs, host, notes): Readers of `host` (kinds 0-5: read_bytes, read_text, read_line,
+ * exists, is_dir, is_file) put in its __dict__ `d` for each function of the 6-tuple funcs that is not None (one
+ * weak reference to host shared; notes[kind]: a stat's recording entry function), and d["_bound"] = True
+ * (probes/host_c.py bind). */
 static PyObject *py_bind(PyObject *self, PyObject *args) {
-    PyObject *d, *ctx, *memo, *log, *funcs, *host;
-    if (!PyArg_ParseTuple(args, "O!O!O!OO!O:bind", &PyDict_Type, &d, &PyTuple_Type, &ctx, &PyDict_Type, &memo, &log,
-                          &PyTuple_Type, &funcs, &host))
+    PyObject *d, *ctx, *memo, *log, *funcs, *host, *notes;
+    if (!PyArg_ParseTuple(args, "O!O!O!OO!OO!:bind", &PyDict_Type, &d, &PyTuple_Type, &ctx, &PyDict_Type, &memo, &log,
+                          &PyTuple_Type, &funcs, &host, &PyTuple_Type, &notes))
         return NULL;
-    if (PyTuple_GET_SIZE(ctx) != 11 || PyTuple_GET_SIZE(funcs) != 3) {
-        PyErr_SetString(PyExc_ValueError, "bind(d, ctx: tuple of 11, memo, log, funcs: tuple of 3, host)");
+    if (PyTuple_GET_SIZE(ctx) != 11 || PyTuple_GET_SIZE(funcs) != 6 || PyTuple_GET_SIZE(notes) != 6) {
+        PyErr_SetString(PyExc_ValueError, "bind(d, ctx: tuple of 11, memo, log, funcs: 6, host, notes: 6)");
         return NULL;
     }
-    static const char *names[] = {"read_bytes", "read_text", "read_line"};
+    static const char *names[] = {"read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file"};
     PyObject *ref = PyWeakref_NewRef(host, NULL);
     if (ref == NULL)
         return NULL;
-    for (long kind = 0; kind < 3; kind++) {
+    for (long kind = 0; kind < 6; kind++) {
         PyObject *func = PyTuple_GET_ITEM(funcs, kind);
         if (func == Py_None)
             continue;
@@ -1140,6 +1293,7 @@ static PyObject *py_bind(PyObject *self, PyObject *args) {
         r->log = Py_NewRef(log);
         r->func = Py_NewRef(func);
         r->host_ref = Py_NewRef(ref);
+        r->note = Py_NewRef(PyTuple_GET_ITEM(notes, kind));
         r->kind = kind;
         PyObject_GC_Track((PyObject *)r);
         int bad = PyDict_SetItemString(d, names[kind], (PyObject *)r);
@@ -1179,7 +1333,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hostc", NULL, -1, m
 
 PyMODINIT_FUNC PyInit__hostc(void) {
     if ((memo_kb = PyUnicode_InternFromString("b")) == NULL || (memo_kt = PyUnicode_InternFromString("t")) == NULL ||
-        (memo_k1 = PyUnicode_InternFromString("1")) == NULL || (str_depth = PyUnicode_InternFromString("depth")) == NULL ||
+        (memo_k1 = PyUnicode_InternFromString("1")) == NULL || (memo_ks = PyUnicode_InternFromString("s")) == NULL || (str_depth = PyUnicode_InternFromString("depth")) == NULL ||
         (str_entries = PyUnicode_InternFromString("entries")) == NULL || PyType_Ready(&ReaderType) != 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

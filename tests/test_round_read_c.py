@@ -198,14 +198,20 @@ def test_a_round_hosts_reads_are_the_c_reader_itself(tmp_path: Path, monkeypatch
     rh = RoundHost.over(host)
     assert rh.read_line("/sys/d/a") == "A" and type(rh.__dict__["read_line"]) is reader
     rec = RecordingHost.of(rh)
-    assert all(type(rec.__dict__[n]) is reader for n in ("read_bytes", "read_text", "read_line"))
+    assert all(type(rec.__dict__[n]) is reader for n in host_c.READS)
     assert rec.read_line("/sys/d/a") == "A" and rec.read_text(Path("/sys/d/crlf")) == "one\ntwo\nthree\n"
     assert rec.read_bytes("/sys/d/a", within="/sys/d") == b"A\n" and rec.read_bytes("/sys/d/missing") is None
-    assert [(fn, args) for fn, args, _ in rec.log.entries] == [
-        (_read_bytes, ("/sys/d/a",)), (_read_bytes, ("/sys/d/crlf",)), (_read_within, ("/sys/d/a", "/sys/d")),
-        (_read_bytes, ("/sys/d/missing",))]  # fmt: skip
+    assert rec.exists("/sys/d/abs") and rec.is_dir("/sys/d/outdir") and not rec.is_file("/sys/d/outdir")
+    assert not rec.exists(Path("/sys/d/missing")) and rec.is_file("/sys/d/a") and rec.is_dir("/sys/d/outdir")
+    assert [(fn, args, answer if type(answer) is bool else None) for fn, args, answer in rec.log.entries] == [
+        (_read_bytes, ("/sys/d/a",), None), (_read_bytes, ("/sys/d/crlf",), None),
+        (_read_within, ("/sys/d/a", "/sys/d"), None), (_read_bytes, ("/sys/d/missing",), None),
+        (RoundHost.exists, ("/sys/d/abs",), True), (RoundHost.is_dir, ("/sys/d/outdir",), True),
+        (RoundHost.is_file, ("/sys/d/outdir",), False), (RoundHost.exists, ("/sys/d/missing",), False),
+        (RoundHost.is_file, ("/sys/d/a",), True), (RoundHost.is_dir, ("/sys/d/outdir",), True)]  # fmt: skip
     rh.read_line("/sys/d/blank")  # not noted: the round host's reader is not the view's
-    assert len(rec.log.entries) == 4
+    rh.exists("/sys/d/blank")
+    assert len(rec.log.entries) == 10
 
     counted: list[str] = []
 
