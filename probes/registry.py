@@ -222,7 +222,8 @@ def _from_plan(steps: tuple[tuple[EntryPointLike, str, Any, Any], ...]) -> tuple
             if modules.get(module_name) is not module:
                 stale = True
                 factory = _load(ep)
-            probes.append(_checked(factory(), ep))
+            probe = factory()
+            probes.append(probe if type(probe) in _probe_types else _checked(probe, ep))
         except Exception as exc:  # a broken plugin must not take the others down
             errors.append(LoadError(ep.name, f"cannot load probe plugin {ep.value}: {exc}"))
     if stale or errors:

@@ -35,22 +35,30 @@ def _take(into: Features, out: Features, keep: frozenset[str] | set[str], taken:
     is merged (Features.merge: later values win) into a copy of what the round holds (_detach), never into
     the earlier probe's own object."""
     undeclared: list[str] = []
-    kinds: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
-        ("flags", out.flags, into.flags), ("attributes", out.attributes, into.attributes),
-        ("instances", out.instances, into.instances))
-    for kind, src, dst in kinds:
-        for name, feat in src.items():
-            if name not in keep:
-                undeclared.append(name)
-                continue
-            if name in taken or name in dst:
-                if name in dst:
-                    _detach(into, kind, name)
-                into.merge(Features(**{kind: {name: feat}}))
-            else:
-                dst[name] = feat
-            taken.add(name)
+    if out.flags:
+        _move(into, "flags", out.flags, into.flags, keep, taken, undeclared)
+    if out.attributes:
+        _move(into, "attributes", out.attributes, into.attributes, keep, taken, undeclared)
+    if out.instances:
+        _move(into, "instances", out.instances, into.instances, keep, taken, undeclared)
     return undeclared
+
+
+def _move(into: Features, kind: str, src: dict[str, Any], dst: dict[str, Any], keep: frozenset[str] | set[str],
+          taken: set[str], undeclared: list[str]) -> None:  # fmt: skip
+    """_take for one kind ("flags", "attributes", "instances"): src is the output's dict of it, dst the
+    round's."""
+    for name, feat in src.items():
+        if name not in keep:
+            undeclared.append(name)
+            continue
+        if name in taken or name in dst:
+            if name in dst:
+                _detach(into, kind, name)
+            into.merge(Features(**{kind: {name: feat}}))
+        else:
+            dst[name] = feat
+        taken.add(name)
 
 
 def _detach(into: Features, kind: str, name: str) -> None:

@@ -34,7 +34,7 @@ from nodecompat import tracing
 from nodecompat.hostroot import HostRoot
 from nodecompat.probes.base import Probe
 from nodecompat.probes.memo_replay import ReplayContext
-from nodecompat.probes.runner_worker import _Call, _discover
+from nodecompat.probes.runner_worker import _Call, _discover, _memoized
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = Probe.timeout
@@ -97,7 +97,13 @@ class HereCalls:
                 call.started = now
                 claim.release()
                 held = False
-                _discover(call, host, traced, replay)
+                if traced:
+                    _discover(call, host, True, replay)
+                else:  # _discover without a span, one call less (nodecompat/tracing.py: none can be recorded)
+                    try:
+                        _memoized(call, host, replay)
+                    except BaseException as exc:  # isolate everything, including SystemExit from a plugin
+                        call.error = exc
                 now = time.monotonic()
                 claim.acquire()
                 held = True

@@ -336,7 +336,7 @@ class ProbeRunner:
         features = copied(last[1]) if same and last is not None else Features()
         taken: set[str] = set()
         now = time.monotonic()
-        ok = len(calls) == len(self.probes)
+        ok, memoize = len(calls) == len(self.probes), self.memoize
         notes: dict[str, list[str]] = {}
         for call in calls:
             p = call.probe
@@ -378,16 +378,16 @@ class ProbeRunner:
                             f"dropped features the probe does not declare: {', '.join(sorted(set(undeclared)))}"
                         )
             statuses[p.name] = st
-            if st.ok:
-                notes[p.name] = list(st.notes)
-            else:
+            if not st.ok:
                 ok = False
+            elif memoize:  # kept for a round reusing every output (round_merge.again): a list of its own
+                notes[p.name] = list(st.notes)
             if not call.reused:  # a new outcome (or none): the old memo no longer holds
                 if call.fresh is not None and st.ok:
                     self._memo[id(p)] = (p, call.fresh)
                 else:
                     self._memo.pop(id(p), None)
-        self._last = (outputs, copied(features), notes) if ok and self.memoize else None  # dicts of its own
+        self._last = (outputs, copied(features), notes) if ok and memoize else None  # dicts of its own
         for le in self.load_errors:
             statuses[le.name] = ProbeStatus(le.name, ok=False, error=le.error)
         ordered = [statuses[k] for k in sorted(statuses)]

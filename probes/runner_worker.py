@@ -199,6 +199,10 @@ def _memoized(call: _Call, host: HostRoot, replay: list[ReplayContext]) -> None:
 
 def _check_output(probe: Probe, output: object) -> str:
     """Why a probe's return value is unusable ("" when it is fine): plugins are not trusted."""
+    if type(output) is ProbeOutput and type(output.features) is Features:  # the usual case, asked directly
+        notes = output.notes
+        if not notes or (type(notes) is list and all(type(n) is str for n in notes)):
+            return ""
     if not isinstance(output, ProbeOutput):
         return f"discover() returned {type(output).__name__}, not a ProbeOutput"
     if not isinstance(output.features, Features):
