@@ -37,6 +37,7 @@
  *       directory, else the whole path (openat2 in the root, or open(2) at "/" when dirfd is -1), read as
  *       read_whole and compared in C; `memo[key]` is set to the answer when equal, to the bytes read (or
  *       None) at the first difference. A third EAGAIN from openat2 returns that index, memo unset;
+ *   log_size(entries, entry_bytes) -> memo_replay.finish's size of a recording's log (its loop in C);
  *   Reader / bind(d, ctx, memo, log, funcs, host, notes): a round host's read_bytes, read_text, read_line,
  *       exists, is_dir, is_file put in its __dict__ as callables answering as round_read (round_stat for the
  *       three stats: RoundHost._stat_memo in C, the round memo's ("s", path) kept alike) with no Python frame,
@@ -1310,6 +1311,53 @@ error:
     return NULL;
 }
 
+/* log_size(entries, entry_bytes) -> memo_replay.finish's count of a recording's log, in bytes: entry_bytes per
+ * entry, plus each answer's len() when it is bytes or str, 8 per name plus the names' len() when a list, else
+ * len(args[2]) when the operation's third argument is bytes (memo_derived: the bytes a value came from). The
+ * same sum as the Python loop it replaces (a round's ~400 entries counted without a bytecode per entry). */
+static PyObject *py_log_size(PyObject *self, PyObject *args) {
+    PyObject *entries;
+    Py_ssize_t entry_bytes;
+    if (!PyArg_ParseTuple(args, "O!n:log_size", &PyList_Type, &entries, &entry_bytes))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(entries), size = entry_bytes * count;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *entry = PyList_GET_ITEM(entries, i);
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+            PyErr_SetString(PyExc_TypeError, "a log entry is (fn, args, answer)");
+            return NULL;
+        }
+        PyObject *fn_args = PyTuple_GET_ITEM(entry, 1), *answer = PyTuple_GET_ITEM(entry, 2);
+        if (PyBytes_CheckExact(answer)) {
+            size += PyBytes_GET_SIZE(answer);
+        } else if (PyUnicode_CheckExact(answer)) {
+            size += PyUnicode_GET_LENGTH(answer);
+        } else if (PyList_CheckExact(answer)) {
+            Py_ssize_t n = PyList_GET_SIZE(answer);
+            size += 8 * n;
+            for (Py_ssize_t k = 0; k < n; k++) {
+                Py_ssize_t len = PyObject_Length(PyList_GET_ITEM(answer, k));
+                if (len < 0)
+                    return NULL;
+                size += len;
+            }
+        } else {
+            Py_ssize_t nargs = PyObject_Length(fn_args);
+            if (nargs < 0)
+                return NULL;
+            if (nargs > 2) {
+                PyObject *third = PySequence_GetItem(fn_args, 2);
+                if (third == NULL)
+                    return NULL;
+                if (PyBytes_CheckExact(third))
+                    size += PyBytes_GET_SIZE(third);
+                Py_DECREF(third);
+            }
+        }
+    }
+    return PyLong_FromSsize_t(size);
+}
+
 static PyMethodDef methods[] = {
     {"openat2", py_openat2, METH_VARARGS,
      "openat2(dirfd, path, flags, beneath=False) -> fd or -errno (RESOLVE_IN_ROOT, or RESOLVE_BENEATH)"},
@@ -1325,6 +1373,7 @@ static PyMethodDef methods[] = {
     {"round_read", (PyCFunction)(void (*)(void))py_round_read, METH_FASTCALL,
      "round_read(ctx, memo, path, kind, entries) -> a round's read (bytes, text or first line)"},
     {"bind", py_bind, METH_VARARGS, "bind(d, ctx, memo, log, funcs, host): a host's read methods bound to round_read"},
+    {"log_size", py_log_size, METH_VARARGS, "log_size(entries, entry_bytes) -> a recording's size (memo_replay.finish)"},
     {"set_retry_error", py_set_retry_error, METH_O, "the exception raised after three EAGAINs"},
     {NULL, NULL, 0, NULL},
 };

@@ -78,6 +78,15 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
     if log.poisoned:
         return None
     entries = log.entries
+    c = host_c.module()
+    size = c.log_size(entries, _ENTRY_BYTES) if c is not None else _size(entries)  # the same sum, C: no bytecode
+    if size > MAX_LOG_BYTES:
+        return None
+    return Memo(entries, output, size)
+
+
+def _size(entries: list[Entry]) -> int:
+    """A log's size in bytes for MAX_LOG_BYTES (finish; _hostc.log_size computes the same in C)."""
     size = _ENTRY_BYTES * len(entries)
     for _fn, args, answer in entries:  # measured: faster than comprehensions or filters over the entries
         kind = type(answer)
@@ -87,9 +96,7 @@ def finish(log: _Log, output: ProbeOutput) -> Memo | None:
             size += 8 * len(answer) + sum(map(len, answer))
         elif len(args) > 2 and type(args[2]) is bytes:
             size += len(args[2])  # bytes kept in the operation (memo_derived: those a value came from)
-    if size > MAX_LOG_BYTES:
-        return None
-    return Memo(entries, output, size)
+    return size
 
 
 def compile_log(memo: Memo) -> None:

@@ -441,3 +441,20 @@ def test_a_per_round_value_from_a_non_replayable_source_is_not_replayable_for_it
     for name in ("shares.a", "shares.b"):
         assert [r.features.attributes[name].elements["v"] for r in rounds] == ["1", "2", "3"], name
     assert not any(s.reused for r in rounds for s in r.statuses)
+
+
+def test_a_logs_size_is_counted_alike_in_c_and_python() -> None:
+    """memo_replay.finish's size of a log (MAX_LOG_BYTES): the C helper's log_size and the Python loop count
+    the same bytes for every kind of answer (bytes, str, a listing, a Raised, a derived value with the bytes it
+    came from, a bool)."""
+    from nodecompat.probes import host_c, memo_replay
+    from nodecompat.probes.probe_memo import Raised
+
+    entries = [(len, ("/a",), b"x" * 70), (len, ("/b",), "héllo"), (len, ("/c",), ["a", "bcd", "ü"]),
+               (len, ("/d",), Raised(OSError, 2, "gone")), (len, ("/e", len, b"y" * 9), 3), (len, ("/f",), True),
+               (len, ("/g", len, "not bytes"), None), (len, ("/h",), None), (len, (), [])]  # fmt: skip
+    expected = 64 * 9 + 70 + 5 + (8 * 3 + 5) + 9
+    assert memo_replay._size(entries) == expected  # type: ignore[arg-type]
+    c = host_c.module()
+    if c is not None:
+        assert c.log_size(entries, 64) == expected
