@@ -179,19 +179,22 @@ class EtcdEndpoints:
 class PrefixWatch:
     """Everything under a prefix, kept current: on (re)connect on_load([(key, value)]) is called with the whole
     prefix, then on_event for every change; on_state(True) after the load and after every watch round etcd
-    answered, on_state(False) when the stream breaks. One daemon thread; stop() returns within the endpoints'
-    watch_read_timeout (WATCH_READ_TIMEOUT; + one call's timeout). leased_only: a key put without a lease is
-    treated as absent (left out of the load, and its put reported as a delete)."""
+    answered, on_state(False) when the stream breaks. After a break, on_reconnect() is called first, before the
+    prefix is loaded again (the writes that must not wait for the catch-up; raising StoreUnavailable counts as
+    the round failing). One daemon thread; stop() returns within the endpoints' watch_read_timeout
+    (WATCH_READ_TIMEOUT; + one call's timeout). leased_only: a key put without a lease is treated as absent (left
+    out of the load, and its put reported as a delete)."""
 
     def __init__(self, etcd: EtcdEndpoints, prefix: str, on_load: Callable[[list[tuple[str, bytes]]], None],
                  on_event: OnEvent, on_state: Callable[[bool], None] | None = None, name: str = "etcd-watch",
-                 *, leased_only: bool = False) -> None:
+                 *, leased_only: bool = False, on_reconnect: Callable[[], None] | None = None) -> None:
         self.etcd = etcd
         self.leased_only = leased_only
         self.prefix = prefix
         self.on_load = on_load
         self.on_event = on_event
         self.on_state = on_state or (lambda up: None)
+        self.on_reconnect = on_reconnect or (lambda: None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -206,9 +209,13 @@ class PrefixWatch:
     def _loop(self) -> None:
         backoff = WATCH_BACKOFF[0]
         start: int | None = None  # None: (re)load everything first
+        broken = False  # the last round failed: on_reconnect before the load
         while not self._stop.is_set():
             try:
                 if start is None:
+                    if broken:
+                        self.on_reconnect()
+                        broken = False
                     kvs, revision = self.etcd.range_prefix(self.prefix, leased_only=self.leased_only)
                     self.on_load(kvs)
                     start = revision + 1
@@ -224,6 +231,7 @@ class PrefixWatch:
             except Exception:  # the watch thread must outlive whatever one round does
                 log.exception("etcd watch on %s failed (retrying in %.1fs)", self.prefix, backoff)
             start = None
+            broken = True
             self.on_state(False)
             if self._stop.wait(backoff):
                 return

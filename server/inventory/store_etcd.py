@@ -33,7 +33,8 @@ because it cannot see the renewals another replica could not write (what it cann
 during the outage stays listed until etcd answers and its lease lapses there). `available` and the
 `on_availability` callbacks say whether etcd answers: the aggregator's health reports RegisterNode
 NOT_SERVING while it does not (server/inventory/registration_health.py). The watch reconnects with back-off and
-reloads (server/inventory/etcd_kv.py).
+reloads (server/inventory/etcd_kv.py); on reconnecting it first writes the renewals kept through the outage, then
+loads and replays the store (_renew_held), so no live node's lease lapses in etcd while the replica catches up.
 """
 
 from __future__ import annotations
@@ -217,11 +218,25 @@ class EtcdRegistrationStore:
             except StoreUnavailable:
                 return
 
+    def _renew_held(self) -> None:
+        """When the watch reconnects after a break, before it loads and replays the store: the renewals kept
+        through the outage are written first (each claimed on a lease of its granted TTL). After a restart etcd
+        gives the leases granted before the outage about their TTL plus its election time; written only after the
+        catch-up (a whole prefix loaded and applied: long for a big fleet on a loaded machine), a lease could
+        lapse and etcd delete a live node from every replica. A renewal etcd does not take stays kept (the
+        watch's round fails on the load and it retries)."""
+        with self._lock:
+            kept = len(self._pending)
+        if kept:
+            log.info("etcd answers again: writing %d renewal(s) kept through the outage before reloading", kept)
+        self._flush_pending()
+
     # -- reads -------------------------------------------------------------------------------------
     def start(self, apply: Apply) -> None:
         if self._watch is None:
             self._apply = apply
-            self._watch = PrefixWatch(self.etcd, self._node_key(""), self._on_load, self._on_event, self._on_state)
+            self._watch = PrefixWatch(self.etcd, self._node_key(""), self._on_load, self._on_event, self._on_state,
+                                      on_reconnect=self._renew_held)
             self._watch.start()
 
     def _on_state(self, up: bool) -> None:
