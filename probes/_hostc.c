@@ -1123,6 +1123,7 @@ typedef struct {
 } Reader;
 
 static PyObject *str_depth = NULL, *str_entries = NULL;
+static PyObject *reader_names[7]; /* bind's keys, interned once: read_bytes ... is_file, then "_bound" */
 
 static PyObject *reader_fallback(Reader *r, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     PyObject *host = PyWeakref_GetObject(r->host_ref); /* borrowed */
@@ -1277,7 +1278,6 @@ static PyObject *py_bind(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bind(d, ctx: tuple of 11, memo, log, funcs: 6, host, notes: 6)");
         return NULL;
     }
-    static const char *names[] = {"read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file"};
     PyObject *ref = PyWeakref_NewRef(host, NULL);
     if (ref == NULL)
         return NULL;
@@ -1297,13 +1297,13 @@ static PyObject *py_bind(PyObject *self, PyObject *args) {
         r->note = Py_NewRef(PyTuple_GET_ITEM(notes, kind));
         r->kind = kind;
         PyObject_GC_Track((PyObject *)r);
-        int bad = PyDict_SetItemString(d, names[kind], (PyObject *)r);
+        int bad = PyDict_SetItem(d, reader_names[kind], (PyObject *)r);
         Py_DECREF(r);
         if (bad)
             goto error;
     }
     Py_DECREF(ref);
-    if (PyDict_SetItemString(d, "_bound", Py_True) != 0)
+    if (PyDict_SetItem(d, reader_names[6], Py_True) != 0)
         return NULL;
     Py_RETURN_NONE;
 error:
@@ -1385,6 +1385,10 @@ PyMODINIT_FUNC PyInit__hostc(void) {
         (memo_k1 = PyUnicode_InternFromString("1")) == NULL || (memo_ks = PyUnicode_InternFromString("s")) == NULL || (str_depth = PyUnicode_InternFromString("depth")) == NULL ||
         (str_entries = PyUnicode_InternFromString("entries")) == NULL || PyType_Ready(&ReaderType) != 0)
         return NULL;
+    static const char *bind_names[] = {"read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file", "_bound"};
+    for (int i = 0; i < 7; i++)
+        if ((reader_names[i] = PyUnicode_InternFromString(bind_names[i])) == NULL)
+            return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
