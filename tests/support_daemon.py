@@ -6,7 +6,9 @@ Also: third-party probe plugins made on the fly (a dist-info with an entry point
 
 from __future__ import annotations
 
+import collections
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,8 +24,46 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+def _port_range() -> tuple[int, int]:
+    """[low, high) of the ports free_port draws from: below the kernel's ephemeral range
+    (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 here), which bind(0) and every outgoing connection take
+    their local port from, so a port handed out here cannot be taken by another process's connection before the
+    server it is meant for binds it; under pytest-xdist each worker (PYTEST_XDIST_WORKER gwN of
+    PYTEST_XDIST_WORKER_COUNT) draws from its own slice, so two workers never hand out the same port."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    low, high = 10000, min(first, 32768)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        size = (high - low) // count
+        low += int(worker[2:]) % count * size
+        high = low + size
+    return low, high
+
+
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=2000)  # this process's latest free_port() answers
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback TCP port nothing listens on or is connected from now (its bind succeeds), drawn at random from
+    _port_range() and not among this process's last 2,000 answers (a server started from an earlier answer may
+    not have bound it yet): for a server the test starts next on 127.0.0.1:PORT."""
+    low, high = _port_range()
+    for _ in range(200):
+        port = random.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.append(port)
+        return port
+    with socket.socket() as s:  # the slice is crowded: the kernel's choice, as before
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import tarfile
@@ -49,6 +48,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from support_daemon import free_port
 
 from nodecompat.oci import mediatypes as mt
 
@@ -61,10 +61,6 @@ USER = "tester"
 PASSWORD = "s3cret-pw"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sha256(data: bytes) -> str:

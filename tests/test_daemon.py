@@ -51,8 +51,8 @@ class SlowProbe(Probe):
     timeout = 30
     features = (FeatureInfo("slow.thing", frozenset({"attribute"})),)
     def discover(self, host):
-        knob = "/tmp/nodecompat-test-slow"
-        time.sleep(float(open(knob).read()) if __import__("os").path.exists(knob) else 0)
+        knob = __import__("os").environ.get("ACME_SLOW_FILE", "")  # the test's own file (tmp_path): seconds
+        time.sleep(float(open(knob).read()) if knob and __import__("os").path.exists(knob) else 0)
         out = ProbeOutput()
         out.features.add_attributes("slow.thing", {"t": str(time.time())})
         return out
@@ -152,10 +152,10 @@ def test_third_party_probes_raising_and_hanging_are_isolated(tmp_path: Path) -> 
 
 
 def test_health_not_serving_until_first_round_then_sigterm_drains(tmp_path: Path) -> None:
-    slow_file = Path("/tmp/nodecompat-test-slow")
+    slow_file = tmp_path / "slow-seconds"  # not a machine-wide path: parallel workers and other checkouts run this too
     slow_file.write_text("2")
     try:
-        env = _plugin_env(tmp_path, {"slow": "acmeprobes:SlowProbe"})
+        env = {**_plugin_env(tmp_path, {"slow": "acmeprobes:SlowProbe"}), "ACME_SLOW_FILE": str(slow_file)}
         d = start_daemon(tmp_path, env=env, wait=False)
         # Before the first (slow) round is done the daemon answers health, but NOT_SERVING.
         deadline = time.monotonic() + 20
