@@ -82,11 +82,25 @@ def announce(sync: InventorySync, node: Node, name: str, fp: str) -> None:
 
 
 def announce_and_join(sync: InventorySync, node: Node, name: str, fp: str, members: list[FleetNode]) -> None:
-    """The announcement, then the node among the members: a member the sync's reconcile sees before its
-    announcement gets a WatchFeatures stream of its own until the next reconcile cancels it, a second call this test
-    would count (RegisterNode puts the lease, then announces: a reconcile between the two does that too)."""
-    announce(sync, node, name, fp)
-    members.append(FleetNode(name, node.address, {}, SOURCE_REGISTERED))
+    """The announcement and the node among the members in one callback on the sync's loop, where its reconcile
+    runs, so a reconcile sees both or neither. A member the reconcile sees before its announcement gets a
+    WatchFeatures stream of its own until the next reconcile cancels it, a second call this test would count
+    (RegisterNode puts the lease, then announces: a reconcile between the two does that too). An announcement the
+    reconcile sees before the member is forgotten: the announcement notes the node (InventorySync.note_node), and a
+    reconcile whose members lack a noted node drops it and its pushed entry, so the node then got a stream and no
+    fetch (a 0.5 s pause between the two, as on a loaded machine, failed both tests here 4 of 4)."""
+    done: futures.Future[None] = futures.Future()
+
+    def both() -> None:
+        try:
+            announce(sync, node, name, fp)
+            members.append(FleetNode(name, node.address, {}, SOURCE_REGISTERED))
+            done.set_result(None)
+        except BaseException as exc:  # raised in the test's thread below
+            done.set_exception(exc)
+
+    sync.loop.call_soon_threadsafe(both)
+    done.result(timeout=30)
 
 
 def grpc_channels_made(sync: InventorySync) -> list[str]:
