@@ -39,8 +39,9 @@
  *       None) at the first difference. A third EAGAIN from openat2 returns that index, memo unset;
  *   log_size(entries, entry_bytes) -> memo_replay.finish's size of a recording's log (its loop in C);
  *   Reader / bind(d, ctx, memo, log, funcs, host, notes): a round host's read_bytes, read_text, read_line,
- *       exists, is_dir, is_file put in its __dict__ as callables answering as round_read (round_stat for the
- *       three stats: RoundHost._stat_memo in C, the round memo's ("s", path) kept alike) with no Python frame,
+ *       exists, is_dir, is_file, link_target_name put in its __dict__ as callables answering as round_read
+ *       (round_stat for the three stats: RoundHost._stat_memo in C, the round memo's ("s", path) kept alike;
+ *       round_link: RoundHost.link_target_name, its ("k", path)) with no Python frame,
  *       the host's own method answering the rest (probes/host_c.py bind says which);
  *   round_read(ctx, memo, path: str, kind, entries) -> a round's read of host file `path` as RoundHost
  *       read_bytes (kind 0: bytes or None), read_text (1: text_of) or read_line (2) answers it, the round's
@@ -1109,6 +1110,135 @@ static PyObject *round_stat_impl(PyObject *ctx, PyObject *memo, PyObject *path, 
     return out;
 }
 
+static PyObject *memo_kk = NULL; /* the round memo's key kind of a link's target name ("k"), interned */
+
+/* RoundHost.link_target_name(path) in C, kind 6: the round memo's ("k", path), else as _link_target_name finds
+ * it: a link in a directory the round holds read there (readlinkat on the held descriptor; None for a directory
+ * known missing), any other by its whole path (its parent opened in the root: openat2 O_PATH, open(2) at "/",
+ * then readlinkat, as link_name); the basename of the target, or None. Py_NotImplemented for the Python path
+ * (a NUL, openat2 racing a rename); the recording's entry (note, (path,), answer) appended when `entries` is a
+ * list. A new reference, NULL with an exception. */
+static PyObject *round_link_impl(PyObject *ctx, PyObject *memo, PyObject *path, PyObject *entries, PyObject *note) {
+    PyObject *key = PyTuple_Pack(2, memo_kk, path);
+    if (key == NULL)
+        return NULL;
+    PyObject *value = PyDict_GetItemWithError(memo, key); /* borrowed */
+    if (value != NULL) {
+        Py_INCREF(value);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    } else {
+        PyObject *raw = NULL;
+        const char *s;
+        Py_ssize_t n;
+        if (PyUnicode_IS_ASCII(path)) {
+            s = (const char *)PyUnicode_DATA(path);
+            n = PyUnicode_GET_LENGTH(path);
+        } else {
+            if ((raw = PyUnicode_EncodeFSDefault(path)) == NULL) {
+                Py_DECREF(key);
+                return NULL;
+            }
+            s = PyBytes_AS_STRING(raw);
+            n = PyBytes_GET_SIZE(raw);
+        }
+        if ((Py_ssize_t)strlen(s) != n || n + 2 > PATH_MAX) { /* a NUL, a path too long: the Python path */
+            Py_XDECREF(raw);
+            Py_DECREF(key);
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        long dirfd = PyLong_AsLong(PyTuple_GET_ITEM(ctx, 0));
+        PyObject *state = PyTuple_GET_ITEM(ctx, 2);
+        /* _c_whole: the parent (of the path as given) neither held nor known missing, or not a plain name */
+        const char *slash = n ? memrchr(s, '/', (size_t)n) : NULL;
+        const char *name = slash ? slash + 1 : s;
+        int plain = slash != NULL && *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 && s[0] == '/';
+        long d = HELD_SLOW;
+        if (plain && slash != s && PyDict_Check(state)) {
+            Py_ssize_t at = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
+            PyObject *parent = at > 0 ? PyUnicode_Substring(path, 0, at) : NULL;
+            PyObject *v = parent != NULL ? PyDict_GetItemWithError(state, parent) : NULL;
+            Py_XDECREF(parent);
+            if (v != NULL)
+                d = PyLong_AsLong(v);
+            if (PyErr_Occurred()) {
+                Py_XDECREF(raw);
+                Py_DECREF(key);
+                return NULL;
+            }
+        }
+        char target[PATH_MAX + 1], t[PATH_MAX + 2];
+        const char *dir = "/", *link = NULL; /* the parent to open and the name to read there (whole path) */
+        int whole = !(plain && slash != s && (d >= 0 || d == HELD_MISSING));
+        ssize_t got = -1;
+        int again = 0;
+        if (whole) { /* as _link_target_name: text.rstrip("/"), made absolute at "/", rpartition("/") */
+            Py_ssize_t k = n;
+            while (k > 0 && s[k - 1] == '/')
+                k--;
+            size_t off = 0;
+            if (dirfd < 0 && !(k > 0 && s[0] == '/'))
+                t[off++] = '/';
+            memcpy(t + off, s, (size_t)k);
+            t[off + (size_t)k] = 0;
+            char *cut = strrchr(t, '/');
+            link = cut ? cut + 1 : t;
+            if (!*link || strcmp(link, ".") == 0 || strcmp(link, "..") == 0) {
+                link = NULL; /* no name: None */
+            } else if (cut != NULL) {
+                *cut = 0; /* the parent, its trailing "/" dropped ("" -> "/") */
+                while (cut > t && cut[-1] == '/')
+                    *--cut = 0;
+                dir = t[0] ? t : "/";
+            }
+        }
+        Py_BEGIN_ALLOW_THREADS
+        if (whole && link != NULL) {
+            int fd = dirfd < 0 ? open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)
+                               : open_nogil((int)dirfd, dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+            if (fd < 0) {
+                again = fd == -EAGAIN && dirfd >= 0;
+            } else {
+                got = readlinkat(fd, link, target, PATH_MAX);
+                close(fd);
+            }
+        } else if (!whole && d >= 0) {
+            got = readlinkat((int)d, name, target, PATH_MAX);
+        }
+        Py_END_ALLOW_THREADS
+        Py_XDECREF(raw);
+        if (again) { /* openat2 kept racing a rename: the Python path */
+            Py_DECREF(key);
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        if (got < 0) {
+            value = Py_NewRef(Py_None);
+        } else {
+            target[got] = 0;
+            const char *base = strrchr(target, '/');
+            base = base ? base + 1 : target;
+            value = PyUnicode_DecodeFSDefaultAndSize(base, (Py_ssize_t)(target + got - base));
+        }
+        if (value == NULL || PyDict_SetItem(memo, key, value) != 0) {
+            Py_XDECREF(value);
+            Py_DECREF(key);
+            return NULL;
+        }
+    }
+    Py_DECREF(key);
+    if (entries != Py_None) {
+        PyObject *entry = Py_BuildValue("(O(O)O)", note, path, value);
+        if (entry == NULL || PyList_Append(entries, entry) != 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(value);
+            return NULL;
+        }
+        Py_DECREF(entry);
+    }
+    return value;
+}
+
 /* Reader: a round host's read_bytes / read_text / read_line bound to round_read (probes/host_c.py bind),
  * called by a probe with no Python frame: reader(path) is round_read(ctx, memo, path, kind, entries), entries
  * being the recording's log.entries when `log` is a probe_memo._Log whose depth is 0 (None otherwise). Anything
@@ -1123,7 +1253,7 @@ typedef struct {
 } Reader;
 
 static PyObject *str_depth = NULL, *str_entries = NULL;
-static PyObject *reader_names[7]; /* bind's keys, interned once: read_bytes ... is_file, then "_bound" */
+static PyObject *reader_names[8]; /* bind's keys, interned once: read_bytes ... link_target_name, "_bound" */
 
 static PyObject *reader_fallback(Reader *r, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     PyObject *host = PyWeakref_GetObject(r->host_ref); /* borrowed */
@@ -1174,8 +1304,9 @@ static PyObject *reader_call(PyObject *self, PyObject *const *args, size_t nargs
         } else {
             Py_INCREF(entries);
         }
-        PyObject *out = r->kind < 3 ? round_read_impl(r->ctx, r->memo, args[0], r->kind, entries)
-                                    : round_stat_impl(r->ctx, r->memo, args[0], r->kind, entries, r->note);
+        PyObject *out = r->kind < 3   ? round_read_impl(r->ctx, r->memo, args[0], r->kind, entries)
+                        : r->kind < 6 ? round_stat_impl(r->ctx, r->memo, args[0], r->kind, entries, r->note)
+                                      : round_link_impl(r->ctx, r->memo, args[0], entries, r->note);
         Py_DECREF(entries);
         if (out != Py_NotImplemented)
             return out;
@@ -1242,7 +1373,8 @@ static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 }
 
 static PyObject *reader_name(PyObject *self, void *closure) {
-    static const char *names[] = {"read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file"};
+    static const char *names[] = {"read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file",
+                                  "link_target_name"};
     return PyUnicode_FromString(names[((Reader *)self)->kind]);
 }
 
@@ -1274,14 +1406,14 @@ static PyObject *py_bind(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!O!O!OO!OO!:bind", &PyDict_Type, &d, &PyTuple_Type, &ctx, &PyDict_Type, &memo, &log,
                           &PyTuple_Type, &funcs, &host, &PyTuple_Type, &notes))
         return NULL;
-    if (PyTuple_GET_SIZE(ctx) != 11 || PyTuple_GET_SIZE(funcs) != 6 || PyTuple_GET_SIZE(notes) != 6) {
-        PyErr_SetString(PyExc_ValueError, "bind(d, ctx: tuple of 11, memo, log, funcs: 6, host, notes: 6)");
+    if (PyTuple_GET_SIZE(ctx) != 11 || PyTuple_GET_SIZE(funcs) != 7 || PyTuple_GET_SIZE(notes) != 7) {
+        PyErr_SetString(PyExc_ValueError, "bind(d, ctx: tuple of 11, memo, log, funcs: 7, host, notes: 7)");
         return NULL;
     }
     PyObject *ref = PyWeakref_NewRef(host, NULL);
     if (ref == NULL)
         return NULL;
-    for (long kind = 0; kind < 6; kind++) {
+    for (long kind = 0; kind < 7; kind++) {
         PyObject *func = PyTuple_GET_ITEM(funcs, kind);
         if (func == Py_None)
             continue;
@@ -1303,7 +1435,7 @@ static PyObject *py_bind(PyObject *self, PyObject *args) {
             goto error;
     }
     Py_DECREF(ref);
-    if (PyDict_SetItem(d, reader_names[6], Py_True) != 0)
+    if (PyDict_SetItem(d, reader_names[7], Py_True) != 0)
         return NULL;
     Py_RETURN_NONE;
 error:
@@ -1382,11 +1514,13 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hostc", NULL, -1, m
 
 PyMODINIT_FUNC PyInit__hostc(void) {
     if ((memo_kb = PyUnicode_InternFromString("b")) == NULL || (memo_kt = PyUnicode_InternFromString("t")) == NULL ||
-        (memo_k1 = PyUnicode_InternFromString("1")) == NULL || (memo_ks = PyUnicode_InternFromString("s")) == NULL || (str_depth = PyUnicode_InternFromString("depth")) == NULL ||
+        (memo_k1 = PyUnicode_InternFromString("1")) == NULL || (memo_ks = PyUnicode_InternFromString("s")) == NULL ||
+        (memo_kk = PyUnicode_InternFromString("k")) == NULL || (str_depth = PyUnicode_InternFromString("depth")) == NULL ||
         (str_entries = PyUnicode_InternFromString("entries")) == NULL || PyType_Ready(&ReaderType) != 0)
         return NULL;
-    static const char *bind_names[] = {"read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file", "_bound"};
-    for (int i = 0; i < 7; i++)
+    static const char *bind_names[] = {"read_bytes", "read_text", "read_line",        "exists",
+                                       "is_dir",     "is_file",   "link_target_name", "_bound"};
+    for (int i = 0; i < 8; i++)
         if ((reader_names[i] = PyUnicode_InternFromString(bind_names[i])) == NULL)
             return NULL;
     PyObject *m = PyModule_Create(&module);

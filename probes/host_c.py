@@ -124,17 +124,17 @@ def reader(host: Any) -> list[Any]:
     return [partial(c.round_read, ctx), c, dirfd, held.state, ctx]
 
 
-READS = ("read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file")  # Reader kinds 0-5
+READS = ("read_bytes", "read_text", "read_line", "exists", "is_dir", "is_file", "link_target_name")  # kinds 0-6
 
 
 def bind(host: Any, cr: list[Any], log: Any, base: type) -> None:
-    """Put the C helper's Reader for host's read_bytes / read_text / read_line / exists / is_dir / is_file in
-    host.__dict__ (one C call, _hostc.bind), so a probe's call is round_read (round_stat) itself, with no Python
-    frame (the reader hands what it does not answer to base's own method: a keyword, a path that is not a str,
-    what round_read gives back as NotImplemented). cr: reader(host) (its C reader in use); log: a recording's
-    probe_memo._Log whose entries each call notes (None for a round host); base: the class whose methods the
-    readers stand for (RoundHost or RecordingHost). A subclass overriding one of them (a test counting its
-    reads) keeps its own method for that one."""
+    """Put the C helper's Reader for host's read_bytes / read_text / read_line / exists / is_dir / is_file /
+    link_target_name in host.__dict__ (one C call, _hostc.bind), so a probe's call is round_read (round_stat,
+    round_link) itself, with no Python frame (the reader hands what it does not answer to base's own method: a
+    keyword, a path that is not a str, what round_read gives back as NotImplemented). cr: reader(host) (its C
+    reader in use); log: a recording's probe_memo._Log whose entries each call notes (None for a round host);
+    base: the class whose methods the readers stand for (RoundHost or RecordingHost). A subclass overriding
+    one of them (a test counting its reads) keeps its own method for that one."""
     kind_type = type(host)
     funcs = _plans.get((kind_type, base))
     if funcs is None:
@@ -144,7 +144,8 @@ def bind(host: Any, cr: list[Any], log: Any, base: type) -> None:
         from nodecompat.probes.round_host import RoundHost
 
         # a stat's entry in a recording: the function a replay calls (probe_memo._exists, _is_dir, _is_file)
-        _notes.append((None, None, None, RoundHost.exists, RoundHost.is_dir, RoundHost.is_file))
+        _notes.append((None, None, None, RoundHost.exists, RoundHost.is_dir, RoundHost.is_file,
+                       RoundHost.link_target_name))
     cr[1].bind(host.__dict__, cr[4], host.memo, log, funcs, host, _notes[0])
 
 

@@ -49,7 +49,8 @@ def _paths(outside: Path) -> list[str]:
     names = ["a", "crlf", "blank", "empty", "bad", "big", "over", "fifo", "abs", "climb", "environ", "missing",
              "outdir/secret", "outdir", "a/", ".", ".."]
     return ([f"/sys/d/{n}" for n in names] + ["/sys/d", "/sys/nothere/x", "/sys/nothere/y", "sys/d/a", "/", "",
-            f"{outside}/secret", "/sys/d/../d/a"])  # fmt: skip
+            f"{outside}/secret", "/sys/d/../d/a", "/sys/d//abs", "/sys//d/abs/", "sys/d/abs", "abs",
+            "/sys/d/."])  # fmt: skip
 
 
 def _session(host: HostRoot, use_c: bool, paths: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
@@ -98,7 +99,9 @@ def test_round_reads_in_c_answer_record_and_fill_the_memo_as_python(
 @needs_c
 def test_round_reads_in_c_at_the_host_root_slash_answer_as_python(monkeypatch: pytest.MonkeyPatch) -> None:
     paths = ["/proc/cpuinfo", "/proc/sys/kernel/osrelease", "/proc/sys/kernel/ostype", "/etc/os-release",
-             "/proc/crypto", "/no/such/dir/x", "/no/such/dir/y", "proc/sys/kernel/osrelease", "/proc/sys/kernel/"]
+             "/proc/crypto", "/no/such/dir/x", "/no/such/dir/y", "proc/sys/kernel/osrelease", "/proc/sys/kernel/",
+             "/proc/self/exe", "proc/self/exe", "/sys/class/net/lo", "/sys/class/net/lo/",
+             "/sys/class/net/lo/subsystem"]
     assert _session(HostRoot(Path("/")), True, paths, monkeypatch) == _session(
         HostRoot(Path("/")), False, paths, monkeypatch)
 
