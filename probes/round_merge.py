@@ -35,30 +35,47 @@ def _take(into: Features, out: Features, keep: frozenset[str] | set[str], taken:
     is merged (Features.merge: later values win) into a copy of what the round holds (_detach), never into
     the earlier probe's own object."""
     undeclared: list[str] = []
-    if out.flags:
-        _move(into, "flags", out.flags, into.flags, keep, taken, undeclared)
-    if out.attributes:
-        _move(into, "attributes", out.attributes, into.attributes, keep, taken, undeclared)
-    if out.instances:
-        _move(into, "instances", out.instances, into.instances, keep, taken, undeclared)
+    src: dict[str, Any] = out.flags
+    if src:
+        dst: dict[str, Any] = into.flags
+        for name, feat in src.items():
+            if name in keep and name not in taken and name not in dst:  # the usual case: moved as-is
+                dst[name] = feat
+                taken.add(name)
+            else:
+                _take_one(into, "flags", name, feat, keep, taken, undeclared)
+    src = out.attributes
+    if src:
+        dst = into.attributes
+        for name, feat in src.items():
+            if name in keep and name not in taken and name not in dst:
+                dst[name] = feat
+                taken.add(name)
+            else:
+                _take_one(into, "attributes", name, feat, keep, taken, undeclared)
+    src = out.instances
+    if src:
+        dst = into.instances
+        for name, feat in src.items():
+            if name in keep and name not in taken and name not in dst:
+                dst[name] = feat
+                taken.add(name)
+            else:
+                _take_one(into, "instances", name, feat, keep, taken, undeclared)
     return undeclared
 
 
-def _move(into: Features, kind: str, src: dict[str, Any], dst: dict[str, Any], keep: frozenset[str] | set[str],
-          taken: set[str], undeclared: list[str]) -> None:  # fmt: skip
-    """_take for one kind ("flags", "attributes", "instances"): src is the output's dict of it, dst the
-    round's."""
-    for name, feat in src.items():
-        if name not in keep:
-            undeclared.append(name)
-            continue
-        if name in taken or name in dst:
-            if name in dst:
-                _detach(into, kind, name)
-            into.merge(Features(**{kind: {name: feat}}))
-        else:
-            dst[name] = feat
-        taken.add(name)
+def _take_one(into: Features, kind: str, name: str, feat: Any, keep: frozenset[str] | set[str], taken: set[str],
+              undeclared: list[str]) -> None:  # fmt: skip
+    """_take's other cases for feature `name` of `kind` ("flags", "attributes", "instances"): not declared
+    (noted in `undeclared`), or delivered already (merged into a copy of what the round holds)."""
+    if name not in keep:
+        undeclared.append(name)
+        return
+    if name in getattr(into, kind):
+        _detach(into, kind, name)
+    into.merge(Features(**{kind: {name: feat}}))
+    taken.add(name)
 
 
 def _detach(into: Features, kind: str, name: str) -> None:
