@@ -25,6 +25,9 @@ def copied(last: Features) -> Features:
     return Features(flags=dict(last.flags), attributes=dict(last.attributes), instances=dict(last.instances))
 
 
+_KINDS = ("flags", "attributes", "instances")  # Features' three dicts, in merge order
+
+
 def _take(into: Features, out: Features, keep: frozenset[str] | set[str], taken: set[str]) -> list[str]:
     """Move the declared features (`keep`) of a finished probe's output into the round's features; the
     names of the output's features not declared (each once per kind they occur in: the caller reports them).
@@ -35,33 +38,16 @@ def _take(into: Features, out: Features, keep: frozenset[str] | set[str], taken:
     is merged (Features.merge: later values win) into a copy of what the round holds (_detach), never into
     the earlier probe's own object."""
     undeclared: list[str] = []
-    src: dict[str, Any] = out.flags
-    if src:
-        dst: dict[str, Any] = into.flags
-        for name, feat in src.items():
-            if name in keep and name not in taken and name not in dst:  # the usual case: moved as-is
-                dst[name] = feat
-                taken.add(name)
-            else:
-                _take_one(into, "flags", name, feat, keep, taken, undeclared)
-    src = out.attributes
-    if src:
-        dst = into.attributes
-        for name, feat in src.items():
-            if name in keep and name not in taken and name not in dst:
-                dst[name] = feat
-                taken.add(name)
-            else:
-                _take_one(into, "attributes", name, feat, keep, taken, undeclared)
-    src = out.instances
-    if src:
-        dst = into.instances
-        for name, feat in src.items():
-            if name in keep and name not in taken and name not in dst:
-                dst[name] = feat
-                taken.add(name)
-            else:
-                _take_one(into, "instances", name, feat, keep, taken, undeclared)
+    for kind in _KINDS:
+        src: dict[str, Any] = getattr(out, kind)
+        if src:
+            dst: dict[str, Any] = getattr(into, kind)
+            for name, feat in src.items():
+                if name in keep and name not in taken and name not in dst:  # the usual case: moved as-is
+                    dst[name] = feat
+                    taken.add(name)
+                else:
+                    _take_one(into, kind, name, feat, keep, taken, undeclared)
     return undeclared
 
 
