@@ -678,6 +678,37 @@ static long held_dir(PyObject *state, PyObject *lookup, PyObject *hint, PyObject
     return d;
 }
 
+/* The bytes of `path` as os.fsencode gives them: its own characters when ASCII (no copy), else the new bytes
+ * object stored in *raw (the caller releases it with Py_XDECREF). 0, or -1 with an exception. */
+static int fs_chars(PyObject *path, PyObject **raw, const char **s, Py_ssize_t *n) {
+    *raw = NULL;
+    if (PyUnicode_IS_ASCII(path)) {
+        *s = (const char *)PyUnicode_DATA(path);
+        *n = PyUnicode_GET_LENGTH(path);
+        return 0;
+    }
+    if ((*raw = PyUnicode_EncodeFSDefault(path)) == NULL)
+        return -1;
+    *s = PyBytes_AS_STRING(*raw);
+    *n = PyBytes_GET_SIZE(*raw);
+    return 0;
+}
+
+/* HeldParents' state for the parent of `path` (a plain absolute path, its parent not "/"): the held descriptor
+ * or HELD_* count kept in `state` (a dict; anything else: none kept) into *d, left as it is when the parent has
+ * none. 0, or -1 with an exception. */
+static int held_depth(PyObject *path, PyObject *state, long *d) {
+    if (!PyDict_Check(state))
+        return 0;
+    Py_ssize_t at = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
+    PyObject *parent = at > 0 ? PyUnicode_Substring(path, 0, at) : NULL;
+    PyObject *v = parent != NULL ? PyDict_GetItemWithError(state, parent) : NULL;
+    Py_XDECREF(parent);
+    if (v != NULL)
+        *d = PyLong_AsLong(v);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 /* The round's held directories for round_read: (state, lookup, hint, kept, hold_at) of its HeldParents. */
 typedef struct {
     PyObject *state, *lookup, *hint, *kept;
@@ -688,18 +719,11 @@ typedef struct {
  * Py_NotImplemented (new reference) when the Python path must answer; NULL with an exception. */
 static PyObject *round_read_raw(PyObject *path, int dirfd, int flags, const Held *held, int file_flags,
                                 int link_whole, Py_ssize_t max_bytes) {
-    PyObject *raw = NULL; /* the encoded path when it is not ASCII (os.fsencode's bytes) */
+    PyObject *raw; /* the encoded path when it is not ASCII (os.fsencode's bytes) */
     const char *s;
     Py_ssize_t n;
-    if (PyUnicode_IS_ASCII(path)) { /* os.fsencode of ASCII text is the text itself: no copy */
-        s = (const char *)PyUnicode_DATA(path);
-        n = PyUnicode_GET_LENGTH(path);
-    } else {
-        if ((raw = PyUnicode_EncodeFSDefault(path)) == NULL)
-            return NULL;
-        s = PyBytes_AS_STRING(raw);
-        n = PyBytes_GET_SIZE(raw);
-    }
+    if (fs_chars(path, &raw, &s, &n) != 0)
+        return NULL;
     if ((Py_ssize_t)strlen(s) != n) { /* a NUL: os.open's ValueError, raised by the Python path */
         Py_XDECREF(raw);
         Py_RETURN_NOTIMPLEMENTED;
@@ -988,19 +1012,12 @@ static PyObject *round_stat_impl(PyObject *ctx, PyObject *memo, PyObject *path, 
         Py_DECREF(key);
         return NULL;
     } else {
-        PyObject *raw = NULL;
+        PyObject *raw;
         const char *s;
         Py_ssize_t n;
-        if (PyUnicode_IS_ASCII(path)) {
-            s = (const char *)PyUnicode_DATA(path);
-            n = PyUnicode_GET_LENGTH(path);
-        } else {
-            if ((raw = PyUnicode_EncodeFSDefault(path)) == NULL) {
-                Py_DECREF(key);
-                return NULL;
-            }
-            s = PyBytes_AS_STRING(raw);
-            n = PyBytes_GET_SIZE(raw);
+        if (fs_chars(path, &raw, &s, &n) != 0) {
+            Py_DECREF(key);
+            return NULL;
         }
         if ((Py_ssize_t)strlen(s) != n || (size_t)n + 2 > PATH_MAX + 2) { /* a NUL, a path too long: Python */
             Py_XDECREF(raw);
@@ -1015,18 +1032,10 @@ static PyObject *round_stat_impl(PyObject *ctx, PyObject *memo, PyObject *path, 
         int plain = slash != NULL && slash != s && *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 &&
                     s[0] == '/';
         long d = HELD_SLOW;
-        if (plain && PyDict_Check(state)) {
-            Py_ssize_t at = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
-            PyObject *parent = at > 0 ? PyUnicode_Substring(path, 0, at) : NULL;
-            PyObject *v = parent != NULL ? PyDict_GetItemWithError(state, parent) : NULL;
-            Py_XDECREF(parent);
-            if (v != NULL)
-                d = PyLong_AsLong(v);
-            if (PyErr_Occurred()) {
-                Py_XDECREF(raw);
-                Py_DECREF(key);
-                return NULL;
-            }
+        if (plain && held_depth(path, state, &d) != 0) {
+            Py_XDECREF(raw);
+            Py_DECREF(key);
+            return NULL;
         }
         char whole[PATH_MAX + 2];
         if (dirfd < 0) {
@@ -1129,19 +1138,12 @@ static PyObject *round_link_impl(PyObject *ctx, PyObject *memo, PyObject *path, 
         Py_DECREF(key);
         return NULL;
     } else {
-        PyObject *raw = NULL;
+        PyObject *raw;
         const char *s;
         Py_ssize_t n;
-        if (PyUnicode_IS_ASCII(path)) {
-            s = (const char *)PyUnicode_DATA(path);
-            n = PyUnicode_GET_LENGTH(path);
-        } else {
-            if ((raw = PyUnicode_EncodeFSDefault(path)) == NULL) {
-                Py_DECREF(key);
-                return NULL;
-            }
-            s = PyBytes_AS_STRING(raw);
-            n = PyBytes_GET_SIZE(raw);
+        if (fs_chars(path, &raw, &s, &n) != 0) {
+            Py_DECREF(key);
+            return NULL;
         }
         if ((Py_ssize_t)strlen(s) != n || n + 2 > PATH_MAX) { /* a NUL, a path too long: the Python path */
             Py_XDECREF(raw);
@@ -1155,18 +1157,10 @@ static PyObject *round_link_impl(PyObject *ctx, PyObject *memo, PyObject *path, 
         const char *name = slash ? slash + 1 : s;
         int plain = slash != NULL && *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 && s[0] == '/';
         long d = HELD_SLOW;
-        if (plain && slash != s && PyDict_Check(state)) {
-            Py_ssize_t at = PyUnicode_FindChar(path, '/', 0, PyUnicode_GET_LENGTH(path), -1);
-            PyObject *parent = at > 0 ? PyUnicode_Substring(path, 0, at) : NULL;
-            PyObject *v = parent != NULL ? PyDict_GetItemWithError(state, parent) : NULL;
-            Py_XDECREF(parent);
-            if (v != NULL)
-                d = PyLong_AsLong(v);
-            if (PyErr_Occurred()) {
-                Py_XDECREF(raw);
-                Py_DECREF(key);
-                return NULL;
-            }
+        if (plain && slash != s && held_depth(path, state, &d) != 0) {
+            Py_XDECREF(raw);
+            Py_DECREF(key);
+            return NULL;
         }
         char target[PATH_MAX + 1], t[PATH_MAX + 2];
         const char *dir = "/", *link = NULL; /* the parent to open and the name to read there (whole path) */
